@@ -1,0 +1,22 @@
+//! idrelay: an outbound-only agent that keeps a SCIM 2.0 endpoint in step with an LDAP
+//! directory.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these modules:
+//!
+//! * [`config`]: the TOML config file, validated into typed settings.
+//! * [`ldap`]: connection, paged and ranged search, the entry model, dialects. tokio lives
+//!   only here.
+//! * [`queue`]: the bounded on-disk change queue.
+//! * [`relay`]: HTTPS transport (the one HTTP client), backoff.
+//! * [`scim`]: SCIM resources, profile mapping (pure), the provisioning client.
+//! * [`sync`]: the engine: full pass, anchor index, reconcile.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod ldap;
+pub mod logging;
+pub mod queue;
+pub mod relay;
+pub mod scim;
+pub mod secret;
+pub mod sync;

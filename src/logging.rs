@@ -1,0 +1,1 @@
+//! A small `log` backend (in progress).

@@ -1,0 +1,1 @@
+//! The bounded on-disk change queue (in progress).

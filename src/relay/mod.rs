@@ -1,0 +1,1 @@
+//! HTTPS transport and backoff (in progress).

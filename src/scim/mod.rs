@@ -1,0 +1,5 @@
+//! SCIM side: resources, profile mapping, provisioning client.
+
+pub mod resource;
+
+pub use resource::ResourceKind;
