@@ -1,1 +1,753 @@
-//! The config file (in progress).
+//! The config file: a raw serde shape (`deny_unknown_fields`, defaults) turned into a
+//! validated [`Config`].
+//!
+//! Rules this module keeps:
+//! * every error names the file, the key and what is allowed;
+//! * an error never quotes a line of the file (a password pasted into the wrong key must not
+//!   reach a log), only its line number and key;
+//! * secrets are read from `*_file` or `*_env` keys, never inline, and live in [`Secret`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config was read from (for messages).
+    pub path: PathBuf,
+    /// `[agent]`
+    pub agent: AgentConfig,
+    /// `[directory]`
+    pub directory: DirectorySettings,
+    /// `[scope]`
+    pub scope: ScopeConfig,
+    /// `[scim]`
+    pub scim: ScimSettings,
+    /// `[sync]`
+    pub sync: SyncSettings,
+}
+
+/// `[agent]`: who this agent is and where it keeps state.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// A name for this agent (reported to the cloud).
+    pub id: String,
+    /// Directory for the anchor index, the queue and the lock.
+    pub state_dir: PathBuf,
+}
+
+/// `[directory]`: how to reach and read the LDAP directory.
+#[derive(Debug, Clone)]
+pub struct DirectorySettings {
+    /// `ldap://` or `ldaps://` URL.
+    pub url: String,
+    /// Upgrade a plain connection with StartTLS.
+    pub starttls: bool,
+    /// PEM file of trusted CAs; `None`: the system store.
+    pub ca_file: Option<PathBuf>,
+    /// DN to bind as.
+    pub bind_dn: String,
+    /// Bind password (from `password_file` or `password_env`).
+    pub password: Secret,
+    /// Naming context the agent reads.
+    pub base_dn: String,
+    /// Directory kind, or `Auto` to detect it from the rootDSE.
+    pub kind: KindSetting,
+    /// Timeout of one LDAP operation.
+    pub timeout: Duration,
+    /// Paged-search page size.
+    pub page_size: u32,
+}
+
+/// `directory.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindSetting {
+    /// Detect from the rootDSE.
+    Auto,
+    /// Active Directory or Samba AD.
+    ActiveDirectory,
+    /// OpenLDAP (or 389-DS) with entryUUID.
+    OpenLdap,
+    /// Any other LDAP server.
+    Generic,
+}
+
+/// `[scope]`: which objects are synced.
+#[derive(Debug, Clone)]
+pub struct ScopeConfig {
+    /// Subtrees searched; every one lies under `directory.base_dn`.
+    pub include: Vec<String>,
+    /// User filter; `None`: the profile's default for the directory kind.
+    pub user_filter: Option<String>,
+    /// Group filter; `None`: the profile's default.
+    pub group_filter: Option<String>,
+}
+
+/// `[scim]`: the SCIM 2.0 endpoint.
+#[derive(Debug, Clone)]
+pub struct ScimSettings {
+    /// Base URL (the one that holds /Users and /Groups).
+    pub url: String,
+    /// Bearer token.
+    pub token: Secret,
+    /// PEM file of trusted CAs; `None`: the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one HTTP request.
+    pub timeout: Duration,
+}
+
+/// `[sync]`: how the engine provisions.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Optional profile file that overrides or adds attribute mappings.
+    pub profile_file: Option<PathBuf>,
+    /// Adopt an existing SCIM user with the same userName (off by default).
+    pub soft_match: bool,
+    /// Attempts per request before an object counts as failed.
+    pub max_attempts: u32,
+}
+
+/// Why a config could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape error (unknown key, wrong type, missing key).
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// Line number (1-based) when known.
+        line: Option<usize>,
+        /// The `[table]` the error is in, when known.
+        table: Option<String>,
+        /// What is wrong (never the text of the line).
+        message: String,
+    },
+    /// A key has a value that is not allowed.
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted key, e.g. `directory.url`.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config {}: {source}", path.display())
+            }
+            ConfigError::Parse {
+                path,
+                line,
+                table,
+                message,
+            } => {
+                write!(f, "config {}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ", line {line}")?;
+                }
+                if let Some(table) = table {
+                    write!(f, ", in [{table}]")?;
+                }
+                write!(f, ": {message}")
+            }
+            ConfigError::Invalid { path, key, message } => {
+                write!(f, "config {}: `{key}`: {message}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent: RawAgent,
+    directory: RawDirectory,
+    #[serde(default)]
+    scope: RawScope,
+    scim: RawScim,
+    #[serde(default)]
+    sync: RawSync,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: String,
+    state_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    url: String,
+    #[serde(default)]
+    starttls: bool,
+    ca_file: Option<PathBuf>,
+    bind_dn: String,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    base_dn: String,
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default = "default_ldap_timeout")]
+    timeout_secs: u64,
+    #[serde(default = "default_page_size")]
+    page_size: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    include: Option<Vec<String>>,
+    user_filter: Option<String>,
+    group_filter: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScim {
+    url: String,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_http_timeout")]
+    timeout_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    profile_file: Option<PathBuf>,
+    #[serde(default)]
+    soft_match: bool,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            concurrency: default_concurrency(),
+            profile_file: None,
+            soft_match: false,
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+fn default_kind() -> String {
+    "auto".into()
+}
+fn default_ldap_timeout() -> u64 {
+    60
+}
+fn default_page_size() -> u32 {
+    500
+}
+fn default_http_timeout() -> u64 {
+    30
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+
+/// Where secrets come from; a seam so tests need no real environment.
+pub trait SecretSource {
+    /// Reads a secret file (whole content).
+    fn read_file(&self, path: &Path) -> std::io::Result<String>;
+    /// Reads an environment variable.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real files and environment.
+pub struct System;
+
+impl SecretSource for System {
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text, &System)
+    }
+
+    /// Validates config text; `path` is only used in messages and to resolve nothing else.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        secrets: &dyn SecretSource,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+
+        let id = raw.agent.id.trim().to_string();
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "agent.id",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        if raw.agent.state_dir.as_os_str().is_empty() {
+            return Err(invalid("agent.state_dir", "must not be empty".into()));
+        }
+
+        let d = raw.directory;
+        let url = d.url.trim().to_string();
+        let lower = url.to_ascii_lowercase();
+        let is_ldaps = lower.starts_with("ldaps://");
+        if !(lower.starts_with("ldap://") || is_ldaps) || url.len() <= "ldaps://".len() - 1 {
+            return Err(invalid(
+                "directory.url",
+                format!("`{url}` is not allowed: use ldap://HOST[:PORT] or ldaps://HOST[:PORT]"),
+            ));
+        }
+        if is_ldaps && d.starttls {
+            return Err(invalid(
+                "directory.starttls",
+                "StartTLS cannot be used with an ldaps:// URL (it is TLS already); set it to false or use ldap://".into(),
+            ));
+        }
+        let password = read_secret(
+            path,
+            secrets,
+            ("directory.password_file", d.password_file.as_deref()),
+            ("directory.password_env", d.password_env.as_deref()),
+        )?;
+        if d.bind_dn.trim().is_empty() {
+            return Err(invalid("directory.bind_dn", "must not be empty".into()));
+        }
+        let base_dn = d.base_dn.trim().to_string();
+        if !looks_like_dn(&base_dn) {
+            return Err(invalid(
+                "directory.base_dn",
+                format!("`{base_dn}` is not a DN (expected e.g. dc=branch,dc=test)"),
+            ));
+        }
+        let kind = match d.kind.as_str() {
+            "auto" => KindSetting::Auto,
+            "active-directory" => KindSetting::ActiveDirectory,
+            "openldap" => KindSetting::OpenLdap,
+            "generic" => KindSetting::Generic,
+            other => {
+                return Err(invalid(
+                    "directory.kind",
+                    format!(
+                        "`{other}` is not allowed: use auto, active-directory, openldap or generic"
+                    ),
+                ))
+            }
+        };
+        if d.timeout_secs == 0 || d.timeout_secs > 3600 {
+            return Err(invalid(
+                "directory.timeout_secs",
+                "must be 1 to 3600".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&d.page_size) {
+            return Err(invalid("directory.page_size", "must be 1 to 10000".into()));
+        }
+
+        let include = match raw.scope.include {
+            None => vec![base_dn.clone()],
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    "scope.include",
+                    "must list at least one subtree (leave the key out to sync all of directory.base_dn)".into(),
+                ))
+            }
+            Some(list) => list.into_iter().map(|s| s.trim().to_string()).collect(),
+        };
+        for dn in &include {
+            if !looks_like_dn(dn) || !dn_is_under(dn, &base_dn) {
+                return Err(invalid(
+                    "scope.include",
+                    format!("`{dn}` is not a DN under directory.base_dn `{base_dn}`"),
+                ));
+            }
+        }
+        for (key, filter) in [
+            ("scope.user_filter", &raw.scope.user_filter),
+            ("scope.group_filter", &raw.scope.group_filter),
+        ] {
+            if let Some(f) = filter {
+                check_filter(f).map_err(|m| invalid(key, m))?;
+            }
+        }
+
+        let s = raw.scim;
+        let scim_url = s.url.trim().trim_end_matches('/').to_string();
+        let scim_lower = scim_url.to_ascii_lowercase();
+        if !(scim_lower.starts_with("http://") || scim_lower.starts_with("https://"))
+            || scim_url.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                "scim.url",
+                format!("`{scim_url}` is not allowed: use http(s)://HOST[:PORT]/PATH (the SCIM base URL)"),
+            ));
+        }
+        if scim_url.contains('@') {
+            return Err(invalid(
+                "scim.url",
+                "must not carry credentials; put the bearer token in scim.token_file or scim.token_env".into(),
+            ));
+        }
+        let token = read_secret(
+            path,
+            secrets,
+            ("scim.token_file", s.token_file.as_deref()),
+            ("scim.token_env", s.token_env.as_deref()),
+        )?;
+        if s.timeout_secs == 0 || s.timeout_secs > 3600 {
+            return Err(invalid("scim.timeout_secs", "must be 1 to 3600".into()));
+        }
+
+        let y = raw.sync;
+        if !(1..=64).contains(&y.concurrency) {
+            return Err(invalid("sync.concurrency", "must be 1 to 64".into()));
+        }
+        if !(1..=20).contains(&y.max_attempts) {
+            return Err(invalid("sync.max_attempts", "must be 1 to 20".into()));
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            agent: AgentConfig {
+                id,
+                state_dir: raw.agent.state_dir,
+            },
+            directory: DirectorySettings {
+                url,
+                starttls: d.starttls,
+                ca_file: d.ca_file,
+                bind_dn: d.bind_dn.trim().to_string(),
+                password,
+                base_dn,
+                kind,
+                timeout: Duration::from_secs(d.timeout_secs),
+                page_size: d.page_size,
+            },
+            scope: ScopeConfig {
+                include,
+                user_filter: raw.scope.user_filter,
+                group_filter: raw.scope.group_filter,
+            },
+            scim: ScimSettings {
+                url: scim_url,
+                token,
+                ca_file: s.ca_file,
+                timeout: Duration::from_secs(s.timeout_secs),
+            },
+            sync: SyncSettings {
+                concurrency: y.concurrency,
+                profile_file: y.profile_file,
+                soft_match: y.soft_match,
+                max_attempts: y.max_attempts,
+            },
+        })
+    }
+}
+
+/// Reads a secret from exactly one of a file key and an env key.
+fn read_secret(
+    path: &Path,
+    src: &dyn SecretSource,
+    file: (&'static str, Option<&Path>),
+    env: (&'static str, Option<&str>),
+) -> Result<Secret, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let value = match (file.1, env.1) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                file.0,
+                format!("set either `{}` or `{}`, not both", file.0, env.0),
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                file.0,
+                format!(
+                "missing: set `{}` (a file holding the secret) or `{}` (an environment variable)",
+                file.0, env.0
+            ),
+            ))
+        }
+        (Some(p), None) => src
+            .read_file(p)
+            .map_err(|e| invalid(file.0, format!("cannot read {}: {e}", p.display())))?,
+        (None, Some(name)) => src
+            .var(name)
+            .ok_or_else(|| invalid(env.0, format!("environment variable {name} is not set")))?,
+    };
+    // A trailing newline is an artefact of `echo secret > file`, never part of the secret.
+    let value = value.trim_end_matches(['\n', '\r']).to_string();
+    if value.is_empty() {
+        let key = if file.1.is_some() { file.0 } else { env.0 };
+        return Err(invalid(key, "the secret is empty".into()));
+    }
+    Ok(Secret::new(value))
+}
+
+/// A cheap shape check: `attr=value` components separated by commas.
+fn looks_like_dn(dn: &str) -> bool {
+    !dn.is_empty()
+        && crate::sync::dn::split_rdns(dn).iter().all(|rdn| {
+            rdn.split_once('=')
+                .is_some_and(|(a, v)| !a.trim().is_empty() && !v.trim().is_empty())
+        })
+}
+
+/// Whether `dn` equals `base` or lies below it (case-insensitive, spacing-insensitive).
+fn dn_is_under(dn: &str, base: &str) -> bool {
+    crate::sync::dn::is_under(
+        &crate::sync::dn::normalize(dn),
+        &crate::sync::dn::normalize(base),
+    )
+}
+
+/// A light filter check: parenthesised and balanced, so a typo fails here and not at 3 am.
+fn check_filter(f: &str) -> Result<(), String> {
+    let t = f.trim();
+    if !t.starts_with('(') || !t.ends_with(')') {
+        return Err(format!(
+            "`{t}` is not an LDAP filter: it must be enclosed in parentheses"
+        ));
+    }
+    let mut depth = 0i32;
+    let mut escaped = false;
+    for c in t.chars() {
+        match c {
+            '\\' => escaped = !escaped,
+            '(' if !escaped => depth += 1,
+            ')' if !escaped => {
+                depth -= 1;
+                if depth < 0 {
+                    break;
+                }
+            }
+            _ => escaped = false,
+        }
+        if c != '\\' {
+            escaped = false;
+        }
+    }
+    if depth != 0 {
+        return Err(format!("`{t}` has unbalanced parentheses"));
+    }
+    Ok(())
+}
+
+/// Turns a toml error into a message with a line number and table, without quoting the line.
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, table) = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let table = before.lines().rev().find_map(|l| {
+                let l = l.trim();
+                (l.starts_with('[') && l.ends_with(']') && !l.starts_with("[["))
+                    .then(|| l.trim_matches(['[', ']']).trim().to_string())
+            });
+            (Some(line), table)
+        }
+        None => (None, None),
+    };
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        table,
+        message: e.message().trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Fake(HashMap<String, String>);
+    impl SecretSource for Fake {
+        fn read_file(&self, path: &Path) -> std::io::Result<String> {
+            self.0
+                .get(path.to_str().unwrap())
+                .cloned()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "not found"))
+        }
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn secrets() -> Fake {
+        Fake(HashMap::from([
+            ("/s/ldap".to_string(), "pw-ldap\n".to_string()),
+            ("/s/scim".to_string(), "tok-scim".to_string()),
+            ("TOKEN".to_string(), "tok-env".to_string()),
+        ]))
+    }
+
+    const GOOD: &str = r#"
+[agent]
+id = "branch-01"
+state_dir = "/var/lib/idrelay"
+[directory]
+url = "ldap://127.0.0.1:3389"
+bind_dn = "cn=syncer,dc=branch,dc=test"
+password_file = "/s/ldap"
+base_dn = "dc=branch,dc=test"
+[scope]
+include = ["ou=Staff, DC=Branch,dc=test"]
+[scim]
+url = "http://127.0.0.1:8080/v2/"
+token_file = "/s/scim"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("idrelay.toml"), text, &secrets())
+    }
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.directory.password.expose(), "pw-ldap");
+        assert_eq!(c.scim.token.expose(), "tok-scim");
+        assert_eq!(c.scim.url, "http://127.0.0.1:8080/v2");
+        assert_eq!(c.directory.kind, KindSetting::Auto);
+        assert_eq!(c.sync.concurrency, 8);
+        assert_eq!(c.scope.include, vec!["ou=Staff, DC=Branch,dc=test"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line_and_table_but_not_quoted() {
+        let text = GOOD.replace(
+            "base_dn = \"dc=branch,dc=test\"",
+            "base_dn = \"dc=branch,dc=test\"\npassword = \"hunter2\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `password`"), "{e}");
+        assert!(e.contains("line 10"), "{e}");
+        assert!(e.contains("[directory]"), "{e}");
+        assert!(
+            !e.contains("hunter2"),
+            "the line's text must not be quoted: {e}"
+        );
+    }
+
+    #[test]
+    fn include_outside_base_is_refused() {
+        let text = GOOD.replace("ou=Staff, DC=Branch,dc=test", "ou=Staff,dc=other,dc=test");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("scope.include") && e.contains("dc=other"), "{e}");
+    }
+
+    #[test]
+    fn both_or_neither_secret_source_is_refused() {
+        let both = GOOD.replace(
+            "token_file = \"/s/scim\"",
+            "token_file = \"/s/scim\"\ntoken_env = \"TOKEN\"",
+        );
+        assert!(parse(&both).unwrap_err().to_string().contains("not both"));
+        let neither = GOOD.replace("token_file = \"/s/scim\"", "");
+        assert!(parse(&neither)
+            .unwrap_err()
+            .to_string()
+            .contains("scim.token_file"));
+        let env = GOOD.replace("token_file = \"/s/scim\"", "token_env = \"TOKEN\"");
+        assert_eq!(parse(&env).unwrap().scim.token.expose(), "tok-env");
+        let unset = GOOD.replace("token_file = \"/s/scim\"", "token_env = \"NOPE\"");
+        assert!(parse(&unset)
+            .unwrap_err()
+            .to_string()
+            .contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn bad_values_name_key_and_allowed_values() {
+        let cases = [
+            (
+                "url = \"ldap://127.0.0.1:3389\"",
+                "url = \"http://x\"",
+                "directory.url",
+            ),
+            (
+                "base_dn = \"dc=branch,dc=test\"",
+                "base_dn = \"dc=branch,dc=test\"\nkind = \"novell\"",
+                "active-directory",
+            ),
+            (
+                "url = \"ldap://127.0.0.1:3389\"",
+                "url = \"ldaps://h\"\nstarttls = true",
+                "directory.starttls",
+            ),
+            (
+                "[scope]",
+                "[scope]\nuser_filter = \"objectClass=user\"",
+                "scope.user_filter",
+            ),
+            (
+                "[scope]",
+                "[scope]\ngroup_filter = \"(|(a=b)\"",
+                "unbalanced",
+            ),
+            ("id = \"branch-01\"", "id = \"bad id!\"", "agent.id"),
+        ];
+        for (from, to, want) in cases {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
+            assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_table_is_reported() {
+        let e = parse("[agent]\nid=\"a\"\nstate_dir=\"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `directory`"), "{e}");
+    }
+}

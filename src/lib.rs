@@ -12,6 +12,8 @@
 //! * [`sync`]: the engine: full pass, anchor index, reconcile.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod ldap;
 pub mod logging;

@@ -1,1 +1,74 @@
-fn main() {}
+//! The `idrelay` executable: parse the command line, load the config, run one command, map
+//! the result to an exit code. Everything else lives in the library.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use idrelay::cli::{self, exit, Command};
+use idrelay::config::Config;
+use idrelay::{commands, logging};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    ExitCode::from(run(&args) as u8)
+}
+
+fn run(args: &[String]) -> i32 {
+    let inv = match cli::parse(args) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let level = match inv.log_level.as_deref().map(logging::parse_level) {
+        None => log::LevelFilter::Info,
+        Some(Some(l)) => l,
+        Some(None) => {
+            eprintln!(
+                "error: --log-level `{}` is not allowed: use error, warn, info, debug, trace or off",
+                inv.log_level.unwrap_or_default()
+            );
+            return exit::USAGE;
+        }
+    };
+    logging::init(level);
+
+    match &inv.command {
+        Command::Help(topic) => {
+            return match cli::help(topic.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::USAGE
+                }
+            }
+        }
+        Command::Version => {
+            println!("{}", commands::version_line());
+            return exit::OK;
+        }
+        _ => {}
+    }
+    debug_assert!(cli::needs_config(&inv.command));
+    let Some(path) = inv.config.as_deref() else {
+        eprintln!("error: this command needs --config FILE (see `idrelay --help`)");
+        return exit::USAGE;
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    match inv.command {
+        Command::Check => commands::check(&config),
+        Command::Sync { dry_run } => commands::sync_once(&config, dry_run, inv.quiet),
+        Command::Preview { dn } => commands::preview(&config, &dn),
+        Command::Help(_) | Command::Version => unreachable!("handled above"),
+    }
+}

@@ -1,5 +1,9 @@
 //! SCIM side: resources, profile mapping, provisioning client.
 
+pub mod base64;
+pub mod client;
+pub mod mapping;
+pub mod profile;
 pub mod resource;
 
 pub use resource::ResourceKind;

@@ -1,1 +1,11 @@
-//! The sync engine (in progress).
+//! The sync engine: full pass, provisioning, anchor index, progress.
+//!
+//! What it must never do: take a failed or partial directory read for a smaller directory,
+//! touch a SCIM resource it did not create or match by externalId (or, when allowed, by
+//! userName), or send a write for an object whose representation has not changed.
+
+pub mod anchors;
+pub mod dn;
+pub mod pass;
+pub mod progress;
+pub mod provision;

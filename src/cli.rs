@@ -1,0 +1,294 @@
+//! Command-line parsing: a pure function from arguments to a [`Command`], with the help
+//! texts. No I/O here; `main` prints and exits.
+//!
+//! Global options (`--config`, `--log-level`, `--quiet`) may stand before or after the
+//! command name.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Process exit codes (also documented in the README).
+pub mod exit {
+    /// Everything worked; every in-scope object is in step.
+    pub const OK: i32 = 0;
+    /// A failure that stopped the work (directory or endpoint unreachable, a check failed).
+    pub const FAILURE: i32 = 1;
+    /// Bad command line or bad config file.
+    pub const USAGE: i32 = 2;
+    /// The pass completed but some objects failed.
+    pub const PARTIAL: i32 = 3;
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `check`
+    Check,
+    /// `sync --once [--dry-run]`
+    Sync {
+        /// Print writes instead of sending them.
+        dry_run: bool,
+    },
+    /// `preview DN`
+    Preview {
+        /// The object to show.
+        dn: String,
+    },
+    /// `version`
+    Version,
+    /// `help [COMMAND]` or `--help`
+    Help(Option<String>),
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The command.
+    pub command: Command,
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--log-level LEVEL` (validated by the caller).
+    pub log_level: Option<String>,
+    /// `--quiet`: no live progress line.
+    pub quiet: bool,
+}
+
+/// A command line that cannot be run; the message says what to type instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (see `idrelay --help`)", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
+    let mut config = None;
+    let mut log_level = None;
+    let mut quiet = false;
+    let mut help = false;
+    let mut words: Vec<&str> = Vec::new();
+    let mut flags: Vec<&str> = Vec::new();
+    let mut it = args.iter().map(String::as_str);
+    while let Some(a) = it.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v)),
+            _ => (a, None),
+        };
+        let mut value = |what: &str| -> Result<String, UsageError> {
+            match inline {
+                Some(v) => Ok(v.to_string()),
+                None => it
+                    .next()
+                    .map(str::to_string)
+                    .ok_or_else(|| UsageError(format!("{name} needs a {what}"))),
+            }
+        };
+        match name {
+            "-c" | "--config" => config = Some(PathBuf::from(value("file name")?)),
+            "--log-level" => log_level = Some(value("level (error, warn, info, debug, trace)")?),
+            "-q" | "--quiet" => quiet = true,
+            "-h" | "--help" => help = true,
+            "-V" | "--version" => words.insert(0, "version"),
+            "--once" | "--dry-run" => flags.push(name),
+            "--" => words.extend(it.by_ref()),
+            s if s.starts_with('-') && s.len() > 1 => {
+                return Err(UsageError(format!("unknown option `{s}`")))
+            }
+            s => words.push(s),
+        }
+    }
+    let command = match (words.first().copied(), help) {
+        (None, _) => Command::Help(None),
+        (Some("help"), _) => Command::Help(words.get(1).map(|s| s.to_string())),
+        (Some(c), true) => Command::Help(Some(c.to_string())),
+        (Some("version"), false) => Command::Version,
+        (Some("check"), false) => Command::Check,
+        (Some("sync"), false) => {
+            if !flags.contains(&"--once") {
+                return Err(UsageError(
+                    "`sync` needs `--once` (one full pass, then exit); continuous sync is not available yet".into(),
+                ));
+            }
+            Command::Sync {
+                dry_run: flags.contains(&"--dry-run"),
+            }
+        }
+        (Some("preview"), false) => match words.get(1) {
+            Some(dn) => Command::Preview { dn: dn.to_string() },
+            None => return Err(UsageError("`preview` needs a DN".into())),
+        },
+        (Some(other), false) => return Err(UsageError(format!("unknown command `{other}`"))),
+    };
+    let extra = match &command {
+        Command::Preview { .. } | Command::Help(Some(_)) => 2,
+        _ => 1,
+    };
+    if words.len() > extra && !matches!(command, Command::Help(_)) {
+        return Err(UsageError(format!(
+            "unexpected argument `{}`",
+            words[extra]
+        )));
+    }
+    let allowed: &[&str] = match command {
+        Command::Sync { .. } => &["--once", "--dry-run"],
+        _ => &[],
+    };
+    if let Some(f) = flags.iter().find(|f| !allowed.contains(f)) {
+        return Err(UsageError(format!("`{f}` only goes with `sync`")));
+    }
+    Ok(Invocation {
+        command,
+        config,
+        log_level,
+        quiet,
+    })
+}
+
+/// Whether the command reads the config file.
+pub fn needs_config(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Check | Command::Sync { .. } | Command::Preview { .. }
+    )
+}
+
+/// The help text for `command` (None: the overview).
+pub fn help(command: Option<&str>) -> Result<&'static str, UsageError> {
+    Ok(match command {
+        None => HELP,
+        Some("check") => HELP_CHECK,
+        Some("sync") => HELP_SYNC,
+        Some("preview") => HELP_PREVIEW,
+        Some("version") => HELP_VERSION,
+        Some("help") => HELP,
+        Some(other) => return Err(UsageError(format!("unknown command `{other}`"))),
+    })
+}
+
+const HELP: &str = "\
+idrelay: keeps a SCIM 2.0 endpoint in step with an LDAP directory (outbound only)
+
+Usage: idrelay [OPTIONS] COMMAND
+
+Commands:
+  check              validate the config, reach the directory and the SCIM endpoint
+  sync --once        one full pass: provision every in-scope user and group, then exit
+  preview DN         show how one directory object maps to SCIM and what the endpoint holds
+  version            print the version
+  help [COMMAND]     this text, or a command's
+
+Options:
+  -c, --config FILE      the config file (TOML; see docs/config.md)
+      --log-level LEVEL  error, warn, info (default), debug, trace
+  -q, --quiet            no live progress line on the terminal
+  -h, --help             help (also after a command: idrelay sync --help)
+  -V, --version          the version
+
+Exit codes: 0 ok, 1 failed (unreachable, check failed), 2 bad command line or config,
+3 the pass finished but some objects failed.
+";
+
+const HELP_CHECK: &str = "\
+Usage: idrelay --config FILE check
+
+Checks, one line each, OK or the precise failure:
+  config      the file parses and every key is valid
+  state_dir   the state directory exists (or can be created) and is writable
+  ldap        connect (TLS facts), bind as directory.bind_dn, read the rootDSE and report
+              the directory kind, read each scope.include subtree
+  scim        fetch /ServiceProviderConfig (TLS facts, features), then an authenticated
+              read of /Users to prove the token
+Exit 0 only if every check passes, else 1 (2 when the config itself is bad).
+";
+
+const HELP_SYNC: &str = "\
+Usage: idrelay --config FILE sync --once [--dry-run]
+
+One full pass over the scope: every in-scope user, then every group, is created, replaced
+or left alone (unchanged since the last pass: nothing is sent) at the SCIM endpoint, then
+the command exits. Objects are matched by externalId, never duplicated.
+
+  --once      required: one pass, then exit
+  --dry-run   send no writes; print each write it would send as one JSON line on stdout
+              ({\"method\",\"path\",\"externalId\",\"dn\",\"body\"}); lookups still happen
+
+The last line on stdout is the summary. Exit 0: every object in step; 3: some objects
+failed (listed on stderr, with the reason); 1: the pass could not run or was cut short.
+";
+
+const HELP_PREVIEW: &str = "\
+Usage: idrelay --config FILE preview DN
+
+Reads one directory object and prints: whether it is in scope (and why not), the SCIM
+JSON it maps to, and what the SCIM endpoint holds for its externalId now. Sends no writes.
+";
+
+const HELP_VERSION: &str = "\
+Usage: idrelay version
+
+Prints the version, the git commit and the target it was built for.
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Invocation, UsageError> {
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn global_options_anywhere() {
+        let a = p(&["sync", "--once", "--config", "x.toml", "--dry-run"]).unwrap();
+        assert_eq!(a.command, Command::Sync { dry_run: true });
+        assert_eq!(a.config, Some(PathBuf::from("x.toml")));
+        let b = p(&["--config=y.toml", "--log-level", "debug", "check"]).unwrap();
+        assert_eq!(b.command, Command::Check);
+        assert_eq!(b.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn help_everywhere() {
+        assert_eq!(p(&[]).unwrap().command, Command::Help(None));
+        assert_eq!(
+            p(&["sync", "--help"]).unwrap().command,
+            Command::Help(Some("sync".into()))
+        );
+        assert_eq!(
+            p(&["help", "check"]).unwrap().command,
+            Command::Help(Some("check".into()))
+        );
+        for c in ["check", "sync", "preview", "version"] {
+            assert!(help(Some(c)).unwrap().contains("Usage: idrelay"));
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(p(&["sync"]).unwrap_err().0.contains("--once"));
+        assert!(p(&["preview"]).unwrap_err().0.contains("DN"));
+        assert!(p(&["frobnicate"]).unwrap_err().0.contains("`frobnicate`"));
+        assert!(p(&["check", "--bogus"])
+            .unwrap_err()
+            .0
+            .contains("`--bogus`"));
+        assert!(p(&["check", "--dry-run"])
+            .unwrap_err()
+            .0
+            .contains("only goes with `sync`"));
+        assert!(p(&["check", "extra"]).unwrap_err().0.contains("`extra`"));
+        assert!(p(&["--config"]).unwrap_err().0.contains("needs a file"));
+        let pv = p(&["preview", "uid=a,dc=x"]).unwrap();
+        assert_eq!(
+            pv.command,
+            Command::Preview {
+                dn: "uid=a,dc=x".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,579 @@
+//! The commands behind the CLI: `check`, `sync --once`, `preview`. Each returns an exit
+//! code (see [`crate::cli::exit`]) after printing its own results; errors are printed once
+//! here, with their cause, and never carry a secret.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::Path;
+
+use crate::cli::exit;
+use crate::config::{Config, KindSetting};
+use crate::ldap::{self, Directory, DirectoryConfig, DirectoryKind, Scope};
+use crate::relay::http::{HttpClient, HttpConfig};
+use crate::scim::client::{ScimClient, ScimConfig};
+use crate::scim::mapping::{self, Reference, Resolver};
+use crate::scim::profile::{ProfileKind, SyncProfile};
+use crate::scim::ResourceKind;
+use crate::sync::anchors::AnchorIndex;
+use crate::sync::dn;
+use crate::sync::pass::{full_pass, PassSettings};
+use crate::sync::provision::ProvisionMode;
+
+/// The version line: crate version, git commit and target, from build.rs.
+pub fn version_line() -> String {
+    format!(
+        "idrelay {} (commit {}, {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("IDRELAY_GIT_COMMIT"),
+        env!("IDRELAY_TARGET")
+    )
+}
+
+fn directory_config(c: &Config) -> DirectoryConfig {
+    DirectoryConfig {
+        url: c.directory.url.clone(),
+        starttls: c.directory.starttls,
+        ca_file: c.directory.ca_file.clone(),
+        bind_dn: c.directory.bind_dn.clone(),
+        password: c.directory.password.clone(),
+        timeout: c.directory.timeout,
+        page_size: c.directory.page_size,
+        range_step: None,
+    }
+}
+
+/// The HTTP client and the SCIM client over it (the HTTP one also answers TLS questions).
+fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
+    let http = HttpClient::new(HttpConfig {
+        ca_file: c.scim.ca_file.clone(),
+        connect_timeout: c.scim.timeout.min(std::time::Duration::from_secs(10)),
+        request_timeout: c.scim.timeout,
+        max_idle_per_host: c.sync.concurrency,
+        ..HttpConfig::default()
+    })
+    .map_err(|e| format!("scim: {e}"))?;
+    let base_url = c
+        .scim
+        .url
+        .parse()
+        .map_err(|e| format!("config {}: `scim.url`: {e}", c.path.display()))?;
+    let mut cfg = ScimConfig::new(base_url, c.scim.token.clone());
+    cfg.max_attempts = c.sync.max_attempts;
+    Ok((http.clone(), ScimClient::new(http, cfg)))
+}
+
+fn profile_kind(k: DirectoryKind) -> ProfileKind {
+    match k {
+        DirectoryKind::ActiveDirectory => ProfileKind::ActiveDirectory,
+        DirectoryKind::OpenLdap => ProfileKind::OpenLdap,
+        DirectoryKind::Generic => ProfileKind::Generic,
+    }
+}
+
+/// The kind the config names, or the detected one.
+fn effective_kind(setting: KindSetting, detected: DirectoryKind) -> DirectoryKind {
+    match setting {
+        KindSetting::Auto => detected,
+        KindSetting::ActiveDirectory => DirectoryKind::ActiveDirectory,
+        KindSetting::OpenLdap => DirectoryKind::OpenLdap,
+        KindSetting::Generic => DirectoryKind::Generic,
+    }
+}
+
+fn load_profile(c: &Config, kind: DirectoryKind) -> Result<SyncProfile, String> {
+    let p = SyncProfile::default_for(profile_kind(kind));
+    match &c.sync.profile_file {
+        Some(path) => p
+            .with_overrides_from_file(path)
+            .map_err(|e| format!("sync.profile_file: {e}")),
+        None => Ok(p),
+    }
+}
+
+/// A connected directory with its kind and the profile for it.
+struct Source {
+    dir: Directory,
+    kind: DirectoryKind,
+    profile: SyncProfile,
+}
+
+async fn open_source(c: &Config) -> Result<Source, String> {
+    let dir = Directory::connect(&directory_config(c))
+        .await
+        .map_err(|e| format!("directory: {e}"))?;
+    let dse = dir
+        .root_dse()
+        .await
+        .map_err(|e| format!("directory: reading the rootDSE: {e}"))?;
+    let kind = effective_kind(c.directory.kind, ldap::detect_kind(&dse));
+    let profile = load_profile(c, kind)?;
+    Ok(Source { dir, kind, profile })
+}
+
+fn filters(c: &Config, profile: &SyncProfile) -> (String, String) {
+    (
+        c.scope
+            .user_filter
+            .clone()
+            .unwrap_or_else(|| profile.default_filter(ResourceKind::User).to_string()),
+        c.scope
+            .group_filter
+            .clone()
+            .unwrap_or_else(|| profile.default_filter(ResourceKind::Group).to_string()),
+    )
+}
+
+/// Creates the state directory (0700) and takes its lock, so two agents never share it.
+fn lock_state_dir(dir: &Path) -> Result<File, String> {
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("agent.state_dir {}: cannot create: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    let path = dir.join("agent.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("agent.state_dir {}: not writable: {e}", dir.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(format!(
+            "another idrelay process is using agent.state_dir {} (lock {} is held)",
+            dir.display(),
+            path.display()
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// check
+
+struct CheckLines {
+    failed: bool,
+}
+
+impl CheckLines {
+    fn ok(&mut self, name: &str, detail: impl AsRef<str>) {
+        println!("{name:<10} OK    {}", detail.as_ref());
+    }
+    fn fail(&mut self, name: &str, detail: impl AsRef<str>) {
+        self.failed = true;
+        println!("{name:<10} FAIL  {}", detail.as_ref());
+    }
+}
+
+/// `check`: one line per check; exit 0 only when all pass.
+pub fn check(c: &Config) -> i32 {
+    smol::block_on(check_async(c))
+}
+
+async fn check_async(c: &Config) -> i32 {
+    let mut out = CheckLines { failed: false };
+    out.ok(
+        "config",
+        format!("{} (agent {})", c.path.display(), c.agent.id),
+    );
+
+    match state_dir_writable(&c.agent.state_dir) {
+        Ok(()) => out.ok("state_dir", c.agent.state_dir.display().to_string()),
+        Err(e) => out.fail("state_dir", e),
+    }
+
+    match open_source(c).await {
+        Err(e) => out.fail("ldap", e),
+        Ok(src) => {
+            let tls = src.dir.tls_facts().await;
+            out.ok(
+                "ldap",
+                format!(
+                    "{} bound as {}; {}",
+                    c.directory.url,
+                    c.directory.bind_dn,
+                    tls.unwrap_or_else(|| "no TLS (plain LDAP)".into())
+                ),
+            );
+            let how = if c.directory.kind == KindSetting::Auto {
+                "detected from the rootDSE"
+            } else {
+                "set by directory.kind"
+            };
+            out.ok("directory", format!("{} ({how})", src.kind));
+            let (uf, gf) = filters(c, &src.profile);
+            for base in &c.scope.include {
+                match count_scope(&src.dir, base, &uf, &gf).await {
+                    Ok((u, g)) => {
+                        out.ok("scope", format!("{base}: {u} users, {g} groups in scope"))
+                    }
+                    Err(e) => out.fail("scope", format!("{base}: {e}")),
+                }
+            }
+        }
+    }
+
+    match scim_client(c) {
+        Err(e) => out.fail("scim", e),
+        Ok((http, scim)) => {
+            let url = c.scim.url.parse().expect("validated by scim_client");
+            match http.tls_facts(&url).await {
+                Ok(Some(f)) => out.ok(
+                    "scim tls",
+                    format!(
+                        "{}, {}, certificate chain of {} verified against {}",
+                        f.protocol, f.cipher_suite, f.peer_certificates, f.trust_anchors
+                    ),
+                ),
+                Ok(None) => out.ok(
+                    "scim tls",
+                    "plain http: no TLS (use https:// outside a lab)",
+                ),
+                Err(e) => out.fail("scim tls", e.to_string()),
+            }
+            match scim.service_provider_config().await {
+                Ok(spc) => out.ok(
+                    "scim",
+                    format!(
+                        "{}: ServiceProviderConfig: patch {}, bulk {}, filter {}",
+                        c.scim.url,
+                        yes_no(spc.patch),
+                        spc.bulk
+                            .map(|b| format!("up to {} operations", b.max_operations))
+                            .unwrap_or_else(|| "no".into()),
+                        yes_no(spc.filter)
+                    ),
+                ),
+                Err(e) => out.fail("scim", e.to_string()),
+            }
+            // Discovery endpoints often answer without a token; a filtered read does not.
+            match scim
+                .find_by_external_id(ResourceKind::User, "idrelay-check-probe")
+                .await
+            {
+                Ok(_) => out.ok("scim auth", "bearer token accepted (GET /Users)"),
+                Err(e) => out.fail("scim auth", e.to_string()),
+            }
+        }
+    }
+    if out.failed {
+        exit::FAILURE
+    } else {
+        exit::OK
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn state_dir_writable(dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    let probe = dir.join(".idrelay-check");
+    fs::write(&probe, b"ok").map_err(|e| format!("{}: not writable: {e}", dir.display()))?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+async fn count_scope(
+    dir: &Directory,
+    base: &str,
+    uf: &str,
+    gf: &str,
+) -> Result<(u64, u64), String> {
+    let mut counts = [0u64; 2];
+    for (i, f) in [uf, gf].into_iter().enumerate() {
+        let mut s = dir.search(base, Scope::Subtree, f, &["1.1"]);
+        while let Some(e) = s.next().await {
+            e.map_err(|e| e.to_string())?;
+            counts[i] += 1;
+        }
+    }
+    Ok((counts[0], counts[1]))
+}
+
+// ---------------------------------------------------------------------------------------
+// sync --once
+
+/// `sync --once [--dry-run]`.
+pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
+    let _lock = match lock_state_dir(&c.agent.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    smol::block_on(async {
+        let src = match open_source(c).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        };
+        log::info!("directory {} is {}", c.directory.url, src.kind);
+        let scim = match scim_client(c) {
+            Ok((_, s)) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        };
+        // Reaching the endpoint first turns "unreachable" into one clear error instead of
+        // one failure per object.
+        if let Err(e) = scim.service_provider_config().await {
+            if e.status() != Some(404) {
+                eprintln!("error: SCIM endpoint {}: {e}", c.scim.url);
+                return exit::FAILURE;
+            }
+            log::warn!(
+                "SCIM endpoint has no /ServiceProviderConfig (404); going on with plain SCIM"
+            );
+        }
+        let mut index = match AnchorIndex::load(&c.agent.state_dir) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!(
+                    "error: agent.state_dir {}: {e}",
+                    c.agent.state_dir.display()
+                );
+                return exit::FAILURE;
+            }
+        };
+        let (user_filter, group_filter) = filters(c, &src.profile);
+        let settings = PassSettings {
+            include: c.scope.include.clone(),
+            user_filter,
+            group_filter,
+            concurrency: c.sync.concurrency,
+            mode: ProvisionMode {
+                dry_run,
+                soft_match: c.sync.soft_match,
+            },
+            quiet,
+        };
+        match full_pass(&src.dir, &scim, &src.profile, &mut index, &settings).await {
+            Ok(report) => {
+                if !report.failures.is_empty() {
+                    eprintln!("{} objects failed:", report.failures.len());
+                    for f in report.failures.iter().take(50) {
+                        eprintln!("  {}: {}", f.dn, f.reason);
+                    }
+                    if report.failures.len() > 50 {
+                        eprintln!(
+                            "  ... and {} more (see the log)",
+                            report.failures.len() - 50
+                        );
+                    }
+                }
+                println!("{report}");
+                if report.failures.is_empty() {
+                    exit::OK
+                } else {
+                    exit::PARTIAL
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// preview DN
+
+/// References are resolved ahead of mapping (the resolver itself cannot do I/O).
+struct TableResolver(HashMap<String, Reference>);
+
+impl Resolver for TableResolver {
+    fn resolve(&self, target: &str) -> Reference {
+        self.0
+            .get(&dn::normalize(target))
+            .cloned()
+            .unwrap_or(Reference::OutOfScope)
+    }
+}
+
+/// How many `member` / `manager` values preview resolves before it stops.
+const PREVIEW_REFERENCES: usize = 1000;
+
+/// `preview DN`.
+pub fn preview(c: &Config, target: &str) -> i32 {
+    smol::block_on(async {
+        match preview_async(c, target).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        }
+    })
+}
+
+async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
+    let src = open_source(c).await?;
+    let mut attrs = src.profile.ldap_attributes(ResourceKind::User);
+    for a in src.profile.ldap_attributes(ResourceKind::Group) {
+        if !attrs.iter().any(|x| x.eq_ignore_ascii_case(&a)) {
+            attrs.push(a);
+        }
+    }
+    let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+    let entry = src
+        .dir
+        .read(target, &attr_refs)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{target}: no such object in the directory"))?;
+    println!("object:    {}", entry.dn);
+    println!("directory: {}", src.kind);
+    let Some(kind) = src.profile.classify(&entry) else {
+        println!(
+            "in scope:  no: its objectClass is neither a user nor a group of the {} profile",
+            src.kind
+        );
+        return Ok(exit::OK);
+    };
+    let (uf, gf) = filters(c, &src.profile);
+    match in_scope(&src.dir, c, &entry.dn, kind, &uf, &gf).await? {
+        Ok(()) => println!("in scope:  yes, as a {}", kind.word()),
+        Err(why) => println!("in scope:  no: {why}"),
+    }
+
+    let index = AnchorIndex::load(&c.agent.state_dir).map_err(|e| e.to_string())?;
+    let mut table = HashMap::new();
+    let mut refs: Vec<String> = Vec::new();
+    for a in ["manager", "member", "uniqueMember"] {
+        refs.extend(entry.strs(a).map(str::to_string));
+    }
+    if refs.len() > PREVIEW_REFERENCES {
+        println!(
+            "note:      {} references; resolving the first {PREVIEW_REFERENCES} only",
+            refs.len()
+        );
+        refs.truncate(PREVIEW_REFERENCES);
+    }
+    for r in refs {
+        let reference = resolve_for_preview(&src, c, &index, &r, &uf, &gf).await?;
+        table.insert(dn::normalize(&r), reference);
+    }
+    let mapped = mapping::map_entry(&entry, kind, &src.profile, &TableResolver(table))
+        .map_err(|e| e.to_string())?;
+    println!("externalId: {}", mapped.external_id);
+    if !mapped.pending.is_empty() {
+        println!(
+            "pending:   {} references are in scope but not provisioned yet (left out until they are): {}",
+            mapped.pending.len(),
+            mapped.pending.join("; ")
+        );
+    }
+    println!("SCIM representation:");
+    println!("{}", pretty(&mapped.resource));
+
+    let (_, scim) = scim_client(c)?;
+    match scim.find_by_external_id(kind, &mapped.external_id).await {
+        Ok(Some(held)) => {
+            println!("endpoint holds:");
+            println!("{}", pretty(&held));
+        }
+        Ok(None) => println!(
+            "endpoint holds: nothing with externalId {} (a sync would create it)",
+            mapped.external_id
+        ),
+        Err(e) => println!("endpoint: cannot look it up: {e}"),
+    }
+    Ok(exit::OK)
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Ok(Ok) in scope; Ok(Err(why)) not; Err: the directory could not say.
+async fn in_scope(
+    dir: &Directory,
+    c: &Config,
+    target: &str,
+    kind: ResourceKind,
+    uf: &str,
+    gf: &str,
+) -> Result<Result<(), String>, String> {
+    let n = dn::normalize(target);
+    if !c
+        .scope
+        .include
+        .iter()
+        .any(|b| dn::is_under(&n, &dn::normalize(b)))
+    {
+        return Ok(Err(format!(
+            "not under any scope.include subtree ({})",
+            c.scope.include.join("; ")
+        )));
+    }
+    let filter = match kind {
+        ResourceKind::User => uf,
+        ResourceKind::Group => gf,
+    };
+    let mut s = dir.search(target, Scope::Base, filter, &["1.1"]);
+    let mut found = false;
+    while let Some(e) = s.next().await {
+        e.map_err(|e| e.to_string())?;
+        found = true;
+    }
+    Ok(if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "does not match the {} filter {filter}",
+            kind.word()
+        ))
+    })
+}
+
+async fn resolve_for_preview(
+    src: &Source,
+    c: &Config,
+    index: &AnchorIndex,
+    target: &str,
+    uf: &str,
+    gf: &str,
+) -> Result<Reference, String> {
+    let attrs: Vec<String> = src
+        .profile
+        .ldap_attributes(ResourceKind::User)
+        .into_iter()
+        .chain(src.profile.ldap_attributes(ResourceKind::Group))
+        .filter(|a| !a.eq_ignore_ascii_case("member") && !a.eq_ignore_ascii_case("uniquemember"))
+        .collect();
+    let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+    let Some(e) = src
+        .dir
+        .read(target, &attr_refs)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Reference::OutOfScope);
+    };
+    let Some(kind) = src.profile.classify(&e) else {
+        return Ok(Reference::OutOfScope);
+    };
+    if in_scope(&src.dir, c, &e.dn, kind, uf, gf).await?.is_err() {
+        return Ok(Reference::OutOfScope);
+    }
+    let Ok(x) = mapping::anchor_of(&e, kind, &src.profile) else {
+        return Ok(Reference::OutOfScope);
+    };
+    Ok(match index.get(kind, &x) {
+        Some(a) => Reference::Id(a.scim_id.clone()),
+        None => Reference::Pending,
+    })
+}

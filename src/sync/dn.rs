@@ -1,0 +1,93 @@
+//! Distinguished-name helpers for comparing DNs the way a directory does, enough for scope
+//! checks and for resolving `member` / `manager` values to objects.
+//!
+//! Normalising lower-cases attribute types and values and drops the spaces around `,`, `=`
+//! and `+` that some tools write; escaped characters (`\,`) stay escaped. This is not full
+//! RFC 4514 canonicalisation (no hex-escape decoding), and need not be: both sides of every
+//! comparison come from the same server, which writes a DN the same way each time.
+
+/// Splits a DN into its RDNs at unescaped commas (values keep their escapes).
+pub fn split_rdns(dn: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut escaped = false;
+    for (i, c) in dn.char_indices() {
+        match c {
+            '\\' if !escaped => {
+                escaped = true;
+                continue;
+            }
+            ',' | ';' if !escaped => {
+                out.push(dn[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+        escaped = false;
+    }
+    let last = dn[start..].trim();
+    if !last.is_empty() || !out.is_empty() {
+        out.push(last);
+    }
+    out
+}
+
+/// The normalised form used as a map key: lower-case, no padding spaces.
+pub fn normalize(dn: &str) -> String {
+    let mut out = String::with_capacity(dn.len());
+    for (i, rdn) in split_rdns(dn).into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, ava) in rdn.split('+').enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            match ava.split_once('=') {
+                Some((a, v)) => {
+                    out.push_str(&a.trim().to_lowercase());
+                    out.push('=');
+                    out.push_str(&v.trim().to_lowercase());
+                }
+                None => out.push_str(&ava.trim().to_lowercase()),
+            }
+        }
+    }
+    out
+}
+
+/// Whether normalised `dn` equals normalised `base` or lies below it.
+pub fn is_under(dn: &str, base: &str) -> bool {
+    dn == base
+        || (dn.len() > base.len()
+            && dn.ends_with(base)
+            && dn[..dn.len() - base.len()].ends_with(','))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_drops_case_and_padding_keeps_escapes() {
+        assert_eq!(
+            normalize("CN=Ann Lee, OU=Staff,DC=Branch ,dc=test"),
+            "cn=ann lee,ou=staff,dc=branch,dc=test"
+        );
+        assert_eq!(normalize(r"cn=Lee\, Ann,dc=x"), r"cn=lee\, ann,dc=x");
+        assert_eq!(split_rdns(r"cn=a\,b,dc=x").len(), 2);
+        assert!(split_rdns("").is_empty());
+    }
+
+    #[test]
+    fn under_means_suffix_at_an_rdn_boundary() {
+        let base = normalize("dc=branch,dc=test");
+        assert!(is_under(
+            &normalize("uid=a,ou=people,dc=branch,dc=test"),
+            &base
+        ));
+        assert!(is_under(&base, &base));
+        assert!(!is_under(&normalize("dc=xbranch,dc=test"), &base));
+        assert!(!is_under(&normalize("dc=test"), &base));
+    }
+}

@@ -1,0 +1,540 @@
+//! One full pass: read the whole scope and bring every object in step at the endpoint.
+//!
+//! Order and why:
+//! 1. **Scope scan**: every in-scope user and group, anchor attributes only, into a map
+//!    DN → (kind, externalId). It tells the mapper which `member` / `manager` DNs are in
+//!    scope, and gives progress a total.
+//! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers.
+//!    A user whose manager has no SCIM id yet (still being created in this pass) is held
+//!    back and sent once, complete, when the phase has drained.
+//! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
+//!    out-of-scope members are left out, nested groups created later are revisited.
+//!
+//! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
+//! taken for a smaller directory); a failing object is counted and reported and never
+//! stops the others; an object whose representation hash equals the one last sent is not
+//! written at all (so a second pass over an unchanged directory sends zero writes).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use smol::channel::{self, Receiver, Sender};
+
+use crate::ldap::{Directory, Entry, LdapError, Scope};
+use crate::scim::client::{ScimClient, WriteCounts};
+use crate::scim::mapping::{self, Reference, Resolver};
+use crate::scim::profile::SyncProfile;
+use crate::scim::ResourceKind;
+use crate::sync::anchors::{representation_hash, Anchor, AnchorIndex};
+use crate::sync::dn;
+use crate::sync::progress::Progress;
+use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
+
+/// What a pass needs besides its connections.
+#[derive(Debug, Clone)]
+pub struct PassSettings {
+    /// Subtrees to read.
+    pub include: Vec<String>,
+    /// Filter for users.
+    pub user_filter: String,
+    /// Filter for groups.
+    pub group_filter: String,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Dry run / soft match.
+    pub mode: ProvisionMode,
+    /// No live progress line.
+    pub quiet: bool,
+}
+
+/// One object that could not be provisioned.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The directory object.
+    pub dn: String,
+    /// Why (names the HTTP status, attribute or cause).
+    pub reason: String,
+}
+
+/// The outcome of a pass.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// In-scope users seen.
+    pub users: u64,
+    /// In-scope groups seen.
+    pub groups: u64,
+    /// Resources created.
+    pub created: u64,
+    /// Resources replaced (known to the index).
+    pub replaced: u64,
+    /// Resources found by externalId (or adopted by userName) and replaced.
+    pub matched: u64,
+    /// Objects whose representation was unchanged: nothing sent.
+    pub unchanged: u64,
+    /// Objects that failed.
+    pub failures: Vec<Failure>,
+    /// Writes the SCIM client sent (POST/PUT/PATCH/DELETE requests).
+    pub writes: WriteCounts,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+impl PassReport {
+    /// Objects in step at the end of the pass.
+    pub fn in_step(&self) -> u64 {
+        (self.users + self.groups).saturating_sub(self.failures.len() as u64)
+    }
+}
+
+impl fmt::Display for PassReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let total = self.users + self.groups;
+        let rate = if secs > 0.0 { total as f64 / secs } else { 0.0 };
+        let w = &self.writes;
+        write!(
+            f,
+            "sync{}: {} objects in step ({} users, {} groups); writes: {} created, {} replaced, {} patched; {} unchanged; {} failed; {:.1} s, {:.0} objects/s",
+            if self.dry_run { " (dry run, nothing sent)" } else { "" },
+            self.in_step(),
+            self.users,
+            self.groups,
+            w.creates,
+            w.replaces,
+            w.patches,
+            self.unchanged,
+            self.failures.len(),
+            secs,
+            rate
+        )
+    }
+}
+
+/// Why a pass stopped before the end.
+#[derive(Debug)]
+pub enum PassError {
+    /// Reading the directory failed; the pass is incomplete and nothing is concluded from it.
+    Directory(LdapError),
+    /// The anchor index could not be written.
+    State(std::io::Error),
+}
+
+impl fmt::Display for PassError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PassError::Directory(e) => write!(f, "directory read failed, pass abandoned: {e}"),
+            PassError::State(e) => write!(f, "cannot write the anchor index: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PassError {}
+
+impl From<LdapError> for PassError {
+    fn from(e: LdapError) -> Self {
+        PassError::Directory(e)
+    }
+}
+
+struct InScope {
+    kind: ResourceKind,
+    external_id: String,
+    visited: bool,
+}
+
+/// Resolves DNs through the scope map and the anchor index (and, in a dry run, the ids the
+/// run pretended to create).
+struct ScopeResolver<'a> {
+    scope: &'a HashMap<String, InScope>,
+    index: &'a AnchorIndex,
+    pretend: &'a HashMap<String, String>,
+}
+
+impl Resolver for ScopeResolver<'_> {
+    fn resolve(&self, target: &str) -> Reference {
+        let Some(obj) = self.scope.get(&dn::normalize(target)) else {
+            return Reference::OutOfScope;
+        };
+        if let Some(a) = self.index.get(obj.kind, &obj.external_id) {
+            return Reference::Id(a.scim_id.clone());
+        }
+        match self.pretend.get(&obj.external_id) {
+            Some(id) => Reference::Id(id.clone()),
+            None => Reference::Pending,
+        }
+    }
+}
+
+struct Done {
+    kind: ResourceKind,
+    dn: String,
+    external_id: String,
+    hash: u64,
+    outcome: Outcome,
+}
+
+/// The pass coordinator: owns the index; workers only talk HTTP.
+struct Pass<'a> {
+    dir: &'a Directory,
+    profile: &'a SyncProfile,
+    settings: &'a PassSettings,
+    index: &'a mut AnchorIndex,
+    scope: HashMap<String, InScope>,
+    pretend: HashMap<String, String>,
+    jobs: Sender<Job>,
+    results: Receiver<Done>,
+    in_flight: usize,
+    report: PassReport,
+    progress: Progress,
+    done: u64,
+    total: u64,
+    last_save: Instant,
+}
+
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs one full pass. The anchor index is updated (and saved) as objects are provisioned,
+/// except in a dry run, which leaves it untouched.
+pub async fn full_pass(
+    dir: &Directory,
+    scim: &ScimClient,
+    profile: &SyncProfile,
+    index: &mut AnchorIndex,
+    settings: &PassSettings,
+) -> Result<PassReport, PassError> {
+    let started = Instant::now();
+    let writes_before = scim.write_counts();
+    let (jobs_tx, jobs_rx) = channel::bounded::<Job>(settings.concurrency * 2);
+    let (done_tx, done_rx) = channel::unbounded::<Done>();
+    let mut workers = Vec::new();
+    for _ in 0..settings.concurrency {
+        let jobs = jobs_rx.clone();
+        let done = done_tx.clone();
+        let scim = scim.clone();
+        let mode = settings.mode;
+        workers.push(smol::spawn(async move {
+            while let Ok(job) = jobs.recv().await {
+                let outcome = provision(&scim, &job, mode).await;
+                let d = Done {
+                    kind: job.kind,
+                    dn: job.dn,
+                    external_id: job.external_id,
+                    hash: job.hash,
+                    outcome,
+                };
+                if done.send(d).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(done_tx);
+
+    let mut pass = Pass {
+        dir,
+        profile,
+        settings,
+        index,
+        scope: HashMap::new(),
+        pretend: HashMap::new(),
+        jobs: jobs_tx,
+        results: done_rx,
+        in_flight: 0,
+        report: PassReport {
+            dry_run: settings.mode.dry_run,
+            ..PassReport::default()
+        },
+        progress: Progress::new(settings.quiet),
+        done: 0,
+        total: 0,
+        last_save: Instant::now(),
+    };
+    let result = pass.run().await;
+    // Let in-flight work land in the index even when the pass failed.
+    pass.drain().await;
+    pass.jobs.close();
+    for w in workers {
+        w.await;
+    }
+    pass.progress.finish_line();
+    if !settings.mode.dry_run {
+        pass.index.save().map_err(PassError::State)?;
+    }
+    result?;
+    let mut report = pass.report;
+    let now = scim.write_counts();
+    report.writes = WriteCounts {
+        creates: now.creates - writes_before.creates,
+        replaces: now.replaces - writes_before.replaces,
+        patches: now.patches - writes_before.patches,
+        deletes: now.deletes - writes_before.deletes,
+    };
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+impl Pass<'_> {
+    async fn run(&mut self) -> Result<(), PassError> {
+        self.scan().await?;
+        for kind in [ResourceKind::User, ResourceKind::Group] {
+            self.total = self.scope.values().filter(|o| o.kind == kind).count() as u64;
+            self.done = 0;
+            self.progress.phase(&format!("{}s", kind.word()));
+            let attrs = self.profile.ldap_attributes(kind);
+            let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+            let filter = self.filter(kind).to_string();
+            let mut revisit = Vec::new();
+            for base in &self.settings.include {
+                let mut stream = self.dir.search(base, Scope::Subtree, &filter, &attr_refs);
+                while let Some(entry) = stream.next().await {
+                    let entry = entry?;
+                    if let Some(dn) = self.handle(entry, kind, true).await {
+                        revisit.push(dn);
+                    }
+                }
+            }
+            self.drain().await;
+            if !revisit.is_empty() {
+                log::info!(
+                    "{} {}s refer to objects created in this pass; sending them now",
+                    revisit.len(),
+                    kind.word()
+                );
+            }
+            for target in revisit {
+                match self.dir.read(&target, &attr_refs).await? {
+                    Some(entry) => {
+                        self.handle(entry, kind, false).await;
+                    }
+                    None => {
+                        log::info!("{target} disappeared during the pass; the next pass sees it")
+                    }
+                }
+            }
+            self.drain().await;
+        }
+        Ok(())
+    }
+
+    fn filter(&self, kind: ResourceKind) -> &str {
+        match kind {
+            ResourceKind::User => &self.settings.user_filter,
+            ResourceKind::Group => &self.settings.group_filter,
+        }
+    }
+
+    /// Step 1: DN → anchor for everything in scope.
+    async fn scan(&mut self) -> Result<(), PassError> {
+        self.progress.phase("scope scan");
+        let mut seen = 0u64;
+        for kind in [ResourceKind::User, ResourceKind::Group] {
+            let attrs: Vec<String> = self
+                .profile
+                .ldap_attributes(kind)
+                .into_iter()
+                .filter(|a| !is_member_attr(a))
+                .collect();
+            let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+            let filter = self.filter(kind).to_string();
+            for base in &self.settings.include {
+                let mut stream = self.dir.search(base, Scope::Subtree, &filter, &attr_refs);
+                while let Some(entry) = stream.next().await {
+                    let entry = entry?;
+                    seen += 1;
+                    self.progress.tick(seen, 0);
+                    let key = dn::normalize(&entry.dn);
+                    if self.scope.contains_key(&key) {
+                        continue;
+                    }
+                    match mapping::anchor_of(&entry, kind, self.profile) {
+                        Ok(external_id) => {
+                            self.scope.insert(
+                                key,
+                                InScope {
+                                    kind,
+                                    external_id,
+                                    visited: false,
+                                },
+                            );
+                        }
+                        // Reported when the object itself is mapped in its phase.
+                        Err(e) => log::debug!("scope scan: {e}"),
+                    }
+                }
+            }
+        }
+        let users = self
+            .scope
+            .values()
+            .filter(|o| o.kind == ResourceKind::User)
+            .count();
+        log::info!(
+            "scope: {} users, {} groups under {}",
+            users,
+            self.scope.len() - users,
+            self.settings.include.join("; ")
+        );
+        Ok(())
+    }
+
+    /// Maps one entry and hands it to a worker unless unchanged. Returns the DN when the
+    /// object refers to something not provisioned yet and should be visited again.
+    async fn handle(
+        &mut self,
+        entry: Entry,
+        kind: ResourceKind,
+        first_round: bool,
+    ) -> Option<String> {
+        let key = dn::normalize(&entry.dn);
+        if first_round {
+            match self.scope.get_mut(&key) {
+                Some(o) if o.visited => return None, // overlapping include subtrees
+                Some(o) => o.visited = true,
+                None => {}
+            }
+            match kind {
+                ResourceKind::User => self.report.users += 1,
+                ResourceKind::Group => self.report.groups += 1,
+            }
+            self.done += 1;
+            self.progress.tick(self.done, self.total);
+        }
+        let resolver = ScopeResolver {
+            scope: &self.scope,
+            index: self.index,
+            pretend: &self.pretend,
+        };
+        let mapped = match mapping::map_entry(&entry, kind, self.profile, &resolver) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail(entry.dn, e.to_string());
+                return None;
+            }
+        };
+        if !self.scope.contains_key(&key) {
+            // Created after the scan: in scope all the same.
+            self.scope.insert(
+                key,
+                InScope {
+                    kind,
+                    external_id: mapped.external_id.clone(),
+                    visited: true,
+                },
+            );
+        }
+        if first_round && !mapped.pending.is_empty() {
+            // Refers to something still being created: send it once, complete, after the
+            // phase has drained (or without the reference if that object failed).
+            return Some(entry.dn);
+        }
+        let hash = representation_hash(&mapped.resource);
+        let known = self.index.get(kind, &mapped.external_id).cloned();
+        let known_id = known.as_ref().map(|a| a.scim_id.clone()).or_else(|| {
+            // A dry run "created" it earlier in this pass: a real run would now PUT.
+            self.pretend.get(&mapped.external_id).cloned()
+        });
+        if known.as_ref().is_some_and(|a| a.hash == hash) {
+            if first_round {
+                self.report.unchanged += 1;
+            }
+        } else {
+            let job = Job {
+                kind,
+                dn: entry.dn.clone(),
+                external_id: mapped.external_id,
+                body: mapped.resource,
+                hash,
+                known_id,
+            };
+            self.dispatch(job).await;
+        }
+        None
+    }
+
+    async fn dispatch(&mut self, mut job: Job) {
+        loop {
+            while let Ok(d) = self.results.try_recv() {
+                self.apply(d);
+            }
+            match self.jobs.try_send(job) {
+                Ok(()) => {
+                    self.in_flight += 1;
+                    return;
+                }
+                Err(channel::TrySendError::Full(j)) => {
+                    job = j;
+                    // Every worker is busy: wait for one to finish.
+                    if let Ok(d) = self.results.recv().await {
+                        self.apply(d);
+                    }
+                }
+                Err(channel::TrySendError::Closed(j)) => {
+                    self.fail(j.dn, "internal: provisioning workers stopped".into());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until every dispatched job has landed.
+    async fn drain(&mut self) {
+        while self.in_flight > 0 {
+            match self.results.recv().await {
+                Ok(d) => self.apply(d),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn apply(&mut self, d: Done) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let id = match d.outcome {
+            Outcome::Created(id) => {
+                self.report.created += 1;
+                id
+            }
+            Outcome::Replaced(id) => {
+                self.report.replaced += 1;
+                id
+            }
+            Outcome::Matched(id) => {
+                self.report.matched += 1;
+                id
+            }
+            Outcome::Failed(reason) => {
+                self.fail(d.dn, reason);
+                return;
+            }
+        };
+        if self.settings.mode.dry_run {
+            self.pretend.insert(d.external_id, id);
+            return;
+        }
+        self.index.put(
+            &d.external_id,
+            Anchor {
+                kind: d.kind,
+                scim_id: id,
+                hash: d.hash,
+            },
+        );
+        if self.last_save.elapsed() >= SAVE_EVERY {
+            self.last_save = Instant::now();
+            if let Err(e) = self.index.save() {
+                log::warn!("cannot save the anchor index yet (will retry): {e}");
+            }
+        }
+    }
+
+    fn fail(&mut self, dn: String, reason: String) {
+        log::warn!("{dn}: {reason}");
+        self.report.failures.push(Failure { dn, reason });
+    }
+}
+
+fn is_member_attr(a: &str) -> bool {
+    a.eq_ignore_ascii_case("member") || a.eq_ignore_ascii_case("uniquemember")
+}

@@ -1,0 +1,125 @@
+//! Progress of long work, so an operator never wonders whether the agent is stuck.
+//!
+//! On a terminal: one live line on stderr, redrawn at most five times a second
+//! (`users 4200/10200 41% 830/s ETA 7 s`). Elsewhere (systemd, a pipe): an `info` log line
+//! every [`LOG_EVERY`]. The arithmetic (rate, ETA) is a pure function, tested without a clock.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// How often a progress line is logged when stderr is not a terminal.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+const REDRAW_EVERY: Duration = Duration::from_millis(200);
+
+/// Reports progress of one piece of work with a known (or estimated) total.
+pub struct Progress {
+    live: bool,
+    started: Instant,
+    last_shown: Option<Instant>,
+    phase: String,
+    drawn: bool,
+}
+
+impl Progress {
+    /// Chooses live-line or log-line mode from whether stderr is a terminal; `quiet`
+    /// suppresses the live line (log lines still follow the log level).
+    pub fn new(quiet: bool) -> Progress {
+        Progress {
+            live: !quiet && std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last_shown: None,
+            phase: String::new(),
+            drawn: false,
+        }
+    }
+
+    /// Starts a named phase; the rate is measured from here.
+    pub fn phase(&mut self, name: &str) {
+        self.finish_line();
+        self.phase = name.to_string();
+        self.started = Instant::now();
+        self.last_shown = None;
+    }
+
+    /// Reports `done` of `total` (total 0: unknown).
+    pub fn tick(&mut self, done: u64, total: u64) {
+        let now = Instant::now();
+        let every = if self.live { REDRAW_EVERY } else { LOG_EVERY };
+        match self.last_shown {
+            Some(t) if now.duration_since(t) < every => return,
+            None if !self.live && now.duration_since(self.started) < every => return,
+            _ => {}
+        }
+        self.last_shown = Some(now);
+        let line = render(&self.phase, done, total, now.duration_since(self.started));
+        if self.live {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            self.drawn = true;
+        } else {
+            log::info!("{line}");
+        }
+    }
+
+    /// Clears the live line so the next output starts on a clean line.
+    pub fn finish_line(&mut self) {
+        if self.drawn {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+            self.drawn = false;
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish_line();
+    }
+}
+
+/// `phase done/total pct rate ETA` for the given elapsed time.
+pub fn render(phase: &str, done: u64, total: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+    if total == 0 {
+        return format!("{phase}: {done} done, {rate:.0}/s");
+    }
+    let pct = (done.min(total) * 100) / total;
+    let eta = if rate > 0.0 && done < total {
+        format_duration(Duration::from_secs_f64((total - done) as f64 / rate))
+    } else if done >= total {
+        "0 s".to_string()
+    } else {
+        "unknown".to_string()
+    };
+    format!("{phase}: {done}/{total} ({pct}%), {rate:.0}/s, ETA {eta}")
+}
+
+/// `42 s`, `3 min 5 s`, `2 h 10 min`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{} h {} min", s / 3600, s % 3600 / 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rate_and_eta() {
+        let l = render("users", 500, 2000, Duration::from_secs(5));
+        assert_eq!(l, "users: 500/2000 (25%), 100/s, ETA 15 s");
+        assert_eq!(
+            render("scan", 10, 0, Duration::from_secs(2)),
+            "scan: 10 done, 5/s"
+        );
+        assert!(render("x", 0, 10, Duration::ZERO).ends_with("ETA unknown"));
+        assert_eq!(format_duration(Duration::from_secs(3725)), "1 h 2 min");
+    }
+}

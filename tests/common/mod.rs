@@ -1,0 +1,467 @@
+//! Shared pieces of the integration tests: the real `idrelay` binary, a private scim2-server
+//! per test, LDIF loaded into the real directories with ldap-utils.
+//!
+//! The servers come from `scripts/test.sh` (it starts slapd and Samba AD and exports their
+//! coordinates); a test that finds a variable missing fails and says so, it never passes
+//! silently. Every server a test starts listens on 127.0.0.1 and is stopped by its PID.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A required environment variable, or a failure that says how to get it.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through scripts/test.sh, which starts the test servers and exports their coordinates")
+    })
+}
+
+/// A unique, short suffix for names in shared directories.
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{tag}-{}-{:x}", std::process::id(), nanos)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("idrelay-it-{}", unique(tag)));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private scim2-server (the python-scim project's reference server, from PyPI), on a
+/// free loopback port, stopped by PID on drop.
+pub struct ScimServer {
+    child: Child,
+    pub port: u16,
+    pub token: String,
+    log: PathBuf,
+}
+
+impl ScimServer {
+    pub fn start() -> ScimServer {
+        let venv = env("SCIM_VENV");
+        let port = free_port();
+        let token = format!("tok-{}", unique("scim"));
+        let log = std::env::temp_dir().join(format!("idrelay-it-scim-{port}.log"));
+        let child = Command::new(Path::new(&venv).join("bin/scim2-server"))
+            .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bearer-token", &token])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("start scim2-server from $SCIM_VENV");
+        let s = ScimServer {
+            child,
+            port,
+            token,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.try_get("/ServiceProviderConfig").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "scim2-server did not answer on port {port}: {}",
+                std::fs::read_to_string(&s.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v2", self.port)
+    }
+
+    fn try_get(&self, path: &str) -> Result<(u16, String), String> {
+        http_request(self.port, "GET", &format!("/v2{path}"), &self.token, None)
+    }
+
+    /// GET a path under the base URL; panics unless 200.
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = self.try_get(path).unwrap();
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// All resources of an endpoint ("Users" / "Groups").
+    pub fn all(&self, endpoint: &str) -> Vec<Value> {
+        let v = self.get(&format!("/{endpoint}?count=1000"));
+        v["Resources"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The one resource with this externalId, if any.
+    pub fn by_external_id(&self, endpoint: &str, external_id: &str) -> Option<Value> {
+        let filter = format!("externalId eq \"{external_id}\"");
+        let v = self.get(&format!("/{endpoint}?filter={}", url_encode(&filter)));
+        let list = v["Resources"].as_array().cloned().unwrap_or_default();
+        assert!(
+            list.len() <= 1,
+            "externalId {external_id} is held {} times",
+            list.len()
+        );
+        list.into_iter().next()
+    }
+
+    /// POST a resource directly (to set up conflicts).
+    pub fn post(&self, endpoint: &str, body: &Value) -> Value {
+        let (status, text) = http_request(
+            self.port,
+            "POST",
+            &format!("/v2/{endpoint}"),
+            &self.token,
+            Some(&body.to_string()),
+        )
+        .unwrap();
+        assert_eq!(status, 201, "POST {endpoint}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for ScimServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A minimal blocking HTTP/1.0 exchange with the test server (not the code under test).
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/scim+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    Ok((status, rest.to_string()))
+}
+
+/// Coordinates of one of the test directories.
+#[derive(Clone)]
+pub struct Dir {
+    pub url: String,
+    pub base: String,
+    pub admin_dn: String,
+    pub admin_pw: String,
+    pub bind_dn: String,
+    pub bind_pw: String,
+    pub ca: String,
+}
+
+impl Dir {
+    pub fn openldap() -> Dir {
+        Dir {
+            url: env("OPENLDAP_URL"),
+            base: env("OPENLDAP_BASE_DN"),
+            admin_dn: env("OPENLDAP_ROOT_DN"),
+            admin_pw: env("OPENLDAP_ROOT_PW"),
+            bind_dn: env("OPENLDAP_SYNC_DN"),
+            bind_pw: env("OPENLDAP_SYNC_PW"),
+            ca: env("OPENLDAP_CA_CERT"),
+        }
+    }
+
+    pub fn samba() -> Dir {
+        Dir {
+            url: env("AD_LDAP_URL"),
+            base: env("AD_BASE_DN"),
+            admin_dn: env("AD_BIND_DN"),
+            admin_pw: env("AD_PASSWORD"),
+            bind_dn: env("AD_BIND_DN"),
+            bind_pw: env("AD_PASSWORD"),
+            ca: env("AD_CA_CERT"),
+        }
+    }
+
+    fn tool(&self, tool: &str, extra: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(tool)
+            .args([
+                "-x",
+                "-H",
+                &self.url,
+                "-D",
+                &self.admin_dn,
+                "-w",
+                &self.admin_pw,
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{tool}: {e} (ldap-utils installed?)"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Applies LDIF (adds, or changetype records) as the admin; panics on failure.
+    pub fn modify(&self, ldif: &str) {
+        let out = self.tool("ldapmodify", &["-a"], ldif);
+        assert!(
+            out.status.success(),
+            "ldapmodify failed: {}\n{ldif}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Deletes a subtree, ignoring "no such object".
+    pub fn delete_tree(&self, dn: &str) {
+        let _ = self.tool("ldapdelete", &["-r", dn], "");
+    }
+
+    /// One attribute of one entry, as ldapsearch prints it (`attr:: base64` for binary).
+    pub fn attr_ldif(&self, dn: &str, attr: &str) -> Option<String> {
+        let out = Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-H", &self.url])
+            .args([
+                "-D",
+                &self.admin_dn,
+                "-w",
+                &self.admin_pw,
+                "-b",
+                dn,
+                "-s",
+                "base",
+                attr,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with(&format!("{}:", attr.to_ascii_lowercase()))
+            })
+            .map(|l| {
+                l.split_once(':')
+                    .unwrap()
+                    .1
+                    .trim_start_matches(':')
+                    .trim()
+                    .to_string()
+            })
+    }
+}
+
+/// An OU of its own in a shared directory, removed on drop.
+pub struct TestOu {
+    pub dir: Dir,
+    pub dn: String,
+}
+
+impl TestOu {
+    pub fn create(dir: &Dir, tag: &str) -> TestOu {
+        let name = unique(tag);
+        let dn = format!("ou={name},{}", dir.base);
+        dir.modify(&format!(
+            "dn: {dn}\nobjectClass: organizationalUnit\nou: {name}\n"
+        ));
+        TestOu {
+            dir: dir.clone(),
+            dn,
+        }
+    }
+}
+
+impl Drop for TestOu {
+    fn drop(&mut self) {
+        self.dir.delete_tree(&self.dn);
+    }
+}
+
+/// An agent set-up: config, secrets and state directory in a temp dir.
+pub struct Agent {
+    pub tmp: TempDir,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    /// Writes a config for `dir` (scope: `include`) and the SCIM server at `scim_url`.
+    pub fn new(dir: &Dir, include: &[&str], scim_url: &str, token: &str, extra: &str) -> Agent {
+        let tmp = TempDir::new("agent");
+        let p = tmp.path();
+        std::fs::write(p.join("ldap.secret"), format!("{}\n", dir.bind_pw)).unwrap();
+        std::fs::write(p.join("scim.token"), token).unwrap();
+        let include = include
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            r#"[agent]
+id = "test-agent"
+state_dir = "{state}"
+
+[directory]
+url = "{url}"
+bind_dn = "{bind}"
+password_file = "{secret}"
+base_dn = "{base}"
+
+[scope]
+include = [{include}]
+
+[scim]
+url = "{scim_url}"
+token_file = "{token}"
+timeout_secs = 10
+
+[sync]
+concurrency = 4
+max_attempts = 2
+{extra}
+"#,
+            state = p.join("state").display(),
+            url = dir.url,
+            bind = dir.bind_dn,
+            secret = p.join("ldap.secret").display(),
+            base = dir.base,
+            token = p.join("scim.token").display(),
+        );
+        let config = p.join("idrelay.toml");
+        std::fs::write(&config, text).unwrap();
+        Agent { tmp, config }
+    }
+
+    /// Runs `idrelay --config CONFIG ARGS...`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        run_binary(&[&["--config", self.config.to_str().unwrap()], args].concat())
+    }
+
+    /// Rewrites one line of the config (`from` must occur).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let t = std::fs::read_to_string(&self.config).unwrap();
+        assert!(t.contains(from), "config has no `{from}`");
+        std::fs::write(&self.config, t.replace(from, to)).unwrap();
+    }
+}
+
+/// The result of one run of the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The last line of stdout (the summary of `sync --once`).
+    pub fn summary(&self) -> &str {
+        self.stdout.lines().last().unwrap_or("")
+    }
+    pub fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs the real binary with a timeout (a hung agent fails the test instead of CI).
+pub fn run_binary(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idrelay"))
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("idrelay {args:?} did not finish in 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}

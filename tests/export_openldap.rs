@@ -1,0 +1,428 @@
+//! Export end to end: the real binary, Debian's slapd, the PyPI scim2-server.
+
+mod common;
+
+use common::{Agent, Dir, ScimServer, TestOu};
+use serde_json::Value;
+
+/// Three users (one manages another), a group with an out-of-scope member and a nested group.
+fn seed(ou: &TestOu) {
+    let o = &ou.dn;
+    let base = &ou.dir.base;
+    ou.dir.modify(&format!(
+        "dn: uid=mgr,{o}
+objectClass: inetOrgPerson
+uid: mgr
+cn: Mia Manager
+givenName: Mia
+sn: Manager
+displayName: Mia Manager
+mail: mia@branch.test
+title: Head of Branch
+telephoneNumber: +1 555 0100
+mobile: +1 555 0199
+employeeNumber: E0001
+departmentNumber: Management
+o: Branch Inc
+
+dn: uid=ann,{o}
+objectClass: inetOrgPerson
+uid: ann
+cn: Ann Lee
+givenName: Ann
+sn: Lee
+mail: ann@branch.test
+manager: uid=mgr,{o}
+
+dn: uid=bob,{o}
+objectClass: inetOrgPerson
+uid: bob
+cn: Bob Roe
+sn: Roe
+
+dn: cn=team,{o}
+objectClass: groupOfNames
+cn: team
+member: uid=ann,{o}
+member: uid=bob,{o}
+member: cn=syncer,{base}
+
+dn: cn=all,{o}
+objectClass: groupOfNames
+cn: all
+member: cn=team,{o}
+member: uid=mgr,{o}
+"
+    ));
+}
+
+fn setup(tag: &str) -> (TestOu, ScimServer, Agent) {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, tag);
+    seed(&ou);
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[&ou.dn], &scim.base_url(), &scim.token, "");
+    (ou, scim, agent)
+}
+
+fn entry_uuid(ou: &TestOu, rdn: &str) -> String {
+    ou.dir
+        .attr_ldif(&format!("{rdn},{}", ou.dn), "entryUUID")
+        .expect("entryUUID")
+}
+
+fn ids(members: &Value) -> Vec<String> {
+    let mut v: Vec<String> = members
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["value"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn first_pass_provisions_everything_and_second_pass_sends_no_writes() {
+    let (ou, scim, agent) = setup("first");
+    let run = agent.run(&["sync", "--once", "--quiet"]);
+    run.assert_code(0);
+    assert!(
+        run.summary()
+            .contains("5 objects in step (3 users, 2 groups)"),
+        "{}",
+        run.summary()
+    );
+    assert!(run.summary().contains("0 failed"), "{}", run.summary());
+
+    let users = scim.all("Users");
+    assert_eq!(users.len(), 3, "{users:#?}");
+    let mgr = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=mgr"))
+        .unwrap();
+    assert_eq!(mgr["userName"], "mgr");
+    assert_eq!(mgr["name"]["givenName"], "Mia");
+    assert_eq!(mgr["name"]["familyName"], "Manager");
+    assert_eq!(mgr["displayName"], "Mia Manager");
+    assert_eq!(mgr["title"], "Head of Branch");
+    assert_eq!(mgr["active"], true);
+    assert_eq!(mgr["emails"][0]["value"], "mia@branch.test");
+    assert_eq!(mgr["emails"][0]["type"], "work");
+    let ent = &mgr["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"];
+    assert_eq!(ent["employeeNumber"], "E0001");
+    assert_eq!(ent["department"], "Management");
+    assert_eq!(ent["organization"], "Branch Inc");
+    let phones: Vec<&str> = mgr["phoneNumbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_str().unwrap())
+        .collect();
+    assert!(phones.contains(&"+1 555 0100") && phones.contains(&"+1 555 0199"));
+
+    let ann = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=ann"))
+        .unwrap();
+    assert_eq!(
+        ann["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"],
+        mgr["id"],
+        "manager resolved to the manager's SCIM id"
+    );
+    let bob = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=bob"))
+        .unwrap();
+
+    let team = scim
+        .by_external_id("Groups", &entry_uuid(&ou, "cn=team"))
+        .unwrap();
+    assert_eq!(team["displayName"], "team");
+    let mut want = vec![
+        ann["id"].as_str().unwrap().to_string(),
+        bob["id"].as_str().unwrap().to_string(),
+    ];
+    want.sort();
+    assert_eq!(
+        ids(&team["members"]),
+        want,
+        "out-of-scope cn=syncer left out"
+    );
+    let all = scim
+        .by_external_id("Groups", &entry_uuid(&ou, "cn=all"))
+        .unwrap();
+    let mut want = vec![
+        team["id"].as_str().unwrap().to_string(),
+        mgr["id"].as_str().unwrap().to_string(),
+    ];
+    want.sort();
+    assert_eq!(ids(&all["members"]), want, "nested group resolved");
+
+    let again = agent.run(&["sync", "--once", "--quiet"]);
+    again.assert_code(0);
+    assert!(
+        again
+            .summary()
+            .contains("writes: 0 created, 0 replaced, 0 patched; 5 unchanged"),
+        "second pass must send no writes: {}",
+        again.summary()
+    );
+}
+
+#[test]
+fn attribute_and_membership_changes_reach_the_endpoint() {
+    let (ou, scim, agent) = setup("change");
+    agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
+    let o = &ou.dn;
+    ou.dir.modify(&format!(
+        "dn: uid=ann,{o}
+changetype: modify
+replace: mail
+mail: ann.lee@branch.test
+-
+replace: title
+title: Engineer
+
+dn: cn=team,{o}
+changetype: modify
+delete: member
+member: uid=bob,{o}
+"
+    ));
+    let run = agent.run(&["sync", "--once", "--quiet"]);
+    run.assert_code(0);
+    assert!(
+        run.summary()
+            .contains("writes: 0 created, 2 replaced, 0 patched; 3 unchanged"),
+        "{}",
+        run.summary()
+    );
+    let ann = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=ann"))
+        .unwrap();
+    assert_eq!(ann["emails"][0]["value"], "ann.lee@branch.test");
+    assert_eq!(ann["title"], "Engineer");
+    let team = scim
+        .by_external_id("Groups", &entry_uuid(&ou, "cn=team"))
+        .unwrap();
+    assert_eq!(
+        ids(&team["members"]),
+        vec![ann["id"].as_str().unwrap().to_string()]
+    );
+}
+
+#[test]
+fn an_object_the_endpoint_rejects_is_reported_and_does_not_stop_the_others() {
+    let (ou, scim, agent) = setup("reject");
+    // Someone else already holds userName "bob" at the endpoint (no externalId of ours).
+    scim.post(
+        "Users",
+        &serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "bob"
+        }),
+    );
+    let run = agent.run(&["sync", "--once", "--quiet"]);
+    run.assert_code(3);
+    assert!(run.summary().contains("1 failed"), "{}", run.summary());
+    assert!(
+        run.stderr.contains(&format!("uid=bob,{}", ou.dn)) && run.stderr.contains("409"),
+        "the failure names the object and the HTTP status: {}",
+        run.stderr
+    );
+    // The others went through, and the foreign "bob" was not touched.
+    assert_eq!(scim.all("Users").len(), 3);
+    assert!(scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=ann"))
+        .is_some());
+    let foreign: Vec<Value> = scim
+        .all("Users")
+        .into_iter()
+        .filter(|u| u["userName"] == "bob")
+        .collect();
+    assert_eq!(foreign.len(), 1);
+    assert!(foreign[0].get("externalId").is_none(), "{foreign:?}");
+}
+
+#[test]
+fn soft_match_adopts_an_unanchored_user_when_allowed() {
+    let (ou, scim, agent) = setup("soft");
+    let theirs = scim.post(
+        "Users",
+        &serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "bob"
+        }),
+    );
+    agent.edit_config("max_attempts = 2", "max_attempts = 2\nsoft_match = true");
+    agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
+    let bob = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=bob"))
+        .unwrap();
+    assert_eq!(bob["id"], theirs["id"], "adopted, not duplicated");
+    assert_eq!(scim.all("Users").len(), 3);
+}
+
+#[test]
+fn dry_run_prints_writes_and_sends_none() {
+    let (ou, scim, agent) = setup("dry");
+    let run = agent.run(&["sync", "--once", "--dry-run", "--quiet"]);
+    run.assert_code(0);
+    let ops: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ops.len(), 5, "{}", run.stdout);
+    assert!(ops.iter().all(|o| o["method"] == "POST"));
+    let ann = ops
+        .iter()
+        .find(|o| o["dn"] == format!("uid=ann,{}", ou.dn))
+        .unwrap();
+    assert_eq!(ann["path"], "/Users");
+    assert_eq!(ann["body"]["userName"], "ann");
+    assert!(run.summary().contains("dry run"), "{}", run.summary());
+    assert!(!run.stdout.contains(&scim.token) && !run.stderr.contains(&scim.token));
+    assert!(scim.all("Users").is_empty() && scim.all("Groups").is_empty());
+}
+
+#[test]
+fn preview_shows_scope_mapping_and_what_the_endpoint_holds() {
+    let (ou, _scim, agent) = setup("preview");
+    let dn = format!("uid=ann,{}", ou.dn);
+    let before = agent.run(&["preview", &dn]);
+    before.assert_code(0);
+    assert!(
+        before.stdout.contains("in scope:  yes, as a user"),
+        "{}",
+        before.stdout
+    );
+    assert!(
+        before.stdout.contains("\"userName\": \"ann\""),
+        "{}",
+        before.stdout
+    );
+    assert!(
+        before.stdout.contains("endpoint holds: nothing"),
+        "{}",
+        before.stdout
+    );
+    agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
+    let after = agent.run(&["preview", &dn]);
+    assert!(
+        after.stdout.contains("endpoint holds:\n"),
+        "{}",
+        after.stdout
+    );
+    assert!(after.stdout.contains("\"id\""), "{}", after.stdout);
+    let outside = agent.run(&["preview", &format!("cn=syncer,{}", ou.dir.base)]);
+    outside.assert_code(0);
+    assert!(
+        outside.stdout.contains("in scope:  no"),
+        "{}",
+        outside.stdout
+    );
+}
+
+#[test]
+fn check_passes_against_real_servers() {
+    let (_ou, _scim, agent) = setup("check");
+    let run = agent.run(&["check"]);
+    run.assert_code(0);
+    for name in [
+        "config",
+        "state_dir",
+        "ldap",
+        "directory",
+        "scope",
+        "scim",
+        "scim auth",
+    ] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(" OK ")),
+            "{name}: {}",
+            run.stdout
+        );
+    }
+    assert!(run.stdout.contains("OpenLDAP"), "{}", run.stdout);
+    assert!(run.stdout.contains("3 users, 2 groups"), "{}", run.stdout);
+}
+
+#[test]
+fn unreachable_endpoint_is_one_clear_error() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "unreach");
+    seed(&ou);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/v2");
+    let agent = Agent::new(&dir, &[&ou.dn], &url, "sekrit-token-value", "");
+    let run = agent.run(&["sync", "--once", "--quiet"]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("sekrit-token-value"));
+    let check = agent.run(&["check"]);
+    check.assert_code(1);
+    assert!(
+        check
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("scim ") && l.contains("FAIL")),
+        "{}",
+        check.stdout
+    );
+}
+
+#[test]
+fn wrong_ldap_password_is_named_without_the_password() {
+    let dir = Dir::openldap();
+    let scim = ScimServer::start();
+    let mut wrong = dir.clone();
+    wrong.bind_pw = "not-the-password-42".into();
+    let agent = Agent::new(&wrong, &[&dir.base], &scim.base_url(), &scim.token, "");
+    let run = agent.run(&["sync", "--once", "--quiet"]);
+    run.assert_code(1);
+    let text = run.stderr.to_lowercase();
+    assert!(
+        text.contains("invalidcredentials") && text.contains(&dir.bind_dn.to_lowercase()),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("not-the-password-42") && !run.stdout.contains("not-the-password-42")
+    );
+    let check = agent.run(&["check"]);
+    check.assert_code(1);
+    assert!(check.stdout.contains("ldap       FAIL"), "{}", check.stdout);
+}
+
+#[test]
+fn bad_config_key_is_named() {
+    let dir = Dir::openldap();
+    let agent = Agent::new(
+        &dir,
+        &[&dir.base],
+        "http://127.0.0.1:9/v2",
+        "t",
+        "colour = \"blue\"",
+    );
+    let run = agent.run(&["check"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("unknown field `colour`") && run.stderr.contains("[sync]"),
+        "{}",
+        run.stderr
+    );
+    let run = agent.run(&["sync", "--once"]);
+    run.assert_code(2);
+}
