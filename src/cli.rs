@@ -29,6 +29,10 @@ pub enum Command {
         /// Print writes instead of sending them.
         dry_run: bool,
     },
+    /// `run`: full pass when owed, then follow changes until stopped.
+    Run,
+    /// `status`: queue, watermark, resync flag, anchor index.
+    Status,
     /// `preview DN`
     Preview {
         /// The object to show.
@@ -108,6 +112,8 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         (Some(c), true) => Command::Help(Some(c.to_string())),
         (Some("version"), false) => Command::Version,
         (Some("check"), false) => Command::Check,
+        (Some("run"), false) => Command::Run,
+        (Some("status"), false) => Command::Status,
         (Some("sync"), false) => {
             if !flags.contains(&"--once") {
                 return Err(UsageError(
@@ -153,7 +159,11 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
 pub fn needs_config(c: &Command) -> bool {
     matches!(
         c,
-        Command::Check | Command::Sync { .. } | Command::Preview { .. }
+        Command::Check
+            | Command::Sync { .. }
+            | Command::Preview { .. }
+            | Command::Run
+            | Command::Status
     )
 }
 
@@ -164,6 +174,8 @@ pub fn help(command: Option<&str>) -> Result<&'static str, UsageError> {
         Some("check") => HELP_CHECK,
         Some("sync") => HELP_SYNC,
         Some("preview") => HELP_PREVIEW,
+        Some("run") => HELP_RUN,
+        Some("status") => HELP_STATUS,
         Some("version") => HELP_VERSION,
         Some("help") => HELP,
         Some(other) => return Err(UsageError(format!("unknown command `{other}`"))),
@@ -178,6 +190,8 @@ Usage: idrelay [OPTIONS] COMMAND
 Commands:
   check              validate the config, reach the directory and the SCIM endpoint
   sync --once        one full pass: provision every in-scope user and group, then exit
+  run                stay up: a full pass when one is owed, then follow every change
+  status             the change queue: depth, bytes, oldest age, resync owed, watermark
   preview DN         show how one directory object maps to SCIM and what the endpoint holds
   version            print the version
   help [COMMAND]     this text, or a command's
@@ -219,6 +233,27 @@ the command exits. Objects are matched by externalId, never duplicated.
 
 The last line on stdout is the summary. Exit 0: every object in step; 3: some objects
 failed (listed on stderr, with the reason); 1: the pass could not run or was cut short.
+";
+
+const HELP_RUN: &str = "\
+Usage: idrelay --config FILE run
+
+Stays up. When the change queue owes a full pass (first start, queue overflow, damage, the
+directory lost track of our position) it runs one; then it follows the directory's changes
+(RFC 4533 syncrepl, refreshAndPersist: OpenLDAP and other servers with syncprov) and
+delivers each to the SCIM endpoint within seconds. Changes wait in a bounded on-disk queue
+(queue.max_bytes) until provisioned, so a cut link or a crash loses nothing; when the bound
+is hit the backlog is dropped and a full pass runs once the endpoint is back.
+Directory deletes deactivate users (active: false) and delete groups.
+Stop it with SIGTERM or SIGKILL: either is safe, unacknowledged changes are re-sent.
+";
+
+const HELP_STATUS: &str = "\
+Usage: idrelay --config FILE status
+
+Prints the change queue's depth, bytes on disk and bound, the age of the oldest pending
+change, whether a full resync is owed (and why), the watermark, and the number of objects in
+the anchor index. Works while `run` is running (reads without taking the lock).
 ";
 
 const HELP_PREVIEW: &str = "\
@@ -263,7 +298,7 @@ mod tests {
             p(&["help", "check"]).unwrap().command,
             Command::Help(Some("check".into()))
         );
-        for c in ["check", "sync", "preview", "version"] {
+        for c in ["check", "sync", "preview", "version", "run", "status"] {
             assert!(help(Some(c)).unwrap().contains("Usage: idrelay"));
         }
     }

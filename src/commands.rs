@@ -577,3 +577,149 @@ async fn resolve_for_preview(
         None => Reference::Pending,
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// run, status
+
+fn queue_config(c: &Config) -> crate::queue::QueueConfig {
+    let mut q = crate::queue::QueueConfig::new(c.agent.state_dir.join("queue"));
+    q.max_bytes = c.queue.max_bytes;
+    q.segment_bytes = q.segment_bytes.min(c.queue.max_bytes / 4);
+    q
+}
+
+/// `run`: full pass when owed, then follow changes until the process is stopped.
+pub fn run(c: &Config, quiet: bool) -> i32 {
+    let _lock = match lock_state_dir(&c.agent.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let queue = match crate::queue::Queue::open(queue_config(c)) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!(
+                "error: change queue in {}: {e}",
+                c.agent.state_dir.join("queue").display()
+            );
+            return exit::FAILURE;
+        }
+    };
+    smol::block_on(async {
+        let mut wait = crate::relay::backoff::Backoff::new(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        // The directory may be down when the service starts: keep trying, say so.
+        let src = loop {
+            match open_source(c).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    let d = wait
+                        .next_delay()
+                        .unwrap_or(std::time::Duration::from_secs(60));
+                    log::warn!("{e}; retrying in {:.0} s", d.as_secs_f64());
+                    smol::Timer::after(d).await;
+                }
+            }
+        };
+        log::info!("directory {} is {}", c.directory.url, src.kind);
+        let (_, scim) = match scim_client(c) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        };
+        let mut index = match AnchorIndex::load(&c.agent.state_dir) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!(
+                    "error: agent.state_dir {}: {e}",
+                    c.agent.state_dir.display()
+                );
+                return exit::FAILURE;
+            }
+        };
+        let (user_filter, group_filter) = filters(c, &src.profile);
+        let settings = crate::sync::follow::FollowSettings {
+            pass: PassSettings {
+                include: c.scope.include.clone(),
+                user_filter,
+                group_filter,
+                concurrency: c.sync.concurrency,
+                mode: ProvisionMode {
+                    dry_run: false,
+                    soft_match: c.sync.soft_match,
+                },
+                quiet,
+            },
+            base_dn: c.directory.base_dn.clone(),
+        };
+        log::info!(
+            "agent {} running: following {} ",
+            c.agent.id,
+            c.scope.include.join("; ")
+        );
+        match crate::sync::follow::run(&src.dir, &scim, &src.profile, &mut index, queue, &settings)
+            .await
+        {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        }
+    })
+}
+
+/// `status`: read-only view of the queue and the anchor index.
+pub fn status(c: &Config) -> i32 {
+    let qc = queue_config(c);
+    let view = match crate::queue::Queue::inspect(&qc.dir) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: change queue in {}: {e}", qc.dir.display());
+            return exit::FAILURE;
+        }
+    };
+    let s = &view.stats;
+    println!("agent:        {}", c.agent.id);
+    println!(
+        "queue:        {} changes pending, {} of {} bytes on disk, {} segments",
+        s.depth, s.bytes, c.queue.max_bytes, s.segments
+    );
+    println!(
+        "oldest:       {}",
+        s.oldest_age
+            .map(|a| format!("{} ago", crate::sync::progress::format_duration(a)))
+            .unwrap_or_else(|| "none pending".into())
+    );
+    println!(
+        "resync owed:  {}",
+        s.resync_owed
+            .map(|r| format!("yes ({r})"))
+            .unwrap_or_else(|| "no".into())
+    );
+    println!(
+        "sequences:    acknowledged {} of {}",
+        s.acked_seq, s.last_seq
+    );
+    let mark = view
+        .watermark
+        .as_deref()
+        .and_then(|w| serde_json::from_slice::<crate::sync::follow::Watermark>(w).ok())
+        .and_then(|w| crate::scim::base64::decode(&w.cookie).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned());
+    println!(
+        "watermark:    {}",
+        mark.unwrap_or_else(|| "none (no full pass has completed)".into())
+    );
+    match AnchorIndex::load(&c.agent.state_dir) {
+        Ok(ix) => println!("anchors:      {} objects provisioned", ix.len()),
+        Err(e) => println!("anchors:      unreadable: {e}"),
+    }
+    exit::OK
+}

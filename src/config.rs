@@ -30,6 +30,15 @@ pub struct Config {
     pub scim: ScimSettings,
     /// `[sync]`
     pub sync: SyncSettings,
+    /// `[queue]`
+    pub queue: QueueSettings,
+}
+
+/// `[queue]`: the on-disk change queue of `run`.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Bound on the queue's segment files, in bytes.
+    pub max_bytes: u64,
 }
 
 /// `[agent]`: who this agent is and where it keeps state.
@@ -186,6 +195,27 @@ struct RawConfig {
     scim: RawScim,
     #[serde(default)]
     sync: RawSync,
+    #[serde(default)]
+    queue: RawQueue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    #[serde(default = "default_queue_bytes")]
+    max_bytes: u64,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            max_bytes: default_queue_bytes(),
+        }
+    }
+}
+
+fn default_queue_bytes() -> u64 {
+    crate::queue::DEFAULT_MAX_BYTES
 }
 
 #[derive(Deserialize)]
@@ -338,7 +368,8 @@ impl Config {
         let url = d.url.trim().to_string();
         let lower = url.to_ascii_lowercase();
         let is_ldaps = lower.starts_with("ldaps://");
-        if !(lower.starts_with("ldap://") || is_ldaps) || url.len() <= "ldaps://".len() - 1 {
+        let host = url.split_once("://").map(|(_, h)| h).unwrap_or("");
+        if !(lower.starts_with("ldap://") || is_ldaps) || host.is_empty() {
             return Err(invalid(
                 "directory.url",
                 format!("`{url}` is not allowed: use ldap://HOST[:PORT] or ldaps://HOST[:PORT]"),
@@ -452,6 +483,15 @@ impl Config {
             return Err(invalid("sync.max_attempts", "must be 1 to 20".into()));
         }
 
+        const MIN_QUEUE: u64 = 64 << 10;
+        const MAX_QUEUE: u64 = 16 << 30;
+        if !(MIN_QUEUE..=MAX_QUEUE).contains(&raw.queue.max_bytes) {
+            return Err(invalid(
+                "queue.max_bytes",
+                format!("must be {MIN_QUEUE} (64 KiB) to {MAX_QUEUE} (16 GiB) bytes"),
+            ));
+        }
+
         Ok(Config {
             path: path.to_path_buf(),
             agent: AgentConfig {
@@ -485,6 +525,9 @@ impl Config {
                 profile_file: y.profile_file,
                 soft_match: y.soft_match,
                 max_attempts: y.max_attempts,
+            },
+            queue: QueueSettings {
+                max_bytes: raw.queue.max_bytes,
             },
         })
     }

@@ -69,6 +69,8 @@ fn run(args: &[String]) -> i32 {
         Command::Check => commands::check(&config),
         Command::Sync { dry_run } => commands::sync_once(&config, dry_run, inv.quiet),
         Command::Preview { dn } => commands::preview(&config, &dn),
+        Command::Run => commands::run(&config, inv.quiet),
+        Command::Status => commands::status(&config),
         Command::Help(_) | Command::Version => unreachable!("handled above"),
     }
 }

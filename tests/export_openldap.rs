@@ -426,3 +426,71 @@ fn bad_config_key_is_named() {
     let run = agent.run(&["sync", "--once"]);
     run.assert_code(2);
 }
+
+/// Regression: a chain of managers (and a manager cycle) created in one pass used to be sent
+/// with a reference missing, so the second pass had writes to make.
+#[test]
+fn manager_chains_and_cycles_settle_in_one_pass() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "chain");
+    let o = &ou.dn;
+    let mut ldif = String::new();
+    for i in 0..8 {
+        let manager = if i == 0 {
+            String::new()
+        } else {
+            format!("manager: uid=c{},{o}\n", i - 1)
+        };
+        ldif.push_str(&format!(
+            "dn: uid=c{i},{o}\nobjectClass: inetOrgPerson\nuid: c{i}\ncn: C{i}\nsn: C\n{manager}\n"
+        ));
+    }
+    // x and y manage each other.
+    ldif.push_str(&format!(
+        "dn: uid=x,{o}\nobjectClass: inetOrgPerson\nuid: x\ncn: X\nsn: X\n\n"
+    ));
+    ldif.push_str(&format!(
+        "dn: uid=y,{o}\nobjectClass: inetOrgPerson\nuid: y\ncn: Y\nsn: Y\nmanager: uid=x,{o}\n\n"
+    ));
+    ldif.push_str(&format!(
+        "dn: uid=x,{o}\nchangetype: modify\nadd: manager\nmanager: uid=y,{o}\n\n"
+    ));
+    dir.modify(&ldif);
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
+    agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
+    for i in 1..8 {
+        let me = scim
+            .by_external_id("Users", &entry_uuid(&ou, &format!("uid=c{i}")))
+            .unwrap();
+        let boss = scim
+            .by_external_id("Users", &entry_uuid(&ou, &format!("uid=c{}", i - 1)))
+            .unwrap();
+        assert_eq!(
+            me["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"],
+            boss["id"]
+        );
+    }
+    let x = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=x"))
+        .unwrap();
+    let y = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=y"))
+        .unwrap();
+    assert_eq!(
+        x["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"],
+        y["id"]
+    );
+    assert_eq!(
+        y["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"],
+        x["id"]
+    );
+    let again = agent.run(&["sync", "--once", "--quiet"]);
+    assert!(
+        again
+            .summary()
+            .contains("writes: 0 created, 0 replaced, 0 patched; 10 unchanged"),
+        "{}",
+        again.summary()
+    );
+}

@@ -97,6 +97,10 @@ mod tests {
             .with("objectGUID", vec![0xff, 0x00, 0x10]);
         assert!(e.has_object_class("INETORGPERSON"));
         assert_eq!(e.first_bytes("objectguid"), Some(&[0xff, 0x00, 0x10][..]));
-        assert_eq!(e.first_str("objectGUID"), None, "not UTF-8, so no text value");
+        assert_eq!(
+            e.first_str("objectGUID"),
+            None,
+            "not UTF-8, so no text value"
+        );
     }
 }

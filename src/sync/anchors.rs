@@ -7,7 +7,7 @@
 //! That is why a corrupt file is logged and dropped rather than fatal.
 //!
 //! On disk: `anchors.jsonl` in the state directory, one JSON object per line
-//! (`{"x":externalId,"k":"u"|"g","id":scimId,"h":"hash hex"}`), replaced atomically
+//! (`{"x":externalId,"k":"u"|"g","id":scimId,"h":"hash hex","dn":DN}`), replaced atomically
 //! (write to a temporary file, fsync, rename, fsync the directory).
 
 use std::collections::HashMap;
@@ -28,6 +28,8 @@ pub struct Anchor {
     pub scim_id: String,
     /// Hash of the representation last sent ([`representation_hash`]); 0 when unknown.
     pub hash: u64,
+    /// The object's DN when it was last sent (renames keep the anchor and update this).
+    pub dn: String,
 }
 
 /// externalId → [`Anchor`], persisted in the state directory.
@@ -35,6 +37,8 @@ pub struct Anchor {
 pub struct AnchorIndex {
     path: PathBuf,
     map: HashMap<String, Anchor>,
+    /// Normalised DN → externalId, to resolve `member` / `manager` values between passes.
+    by_dn: HashMap<String, String>,
     dirty: bool,
 }
 
@@ -44,6 +48,8 @@ struct Line<'a> {
     k: &'a str,
     id: std::borrow::Cow<'a, str>,
     h: String,
+    #[serde(default)]
+    dn: std::borrow::Cow<'a, str>,
 }
 
 /// The file name inside the state directory.
@@ -57,6 +63,7 @@ impl AnchorIndex {
         let mut index = AnchorIndex {
             path: path.clone(),
             map: HashMap::new(),
+            by_dn: HashMap::new(),
             dirty: false,
         };
         let file = match File::open(&path) {
@@ -71,6 +78,9 @@ impl AnchorIndex {
             }
             match parse_line(&line) {
                 Some((x, a)) => {
+                    index
+                        .by_dn
+                        .insert(crate::sync::dn::normalize(&a.dn), x.clone());
                     index.map.insert(x, a);
                 }
                 None => {
@@ -80,6 +90,7 @@ impl AnchorIndex {
                         n + 1
                     );
                     index.map.clear();
+                    index.by_dn.clear();
                     index.dirty = true;
                     break;
                 }
@@ -95,17 +106,43 @@ impl AnchorIndex {
 
     /// Records what the endpoint holds for `external_id` now.
     pub fn put(&mut self, external_id: &str, anchor: Anchor) {
-        if self.map.get(external_id) != Some(&anchor) {
-            self.map.insert(external_id.to_string(), anchor);
-            self.dirty = true;
+        if self.map.get(external_id) == Some(&anchor) {
+            return;
         }
+        if let Some(old) = self.map.get(external_id) {
+            let old_key = crate::sync::dn::normalize(&old.dn);
+            if self.by_dn.get(&old_key).map(String::as_str) == Some(external_id) {
+                self.by_dn.remove(&old_key);
+            }
+        }
+        self.by_dn.insert(
+            crate::sync::dn::normalize(&anchor.dn),
+            external_id.to_string(),
+        );
+        self.map.insert(external_id.to_string(), anchor);
+        self.dirty = true;
     }
 
     /// Forgets `external_id` (its resource is gone at the endpoint).
     pub fn remove(&mut self, external_id: &str) {
-        if self.map.remove(external_id).is_some() {
+        if let Some(old) = self.map.remove(external_id) {
+            let key = crate::sync::dn::normalize(&old.dn);
+            if self.by_dn.get(&key).map(String::as_str) == Some(external_id) {
+                self.by_dn.remove(&key);
+            }
             self.dirty = true;
         }
+    }
+
+    /// The externalId and anchor of the object last sent under `dn` (any spelling).
+    pub fn by_dn(&self, dn: &str) -> Option<(&str, &Anchor)> {
+        let x = self.by_dn.get(&crate::sync::dn::normalize(dn))?;
+        self.map.get(x).map(|a| (x.as_str(), a))
+    }
+
+    /// The anchor of `external_id`, whatever its kind.
+    pub fn get_any(&self, external_id: &str) -> Option<&Anchor> {
+        self.map.get(external_id)
     }
 
     /// Number of objects known.
@@ -137,6 +174,7 @@ impl AnchorIndex {
                     k: kind_code(a.kind),
                     id: a.scim_id.as_str().into(),
                     h: format!("{:016x}", a.hash),
+                    dn: a.dn.as_str().into(),
                 };
                 serde_json::to_writer(&mut w, &line).map_err(io::Error::other)?;
                 w.write_all(b"\n")?;
@@ -177,6 +215,7 @@ fn parse_line(line: &str) -> Option<(String, Anchor)> {
             kind,
             scim_id: l.id.into_owned(),
             hash,
+            dn: l.dn.into_owned(),
         },
     ))
 }
@@ -216,11 +255,13 @@ mod tests {
                 kind: ResourceKind::User,
                 scim_id: "id1".into(),
                 hash: 42,
+                dn: "uid=a,dc=x".into(),
             },
         );
         ix.save().unwrap();
         let ix2 = AnchorIndex::load(&d).unwrap();
         assert_eq!(ix2.get(ResourceKind::User, "abc==").unwrap().hash, 42);
+        assert_eq!(ix2.by_dn("UID=a, dc=X").unwrap().0, "abc==");
         assert!(
             ix2.get(ResourceKind::Group, "abc==").is_none(),
             "kind must match"

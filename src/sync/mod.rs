@@ -6,6 +6,7 @@
 
 pub mod anchors;
 pub mod dn;
+pub mod follow;
 pub mod pass;
 pub mod progress;
 pub mod provision;

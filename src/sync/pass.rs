@@ -8,7 +8,7 @@
 //!    A user whose manager has no SCIM id yet (still being created in this pass) is held
 //!    back and sent once, complete, when the phase has drained.
 //! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
-//!    out-of-scope members are left out, nested groups created later are revisited.
+//!    out-of-scope members are left out, nested groups created in the same pass are held back and sent once they resolve.
 //!
 //! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
 //! taken for a smaller directory); a failing object is counted and reported and never
@@ -137,6 +137,17 @@ impl From<LdapError> for PassError {
     fn from(e: LdapError) -> Self {
         PassError::Directory(e)
     }
+}
+
+/// Which visit of an object this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Streamed from the search: counted; held back if it refers to pending objects.
+    First,
+    /// Sent again after the phase drained: held back again if still pending.
+    Held,
+    /// No more waiting: sent as it is.
+    Final,
 }
 
 struct InScope {
@@ -291,32 +302,68 @@ impl Pass<'_> {
                 let mut stream = self.dir.search(base, Scope::Subtree, &filter, &attr_refs);
                 while let Some(entry) = stream.next().await {
                     let entry = entry?;
-                    if let Some(dn) = self.handle(entry, kind, true).await {
+                    if let Some(dn) = self.handle(entry, kind, Round::First).await {
                         revisit.push(dn);
                     }
                 }
             }
             self.drain().await;
-            if !revisit.is_empty() {
-                log::info!(
-                    "{} {}s refer to objects created in this pass; sending them now",
-                    revisit.len(),
-                    kind.word()
-                );
-            }
-            for target in revisit {
-                match self.dir.read(&target, &attr_refs).await? {
-                    Some(entry) => {
-                        self.handle(entry, kind, false).await;
-                    }
-                    None => {
-                        log::info!("{target} disappeared during the pass; the next pass sees it")
+            self.settle(kind, revisit, &attr_refs).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the objects held back because they referred to objects still being created.
+    /// Rounds repeat while they make progress (a chain of managers resolves one link per
+    /// round); when a round makes none (a reference cycle, or the target failed), the rest
+    /// is sent as it is, then once more so that references created by that send are
+    /// filled in.
+    async fn settle(
+        &mut self,
+        kind: ResourceKind,
+        mut held: Vec<String>,
+        attrs: &[&str],
+    ) -> Result<(), PassError> {
+        if !held.is_empty() {
+            log::info!(
+                "{} {}s refer to objects created in this pass; sending them now",
+                held.len(),
+                kind.word()
+            );
+        }
+        while !held.is_empty() {
+            let before = held.len();
+            let mut next = Vec::new();
+            for target in held {
+                if let Some(entry) = self.reread(&target, attrs).await? {
+                    if let Some(dn) = self.handle(entry, kind, Round::Held).await {
+                        next.push(dn);
                     }
                 }
             }
             self.drain().await;
+            if next.len() == before {
+                for _ in 0..2 {
+                    for target in &next {
+                        if let Some(entry) = self.reread(target, attrs).await? {
+                            self.handle(entry, kind, Round::Final).await;
+                        }
+                    }
+                    self.drain().await;
+                }
+                break;
+            }
+            held = next;
         }
         Ok(())
+    }
+
+    async fn reread(&self, target: &str, attrs: &[&str]) -> Result<Option<Entry>, PassError> {
+        let entry = self.dir.read(target, attrs).await?;
+        if entry.is_none() {
+            log::info!("{target} disappeared during the pass; the next pass sees it");
+        }
+        Ok(entry)
     }
 
     fn filter(&self, kind: ResourceKind) -> &str {
@@ -382,12 +429,8 @@ impl Pass<'_> {
 
     /// Maps one entry and hands it to a worker unless unchanged. Returns the DN when the
     /// object refers to something not provisioned yet and should be visited again.
-    async fn handle(
-        &mut self,
-        entry: Entry,
-        kind: ResourceKind,
-        first_round: bool,
-    ) -> Option<String> {
+    async fn handle(&mut self, entry: Entry, kind: ResourceKind, round: Round) -> Option<String> {
+        let first_round = round == Round::First;
         let key = dn::normalize(&entry.dn);
         if first_round {
             match self.scope.get_mut(&key) {
@@ -414,18 +457,13 @@ impl Pass<'_> {
                 return None;
             }
         };
-        if !self.scope.contains_key(&key) {
-            // Created after the scan: in scope all the same.
-            self.scope.insert(
-                key,
-                InScope {
-                    kind,
-                    external_id: mapped.external_id.clone(),
-                    visited: true,
-                },
-            );
-        }
-        if first_round && !mapped.pending.is_empty() {
+        // Created after the scan: in scope all the same.
+        self.scope.entry(key).or_insert_with(|| InScope {
+            kind,
+            external_id: mapped.external_id.clone(),
+            visited: true,
+        });
+        if round != Round::Final && !mapped.pending.is_empty() {
             // Refers to something still being created: send it once, complete, after the
             // phase has drained (or without the reference if that object failed).
             return Some(entry.dn);
@@ -436,7 +474,15 @@ impl Pass<'_> {
             // A dry run "created" it earlier in this pass: a real run would now PUT.
             self.pretend.get(&mapped.external_id).cloned()
         });
-        if known.as_ref().is_some_and(|a| a.hash == hash) {
+        if let Some(a) = known.as_ref().filter(|a| a.hash == hash) {
+            if a.dn != entry.dn && !self.settings.mode.dry_run {
+                // Renamed or moved with nothing to send: keep the index's DN current.
+                let renamed = Anchor {
+                    dn: entry.dn.clone(),
+                    ..a.clone()
+                };
+                self.index.put(&mapped.external_id, renamed);
+            }
             if first_round {
                 self.report.unchanged += 1;
             }
@@ -504,7 +550,7 @@ impl Pass<'_> {
                 self.report.matched += 1;
                 id
             }
-            Outcome::Failed(reason) => {
+            Outcome::Failed(reason) | Outcome::Unavailable(reason) => {
                 self.fail(d.dn, reason);
                 return;
             }
@@ -519,6 +565,7 @@ impl Pass<'_> {
                 kind: d.kind,
                 scim_id: id,
                 hash: d.hash,
+                dn: d.dn,
             },
         );
         if self.last_save.elapsed() >= SAVE_EVERY {

@@ -43,6 +43,9 @@ pub enum Outcome {
     Matched(String),
     /// Could not be provisioned; the reason names the HTTP status or the cause.
     Failed(String),
+    /// The endpoint could not be reached or was overloaded even after the client's retries
+    /// (transport error, 429, 5xx): worth trying again later, not the object's fault.
+    Unavailable(String),
 }
 
 /// How the worker behaves.
@@ -59,6 +62,7 @@ pub struct ProvisionMode {
 pub async fn provision(scim: &ScimClient, job: &Job, mode: ProvisionMode) -> Outcome {
     match provision_inner(scim, job, mode).await {
         Ok(o) => o,
+        Err(e) if e.is_transient() => Outcome::Unavailable(e.to_string()),
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# test.sh [--stop] [-- CARGO_TEST_ARGS...] — the project's test command.
+#
+# Starts the three test servers on loopback (OpenLDAP slapd, Samba AD DC, scim2-server;
+# see scripts/testbed/), installing their Debian/PyPI packages on first use (needs root
+# then), exports their variables (OPENLDAP_*, AD_*, SCIM_*), runs
+#   cargo test --all-targets [--locked] [CARGO_TEST_ARGS...]
+# and exits with cargo's status. The servers keep running afterwards (the next run starts
+# in a second); --stop stops them at the end, whatever the outcome.
+# Everything the servers write is under $IDRELAY_TESTBED (default ${TMPDIR:-/tmp}/idrelay-testbed).
+# Ports: IDRELAY_LDAP_PORT (3389), IDRELAY_LDAPS_PORT (3636), IDRELAY_SCIM_PORT (8080),
+# IDRELAY_SAMBA_IP (127.0.0.1; Samba's ports 389/636/3268/3269/88/464 are fixed).
+# shellcheck disable=SC2317 # functions below are called through `phase` and `trap`
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TB=$ROOT/scripts/testbed
+TB_NAME=test.sh
+# shellcheck source-path=SCRIPTDIR source=testbed/common.sh
+. "$TB/common.sh"
+export IDRELAY_TESTBED
+
+stop_at_end=0
+cargo_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stop) stop_at_end=1 ;;
+    --) shift; cargo_args=("$@"); break ;;
+    -h | --help)
+      sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) die "unknown argument $1 (usage: $0 [--stop] [-- CARGO_TEST_ARGS...])" ;;
+  esac
+  shift
+done
+
+phases=()
+# phase NAME CMD... : run CMD, record and print how long it took; a failure ends the run.
+phase() {
+  local name=$1 t0 rc=0
+  shift
+  log "== $name"
+  t0=$(now)
+  "$@" || rc=$?
+  phases+=("$(printf '%-22s %6s s%s' "$name" "$(since "$t0")" "$([ $rc -eq 0 ] || echo "  (exit $rc)")")")
+  log "== $name: $(since "$t0") s"
+  return $rc
+}
+
+# start_server SCRIPT : start one testbed server and export the variables it prints.
+start_server() {
+  local out
+  out=$("$TB/$1" start) || return 1
+  eval "$out"
+}
+
+stop_servers() {
+  log "== stopping the test servers (--stop)"
+  "$TB/scim-server.sh" stop || true
+  "$TB/samba-ad.sh" stop || true
+  "$TB/openldap.sh" stop || true
+}
+
+summary() {
+  log "== phases"
+  printf '  %s\n' "${phases[@]}" >&2
+}
+
+finish() {
+  local rc=$?
+  [ "$stop_at_end" = 1 ] && stop_servers
+  [ ${#phases[@]} -gt 0 ] && summary
+  exit "$rc"
+}
+trap finish EXIT
+
+T0=$(now)
+log "testbed state in $IDRELAY_TESTBED"
+phase "openldap start" start_server openldap.sh || die "OpenLDAP did not start (see above)"
+phase "samba-ad start" start_server samba-ad.sh || die "Samba AD did not start (see above)"
+phase "scim-server start" start_server scim-server.sh || die "scim2-server did not start (see above)"
+
+cd "$ROOT"
+locked=()
+if [ -f Cargo.lock ]; then locked=(--locked); fi
+log "cargo test --all-targets ${locked[*]} ${cargo_args[*]}"
+rc=0
+phase "cargo test" cargo test --all-targets "${locked[@]}" "${cargo_args[@]}" || rc=$?
+phases+=("$(printf '%-22s %6s s' total "$(since "$T0")")")
+if [ $rc -eq 0 ]; then log "tests passed"; else log "cargo test failed (exit $rc)"; fi
+exit $rc
