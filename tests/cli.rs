@@ -18,11 +18,7 @@ fn version_and_help() {
     for c in ["check", "sync", "preview", "version"] {
         let r = run_binary(&[c, "--help"]);
         r.assert_code(0);
-        assert!(
-            r.stdout.starts_with(&format!("Usage: idrelay")),
-            "{}",
-            r.stdout
-        );
+        assert!(r.stdout.starts_with("Usage: idrelay"), "{}", r.stdout);
     }
 }
 

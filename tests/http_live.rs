@@ -10,7 +10,7 @@
 //! Users created on the SCIM server get a random prefix, so parallel runs do not collide,
 //! and are deleted at the end.
 
-use std::io::{BufRead, BufReader as StdBufReader, Read, Write};
+use std::io::{BufRead, BufReader as StdBufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

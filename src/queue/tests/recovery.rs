@@ -453,7 +453,7 @@ fn overflow_drops_backlog_and_owes_resync_durably() {
     let d = TestDir::new("overflow");
     let mut q = open(d.path());
     q.mark_resync_done(b"w0").unwrap();
-    let payload = vec![b'x'; 100];
+    let payload = [b'x'; 100];
     let mut appended = 0u64;
     let dropped = loop {
         match q.append(&[&payload[..], &payload[..]], b"w").unwrap() {
