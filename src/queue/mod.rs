@@ -359,6 +359,13 @@ pub mod fuzzing {
     /// does not re-encode to the same bytes).
     pub fn segment_and_record(data: &[u8]) {
         let _ = segment::scan_segment(data);
+        checked_records(data);
+        framed(data);
+    }
+
+    /// Every record that decodes at the start of `data` re-frames to the same bytes and
+    /// yields a payload within the limit (or a refusal).
+    fn checked_records(data: &[u8]) {
         if let Ok((h, body)) = record::decode_frame(data) {
             assert_eq!(record::reframe(&h, body), &data[..h.frame_len()]);
             match h.kind {
@@ -375,6 +382,37 @@ pub mod fuzzing {
                 }
             }
         }
+    }
+
+    /// Frames `data` into records with valid checksums (chunks of `kind | seq | len u16 |
+    /// body`) behind a valid segment header, so that what lies past the checksums (kinds,
+    /// sequence and commit rules, inflate limits) sees fuzzed content, not just a checksum
+    /// mismatch.
+    fn framed(data: &[u8]) {
+        let mut seg = record::encode_segment_header(1).to_vec();
+        let mut rest = data;
+        while rest.len() >= 4 {
+            let kind = [
+                record::Kind::Change,
+                record::Kind::DeflatedChange,
+                record::Kind::Commit,
+            ][usize::from(rest[0] % 3)];
+            let len = usize::from(u16::from_le_bytes([rest[2], rest[3]])).min(rest.len() - 4);
+            let body = &rest[4..4 + len];
+            let h = record::Header {
+                len: 0,
+                crc: 0,
+                seq: u64::from(rest[1]),
+                kind,
+                time_ms: 0,
+            };
+            let start = seg.len();
+            seg.extend_from_slice(&record::reframe(&h, body));
+            checked_records(&seg[start..]);
+            rest = &rest[4 + len..];
+        }
+        let scan = segment::scan_segment(&seg);
+        assert!(scan.committed_end <= seg.len() as u64);
     }
 
     /// Decodes `data` as a ledger; what decodes must re-encode to the same bytes.
