@@ -43,7 +43,8 @@
 //! reused while the queue holds them). An append writes its changes followed by one commit
 //! record (seq = the batch's last change) carrying the batch's watermark, then one
 //! fdatasync: a batch is durable exactly when its commit record is. A payload of at least
-//! `compress_min` bytes is deflated when that makes it smaller; reading inflates with a size
+//! `compress_min` bytes (default 128) is deflated (level 1, compressor state reused across
+//! payloads) when that makes it smaller; reading inflates with a size
 //! limit of the announced length, which may not exceed [`MAX_PAYLOAD`]. `time_ms` is the
 //! append time (unix ms, from the clock seam) and gives [`Record::appended_at_ms`] and the
 //! age in [`QueueStats`].
@@ -60,8 +61,8 @@
 //!
 //! 1. The summed size of the segment files never exceeds `max_bytes`: every append checks
 //!    before it writes. The whole directory stays within `max_bytes + 2 × (32 + watermark
-//!    length) + lock file (≤ 21 bytes)`: ledger and its temp copy are at most
-//!    [`MAX_WATERMARK`] + 32 bytes each.
+//!    length) + 11`: ledger and its temp copy are at most
+//!    [`MAX_WATERMARK`] + 32 bytes each; the lock file holds a pid (at most 11 bytes).
 //! 2. Records on disk are in sequence order: segment ids grow, sequences within and across
 //!    segments follow each other without gaps.
 //! 3. A watermark is durable only together with the changes it covers (same commit record),
@@ -129,6 +130,10 @@
 //!    (`missing_ledger_forces_full_resync`, `corrupt_ledger_forces_full_resync`). No ledger
 //!    and no segments is a new queue.
 //! 6. A stale `ledger.tmp` is removed (`stale_ledger_tmp_is_ignored`).
+//!
+//! The ledger is always written before any segment is deleted or truncated, so a crash in
+//! the middle of recovery leaves work that the next open finishes the same way
+//! (`crash_during_recovery_recovers_on_the_next_open`).
 //!
 //! Disk full on append: the partial write is truncated away, [`QueueError::DiskFull`] is
 //! returned (`is_retryable()`), the queue is unchanged and usable; the caller pauses the

@@ -688,3 +688,48 @@ fn inspect_reads_without_the_lock_and_changes_nothing() {
     assert_eq!((v.stats.depth, v.notes.len()), (4, 1), "{:?}", v.notes);
     assert_eq!(fs::metadata(&seg).unwrap().len(), len);
 }
+
+#[test]
+fn crash_during_recovery_recovers_on_the_next_open() {
+    // Two recoveries that change the disk: damage (ledger write, then deletes) and a torn
+    // tail (truncate, fdatasync). Die at every step of each; the next open must still
+    // reach the same state.
+    for damage in [true, false] {
+        let mut step = 0;
+        loop {
+            let d = TestDir::new("crashrecovery");
+            drop(filled(d.path(), 3));
+            let seg = segment_files(d.path()).remove(0);
+            if damage {
+                flip(&seg, SEGMENT_HEADER_LEN + 32 + 2);
+            } else {
+                let mut rec = Vec::new();
+                encode_change(&mut rec, 7, 0, b"cut by a crash", usize::MAX);
+                append_raw(&seg, &rec[..40]);
+            }
+            let faults = SharedFaults::default();
+            faults.lock().unwrap().ops_left = Some(step);
+            let res = open_faulty(small_cfg(d.path()), &faults, manual_clock().1);
+            let finished = res.is_ok();
+            drop(res);
+            let mut q = open(d.path());
+            if damage {
+                assert_eq!(
+                    q.resync_reason(),
+                    Some(ResyncReason::CorruptRecord),
+                    "step {step}"
+                );
+                assert_eq!(q.stats().depth, 0, "step {step}");
+            } else {
+                assert!(!q.resync_owed(), "step {step}");
+                assert_eq!(all(&mut q).len(), 6, "step {step}");
+            }
+            if finished {
+                break;
+            }
+            step += 1;
+            assert!(step < 20);
+        }
+        assert!(step >= 2, "recovery took only {step} steps");
+    }
+}
