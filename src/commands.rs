@@ -12,7 +12,7 @@ use crate::ldap::{self, Directory, DirectoryConfig, DirectoryKind, Scope};
 use crate::relay::http::{HttpClient, HttpConfig};
 use crate::scim::client::{ScimClient, ScimConfig};
 use crate::scim::mapping::{self, Reference, Resolver};
-use crate::scim::profile::{ProfileKind, SyncProfile};
+use crate::scim::profile::{merge_attributes, ProfileKind, SyncProfile};
 use crate::scim::ResourceKind;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::dn;
@@ -121,6 +121,28 @@ fn filters(c: &Config, profile: &SyncProfile) -> (String, String) {
             .clone()
             .unwrap_or_else(|| profile.default_filter(ResourceKind::Group).to_string()),
     )
+}
+
+/// The anchor index of the state directory, or a message naming it.
+fn load_index(c: &Config) -> Result<AnchorIndex, String> {
+    AnchorIndex::load(&c.agent.state_dir)
+        .map_err(|e| format!("agent.state_dir {}: {e}", c.agent.state_dir.display()))
+}
+
+/// Scope, filters and provisioning mode of a full pass, from the config and profile.
+fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) -> PassSettings {
+    let (user_filter, group_filter) = filters(c, profile);
+    PassSettings {
+        include: c.scope.include.clone(),
+        user_filter,
+        group_filter,
+        concurrency: c.sync.concurrency,
+        mode: ProvisionMode {
+            dry_run,
+            soft_match: c.sync.soft_match,
+        },
+        quiet,
+    }
 }
 
 /// Creates the state directory (0700) and takes its lock, so two agents never share it.
@@ -337,28 +359,14 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                 "SCIM endpoint has no /ServiceProviderConfig (404); going on with plain SCIM"
             );
         }
-        let mut index = match AnchorIndex::load(&c.agent.state_dir) {
+        let mut index = match load_index(c) {
             Ok(i) => i,
             Err(e) => {
-                eprintln!(
-                    "error: agent.state_dir {}: {e}",
-                    c.agent.state_dir.display()
-                );
+                eprintln!("error: {e}");
                 return exit::FAILURE;
             }
         };
-        let (user_filter, group_filter) = filters(c, &src.profile);
-        let settings = PassSettings {
-            include: c.scope.include.clone(),
-            user_filter,
-            group_filter,
-            concurrency: c.sync.concurrency,
-            mode: ProvisionMode {
-                dry_run,
-                soft_match: c.sync.soft_match,
-            },
-            quiet,
-        };
+        let settings = pass_settings(c, &src.profile, dry_run, quiet);
         match full_pass(&src.dir, &scim, &src.profile, &mut index, &settings).await {
             Ok(report) => {
                 if !report.failures.is_empty() {
@@ -421,12 +429,7 @@ pub fn preview(c: &Config, target: &str) -> i32 {
 
 async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
     let src = open_source(c).await?;
-    let mut attrs = src.profile.ldap_attributes(ResourceKind::User);
-    for a in src.profile.ldap_attributes(ResourceKind::Group) {
-        if !attrs.iter().any(|x| x.eq_ignore_ascii_case(&a)) {
-            attrs.push(a);
-        }
-    }
+    let attrs = src.profile.object_attributes();
     let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
     let entry = src
         .dir
@@ -449,7 +452,7 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         Err(why) => println!("in scope:  no: {why}"),
     }
 
-    let index = AnchorIndex::load(&c.agent.state_dir).map_err(|e| e.to_string())?;
+    let index = load_index(c)?;
     let mut table = HashMap::new();
     let mut refs: Vec<String> = Vec::new();
     for a in ["manager", "member", "uniqueMember"] {
@@ -462,8 +465,13 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         );
         refs.truncate(PREVIEW_REFERENCES);
     }
+    let identity = merge_attributes(
+        src.profile.identity_attributes(ResourceKind::User),
+        src.profile.identity_attributes(ResourceKind::Group),
+    );
+    let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
     for r in refs {
-        let reference = resolve_for_preview(&src, c, &index, &r, &uf, &gf).await?;
+        let reference = resolve_for_preview(&src, c, &index, &r, &identity, (&uf, &gf)).await?;
         table.insert(dn::normalize(&r), reference);
     }
     let mapped = mapping::map_entry(&entry, kind, &src.profile, &TableResolver(table))
@@ -507,13 +515,7 @@ async fn in_scope(
     uf: &str,
     gf: &str,
 ) -> Result<Result<(), String>, String> {
-    let n = dn::normalize(target);
-    if !c
-        .scope
-        .include
-        .iter()
-        .any(|b| dn::is_under(&n, &dn::normalize(b)))
-    {
+    if !dn::under_any(target, &c.scope.include) {
         return Ok(Err(format!(
             "not under any scope.include subtree ({})",
             c.scope.include.join("; ")
@@ -523,12 +525,10 @@ async fn in_scope(
         ResourceKind::User => uf,
         ResourceKind::Group => gf,
     };
-    let mut s = dir.search(target, Scope::Base, filter, &["1.1"]);
-    let mut found = false;
-    while let Some(e) = s.next().await {
-        e.map_err(|e| e.to_string())?;
-        found = true;
-    }
+    let found = dir
+        .matches(target, filter)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(if found {
         Ok(())
     } else {
@@ -539,25 +539,18 @@ async fn in_scope(
     })
 }
 
+/// `attrs`: the identity attributes of both kinds (no member lists).
 async fn resolve_for_preview(
     src: &Source,
     c: &Config,
     index: &AnchorIndex,
     target: &str,
-    uf: &str,
-    gf: &str,
+    attrs: &[&str],
+    (uf, gf): (&str, &str),
 ) -> Result<Reference, String> {
-    let attrs: Vec<String> = src
-        .profile
-        .ldap_attributes(ResourceKind::User)
-        .into_iter()
-        .chain(src.profile.ldap_attributes(ResourceKind::Group))
-        .filter(|a| !a.eq_ignore_ascii_case("member") && !a.eq_ignore_ascii_case("uniquemember"))
-        .collect();
-    let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
     let Some(e) = src
         .dir
-        .read(target, &attr_refs)
+        .read(target, attrs)
         .await
         .map_err(|e| e.to_string())?
     else {
@@ -633,29 +626,15 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
                 return exit::FAILURE;
             }
         };
-        let mut index = match AnchorIndex::load(&c.agent.state_dir) {
+        let mut index = match load_index(c) {
             Ok(i) => i,
             Err(e) => {
-                eprintln!(
-                    "error: agent.state_dir {}: {e}",
-                    c.agent.state_dir.display()
-                );
+                eprintln!("error: {e}");
                 return exit::FAILURE;
             }
         };
-        let (user_filter, group_filter) = filters(c, &src.profile);
         let settings = crate::sync::follow::FollowSettings {
-            pass: PassSettings {
-                include: c.scope.include.clone(),
-                user_filter,
-                group_filter,
-                concurrency: c.sync.concurrency,
-                mode: ProvisionMode {
-                    dry_run: false,
-                    soft_match: c.sync.soft_match,
-                },
-                quiet,
-            },
+            pass: pass_settings(c, &src.profile, false, quiet),
             base_dn: c.directory.base_dn.clone(),
         };
         log::info!(

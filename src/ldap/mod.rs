@@ -251,6 +251,18 @@ impl Directory {
         answer.recv().await.map_err(|_| worker_gone())?
     }
 
+    /// Whether the entry at `dn` exists and matches `filter` (a base-scope search that
+    /// returns no attributes). A failed search is an error, never "does not match".
+    pub async fn matches(&self, dn: &str, filter: &str) -> Result<bool, LdapError> {
+        let mut s = self.search(dn, Scope::Base, filter, &["1.1"]);
+        let mut found = false;
+        while let Some(e) = s.next().await {
+            e?;
+            found = true;
+        }
+        Ok(found)
+    }
+
     /// What protects the connection, for `idrelay status` and logs, e.g. "ldaps to
     /// ldaps://127.0.0.1:636; server certificate (1234 bytes DER) verified against the CA
     /// file /etc/idrelay/ca.pem (1 certificate)". `None` on a plain `ldap://` connection.

@@ -715,6 +715,32 @@ impl SyncProfile {
         out
     }
 
+    /// [`SyncProfile::ldap_attributes`] of users and groups together, once each: what a
+    /// read of an object of either kind asks for.
+    pub fn object_attributes(&self) -> Vec<String> {
+        merge_attributes(
+            self.ldap_attributes(ResourceKind::User),
+            self.ldap_attributes(ResourceKind::Group),
+        )
+    }
+
+    /// [`SyncProfile::ldap_attributes`] of `kind` without the sources of `members`: enough
+    /// to classify an object and compute its anchor, without the member lists that can
+    /// hold a million values.
+    pub fn identity_attributes(&self, kind: ResourceKind) -> Vec<String> {
+        let members: Vec<&String> = self
+            .resource(kind)
+            .mappings
+            .iter()
+            .filter(|m| m.target == Target::Members)
+            .flat_map(|m| m.source.attributes().iter())
+            .collect();
+        self.ldap_attributes(kind)
+            .into_iter()
+            .filter(|a| !members.iter().any(|m| m.eq_ignore_ascii_case(a)))
+            .collect()
+    }
+
     /// Whether `entry` is a user or a group under this profile (by object class), or
     /// neither.
     pub fn classify(&self, entry: &Entry) -> Option<ResourceKind> {
@@ -944,6 +970,16 @@ enum RawEncoding {
     Text,
 }
 
+/// `a` followed by the names of `b` that `a` lacks (LDAP names compare case-insensitively).
+pub fn merge_attributes(mut a: Vec<String>, b: Vec<String>) -> Vec<String> {
+    for name in b {
+        if !a.iter().any(|x| x.eq_ignore_ascii_case(&name)) {
+            a.push(name);
+        }
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -958,6 +994,28 @@ mod tests {
             .iter()
             .find(|m| m.target.to_string() == path)
             .map(|m| m.source.clone())
+    }
+
+    #[test]
+    fn identity_attributes_leave_out_member_lists_and_object_attributes_cover_both_kinds() {
+        let has = |v: &[String], a: &str| v.iter().any(|x| x.eq_ignore_ascii_case(a));
+        for p in [ad(), SyncProfile::default_for(ProfileKind::OpenLdap)] {
+            let g = p.identity_attributes(ResourceKind::Group);
+            assert!(!has(&g, "member") && !has(&g, "uniqueMember"), "{g:?}");
+            assert!(has(&g, "objectClass"));
+            let all = p.object_attributes();
+            for kind in [ResourceKind::User, ResourceKind::Group] {
+                assert!(p.ldap_attributes(kind).iter().all(|a| has(&all, a)));
+            }
+            let mut lower: Vec<String> = all.iter().map(|a| a.to_ascii_lowercase()).collect();
+            lower.sort();
+            lower.dedup();
+            assert_eq!(lower.len(), all.len(), "once each");
+        }
+        assert!(has(
+            &ad().identity_attributes(ResourceKind::Group),
+            "objectGUID"
+        ));
     }
 
     #[test]

@@ -123,6 +123,17 @@ impl AnchorIndex {
         self.dirty = true;
     }
 
+    /// Records that `external_id` now lives at `dn` (renamed or moved, nothing to send).
+    pub fn note_dn(&mut self, external_id: &str, dn: &str) {
+        if let Some(a) = self.map.get(external_id).filter(|a| a.dn != dn) {
+            let moved = Anchor {
+                dn: dn.to_string(),
+                ..a.clone()
+            };
+            self.put(external_id, moved);
+        }
+    }
+
     /// Forgets `external_id` (its resource is gone at the endpoint).
     pub fn remove(&mut self, external_id: &str) {
         if let Some(old) = self.map.remove(external_id) {

@@ -64,6 +64,12 @@ pub fn is_under(dn: &str, base: &str) -> bool {
             && dn[..dn.len() - base.len()].ends_with(','))
 }
 
+/// Whether `dn` (any spelling) equals or lies below one of `bases` (any spelling).
+pub fn under_any<S: AsRef<str>>(dn: &str, bases: &[S]) -> bool {
+    let n = normalize(dn);
+    bases.iter().any(|b| is_under(&n, &normalize(b.as_ref())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +95,13 @@ mod tests {
         assert!(is_under(&base, &base));
         assert!(!is_under(&normalize("dc=xbranch,dc=test"), &base));
         assert!(!is_under(&normalize("dc=test"), &base));
+        assert!(under_any(
+            "UID=a, OU=Staff,dc=branch,dc=test",
+            &["ou=x,dc=branch,dc=test", "ou=staff,dc=branch,dc=test"]
+        ));
+        assert!(!under_any(
+            "uid=a,ou=other,dc=branch,dc=test",
+            &["ou=staff,dc=branch,dc=test"]
+        ));
     }
 }

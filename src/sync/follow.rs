@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ldap::{Directory, LdapError, Scope, SyncEvent, SyncMode};
+use crate::ldap::{Directory, LdapError, SyncEvent, SyncMode};
 use crate::queue::{AppendOutcome, Queue, QueueError, ResyncReason};
 use crate::relay::backoff::Backoff;
 use crate::scim::client::ScimClient;
@@ -119,14 +119,6 @@ impl FollowSettings {
 
     fn feed_filter(&self) -> String {
         format!("(|{}{})", self.pass.user_filter, self.pass.group_filter)
-    }
-
-    fn in_include(&self, target: &str) -> bool {
-        let n = dn::normalize(target);
-        self.pass
-            .include
-            .iter()
-            .any(|b| dn::is_under(&n, &dn::normalize(b)))
     }
 }
 
@@ -307,10 +299,6 @@ async fn feed(
     include: Vec<String>,
     notify: smol::channel::Sender<()>,
 ) -> String {
-    let in_include = |target: &str| {
-        let n = dn::normalize(target);
-        include.iter().any(|b| dn::is_under(&n, &dn::normalize(b)))
-    };
     let mut stream = dir.content_sync(
         &base,
         &filter,
@@ -336,7 +324,7 @@ async fn feed(
         let mut flush = false;
         match ev {
             SyncEvent::Upsert { uuid, entry } => {
-                if in_include(&entry.dn) {
+                if dn::under_any(&entry.dn, &include) {
                     batch.push(encode(&Change::Upsert { dn: entry.dn, uuid }));
                 }
             }
@@ -420,6 +408,8 @@ async fn send_loop(
     feed: &smol::Task<String>,
     notify: &smol::channel::Receiver<()>,
 ) -> SendEnd {
+    let attrs = profile.object_attributes();
+    let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
     let mut last_save = Instant::now();
     let mut last_log = Instant::now();
     let mut applied = 0u64;
@@ -483,7 +473,7 @@ async fn send_loop(
             };
             let mut wait = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
             loop {
-                match apply(dir, scim, profile, index, settings, &change).await {
+                match apply(dir, scim, profile, index, settings, &attrs, &change).await {
                     Applied::Done => {
                         applied += 1;
                         break;
@@ -544,18 +534,12 @@ async fn apply(
     profile: &SyncProfile,
     index: &mut AnchorIndex,
     settings: &FollowSettings,
+    attrs: &[&str],
     change: &Change,
 ) -> Applied {
     match change {
         Change::Upsert { dn: target, uuid } => {
-            let mut attrs = profile.ldap_attributes(ResourceKind::User);
-            for a in profile.ldap_attributes(ResourceKind::Group) {
-                if !attrs.iter().any(|x| x.eq_ignore_ascii_case(&a)) {
-                    attrs.push(a);
-                }
-            }
-            let refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
-            let entry = match dir.read(target, &refs).await {
+            let entry = match dir.read(target, attrs).await {
                 Ok(Some(e)) => e,
                 // Renamed or deleted since: the feed reports that separately.
                 Ok(None) => return Applied::Done,
@@ -564,14 +548,14 @@ async fn apply(
             let Some(kind) = profile.classify(&entry) else {
                 return Applied::Done;
             };
-            if !settings.in_include(&entry.dn) {
+            if !dn::under_any(&entry.dn, &settings.pass.include) {
                 return Applied::Done;
             }
             let filter = match kind {
                 ResourceKind::User => &settings.pass.user_filter,
                 ResourceKind::Group => &settings.pass.group_filter,
             };
-            match matches(dir, &entry.dn, filter).await {
+            match dir.matches(&entry.dn, filter).await {
                 Ok(true) => {}
                 Ok(false) => return Applied::Done,
                 Err(e) => return Applied::Retry(format!("directory: {e}")),
@@ -589,14 +573,8 @@ async fn apply(
             }
             let hash = representation_hash(&mapped.resource);
             let known = index.get(kind, &mapped.external_id).cloned();
-            if let Some(a) = known.as_ref().filter(|a| a.hash == hash) {
-                if a.dn != entry.dn {
-                    let moved = Anchor {
-                        dn: entry.dn.clone(),
-                        ..a.clone()
-                    };
-                    index.put(&mapped.external_id, moved);
-                }
+            if known.as_ref().is_some_and(|a| a.hash == hash) {
+                index.note_dn(&mapped.external_id, &entry.dn);
                 return Applied::Done;
             }
             let job = Job {
@@ -665,14 +643,4 @@ async fn apply(
             }
         }
     }
-}
-
-async fn matches(dir: &Directory, target: &str, filter: &str) -> Result<bool, LdapError> {
-    let mut s = dir.search(target, Scope::Base, filter, &["1.1"]);
-    let mut found = false;
-    while let Some(e) = s.next().await {
-        e?;
-        found = true;
-    }
-    Ok(found)
 }

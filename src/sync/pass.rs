@@ -378,12 +378,7 @@ impl Pass<'_> {
         self.progress.phase("scope scan");
         let mut seen = 0u64;
         for kind in [ResourceKind::User, ResourceKind::Group] {
-            let attrs: Vec<String> = self
-                .profile
-                .ldap_attributes(kind)
-                .into_iter()
-                .filter(|a| !is_member_attr(a))
-                .collect();
+            let attrs = self.profile.identity_attributes(kind);
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let filter = self.filter(kind).to_string();
             for base in &self.settings.include {
@@ -474,14 +469,10 @@ impl Pass<'_> {
             // A dry run "created" it earlier in this pass: a real run would now PUT.
             self.pretend.get(&mapped.external_id).cloned()
         });
-        if let Some(a) = known.as_ref().filter(|a| a.hash == hash) {
-            if a.dn != entry.dn && !self.settings.mode.dry_run {
+        if known.as_ref().is_some_and(|a| a.hash == hash) {
+            if !self.settings.mode.dry_run {
                 // Renamed or moved with nothing to send: keep the index's DN current.
-                let renamed = Anchor {
-                    dn: entry.dn.clone(),
-                    ..a.clone()
-                };
-                self.index.put(&mapped.external_id, renamed);
+                self.index.note_dn(&mapped.external_id, &entry.dn);
             }
             if first_round {
                 self.report.unchanged += 1;
@@ -580,8 +571,4 @@ impl Pass<'_> {
         log::warn!("{dn}: {reason}");
         self.report.failures.push(Failure { dn, reason });
     }
-}
-
-fn is_member_attr(a: &str) -> bool {
-    a.eq_ignore_ascii_case("member") || a.eq_ignore_ascii_case("uniquemember")
 }
