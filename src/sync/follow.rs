@@ -219,11 +219,19 @@ pub async fn run(
             dir, scim, profile, index, &queue, settings, &feed, &notify_rx,
         )
         .await;
-        drop(feed); // cancels the feed task and abandons its search
+        let feed_ended = match outcome {
+            // The task has finished: awaiting it only collects its reason.
+            SendEnd::FeedEnded => Some(feed.await),
+            _ => {
+                drop(feed); // cancels the feed task and abandons its search
+                None
+            }
+        };
         index.save().map_err(RunError::State)?;
         match outcome {
             SendEnd::ResyncOwed => {}
-            SendEnd::FeedEnded(e) => {
+            SendEnd::FeedEnded => {
+                let e = feed_ended.unwrap_or_default();
                 let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
                 log::warn!(
                     "change feed stopped ({e}); restarting it in {:.0} s",
@@ -388,7 +396,7 @@ fn encode(c: &Change) -> Vec<u8> {
 
 enum SendEnd {
     ResyncOwed,
-    FeedEnded(String),
+    FeedEnded,
     Fatal(RunError),
 }
 
@@ -416,8 +424,7 @@ async fn send_loop(
     let mut failed = 0u64;
     loop {
         if feed.is_finished() {
-            // The task is done; its reason is all that is left of it.
-            return SendEnd::FeedEnded(String::from("see the log"));
+            return SendEnd::FeedEnded;
         }
         let read = with_queue(queue, |q| {
             if q.resync_owed() {
