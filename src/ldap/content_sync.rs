@@ -552,19 +552,7 @@ impl SyncStream {
 // ---------------------------------------------------------------------------------------
 // The worker's side (runs on the LDAP thread).
 
-/// Why the sync loop stopped.
-enum Stop {
-    /// The consumer dropped its stream.
-    Consumer,
-    /// The search failed.
-    Failed(LdapError),
-}
-
-impl From<LdapError> for Stop {
-    fn from(e: LdapError) -> Self {
-        Stop::Failed(e)
-    }
-}
+use super::worker::Stop;
 
 type Stream = ldap3::SearchStream<'static, String, Vec<String>>;
 

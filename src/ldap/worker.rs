@@ -146,8 +146,8 @@ fn run(
     });
 }
 
-/// Why a search loop stopped early.
-enum Stop {
+/// Why a search loop stopped early (also used by the content-sync loop).
+pub(super) enum Stop {
     /// The consumer dropped its stream; nothing to report.
     Consumer,
     /// The search failed.

@@ -802,11 +802,21 @@ impl HttpClient {
 
     /// Opens a new connection (TCP, then TLS for https) within `connect_timeout`.
     async fn connect(&self, url: &Url, target: &Target) -> Result<Conn, HttpError> {
+        let (stream, _) = self.open_within_timeout(url, target).await?;
+        log::debug!("connected to {}", target.shown);
+        Ok(Conn {
+            io: BufReader::new(stream),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// [`HttpClient::open_stream`] bounded by `connect_timeout`.
+    async fn open_within_timeout(
+        &self,
+        url: &Url,
+        target: &Target,
+    ) -> Result<(Stream, Option<TlsFacts>), HttpError> {
         let after = self.inner.cfg.connect_timeout;
-        let work = async {
-            let stream = self.open_stream(url, target).await?;
-            Ok(stream.0)
-        };
         let deadline = async {
             Timer::after(after).await;
             Err(HttpError::Timeout {
@@ -815,12 +825,7 @@ impl HttpClient {
                 after,
             })
         };
-        let stream = future::or(work, deadline).await?;
-        log::debug!("connected to {}", target.shown);
-        Ok(Conn {
-            io: BufReader::new(stream),
-            idle_since: Instant::now(),
-        })
+        future::or(self.open_stream(url, target), deadline).await
     }
 
     /// TCP connect plus TLS handshake (no timeout of its own); also returns the facts of
@@ -879,16 +884,7 @@ impl HttpClient {
         if !target.tls {
             return Ok(None);
         }
-        let after = self.inner.cfg.connect_timeout;
-        let deadline = async {
-            Timer::after(after).await;
-            Err(HttpError::Timeout {
-                what: TimeoutKind::Connect,
-                host: target.shown.clone(),
-                after,
-            })
-        };
-        let (_stream, facts) = future::or(self.open_stream(url, &target), deadline).await?;
+        let (_stream, facts) = self.open_within_timeout(url, &target).await?;
         Ok(facts)
     }
 }
