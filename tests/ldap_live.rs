@@ -10,10 +10,8 @@
 //! code as the agent would bind (the read-only `syncer` on OpenLDAP).
 //! Everything runs under `smol::block_on`, as the agent does.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use idrelay::ldap::{
@@ -22,15 +20,8 @@ use idrelay::ldap::{
 };
 use idrelay::secret::Secret;
 
-fn env(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: run the project's test script, scripts/test.sh, which starts the \
-             test directories (OpenLDAP, Samba AD) and exports OPENLDAP_* and AD_*"
-        ),
-    }
-}
+mod common;
+use common::{env, ldap_tool};
 
 /// One test directory: where it is, who reads, who writes.
 struct Server {
@@ -90,31 +81,7 @@ impl Server {
 
     /// Runs an ldap-utils tool as the admin; `stdin` is LDIF for ldapadd.
     fn tool(&self, tool: &str, args: &[&str], stdin: &str) -> (i32, String) {
-        let mut child = Command::new(tool)
-            .args([
-                "-x",
-                "-H",
-                &self.url,
-                "-D",
-                &self.admin_dn,
-                "-w",
-                &self.admin_pw,
-            ])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {tool} (install ldap-utils): {e}"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        (out.status.code().unwrap_or(-1), err)
+        ldap_tool(&self.url, &self.admin_dn, &self.admin_pw, tool, args, stdin)
     }
 
     fn delete_tree(&self, dn: &str) {

@@ -8,25 +8,16 @@
 //! is read as the read-only `syncer` (and once as the admin). The tests take a process-wide
 //! lock so that counting this process's sockets is not disturbed by a parallel test.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use idrelay::ldap::{Directory, DirectoryConfig, Entry, LdapError, Scope, SyncEvent, SyncMode};
 use idrelay::secret::Secret;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
+use common::{env, ldap_tool};
 
-fn env(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: run the project's test script, which starts the test OpenLDAP \
-             and exports OPENLDAP_*"
-        ),
-    }
-}
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn config(as_admin: bool) -> DirectoryConfig {
     let (dn, pw) = if as_admin {
@@ -42,34 +33,16 @@ fn config(as_admin: bool) -> DirectoryConfig {
 /// Runs an ldap-utils tool as the admin with `input` on stdin; panics with its stderr on failure
 /// unless `tolerate` lists its exit code.
 fn tool(name: &str, extra: &[&str], input: &str, tolerate: &[i32]) {
-    let mut child = Command::new(name)
-        .args([
-            "-x",
-            "-H",
-            &env("OPENLDAP_URL"),
-            "-D",
-            &env("OPENLDAP_ROOT_DN"),
-        ])
-        .args(["-w", &env("OPENLDAP_ROOT_PW")])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {name} (ldap-utils): {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let code = out.status.code().unwrap_or(-1);
+    let (code, err) = ldap_tool(
+        &env("OPENLDAP_URL"),
+        &env("OPENLDAP_ROOT_DN"),
+        &env("OPENLDAP_ROOT_PW"),
+        name,
+        extra,
+        input,
+    );
     if code != 0 && !tolerate.contains(&code) {
-        panic!(
-            "{name} failed ({code}): {}\n{input}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("{name} failed ({code}): {err}\n{input}");
     }
 }
 

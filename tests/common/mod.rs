@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -199,6 +199,37 @@ fn http_request(
     Ok((status, rest.to_string()))
 }
 
+/// Runs an ldap-utils tool (`ldapmodify`, `ldapadd`, `ldapdelete`) bound as `dn` with
+/// `stdin` as its input; returns its exit code and stderr.
+pub fn ldap_tool(
+    url: &str,
+    dn: &str,
+    password: &str,
+    tool: &str,
+    extra: &[&str],
+    stdin: &str,
+) -> (i32, String) {
+    let mut child = Command::new(tool)
+        .args(["-x", "-H", url, "-D", dn, "-w", password])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {tool} (install ldap-utils): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Coordinates of one of the test directories.
 #[derive(Clone)]
 pub struct Dir {
@@ -236,40 +267,21 @@ impl Dir {
         }
     }
 
-    fn tool(&self, tool: &str, extra: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(tool)
-            .args([
-                "-x",
-                "-H",
-                &self.url,
-                "-D",
-                &self.admin_dn,
-                "-w",
-                &self.admin_pw,
-            ])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{tool}: {e} (ldap-utils installed?)"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+    fn tool(&self, tool: &str, extra: &[&str], stdin: &str) -> (i32, String) {
+        ldap_tool(
+            &self.url,
+            &self.admin_dn,
+            &self.admin_pw,
+            tool,
+            extra,
+            stdin,
+        )
     }
 
     /// Applies LDIF (adds, or changetype records) as the admin; panics on failure.
     pub fn modify(&self, ldif: &str) {
-        let out = self.tool("ldapmodify", &["-a"], ldif);
-        assert!(
-            out.status.success(),
-            "ldapmodify failed: {}\n{ldif}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, err) = self.tool("ldapmodify", &["-a"], ldif);
+        assert_eq!(code, 0, "ldapmodify failed: {err}\n{ldif}");
     }
 
     /// Deletes a subtree, ignoring "no such object".
