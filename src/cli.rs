@@ -31,8 +31,13 @@ pub enum Command {
     },
     /// `run`: full pass when owed, then follow changes until stopped.
     Run,
-    /// `status`: queue, watermark, resync flag, anchor index.
+    /// `status`: queue, watermark, resync flag, anchor index, held deletes.
     Status,
+    /// `approve-deletes [--list]`: release the deletes held by the threshold.
+    ApproveDeletes {
+        /// Only list them.
+        list: bool,
+    },
     /// `preview DN`
     Preview {
         /// The object to show.
@@ -98,7 +103,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "-q" | "--quiet" => quiet = true,
             "-h" | "--help" => help = true,
             "-V" | "--version" => words.insert(0, "version"),
-            "--once" | "--dry-run" => flags.push(name),
+            "--once" | "--dry-run" | "--list" => flags.push(name),
             "--" => words.extend(it.by_ref()),
             s if s.starts_with('-') && s.len() > 1 => {
                 return Err(UsageError(format!("unknown option `{s}`")))
@@ -114,10 +119,13 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         (Some("check"), false) => Command::Check,
         (Some("run"), false) => Command::Run,
         (Some("status"), false) => Command::Status,
+        (Some("approve-deletes"), false) => Command::ApproveDeletes {
+            list: flags.contains(&"--list"),
+        },
         (Some("sync"), false) => {
             if !flags.contains(&"--once") {
                 return Err(UsageError(
-                    "`sync` needs `--once` (one full pass, then exit); continuous sync is not available yet".into(),
+                    "`sync` needs `--once` (one full pass, then exit); for continuous sync use `run`".into(),
                 ));
             }
             Command::Sync {
@@ -142,10 +150,16 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
     }
     let allowed: &[&str] = match command {
         Command::Sync { .. } => &["--once", "--dry-run"],
+        Command::ApproveDeletes { .. } => &["--list"],
         _ => &[],
     };
     if let Some(f) = flags.iter().find(|f| !allowed.contains(f)) {
-        return Err(UsageError(format!("`{f}` only goes with `sync`")));
+        let with = if *f == "--list" {
+            "approve-deletes"
+        } else {
+            "sync"
+        };
+        return Err(UsageError(format!("`{f}` only goes with `{with}`")));
     }
     Ok(Invocation {
         command,
@@ -164,6 +178,7 @@ pub fn needs_config(c: &Command) -> bool {
             | Command::Preview { .. }
             | Command::Run
             | Command::Status
+            | Command::ApproveDeletes { .. }
     )
 }
 
@@ -176,6 +191,7 @@ pub fn help(command: Option<&str>) -> Result<&'static str, UsageError> {
         Some("preview") => HELP_PREVIEW,
         Some("run") => HELP_RUN,
         Some("status") => HELP_STATUS,
+        Some("approve-deletes") => HELP_APPROVE,
         Some("version") => HELP_VERSION,
         Some("help") => HELP,
         Some(other) => return Err(UsageError(format!("unknown command `{other}`"))),
@@ -191,7 +207,8 @@ Commands:
   check              validate the config, reach the directory and the SCIM endpoint
   sync --once        one full pass: provision every in-scope user and group, then exit
   run                stay up: a full pass when one is owed, then follow every change
-  status             the change queue: depth, bytes, oldest age, resync owed, watermark
+  status             queue depth and age, resync owed, watermark, last full pass, held deletes
+  approve-deletes    release the deletes held by sync.delete_threshold (--list: only show)
   preview DN         show how one directory object maps to SCIM and what the endpoint holds
   version            print the version
   help [COMMAND]     this text, or a command's
@@ -243,17 +260,34 @@ directory lost track of our position) it runs one; then it follows the directory
 (RFC 4533 syncrepl, refreshAndPersist: OpenLDAP and other servers with syncprov) and
 delivers each to the SCIM endpoint within seconds. Changes wait in a bounded on-disk queue
 (queue.max_bytes) until provisioned, so a cut link or a crash loses nothing; when the bound
-is hit the backlog is dropped and a full pass runs once the endpoint is back.
-Directory deletes deactivate users (active: false) and delete groups.
-Stop it with SIGTERM or SIGKILL: either is safe, unacknowledged changes are re-sent.
+is hit the backlog is dropped and a full pass runs once the endpoint is back. A full pass
+also runs every sync.full_pass_interval_secs (default daily) to catch what a feed missed.
+Deletes, and objects leaving scope (moved out of an included subtree, no longer matching the
+filter), deactivate users (active: false; sync.user_delete = \"delete\" deletes them) and
+delete groups; more than sync.delete_threshold of them are held for `approve-deletes`.
+Renames and moves inside scope keep the anchor: they are updates.
+Signals: SIGTERM or SIGINT finish the request in flight, save and exit 0; SIGHUP re-reads
+the config (an invalid one is logged and the old one kept). SIGKILL is safe too:
+unacknowledged changes are re-sent.
 ";
 
 const HELP_STATUS: &str = "\
 Usage: idrelay --config FILE status
 
 Prints the change queue's depth, bytes on disk and bound, the age of the oldest pending
-change, whether a full resync is owed (and why), the watermark, and the number of objects in
-the anchor index. Works while `run` is running (reads without taking the lock).
+change, whether a full resync is owed (and why), the watermark, the number of objects in
+the anchor index, when the last full pass completed, and the deletes held for approval.
+Works while `run` is running (reads without taking the lock).
+";
+
+const HELP_APPROVE: &str = "\
+Usage: idrelay --config FILE approve-deletes [--list]
+
+More deletes than sync.delete_threshold within sync.delete_interval_secs (or in one full
+pass) are held: nothing is deleted or deactivated at the endpoint until a human looks.
+This command prints the held deletes and releases them. With `run` going, the running agent
+sends them within seconds; otherwise they are sent from here. An object that came back into
+scope before approval is no longer held. With --list it only prints them.
 ";
 
 const HELP_PREVIEW: &str = "\
@@ -298,7 +332,15 @@ mod tests {
             p(&["help", "check"]).unwrap().command,
             Command::Help(Some("check".into()))
         );
-        for c in ["check", "sync", "preview", "version", "run", "status"] {
+        for c in [
+            "check",
+            "sync",
+            "preview",
+            "version",
+            "run",
+            "status",
+            "approve-deletes",
+        ] {
             assert!(help(Some(c)).unwrap().contains("Usage: idrelay"));
         }
     }
@@ -317,6 +359,14 @@ mod tests {
             .0
             .contains("only goes with `sync`"));
         assert!(p(&["check", "extra"]).unwrap_err().0.contains("`extra`"));
+        assert!(p(&["status", "--list"])
+            .unwrap_err()
+            .0
+            .contains("only goes with `approve-deletes`"));
+        assert_eq!(
+            p(&["approve-deletes", "--list"]).unwrap().command,
+            Command::ApproveDeletes { list: true }
+        );
         assert!(p(&["--config"]).unwrap_err().0.contains("needs a file"));
         let pv = p(&["preview", "uid=a,dc=x"]).unwrap();
         assert_eq!(

@@ -14,7 +14,9 @@ use crate::scim::client::{ScimClient, ScimConfig};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::{merge_attributes, ProfileKind, SyncProfile};
 use crate::scim::ResourceKind;
+use crate::signals::{Control, Request};
 use crate::sync::anchors::AnchorIndex;
+use crate::sync::deletes::{DeleteGate, Policy};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use crate::sync::provision::ProvisionMode;
@@ -142,6 +144,32 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
             soft_match: c.sync.soft_match,
         },
         quiet,
+        user_delete: c.sync.user_delete,
+    }
+}
+
+/// The delete gate of the state directory, or a message naming its file.
+fn open_gate(c: &Config) -> Result<DeleteGate, String> {
+    DeleteGate::open(
+        &c.agent.state_dir,
+        Policy {
+            threshold: c.sync.delete_threshold,
+            interval: c.sync.delete_interval,
+        },
+    )
+    .map_err(|e| format!("held deletes: {e}"))
+}
+
+/// Tells the operator about held deletes and how to release them.
+fn explain_held(c: &Config, held: usize) {
+    if held > 0 {
+        eprintln!(
+            "{held} deletes are held for approval (sync.delete_threshold = {} per {} s); review them with `idrelay --config {} status`, release them with `idrelay --config {} approve-deletes`",
+            c.sync.delete_threshold,
+            c.sync.delete_interval.as_secs(),
+            c.path.display(),
+            c.path.display()
+        );
     }
 }
 
@@ -366,8 +394,24 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                 return exit::FAILURE;
             }
         };
+        let mut gate = match open_gate(c) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        };
         let settings = pass_settings(c, &src.profile, dry_run, quiet);
-        match full_pass(&src.dir, &scim, &src.profile, &mut index, &settings).await {
+        match full_pass(
+            &src.dir,
+            &scim,
+            &src.profile,
+            &mut index,
+            &mut gate,
+            &settings,
+        )
+        .await
+        {
             Ok(report) => {
                 if !report.failures.is_empty() {
                     eprintln!("{} objects failed:", report.failures.len());
@@ -381,8 +425,18 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                         );
                     }
                 }
+                for (dn, why) in report.deletes.failed.iter().take(50) {
+                    eprintln!("  delete of {dn} failed: {why}");
+                }
                 println!("{report}");
-                if report.failures.is_empty() {
+                explain_held(c, gate.held().len());
+                if !dry_run {
+                    crate::sync::follow::record_full_pass(&c.agent.state_dir);
+                }
+                if report.failures.is_empty()
+                    && report.deletes.failed.is_empty()
+                    && gate.held().is_empty()
+                {
                     exit::OK
                 } else {
                     exit::PARTIAL
@@ -581,7 +635,9 @@ fn queue_config(c: &Config) -> crate::queue::QueueConfig {
     q
 }
 
-/// `run`: full pass when owed, then follow changes until the process is stopped.
+/// `run`: full pass when owed, then follow changes until SIGTERM/SIGINT (exit 0). SIGHUP
+/// re-reads the config: a valid one replaces the running one (connections are reopened,
+/// the queue and the index stay); an invalid one is logged and the old one kept.
 pub fn run(c: &Config, quiet: bool) -> i32 {
     let _lock = match lock_state_dir(&c.agent.state_dir) {
         Ok(l) => l,
@@ -600,25 +656,157 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
             return exit::FAILURE;
         }
     };
-    smol::block_on(async {
-        let mut wait = crate::relay::backoff::Backoff::new(
-            std::time::Duration::from_secs(1),
-            std::time::Duration::from_secs(60),
-        );
-        // The directory may be down when the service starts: keep trying, say so.
-        let src = loop {
-            match open_source(c).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    let d = wait
-                        .next_delay()
-                        .unwrap_or(std::time::Duration::from_secs(60));
-                    log::warn!("{e}; retrying in {:.0} s", d.as_secs_f64());
-                    smol::Timer::after(d).await;
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    let control = Control::new();
+    if let Err(e) = control.install() {
+        eprintln!("error: cannot install signal handlers: {e}");
+        return exit::FAILURE;
+    }
+    let mut config = c.clone();
+    loop {
+        let outcome = smol::block_on(run_once(&config, quiet, &queue, &control));
+        match outcome {
+            Err(code) => return code,
+            Ok(Request::Stop) => {
+                log::info!("stopped on request; queue and index saved");
+                return exit::OK;
+            }
+            Ok(Request::Reload) => {
+                control.clear_reload();
+                match Config::load(&config.path) {
+                    Ok(new) if new.agent.state_dir != config.agent.state_dir => {
+                        log::error!(
+                            "config reload: agent.state_dir cannot change while running (restart the service instead); keeping the old config"
+                        );
+                    }
+                    Ok(new) => {
+                        log::info!("config reloaded from {}", config.path.display());
+                        config = new;
+                    }
+                    Err(e) => log::error!("config reload failed, keeping the old config: {e}"),
                 }
             }
+        }
+    }
+}
+
+/// One life of `run` with one config: returns the operator's request, or an exit code.
+async fn run_once(
+    c: &Config,
+    quiet: bool,
+    queue: &crate::sync::follow::SharedQueue,
+    control: &Control,
+) -> Result<Request, i32> {
+    let mut wait = crate::relay::backoff::Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    // The directory may be down when the service starts: keep trying, say so.
+    let src = loop {
+        match open_source(c).await {
+            Ok(s) => break s,
+            Err(e) => {
+                let d = wait
+                    .next_delay()
+                    .unwrap_or(std::time::Duration::from_secs(60));
+                log::warn!("{e}; retrying in {:.0} s", d.as_secs_f64());
+                if let Some(r) = control.sleep(d).await {
+                    return Ok(r);
+                }
+            }
+        }
+    };
+    log::info!("directory {} is {}", c.directory.url, src.kind);
+    let (_, scim) = scim_client(c).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILURE
+    })?;
+    let mut index = load_index(c).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILURE
+    })?;
+    let mut gate = open_gate(c).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILURE
+    })?;
+    if !gate.held().is_empty() {
+        log::warn!(
+            "{} deletes are held for approval; nothing is deleted until `idrelay approve-deletes`",
+            gate.held().len()
+        );
+    }
+    let settings = crate::sync::follow::FollowSettings {
+        pass: pass_settings(c, &src.profile, false, quiet),
+        base_dn: c.directory.base_dn.clone(),
+        state_dir: c.agent.state_dir.clone(),
+        full_pass_interval: c.sync.full_pass_interval,
+    };
+    log::info!(
+        "agent {} running: following {}",
+        c.agent.id,
+        c.scope.include.join("; ")
+    );
+    let st = crate::sync::follow::State {
+        index: &mut index,
+        gate: &mut gate,
+        queue: queue.clone(),
+    };
+    crate::sync::follow::run(&src.dir, &scim, &src.profile, st, &settings, control)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        })
+}
+
+/// `approve-deletes`: releases the held deletes. With the agent running (it holds the
+/// state lock) an approval file is left for it; otherwise they are sent from here.
+/// `list_only` prints them and changes nothing.
+pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
+    let gate = match open_gate(c) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let held = gate.held().to_vec();
+    if held.is_empty() {
+        println!("no deletes are held");
+        return exit::OK;
+    }
+    for t in held.iter().take(if list_only { usize::MAX } else { 20 }) {
+        println!("{} {}: {}", t.kind.word(), t.dn, t.reason);
+    }
+    if !list_only && held.len() > 20 {
+        println!(
+            "... and {} more (`approve-deletes --list` shows all)",
+            held.len() - 20
+        );
+    }
+    if list_only {
+        println!("{} deletes held; nothing changed", held.len());
+        return exit::OK;
+    }
+    let lock = lock_state_dir(&c.agent.state_dir);
+    let Ok(_lock) = lock else {
+        // The agent runs: it picks the approval up within seconds.
+        return match gate.write_approval() {
+            Ok(()) => {
+                println!(
+                    "approved {} deletes; the running agent sends them within seconds (see its log)",
+                    held.len()
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
         };
-        log::info!("directory {} is {}", c.directory.url, src.kind);
+    };
+    let mut gate = gate;
+    smol::block_on(async {
         let (_, scim) = match scim_client(c) {
             Ok(s) => s,
             Err(e) => {
@@ -633,23 +821,29 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
                 return exit::FAILURE;
             }
         };
-        let settings = crate::sync::follow::FollowSettings {
-            pass: pass_settings(c, &src.profile, false, quiet),
-            base_dn: c.directory.base_dn.clone(),
-        };
-        log::info!(
-            "agent {} running: following {} ",
-            c.agent.id,
-            c.scope.include.join("; ")
+        let targets = gate.release_all();
+        if let Err(e) = gate.save() {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+        let s = crate::sync::deletes::send_approved(&scim, &mut index, c.sync.user_delete, targets)
+            .await;
+        if let Err(e) = index.save() {
+            eprintln!("error: anchor index: {e}");
+            return exit::FAILURE;
+        }
+        for (dn, why) in &s.failed {
+            eprintln!("  delete of {dn} failed: {why}");
+        }
+        println!(
+            "approved deletes: {} sent, {} failed (failed ones are found again by the next full pass)",
+            s.sent,
+            s.failed.len()
         );
-        match crate::sync::follow::run(&src.dir, &scim, &src.profile, &mut index, queue, &settings)
-            .await
-        {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::FAILURE
-            }
+        if s.failed.is_empty() {
+            exit::OK
+        } else {
+            exit::PARTIAL
         }
     })
 }
@@ -699,6 +893,39 @@ pub fn status(c: &Config) -> i32 {
     match AnchorIndex::load(&c.agent.state_dir) {
         Ok(ix) => println!("anchors:      {} objects provisioned", ix.len()),
         Err(e) => println!("anchors:      unreadable: {e}"),
+    }
+    println!(
+        "full pass:    {}",
+        match crate::sync::follow::last_full_pass(&c.agent.state_dir)
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        {
+            Some(age) => format!(
+                "last completed {} ago",
+                crate::sync::progress::format_duration(age)
+            ),
+            None => "none recorded".into(),
+        }
+    );
+    match open_gate(c) {
+        Ok(g) if g.held().is_empty() => println!(
+            "deletes:      none held ({} sent in the current {} s window, threshold {})",
+            g.recent(),
+            c.sync.delete_interval.as_secs(),
+            c.sync.delete_threshold
+        ),
+        Ok(g) => {
+            println!(
+                "deletes:      {} HELD for approval (threshold {} per {} s); release with `idrelay --config {} approve-deletes`",
+                g.held().len(),
+                c.sync.delete_threshold,
+                c.sync.delete_interval.as_secs(),
+                c.path.display()
+            );
+            for t in g.held().iter().take(5) {
+                println!("              {} {}: {}", t.kind.word(), t.dn, t.reason);
+            }
+        }
+        Err(e) => println!("deletes:      {e}"),
     }
     exit::OK
 }

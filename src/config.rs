@@ -121,6 +121,58 @@ pub struct SyncSettings {
     pub soft_match: bool,
     /// Attempts per request before an object counts as failed.
     pub max_attempts: u32,
+    /// What a user's deletion (or leaving scope) does at the endpoint.
+    pub user_delete: UserDelete,
+    /// Deletes allowed per `delete_interval` (and per full pass) before the rest are held
+    /// for `approve-deletes`.
+    pub delete_threshold: u32,
+    /// The window the delete threshold counts in.
+    pub delete_interval: Duration,
+    /// How often `run` does a full pass even when the feed seems healthy.
+    pub full_pass_interval: Duration,
+    /// How often polling feeds (DirSync, uSN, modifyTimestamp) ask for changes.
+    pub poll_interval: Duration,
+    /// Which change feed `run` follows.
+    pub feed: FeedKind,
+    /// Member values per PATCH request for group membership.
+    pub member_chunk: usize,
+}
+
+/// What happens at the endpoint when a user is deleted in the directory or leaves scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserDelete {
+    /// PATCH `active: false` (the default: reversible).
+    Deactivate,
+    /// DELETE the resource.
+    Delete,
+}
+
+/// The change feed `run` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    /// Chosen from the directory kind and its controls.
+    Auto,
+    /// RFC 4533 syncrepl refreshAndPersist (OpenLDAP, 389-DS).
+    Syncrepl,
+    /// Active Directory DirSync (needs Replicating Directory Changes).
+    DirSync,
+    /// Active Directory uSNChanged polling against one DC.
+    Usn,
+    /// modifyTimestamp polling (any LDAP).
+    Timestamp,
+}
+
+impl FeedKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Auto => "auto",
+            FeedKind::Syncrepl => "syncrepl",
+            FeedKind::DirSync => "dirsync",
+            FeedKind::Usn => "usn",
+            FeedKind::Timestamp => "timestamp",
+        }
+    }
 }
 
 /// Why a config could not be used.
@@ -273,6 +325,20 @@ struct RawSync {
     soft_match: bool,
     #[serde(default = "default_max_attempts")]
     max_attempts: u32,
+    #[serde(default = "default_user_delete")]
+    user_delete: String,
+    #[serde(default = "default_delete_threshold")]
+    delete_threshold: u32,
+    #[serde(default = "default_delete_interval")]
+    delete_interval_secs: u64,
+    #[serde(default = "default_full_pass_interval")]
+    full_pass_interval_secs: u64,
+    #[serde(default = "default_poll_interval")]
+    poll_interval_secs: u64,
+    #[serde(default = "default_kind")]
+    feed: String,
+    #[serde(default = "default_member_chunk")]
+    member_chunk: usize,
 }
 
 impl Default for RawSync {
@@ -282,8 +348,34 @@ impl Default for RawSync {
             profile_file: None,
             soft_match: false,
             max_attempts: default_max_attempts(),
+            user_delete: default_user_delete(),
+            delete_threshold: default_delete_threshold(),
+            delete_interval_secs: default_delete_interval(),
+            full_pass_interval_secs: default_full_pass_interval(),
+            poll_interval_secs: default_poll_interval(),
+            feed: default_kind(),
+            member_chunk: default_member_chunk(),
         }
     }
+}
+
+fn default_user_delete() -> String {
+    "deactivate".into()
+}
+fn default_delete_threshold() -> u32 {
+    500
+}
+fn default_delete_interval() -> u64 {
+    3600
+}
+fn default_full_pass_interval() -> u64 {
+    86_400
+}
+fn default_poll_interval() -> u64 {
+    5
+}
+fn default_member_chunk() -> usize {
+    100
 }
 
 fn default_kind() -> String {
@@ -482,6 +574,58 @@ impl Config {
         if !(1..=20).contains(&y.max_attempts) {
             return Err(invalid("sync.max_attempts", "must be 1 to 20".into()));
         }
+        let user_delete = match y.user_delete.as_str() {
+            "deactivate" => UserDelete::Deactivate,
+            "delete" => UserDelete::Delete,
+            other => {
+                return Err(invalid(
+                    "sync.user_delete",
+                    format!("`{other}` is not one of: deactivate, delete"),
+                ))
+            }
+        };
+        if y.delete_threshold > 1_000_000 {
+            return Err(invalid(
+                "sync.delete_threshold",
+                "must be 0 (hold every delete) to 1000000".into(),
+            ));
+        }
+        if !(60..=30 * 86_400).contains(&y.delete_interval_secs) {
+            return Err(invalid(
+                "sync.delete_interval_secs",
+                "must be 60 to 2592000 (30 days)".into(),
+            ));
+        }
+        if y.full_pass_interval_secs != 0
+            && !(600..=30 * 86_400).contains(&y.full_pass_interval_secs)
+        {
+            return Err(invalid(
+                "sync.full_pass_interval_secs",
+                "must be 0 (never) or 600 to 2592000 (30 days)".into(),
+            ));
+        }
+        if !(1..=3600).contains(&y.poll_interval_secs) {
+            return Err(invalid(
+                "sync.poll_interval_secs",
+                "must be 1 to 3600".into(),
+            ));
+        }
+        let feed = match y.feed.as_str() {
+            "auto" => FeedKind::Auto,
+            "syncrepl" => FeedKind::Syncrepl,
+            "dirsync" => FeedKind::DirSync,
+            "usn" => FeedKind::Usn,
+            "timestamp" => FeedKind::Timestamp,
+            other => {
+                return Err(invalid(
+                    "sync.feed",
+                    format!("`{other}` is not one of: auto, syncrepl, dirsync, usn, timestamp"),
+                ))
+            }
+        };
+        if !(1..=1000).contains(&y.member_chunk) {
+            return Err(invalid("sync.member_chunk", "must be 1 to 1000".into()));
+        }
 
         const MIN_QUEUE: u64 = 64 << 10;
         const MAX_QUEUE: u64 = 16 << 30;
@@ -525,6 +669,13 @@ impl Config {
                 profile_file: y.profile_file,
                 soft_match: y.soft_match,
                 max_attempts: y.max_attempts,
+                user_delete,
+                delete_threshold: y.delete_threshold,
+                delete_interval: Duration::from_secs(y.delete_interval_secs),
+                full_pass_interval: Duration::from_secs(y.full_pass_interval_secs),
+                poll_interval: Duration::from_secs(y.poll_interval_secs),
+                feed,
+                member_chunk: y.member_chunk,
             },
             queue: QueueSettings {
                 max_bytes: raw.queue.max_bytes,

@@ -21,4 +21,5 @@ pub mod queue;
 pub mod relay;
 pub mod scim;
 pub mod secret;
+pub mod signals;
 pub mod sync;

@@ -71,6 +71,7 @@ fn run(args: &[String]) -> i32 {
         Command::Preview { dn } => commands::preview(&config, &dn),
         Command::Run => commands::run(&config, inv.quiet),
         Command::Status => commands::status(&config),
+        Command::ApproveDeletes { list } => commands::approve_deletes(&config, list),
         Command::Help(_) | Command::Version => unreachable!("handled above"),
     }
 }

@@ -274,6 +274,8 @@ pub enum ResyncReason {
     LedgerCorrupt,
     /// Asked for through [`Queue::mark_resync_owed`] (e.g. a control command).
     Requested,
+    /// The periodic full pass (`sync.full_pass_interval_secs`) is due.
+    Scheduled,
 }
 
 impl ResyncReason {
@@ -286,6 +288,7 @@ impl ResyncReason {
             ResyncReason::LedgerLost => 4,
             ResyncReason::LedgerCorrupt => 5,
             ResyncReason::Requested => 6,
+            ResyncReason::Scheduled => 7,
         }
     }
 
@@ -298,6 +301,7 @@ impl ResyncReason {
             4 => ResyncReason::LedgerLost,
             5 => ResyncReason::LedgerCorrupt,
             6 => ResyncReason::Requested,
+            7 => ResyncReason::Scheduled,
             _ => return None,
         })
     }
@@ -311,6 +315,7 @@ impl ResyncReason {
             ResyncReason::LedgerLost => "ledger-lost",
             ResyncReason::LedgerCorrupt => "ledger-corrupt",
             ResyncReason::Requested => "requested",
+            ResyncReason::Scheduled => "scheduled full pass",
         }
     }
 }

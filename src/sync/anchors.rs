@@ -156,6 +156,11 @@ impl AnchorIndex {
         self.map.get(external_id)
     }
 
+    /// Every externalId and anchor, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Anchor)> {
+        self.map.iter().map(|(x, a)| (x.as_str(), a))
+    }
+
     /// Number of objects known.
     pub fn len(&self) -> usize {
         self.map.len()

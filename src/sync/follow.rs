@@ -22,8 +22,10 @@
 //!
 //! Change feeds: OpenLDAP (and other servers with RFC 4533 syncprov) only, for now.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +36,9 @@ use crate::scim::client::ScimClient;
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
+use crate::signals::{Control, Request};
 use crate::sync::anchors::{representation_hash, Anchor, AnchorIndex};
+use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
@@ -95,6 +99,53 @@ pub struct FollowSettings {
     pub pass: PassSettings,
     /// The naming context the feed follows.
     pub base_dn: String,
+    /// The state directory (for the time of the last full pass).
+    pub state_dir: PathBuf,
+    /// How often a full pass runs anyway (zero: only when owed).
+    pub full_pass_interval: Duration,
+}
+
+/// The file (in the state directory) holding the unix time of the last completed full pass.
+pub const LAST_PASS_FILE: &str = "last-full-pass";
+
+/// When the last full pass completed, if ever (read from the state directory).
+pub fn last_full_pass(state_dir: &std::path::Path) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(state_dir.join(LAST_PASS_FILE)).ok()?;
+    let secs: u64 = text.trim().parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Records that a full pass completed now.
+pub fn record_full_pass(state_dir: &std::path::Path) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let path = state_dir.join(LAST_PASS_FILE);
+    let tmp = path.with_extension("tmp");
+    let ok = std::fs::write(&tmp, format!("{secs}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = ok {
+        log::warn!(
+            "cannot record the time of the full pass in {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// Whether the periodic full pass is due (`interval` zero: never).
+fn full_pass_due(last: Option<SystemTime>, interval: Duration, now: SystemTime) -> bool {
+    if interval.is_zero() {
+        return false;
+    }
+    match last {
+        None => false, // no pass recorded: the queue owes one anyway
+        // A clock that jumped back makes the pass look recent; one that jumped forward
+        // only brings the pass forward: both harmless.
+        Some(t) => now
+            .duration_since(t)
+            .map(|e| e >= interval)
+            .unwrap_or(false),
+    }
 }
 
 impl FollowSettings {
@@ -129,6 +180,8 @@ pub enum RunError {
     Queue(QueueError),
     /// The anchor index cannot be written.
     State(std::io::Error),
+    /// The held-deletes file cannot be written.
+    Deletes(GateError),
 }
 
 impl std::fmt::Display for RunError {
@@ -136,13 +189,15 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Queue(e) => write!(f, "queue: {e}"),
             RunError::State(e) => write!(f, "anchor index: {e}"),
+            RunError::Deletes(e) => write!(f, "held deletes: {e}"),
         }
     }
 }
 
 impl std::error::Error for RunError {}
 
-type SharedQueue = Arc<Mutex<Queue>>;
+/// The queue, shared between the feed task and the sender.
+pub type SharedQueue = Arc<Mutex<Queue>>;
 
 async fn with_queue<T: Send + 'static>(
     q: &SharedQueue,
@@ -156,19 +211,49 @@ async fn with_queue<T: Send + 'static>(
     .await
 }
 
-/// Runs until the process is stopped. Only errors that make further work impossible end it.
+/// The mutable state `run` works on.
+pub struct State<'a> {
+    /// externalId → SCIM id and last hash.
+    pub index: &'a mut AnchorIndex,
+    /// The deletion threshold and held deletes.
+    pub gate: &'a mut DeleteGate,
+    /// The on-disk change queue.
+    pub queue: SharedQueue,
+}
+
+/// Runs until an operator asks it to stop or reload (the request is returned), or until an
+/// error makes further work impossible.
 pub async fn run(
     dir: &Directory,
     scim: &ScimClient,
     profile: &SyncProfile,
-    index: &mut AnchorIndex,
-    queue: Queue,
+    st: State<'_>,
     settings: &FollowSettings,
-) -> Result<(), RunError> {
-    let queue: SharedQueue = Arc::new(Mutex::new(queue));
+    control: &Control,
+) -> Result<Request, RunError> {
+    let State { index, gate, queue } = st;
     let scope = settings.scope_fingerprint();
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
     loop {
+        if let Some(r) = control.requested() {
+            index.save().map_err(RunError::State)?;
+            gate.save().map_err(RunError::Deletes)?;
+            return Ok(r);
+        }
+        release_approved(scim, index, gate, settings).await?;
+        if full_pass_due(
+            last_full_pass(&settings.state_dir),
+            settings.full_pass_interval,
+            SystemTime::now(),
+        ) {
+            log::info!(
+                "the periodic full pass is due (every {})",
+                crate::sync::progress::format_duration(settings.full_pass_interval)
+            );
+            with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Scheduled))
+                .await
+                .map_err(RunError::Queue)?;
+        }
         // A watermark from another scope cannot be followed.
         let (owed, mark) = with_queue(&queue, |q| {
             (q.resync_owed(), q.watermark().map(<[u8]>::to_vec))
@@ -190,15 +275,31 @@ pub async fn run(
                 "full pass owed ({}); starting it",
                 reason.map(|r| r.as_str()).unwrap_or("unknown")
             );
-            match resync(dir, scim, profile, index, &queue, settings, &scope).await {
-                Ok(()) => retry.reset(),
-                Err(e) => {
+            let pass = resync(dir, scim, profile, index, gate, &queue, settings, &scope);
+            // A stop during a pass abandons it: requests in flight are dropped, and what
+            // landed is in the index (saved above on the next turn). Nothing is lost: the
+            // pass is still owed and runs again at the next start.
+            let outcome = smol::future::or(async { Some(pass.await) }, async {
+                control.wait().await;
+                None
+            })
+            .await;
+            match outcome {
+                None => log::info!(
+                    "full pass interrupted by a {:?} request",
+                    control.requested()
+                ),
+                Some(Ok(())) => {
+                    record_full_pass(&settings.state_dir);
+                    retry.reset();
+                }
+                Some(Err(e)) => {
                     let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
                     log::warn!(
                         "full pass did not complete ({e}); retrying in {:.0} s",
                         wait.as_secs_f64()
                     );
-                    smol::Timer::after(wait).await;
+                    control.sleep(wait).await;
                 }
             }
             continue;
@@ -212,13 +313,16 @@ pub async fn run(
             cookie,
             queue.clone(),
             scope.clone(),
-            settings.pass.include.clone(),
             notify_tx,
         ));
-        let outcome = send_loop(
-            dir, scim, profile, index, &queue, settings, &feed, &notify_rx,
-        )
-        .await;
+        let ctx = SendCtx {
+            dir,
+            scim,
+            profile,
+            settings,
+            control,
+        };
+        let outcome = send_loop(&ctx, index, gate, &queue, &feed, &notify_rx).await;
         let feed_ended = match outcome {
             // The task has finished: awaiting it only collects its reason.
             SendEnd::FeedEnded => Some(feed.await),
@@ -228,8 +332,9 @@ pub async fn run(
             }
         };
         index.save().map_err(RunError::State)?;
+        gate.save().map_err(RunError::Deletes)?;
         match outcome {
-            SendEnd::ResyncOwed => {}
+            SendEnd::ResyncOwed | SendEnd::Signal => {}
             SendEnd::FeedEnded => {
                 let e = feed_ended.unwrap_or_default();
                 let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
@@ -237,18 +342,40 @@ pub async fn run(
                     "change feed stopped ({e}); restarting it in {:.0} s",
                     wait.as_secs_f64()
                 );
-                smol::Timer::after(wait).await;
+                control.sleep(wait).await;
             }
             SendEnd::Fatal(e) => return Err(e),
         }
     }
 }
 
+/// Sends the deletes `approve-deletes` released, if an approval is waiting.
+async fn release_approved(
+    scim: &ScimClient,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    settings: &FollowSettings,
+) -> Result<(), RunError> {
+    let Some(targets) = gate.take_approval() else {
+        return Ok(());
+    };
+    gate.save().map_err(RunError::Deletes)?;
+    let s = deletes::send_approved(scim, index, settings.pass.user_delete, targets).await;
+    log::info!(
+        "approved deletes: {} sent, {} failed (failed ones are found again by the next full pass)",
+        s.sent,
+        s.failed.len()
+    );
+    index.save().map_err(RunError::State)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn resync(
     dir: &Directory,
     scim: &ScimClient,
     profile: &SyncProfile,
     index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
     queue: &SharedQueue,
     settings: &FollowSettings,
     scope: &str,
@@ -263,7 +390,7 @@ async fn resync(
     let cookie = current_cookie(dir, &settings.base_dn, &settings.feed_filter())
         .await
         .map_err(|e| format!("reading the directory's sync cookie: {e}"))?;
-    let report = full_pass(dir, scim, profile, index, &settings.pass)
+    let report = full_pass(dir, scim, profile, index, gate, &settings.pass)
         .await
         .map_err(|e| e.to_string())?;
     log::info!("{report}");
@@ -304,7 +431,6 @@ async fn feed(
     cookie: Vec<u8>,
     queue: SharedQueue,
     scope: String,
-    include: Vec<String>,
     notify: smol::channel::Sender<()>,
 ) -> String {
     let mut stream = dir.content_sync(
@@ -331,10 +457,10 @@ async fn feed(
         };
         let mut flush = false;
         match ev {
+            // Every change under the base goes in: one that moved out of the included
+            // subtrees is a delete the sender must see.
             SyncEvent::Upsert { uuid, entry } => {
-                if dn::under_any(&entry.dn, &include) {
-                    batch.push(encode(&Change::Upsert { dn: entry.dn, uuid }));
-                }
+                batch.push(encode(&Change::Upsert { dn: entry.dn, uuid }));
             }
             SyncEvent::Delete { uuid, .. } => batch.push(encode(&Change::Delete { uuid })),
             SyncEvent::IdSet {
@@ -397,7 +523,17 @@ fn encode(c: &Change) -> Vec<u8> {
 enum SendEnd {
     ResyncOwed,
     FeedEnded,
+    Signal,
     Fatal(RunError),
+}
+
+/// What the sender reads but never changes.
+struct SendCtx<'a> {
+    dir: &'a Directory,
+    scim: &'a ScimClient,
+    profile: &'a SyncProfile,
+    settings: &'a FollowSettings,
+    control: &'a Control,
 }
 
 /// How many queued changes the sender takes at a time (acknowledged together).
@@ -405,26 +541,29 @@ const SEND_BATCH: usize = 100;
 const INDEX_SAVE_EVERY: Duration = Duration::from_secs(5);
 const STATUS_LOG_EVERY: Duration = Duration::from_secs(60);
 
-#[allow(clippy::too_many_arguments)]
 async fn send_loop(
-    dir: &Directory,
-    scim: &ScimClient,
-    profile: &SyncProfile,
+    ctx: &SendCtx<'_>,
     index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
     queue: &SharedQueue,
-    settings: &FollowSettings,
     feed: &smol::Task<String>,
     notify: &smol::channel::Receiver<()>,
 ) -> SendEnd {
-    let attrs = profile.object_attributes();
+    let attrs = ctx.profile.object_attributes();
     let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
     let mut last_save = Instant::now();
     let mut last_log = Instant::now();
     let mut applied = 0u64;
     let mut failed = 0u64;
     loop {
+        if ctx.control.requested().is_some() {
+            return SendEnd::Signal;
+        }
         if feed.is_finished() {
             return SendEnd::FeedEnded;
+        }
+        if let Err(e) = release_approved(ctx.scim, index, gate, ctx.settings).await {
+            return SendEnd::Fatal(e);
         }
         let read = with_queue(queue, |q| {
             if q.resync_owed() {
@@ -433,12 +572,47 @@ async fn send_loop(
             q.read(None, SEND_BATCH).map(Some)
         })
         .await;
-        let records = match read {
+        let mut records = match read {
             Ok(Some(r)) => r,
             Ok(None) => return SendEnd::ResyncOwed,
             Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
             Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
         };
+        // Deletes are weighed against the threshold as a burst, not one by one: let the
+        // rest of a burst arrive (a second at most) before deciding.
+        if records.len() < SEND_BATCH && records.iter().any(|r| is_delete(&r.payload)) {
+            if ctx.control.sleep(DELETE_LINGER).await.is_some() {
+                return SendEnd::Signal;
+            }
+            match with_queue(queue, |q| q.read(None, SEND_BATCH)).await {
+                Ok(r) => records = r,
+                Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
+                Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
+            }
+        }
+        let burst: Vec<Target> = records
+            .iter()
+            .filter_map(|r| match serde_json::from_slice::<Change>(&r.payload) {
+                Ok(Change::Delete { uuid }) => index
+                    .get_any(&uuid)
+                    .filter(|_| !gate.is_held(&uuid))
+                    .map(|a| Target::of(&uuid, a, "deleted in the directory")),
+                _ => None,
+            })
+            .collect();
+        let mut admitted: HashSet<String> = HashSet::new();
+        let mut exits: Vec<Target> = Vec::new();
+        if !burst.is_empty() {
+            let anchors: Vec<String> = burst.iter().map(|t| t.anchor.clone()).collect();
+            let n = burst.len();
+            match gate.admit(burst) {
+                Verdict::Go => admitted.extend(anchors),
+                Verdict::Held => log::warn!(
+                    "{n} deletes in one burst are over sync.delete_threshold: held for approval ({} held in all); run `idrelay approve-deletes` to release them",
+                    gate.held().len()
+                ),
+            }
+        }
         if records.is_empty() {
             if last_save.elapsed() >= INDEX_SAVE_EVERY {
                 if let Err(e) = index.save() {
@@ -447,25 +621,40 @@ async fn send_loop(
                 last_save = Instant::now();
             }
             if last_log.elapsed() >= STATUS_LOG_EVERY {
-                log::info!("following changes: {applied} applied, {failed} failed in the last minute; queue empty");
+                log::info!(
+                    "following changes: {applied} applied, {failed} failed in the last minute; queue empty{}",
+                    match gate.held().len() {
+                        0 => String::new(),
+                        n => format!("; {n} deletes held for approval"),
+                    }
+                );
                 applied = 0;
                 failed = 0;
                 last_log = Instant::now();
             }
-            // Wake on the feed's signal, or look again after a while.
+            if full_pass_due(
+                last_full_pass(&ctx.settings.state_dir),
+                ctx.settings.full_pass_interval,
+                SystemTime::now(),
+            ) {
+                return SendEnd::ResyncOwed;
+            }
+            // Wake on the feed's signal, an operator's request, or look again after a while.
             let _ = smol::future::or(
                 async {
                     let _ = notify.recv().await;
                 },
                 async {
-                    smol::Timer::after(Duration::from_secs(2)).await;
+                    ctx.control.sleep(Duration::from_secs(2)).await;
                 },
             )
             .await;
             continue;
         }
-        let last = records.last().map(|r| r.seq).unwrap_or(0);
-        for r in records {
+        // Acknowledge what was handled, also when a stop request ends the batch early.
+        let mut handled: Option<u64> = None;
+        let mut end = None;
+        'records: for r in records {
             let change: Change = match serde_json::from_slice(&r.payload) {
                 Ok(c) => c,
                 Err(e) => {
@@ -475,12 +664,13 @@ async fn send_loop(
                     );
                     let _ = with_queue(queue, |q| q.mark_resync_owed(ResyncReason::CorruptRecord))
                         .await;
-                    return SendEnd::ResyncOwed;
+                    end = Some(SendEnd::ResyncOwed);
+                    break;
                 }
             };
             let mut wait = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
             loop {
-                match apply(dir, scim, profile, index, settings, &attrs, &change).await {
+                match apply(ctx, index, gate, &mut admitted, &mut exits, &attrs, &change).await {
                     Applied::Done => {
                         applied += 1;
                         break;
@@ -496,16 +686,42 @@ async fn send_loop(
                             "{why}; retrying in {:.1} s (later changes wait, to keep their order)",
                             d.as_secs_f64()
                         );
-                        smol::Timer::after(d).await;
+                        if ctx.control.sleep(d).await.is_some() {
+                            end = Some(SendEnd::Signal);
+                            break 'records;
+                        }
                         if with_queue(queue, |q| q.resync_owed()).await {
-                            return SendEnd::ResyncOwed;
+                            end = Some(SendEnd::ResyncOwed);
+                            break 'records;
                         }
                     }
                 }
             }
+            handled = Some(r.seq);
+            if ctx.control.requested().is_some() {
+                end = Some(SendEnd::Signal);
+                break;
+            }
         }
-        if let Err(e) = with_queue(queue, move |q| q.ack(last)).await {
-            return SendEnd::Fatal(RunError::Queue(e));
+        if end.is_none() && !exits.is_empty() {
+            if let Some(e) = send_exits(ctx, index, gate, std::mem::take(&mut exits)).await {
+                // Interrupted: acknowledge nothing of this batch; it is re-read (and
+                // re-applied idempotently) after the restart.
+                handled = None;
+                end = Some(e);
+            }
+        }
+        // Held deletes are durable before the changes that held them are acknowledged.
+        if let Err(e) = gate.save() {
+            return SendEnd::Fatal(RunError::Deletes(e));
+        }
+        if let Some(last) = handled {
+            if let Err(e) = with_queue(queue, move |q| q.ack(last)).await {
+                return SendEnd::Fatal(RunError::Queue(e));
+            }
+        }
+        if let Some(end) = end {
+            return end;
         }
         if last_save.elapsed() >= INDEX_SAVE_EVERY {
             if let Err(e) = index.save() {
@@ -535,38 +751,169 @@ impl Resolver for IndexResolver<'_> {
     }
 }
 
-async fn apply(
-    dir: &Directory,
-    scim: &ScimClient,
-    profile: &SyncProfile,
+/// Why an object the feed reported is not (or no longer) in scope, if it is not.
+async fn out_of_scope(
+    ctx: &SendCtx<'_>,
+    entry: &crate::ldap::Entry,
+    kind: Option<ResourceKind>,
+) -> Result<Option<&'static str>, LdapError> {
+    let Some(kind) = kind else {
+        return Ok(Some("no longer a user or group the profile maps"));
+    };
+    if !dn::under_any(&entry.dn, &ctx.settings.pass.include) {
+        return Ok(Some("moved out of the included subtrees"));
+    }
+    let filter = match kind {
+        ResourceKind::User => &ctx.settings.pass.user_filter,
+        ResourceKind::Group => &ctx.settings.pass.group_filter,
+    };
+    if ctx.dir.matches(&entry.dn, filter).await? {
+        Ok(None)
+    } else {
+        Ok(Some(match kind {
+            ResourceKind::User => "no longer matches scope.user_filter",
+            ResourceKind::Group => "no longer matches scope.group_filter",
+        }))
+    }
+}
+
+/// One delete through the gate: sent now, or held for approval.
+async fn delete_one(
+    ctx: &SendCtx<'_>,
     index: &mut AnchorIndex,
-    settings: &FollowSettings,
+    gate: &mut DeleteGate,
+    target: Target,
+) -> Applied {
+    match gate.admit(vec![target.clone()]) {
+        Verdict::Held => {
+            log::warn!(
+                "{} {} ({}): delete held for approval ({} held; run `idrelay approve-deletes` to release)",
+                target.kind.word(),
+                target.dn,
+                target.reason,
+                gate.held().len()
+            );
+            Applied::Done
+        }
+        Verdict::Go => {
+            let r = send_delete(ctx, index, &target).await;
+            if matches!(r, Applied::Retry(_)) {
+                gate.refund(1); // admitted again on the retry
+            }
+            r
+        }
+    }
+}
+
+/// The objects that left scope in one batch, weighed as one burst and sent (each retried
+/// while the endpoint is unavailable). Returns how the sender must end, if it must.
+async fn send_exits(
+    ctx: &SendCtx<'_>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    exits: Vec<Target>,
+) -> Option<SendEnd> {
+    let n = exits.len();
+    if gate.admit(exits.clone()) == Verdict::Held {
+        log::warn!(
+            "{n} objects left scope at once, over sync.delete_threshold: their deletes are held for approval ({} held in all; first: {}, {}); run `idrelay approve-deletes` to release them",
+            gate.held().len(),
+            exits[0].dn,
+            exits[0].reason
+        );
+        return None;
+    }
+    for t in &exits {
+        let mut wait = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+        loop {
+            match send_delete(ctx, index, t).await {
+                Applied::Done => break,
+                Applied::Failed(why) => {
+                    log::warn!("{why}");
+                    break;
+                }
+                Applied::Retry(why) => {
+                    let d = wait.next_delay().unwrap_or(Duration::from_secs(60));
+                    log::warn!("{why}; retrying in {:.1} s", d.as_secs_f64());
+                    if ctx.control.sleep(d).await.is_some() {
+                        // Not acknowledged: the move is re-read after the restart.
+                        return Some(SendEnd::Signal);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Sends one admitted delete.
+async fn send_delete(ctx: &SendCtx<'_>, index: &mut AnchorIndex, target: &Target) -> Applied {
+    match deletes::execute(ctx.scim, ctx.settings.pass.user_delete, target).await {
+        Ok(word) => {
+            log::info!(
+                "{} {} ({}): {word} at the endpoint",
+                target.kind.word(),
+                target.dn,
+                target.reason
+            );
+            index.remove(&target.anchor);
+            Applied::Done
+        }
+        Err(e) if e.is_transient() => Applied::Retry(format!("{}: {e}", target.dn)),
+        Err(e) => Applied::Failed(format!("{}: delete failed: {e}", target.dn)),
+    }
+}
+
+fn is_delete(payload: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<Change>(payload),
+        Ok(Change::Delete { .. })
+    )
+}
+
+/// How long the sender waits for the rest of a burst of deletes before weighing it.
+const DELETE_LINGER: Duration = Duration::from_secs(1);
+
+async fn apply(
+    ctx: &SendCtx<'_>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    admitted: &mut HashSet<String>,
+    exits: &mut Vec<Target>,
     attrs: &[&str],
     change: &Change,
 ) -> Applied {
+    let profile = ctx.profile;
     match change {
         Change::Upsert { dn: target, uuid } => {
-            let entry = match dir.read(target, attrs).await {
+            let entry = match ctx.dir.read(target, attrs).await {
                 Ok(Some(e)) => e,
                 // Renamed or deleted since: the feed reports that separately.
                 Ok(None) => return Applied::Done,
                 Err(e) => return Applied::Retry(format!("directory: reading {target}: {e}")),
             };
-            let Some(kind) = profile.classify(&entry) else {
-                return Applied::Done;
-            };
-            if !dn::under_any(&entry.dn, &settings.pass.include) {
-                return Applied::Done;
-            }
-            let filter = match kind {
-                ResourceKind::User => &settings.pass.user_filter,
-                ResourceKind::Group => &settings.pass.group_filter,
-            };
-            match dir.matches(&entry.dn, filter).await {
-                Ok(true) => {}
-                Ok(false) => return Applied::Done,
+            let kind = profile.classify(&entry);
+            match out_of_scope(ctx, &entry, kind).await {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    // Leaving scope is a delete of what was provisioned (if anything was).
+                    let anchor = kind
+                        .and_then(|k| mapping::anchor_of(&entry, k, profile).ok())
+                        .unwrap_or_else(|| uuid.clone());
+                    let Some(a) = index.get_any(&anchor) else {
+                        return Applied::Done;
+                    };
+                    let mut t = Target::of(&anchor, a, why);
+                    t.dn = entry.dn.clone();
+                    // Weighed with the rest of the batch (an OU moved out of scope is a
+                    // burst), sent after it.
+                    exits.retain(|x| x.anchor != t.anchor);
+                    exits.push(t);
+                    return Applied::Done;
+                }
                 Err(e) => return Applied::Retry(format!("directory: {e}")),
             }
+            let kind = kind.expect("in scope means classified");
             let mapped = match mapping::map_entry(&entry, kind, profile, &IndexResolver(index)) {
                 Ok(m) => m,
                 Err(e) => return Applied::Failed(e.to_string()),
@@ -576,6 +923,14 @@ async fn apply(
                     "{}: anchor {} differs from the feed's uuid {uuid}",
                     entry.dn,
                     mapped.external_id
+                );
+            }
+            exits.retain(|x| x.anchor != mapped.external_id);
+            if gate.unhold(&mapped.external_id) {
+                log::info!(
+                    "{} {} is back in scope: its held delete is withdrawn",
+                    kind.word(),
+                    entry.dn
                 );
             }
             let hash = representation_hash(&mapped.resource);
@@ -594,9 +949,9 @@ async fn apply(
             };
             let mode = ProvisionMode {
                 dry_run: false,
-                soft_match: settings.pass.mode.soft_match,
+                soft_match: ctx.settings.pass.mode.soft_match,
             };
-            match provision(scim, &job, mode).await {
+            match provision(ctx.scim, &job, mode).await {
                 Outcome::Created(id) | Outcome::Replaced(id) | Outcome::Matched(id) => {
                     index.put(
                         &job.external_id,
@@ -614,40 +969,54 @@ async fn apply(
             }
         }
         Change::Delete { uuid } => {
-            let Some(a) = index.get_any(uuid).cloned() else {
+            let Some(a) = index.get_any(uuid) else {
                 return Applied::Done; // never provisioned: nothing to undo
             };
-            let result = match a.kind {
-                // Users are deactivated, not deleted: reversible, and what most clouds expect.
-                ResourceKind::User => {
-                    let ops = vec![
-                        serde_json::json!({"op": "replace", "path": "active", "value": false}),
-                    ];
-                    scim.patch(a.kind, &a.scim_id, ops).await
-                }
-                ResourceKind::Group => scim.delete(a.kind, &a.scim_id).await,
-            };
-            match result {
-                Ok(()) => {
-                    log::info!(
-                        "{} {} deleted in the directory: {} at the endpoint",
-                        a.kind.word(),
-                        a.dn,
-                        match a.kind {
-                            ResourceKind::User => "deactivated",
-                            ResourceKind::Group => "deleted",
-                        }
-                    );
-                    index.remove(uuid);
-                    Applied::Done
-                }
-                Err(e) if e.status() == Some(404) => {
-                    index.remove(uuid);
-                    Applied::Done
-                }
-                Err(e) if e.is_transient() => Applied::Retry(format!("{}: {e}", a.dn)),
-                Err(e) => Applied::Failed(format!("{}: {e}", a.dn)),
+            let t = Target::of(uuid, a, "deleted in the directory");
+            if gate.is_held(uuid) {
+                return Applied::Done; // waits for approval
             }
+            if admitted.contains(uuid) {
+                // Admitted with its burst: send it (a retry keeps the admission).
+                let r = send_delete(ctx, index, &t).await;
+                if matches!(r, Applied::Done | Applied::Failed(_)) {
+                    admitted.remove(uuid);
+                }
+                return r;
+            }
+            delete_one(ctx, index, gate, t).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_periodic_pass_is_due_only_after_its_interval() {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        assert!(!full_pass_due(None, day, now));
+        assert!(!full_pass_due(
+            Some(now - Duration::from_secs(10)),
+            day,
+            now
+        ));
+        assert!(full_pass_due(Some(now - day), day, now));
+        assert!(!full_pass_due(Some(now - day), Duration::ZERO, now));
+        // A clock that jumped back: the last pass is "in the future"; not due, no panic.
+        assert!(!full_pass_due(Some(now + day), day, now));
+    }
+
+    #[test]
+    fn watermarks_belong_to_their_scope() {
+        let w = Watermark::encode("scope-a", b"rid=001,csn=x");
+        assert_eq!(
+            Watermark::cookie_for(&w, "scope-a").as_deref(),
+            Some(&b"rid=001,csn=x"[..])
+        );
+        assert_eq!(Watermark::cookie_for(&w, "scope-b"), None);
+        assert_eq!(Watermark::cookie_for(b"garbage", "scope-a"), None);
     }
 }

@@ -5,6 +5,7 @@
 //! userName), or send a write for an object whose representation has not changed.
 
 pub mod anchors;
+pub mod deletes;
 pub mod dn;
 pub mod follow;
 pub mod pass;

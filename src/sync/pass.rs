@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
 
+use crate::config::UserDelete;
 use crate::ldap::{Directory, Entry, LdapError, Scope};
 use crate::scim::client::{ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{representation_hash, Anchor, AnchorIndex};
+use crate::sync::deletes::{self, DeleteGate, Settled, Target};
 use crate::sync::dn;
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
@@ -46,6 +48,8 @@ pub struct PassSettings {
     pub mode: ProvisionMode,
     /// No live progress line.
     pub quiet: bool,
+    /// What a user's delete does at the endpoint.
+    pub user_delete: UserDelete,
 }
 
 /// One object that could not be provisioned.
@@ -80,6 +84,9 @@ pub struct PassReport {
     pub elapsed: Duration,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// Objects the index knows that the complete scope scan no longer found, and what
+    /// became of their deletes.
+    pub deletes: Settled,
 }
 
 impl PassReport {
@@ -109,7 +116,18 @@ impl fmt::Display for PassReport {
             self.failures.len(),
             secs,
             rate
-        )
+        )?;
+        let d = &self.deletes;
+        if d.sent > 0 || d.held > 0 || !d.failed.is_empty() {
+            write!(
+                f,
+                "; deletes: {} sent, {} held for approval, {} failed",
+                d.sent,
+                d.held,
+                d.failed.len()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -120,6 +138,8 @@ pub enum PassError {
     Directory(LdapError),
     /// The anchor index could not be written.
     State(std::io::Error),
+    /// The held-deletes file could not be written.
+    Deletes(deletes::GateError),
 }
 
 impl fmt::Display for PassError {
@@ -127,6 +147,7 @@ impl fmt::Display for PassError {
         match self {
             PassError::Directory(e) => write!(f, "directory read failed, pass abandoned: {e}"),
             PassError::State(e) => write!(f, "cannot write the anchor index: {e}"),
+            PassError::Deletes(e) => write!(f, "cannot record held deletes: {e}"),
         }
     }
 }
@@ -214,6 +235,7 @@ pub async fn full_pass(
     scim: &ScimClient,
     profile: &SyncProfile,
     index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
     settings: &PassSettings,
 ) -> Result<PassReport, PassError> {
     let started = Instant::now();
@@ -275,7 +297,49 @@ pub async fn full_pass(
         pass.index.save().map_err(PassError::State)?;
     }
     result?;
-    let mut report = pass.report;
+    // The scan was complete (a failed read ended the pass above), so what the index knows
+    // and the scan did not find is gone from scope. Objects seen again are no longer held.
+    let seen: std::collections::HashSet<&str> = pass
+        .scope
+        .values()
+        .map(|o| o.external_id.as_str())
+        .collect();
+    let back: Vec<String> = gate
+        .held()
+        .iter()
+        .filter(|h| seen.contains(h.anchor.as_str()))
+        .map(|h| h.anchor.clone())
+        .collect();
+    for anchor in back {
+        gate.unhold(&anchor);
+    }
+    let vanished: Vec<Target> = pass
+        .index
+        .iter()
+        .filter(|(x, _)| !seen.contains(x))
+        .map(|(x, a)| {
+            Target::of(
+                x,
+                a,
+                "not found in scope by the full pass (deleted, moved out of scope or no longer matching the filter)",
+            )
+        })
+        .collect();
+    drop(seen);
+    let mut report = std::mem::take(&mut pass.report);
+    report.deletes = deletes::settle(
+        scim,
+        gate,
+        pass.index,
+        settings.user_delete,
+        vanished,
+        settings.mode.dry_run,
+    )
+    .await;
+    if !settings.mode.dry_run {
+        pass.index.save().map_err(PassError::State)?;
+        gate.save().map_err(PassError::Deletes)?;
+    }
     let now = scim.write_counts();
     report.writes = WriteCounts {
         creates: now.creates - writes_before.creates,
