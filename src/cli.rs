@@ -257,8 +257,9 @@ Usage: idrelay --config FILE run
 
 Stays up. When the change queue owes a full pass (first start, queue overflow, damage, the
 directory lost track of our position) it runs one; then it follows the directory's changes
-(RFC 4533 syncrepl, refreshAndPersist: OpenLDAP and other servers with syncprov) and
-delivers each to the SCIM endpoint within seconds. Changes wait in a bounded on-disk queue
+(sync.feed: RFC 4533 syncrepl on OpenLDAP / 389-DS; DirSync on Active Directory, or
+uSNChanged polling without \"Replicating Directory Changes\"; modifyTimestamp polling
+elsewhere) and delivers each to the SCIM endpoint within seconds. Changes wait in a bounded on-disk queue
 (queue.max_bytes) until provisioned, so a cut link or a crash loses nothing; when the bound
 is hit the backlog is dropped and a full pass runs once the endpoint is back. A full pass
 also runs every sync.full_pass_interval_secs (default daily) to catch what a feed missed.

@@ -97,6 +97,7 @@ struct Source {
     dir: Directory,
     kind: DirectoryKind,
     profile: SyncProfile,
+    dse: ldap::Entry,
 }
 
 async fn open_source(c: &Config) -> Result<Source, String> {
@@ -109,7 +110,12 @@ async fn open_source(c: &Config) -> Result<Source, String> {
         .map_err(|e| format!("directory: reading the rootDSE: {e}"))?;
     let kind = effective_kind(c.directory.kind, ldap::detect_kind(&dse));
     let profile = load_profile(c, kind)?;
-    Ok(Source { dir, kind, profile })
+    Ok(Source {
+        dir,
+        kind,
+        profile,
+        dse,
+    })
 }
 
 fn filters(c: &Config, profile: &SyncProfile) -> (String, String) {
@@ -740,7 +746,9 @@ async fn run_once(
         base_dn: c.directory.base_dn.clone(),
         state_dir: c.agent.state_dir.clone(),
         full_pass_interval: c.sync.full_pass_interval,
+        feed: resolve_feed(c, &src).await,
     };
+    log::info!("change feed: {}", settings.feed.name());
     log::info!(
         "agent {} running: following {}",
         c.agent.id,
@@ -757,6 +765,58 @@ async fn run_once(
             eprintln!("error: {e}");
             exit::FAILURE
         })
+}
+
+/// The feed `run` follows: the configured one, or for `auto` the best the directory offers
+/// (syncrepl where advertised; on AD DirSync if the account may use it, else uSN polling;
+/// modifyTimestamp polling elsewhere).
+async fn resolve_feed(c: &Config, src: &Source) -> crate::sync::follow::Feed {
+    use crate::config::FeedKind;
+    use crate::sync::follow::Feed;
+    use crate::sync::poll::{PollKind, PollSpec};
+    let poll = |kind| {
+        Feed::Poll(PollSpec {
+            kind,
+            base: c.directory.base_dn.clone(),
+            interval: c.sync.poll_interval,
+        })
+    };
+    match c.sync.feed {
+        FeedKind::Syncrepl => Feed::Syncrepl,
+        FeedKind::DirSync => poll(PollKind::DirSync),
+        FeedKind::Usn => poll(PollKind::Usn),
+        FeedKind::Timestamp => poll(PollKind::Timestamp),
+        FeedKind::Auto => match src.kind {
+            DirectoryKind::ActiveDirectory => {
+                // A DirSync that matches nothing tells whether the account has the right.
+                let mut probe = src.dir.dirsync(
+                    &c.directory.base_dn,
+                    "(&(objectClass=user)(cn=idrelay-dirsync-rights-probe))",
+                    &["objectGUID"],
+                    None,
+                    ldap::DirSyncFlags::INCREMENTAL_VALUES,
+                );
+                let mut refused = None;
+                while let Some(item) = probe.next().await {
+                    if let Err(e) = item {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+                match refused {
+                    Some(e) if e.is_missing_rights() => {
+                        log::warn!(
+                            "DirSync refused ({e}); following changes by uSNChanged polling instead (grant \"Replicating Directory Changes\" for DirSync)"
+                        );
+                        poll(PollKind::Usn)
+                    }
+                    _ => poll(PollKind::DirSync),
+                }
+            }
+            _ if ldap::supports_control(&src.dse, ldap::SYNC_REQUEST_OID) => Feed::Syncrepl,
+            _ => poll(PollKind::Timestamp),
+        },
+    }
 }
 
 /// `approve-deletes`: releases the held deletes. With the agent running (it holds the

@@ -858,6 +858,44 @@ token_file = "/s/scim"
     }
 
     #[test]
+    fn sync_keys_for_feeds_and_deletes_have_defaults_and_bounds() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.sync.feed, FeedKind::Auto);
+        assert_eq!(c.sync.user_delete, UserDelete::Deactivate);
+        assert_eq!(c.sync.delete_threshold, 500);
+        assert_eq!(c.sync.delete_interval, Duration::from_secs(3600));
+        assert_eq!(c.sync.full_pass_interval, Duration::from_secs(86_400));
+        assert_eq!(c.sync.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.sync.member_chunk, 100);
+        let with = |extra: &str| parse(&format!("{GOOD}[sync]\n{extra}\n"));
+        let c = with("feed = \"dirsync\"\nuser_delete = \"delete\"\ndelete_threshold = 0").unwrap();
+        assert_eq!(c.sync.feed, FeedKind::DirSync);
+        assert_eq!(c.sync.user_delete, UserDelete::Delete);
+        assert_eq!(c.sync.delete_threshold, 0);
+        for (bad, key) in [
+            ("feed = \"inotify\"", "sync.feed"),
+            ("user_delete = \"purge\"", "sync.user_delete"),
+            ("delete_interval_secs = 5", "sync.delete_interval_secs"),
+            (
+                "full_pass_interval_secs = 60",
+                "sync.full_pass_interval_secs",
+            ),
+            ("poll_interval_secs = 0", "sync.poll_interval_secs"),
+            ("member_chunk = 0", "sync.member_chunk"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        assert_eq!(
+            with("full_pass_interval_secs = 0")
+                .unwrap()
+                .sync
+                .full_pass_interval,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named_with_line_and_table_but_not_quoted() {
         let text = GOOD.replace(
             "base_dn = \"dc=branch,dc=test\"",

@@ -437,3 +437,50 @@ fn a_stale_cookie_leads_to_a_full_pass_that_converges() {
         agent.log()
     );
 }
+
+#[test]
+fn the_modify_timestamp_feed_follows_changes_and_moves_on_any_ldap() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "tsfeed");
+    let o = ou.dn.clone();
+    dir.modify(&(ou_ldif(&o, "in") + &ou_ldif(&o, "out")));
+    let inside = format!("ou=in,{o}");
+    let outside = format!("ou=out,{o}");
+    dir.modify(&users_ldif(&inside, &["t0", "t1"]));
+    let scim = ScimServer::start();
+    let agent = Agent::new(
+        &dir,
+        &[&inside],
+        &scim.base_url(),
+        &scim.token,
+        "feed = \"timestamp\"\npoll_interval_secs = 1",
+    );
+    let run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(60, || scim.all("Users").len() == 2),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("change feed: timestamp"),
+        "{}",
+        agent.log()
+    );
+    dir.modify(&users_ldif(&inside, &["t2"]));
+    dir.modify(&format!(
+        "dn: uid=t0,{inside}\nchangetype: modify\nreplace: title\ntitle: polled\n"
+    ));
+    dir.modify(&format!(
+        "dn: uid=t1,{inside}\nchangetype: modrdn\nnewrdn: uid=t1\ndeleteoldrdn: 0\nnewsuperior: {outside}\n"
+    ));
+    assert!(
+        wait_until(30, || {
+            user(&scim, "t2").is_some()
+                && user(&scim, "t0").is_some_and(|u| u["title"] == "polled")
+                && active(&scim, "t1") == Some(false)
+        }),
+        "{}",
+        agent.log()
+    );
+    drop(run);
+}

@@ -5,6 +5,9 @@
 //!   `ldap://`, `ldap://` + StartTLS, or `ldaps://`), with paged streaming
 //!   [`Directory::search`], base [`Directory::read`] and [`Directory::root_dse`].
 //! * [`detect_kind`]: which directory family a rootDSE belongs to (pure).
+//! * AD change feeds (in `dirsync.rs`): [`Directory::dirsync`] (DirSync with its cookie),
+//!   [`Directory::usn_state`] and [`Directory::usn_changes`] (uSNChanged polling with
+//!   show-deleted), [`AdChange`] and [`AdFeedError`].
 //! * [`Entry`] (in `entry.rs`): the entry model the rest of the agent sees.
 //!
 //! # Threads, runtimes, connections
@@ -44,6 +47,7 @@ pub mod entry;
 
 mod content_sync;
 mod dialect;
+mod dirsync;
 mod error;
 mod range;
 mod tls;
@@ -63,6 +67,12 @@ pub use content_sync::{SyncEvent, SyncMode, SyncStream};
 pub use dialect::{
     detect_kind, naming_contexts, supports_control, DirectoryKind, AD_CAPABILITY_OIDS, DIRSYNC_OID,
     NOTIFICATION_OID, PAGED_RESULTS_OID, SHOW_DELETED_OID, SYNC_REQUEST_OID,
+};
+pub use dirsync::{
+    decode_request, decode_response, encode_request, encode_response, is_tombstone, plain_dn,
+    usn_filter, AdChange, AdFeedError, DirSyncBatch, DirSyncControlError, DirSyncFlags,
+    DirSyncItem, DirSyncRequestValue, DirSyncResponseValue, DirSyncStream, UsnState, ValueDelta,
+    DIRSYNC_MAX_BYTES,
 };
 pub use entry::Entry;
 pub use error::{LdapError, ResultCode};
@@ -206,6 +216,7 @@ impl Directory {
             scope,
             filter: filter.to_owned(),
             attrs: attrs.iter().map(|a| (*a).to_owned()).collect(),
+            show_deleted: false,
             out,
         });
         EntryStream {
@@ -233,6 +244,72 @@ impl Directory {
         // reports a broken search on its first `next()`.
         let _ = self.inner.requests.try_send(Request::ContentSync(job));
         stream
+    }
+
+    /// Starts one AD DirSync request (subtree of `base`, which must be a naming-context
+    /// root) on a leased connection: the changes since `cookie` (everything, old tombstones
+    /// included, when `None`), then the new cookie and the `more` flag; repeat with that
+    /// cookie while `more`. See [`DirSyncStream::next`] and the `dirsync` module doc for the
+    /// server's behaviour; lack of rights is [`AdFeedError::MissingReplicationRights`].
+    pub fn dirsync(
+        &self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+        cookie: Option<Vec<u8>>,
+        flags: DirSyncFlags,
+    ) -> DirSyncStream {
+        let (stream, job) = DirSyncStream::new(self.clone(), base, filter, attrs, cookie, flags);
+        // If the worker is gone the job (and its sender) is dropped here, and the stream
+        // reports a broken search on its first `next()`.
+        let _ = self.inner.requests.try_send(Request::DirSync(job));
+        stream
+    }
+
+    /// The DC's position for uSN polling: rootDSE `highestCommittedUSN` and `dsServiceName`,
+    /// plus the `invocationId` of that NTDS Settings object when it can be read. Read it
+    /// *before* a [`Directory::usn_changes`] pass and store it with the changes it covers.
+    pub async fn usn_state(&self) -> Result<UsnState, AdFeedError> {
+        let dse = self
+            .read("", &["highestCommittedUSN", "dsServiceName"])
+            .await?
+            .ok_or_else(|| AdFeedError::RootDse {
+                url: self.inner.url.clone(),
+                detail: "no rootDSE returned".into(),
+            })?;
+        let invocation_id = match dse.first_str("dsServiceName") {
+            Some(ntds) if !ntds.is_empty() => self
+                .read(ntds, &["invocationId"])
+                .await
+                .ok()
+                .flatten()
+                .and_then(|e| e.first_bytes("invocationId").map(<[u8]>::to_vec)),
+            _ => None,
+        };
+        dirsync::usn_state_from(&self.inner.url, &dse, invocation_id)
+    }
+
+    /// The objects under `base` (subtree) with `uSNChanged >= since` that match `filter`,
+    /// tombstones included (show-deleted control 1.2.840.113556.1.4.417, critical), as a
+    /// paged search. `objectGUID`, `isDeleted`, `lastKnownParent` and `uSNChanged` are always
+    /// requested, so every entry converts with [`AdChange::from_entry`]. Pass the stored
+    /// `highestCommittedUSN + 1` as `since`.
+    pub fn usn_changes(&self, base: &str, filter: &str, attrs: &[&str], since: u64) -> EntryStream {
+        let (out, entries) = smol::channel::bounded(STREAM_CAPACITY);
+        let _ = self.inner.requests.try_send(Request::Search {
+            base: base.to_owned(),
+            scope: Scope::Subtree,
+            filter: usn_filter(since, filter),
+            attrs: dirsync::usn_attrs(attrs),
+            show_deleted: true,
+            out,
+        });
+        EntryStream {
+            entries,
+            batch: Vec::new().into_iter(),
+            state: StreamState::Open,
+            _directory: self.clone(),
+        }
     }
 
     /// Reads one entry (base-scope search); `Ok(None)` when it does not exist (result 32

@@ -15,6 +15,7 @@
 //!   or old", 53). Leasing also lets a consumer nest searches without deadlock, and keeps a
 //!   slow consumer's search from delaying anyone else. A connection returns to the pool only
 //!   after its search completed; after a failure or an abandoned search it is unbound.
+//!   A DirSync search (`dirsync.rs`, one request, no paging) leases one the same way.
 //!
 //! Invariants:
 //! * A search reports its end explicitly: the last item on its channel is [`StreamItem::Done`]
@@ -36,6 +37,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, SearchStream};
 use smol::channel::{Receiver, Sender};
 
 use super::content_sync::{self, SyncJob};
+use super::dirsync::{self, DirSyncJob, DirSyncMsg};
 use super::range;
 use super::tls;
 use super::wire::{self, RawEntry};
@@ -60,6 +62,8 @@ pub(crate) enum Request {
         scope: Scope,
         filter: String,
         attrs: Vec<String>,
+        /// Also send the AD show-deleted control (uSN polling must see tombstones).
+        show_deleted: bool,
         out: Sender<StreamItem>,
     },
     /// A base-scope read of one entry; `None` for noSuchObject.
@@ -72,6 +76,8 @@ pub(crate) enum Request {
     PeerCertificate { reply: Sender<Option<usize>> },
     /// An RFC 4533 content-sync search on a connection of its own (`content_sync.rs`).
     ContentSync(SyncJob),
+    /// One AD DirSync search on a leased connection (`dirsync.rs`).
+    DirSync(DirSyncJob),
 }
 
 /// One item of a search's output channel.
@@ -298,9 +304,13 @@ impl Session {
                 scope,
                 filter,
                 attrs,
+                show_deleted,
                 out,
             } => {
-                let last = match self.search(&base, scope, &filter, &attrs, &out).await {
+                let last = match self
+                    .search(&base, scope, &filter, &attrs, show_deleted, &out)
+                    .await
+                {
                     Ok(()) => StreamItem::Done,
                     Err(Stop::Failed(e)) => StreamItem::Failed(e),
                     Err(Stop::Consumer) => return,
@@ -309,6 +319,20 @@ impl Session {
             }
             Request::ContentSync(job) => {
                 content_sync::serve(&self.link.cfg, self.link.tls.as_ref(), job).await;
+            }
+            Request::DirSync(job) => {
+                let conn = match self.lease().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let _ = job.out.send(DirSyncMsg::Failed(e.into())).await;
+                        return;
+                    }
+                };
+                if dirsync::serve(&self.link.cfg, &conn, job).await {
+                    self.give_back(conn).await;
+                } else {
+                    close(conn).await;
+                }
             }
             Request::Read { dn, attrs, reply } => {
                 let _ = reply.send(self.read(&dn, &attrs).await).await;
@@ -339,10 +363,13 @@ impl Session {
         scope: Scope,
         filter: &str,
         attrs: &[String],
+        show_deleted: bool,
         out: &Sender<StreamItem>,
     ) -> Result<(), Stop> {
         let conn = self.lease().await?;
-        let outcome = self.search_on(&conn, base, scope, filter, attrs, out).await;
+        let outcome = self
+            .search_on(&conn, base, scope, filter, attrs, show_deleted, out)
+            .await;
         if outcome.is_ok() {
             self.give_back(conn).await;
         } else {
@@ -352,6 +379,7 @@ impl Session {
     }
 
     /// The page loop: every entry goes to `out` with its ranged attributes completed.
+    #[allow(clippy::too_many_arguments)]
     async fn search_on(
         &self,
         conn: &Ldap,
@@ -359,6 +387,7 @@ impl Session {
         scope: Scope,
         filter: &str,
         attrs: &[String],
+        show_deleted: bool,
         out: &Sender<StreamItem>,
     ) -> Result<(), Stop> {
         let page_size = self.link.cfg.page_size;
@@ -369,12 +398,22 @@ impl Session {
         loop {
             let mut ldap = conn.clone();
             ldap.with_timeout(self.timeout());
+            let mut controls = Vec::with_capacity(2);
             if page_size > 0 {
                 let size = i32::try_from(page_size).unwrap_or(i32::MAX);
-                ldap.with_controls(ldap3::controls::PagedResults {
-                    size,
-                    cookie: std::mem::take(&mut cookie),
-                });
+                controls.push(
+                    ldap3::controls::PagedResults {
+                        size,
+                        cookie: std::mem::take(&mut cookie),
+                    }
+                    .into(),
+                );
+            }
+            if show_deleted {
+                controls.push(dirsync::show_deleted_control());
+            }
+            if !controls.is_empty() {
+                ldap.with_controls(controls);
             }
             let mut stream = self
                 .start(&mut ldap, base, scope, filter, attrs.clone(), what)

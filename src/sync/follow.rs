@@ -41,6 +41,7 @@ use crate::sync::anchors::{representation_hash, Anchor, AnchorIndex};
 use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
+use crate::sync::poll::{self, PollError, PollSpec};
 use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
 
 /// One change as stored in the queue (JSON).
@@ -56,8 +57,12 @@ pub enum Change {
     },
     /// Deleted in the directory.
     Delete {
-        /// entryUUID.
+        /// entryUUID (objectGUID in base64 on AD).
         uuid: String,
+        /// The DN it had, when the feed knows it (AD tombstones): finds objects whose
+        /// anchor is not the uuid (mS-DS-ConsistencyGuid).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dn: Option<String>,
     },
 }
 
@@ -103,6 +108,27 @@ pub struct FollowSettings {
     pub state_dir: PathBuf,
     /// How often a full pass runs anyway (zero: only when owed).
     pub full_pass_interval: Duration,
+    /// The change feed.
+    pub feed: Feed,
+}
+
+/// The change feed `run` follows (resolved: never "auto").
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// RFC 4533 refreshAndPersist.
+    Syncrepl,
+    /// A polling feed.
+    Poll(PollSpec),
+}
+
+impl Feed {
+    /// Its name in logs and in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Feed::Syncrepl => "syncrepl",
+            Feed::Poll(p) => p.kind.as_str(),
+        }
+    }
 }
 
 /// The file (in the state directory) holding the unix time of the last completed full pass.
@@ -151,7 +177,7 @@ fn full_pass_due(last: Option<SystemTime>, interval: Duration, now: SystemTime) 
 impl FollowSettings {
     fn scope_fingerprint(&self) -> String {
         let text = format!(
-            "{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}{}",
             dn::normalize(&self.base_dn),
             self.pass
                 .include
@@ -160,7 +186,12 @@ impl FollowSettings {
                 .collect::<Vec<_>>()
                 .join(";"),
             self.pass.user_filter,
-            self.pass.group_filter
+            self.pass.group_filter,
+            // Watermarks of one feed mean nothing to another (syncrepl kept the old text).
+            match &self.feed {
+                Feed::Syncrepl => String::new(),
+                f => format!("\n{}", f.name()),
+            }
         );
         format!(
             "{:016x}",
@@ -306,15 +337,26 @@ pub async fn run(
         }
         let cookie = cookie.expect("checked above");
         let (notify_tx, notify_rx) = smol::channel::bounded::<()>(1);
-        let feed = smol::spawn(feed(
-            dir.clone(),
-            settings.base_dn.clone(),
-            settings.feed_filter(),
-            cookie,
-            queue.clone(),
-            scope.clone(),
-            notify_tx,
-        ));
+        let feed = match &settings.feed {
+            Feed::Syncrepl => smol::spawn(feed(
+                dir.clone(),
+                settings.base_dn.clone(),
+                settings.feed_filter(),
+                cookie,
+                queue.clone(),
+                scope.clone(),
+                notify_tx,
+            )),
+            Feed::Poll(spec) => smol::spawn(poll_feed(
+                dir.clone(),
+                spec.clone(),
+                settings.feed_filter(),
+                cookie,
+                queue.clone(),
+                scope.clone(),
+                notify_tx,
+            )),
+        };
         let ctx = SendCtx {
             dir,
             scim,
@@ -387,9 +429,14 @@ async fn resync(
         Err(e) => return Err(format!("SCIM endpoint unreachable: {e}")),
     }
     // The cookie before the pass: what changes during the pass is replayed after it.
-    let cookie = current_cookie(dir, &settings.base_dn, &settings.feed_filter())
-        .await
-        .map_err(|e| format!("reading the directory's sync cookie: {e}"))?;
+    let cookie = match &settings.feed {
+        Feed::Syncrepl => current_cookie(dir, &settings.base_dn, &settings.feed_filter())
+            .await
+            .map_err(|e| format!("reading the directory's sync cookie: {e}"))?,
+        Feed::Poll(spec) => poll::position(dir, spec)
+            .await
+            .map_err(|e| format!("reading the {} watermark: {e}", spec.kind.as_str()))?,
+    };
     let report = full_pass(dir, scim, profile, index, gate, &settings.pass)
         .await
         .map_err(|e| e.to_string())?;
@@ -462,7 +509,9 @@ async fn feed(
             SyncEvent::Upsert { uuid, entry } => {
                 batch.push(encode(&Change::Upsert { dn: entry.dn, uuid }));
             }
-            SyncEvent::Delete { uuid, .. } => batch.push(encode(&Change::Delete { uuid })),
+            SyncEvent::Delete { uuid, .. } => {
+                batch.push(encode(&Change::Delete { uuid, dn: None }))
+            }
             SyncEvent::IdSet {
                 uuids,
                 deletes: true,
@@ -470,7 +519,7 @@ async fn feed(
                 batch.extend(
                     uuids
                         .into_iter()
-                        .map(|uuid| encode(&Change::Delete { uuid })),
+                        .map(|uuid| encode(&Change::Delete { uuid, dn: None })),
                 );
             }
             SyncEvent::IdSet { deletes: false, .. } | SyncEvent::Phase { deletes: false, .. } => {
@@ -490,29 +539,93 @@ async fn feed(
         if flush || batch.len() >= FEED_BATCH {
             let payloads = std::mem::take(&mut batch);
             let mark = Watermark::encode(&scope, &last_cookie);
-            let mut pause = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-            loop {
-                let p = payloads.clone();
-                let m = mark.clone();
-                match with_queue(&queue, move |q| q.append(&p, &m)).await {
-                    Ok(AppendOutcome::Appended { .. }) => break,
-                    Ok(AppendOutcome::Overflowed { dropped }) => {
-                        log::warn!(
-                            "change queue is full: dropped {dropped} pending changes; a full pass will run when the endpoint is reachable"
-                        );
-                        let _ = notify.try_send(());
-                        return "queue overflow".into();
-                    }
-                    Err(e) if e.is_retryable() => {
-                        let wait = pause.next_delay().unwrap_or(Duration::from_secs(30));
-                        log::warn!("cannot append to the change queue ({e}); feed paused, retrying in {:.1} s", wait.as_secs_f64());
-                        smol::Timer::after(wait).await;
-                    }
-                    Err(e) => return format!("queue: {e}"),
-                }
+            if let Err(why) = append(&queue, payloads, mark).await {
+                let _ = notify.try_send(());
+                return why;
             }
             let _ = notify.try_send(());
         }
+    }
+}
+
+/// Appends one batch with its watermark; waits out retryable I/O errors (a full disk).
+/// Returns why the feed must stop (overflow: a full pass is owed; a fatal queue error).
+async fn append(queue: &SharedQueue, payloads: Vec<Vec<u8>>, mark: Vec<u8>) -> Result<(), String> {
+    let mut pause = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let p = payloads.clone();
+        let m = mark.clone();
+        match with_queue(queue, move |q| q.append(&p, &m)).await {
+            Ok(AppendOutcome::Appended { .. }) => return Ok(()),
+            Ok(AppendOutcome::Overflowed { dropped }) => {
+                log::warn!(
+                    "change queue is full: dropped {dropped} pending changes; a full pass will run when the endpoint is reachable"
+                );
+                return Err("queue overflow".into());
+            }
+            Err(e) if e.is_retryable() => {
+                let wait = pause.next_delay().unwrap_or(Duration::from_secs(30));
+                log::warn!(
+                    "cannot append to the change queue ({e}); feed paused, retrying in {:.1} s",
+                    wait.as_secs_f64()
+                );
+                smol::Timer::after(wait).await;
+            }
+            Err(e) => return Err(format!("queue: {e}")),
+        }
+    }
+}
+
+/// A polling feed (DirSync, uSN, modifyTimestamp): polls every interval, appends what
+/// changed together with the watermark that covers it.
+async fn poll_feed(
+    dir: Directory,
+    spec: PollSpec,
+    feed_filter: String,
+    mut mark: Vec<u8>,
+    queue: SharedQueue,
+    scope: String,
+    notify: smol::channel::Sender<()>,
+) -> String {
+    loop {
+        match poll::poll_once(&dir, &spec, &feed_filter, &mark).await {
+            Ok((changes, next)) => {
+                if !changes.is_empty() || next != mark {
+                    let n = changes.len();
+                    let mut payloads: Vec<Vec<u8>> = changes.iter().map(encode).collect();
+                    // Earlier chunks carry the old watermark: only the last one covers all.
+                    while payloads.len() > FEED_BATCH {
+                        let rest = payloads.split_off(FEED_BATCH);
+                        let chunk = std::mem::replace(&mut payloads, rest);
+                        if let Err(why) =
+                            append(&queue, chunk, Watermark::encode(&scope, &mark)).await
+                        {
+                            let _ = notify.try_send(());
+                            return why;
+                        }
+                    }
+                    if let Err(why) =
+                        append(&queue, payloads, Watermark::encode(&scope, &next)).await
+                    {
+                        let _ = notify.try_send(());
+                        return why;
+                    }
+                    if n > 0 {
+                        log::debug!("{} feed: {n} changes queued", spec.kind.as_str());
+                        let _ = notify.try_send(());
+                    }
+                    mark = next;
+                }
+            }
+            Err(PollError::Resync(why)) => {
+                log::warn!("{} feed: {why}; a full pass follows", spec.kind.as_str());
+                let _ = with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested)).await;
+                let _ = notify.try_send(());
+                return why;
+            }
+            Err(PollError::Failed(why)) => return why,
+        }
+        smol::Timer::after(spec.interval).await;
     }
 }
 
@@ -593,10 +706,9 @@ async fn send_loop(
         let burst: Vec<Target> = records
             .iter()
             .filter_map(|r| match serde_json::from_slice::<Change>(&r.payload) {
-                Ok(Change::Delete { uuid }) => index
-                    .get_any(&uuid)
-                    .filter(|_| !gate.is_held(&uuid))
-                    .map(|a| Target::of(&uuid, a, "deleted in the directory")),
+                Ok(Change::Delete { uuid, dn }) => deleted_anchor(index, &uuid, dn.as_deref())
+                    .filter(|(x, _)| !gate.is_held(x))
+                    .map(|(x, a)| Target::of(&x, &a, "deleted in the directory")),
                 _ => None,
             })
             .collect();
@@ -968,25 +1080,34 @@ async fn apply(
                 Outcome::Failed(reason) => Applied::Failed(format!("{}: {reason}", job.dn)),
             }
         }
-        Change::Delete { uuid } => {
-            let Some(a) = index.get_any(uuid) else {
+        Change::Delete { uuid, dn } => {
+            let Some((anchor, a)) = deleted_anchor(index, uuid, dn.as_deref()) else {
                 return Applied::Done; // never provisioned: nothing to undo
             };
-            let t = Target::of(uuid, a, "deleted in the directory");
-            if gate.is_held(uuid) {
+            let t = Target::of(&anchor, &a, "deleted in the directory");
+            if gate.is_held(&anchor) {
                 return Applied::Done; // waits for approval
             }
-            if admitted.contains(uuid) {
+            if admitted.contains(&anchor) {
                 // Admitted with its burst: send it (a retry keeps the admission).
                 let r = send_delete(ctx, index, &t).await;
                 if matches!(r, Applied::Done | Applied::Failed(_)) {
-                    admitted.remove(uuid);
+                    admitted.remove(&anchor);
                 }
                 return r;
             }
             delete_one(ctx, index, gate, t).await
         }
     }
+}
+
+/// The indexed object a feed's delete refers to: by its uuid, else by the DN it had.
+fn deleted_anchor(index: &AnchorIndex, uuid: &str, dn: Option<&str>) -> Option<(String, Anchor)> {
+    if let Some(a) = index.get_any(uuid) {
+        return Some((uuid.to_string(), a.clone()));
+    }
+    let (x, a) = index.by_dn(dn?)?;
+    Some((x.to_string(), a.clone()))
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ pub mod deletes;
 pub mod dn;
 pub mod follow;
 pub mod pass;
+pub mod poll;
 pub mod progress;
 pub mod provision;
