@@ -25,6 +25,10 @@
 # IDRELAY_BIN=path benchmarks that binary instead of building `cargo build --release`.
 # Needs root on first use (apt-get install slapd ldap-utils nginx time curl).
 set -euo pipefail
+# idrelay refuses to run as root unless told; test machines often are root.
+ROOT_FLAG=""
+if [ "$(id -u)" = 0 ]; then ROOT_FLAG="--allow-root"; fi
+
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TB=$ROOT/scripts/testbed
 TB_NAME=bench
@@ -167,6 +171,7 @@ eval "$(ldap_tb start)"
   umask 077
   printf '%s\n' "$OPENLDAP_SYNC_PW" >"$B/ldap.secret"
   printf '%s\n' "$TOKEN" >"$B/scim.token"
+  chmod 600 "$B/ldap.secret" "$B/scim.token"
 )
 write_config() { # write_config ENDPOINT -> path of a config with a fresh state dir
   local cfg=$B/idrelay-$1.toml state=$B/state-$1
@@ -201,14 +206,14 @@ first=${ENDPOINTS%%,*} # the dry run's lookups cost nothing on nginx: use it whe
 case ",$ENDPOINTS," in *,nginx,*) first=nginx ;; esac
 fresh "$first"
 cfg=$(write_config "$first")
-"$BIN" --config "$cfg" check >"$B/check.out" 2>&1 || {
+"$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" check >"$B/check.out" 2>&1 || {
   cat "$B/check.out" >&2
   die "idrelay check failed against $first"
 }
 log "dry run against a fresh $first: collecting the SCIM writes"
 t0=$(now)
 rc=0
-"$BIN" --config "$cfg" sync --once --dry-run >"$B/writes.jsonl" 2>"$B/dry-run.err" || rc=$?
+"$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once --dry-run >"$B/writes.jsonl" 2>"$B/dry-run.err" || rc=$?
 if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
   log_tail "$B/dry-run.err"
   die "idrelay sync --once --dry-run failed (exit $rc)"
@@ -247,7 +252,7 @@ run_agent() { # run_agent ENDPOINT
   cfg=$(write_config "$ep")
   log "[$ep] agent: idrelay sync --once (fresh endpoint, fresh state)"
   t0=$(now)
-  /usr/bin/time -v -o "$B/time-$ep.txt" "$BIN" --config "$cfg" sync --once >"$B/sync-$ep.out" 2>"$B/sync-$ep.err" || rc=$?
+  /usr/bin/time -v -o "$B/time-$ep.txt" "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once >"$B/sync-$ep.out" 2>"$B/sync-$ep.err" || rc=$?
   secs=$(secs_since "$t0")
   if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
     log_tail "$B/sync-$ep.err"

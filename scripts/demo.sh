@@ -15,6 +15,10 @@
 # Ports: IDRELAY_DEMO_LDAP_PORT (3391), IDRELAY_DEMO_LDAPS_PORT (3638), IDRELAY_DEMO_SCIM_PORT (8081).
 # IDRELAY_BIN=path runs that binary instead of building one.
 set -euo pipefail
+# idrelay refuses to run as root unless told; test machines often are root.
+ROOT_FLAG=""
+if [ "$(id -u)" = 0 ]; then ROOT_FLAG="--allow-root"; fi
+
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TB=$ROOT/scripts/testbed
 TB_NAME=demo
@@ -99,12 +103,12 @@ else
   show cargo build --release "${locked[@]}" || die "cargo build --release failed"
   echo "built in $(since "$t0") s: $BIN ($(stat -c %s "$BIN") bytes)"
 fi
-show "$BIN" --config "$CONFIG" check || die "idrelay check failed (exit $?): see above"
+show "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$CONFIG" check || die "idrelay check failed (exit $?): see above"
 rc=0
-show "$BIN" --config "$CONFIG" sync --once | tee "$DEMO/sync1.out" || rc=$?
+show "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$CONFIG" sync --once | tee "$DEMO/sync1.out" || rc=$?
 [ $rc -eq 0 ] || die "the first sync failed (exit $rc; 3 = some objects failed): see above"
 rc=0
-show "$BIN" --config "$CONFIG" sync --once | tee "$DEMO/sync2.out" || rc=$?
+show "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$CONFIG" sync --once | tee "$DEMO/sync2.out" || rc=$?
 [ $rc -eq 0 ] || die "the second sync failed (exit $rc): see above"
 if grep -Eq 'writes: 0 created, 0 replaced, 0 patched' "$DEMO/sync2.out"; then
   echo "second pass: nothing to send, the SCIM server is in step with the directory"
@@ -149,7 +153,7 @@ cat <<EOF
 == look further (done in $(since "$T0") s)
   config and secrets:  $DEMO   (idrelay.toml, ldap.secret, scim.token)
   what the agent would send for one entry:
-    $BIN --config $CONFIG preview uid=lmuller,ou=people,dc=branch,dc=test
+    $BIN $ROOT_FLAG --config $CONFIG preview uid=lmuller,ou=people,dc=branch,dc=test
   ask the SCIM server yourself:
     curl -s -H "Authorization: Bearer \$(cat $DEMO/scim.token)" '$SCIM_BASE_URL/Groups' | python3 -m json.tool
   change the directory, then sync again (only the change is sent):
@@ -159,7 +163,7 @@ changetype: modify
 replace: title
 title: Senior Support Technician
 LDIF
-    $BIN --config $CONFIG sync --once
+    $BIN $ROOT_FLAG --config $CONFIG sync --once
   run the demo again from a clean slate:  scripts/demo.sh
   stop the demo servers:                  scripts/demo.sh stop
 EOF

@@ -60,6 +60,8 @@ pub struct Invocation {
     pub log_level: Option<String>,
     /// `--quiet`: no live progress line.
     pub quiet: bool,
+    /// `--allow-root`: run even as root (refused otherwise).
+    pub allow_root: bool,
 }
 
 /// A command line that cannot be run; the message says what to type instead.
@@ -79,6 +81,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
     let mut config = None;
     let mut log_level = None;
     let mut quiet = false;
+    let mut allow_root = false;
     let mut help = false;
     let mut words: Vec<&str> = Vec::new();
     let mut flags: Vec<&str> = Vec::new();
@@ -101,6 +104,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "-c" | "--config" => config = Some(PathBuf::from(value("file name")?)),
             "--log-level" => log_level = Some(value("level (error, warn, info, debug, trace)")?),
             "-q" | "--quiet" => quiet = true,
+            "--allow-root" => allow_root = true,
             "-h" | "--help" => help = true,
             "-V" | "--version" => words.insert(0, "version"),
             "--once" | "--dry-run" | "--list" => flags.push(name),
@@ -166,6 +170,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         config,
         log_level,
         quiet,
+        allow_root,
     })
 }
 
@@ -217,6 +222,7 @@ Options:
   -c, --config FILE      the config file (TOML; see docs/config.md)
       --log-level LEVEL  error, warn, info (default), debug, trace
   -q, --quiet            no live progress line on the terminal
+      --allow-root       run as root anyway (refused otherwise: use an unprivileged account)
   -h, --help             help (also after a command: idrelay sync --help)
   -V, --version          the version
 

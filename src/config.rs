@@ -32,6 +32,25 @@ pub struct Config {
     pub sync: SyncSettings,
     /// `[queue]`
     pub queue: QueueSettings,
+    /// `[relay]`: the outbound channel to the cloud (absent: no relay, always active).
+    pub relay: Option<RelaySettings>,
+}
+
+/// `[relay]`: long-poll and heartbeats to the cloud side (docs/protocol.md).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Base URL of the hub (`https://...`; `http://` only for loopback).
+    pub url: String,
+    /// The agent's bearer token.
+    pub token: Secret,
+    /// PEM file of trusted CAs; `None`: the system store.
+    pub ca_file: Option<PathBuf>,
+    /// The directory group this agent serves (agents of one group are interchangeable).
+    pub group: String,
+    /// How often a heartbeat is sent.
+    pub heartbeat: Duration,
+    /// Longest a long-poll is held by the hub.
+    pub poll_wait: Duration,
 }
 
 /// `[queue]`: the on-disk change queue of `run`.
@@ -249,6 +268,28 @@ struct RawConfig {
     sync: RawSync,
     #[serde(default)]
     queue: RawQueue,
+    relay: Option<RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    url: String,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    group: Option<String>,
+    #[serde(default = "default_heartbeat")]
+    heartbeat_secs: u64,
+    #[serde(default = "default_poll_wait")]
+    poll_wait_secs: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    60
+}
+fn default_poll_wait() -> u64 {
+    30
 }
 
 #[derive(Deserialize)]
@@ -410,6 +451,11 @@ pub struct System;
 
 impl SecretSource for System {
     fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        // A secret others can read is refused before it is read (the error names the
+        // file, its mode and the chmod that fixes it).
+        crate::privilege::check_secret_file(path).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string())
+        })?;
         std::fs::read_to_string(path)
     }
     fn var(&self, name: &str) -> Option<String> {
@@ -636,6 +682,62 @@ impl Config {
             ));
         }
 
+        let relay = match raw.relay {
+            None => None,
+            Some(r) => {
+                let url = r.url.trim().trim_end_matches('/').to_string();
+                let parsed = url::Url::parse(&url)
+                    .map_err(|e| invalid("relay.url", format!("not a URL: {e}")))?;
+                match parsed.scheme() {
+                    "https" => {}
+                    "http"
+                        if matches!(
+                            parsed.host_str(),
+                            Some("127.0.0.1" | "[::1]" | "localhost")
+                        ) => {}
+                    "http" => {
+                        return Err(invalid(
+                            "relay.url",
+                            "plain http:// is only allowed to a loopback address; use https://"
+                                .into(),
+                        ))
+                    }
+                    other => {
+                        return Err(invalid(
+                            "relay.url",
+                            format!("scheme `{other}` is not https"),
+                        ))
+                    }
+                }
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    return Err(invalid(
+                        "relay.url",
+                        "must not carry credentials; use relay.token_file".into(),
+                    ));
+                }
+                let token = read_secret(
+                    path,
+                    secrets,
+                    ("relay.token_file", r.token_file.as_deref()),
+                    ("relay.token_env", r.token_env.as_deref()),
+                )?;
+                if !(5..=3600).contains(&r.heartbeat_secs) {
+                    return Err(invalid("relay.heartbeat_secs", "must be 5 to 3600".into()));
+                }
+                if !(1..=120).contains(&r.poll_wait_secs) {
+                    return Err(invalid("relay.poll_wait_secs", "must be 1 to 120".into()));
+                }
+                Some(RelaySettings {
+                    url,
+                    token,
+                    ca_file: r.ca_file,
+                    group: r.group.unwrap_or_else(|| id.clone()),
+                    heartbeat: Duration::from_secs(r.heartbeat_secs),
+                    poll_wait: Duration::from_secs(r.poll_wait_secs),
+                })
+            }
+        };
+
         Ok(Config {
             path: path.to_path_buf(),
             agent: AgentConfig {
@@ -680,6 +782,7 @@ impl Config {
             queue: QueueSettings {
                 max_bytes: raw.queue.max_bytes,
             },
+            relay,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod ldap;
 pub mod logging;
+pub mod privilege;
 pub mod queue;
 pub mod relay;
 pub mod scim;

@@ -54,6 +54,10 @@ fn run(args: &[String]) -> i32 {
         _ => {}
     }
     debug_assert!(cli::needs_config(&inv.command));
+    if let Err(e) = idrelay::privilege::refuse_root(inv.allow_root) {
+        eprintln!("error: {e}");
+        return exit::USAGE;
+    }
     let Some(path) = inv.config.as_deref() else {
         eprintln!("error: this command needs --config FILE (see `idrelay --help`)");
         return exit::USAGE;

@@ -41,3 +41,54 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
     r.assert_code(2);
     assert!(r.stderr.contains("loud"), "{}", r.stderr);
 }
+
+fn offline_agent() -> common::Agent {
+    let dir = common::Dir {
+        url: "ldap://127.0.0.1:1".into(),
+        base: "dc=branch,dc=test".into(),
+        admin_dn: String::new(),
+        admin_pw: String::new(),
+        bind_dn: "cn=syncer,dc=branch,dc=test".into(),
+        bind_pw: "pw-not-to-be-printed".into(),
+        ca: String::new(),
+    };
+    common::Agent::new(
+        &dir,
+        &["dc=branch,dc=test"],
+        "http://127.0.0.1:1/v2",
+        "tok",
+        "",
+    )
+}
+
+#[test]
+fn root_is_refused_without_allow_root() {
+    let agent = offline_agent();
+    if common::root_flag().is_empty() {
+        eprintln!("not running as root: the refusal cannot be exercised here");
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idrelay"))
+        .args(["--config", agent.config.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-root"), "{err}");
+    // With the flag it runs.
+    agent.run(&["status"]).assert_code(0);
+}
+
+#[test]
+fn a_secret_file_others_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = offline_agent();
+    let secret = agent.tmp.path().join("ldap.secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = agent.run(&["status"]);
+    r.assert_code(2);
+    assert!(r.stderr.contains("ldap.secret"), "{}", r.stderr);
+    assert!(r.stderr.contains("chmod 600"), "{}", r.stderr);
+    assert!(r.stderr.contains("directory.password_file"), "{}", r.stderr);
+    assert!(!r.stderr.contains("pw-not-to-be-printed"), "{}", r.stderr);
+}

@@ -360,8 +360,8 @@ impl Agent {
     pub fn new(dir: &Dir, include: &[&str], scim_url: &str, token: &str, extra: &str) -> Agent {
         let tmp = TempDir::new("agent");
         let p = tmp.path();
-        std::fs::write(p.join("ldap.secret"), format!("{}\n", dir.bind_pw)).unwrap();
-        std::fs::write(p.join("scim.token"), token).unwrap();
+        write_secret(&p.join("ldap.secret"), &format!("{}\n", dir.bind_pw));
+        write_secret(&p.join("scim.token"), token);
         let include = include
             .iter()
             .map(|s| format!("\"{s}\""))
@@ -441,6 +441,7 @@ impl Run {
 /// Runs the real binary with a timeout (a hung agent fails the test instead of CI).
 pub fn run_binary(args: &[&str]) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_idrelay"))
+        .args(root_flag())
         .args(args)
         .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
@@ -546,6 +547,7 @@ impl Agent {
             .open(self.tmp.path().join("agent.log"))
             .unwrap();
         Command::new(env!("CARGO_BIN_EXE_idrelay"))
+            .args(root_flag())
             .args(["--config", self.config.to_str().unwrap(), "--quiet"])
             .args(args)
             .env_remove("JOURNAL_STREAM")
@@ -558,6 +560,30 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// Writes a secret file readable by its owner only (the agent refuses others).
+pub fn write_secret(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `--allow-root` when the tests run as root (CI containers do); nothing otherwise.
+pub fn root_flag() -> &'static [&'static str] {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if root {
+        &["--allow-root"]
+    } else {
+        &[]
     }
 }
 

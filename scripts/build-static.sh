@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# build-static.sh [--print-path] — builds the fully static release binary and checks it.
+#
+#   cargo build --release --target x86_64-unknown-linux-gnu with -C target-feature=+crt-static
+#   in its own target dir ($CARGO_TARGET_DIR/static, default target/static) so that the
+#   shared debug build is not rebuilt; then checks that `file` says "statically linked" and
+#   `ldd` says "not a dynamic executable", prints the size, and fails if the binary is larger
+#   than the budget (IDRELAY_SIZE_BUDGET bytes, default 4 MiB = 4194304).
+# The release profile (Cargo.toml) strips, uses lto, codegen-units = 1 and panic = "abort".
+# Prints the binary's path on the last line of stdout (--print-path: only that line).
+# Exit: 0 ok; 1 build failed or a check failed.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=x86_64-unknown-linux-gnu
+BUDGET=${IDRELAY_SIZE_BUDGET:-4194304}
+QUIET=0
+case "${1:-}" in
+  --print-path) QUIET=1 ;;
+  "") ;;
+  -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "build-static.sh: unknown argument $1" >&2; exit 2 ;;
+esac
+say() { if [ "$QUIET" = 0 ]; then echo "$@"; else echo "$@" >&2; fi; }
+fail() { echo "build-static.sh: FAIL: $*" >&2; exit 1; }
+
+cd "$ROOT"
+OUT=${CARGO_TARGET_DIR:-$ROOT/target}/static
+locked=()
+if [ -f Cargo.lock ]; then locked=(--locked); fi
+say "building static release binary for $TARGET in $OUT"
+# RUSTFLAGS applies to the target only when --target is given (build scripts stay dynamic).
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  CARGO_TARGET_DIR=$OUT \
+  cargo build --release --target "$TARGET" "${locked[@]}" --bin idrelay >&2 ||
+  fail "cargo build failed"
+BIN=$OUT/$TARGET/release/idrelay
+[ -x "$BIN" ] || fail "no executable at $BIN"
+
+what=$(file -b "$BIN")
+case "$what" in
+  *"statically linked"* | *"static-pie linked"*) say "file: $what" ;;
+  *) fail "file does not report a static binary: $what" ;;
+esac
+ldd_out=$(ldd "$BIN" 2>&1 || true)
+case "$ldd_out" in
+  *"not a dynamic executable"* | *"statically linked"*) say "ldd: $(echo "$ldd_out" | head -n 1 | sed 's/^[[:space:]]*//')" ;;
+  *) fail "ldd lists shared libraries: $ldd_out" ;;
+esac
+
+size=$(stat -c %s "$BIN")
+mib=$(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1048576 }')
+budget_mib=$(awk -v b="$BUDGET" 'BEGIN { printf "%.2f", b / 1048576 }')
+say "size: $size bytes ($mib MiB; budget $BUDGET bytes = $budget_mib MiB)"
+[ "$size" -le "$BUDGET" ] || fail "the binary is $size bytes, over the budget of $BUDGET bytes"
+"$BIN" version >/dev/null 2>&1 || fail "$BIN does not run (\`idrelay version\` failed)"
+say "version: $("$BIN" version)"
+echo "$BIN"
