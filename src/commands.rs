@@ -45,14 +45,33 @@ fn directory_config(c: &Config) -> DirectoryConfig {
 }
 
 /// The HTTP client and the SCIM client over it (the HTTP one also answers TLS questions).
+/// An HTTP config with the proxy, pins and client certificate of a `[scim]` / `[relay]`
+/// table applied.
+fn with_transport(mut h: HttpConfig, t: &crate::config::Transport) -> HttpConfig {
+    use crate::config::ProxySetting;
+    match &t.proxy {
+        ProxySetting::Environment => {
+            h.proxy_env = Some(crate::relay::proxy::ProxyEnv::from_process())
+        }
+        ProxySetting::Direct => {}
+        ProxySetting::Explicit(p) => h.proxy = Some(p.clone()),
+    }
+    h.pin_sha256 = t.pins.clone();
+    h.client_cert = t.client_cert.clone();
+    h
+}
+
 fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
-    let http = HttpClient::new(HttpConfig {
-        ca_file: c.scim.ca_file.clone(),
-        connect_timeout: c.scim.timeout.min(std::time::Duration::from_secs(10)),
-        request_timeout: c.scim.timeout,
-        max_idle_per_host: c.sync.concurrency,
-        ..HttpConfig::default()
-    })
+    let http = HttpClient::new(with_transport(
+        HttpConfig {
+            ca_file: c.scim.ca_file.clone(),
+            connect_timeout: c.scim.timeout.min(std::time::Duration::from_secs(10)),
+            request_timeout: c.scim.timeout,
+            max_idle_per_host: c.sync.concurrency,
+            ..HttpConfig::default()
+        },
+        &c.scim.transport,
+    ))
     .map_err(|e| format!("scim: {e}"))?;
     let base_url = c
         .scim
@@ -84,6 +103,16 @@ fn effective_kind(setting: KindSetting, detected: DirectoryKind) -> DirectoryKin
 
 fn load_profile(c: &Config, kind: DirectoryKind) -> Result<SyncProfile, String> {
     let p = SyncProfile::default_for(profile_kind(kind));
+    // A profile the cloud pushed through the relay (validated when it arrived) wins.
+    let cloud = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
+    if cloud.is_file() {
+        return p.with_overrides_from_file(&cloud).map_err(|e| {
+            format!(
+                "{}: {e} (remove it to fall back to sync.profile_file)",
+                cloud.display()
+            )
+        });
+    }
     match &c.sync.profile_file {
         Some(path) => p
             .with_overrides_from_file(path)
@@ -148,9 +177,31 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
         mode: ProvisionMode {
             dry_run,
             soft_match: c.sync.soft_match,
+            members: member_store(c),
+            member_chunk: c.sync.member_chunk,
         },
         quiet,
         user_delete: c.sync.user_delete,
+    }
+}
+
+/// Starts the provisioning log of the state directory (`provisioning.jsonl`).
+fn install_audit(c: &Config) {
+    crate::sync::audit::install(crate::sync::audit::AuditLog::new(
+        &c.agent.state_dir,
+        crate::sync::audit::DEFAULT_MAX_BYTES,
+    ));
+}
+
+/// The member store of the state directory (`state_dir/members`); without one (it cannot
+/// be created) groups are sent whole and the log says why.
+fn member_store(c: &Config) -> Option<std::sync::Arc<crate::sync::members::MemberStore>> {
+    match crate::sync::members::MemberStore::open(c.agent.state_dir.join("members")) {
+        Ok(s) => Some(std::sync::Arc::new(s)),
+        Err(e) => {
+            log::warn!("group members will be sent as whole lists: {e}");
+            None
+        }
     }
 }
 
@@ -366,6 +417,9 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
             return exit::FAILURE;
         }
     };
+    if !dry_run {
+        install_audit(c);
+    }
     smol::block_on(async {
         let src = match open_source(c).await {
             Ok(s) => s,
@@ -652,6 +706,7 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
             return exit::FAILURE;
         }
     };
+    install_audit(c);
     let queue = match crate::queue::Queue::open(queue_config(c)) {
         Ok(q) => q,
         Err(e) => {
@@ -754,17 +809,75 @@ async fn run_once(
         c.agent.id,
         c.scope.include.join("; ")
     );
+    let agent = std::sync::Arc::new(crate::relay::agent::AgentState::new(c.relay.is_some()));
+    let relay = match &c.relay {
+        None => None,
+        Some(r) => {
+            let http = HttpClient::new(with_transport(
+                HttpConfig {
+                    ca_file: r.ca_file.clone(),
+                    connect_timeout: std::time::Duration::from_secs(10),
+                    request_timeout: r.poll_wait + std::time::Duration::from_secs(15),
+                    max_idle_per_host: 2,
+                    ..HttpConfig::default()
+                },
+                &r.transport,
+            ))
+            .map_err(|e| {
+                eprintln!("error: relay: {e}");
+                exit::FAILURE
+            })?;
+            let relay = crate::relay::agent::Relay::new(
+                http,
+                r.clone(),
+                &c.agent.id,
+                Some(&c.agent.state_dir),
+            )
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            })?;
+            let (uf, gf) = filters(c, &src.profile);
+            let remote = crate::remote::Remote::new(
+                src.dir.clone(),
+                src.profile.clone(),
+                SyncProfile::default_for(profile_kind(src.kind)),
+                (c.scope.include.clone(), uf, gf),
+                c.agent.state_dir.clone(),
+                queue.clone(),
+                Policy {
+                    threshold: c.sync.delete_threshold,
+                    interval: c.sync.delete_interval,
+                },
+                control.clone(),
+                agent.clone(),
+            );
+            Some((relay, remote))
+        }
+    };
     let st = crate::sync::follow::State {
         index: &mut index,
         gate: &mut gate,
         queue: queue.clone(),
+        agent: &agent,
     };
-    crate::sync::follow::run(&src.dir, &scim, &src.profile, st, &settings, control)
-        .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            exit::FAILURE
-        })
+    let follow = crate::sync::follow::run(&src.dir, &scim, &src.profile, st, &settings, control);
+    let result = match &relay {
+        None => follow.await,
+        // The relay runs beside the sync loop; when the loop ends (stop, reload), so does it.
+        Some((relay, remote)) => {
+            smol::future::or(follow, async {
+                relay.run(remote, &agent, control).await;
+                // The relay only returns on a stop or reload request: let the loop see it.
+                std::future::pending().await
+            })
+            .await
+        }
+    };
+    result.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILURE
+    })
 }
 
 /// The feed `run` follows: the configured one, or for `auto` the best the directory offers
@@ -865,6 +978,7 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
             }
         };
     };
+    install_audit(c);
     let mut gate = gate;
     smol::block_on(async {
         let (_, scim) = match scim_client(c) {
@@ -966,6 +1080,47 @@ pub fn status(c: &Config) -> i32 {
             None => "none recorded".into(),
         }
     );
+    match &c.relay {
+        None => println!("relay:        not configured (always active)"),
+        Some(r) => {
+            let path = c.agent.state_dir.join(crate::relay::agent::STATUS_FILE);
+            let st: Option<crate::relay::agent::RelayStatus> = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match st {
+                None => println!(
+                    "relay:        {} (group {}): no heartbeat recorded yet",
+                    r.url, r.group
+                ),
+                Some(s) => {
+                    let age = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                        .saturating_sub(s.last_heartbeat);
+                    println!(
+                        "relay:        {} (group {}): {}; last heartbeat {}{}",
+                        s.url,
+                        s.group,
+                        s.role.to_uppercase(),
+                        if s.last_heartbeat == 0 {
+                            "never answered".to_string()
+                        } else {
+                            format!(
+                                "{} ago",
+                                crate::sync::progress::format_duration(
+                                    std::time::Duration::from_secs(age)
+                                )
+                            )
+                        },
+                        s.last_error
+                            .map(|e| format!("; last error: {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
     match open_gate(c) {
         Ok(g) if g.held().is_empty() => println!(
             "deletes:      none held ({} sent in the current {} s window, threshold {})",

@@ -51,6 +51,8 @@ pub struct RelaySettings {
     pub heartbeat: Duration,
     /// Longest a long-poll is held by the hub.
     pub poll_wait: Duration,
+    /// Proxy, pins, client certificate.
+    pub transport: Transport,
 }
 
 /// `[queue]`: the on-disk change queue of `run`.
@@ -127,6 +129,33 @@ pub struct ScimSettings {
     pub ca_file: Option<PathBuf>,
     /// Timeout of one HTTP request.
     pub timeout: Duration,
+    /// Proxy, pins, client certificate.
+    pub transport: Transport,
+}
+
+/// How an HTTPS connection is made: proxy, SPKI pins, client certificate (the same keys in
+/// `[scim]` and `[relay]`).
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// The proxy to use.
+    pub proxy: ProxySetting,
+    /// SHA-256 pins of the server's public key (`sha256/BASE64`); checked after normal
+    /// verification, never instead of it.
+    pub pins: Vec<[u8; 32]>,
+    /// A client certificate for mutual TLS.
+    pub client_cert: Option<crate::relay::http::ClientCert>,
+}
+
+/// Where the proxy comes from.
+#[derive(Debug, Clone, Default)]
+pub enum ProxySetting {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` of the environment (the default).
+    #[default]
+    Environment,
+    /// Never a proxy (`proxy = "none"`).
+    Direct,
+    /// The configured proxy.
+    Explicit(crate::relay::proxy::ProxyConfig),
 }
 
 /// `[sync]`: how the engine provisions.
@@ -278,6 +307,16 @@ struct RawRelay {
     token_file: Option<PathBuf>,
     token_env: Option<String>,
     ca_file: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_user: Option<String>,
+    proxy_password_file: Option<PathBuf>,
+    proxy_password_env: Option<String>,
+    #[serde(default)]
+    no_proxy: Vec<String>,
+    #[serde(default)]
+    pin_sha256: Vec<String>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
     group: Option<String>,
     #[serde(default = "default_heartbeat")]
     heartbeat_secs: u64,
@@ -352,6 +391,16 @@ struct RawScim {
     token_file: Option<PathBuf>,
     token_env: Option<String>,
     ca_file: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_user: Option<String>,
+    proxy_password_file: Option<PathBuf>,
+    proxy_password_env: Option<String>,
+    #[serde(default)]
+    no_proxy: Vec<String>,
+    #[serde(default)]
+    pin_sha256: Vec<String>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
     #[serde(default = "default_http_timeout")]
     timeout_secs: u64,
 }
@@ -682,6 +731,21 @@ impl Config {
             ));
         }
 
+        let scim_transport = transport(
+            path,
+            secrets,
+            RawTransport {
+                table: "scim",
+                proxy: s.proxy.as_deref(),
+                proxy_user: s.proxy_user.as_deref(),
+                proxy_password_file: s.proxy_password_file.as_deref(),
+                proxy_password_env: s.proxy_password_env.as_deref(),
+                no_proxy: &s.no_proxy,
+                pin_sha256: &s.pin_sha256,
+                client_cert_file: s.client_cert_file.as_deref(),
+                client_key_file: s.client_key_file.as_deref(),
+            },
+        )?;
         let relay = match raw.relay {
             None => None,
             Some(r) => {
@@ -734,6 +798,21 @@ impl Config {
                     group: r.group.unwrap_or_else(|| id.clone()),
                     heartbeat: Duration::from_secs(r.heartbeat_secs),
                     poll_wait: Duration::from_secs(r.poll_wait_secs),
+                    transport: transport(
+                        path,
+                        secrets,
+                        RawTransport {
+                            table: "relay",
+                            proxy: r.proxy.as_deref(),
+                            proxy_user: r.proxy_user.as_deref(),
+                            proxy_password_file: r.proxy_password_file.as_deref(),
+                            proxy_password_env: r.proxy_password_env.as_deref(),
+                            no_proxy: &r.no_proxy,
+                            pin_sha256: &r.pin_sha256,
+                            client_cert_file: r.client_cert_file.as_deref(),
+                            client_key_file: r.client_key_file.as_deref(),
+                        },
+                    )?,
                 })
             }
         };
@@ -765,6 +844,7 @@ impl Config {
                 token,
                 ca_file: s.ca_file,
                 timeout: Duration::from_secs(s.timeout_secs),
+                transport: scim_transport,
             },
             sync: SyncSettings {
                 concurrency: y.concurrency,
@@ -785,6 +865,104 @@ impl Config {
             relay,
         })
     }
+}
+
+/// The transport keys of one table (`[scim]` or `[relay]`).
+struct RawTransport<'a> {
+    table: &'static str,
+    proxy: Option<&'a str>,
+    proxy_user: Option<&'a str>,
+    proxy_password_file: Option<&'a Path>,
+    proxy_password_env: Option<&'a str>,
+    no_proxy: &'a [String],
+    pin_sha256: &'a [String],
+    client_cert_file: Option<&'a Path>,
+    client_key_file: Option<&'a Path>,
+}
+
+fn transport(
+    path: &Path,
+    src: &dyn SecretSource,
+    t: RawTransport<'_>,
+) -> Result<Transport, ConfigError> {
+    let key = |k: &str| -> &'static str {
+        // The keys are static per table; leak-free mapping through a match.
+        match (t.table, k) {
+            ("scim", "proxy") => "scim.proxy",
+            ("scim", "pin") => "scim.pin_sha256",
+            ("scim", "cert") => "scim.client_cert_file",
+            ("relay", "proxy") => "relay.proxy",
+            ("relay", "pin") => "relay.pin_sha256",
+            _ => "relay.client_cert_file",
+        }
+    };
+    let invalid = |k: &'static str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: k,
+        message,
+    };
+    let proxy = match t.proxy.map(str::trim) {
+        None | Some("") => {
+            if t.proxy_user.is_some()
+                || t.proxy_password_file.is_some()
+                || t.proxy_password_env.is_some()
+            {
+                return Err(invalid(
+                    key("proxy"),
+                    "proxy_user / proxy_password_* need `proxy`".into(),
+                ));
+            }
+            ProxySetting::Environment
+        }
+        Some("none") => ProxySetting::Direct,
+        Some(url) => {
+            let mut p = crate::relay::proxy::ProxyConfig::parse(url, key("proxy"))
+                .map_err(|e| invalid(key("proxy"), e.to_string()))?;
+            if let Some(user) = t.proxy_user {
+                let (fk, ek) = if t.table == "scim" {
+                    ("scim.proxy_password_file", "scim.proxy_password_env")
+                } else {
+                    ("relay.proxy_password_file", "relay.proxy_password_env")
+                };
+                let pw = read_secret(
+                    path,
+                    src,
+                    (fk, t.proxy_password_file),
+                    (ek, t.proxy_password_env),
+                )?;
+                let auth = crate::relay::proxy::ProxyAuth::new(user, pw)
+                    .map_err(|e| invalid(key("proxy"), e.to_string()))?;
+                p = p.with_auth(auth);
+            }
+            if !t.no_proxy.is_empty() {
+                p = p.with_no_proxy(crate::relay::proxy::NoProxy::parse(&t.no_proxy.join(",")));
+            }
+            ProxySetting::Explicit(p)
+        }
+    };
+    let pins = t
+        .pin_sha256
+        .iter()
+        .map(|p| crate::relay::http::parse_pin(p).map_err(|e| invalid(key("pin"), e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_cert = match (t.client_cert_file, t.client_key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some(crate::relay::http::ClientCert {
+            cert_file: c.to_path_buf(),
+            key_file: k.to_path_buf(),
+        }),
+        _ => {
+            return Err(invalid(
+                key("cert"),
+                "set both client_cert_file and client_key_file, or neither".into(),
+            ))
+        }
+    };
+    Ok(Transport {
+        proxy,
+        pins,
+        client_cert,
+    })
 }
 
 /// Reads a secret from exactly one of a file key and an env key.

@@ -15,11 +15,13 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod hub;
 pub mod ldap;
 pub mod logging;
 pub mod privilege;
 pub mod queue;
 pub mod relay;
+pub mod remote;
 pub mod scim;
 pub mod secret;
 pub mod signals;

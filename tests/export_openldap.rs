@@ -193,7 +193,8 @@ member: uid=bob,{o}
     run.assert_code(0);
     assert!(
         run.summary()
-            .contains("writes: 0 created, 2 replaced, 0 patched; 3 unchanged"),
+            // The user is replaced; the group's membership change is one PATCH remove.
+            .contains("writes: 0 created, 1 replaced, 1 patched; 3 unchanged"),
         "{}",
         run.summary()
     );

@@ -269,6 +269,33 @@ fn a_delete_burst_over_the_threshold_waits_for_approval() {
     approved.assert_code(0);
     assert!(approved.stdout.contains("4 sent"), "{}", approved.stdout);
     assert!((6..10).all(|i| active(&scim, &format!("b{i}")) == Some(false)));
+
+    // The provisioning log tells the story, one JSON line per operation, without secrets.
+    let plog = std::fs::read_to_string(agent.tmp.path().join("state/provisioning.jsonl")).unwrap();
+    let ops: Vec<String> = plog
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let count = |op: &str| ops.iter().filter(|o| *o == op).count();
+    assert_eq!(count("create"), 10, "{plog}");
+    assert_eq!(count("hold"), 9, "{plog}");
+    assert_eq!(
+        count("deactivate"),
+        10,
+        "b0, the approved 5, the approved 4: {plog}"
+    );
+    // The new uid=b5 is another object with the userName of the deactivated one: 409.
+    assert!(count("fail") >= 1 && plog.contains("409"), "{plog}");
+    assert!(plog.contains(&format!("uid=b6,{o}")), "{plog}");
+    assert!(
+        !plog.contains(&scim.token),
+        "no token in the provisioning log"
+    );
 }
 
 #[test]
@@ -280,8 +307,9 @@ fn sigterm_exits_zero_and_sighup_reloads_or_keeps_the_old_config() {
     let scim = ScimServer::start();
     let agent = Agent::new(&dir, &[&o], &scim.base_url(), &scim.token, "");
     let mut run = Running(agent.spawn(&["run"]));
+    // The first full pass must be complete: a reload during a pass restarts the pass.
     assert!(
-        wait_until(60, || scim.all("Users").len() == 2),
+        wait_until(60, || agent.log().contains("objects in step")),
         "{}",
         agent.log()
     );
@@ -357,7 +385,7 @@ fn a_cut_ldap_link_mid_feed_reconnects_without_a_full_pass() {
     let agent = Agent::new(&via, &[&o], &scim.base_url(), &scim.token, "");
     let run = Running(agent.spawn(&["run"]));
     assert!(
-        wait_until(60, || scim.all("Users").len() == 2),
+        wait_until(60, || agent.log().contains("objects in step")),
         "{}",
         agent.log()
     );

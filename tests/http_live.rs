@@ -567,25 +567,61 @@ fn testbed_ca() -> PathBuf {
 
 /// A TLS server on 127.0.0.1:0 answering `replies` on each of `connections` connections.
 fn tls_server(connections: usize, replies: Vec<String>) -> (u16, Arc<AtomicUsize>) {
+    tls_server_with(connections, replies, None)
+}
+
+/// [`tls_server`] that, with `client_ca`, requires a client certificate issued by that CA.
+fn tls_server_with(
+    connections: usize,
+    replies: Vec<String>,
+    client_ca: Option<PathBuf>,
+) -> (u16, Arc<AtomicUsize>) {
+    let dir = testbed_ca().parent().expect("CA dir").to_path_buf();
+    tls_server_cert(
+        connections,
+        replies,
+        client_ca,
+        (&dir.join("server.pem"), &dir.join("server.key")),
+    )
+}
+
+/// [`tls_server_with`] presenting the certificate chain and key of `identity`.
+fn tls_server_cert(
+    connections: usize,
+    replies: Vec<String>,
+    client_ca: Option<PathBuf>,
+    identity: (&std::path::Path, &std::path::Path),
+) -> (u16, Arc<AtomicUsize>) {
     use futures_rustls::rustls;
     use smol::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-    let dir = testbed_ca().parent().expect("CA dir").to_path_buf();
-    let certs: Vec<_> =
-        rustls_pemfile::certs(&mut &std::fs::read(dir.join("server.pem")).unwrap()[..])
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = rustls_pemfile::private_key(&mut &std::fs::read(dir.join("server.key")).unwrap()[..])
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &std::fs::read(identity.0).unwrap()[..])
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(identity.1).unwrap()[..])
         .unwrap()
         .expect("a key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
     let acceptor = futures_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -673,4 +709,362 @@ fn https_untrusted_certificate_is_a_tls_error() {
         err.to_string().contains(&format!("127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+/// A server certificate signed by the testbed CA with `san` and validity `dates`
+/// (`openssl ca` can backdate; `openssl x509` on Debian 12 cannot). Returns (cert, key).
+fn testbed_signed(tag: &str, san: &str, dates: Option<(&str, &str)>) -> (PathBuf, PathBuf) {
+    let ca = testbed_ca();
+    let ca_dir = ca.parent().unwrap().to_path_buf();
+    let dir = std::env::temp_dir().join(format!("idrelay-tls-{tag}-{}", unique("d")));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = t\n[t]\ndir = .\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = any\ncopy_extensions = copy\nunique_subject = no\ndefault_days = 30\n[any]\ncommonName = supplied\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "01\n").unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-subj",
+            &format!("/CN={tag}"),
+            "-addext",
+            &format!("subjectAltName={san}"),
+            "-out",
+            "req.csr",
+        ],
+    );
+    let ca_pem = ca.display().to_string();
+    let ca_key = ca_dir.join("ca.key").display().to_string();
+    let mut args = vec![
+        "ca", "-batch", "-config", "ca.cnf", "-cert", &ca_pem, "-keyfile", &ca_key, "-in",
+        "req.csr", "-out", "cert.pem", "-notext",
+    ];
+    if let Some((from, to)) = dates {
+        args.extend(["-startdate", from, "-enddate", to]);
+    }
+    openssl(&dir, &args);
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+fn trusting_client() -> HttpClient {
+    HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        ..HttpConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn https_certificate_for_another_name_is_refused_clearly() {
+    let (cert, key) = testbed_signed("wrongname", "DNS:other.example", None);
+    let (port, handshakes) = tls_server_cert(1, vec![], None, (&cert, &key));
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap()); // loaded already
+    let url = Url::parse(&format!("https://127.0.0.1:{port}/")).unwrap();
+    let err = get(&trusting_client(), url).expect_err("name mismatch");
+    assert!(matches!(err, HttpError::Tls { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("name") || text.contains("NotValidForName"),
+        "the error says the certificate is for another name: {text}"
+    );
+    assert_eq!(handshakes.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn https_expired_certificate_is_refused_clearly() {
+    let (cert, key) = testbed_signed(
+        "expired",
+        "IP:127.0.0.1",
+        Some(("20200101000000Z", "20200201000000Z")),
+    );
+    let (port, _) = tls_server_cert(1, vec![], None, (&cert, &key));
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap()); // loaded already
+    let url = Url::parse(&format!("https://127.0.0.1:{port}/")).unwrap();
+    let err = get(&trusting_client(), url).expect_err("expired");
+    assert!(matches!(err, HttpError::Tls { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.to_ascii_lowercase().contains("expired"),
+        "the error says the certificate expired: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// SPKI pins and client certificates.
+
+/// Runs `openssl` with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed by this test (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The pin of a PEM certificate as openssl computes it (the reference for our DER walk).
+fn openssl_pin(cert: &std::path::Path) -> String {
+    let dir = std::env::temp_dir();
+    let pubkey = openssl(
+        &dir,
+        &["x509", "-in", cert.to_str().unwrap(), "-pubkey", "-noout"],
+    );
+    let tmp = dir.join(format!(
+        "idrelay-pin-{}-{:08x}.pem",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&tmp, pubkey).unwrap();
+    let der = openssl(
+        &dir,
+        &[
+            "pkey",
+            "-pubin",
+            "-in",
+            tmp.to_str().unwrap(),
+            "-outform",
+            "DER",
+        ],
+    );
+    std::fs::remove_file(&tmp).unwrap();
+    let tmp_der = tmp.with_extension("der");
+    std::fs::write(&tmp_der, der).unwrap();
+    let digest = openssl(
+        &dir,
+        &["dgst", "-sha256", "-binary", tmp_der.to_str().unwrap()],
+    );
+    std::fs::remove_file(&tmp_der).unwrap();
+    http::pin_string(&digest.try_into().expect("32 bytes"))
+}
+
+use idrelay::relay::http;
+
+#[test]
+fn https_pin_is_computed_like_openssl() {
+    let server_pem = testbed_ca().parent().unwrap().join("server.pem");
+    let der = rustls_pemfile::certs(&mut &std::fs::read(&server_pem).unwrap()[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    let ours = http::pin_string(&http::spki_sha256(der.as_ref()).unwrap());
+    assert_eq!(ours, openssl_pin(&server_pem));
+    let ca = testbed_ca();
+    let der = rustls_pemfile::certs(&mut &std::fs::read(&ca).unwrap()[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        http::pin_string(&http::spki_sha256(der.as_ref()).unwrap()),
+        openssl_pin(&ca)
+    );
+}
+
+fn pinned_client(pins: Vec<[u8; 32]>, ca: Option<PathBuf>) -> HttpClient {
+    HttpClient::new(HttpConfig {
+        ca_file: ca,
+        pin_sha256: pins,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        ..HttpConfig::default()
+    })
+    .expect("client")
+}
+
+#[test]
+fn https_pin_match_and_mismatch() {
+    let reply = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npinned".to_string();
+    let (port, _) = tls_server(4, vec![reply]);
+    let url = Url::parse(&format!("https://127.0.0.1:{port}/v2")).unwrap();
+    let server_pin = openssl_pin(&testbed_ca().parent().unwrap().join("server.pem"));
+    let good = http::parse_pin(&server_pin).unwrap();
+    let other = http::parse_pin("sha256/DqGC/gbv5Xgpqp2/6W/dT+VbkCc8a3HQeCJLBK87V+k=").unwrap();
+
+    // One matching pin among several is enough.
+    let client = pinned_client(vec![other, good], Some(testbed_ca()));
+    let resp = get(&client, url.clone()).expect("pin matches");
+    assert_eq!(resp.body, b"pinned");
+    let facts = smol::block_on(client.tls_facts(&url)).unwrap().unwrap();
+    assert!(facts.pinned && facts.verified);
+    assert_eq!(facts.spki_sha256.as_deref(), Some(server_pin.as_str()));
+
+    let client = pinned_client(vec![other], Some(testbed_ca()));
+    let err = get(&client, url.clone()).expect_err("pin mismatch");
+    assert!(matches!(err, HttpError::PinMismatch { .. }), "{err}");
+    let text = err.to_string();
+    eprintln!("pin mismatch: {text}");
+    assert!(
+        text.contains(&server_pin) && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(!err.is_transient() && err.certainly_not_sent());
+
+    // A matching pin does not make an untrusted certificate acceptable.
+    let system = pinned_client(vec![good], None);
+    let err = get(&system, url).expect_err("untrusted despite pin");
+    assert!(matches!(err, HttpError::Tls { .. }), "{err}");
+}
+
+/// A private client CA and a client certificate it issued, made with openssl in a temp dir.
+struct ClientPki {
+    dir: PathBuf,
+}
+
+impl ClientPki {
+    fn new() -> ClientPki {
+        let dir = std::env::temp_dir().join(format!(
+            "idrelay-mtls-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=idrelay test client CA",
+        ];
+        ca.extend(ec);
+        ca.extend(["-keyout", "client-ca.key", "-out", "client-ca.pem"]);
+        openssl(&dir, &ca);
+        let mut csr = vec!["req", "-subj", "/CN=idrelay-agent"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "client.key", "-out", "client.csr"]);
+        openssl(&dir, &csr);
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "client.csr",
+                "-CA",
+                "client-ca.pem",
+                "-CAkey",
+                "client-ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "client.ext",
+                "-out",
+                "client.pem",
+            ],
+        );
+        ClientPki { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("client-ca.pem")
+    }
+
+    fn cert(&self) -> http::ClientCert {
+        http::ClientCert {
+            cert_file: self.dir.join("client.pem"),
+            key_file: self.dir.join("client.key"),
+        }
+    }
+}
+
+impl Drop for ClientPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn https_client_certificate_required_by_the_server() {
+    let pki = ClientPki::new();
+    let reply = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmtls".to_string();
+    let (port, handshakes) = tls_server_with(3, vec![reply], Some(pki.ca()));
+    let url = Url::parse(&format!("https://127.0.0.1:{port}/v2")).unwrap();
+
+    let with_cert = HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        client_cert: Some(pki.cert()),
+        ..HttpConfig::default()
+    })
+    .expect("client with certificate");
+    let resp = get(&with_cert, url.clone()).expect("mutual TLS works");
+    assert_eq!(resp.body, b"mtls");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+
+    let without = HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    let err = get(&without, url).expect_err("the server wants a certificate");
+    let text = err.to_string();
+    eprintln!("without a client certificate: {text}");
+    assert!(matches!(err, HttpError::Tls { .. }), "{err:?}");
+    assert!(
+        text.contains("CertificateRequired") || text.contains("HandshakeFailure"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+
+    // A certificate from a CA the server does not trust is refused as well.
+    let stranger = ClientPki::new();
+    let untrusted = HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        client_cert: Some(stranger.cert()),
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    let err = get(
+        &untrusted,
+        Url::parse(&format!("https://127.0.0.1:{port}/")).unwrap(),
+    )
+    .expect_err("unknown client CA");
+    eprintln!("client certificate of an unknown CA: {err}");
+    assert!(matches!(err, HttpError::Tls { .. }), "{err:?}");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn client_certificate_with_the_wrong_key_is_refused_at_start() {
+    let pki = ClientPki::new();
+    let other = ClientPki::new();
+    let mut cert = pki.cert();
+    cert.key_file = other.cert().key_file;
+    let err = HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        client_cert: Some(cert),
+        ..HttpConfig::default()
+    })
+    .expect_err("mismatched key");
+    eprintln!("mismatched key: {err}");
+    assert!(matches!(err, HttpError::ClientCert { .. }), "{err}");
+    let key_pem = std::fs::read_to_string(other.dir.join("client.key")).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(!err.to_string().contains(key_body));
 }

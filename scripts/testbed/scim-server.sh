@@ -8,7 +8,8 @@
 # State: $IDRELAY_TESTBED/$IDRELAY_SCIM_INSTANCE (default "scim"): pidfile and log.
 # Data lives in memory only: a restart empties the server. `stop` sends SIGINT so that
 # --dump-resources (IDRELAY_SCIM_DUMP_FILE) is written; nothing loads it back.
-# `tools` adds scim2-tester and scim2-cli (compliance checks, ad-hoc requests) to the venv.
+# The venv also holds scim2-tester ($IDRELAY_SCIM2_TESTER_VERSION, 0.5.2; compliance checks);
+# `tools` adds scim2-cli (ad-hoc requests).
 set -euo pipefail
 TB_NAME=scim-server
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +21,8 @@ TB_NAME=$INSTANCE
 PORT=${IDRELAY_SCIM_PORT:-8080}
 TOKEN=${IDRELAY_SCIM_TOKEN:-testbed-token}
 VERSION=${IDRELAY_SCIM2_SERVER_VERSION:-0.8.3}
+# scim2-tester (with its httpx2 engine) runs in tests/scim_tester_live.rs against the hub.
+TESTER_VERSION=${IDRELAY_SCIM2_TESTER_VERSION:-0.5.2}
 D=$IDRELAY_TESTBED/$INSTANCE
 VENV=$IDRELAY_TESTBED/scim-venv
 PIDFILE=$D/scim2-server.pid
@@ -27,7 +30,10 @@ LOGFILE=$D/scim2-server.log
 BASE=http://127.0.0.1:$PORT/v2
 
 ensure_venv() {
-  [ -x "$VENV/bin/scim2-server" ] && return 0
+  if [ -x "$VENV/bin/scim2-server" ]; then
+    ensure_tester
+    return 0
+  fi
   command -v python3 >/dev/null || ensure_pkgs python3
   # Debian's python3 needs python3-venv for `-m venv` (ensurepip); other builds carry it.
   python3 -c 'import ensurepip, venv' 2>/dev/null || ensure_pkgs python3-venv
@@ -42,6 +48,17 @@ ensure_venv() {
     die "pip install scim2-server==$VERSION failed (log: $IDRELAY_TESTBED/pip.log)"
   }
   log "venv ready in $(since "$t0") s"
+  ensure_tester
+}
+
+# A venv made before the tester joined it gets it too; scim2-server stays as it is.
+ensure_tester() {
+  "$VENV/bin/python" -c 'import scim2_tester, httpx2' 2>/dev/null && return 0
+  log "installing scim2-tester[httpx2]==$TESTER_VERSION into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "scim2-tester[httpx2]==$TESTER_VERSION" "scim2-server==$VERSION" >"$IDRELAY_TESTBED/pip.log" 2>&1 || {
+    log_tail "$IDRELAY_TESTBED/pip.log"
+    die "pip install scim2-tester[httpx2]==$TESTER_VERSION failed (log: $IDRELAY_TESTBED/pip.log)"
+  }
 }
 
 scim_up() { curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "$BASE/ServiceProviderConfig"; }
@@ -90,7 +107,7 @@ status() {
 tools() {
   ensure_venv
   log "installing scim2-tester and scim2-cli into $VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check scim2-tester scim2-cli >"$IDRELAY_TESTBED/pip.log" 2>&1 || {
+  "$VENV/bin/pip" install -q --disable-pip-version-check "scim2-tester[httpx2]==$TESTER_VERSION" scim2-cli >"$IDRELAY_TESTBED/pip.log" 2>&1 || {
     log_tail "$IDRELAY_TESTBED/pip.log"
     die "pip install scim2-tester scim2-cli failed"
   }

@@ -29,7 +29,21 @@
 //!   [`HttpError::BodyTooLarge`]; response heads over 64 KiB fail as protocol errors.
 //! * **Trust.** TLS is rustls with the ring provider, certificates always verified against
 //!   `ca_file` (PEM) or the system bundle (`SSL_CERT_FILE`, then the usual distribution
-//!   paths). There is no switch to turn verification off.
+//!   paths). There is no switch to turn verification off, and none may be added.
+//! * **Pins.** With `pin_sha256` set, the SHA-256 of the server's leaf SubjectPublicKeyInfo
+//!   (RFC 7469 style, written `sha256/BASE64`) must equal one of the pins. The check runs
+//!   after rustls has verified chain, validity and name: a pin narrows trust, it never
+//!   replaces verification. A mismatch closes the connection before a request byte is sent.
+//! * **Client certificate.** With `client_cert`, the PEM chain and key are loaded when the
+//!   client is made (a bad file fails [`HttpClient::new`]) and offered when a server asks.
+//! * **Proxy.** `proxy` (explicit) or `proxy_env` (`HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`,
+//!   see `proxy.rs`) picks an HTTP proxy per target. `https://` goes through a CONNECT
+//!   tunnel (TLS, pin and client certificate are end to end with the target); `http://` is
+//!   forwarded in absolute form. `connect_timeout` covers TCP to the proxy, the CONNECT
+//!   exchange and the TLS handshake together; `request_timeout` and the pool's
+//!   `idle_timeout` apply as without a proxy. A refusal (401/407, 403, 5xx to CONNECT; 407
+//!   to a forwarded request) is [`HttpError::ProxyRefused`], naming the proxy without
+//!   credentials.
 //! * **Secrets.** Header values are never logged nor put in errors; URLs in errors are
 //!   shown without user info and query.
 
@@ -56,6 +70,7 @@ use url::Host;
 pub use url::Url;
 
 use super::h1::{self, CodecError};
+use super::proxy::{self, ProxyConfig, ProxyEnv, ProxyError, ProxyRules};
 
 /// Default limit for a response body (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -87,6 +102,25 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// `User-Agent` sent with every request (empty: none).
     pub user_agent: String,
+    /// An explicit HTTP proxy for every target outside its `no_proxy`; wins over `proxy_env`.
+    pub proxy: Option<ProxyConfig>,
+    /// Proxy variables of the environment ([`ProxyEnv::from_process`]), used only when
+    /// `proxy` is `None`. `None` (the default) ignores the environment.
+    pub proxy_env: Option<ProxyEnv>,
+    /// SHA-256 pins of the server's leaf public key (SPKI); when not empty, one must match,
+    /// in addition to normal verification. See [`parse_pin`].
+    pub pin_sha256: Vec<[u8; 32]>,
+    /// Client certificate for mutual TLS.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate for mutual TLS: PEM files, read by [`HttpClient::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf.
+    pub key_file: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -99,6 +133,10 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(30),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             user_agent: concat!("idrelay/", env!("CARGO_PKG_VERSION")).to_string(),
+            proxy: None,
+            proxy_env: None,
+            pin_sha256: Vec::new(),
+            client_cert: None,
         }
     }
 }
@@ -223,6 +261,14 @@ pub struct TlsFacts {
     pub verified: bool,
     /// Number of certificates the server presented.
     pub peer_certificates: usize,
+    /// The server's leaf public key as a pin (`sha256/BASE64`), ready for `pin_sha256`.
+    pub spki_sha256: Option<String>,
+    /// Whether configured pins were checked (and one matched: the handshake fails otherwise).
+    pub pinned: bool,
+    /// Whether a client certificate is configured (offered when the server asks).
+    pub client_certificate: bool,
+    /// The proxy the connection went through (`http://host:port`), if any.
+    pub proxy: Option<String>,
 }
 
 /// Which bound a [`HttpError::Timeout`] hit.
@@ -301,6 +347,33 @@ pub enum HttpError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A proxy setting (explicit or from the environment) cannot be used.
+    InvalidProxy(ProxyError),
+    /// The proxy refused: a non-2xx answer to CONNECT, or 407 to a forwarded request.
+    ProxyRefused {
+        /// The proxy, `http://host:port` (never with credentials).
+        proxy: String,
+        /// `host:port` of the target.
+        target: String,
+        /// The proxy's HTTP status.
+        status: u16,
+        /// What it means (never the password).
+        detail: String,
+    },
+    /// The client certificate or its key cannot be loaded or do not belong together.
+    ClientCert {
+        /// The file at fault.
+        path: String,
+        /// What is wrong (never key material).
+        detail: String,
+    },
+    /// The server's certificate was valid, but its public key matches no configured pin.
+    PinMismatch {
+        /// `host:port` (and the proxy, if any).
+        host: String,
+        /// The pin the server presented (`sha256/BASE64`), or why none could be computed.
+        presented: String,
+    },
 }
 
 impl HttpError {
@@ -310,6 +383,12 @@ impl HttpError {
         matches!(
             self,
             HttpError::Connect { .. } | HttpError::Timeout { .. } | HttpError::Io { .. }
+        ) || matches!(
+            self,
+            HttpError::ProxyRefused {
+                status: 502..=504,
+                ..
+            }
         )
     }
 
@@ -327,6 +406,10 @@ impl HttpError {
                     what: TimeoutKind::Connect,
                     ..
                 }
+                | HttpError::InvalidProxy(_)
+                | HttpError::ProxyRefused { .. }
+                | HttpError::ClientCert { .. }
+                | HttpError::PinMismatch { .. }
         )
     }
 }
@@ -366,6 +449,24 @@ impl fmt::Display for HttpError {
                     "response body from {host} exceeds the limit of {limit} bytes"
                 )
             }
+            HttpError::InvalidProxy(e) => e.fmt(f),
+            HttpError::ProxyRefused {
+                proxy,
+                target,
+                status,
+                detail,
+            } => write!(
+                f,
+                "proxy {proxy} refused the connection to {target} with HTTP {status}: {detail}"
+            ),
+            HttpError::ClientCert { path, detail } => {
+                write!(f, "cannot use the client certificate {path}: {detail}")
+            }
+            HttpError::PinMismatch { host, presented } => write!(
+                f,
+                "the certificate of {host} is valid but its public key matches no configured \
+                 pin (the server's key is {presented})"
+            ),
         }
     }
 }
@@ -389,7 +490,9 @@ struct Target {
     /// Host as in the URL (IPv6 in brackets), for `Host` and the pool key.
     host: String,
     port: u16,
-    /// `host:port`, for errors and logs.
+    /// `host:port` (IPv6 in brackets): the CONNECT authority.
+    authority: String,
+    /// `host:port`, and the proxy when there is one, for errors and logs.
     shown: String,
     /// Origin-form request target: path and query.
     path_and_query: String,
@@ -429,6 +532,7 @@ impl Target {
         };
         Ok(Target {
             tls,
+            authority: format!("{host}:{port}"),
             shown: format!("{host}:{port}"),
             host,
             port,
@@ -440,6 +544,37 @@ impl Target {
     fn pool_key(&self) -> PoolKey {
         (self.tls, self.host.clone(), self.port)
     }
+}
+
+/// How a connection to a target is made.
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    /// TCP straight to the target.
+    Direct,
+    /// CONNECT tunnel through the proxy (https targets).
+    Tunnel(&'a ProxyConfig),
+    /// Requests in absolute form to the proxy (http targets).
+    Forward(&'a ProxyConfig),
+}
+
+impl<'a> Route<'a> {
+    fn proxy(self) -> Option<&'a ProxyConfig> {
+        match self {
+            Route::Direct => None,
+            Route::Tunnel(p) | Route::Forward(p) => Some(p),
+        }
+    }
+}
+
+/// Turns an encoded origin-form request (`GET /path HTTP/1.1 ...`) into the absolute form
+/// a forward proxy expects (`GET http://host:port/path HTTP/1.1 ...`).
+fn absolute_form(request: Vec<u8>, method: Method, origin: &str) -> Vec<u8> {
+    let at = method.as_str().len() + 1;
+    let mut out = Vec::with_capacity(request.len() + origin.len());
+    out.extend_from_slice(&request[..at]);
+    out.extend_from_slice(origin.as_bytes());
+    out.extend_from_slice(&request[at..]);
+    out
 }
 
 /// The name the certificate must match: a DNS name or an IP address.
@@ -521,6 +656,8 @@ struct Inner {
     cfg: HttpConfig,
     /// `Err` when no CA could be loaded: plain HTTP still works, HTTPS fails with it.
     trust: Result<Trust, HttpError>,
+    /// Which proxy serves which target (empty: all direct).
+    proxies: ProxyRules,
     pool: Mutex<HashMap<PoolKey, Vec<Conn>>>,
 }
 
@@ -569,9 +706,64 @@ fn load_pem_roots(path: &Path) -> Result<RootCertStore, HttpError> {
     Ok(roots)
 }
 
+/// A loaded client certificate chain and its key.
+struct ClientIdentity {
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    /// The certificate file, for errors.
+    path: String,
+}
+
+impl Clone for ClientIdentity {
+    fn clone(&self) -> Self {
+        ClientIdentity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// Reads the PEM chain and key of `cert`. Errors name the file, never key bytes.
+fn load_client_identity(cert: &ClientCert) -> Result<ClientIdentity, HttpError> {
+    let err = |path: &Path, detail: String| HttpError::ClientCert {
+        path: path.display().to_string(),
+        detail,
+    };
+    let bytes = std::fs::read(&cert.cert_file).map_err(|e| err(&cert.cert_file, e.to_string()))?;
+    let mut chain = Vec::new();
+    for item in rustls_pemfile::certs(&mut &bytes[..]) {
+        chain.push(item.map_err(|e| err(&cert.cert_file, format!("bad PEM: {e}")))?);
+    }
+    if chain.is_empty() {
+        return Err(err(
+            &cert.cert_file,
+            "no CERTIFICATE block in the file".into(),
+        ));
+    }
+    let bytes = std::fs::read(&cert.key_file).map_err(|e| err(&cert.key_file, e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut &bytes[..])
+        .map_err(|e| err(&cert.key_file, format!("bad PEM: {e}")))?
+        .ok_or_else(|| {
+            err(
+                &cert.key_file,
+                "no private key block (PKCS#8, PKCS#1 or SEC1) in the file".into(),
+            )
+        })?;
+    Ok(ClientIdentity {
+        chain,
+        key,
+        path: cert.cert_file.display().to_string(),
+    })
+}
+
 /// Builds the rustls client configuration for `ca_file`, or the first system bundle found
-/// among `candidates`.
-fn build_trust(ca_file: Option<&Path>, candidates: &[PathBuf]) -> Result<Trust, HttpError> {
+/// among `candidates`, offering `client` when a server asks for a certificate.
+fn build_trust(
+    ca_file: Option<&Path>,
+    candidates: &[PathBuf],
+    client: Option<ClientIdentity>,
+) -> Result<Trust, HttpError> {
     let (roots, label) = match ca_file {
         Some(path) => (load_pem_roots(path)?, format!("ca_file {}", path.display())),
         None => {
@@ -599,8 +791,16 @@ fn build_trust(ca_file: Option<&Path>, candidates: &[PathBuf]) -> Result<Trust, 
             path: label.clone(),
             detail: format!("TLS setup failed: {e}"),
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some(id) => config
+            .with_client_auth_cert(id.chain, id.key)
+            .map_err(|e| HttpError::ClientCert {
+                path: id.path,
+                detail: format!("certificate and key are not usable together: {e}"),
+            })?,
+    };
     Ok(Trust {
         config: Arc::new(config),
         label,
@@ -627,6 +827,39 @@ fn handshake_error(host: &str, e: io::Error) -> HttpError {
     }
 }
 
+/// A fatal alert about certificates received after the handshake. With TLS 1.3 a server
+/// judges the client certificate only after the client has finished its handshake, so a
+/// missing or unacceptable client certificate shows up on the first read. The server
+/// rejects the session before it reads application data, so this counts as a TLS refusal
+/// (nothing processed), not an I/O failure.
+fn certificate_refusal(e: &io::Error) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let rustls::Error::AlertReceived(alert) = e.get_ref()?.downcast_ref::<rustls::Error>()? else {
+        return None;
+    };
+    matches!(
+        alert,
+        A::CertificateRequired
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            // A certificate naming a trusted issuer but not signed by it.
+            | A::DecryptError
+            | A::HandshakeFailure
+    )
+    .then(|| {
+        format!(
+            "the server refused the session after the handshake (received fatal alert: \
+             {alert:?}); it does not accept the client certificate, or none is configured \
+             (client_cert)"
+        )
+    })
+}
+
 /// How far one exchange got, to tell a stale pooled connection from a real failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -639,24 +872,72 @@ impl HttpClient {
     /// Creates a client. Fails if `ca_file` is set but unusable. A missing system bundle
     /// does not fail here (plain HTTP keeps working); HTTPS requests then fail with
     /// [`HttpError::CaFile`].
+    ///
+    /// Also fails on an unusable client certificate or proxy setting (explicit or in
+    /// `proxy_env`): a misread proxy must not send traffic direct.
     pub fn new(cfg: HttpConfig) -> Result<HttpClient, HttpError> {
+        let client = cfg
+            .client_cert
+            .as_ref()
+            .map(load_client_identity)
+            .transpose()?;
         let trust = match &cfg.ca_file {
-            Some(path) => Ok(build_trust(Some(path), &[])?),
+            Some(path) => Ok(build_trust(Some(path), &[], client)?),
             None => {
                 let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-                build_trust(None, &system_ca_candidates(env))
+                // A mismatched client key is a configuration error, whatever the CA.
+                match build_trust(None, &system_ca_candidates(env), client) {
+                    Err(e @ HttpError::ClientCert { .. }) => return Err(e),
+                    other => other,
+                }
             }
         };
         if let Err(e) = &trust {
             log::warn!("HTTPS will not work: {e}");
         }
+        let proxies = match (&cfg.proxy, &cfg.proxy_env) {
+            (Some(p), _) => ProxyRules::single(p.clone()),
+            (None, Some(env)) => env.resolve().map_err(HttpError::InvalidProxy)?,
+            (None, None) => ProxyRules::default(),
+        };
+        for p in [&proxies.https, &proxies.http].into_iter().flatten() {
+            log::info!(
+                "HTTP proxy {}{}",
+                p.shown(),
+                if p.auth.is_some() {
+                    " (with basic authentication)"
+                } else {
+                    ""
+                }
+            );
+        }
         Ok(HttpClient {
             inner: Arc::new(Inner {
                 cfg,
                 trust,
+                proxies,
                 pool: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The way to `target`: direct, or through the proxy chosen for it.
+    fn route(&self, url: &Url, target: &Target) -> Route<'_> {
+        match self.inner.proxies.proxy_for(url) {
+            None => Route::Direct,
+            Some(p) if target.tls => Route::Tunnel(p),
+            Some(p) => Route::Forward(p),
+        }
+    }
+
+    /// The target of `url`, its route, and its name for errors (`host:port via proxy ...`).
+    fn plan(&self, url: &Url) -> Result<(Target, Route<'_>), HttpError> {
+        let mut target = Target::from_url(url)?;
+        let route = self.route(url, &target);
+        if let Some(p) = route.proxy() {
+            target.shown = format!("{} via proxy {}", target.authority, p.shown());
+        }
+        Ok((target, route))
     }
 
     /// The settings this client was made with.
@@ -669,16 +950,30 @@ impl HttpClient {
     /// Any status is a response (`Ok`); only transport, protocol and limit failures are
     /// errors. See the module doc for pooling and the one stale-connection retry.
     pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let target = Target::from_url(&req.url)?;
-        let bytes = h1::encode_request(
+        let (target, route) = self.plan(&req.url)?;
+        let forward = match route {
+            Route::Forward(p) => Some(p),
+            _ => None,
+        };
+        let mut headers = std::borrow::Cow::Borrowed(&req.headers);
+        if let Some(auth) = forward.and_then(|p| p.auth.as_ref()) {
+            headers
+                .to_mut()
+                .push(("Proxy-Authorization".into(), auth.header_value()));
+        }
+        let mut bytes = h1::encode_request(
             req.method,
             &target.path_and_query,
             &target.host_header,
             &self.inner.cfg.user_agent,
-            &req.headers,
+            &headers,
             req.body.as_deref(),
         )
         .map_err(|detail| HttpError::InvalidRequest { detail })?;
+        drop(headers);
+        if forward.is_some() {
+            bytes = absolute_form(bytes, req.method, &format!("http://{}", target.host_header));
+        }
         log::trace!(
             "{} {}://{}{}",
             req.method,
@@ -702,7 +997,17 @@ impl HttpClient {
                 after,
             })
         };
-        future::or(work, deadline).await
+        let response = future::or(work, deadline).await?;
+        match forward {
+            // Only a proxy answers 407; the request never reached the target.
+            Some(p) if response.status == 407 => Err(HttpError::ProxyRefused {
+                proxy: p.shown(),
+                target: target.authority.clone(),
+                status: 407,
+                detail: proxy::refusal_detail(407, p.auth.as_ref()),
+            }),
+            _ => Ok(response),
+        }
     }
 
     async fn send_bytes(
@@ -839,17 +1144,17 @@ impl HttpClient {
             host: target.shown.clone(),
             detail: e.to_string(),
         };
-        let tcp = match url.host() {
-            Some(Host::Ipv4(ip)) => {
-                TcpStream::connect(SocketAddr::new(IpAddr::V4(ip), target.port)).await
-            }
-            Some(Host::Ipv6(ip)) => {
-                TcpStream::connect(SocketAddr::new(IpAddr::V6(ip), target.port)).await
-            }
-            _ => TcpStream::connect((target.host.as_str(), target.port)).await,
+        let route = self.route(url, target);
+        let tcp = match route.proxy() {
+            None => tcp_connect(url.host(), target.port).await,
+            Some(p) => tcp_connect(p.parsed_host(), p.port()).await,
         }
         .map_err(connect_err)?;
         tcp.set_nodelay(true).map_err(connect_err)?;
+        let tcp = match route {
+            Route::Tunnel(p) => self.tunnel(tcp, target, p).await?,
+            _ => tcp,
+        };
         if !target.tls {
             return Ok((Stream::Plain(tcp), None));
         }
@@ -860,6 +1165,25 @@ impl HttpClient {
             .await
             .map_err(|e| handshake_error(&target.shown, e))?;
         let (_, session) = tls.get_ref();
+        // Verification has passed; now the pin, if any (it only ever narrows trust).
+        let leaf = session.peer_certificates().and_then(<[_]>::first);
+        let spki = leaf.map(|c| spki_sha256(c.as_ref()));
+        let pins = &self.inner.cfg.pin_sha256;
+        if !pins.is_empty() {
+            match &spki {
+                Some(Ok(hash)) if pins.contains(hash) => {}
+                other => {
+                    return Err(HttpError::PinMismatch {
+                        host: target.shown.clone(),
+                        presented: match other {
+                            Some(Ok(hash)) => pin_string(hash),
+                            Some(Err(e)) => format!("unreadable: {e}"),
+                            None => "absent: no certificate".into(),
+                        },
+                    })
+                }
+            }
+        }
         let facts = TlsFacts {
             protocol: match session.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
@@ -873,20 +1197,241 @@ impl HttpClient {
             trust_anchors: trust.label.clone(),
             verified: true,
             peer_certificates: session.peer_certificates().map_or(0, <[_]>::len),
+            spki_sha256: spki.and_then(Result::ok).map(|h| pin_string(&h)),
+            pinned: !pins.is_empty(),
+            client_certificate: self.inner.cfg.client_cert.is_some(),
+            proxy: route.proxy().map(ProxyConfig::shown),
         };
         Ok((Stream::Tls(Box::new(tls)), Some(facts)))
+    }
+
+    /// Asks the proxy for a tunnel to `target` over `tcp`; returns the tunnel.
+    async fn tunnel(
+        &self,
+        tcp: TcpStream,
+        target: &Target,
+        proxy: &ProxyConfig,
+    ) -> Result<TcpStream, HttpError> {
+        let request = proxy::connect_request(
+            &target.authority,
+            proxy.auth.as_ref(),
+            &self.inner.cfg.user_agent,
+        );
+        let failed = |detail: String| HttpError::Connect {
+            host: target.shown.clone(),
+            detail,
+        };
+        let mut io = BufReader::new(tcp);
+        io.get_mut()
+            .write_all(&request)
+            .await
+            .map_err(|e| failed(format!("sending CONNECT to the proxy: {e}")))?;
+        let head = h1::read_head(&mut io).await.map_err(|e| match e {
+            CodecError::Malformed(detail) => HttpError::Protocol {
+                host: target.shown.clone(),
+                detail: format!("the proxy's answer to CONNECT: {detail}"),
+            },
+            CodecError::Closed { .. } => {
+                failed("the proxy closed the connection instead of answering CONNECT".into())
+            }
+            CodecError::Io(e) => failed(format!("reading the proxy's answer to CONNECT: {e}")),
+            CodecError::BodyTooLarge(_) => {
+                failed("the proxy's answer to CONNECT is too large".into())
+            }
+        })?;
+        if !(200..300).contains(&head.status) {
+            return Err(HttpError::ProxyRefused {
+                proxy: proxy.shown(),
+                target: target.authority.clone(),
+                status: head.status,
+                detail: proxy::refusal_detail(head.status, proxy.auth.as_ref()),
+            });
+        }
+        // The target speaks only after our TLS hello: anything buffered is the proxy's.
+        if !io.buffer().is_empty() {
+            return Err(HttpError::Protocol {
+                host: target.shown.clone(),
+                detail: "the proxy sent data after its answer to CONNECT".into(),
+            });
+        }
+        log::debug!("tunnel to {} open", target.shown);
+        Ok(io.into_inner())
     }
 
     /// Connects to the server of `url` (within `connect_timeout`) and reports the TLS
     /// session; `Ok(None)` for plain `http`. The connection is closed afterwards.
     pub async fn tls_facts(&self, url: &Url) -> Result<Option<TlsFacts>, HttpError> {
-        let target = Target::from_url(url)?;
+        let (target, _) = self.plan(url)?;
         if !target.tls {
             return Ok(None);
         }
         let (_stream, facts) = self.open_within_timeout(url, &target).await?;
         Ok(facts)
     }
+}
+
+/// TCP connect to `host` (a literal address needs no resolver) on `port`.
+async fn tcp_connect(host: Option<Host<&str>>, port: u16) -> io::Result<TcpStream> {
+    match host {
+        Some(Host::Ipv4(ip)) => TcpStream::connect(SocketAddr::new(IpAddr::V4(ip), port)).await,
+        Some(Host::Ipv6(ip)) => TcpStream::connect(SocketAddr::new(IpAddr::V6(ip), port)).await,
+        Some(Host::Domain(name)) => TcpStream::connect((name, port)).await,
+        None => Err(io::Error::new(io::ErrorKind::InvalidInput, "no host")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SPKI pins.
+
+/// Why a pin text is not usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PinError {
+    /// The text does not start with `sha256/`.
+    Prefix {
+        /// The text as given (pins are public).
+        text: String,
+    },
+    /// The part after `sha256/` is not standard base64 of 32 bytes.
+    Encoding {
+        /// The text as given.
+        text: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl fmt::Display for PinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PinError::Prefix { text } => {
+                write!(f, "pin {text:?} must have the form sha256/BASE64")
+            }
+            PinError::Encoding { text, detail } => write!(f, "pin {text:?}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for PinError {}
+
+/// Parses `sha256/BASE64` (standard base64 with padding, 44 characters for 32 bytes), the
+/// form curl's `--pinnedpubkey` and HPKP use.
+pub fn parse_pin(text: &str) -> Result<[u8; 32], PinError> {
+    let t = text.trim();
+    let b64 = t
+        .strip_prefix("sha256/")
+        .ok_or_else(|| PinError::Prefix { text: t.into() })?;
+    let bytes = crate::scim::base64::decode(b64).map_err(|e| PinError::Encoding {
+        text: t.into(),
+        detail: format!("not base64 ({e})"),
+    })?;
+    bytes.as_slice().try_into().map_err(|_| PinError::Encoding {
+        text: t.into(),
+        detail: format!("{} bytes, a SHA-256 pin has 32", bytes.len()),
+    })
+}
+
+/// A pin in its written form, `sha256/BASE64`.
+pub fn pin_string(hash: &[u8; 32]) -> String {
+    format!("sha256/{}", crate::scim::base64::encode(hash))
+}
+
+/// SHA-256, from the ring provider rustls already uses: no extra dependency.
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite by definition; its hash is SHA-256
+    // (checked by the unit test against the FIPS 180-2 vector).
+    if let Some(suite) = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13() {
+        let digest = suite.common.hash_provider.hash(data);
+        if digest.as_ref().len() == out.len() {
+            out.copy_from_slice(digest.as_ref());
+        }
+    }
+    out
+}
+
+/// One DER element split off the front of a byte string.
+#[derive(Debug, PartialEq, Eq)]
+struct DerElement<'a> {
+    tag: u8,
+    /// The value bytes.
+    contents: &'a [u8],
+    /// Tag, length and value.
+    whole: &'a [u8],
+    /// What follows the element.
+    rest: &'a [u8],
+}
+
+/// One DER element at the start of `input`. Definite lengths only, in minimal form, up to
+/// 4 length bytes (DER, X.690 §10.1).
+fn der_element(input: &[u8]) -> Option<DerElement<'_>> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        return None; // high tag numbers do not occur in a certificate's outer structure
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n || rest[0] == 0 {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        if len < 0x80 {
+            return None;
+        }
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let head = input.len() - rest.len();
+    Some(DerElement {
+        tag,
+        contents: &rest[..len],
+        whole: &input[..head + len],
+        rest: &rest[len..],
+    })
+}
+
+/// The DER of the subjectPublicKeyInfo of an X.509 certificate (RFC 5280 §4.1): walks
+/// `Certificate` → `tbsCertificate` → past version, serialNumber, signature, issuer,
+/// validity and subject.
+pub fn certificate_spki(cert_der: &[u8]) -> Result<&[u8], String> {
+    fn expect<'a>(input: &'a [u8], tag: u8, what: &str) -> Result<DerElement<'a>, String> {
+        let e = der_element(input).ok_or_else(|| format!("{what} is not valid DER"))?;
+        if e.tag != tag {
+            return Err(format!(
+                "{what}: expected tag {tag:#04x}, found {:#04x}",
+                e.tag
+            ));
+        }
+        Ok(e)
+    }
+    let cert = expect(cert_der, 0x30, "Certificate")?.contents;
+    let mut rest = expect(cert, 0x30, "tbsCertificate")?.contents;
+    // version [0] EXPLICIT is absent in v1 certificates.
+    if rest.first() == Some(&0xa0) {
+        rest = expect(rest, 0xa0, "version")?.rest;
+    }
+    for (tag, what) in [
+        (0x02, "serialNumber"),
+        (0x30, "signature"),
+        (0x30, "issuer"),
+        (0x30, "validity"),
+        (0x30, "subject"),
+    ] {
+        rest = expect(rest, tag, what)?.rest;
+    }
+    Ok(expect(rest, 0x30, "subjectPublicKeyInfo")?.whole)
+}
+
+/// The SHA-256 of a certificate's subjectPublicKeyInfo: the value a pin is compared with.
+pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], String> {
+    certificate_spki(cert_der).map(sha256)
 }
 
 /// Writes the request and reads the complete response; `stage` tells how far it got.
@@ -920,6 +1465,11 @@ async fn exchange(
 
 fn codec_error(host: &str, e: CodecError, stage: Stage) -> HttpError {
     let host = host.to_string();
+    if let CodecError::Io(io) = &e {
+        if let Some(detail) = certificate_refusal(io) {
+            return HttpError::Tls { host, detail };
+        }
+    }
     match e {
         CodecError::Io(e) => HttpError::Io {
             host,
@@ -1017,13 +1567,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("idrelay-http-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing.pem");
-        let e = build_trust(Some(&missing), &[]).err().unwrap();
+        let e = build_trust(Some(&missing), &[], None).err().unwrap();
         assert!(e.to_string().contains("missing.pem"), "{e}");
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let e = build_trust(Some(&empty), &[]).err().unwrap();
+        let e = build_trust(Some(&empty), &[], None).err().unwrap();
         assert!(e.to_string().contains("no usable CA certificate"), "{e}");
-        let e = build_trust(None, std::slice::from_ref(&missing))
+        let e = build_trust(None, std::slice::from_ref(&missing), None)
             .err()
             .unwrap();
         assert!(e.to_string().contains("no CA bundle found"), "{e}");
@@ -1061,6 +1611,229 @@ mod tests {
             detail: "x".into(),
         };
         assert!(!proto.is_transient() && !proto.certainly_not_sent());
+    }
+
+    /// The testbed CA (v3, RSA 2048); pin computed with
+    /// `openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256`.
+    const RSA_V3_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIDGzCCAgOgAwIBAgIUfPpzRK0C5a9zOuNsDqmPZChkdYMwDQYJKoZIhvcNAQEL
+BQAwFTETMBEGA1UEAwwKVGVzdGJlZCBDQTAeFw0yNjExMjUxODQxMDRaFw0zNjEx
+MjIxODQxMDRaMBUxEzARBgNVBAMMClRlc3RiZWQgQ0EwggEiMA0GCSqGSIb3DQEB
+AQUAA4IBDwAwggEKAoIBAQC+L3e9vt6Tv5FdCnPV6vjvJD+H0mTdn2yuIeQXdjda
+Ky3V00X4I4yzyqsHKpTgJqIiq094/Xnhd0TBF1Ph9j2/K8VFA5k8b3sm0vpE5O7b
+K9VVa4dX3tGxcNx/RkXjg11LuBexq2k/37+uSP79XjSqQVtBwCiWmvikz+n+2vtv
+m9Afjz1htsZ2GFX94A3xowGGLuSUCkdkNZhqDR/Wnr2NhthZiqYhyzUTGhfUamZp
+Umvl8EuN9gp3ZAUNajHLuTWrDh2HJvbgmpRKMdCVPDWqlHQtWD5tT6UukGKEscHy
+GdC0cmgB0EPZ6LWNw5Fyu59O6c73EqE78Isn+FFFLV6PAgMBAAGjYzBhMB0GA1Ud
+DgQWBBSFbnsDAkQb+1nMnFRpNXrMptwOXTAfBgNVHSMEGDAWgBSFbnsDAkQb+1nM
+nFRpNXrMptwOXTAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjANBgkq
+hkiG9w0BAQsFAAOCAQEAqOYbCpuNOigX8C90udhkrVRDy2LxkKn/ACNN2d0D7VDO
+HC3EEXJxhpeXPzQRnvA3scyclcBUplnYNDEPLPrF/V5B28SUX5W4j1PEsJLRbfD0
+tTweeJa7KZE/JCXYQ1EhEV/toD7ynjGnaadHUrFd3YIpfrgE806delEHdd9gH17W
+0qZnzjdYLJI8b4CAyFrfjpR0/D2+OIpDyCvT7QdaiaXi+aLJauT7hDygq9EMtPTC
+L4rTDDkuQxTXWe7xE/Jfr5OHhVWYbk+kPlWqgoFlz45PUHGY4Txlg9TxZRlpcwhU
+06ncp+Js4qa18LZuJwtFXj9TYkG0NP1ivmWMOw2Oeg==
+-----END CERTIFICATE-----
+";
+    const RSA_V3_PIN: &str = "sha256/8zcXRAKV9cbvXHtwpcMJK+AktcOZ88adLTzBtcCQ1LQ=";
+
+    /// A self-signed v1 certificate (no version field, no extensions) with a P-256 key.
+    const EC_V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBJzCBzQIUftCvt9xvwdRQZWEQXUXXJSrDM6EwCgYIKoZIzj0EAwIwFjEUMBIG
+A1UEAwwLcGluLXRlc3QtdjEwHhcNMjYxMTI1MjI0NzQ2WhcNMzYxMTIyMjI0NzQ2
+WjAWMRQwEgYDVQQDDAtwaW4tdGVzdC12MTBZMBMGByqGSM49AgEGCCqGSM49AwEH
+A0IABMCIaCaCor5v9k1dvxZVke8e4vOyTYHRd9cl3mEQafgwxkC0KeIvvwC3iajU
+0eLAs650vG2MgH0UxUTNptPjSsgwCgYIKoZIzj0EAwIDSQAwRgIhAKg+v+yf8ya8
+bP3jBYcZzGcgGUBL9m6W/gQyGKWMSXmEAiEA/s7RpcGg8Y9TSQt7whHv3BjDuTGJ
+1gJn2g+fOZif+9k=
+-----END CERTIFICATE-----
+";
+    const EC_V1_PIN: &str = "sha256/DqGC/gbv5Xgpqp2/6W/dT+VbkCc8a3HQeCJLBK87V+k=";
+
+    fn der(pem: &str) -> Vec<u8> {
+        rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    #[test]
+    fn sha256_is_sha256() {
+        // FIPS 180-2 appendix B.1.
+        let h = sha256(b"abc");
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn spki_of_real_certificates() {
+        for (pem, pin, alg_oid) in [
+            (
+                RSA_V3_CERT,
+                RSA_V3_PIN,
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01][..],
+            ),
+            (
+                EC_V1_CERT,
+                EC_V1_PIN,
+                &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..],
+            ),
+        ] {
+            let cert = der(pem);
+            let spki = certificate_spki(&cert).unwrap();
+            assert_eq!(spki[0], 0x30);
+            // AlgorithmIdentifier { algorithm OID, ... } opens the SPKI.
+            assert!(spki.windows(alg_oid.len()).any(|w| w == alg_oid));
+            assert_eq!(pin_string(&spki_sha256(&cert).unwrap()), pin);
+            assert_eq!(parse_pin(pin).unwrap(), spki_sha256(&cert).unwrap());
+        }
+    }
+
+    #[test]
+    fn spki_of_broken_certificates_is_an_error() {
+        let cert = der(RSA_V3_CERT);
+        for cut in [0, 1, 2, 4, 10, 200, cert.len() - 300] {
+            assert!(certificate_spki(&cert[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut wrong_tag = cert.clone();
+        wrong_tag[0] = 0x31;
+        assert!(certificate_spki(&wrong_tag)
+            .unwrap_err()
+            .contains("Certificate"));
+        // Indefinite length (BER, not DER) and non-minimal lengths are refused.
+        assert!(der_element(&[0x30, 0x80, 0, 0]).is_none());
+        assert!(der_element(&[0x30, 0x81, 0x05, 1, 2, 3, 4, 5]).is_none());
+        assert!(der_element(&[0x30, 0x82, 0x00, 0x80]).is_none());
+        let e = der_element(&[0x02, 0x01, 0x07, 0xff]).unwrap();
+        assert_eq!(
+            (e.tag, e.contents, e.rest),
+            (0x02, &[0x07][..], &[0xff][..])
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn spki_walk_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = certificate_spki(&bytes);
+        }
+
+        #[test]
+        fn spki_walk_survives_corruption(at in 0usize..800, byte in proptest::prelude::any::<u8>()) {
+            let mut cert = der(RSA_V3_CERT);
+            let at = at % cert.len();
+            cert[at] = byte;
+            let _ = spki_sha256(&cert);
+        }
+    }
+
+    #[test]
+    fn pins_parse_strictly() {
+        let pin = parse_pin(&format!("  {EC_V1_PIN}\n")).unwrap();
+        assert_eq!(pin_string(&pin), EC_V1_PIN);
+        let e = parse_pin("sha1/AAAA").unwrap_err();
+        assert!(matches!(e, PinError::Prefix { .. }), "{e}");
+        assert!(e.to_string().contains("sha256/BASE64"));
+        let e = parse_pin("sha256/not-base64!").unwrap_err();
+        assert!(matches!(e, PinError::Encoding { .. }), "{e}");
+        let e = parse_pin("sha256/AAAA").unwrap_err();
+        assert!(e.to_string().contains("3 bytes"), "{e}");
+        assert!(parse_pin(&EC_V1_PIN.replace('=', "")).is_err());
+    }
+
+    #[test]
+    fn absolute_form_for_forward_proxies() {
+        let req =
+            h1::encode_request(Method::Get, "/v2/Users?x=1", "h.test:8080", "", &[], None).unwrap();
+        let out = absolute_form(req, Method::Get, "http://h.test:8080");
+        assert!(
+            out.starts_with(
+                b"GET http://h.test:8080/v2/Users?x=1 HTTP/1.1\r\nHost: h.test:8080\r\n"
+            ),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let req = h1::encode_request(Method::Delete, "/a", "h", "", &[], None).unwrap();
+        assert!(absolute_form(req, Method::Delete, "http://h").starts_with(b"DELETE http://h/a "));
+    }
+
+    #[test]
+    fn proxy_and_pin_errors_read_well() {
+        let refused = HttpError::ProxyRefused {
+            proxy: "http://p.test:3128".into(),
+            target: "h.test:443".into(),
+            status: 407,
+            detail: proxy::refusal_detail(407, None),
+        };
+        let text = refused.to_string();
+        assert!(
+            text.contains("http://p.test:3128") && text.contains("407"),
+            "{text}"
+        );
+        assert!(!refused.is_transient() && refused.certainly_not_sent());
+        let bad_gateway = HttpError::ProxyRefused {
+            proxy: "http://p.test:3128".into(),
+            target: "h.test:443".into(),
+            status: 502,
+            detail: String::new(),
+        };
+        assert!(bad_gateway.is_transient());
+        let pin = HttpError::PinMismatch {
+            host: "h.test:443".into(),
+            presented: EC_V1_PIN.into(),
+        };
+        assert!(pin.to_string().contains(EC_V1_PIN));
+        assert!(!pin.is_transient() && pin.certainly_not_sent());
+    }
+
+    #[test]
+    fn unusable_proxy_or_client_cert_fails_the_client() {
+        let env = ProxyEnv::from_lookup(|n| {
+            (n == "HTTPS_PROXY").then(|| "socks5://u:hush-hush@proxy.test:1080".to_string())
+        });
+        let e = HttpClient::new(HttpConfig {
+            proxy_env: Some(env),
+            ..HttpConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, HttpError::InvalidProxy(_)), "{e}");
+        assert!(e.to_string().contains("HTTPS_PROXY") && !e.to_string().contains("hush-hush"));
+
+        let e = HttpClient::new(HttpConfig {
+            client_cert: Some(ClientCert {
+                cert_file: PathBuf::from("/nonexistent/idrelay-client.pem"),
+                key_file: PathBuf::from("/nonexistent/idrelay-client.key"),
+            }),
+            ..HttpConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, HttpError::ClientCert { .. }), "{e}");
+        assert!(e.to_string().contains("idrelay-client.pem"), "{e}");
+    }
+
+    #[test]
+    fn explicit_proxy_routes_by_scheme_and_no_proxy() {
+        let p = ProxyConfig::parse("http://proxy.test:3128", "proxy")
+            .unwrap()
+            .with_no_proxy(proxy::NoProxy::parse("direct.test"));
+        let client = HttpClient::new(HttpConfig {
+            proxy: Some(p),
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        let (t, r) = client.plan(&url("https://scim.test/v2")).unwrap();
+        assert!(matches!(r, Route::Tunnel(_)));
+        assert_eq!(t.shown, "scim.test:443 via proxy http://proxy.test:3128");
+        assert_eq!(t.authority, "scim.test:443");
+        let (_, r) = client.plan(&url("http://scim.test/v2")).unwrap();
+        assert!(matches!(r, Route::Forward(_)));
+        let (t, r) = client.plan(&url("https://direct.test/")).unwrap();
+        assert!(matches!(r, Route::Direct));
+        assert_eq!(t.shown, "direct.test:443");
     }
 
     #[test]

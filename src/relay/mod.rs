@@ -24,6 +24,8 @@
 //! HTTP/1.0; it also returns an empty body when a response has no length, and offers no
 //! timeouts or pooling. The codec here is small and tested against those cases.
 
+pub mod agent;
 pub mod backoff;
 mod h1;
 pub mod http;
+pub mod proxy;

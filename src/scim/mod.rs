@@ -2,6 +2,8 @@
 
 pub mod base64;
 pub mod client;
+pub mod facade;
+pub mod filter;
 pub mod mapping;
 pub mod profile;
 pub mod resource;

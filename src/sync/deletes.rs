@@ -240,6 +240,14 @@ impl DeleteGate {
             if self.state.held.iter().any(|h| h.anchor == t.anchor) {
                 continue;
             }
+            crate::sync::audit::record(&crate::sync::audit::Entry {
+                op: "hold",
+                kind: t.kind.word(),
+                anchor: &t.anchor,
+                dn: &t.dn,
+                id: Some(&t.scim_id),
+                error: Some(&t.reason),
+            });
             t.held_at = now;
             self.state.held.push(t);
         }
@@ -363,11 +371,27 @@ pub async fn execute(
         }
         _ => (scim.delete(t.kind, &t.scim_id).await, "deleted"),
     };
-    match result {
+    let result = match result {
         Ok(()) => Ok(word),
         Err(e) if e.status() == Some(404) => Ok("already gone"),
         Err(e) => Err(e),
+    };
+    let error = result.as_ref().err().map(|e| e.to_string());
+    if !matches!(&result, Err(e) if e.is_transient()) {
+        crate::sync::audit::record(&crate::sync::audit::Entry {
+            op: match (&result, word) {
+                (Err(_), _) => "fail",
+                (Ok(_), "deactivated") => "deactivate",
+                _ => "delete",
+            },
+            kind: t.kind.word(),
+            anchor: &t.anchor,
+            dn: &t.dn,
+            id: Some(&t.scim_id),
+            error: error.as_deref(),
+        });
     }
+    result
 }
 
 /// What [`settle`] did with a set of deletes.

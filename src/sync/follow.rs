@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ldap::{Directory, LdapError, SyncEvent, SyncMode};
 use crate::queue::{AppendOutcome, Queue, QueueError, ResyncReason};
+use crate::relay::agent::AgentState;
 use crate::relay::backoff::Backoff;
 use crate::scim::client::ScimClient;
 use crate::scim::mapping::{self, Reference, Resolver};
@@ -42,7 +43,7 @@ use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use crate::sync::poll::{self, PollError, PollSpec};
-use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
+use crate::sync::provision::{provision, Job, Outcome};
 
 /// One change as stored in the queue (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +251,8 @@ pub struct State<'a> {
     pub gate: &'a mut DeleteGate,
     /// The on-disk change queue.
     pub queue: SharedQueue,
+    /// Lease, phase and counters shared with the relay.
+    pub agent: &'a AgentState,
 }
 
 /// Runs until an operator asks it to stop or reload (the request is returned), or until an
@@ -262,7 +265,13 @@ pub async fn run(
     settings: &FollowSettings,
     control: &Control,
 ) -> Result<Request, RunError> {
-    let State { index, gate, queue } = st;
+    let State {
+        index,
+        gate,
+        queue,
+        agent,
+    } = st;
+    let mut was_standby = false;
     let scope = settings.scope_fingerprint();
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
     loop {
@@ -270,6 +279,20 @@ pub async fn run(
             index.save().map_err(RunError::State)?;
             gate.save().map_err(RunError::Deletes)?;
             return Ok(r);
+        }
+        if !agent.is_active() {
+            // Another agent of the group holds the lease: provision nothing, keep state.
+            if !was_standby {
+                log::info!("standby: another agent of this directory group is active; waiting for the lease");
+                agent.set_phase("standby");
+                was_standby = true;
+            }
+            control.sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        if was_standby {
+            log::info!("active: this agent holds the lease; provisioning");
+            was_standby = false;
         }
         release_approved(scim, index, gate, settings).await?;
         if full_pass_due(
@@ -306,6 +329,7 @@ pub async fn run(
                 "full pass owed ({}); starting it",
                 reason.map(|r| r.as_str()).unwrap_or("unknown")
             );
+            agent.set_phase("full-pass");
             let pass = resync(dir, scim, profile, index, gate, &queue, settings, &scope);
             // A stop during a pass abandons it: requests in flight are dropped, and what
             // landed is in the index (saved above on the next turn). Nothing is lost: the
@@ -325,6 +349,8 @@ pub async fn run(
                     retry.reset();
                 }
                 Some(Err(e)) => {
+                    agent.set_error(format!("full pass: {e}"));
+                    agent.set_phase("degraded");
                     let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
                     log::warn!(
                         "full pass did not complete ({e}); retrying in {:.0} s",
@@ -363,7 +389,9 @@ pub async fn run(
             profile,
             settings,
             control,
+            agent,
         };
+        agent.set_phase("following");
         let outcome = send_loop(&ctx, index, gate, &queue, &feed, &notify_rx).await;
         let feed_ended = match outcome {
             // The task has finished: awaiting it only collects its reason.
@@ -379,6 +407,7 @@ pub async fn run(
             SendEnd::ResyncOwed | SendEnd::Signal => {}
             SendEnd::FeedEnded => {
                 let e = feed_ended.unwrap_or_default();
+                agent.set_error(format!("change feed: {e}"));
                 let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
                 log::warn!(
                     "change feed stopped ({e}); restarting it in {:.0} s",
@@ -647,6 +676,7 @@ struct SendCtx<'a> {
     profile: &'a SyncProfile,
     settings: &'a FollowSettings,
     control: &'a Control,
+    agent: &'a AgentState,
 }
 
 /// How many queued changes the sender takes at a time (acknowledged together).
@@ -669,9 +699,10 @@ async fn send_loop(
     let mut applied = 0u64;
     let mut failed = 0u64;
     loop {
-        if ctx.control.requested().is_some() {
+        if ctx.control.requested().is_some() || !ctx.agent.is_active() {
             return SendEnd::Signal;
         }
+        ctx.agent.progressed();
         if feed.is_finished() {
             return SendEnd::FeedEnded;
         }
@@ -785,11 +816,18 @@ async fn send_loop(
                 match apply(ctx, index, gate, &mut admitted, &mut exits, &attrs, &change).await {
                     Applied::Done => {
                         applied += 1;
+                        ctx.agent
+                            .provisioned
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         break;
                     }
                     Applied::Failed(why) => {
                         failed += 1;
+                        ctx.agent
+                            .failed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         log::warn!("{why}");
+                        ctx.agent.set_error(why);
                         break;
                     }
                     Applied::Retry(why) => {
@@ -1015,7 +1053,7 @@ async fn apply(
                     let Some(a) = index.get_any(&anchor) else {
                         return Applied::Done;
                     };
-                    let mut t = Target::of(&anchor, a, why);
+                    let mut t = Target::of(&anchor, &a, why);
                     t.dn = entry.dn.clone();
                     // Weighed with the rest of the batch (an OU moved out of scope is a
                     // burst), sent after it.
@@ -1046,7 +1084,7 @@ async fn apply(
                 );
             }
             let hash = representation_hash(&mapped.resource);
-            let known = index.get(kind, &mapped.external_id).cloned();
+            let known = index.get(kind, &mapped.external_id);
             if known.as_ref().is_some_and(|a| a.hash == hash) {
                 index.note_dn(&mapped.external_id, &entry.dn);
                 return Applied::Done;
@@ -1059,10 +1097,7 @@ async fn apply(
                 hash,
                 known_id: known.map(|a| a.scim_id),
             };
-            let mode = ProvisionMode {
-                dry_run: false,
-                soft_match: ctx.settings.pass.mode.soft_match,
-            };
+            let mode = &ctx.settings.pass.mode;
             match provision(ctx.scim, &job, mode).await {
                 Outcome::Created(id) | Outcome::Replaced(id) | Outcome::Matched(id) => {
                     index.put(

@@ -5,9 +5,11 @@
 //! userName), or send a write for an object whose representation has not changed.
 
 pub mod anchors;
+pub mod audit;
 pub mod deletes;
 pub mod dn;
 pub mod follow;
+pub mod members;
 pub mod pass;
 pub mod poll;
 pub mod progress;

@@ -2,8 +2,8 @@
 //!
 //! Order and why:
 //! 1. **Scope scan**: every in-scope user and group, anchor attributes only, into a map
-//!    DN → (kind, externalId). It tells the mapper which `member` / `manager` DNs are in
-//!    scope, and gives progress a total.
+//!    DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` / `manager`
+//!    DNs are in scope, and gives progress a total.
 //! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers.
 //!    A user whose manager has no SCIM id yet (still being created in this pass) is held
 //!    back and sent once, complete, when the phase has drained.
@@ -14,9 +14,20 @@
 //! taken for a smaller directory); a failing object is counted and reported and never
 //! stops the others; an object whose representation hash equals the one last sent is not
 //! written at all (so a second pass over an unchanged directory sends zero writes).
+//!
+//! Memory (the pass holds one entry per in-scope object, so this is what grows with the
+//! directory): the scope map keeps no DN, only a 96-bit keyed hash of the normalised DN
+//! (SipHash with a per-process random key, on two domain-separated inputs) and the packed
+//! externalId, about 60 bytes an object; two DNs sharing such a hash is treated as
+//! impossible (odds about n²/2⁹⁷ per pass, 10⁻¹⁹ at 150,000 objects, and the key is secret,
+//! so it cannot be aimed at). Objects
+//! held back for a second visit are kept as DNs with their parent interned (`DnList`).
+//! What the index no longer finds in scope is computed with one bit per index record.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
@@ -27,7 +38,9 @@ use crate::scim::client::{ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
-use crate::sync::anchors::{representation_hash, Anchor, AnchorIndex};
+use crate::sync::anchors::{
+    pack_key, representation_hash, split_parent, unpack_key, Anchor, AnchorIndex, PreHashed,
+};
 use crate::sync::deletes::{self, DeleteGate, Settled, Target};
 use crate::sync::dn;
 use crate::sync::progress::Progress;
@@ -171,29 +184,153 @@ enum Round {
     Final,
 }
 
+/// The key of a DN in the scope map: a 96-bit keyed hash of its normalised form (with the
+/// entry number, 16 bytes a bucket).
+type DnKey = (u64, u32);
+
+/// One in-scope object (12 bytes; its packed externalId lives in `ScopeMap::ext`).
+#[derive(Debug, Clone, Copy)]
 struct InScope {
+    off: u32,
+    len: u32,
     kind: ResourceKind,
-    external_id: String,
     visited: bool,
+}
+
+/// DN → (kind, externalId) for everything in scope; see the module doc for its layout.
+#[derive(Default)]
+struct ScopeMap {
+    keys: RandomState,
+    table: HashMap<DnKey, u32, BuildHasherDefault<PreHashed>>,
+    entries: Vec<InScope>,
+    /// Packed externalIds (`pack_key`), back to back.
+    ext: Vec<u8>,
+}
+
+impl ScopeMap {
+    fn key(&self, dn: &str) -> DnKey {
+        let n = dn::normalize(dn);
+        (
+            self.keys.hash_one((1u8, n.as_str())),
+            self.keys.hash_one((2u8, n.as_str())) as u32,
+        )
+    }
+
+    fn get(&self, key: &DnKey) -> Option<u32> {
+        self.table.get(key).copied()
+    }
+
+    fn insert(&mut self, key: DnKey, kind: ResourceKind, external_id: &str, visited: bool) {
+        let off = self.ext.len();
+        pack_key(external_id, &mut self.ext);
+        // 4 GiB of packed anchors is ~200 million objects; never treat one as out of scope
+        // (that would delete it), stop instead.
+        const FULL: &str = "scope map over 4 GiB of anchors";
+        let o = u32::try_from(off).expect(FULL);
+        let n = u32::try_from(self.ext.len() - off).expect(FULL);
+        let i = u32::try_from(self.entries.len()).expect(FULL);
+        self.entries.push(InScope {
+            off: o,
+            len: n,
+            kind,
+            visited,
+        });
+        self.table.insert(key, i);
+    }
+
+    fn packed_ext(&self, i: u32) -> &[u8] {
+        let e = self.entries[i as usize];
+        &self.ext[e.off as usize..(e.off + e.len) as usize]
+    }
+
+    fn external_id(&self, i: u32) -> String {
+        unpack_key(self.packed_ext(i))
+    }
+
+    fn count(&self, kind: ResourceKind) -> usize {
+        self.entries.iter().filter(|e| e.kind == kind).count()
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Every in-scope externalId, packed.
+    fn packed_exts(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.entries.len() as u32).map(|i| self.packed_ext(i))
+    }
+}
+
+/// DNs to visit again, compact: each is its first RDN plus an interned parent.
+#[derive(Default)]
+struct DnList {
+    rdns: String,
+    /// (end of the RDN in `rdns`, parent index).
+    items: Vec<(u32, u32)>,
+    parents: Vec<String>,
+    parent_ids: HashMap<String, u32>,
+}
+
+impl DnList {
+    fn push(&mut self, dn: &str) {
+        let (rdn, parent) = split_parent(dn);
+        let p = match self.parent_ids.get(parent) {
+            Some(p) => *p,
+            None => {
+                let p = self.parents.len() as u32;
+                self.parents.push(parent.to_string());
+                self.parent_ids.insert(parent.to_string(), p);
+                p
+            }
+        };
+        self.rdns.push_str(rdn);
+        // 4 GiB of RDNs held back at once is ~200 million objects.
+        let end = u32::try_from(self.rdns.len()).expect("over 4 GiB of DNs held back");
+        self.items.push((end, p));
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn get(&self, i: usize) -> String {
+        let start = if i == 0 {
+            0
+        } else {
+            self.items[i - 1].0 as usize
+        };
+        let (end, p) = self.items[i];
+        let end = end as usize;
+        let mut dn = String::with_capacity(end - start + self.parents[p as usize].len());
+        dn.push_str(&self.rdns[start..end]);
+        dn.push_str(&self.parents[p as usize]);
+        dn
+    }
 }
 
 /// Resolves DNs through the scope map and the anchor index (and, in a dry run, the ids the
 /// run pretended to create).
 struct ScopeResolver<'a> {
-    scope: &'a HashMap<String, InScope>,
+    scope: &'a ScopeMap,
     index: &'a AnchorIndex,
     pretend: &'a HashMap<String, String>,
 }
 
 impl Resolver for ScopeResolver<'_> {
     fn resolve(&self, target: &str) -> Reference {
-        let Some(obj) = self.scope.get(&dn::normalize(target)) else {
+        let Some(i) = self.scope.get(&self.scope.key(target)) else {
             return Reference::OutOfScope;
         };
-        if let Some(a) = self.index.get(obj.kind, &obj.external_id) {
-            return Reference::Id(a.scim_id.clone());
+        let kind = self.scope.entries[i as usize].kind;
+        let external_id = self.scope.external_id(i);
+        if let Some(id) = self.index.scim_id(kind, &external_id) {
+            return Reference::Id(id);
         }
-        match self.pretend.get(&obj.external_id) {
+        match self.pretend.get(&external_id) {
             Some(id) => Reference::Id(id.clone()),
             None => Reference::Pending,
         }
@@ -214,7 +351,7 @@ struct Pass<'a> {
     profile: &'a SyncProfile,
     settings: &'a PassSettings,
     index: &'a mut AnchorIndex,
-    scope: HashMap<String, InScope>,
+    scope: ScopeMap,
     pretend: HashMap<String, String>,
     jobs: Sender<Job>,
     results: Receiver<Done>,
@@ -247,10 +384,10 @@ pub async fn full_pass(
         let jobs = jobs_rx.clone();
         let done = done_tx.clone();
         let scim = scim.clone();
-        let mode = settings.mode;
+        let mode = settings.mode.clone();
         workers.push(smol::spawn(async move {
             while let Ok(job) = jobs.recv().await {
-                let outcome = provision(&scim, &job, mode).await;
+                let outcome = provision(&scim, &job, &mode).await;
                 let d = Done {
                     kind: job.kind,
                     dn: job.dn,
@@ -271,7 +408,7 @@ pub async fn full_pass(
         profile,
         settings,
         index,
-        scope: HashMap::new(),
+        scope: ScopeMap::default(),
         pretend: HashMap::new(),
         jobs: jobs_tx,
         results: done_rx,
@@ -299,33 +436,41 @@ pub async fn full_pass(
     result?;
     // The scan was complete (a failed read ended the pass above), so what the index knows
     // and the scan did not find is gone from scope. Objects seen again are no longer held.
-    let seen: std::collections::HashSet<&str> = pass
-        .scope
-        .values()
-        .map(|o| o.external_id.as_str())
-        .collect();
-    let back: Vec<String> = gate
+    let mut held: HashSet<Vec<u8>> = gate
         .held()
         .iter()
-        .filter(|h| seen.contains(h.anchor.as_str()))
-        .map(|h| h.anchor.clone())
+        .map(|h| {
+            let mut p = Vec::new();
+            pack_key(&h.anchor, &mut p);
+            p
+        })
         .collect();
+    let mut back = Vec::new();
+    for p in pass.scope.packed_exts() {
+        if held.is_empty() {
+            break;
+        }
+        if held.remove(p) {
+            back.push(unpack_key(p));
+        }
+    }
     for anchor in back {
         gate.unhold(&anchor);
     }
     let vanished: Vec<Target> = pass
         .index
-        .iter()
-        .filter(|(x, _)| !seen.contains(x))
+        .unseen(pass.scope.packed_exts())
+        .into_iter()
         .map(|(x, a)| {
             Target::of(
-                x,
-                a,
+                &x,
+                &a,
                 "not found in scope by the full pass (deleted, moved out of scope or no longer matching the filter)",
             )
         })
         .collect();
-    drop(seen);
+    // Settling deletes needs no scope: give its memory back first.
+    pass.scope = ScopeMap::default();
     let mut report = std::mem::take(&mut pass.report);
     report.deletes = deletes::settle(
         scim,
@@ -355,19 +500,19 @@ impl Pass<'_> {
     async fn run(&mut self) -> Result<(), PassError> {
         self.scan().await?;
         for kind in [ResourceKind::User, ResourceKind::Group] {
-            self.total = self.scope.values().filter(|o| o.kind == kind).count() as u64;
+            self.total = self.scope.count(kind) as u64;
             self.done = 0;
             self.progress.phase(&format!("{}s", kind.word()));
             let attrs = self.profile.ldap_attributes(kind);
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let filter = self.filter(kind).to_string();
-            let mut revisit = Vec::new();
+            let mut revisit = DnList::default();
             for base in &self.settings.include {
                 let mut stream = self.dir.search(base, Scope::Subtree, &filter, &attr_refs);
                 while let Some(entry) = stream.next().await {
                     let entry = entry?;
                     if let Some(dn) = self.handle(entry, kind, Round::First).await {
-                        revisit.push(dn);
+                        revisit.push(&dn);
                     }
                 }
             }
@@ -385,7 +530,7 @@ impl Pass<'_> {
     async fn settle(
         &mut self,
         kind: ResourceKind,
-        mut held: Vec<String>,
+        mut held: DnList,
         attrs: &[&str],
     ) -> Result<(), PassError> {
         if !held.is_empty() {
@@ -397,19 +542,20 @@ impl Pass<'_> {
         }
         while !held.is_empty() {
             let before = held.len();
-            let mut next = Vec::new();
-            for target in held {
-                if let Some(entry) = self.reread(&target, attrs).await? {
+            let mut next = DnList::default();
+            for i in 0..held.len() {
+                if let Some(entry) = self.reread(&held.get(i), attrs).await? {
                     if let Some(dn) = self.handle(entry, kind, Round::Held).await {
-                        next.push(dn);
+                        next.push(&dn);
                     }
                 }
             }
+            drop(held);
             self.drain().await;
             if next.len() == before {
                 for _ in 0..2 {
-                    for target in &next {
-                        if let Some(entry) = self.reread(target, attrs).await? {
+                    for i in 0..next.len() {
+                        if let Some(entry) = self.reread(&next.get(i), attrs).await? {
                             self.handle(entry, kind, Round::Final).await;
                         }
                     }
@@ -451,32 +597,19 @@ impl Pass<'_> {
                     let entry = entry?;
                     seen += 1;
                     self.progress.tick(seen, 0);
-                    let key = dn::normalize(&entry.dn);
-                    if self.scope.contains_key(&key) {
+                    let key = self.scope.key(&entry.dn);
+                    if self.scope.get(&key).is_some() {
                         continue;
                     }
                     match mapping::anchor_of(&entry, kind, self.profile) {
-                        Ok(external_id) => {
-                            self.scope.insert(
-                                key,
-                                InScope {
-                                    kind,
-                                    external_id,
-                                    visited: false,
-                                },
-                            );
-                        }
+                        Ok(external_id) => self.scope.insert(key, kind, &external_id, false),
                         // Reported when the object itself is mapped in its phase.
                         Err(e) => log::debug!("scope scan: {e}"),
                     }
                 }
             }
         }
-        let users = self
-            .scope
-            .values()
-            .filter(|o| o.kind == ResourceKind::User)
-            .count();
+        let users = self.scope.count(ResourceKind::User);
         log::info!(
             "scope: {} users, {} groups under {}",
             users,
@@ -490,12 +623,14 @@ impl Pass<'_> {
     /// object refers to something not provisioned yet and should be visited again.
     async fn handle(&mut self, entry: Entry, kind: ResourceKind, round: Round) -> Option<String> {
         let first_round = round == Round::First;
-        let key = dn::normalize(&entry.dn);
+        let key = self.scope.key(&entry.dn);
         if first_round {
-            match self.scope.get_mut(&key) {
-                Some(o) if o.visited => return None, // overlapping include subtrees
-                Some(o) => o.visited = true,
-                None => {}
+            if let Some(i) = self.scope.get(&key) {
+                let o = &mut self.scope.entries[i as usize];
+                if o.visited {
+                    return None; // overlapping include subtrees
+                }
+                o.visited = true;
             }
             match kind {
                 ResourceKind::User => self.report.users += 1,
@@ -517,18 +652,16 @@ impl Pass<'_> {
             }
         };
         // Created after the scan: in scope all the same.
-        self.scope.entry(key).or_insert_with(|| InScope {
-            kind,
-            external_id: mapped.external_id.clone(),
-            visited: true,
-        });
+        if self.scope.get(&key).is_none() {
+            self.scope.insert(key, kind, &mapped.external_id, true);
+        }
         if round != Round::Final && !mapped.pending.is_empty() {
             // Refers to something still being created: send it once, complete, after the
             // phase has drained (or without the reference if that object failed).
             return Some(entry.dn);
         }
         let hash = representation_hash(&mapped.resource);
-        let known = self.index.get(kind, &mapped.external_id).cloned();
+        let known = self.index.get(kind, &mapped.external_id);
         let known_id = known.as_ref().map(|a| a.scim_id.clone()).or_else(|| {
             // A dry run "created" it earlier in this pass: a real run would now PUT.
             self.pretend.get(&mapped.external_id).cloned()

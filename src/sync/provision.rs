@@ -6,14 +6,22 @@
 //!   never duplicates;
 //! * soft match by userName only when the config allows it, and only for a resource with no
 //!   externalId of its own (never steal a resource another system anchors);
-//! * the agent never modifies a resource it did not create or match.
+//! * the agent never modifies a resource it did not create or match;
+//! * group membership is never sent as a whole list: a group is created or updated without
+//!   `members` (POST, or PATCH replace of its other attributes), then its members are
+//!   brought in step by PATCH add/remove in chunks of `member_chunk` values against the
+//!   members last confirmed at the endpoint ([`crate::sync::members`]). Without a member
+//!   store (unit tests) the whole representation is sent as before.
 
 use std::io::Write;
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::ResourceKind;
+use crate::sync::members::{MemberStore, MemberSyncError};
 
 /// One object to bring in step.
 #[derive(Debug, Clone)]
@@ -49,32 +57,223 @@ pub enum Outcome {
 }
 
 /// How the worker behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProvisionMode {
     /// Print the writes instead of sending them (reads still happen).
     pub dry_run: bool,
     /// Allow adopting an existing user by userName.
     pub soft_match: bool,
+    /// Where confirmed group members are kept; `None`: groups are sent whole.
+    pub members: Option<Arc<MemberStore>>,
+    /// Member values per PATCH request.
+    pub member_chunk: usize,
+}
+
+impl ProvisionMode {
+    /// Plain mode: whole representations, no member store.
+    pub fn plain(dry_run: bool, soft_match: bool) -> ProvisionMode {
+        ProvisionMode {
+            dry_run,
+            soft_match,
+            members: None,
+            member_chunk: crate::sync::members::DEFAULT_CHUNK,
+        }
+    }
 }
 
 /// Brings one object in step. Never panics on endpoint answers; every failure is an
 /// [`Outcome::Failed`] with a reason.
-pub async fn provision(scim: &ScimClient, job: &Job, mode: ProvisionMode) -> Outcome {
-    match provision_inner(scim, job, mode).await {
-        Ok(o) => o,
-        Err(e) if e.is_transient() => Outcome::Unavailable(e.to_string()),
-        Err(e) => Outcome::Failed(e.to_string()),
+pub async fn provision(scim: &ScimClient, job: &Job, mode: &ProvisionMode) -> Outcome {
+    let group_store = match job.kind {
+        ResourceKind::Group => mode.members.as_ref(),
+        ResourceKind::User => None,
+    };
+    let outcome = if let Some(store) = group_store {
+        provision_group(scim, job, mode, store).await
+    } else {
+        match provision_inner(scim, job, mode).await {
+            Ok(o) => o,
+            Err(e) if e.is_transient() => Outcome::Unavailable(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    };
+    if !mode.dry_run {
+        audit_outcome(job, &outcome);
     }
+    outcome
+}
+
+/// One line in the provisioning log (transient failures are retried, so not logged).
+fn audit_outcome(job: &Job, outcome: &Outcome) {
+    let (op, id, error) = match outcome {
+        Outcome::Created(id) => ("create", Some(id.as_str()), None),
+        Outcome::Replaced(id) => ("replace", Some(id.as_str()), None),
+        Outcome::Matched(id) => ("match", Some(id.as_str()), None),
+        Outcome::Failed(why) => ("fail", job.known_id.as_deref(), Some(why.as_str())),
+        Outcome::Unavailable(_) => return,
+    };
+    crate::sync::audit::record(&crate::sync::audit::Entry {
+        op,
+        kind: job.kind.word(),
+        anchor: &job.external_id,
+        dn: &job.dn,
+        id,
+        error,
+    });
+}
+
+/// A group: its attributes without members, then the members in chunks.
+async fn provision_group(
+    scim: &ScimClient,
+    job: &Job,
+    mode: &ProvisionMode,
+    store: &MemberStore,
+) -> Outcome {
+    let (attrs, members) = split_members(&job.body);
+    let mut fresh = false;
+    let placed = async {
+        if let Some(id) = &job.known_id {
+            if mode.dry_run {
+                print_op("PATCH", job, Some(id), &attrs);
+            }
+            // The attributes go with the first member PATCH (one request when both change).
+            return Ok(Some(Outcome::Replaced(id.clone())));
+        }
+        if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
+            let id = resource_id(&found)?;
+            if mode.dry_run {
+                print_op("PATCH", job, Some(&id), &attrs);
+            } else {
+                scim.patch(job.kind, &id, replace_attributes(&attrs))
+                    .await?;
+            }
+            return Ok(Some(Outcome::Matched(id)));
+        }
+        if mode.dry_run {
+            print_op("POST", job, None, &attrs);
+            return Ok(Some(Outcome::Created(format!(
+                "dry-run:{}",
+                job.external_id
+            ))));
+        }
+        let created = match scim.create(job.kind, &attrs).await {
+            Ok(c) => c,
+            Err(e) if e.is_ambiguous_write() => {
+                match scim.find_by_external_id(job.kind, &job.external_id).await? {
+                    Some(found) => found,
+                    None => scim.create(job.kind, &attrs).await?,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        fresh = true;
+        Ok(Some(Outcome::Created(resource_id(&created)?)))
+    }
+    .await;
+    let outcome = match placed {
+        Ok(Some(o)) => o,
+        Ok(None) => unreachable!("every branch returns an outcome"),
+        Err(e) if e.is_transient() => return Outcome::Unavailable(e.to_string()),
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if mode.dry_run {
+        return outcome;
+    }
+    let id = match &outcome {
+        Outcome::Created(id) | Outcome::Replaced(id) | Outcome::Matched(id) => id.clone(),
+        other => return other.clone(),
+    };
+    if fresh {
+        // Created without members: the endpoint holds none, nothing to read back.
+        if let Err(e) = store.save(&job.external_id, &id, &[]) {
+            return Outcome::Failed(format!("member store: {e}"));
+        }
+    }
+    let lead = match &outcome {
+        Outcome::Replaced(_) => replace_attributes(&attrs),
+        _ => Vec::new(),
+    };
+    match crate::sync::members::sync_members_with(
+        scim,
+        store,
+        &job.external_id,
+        &id,
+        members,
+        mode.member_chunk,
+        lead,
+    )
+    .await
+    {
+        Ok(w) => {
+            if w.added + w.removed > 0 {
+                log::debug!(
+                    "group {}: {} members added, {} removed in {} requests",
+                    job.dn,
+                    w.added,
+                    w.removed,
+                    w.requests
+                );
+            }
+            outcome
+        }
+        Err(MemberSyncError::GroupGone { group_id }) if job.known_id.is_some() => {
+            // Deleted at the endpoint behind our back: match or create it again now (once).
+            log::info!(
+                "group {} ({group_id}) is gone at the endpoint; provisioning it again",
+                job.dn
+            );
+            let again = Job {
+                known_id: None,
+                ..job.clone()
+            };
+            Box::pin(provision_group(scim, &again, mode, store)).await
+        }
+        Err(MemberSyncError::GroupGone { group_id }) => Outcome::Unavailable(format!(
+            "group {group_id} disappeared at the endpoint while its members were sent"
+        )),
+        Err(MemberSyncError::Scim(e)) if e.is_transient() => Outcome::Unavailable(e.to_string()),
+        Err(e) => Outcome::Failed(format!("members: {e}")),
+    }
+}
+
+/// The representation without `members`, and the member ids.
+fn split_members(body: &Value) -> (Value, Vec<String>) {
+    let mut attrs = body.clone();
+    let members = match &mut attrs {
+        Value::Object(m) => m.remove("members"),
+        _ => None,
+    };
+    let ids = members
+        .and_then(|v| match v {
+            Value::Array(a) => Some(a),
+            _ => None,
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.get("value").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    (attrs, ids)
+}
+
+/// PATCH operations replacing every attribute of `attrs` except `schemas` (members are
+/// never touched here).
+fn replace_attributes(attrs: &Value) -> Vec<Value> {
+    let mut value = attrs.clone();
+    if let Value::Object(m) = &mut value {
+        m.remove("schemas");
+        m.remove("id");
+    }
+    vec![serde_json::json!({"op": "replace", "value": value})]
 }
 
 async fn provision_inner(
     scim: &ScimClient,
     job: &Job,
-    mode: ProvisionMode,
+    mode: &ProvisionMode,
 ) -> Result<Outcome, ScimError> {
     if let Some(id) = &job.known_id {
         if mode.dry_run {
-            print_op("PUT", job, Some(id));
+            print_op("PUT", job, Some(id), &job.body);
             return Ok(Outcome::Replaced(id.clone()));
         }
         match scim.replace(job.kind, id, &with_id(&job.body, id)).await {
@@ -95,7 +294,7 @@ async fn provision_inner(
     if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
         let id = resource_id(&found)?;
         if mode.dry_run {
-            print_op("PUT", job, Some(&id));
+            print_op("PUT", job, Some(&id), &job.body);
         } else {
             scim.replace(job.kind, &id, &with_id(&job.body, &id))
                 .await?;
@@ -104,7 +303,7 @@ async fn provision_inner(
     }
 
     if mode.dry_run {
-        print_op("POST", job, None);
+        print_op("POST", job, None, &job.body);
         return Ok(Outcome::Created(format!("dry-run:{}", job.external_id)));
     }
     match scim.create(job.kind, &job.body).await {
@@ -128,7 +327,7 @@ async fn provision_inner(
 async fn soft_match(
     scim: &ScimClient,
     job: &Job,
-    mode: ProvisionMode,
+    mode: &ProvisionMode,
     conflict: ScimError,
 ) -> Result<Outcome, ScimError> {
     let user_name = job
@@ -178,7 +377,7 @@ fn with_id(body: &Value, id: &str) -> Value {
 }
 
 /// One JSON line per write on stdout: `{"method","path","externalId","dn","body"}`.
-fn print_op(method: &str, job: &Job, id: Option<&str>) {
+fn print_op(method: &str, job: &Job, id: Option<&str>, body: &Value) {
     let path = match id {
         Some(id) => format!("/{}/{}", job.kind.endpoint(), id),
         None => format!("/{}", job.kind.endpoint()),
@@ -188,7 +387,7 @@ fn print_op(method: &str, job: &Job, id: Option<&str>) {
         "path": path,
         "externalId": job.external_id,
         "dn": job.dn,
-        "body": job.body,
+        "body": body,
     });
     let mut s = line.to_string();
     s.push('\n');

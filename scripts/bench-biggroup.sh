@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# bench-biggroup.sh [N] [--chunk C] [--keep]
+#
+# Large-group benchmark (a script, not a test; issue 4, "Benchmark"): the first
+# `idrelay sync --once` over N users (default 100,000) plus ONE group holding all of them,
+# against a fast SCIM endpoint, then a second `sync --once` after 1% of the members were
+# removed from the group in LDAP. Prints one table:
+#   - the first sync: wall time, the part spent on the group, PATCH requests, peak RSS;
+#   - baseline (a), same run: `ldapsearch` reading the group's `member` attribute (all
+#     values, one base search as the agent's account): time and peak RSS, median of 3;
+#   - baseline (b), same run: scripts/bench/biggroup.py sending as many PATCH requests (C
+#     member values each, the agent's body shape) to the same endpoint, one at a time over
+#     one keep-alive connection (the agent sends a group's chunks one after the other);
+#     the ratio "agent PATCH stream / load generator" is the agent's overhead per chunk;
+#   - the second sync: wall time, PATCH requests (expected ceil(removed / C)), peak RSS.
+# Time spent on the group is read from the endpoint's access log ($msec, millisecond wall
+# clock, the same clock as the script's): "group phase" = end of the last /Users request ->
+# answer to the last group PATCH (reading the group entry from LDAP, resolving N member
+# DNs, the lookup, the POST, every PATCH); "PATCH stream" = answer to the POST /Groups ->
+# answer to the last PATCH. The agent's own log has only whole seconds.
+# Users have no `manager` (gen-ldif.py --no-managers) so that their phase stays one round.
+#
+# The endpoint is Debian's nginx with scripts/bench/nginx.conf (the canned SCIM endpoint of
+# scripts/bench.sh: POST gives a fresh id, lookups find nothing, PATCH answers 204), run as an
+# own instance whose access log also has the time of each request. It keeps no state, so the
+# benchmark checks the members through the agent's own record: state_dir/members must list
+# exactly N (then N minus the removed) members after each run.
+#
+# Own servers, loopback only, under $IDRELAY_TESTBED: slapd instance "openldap-biggroup" on
+# 127.0.0.1:$IDRELAY_BIGGROUP_LDAP_PORT (3393; ldaps $IDRELAY_BIGGROUP_LDAPS_PORT, 3640),
+# nginx "nginx-biggroup" on :$IDRELAY_BIGGROUP_SCIM_PORT (8095). Stopped at the end unless
+# --keep; the seeded directory is kept (the removed members are put back) and reused while N
+# stays the same. IDRELAY_BIN=path uses that binary instead of `cargo build --release`.
+# About 40 s at N = 100,000 on 2 cores once seeded (seeding: about 10 s more), plus the build.
+# Needs root on first use (apt-get install slapd ldap-utils nginx time).
+set -euo pipefail
+ROOT_FLAG=""
+if [ "$(id -u)" = 0 ]; then ROOT_FLAG="--allow-root"; fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TB=$ROOT/scripts/testbed
+TB_NAME=bench-biggroup
+# shellcheck source-path=SCRIPTDIR source=testbed/common.sh
+. "$TB/common.sh"
+export IDRELAY_TESTBED
+
+N=100000
+CHUNK=100
+KEEP=0
+usage() { sed -n '2p' "$0" | sed 's/^# //' >&2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --chunk) CHUNK=${2:?}; shift ;;
+    --keep) KEEP=1 ;;
+    -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    [0-9]*) N=$1 ;;
+    *) usage; die "unknown argument $1" ;;
+  esac
+  shift
+done
+if ! [[ $N =~ ^[0-9]+$ ]] || [ "$N" -lt 100 ]; then die "N must be a number >= 100"; fi
+if ! [[ $CHUNK =~ ^[0-9]+$ ]] || [ "$CHUNK" -lt 1 ]; then die "--chunk must be a number >= 1"; fi
+
+LDAP_PORT=${IDRELAY_BIGGROUP_LDAP_PORT:-3393}
+LDAPS_PORT=${IDRELAY_BIGGROUP_LDAPS_PORT:-3640}
+SCIM_PORT=${IDRELAY_BIGGROUP_SCIM_PORT:-8095}
+TOKEN=bench-token
+B=$IDRELAY_TESTBED/bench-biggroup # configs, secrets, outputs of this run
+SUFFIX=dc=branch,dc=test
+PEOPLE=ou=people,$SUFFIX
+GROUP_DN=cn=all-staff,ou=groups,$SUFFIX
+SCIM_URL=http://127.0.0.1:$SCIM_PORT/v2
+# Time limits (seconds) of the steps, so that the run stays bounded.
+T_SEED=300
+T_AGENT=420
+T_SMALL=120
+
+ldap_tb() { IDRELAY_LDAP_INSTANCE=openldap-biggroup IDRELAY_LDAP_PORT=$LDAP_PORT IDRELAY_LDAPS_PORT=$LDAPS_PORT "$TB/openldap.sh" "$@"; }
+LDAP_D=$IDRELAY_TESTBED/openldap-biggroup
+SEEDED=$LDAP_D/biggroup-seeded # "N" when the directory holds N users and the whole group
+
+# --- the endpoint: nginx.conf of scripts/bench, plus the time of each request in its log --
+NG_D=$IDRELAY_TESTBED/nginx-biggroup
+NG_CONF=$NG_D/nginx.conf
+NG_PID=$NG_D/nginx.pid
+NG_LOG=$NG_D/access.log
+scim_up() { curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "$SCIM_URL/ServiceProviderConfig"; }
+nginx_start() {
+  pid_alive "$NG_PID" "$NG_CONF" && stop_pidfile "$NG_PID" "$NG_CONF" QUIT
+  port_busy "$SCIM_PORT" && die "127.0.0.1:$SCIM_PORT is already in use (set IDRELAY_BIGGROUP_SCIM_PORT)"
+  mkdir -p "$NG_D/tmp"
+  sed -e "s|@PREFIX@|$NG_D|g" -e "s|@PORT@|$SCIM_PORT|g" -e "s|@TOKEN@|$TOKEN|g" \
+    -e "s|log_format counted '|log_format counted '\$msec |" "$ROOT/scripts/bench/nginx.conf" >"$NG_CONF"
+  grep -qF "log_format counted '\$msec \$request_method \$uri \$status'" "$NG_CONF" ||
+    die "scripts/bench/nginx.conf changed its log_format; update bench-biggroup.sh"
+  rm -f "$NG_LOG"
+  nginx -t -q -p "$NG_D/" -c "$NG_CONF" -e "$NG_D/error.log" >"$NG_D/nginx.out" 2>&1 || {
+    log_tail "$NG_D/nginx.out"
+    die "nginx rejected $NG_CONF"
+  }
+  nginx -p "$NG_D/" -c "$NG_CONF" -e "$NG_D/error.log" >"$NG_D/nginx.out" 2>&1 || {
+    log_tail "$NG_D/error.log"
+    die "nginx failed to start"
+  }
+  wait_for 15 scim_up || {
+    log_tail "$NG_D/error.log"
+    stop_pidfile "$NG_PID" "$NG_CONF" QUIT
+    die "nginx did not answer on $SCIM_URL within 15 s"
+  }
+  log "nginx (canned SCIM, pid $(cat "$NG_PID")) on $SCIM_URL"
+}
+
+RESTORE=0 # 1 while members are removed from the group in LDAP
+cleanup() {
+  local rc=$?
+  if [ "$RESTORE" = 1 ]; then
+    log "putting the removed members back into $GROUP_DN"
+    if timeout "$T_SMALL" ldapmodify -x -H "$OPENLDAP_URL" -D "$OPENLDAP_ROOT_DN" -w "$OPENLDAP_ROOT_PW" \
+      -f "$B/restore.ldif" >/dev/null 2>"$B/restore.err"; then
+      echo "$N" >"$SEEDED"
+    else
+      log "could not put them back; the next run seeds a new directory"
+    fi
+  fi
+  if [ "$KEEP" = 0 ]; then
+    log "stopping the benchmark's servers (--keep leaves them running)"
+    stop_pidfile "$NG_PID" "$NG_CONF" QUIT 2>/dev/null || true
+    ldap_tb stop 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+jget() { python3 -c 'import json, sys
+v = json.loads(sys.argv[1])
+for k in sys.argv[2:]: v = v[k]
+print("-" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else v)' "$@"; }
+rss_kib() { awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$1"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.3f", a - b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b <= 0) print "-"; else printf "%.2f", a / b }'; }
+median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+members_stored() { # members_stored STATE_DIR : member ids in the agent's confirmed list
+  local f
+  f=$(find "$1/members" -name '*.members' | head -n 1)
+  [ -n "$f" ] || {
+    echo 0
+    return
+  }
+  echo $(($(wc -l <"$f") - 1))
+}
+
+T0=$(now)
+log "large-group benchmark: $N users + 1 group of $N members, chunk $CHUNK"
+log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+ensure_pkgs slapd ldap-utils nginx time curl
+mkdir -p "$B"
+
+# --- 1. the binary --------------------------------------------------------------------
+cd "$ROOT"
+if [ -n "${IDRELAY_BIN:-}" ]; then
+  BIN=$IDRELAY_BIN
+  log "using IDRELAY_BIN=$BIN (no build)"
+else
+  locked=()
+  if [ -f Cargo.lock ]; then locked=(--locked); fi
+  log "cargo build --release ${locked[*]}"
+  cargo build --release "${locked[@]}" || die "cargo build --release failed"
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/idrelay
+fi
+[ -x "$BIN" ] || die "no executable at $BIN"
+VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unknown)")
+
+# --- 2. the directory: N users, no other groups, one group of all of them ------------
+if [ "$(cat "$SEEDED" 2>/dev/null)" = "$N" ]; then
+  log "reusing the seeded directory in $LDAP_D"
+else
+  log "seeding $N users and $GROUP_DN ($N members) into a new directory in $LDAP_D"
+  t0=$(now)
+  ldap_tb reset
+  ldap_tb start >/dev/null # creates the base entries and the syncer account
+  ldap_tb stop
+  python3 "$ROOT/scripts/gen-ldif.py" openldap --no-ou --no-managers --count "$N" --groups 0 \
+    --big-group all-staff >"$LDAP_D/seed.ldif"
+  timeout "$T_SEED" slapadd -q -w -f "$LDAP_D/slapd.conf" -l "$LDAP_D/seed.ldif" >"$LDAP_D/slapadd.log" 2>&1 || {
+    log_tail "$LDAP_D/slapadd.log"
+    die "slapadd of the seed failed (or took over $T_SEED s)"
+  }
+  rm -f "$LDAP_D/seed.ldif"
+  echo "$N" >"$SEEDED"
+  log "seeded in $(since "$t0") s"
+fi
+eval "$(ldap_tb start)"
+
+# --- 3. endpoint, secrets, config ------------------------------------------------------
+nginx_start
+(
+  umask 077
+  printf '%s\n' "$OPENLDAP_SYNC_PW" >"$B/ldap.secret"
+  printf '%s' "$OPENLDAP_SYNC_PW" >"$B/ldap.secret.nonl" # ldapsearch -y takes it verbatim
+  printf '%s\n' "$TOKEN" >"$B/scim.token"
+)
+STATE=$B/state
+rm -rf "$STATE"
+mkdir -p "$STATE"
+CFG=$B/idrelay.toml
+cat >"$CFG" <<EOF
+# written by scripts/bench-biggroup.sh
+[agent]
+id = "bench-biggroup"
+state_dir = "$STATE"
+[directory]
+url = "$OPENLDAP_URL"
+starttls = false
+bind_dn = "$OPENLDAP_SYNC_DN"
+password_file = "$B/ldap.secret"
+base_dn = "$OPENLDAP_BASE_DN"
+kind = "auto"
+[scope]
+include = ["$PEOPLE", "ou=groups,$SUFFIX"]
+[scim]
+url = "$SCIM_URL"
+token_file = "$B/scim.token"
+[sync]
+concurrency = 8
+member_chunk = $CHUNK
+EOF
+chmod 600 "$CFG"
+
+# run_agent RUN : one `sync --once` under /usr/bin/time; sets RUN_S, RUN_RSS, RUN_TL (timeline JSON)
+run_agent() {
+  local run=$1 t0 t1 rc=0
+  : >"$NG_LOG"
+  log "[$run] idrelay sync --once"
+  t0=$EPOCHREALTIME
+  /usr/bin/time -v -o "$B/time-$run.txt" timeout --kill-after=10 "$T_AGENT" \
+    "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$CFG" --quiet sync --once >"$B/sync-$run.out" 2>"$B/sync-$run.err" || rc=$?
+  t1=$EPOCHREALTIME
+  if [ $rc -ne 0 ]; then
+    log_tail "$B/sync-$run.err"
+    log_tail "$B/sync-$run.out" 5
+    [ $rc -eq 124 ] && die "[$run] idrelay sync --once took over $T_AGENT s"
+    die "[$run] idrelay sync --once failed (exit $rc)"
+  fi
+  RUN_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  RUN_RSS=$(rss_kib "$B/time-$run.txt")
+  RUN_TL=$(python3 "$ROOT/scripts/bench/biggroup.py" timeline --log "$NG_LOG" --start "$t0" --end "$t1")
+  cp "$NG_LOG" "$B/access-$run.log"
+  log "[$run] $RUN_S s, peak RSS $RUN_RSS KiB; $(grep '^sync' "$B/sync-$run.out" | tail -n 1)"
+}
+
+# --- 4. first sync ----------------------------------------------------------------------
+run_agent first
+S1=$RUN_S RSS1=$RUN_RSS TL1=$RUN_TL
+P1=$(jget "$TL1" group_patches)
+WANT1=$(((N + CHUNK - 1) / CHUNK))
+M1=$(members_stored "$STATE")
+SUMMARY1=$(grep '^sync' "$B/sync-first.out" | tail -n 1 || true)
+CHECKS=()
+[ "$P1" = "$WANT1" ] || CHECKS+=("first sync: $P1 group PATCH requests, expected $WANT1")
+[ "$M1" = "$N" ] || CHECKS+=("first sync: the agent's confirmed list holds $M1 members, expected $N")
+G_PHASE=$(minus "$(jget "$TL1" patch_last)" "$(jget "$TL1" users_end)")
+G_STREAM=$(minus "$(jget "$TL1" patch_last)" "$(jget "$TL1" group_post)")
+
+# --- 5. baselines -------------------------------------------------------------------------
+LS_T=() LS_RSS=0
+for _ in 1 2 3; do
+  t0=$EPOCHREALTIME
+  /usr/bin/time -v -o "$B/time-ldapsearch.txt" timeout "$T_SMALL" ldapsearch -x -H "$OPENLDAP_URL" \
+    -D "$OPENLDAP_SYNC_DN" -y "$B/ldap.secret.nonl" -b "$GROUP_DN" -s base -o ldif-wrap=no -LLL \
+    '(objectClass=*)' member >"$B/ldapsearch.ldif" || die "ldapsearch of $GROUP_DN failed"
+  LS_T+=("$(secs_since "$t0")")
+  r=$(rss_kib "$B/time-ldapsearch.txt")
+  [ "$r" -gt "$LS_RSS" ] && LS_RSS=$r
+done
+LS_S=$(median3 "${LS_T[@]}")
+LS_N=$(grep -c '^member:' "$B/ldapsearch.ldif" || true)
+log "ldapsearch: $LS_N member values in $LS_S s (runs ${LS_T[*]}), peak RSS $LS_RSS KiB"
+
+LG_T=() LG=""
+for _ in 1 2 3; do
+  : >"$NG_LOG"
+  LG=$(timeout "$T_SMALL" python3 "$ROOT/scripts/bench/biggroup.py" patch --base "$SCIM_URL" \
+    --token-file "$B/scim.token" --requests "$P1" --chunk "$CHUNK") || die "the load generator failed"
+  [ "$(jget "$LG" errors)" = 0 ] || die "the load generator got $(jget "$LG" errors) errors"
+  LG_T+=("$(jget "$LG" seconds)")
+done
+LG_S=$(median3 "${LG_T[@]}")
+log "load generator: $P1 PATCH in $LG_S s (runs ${LG_T[*]})"
+
+# --- 6. remove 1% of the members in LDAP, second sync ---------------------------------------
+python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --people "$PEOPLE" --group "$GROUP_DN" >"$B/remove.ldif"
+python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --people "$PEOPLE" --group "$GROUP_DN" --add >"$B/restore.ldif"
+REMOVED=$(grep -c '^member:' "$B/remove.ldif")
+echo "$N removing" >"$SEEDED"
+RESTORE=1
+t0=$EPOCHREALTIME
+timeout "$T_SMALL" ldapmodify -x -H "$OPENLDAP_URL" -D "$OPENLDAP_ROOT_DN" -w "$OPENLDAP_ROOT_PW" \
+  -f "$B/remove.ldif" >/dev/null 2>"$B/remove.err" || {
+  log_tail "$B/remove.err"
+  die "ldapmodify removing $REMOVED members failed"
+}
+MOD_S=$(secs_since "$t0")
+log "removed $REMOVED members from $GROUP_DN in $MOD_S s"
+run_agent second
+S2=$RUN_S RSS2=$RUN_RSS TL2=$RUN_TL
+P2=$(jget "$TL2" group_patches)
+WANT2=$(((REMOVED + CHUNK - 1) / CHUNK))
+M2=$(members_stored "$STATE")
+SUMMARY2=$(grep '^sync' "$B/sync-second.out" | tail -n 1 || true)
+[ "$P2" = "$WANT2" ] || CHECKS+=("second sync: $P2 group PATCH requests, expected $WANT2")
+[ "$M2" = "$((N - REMOVED))" ] || CHECKS+=("second sync: the agent's confirmed list holds $M2 members, expected $((N - REMOVED))")
+OTHER2=$(($(jget "$TL2" requests) - P2))
+STREAM2=$(minus "$(jget "$TL2" patch_last)" "$(jget "$TL2" patch_first)")
+
+# --- 7. report --------------------------------------------------------------------------------
+row() { printf '%-46s | %9s | %8s | %8s | %s\n' "$@"; }
+cat <<EOF
+
+== idrelay large-group benchmark: $N users + 1 group of $N members, member_chunk $CHUNK ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))
+   $VERSION; local slapd (mdb) on 127.0.0.1:$LDAP_PORT; canned nginx SCIM endpoint on 127.0.0.1:$SCIM_PORT
+EOF
+row "what" "seconds" "requests" "RSS MiB" "notes"
+row "----------------------------------------------" "---------" "--------" "--------" "-----"
+row "first sync --once, whole" "$S1" "$(jget "$TL1" requests)" "$(mib "$RSS1")" "${SUMMARY1:-no summary line}"
+row "  group phase (last /Users -> last PATCH)" "$G_PHASE" "$((P1 + 2))" "" "LDAP read + $N member DNs resolved + lookup + POST + PATCHes"
+row "  PATCH stream (POST /Groups -> last PATCH)" "$G_STREAM" "$P1" "" "$(awk -v s="$G_STREAM" -v n="$P1" 'BEGIN { if (s == "-" || n == 0) print "-"; else printf "%.2f", 1000 * s / n }') ms/PATCH (expected $WANT1 PATCH)"
+row "baseline (a) ldapsearch member, base search" "$LS_S" "1" "$(mib "$LS_RSS")" "$LS_N values; median of ${LS_T[*]}"
+row "baseline (b) loadgen $P1 PATCH, conc 1" "$LG_S" "$P1" "" "$(jget "$LG" rps) req/s; median of ${LG_T[*]}"
+row "ratio PATCH stream / loadgen" "$(ratio "$G_STREAM" "$LG_S")" "" "" "the agent's overhead per chunk"
+row "ratio group phase / (ldapsearch + loadgen)" "$(ratio "$G_PHASE" "$(awk -v a="$LS_S" -v b="$LG_S" 'BEGIN { print a + b }')")" "" "" ""
+row "ldapmodify: remove $REMOVED members" "$MOD_S" "" "" "1 modify, $REMOVED values"
+row "second sync --once, whole" "$S2" "$(jget "$TL2" requests)" "$(mib "$RSS2")" "${SUMMARY2:-no summary line}"
+row "  group PATCHes (first -> last)" "$STREAM2" "$P2" "" "expected $WANT2; other requests: $OTHER2"
+cat <<EOF
+
+first sync requests:  $(jget "$TL1" by_kind)
+second sync requests: $(jget "$TL2" by_kind)
+first sync on the run's clock (s): last /Users $(jget "$TL1" users_end), POST /Groups $(jget "$TL1" group_post), first PATCH $(jget "$TL1" patch_first), last PATCH $(jget "$TL1" patch_last), exit $S1
+agent's confirmed members: $M1 after the first sync, $M2 after the second
+outputs: $B (sync-*.out/err, time-*.txt, access-*.log); total $(since "$T0") s
+EOF
+if [ ${#CHECKS[@]} -gt 0 ]; then
+  printf 'CHECK FAILED: %s\n' "${CHECKS[@]}"
+  exit 1
+fi
+echo "checks: PATCH counts and confirmed member counts as expected"

@@ -1,0 +1,241 @@
+//! `idrelay-hub`: the reference cloud side of the relay protocol (docs/protocol.md), small
+//! and real. Operator's guide: docs/hub.md.
+//!
+//! Owns: the hub's config, its in-memory state (queues of requests per agent, leases per
+//! group, command answers) and its HTTP(S) server. It serves
+//! * the agent endpoints: long-poll, responses, heartbeat (agent token);
+//! * the operator API: the agents and their heartbeats, commands, command answers
+//!   (operator token);
+//! * each agent's directory as an ordinary SCIM endpoint at `/agents/{agent}/scim/v2/`,
+//!   forwarded through that agent's long-poll.
+//!
+//! Layout: [`config`] (file → validated [`config::HubConfig`]), [`lease`] (the
+//! active/standby rule, pure), [`state`] (queues and views, pure, takes `now`), [`route`]
+//! (method + path → route, pure), `conn` (per-connection guards), `server` (sockets, TLS,
+//! handlers).
+//!
+//! Invariants:
+//! * Nothing is persisted: a restarted hub starts empty; agents re-heartbeat and re-poll,
+//!   request ids carry a random per-start prefix so none is ever reused.
+//! * Listens on loopback unless the config says `allow_public = true`.
+//! * Tokens are compared in constant time and appear in no log line or error.
+//! * Every wait is bounded (poll hold, SCIM forward, body reads, stalled writes, TLS
+//!   handshakes) and every queue is bounded (per agent; results); see `server` for limits.
+//! * The hub never interprets SCIM: it forwards only the five SCIM endpoints, to the named
+//!   agent, and returns the agent's status and body.
+
+pub mod config;
+mod conn;
+pub mod lease;
+pub mod route;
+mod server;
+pub mod state;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use server::{constant_time_eq, Hub};
+
+use crate::signals::Control;
+
+/// Exit codes of `idrelay-hub`.
+pub mod exit {
+    /// Stopped on request.
+    pub const OK: i32 = 0;
+    /// Could not run (listen failed).
+    pub const FAILURE: i32 = 1;
+    /// Bad command line or config.
+    pub const USAGE: i32 = 2;
+}
+
+/// Why the hub stopped with an error.
+#[derive(Debug)]
+pub enum HubError {
+    /// The listen address could not be bound.
+    Bind {
+        /// The address from `listen`.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    Signals(std::io::Error),
+}
+
+impl fmt::Display for HubError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HubError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            HubError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HubError {}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// Run with this config.
+    Run {
+        /// `--config FILE`.
+        config: PathBuf,
+        /// `--log-level`, when given.
+        log_level: Option<String>,
+        /// `--check`: validate the config and exit.
+        check_only: bool,
+    },
+    /// `--help`.
+    Help,
+    /// `--version`.
+    Version,
+}
+
+/// Usage text.
+pub const USAGE: &str = "\
+idrelay-hub: the reference cloud side of the idrelay relay protocol
+
+usage: idrelay-hub --config FILE [--log-level LEVEL] [--check]
+       idrelay-hub --help | --version
+
+  --config FILE      the hub config (TOML; see docs/hub.md)
+  --log-level LEVEL  error, warn, info (default), debug, trace or off
+  --check            validate the config (and read its token and TLS files), then exit
+
+Stops on SIGTERM or SIGINT.
+";
+
+/// Parses the command line (without the program name).
+pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
+    let mut config = None;
+    let mut log_level = None;
+    let mut check_only = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Invocation::Help),
+            "-V" | "--version" => return Ok(Invocation::Version),
+            "-c" | "--config" => config = Some(PathBuf::from(value("--config")?)),
+            "--log-level" => log_level = Some(value("--log-level")?),
+            "--check" => check_only = true,
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
+        }
+    }
+    let config = config.ok_or("--config FILE is required (see --help)")?;
+    Ok(Invocation::Run {
+        config,
+        log_level,
+        check_only,
+    })
+}
+
+/// The whole program: parse, load, serve until SIGTERM. Returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let inv = match parse_args(args) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let (config, log_level, check_only) = match inv {
+        Invocation::Help => {
+            print!("{USAGE}");
+            return exit::OK;
+        }
+        Invocation::Version => {
+            println!("idrelay-hub {}", env!("CARGO_PKG_VERSION"));
+            return exit::OK;
+        }
+        Invocation::Run {
+            config,
+            log_level,
+            check_only,
+        } => (config, log_level, check_only),
+    };
+    let level = match log_level.as_deref().map(crate::logging::parse_level) {
+        None => log::LevelFilter::Info,
+        Some(Some(l)) => l,
+        Some(None) => {
+            eprintln!("error: --log-level: use error, warn, info, debug, trace or off");
+            return exit::USAGE;
+        }
+    };
+    crate::logging::init(level);
+    let cfg = match config::HubConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if check_only {
+        println!(
+            "hub config {} is valid: {} agent(s), listen {}",
+            config.display(),
+            cfg.agents.len(),
+            cfg.listen
+        );
+        return exit::OK;
+    }
+    match run(cfg) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            log::error!("{e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// Serves `cfg` until SIGTERM or SIGINT.
+pub fn run(cfg: config::HubConfig) -> Result<(), HubError> {
+    let control = Control::new();
+    control.install().map_err(HubError::Signals)?;
+    Hub::new(cfg).serve(&control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn command_line() {
+        assert_eq!(
+            parse_args(&args(&["--config", "h.toml", "--log-level=debug"])),
+            Ok(Invocation::Run {
+                config: "h.toml".into(),
+                log_level: Some("debug".into()),
+                check_only: false
+            })
+        );
+        assert_eq!(
+            parse_args(&args(&["--config=h.toml", "--check"])),
+            Ok(Invocation::Run {
+                config: "h.toml".into(),
+                log_level: None,
+                check_only: true
+            })
+        );
+        assert_eq!(parse_args(&args(&["--help"])), Ok(Invocation::Help));
+        assert!(parse_args(&args(&[])).unwrap_err().contains("--config"));
+        assert!(parse_args(&args(&["--config"])).is_err());
+        assert!(parse_args(&args(&["--bogus"]))
+            .unwrap_err()
+            .contains("--bogus"));
+    }
+}

@@ -1,0 +1,853 @@
+//! The hub's sockets: the listener, TLS, async-h1 connections, and the handlers that turn
+//! HTTP requests into [`HubState`] calls.
+//!
+//! Limits (a slow or hostile client cannot hold a task or memory for long):
+//! * at most [`MAX_CONNECTIONS`] open connections; more are closed at once;
+//! * TLS handshake [`TLS_HANDSHAKE`]; request head 8 KiB / 128 headers / 60 s (async-h1);
+//! * request bodies [`BODY_LIMIT`] (operator and SCIM), [`SMALL_LIMIT`] (poll, heartbeat),
+//!   [`RESPONSES_LIMIT`] (an agent's answers, which carry SCIM list responses), each read
+//!   within [`BODY_TIMEOUT`]; a body that is refused or not read closes the connection;
+//! * a response write that stalls for [`WRITE_STALL`] fails;
+//! * a poll is held at most `poll_wait_secs`; a SCIM forward waits at most
+//!   `forward_timeout_secs`.
+//!
+//! Tokens are compared in constant time and never logged; failed authentication is logged
+//! with the agent id and the endpoint only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http_types::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use smol::Timer;
+
+use super::config::{valid_name, HubConfig};
+use super::conn::Guarded;
+use super::route::{route, AgentCall, Route};
+use super::state::{Answered, Command, EnqueueError, HubState, Limits, Reply, Timing, Work};
+use super::HubError;
+use crate::secret::Secret;
+use crate::signals::Control;
+
+/// Protocol major versions served.
+pub const PROTOCOLS: [u32; 1] = [1];
+/// Most open connections.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest operator or SCIM request body.
+pub const BODY_LIMIT: usize = 1 << 20;
+/// Largest poll or heartbeat body.
+pub const SMALL_LIMIT: usize = 64 << 10;
+/// Largest `responses` body from an agent.
+pub const RESPONSES_LIMIT: usize = 16 << 20;
+/// Longest a request body may take to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a response write may make no progress.
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
+/// Longest a TLS handshake may take.
+pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// Longest a stop waits for requests in flight.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+const SCIM_ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+const SCIM_CONTENT_TYPE: &str = "application/scim+json";
+
+/// The running hub: config, memory and counters.
+pub struct Hub {
+    cfg: HubConfig,
+    state: Mutex<HubState>,
+    in_flight: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+/// Counts something while alive.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a AtomicUsize) -> Counted<'a> {
+        c.fetch_add(1, Ordering::SeqCst);
+        Counted(c)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Marks a poll ended when the handler returns (or is dropped).
+struct PollOpen<'a> {
+    hub: &'a Hub,
+    agent: &'a str,
+}
+
+impl Drop for PollOpen<'_> {
+    fn drop(&mut self) {
+        self.hub.state().poll_ended(self.agent, Instant::now());
+    }
+}
+
+/// Why a request body was not read.
+enum BodyError {
+    TooLarge,
+    Slow,
+    Broken(String),
+}
+
+impl BodyError {
+    fn status(&self) -> u16 {
+        match self {
+            BodyError::TooLarge => 413,
+            BodyError::Slow => 408,
+            BodyError::Broken(_) => 400,
+        }
+    }
+    fn message(&self, limit: usize) -> String {
+        match self {
+            BodyError::TooLarge => format!("request body larger than {limit} bytes"),
+            BodyError::Slow => format!(
+                "request body not received within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+            BodyError::Broken(e) => format!("request body unreadable: {e}"),
+        }
+    }
+}
+
+impl Hub {
+    /// A hub for `cfg` with empty memory.
+    pub fn new(cfg: HubConfig) -> Hub {
+        let timing = Timing {
+            redeliver: cfg.redeliver,
+            poll_wait: cfg.poll_wait,
+            lease_ttl: cfg.lease_ttl(),
+        };
+        let limits = Limits {
+            queue_len: cfg.queue_limit,
+            ..Limits::default()
+        };
+        let boot = format!("{:08x}", fastrand::u32(..));
+        let state = HubState::new(
+            cfg.agents.iter().map(|a| (a.id.clone(), a.group.clone())),
+            timing,
+            limits,
+            &boot,
+        );
+        Hub {
+            cfg,
+            state: Mutex::new(state),
+            in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Listens and serves until `control` asks for a stop.
+    pub fn serve(self, control: &Control) -> Result<(), HubError> {
+        let hub = Arc::new(self);
+        smol::block_on(async {
+            let addr = hub.cfg.listen;
+            let listener = smol::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| HubError::Bind { addr, source })?;
+            let local = listener.local_addr().unwrap_or(addr);
+            let tls = hub.cfg.tls.clone().map(futures_rustls::TlsAcceptor::from);
+            log::info!(
+                "idrelay-hub listening on {}://{local} for {} agent(s); leases last {} s",
+                if tls.is_some() { "https" } else { "http" },
+                hub.cfg.agents.len(),
+                hub.cfg.lease_ttl().as_secs()
+            );
+            loop {
+                let next = smol::future::or(async { Some(listener.accept().await) }, async {
+                    control.wait().await;
+                    None
+                })
+                .await;
+                let (tcp, peer) = match next {
+                    None => break,
+                    Some(Ok(x)) => x,
+                    Some(Err(e)) => {
+                        // EMFILE and friends: do not spin.
+                        log::warn!("accept failed: {e}");
+                        Timer::after(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if hub.connections.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    log::warn!("{MAX_CONNECTIONS} connections open; closing the one from {peer}");
+                    continue;
+                }
+                let hub = hub.clone();
+                let tls = tls.clone();
+                smol::spawn(async move { hub.connection(tcp, peer, tls).await }).detach();
+            }
+            log::info!("idrelay-hub stopping");
+            for w in hub.state().stop() {
+                let _ = w.try_send(());
+            }
+            let until = Instant::now() + STOP_GRACE;
+            while hub.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                Timer::after(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        })
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: smol::net::TcpStream,
+        peer: SocketAddr,
+        tls: Option<futures_rustls::TlsAcceptor>,
+    ) {
+        let _open = Counted::new(&self.connections);
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => self.http(tcp, peer).await,
+            Some(acceptor) => {
+                let handshake =
+                    smol::future::or(async { Some(acceptor.accept(tcp).await) }, async {
+                        Timer::after(TLS_HANDSHAKE).await;
+                        None
+                    })
+                    .await;
+                match handshake {
+                    Some(Ok(stream)) => {
+                        let io = async_dup::Arc::new(async_dup::Mutex::new(stream));
+                        self.http(io, peer).await
+                    }
+                    Some(Err(e)) => log::warn!("TLS handshake with {peer} failed: {e}"),
+                    None => log::warn!("TLS handshake with {peer} timed out"),
+                }
+            }
+        }
+    }
+
+    async fn http<S>(self: &Arc<Self>, io: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Clone + Send + Sync + Unpin + 'static,
+    {
+        let io = Guarded::new(io, WRITE_STALL);
+        let poison = io.poison();
+        let hub = self.clone();
+        let served = async_h1::accept(io, move |req| {
+            let hub = hub.clone();
+            let poison = poison.clone();
+            async move { Ok(hub.handle(req, &poison).await) }
+        })
+        .await;
+        if let Err(e) = served {
+            log::debug!("connection from {peer} ended: {e}");
+        }
+    }
+
+    /// Answers one request; never fails (every problem is a status).
+    async fn handle(&self, mut req: Request, poison: &AtomicBool) -> Response {
+        let _busy = Counted::new(&self.in_flight);
+        let started = Instant::now();
+        let method = req.method().to_string();
+        let path = req.url().path().to_string();
+        // Whether the body was read to its end; if not, the connection cannot be reused.
+        let mut consumed = req.len() == Some(0);
+        let mut res = match route(&method, &path) {
+            Route::Agent(agent, call) => {
+                self.agent_call(&mut req, &agent, call, &mut consumed).await
+            }
+            Route::ListAgents => match self.refuse_operator(&req) {
+                Some(refused) => refused,
+                None => json_response(200, &self.state().agents_view(Instant::now())),
+            },
+            Route::Command(agent) => match self.refuse_operator(&req) {
+                Some(refused) => refused,
+                None => self.command(&mut req, &agent, &mut consumed).await,
+            },
+            Route::Request(id) => match self.refuse_operator(&req) {
+                Some(refused) => refused,
+                None => match self.state().request_view(&id, Instant::now()) {
+                    Some((status, v)) => json_response(status, &v),
+                    None => error(
+                        404,
+                        &format!("no request `{id}` (unknown, or answered long ago)"),
+                    ),
+                },
+            },
+            Route::Scim(agent, scim_path) => {
+                if self.operator_ok(&req) {
+                    self.scim(&mut req, &method, &agent, scim_path, &mut consumed)
+                        .await
+                } else {
+                    scim_unauthorized()
+                }
+            }
+            Route::ScimNotFound => {
+                if self.operator_ok(&req) && req.url().path().ends_with("/.search") {
+                    // RFC 7644 §3.4.3 search by POST: not offered (GET with a filter is).
+                    scim_error(
+                        501,
+                        None,
+                        "POST .search is not implemented; use GET with a filter",
+                    )
+                } else if self.operator_ok(&req) {
+                    scim_error(
+                        404,
+                        None,
+                        "not a forwarded SCIM endpoint: use /Users, /Groups, \
+                         /ServiceProviderConfig, /ResourceTypes or /Schemas",
+                    )
+                } else {
+                    scim_unauthorized()
+                }
+            }
+            Route::MethodNotAllowed(allow) => {
+                let mut r = error(
+                    405,
+                    &format!("method {method} not allowed here; use {allow}"),
+                );
+                r.insert_header("Allow", allow);
+                r
+            }
+            Route::NotFound => error(404, "no such endpoint"),
+        };
+        if !consumed {
+            poison.store(true, Ordering::SeqCst);
+            res.insert_header("Connection", "close");
+        }
+        log::debug!(
+            "{method} {path} -> {} in {} ms",
+            u16::from(res.status()),
+            started.elapsed().as_millis()
+        );
+        res
+    }
+
+    fn operator_ok(&self, req: &Request) -> bool {
+        bearer_matches(req, &self.cfg.operator_token)
+    }
+
+    /// `Some(401)` unless the request carries the operator token.
+    fn refuse_operator(&self, req: &Request) -> Option<Response> {
+        if self.operator_ok(req) {
+            return None;
+        }
+        log::warn!(
+            "operator request {} {} without the operator token",
+            req.method(),
+            req.url().path()
+        );
+        Some(unauthorized("operator token missing or wrong"))
+    }
+
+    async fn agent_call(
+        &self,
+        req: &mut Request,
+        agent: &str,
+        call: AgentCall,
+        consumed: &mut bool,
+    ) -> Response {
+        let version = header(req, "Idrelay-Protocol");
+        if !version.is_some_and(|v| PROTOCOLS.iter().any(|p| p.to_string() == v.trim())) {
+            log::warn!(
+                "agent {agent}: {} with protocol {}; this hub speaks {PROTOCOLS:?}",
+                call.name(),
+                version.map_or("(none)".into(), |v| format!(
+                    "`{}`",
+                    v.chars().take(16).collect::<String>()
+                ))
+            );
+            return json_response(426, &json!({"supported": PROTOCOLS}));
+        }
+        let Some(entry) = self.cfg.agents.iter().find(|a| a.id == agent) else {
+            log::warn!("{}: unknown agent `{agent}`", call.name());
+            return unauthorized("unknown agent or wrong token");
+        };
+        if !bearer_matches(req, &entry.token) {
+            log::warn!(
+                "agent {agent}: {} with a missing or wrong token",
+                call.name()
+            );
+            return unauthorized("unknown agent or wrong token");
+        }
+        if header(req, "Idrelay-Agent").is_some_and(|h| h != agent) {
+            return error(400, "Idrelay-Agent does not match the agent in the path");
+        }
+        let instance = header(req, "Idrelay-Instance").map(str::to_string);
+        if instance.as_deref().is_some_and(|i| !valid_name(i)) {
+            return error(400, "Idrelay-Instance must be 1-64 of [A-Za-z0-9._-]");
+        }
+        match call {
+            AgentCall::Poll => {
+                let body = match read_body(req, SMALL_LIMIT, consumed).await {
+                    Ok(b) => b,
+                    Err(e) => return error(e.status(), &e.message(SMALL_LIMIT)),
+                };
+                let wait = if body.iter().all(u8::is_ascii_whitespace) {
+                    self.cfg.poll_wait
+                } else {
+                    match serde_json::from_slice::<Value>(&body) {
+                        Ok(v) if v.is_object() => v
+                            .get("wait_secs")
+                            .and_then(Value::as_u64)
+                            .map_or(self.cfg.poll_wait, |s| {
+                                Duration::from_secs(s).min(self.cfg.poll_wait)
+                            }),
+                        _ => return error(400, "poll body must be a JSON object"),
+                    }
+                };
+                self.poll(agent, wait).await
+            }
+            AgentCall::Responses => {
+                let body = match read_body(req, RESPONSES_LIMIT, consumed).await {
+                    Ok(b) => b,
+                    Err(e) => return error(e.status(), &e.message(RESPONSES_LIMIT)),
+                };
+                self.responses(agent, &body)
+            }
+            AgentCall::Heartbeat => {
+                let body = match read_body(req, SMALL_LIMIT, consumed).await {
+                    Ok(b) => b,
+                    Err(e) => return error(e.status(), &e.message(SMALL_LIMIT)),
+                };
+                let Some(instance) = instance else {
+                    return error(400, "a heartbeat needs the Idrelay-Instance header");
+                };
+                self.heartbeat(agent, &instance, &body)
+            }
+        }
+    }
+
+    async fn poll(&self, agent: &str, wait: Duration) -> Response {
+        let now = Instant::now();
+        if !self.state().poll_started(agent, now) {
+            log::info!("agent {agent} is polling");
+        }
+        let _open = PollOpen { hub: self, agent };
+        let deadline = now + wait;
+        loop {
+            let (tx, rx) = smol::channel::bounded(1);
+            let batch = {
+                let mut s = self.state();
+                if s.stopping() {
+                    return empty(204);
+                }
+                let b = s.take_batch(agent, Instant::now());
+                if b.envelopes.is_empty() {
+                    s.add_waiter(agent, tx);
+                }
+                b
+            };
+            if !batch.envelopes.is_empty() {
+                log::debug!(
+                    "agent {agent}: {} request(s) delivered",
+                    batch.envelopes.len()
+                );
+                return json_response(200, &json!({"requests": batch.envelopes}));
+            }
+            if Instant::now() >= deadline {
+                return empty(204);
+            }
+            let wake = batch.next_due.map_or(deadline, |d| d.min(deadline));
+            smol::future::or(
+                async {
+                    let _ = rx.recv().await;
+                },
+                async {
+                    Timer::at(wake).await;
+                },
+            )
+            .await;
+        }
+    }
+
+    fn responses(&self, agent: &str, body: &[u8]) -> Response {
+        #[derive(Deserialize)]
+        struct Raw {
+            id: String,
+            status: u16,
+            #[serde(default)]
+            body: Value,
+        }
+        #[derive(Deserialize)]
+        struct Answers {
+            responses: Vec<Raw>,
+        }
+        let answers: Answers = match serde_json::from_slice(body) {
+            Ok(a) => a,
+            Err(e) => return error(400, &format!("responses body: {e}")),
+        };
+        let mut s = self.state();
+        for r in answers.responses {
+            let outcome = s.answer(
+                agent,
+                &r.id,
+                Reply {
+                    status: r.status,
+                    body: r.body,
+                },
+            );
+            match outcome {
+                Answered::Ignored => log::debug!(
+                    "agent {agent}: answer to unknown or answered request `{}` ignored",
+                    r.id.chars().take(64).collect::<String>()
+                ),
+                Answered::Forwarded | Answered::Stored => {
+                    log::debug!("agent {agent}: request {} answered {}", r.id, r.status)
+                }
+            }
+        }
+        empty(204)
+    }
+
+    fn heartbeat(&self, agent: &str, instance: &str, body: &[u8]) -> Response {
+        let v: Value = match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return error(400, "heartbeat body must be a JSON object"),
+        };
+        let Some(beat) = self.state().heartbeat(agent, instance, v, Instant::now()) else {
+            return unauthorized("unknown agent or wrong token");
+        };
+        if let Some(reported) = &beat.group_mismatch {
+            log::warn!(
+                "agent {agent} reports group `{reported}`, but the hub config puts it in `{}`; the hub's group counts",
+                beat.group
+            );
+        }
+        if let Some(previous) = &beat.grant.moved_from {
+            match previous {
+                Some(p) if p != agent => log::info!(
+                    "group {}: agent {agent} (instance {instance}) is now ACTIVE; {p} stopped heartbeating",
+                    beat.group
+                ),
+                Some(_) => log::info!(
+                    "group {}: agent {agent} is ACTIVE again with a new instance {instance}",
+                    beat.group
+                ),
+                None => log::info!(
+                    "group {}: agent {agent} (instance {instance}) is ACTIVE",
+                    beat.group
+                ),
+            }
+        }
+        json_response(
+            200,
+            &json!({
+                "lease": {
+                    "role": if beat.grant.active { "active" } else { "standby" },
+                    "holder": beat.grant.holder,
+                    "ttl_secs": self.cfg.lease_ttl().as_secs(),
+                },
+                "heartbeat_secs": self.cfg.heartbeat.as_secs(),
+            }),
+        )
+    }
+
+    async fn command(&self, req: &mut Request, agent: &str, consumed: &mut bool) -> Response {
+        if !self.state().knows(agent) {
+            return error(404, &format!("no agent `{agent}` in the hub config"));
+        }
+        let body = match read_body(req, BODY_LIMIT, consumed).await {
+            Ok(b) => b,
+            Err(e) => return error(e.status(), &e.message(BODY_LIMIT)),
+        };
+        let v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return error(400, &format!("command body: {e}")),
+        };
+        let command = match Command::parse(&v) {
+            Ok(c) => c,
+            Err(e) => return error(400, &e),
+        };
+        let name = command.name();
+        match self
+            .state()
+            .enqueue(agent, &Work::Command(command), None, Instant::now())
+        {
+            Ok(id) => {
+                log::info!("operator: command {name} queued for agent {agent} as {id}");
+                json_response(202, &json!({"id": id}))
+            }
+            Err(e) => enqueue_failed(agent, &e, false),
+        }
+    }
+
+    async fn scim(
+        &self,
+        req: &mut Request,
+        method: &str,
+        agent: &str,
+        path: String,
+        consumed: &mut bool,
+    ) -> Response {
+        if !self.state().knows(agent) {
+            return scim_error(404, None, &format!("no agent `{agent}` in the hub config"));
+        }
+        let body = match method {
+            "GET" | "DELETE" => Value::Null,
+            "POST" | "PUT" | "PATCH" => {
+                let bytes = match read_body(req, BODY_LIMIT, consumed).await {
+                    Ok(b) => b,
+                    Err(e) => return scim_error(e.status(), None, &e.message(BODY_LIMIT)),
+                };
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    Value::Null
+                } else {
+                    match serde_json::from_slice(&bytes) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            return scim_error(
+                                400,
+                                Some("invalidSyntax"),
+                                &format!("body is not JSON: {e}"),
+                            )
+                        }
+                    }
+                }
+            }
+            _ => {
+                let mut r = scim_error(405, None, &format!("method {method} not supported"));
+                r.insert_header("Allow", "GET, POST, PUT, PATCH, DELETE");
+                return r;
+            }
+        };
+        let query = req.url().query().unwrap_or("").to_string();
+        let work = Work::Scim {
+            method: method.to_string(),
+            path,
+            query,
+            body,
+        };
+        let (tx, rx) = smol::channel::bounded(1);
+        let queued = {
+            let now = Instant::now();
+            let mut s = self.state();
+            if s.connected(agent, now) {
+                s.enqueue(agent, &work, Some(tx), now)
+            } else {
+                let when = match s.last_poll_age(agent, now) {
+                    Some(age) => format!("last poll {age} s ago"),
+                    None => "it has not polled since the hub started".into(),
+                };
+                drop(s);
+                let mut r = scim_error(
+                    503,
+                    None,
+                    &format!("agent `{agent}` is not connected ({when})"),
+                );
+                r.insert_header("Retry-After", self.cfg.poll_wait.as_secs().to_string());
+                return r;
+            }
+        };
+        let id = match queued {
+            Ok(id) => id,
+            Err(e) => return enqueue_failed(agent, &e, true),
+        };
+        let answer = smol::future::or(async { rx.recv().await.ok() }, async {
+            Timer::after(self.cfg.forward_timeout).await;
+            None
+        })
+        .await;
+        let Some(reply) = answer else {
+            let withdrawn = self.state().withdraw(agent, &id);
+            log::warn!(
+                "agent {agent} did not answer {id} within {} s{}",
+                self.cfg.forward_timeout.as_secs(),
+                if withdrawn { "; withdrawn" } else { "" }
+            );
+            return scim_error(
+                504,
+                None,
+                &format!(
+                    "agent `{agent}` did not answer within {} s",
+                    self.cfg.forward_timeout.as_secs()
+                ),
+            );
+        };
+        let Some(status) = StatusCode::try_from(reply.status)
+            .ok()
+            .filter(|_| reply.status >= 200)
+        else {
+            return scim_error(
+                502,
+                None,
+                &format!("agent `{agent}` answered with status {}", reply.status),
+            );
+        };
+        let mut r = Response::new(status);
+        if !reply.body.is_null() {
+            r.set_body(reply.body.to_string());
+            r.insert_header("Content-Type", SCIM_CONTENT_TYPE);
+        }
+        r
+    }
+}
+
+/// Reads the whole body (at most `limit` bytes, within [`BODY_TIMEOUT`]).
+async fn read_body(
+    req: &mut Request,
+    limit: usize,
+    consumed: &mut bool,
+) -> Result<Vec<u8>, BodyError> {
+    if req.len().is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let body = req.take_body();
+    let mut buf = Vec::new();
+    let read = smol::future::or(
+        async { Some(body.take(limit as u64 + 1).read_to_end(&mut buf).await) },
+        async {
+            Timer::after(BODY_TIMEOUT).await;
+            None
+        },
+    )
+    .await;
+    match read {
+        None => Err(BodyError::Slow),
+        Some(Err(e)) => Err(BodyError::Broken(e.to_string())),
+        Some(Ok(_)) if buf.len() > limit => Err(BodyError::TooLarge),
+        Some(Ok(_)) => {
+            *consumed = true;
+            Ok(buf)
+        }
+    }
+}
+
+/// The single `name` header's value (`None` when absent or repeated).
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    let values = req.header(name)?;
+    (values.iter().count() == 1).then(|| values.as_str())
+}
+
+/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+fn bearer_matches(req: &Request, token: &Secret) -> bool {
+    let Some(value) = header(req, "Authorization") else {
+        return false;
+    };
+    let Some((scheme, given)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
+}
+
+/// Compares without an early exit: the time depends on the lengths only.
+pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = (given.len() ^ expected.len()) as u64;
+    for (i, e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!e);
+        diff |= u64::from(g ^ e);
+    }
+    diff == 0
+}
+
+fn status_of(code: u16) -> StatusCode {
+    StatusCode::try_from(code).unwrap_or(StatusCode::InternalServerError)
+}
+
+fn empty(code: u16) -> Response {
+    Response::new(status_of(code))
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    let mut r = Response::new(status_of(code));
+    r.set_body(v.to_string());
+    r.insert_header("Content-Type", "application/json");
+    r
+}
+
+fn error(code: u16, message: &str) -> Response {
+    json_response(code, &json!({"error": message}))
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = error(401, message);
+    r.insert_header("WWW-Authenticate", "Bearer");
+    r
+}
+
+fn scim_error(code: u16, scim_type: Option<&str>, detail: &str) -> Response {
+    let mut body = json!({"schemas": [SCIM_ERROR], "status": code.to_string(), "detail": detail});
+    if let Some(t) = scim_type {
+        body["scimType"] = Value::String(t.to_string());
+    }
+    let mut r = Response::new(status_of(code));
+    r.set_body(body.to_string());
+    r.insert_header("Content-Type", SCIM_CONTENT_TYPE);
+    r
+}
+
+fn scim_unauthorized() -> Response {
+    log::warn!("SCIM request without the operator token");
+    let mut r = scim_error(401, None, "operator token missing or wrong");
+    r.insert_header("WWW-Authenticate", "Bearer");
+    r
+}
+
+fn enqueue_failed(agent: &str, e: &EnqueueError, scim: bool) -> Response {
+    let (code, msg) = match e {
+        EnqueueError::UnknownAgent => (404, format!("no agent `{agent}` in the hub config")),
+        EnqueueError::QueueFull { len, bytes } => {
+            log::warn!("agent {agent}: queue full ({len} requests, {bytes} bytes)");
+            (
+                503,
+                format!("agent `{agent}` has {len} requests waiting; try again later"),
+            )
+        }
+        EnqueueError::Stopping => (503, "the hub is stopping".to_string()),
+    };
+    let mut r = if scim {
+        scim_error(code, None, &msg)
+    } else {
+        error(code, &msg)
+    };
+    if code == 503 {
+        r.insert_header("Retry-After", "5");
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret-longer", b"secret"));
+        assert!(!constant_time_eq(b"sec", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    #[test]
+    fn bearer_headers() {
+        let token = Secret::new("t0k");
+        let mut req = Request::new(http_types::Method::Get, "http://h/v1/agents");
+        assert!(!bearer_matches(&req, &token));
+        req.insert_header("Authorization", "bearer t0k");
+        assert!(bearer_matches(&req, &token));
+        req.insert_header("Authorization", "Basic t0k");
+        assert!(!bearer_matches(&req, &token));
+        req.insert_header("Authorization", "Bearer t0k");
+        req.append_header("Authorization", "Bearer t0k");
+        assert!(
+            !bearer_matches(&req, &token),
+            "a repeated header is refused"
+        );
+    }
+
+    #[test]
+    fn scim_errors_follow_rfc_7644() {
+        let r = scim_error(404, Some("invalidPath"), "nope");
+        assert_eq!(u16::from(r.status()), 404);
+        assert_eq!(
+            r.header("Content-Type").unwrap().as_str(),
+            SCIM_CONTENT_TYPE
+        );
+    }
+}

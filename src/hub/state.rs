@@ -1,0 +1,853 @@
+//! Everything the hub knows, in memory: per agent a queue of requests (envelopes) waiting
+//! for the agent's answer, its polls and last heartbeat; per group the lease; the answers
+//! to operator commands. Pure: no sockets, no clock (every call takes `now`).
+//!
+//! Invariants:
+//! * A queued request stays queued until the agent answers it, the operator who asked for
+//!   it gives up (a SCIM forward that timed out is withdrawn), or never. It is handed to a
+//!   poll when it was never delivered or when its last delivery is `redeliver` old
+//!   (at-least-once; the agent answers a repeated id from its cache).
+//! * Per agent at most `queue_len` requests and `queue_bytes` of envelopes are queued;
+//!   beyond that [`EnqueueError::QueueFull`] (the server answers 503).
+//! * A poll answer holds at most `batch_len` envelopes and, past the first, at most
+//!   `batch_bytes`, oldest first.
+//! * An answer is accepted only from the agent the request was queued for; an unknown or
+//!   repeated id is ignored.
+//! * Request ids are `r-<boot>-<seq>`: `boot` is random per hub start, so a restarted hub
+//!   never reuses an id an agent still has a cached answer for.
+//! * At most `results` command answers are kept for `GET /v1/requests/{id}`, oldest
+//!   dropped first; each answer body is capped at [`MAX_RESULT_BYTES`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use smol::channel::Sender;
+
+use super::lease::{self, Grant, Lease};
+
+/// Largest command answer body kept for `GET /v1/requests/{id}`.
+pub const MAX_RESULT_BYTES: usize = 256 * 1024;
+
+/// The hub's timing settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// An unanswered request is handed out again after this long.
+    pub redeliver: Duration,
+    /// Longest a poll is held; an agent that has not polled for twice this is "not connected".
+    pub poll_wait: Duration,
+    /// Lease length.
+    pub lease_ttl: Duration,
+}
+
+/// Size bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Queued requests per agent.
+    pub queue_len: usize,
+    /// Queued envelope bytes per agent.
+    pub queue_bytes: usize,
+    /// Envelopes per poll answer.
+    pub batch_len: usize,
+    /// Envelope bytes per poll answer (the first envelope always goes).
+    pub batch_bytes: usize,
+    /// Command answers kept.
+    pub results: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            queue_len: 1000,
+            queue_bytes: 16 << 20,
+            batch_len: 100,
+            batch_bytes: 4 << 20,
+            results: 1000,
+        }
+    }
+}
+
+/// An operator command (docs/protocol.md, `kind: "command"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A full pass as soon as possible.
+    Resync,
+    /// Provision one object (a DN or an anchor) now.
+    Provision(String),
+    /// Release deletions held by the threshold.
+    ApproveDeletes,
+    /// A new sync profile (TOML text), validated by the agent.
+    SetProfile(String),
+}
+
+impl Command {
+    /// Reads `{"command": ..., "target"/"profile": ...}` from the operator.
+    pub fn parse(v: &Value) -> Result<Command, String> {
+        let name = v
+            .get("command")
+            .and_then(Value::as_str)
+            .ok_or("`command` is missing or not a string")?;
+        let text = |k: &str| -> Result<String, String> {
+            match v.get(k).and_then(Value::as_str) {
+                Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
+                _ => Err(format!("command `{name}` needs `{k}` (a non-empty string)")),
+            }
+        };
+        match name {
+            "resync" => Ok(Command::Resync),
+            "provision" => Ok(Command::Provision(text("target")?)),
+            "approve-deletes" => Ok(Command::ApproveDeletes),
+            "set-profile" => Ok(Command::SetProfile(text("profile")?)),
+            other => Err(format!(
+                "unknown command `{}`: use resync, provision, approve-deletes or set-profile",
+                other.chars().take(64).collect::<String>()
+            )),
+        }
+    }
+
+    /// The command's wire name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Resync => "resync",
+            Command::Provision(_) => "provision",
+            Command::ApproveDeletes => "approve-deletes",
+            Command::SetProfile(_) => "set-profile",
+        }
+    }
+}
+
+/// What a request asks the agent to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// An RFC 7644 request against the branch directory.
+    Scim {
+        /// HTTP method.
+        method: String,
+        /// Path below the SCIM base (`/Users/...`), percent-encoding kept.
+        path: String,
+        /// Raw query string (may be empty).
+        query: String,
+        /// JSON body, `Null` when none.
+        body: Value,
+    },
+    /// An operator command.
+    Command(Command),
+}
+
+impl Work {
+    /// The envelope for this work under `id`.
+    pub fn envelope(&self, id: &str) -> Value {
+        match self {
+            Work::Scim {
+                method,
+                path,
+                query,
+                body,
+            } => json!({"id": id, "kind": "scim", "method": method, "path": path,
+                        "query": query, "body": body}),
+            Work::Command(c) => {
+                let mut v = json!({"id": id, "kind": "command", "command": c.name()});
+                match c {
+                    Command::Provision(t) => v["target"] = Value::String(t.clone()),
+                    Command::SetProfile(p) => v["profile"] = Value::String(p.clone()),
+                    Command::Resync | Command::ApproveDeletes => {}
+                }
+                v
+            }
+        }
+    }
+}
+
+/// The agent's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// HTTP-like status.
+    pub status: u16,
+    /// JSON body (`Null`: none).
+    pub body: Value,
+}
+
+/// Why a request could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueError {
+    /// No such agent in the config.
+    UnknownAgent,
+    /// The agent's queue is at its bound.
+    QueueFull {
+        /// Requests queued.
+        len: usize,
+        /// Envelope bytes queued.
+        bytes: usize,
+    },
+    /// The hub is shutting down.
+    Stopping,
+}
+
+/// What became of an answer from an agent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// No such request queued for this agent (unknown, withdrawn, or already answered).
+    Ignored,
+    /// Passed to the operator waiting on a SCIM forward.
+    Forwarded,
+    /// Kept as a command result.
+    Stored,
+}
+
+/// One poll's worth of envelopes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Envelopes, oldest first.
+    pub envelopes: Vec<Value>,
+    /// When the next delivered-but-unanswered request becomes due for re-delivery.
+    pub next_due: Option<Instant>,
+}
+
+/// A heartbeat's outcome.
+#[derive(Debug)]
+pub struct Beat {
+    /// The lease decision.
+    pub grant: Grant,
+    /// The agent's configured group.
+    pub group: String,
+    /// Set once when the agent reports a different group than the config gives it.
+    pub group_mismatch: Option<String>,
+}
+
+struct Queued {
+    id: String,
+    envelope: Value,
+    bytes: usize,
+    command: Option<&'static str>,
+    enqueued: Instant,
+    delivered: Option<Instant>,
+    deliveries: u32,
+    reply_to: Option<Sender<Reply>>,
+}
+
+struct Seen {
+    instance: String,
+    at: Instant,
+    body: Value,
+}
+
+struct Slot {
+    group: String,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    last_poll: Option<Instant>,
+    polls_open: u32,
+    seen: Option<Seen>,
+    waiters: Vec<Sender<()>>,
+    group_warned: bool,
+}
+
+struct CommandResult {
+    agent: String,
+    command: &'static str,
+    reply: Reply,
+}
+
+/// The hub's memory.
+pub struct HubState {
+    timing: Timing,
+    limits: Limits,
+    agents: BTreeMap<String, Slot>,
+    leases: HashMap<String, Option<Lease>>,
+    results: HashMap<String, CommandResult>,
+    results_order: VecDeque<String>,
+    boot: String,
+    seq: u64,
+    stopping: bool,
+}
+
+impl HubState {
+    /// State for `agents` (id, group), ids `r-<boot>-<n>`.
+    pub fn new(
+        agents: impl IntoIterator<Item = (String, String)>,
+        timing: Timing,
+        limits: Limits,
+        boot: &str,
+    ) -> HubState {
+        let agents = agents
+            .into_iter()
+            .map(|(id, group)| {
+                (
+                    id,
+                    Slot {
+                        group,
+                        queue: VecDeque::new(),
+                        queued_bytes: 0,
+                        last_poll: None,
+                        polls_open: 0,
+                        seen: None,
+                        waiters: Vec::new(),
+                        group_warned: false,
+                    },
+                )
+            })
+            .collect();
+        HubState {
+            timing,
+            limits,
+            agents,
+            leases: HashMap::new(),
+            results: HashMap::new(),
+            results_order: VecDeque::new(),
+            boot: boot.to_string(),
+            seq: 0,
+            stopping: false,
+        }
+    }
+
+    /// Whether `agent` is configured.
+    pub fn knows(&self, agent: &str) -> bool {
+        self.agents.contains_key(agent)
+    }
+
+    /// Queues `work` for `agent` and wakes its polls. `reply_to` receives the answer (SCIM
+    /// forwards); without it the answer is kept as a command result.
+    pub fn enqueue(
+        &mut self,
+        agent: &str,
+        work: &Work,
+        reply_to: Option<Sender<Reply>>,
+        now: Instant,
+    ) -> Result<String, EnqueueError> {
+        if self.stopping {
+            return Err(EnqueueError::Stopping);
+        }
+        let limits = self.limits;
+        let slot = self
+            .agents
+            .get_mut(agent)
+            .ok_or(EnqueueError::UnknownAgent)?;
+        let id = format!("r-{}-{:06}", self.boot, self.seq + 1);
+        let envelope = work.envelope(&id);
+        let bytes = envelope.to_string().len();
+        if slot.queue.len() >= limits.queue_len || slot.queued_bytes + bytes > limits.queue_bytes {
+            return Err(EnqueueError::QueueFull {
+                len: slot.queue.len(),
+                bytes: slot.queued_bytes,
+            });
+        }
+        self.seq += 1;
+        slot.queued_bytes += bytes;
+        slot.queue.push_back(Queued {
+            id: id.clone(),
+            envelope,
+            bytes,
+            command: match work {
+                Work::Command(c) => Some(c.name()),
+                Work::Scim { .. } => None,
+            },
+            enqueued: now,
+            delivered: None,
+            deliveries: 0,
+            reply_to,
+        });
+        for w in slot.waiters.drain(..) {
+            let _ = w.try_send(());
+        }
+        Ok(id)
+    }
+
+    /// Takes what a poll from `agent` should carry now (marks it delivered).
+    pub fn take_batch(&mut self, agent: &str, now: Instant) -> Batch {
+        let redeliver = self.timing.redeliver;
+        let limits = self.limits;
+        let Some(slot) = self.agents.get_mut(agent) else {
+            return Batch::default();
+        };
+        let mut batch = Batch::default();
+        let mut bytes = 0usize;
+        for q in slot.queue.iter_mut() {
+            let due = q.delivered.is_none_or(|d| now >= d + redeliver);
+            let fits = batch.envelopes.is_empty()
+                || (batch.envelopes.len() < limits.batch_len
+                    && bytes + q.bytes <= limits.batch_bytes);
+            if due && fits {
+                q.delivered = Some(now);
+                q.deliveries += 1;
+                bytes += q.bytes;
+                batch.envelopes.push(q.envelope.clone());
+            } else if let Some(d) = q.delivered {
+                let at = if due { now } else { d + redeliver };
+                batch.next_due = Some(batch.next_due.map_or(at, |n: Instant| n.min(at)));
+            }
+        }
+        batch
+    }
+
+    /// Registers a waiting poll of `agent`; [`HubState::enqueue`] and [`HubState::stop`]
+    /// wake it.
+    pub fn add_waiter(&mut self, agent: &str, tx: Sender<()>) {
+        if let Some(slot) = self.agents.get_mut(agent) {
+            slot.waiters.retain(|w| !w.is_closed());
+            slot.waiters.push(tx);
+        }
+    }
+
+    /// A poll from `agent` starts; returns whether the agent counted as connected before.
+    pub fn poll_started(&mut self, agent: &str, now: Instant) -> bool {
+        let was = self.connected(agent, now);
+        if let Some(slot) = self.agents.get_mut(agent) {
+            slot.polls_open += 1;
+            slot.last_poll = Some(now);
+        }
+        was
+    }
+
+    /// A poll from `agent` ended.
+    pub fn poll_ended(&mut self, agent: &str, now: Instant) {
+        if let Some(slot) = self.agents.get_mut(agent) {
+            slot.polls_open = slot.polls_open.saturating_sub(1);
+            slot.last_poll = Some(now);
+        }
+    }
+
+    /// Whether `agent` has a poll open or polled within twice the longest hold.
+    pub fn connected(&self, agent: &str, now: Instant) -> bool {
+        self.agents.get(agent).is_some_and(|s| {
+            s.polls_open > 0
+                || s.last_poll
+                    .is_some_and(|t| now.saturating_duration_since(t) <= self.timing.poll_wait * 2)
+        })
+    }
+
+    /// Seconds since `agent` last polled (`None`: never).
+    pub fn last_poll_age(&self, agent: &str, now: Instant) -> Option<u64> {
+        let t = self.agents.get(agent)?.last_poll?;
+        Some(now.saturating_duration_since(t).as_secs())
+    }
+
+    /// Takes `agent`'s answer to request `id`.
+    pub fn answer(&mut self, agent: &str, id: &str, reply: Reply) -> Answered {
+        let Some(slot) = self.agents.get_mut(agent) else {
+            return Answered::Ignored;
+        };
+        let Some(pos) = slot.queue.iter().position(|q| q.id == id) else {
+            return Answered::Ignored;
+        };
+        let Some(q) = slot.queue.remove(pos) else {
+            return Answered::Ignored;
+        };
+        slot.queued_bytes -= q.bytes;
+        if let Some(tx) = q.reply_to {
+            let _ = tx.try_send(reply);
+            return Answered::Forwarded;
+        }
+        let reply = if reply.body.to_string().len() > MAX_RESULT_BYTES {
+            Reply {
+                status: reply.status,
+                body: json!({"truncated": true, "detail": "the answer was larger than the hub keeps"}),
+            }
+        } else {
+            reply
+        };
+        self.results.insert(
+            q.id.clone(),
+            CommandResult {
+                agent: agent.to_string(),
+                command: q.command.unwrap_or("?"),
+                reply,
+            },
+        );
+        self.results_order.push_back(q.id);
+        while self.results_order.len() > self.limits.results {
+            if let Some(old) = self.results_order.pop_front() {
+                self.results.remove(&old);
+            }
+        }
+        Answered::Stored
+    }
+
+    /// Withdraws request `id` of `agent` (its operator stopped waiting); true if it was
+    /// still queued.
+    pub fn withdraw(&mut self, agent: &str, id: &str) -> bool {
+        let Some(slot) = self.agents.get_mut(agent) else {
+            return false;
+        };
+        match slot.queue.iter().position(|q| q.id == id) {
+            Some(pos) => {
+                if let Some(q) = slot.queue.remove(pos) {
+                    slot.queued_bytes -= q.bytes;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a heartbeat from `agent`/`instance` and decides its lease.
+    pub fn heartbeat(
+        &mut self,
+        agent: &str,
+        instance: &str,
+        body: Value,
+        now: Instant,
+    ) -> Option<Beat> {
+        let ttl = self.timing.lease_ttl;
+        let slot = self.agents.get_mut(agent)?;
+        let mut group_mismatch = None;
+        if let Some(reported) = body.get("group").and_then(Value::as_str) {
+            if reported != slot.group && !slot.group_warned {
+                slot.group_warned = true;
+                group_mismatch = Some(reported.chars().take(64).collect());
+            }
+        }
+        slot.seen = Some(Seen {
+            instance: instance.to_string(),
+            at: now,
+            body,
+        });
+        let group = slot.group.clone();
+        let lease = self.leases.entry(group.clone()).or_default();
+        let grant = lease::on_heartbeat(lease, agent, instance, now, ttl);
+        Some(Beat {
+            grant,
+            group,
+            group_mismatch,
+        })
+    }
+
+    /// `GET /v1/agents`: every configured agent with its last heartbeat and role.
+    pub fn agents_view(&self, now: Instant) -> Value {
+        let ttl = self.timing.lease_ttl;
+        let age = |t: Instant| now.saturating_duration_since(t).as_secs();
+        let list: Vec<Value> = self
+            .agents
+            .iter()
+            .map(|(id, s)| {
+                let holder = self
+                    .leases
+                    .get(&s.group)
+                    .and_then(|l| lease::holder(l, now, ttl));
+                let (instance, role, hb_age, hb, alive) = match &s.seen {
+                    Some(seen) => (
+                        Value::String(seen.instance.clone()),
+                        Value::String(
+                            if holder.is_some_and(|l| l.held_by(id, &seen.instance)) {
+                                "active"
+                            } else {
+                                "standby"
+                            }
+                            .into(),
+                        ),
+                        json!(age(seen.at)),
+                        seen.body.clone(),
+                        now.saturating_duration_since(seen.at) < ttl,
+                    ),
+                    None => (Value::Null, Value::Null, Value::Null, Value::Null, false),
+                };
+                json!({
+                    "agent": id,
+                    "group": s.group,
+                    "instance": instance,
+                    "role": role,
+                    "alive": alive,
+                    "last_heartbeat_age_secs": hb_age,
+                    "heartbeat": hb,
+                    "connected": self.connected(id, now),
+                    "last_poll_age_secs": s.last_poll.map(age),
+                    "queued": s.queue.len(),
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    /// `GET /v1/requests/{id}`: `(200, answer)` once answered, `(202, state)` while
+    /// queued; `None` when unknown (or forgotten).
+    pub fn request_view(&self, id: &str, now: Instant) -> Option<(u16, Value)> {
+        if let Some(r) = self.results.get(id) {
+            return Some((
+                200,
+                json!({"id": id, "agent": r.agent, "command": r.command, "state": "answered",
+                       "status": r.reply.status, "body": r.reply.body}),
+            ));
+        }
+        for (agent, slot) in &self.agents {
+            if let Some(q) = slot
+                .queue
+                .iter()
+                .find(|q| q.id == id && q.command.is_some())
+            {
+                return Some((
+                    202,
+                    json!({"id": id, "agent": agent, "command": q.command,
+                           "state": if q.delivered.is_some() { "delivered" } else { "queued" },
+                           "deliveries": q.deliveries,
+                           "queued_age_secs": now.saturating_duration_since(q.enqueued).as_secs()}),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Whether [`HubState::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Refuses new work and returns every waiting poll's waker.
+    pub fn stop(&mut self) -> Vec<Sender<()>> {
+        self.stopping = true;
+        self.agents
+            .values_mut()
+            .flat_map(|s| s.waiters.drain(..))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn hub(limits: Limits) -> HubState {
+        HubState::new(
+            [
+                ("a1".to_string(), "g".to_string()),
+                ("a2".to_string(), "g".to_string()),
+            ],
+            Timing {
+                redeliver: S * 60,
+                poll_wait: S * 30,
+                lease_ttl: S * 180,
+            },
+            limits,
+            "boot",
+        )
+    }
+
+    fn get(path: &str) -> Work {
+        Work::Scim {
+            method: "GET".into(),
+            path: path.into(),
+            query: "count=1".into(),
+            body: Value::Null,
+        }
+    }
+
+    #[test]
+    fn envelopes_follow_the_protocol() {
+        let e = get("/Users").envelope("r-1");
+        assert_eq!(
+            e,
+            json!({"id": "r-1", "kind": "scim", "method": "GET", "path": "/Users",
+                   "query": "count=1", "body": null})
+        );
+        let e = Work::Command(Command::Provision("uid=a,dc=x".into())).envelope("r-2");
+        assert_eq!(
+            e,
+            json!({"id": "r-2", "kind": "command", "command": "provision", "target": "uid=a,dc=x"})
+        );
+        let e = Work::Command(Command::SetProfile("x = 1".into())).envelope("r-3");
+        assert_eq!(e["profile"], "x = 1");
+    }
+
+    #[test]
+    fn commands_parse_and_name_what_is_missing() {
+        assert_eq!(
+            Command::parse(&json!({"command": "resync"})),
+            Ok(Command::Resync)
+        );
+        assert_eq!(
+            Command::parse(&json!({"command": "provision", "target": "cn=x"})),
+            Ok(Command::Provision("cn=x".into()))
+        );
+        assert!(Command::parse(&json!({"command": "provision"}))
+            .unwrap_err()
+            .contains("target"));
+        assert!(
+            Command::parse(&json!({"command": "set-profile", "profile": " "}))
+                .unwrap_err()
+                .contains("profile")
+        );
+        assert!(Command::parse(&json!({"command": "reboot"}))
+            .unwrap_err()
+            .contains("reboot"));
+        assert!(Command::parse(&json!({})).is_err());
+    }
+
+    #[test]
+    fn delivery_then_redelivery_after_the_interval() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        let id = h.enqueue("a1", &get("/Users"), None, t0).unwrap();
+        assert!(id.starts_with("r-boot-"));
+        let b = h.take_batch("a1", t0);
+        assert_eq!(b.envelopes.len(), 1);
+        assert_eq!(b.envelopes[0]["id"], id.as_str());
+        // Not again before the interval, and the batch says when.
+        let b = h.take_batch("a1", t0 + S * 59);
+        assert!(b.envelopes.is_empty());
+        assert_eq!(b.next_due, Some(t0 + S * 60));
+        // The other agent never sees it.
+        assert!(h.take_batch("a2", t0 + S * 60).envelopes.is_empty());
+        let b = h.take_batch("a1", t0 + S * 60);
+        assert_eq!(b.envelopes.len(), 1);
+        // Answered by the wrong agent: ignored; by the right one: gone.
+        let r = Reply {
+            status: 202,
+            body: json!({}),
+        };
+        assert_eq!(h.answer("a2", &id, r.clone()), Answered::Ignored);
+        assert_eq!(h.answer("a1", &id, r.clone()), Answered::Stored);
+        assert_eq!(h.answer("a1", &id, r), Answered::Ignored);
+        assert!(h.take_batch("a1", t0 + S * 600).envelopes.is_empty());
+    }
+
+    #[test]
+    fn forwards_reach_their_waiter_and_can_be_withdrawn() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        let (tx, rx) = smol::channel::bounded(1);
+        let id = h.enqueue("a1", &get("/Users"), Some(tx), t0).unwrap();
+        let r = Reply {
+            status: 200,
+            body: json!({"totalResults": 0}),
+        };
+        assert_eq!(h.answer("a1", &id, r.clone()), Answered::Forwarded);
+        assert_eq!(rx.try_recv().unwrap(), r);
+        assert!(
+            h.request_view(&id, t0).is_none(),
+            "forwards are not command results"
+        );
+
+        let id = h.enqueue("a1", &get("/Groups"), None, t0).unwrap();
+        assert!(h.withdraw("a1", &id));
+        assert!(!h.withdraw("a1", &id));
+        assert!(h.take_batch("a1", t0).envelopes.is_empty());
+    }
+
+    #[test]
+    fn queue_and_batch_bounds() {
+        let mut h = hub(Limits {
+            queue_len: 3,
+            batch_len: 2,
+            ..Limits::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            h.enqueue("a1", &get("/Users"), None, t0).unwrap();
+        }
+        assert!(matches!(
+            h.enqueue("a1", &get("/Users"), None, t0),
+            Err(EnqueueError::QueueFull { len: 3, .. })
+        ));
+        assert_eq!(
+            h.enqueue("zz", &get("/Users"), None, t0),
+            Err(EnqueueError::UnknownAgent)
+        );
+        assert_eq!(h.take_batch("a1", t0).envelopes.len(), 2);
+        assert_eq!(h.take_batch("a1", t0).envelopes.len(), 1);
+
+        // Bytes: the first envelope always goes, even when it alone is over the limit.
+        let mut h = hub(Limits {
+            batch_bytes: 10,
+            ..Limits::default()
+        });
+        h.enqueue("a1", &get("/Users"), None, t0).unwrap();
+        h.enqueue("a1", &get("/Users"), None, t0).unwrap();
+        assert_eq!(h.take_batch("a1", t0).envelopes.len(), 1);
+        assert_eq!(h.take_batch("a1", t0).envelopes.len(), 1);
+    }
+
+    #[test]
+    fn command_results_are_kept_and_bounded() {
+        let mut h = hub(Limits {
+            results: 2,
+            ..Limits::default()
+        });
+        let t0 = Instant::now();
+        let work = Work::Command(Command::Resync);
+        let ids: Vec<String> = (0..3)
+            .map(|_| h.enqueue("a1", &work, None, t0).unwrap())
+            .collect();
+        assert_eq!(h.request_view(&ids[0], t0).unwrap().1["state"], "queued");
+        h.take_batch("a1", t0);
+        assert_eq!(h.request_view(&ids[0], t0).unwrap().1["state"], "delivered");
+        for id in &ids {
+            h.answer(
+                "a1",
+                id,
+                Reply {
+                    status: 202,
+                    body: json!({"accepted": "resync"}),
+                },
+            );
+        }
+        assert!(
+            h.request_view(&ids[0], t0).is_none(),
+            "oldest result dropped"
+        );
+        let (status, v) = h.request_view(&ids[2], t0).unwrap();
+        assert_eq!(
+            (status, &v["status"], &v["command"]),
+            (200, &json!(202), &json!("resync"))
+        );
+    }
+
+    #[test]
+    fn connected_means_a_recent_poll() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        assert!(!h.connected("a1", t0));
+        assert!(!h.poll_started("a1", t0));
+        assert!(h.connected("a1", t0 + S * 1000), "a poll is open");
+        h.poll_ended("a1", t0 + S * 30);
+        assert!(h.connected("a1", t0 + S * 90));
+        assert!(!h.connected("a1", t0 + S * 91));
+        assert_eq!(h.last_poll_age("a1", t0 + S * 91), Some(61));
+    }
+
+    #[test]
+    fn heartbeats_share_a_lease_per_group_and_show_up() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        let b = h.heartbeat("a1", "i1", json!({"group": "g"}), t0).unwrap();
+        assert!(b.grant.active);
+        assert!(b.group_mismatch.is_none());
+        let b = h
+            .heartbeat("a2", "i2", json!({"group": "other"}), t0 + S)
+            .unwrap();
+        assert!(!b.grant.active);
+        assert_eq!(b.group_mismatch.as_deref(), Some("other"));
+        let b = h
+            .heartbeat("a2", "i2", json!({"group": "other"}), t0 + S * 2)
+            .unwrap();
+        assert!(b.group_mismatch.is_none(), "warned once");
+        let v = h.agents_view(t0 + S * 10);
+        assert_eq!(v[0]["role"], "active");
+        assert_eq!(v[0]["last_heartbeat_age_secs"], 10);
+        assert_eq!(v[1]["role"], "standby");
+        // a1 stops; a2 takes over once the TTL ran out.
+        let b = h.heartbeat("a2", "i2", json!({}), t0 + S * 180).unwrap();
+        assert!(b.grant.active);
+        let v = h.agents_view(t0 + S * 181);
+        assert_eq!(
+            (&v[0]["role"], &v[0]["alive"]),
+            (&json!("standby"), &json!(false))
+        );
+        assert_eq!(v[1]["role"], "active");
+        assert!(h.heartbeat("nobody", "i", json!({}), t0).is_none());
+    }
+
+    #[test]
+    fn stopping_refuses_work_and_wakes_polls() {
+        let mut h = hub(Limits::default());
+        let (tx, rx) = smol::channel::bounded(1);
+        h.add_waiter("a1", tx);
+        let wakers = h.stop();
+        assert_eq!(wakers.len(), 1);
+        drop(rx);
+        assert_eq!(
+            h.enqueue("a1", &get("/Users"), None, Instant::now()),
+            Err(EnqueueError::Stopping)
+        );
+        assert!(h.stopping());
+    }
+}

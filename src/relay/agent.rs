@@ -1,0 +1,629 @@
+//! The agent side of the relay (docs/protocol.md): one long-poll outstanding to the hub,
+//! responses posted back, heartbeats, and the active/standby lease.
+//!
+//! Invariants:
+//! * Outbound only: every exchange is a request from the agent.
+//! * A request id is handled at most once per process: the replies to the last
+//!   [`REPLY_CACHE`] ids are kept, and a re-delivered id gets the cached reply (the hub
+//!   re-delivers what it did not see answered).
+//! * The lease: without a hub grant the agent is standby (it provisions nothing). A grant
+//!   lasts `ttl_secs` from the heartbeat that carried it; when heartbeats fail, the agent
+//!   stays active only until that time, then turns standby. Two actives therefore never
+//!   overlap by more than one TTL, and provisioning is idempotent anyway.
+//! * The token is sent only in the `Authorization` header and never logged.
+//! * Reconnects use jittered exponential backoff (1 s to 60 s), reset after a poll that
+//!   returned work or stayed up a whole wait.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use url::Url;
+
+use crate::config::RelaySettings;
+use crate::relay::backoff::{parse_retry_after, Backoff};
+use crate::relay::http::{HttpClient, HttpRequest, HttpResponse, Method};
+use crate::signals::Control;
+
+/// Protocol major version spoken here.
+pub const PROTOCOL: &str = "1";
+/// How many replies are remembered for re-delivered requests.
+pub const REPLY_CACHE: usize = 1000;
+
+/// What the run loop, the relay and the heartbeat share.
+#[derive(Debug)]
+pub struct AgentState {
+    active: AtomicBool,
+    lease_until: Mutex<Option<Instant>>,
+    relay: bool,
+    /// What the agent is doing (`starting`, `full-pass`, `following`, `standby`, `degraded`).
+    pub phase: Mutex<&'static str>,
+    /// Objects provisioned since start.
+    pub provisioned: AtomicU64,
+    /// Objects that failed since start.
+    pub failed: AtomicU64,
+    /// The last error worth telling the cloud about.
+    pub last_error: Mutex<Option<String>>,
+    /// When the feed last made progress (a change applied or a poll answered).
+    pub last_progress: Mutex<Option<Instant>>,
+    /// When the relay last reached the hub.
+    pub last_heartbeat: Mutex<Option<Instant>>,
+    started: Instant,
+}
+
+impl AgentState {
+    /// State of an agent; without a relay it is always active.
+    pub fn new(relay: bool) -> AgentState {
+        AgentState {
+            active: AtomicBool::new(!relay),
+            lease_until: Mutex::new(None),
+            relay,
+            phase: Mutex::new("starting"),
+            provisioned: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            last_progress: Mutex::new(None),
+            last_heartbeat: Mutex::new(None),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether this agent may provision now (lease held, or no relay).
+    pub fn is_active(&self) -> bool {
+        if !self.relay {
+            return true;
+        }
+        let until = *self.lease_until.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.active.load(Ordering::SeqCst);
+        active && until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Records the hub's answer about the lease.
+    pub fn set_lease(&self, active: bool, ttl: Duration) {
+        let was = self.is_active();
+        self.active.store(active, Ordering::SeqCst);
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + ttl);
+        if was != active {
+            log::info!(
+                "relay: this agent is now {}",
+                if active {
+                    "ACTIVE (provisions changes)"
+                } else {
+                    "STANDBY (another agent of the group provisions)"
+                }
+            );
+        }
+    }
+
+    /// Sets the phase.
+    pub fn set_phase(&self, p: &'static str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    /// Records an error for the heartbeat.
+    pub fn set_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+    }
+
+    /// Notes progress of the feed.
+    pub fn progressed(&self) {
+        *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// One request from the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per hub.
+    pub id: String,
+    /// `scim` or `command`.
+    pub kind: String,
+    /// SCIM: the method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// SCIM: the path (`/Users/...`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// SCIM: the raw query string.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// SCIM: the body.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Command: its name.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Command `provision`: a DN or an anchor.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Command `set-profile`: profile TOML.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// The agent's answer to one [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The envelope's id.
+    pub id: String,
+    /// HTTP-like status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl Reply {
+    /// A SCIM error reply (RFC 7644 §3.12).
+    pub fn error(
+        id: &str,
+        status: u16,
+        scim_type: Option<&str>,
+        detail: impl Into<String>,
+    ) -> Reply {
+        let mut body = json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+            "status": status.to_string(),
+            "detail": detail.into(),
+        });
+        if let Some(t) = scim_type {
+            body["scimType"] = Value::String(t.to_string());
+        }
+        Reply {
+            id: id.to_string(),
+            status,
+            body,
+        }
+    }
+}
+
+/// Answers envelopes (the SCIM facade and the commands).
+pub trait Handler {
+    /// Handles one envelope; never panics, every failure is an error reply.
+    fn handle(&self, e: &Envelope) -> impl std::future::Future<Output = Reply>;
+    /// The heartbeat body's variable part (queue, counts, ...).
+    fn heartbeat_facts(&self) -> Value;
+}
+
+/// Remembers replies by id (bounded, oldest evicted).
+#[derive(Debug, Default)]
+pub struct ReplyCache {
+    map: HashMap<String, Reply>,
+    order: VecDeque<String>,
+}
+
+impl ReplyCache {
+    /// The cached reply for `id`.
+    pub fn get(&self, id: &str) -> Option<&Reply> {
+        self.map.get(id)
+    }
+
+    /// Remembers a reply.
+    pub fn put(&mut self, r: Reply) {
+        if self.map.contains_key(&r.id) {
+            return;
+        }
+        self.order.push_back(r.id.clone());
+        self.map.insert(r.id.clone(), r);
+        while self.order.len() > REPLY_CACHE {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// The relay's connection facts.
+pub struct Relay {
+    http: HttpClient,
+    base: Url,
+    cfg: RelaySettings,
+    agent_id: String,
+    instance: String,
+    status_file: Option<std::path::PathBuf>,
+}
+
+/// The file (in the state directory) where the relay records its state for `status`.
+pub const STATUS_FILE: &str = "relay-status.json";
+
+/// What `status` shows about the relay (written by the running agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// The hub.
+    pub url: String,
+    /// The directory group.
+    pub group: String,
+    /// `active` or `standby`.
+    pub role: String,
+    /// Unix time of the last heartbeat the hub answered (0: never).
+    pub last_heartbeat: u64,
+    /// The last heartbeat's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+/// Why a hub exchange failed.
+#[derive(Debug)]
+enum HubError {
+    /// Transport or a status worth retrying (5xx, 429): wait this long at least.
+    Retry(String, Option<Duration>),
+    /// The hub refused us (401/403/426): retrying soon will not help.
+    Refused(String),
+}
+
+impl Relay {
+    /// A relay client for `cfg`, speaking for `agent_id`; it records its state in
+    /// `state_dir/relay-status.json` for `idrelay status`.
+    pub fn new(
+        http: HttpClient,
+        cfg: RelaySettings,
+        agent_id: &str,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<Relay, String> {
+        let base: Url = format!("{}/", cfg.url)
+            .parse()
+            .map_err(|e| format!("relay.url: {e}"))?;
+        Ok(Relay {
+            http,
+            base,
+            cfg,
+            agent_id: agent_id.to_string(),
+            instance: format!("{:016x}", fastrand::u64(..)),
+            status_file: state_dir.map(|d| d.join(STATUS_FILE)),
+        })
+    }
+
+    fn url(&self, what: &str) -> Result<Url, String> {
+        let mut u = self.base.clone();
+        u.path_segments_mut()
+            .map_err(|()| "relay.url cannot be a base".to_string())?
+            .pop_if_empty()
+            .extend(["v1", "agents", &self.agent_id, what]);
+        Ok(u)
+    }
+
+    async fn post(&self, what: &str, body: &Value) -> Result<HttpResponse, HubError> {
+        let url = self.url(what).map_err(HubError::Refused)?;
+        let req = HttpRequest::new(Method::Post, url)
+            .header(
+                "Authorization",
+                format!("Bearer {}", self.cfg.token.expose()),
+            )
+            .header("Idrelay-Protocol", PROTOCOL)
+            .header("Idrelay-Agent", self.agent_id.clone())
+            .header("Idrelay-Instance", self.instance.clone())
+            .header("Content-Type", "application/json")
+            .body(body.to_string().into_bytes());
+        let resp = self
+            .http
+            .send(req)
+            .await
+            .map_err(|e| HubError::Retry(format!("hub {}: {e}", self.cfg.url), None))?;
+        match resp.status {
+            200..=299 => Ok(resp),
+            401 | 403 => Err(HubError::Refused(format!(
+                "hub {} refused the agent token (HTTP {}); check relay.token_file",
+                self.cfg.url, resp.status
+            ))),
+            426 => Err(HubError::Refused(format!(
+                "hub {} does not speak protocol {PROTOCOL} (HTTP 426: {})",
+                self.cfg.url,
+                String::from_utf8_lossy(&resp.body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ))),
+            404 => Err(HubError::Refused(format!(
+                "hub {} does not know agent `{}` (HTTP 404)",
+                self.cfg.url, self.agent_id
+            ))),
+            s => Err(HubError::Retry(
+                format!("hub {} answered HTTP {s} to {what}", self.cfg.url),
+                resp.header("Retry-After")
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
+            )),
+        }
+    }
+
+    /// Runs the long-poll loop and the heartbeat loop until a stop or reload request.
+    pub async fn run<H: Handler>(&self, handler: &H, state: &AgentState, control: &Control) {
+        log::info!(
+            "relay: connecting to {} as agent {} (group {})",
+            self.cfg.url,
+            self.agent_id,
+            self.cfg.group
+        );
+        smol::future::or(
+            smol::future::or(
+                self.poll_loop(handler, state, control),
+                self.heartbeat_loop(handler, state, control),
+            ),
+            async {
+                control.wait().await;
+            },
+        )
+        .await;
+    }
+
+    async fn poll_loop<H: Handler>(&self, handler: &H, state: &AgentState, control: &Control) {
+        let mut cache = ReplyCache::default();
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let wait = self.cfg.poll_wait.as_secs();
+        loop {
+            let started = Instant::now();
+            match self.post("poll", &json!({"wait_secs": wait})).await {
+                Ok(resp) if resp.status == 204 => {
+                    if started.elapsed() >= self.cfg.poll_wait / 2 {
+                        backoff.reset();
+                    }
+                }
+                Ok(resp) => {
+                    backoff.reset();
+                    let envelopes = match parse_requests(&resp.body) {
+                        Ok(e) => e,
+                        Err(why) => {
+                            log::warn!("relay: unreadable poll answer: {why}");
+                            continue;
+                        }
+                    };
+                    let mut replies = Vec::with_capacity(envelopes.len());
+                    for e in &envelopes {
+                        let reply = match cache.get(&e.id) {
+                            Some(r) => r.clone(),
+                            None => {
+                                let r = if valid_id(&e.id) {
+                                    handler.handle(e).await
+                                } else {
+                                    Reply::error(&e.id, 400, None, "request id is not valid")
+                                };
+                                log::info!(
+                                    "relay: request {} ({}) answered {}",
+                                    e.id,
+                                    describe(e),
+                                    r.status
+                                );
+                                cache.put(r.clone());
+                                r
+                            }
+                        };
+                        replies.push(reply);
+                    }
+                    self.send_replies(replies, control).await;
+                }
+                Err(HubError::Refused(why)) => {
+                    log::error!("relay: {why}; retrying in 5 min");
+                    state.set_error(why);
+                    if control.sleep(Duration::from_secs(300)).await.is_some() {
+                        return;
+                    }
+                }
+                Err(HubError::Retry(why, after)) => {
+                    let d = backoff
+                        .next_delay()
+                        .unwrap_or(Duration::from_secs(60))
+                        .max(after.unwrap_or_default());
+                    log::warn!("relay: {why}; reconnecting in {:.1} s", d.as_secs_f64());
+                    if control.sleep(d).await.is_some() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Posts replies; retried until the hub takes them (it would re-deliver otherwise, and
+    /// the cache answers that too).
+    async fn send_replies(&self, replies: Vec<Reply>, control: &Control) {
+        let body = json!({ "responses": replies });
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        for _ in 0..8 {
+            match self.post("responses", &body).await {
+                Ok(_) => return,
+                Err(HubError::Refused(why)) => {
+                    log::warn!("relay: responses refused: {why}");
+                    return;
+                }
+                Err(HubError::Retry(why, _)) => {
+                    let d = backoff.next_delay().unwrap_or(Duration::from_secs(30));
+                    log::warn!(
+                        "relay: cannot post responses ({why}); retrying in {:.1} s",
+                        d.as_secs_f64()
+                    );
+                    if control.sleep(d).await.is_some() {
+                        return;
+                    }
+                }
+            }
+        }
+        log::warn!("relay: responses dropped after 8 attempts; the hub re-delivers the requests and the cached replies answer them");
+    }
+
+    fn record(&self, state: &AgentState, last_ok: u64, error: Option<String>) {
+        let Some(path) = &self.status_file else {
+            return;
+        };
+        let s = RelayStatus {
+            url: self.cfg.url.clone(),
+            group: self.cfg.group.clone(),
+            role: if state.is_active() {
+                "active"
+            } else {
+                "standby"
+            }
+            .into(),
+            last_heartbeat: last_ok,
+            last_error: error,
+        };
+        let tmp = path.with_extension("tmp");
+        let body = serde_json::to_vec(&s).unwrap_or_default();
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
+            log::debug!("relay: cannot record status in {}: {e}", path.display());
+        }
+    }
+
+    async fn heartbeat_loop<H: Handler>(&self, handler: &H, state: &AgentState, control: &Control) {
+        let mut last_ok = 0u64;
+        loop {
+            let mut body = handler.heartbeat_facts();
+            body["version"] = Value::String(crate::commands::version_line());
+            body["group"] = Value::String(self.cfg.group.clone());
+            body["instance"] = Value::String(self.instance.clone());
+            body["uptime_secs"] = json!(state.uptime().as_secs());
+            body["role"] = Value::String(
+                if state.is_active() {
+                    "active"
+                } else {
+                    "standby"
+                }
+                .into(),
+            );
+            match self.post("heartbeat", &body).await {
+                Ok(resp) => {
+                    *state
+                        .last_heartbeat
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    match parse_lease(&resp.body) {
+                        Some((active, ttl)) => state.set_lease(active, ttl),
+                        None => log::warn!("relay: heartbeat answer carries no lease"),
+                    }
+                    last_ok = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    self.record(state, last_ok, None);
+                }
+                Err(HubError::Refused(why)) | Err(HubError::Retry(why, _)) => {
+                    log::warn!("relay: heartbeat failed: {why}");
+                    if !state.is_active() && state.active.load(Ordering::SeqCst) {
+                        log::warn!("relay: lease expired without a heartbeat; standby until the hub answers");
+                        state.active.store(false, Ordering::SeqCst);
+                    }
+                    self.record(state, last_ok, Some(why));
+                }
+            }
+            if control.sleep(self.cfg.heartbeat).await.is_some() {
+                return;
+            }
+        }
+    }
+}
+
+/// Request ids: 1-64 bytes of `[A-Za-z0-9._-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn describe(e: &Envelope) -> String {
+    match e.kind.as_str() {
+        "scim" => format!(
+            "{} {}",
+            e.method.as_deref().unwrap_or("?"),
+            e.path.as_deref().unwrap_or("?")
+        ),
+        "command" => format!("command {}", e.command.as_deref().unwrap_or("?")),
+        k => format!("kind {k}"),
+    }
+}
+
+/// The envelopes of a 200 poll answer.
+pub fn parse_requests(body: &[u8]) -> Result<Vec<Envelope>, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        requests: Vec<Envelope>,
+    }
+    let a: Answer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if a.requests.len() > 1000 {
+        return Err(format!(
+            "{} requests in one answer (limit 1000)",
+            a.requests.len()
+        ));
+    }
+    Ok(a.requests)
+}
+
+/// `(active, ttl)` from a heartbeat answer.
+pub fn parse_lease(body: &[u8]) -> Option<(bool, Duration)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let lease = v.get("lease")?;
+    let active = lease.get("role")?.as_str()? == "active";
+    let ttl = lease.get("ttl_secs")?.as_u64()?.min(3600);
+    Some((active, Duration::from_secs(ttl)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(valid_id("r-000123"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("../etc"));
+        assert!(!valid_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn the_cache_answers_redeliveries_and_stays_bounded() {
+        let mut c = ReplyCache::default();
+        for i in 0..(REPLY_CACHE + 10) {
+            c.put(Reply {
+                id: format!("r{i}"),
+                status: 200,
+                body: Value::Null,
+            });
+        }
+        assert!(c.get("r0").is_none());
+        assert!(c.get(&format!("r{}", REPLY_CACHE + 9)).is_some());
+        assert_eq!(c.map.len(), REPLY_CACHE);
+    }
+
+    #[test]
+    fn poll_answers_and_leases_parse() {
+        let e = parse_requests(
+            br#"{"requests":[{"id":"r1","kind":"scim","method":"GET","path":"/Users","query":"count=1","body":null},{"id":"r2","kind":"command","command":"resync","extra":1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1].command.as_deref(), Some("resync"));
+        assert!(parse_requests(b"{}").is_err());
+        assert!(parse_requests(b"\xff").is_err());
+        assert_eq!(
+            parse_lease(br#"{"lease":{"role":"active","holder":"a","ttl_secs":180}}"#),
+            Some((true, Duration::from_secs(180)))
+        );
+        assert_eq!(
+            parse_lease(br#"{"lease":{"role":"standby","ttl_secs":99999}}"#),
+            Some((false, Duration::from_secs(3600)))
+        );
+        assert_eq!(parse_lease(b"{}"), None);
+    }
+
+    #[test]
+    fn without_a_relay_the_agent_is_active_and_with_one_it_waits_for_a_grant() {
+        assert!(AgentState::new(false).is_active());
+        let s = AgentState::new(true);
+        assert!(!s.is_active());
+        s.set_lease(true, Duration::from_secs(60));
+        assert!(s.is_active());
+        s.set_lease(true, Duration::ZERO);
+        assert!(!s.is_active(), "an expired lease is not active");
+    }
+
+    #[test]
+    fn error_replies_are_scim_errors() {
+        let r = Reply::error("r1", 403, Some("mutability"), "writeback not allowed");
+        assert_eq!(r.body["status"], "403");
+        assert_eq!(r.body["scimType"], "mutability");
+    }
+}

@@ -1,0 +1,380 @@
+//! What the cloud may ask the agent through the relay (docs/protocol.md): SCIM reads of the
+//! branch directory (answered by [`crate::scim::facade`]) and four commands.
+//!
+//! | command | effect | answer |
+//! |---|---|---|
+//! | `resync` | the queue records that a full pass is owed; `run` starts it within seconds | 202 |
+//! | `provision` (`target`: DN or anchor) | one change for that object is queued (with the current watermark), so it is brought in step in order with the feed | 202, 404 unknown anchor, 409 while a full pass is owed anyway |
+//! | `approve-deletes` | the held set is approved exactly as it is now | 202 with the count, 200 if none held |
+//! | `set-profile` (`profile`: TOML) | validated against the default profile; stored as `state_dir/cloud-profile.toml` (it overrides `sync.profile_file`); `run` reloads | 200, 400 naming the bad key (the old profile stays) |
+//!
+//! The cloud gets no more power than this: paths outside `/Users`, `/Groups` and the three
+//! discovery endpoints are 404; writes are 403 (no writeback); reads stay in scope.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::ldap::Directory;
+use crate::queue::ResyncReason;
+use crate::relay::agent::{AgentState, Envelope, Handler, Reply};
+use crate::scim::facade::Facade;
+use crate::scim::profile::SyncProfile;
+use crate::sync::anchors::AnchorIndex;
+use crate::sync::deletes::{DeleteGate, Policy};
+use crate::sync::follow::{Change, SharedQueue};
+
+/// The file a cloud-pushed profile is kept in (inside the state directory).
+pub const CLOUD_PROFILE: &str = "cloud-profile.toml";
+
+/// How old the anchor-index snapshot the facade resolves references with may get.
+const INDEX_SNAPSHOT_AGE: Duration = Duration::from_secs(30);
+
+/// Answers relay envelopes for one running agent.
+pub struct Remote {
+    /// The directory.
+    pub dir: Directory,
+    /// The profile in use.
+    pub profile: SyncProfile,
+    /// The default profile of the directory kind (set-profile overrides apply to it).
+    pub base_profile: SyncProfile,
+    /// `scope.include`.
+    pub include: Vec<String>,
+    /// Scope filter for users.
+    pub user_filter: String,
+    /// Scope filter for groups.
+    pub group_filter: String,
+    /// `agent.state_dir`.
+    pub state_dir: PathBuf,
+    /// The change queue of `run`.
+    pub queue: SharedQueue,
+    /// The delete threshold (for `approve-deletes`).
+    pub delete_policy: Policy,
+    /// Operator requests (set-profile asks for a reload).
+    pub control: crate::signals::Control,
+    /// Shared counters and lease.
+    pub state: Arc<AgentState>,
+    snapshot: Mutex<Option<(Instant, Arc<AnchorIndex>)>>,
+}
+
+impl Remote {
+    /// A handler; `snapshot` starts empty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dir: Directory,
+        profile: SyncProfile,
+        base_profile: SyncProfile,
+        scope: (Vec<String>, String, String),
+        state_dir: PathBuf,
+        queue: SharedQueue,
+        delete_policy: Policy,
+        control: crate::signals::Control,
+        state: Arc<AgentState>,
+    ) -> Remote {
+        Remote {
+            dir,
+            profile,
+            base_profile,
+            include: scope.0,
+            user_filter: scope.1,
+            group_filter: scope.2,
+            state_dir,
+            queue,
+            delete_policy,
+            control,
+            state,
+            snapshot: Mutex::new(None),
+        }
+    }
+
+    fn index(&self) -> Arc<AnchorIndex> {
+        let mut g = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, ix)) = g.as_ref() {
+            if at.elapsed() < INDEX_SNAPSHOT_AGE {
+                return ix.clone();
+            }
+        }
+        let ix = Arc::new(AnchorIndex::load(&self.state_dir).unwrap_or_else(|e| {
+            log::warn!(
+                "relay: cannot read the anchor index ({e}); references resolve by directory reads"
+            );
+            AnchorIndex::empty(&self.state_dir)
+        }));
+        *g = Some((Instant::now(), ix.clone()));
+        ix
+    }
+
+    async fn command(&self, e: &Envelope) -> Reply {
+        let id = e.id.as_str();
+        match e.command.as_deref() {
+            Some("resync") => {
+                let q = self.queue.clone();
+                let r = smol::unblock(move || {
+                    q.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .mark_resync_owed(ResyncReason::Requested)
+                })
+                .await;
+                match r {
+                    Ok(()) => {
+                        log::info!("relay: a full pass was requested by the cloud");
+                        ok(id, 202, json!({"accepted": "resync"}))
+                    }
+                    Err(err) => Reply::error(id, 500, None, format!("queue: {err}")),
+                }
+            }
+            Some("provision") => self.provision(id, e.target.as_deref().unwrap_or("")).await,
+            Some("approve-deletes") => {
+                match DeleteGate::open(&self.state_dir, self.delete_policy) {
+                    Err(err) => Reply::error(id, 500, None, err.to_string()),
+                    Ok(g) if g.held().is_empty() => ok(
+                        id,
+                        200,
+                        json!({"approved": 0, "detail": "no deletes are held"}),
+                    ),
+                    Ok(g) => match g.write_approval() {
+                        Ok(()) => {
+                            log::info!("relay: the cloud approved {} held deletes", g.held().len());
+                            ok(id, 202, json!({"approved": g.held().len()}))
+                        }
+                        Err(err) => Reply::error(id, 500, None, err.to_string()),
+                    },
+                }
+            }
+            Some("set-profile") => {
+                let text = e.profile.as_deref().unwrap_or("");
+                match self.base_profile.clone().with_overrides(text) {
+                    Err(err) => Reply::error(
+                        id,
+                        400,
+                        Some("invalidValue"),
+                        format!("profile: {err}; the previous profile stays in use"),
+                    ),
+                    Ok(_) => {
+                        let path = self.state_dir.join(CLOUD_PROFILE);
+                        let tmp = path.with_extension("tmp");
+                        let written =
+                            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+                        match written {
+                            Ok(()) => {
+                                log::info!(
+                                    "relay: the cloud set a new sync profile ({}); reloading",
+                                    path.display()
+                                );
+                                self.control.raise(crate::signals::Request::Reload);
+                                ok(id, 200, json!({"accepted": "set-profile"}))
+                            }
+                            Err(err) => {
+                                Reply::error(id, 500, None, format!("{}: {err}", path.display()))
+                            }
+                        }
+                    }
+                }
+            }
+            Some(other) => Reply::error(
+                id,
+                400,
+                Some("invalidValue"),
+                format!("unknown command `{other}`"),
+            ),
+            None => Reply::error(
+                id,
+                400,
+                Some("invalidValue"),
+                "the envelope names no command",
+            ),
+        }
+    }
+
+    async fn provision(&self, id: &str, target: &str) -> Reply {
+        let target = target.trim();
+        if target.is_empty() {
+            return Reply::error(
+                id,
+                400,
+                Some("invalidValue"),
+                "provision needs a `target` (DN or anchor)",
+            );
+        }
+        let (dn, uuid) = if target.contains('=') {
+            if !crate::sync::dn::under_any(target, &self.include) {
+                return Reply::error(
+                    id,
+                    403,
+                    None,
+                    format!("{target} is not under scope.include"),
+                );
+            }
+            (target.to_string(), String::new())
+        } else {
+            match self.index().get_any(target) {
+                Some(a) => (a.dn.clone(), target.to_string()),
+                None => {
+                    return Reply::error(
+                        id,
+                        404,
+                        None,
+                        format!(
+                            "no object with anchor {target} is known to this agent; give its DN"
+                        ),
+                    )
+                }
+            }
+        };
+        let change = serde_json::to_vec(&Change::Upsert {
+            dn: dn.clone(),
+            uuid,
+        })
+        .unwrap_or_default();
+        let q = self.queue.clone();
+        let r = smol::unblock(move || {
+            let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
+            if q.resync_owed() {
+                return Ok(None);
+            }
+            let Some(mark) = q.watermark().map(<[u8]>::to_vec) else {
+                return Ok(None);
+            };
+            q.append(&[change], &mark).map(Some)
+        })
+        .await;
+        match r {
+            Ok(Some(_)) => {
+                log::info!("relay: the cloud asked to provision {dn} now");
+                ok(id, 202, json!({"accepted": "provision", "dn": dn}))
+            }
+            Ok(None) => Reply::error(
+                id,
+                409,
+                None,
+                "a full pass is owed; it provisions every object, this one included",
+            ),
+            Err(err) => Reply::error(id, 500, None, format!("queue: {err}")),
+        }
+    }
+}
+
+fn ok(id: &str, status: u16, body: Value) -> Reply {
+    Reply {
+        id: id.to_string(),
+        status,
+        body,
+    }
+}
+
+/// The paths a SCIM envelope may name.
+fn allowed_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let head = rest.split(['/', '?']).next().unwrap_or("");
+    !path.contains("..")
+        && matches!(
+            head,
+            "Users" | "Groups" | "ServiceProviderConfig" | "ResourceTypes" | "Schemas"
+        )
+}
+
+impl Handler for Remote {
+    async fn handle(&self, e: &Envelope) -> Reply {
+        match e.kind.as_str() {
+            "scim" => {
+                let path = e.path.as_deref().unwrap_or("");
+                if !allowed_path(path) {
+                    return Reply::error(&e.id, 404, None, format!("no such endpoint `{path}`"));
+                }
+                let method = e.method.as_deref().unwrap_or("GET");
+                let index = self.index();
+                let facade = Facade {
+                    dir: &self.dir,
+                    profile: &self.profile,
+                    include: &self.include,
+                    user_filter: &self.user_filter,
+                    group_filter: &self.group_filter,
+                    index: &index,
+                };
+                let (status, body) = facade
+                    .answer(method, path, e.query.as_deref().unwrap_or(""))
+                    .await;
+                ok(&e.id, status, body)
+            }
+            "command" => self.command(e).await,
+            other => Reply::error(
+                &e.id,
+                400,
+                Some("invalidValue"),
+                format!("unknown envelope kind `{other}`"),
+            ),
+        }
+    }
+
+    fn heartbeat_facts(&self) -> Value {
+        let q = crate::queue::Queue::inspect(&self.state_dir.join("queue")).ok();
+        let held = DeleteGate::open(&self.state_dir, self.delete_policy)
+            .map(|g| g.held().len())
+            .unwrap_or(0);
+        let age = |t: Option<Instant>| t.map(|t| t.elapsed().as_secs());
+        let progress = *self
+            .state
+            .last_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let phase = *self.state.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let last_error = self
+            .state
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        json!({
+            "state": if self.state.is_active() { phase } else { "standby" },
+            "queue": q.as_ref().map(|v| json!({
+                "depth": v.stats.depth,
+                "bytes": v.stats.bytes,
+                "oldest_age_secs": v.stats.oldest_age.map(|d| d.as_secs()),
+                "resync_owed": v.stats.resync_owed.map(|r| r.as_str()),
+            })),
+            "watermark_age_secs": age(progress),
+            "last_full_pass_age_secs": crate::sync::follow::last_full_pass(&self.state_dir)
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                .map(|d| d.as_secs()),
+            "counts": {
+                "provisioned": self.state.provisioned.load(std::sync::atomic::Ordering::Relaxed),
+                "failed": self.state.failed.load(std::sync::atomic::Ordering::Relaxed),
+                "held_deletes": held,
+            },
+            "last_error": last_error,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_scim_paths_pass() {
+        for ok in [
+            "/Users",
+            "/Users/abc",
+            "/Groups?x",
+            "/ServiceProviderConfig",
+            "/Schemas",
+        ] {
+            assert!(allowed_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Users",
+            "/Bulk",
+            "/Users/../../etc",
+            "/admin",
+            "//Users",
+            "/Me",
+        ] {
+            assert!(!allowed_path(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1730 @@
+//! Group membership sent as chunked SCIM PATCH add/remove, never as whole member lists
+//! (DESIGN.md §4), with the members last confirmed at the endpoint kept on disk.
+//!
+//! Owns: the per-group member files under one directory ([`MemberStore`]), the pure diff of
+//! two member lists ([`diff_members`]), the pure split of a diff into PATCH requests
+//! ([`plan_chunks`], [`patch_operations`]) and the loop that sends them ([`sync_members`]).
+//! Knows nothing about LDAP or mapping: it is handed SCIM ids.
+//!
+//! # On disk
+//! Per group (keyed by its anchor, the `externalId`), in the store's directory:
+//! * `<key>.members`: header line `idrelay-members 1 <epoch> <group id> <anchor>`, then the
+//!   member SCIM ids, sorted by bytes, no duplicates, one per line. Written only whole:
+//!   temp file, fsync, rename, directory fsync. `<epoch>` is a fresh random number at every
+//!   write.
+//! * `<key>.journal`: header `idrelay-members-journal 1 <epoch>`, then one block per PATCH
+//!   request: `~` (begun), the request's ids as `-id` / `+id`, then `=` (the endpoint
+//!   accepted it) or `!` (it certainly refused it). Appended, never rewritten.
+//!
+//! `<key>` is `x` + the anchor in hex, or `h` + a 128-bit FNV-1a hash of it in hex when the
+//! anchor is longer than [`MAX_HEX_ANCHOR`] bytes; the anchor itself never becomes a path.
+//! Ids, group id and anchor are written with `%`, space and control characters
+//! percent-escaped, so any string round-trips.
+//!
+//! # Invariants
+//! * **The confirmed list** of a group is the `.members` list with every `=` block of a
+//!   journal of the same epoch applied in order. It is always a list the endpoint really
+//!   held at some point, and after a chunk succeeded it is the previous confirmed list with
+//!   that chunk applied: a crash mid-way resumes with only the rest of the diff.
+//! * A block is written and fsynced **before** its PATCH is sent. A journal whose last
+//!   block is open (`~` without `=` or `!`), or whose last line is torn, means a request of
+//!   unknown outcome: the confirmed list is then *unknown*, and the next sync reads the
+//!   endpoint. So the store never claims a member the endpoint may lack, nor misses one it
+//!   may hold. (`=` and `!` need no fsync of their own: lost, they leave an open block,
+//!   which is the safe reading.)
+//! * *Unknown* (no `.members`, another group id or anchor in its header, an open block, an
+//!   unreadable file) is distinct from *empty* (a header and no ids). Unknown costs one
+//!   `GET /Groups/{id}` and a fresh `.members`; it never costs a wrong PATCH.
+//! * A journal whose epoch differs from the `.members` file is stale (a crash between the
+//!   write of a new `.members` and the removal of the journal) and is ignored.
+//! * After all chunks succeeded the wanted list becomes the new `.members`, then the
+//!   journal is removed.
+//!
+//! # Limits
+//! * One sync per group at a time (the caller serialises work per object); the store takes
+//!   no locks.
+//! * The store trusts that only the agent changes a group's members. Changes made at the
+//!   endpoint by others are seen only after [`MemberStore::forget`] (e.g. on a full pass).
+//! * Memory is proportional to the member count: the wanted ids (`Vec<String>`), the ids to
+//!   remove, one index per id to add, and the journal's ids. The stored list is streamed
+//!   line by line; no request carries more than `chunk` member values; no JSON body with all
+//!   members is built. The one exception is the *unknown* case, where the endpoint's answer
+//!   is parsed as a whole.
+//! * Reading the endpoint's members relies on `GET /Groups/{id}` returning all of them
+//!   (scim2-server does; some services, e.g. AWS IAM Identity Center, return none). It
+//!   reads the whole group: [`ScimClient::get`] takes no `attributes=` list yet.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::scim::client::{ScimClient, ScimError};
+use crate::scim::ResourceKind;
+
+/// Default most member values per PATCH request (AWS IAM Identity Center refuses more).
+pub const DEFAULT_CHUNK: usize = 100;
+
+/// Longest anchor (in bytes) whose file name is its hex form; longer ones are hashed.
+pub const MAX_HEX_ANCHOR: usize = 96;
+
+const MEMBERS_MAGIC: &str = "idrelay-members";
+const JOURNAL_MAGIC: &str = "idrelay-members-journal";
+const FORMAT_VERSION: &str = "1";
+
+/// Why the member store could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemberStoreError {
+    /// A file system operation failed.
+    Io {
+        /// What was being done (`open`, `write`, `rename`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The kind of the I/O error.
+        kind: io::ErrorKind,
+        /// The I/O error's text.
+        detail: String,
+    },
+    /// A stored file does not have the expected content.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: u64,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Ids handed to [`MemberStore::save`] were not sorted and de-duplicated.
+    NotSorted {
+        /// The group's anchor.
+        anchor: String,
+        /// Index of the first id not greater than the one before it.
+        position: usize,
+    },
+}
+
+impl fmt::Display for MemberStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemberStoreError::Io {
+                op, path, detail, ..
+            } => write!(f, "cannot {op} {}: {detail}", path.display()),
+            MemberStoreError::Corrupt { path, line, detail } => {
+                write!(f, "{} line {line}: {detail}", path.display())
+            }
+            MemberStoreError::NotSorted { anchor, position } => write!(
+                f,
+                "members of group {anchor:?} are not sorted and unique at position {position}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MemberStoreError {}
+
+fn io_err(op: &'static str, path: &Path, e: io::Error) -> MemberStoreError {
+    MemberStoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        kind: e.kind(),
+        detail: e.to_string(),
+    }
+}
+
+fn corrupt(path: &Path, line: u64, detail: impl Into<String>) -> MemberStoreError {
+    MemberStoreError::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        detail: detail.into(),
+    }
+}
+
+/// Why [`sync_members`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemberSyncError {
+    /// The endpoint answered 404 for the group (on GET or PATCH): it was deleted there. The
+    /// stored members were forgotten; the caller should provision the group again.
+    GroupGone {
+        /// The group's SCIM id.
+        group_id: String,
+    },
+    /// A SCIM request failed (after the client's retries). Chunks sent before it stay
+    /// recorded; the next sync sends the rest (or, after an ambiguous failure, re-reads).
+    Scim(ScimError),
+    /// The member store could not be written.
+    Store(MemberStoreError),
+}
+
+impl fmt::Display for MemberSyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemberSyncError::GroupGone { group_id } => {
+                write!(f, "SCIM group {group_id} no longer exists at the endpoint")
+            }
+            MemberSyncError::Scim(e) => write!(f, "group members: {e}"),
+            MemberSyncError::Store(e) => write!(f, "group member store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for MemberSyncError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MemberSyncError::Scim(e) => Some(e),
+            MemberSyncError::Store(e) => Some(e),
+            MemberSyncError::GroupGone { .. } => None,
+        }
+    }
+}
+
+impl From<ScimError> for MemberSyncError {
+    fn from(e: ScimError) -> Self {
+        MemberSyncError::Scim(e)
+    }
+}
+
+impl From<MemberStoreError> for MemberSyncError {
+    fn from(e: MemberStoreError) -> Self {
+        MemberSyncError::Store(e)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pure: escaping, file names, diff, chunks, operations.
+
+/// `s` with `%`, space and control characters as `%XX`.
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s
+        .bytes()
+        .any(|b| b == b'%' || b == b' ' || b.is_ascii_control())
+    {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '%' || c == ' ' || c.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Reverses [`escape`]; `None` for a bad escape.
+fn unescape(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// FNV-1a, 128 bits: stable across releases (unlike `DefaultHasher`).
+fn fnv1a_128(data: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    data.iter()
+        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+}
+
+/// The file name stem for an anchor: only `[0-9a-fx h]`, at most 193 characters.
+fn file_key(anchor: &str) -> String {
+    if anchor.len() <= MAX_HEX_ANCHOR {
+        let mut s = String::with_capacity(1 + 2 * anchor.len());
+        s.push('x');
+        for b in anchor.bytes() {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    } else {
+        format!("h{:032x}", fnv1a_128(anchor.as_bytes()))
+    }
+}
+
+/// The difference between the confirmed members and the wanted ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberDiff {
+    /// Positions, in the sorted wanted list, of the ids to add (ascending).
+    pub added: Vec<usize>,
+    /// The ids to remove, sorted.
+    pub removed: Vec<String>,
+}
+
+impl MemberDiff {
+    /// Nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+
+    /// The ids to add, given the wanted list that [`diff_members`] sorted.
+    pub fn added_ids<'a>(&'a self, new: &'a [String]) -> impl Iterator<Item = &'a str> + 'a {
+        self.added.iter().map(move |&i| new[i].as_str())
+    }
+}
+
+/// Sorts and de-duplicates `new` in place, then walks it together with `old` (the
+/// confirmed ids, ascending and unique, e.g. streamed from a [`MemberStore`]) and returns
+/// what to add and what to remove. Stops at the first error `old` yields.
+///
+/// `old` must be strictly ascending; out-of-order input gives a wrong diff (the store's
+/// reader checks the order of what it yields).
+pub fn diff_members<I, E>(old: I, new: &mut Vec<String>) -> Result<MemberDiff, E>
+where
+    I: IntoIterator<Item = Result<String, E>>,
+{
+    new.sort_unstable();
+    new.dedup();
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    let mut i = 0;
+    for o in old {
+        let o = o?;
+        while i < new.len() && new[i] < o {
+            added.push(i);
+            i += 1;
+        }
+        if i < new.len() && new[i] == o {
+            i += 1;
+        } else {
+            removed.push(o);
+        }
+    }
+    added.extend(i..new.len());
+    Ok(MemberDiff { added, removed })
+}
+
+/// One PATCH request's share of a diff: a range of the removals and a range of the
+/// additions (indices into [`MemberDiff::removed`] and [`MemberDiff::added`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchChunk {
+    /// Removals carried by this request.
+    pub removes: Range<usize>,
+    /// Additions carried by this request.
+    pub adds: Range<usize>,
+}
+
+impl PatchChunk {
+    /// Member values in this request.
+    pub fn len(&self) -> usize {
+        self.removes.len() + self.adds.len()
+    }
+
+    /// Carries nothing (never yielded by [`plan_chunks`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Splits `removes` removals and `adds` additions into requests of at most `chunk` member
+/// values each (`chunk` 0 counts as 1): removals first (access is taken away before any is
+/// granted), the request at the boundary carrying both. Yields
+/// `ceil((removes + adds) / chunk)` chunks.
+pub fn plan_chunks(removes: usize, adds: usize, chunk: usize) -> impl Iterator<Item = PatchChunk> {
+    let chunk = chunk.max(1);
+    let total = removes + adds;
+    (0..total.div_ceil(chunk)).map(move |k| {
+        let start = k * chunk;
+        let end = (start + chunk).min(total);
+        PatchChunk {
+            removes: start.min(removes)..end.min(removes),
+            adds: start.saturating_sub(removes)..end.saturating_sub(removes),
+        }
+    })
+}
+
+/// How a PATCH removes members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RemoveForm {
+    /// RFC 7644 §3.5.2.2: one `{"op":"remove","path":"members[value eq \"id\"]"}` per id.
+    #[default]
+    PathFilter,
+    /// The form Microsoft Entra sends (and AWS accepts):
+    /// `{"op":"remove","path":"members","value":[{"value":id},...]}`. Not RFC 7644;
+    /// scim2-server refuses it with 400 `invalidValue`.
+    ValueList,
+}
+
+/// The PATCH path that selects one member: `members[value eq "<id>"]`, the id written as a
+/// SCIM string literal (a JSON string: quotes, backslashes, controls escaped).
+pub fn member_filter_path(id: &str) -> String {
+    format!("members[value eq {}]", Value::String(id.to_owned()))
+}
+
+/// The PatchOp `Operations` for one request: the removals (in `form`), then one `add` of
+/// all additions to `members`. Empty when both are empty.
+pub fn patch_operations<'a>(
+    removes: impl IntoIterator<Item = &'a str>,
+    adds: impl IntoIterator<Item = &'a str>,
+    form: RemoveForm,
+) -> Vec<Value> {
+    let mut ops = Vec::new();
+    match form {
+        RemoveForm::PathFilter => {
+            for id in removes {
+                ops.push(json!({"op": "remove", "path": member_filter_path(id)}));
+            }
+        }
+        RemoveForm::ValueList => {
+            let values: Vec<Value> = removes.into_iter().map(|id| json!({"value": id})).collect();
+            if !values.is_empty() {
+                ops.push(json!({"op": "remove", "path": "members", "value": values}));
+            }
+        }
+    }
+    let values: Vec<Value> = adds.into_iter().map(|id| json!({"value": id})).collect();
+    if !values.is_empty() {
+        ops.push(json!({"op": "add", "path": "members", "value": values}));
+    }
+    ops
+}
+
+// ---------------------------------------------------------------------------------------
+// The store.
+
+/// The members last confirmed at the endpoint, per group, in files under one directory.
+/// See the module documentation for the format and invariants.
+#[derive(Debug, Clone)]
+pub struct MemberStore {
+    dir: PathBuf,
+}
+
+/// What a journal says, once parsed.
+struct JournalState {
+    /// Last committed op per id: `true` = present.
+    overlay: BTreeMap<String, bool>,
+}
+
+impl MemberStore {
+    /// Opens (creating it if needed) the store in `dir`.
+    pub fn open(dir: PathBuf) -> Result<MemberStore, MemberStoreError> {
+        fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        Ok(MemberStore { dir })
+    }
+
+    /// The directory of this store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, anchor: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{}.{ext}", file_key(anchor)))
+    }
+
+    /// The confirmed members of the group anchored at `anchor` whose SCIM id is
+    /// `group_id`, streamed in ascending order; `Ok(None)` when they are unknown (never
+    /// stored, stored for another group id, or a request of unknown outcome in the
+    /// journal). The journal's ids are read into memory; the `.members` file is streamed.
+    pub fn load(
+        &self,
+        anchor: &str,
+        group_id: &str,
+    ) -> Result<Option<StoredMembers>, MemberStoreError> {
+        let path = self.path(anchor, "members");
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &path, e)),
+        };
+        let mut reader = BufReader::new(file);
+        let mut line = String::new();
+        if !read_whole_line(&mut reader, &mut line, &path, 1)? {
+            return Err(corrupt(&path, 1, "no header"));
+        }
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [magic, version, epoch, gid, anc] = fields[..] else {
+            return Err(corrupt(&path, 1, "header does not have 5 fields"));
+        };
+        if magic != MEMBERS_MAGIC || version != FORMAT_VERSION {
+            return Err(corrupt(&path, 1, "not a version 1 member file"));
+        }
+        let epoch =
+            u64::from_str_radix(epoch, 16).map_err(|_| corrupt(&path, 1, "bad epoch in header"))?;
+        let (Some(gid), Some(anc)) = (unescape(gid), unescape(anc)) else {
+            return Err(corrupt(&path, 1, "bad escape in header"));
+        };
+        if gid != group_id || anc != anchor {
+            // Another group (recreated at the endpoint, or a hash collision): unknown.
+            return Ok(None);
+        }
+        let journal = self.path(anchor, "journal");
+        let (overlay, has_journal) = match read_journal(&journal, epoch)? {
+            JournalRead::Absent | JournalRead::Stale => (BTreeMap::new(), false),
+            JournalRead::Uncertain => return Ok(None),
+            JournalRead::Valid(state) => (state.overlay, true),
+        };
+        Ok(Some(StoredMembers {
+            reader,
+            path,
+            line_no: 1,
+            buf: String::new(),
+            prev: String::new(),
+            have_prev: false,
+            base_head: None,
+            base_done: false,
+            failed: false,
+            overlay: overlay.into_iter().peekable(),
+            epoch,
+            has_journal,
+        }))
+    }
+
+    /// Stores `ids` (ascending, unique) as the confirmed members of the group, replacing
+    /// whatever was stored (journal included). Returns the new epoch.
+    pub fn save(
+        &self,
+        anchor: &str,
+        group_id: &str,
+        ids: &[String],
+    ) -> Result<u64, MemberStoreError> {
+        if let Some(position) = ids.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(MemberStoreError::NotSorted {
+                anchor: anchor.to_string(),
+                position: position + 1,
+            });
+        }
+        let epoch = fastrand::u64(..);
+        let path = self.path(anchor, "members");
+        let tmp = self.path(anchor, "tmp");
+        let file = self.create(&tmp)?;
+        let mut w = BufWriter::with_capacity(64 << 10, file);
+        let write = |w: &mut BufWriter<File>| -> io::Result<()> {
+            writeln!(
+                w,
+                "{MEMBERS_MAGIC} {FORMAT_VERSION} {epoch:016x} {} {}",
+                escape(group_id),
+                escape(anchor)
+            )?;
+            for id in ids {
+                w.write_all(escape(id).as_bytes())?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            w.get_ref().sync_all()
+        };
+        write(&mut w).map_err(|e| io_err("write", &tmp, e))?;
+        drop(w);
+        fs::rename(&tmp, &path).map_err(|e| io_err("rename", &path, e))?;
+        self.sync_dir()?;
+        // A journal left behind now has the old epoch and is ignored; remove it anyway.
+        let journal = self.path(anchor, "journal");
+        match fs::remove_file(&journal) {
+            Ok(()) => self.sync_dir()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &journal, e)),
+        }
+        Ok(epoch)
+    }
+
+    /// Forgets the group: its members become unknown.
+    pub fn forget(&self, anchor: &str) -> Result<(), MemberStoreError> {
+        let mut removed = false;
+        for ext in ["members", "journal", "tmp"] {
+            let path = self.path(anchor, ext);
+            match fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path, e)),
+            }
+        }
+        if removed {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    /// Opens the journal for appending blocks under `epoch`: continues it when `append`
+    /// (it is valid and of that epoch), else starts a new one.
+    fn journal(
+        &self,
+        anchor: &str,
+        epoch: u64,
+        append: bool,
+    ) -> Result<MemberJournal, MemberStoreError> {
+        let path = self.path(anchor, "journal");
+        if append {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err("open", &path, e))?;
+            return Ok(MemberJournal { file, path });
+        }
+        let mut file = self.create(&path)?;
+        writeln!(file, "{JOURNAL_MAGIC} {FORMAT_VERSION} {epoch:016x}")
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_err("write", &path, e))?;
+        self.sync_dir()?;
+        Ok(MemberJournal { file, path })
+    }
+
+    /// Creates (truncates) a file in the store, re-creating the directory if it was lost.
+    fn create(&self, path: &Path) -> Result<File, MemberStoreError> {
+        match File::create(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir).map_err(|e| io_err("create", &self.dir, e))?;
+                File::create(path)
+            }
+            other => other,
+        }
+        .map_err(|e| io_err("create", path, e))
+    }
+
+    fn sync_dir(&self) -> Result<(), MemberStoreError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("fsync", &self.dir, e))
+    }
+}
+
+/// What [`read_line`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// A whole line, now in the buffer without its `\n`.
+    Full,
+    /// The end of the file.
+    End,
+    /// A last line without `\n` (a write cut short).
+    Torn,
+}
+
+/// Reads one line into `buf`.
+fn read_line(
+    reader: &mut impl BufRead,
+    buf: &mut String,
+    path: &Path,
+    line_no: u64,
+) -> Result<Line, MemberStoreError> {
+    buf.clear();
+    let n = reader.read_line(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            corrupt(path, line_no, "not UTF-8")
+        } else {
+            io_err("read", path, e)
+        }
+    })?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if buf.pop() != Some('\n') {
+        return Ok(Line::Torn);
+    }
+    Ok(Line::Full)
+}
+
+/// Like [`read_line`], for files written whole: a torn line is corruption.
+fn read_whole_line(
+    reader: &mut impl BufRead,
+    buf: &mut String,
+    path: &Path,
+    line_no: u64,
+) -> Result<bool, MemberStoreError> {
+    match read_line(reader, buf, path, line_no)? {
+        Line::Full => Ok(true),
+        Line::End => Ok(false),
+        Line::Torn => Err(corrupt(path, line_no, "last line has no end")),
+    }
+}
+
+enum JournalRead {
+    Absent,
+    /// Another epoch: left by a crash after a new `.members` was written.
+    Stale,
+    /// A request of unknown outcome (open block or torn tail).
+    Uncertain,
+    Valid(JournalState),
+}
+
+fn read_journal(path: &Path, epoch: u64) -> Result<JournalRead, MemberStoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(JournalRead::Absent),
+        Err(e) => return Err(io_err("open", path, e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    let mut line_no = 1;
+    if read_line(&mut reader, &mut line, path, line_no)? != Line::Full {
+        // An empty or torn header: the journal was being created, no block was begun.
+        return Ok(JournalRead::Stale);
+    }
+    let expected = format!("{JOURNAL_MAGIC} {FORMAT_VERSION} {epoch:016x}");
+    if line != expected {
+        return Ok(JournalRead::Stale);
+    }
+    let mut overlay = BTreeMap::new();
+    let mut block: Option<Vec<(String, bool)>> = None;
+    loop {
+        line_no += 1;
+        match read_line(&mut reader, &mut line, path, line_no)? {
+            Line::Full => {}
+            Line::End => break,
+            Line::Torn => return Ok(JournalRead::Uncertain),
+        }
+        match (line.as_str(), &mut block) {
+            ("~", None) => block = Some(Vec::new()),
+            ("=", Some(ops)) => {
+                for (id, present) in ops.drain(..) {
+                    overlay.insert(id, present);
+                }
+                block = None;
+            }
+            ("!", Some(_)) => block = None,
+            (l, Some(ops)) if l.starts_with('+') || l.starts_with('-') => {
+                let id = unescape(&l[1..]).ok_or_else(|| corrupt(path, line_no, "bad escape"))?;
+                ops.push((id, l.starts_with('+')));
+            }
+            _ => return Err(corrupt(path, line_no, "unexpected journal line")),
+        }
+    }
+    if block.is_some() {
+        return Ok(JournalRead::Uncertain);
+    }
+    Ok(JournalRead::Valid(JournalState { overlay }))
+}
+
+/// The confirmed members of one group, ascending, read from disk as they are iterated.
+/// Yields an error (then stops) on a corrupt or out-of-order line.
+pub struct StoredMembers {
+    reader: BufReader<File>,
+    path: PathBuf,
+    line_no: u64,
+    buf: String,
+    prev: String,
+    have_prev: bool,
+    base_head: Option<String>,
+    base_done: bool,
+    failed: bool,
+    overlay: std::iter::Peekable<std::collections::btree_map::IntoIter<String, bool>>,
+    epoch: u64,
+    has_journal: bool,
+}
+
+impl fmt::Debug for StoredMembers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredMembers")
+            .field("path", &self.path)
+            .field("epoch", &self.epoch)
+            .field("has_journal", &self.has_journal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredMembers {
+    /// The epoch of the `.members` file these come from.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A valid journal of this epoch exists (its blocks are part of what is yielded).
+    pub fn has_journal(&self) -> bool {
+        self.has_journal
+    }
+
+    fn read_base(&mut self) -> Result<Option<String>, MemberStoreError> {
+        self.line_no += 1;
+        if !read_whole_line(&mut self.reader, &mut self.buf, &self.path, self.line_no)? {
+            return Ok(None);
+        }
+        let id =
+            unescape(&self.buf).ok_or_else(|| corrupt(&self.path, self.line_no, "bad escape"))?;
+        if self.have_prev && id <= self.prev {
+            return Err(corrupt(
+                &self.path,
+                self.line_no,
+                "ids not sorted and unique",
+            ));
+        }
+        self.prev.clear();
+        self.prev.push_str(&id);
+        self.have_prev = true;
+        Ok(Some(id))
+    }
+}
+
+impl Iterator for StoredMembers {
+    type Item = Result<String, MemberStoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if self.base_head.is_none() && !self.base_done {
+                match self.read_base() {
+                    Ok(Some(id)) => self.base_head = Some(id),
+                    Ok(None) => self.base_done = true,
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let overlay_first = match (&self.base_head, self.overlay.peek()) {
+                (None, None) => return None,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(b), Some((o, _))) => o <= b,
+            };
+            if !overlay_first {
+                return self.base_head.take().map(Ok);
+            }
+            let (id, present) = self.overlay.next()?;
+            if self.base_head.as_deref() == Some(id.as_str()) {
+                self.base_head = None;
+            }
+            if present {
+                return Some(Ok(id));
+            }
+        }
+    }
+}
+
+/// The open journal of one group during a sync.
+struct MemberJournal {
+    file: File,
+    path: PathBuf,
+}
+
+impl MemberJournal {
+    /// Records, durably, that a request with these removals and additions is about to be
+    /// sent.
+    fn begin<'a>(
+        &mut self,
+        removes: impl IntoIterator<Item = &'a str>,
+        adds: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), MemberStoreError> {
+        let mut block = String::from("~\n");
+        for (sign, id) in removes
+            .into_iter()
+            .map(|id| ('-', id))
+            .chain(adds.into_iter().map(|id| ('+', id)))
+        {
+            block.push(sign);
+            block.push_str(&escape(id));
+            block.push('\n');
+        }
+        self.file
+            .write_all(block.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io_err("write", &self.path, e))
+    }
+
+    /// Records that the endpoint applied the request (`=`) or certainly did not (`!`). Not
+    /// fsynced: if lost, the open block reads as "unknown", which is safe.
+    fn close(&mut self, applied: bool) -> Result<(), MemberStoreError> {
+        let mark: &[u8] = if applied { b"=\n" } else { b"!\n" };
+        self.file
+            .write_all(mark)
+            .map_err(|e| io_err("write", &self.path, e))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The sync.
+
+/// What [`sync_members`] sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberWrites {
+    /// Members added.
+    pub added: usize,
+    /// Members removed.
+    pub removed: usize,
+    /// PATCH requests that succeeded (client retries not counted).
+    pub requests: usize,
+    /// The stored members were unknown, so the endpoint's were read.
+    pub endpoint_read: bool,
+}
+
+/// The two requests the sync needs from an endpoint (a seam for tests).
+trait GroupEndpoint {
+    /// The member ids of the group; `None` when it does not exist.
+    async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError>;
+    /// Sends one PatchOp with these operations to the group.
+    async fn patch_members(&self, group_id: &str, ops: Vec<Value>) -> Result<(), ScimError>;
+}
+
+impl GroupEndpoint for ScimClient {
+    async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError> {
+        let Some(group) = self.get(ResourceKind::Group, group_id).await? else {
+            return Ok(None);
+        };
+        members_of(&group, group_id).map(Some)
+    }
+
+    async fn patch_members(&self, group_id: &str, ops: Vec<Value>) -> Result<(), ScimError> {
+        self.patch(ResourceKind::Group, group_id, ops).await
+    }
+}
+
+/// The `value`s of a group's `members`.
+fn members_of(group: &Value, group_id: &str) -> Result<Vec<String>, ScimError> {
+    let bad = |detail: &str| ScimError::Decode {
+        what: format!("SCIM group {group_id}"),
+        detail: detail.to_string(),
+    };
+    match group.get("members") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|m| {
+                m.get("value")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("a member has no string \"value\""))
+            })
+            .collect(),
+        Some(_) => Err(bad("\"members\" is not an array")),
+    }
+}
+
+/// Brings the members of the SCIM group `group_id` (anchored at `anchor`) to `new_ids`
+/// with PATCH requests of at most `chunk` member values (0 counts as 1; use
+/// [`DEFAULT_CHUNK`]), sending only the difference from the confirmed members in `store`
+/// and reading the endpoint's members once when those are unknown. Each request is
+/// recorded in `store` as it completes (see the module invariants); on success the stored
+/// members are `new_ids`.
+pub async fn sync_members(
+    scim: &ScimClient,
+    store: &MemberStore,
+    anchor: &str,
+    group_id: &str,
+    new_ids: Vec<String>,
+    chunk: usize,
+) -> Result<MemberWrites, MemberSyncError> {
+    sync_via(scim, store, anchor, group_id, new_ids, chunk, Vec::new()).await
+}
+
+/// [`sync_members`], with `lead_ops` (e.g. a replace of the group's other attributes) sent
+/// in the first PATCH request, or alone when the members are already in step: a group whose
+/// name and members both changed costs one request, not two.
+pub async fn sync_members_with(
+    scim: &ScimClient,
+    store: &MemberStore,
+    anchor: &str,
+    group_id: &str,
+    new_ids: Vec<String>,
+    chunk: usize,
+    lead_ops: Vec<Value>,
+) -> Result<MemberWrites, MemberSyncError> {
+    sync_via(scim, store, anchor, group_id, new_ids, chunk, lead_ops).await
+}
+
+async fn sync_via<E: GroupEndpoint>(
+    endpoint: &E,
+    store: &MemberStore,
+    anchor: &str,
+    group_id: &str,
+    mut new_ids: Vec<String>,
+    chunk: usize,
+    mut lead_ops: Vec<Value>,
+) -> Result<MemberWrites, MemberSyncError> {
+    let mut writes = MemberWrites::default();
+    let known = match store.load(anchor, group_id) {
+        Ok(Some(stored)) => {
+            let (epoch, has_journal) = (stored.epoch(), stored.has_journal());
+            match diff_members(stored, &mut new_ids) {
+                Ok(diff) => Some((diff, epoch, has_journal)),
+                Err(e) => {
+                    log::warn!(
+                        "stored members of group {anchor:?} unreadable ({e}); reading the endpoint"
+                    );
+                    None
+                }
+            }
+        }
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("stored members of group {anchor:?} unreadable ({e}); reading the endpoint");
+            None
+        }
+    };
+    let (diff, epoch, has_journal) = match known {
+        Some(known) => known,
+        None => {
+            writes.endpoint_read = true;
+            let Some(mut current) = endpoint.current_members(group_id).await? else {
+                return Err(group_gone(store, anchor, group_id));
+            };
+            current.sort_unstable();
+            current.dedup();
+            let epoch = store.save(anchor, group_id, &current)?;
+            let diff = diff_members(current.into_iter().map(Ok::<_, Infallible>), &mut new_ids)
+                .unwrap_or_else(|never| match never {});
+            (diff, epoch, false)
+        }
+    };
+    if diff.is_empty() {
+        if has_journal {
+            store.save(anchor, group_id, &new_ids)?;
+        }
+        if !lead_ops.is_empty() {
+            match endpoint.patch_members(group_id, lead_ops).await {
+                Ok(()) => writes.requests += 1,
+                Err(e) if e.status() == Some(404) => {
+                    return Err(group_gone(store, anchor, group_id))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok(writes);
+    }
+    let mut journal = store.journal(anchor, epoch, has_journal)?;
+    for c in plan_chunks(diff.removed.len(), diff.added.len(), chunk) {
+        let removes = &diff.removed[c.removes.clone()];
+        let adds = &diff.added[c.adds.clone()];
+        let add_ids = || adds.iter().map(|&i| new_ids[i].as_str());
+        journal.begin(removes.iter().map(String::as_str), add_ids())?;
+        let mut ops = std::mem::take(&mut lead_ops);
+        ops.extend(patch_operations(
+            removes.iter().map(String::as_str),
+            add_ids(),
+            RemoveForm::PathFilter,
+        ));
+        match endpoint.patch_members(group_id, ops).await {
+            Ok(()) => journal.close(true)?,
+            Err(e) if e.status() == Some(404) => {
+                drop(journal);
+                return Err(group_gone(store, anchor, group_id));
+            }
+            Err(e) => {
+                if !e.is_ambiguous_write() {
+                    journal.close(false)?;
+                }
+                return Err(e.into());
+            }
+        }
+        writes.requests += 1;
+        writes.removed += removes.len();
+        writes.added += adds.len();
+    }
+    drop(journal);
+    store.save(anchor, group_id, &new_ids)?;
+    Ok(writes)
+}
+
+/// Forgets the group's members and returns [`MemberSyncError::GroupGone`].
+fn group_gone(store: &MemberStore, anchor: &str, group_id: &str) -> MemberSyncError {
+    if let Err(e) = store.forget(anchor) {
+        log::warn!("cannot forget the members of deleted group {anchor:?}: {e}");
+    }
+    MemberSyncError::GroupGone {
+        group_id: group_id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeSet;
+
+    use crate::relay::http::Method;
+
+    /// A directory under the system temp dir, removed on drop.
+    struct Tmp(PathBuf);
+
+    impl Tmp {
+        fn new() -> Tmp {
+            let p = std::env::temp_dir().join(format!(
+                "idrelay-members-{}-{:016x}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            Tmp(p)
+        }
+        fn store(&self) -> MemberStore {
+            MemberStore::open(self.0.clone()).unwrap()
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn loaded(store: &MemberStore, anchor: &str, gid: &str) -> Option<Vec<String>> {
+        store
+            .load(anchor, gid)
+            .unwrap()
+            .map(|m| m.collect::<Result<Vec<_>, _>>().unwrap())
+    }
+
+    fn ok(list: &[&str]) -> impl Iterator<Item = Result<String, Infallible>> {
+        ids(list).into_iter().map(Ok)
+    }
+
+    fn added(d: &MemberDiff, new: &[String]) -> Vec<String> {
+        d.added_ids(new).map(str::to_string).collect()
+    }
+
+    // --- pure parts -------------------------------------------------------------------
+
+    #[test]
+    fn escaping_round_trips_separators() {
+        for s in [
+            "plain",
+            "",
+            "a b",
+            "100%",
+            "x\ny\rz",
+            "%0A",
+            "tab\there",
+            "Jörg ✓",
+        ] {
+            let e = escape(s);
+            assert!(!e.contains(['\n', '\r', ' ']), "{e:?}");
+            assert_eq!(unescape(&e).as_deref(), Some(s));
+        }
+        assert_eq!(escape("a b%\n"), "a%20b%25%0A");
+        assert_eq!(unescape("%zz"), None);
+        assert_eq!(unescape("%4"), None);
+        assert_eq!(unescape("%C3"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn file_names_never_come_from_the_anchor_itself() {
+        let dir = Path::new("/var/lib/idrelay/members");
+        let store = MemberStore {
+            dir: dir.to_path_buf(),
+        };
+        let long = "A".repeat(10_000);
+        for anchor in [
+            "../../etc/passwd",
+            "/etc/shadow",
+            "a/b",
+            "\0",
+            "",
+            "..",
+            &long,
+        ] {
+            let p = store.path(anchor, "members");
+            assert_eq!(p.parent(), Some(dir), "{anchor:?}");
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(name.len() <= 255, "{name}");
+            let stem = name.strip_suffix(".members").unwrap();
+            assert!(
+                stem.bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'h'),
+                "{name}"
+            );
+        }
+        assert_eq!(file_key("AQID"), "x41514944");
+        assert_eq!(file_key(&long).len(), 33);
+        assert_ne!(file_key(&long), file_key(&"A".repeat(10_001)));
+    }
+
+    #[test]
+    fn diff_by_merge_walk() {
+        let mut new = ids(&["d", "b", "a", "b", "e"]);
+        let d = diff_members(ok(&["a", "c", "d", "f"]), &mut new).unwrap();
+        assert_eq!(new, ids(&["a", "b", "d", "e"]), "sorted and de-duplicated");
+        assert_eq!(added(&d, &new), ids(&["b", "e"]));
+        assert_eq!(d.removed, ids(&["c", "f"]));
+
+        let mut new = ids(&["x", "y"]);
+        let d = diff_members(ok(&[]), &mut new).unwrap();
+        assert_eq!((d.added.clone(), d.removed.len()), (vec![0, 1], 0));
+        let d = diff_members(ok(&["x", "y"]), &mut new).unwrap();
+        assert!(d.is_empty());
+        let d = diff_members(ok(&["a", "z"]), &mut Vec::new()).unwrap();
+        assert_eq!((d.added.len(), d.removed), (0, ids(&["a", "z"])));
+    }
+
+    #[test]
+    fn diff_stops_at_the_first_read_error() {
+        let old = vec![Ok("a".to_string()), Err("disk"), Ok("b".to_string())];
+        assert_eq!(diff_members(old, &mut ids(&["a"])), Err("disk"));
+    }
+
+    #[test]
+    fn chunks_fill_removals_first_and_share_the_boundary() {
+        let c: Vec<_> = plan_chunks(120, 70, 100).collect();
+        assert_eq!(
+            c,
+            vec![
+                PatchChunk {
+                    removes: 0..100,
+                    adds: 0..0
+                },
+                PatchChunk {
+                    removes: 100..120,
+                    adds: 0..70
+                },
+            ]
+        );
+        assert_eq!(plan_chunks(0, 250, 100).count(), 3);
+        assert_eq!(plan_chunks(30, 40, 100).count(), 1);
+        assert_eq!(plan_chunks(0, 0, 100).count(), 0);
+        assert_eq!(plan_chunks(2, 1, 0).count(), 3, "chunk 0 counts as 1");
+    }
+
+    #[test]
+    fn operations_are_rfc_7644_patch_ops() {
+        let ops = patch_operations(["r1", "q\"uote\\"], ["a1", "a2"], RemoveForm::PathFilter);
+        assert_eq!(
+            Value::Array(ops),
+            json!([
+                {"op": "remove", "path": "members[value eq \"r1\"]"},
+                {"op": "remove", "path": "members[value eq \"q\\\"uote\\\\\"]"},
+                {"op": "add", "path": "members", "value": [{"value": "a1"}, {"value": "a2"}]}
+            ])
+        );
+        let ops = patch_operations(["r1", "r2"], [], RemoveForm::ValueList);
+        assert_eq!(
+            Value::Array(ops),
+            json!([{"op": "remove", "path": "members", "value": [{"value": "r1"}, {"value": "r2"}]}])
+        );
+        assert!(patch_operations([], [], RemoveForm::PathFilter).is_empty());
+        assert_eq!(member_filter_path("a\nb"), "members[value eq \"a\\nb\"]");
+    }
+
+    // --- the store --------------------------------------------------------------------
+
+    #[test]
+    fn missing_is_unknown_and_empty_is_known() {
+        let t = Tmp::new();
+        let s = t.store();
+        assert_eq!(loaded(&s, "g", "id1"), None);
+        s.save("g", "id1", &[]).unwrap();
+        assert_eq!(loaded(&s, "g", "id1"), Some(vec![]));
+        s.forget("g").unwrap();
+        assert_eq!(loaded(&s, "g", "id1"), None);
+        assert_eq!(
+            fs::read_dir(&t.0).unwrap().count(),
+            0,
+            "forget removes every file"
+        );
+        s.forget("g").unwrap();
+    }
+
+    #[test]
+    fn save_and_load_round_trip_any_id() {
+        let t = Tmp::new();
+        let s = t.store();
+        let mut list = ids(&["", " ", "%", "a\nb", "id-1", "ö"]);
+        list.sort();
+        s.save("anchor with space/../", "group 1", &list).unwrap();
+        assert_eq!(loaded(&s, "anchor with space/../", "group 1"), Some(list));
+    }
+
+    #[test]
+    fn another_group_id_or_anchor_is_unknown() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id1", &ids(&["a"])).unwrap();
+        assert_eq!(
+            loaded(&s, "g", "id2"),
+            None,
+            "group recreated at the endpoint"
+        );
+        // A file whose header names another anchor (as after a hash collision).
+        let other = s.path("other", "members");
+        fs::copy(s.path("g", "members"), &other).unwrap();
+        assert_eq!(loaded(&s, "other", "id1"), None);
+    }
+
+    #[test]
+    fn save_refuses_unsorted_or_duplicate_ids() {
+        let t = Tmp::new();
+        let s = t.store();
+        let e = s.save("g", "id", &ids(&["b", "a"])).unwrap_err();
+        assert!(
+            matches!(e, MemberStoreError::NotSorted { position: 1, .. }),
+            "{e}"
+        );
+        assert!(s.save("g", "id", &ids(&["a", "a"])).is_err());
+        assert_eq!(loaded(&s, "g", "id"), None);
+    }
+
+    /// Writes the journal of `anchor` under the epoch of its `.members` file.
+    fn write_journal(s: &MemberStore, anchor: &str, gid: &str, body: &str) {
+        let epoch = s.load(anchor, gid).unwrap().unwrap().epoch();
+        fs::write(
+            s.path(anchor, "journal"),
+            format!("{JOURNAL_MAGIC} 1 {epoch:016x}\n{body}"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn committed_blocks_apply_in_order_and_aborted_ones_do_not() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id", &ids(&["b", "d", "f"])).unwrap();
+        write_journal(
+            &s,
+            "g",
+            "id",
+            "~\n-d\n+a\n+x\n=\n~\n-x\n+e\n=\n~\n-b\n+z\n!\n",
+        );
+        assert_eq!(loaded(&s, "g", "id"), Some(ids(&["a", "b", "e", "f"])));
+        assert!(s.load("g", "id").unwrap().unwrap().has_journal());
+    }
+
+    #[test]
+    fn open_block_makes_members_unknown() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id", &ids(&["a"])).unwrap();
+        write_journal(&s, "g", "id", "~\n+b\n=\n~\n+c\n");
+        assert_eq!(loaded(&s, "g", "id"), None);
+    }
+
+    #[test]
+    fn torn_journal_tail_makes_members_unknown() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id", &ids(&["a"])).unwrap();
+        write_journal(&s, "g", "id", "~\n+b\n=");
+        assert_eq!(loaded(&s, "g", "id"), None);
+    }
+
+    #[test]
+    fn journal_of_another_epoch_is_ignored() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id", &ids(&["a"])).unwrap();
+        fs::write(
+            s.path("g", "journal"),
+            format!("{JOURNAL_MAGIC} 1 {:016x}\n~\n+b\n", 12345u64),
+        )
+        .unwrap();
+        assert_eq!(loaded(&s, "g", "id"), Some(ids(&["a"])));
+        // A torn header: the journal was being created.
+        fs::write(s.path("g", "journal"), "idrelay-mem").unwrap();
+        assert_eq!(loaded(&s, "g", "id"), Some(ids(&["a"])));
+    }
+
+    #[test]
+    fn journal_line_outside_a_block_is_corrupt() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id", &ids(&["a"])).unwrap();
+        write_journal(&s, "g", "id", "+b\n");
+        let e = s.load("g", "id").unwrap_err();
+        assert!(
+            matches!(e, MemberStoreError::Corrupt { line: 2, .. }),
+            "{e}"
+        );
+    }
+
+    /// Replaces the id lines of a `.members` file, keeping its header.
+    fn rewrite_members(s: &MemberStore, anchor: &str, body: &str) {
+        let path = s.path(anchor, "members");
+        let text = fs::read_to_string(&path).unwrap();
+        let header = text.lines().next().unwrap();
+        fs::write(&path, format!("{header}\n{body}")).unwrap();
+    }
+
+    #[test]
+    fn unsorted_members_file_is_corrupt() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id", &[]).unwrap();
+        rewrite_members(&s, "g", "a\nc\nb\n");
+        let got: Vec<_> = s.load("g", "id").unwrap().unwrap().collect();
+        assert_eq!(got.len(), 3, "two ids, then the error, then nothing");
+        assert!(
+            matches!(&got[2], Err(MemberStoreError::Corrupt { line: 4, .. })),
+            "{got:?}"
+        );
+        rewrite_members(&s, "g", "a\na\n");
+        assert!(s.load("g", "id").unwrap().unwrap().any(|r| r.is_err()));
+    }
+
+    #[test]
+    fn members_file_without_final_newline_is_corrupt() {
+        let t = Tmp::new();
+        let s = t.store();
+        s.save("g", "id", &[]).unwrap();
+        rewrite_members(&s, "g", "a\nb");
+        assert!(s.load("g", "id").unwrap().unwrap().any(|r| r.is_err()));
+        fs::write(s.path("g", "members"), "").unwrap();
+        assert!(s.load("g", "id").is_err(), "no header");
+        fs::write(s.path("g", "members"), "something else\n").unwrap();
+        assert!(s.load("g", "id").is_err());
+    }
+
+    // --- the sync, against an in-memory endpoint ----------------------------------------
+
+    /// How the fake endpoint fails one PATCH.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        /// 400: certainly not applied.
+        Rejected,
+        /// Applied, but the answer was lost (502 after retries).
+        AppliedLost,
+        /// Not applied, but the client cannot know (timeout).
+        LostUnapplied,
+    }
+
+    struct FakeGroup {
+        id: String,
+        exists: Cell<bool>,
+        members: RefCell<BTreeSet<String>>,
+        gets: Cell<usize>,
+        patches: Cell<usize>,
+        max_values: Cell<usize>,
+        /// Fail the n-th PATCH from now (0 = the next) this way.
+        fault: Cell<Option<(usize, Fault)>>,
+    }
+
+    impl FakeGroup {
+        fn new(id: &str) -> FakeGroup {
+            FakeGroup {
+                id: id.into(),
+                exists: Cell::new(true),
+                members: RefCell::default(),
+                gets: Cell::new(0),
+                patches: Cell::new(0),
+                max_values: Cell::new(0),
+                fault: Cell::new(None),
+            }
+        }
+        fn members(&self) -> Vec<String> {
+            self.members.borrow().iter().cloned().collect()
+        }
+        fn error(&self, status: u16) -> ScimError {
+            ScimError::Http {
+                method: Method::Patch,
+                path: format!("/v2/Groups/{}", self.id),
+                status,
+                scim_type: None,
+                detail: None,
+            }
+        }
+    }
+
+    impl GroupEndpoint for FakeGroup {
+        async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError> {
+            self.gets.set(self.gets.get() + 1);
+            if !self.exists.get() || group_id != self.id {
+                return Ok(None);
+            }
+            let mut v = self.members();
+            v.reverse(); // the endpoint's order is its own
+            Ok(Some(v))
+        }
+
+        async fn patch_members(&self, group_id: &str, ops: Vec<Value>) -> Result<(), ScimError> {
+            if !self.exists.get() || group_id != self.id {
+                return Err(self.error(404));
+            }
+            let fault = match self.fault.get() {
+                Some((0, f)) => {
+                    self.fault.set(None);
+                    Some(f)
+                }
+                Some((n, f)) => {
+                    self.fault.set(Some((n - 1, f)));
+                    None
+                }
+                None => None,
+            };
+            if matches!(fault, Some(Fault::Rejected)) {
+                return Err(self.error(400));
+            }
+            if matches!(fault, Some(Fault::LostUnapplied)) {
+                return Err(self.error(504));
+            }
+            self.patches.set(self.patches.get() + 1);
+            let mut values = 0;
+            let mut m = self.members.borrow_mut();
+            for op in ops {
+                let path = op["path"].as_str().unwrap();
+                match op["op"].as_str().unwrap() {
+                    "add" => {
+                        assert_eq!(path, "members");
+                        for v in op["value"].as_array().unwrap() {
+                            m.insert(v["value"].as_str().unwrap().to_string());
+                            values += 1;
+                        }
+                    }
+                    "remove" => {
+                        let literal = path
+                            .strip_prefix("members[value eq ")
+                            .and_then(|p| p.strip_suffix(']'))
+                            .unwrap();
+                        m.remove(&serde_json::from_str::<String>(literal).unwrap());
+                        values += 1;
+                    }
+                    other => panic!("op {other}"),
+                }
+            }
+            self.max_values.set(self.max_values.get().max(values));
+            if matches!(fault, Some(Fault::AppliedLost)) {
+                return Err(self.error(502));
+            }
+            Ok(())
+        }
+    }
+
+    fn sync(
+        ep: &FakeGroup,
+        s: &MemberStore,
+        new: &[String],
+        chunk: usize,
+    ) -> Result<MemberWrites, MemberSyncError> {
+        smol::block_on(sync_via(
+            ep,
+            s,
+            "anchor",
+            &ep.id.clone(),
+            new.to_vec(),
+            chunk,
+            Vec::new(),
+        ))
+    }
+
+    fn numbered(range: Range<usize>) -> Vec<String> {
+        range.map(|i| format!("u{i:04}")).collect()
+    }
+
+    #[test]
+    fn first_sync_reads_the_endpoint_then_only_diffs_are_sent() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g1");
+        let w = sync(&ep, &s, &numbered(0..250), 100).unwrap();
+        assert_eq!((w.added, w.removed, w.requests), (250, 0, 3));
+        assert!(w.endpoint_read);
+        assert_eq!(ep.members(), numbered(0..250));
+        assert_eq!(loaded(&s, "anchor", "g1"), Some(numbered(0..250)));
+
+        let mut next = numbered(30..290);
+        next.reverse();
+        let w = sync(&ep, &s, &next, 100).unwrap();
+        assert_eq!((w.added, w.removed, w.requests), (40, 30, 1));
+        assert!(!w.endpoint_read);
+        assert_eq!((ep.gets.get(), ep.max_values.get()), (1, 100));
+        assert_eq!(ep.members(), numbered(30..290));
+
+        let w = sync(&ep, &s, &numbered(30..290), 100).unwrap();
+        assert_eq!(w, MemberWrites::default(), "nothing changed, nothing sent");
+        assert!(!s.path("anchor", "journal").exists());
+    }
+
+    #[test]
+    fn rejected_chunk_keeps_the_chunks_before_it() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g1");
+        s.save("anchor", "g1", &[]).unwrap();
+        ep.fault.set(Some((2, Fault::Rejected)));
+        let e = sync(&ep, &s, &numbered(0..500), 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "group members: SCIM PATCH /v2/Groups/g1 answered 400"
+        );
+        assert_eq!(loaded(&s, "anchor", "g1"), Some(numbered(0..200)));
+        let w = sync(&ep, &s, &numbered(0..500), 100).unwrap();
+        assert_eq!((w.added, w.requests, w.endpoint_read), (300, 3, false));
+        assert_eq!(ep.members(), numbered(0..500));
+    }
+
+    #[test]
+    fn ambiguous_failure_makes_the_next_sync_read_the_endpoint() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g1");
+        sync(&ep, &s, &numbered(0..10), 4).unwrap();
+        ep.fault.set(Some((1, Fault::AppliedLost)));
+        assert!(sync(&ep, &s, &numbered(5..20), 4).is_err());
+        assert_eq!(
+            loaded(&s, "anchor", "g1"),
+            None,
+            "a request of unknown outcome"
+        );
+        // The target changes meanwhile: what the lost request added must go again.
+        let w = sync(&ep, &s, &numbered(0..5), 4).unwrap();
+        assert!(w.endpoint_read);
+        assert_eq!(ep.members(), numbered(0..5));
+    }
+
+    #[test]
+    fn deleted_group_is_group_gone_and_forgotten() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g1");
+        sync(&ep, &s, &numbered(0..3), 100).unwrap();
+        ep.exists.set(false);
+        let e = sync(&ep, &s, &numbered(0..4), 100).unwrap_err();
+        assert_eq!(
+            e,
+            MemberSyncError::GroupGone {
+                group_id: "g1".into()
+            }
+        );
+        assert_eq!(fs::read_dir(&t.0).unwrap().count(), 0);
+        // Unknown members and a missing group: the GET says so.
+        let e = sync(&ep, &s, &numbered(0..4), 100).unwrap_err();
+        assert!(matches!(e, MemberSyncError::GroupGone { .. }), "{e}");
+    }
+
+    #[test]
+    fn corrupt_store_falls_back_to_the_endpoint() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g1");
+        sync(&ep, &s, &numbered(0..3), 100).unwrap();
+        rewrite_members(&s, "anchor", "zzz\naaa\n");
+        let w = sync(&ep, &s, &numbered(1..4), 100).unwrap();
+        assert!(w.endpoint_read);
+        assert_eq!((w.added, w.removed), (1, 1));
+        assert_eq!(ep.members(), numbered(1..4));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Sync to this target (indices into a small id space), maybe failing one PATCH.
+        Sync(BTreeSet<u8>, usize, Option<(usize, Fault)>),
+        /// The state directory is lost.
+        LoseStore,
+        /// Someone else adds a member at the endpoint, then the agent forgets (full pass).
+        DriftAndForget(u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let fault = prop_oneof![
+            Just(Fault::Rejected),
+            Just(Fault::AppliedLost),
+            Just(Fault::LostUnapplied)
+        ];
+        prop_oneof![
+            6 => (
+                proptest::collection::btree_set(0u8..40, 0..30),
+                1usize..8,
+                proptest::option::of((0usize..5, fault))
+            )
+                .prop_map(|(t, c, f)| Step::Sync(t, c, f)),
+            1 => Just(Step::LoseStore),
+            1 => (0u8..60).prop_map(Step::DriftAndForget),
+        ]
+    }
+
+    fn id_of(i: u8) -> String {
+        // Ids that need escaping and sort oddly, too.
+        match i % 4 {
+            0 => format!("id {i}"),
+            1 => format!("id\n{i}"),
+            2 => format!("{i}%"),
+            _ => format!("ö{i}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn escape_round_trips(s in ".*") {
+            prop_assert_eq!(unescape(&escape(&s)), Some(s));
+        }
+
+        #[test]
+        fn diff_applied_to_old_gives_new(
+            old in proptest::collection::btree_set("[a-e]{0,3}", 0..40),
+            new in proptest::collection::vec("[a-e]{0,3}", 0..40),
+        ) {
+            let mut wanted = new.clone();
+            let d = diff_members(old.iter().cloned().map(Ok::<_, Infallible>), &mut wanted)
+                .unwrap();
+            let mut applied = old.clone();
+            for r in &d.removed {
+                prop_assert!(applied.remove(r), "removed {} was not there", r);
+            }
+            for a in d.added_ids(&wanted) {
+                prop_assert!(applied.insert(a.to_string()), "added {} was there", a);
+            }
+            let expected: BTreeSet<String> = new.into_iter().collect();
+            prop_assert_eq!(applied, expected);
+            prop_assert!(d.removed.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(d.added.windows(2).all(|w| w[0] < w[1]));
+        }
+
+        #[test]
+        fn chunks_cover_everything_once_within_the_limit(
+            removes in 0usize..300, adds in 0usize..300, chunk in 0usize..120,
+        ) {
+            let plan: Vec<_> = plan_chunks(removes, adds, chunk).collect();
+            prop_assert_eq!(plan.len(), (removes + adds).div_ceil(chunk.max(1)));
+            let (mut r, mut a) = (0, 0);
+            for c in &plan {
+                prop_assert!(!c.is_empty() && c.len() <= chunk.max(1));
+                prop_assert_eq!(c.removes.start, r);
+                prop_assert_eq!(c.adds.start, a);
+                prop_assert!(c.adds.is_empty() || c.removes.end == removes);
+                r = c.removes.end;
+                a = c.adds.end;
+            }
+            prop_assert_eq!((r, a), (removes, adds));
+        }
+
+        /// Model test: whatever failed, was lost or drifted before, a sync that succeeds
+        /// leaves the endpoint and the store holding exactly the target, and no request
+        /// carries more than `chunk` values.
+        #[test]
+        fn successful_sync_converges_after_any_history(
+            steps in proptest::collection::vec(step(), 1..8),
+        ) {
+            let t = Tmp::new();
+            let ep = FakeGroup::new("g1");
+            let s = t.store();
+            for st in steps {
+                match st {
+                    Step::Sync(target, chunk, fault) => {
+                        let target: Vec<String> = target.into_iter().map(id_of).collect();
+                        ep.fault.set(fault);
+                        ep.max_values.set(0);
+                        let result = sync(&ep, &s, &target, chunk);
+                        prop_assert!(ep.max_values.get() <= chunk);
+                        let failed = ep.fault.get().is_none() && fault.is_some();
+                        ep.fault.set(None);
+                        if failed {
+                            prop_assert!(matches!(result, Err(MemberSyncError::Scim(_))));
+                        } else {
+                            prop_assert!(result.is_ok(), "{:?}", result);
+                            let mut want = target.clone();
+                            want.sort();
+                            prop_assert_eq!(ep.members(), want.clone());
+                            prop_assert_eq!(loaded(&s, "anchor", "g1"), Some(want));
+                        }
+                    }
+                    Step::LoseStore => {
+                        let _ = fs::remove_dir_all(&t.0);
+                    }
+                    Step::DriftAndForget(i) => {
+                        ep.members.borrow_mut().insert(id_of(i));
+                        s.forget("anchor").unwrap();
+                    }
+                }
+            }
+        }
+    }
+}

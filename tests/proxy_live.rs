@@ -1,0 +1,715 @@
+//! The HTTP client through a real HTTP proxy: Debian's `tinyproxy` on loopback.
+//!
+//! Each test starts its own tinyproxy (a private config in a temp dir, `Listen 127.0.0.1`,
+//! with or without `BasicAuth`) and stops it by its PID when done. Behind it:
+//! * a rustls server on 127.0.0.1:0 with the testbed's server certificate (CA from
+//!   `OPENLDAP_CA_CERT`, `server.pem`/`server.key` beside it), reached with CONNECT, and
+//!   optionally requiring a client certificate;
+//! * a plain HTTP server on 127.0.0.1:0 with canned answers, reached by forwarding.
+//!
+//! Needs: the `tinyproxy` binary (Debian package `tinyproxy-bin`; `TINYPROXY` may name
+//! another path) and `openssl` (to make a throwaway client CA). A missing one fails the test
+//! with a message; nothing passes silently.
+
+use std::io::{BufRead, BufReader as StdBufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use idrelay::relay::http::{
+    self, ClientCert, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method,
+    TimeoutKind, Url,
+};
+use idrelay::relay::proxy::{NoProxy, ProxyAuth, ProxyConfig, ProxyEnv};
+use idrelay::secret::Secret;
+
+const USER: &str = "agent";
+/// tinyproxy accepts only `[-a-z0-9._]` in BasicAuth.
+const PASSWORD: &str = "proxy-pass_7.x";
+
+fn testbed_ca() -> PathBuf {
+    let Some(ca) = std::env::var_os("OPENLDAP_CA_CERT") else {
+        panic!(
+            "OPENLDAP_CA_CERT is not set: run the project's test script, which exports the \
+             testbed CA (server.pem and server.key are expected beside it)"
+        );
+    };
+    PathBuf::from(ca)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "idrelay-{tag}-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------------------------------
+// tinyproxy
+
+/// A tinyproxy process of this test, stopped (by its PID) and cleaned up on drop.
+struct Tinyproxy {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Tinyproxy {
+    /// Starts tinyproxy on 127.0.0.1, with `BasicAuth USER PASSWORD` when `auth`.
+    fn start(auth: bool) -> Tinyproxy {
+        let binary = std::env::var("TINYPROXY").unwrap_or_else(|_| "tinyproxy".into());
+        let dir = temp_dir("tinyproxy");
+        // The port is picked by the OS and handed over; on a lost race, try again.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let conf = dir.join("tinyproxy.conf");
+            let mut text = format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 32\nLogLevel Connect\n\
+                 LogFile \"{}\"\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
+                dir.join("tinyproxy.log").display()
+            );
+            if auth {
+                text.push_str(&format!("BasicAuth {USER} {PASSWORD}\n"));
+            }
+            std::fs::write(&conf, text).unwrap();
+            let mut child = Command::new(&binary)
+                .arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run {binary}: {e} (install the Debian package tinyproxy-bin)")
+                });
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Tinyproxy { child, port, dir };
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("tinyproxy did not start; see {}", dir.display());
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn config(&self, auth: Option<&str>) -> ProxyConfig {
+        let p = ProxyConfig::parse(&self.url(), "proxy").unwrap();
+        match auth {
+            Some(pw) => p.with_auth(ProxyAuth::new(USER, Secret::new(pw)).unwrap()),
+            None => p,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tinyproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers behind the proxy.
+
+/// A TLS server on 127.0.0.1:0 answering `reply` to every request of every connection;
+/// with `client_ca`, it requires a client certificate issued by that CA. Counts handshakes.
+fn tls_server(reply: &'static str, client_ca: Option<PathBuf>) -> (u16, Arc<AtomicUsize>) {
+    use futures_rustls::rustls;
+    use smol::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    let dir = testbed_ca().parent().expect("CA dir").to_path_buf();
+    let certs: Vec<_> =
+        rustls_pemfile::certs(&mut &std::fs::read(dir.join("server.pem")).unwrap()[..])
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(dir.join("server.key")).unwrap()[..])
+        .unwrap()
+        .expect("a key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut &std::fs::read(ca).unwrap()[..]) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let acceptor =
+        futures_rustls::TlsAcceptor::from(Arc::new(builder.with_single_cert(certs, key).unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let done = handshakes.clone();
+    thread::spawn(move || {
+        smol::block_on(async {
+            let listener = smol::net::TcpListener::try_from(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let done = done.clone();
+                smol::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    done.fetch_add(1, Ordering::SeqCst);
+                    let mut io = smol::io::BufReader::new(tls);
+                    loop {
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            if io.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        let _ = io.read_exact(&mut body).await;
+                        if io.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let _ = io.get_mut().flush().await;
+                    }
+                })
+                .detach();
+            }
+        });
+    });
+    (port, handshakes)
+}
+
+/// A plain HTTP server on 127.0.0.1:0 that answers every request with `reply` and closes;
+/// it records each request head.
+fn http_server(reply: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = StdBufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            log.lock().unwrap().push(head);
+            let mut w = stream;
+            let _ = w.write_all(reply.as_bytes());
+        }
+    });
+    (port, seen)
+}
+
+/// A listener that accepts connections and never says a word (a hung proxy).
+fn silent_listener() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 512];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+            let _ = s.read(&mut buf);
+            held.push(s);
+        }
+        thread::sleep(Duration::from_secs(10));
+    });
+    port
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients.
+
+fn client(proxy: Option<ProxyConfig>) -> HttpClient {
+    HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        proxy,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        ..HttpConfig::default()
+    })
+    .expect("client")
+}
+
+fn get(client: &HttpClient, url: &str) -> Result<HttpResponse, HttpError> {
+    let url = Url::parse(url).unwrap();
+    smol::block_on(client.send(HttpRequest::new(Method::Get, url)))
+}
+
+fn assert_no_password(err: &HttpError) {
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(PASSWORD), "password leaked: {text}");
+    assert!(!text.contains("wrong-pass"), "password leaked: {text}");
+}
+
+const TLS_REPLY: &str = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ntunnel";
+const PLAIN_REPLY: &str =
+    "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nforwarded";
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn tinyproxy_connect_tunnel_carries_verified_tls_and_keeps_it_alive() {
+    let proxy = Tinyproxy::start(false);
+    let (port, handshakes) = tls_server(TLS_REPLY, None);
+    let client = client(Some(proxy.config(None)));
+    let url = format!("https://127.0.0.1:{port}/v2/Users");
+    for _ in 0..3 {
+        let resp = get(&client, &url).expect("response through the tunnel");
+        assert_eq!((resp.status, resp.body.as_slice()), (200, &b"tunnel"[..]));
+    }
+    // One tunnel, one handshake, reused from the pool.
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(client.idle_connections(), 1);
+    let facts = smol::block_on(client.tls_facts(&Url::parse(&url).unwrap()))
+        .unwrap()
+        .unwrap();
+    assert!(facts.verified);
+    assert_eq!(facts.proxy.as_deref(), Some(proxy.url().as_str()));
+    let log = proxy.log();
+    assert!(
+        log.contains(&format!("CONNECT 127.0.0.1:{port} HTTP/1.1")),
+        "tinyproxy log: {log}"
+    );
+}
+
+#[test]
+fn tinyproxy_idle_timeout_applies_to_tunnels() {
+    let proxy = Tinyproxy::start(false);
+    let (port, handshakes) = tls_server(TLS_REPLY, None);
+    let client = HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        proxy: Some(proxy.config(None)),
+        idle_timeout: Duration::from_millis(200),
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    let url = format!("https://127.0.0.1:{port}/");
+    get(&client, &url).expect("first");
+    thread::sleep(Duration::from_millis(400));
+    get(&client, &url).expect("second, on a new tunnel");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn tinyproxy_with_basic_auth_tunnels_and_forwards() {
+    let proxy = Tinyproxy::start(true);
+    let (tls_port, _) = tls_server(TLS_REPLY, None);
+    let (http_port, seen) = http_server(PLAIN_REPLY);
+    let client = client(Some(proxy.config(Some(PASSWORD))));
+
+    let resp = get(&client, &format!("https://127.0.0.1:{tls_port}/v2")).expect("CONNECT");
+    assert_eq!(resp.body, b"tunnel");
+
+    let resp = get(
+        &client,
+        &format!("http://127.0.0.1:{http_port}/v2/Users?count=1"),
+    )
+    .expect("forwarded");
+    assert_eq!(resp.body, b"forwarded");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    // tinyproxy turns the absolute form back into origin form and keeps the credentials.
+    assert!(
+        heads[0].starts_with("GET /v2/Users?count=1 HTTP/1."),
+        "{heads:?}"
+    );
+    assert!(
+        !heads[0]
+            .to_ascii_lowercase()
+            .contains("proxy-authorization"),
+        "{heads:?}"
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains(&format!("CONNECT 127.0.0.1:{tls_port}")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "GET http://127.0.0.1:{http_port}/v2/Users?count=1"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn tinyproxy_refuses_a_wrong_password_clearly() {
+    let proxy = Tinyproxy::start(true);
+    let (tls_port, handshakes) = tls_server(TLS_REPLY, None);
+    let (http_port, seen) = http_server(PLAIN_REPLY);
+    let wrong = client(Some(proxy.config(Some("wrong-pass"))));
+
+    let err = get(&wrong, &format!("https://127.0.0.1:{tls_port}/")).expect_err("CONNECT refused");
+    eprintln!("CONNECT with a wrong password: {err}");
+    let HttpError::ProxyRefused {
+        status,
+        proxy: ref named,
+        ..
+    } = err
+    else {
+        panic!("{err:?}");
+    };
+    // tinyproxy answers a refused CONNECT with 401, a refused forward with 407.
+    assert!(status == 401 || status == 407, "{err}");
+    assert_eq!(named, &proxy.url());
+    let text = err.to_string();
+    assert!(
+        text.contains("rejected the credentials of user \"agent\""),
+        "{text}"
+    );
+    assert!(text.contains(&format!("127.0.0.1:{tls_port}")), "{text}");
+    assert!(!err.is_transient() && err.certainly_not_sent());
+    assert_no_password(&err);
+
+    // For a forwarded request tinyproxy 1.11 answers wrong credentials with 401 (not 407),
+    // which a client cannot tell from the target's own 401: it stays a response.
+    let resp = get(&wrong, &format!("http://127.0.0.1:{http_port}/")).expect("a response");
+    assert_eq!(resp.status, 401);
+
+    let anonymous = client(Some(proxy.config(None)));
+    let err = get(&anonymous, &format!("https://127.0.0.1:{tls_port}/")).expect_err("no creds");
+    eprintln!("CONNECT without credentials: {err}");
+    assert!(
+        matches!(err, HttpError::ProxyRefused { status: 407, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("no proxy credentials are configured"),
+        "{err}"
+    );
+    let err = get(&anonymous, &format!("http://127.0.0.1:{http_port}/")).expect_err("no creds");
+    eprintln!("forward without credentials: {err}");
+    assert!(
+        matches!(err, HttpError::ProxyRefused { status: 407, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&proxy.url()), "{err}");
+    assert!(!err.is_transient() && err.certainly_not_sent());
+    assert_eq!(handshakes.load(Ordering::SeqCst), 0);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn tinyproxy_credentials_from_the_environment_and_no_proxy() {
+    let proxy = Tinyproxy::start(true);
+    let (port, handshakes) = tls_server(TLS_REPLY, None);
+    let url = format!("https://127.0.0.1:{port}/");
+    let env_client = |vars: Vec<(&'static str, String)>| {
+        let env = ProxyEnv::from_lookup(move |n| {
+            vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
+        });
+        HttpClient::new(HttpConfig {
+            ca_file: Some(testbed_ca()),
+            proxy_env: Some(env),
+            ..HttpConfig::default()
+        })
+        .unwrap()
+    };
+    let with_creds = format!("http://{USER}:{PASSWORD}@127.0.0.1:{}", proxy.port);
+    let via = env_client(vec![("HTTPS_PROXY", with_creds.clone())]);
+    get(&via, &url).expect("through the proxy named by HTTPS_PROXY");
+    assert!(proxy.log().contains(&format!("CONNECT 127.0.0.1:{port}")));
+
+    // NO_PROXY sends it direct: the proxy's log does not grow.
+    let before = proxy.log().matches("CONNECT 127.0.0.1").count();
+    let direct = env_client(vec![
+        ("HTTPS_PROXY", with_creds),
+        ("NO_PROXY", "example.test, 127.0.0.1".into()),
+    ]);
+    get(&direct, &url).expect("direct");
+    assert_eq!(proxy.log().matches("CONNECT 127.0.0.1").count(), before);
+    assert_eq!(handshakes.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn tinyproxy_carries_pins_and_client_certificates_end_to_end() {
+    let pki = ClientPki::new();
+    let proxy = Tinyproxy::start(true);
+    let (port, _) = tls_server(TLS_REPLY, Some(pki.ca()));
+    let url = format!("https://127.0.0.1:{port}/v2");
+    let server_pem = testbed_ca().parent().unwrap().join("server.pem");
+    let der = rustls_pemfile::certs(&mut &std::fs::read(server_pem).unwrap()[..])
+        .next()
+        .unwrap()
+        .unwrap();
+    let pin = http::spki_sha256(der.as_ref()).unwrap();
+    let make = |pins: Vec<[u8; 32]>, cert: Option<ClientCert>| {
+        HttpClient::new(HttpConfig {
+            ca_file: Some(testbed_ca()),
+            proxy: Some(proxy.config(Some(PASSWORD))),
+            pin_sha256: pins,
+            client_cert: cert,
+            ..HttpConfig::default()
+        })
+        .unwrap()
+    };
+
+    let ok = make(vec![pin], Some(pki.cert()));
+    assert_eq!(
+        get(&ok, &url).expect("pinned mutual TLS via proxy").body,
+        b"tunnel"
+    );
+
+    let mut wrong_pin = pin;
+    wrong_pin[0] ^= 1;
+    let err = get(&make(vec![wrong_pin], Some(pki.cert())), &url).expect_err("pin mismatch");
+    eprintln!("pin mismatch via proxy: {err}");
+    assert!(matches!(err, HttpError::PinMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains(&http::pin_string(&pin)), "{err}");
+    assert!(err.to_string().contains(&proxy.url()), "{err}");
+
+    let err = get(&make(vec![pin], None), &url).expect_err("no client certificate");
+    eprintln!("no client certificate via proxy: {err}");
+    assert!(matches!(err, HttpError::Tls { .. }), "{err:?}");
+    assert_no_password(&err);
+}
+
+/// A one-shot "proxy" that answers the first request with `reply` and records it.
+fn canned_proxy(reply: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+    http_server(reply)
+}
+
+#[test]
+fn proxy_407_to_connect_names_the_proxy_without_credentials() {
+    let (port, seen) = canned_proxy(
+        "HTTP/1.1 407 Proxy Authentication Required\r\n\
+         Proxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n",
+    );
+    // Credentials given in the URL, as in HTTPS_PROXY=http://user:pass@host:port.
+    let proxy = ProxyConfig::parse(
+        &format!("http://{USER}:wrong-pass@127.0.0.1:{port}"),
+        "proxy",
+    )
+    .unwrap();
+    let err = get(&client(Some(proxy)), "https://scim.example.test/v2").expect_err("407");
+    eprintln!("407 to CONNECT: {err}");
+    assert!(
+        matches!(err, HttpError::ProxyRefused { status: 407, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("proxy http://127.0.0.1:{port} refused")),
+        "{text}"
+    );
+    assert!(
+        text.contains("scim.example.test:443") && text.contains("407"),
+        "{text}"
+    );
+    assert!(!text.contains("agent:"), "{text}");
+    assert_no_password(&err);
+    let heads = seen.lock().unwrap().clone();
+    assert!(
+        heads[0].starts_with("CONNECT scim.example.test:443 HTTP/1.1\r\n"),
+        "{heads:?}"
+    );
+    // agent:wrong-pass
+    assert!(heads[0].contains("Proxy-Authorization: Basic YWdlbnQ6d3JvbmctcGFzcw==\r\n"));
+}
+
+#[test]
+fn silent_proxy_hits_the_connect_timeout() {
+    let port = silent_listener();
+    let proxy = ProxyConfig::parse(&format!("http://127.0.0.1:{port}"), "proxy").unwrap();
+    let bound = Duration::from_millis(400);
+    let client = HttpClient::new(HttpConfig {
+        ca_file: Some(testbed_ca()),
+        proxy: Some(proxy),
+        connect_timeout: bound,
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    let start = Instant::now();
+    let err = get(&client, "https://127.0.0.1:9/").expect_err("hung proxy");
+    let elapsed = start.elapsed();
+    eprintln!("hung proxy: {err} after {elapsed:?}");
+    assert!(
+        matches!(
+            err,
+            HttpError::Timeout {
+                what: TimeoutKind::Connect,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("via proxy http://127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(elapsed >= bound && elapsed < bound * 3, "{elapsed:?}");
+}
+
+#[test]
+fn unreachable_proxy_is_a_connect_error_naming_it_and_no_proxy_bypasses_it() {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (port, _) = tls_server(TLS_REPLY, None);
+    let url = format!("https://127.0.0.1:{port}/");
+    let proxy = ProxyConfig::parse(&format!("http://127.0.0.1:{dead}"), "proxy").unwrap();
+    let err = get(&client(Some(proxy.clone())), &url).expect_err("proxy down");
+    assert!(matches!(err, HttpError::Connect { .. }), "{err:?}");
+    assert!(err.is_transient() && err.certainly_not_sent());
+    assert!(
+        err.to_string()
+            .contains(&format!("via proxy http://127.0.0.1:{dead}")),
+        "{err}"
+    );
+
+    let bypass = proxy.with_no_proxy(NoProxy::parse(&format!("127.0.0.1:{port}")));
+    get(&client(Some(bypass)), &url).expect("direct thanks to no_proxy");
+}
+
+// ---------------------------------------------------------------------------------------
+// A throwaway client PKI (openssl).
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed by this test (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct ClientPki {
+    dir: PathBuf,
+}
+
+impl ClientPki {
+    fn new() -> ClientPki {
+        let dir = temp_dir("proxy-mtls");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=idrelay test client CA",
+        ];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        openssl(&dir, &ca);
+        let mut csr = vec!["req", "-subj", "/CN=idrelay-agent"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "client.key", "-out", "client.csr"]);
+        openssl(&dir, &csr);
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "client.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "client.ext",
+                "-out",
+                "client.pem",
+            ],
+        );
+        ClientPki { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn cert(&self) -> ClientCert {
+        ClientCert {
+            cert_file: self.dir.join("client.pem"),
+            key_file: self.dir.join("client.key"),
+        }
+    }
+}
+
+impl Drop for ClientPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
