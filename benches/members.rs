@@ -7,9 +7,10 @@
 //! Every scenario runs in a child process of its own, so its peak RSS (`VmHWM` from
 //! `/proc/self/status`) is its own:
 //!
-//! * `input`: only the wanted ids as `Vec<String>` (the floor: what a caller hands in);
-//! * `plan 1%`: sort + diff against a stored list streamed in order (1% joined, 1% left),
-//!   then every PATCH body of 100 values;
+//! * `input`: only the wanted ids, collected in directory order into the compact sorted
+//!   `MemberIds` the mapping hands over (the floor: what a caller hands in);
+//! * `plan 1%`: diff against a stored list streamed in order (1% joined, 1% left), then
+//!   every PATCH body of 100 values;
 //! * `plan first`: the same with nothing stored (every id added: n/100 bodies);
 //! * `store 1%`: `MemberStore::load` of a real `.members` file + diff + bodies + `save` of
 //!   the new list (fsync included); the file is written by the parent beforehand;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use idrelay::scim::mapping::{MemberIds, MemberIdsBuilder};
 use idrelay::scim::resource::{GROUP_SCHEMA, PATCH_OP};
 use idrelay::sync::members::{
     diff_members, patch_operations, plan_chunks, MemberStore, RemoveForm, DEFAULT_CHUNK,
@@ -41,11 +43,15 @@ fn id(i: u64) -> String {
     format!("{i:08x}{:024x}", u128::from(z ^ (z >> 31)))
 }
 
-/// The wanted members: ids 0..n, shuffled (as a directory returns them).
-fn wanted(n: u64) -> Vec<String> {
-    let mut v: Vec<String> = (0..n).map(id).collect();
-    fastrand::Rng::with_seed(7).shuffle(&mut v);
-    v
+/// The wanted members: ids 0..n, pushed shuffled (as a directory returns them).
+fn wanted(n: u64) -> MemberIds {
+    let mut order: Vec<u64> = (0..n).collect();
+    fastrand::Rng::with_seed(7).shuffle(&mut order);
+    let mut b = MemberIdsBuilder::default();
+    for i in order {
+        b.push(&id(i));
+    }
+    b.finish()
 }
 
 /// The stored members for the 1% scenario, ascending: 0..n without every 100th id, plus
@@ -69,13 +75,17 @@ fn peak_rss_kib() -> u64 {
 }
 
 /// Builds and serialises every PATCH body; returns (requests, body bytes).
-fn bodies(removed: &[String], added: &[&str]) -> (usize, usize) {
+fn bodies<'a>(
+    removed: &'a MemberIds,
+    mut added: impl Iterator<Item = &'a str>,
+    adds: usize,
+) -> (usize, usize) {
     let mut requests = 0;
     let mut bytes = 0;
-    for c in plan_chunks(removed.len(), added.len(), DEFAULT_CHUNK) {
+    for c in plan_chunks(removed.len(), adds, DEFAULT_CHUNK) {
         let ops = patch_operations(
-            removed[c.removes].iter().map(String::as_str),
-            added[c.adds].iter().copied(),
+            removed.slice(c.removes),
+            added.by_ref().take(c.adds.len()),
             RemoveForm::PathFilter,
         );
         let body = json!({"schemas": [PATCH_OP], "Operations": ops});
@@ -87,8 +97,8 @@ fn bodies(removed: &[String], added: &[&str]) -> (usize, usize) {
 
 /// Runs one scenario in this process; prints `seconds requests bytes peak_kib`.
 fn child(scenario: &str, n: u64, dir: &Path) {
-    let mut new = wanted(n);
     let start = Instant::now();
+    let new = wanted(n);
     let (requests, bytes) = match scenario {
         "input" => (0, 0),
         "plan 1%" | "plan first" => {
@@ -97,21 +107,20 @@ fn child(scenario: &str, n: u64, dir: &Path) {
             } else {
                 Box::new(std::iter::empty())
             };
-            let d = diff_members(old.map(Ok::<_, Infallible>), &mut new).unwrap();
-            let added: Vec<&str> = d.added_ids(&new).collect();
-            bodies(&d.removed, &added)
+            let d = diff_members(old.map(Ok::<_, Infallible>), &new).unwrap();
+            bodies(&d.removed, d.added_ids(&new), d.added_len())
         }
         "store 1%" => {
             let store = MemberStore::open(dir.to_path_buf()).unwrap();
             let old = store.load(ANCHOR, GROUP_ID).unwrap().expect("stored list");
-            let d = diff_members(old, &mut new).unwrap();
-            let added: Vec<&str> = d.added_ids(&new).collect();
-            let out = bodies(&d.removed, &added);
+            let d = diff_members(old, &new).unwrap();
+            let out = bodies(&d.removed, d.added_ids(&new), d.added_len());
             store.save(ANCHOR, GROUP_ID, &new).unwrap();
             out
         }
         "baseline" => {
             let members: Vec<Value> = new.iter().map(|i| json!({"value": i})).collect();
+            drop(new);
             let body = json!({
                 "schemas": [GROUP_SCHEMA],
                 "externalId": ANCHOR,
@@ -172,7 +181,7 @@ fn main() {
     );
     for &n in sizes {
         let store = MemberStore::open(dir.clone()).unwrap();
-        let old: Vec<String> = old_ids(n).collect();
+        let old: MemberIds = old_ids(n).collect();
         store.save(ANCHOR, GROUP_ID, &old).unwrap();
         drop(old);
         for scenario in ["input", "plan 1%", "plan first", "store 1%", "baseline"] {

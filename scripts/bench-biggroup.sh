@@ -12,7 +12,13 @@
 #     member values each, the agent's body shape) to the same endpoint, one at a time over
 #     one keep-alive connection (the agent sends a group's chunks one after the other);
 #     the ratio "agent PATCH stream / load generator" is the agent's overhead per chunk;
-#   - the second sync: wall time, PATCH requests (expected ceil(removed / C)), peak RSS.
+#   - the second sync: wall time, PATCH requests (expected ceil(removed / C)), peak RSS;
+#   - a third run, `sync --once --dry-run` with the scope cut to the users' OU: what the N
+#     users alone cost (anchor index, scope map, reading them), without the group;
+#   - one line "members N: peak RSS ..." with the peaks, the group's own share (second sync
+#     minus users alone) and that share per member, so runs at several N (100000, 300000,
+#     1000000) show whether memory stays flat: the group should cost about its member ids
+#     (and the LDAP entry holding the member DNs), nothing per member beyond that.
 # Time spent on the group is read from the endpoint's access log ($msec, millisecond wall
 # clock, the same clock as the script's): "group phase" = end of the last /Users request ->
 # answer to the last group PATCH (reading the group entry from LDAP, resolving N member
@@ -314,6 +320,19 @@ SUMMARY2=$(grep '^sync' "$B/sync-second.out" | tail -n 1 || true)
 OTHER2=$(($(jget "$TL2" requests) - P2))
 STREAM2=$(minus "$(jget "$TL2" patch_last)" "$(jget "$TL2" patch_first)")
 
+# --- 6b. the users alone: a dry run with the scope cut to the users' OU --------------------
+sed -e "s|^include = .*|include = [\"$PEOPLE\"]|" "$CFG" >"$B/idrelay-users.toml"
+chmod 600 "$B/idrelay-users.toml"
+log "[users alone] idrelay sync --once --dry-run, scope $PEOPLE"
+rc=0
+/usr/bin/time -v -o "$B/time-users.txt" timeout --kill-after=10 "$T_AGENT" \
+  "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$B/idrelay-users.toml" --quiet sync --once --dry-run \
+  >"$B/sync-users.out" 2>"$B/sync-users.err" || rc=$?
+RSS0=$(rss_kib "$B/time-users.txt")
+[ -n "$RSS0" ] || RSS0=0
+[ $rc -eq 0 ] || CHECKS+=("users-alone dry run exited $rc (see $B/sync-users.err)")
+log "[users alone] peak RSS $RSS0 KiB"
+
 # --- 7. report --------------------------------------------------------------------------------
 row() { printf '%-46s | %9s | %8s | %8s | %s\n' "$@"; }
 cat <<EOF
@@ -339,6 +358,7 @@ first sync requests:  $(jget "$TL1" by_kind)
 second sync requests: $(jget "$TL2" by_kind)
 first sync on the run's clock (s): last /Users $(jget "$TL1" users_end), POST /Groups $(jget "$TL1" group_post), first PATCH $(jget "$TL1" patch_first), last PATCH $(jget "$TL1" patch_last), exit $S1
 agent's confirmed members: $M1 after the first sync, $M2 after the second
+members $N: peak RSS first sync $(mib "$RSS1") MiB, second sync $(mib "$RSS2") MiB, users alone $(mib "$RSS0") MiB; the group's own share (second - users alone) $(mib $((RSS2 - RSS0))) MiB = $(awk -v k="$((RSS2 - RSS0))" -v n="$N" 'BEGIN { printf "%.0f", k * 1024 / n }') bytes per member
 outputs: $B (sync-*.out/err, time-*.txt, access-*.log); total $(since "$T0") s
 EOF
 if [ ${#CHECKS[@]} -gt 0 ]; then

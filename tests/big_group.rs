@@ -2,16 +2,25 @@
 //! chunked PATCH add (100 values per request), never as one whole list, and a later change
 //! sends only the difference.
 //!
-//! 3,000 members here: scim2-server (pure Python, in memory) takes ~4 minutes for a
-//! 10,000-member group and over 10 s per PATCH on it, which CI cannot afford; the run with
-//! 10,000 members passed the same first-pass checks (see the issue's closing note), and
-//! scripts/bench-biggroup.sh times 100,000 members against a fast endpoint.
+//! 10,000 members by default, as the change-feed issue asks; `IDRELAY_BIG_GROUP_USERS`
+//! lowers it for a quick run (at least 200). scim2-server (pure Python, in memory) is the
+//! slow side: it takes a few minutes for 10,000 members. scripts/bench-biggroup.sh times
+//! 100,000 members (and more) against a fast endpoint, with peak RSS.
 
 mod common;
 
 use common::{wait_until, Agent, Dir, ScimServer, TestOu};
 
-const USERS: usize = 3_000;
+/// How many users, all members of the one group.
+fn users() -> usize {
+    match std::env::var("IDRELAY_BIG_GROUP_USERS") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n >= 200 => n,
+            _ => panic!("IDRELAY_BIG_GROUP_USERS={v:?}: want a whole number of at least 200"),
+        },
+        Err(_) => 10_000,
+    }
+}
 
 fn member_count(scim: &ScimServer) -> usize {
     scim.all("Groups")
@@ -22,11 +31,12 @@ fn member_count(scim: &ScimServer) -> usize {
 
 #[test]
 fn a_large_group_is_sent_in_chunks_and_changes_as_a_diff() {
+    let users_n = users();
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "biggroup");
     let o = ou.dn.clone();
     let mut ldif = String::new();
-    for i in 0..USERS {
+    for i in 0..users_n {
         ldif.push_str(&format!(
             "dn: uid=g{i:05},{o}\nobjectClass: inetOrgPerson\nuid: g{i:05}\ncn: G {i}\nsn: G\n\n"
         ));
@@ -34,7 +44,7 @@ fn a_large_group_is_sent_in_chunks_and_changes_as_a_diff() {
     ldif.push_str(&format!(
         "dn: cn=everyone,{o}\nobjectClass: groupOfNames\ncn: everyone\n"
     ));
-    for i in 0..USERS {
+    for i in 0..users_n {
         ldif.push_str(&format!("member: uid=g{i:05},{o}\n"));
     }
     dir.modify(&ldif);
@@ -51,20 +61,22 @@ fn a_large_group_is_sent_in_chunks_and_changes_as_a_diff() {
     agent.edit_config("timeout_secs = 10", "timeout_secs = 60");
     let first = agent.run(&["sync", "--once", "--quiet"]);
     first.assert_code(0);
-    // 10,000 users created, the group created without members, then 100 PATCH adds.
+    // The users created, the group created without members, then one PATCH add per 100.
     assert!(
-        first.summary().contains(&format!("{} created", USERS + 1)),
+        first
+            .summary()
+            .contains(&format!("{} created", users_n + 1)),
         "{}",
         first.summary()
     );
     assert!(
         first
             .summary()
-            .contains(&format!("{} patched", USERS / 100)),
+            .contains(&format!("{} patched", users_n.div_ceil(100))),
         "{}",
         first.summary()
     );
-    assert_eq!(member_count(&scim), USERS);
+    assert_eq!(member_count(&scim), users_n);
 
     // Remove 150 members and add them back as 30: only the difference goes out.
     let mut change = format!("dn: cn=everyone,{o}\nchangetype: modify\ndelete: member\n");
@@ -81,5 +93,5 @@ fn a_large_group_is_sent_in_chunks_and_changes_as_a_diff() {
         "150 removes in chunks of 100 are 2 PATCH requests: {}",
         second.summary()
     );
-    assert!(wait_until(10, || member_count(&scim) == USERS - 150));
+    assert!(wait_until(10, || member_count(&scim) == users_n - 150));
 }

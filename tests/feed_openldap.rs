@@ -166,6 +166,28 @@ fn renames_and_moves_keep_the_anchor_and_leaving_scope_deactivates() {
         agent.log()
     );
     assert_eq!(scim.all("Users").len(), 5, "nothing was created twice");
+
+    // A new user and the group taking it in, in one burst: the sender applies a batch's
+    // changes concurrently, but the group waits for its new member to be created, so the
+    // member is not left out.
+    dir.modify(&format!(
+        "{}dn: cn=team,{inside}\nchangetype: modify\nadd: member\nmember: uid=m5,{inside}\n\n",
+        users_ldif(&inside, &["m5"])
+    ));
+    assert!(
+        wait_until(20, || {
+            let Some(m5) = user(&scim, "m5") else {
+                return false;
+            };
+            let g = &scim.all("Groups")[0];
+            g["members"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|m| m["value"] == m5["id"]))
+        }),
+        "new member in the same burst: {}",
+        agent.log()
+    );
+    assert_eq!(scim.all("Users").len(), 6, "nothing was created twice");
     drop(run);
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{ScimServer, TempDir};
 use idrelay::relay::http::{HttpClient, HttpConfig, Url};
 use idrelay::scim::client::{ScimClient, ScimConfig};
+use idrelay::scim::mapping::MemberIds;
 use idrelay::scim::resource::{GROUP_SCHEMA, USER_SCHEMA};
 use idrelay::scim::ResourceKind;
 use idrelay::secret::Secret;
@@ -83,7 +84,7 @@ impl Setup {
             &self.store,
             ANCHOR,
             &self.group,
-            ids.to_vec(),
+            &ids.iter().collect::<MemberIds>(),
             chunk,
         ))
     }
@@ -203,8 +204,7 @@ fn resumes_from_the_members_confirmed_before_a_crash() {
         ),
     ))
     .unwrap();
-    let mut first: Vec<String> = s.users[..100].to_vec();
-    first.sort();
+    let first: MemberIds = s.users[..100].iter().collect();
     s.store.save(ANCHOR, &s.group, &first).unwrap();
 
     let w = s.sync(&s.users, DEFAULT_CHUNK).unwrap();

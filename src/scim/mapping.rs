@@ -7,7 +7,7 @@
 //! Invariants:
 //! * Deterministic: the same entry, profile and resolver answers give byte-identical
 //!   `serde_json::to_string` output (the engine hashes it to skip unchanged objects). Member
-//!   ids are sorted and de-duplicated, so a server returning `member` values in another
+//!   ids are sorted (by bytes) and de-duplicated, so a server returning `member` values in another
 //!   order does not count as a change; pending DNs are sorted too.
 //! * No nulls and no empty containers: an attribute without a value is left out entirely
 //!   (for a PUT, an attribute removed in LDAP then disappears from the body, which clears it).
@@ -16,9 +16,16 @@
 //!   value that is not UTF-8 in a text attribute is a [`MapError::BadValue`], never dropped
 //!   silently.
 //!
-//! Limits: text targets take the first value of a multi-valued attribute; `members` is built
-//! in memory in full (the caller decides whether to send it whole or as PATCH chunks); the
-//! `member` values are expected complete (ranged retrieval merged by the LDAP layer).
+//! Group members: [`map_entry_split`] keeps them out of the JSON body, as a [`MemberIds`]
+//! (one string arena, sorted and unique: about the ids' own bytes plus one offset per
+//! member, no map or allocation per member), so that a group of a million members costs
+//! its ids and nothing more; the engine hashes body and ids together without serializing
+//! them ([`crate::sync::anchors::representation_hash_with`]) and sends the members as
+//! PATCH chunks. [`map_entry`] gives the whole representation (`members` inside the body),
+//! for callers that show or serve it (facade, preview, golden files); both hash the same.
+//!
+//! Limits: text targets take the first value of a multi-valued attribute; the `member`
+//! values are expected complete (ranged retrieval merged by the LDAP layer).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -61,8 +68,12 @@ pub struct Mapped {
     pub kind: ResourceKind,
     /// The anchor, also present in `resource` as `externalId`.
     pub external_id: String,
-    /// The full SCIM body without `id`, with `schemas`.
+    /// The SCIM body without `id`, with `schemas`. Holds `members` only when made by
+    /// [`map_entry`]; [`map_entry_split`] leaves them out (see [`Mapped::members`]).
     pub resource: Value,
+    /// The group's member ids when they are not in `resource` ([`map_entry_split`]);
+    /// empty after [`map_entry`] and for users.
+    pub members: MemberIds,
     /// DNs that resolved to [`Reference::Pending`], sorted: map again once they exist.
     pub pending: Vec<String>,
 }
@@ -164,8 +175,27 @@ pub fn anchor_of(
     }
 }
 
-/// Maps `entry` as a `kind` under `profile`, resolving DN references with `resolver`.
+/// Maps `entry` as a `kind` under `profile`, resolving DN references with `resolver`: the
+/// whole representation, `members` inside [`Mapped::resource`].
 pub fn map_entry(
+    entry: &Entry,
+    kind: ResourceKind,
+    profile: &SyncProfile,
+    resolver: &dyn Resolver,
+) -> Result<Mapped, MapError> {
+    let mut mapped = map_entry_split(entry, kind, profile, resolver)?;
+    if !mapped.members.is_empty() {
+        let members = std::mem::take(&mut mapped.members);
+        if let Value::Object(m) = &mut mapped.resource {
+            m.insert("members".to_string(), members.to_json());
+        }
+    }
+    Ok(mapped)
+}
+
+/// Like [`map_entry`], but a group's members stay out of the body, in [`Mapped::members`]
+/// (compact; see the module documentation).
+pub fn map_entry_split(
     entry: &Entry,
     kind: ResourceKind,
     profile: &SyncProfile,
@@ -174,6 +204,7 @@ pub fn map_entry(
     let external_id = anchor_of(entry, kind, profile)?;
     let mut body = Body::default();
     let mut pending = BTreeSet::new();
+    let mut members = MemberIdsBuilder::default();
     for m in profile.resource(kind).mappings() {
         match (m.target, &m.source) {
             (Target::Text(path), Source::Attributes(names)) => {
@@ -206,7 +237,6 @@ pub fn map_entry(
                 }
             }
             (Target::Members, Source::Attributes(names)) => {
-                let mut ids = BTreeSet::new();
                 for name in names {
                     let unique = name.eq_ignore_ascii_case("uniqueMember");
                     for value in entry.bytes(name) {
@@ -216,21 +246,13 @@ pub fn map_entry(
                             continue;
                         }
                         match resolver.resolve(dn) {
-                            Reference::Id(id) if !id.is_empty() => {
-                                ids.insert(id);
-                            }
+                            Reference::Id(id) if !id.is_empty() => members.push(&id),
                             Reference::Pending => {
                                 pending.insert(dn.to_string());
                             }
                             _ => {}
                         }
                     }
-                }
-                if !ids.is_empty() {
-                    body.core.insert(
-                        "members".to_string(),
-                        Value::Array(ids.into_iter().map(reference).collect()),
-                    );
                 }
             }
             // Combinations the profile never builds (it pairs special targets with
@@ -241,6 +263,7 @@ pub fn map_entry(
     Ok(Mapped {
         kind,
         resource: body.finish(kind, &external_id),
+        members: members.finish(),
         external_id,
         pending: pending.into_iter().collect(),
     })
@@ -250,6 +273,175 @@ fn reference(id: String) -> Value {
     let mut m = Map::new();
     m.insert("value".to_string(), Value::String(id));
     Value::Object(m)
+}
+
+/// The SCIM ids of a group's members, sorted by bytes and unique, in one string arena:
+/// the ids' bytes plus one offset per member, no allocation per id. Serializes (serde) as
+/// the SCIM `members` value, `[{"value": id}, ...]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MemberIds {
+    /// The ids, back to back.
+    text: String,
+    /// Where each id ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl MemberIds {
+    /// How many ids.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// No ids.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `i`-th id (ascending), if there is one.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start..end])
+    }
+
+    /// The ids, ascending.
+    pub fn iter(&self) -> MemberIdsIter<'_> {
+        self.slice(0..self.len())
+    }
+
+    /// The ids at positions `range` (clamped to the list), ascending.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> MemberIdsIter<'_> {
+        let end = range.end.min(self.len());
+        MemberIdsIter {
+            ids: self,
+            next: range.start.min(end),
+            end,
+        }
+    }
+
+    /// The ids as the SCIM `members` value: `[{"value": id}, ...]`.
+    pub fn to_json(&self) -> Value {
+        Value::Array(self.iter().map(|id| reference(id.to_string())).collect())
+    }
+
+    /// Bytes held (ids and offsets), for benchmarks and logs.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
+
+    /// Appends `id`, which must sort after every id already held (the caller checks).
+    fn push_sorted(&mut self, id: &str) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len());
+    }
+}
+
+impl fmt::Debug for MemberIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for MemberIds {
+    /// Sorts and de-duplicates any ids.
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> MemberIds {
+        let mut b = MemberIdsBuilder::default();
+        for id in iter {
+            b.push(id.as_ref());
+        }
+        b.finish()
+    }
+}
+
+impl serde::Serialize for MemberIds {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct One<'a>(&'a str);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut m = serializer.serialize_map(Some(1))?;
+                m.serialize_entry("value", self.0)?;
+                m.end()
+            }
+        }
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for id in self.iter() {
+            seq.serialize_element(&One(id))?;
+        }
+        seq.end()
+    }
+}
+
+/// Iterator over (a range of) a [`MemberIds`].
+#[derive(Debug, Clone)]
+pub struct MemberIdsIter<'a> {
+    ids: &'a MemberIds,
+    next: usize,
+    end: usize,
+}
+
+impl<'a> Iterator for MemberIdsIter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.next >= self.end {
+            return None;
+        }
+        self.next += 1;
+        self.ids.get(self.next - 1)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for MemberIdsIter<'_> {}
+
+/// Collects ids in any order into a [`MemberIds`] (sorted and de-duplicated by
+/// [`MemberIdsBuilder::finish`]); ids already in order cost no sort.
+#[derive(Debug, Default)]
+pub struct MemberIdsBuilder {
+    ids: MemberIds,
+    sorted: bool,
+}
+
+impl MemberIdsBuilder {
+    /// Adds one id.
+    pub fn push(&mut self, id: &str) {
+        let n = self.ids.len();
+        self.sorted = match n {
+            0 => true,
+            _ => self.sorted && self.ids.get(n - 1).is_some_and(|last| last < id),
+        };
+        self.ids.push_sorted(id);
+    }
+
+    /// The ids, sorted by bytes and unique. Needs the ids' bytes once more while sorting.
+    pub fn finish(self) -> MemberIds {
+        let ids = self.ids;
+        if self.sorted {
+            return ids;
+        }
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by(|&a, &b| ids.get(a).cmp(&ids.get(b)));
+        let mut out = MemberIds {
+            text: String::with_capacity(ids.text.len()),
+            ends: Vec::with_capacity(ids.len()),
+        };
+        let mut last: Option<&str> = None;
+        for i in order {
+            let id = ids.get(i).unwrap_or_default();
+            if last != Some(id) {
+                out.push_sorted(id);
+                last = Some(id);
+            }
+        }
+        out.text.shrink_to_fit();
+        out.ends.shrink_to_fit();
+        out
+    }
 }
 
 fn utf8<'a>(entry: &Entry, attribute: &str, value: &'a [u8]) -> Result<&'a str, MapError> {
@@ -607,6 +799,42 @@ mod tests {
         assert_eq!(strip_uid("cn=a#'01'B,dc=x"), "cn=a#'01'B,dc=x");
         assert_eq!(strip_uid("cn=a,dc=x#'2'B"), "cn=a,dc=x#'2'B");
         assert_eq!(strip_uid("cn=a,dc=x#''B"), "cn=a,dc=x");
+    }
+
+    #[test]
+    fn split_mapping_keeps_members_apart_and_joins_to_the_whole() {
+        let p = SyncProfile::default_for(ProfileKind::OpenLdap);
+        let g = Entry::new("cn=g,dc=x")
+            .with("objectClass", "groupOfNames")
+            .with("entryUUID", "6a0c1d1e-0000-0000-0000-000000000002")
+            .with("cn", "g")
+            .with("member", "uid=c,dc=x")
+            .with("member", "uid=a,dc=x")
+            .with("member", "uid=c,dc=x");
+        let r = |dn: &str| Reference::Id(format!("id-{}", &dn[4..5]));
+        let split = map_entry_split(&g, ResourceKind::Group, &p, &r).unwrap();
+        assert!(split.resource.get("members").is_none());
+        assert_eq!(split.members.iter().collect::<Vec<_>>(), ["id-a", "id-c"]);
+        let whole = map_entry(&g, ResourceKind::Group, &p, &r).unwrap();
+        assert!(whole.members.is_empty());
+        let mut joined = split.resource.clone();
+        joined["members"] = serde_json::to_value(&split.members).unwrap();
+        assert_eq!(joined, whole.resource);
+        assert_eq!(joined["members"], split.members.to_json());
+    }
+
+    #[test]
+    fn member_ids_sort_dedup_and_slice() {
+        let ids: MemberIds = ["b", "", "a", "b", "ö", "a"].into_iter().collect();
+        assert_eq!(ids.iter().collect::<Vec<_>>(), ["", "a", "b", "ö"]);
+        assert_eq!(ids.len(), 4);
+        assert_eq!(ids.get(3), Some("ö"));
+        assert_eq!(ids.get(4), None);
+        assert_eq!(ids.slice(1..3).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(ids.slice(3..9).len(), 1);
+        let sorted: MemberIds = ["a", "b"].into_iter().collect();
+        assert_eq!(format!("{sorted:?}"), r#"["a", "b"]"#);
+        assert!(MemberIds::default().is_empty());
     }
 
     #[test]

@@ -273,11 +273,27 @@ impl AnchorIndex {
         self.recs.live == 0
     }
 
-    /// Writes the index if it changed since the last save.
+    /// Writes the index if it changed since the last save. An error names the file and
+    /// keeps the OS error's kind (a full disk is [`io::ErrorKind::StorageFull`]); the index
+    /// stays unsaved, so the next call tries again.
     pub fn save(&mut self) -> io::Result<()> {
         if !self.dirty {
             return Ok(());
         }
+        if let Err(e) = self.write() {
+            // A partial temporary file would only hold on to the space a full disk lacks.
+            let _ = fs::remove_file(self.path.with_extension("jsonl.tmp"));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("writing {}: {e}", self.path.display()),
+            ));
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Writes every record to a temporary file, then renames it over the index.
+    fn write(&self) -> io::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir)?;
         let tmp = self.path.with_extension("jsonl.tmp");
@@ -293,7 +309,7 @@ impl AnchorIndex {
                     h: format!("{:016x}", slot.hash),
                     dn: self.recs.dn(&slot).into(),
                 };
-                serde_json::to_writer(&mut w, &line).map_err(io::Error::other)?;
+                serde_json::to_writer(&mut w, &line).map_err(io::Error::from)?;
                 w.write_all(b"\n")?;
             }
             let f = w.into_inner().map_err(|e| e.into_error())?;
@@ -303,7 +319,6 @@ impl AnchorIndex {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        self.dirty = false;
         Ok(())
     }
 
@@ -885,15 +900,83 @@ fn parse_line(line: &str) -> Option<(String, Anchor)> {
 
 /// FNV-1a 64 of the serialized representation: stable across builds and platforms
 /// (serde_json writes object keys in sorted order), so "unchanged" survives upgrades.
+/// Streams the serialization into the hash (no copy of the body is made).
 pub fn representation_hash(body: &serde_json::Value) -> u64 {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = Fnv64::default();
+    // Writing into the hasher cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut h, body);
     // 0 means "unknown" in the index; never produce it.
-    h.max(1)
+    h.0.max(1)
+}
+
+/// [`representation_hash`] of `body` with `members` put in as its `members` attribute
+/// (what [`crate::scim::mapping::map_entry`] would give), computed without building it:
+/// the bytes hashed are those of the whole representation, member by member, so a hash
+/// stored by either function matches the other.
+pub fn representation_hash_with(
+    body: &serde_json::Value,
+    members: &crate::scim::mapping::MemberIds,
+) -> u64 {
+    let serde_json::Value::Object(map) = body else {
+        return representation_hash(body);
+    };
+    if members.is_empty() {
+        return representation_hash(body);
+    }
+    let mut h = Fnv64::default();
+    let _ = serde_json::to_writer(&mut h, &WithMembers { map, members });
+    h.0.max(1)
+}
+
+/// FNV-1a 64 as an `io::Write` sink.
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Fnv64 {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::io::Write for Fnv64 {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An object serialized with `members` in its key-order place (serde_json's `Map` iterates
+/// its keys in sorted order, and so does this).
+struct WithMembers<'a> {
+    map: &'a serde_json::Map<String, serde_json::Value>,
+    members: &'a crate::scim::mapping::MemberIds,
+}
+
+impl serde::Serialize for WithMembers<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        const KEY: &str = "members";
+        let others = self.map.iter().filter(|(k, _)| k.as_str() != KEY);
+        let mut m = serializer.serialize_map(Some(others.clone().count() + 1))?;
+        let mut placed = false;
+        for (k, v) in others {
+            if !placed && k.as_str() > KEY {
+                m.serialize_entry(KEY, self.members)?;
+                placed = true;
+            }
+            m.serialize_entry(k, v)?;
+        }
+        if !placed {
+            m.serialize_entry(KEY, self.members)?;
+        }
+        m.end()
+    }
 }
 
 #[cfg(test)]
@@ -935,6 +1018,30 @@ mod tests {
             ix2.get(ResourceKind::Group, "abc==").is_none(),
             "kind must match"
         );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_save_names_the_file_and_is_tried_again() {
+        let d = tempdir("savefail");
+        let mut ix = AnchorIndex::load(&d).unwrap();
+        ix.put("abc==", user("id1", 42, "uid=a,dc=x"));
+        // A non-empty directory where the index goes: the rename over it fails.
+        let blocker = d.join(FILE_NAME);
+        fs::create_dir_all(blocker.join("x")).unwrap();
+        let e = ix.save().unwrap_err();
+        assert!(
+            e.to_string().contains(&blocker.display().to_string()),
+            "names the file: {e}"
+        );
+        assert!(
+            !d.join("anchors.jsonl.tmp").exists(),
+            "no partial temporary file is left behind"
+        );
+        fs::remove_dir_all(&blocker).unwrap();
+        ix.save().unwrap();
+        let ix2 = AnchorIndex::load(&d).unwrap();
+        assert_eq!(ix2.get(ResourceKind::User, "abc==").unwrap().hash, 42);
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -1267,6 +1374,37 @@ mod tests {
         assert_ne!(
             representation_hash(&a),
             representation_hash(&serde_json::json!({"a":[2,1],"b":1}))
+        );
+    }
+
+    #[test]
+    fn hash_with_members_equals_hash_of_the_whole_representation() {
+        use crate::scim::mapping::MemberIds;
+        let ids: MemberIds = ["b\"q", "a", "c", "a"].into_iter().collect();
+        for body in [
+            serde_json::json!({"displayName": "g", "externalId": "x", "schemas": ["s"]}),
+            serde_json::json!({"a": 1}),
+            serde_json::json!({"z": 1}),
+            serde_json::json!({}),
+            serde_json::json!({"members": [{"value": "old"}], "n": "x"}),
+        ] {
+            let mut whole = body.clone();
+            whole["members"] = ids.to_json();
+            assert_eq!(
+                representation_hash_with(&body, &ids),
+                representation_hash(&whole),
+                "{body}"
+            );
+            if body.get("members").is_none() {
+                assert_eq!(
+                    representation_hash_with(&body, &MemberIds::default()),
+                    representation_hash(&body)
+                );
+            }
+        }
+        assert_eq!(
+            representation_hash(&serde_json::json!({"a": 1})),
+            fnv_reference(br#"{"a":1}"#)
         );
     }
 }

@@ -4,23 +4,38 @@
 //! ```text
 //! directory ──syncrepl persist──▶ feed task ──append(batch, cookie)──▶ queue
 //!                                                                        │ read (oldest first)
-//! SCIM endpoint ◀──── provision one change at a time ◀──── sender ◀─────┘ ack after provisioning
+//! SCIM endpoint ◀── provision, up to 8 changes at once ◀── sender ◀─────┘ ack after provisioning
 //! ```
 //!
 //! Invariants:
 //! * A change is acknowledged only after it was provisioned or failed for good (a 4xx that
-//!   no retry will fix, reported in the log). While the endpoint is unreachable the sender
-//!   waits and retries the same change; nothing behind it overtakes it, so the order per
-//!   object is the order of the directory.
+//!   no retry will fix, reported in the log), and only together with every change before
+//!   it in the queue (an ack covers a prefix). While the endpoint is unreachable the sender
+//!   waits and retries the change; nothing new starts meanwhile.
+//! * Per object, changes are applied in queue order: the sender works on up to
+//!   [`MAX_IN_FLIGHT`] changes of a batch at a time (directory read, scope check, SCIM
+//!   write), but never on two of the same object (same uuid or DN) at once. A change whose
+//!   object refers to one that an earlier change of the batch is still creating (a group
+//!   and its new member) waits for it, then maps again. Deletes and scope exits go through
+//!   the delete gate in turn. The anchor index and the gate are changed only by the
+//!   sender's own task, between awaits; the concurrent work is reads and writes only.
 //! * The watermark (the syncrepl cookie) is stored only together with the changes it covers
 //!   (one queue append). After a crash the feed resumes from the last durable cookie and
 //!   the sender re-reads every change not acknowledged: at-least-once, and provisioning is
 //!   idempotent (the sender re-reads the object's current state by DN and compares hashes).
 //! * A full pass runs when the queue owes one (first start, overflow, damage, a present
 //!   phase, e-syncRefreshRequired). The feed is stopped meanwhile; the cookie is taken
-//!   before the pass, so changes made during the pass are replayed after it.
+//!   before the pass, so changes made during the pass are replayed after it. The pass is
+//!   done (the queue's resync flag cleared) only when no object failed because the endpoint
+//!   was unavailable; otherwise it runs again after a backoff (objects already in step cost
+//!   no write), so a 5xx burst or an outage mid-pass loses nothing. One exception keeps a
+//!   few objects the endpoint always fails from holding the feed back forever: when a
+//!   repeat of an incomplete pass does no better than the pass before it (with the endpoint
+//!   reachable at its start), the pass counts as done, with a warning; those objects go out
+//!   when they change or at the next full pass, and deletes wait for a complete pass.
 //!
-//! Change feeds: OpenLDAP (and other servers with RFC 4533 syncprov) only, for now.
+//! Change feeds: RFC 4533 syncrepl (OpenLDAP and other servers with syncprov), and the
+//! polling feeds of [`crate::sync::poll`] (AD DirSync, uSN, modifyTimestamp).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -38,7 +53,7 @@ use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
-use crate::sync::anchors::{representation_hash, Anchor, AnchorIndex};
+use crate::sync::anchors::{representation_hash, representation_hash_with, Anchor, AnchorIndex};
 use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
@@ -210,8 +225,6 @@ impl FollowSettings {
 pub enum RunError {
     /// The queue cannot be used (locked by another agent, newer format, I/O).
     Queue(QueueError),
-    /// The anchor index cannot be written.
-    State(std::io::Error),
     /// The held-deletes file cannot be written.
     Deletes(GateError),
 }
@@ -220,7 +233,6 @@ impl std::fmt::Display for RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RunError::Queue(e) => write!(f, "queue: {e}"),
-            RunError::State(e) => write!(f, "anchor index: {e}"),
             RunError::Deletes(e) => write!(f, "held deletes: {e}"),
         }
     }
@@ -274,9 +286,12 @@ pub async fn run(
     let mut was_standby = false;
     let scope = settings.scope_fingerprint();
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    // How many objects the previous, incomplete full pass could not send (see
+    // `accept_stalled_pass`).
+    let mut stalled: Option<u64> = None;
     loop {
         if let Some(r) = control.requested() {
-            index.save().map_err(RunError::State)?;
+            save_index(index);
             gate.save().map_err(RunError::Deletes)?;
             return Ok(r);
         }
@@ -339,25 +354,50 @@ pub async fn run(
                 None
             })
             .await;
-            match outcome {
-                None => log::info!(
-                    "full pass interrupted by a {:?} request",
-                    control.requested()
-                ),
-                Some(Ok(())) => {
+            let problem = match outcome {
+                None => {
+                    log::info!(
+                        "full pass interrupted by a {:?} request",
+                        control.requested()
+                    );
+                    None
+                }
+                Some(Ok(PassEnd::Complete)) => {
                     record_full_pass(&settings.state_dir);
                     retry.reset();
+                    stalled = None;
+                    None
                 }
-                Some(Err(e)) => {
-                    agent.set_error(format!("full pass: {e}"));
-                    agent.set_phase("degraded");
-                    let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
+                Some(Ok(PassEnd::Unavailable(n, mark))) if accept_stalled_pass(stalled, n) => {
                     log::warn!(
-                        "full pass did not complete ({e}); retrying in {:.0} s",
-                        wait.as_secs_f64()
+                        "full pass: {n} objects failed again although the endpoint answers \
+                         others (see the warnings above and the provisioning log); taking the \
+                         pass as done so that changes flow: they are sent again when they \
+                         change or at the next full pass; deletes wait for a complete pass"
                     );
-                    control.sleep(wait).await;
+                    with_queue(&queue, move |q| q.mark_resync_done(&mark))
+                        .await
+                        .map_err(RunError::Queue)?;
+                    record_full_pass(&settings.state_dir);
+                    retry.reset();
+                    stalled = None;
+                    None
                 }
+                // Still owed: run it again.
+                Some(Ok(PassEnd::Unavailable(n, _))) => {
+                    stalled = Some(n);
+                    Some(format!(
+                        "full pass: {n} objects could not be sent (endpoint unavailable)"
+                    ))
+                }
+                Some(Err(e)) => Some(format!("full pass did not complete ({e})")),
+            };
+            if let Some(why) = problem {
+                agent.set_error(why.clone());
+                agent.set_phase("degraded");
+                let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
+                log::warn!("{why}; retrying in {:.0} s", wait.as_secs_f64());
+                control.sleep(wait).await;
             }
             continue;
         }
@@ -401,7 +441,7 @@ pub async fn run(
                 None
             }
         };
-        index.save().map_err(RunError::State)?;
+        save_index(index);
         gate.save().map_err(RunError::Deletes)?;
         match outcome {
             SendEnd::ResyncOwed | SendEnd::Signal => {}
@@ -437,9 +477,42 @@ async fn release_approved(
         s.sent,
         s.failed.len()
     );
-    index.save().map_err(RunError::State)
+    save_index(index);
+    Ok(())
 }
 
+/// Saves the anchor index; a failure (a full disk) is a warning, not the end of the agent:
+/// the index stays unsaved in memory and the next save tries again. Should the agent stop
+/// before one succeeds, objects provisioned since the last save are found again by
+/// externalId (nothing is duplicated).
+fn save_index(index: &mut AnchorIndex) {
+    if let Err(e) = index.save() {
+        log::warn!("cannot save the anchor index yet ({e}); will retry");
+    }
+}
+
+/// How a full pass of `run` that ran to its end left things.
+enum PassEnd {
+    /// Everything the endpoint could take is in step: the pass is done.
+    Complete,
+    /// This many objects could not be sent because the endpoint was unavailable: the pass
+    /// is still owed. With the watermark it would have recorded.
+    Unavailable(u64, Vec<u8>),
+}
+
+/// Whether an incomplete full pass that could not send `now` objects is taken as done
+/// anyway: when the pass before it (`before`, also incomplete, with the endpoint reachable
+/// at its start) did no worse. An outage is not a stall: a pass that starts while the
+/// endpoint is down ends before any object is tried and leaves `before` as it was. A stall
+/// is one or a few objects the endpoint keeps failing (a 5xx for that object alone): repeating
+/// the pass would re-read the whole directory every few seconds and keep the change feed
+/// from ever starting, so after one repeat that made no progress the pass counts as done.
+fn accept_stalled_pass(before: Option<u64>, now: u64) -> bool {
+    before.is_some_and(|b| now >= b)
+}
+
+/// Runs the owed full pass; marks it done in the queue (with the cookie taken before it)
+/// only when no object failed because the endpoint was unavailable.
 #[allow(clippy::too_many_arguments)]
 async fn resync(
     dir: &Directory,
@@ -450,7 +523,7 @@ async fn resync(
     queue: &SharedQueue,
     settings: &FollowSettings,
     scope: &str,
-) -> Result<(), String> {
+) -> Result<PassEnd, String> {
     // The endpoint first: an outage means waiting here, not failing every object.
     match scim.service_provider_config().await {
         Ok(_) => {}
@@ -474,10 +547,15 @@ async fn resync(
         log::warn!("not in step after the full pass: {}: {}", f.dn, f.reason);
     }
     let mark = Watermark::encode(scope, &cookie);
+    if report.unavailable > 0 {
+        // Not done: the queue keeps owing the pass (and the changes it holds), and the
+        // feed does not start from this cookie unless `run` decides the pass is stalled.
+        return Ok(PassEnd::Unavailable(report.unavailable, mark));
+    }
     with_queue(queue, move |q| q.mark_resync_done(&mark))
         .await
         .map_err(|e| format!("queue: {e}"))?;
-    Ok(())
+    Ok(PassEnd::Complete)
 }
 
 /// A cookie for "now": a refreshOnly search that lists DNs only and ends with a cookie.
@@ -758,9 +836,7 @@ async fn send_loop(
         }
         if records.is_empty() {
             if last_save.elapsed() >= INDEX_SAVE_EVERY {
-                if let Err(e) = index.save() {
-                    log::warn!("cannot save the anchor index yet: {e}");
-                }
+                save_index(index);
                 last_save = Instant::now();
             }
             if last_log.elapsed() >= STATUS_LOG_EVERY {
@@ -795,64 +871,20 @@ async fn send_loop(
             continue;
         }
         // Acknowledge what was handled, also when a stop request ends the batch early.
-        let mut handled: Option<u64> = None;
-        let mut end = None;
-        'records: for r in records {
-            let change: Change = match serde_json::from_slice(&r.payload) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!(
-                        "queued change {} is not readable ({e}); skipped, a full pass follows",
-                        r.seq
-                    );
-                    let _ = with_queue(queue, |q| q.mark_resync_owed(ResyncReason::CorruptRecord))
-                        .await;
-                    end = Some(SendEnd::ResyncOwed);
-                    break;
-                }
-            };
-            let mut wait = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
-            loop {
-                match apply(ctx, index, gate, &mut admitted, &mut exits, &attrs, &change).await {
-                    Applied::Done => {
-                        applied += 1;
-                        ctx.agent
-                            .provisioned
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        break;
-                    }
-                    Applied::Failed(why) => {
-                        failed += 1;
-                        ctx.agent
-                            .failed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        log::warn!("{why}");
-                        ctx.agent.set_error(why);
-                        break;
-                    }
-                    Applied::Retry(why) => {
-                        let d = wait.next_delay().unwrap_or(Duration::from_secs(60));
-                        log::warn!(
-                            "{why}; retrying in {:.1} s (later changes wait, to keep their order)",
-                            d.as_secs_f64()
-                        );
-                        if ctx.control.sleep(d).await.is_some() {
-                            end = Some(SendEnd::Signal);
-                            break 'records;
-                        }
-                        if with_queue(queue, |q| q.resync_owed()).await {
-                            end = Some(SendEnd::ResyncOwed);
-                            break 'records;
-                        }
-                    }
-                }
-            }
-            handled = Some(r.seq);
-            if ctx.control.requested().is_some() {
-                end = Some(SendEnd::Signal);
-                break;
-            }
-        }
+        let batch = apply_batch(
+            ctx,
+            index,
+            gate,
+            queue,
+            &mut admitted,
+            &mut exits,
+            &attrs,
+            records,
+        )
+        .await;
+        applied += batch.applied;
+        failed += batch.failed;
+        let (mut handled, mut end) = (batch.handled, batch.end);
         if end.is_none() && !exits.is_empty() {
             if let Some(e) = send_exits(ctx, index, gate, std::mem::take(&mut exits)).await {
                 // Interrupted: acknowledge nothing of this batch; it is re-read (and
@@ -861,23 +893,67 @@ async fn send_loop(
                 end = Some(e);
             }
         }
-        // Held deletes are durable before the changes that held them are acknowledged.
-        if let Err(e) = gate.save() {
-            return SendEnd::Fatal(RunError::Deletes(e));
-        }
-        if let Some(last) = handled {
-            if let Err(e) = with_queue(queue, move |q| q.ack(last)).await {
-                return SendEnd::Fatal(RunError::Queue(e));
-            }
+        if let Err(end) = acknowledge(ctx, gate, queue, handled).await {
+            return end;
         }
         if let Some(end) = end {
             return end;
         }
         if last_save.elapsed() >= INDEX_SAVE_EVERY {
-            if let Err(e) = index.save() {
-                log::warn!("cannot save the anchor index yet: {e}");
-            }
+            save_index(index);
             last_save = Instant::now();
+        }
+    }
+}
+
+/// Whether an I/O error is a full disk or an exceeded quota: freeing space fixes it.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT on Linux
+}
+
+/// Makes the held deletes durable, then acknowledges the queue up to `handled` (held
+/// deletes are durable before the changes that held them are acknowledged). A write that
+/// may succeed later (a full disk) pauses the sender and is retried with a backoff, as the
+/// feed does for appends; nothing new is sent meanwhile. `Err` is how the sender must end
+/// (a stop request while paused: what is not acknowledged is re-sent after the restart).
+async fn acknowledge(
+    ctx: &SendCtx<'_>,
+    gate: &mut DeleteGate,
+    queue: &SharedQueue,
+    handled: Option<u64>,
+) -> Result<(), SendEnd> {
+    let mut pause = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let why = match gate.save() {
+            Err(e) => match &e {
+                GateError::Io { source, .. } if is_disk_full(source) => {
+                    format!("cannot record held deletes ({e})")
+                }
+                _ => return Err(SendEnd::Fatal(RunError::Deletes(e))),
+            },
+            Ok(()) => {
+                let Some(last) = handled else {
+                    return Ok(());
+                };
+                match with_queue(queue, move |q| q.ack(last)).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_retryable() => {
+                        format!("cannot acknowledge sent changes in the change queue ({e})")
+                    }
+                    Err(e) => return Err(SendEnd::Fatal(RunError::Queue(e))),
+                }
+            }
+        };
+        let wait = pause.next_delay().unwrap_or(Duration::from_secs(30));
+        log::warn!(
+            "{why}; sender paused, retrying in {:.1} s",
+            wait.as_secs_f64()
+        );
+        ctx.agent.set_error(why);
+        if ctx.control.sleep(wait).await.is_some() {
+            return Err(SendEnd::Signal);
         }
     }
 }
@@ -888,15 +964,301 @@ enum Applied {
     Retry(String),
 }
 
+/// Most changes of one batch in step at the same time (directory reads and SCIM writes).
+const MAX_IN_FLIGHT: usize = 8;
+
+/// What [`apply_batch`] did.
+struct BatchEnd {
+    /// The last sequence number of the batch's leading run of applied changes (every change
+    /// up to it is done): what may be acknowledged.
+    handled: Option<u64>,
+    /// How the sender must end, if it must.
+    end: Option<SendEnd>,
+    /// Changes applied, and failed for good.
+    applied: u64,
+    failed: u64,
+}
+
+/// Where one change of a batch stands.
+enum Step {
+    /// Not started (or to be started again after a retry).
+    Waiting,
+    /// Its directory read is in flight.
+    Reading,
+    /// Read; waits for its decision (after a [`Decision::Blocked`], for every earlier
+    /// change to be done).
+    Read(Prepared, bool),
+    /// Its SCIM write is in flight.
+    Sending,
+    /// Applied or failed for good.
+    Done,
+}
+
+/// What an in-flight future of [`apply_batch`] reports.
+enum Landed {
+    Read(Result<Prepared, String>),
+    Sent(Box<Job>, Outcome),
+}
+
+/// Whether two changes touch the same object (same uuid or same DN): those are applied in
+/// queue order, one after the other.
+fn same_object(a: &(String, Option<String>), b: &(String, Option<String>)) -> bool {
+    a.0 == b.0 || (a.1.is_some() && a.1 == b.1)
+}
+
+/// Applies one batch of queued changes, up to [`MAX_IN_FLIGHT`] at a time.
+///
+/// Order: two changes of the same object (same uuid or DN) never overlap and run in queue
+/// order; a change that refers to an object an earlier change is still creating waits for
+/// it (see [`IndexResolver`]); deletes are weighed and sent by the sender itself, in turn.
+/// The index and the gate are touched only here, between awaits, never by the futures.
+/// A change the endpoint or the directory cannot take now (retry) pauses the batch: what
+/// is in flight lands, then after a backoff the change is tried again, as before.
+/// Acknowledgement: only the leading run of done changes ([`BatchEnd::handled`]); a change
+/// done beyond a gap is applied again after a restart (idempotent).
+#[allow(clippy::too_many_arguments)]
+async fn apply_batch(
+    ctx: &SendCtx<'_>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    queue: &SharedQueue,
+    admitted: &mut HashSet<String>,
+    exits: &mut Vec<Target>,
+    attrs: &[&str],
+    records: Vec<crate::queue::Record>,
+) -> BatchEnd {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    let mut out = BatchEnd {
+        handled: None,
+        end: None,
+        applied: 0,
+        failed: 0,
+    };
+    let mut seqs = Vec::with_capacity(records.len());
+    let mut changes = Vec::with_capacity(records.len());
+    for r in records {
+        match serde_json::from_slice::<Change>(&r.payload) {
+            Ok(c) => {
+                seqs.push(r.seq);
+                changes.push(c);
+            }
+            Err(e) => {
+                log::error!(
+                    "queued change {} is not readable ({e}); skipped, a full pass follows",
+                    r.seq
+                );
+                let _ =
+                    with_queue(queue, |q| q.mark_resync_owed(ResyncReason::CorruptRecord)).await;
+                out.end = Some(SendEnd::ResyncOwed);
+                break;
+            }
+        }
+    }
+    let n = changes.len();
+    let keys: Vec<(String, Option<String>)> = changes
+        .iter()
+        .map(|c| match c {
+            Change::Upsert { dn: d, uuid } => (uuid.clone(), Some(dn::normalize(d))),
+            Change::Delete { uuid, dn: d } => (uuid.clone(), d.as_deref().map(dn::normalize)),
+        })
+        .collect();
+    let mut steps: Vec<Step> = (0..n).map(|_| Step::Waiting).collect();
+    let mut waits: Vec<Option<Backoff>> = (0..n).map(|_| None).collect();
+    type InFlight<'f> = Vec<(usize, Pin<Box<dyn Future<Output = Landed> + 'f>>)>;
+    let mut flying: InFlight<'_> = Vec::new();
+    // Changes that asked to be retried: the batch starts nothing new until they are.
+    let mut retry: Vec<(usize, String)> = Vec::new();
+    let mode = &ctx.settings.pass.mode;
+
+    let outcome = |i: usize,
+                   a: Applied,
+                   steps: &mut Vec<Step>,
+                   retry: &mut Vec<(usize, String)>,
+                   out: &mut BatchEnd| match a {
+        Applied::Done => {
+            steps[i] = Step::Done;
+            out.applied += 1;
+            ctx.agent
+                .provisioned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Applied::Failed(why) => {
+            steps[i] = Step::Done;
+            out.failed += 1;
+            ctx.agent
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::warn!("{why}");
+            ctx.agent.set_error(why);
+        }
+        Applied::Retry(why) => {
+            steps[i] = Step::Waiting;
+            retry.push((i, why));
+        }
+    };
+
+    while out.end.is_none() {
+        if ctx.control.requested().is_some() {
+            out.end = Some(SendEnd::Signal);
+            break;
+        }
+        let mut progressed = false;
+        // Decide what was read, in queue order.
+        for i in 0..n {
+            if !matches!(steps[i], Step::Read(..)) {
+                continue;
+            }
+            let earlier_busy = (0..i).any(|j| !matches!(steps[j], Step::Done));
+            if let Step::Read(_, true) = steps[i] {
+                if earlier_busy {
+                    continue; // blocked until everything before it landed
+                }
+            }
+            let Step::Read(prepared, _) = std::mem::replace(&mut steps[i], Step::Sending) else {
+                unreachable!("checked above");
+            };
+            progressed = true;
+            let busy: HashSet<String> = (0..i)
+                .filter(|&j| !matches!(steps[j], Step::Done))
+                .filter_map(|j| keys[j].1.clone())
+                .collect();
+            let uuid = &keys[i].0;
+            match decide(ctx, index, gate, exits, uuid, prepared, &busy) {
+                Decision::Done(a) => outcome(i, a, &mut steps, &mut retry, &mut out),
+                Decision::Blocked(p) => steps[i] = Step::Read(p, true),
+                Decision::Send(job) => {
+                    let job = Box::new(job);
+                    flying.push((
+                        i,
+                        Box::pin(async move {
+                            let o = provision(ctx.scim, &job, mode).await;
+                            Landed::Sent(job, o)
+                        }),
+                    ));
+                }
+            }
+        }
+        // Start what may start: in order, while there is room, never two of one object.
+        if retry.is_empty() {
+            for i in 0..n {
+                if flying.len() >= MAX_IN_FLIGHT {
+                    break;
+                }
+                if !matches!(steps[i], Step::Waiting) {
+                    continue;
+                }
+                if (0..i)
+                    .any(|j| !matches!(steps[j], Step::Done) && same_object(&keys[j], &keys[i]))
+                {
+                    continue;
+                }
+                progressed = true;
+                match &changes[i] {
+                    Change::Upsert { dn: target, .. } => {
+                        steps[i] = Step::Reading;
+                        flying.push((
+                            i,
+                            Box::pin(
+                                async move { Landed::Read(prepare(ctx, attrs, target).await) },
+                            ),
+                        ));
+                    }
+                    Change::Delete { .. } => {
+                        // Deletes go through the gate and the index: applied here, in turn.
+                        let a = apply(ctx, index, gate, admitted, exits, attrs, &changes[i]).await;
+                        outcome(i, a, &mut steps, &mut retry, &mut out);
+                    }
+                }
+            }
+        }
+        if flying.is_empty() {
+            if let Some(&(i, ref why)) = retry.first() {
+                // Everything in flight landed: wait, then try the retried changes again.
+                let wait = waits[i]
+                    .get_or_insert_with(|| {
+                        Backoff::new(Duration::from_millis(500), Duration::from_secs(15))
+                    })
+                    .next_delay()
+                    .unwrap_or(Duration::from_secs(60));
+                log::warn!(
+                    "{why}; retrying in {:.1} s (later changes wait, to keep their order)",
+                    wait.as_secs_f64()
+                );
+                retry.clear();
+                if ctx.control.sleep(wait).await.is_some() {
+                    out.end = Some(SendEnd::Signal);
+                } else if with_queue(queue, |q| q.resync_owed()).await {
+                    out.end = Some(SendEnd::ResyncOwed);
+                }
+                continue;
+            }
+            if steps.iter().all(|s| matches!(s, Step::Done)) || !progressed {
+                break;
+            }
+            continue;
+        }
+        // Wait for the first future to land.
+        let (i, landed) = std::future::poll_fn(|cx| {
+            for k in 0..flying.len() {
+                if let Poll::Ready(v) = flying[k].1.as_mut().poll(cx) {
+                    let (i, _) = flying.swap_remove(k);
+                    return Poll::Ready((i, v));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match landed {
+            Landed::Read(Ok(p)) => steps[i] = Step::Read(p, false),
+            Landed::Read(Err(why)) => {
+                outcome(i, Applied::Retry(why), &mut steps, &mut retry, &mut out)
+            }
+            Landed::Sent(job, o) => {
+                let a = commit(index, *job, o);
+                outcome(i, a, &mut steps, &mut retry, &mut out);
+            }
+        }
+    }
+    drop(flying);
+    let done = steps.iter().take_while(|s| matches!(s, Step::Done)).count();
+    out.handled = done.checked_sub(1).map(|k| seqs[k]);
+    out
+}
+
 /// Resolves references through the anchor index alone (between passes there is no scope
-/// scan): what the index does not know is left out until it is provisioned.
-struct IndexResolver<'a>(&'a AnchorIndex);
+/// scan): what the index does not know is left out until it is provisioned. A reference
+/// to an object that an earlier change of the batch is still bringing in step (`busy`,
+/// normalised DNs) is noted in `blocked`: the change waits for it and maps again, as it
+/// would have seen it had the changes been applied one after the other.
+struct IndexResolver<'a> {
+    index: &'a AnchorIndex,
+    busy: &'a HashSet<String>,
+    blocked: std::cell::Cell<bool>,
+}
+
+impl<'a> IndexResolver<'a> {
+    fn new(index: &'a AnchorIndex, busy: &'a HashSet<String>) -> IndexResolver<'a> {
+        IndexResolver {
+            index,
+            busy,
+            blocked: std::cell::Cell::new(false),
+        }
+    }
+}
 
 impl Resolver for IndexResolver<'_> {
     fn resolve(&self, target: &str) -> Reference {
-        match self.0.by_dn(target) {
+        match self.index.by_dn(target) {
             Some((_, a)) => Reference::Id(a.scim_id.clone()),
-            None => Reference::OutOfScope,
+            None => {
+                if !self.busy.is_empty() && self.busy.contains(&dn::normalize(target)) {
+                    self.blocked.set(true);
+                }
+                Reference::OutOfScope
+            }
         }
     }
 }
@@ -1033,86 +1395,20 @@ async fn apply(
     attrs: &[&str],
     change: &Change,
 ) -> Applied {
-    let profile = ctx.profile;
     match change {
         Change::Upsert { dn: target, uuid } => {
-            let entry = match ctx.dir.read(target, attrs).await {
-                Ok(Some(e)) => e,
-                // Renamed or deleted since: the feed reports that separately.
-                Ok(None) => return Applied::Done,
-                Err(e) => return Applied::Retry(format!("directory: reading {target}: {e}")),
+            let prepared = match prepare(ctx, attrs, target).await {
+                Ok(p) => p,
+                Err(why) => return Applied::Retry(why),
             };
-            let kind = profile.classify(&entry);
-            match out_of_scope(ctx, &entry, kind).await {
-                Ok(None) => {}
-                Ok(Some(why)) => {
-                    // Leaving scope is a delete of what was provisioned (if anything was).
-                    let anchor = kind
-                        .and_then(|k| mapping::anchor_of(&entry, k, profile).ok())
-                        .unwrap_or_else(|| uuid.clone());
-                    let Some(a) = index.get_any(&anchor) else {
-                        return Applied::Done;
-                    };
-                    let mut t = Target::of(&anchor, &a, why);
-                    t.dn = entry.dn.clone();
-                    // Weighed with the rest of the batch (an OU moved out of scope is a
-                    // burst), sent after it.
-                    exits.retain(|x| x.anchor != t.anchor);
-                    exits.push(t);
-                    return Applied::Done;
+            match decide(ctx, index, gate, exits, uuid, prepared, &HashSet::new()) {
+                Decision::Done(a) => a,
+                // Nothing is busy here: a change applied alone waits for nobody.
+                Decision::Blocked(_) => Applied::Done,
+                Decision::Send(job) => {
+                    let outcome = provision(ctx.scim, &job, &ctx.settings.pass.mode).await;
+                    commit(index, job, outcome)
                 }
-                Err(e) => return Applied::Retry(format!("directory: {e}")),
-            }
-            let kind = kind.expect("in scope means classified");
-            let mapped = match mapping::map_entry(&entry, kind, profile, &IndexResolver(index)) {
-                Ok(m) => m,
-                Err(e) => return Applied::Failed(e.to_string()),
-            };
-            if &mapped.external_id != uuid {
-                log::debug!(
-                    "{}: anchor {} differs from the feed's uuid {uuid}",
-                    entry.dn,
-                    mapped.external_id
-                );
-            }
-            exits.retain(|x| x.anchor != mapped.external_id);
-            if gate.unhold(&mapped.external_id) {
-                log::info!(
-                    "{} {} is back in scope: its held delete is withdrawn",
-                    kind.word(),
-                    entry.dn
-                );
-            }
-            let hash = representation_hash(&mapped.resource);
-            let known = index.get(kind, &mapped.external_id);
-            if known.as_ref().is_some_and(|a| a.hash == hash) {
-                index.note_dn(&mapped.external_id, &entry.dn);
-                return Applied::Done;
-            }
-            let job = Job {
-                kind,
-                dn: entry.dn.clone(),
-                external_id: mapped.external_id.clone(),
-                body: mapped.resource,
-                hash,
-                known_id: known.map(|a| a.scim_id),
-            };
-            let mode = &ctx.settings.pass.mode;
-            match provision(ctx.scim, &job, mode).await {
-                Outcome::Created(id) | Outcome::Replaced(id) | Outcome::Matched(id) => {
-                    index.put(
-                        &job.external_id,
-                        Anchor {
-                            kind,
-                            scim_id: id,
-                            hash,
-                            dn: job.dn,
-                        },
-                    );
-                    Applied::Done
-                }
-                Outcome::Unavailable(reason) => Applied::Retry(format!("{}: {reason}", job.dn)),
-                Outcome::Failed(reason) => Applied::Failed(format!("{}: {reason}", job.dn)),
             }
         }
         Change::Delete { uuid, dn } => {
@@ -1136,6 +1432,140 @@ async fn apply(
     }
 }
 
+/// What the directory says about an object the feed reported, read without touching any
+/// state (so that several can be read at once).
+enum Prepared {
+    /// Renamed or deleted since: the feed reports that separately.
+    Gone,
+    /// The entry, its kind, and why it is out of scope if it is.
+    Read {
+        entry: crate::ldap::Entry,
+        kind: Option<ResourceKind>,
+        out: Option<&'static str>,
+    },
+}
+
+/// Reads the object at `target` and checks its scope. `Err` is a reason to retry.
+async fn prepare(ctx: &SendCtx<'_>, attrs: &[&str], target: &str) -> Result<Prepared, String> {
+    let entry = match ctx.dir.read(target, attrs).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(Prepared::Gone),
+        Err(e) => return Err(format!("directory: reading {target}: {e}")),
+    };
+    let kind = ctx.profile.classify(&entry);
+    let out = out_of_scope(ctx, &entry, kind)
+        .await
+        .map_err(|e| format!("directory: {e}"))?;
+    Ok(Prepared::Read { entry, kind, out })
+}
+
+/// What to do with a read object.
+enum Decision {
+    /// Nothing (more) to send.
+    Done(Applied),
+    /// Provision this job, then [`commit`] its outcome.
+    Send(Job),
+    /// It refers to an object an earlier change is still bringing in step: decide again
+    /// once that one landed (the read stays valid).
+    Blocked(Prepared),
+}
+
+/// The in-memory part of applying an upsert: scope exits, mapping, the unchanged check.
+/// `busy` holds the normalised DNs of earlier changes of the batch not yet applied.
+fn decide(
+    ctx: &SendCtx<'_>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    exits: &mut Vec<Target>,
+    uuid: &str,
+    prepared: Prepared,
+    busy: &HashSet<String>,
+) -> Decision {
+    let profile = ctx.profile;
+    let Prepared::Read { entry, kind, out } = prepared else {
+        return Decision::Done(Applied::Done);
+    };
+    if let Some(why) = out {
+        // Leaving scope is a delete of what was provisioned (if anything was).
+        let anchor = kind
+            .and_then(|k| mapping::anchor_of(&entry, k, profile).ok())
+            .unwrap_or_else(|| uuid.to_string());
+        let Some(a) = index.get_any(&anchor) else {
+            return Decision::Done(Applied::Done);
+        };
+        let mut t = Target::of(&anchor, &a, why);
+        t.dn = entry.dn.clone();
+        // Weighed with the rest of the batch (an OU moved out of scope is a burst), sent
+        // after it.
+        exits.retain(|x| x.anchor != t.anchor);
+        exits.push(t);
+        return Decision::Done(Applied::Done);
+    }
+    let kind = kind.expect("in scope means classified");
+    let resolver = IndexResolver::new(index, busy);
+    let mapped = match mapping::map_entry_split(&entry, kind, profile, &resolver) {
+        Ok(m) => m,
+        Err(e) => return Decision::Done(Applied::Failed(e.to_string())),
+    };
+    if resolver.blocked.get() {
+        return Decision::Blocked(Prepared::Read {
+            entry,
+            kind: Some(kind),
+            out: None,
+        });
+    }
+    if mapped.external_id != uuid {
+        log::debug!(
+            "{}: anchor {} differs from the feed's uuid {uuid}",
+            entry.dn,
+            mapped.external_id
+        );
+    }
+    exits.retain(|x| x.anchor != mapped.external_id);
+    if gate.unhold(&mapped.external_id) {
+        log::info!(
+            "{} {} is back in scope: its held delete is withdrawn",
+            kind.word(),
+            entry.dn
+        );
+    }
+    let hash = representation_hash_with(&mapped.resource, &mapped.members);
+    let known = index.get(kind, &mapped.external_id);
+    if known.as_ref().is_some_and(|a| a.hash == hash) {
+        index.note_dn(&mapped.external_id, &entry.dn);
+        return Decision::Done(Applied::Done);
+    }
+    Decision::Send(Job {
+        kind,
+        dn: entry.dn,
+        external_id: mapped.external_id,
+        body: mapped.resource,
+        members: mapped.members,
+        hash,
+        known_id: known.map(|a| a.scim_id),
+    })
+}
+
+/// Records a provisioning outcome in the index.
+fn commit(index: &mut AnchorIndex, job: Job, outcome: Outcome) -> Applied {
+    match outcome {
+        Outcome::Created(id) | Outcome::Replaced(id) | Outcome::Matched(id) => {
+            index.put(
+                &job.external_id,
+                Anchor {
+                    kind: job.kind,
+                    scim_id: id,
+                    hash: job.hash,
+                    dn: job.dn,
+                },
+            );
+            Applied::Done
+        }
+        Outcome::Unavailable(reason) => Applied::Retry(format!("{}: {reason}", job.dn)),
+        Outcome::Failed(reason) => Applied::Failed(format!("{}: {reason}", job.dn)),
+    }
+}
+
 /// The indexed object a feed's delete refers to: by its uuid, else by the DN it had.
 fn deleted_anchor(index: &AnchorIndex, uuid: &str, dn: Option<&str>) -> Option<(String, Anchor)> {
     if let Some(a) = index.get_any(uuid) {
@@ -1148,6 +1578,19 @@ fn deleted_anchor(index: &AnchorIndex, uuid: &str, dn: Option<&str>) -> Option<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_incomplete_pass_is_accepted_only_after_a_repeat_without_progress() {
+        // The first incomplete pass is always repeated.
+        assert!(!accept_stalled_pass(None, 1));
+        assert!(!accept_stalled_pass(None, 500));
+        // Progress: repeat again.
+        assert!(!accept_stalled_pass(Some(500), 20));
+        assert!(!accept_stalled_pass(Some(2), 1));
+        // No progress: the same (or more) objects failed again.
+        assert!(accept_stalled_pass(Some(2), 2));
+        assert!(accept_stalled_pass(Some(1), 3));
+    }
 
     #[test]
     fn the_periodic_pass_is_due_only_after_its_interval() {
@@ -1163,6 +1606,22 @@ mod tests {
         assert!(!full_pass_due(Some(now - day), Duration::ZERO, now));
         // A clock that jumped back: the last pass is "in the future"; not due, no panic.
         assert!(!full_pass_due(Some(now + day), day, now));
+    }
+
+    #[test]
+    fn changes_of_one_object_are_those_sharing_a_uuid_or_a_dn() {
+        let k = |u: &str, d: Option<&str>| (u.to_string(), d.map(str::to_string));
+        assert!(
+            same_object(&k("u1", Some("a")), &k("u1", Some("b"))),
+            "renamed"
+        );
+        assert!(
+            same_object(&k("u1", Some("a")), &k("u2", Some("a"))),
+            "DN reused"
+        );
+        assert!(same_object(&k("u1", None), &k("u1", Some("a"))));
+        assert!(!same_object(&k("u1", None), &k("u2", None)));
+        assert!(!same_object(&k("u1", Some("a")), &k("u2", Some("b"))));
     }
 
     #[test]

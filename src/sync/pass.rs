@@ -9,11 +9,18 @@
 //!    back and sent once, complete, when the phase has drained.
 //! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
 //!    out-of-scope members are left out, nested groups created in the same pass are held back and sent once they resolve.
+//!    A group's member ids travel apart from its JSON body, as one sorted compact list
+//!    ([`crate::scim::mapping::MemberIds`]); the hash covers body and ids without building
+//!    the whole representation, so a group costs about its member ids, not a JSON object
+//!    per member.
 //!
 //! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
 //! taken for a smaller directory); a failing object is counted and reported and never
 //! stops the others; an object whose representation hash equals the one last sent is not
 //! written at all (so a second pass over an unchanged directory sends zero writes).
+//! A pass in which some object could not be sent because the endpoint was unavailable
+//! ([`PassReport::unavailable`]) decides no deletes: it is to be run again (`run` does), and
+//! the pass that brings everything in step decides them, once, against the threshold.
 //!
 //! Memory (the pass holds one entry per in-scope object, so this is what grows with the
 //! directory): the scope map keeps no DN, only a 96-bit keyed hash of the normalised DN
@@ -39,7 +46,7 @@ use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{
-    pack_key, representation_hash, split_parent, unpack_key, Anchor, AnchorIndex, PreHashed,
+    pack_key, representation_hash_with, split_parent, unpack_key, Anchor, AnchorIndex, PreHashed,
 };
 use crate::sync::deletes::{self, DeleteGate, Settled, Target};
 use crate::sync::dn;
@@ -91,6 +98,10 @@ pub struct PassReport {
     pub unchanged: u64,
     /// Objects that failed.
     pub failures: Vec<Failure>,
+    /// How many of `failures` are the endpoint's (unreachable, 429, 5xx after the client's
+    /// retries), not the object's: running the pass again may bring them in step. When
+    /// any, the pass decided no deletes (`deletes` is empty).
+    pub unavailable: u64,
     /// Writes the SCIM client sent (POST/PUT/PATCH/DELETE requests).
     pub writes: WriteCounts,
     /// Wall time.
@@ -130,6 +141,13 @@ impl fmt::Display for PassReport {
             secs,
             rate
         )?;
+        if self.unavailable > 0 {
+            write!(
+                f,
+                "; {} of the failures: endpoint unavailable, so no deletes were decided",
+                self.unavailable
+            )?;
+        }
         let d = &self.deletes;
         if d.sent > 0 || d.held > 0 || !d.failed.is_empty() {
             write!(
@@ -457,18 +475,28 @@ pub async fn full_pass(
     for anchor in back {
         gate.unhold(&anchor);
     }
-    let vanished: Vec<Target> = pass
-        .index
-        .unseen(pass.scope.packed_exts())
-        .into_iter()
-        .map(|(x, a)| {
-            Target::of(
-                &x,
-                &a,
-                "not found in scope by the full pass (deleted, moved out of scope or no longer matching the filter)",
-            )
-        })
-        .collect();
+    // Objects the endpoint could not take: this pass is to be run again, and that run
+    // decides the deletes (deciding them here too would weigh them twice against the
+    // threshold, and an unavailable endpoint would fail them anyway).
+    let vanished: Vec<Target> = if pass.report.unavailable > 0 {
+        log::warn!(
+            "{} objects could not be sent (endpoint unavailable): deletes of vanished objects are left to a complete pass",
+            pass.report.unavailable
+        );
+        Vec::new()
+    } else {
+        pass.index
+            .unseen(pass.scope.packed_exts())
+            .into_iter()
+            .map(|(x, a)| {
+                Target::of(
+                    &x,
+                    &a,
+                    "not found in scope by the full pass (deleted, moved out of scope or no longer matching the filter)",
+                )
+            })
+            .collect()
+    };
     // Settling deletes needs no scope: give its memory back first.
     pass.scope = ScopeMap::default();
     let mut report = std::mem::take(&mut pass.report);
@@ -644,7 +672,7 @@ impl Pass<'_> {
             index: self.index,
             pretend: &self.pretend,
         };
-        let mapped = match mapping::map_entry(&entry, kind, self.profile, &resolver) {
+        let mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
             Ok(m) => m,
             Err(e) => {
                 self.fail(entry.dn, e.to_string());
@@ -660,7 +688,7 @@ impl Pass<'_> {
             // phase has drained (or without the reference if that object failed).
             return Some(entry.dn);
         }
-        let hash = representation_hash(&mapped.resource);
+        let hash = representation_hash_with(&mapped.resource, &mapped.members);
         let known = self.index.get(kind, &mapped.external_id);
         let known_id = known.as_ref().map(|a| a.scim_id.clone()).or_else(|| {
             // A dry run "created" it earlier in this pass: a real run would now PUT.
@@ -680,6 +708,7 @@ impl Pass<'_> {
                 dn: entry.dn.clone(),
                 external_id: mapped.external_id,
                 body: mapped.resource,
+                members: mapped.members,
                 hash,
                 known_id,
             };
@@ -738,7 +767,12 @@ impl Pass<'_> {
                 self.report.matched += 1;
                 id
             }
-            Outcome::Failed(reason) | Outcome::Unavailable(reason) => {
+            Outcome::Failed(reason) => {
+                self.fail(d.dn, reason);
+                return;
+            }
+            Outcome::Unavailable(reason) => {
+                self.report.unavailable += 1;
                 self.fail(d.dn, reason);
                 return;
             }

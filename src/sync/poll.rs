@@ -21,7 +21,7 @@
 //! pass is owed. The USN is read *before* the search, so a change that lands during the
 //! search is read again next time (at-least-once; applying twice is harmless).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -163,23 +163,80 @@ pub async fn position(dir: &Directory, spec: &PollSpec) -> Result<Vec<u8>, PollE
             let s = dir.usn_state().await.map_err(|e| ad_error(e, &spec.base))?;
             Ok(serde_json::to_vec(&UsnMark::of(&s)).unwrap_or_default())
         }
-        PollKind::Timestamp => Ok(timestamp_mark(SystemTime::now()).into_bytes()),
+        PollKind::Timestamp => directory_now(dir, &spec.base).await.map(String::into_bytes),
     }
 }
 
-/// GeneralizedTime a minute before `now` (the margin absorbs clock skew between the agent
-/// and the server; entries seen twice are unchanged and cost no write).
-fn timestamp_mark(now: SystemTime) -> String {
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        .saturating_sub(60);
-    crate::logging::format_utc(secs)
+/// The watermark of the timestamp feed, in the *directory's* clock: the newest
+/// `modifyTimestamp` under `base`. The agent's own clock is never used: an agent whose clock
+/// runs ahead of the server's would otherwise ask for changes "since tomorrow" and never see
+/// one. Reading one short attribute of every entry costs a fraction of the full pass this
+/// watermark is taken for. An empty base gives the epoch (everything that appears later is
+/// newer); entries without a readable `modifyTimestamp` are an error naming the base, since
+/// the feed could not see any change.
+async fn directory_now(dir: &Directory, base: &str) -> Result<String, PollError> {
+    let mut s = dir.search(
+        base,
+        Scope::Subtree,
+        "(objectClass=*)",
+        &["modifyTimestamp"],
+    );
+    let mut entries = 0u64;
+    let mut stamps: Vec<String> = Vec::new();
+    while let Some(e) = s.next().await {
+        let e = e.map_err(|e| PollError::Failed(e.to_string()))?;
+        entries += 1;
+        if let Some(t) = e.first_str("modifyTimestamp") {
+            stamps.push(t.to_string());
+        }
+        if stamps.len() >= 1024 {
+            let newest = newest_timestamp(stamps.drain(..));
+            stamps.extend(newest);
+        }
+    }
+    match newest_timestamp(stamps) {
+        Some(t) => Ok(t),
+        None if entries == 0 => Ok(EPOCH_MARK.to_string()),
+        None => Err(PollError::Failed(format!(
+            "none of the {entries} entries under {base} shows a modifyTimestamp to the bind account: \
+             the timestamp feed cannot see changes; grant read access to modifyTimestamp or choose another sync.feed"
+        ))),
+    }
+}
+
+/// The watermark of an empty directory.
+const EPOCH_MARK: &str = "19700101000000Z";
+
+/// The newest of some GeneralizedTime values, compared as times (the fraction and the
+/// `Z` may be spelt differently by different servers), not as text.
+fn newest_timestamp(values: impl IntoIterator<Item = String>) -> Option<String> {
+    values
+        .into_iter()
+        .filter(|v| v.len() >= 14 && v.as_bytes()[..14].iter().all(u8::is_ascii_digit))
+        .max_by(|a, b| time_key(a).cmp(&time_key(b)))
+}
+
+/// Whether GeneralizedTime `a` is later than `b`; a value that is not a GeneralizedTime is
+/// never newer, and anything valid is newer than one that is not.
+fn is_newer(a: &str, b: &str) -> bool {
+    let valid = |v: &str| v.len() >= 14 && v.as_bytes()[..14].iter().all(u8::is_ascii_digit);
+    match (valid(a), valid(b)) {
+        (true, true) => time_key(a) > time_key(b),
+        (a_ok, b_ok) => a_ok && !b_ok,
+    }
+}
+
+/// `YYYYMMDDHHMMSS` plus the fraction's digits, for ordering.
+fn time_key(v: &str) -> (&str, String) {
+    let (whole, rest) = v.split_at(14);
+    let fraction: String = rest
+        .strip_prefix(['.', ','])
+        .unwrap_or("")
         .chars()
-        .filter(|c| c.is_ascii_digit())
-        .collect::<String>()
-        + "Z"
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let fraction = fraction.trim_end_matches('0').to_string();
+    (whole, fraction)
 }
 
 /// The change an AD object (or tombstone) stands for.
@@ -311,7 +368,7 @@ pub async fn poll_once(
             while let Some(e) = s.next().await {
                 let e = e.map_err(|e| PollError::Failed(e.to_string()))?;
                 if let Some(t) = e.first_str("modifyTimestamp") {
-                    if t > newest.as_str() {
+                    if is_newer(t, &newest) {
                         newest = t.to_string();
                     }
                 }
@@ -380,8 +437,26 @@ mod tests {
     }
 
     #[test]
-    fn timestamp_marks_are_generalized_time_a_minute_back() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_764_108_000); // 2025-11-25T22:00:00Z
-        assert_eq!(timestamp_mark(t), "20251125215900Z");
+    fn the_newest_timestamp_is_compared_as_a_time_not_as_text() {
+        let v = |xs: &[&str]| newest_timestamp(xs.iter().map(|x| x.to_string()));
+        assert_eq!(
+            v(&["20261126010000Z", "20261126020000Z", "20251231235959Z"]).as_deref(),
+            Some("20261126020000Z")
+        );
+        // "…00.5Z" is later than "…00Z" although '.' sorts before 'Z'.
+        assert_eq!(
+            v(&["20261126020000Z", "20261126020000.5Z"]).as_deref(),
+            Some("20261126020000.5Z")
+        );
+        assert_eq!(
+            v(&["20261126020000.05Z", "20261126020000.5Z"]).as_deref(),
+            Some("20261126020000.5Z")
+        );
+        assert_eq!(v(&["garbage", "2026"]), None);
+        assert_eq!(v(&[]), None);
+        assert!(is_newer("20261126020001Z", "20261126020000.9Z"));
+        assert!(!is_newer("20261126020000Z", "20261126020000.0Z"));
+        assert!(!is_newer("junk", "20261126020000Z"));
+        assert!(is_newer("20261126020000Z", "junk"));
     }
 }

@@ -12,6 +12,10 @@
 //!   brought in step by PATCH add/remove in chunks of `member_chunk` values against the
 //!   members last confirmed at the endpoint ([`crate::sync::members`]). Without a member
 //!   store (unit tests) the whole representation is sent as before.
+//!
+//! A [`Job`] carries a group's members apart from its JSON body, as a compact sorted
+//! [`MemberIds`]: the body never holds them, is never cloned with them, and the whole
+//! representation is built only on the path without a member store.
 
 use std::io::Write;
 
@@ -20,6 +24,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use crate::scim::client::{ScimClient, ScimError};
+use crate::scim::mapping::MemberIds;
 use crate::scim::ResourceKind;
 use crate::sync::members::{MemberStore, MemberSyncError};
 
@@ -32,9 +37,12 @@ pub struct Job {
     pub dn: String,
     /// The anchor.
     pub external_id: String,
-    /// The full SCIM representation (no `id`).
+    /// The SCIM representation (no `id`) without `members`.
     pub body: Value,
-    /// Hash of `body`.
+    /// A group's member ids (empty for users): the `members` of the representation.
+    pub members: MemberIds,
+    /// Hash of the whole representation, `body` with `members`
+    /// ([`crate::sync::anchors::representation_hash_with`]).
     pub hash: u64,
     /// The SCIM id the index knows, if any.
     pub known_id: Option<String>,
@@ -129,12 +137,12 @@ async fn provision_group(
     mode: &ProvisionMode,
     store: &MemberStore,
 ) -> Outcome {
-    let (attrs, members) = split_members(&job.body);
+    let attrs = &job.body;
     let mut fresh = false;
     let placed = async {
         if let Some(id) = &job.known_id {
             if mode.dry_run {
-                print_op("PATCH", job, Some(id), &attrs);
+                print_op("PATCH", job, Some(id), attrs);
             }
             // The attributes go with the first member PATCH (one request when both change).
             return Ok(Some(Outcome::Replaced(id.clone())));
@@ -142,26 +150,25 @@ async fn provision_group(
         if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
             let id = resource_id(&found)?;
             if mode.dry_run {
-                print_op("PATCH", job, Some(&id), &attrs);
+                print_op("PATCH", job, Some(&id), attrs);
             } else {
-                scim.patch(job.kind, &id, replace_attributes(&attrs))
-                    .await?;
+                scim.patch(job.kind, &id, replace_attributes(attrs)).await?;
             }
             return Ok(Some(Outcome::Matched(id)));
         }
         if mode.dry_run {
-            print_op("POST", job, None, &attrs);
+            print_op("POST", job, None, attrs);
             return Ok(Some(Outcome::Created(format!(
                 "dry-run:{}",
                 job.external_id
             ))));
         }
-        let created = match scim.create(job.kind, &attrs).await {
+        let created = match scim.create(job.kind, attrs).await {
             Ok(c) => c,
             Err(e) if e.is_ambiguous_write() => {
                 match scim.find_by_external_id(job.kind, &job.external_id).await? {
                     Some(found) => found,
-                    None => scim.create(job.kind, &attrs).await?,
+                    None => scim.create(job.kind, attrs).await?,
                 }
             }
             Err(e) => return Err(e),
@@ -185,12 +192,12 @@ async fn provision_group(
     };
     if fresh {
         // Created without members: the endpoint holds none, nothing to read back.
-        if let Err(e) = store.save(&job.external_id, &id, &[]) {
+        if let Err(e) = store.save(&job.external_id, &id, &MemberIds::default()) {
             return Outcome::Failed(format!("member store: {e}"));
         }
     }
     let lead = match &outcome {
-        Outcome::Replaced(_) => replace_attributes(&attrs),
+        Outcome::Replaced(_) => replace_attributes(attrs),
         _ => Vec::new(),
     };
     match crate::sync::members::sync_members_with(
@@ -198,7 +205,7 @@ async fn provision_group(
         store,
         &job.external_id,
         &id,
-        members,
+        &job.members,
         mode.member_chunk,
         lead,
     )
@@ -236,23 +243,17 @@ async fn provision_group(
     }
 }
 
-/// The representation without `members`, and the member ids.
-fn split_members(body: &Value) -> (Value, Vec<String>) {
-    let mut attrs = body.clone();
-    let members = match &mut attrs {
-        Value::Object(m) => m.remove("members"),
-        _ => None,
-    };
-    let ids = members
-        .and_then(|v| match v {
-            Value::Array(a) => Some(a),
-            _ => None,
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| m.get("value").and_then(Value::as_str).map(str::to_string))
-        .collect();
-    (attrs, ids)
+/// The whole representation: `body` with `members` (only the path without a member store
+/// builds it).
+fn whole_body(job: &Job) -> std::borrow::Cow<'_, Value> {
+    if job.members.is_empty() {
+        return std::borrow::Cow::Borrowed(&job.body);
+    }
+    let mut b = job.body.clone();
+    if let Value::Object(m) = &mut b {
+        m.insert("members".into(), job.members.to_json());
+    }
+    std::borrow::Cow::Owned(b)
 }
 
 /// PATCH operations replacing every attribute of `attrs` except `schemas` (members are
@@ -271,12 +272,14 @@ async fn provision_inner(
     job: &Job,
     mode: &ProvisionMode,
 ) -> Result<Outcome, ScimError> {
+    let body = whole_body(job);
+    let body = body.as_ref();
     if let Some(id) = &job.known_id {
         if mode.dry_run {
-            print_op("PUT", job, Some(id), &job.body);
+            print_op("PUT", job, Some(id), body);
             return Ok(Outcome::Replaced(id.clone()));
         }
-        match scim.replace(job.kind, id, &with_id(&job.body, id)).await {
+        match scim.replace(job.kind, id, &with_id(body, id)).await {
             Ok(_) => return Ok(Outcome::Replaced(id.clone())),
             // Deleted at the endpoint behind our back: fall through to match / create.
             Err(e) if e.status() == Some(404) => {
@@ -294,26 +297,25 @@ async fn provision_inner(
     if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
         let id = resource_id(&found)?;
         if mode.dry_run {
-            print_op("PUT", job, Some(&id), &job.body);
+            print_op("PUT", job, Some(&id), body);
         } else {
-            scim.replace(job.kind, &id, &with_id(&job.body, &id))
-                .await?;
+            scim.replace(job.kind, &id, &with_id(body, &id)).await?;
         }
         return Ok(Outcome::Matched(id));
     }
 
     if mode.dry_run {
-        print_op("POST", job, None, &job.body);
+        print_op("POST", job, None, body);
         return Ok(Outcome::Created(format!("dry-run:{}", job.external_id)));
     }
-    match scim.create(job.kind, &job.body).await {
+    match scim.create(job.kind, body).await {
         Ok(created) => Ok(Outcome::Created(resource_id(&created)?)),
         Err(e) if e.is_ambiguous_write() => {
             // The POST may have been applied before the link broke: look before retrying.
             if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
                 return Ok(Outcome::Created(resource_id(&found)?));
             }
-            let created = scim.create(job.kind, &job.body).await?;
+            let created = scim.create(job.kind, body).await?;
             Ok(Outcome::Created(resource_id(&created)?))
         }
         Err(e) if e.status() == Some(409) && job.kind == ResourceKind::User => {
