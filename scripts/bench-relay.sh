@@ -14,6 +14,8 @@
 #   5. reconnect: the hub is killed (SIGKILL, its PID) and restarted on the same port, 3
 #      times; the time until a SCIM GET through it answers 200 again.
 # Prints one table. Clients keep one HTTP/1.1 connection each (no TCP connect measured).
+# The agent handles the requests of one poll answer concurrently (relay::agent::CONCURRENCY,
+# 8) and posts each reply when ready, so the 4- and 16-client rows measure that pipeline.
 #
 # Its servers are its own, never the test servers: slapd instance "openldap-relaybench" on
 # 127.0.0.1:$IDRELAY_RELAYBENCH_LDAP_PORT (3394; ldaps $IDRELAY_RELAYBENCH_LDAPS_PORT, 3641)
@@ -47,7 +49,7 @@ while [ $# -gt 0 ]; do
     --n) N=${2:?}; shift ;;
     --seconds) SECS=${2:?}; shift ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) usage; die "unknown argument $1" ;;
   esac
   shift

@@ -34,6 +34,8 @@ pub struct Config {
     pub queue: QueueSettings,
     /// `[relay]`: the outbound channel to the cloud (absent: no relay, always active).
     pub relay: Option<RelaySettings>,
+    /// `[writeback]`: what the cloud may write through the relay (absent: nothing).
+    pub writeback: crate::writeback::WritePolicy,
 }
 
 /// `[relay]`: long-poll and heartbeats to the cloud side (docs/protocol.md).
@@ -298,6 +300,22 @@ struct RawConfig {
     #[serde(default)]
     queue: RawQueue,
     relay: Option<RawRelay>,
+    #[serde(default)]
+    writeback: RawWriteback,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWriteback {
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    allowed_ous: Vec<String>,
+    create_in: Option<String>,
+    operations: Option<Vec<String>>,
+    group_attributes: Option<Vec<String>>,
+    #[serde(default)]
+    user_attributes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -817,6 +835,9 @@ impl Config {
             }
         };
 
+        let writeback = writeback_policy(raw.writeback, &include)
+            .map_err(|(key, message)| invalid(key, message))?;
+
         Ok(Config {
             path: path.to_path_buf(),
             agent: AgentConfig {
@@ -863,8 +884,129 @@ impl Config {
                 max_bytes: raw.queue.max_bytes,
             },
             relay,
+            writeback,
         })
     }
+}
+
+/// Validates `[writeback]` (pure); an error is (key, message).
+fn writeback_policy(
+    w: RawWriteback,
+    include: &[String],
+) -> Result<crate::writeback::WritePolicy, (&'static str, String)> {
+    use crate::scim::ResourceKind;
+    use crate::writeback::{canonical_attribute, WritePolicy, DEFAULT_GROUP_ATTRIBUTES};
+    let mut p = WritePolicy::default();
+    for r in &w.resources {
+        match r.trim() {
+            "groups" => p.groups = true,
+            "users" => p.users = true,
+            other => {
+                return Err((
+                    "writeback.resources",
+                    format!("`{other}` is not one of: groups, users"),
+                ))
+            }
+        }
+    }
+    for ou in &w.allowed_ous {
+        let ou = ou.trim().to_string();
+        if !looks_like_dn(&ou) || !include.iter().any(|i| dn_is_under(&ou, i)) {
+            return Err((
+                "writeback.allowed_ous",
+                format!(
+                    "`{ou}` is not a DN inside scope.include ({})",
+                    include.join("; ")
+                ),
+            ));
+        }
+        p.allowed_ous.push(ou);
+    }
+    if p.allows_any() && p.allowed_ous.is_empty() {
+        return Err((
+            "writeback.allowed_ous",
+            "must list at least one subtree when writeback.resources is set: writes happen only inside these".into(),
+        ));
+    }
+    p.create_in = match w.create_in.map(|c| c.trim().to_string()) {
+        Some(c) => {
+            if !looks_like_dn(&c) || !p.allowed_ous.iter().any(|ou| dn_is_under(&c, ou)) {
+                return Err((
+                    "writeback.create_in",
+                    format!("`{c}` is not a DN inside writeback.allowed_ous"),
+                ));
+            }
+            Some(c)
+        }
+        None => p.allowed_ous.first().cloned(),
+    };
+    let ops = w
+        .operations
+        .unwrap_or_else(|| vec!["create".into(), "update".into(), "delete".into()]);
+    for o in &ops {
+        match o.trim() {
+            "create" => p.create = true,
+            "update" => p.update = true,
+            "delete" => p.delete = true,
+            other => {
+                return Err((
+                    "writeback.operations",
+                    format!("`{other}` is not one of: create, update, delete"),
+                ))
+            }
+        }
+    }
+    let group_attributes = w.group_attributes.unwrap_or_else(|| {
+        DEFAULT_GROUP_ATTRIBUTES
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    });
+    for (key, kind, list, out) in [
+        (
+            "writeback.group_attributes",
+            ResourceKind::Group,
+            &group_attributes,
+            &mut p.group_attributes,
+        ),
+        (
+            "writeback.user_attributes",
+            ResourceKind::User,
+            &w.user_attributes,
+            &mut p.user_attributes,
+        ),
+    ] {
+        for a in list {
+            let allowed = match kind {
+                ResourceKind::Group => crate::writeback::GROUP_ATTRIBUTES,
+                ResourceKind::User => crate::writeback::USER_ATTRIBUTES,
+            };
+            match canonical_attribute(kind, a.trim()) {
+                Some(c) => {
+                    if !out.iter().any(|x| x == c) {
+                        out.push(c.to_string());
+                    }
+                }
+                None => {
+                    return Err((
+                        key,
+                        format!(
+                            "`{a}` cannot be written back; allowed: {}",
+                            allowed.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    if !p.users && !p.user_attributes.is_empty() {
+        return Err((
+            "writeback.user_attributes",
+            "needs `users` in writeback.resources (users are never written unless listed there)"
+                .into(),
+        ));
+    }
+    Ok(p)
 }
 
 /// The transport keys of one table (`[scim]` or `[relay]`).
@@ -1253,6 +1395,58 @@ token_file = "/s/scim"
         for (from, to, want) in cases {
             let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn writeback_is_off_by_default_and_validated_key_by_key() {
+        let c = parse(GOOD).unwrap();
+        assert!(!c.writeback.allows_any());
+        let ou = "ou=wb,ou=Staff,dc=branch,dc=test";
+        let with = |extra: &str| parse(&format!("{GOOD}[writeback]\n{extra}\n"));
+        let c = with(&format!(
+            "resources = [\"groups\"]\nallowed_ous = [\"{ou}\"]"
+        ))
+        .unwrap();
+        let w = &c.writeback;
+        assert!(w.groups && !w.users && w.create && w.update && w.delete);
+        assert_eq!(w.create_in.as_deref(), Some(ou));
+        assert_eq!(w.group_attributes, vec!["displayName", "members"]);
+        let c = with(&format!(
+            "resources = [\"groups\", \"users\"]\nallowed_ous = [\"{ou}\"]\ncreate_in = \"ou=new,{ou}\"\noperations = [\"update\"]\ngroup_attributes = [\"MEMBERS\", \"description\"]\nuser_attributes = [\"title\", \"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department\"]"
+        ))
+        .unwrap();
+        let w = &c.writeback;
+        assert!(w.users && !w.create && w.update && !w.delete);
+        assert_eq!(w.group_attributes, vec!["members", "description"]);
+        assert_eq!(w.user_attributes, vec!["title", "department"]);
+        for (bad, key) in [
+            ("resources = [\"computers\"]".to_string(), "writeback.resources"),
+            ("resources = [\"groups\"]".to_string(), "writeback.allowed_ous"),
+            (
+                "resources = [\"groups\"]\nallowed_ous = [\"ou=x,dc=elsewhere\"]".to_string(),
+                "writeback.allowed_ous",
+            ),
+            (
+                format!("resources = [\"groups\"]\nallowed_ous = [\"{ou}\"]\ncreate_in = \"ou=Staff,dc=branch,dc=test\""),
+                "writeback.create_in",
+            ),
+            (
+                format!("resources = [\"groups\"]\nallowed_ous = [\"{ou}\"]\noperations = [\"move\"]"),
+                "writeback.operations",
+            ),
+            (
+                format!("resources = [\"groups\"]\nallowed_ous = [\"{ou}\"]\ngroup_attributes = [\"owner\"]"),
+                "writeback.group_attributes",
+            ),
+            (
+                format!("resources = [\"groups\"]\nallowed_ous = [\"{ou}\"]\nuser_attributes = [\"title\"]"),
+                "writeback.user_attributes",
+            ),
+            ("bogus = 1".to_string(), "unknown field `bogus`"),
+        ] {
+            let e = with(&bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 

@@ -26,3 +26,4 @@ pub mod scim;
 pub mod secret;
 pub mod signals;
 pub mod sync;
+pub mod writeback;

@@ -9,7 +9,9 @@
 //! | `set-profile` (`profile`: TOML) | validated against the default profile; stored as `state_dir/cloud-profile.toml` (it overrides `sync.profile_file`); `run` reloads | 200, 400 naming the bad key (the old profile stays) |
 //!
 //! The cloud gets no more power than this: paths outside `/Users`, `/Groups` and the three
-//! discovery endpoints are 404; writes are 403 (no writeback); reads stay in scope.
+//! discovery endpoints are 404; reads stay in scope; writes are 403 unless `[writeback]`
+//! allows them ([`crate::writeback`]), and then only the active agent of a group answers
+//! them (a standby one says 503), one write at a time (reads run beside them).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::ldap::Directory;
+use crate::ldap::{Directory, DirectoryConfig, DirectoryWriter};
 use crate::queue::ResyncReason;
 use crate::relay::agent::{AgentState, Envelope, Handler, Reply};
 use crate::scim::facade::Facade;
@@ -25,6 +27,7 @@ use crate::scim::profile::SyncProfile;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{DeleteGate, Policy};
 use crate::sync::follow::{Change, SharedQueue};
+use crate::writeback::WritePolicy;
 
 /// The file a cloud-pushed profile is kept in (inside the state directory).
 pub const CLOUD_PROFILE: &str = "cloud-profile.toml";
@@ -56,6 +59,10 @@ pub struct Remote {
     pub control: crate::signals::Control,
     /// Shared counters and lease.
     pub state: Arc<AgentState>,
+    /// What the cloud may write (default: nothing).
+    pub writeback: WritePolicy,
+    writer: Option<DirectoryWriter>,
+    write_turn: smol::lock::Mutex<()>,
     snapshot: Mutex<Option<(Instant, Arc<AnchorIndex>)>>,
 }
 
@@ -85,8 +92,30 @@ impl Remote {
             delete_policy,
             control,
             state,
+            writeback: WritePolicy::default(),
+            writer: None,
+            write_turn: smol::lock::Mutex::new(()),
             snapshot: Mutex::new(None),
         }
+    }
+
+    /// Allows the writes `policy` grants, made over a write connection of `directory`
+    /// (bound on the first write). An empty policy changes nothing.
+    pub fn with_writeback(mut self, policy: WritePolicy, directory: DirectoryConfig) -> Remote {
+        if policy.allows_any() {
+            log::info!(
+                "writeback: the cloud may write {} inside {}",
+                match (policy.groups, policy.users) {
+                    (true, true) => "groups and users",
+                    (true, false) => "groups",
+                    _ => "users",
+                },
+                policy.allowed_ous.join("; ")
+            );
+            self.writer = Some(DirectoryWriter::new(directory));
+        }
+        self.writeback = policy;
+        self
     }
 
     fn index(&self) -> Arc<AnchorIndex> {
@@ -277,6 +306,16 @@ fn allowed_path(path: &str) -> bool {
         )
 }
 
+/// Whether a SCIM path names `/Users` or `/Groups` (not discovery).
+fn is_resource_path(path: &str) -> bool {
+    let head = path
+        .trim_start_matches('/')
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    matches!(head, "Users" | "Groups")
+}
+
 impl Handler for Remote {
     async fn handle(&self, e: &Envelope) -> Reply {
         match e.kind.as_str() {
@@ -295,9 +334,40 @@ impl Handler for Remote {
                     group_filter: &self.group_filter,
                     index: &index,
                 };
-                let (status, body) = facade
-                    .answer(method, path, e.query.as_deref().unwrap_or(""))
-                    .await;
+                let (status, body) = if method.eq_ignore_ascii_case("GET") {
+                    let (status, mut body) = facade
+                        .answer(method, path, e.query.as_deref().unwrap_or(""))
+                        .await;
+                    // PATCH exists exactly when the write policy allows updates.
+                    if status == 200
+                        && path.starts_with("/ServiceProviderConfig")
+                        && self.writeback.allows_any()
+                        && self.writeback.update
+                    {
+                        body["patch"]["supported"] = Value::Bool(true);
+                    }
+                    (status, body)
+                } else if self.writeback.allows_any()
+                    && !self.state.is_active()
+                    && is_resource_path(path)
+                {
+                    crate::scim::facade::error(
+                        503,
+                        None,
+                        "this agent is standby: writes are answered by the active agent of the group",
+                    )
+                } else {
+                    let _turn = self.write_turn.lock().await;
+                    facade
+                        .write(
+                            &self.writeback,
+                            self.writer.as_ref(),
+                            method,
+                            path,
+                            e.body.as_ref(),
+                        )
+                        .await
+                };
                 ok(&e.id, status, body)
             }
             "command" => self.command(e).await,

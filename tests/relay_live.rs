@@ -5,145 +5,25 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{
-    free_port, url_encode, wait_until, write_secret, Agent, Dir, ScimServer, TempDir, TestOu,
-};
+use common::{url_encode, wait_until, Agent, Dir, Hub, Running, ScimServer, TestOu, HUB_SETTINGS};
 use serde_json::Value;
 
 const OPERATOR: &str = "operator-token-for-tests";
 
-struct Hub {
-    child: Option<Child>,
-    port: u16,
-    config: PathBuf,
-    log: PathBuf,
-    _tmp: TempDir,
+/// A hub for `agents` (id, group, token), heartbeats every 5 s.
+fn start_hub(agents: &[(&str, &str, &str)]) -> Hub {
+    Hub::start(OPERATOR, HUB_SETTINGS, agents)
 }
 
 impl Hub {
-    /// A hub for `agents` (id, group, token), heartbeats every `hb` seconds.
-    fn start(agents: &[(&str, &str, &str)], hb: u64) -> Hub {
-        let tmp = TempDir::new("hub");
-        let p = tmp.path().to_path_buf();
-        write_secret(&p.join("operator.token"), OPERATOR);
-        let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{op}\"\nheartbeat_secs = {hb}\nlease_ttl_heartbeats = 3\npoll_wait_secs = 5\nredeliver_secs = 5\nforward_timeout_secs = 20\n",
-            port = free_port(),
-            op = p.join("operator.token").display()
-        );
-        for (id, group, token) in agents {
-            let f = p.join(format!("{id}.token"));
-            write_secret(&f, token);
-            text.push_str(&format!(
-                "\n[[agent]]\nid = \"{id}\"\ngroup = \"{group}\"\ntoken_file = \"{}\"\n",
-                f.display()
-            ));
-        }
-        let config = p.join("hub.toml");
-        std::fs::write(&config, &text).unwrap();
-        let port: u16 = text
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap();
-        let mut hub = Hub {
-            child: None,
-            port,
-            config,
-            log: p.join("hub.log"),
-            _tmp: tmp,
-        };
-        hub.spawn();
-        hub
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
-            .args(["--config", self.config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        assert!(
-            wait_until(20, || TcpStream::connect(("127.0.0.1", self.port)).is_ok()),
-            "hub did not listen: {}",
-            self.log()
-        );
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// An operator request; (status, JSON body or Null).
-    fn op(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {OPERATOR}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let rest = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        (status, serde_json::from_str(&rest).unwrap_or(Value::Null))
-    }
-
     fn scim(&self, agent: &str, path_and_query: &str) -> (u16, Value) {
         self.op(
             "GET",
             &format!("/agents/{agent}/scim/v2{path_and_query}"),
             None,
         )
-    }
-
-    fn role(&self, agent: &str) -> Option<String> {
-        let (_, v) = self.op("GET", "/v1/agents", None);
-        v.as_array()?
-            .iter()
-            .find(|a| a["agent"] == agent)
-            .and_then(|a| a["role"].as_str().map(str::to_string))
     }
 
     /// Sends a command and waits for the agent's answer; (status, body).
@@ -169,60 +49,31 @@ impl Hub {
     }
 }
 
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
+/// A hub for agent a1, and a1 running on `ou` until the hub counts it active.
+fn agent_a1_active(dir: &Dir, ou: &str, scim: &ScimServer) -> (Hub, Agent, Running) {
+    let hub = start_hub(&[("a1", "branch", "agent-token-a1")]);
+    let agent = Agent::with_relay(dir, &[ou], scim, &hub, ("a1", "agent-token-a1"), "");
+    let run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(60, || hub.role("a1").as_deref() == Some("active")),
+        "{}",
+        agent.log()
+    );
+    (hub, agent, run)
 }
 
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn relay_section(hub: &Hub, agent_id: &str, token: &str, agent: &Agent) -> String {
-    let f = agent.tmp.path().join("relay.token");
-    write_secret(&f, token);
-    format!(
-        "\n[relay]\nurl = \"{}\"\ntoken_file = \"{}\"\ngroup = \"branch\"\nheartbeat_secs = 5\npoll_wait_secs = 5\n",
-        hub.url(),
-        f.display()
-    )
-    .replace("test-agent", agent_id)
-}
-
-fn agent_with_relay(
-    dir: &Dir,
-    include: &str,
-    scim: &ScimServer,
-    hub: &Hub,
-    id: &str,
-    token: &str,
-) -> Agent {
-    let agent = Agent::new(dir, &[include], &scim.base_url(), &scim.token, "");
-    agent.edit_config("id = \"test-agent\"", &format!("id = \"{id}\""));
-    let relay = relay_section(hub, id, token, &agent);
-    let mut text = std::fs::read_to_string(&agent.config).unwrap();
-    text.push_str(&relay);
-    std::fs::write(&agent.config, text).unwrap();
-    agent
+/// Asserts that the agent's `log` names each relay request it handled once; how many.
+fn requests_handled_once(log: &str) -> usize {
+    let mut ids: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("relay: request ").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "a request was handled twice: {log}");
+    n
 }
 
 fn users(parent: &str, names: &[&str]) -> String {
@@ -242,8 +93,8 @@ fn the_cloud_reads_the_directory_and_sends_commands_through_the_relay() {
         "dn: cn=crew,{o}\nobjectClass: groupOfNames\ncn: crew\nmember: uid=r0,{o}\nmember: uid=r1,{o}\n"
     ));
     let scim = ScimServer::start();
-    let hub = Hub::start(&[("a1", "branch", "agent-token-a1")], 5);
-    let agent = agent_with_relay(&dir, &o, &scim, &hub, "a1", "agent-token-a1");
+    let hub = start_hub(&[("a1", "branch", "agent-token-a1")]);
+    let agent = Agent::with_relay(&dir, &[&o], &scim, &hub, ("a1", "agent-token-a1"), "");
     let _run = Running(agent.spawn(&["run"]));
     assert!(
         wait_until(60, || scim.all("Users").len() == 3
@@ -368,14 +219,7 @@ fn a_restarted_hub_is_reconnected_to_and_requests_still_get_answers() {
     let o = ou.dn.clone();
     dir.modify(&users(&o, &["h0"]));
     let scim = ScimServer::start();
-    let mut hub = Hub::start(&[("a1", "branch", "agent-token-a1")], 5);
-    let agent = agent_with_relay(&dir, &o, &scim, &hub, "a1", "agent-token-a1");
-    let _run = Running(agent.spawn(&["run"]));
-    assert!(
-        wait_until(60, || hub.role("a1").as_deref() == Some("active")),
-        "{}",
-        agent.log()
-    );
+    let (mut hub, agent, _run) = agent_a1_active(&dir, &o, &scim);
     let (s, _) = hub.scim("a1", "/Users");
     assert_eq!(s, 200);
     // Restart mid-long-poll.
@@ -396,16 +240,7 @@ fn a_restarted_hub_is_reconnected_to_and_requests_still_get_answers() {
         .iter()
         .any(|u| u["title"] == "after-hub-restart")));
     // Each request was answered once: the agent log names each request id once.
-    let log = agent.log();
-    let mut ids: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split("relay: request ").nth(1))
-        .filter_map(|r| r.split_whitespace().next())
-        .collect();
-    let n = ids.len();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), n, "a request was handled twice: {log}");
+    requests_handled_once(&agent.log());
 }
 
 #[test]
@@ -415,9 +250,9 @@ fn two_agents_of_one_directory_fail_over_within_three_heartbeats() {
     let o = ou.dn.clone();
     dir.modify(&users(&o, &["f0", "f1"]));
     let scim = ScimServer::start();
-    let hub = Hub::start(&[("a1", "branch", "tok-a1"), ("a2", "branch", "tok-a2")], 5);
-    let first = agent_with_relay(&dir, &o, &scim, &hub, "a1", "tok-a1");
-    let second = agent_with_relay(&dir, &o, &scim, &hub, "a2", "tok-a2");
+    let hub = start_hub(&[("a1", "branch", "tok-a1"), ("a2", "branch", "tok-a2")]);
+    let first = Agent::with_relay(&dir, &[&o], &scim, &hub, ("a1", "tok-a1"), "");
+    let second = Agent::with_relay(&dir, &[&o], &scim, &hub, ("a2", "tok-a2"), "");
     let mut run1 = Running(first.spawn(&["run"]));
     assert!(
         wait_until(60, || hub.role("a1").as_deref() == Some("active")),
@@ -472,4 +307,40 @@ fn two_agents_of_one_directory_fail_over_within_three_heartbeats() {
     x.sort_unstable();
     x.dedup();
     assert_eq!(x.len(), n, "a user was created twice");
+}
+
+#[test]
+fn parallel_requests_are_each_answered_once_and_correctly() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "relaypar");
+    let o = ou.dn.clone();
+    let names: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    dir.modify(&users(&o, &refs));
+    let scim = ScimServer::start();
+    let (hub, agent, _run) = agent_a1_active(&dir, &o, &scim);
+    // 12 clients x 4 requests at once: the hub hands them out in batches, the agent answers
+    // them concurrently; every answer must be the one asked for.
+    let hub = std::sync::Arc::new(hub);
+    let threads: Vec<_> = names
+        .iter()
+        .cloned()
+        .map(|n| {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for _ in 0..4 {
+                    let f = url_encode(&format!("userName eq \"{n}\""));
+                    let (s, v) = hub.scim("a1", &format!("/Users?filter={f}"));
+                    assert_eq!(s, 200, "{v}");
+                    assert_eq!(v["Resources"][0]["title"], format!("t-{n}"), "{v}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = agent.log();
+    let n = requests_handled_once(&log);
+    assert!(n >= 48, "{n} requests logged: {log}");
 }

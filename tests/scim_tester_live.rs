@@ -12,102 +12,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use common::{env, free_port, wait_until, write_secret, Agent, Dir, ScimServer, TempDir, TestOu};
+use common::{env, wait_until, Agent, Dir, Hub, Running, ScimServer, TestOu};
 use serde_json::Value;
 
 const OPERATOR: &str = "operator-token-scim-tester";
 const AGENT_TOKEN: &str = "agent-token-scim-tester";
-
-/// A hub serving one agent `a1`, stopped by PID on drop.
-struct Hub {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _tmp: TempDir,
-}
-
-impl Hub {
-    fn start() -> Hub {
-        let tmp = TempDir::new("hub");
-        let p = tmp.path();
-        write_secret(&p.join("operator.token"), OPERATOR);
-        write_secret(&p.join("a1.token"), AGENT_TOKEN);
-        let port = free_port();
-        let config = p.join("hub.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{}\"\nheartbeat_secs = 5\npoll_wait_secs = 5\nforward_timeout_secs = 20\n\n[[agent]]\nid = \"a1\"\ngroup = \"branch\"\ntoken_file = \"{}\"\n",
-                p.join("operator.token").display(),
-                p.join("a1.token").display()
-            ),
-        )
-        .unwrap();
-        let log = p.join("hub.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
-            .args(["--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start idrelay-hub");
-        let hub = Hub {
-            child,
-            port,
-            log,
-            _tmp: tmp,
-        };
-        assert!(
-            wait_until(20, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-            "hub did not listen: {}",
-            hub.log()
-        );
-        hub
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The agent's role as the hub sees it (`active`, `standby`, or none yet).
-    fn role(&self, agent: &str) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let req = format!("GET /v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {OPERATOR}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).ok()?;
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        let body = raw.split_once("\r\n\r\n")?.1;
-        // The list is small: the body is a single chunk or plain.
-        let json = &body[body.find('[')?..=body.rfind(']')?];
-        let v: Value = serde_json::from_str(json).ok()?;
-        v.as_array()?
-            .iter()
-            .find(|a| a["agent"] == agent)
-            .and_then(|a| a["role"].as_str().map(str::to_string))
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Whether the venv's Python can import scim2-tester with its httpx2 engine.
 fn has_scim2_tester(venv: &Path) -> bool {
@@ -202,18 +114,12 @@ fn scim2_tester_reads_the_branch_directory_through_the_hub() {
         "dn: cn=crew,{o}\nobjectClass: groupOfNames\ncn: crew\nmember: uid=ann,{o}\nmember: uid=bob,{o}\n\ndn: cn=ops,{o}\nobjectClass: groupOfNames\ncn: ops\nmember: uid=cid,{o}\n"
     ));
     let scim = ScimServer::start();
-    let hub = Hub::start();
-    let agent = Agent::new(&dir, &[&o], &scim.base_url(), &scim.token, "");
-    agent.edit_config("id = \"test-agent\"", "id = \"a1\"");
-    let token_file = agent.tmp.path().join("relay.token");
-    write_secret(&token_file, AGENT_TOKEN);
-    let mut text = std::fs::read_to_string(&agent.config).unwrap();
-    text.push_str(&format!(
-        "\n[relay]\nurl = \"http://127.0.0.1:{}\"\ntoken_file = \"{}\"\ngroup = \"branch\"\nheartbeat_secs = 5\npoll_wait_secs = 5\n",
-        hub.port,
-        token_file.display()
-    ));
-    std::fs::write(&agent.config, text).unwrap();
+    let hub = Hub::start(
+        OPERATOR,
+        "heartbeat_secs = 5\npoll_wait_secs = 5\nforward_timeout_secs = 20\n",
+        &[("a1", "branch", AGENT_TOKEN)],
+    );
+    let agent = Agent::with_relay(&dir, &[&o], &scim, &hub, ("a1", AGENT_TOKEN), "");
     let _run = Running(agent.spawn(&["run"]));
     assert!(
         wait_until(60, || scim.all("Users").len() == 4

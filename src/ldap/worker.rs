@@ -48,7 +48,7 @@ const ANY_OBJECT: &str = "(objectClass=*)";
 /// How long the worker waits for an unbind or abandon to be sent.
 const UNBIND_GRACE: Duration = Duration::from_secs(2);
 /// Idle search connections kept for the next search.
-const MAX_IDLE: usize = 2;
+const MAX_IDLE: usize = 8;
 /// An idle search connection older than this is unbound rather than reused (servers drop
 /// idle connections: AD after 900 s by default).
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);

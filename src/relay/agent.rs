@@ -5,7 +5,13 @@
 //! * Outbound only: every exchange is a request from the agent.
 //! * A request id is handled at most once per process: the replies to the last
 //!   [`REPLY_CACHE`] ids are kept, and a re-delivered id gets the cached reply (the hub
-//!   re-delivers what it did not see answered).
+//!   re-delivers what it did not see answered); an id re-delivered while it is still being
+//!   handled is skipped, its reply follows when ready ([`Work`]).
+//! * The envelopes of a poll answer are handled concurrently, at most [`CONCURRENCY`] at a
+//!   time, and the next poll goes out as soon as the batch is handed to tasks (waiting only
+//!   for a free slot). Each reply is posted as soon as it is ready, together with the others
+//!   ready at that moment; order between requests is not kept (the hub matches replies by
+//!   id). The hub's redelivery and the reply cache cover a reply that is never posted.
 //! * The lease: without a hub grant the agent is standby (it provisions nothing). A grant
 //!   lasts `ttl_secs` from the heartbeat that carried it; when heartbeats fail, the agent
 //!   stays active only until that time, then turns standby. Two actives therefore never
@@ -32,6 +38,10 @@ use crate::signals::Control;
 pub const PROTOCOL: &str = "1";
 /// How many replies are remembered for re-delivered requests.
 pub const REPLY_CACHE: usize = 1000;
+/// How many envelopes are handled at once.
+pub const CONCURRENCY: usize = 8;
+/// Most replies in one post to the hub.
+pub const REPLY_BATCH: usize = 256;
 
 /// What the run loop, the relay and the heartbeat share.
 #[derive(Debug)]
@@ -220,6 +230,46 @@ impl ReplyCache {
     }
 }
 
+/// What [`Work::admit`] decided about an envelope id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Not seen (or forgotten): handle it.
+    New,
+    /// Being handled now: its reply will be posted when ready; do nothing.
+    Running,
+    /// Answered before: post this reply again.
+    Answered(Reply),
+}
+
+/// The ids being handled and the replies of the last [`REPLY_CACHE`] ones: what keeps a
+/// re-delivered request from being handled twice while requests run concurrently. Only
+/// the poll loop's thread touches it.
+#[derive(Debug, Default)]
+pub struct Work {
+    cache: std::cell::RefCell<ReplyCache>,
+    running: std::cell::RefCell<std::collections::HashSet<String>>,
+}
+
+impl Work {
+    /// Decides about `id`; a `New` id counts as running from now on.
+    pub fn admit(&self, id: &str) -> Admission {
+        if let Some(r) = self.cache.borrow().get(id) {
+            return Admission::Answered(r.clone());
+        }
+        if self.running.borrow_mut().insert(id.to_string()) {
+            Admission::New
+        } else {
+            Admission::Running
+        }
+    }
+
+    /// Records the reply of a running id.
+    pub fn done(&self, r: Reply) {
+        self.running.borrow_mut().remove(&r.id);
+        self.cache.borrow_mut().put(r);
+    }
+}
+
 /// The relay's connection facts.
 pub struct Relay {
     http: HttpClient,
@@ -351,8 +401,32 @@ impl Relay {
         .await;
     }
 
+    /// Polls, hands each new envelope to a task (at most [`CONCURRENCY`] run at once, on a
+    /// local executor: the handler is borrowed, nothing needs `Send`), and polls again while
+    /// they run; replies go to [`Relay::reply_loop`], which posts them as they are ready.
     async fn poll_loop<H: Handler>(&self, handler: &H, state: &AgentState, control: &Control) {
-        let mut cache = ReplyCache::default();
+        let work = Work::default();
+        let permits = smol::lock::Semaphore::new(CONCURRENCY);
+        let (replies, ready) = smol::channel::unbounded::<Reply>();
+        let ex = smol::LocalExecutor::new();
+        ex.run(smol::future::or(
+            self.dispatch_loop(handler, state, control, &ex, &permits, &work, replies),
+            self.reply_loop(ready, control),
+        ))
+        .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch_loop<'a, H: Handler>(
+        &self,
+        handler: &'a H,
+        state: &AgentState,
+        control: &Control,
+        ex: &smol::LocalExecutor<'a>,
+        permits: &'a smol::lock::Semaphore,
+        work: &'a Work,
+        replies: smol::channel::Sender<Reply>,
+    ) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let wait = self.cfg.poll_wait.as_secs();
         loop {
@@ -372,29 +446,38 @@ impl Relay {
                             continue;
                         }
                     };
-                    let mut replies = Vec::with_capacity(envelopes.len());
-                    for e in &envelopes {
-                        let reply = match cache.get(&e.id) {
-                            Some(r) => r.clone(),
-                            None => {
-                                let r = if valid_id(&e.id) {
-                                    handler.handle(e).await
-                                } else {
-                                    Reply::error(&e.id, 400, None, "request id is not valid")
-                                };
-                                log::info!(
-                                    "relay: request {} ({}) answered {}",
-                                    e.id,
-                                    describe(e),
-                                    r.status
-                                );
-                                cache.put(r.clone());
-                                r
+                    for e in envelopes {
+                        match work.admit(&e.id) {
+                            Admission::Answered(r) => {
+                                // Re-delivered after its reply was lost: the same reply again.
+                                let _ = replies.send(r).await;
+                                continue;
                             }
-                        };
-                        replies.push(reply);
+                            Admission::Running => continue,
+                            Admission::New => {}
+                        }
+                        let permit = permits.acquire().await;
+                        let replies = replies.clone();
+                        ex.spawn(async move {
+                            let mut r = if valid_id(&e.id) {
+                                handler.handle(&e).await
+                            } else {
+                                Reply::error(&e.id, 400, None, "request id is not valid")
+                            };
+                            // The reply answers this envelope, whatever the handler wrote.
+                            r.id.clone_from(&e.id);
+                            drop(permit);
+                            log::info!(
+                                "relay: request {} ({}) answered {}",
+                                e.id,
+                                describe(&e),
+                                r.status
+                            );
+                            work.done(r.clone());
+                            let _ = replies.send(r).await;
+                        })
+                        .detach();
                     }
-                    self.send_replies(replies, control).await;
                 }
                 Err(HubError::Refused(why)) => {
                     log::error!("relay: {why}; retrying in 5 min");
@@ -414,6 +497,21 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// Posts replies as they become ready: one post carries every reply that is ready at
+    /// that moment (up to [`REPLY_BATCH`]), so a slow post batches the ones behind it.
+    async fn reply_loop(&self, ready: smol::channel::Receiver<Reply>, control: &Control) {
+        while let Ok(first) = ready.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < REPLY_BATCH {
+                match ready.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.send_replies(batch, control).await;
         }
     }
 
@@ -586,6 +684,26 @@ mod tests {
         assert!(c.get("r0").is_none());
         assert!(c.get(&format!("r{}", REPLY_CACHE + 9)).is_some());
         assert_eq!(c.map.len(), REPLY_CACHE);
+    }
+
+    #[test]
+    fn work_admits_an_id_once_until_answered_then_replays_the_reply() {
+        let w = Work::default();
+        assert_eq!(w.admit("r1"), Admission::New);
+        assert_eq!(
+            w.admit("r1"),
+            Admission::Running,
+            "re-delivered while running"
+        );
+        assert_eq!(w.admit("r2"), Admission::New);
+        let r = Reply {
+            id: "r1".into(),
+            status: 200,
+            body: Value::Null,
+        };
+        w.done(r.clone());
+        assert_eq!(w.admit("r1"), Admission::Answered(r));
+        assert_eq!(w.admit("r2"), Admission::Running);
     }
 
     #[test]

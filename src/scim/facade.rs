@@ -4,14 +4,18 @@
 //!
 //! What it answers:
 //! * `GET /ServiceProviderConfig`, `/ResourceTypes[/{id}]`, `/Schemas[/{uri}]` (static,
-//!   honest: filter yes, patch/bulk/sort/etag/changePassword no); other methods there are
+//!   honest: filter yes, bulk/sort/etag/changePassword no, patch no here; the relay handler
+//!   sets it when `[writeback]` allows updates); other methods there are
 //!   `405` (discovery is read-only on every provider);
 //! * `GET /Users/{id}`, `/Groups/{id}`: the object whose anchor is `id`, if it is in scope;
 //! * `GET /Users`, `/Groups` with `filter`, `startIndex`, `count`, `attributes`,
 //!   `excludedAttributes`: a paged search of the scope. The SCIM filter is parsed and
 //!   translated to an LDAP filter ([`crate::scim::filter`]); one it cannot translate
 //!   faithfully is a `400 invalidFilter`, never a broader search.
-//! * writes (POST/PUT/PATCH/DELETE): `403` — the branch allows no writeback (the default).
+//! * writes (POST/PUT/PATCH/DELETE) through [`Facade::write`]: `403` unless the branch's
+//!   `[writeback]` policy allows the kind, the operation, the attributes and the OU
+//!   ([`crate::writeback`] plans them; this module does the reads and hands the plan to the
+//!   directory's write connection). Writes are recorded in the provisioning log.
 //!
 //! Invariants: every search is confined to `scope.include` and the scope filters (the cloud
 //! cannot read outside scope); values from requests reach LDAP only escaped; results are
@@ -36,6 +40,7 @@ use crate::scim::resource::{
 use crate::scim::ResourceKind;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::dn;
+use crate::writeback::{self, Intent, WriteError, WritePolicy};
 
 /// Largest page a list returns.
 pub const MAX_COUNT: usize = 200;
@@ -337,6 +342,282 @@ impl Facade<'_> {
             );
         }
         TableResolver(table)
+    }
+}
+
+/// A write's answer from a [`WriteError`].
+fn write_error(e: &WriteError) -> Answer {
+    error(e.status(), e.scim_type(), e.detail())
+}
+
+/// The SCIM error for an LDAP write failure on `dn`.
+fn ldap_write_error(e: &crate::ldap::WriteError) -> WriteError {
+    use crate::ldap::WriteError as L;
+    match e {
+        L::Refused { code, dn, .. } => match code.0 {
+            68 => WriteError::Conflict(format!("{dn} exists already: {e}")),
+            32 => WriteError::NotFound(e.to_string()),
+            50 => WriteError::Forbidden(format!(
+                "{e}; the bind account needs write rights on the writeback OUs"
+            )),
+            16 | 19 | 20 | 21 | 34 | 64 | 65 | 67 => WriteError::BadRequest {
+                scim_type: "invalidValue",
+                detail: e.to_string(),
+            },
+            51 | 52 => WriteError::Directory(503, e.to_string()),
+            _ => WriteError::Directory(500, e.to_string()),
+        },
+        _ => WriteError::Directory(503, e.to_string()),
+    }
+}
+
+impl Facade<'_> {
+    /// Answers a write (POST/PUT/PATCH/DELETE on `/Users` or `/Groups`) under `policy`:
+    /// parse and authorize (no read), find the target by anchor in scope, check its OU,
+    /// resolve member ids in scope, plan, apply through `writer`, log, and answer with the
+    /// resource as it is now (`201`/`200`) or `204` for a delete. A refused request touches
+    /// nothing.
+    pub async fn write(
+        &self,
+        policy: &WritePolicy,
+        writer: Option<&crate::ldap::DirectoryWriter>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        let path = path.trim_end_matches('/');
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let head = parts.next().unwrap_or("");
+        let rest = parts.next();
+        let kind = match head {
+            "Users" => ResourceKind::User,
+            "Groups" => ResourceKind::Group,
+            _ => {
+                return discovery(method, head, rest)
+                    .unwrap_or_else(|| error(404, None, format!("no such endpoint `{path}`")))
+            }
+        };
+        if rest.is_some_and(|r| r.contains('/')) {
+            return error(404, None, format!("no such endpoint `{path}`"));
+        }
+        let id = rest.map(percent_decode);
+        match self
+            .write_inner(policy, writer, kind, method, id.as_deref(), body)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                if e.status() == 403 {
+                    log::warn!("writeback: {method} {path} refused: {}", e.detail());
+                }
+                write_error(&e)
+            }
+        }
+    }
+
+    async fn write_inner(
+        &self,
+        policy: &WritePolicy,
+        writer: Option<&crate::ldap::DirectoryWriter>,
+        kind: ResourceKind,
+        method: &str,
+        id: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Answer, WriteError> {
+        if !policy.allows_any() {
+            // Refused before the body is even read: the default answer to every write.
+            writeback::authorize(policy, kind, &Intent::Delete { id: String::new() })?;
+        }
+        let intent = writeback::parse(method, kind, id, body)?;
+        writeback::authorize(policy, kind, &intent)?;
+        let writer = writer
+            .ok_or_else(|| WriteError::Forbidden("writeback has no write connection".into()))?;
+        let current = match intent.id() {
+            Some(id) => self
+                .find(kind, id)
+                .await
+                .map_err(|e| WriteError::Directory(503, format!("directory: {e}")))?,
+            None => None,
+        };
+        let ctx = writeback::Context {
+            policy,
+            profile: self.profile,
+            kind,
+            include: self.include,
+        };
+        writeback::preflight(&ctx, &intent, current.as_ref())?;
+        let mut members = HashMap::new();
+        for m in intent.member_ids() {
+            if let Some(dn_) = self
+                .member_dn(&m)
+                .await
+                .map_err(|e| WriteError::Directory(503, format!("directory: {e}")))?
+            {
+                members.insert(m, dn_);
+            }
+        }
+        let plan = writeback::plan(&ctx, &intent, current.as_ref(), &members)?;
+        let anchor = intent.id().unwrap_or("").to_string();
+        let verb = intent.verb();
+        if !plan.ops.is_empty() {
+            let summary: Vec<String> = plan
+                .ops
+                .iter()
+                .map(|o| format!("{} {}", o.verb(), o.dn()))
+                .collect();
+            if let Err(e) = writer.apply(plan.ops.clone()).await {
+                let err = ldap_write_error(&e);
+                log::warn!(
+                    "writeback: {verb} of {} {} failed: {e}",
+                    kind.word(),
+                    plan.dn
+                );
+                crate::sync::audit::record(&crate::sync::audit::Entry {
+                    op: "fail",
+                    kind: kind.word(),
+                    anchor: &anchor,
+                    dn: &plan.dn,
+                    id: intent.id(),
+                    error: Some(&format!("writeback {verb}: {e}")),
+                });
+                return Err(err);
+            }
+            log::info!(
+                "writeback: {verb} of {} {}: {}",
+                kind.word(),
+                plan.dn,
+                summary.join("; ")
+            );
+        } else {
+            log::info!(
+                "writeback: {verb} of {} {}: nothing to change",
+                kind.word(),
+                plan.dn
+            );
+        }
+        if let Intent::Delete { .. } = intent {
+            self.audit(verb, kind, &anchor, &plan.dn, plan.ops.is_empty());
+            return Ok((204, Value::Null));
+        }
+        let status = if matches!(intent, Intent::Create { .. }) {
+            201
+        } else {
+            200
+        };
+        match self.resource_at(kind, &plan.dn).await {
+            Ok(Some(r)) => {
+                let new_anchor = r["id"].as_str().unwrap_or(&anchor).to_string();
+                self.audit(verb, kind, &new_anchor, &plan.dn, plan.ops.is_empty());
+                Ok((status, r))
+            }
+            Ok(None) => {
+                self.audit(verb, kind, &anchor, &plan.dn, plan.ops.is_empty());
+                Err(WriteError::Directory(
+                    500,
+                    format!(
+                        "{} was written but is not in the agent's scope to be read back",
+                        plan.dn
+                    ),
+                ))
+            }
+            Err(e) => Err(WriteError::Directory(503, format!("directory: {e}"))),
+        }
+    }
+
+    fn audit(&self, verb: &str, kind: ResourceKind, anchor: &str, dn_: &str, unchanged: bool) {
+        if unchanged {
+            return;
+        }
+        let op = match verb {
+            "create" => "writeback-create",
+            "delete" => "writeback-delete",
+            _ => "writeback-update",
+        };
+        crate::sync::audit::record(&crate::sync::audit::Entry {
+            op,
+            kind: kind.word(),
+            anchor,
+            dn: dn_,
+            id: Some(anchor),
+            error: None,
+        });
+    }
+
+    /// The in-scope object of `kind` anchored at `id`, with what planning needs.
+    async fn find(&self, kind: ResourceKind, id: &str) -> Result<Option<Entry>, String> {
+        let Some(anchor) = anchor_filter(self.profile, kind, id) else {
+            return Ok(None);
+        };
+        let filter = format!("(&{}{anchor})", self.scope_filter(kind));
+        let mut attrs = self.profile.ldap_attributes(kind);
+        attrs.push("description".into());
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        for base in self.include {
+            let mut s = self.dir.search(base, Scope::Subtree, &filter, &attrs);
+            while let Some(e) = s.next().await {
+                let e = e.map_err(|e| e.to_string())?;
+                if self.profile.classify(&e) == Some(kind) {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The DN of the in-scope user or group anchored at `id` (a member value).
+    async fn member_dn(&self, id: &str) -> Result<Option<String>, String> {
+        let mut terms = String::new();
+        for kind in [ResourceKind::User, ResourceKind::Group] {
+            if let Some(a) = anchor_filter(self.profile, kind, id) {
+                terms.push_str(&format!("(&{}{a})", self.scope_filter(kind)));
+            }
+        }
+        if terms.is_empty() {
+            return Ok(None);
+        }
+        let filter = format!("(|{terms})");
+        for base in self.include {
+            let mut s = self
+                .dir
+                .search(base, Scope::Subtree, &filter, &["objectClass"]);
+            while let Some(e) = s.next().await {
+                let e = e.map_err(|e| e.to_string())?;
+                if self.profile.classify(&e).is_some() {
+                    return Ok(Some(e.dn));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The SCIM resource of the in-scope object at `dn`, if it is one of `kind`.
+    async fn resource_at(&self, kind: ResourceKind, dn_: &str) -> Result<Option<Value>, String> {
+        if !dn::under_any(dn_, self.include) {
+            return Ok(None);
+        }
+        let attrs = self.profile.ldap_attributes(kind);
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let mut s = self
+            .dir
+            .search(dn_, Scope::Base, self.scope_filter(kind), &attrs);
+        let mut found = None;
+        while let Some(e) = s.next().await {
+            let e = e.map_err(|e| e.to_string())?;
+            if self.profile.classify(&e) == Some(kind) {
+                found = Some(e);
+            }
+        }
+        let Some(e) = found else { return Ok(None) };
+        let resolver = self.resolver_for(&e).await;
+        match mapping::map_entry(&e, kind, self.profile, &resolver) {
+            Ok(m) => {
+                let mut r = m.resource;
+                r["id"] = Value::String(m.external_id.clone());
+                r["meta"] = json!({"resourceType": match kind { ResourceKind::User => "User", ResourceKind::Group => "Group" }});
+                Ok(Some(r))
+            }
+            Err(err) => Err(err.to_string()),
+        }
     }
 }
 
@@ -739,6 +1020,40 @@ mod tests {
         }
         assert!(discovery("GET", "Users", None).is_none());
         assert!(discovery("POST", ".search", None).is_none());
+    }
+
+    #[test]
+    fn ldap_write_refusals_become_scim_errors_naming_the_dn() {
+        use crate::ldap::{ResultCode, WriteError as L};
+        let refused = |code: u32| L::Refused {
+            op: "add",
+            dn: "cn=x,ou=wb,dc=test".into(),
+            code: ResultCode(code),
+            message: "no".into(),
+            applied: 0,
+        };
+        for (code, status) in [
+            (68, 409),
+            (50, 403),
+            (32, 404),
+            (65, 400),
+            (53, 500),
+            (52, 503),
+        ] {
+            let e = ldap_write_error(&refused(code));
+            assert_eq!(e.status(), status, "{code}: {e}");
+            assert!(e.detail().contains("cn=x,ou=wb,dc=test"), "{e}");
+        }
+        assert!(ldap_write_error(&refused(50))
+            .detail()
+            .contains("write rights"));
+        let link = L::Link {
+            error: crate::ldap::LdapError::Worker {
+                detail: "gone".into(),
+            },
+            applied: 1,
+        };
+        assert_eq!(ldap_write_error(&link).status(), 503);
     }
 
     #[test]
