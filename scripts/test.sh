@@ -80,6 +80,18 @@ phase "openldap start" start_server openldap.sh || die "OpenLDAP did not start (
 phase "samba-ad start" start_server samba-ad.sh || die "Samba AD did not start (see above)"
 phase "scim-server start" start_server scim-server.sh || die "scim2-server did not start (see above)"
 
+# Tools some tests drive besides the servers: a real HTTP proxy (proxy tests) and
+# libfaketime (the agent's clock alone jumps in the fault tests). Tests that miss them say
+# so and skip; as root they are installed here.
+test_tools() {
+  if [ "$(id -u)" -eq 0 ]; then
+    ensure_pkgs tinyproxy-bin faketime
+  else
+    log "not root: tinyproxy-bin and faketime are used if present (their tests skip otherwise)"
+  fi
+}
+phase "test tools" test_tools || die "could not install the test tools (see above)"
+
 cd "$ROOT"
 locked=()
 if [ -f Cargo.lock ]; then locked=(--locked); fi

@@ -319,6 +319,7 @@ async fn check_async(c: &Config) -> i32 {
                     Err(e) => out.fail("scope", format!("{base}: {e}")),
                 }
             }
+            check_rights(c, &src, &mut out).await;
         }
     }
 
@@ -369,6 +370,190 @@ async fn check_async(c: &Config) -> i32 {
         exit::FAILURE
     } else {
         exit::OK
+    }
+}
+
+/// The bind account's LDAP rights and what they rule out (README "Least privilege"):
+/// read of the scope and of each object's anchor (export, every feed); on AD,
+/// "Replicating Directory Changes" (DirSync) and the write rights the account holds on
+/// the scope (allowedAttributesEffective / allowedChildClassesEffective): export needs
+/// none, so any is reported as more than needed.
+async fn check_rights(c: &Config, src: &Source, out: &mut CheckLines) {
+    use crate::config::FeedKind;
+    let (uf, _) = filters(c, &src.profile);
+    let anchor = &src.profile.resource(ResourceKind::User).anchor().attributes;
+    let attrs = src.profile.identity_attributes(ResourceKind::User);
+    let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+    for base in &c.scope.include {
+        let mut s = src.dir.search(base, Scope::Subtree, &uf, &attrs);
+        match s.next().await {
+            None => out.ok(
+                "rights",
+                format!("read: {base}: readable, no user in scope to test attributes on"),
+            ),
+            Some(Err(e)) => out.fail(
+                "rights",
+                format!("read: {base}: {e}: export is ruled out (grant read on the scope)"),
+            ),
+            Some(Ok(e)) => match anchor.iter().find(|a| e.has(a)) {
+                Some(a) => {
+                    let readable = attrs.iter().filter(|a| e.has(a)).count();
+                    out.ok(
+                        "rights",
+                        format!(
+                            "read: {}: anchor {a} and {readable} of {} mapped attributes readable",
+                            e.dn,
+                            attrs.len()
+                        ),
+                    )
+                }
+                None => out.fail(
+                    "rights",
+                    format!(
+                        "read: {}: the anchor ({}) is not readable: export is ruled out (grant read on it)",
+                        e.dn,
+                        anchor.join(" or ")
+                    ),
+                ),
+            },
+        }
+    }
+    if src.kind != DirectoryKind::ActiveDirectory {
+        return;
+    }
+    match dirsync_refusal(c, src).await {
+        None => out.ok(
+            "rights",
+            "Replicating Directory Changes: yes (DirSync usable; sync.feed = auto uses it)",
+        ),
+        Some(e) if e.is_missing_rights() && c.sync.feed == FeedKind::DirSync => out.fail(
+            "rights",
+            format!("Replicating Directory Changes: no ({e}): sync.feed = \"dirsync\" is ruled out"),
+        ),
+        Some(e) if e.is_missing_rights() => out.ok(
+            "rights",
+            "Replicating Directory Changes: no: DirSync ruled out; `run` follows changes by uSNChanged polling (read only)",
+        ),
+        Some(e) => out.fail("rights", format!("DirSync probe failed: {e}")),
+    }
+    for base in &c.scope.include {
+        let read = src
+            .dir
+            .read(
+                base,
+                &["allowedAttributesEffective", "allowedChildClassesEffective"],
+            )
+            .await;
+        match read {
+            Ok(Some(e)) => {
+                let attrs = e.bytes("allowedAttributesEffective").len();
+                let classes = e.bytes("allowedChildClassesEffective").len();
+                if attrs == 0 && classes == 0 {
+                    out.ok(
+                        "rights",
+                        format!("write: none on {base} (export needs none)"),
+                    );
+                } else {
+                    out.ok(
+                        "rights",
+                        format!(
+                            "write: may change {attrs} attributes of and create {classes} object classes under {base}: more than export needs (read only)"
+                        ),
+                    );
+                }
+            }
+            Ok(None) => out.fail("rights", format!("write: {base}: no such object")),
+            Err(e) => out.ok("rights", format!("write: {base}: not determined ({e})")),
+        }
+    }
+    check_writeback_rights(c, src, out).await;
+}
+
+/// With `[writeback]`, whether the bind account may do what the policy allows inside
+/// each allowed OU (AD: `allowedChildClassesEffective` on the OU for creating groups,
+/// `allowedAttributesEffective` on a group below it for member and description).
+/// Other directories publish no effective rights: said, not failed.
+async fn check_writeback_rights(c: &Config, src: &Source, out: &mut CheckLines) {
+    let w = &c.writeback;
+    if !w.allows_any() {
+        return;
+    }
+    if src.kind != DirectoryKind::ActiveDirectory {
+        out.ok(
+            "rights",
+            format!(
+                "writeback: {} publishes no effective rights; a refused write is answered with the directory's error",
+                src.kind
+            ),
+        );
+        return;
+    }
+    let has = |e: &ldap::Entry, attr: &str, want: &str| {
+        e.strs(attr).any(|v| v.eq_ignore_ascii_case(want))
+    };
+    for ou in &w.allowed_ous {
+        let mut missing: Vec<&str> = Vec::new();
+        let mut note = String::new();
+        if w.groups && w.create {
+            match src.dir.read(ou, &["allowedChildClassesEffective"]).await {
+                Ok(Some(e)) if has(&e, "allowedChildClassesEffective", "group") => {}
+                Ok(Some(_)) => missing.push("create group objects"),
+                Ok(None) => {
+                    out.fail("rights", format!("writeback: {ou}: no such object"));
+                    continue;
+                }
+                Err(e) => {
+                    missing.push("read the OU");
+                    note = format!("; {e}");
+                }
+            }
+        }
+        if w.groups && w.update {
+            let wanted: Vec<&str> = w
+                .group_attributes
+                .iter()
+                .filter_map(|a| match a.as_str() {
+                    "members" => Some("member"),
+                    "description" => Some("description"),
+                    _ => None,
+                })
+                .collect();
+            let mut s = src.dir.search(
+                ou,
+                Scope::Subtree,
+                "(objectClass=group)",
+                &["allowedAttributesEffective"],
+            );
+            match s.next().await {
+                Some(Ok(g)) => {
+                    for a in wanted {
+                        if !has(&g, "allowedAttributesEffective", a) {
+                            missing.push(if a == "member" {
+                                "write member of groups"
+                            } else {
+                                "write description of groups"
+                            });
+                        }
+                    }
+                }
+                Some(Err(e)) => note = format!("; group attributes not determined ({e})"),
+                None => note = "; no group below it yet to test attribute writes on".into(),
+            }
+        }
+        if missing.is_empty() {
+            out.ok(
+                "rights",
+                format!("writeback: {ou}: the allowed writes are permitted{note}"),
+            );
+        } else {
+            out.fail(
+                "rights",
+                format!(
+                    "writeback: {ou}: the account cannot {}: those writebacks are ruled out{note}",
+                    missing.join(", ")
+                ),
+            );
+        }
     }
 }
 
@@ -851,7 +1036,8 @@ async fn run_once(
                 },
                 control.clone(),
                 agent.clone(),
-            );
+            )
+            .with_writeback(c.writeback.clone(), directory_config(c));
             Some((relay, remote))
         }
     };
@@ -900,36 +1086,37 @@ async fn resolve_feed(c: &Config, src: &Source) -> crate::sync::follow::Feed {
         FeedKind::Usn => poll(PollKind::Usn),
         FeedKind::Timestamp => poll(PollKind::Timestamp),
         FeedKind::Auto => match src.kind {
-            DirectoryKind::ActiveDirectory => {
-                // A DirSync that matches nothing tells whether the account has the right.
-                let mut probe = src.dir.dirsync(
-                    &c.directory.base_dn,
-                    "(&(objectClass=user)(cn=idrelay-dirsync-rights-probe))",
-                    &["objectGUID"],
-                    None,
-                    ldap::DirSyncFlags::INCREMENTAL_VALUES,
-                );
-                let mut refused = None;
-                while let Some(item) = probe.next().await {
-                    if let Err(e) = item {
-                        refused = Some(e);
-                        break;
-                    }
-                }
-                match refused {
-                    Some(e) if e.is_missing_rights() => {
-                        log::warn!(
+            DirectoryKind::ActiveDirectory => match dirsync_refusal(c, src).await {
+                Some(e) if e.is_missing_rights() => {
+                    log::warn!(
                             "DirSync refused ({e}); following changes by uSNChanged polling instead (grant \"Replicating Directory Changes\" for DirSync)"
                         );
-                        poll(PollKind::Usn)
-                    }
-                    _ => poll(PollKind::DirSync),
+                    poll(PollKind::Usn)
                 }
-            }
+                _ => poll(PollKind::DirSync),
+            },
             _ if ldap::supports_control(&src.dse, ldap::SYNC_REQUEST_OID) => Feed::Syncrepl,
             _ => poll(PollKind::Timestamp),
         },
     }
+}
+
+/// Why DirSync is refused to the bind account, or `None` when it may use it: a DirSync
+/// that matches nothing tells whether the account has "Replicating Directory Changes".
+async fn dirsync_refusal(c: &Config, src: &Source) -> Option<ldap::AdFeedError> {
+    let mut probe = src.dir.dirsync(
+        &c.directory.base_dn,
+        "(&(objectClass=user)(cn=idrelay-dirsync-rights-probe))",
+        &["objectGUID"],
+        None,
+        ldap::DirSyncFlags::INCREMENTAL_VALUES,
+    );
+    while let Some(item) = probe.next().await {
+        if let Err(e) = item {
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// `approve-deletes`: releases the held deletes. With the agent running (it holds the

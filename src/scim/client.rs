@@ -910,6 +910,23 @@ mod tests {
         assert_eq!(after_transport(Method::Get, &untrusted), Next::Done);
     }
 
+    #[test]
+    fn retry_after_dates_survive_clock_jumps() {
+        // The wall clock only turns a Retry-After date into a wait: a clock far ahead
+        // retries at once (still a retry, never a skip), one far behind waits the cap.
+        let date = Some("Sun, 06 Nov 1994 08:49:37 GMT");
+        let ahead = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+        let behind = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            after_status(Method::Put, 503, date, ahead),
+            Next::Retry(Some(Duration::ZERO))
+        );
+        assert_eq!(
+            after_status(Method::Post, 429, date, behind),
+            Next::Retry(Some(crate::relay::backoff::MAX_RETRY_AFTER))
+        );
+    }
+
     fn list(total: u64, resources: Value) -> Value {
         json!({"schemas": [LIST_RESPONSE], "totalResults": total, "Resources": resources})
     }

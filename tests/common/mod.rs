@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub mod faultproxy;
+pub mod tinyproxy;
 
 /// A required environment variable, or a failure that says how to get it.
 pub fn env(name: &str) -> String {
@@ -414,6 +416,36 @@ max_attempts = 2
         assert!(t.contains(from), "config has no `{from}`");
         std::fs::write(&self.config, t.replace(from, to)).unwrap();
     }
+
+    /// Appends `text` (e.g. a section) to the config.
+    pub fn append_config(&self, text: &str) {
+        let mut t = std::fs::read_to_string(&self.config).unwrap();
+        t.push_str(text);
+        std::fs::write(&self.config, t).unwrap();
+    }
+
+    /// An agent like [`Agent::new`] with the id `id` and a `[relay]` section that points
+    /// at `hub` with the agent token `token` (group `branch`, heartbeats and polls every
+    /// 5 s), followed by `extra` config text.
+    pub fn with_relay(
+        dir: &Dir,
+        include: &[&str],
+        scim: &ScimServer,
+        hub: &Hub,
+        (id, token): (&str, &str),
+        extra: &str,
+    ) -> Agent {
+        let agent = Agent::new(dir, include, &scim.base_url(), &scim.token, "");
+        agent.edit_config("id = \"test-agent\"", &format!("id = \"{id}\""));
+        let token_file = agent.tmp.path().join("relay.token");
+        write_secret(&token_file, token);
+        agent.append_config(&format!(
+            "\n[relay]\nurl = \"{}\"\ntoken_file = \"{}\"\ngroup = \"branch\"\nheartbeat_secs = 5\npoll_wait_secs = 5\n{extra}",
+            hub.url(),
+            token_file.display()
+        ));
+        agent
+    }
 }
 
 /// The result of one run of the binary.
@@ -599,4 +631,208 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// SIGTERM to a child we started (by its PID), then up to 10 s for it to exit (a kill
+/// after that); its exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().unwrap()
+}
+
+/// Standard base64 with padding, written here so the tests do not depend on the code
+/// under test.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// A child process (an `idrelay run`), killed by its PID on drop.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Hub settings for the relay tests: heartbeats, polls and redeliveries every 5 s, a
+/// lease of 3 heartbeats, forwarded requests time out after 20 s.
+pub const HUB_SETTINGS: &str = "heartbeat_secs = 5\nlease_ttl_heartbeats = 3\npoll_wait_secs = 5\nredeliver_secs = 5\nforward_timeout_secs = 20\n";
+
+/// The real `idrelay-hub` on a free loopback port, its config, tokens and log in its own
+/// temp dir; killed by its PID on drop (and by [`Hub::stop`]).
+pub struct Hub {
+    child: Option<Child>,
+    pub port: u16,
+    operator: String,
+    config: PathBuf,
+    log: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Hub {
+    /// Starts a hub with the operator token `operator`, the top-level config lines
+    /// `settings` and one `[[agent]]` per (id, group, token); waits until it listens.
+    pub fn start(operator: &str, settings: &str, agents: &[(&str, &str, &str)]) -> Hub {
+        let tmp = TempDir::new("hub");
+        let p = tmp.path().to_path_buf();
+        write_secret(&p.join("operator.token"), operator);
+        let port = free_port();
+        let mut text = format!(
+            "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{}\"\n{settings}",
+            p.join("operator.token").display()
+        );
+        for (id, group, token) in agents {
+            let f = p.join(format!("{id}.token"));
+            write_secret(&f, token);
+            text.push_str(&format!(
+                "\n[[agent]]\nid = \"{id}\"\ngroup = \"{group}\"\ntoken_file = \"{}\"\n",
+                f.display()
+            ));
+        }
+        let config = p.join("hub.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut hub = Hub {
+            child: None,
+            port,
+            operator: operator.to_string(),
+            config,
+            log: p.join("hub.log"),
+            _tmp: tmp,
+        };
+        hub.spawn();
+        hub
+    }
+
+    /// Starts the process (again, after [`Hub::stop`]), its stderr appended to the log;
+    /// waits until it listens.
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
+            .args(["--config", self.config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start idrelay-hub");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(20, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "hub did not listen: {}",
+            self.log()
+        );
+    }
+
+    /// Kills the process (by PID).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One request with the operator token (SCIM content type under `/scim/`, JSON
+    /// elsewhere); (status, JSON body or Null).
+    pub fn op(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        let body = body.unwrap_or("");
+        let content_type = if path.contains("/scim/") {
+            "application/scim+json"
+        } else {
+            "application/json"
+        };
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.operator,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let rest = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        (status, serde_json::from_str(&rest).unwrap_or(Value::Null))
+    }
+
+    /// The role (`active`, `standby`) the hub gives `agent`; none before its first
+    /// heartbeat.
+    pub fn role(&self, agent: &str) -> Option<String> {
+        let (_, v) = self.op("GET", "/v1/agents", None);
+        v.as_array()?
+            .iter()
+            .find(|a| a["agent"] == agent)
+            .and_then(|a| a["role"].as_str().map(str::to_string))
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
 }

@@ -2,6 +2,7 @@
 //! doc), the model-based property test, and the proptest stand-in for the fuzz targets.
 //! Shared here: unique temp directories, a fault-injecting disk hook and a manual clock.
 
+mod clock;
 mod fuzz_standin;
 mod model;
 mod recovery;
