@@ -775,11 +775,7 @@ impl DirectoryWriter {
 
 /// The write thread: one connection, bound on demand, jobs one at a time.
 fn write_thread(cfg: DirectoryConfig, jobs: Receiver<WriteJob>) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
+    let rt = match worker::current_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             log::error!("LDAP write thread: cannot start the tokio runtime: {e}");

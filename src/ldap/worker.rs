@@ -112,16 +112,21 @@ pub(crate) fn spawn(
     Ok(ready_rx)
 }
 
+/// The single-threaded tokio runtime an LDAP thread runs ldap3 on (tokio stays inside
+/// `src/ldap`).
+pub(super) fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+}
+
 fn run(
     cfg: DirectoryConfig,
     inbox: Receiver<Request>,
     ready: Sender<Result<Connected, LdapError>>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
+    let rt = match current_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.try_send(Err(LdapError::Worker {

@@ -281,18 +281,27 @@ impl Facade<'_> {
         }
         let mut out = Vec::with_capacity(page.len());
         for e in page {
-            let resolver = self.resolver_for(&e).await;
-            match mapping::map_entry(&e, kind, self.profile, &resolver) {
-                Ok(m) => {
-                    let mut r = m.resource;
-                    r["id"] = Value::String(m.external_id.clone());
-                    r["meta"] = json!({"resourceType": match kind { ResourceKind::User => "User", ResourceKind::Group => "Group" }});
-                    out.push(r);
-                }
+            match self.resource(&e, kind).await {
+                Ok(r) => out.push(r),
                 Err(err) => log::warn!("facade: {} left out: {err}", e.dn),
             }
         }
         Ok((total, out))
+    }
+
+    /// An entry as the SCIM resource the facade serves: the mapped representation with
+    /// `id` = the anchor and `meta.resourceType`.
+    async fn resource(&self, e: &Entry, kind: ResourceKind) -> Result<Value, mapping::MapError> {
+        let resolver = self.resolver_for(e).await;
+        let m = mapping::map_entry(e, kind, self.profile, &resolver)?;
+        let mut r = m.resource;
+        r["id"] = Value::String(m.external_id);
+        let resource_type = match kind {
+            ResourceKind::User => "User",
+            ResourceKind::Group => "Group",
+        };
+        r["meta"] = json!({ "resourceType": resource_type });
+        Ok(r)
     }
 
     /// Resolves an entry's references: the index first, the directory for the rest.
@@ -608,16 +617,10 @@ impl Facade<'_> {
             }
         }
         let Some(e) = found else { return Ok(None) };
-        let resolver = self.resolver_for(&e).await;
-        match mapping::map_entry(&e, kind, self.profile, &resolver) {
-            Ok(m) => {
-                let mut r = m.resource;
-                r["id"] = Value::String(m.external_id.clone());
-                r["meta"] = json!({"resourceType": match kind { ResourceKind::User => "User", ResourceKind::Group => "Group" }});
-                Ok(Some(r))
-            }
-            Err(err) => Err(err.to_string()),
-        }
+        self.resource(&e, kind)
+            .await
+            .map(Some)
+            .map_err(|err| err.to_string())
     }
 }
 
