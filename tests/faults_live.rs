@@ -15,13 +15,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::faultproxy::{Action, FaultProxy, Mode};
-use common::{wait_until, Agent, Dir, ScimServer, TestOu};
+use common::{wait_until, Agent, Dir, Running, ScimServer, TestOu};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -304,16 +305,6 @@ fn wait_converged(
 // ---------------------------------------------------------------------------------------
 // Processes
 
-/// A running agent, killed (by PID) on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn log_tail(agent: &Agent, n: usize) -> String {
     let log = agent.log();
     let lines: Vec<&str> = log.lines().collect();
@@ -374,21 +365,98 @@ fn created(events: &[common::faultproxy::Event]) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------
+// One test's world
+
+/// What a fault test works on: its OU in slapd holding users `f000..` (title `t0`) and
+/// maybe one group, a private scim2-server, a fault proxy in front of it, and an agent for
+/// the OU that reaches the server through the proxy. The fields drop in this order: the
+/// agent's files, the proxy, the server, then the OU (removed from slapd).
+struct World {
+    agent: Agent,
+    proxy: Arc<FaultProxy>,
+    scim: ScimServer,
+    o: String,
+    _ou: TestOu,
+    dir: Dir,
+}
+
+impl World {
+    /// The OU `tag` with `users` users and, if given, the group (name, members).
+    fn new(tag: &str, users: usize, group: Option<(&str, Range<usize>)>) -> World {
+        let dir = Dir::openldap();
+        let ou = TestOu::create(&dir, tag);
+        let o = ou.dn.clone();
+        dir.modify(&users_ldif(&o, 0, users, "t0"));
+        if let Some((name, members)) = group {
+            dir.modify(&group_ldif(&o, name, members));
+        }
+        let scim = ScimServer::start();
+        let proxy = Arc::new(FaultProxy::http(scim.port));
+        let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
+        World {
+            agent,
+            proxy,
+            scim,
+            o,
+            _ou: ou,
+            dir,
+        }
+    }
+
+    /// `idrelay run`, killed on drop.
+    fn run(&self) -> Running {
+        Running(self.agent.spawn(&["run"]))
+    }
+
+    /// `idrelay run`, once its first pass has converged.
+    fn run_first_pass(&self) -> Running {
+        let run = self.run();
+        self.converge("first pass", 60);
+        run
+    }
+
+    /// [`converged`] for this world, with no user deleted.
+    fn converged(&self) -> Result<usize, String> {
+        converged(&self.dir, &self.o, &self.scim, &BTreeSet::new())
+    }
+
+    /// Waits up to `secs` for the endpoint to hold the OU (no user deleted); how long it
+    /// took. Panics naming `what`, with the proxy's events and the agent's log.
+    fn converge(&self, what: &str, secs: u64) -> Duration {
+        self.converge_with_gone(what, &BTreeSet::new(), secs)
+    }
+
+    /// [`World::converge`] where the users in `gone` were deleted.
+    fn converge_with_gone(&self, what: &str, gone: &BTreeSet<String>, secs: u64) -> Duration {
+        wait_converged(&self.dir, &self.o, &self.scim, gone, secs).unwrap_or_else(|why| {
+            panic!(
+                "{what}: {why}\nproxy: {}\nlog:\n{}",
+                summary(&self.proxy.events()),
+                log_tail(&self.agent, 40)
+            )
+        })
+    }
+
+    /// Waits until the agent's log says a pass ended `n` times in all.
+    fn wait_in_step(&self, n: usize, secs: u64) {
+        assert!(
+            wait_until(secs, || self.agent.log().matches("objects in step").count()
+                >= n),
+            "{}",
+            log_tail(&self.agent, 20)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // 1. 5xx bursts
 
 #[test]
 fn scim_5xx_bursts_during_an_export_converge() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "f5xx");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 40, "t0"));
-    dir.modify(&group_ldif(&o, "f-team", 0..12));
-    let none = BTreeSet::new();
+    let w = World::new("f5xx", 40, Some(("f-team", 0..12)));
+    let World { proxy, agent, .. } = &w;
 
     // Bursts of 500 on POST, 502 on GET, 503 on anything, armed mid-pass.
-    let scim = ScimServer::start();
-    let proxy = Arc::new(FaultProxy::http(scim.port));
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
     agent.edit_config("max_attempts = 2", "max_attempts = 5");
     let done = Arc::new(AtomicBool::new(false));
     let armer = {
@@ -422,7 +490,7 @@ fn scim_5xx_bursts_during_an_export_converge() {
         once.summary(),
         summary(&events)
     );
-    let first = converged(&dir, &o, &scim, &none);
+    let first = w.converged();
     match &first {
         Ok(_) => {
             once.assert_code(0);
@@ -438,7 +506,7 @@ fn scim_5xx_bursts_during_an_export_converge() {
             agent.run(&["sync", "--once"]).assert_code(0);
         }
     }
-    wait_converged(&dir, &o, &scim, &none, 10).expect("export converges");
+    w.converge("export converges", 10);
     assert_eq!(
         created(&proxy.events()),
         41,
@@ -448,19 +516,16 @@ fn scim_5xx_bursts_during_an_export_converge() {
 
 #[test]
 fn scim_5xx_bursts_while_run_follows_changes_converge() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "f5xxrun");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 40, "t0"));
-    dir.modify(&group_ldif(&o, "f-team", 0..12));
-    let none = BTreeSet::new();
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
+    let w = World::new("f5xxrun", 40, Some(("f-team", 0..12)));
+    let World {
+        dir,
+        o,
+        proxy,
+        agent,
+        ..
+    } = &w;
     agent.edit_config("max_attempts = 2", "max_attempts = 5");
-    let _run = Running(agent.spawn(&["run"]));
-    wait_converged(&dir, &o, &scim, &none, 60)
-        .unwrap_or_else(|why| panic!("first pass: {why}\n{}", log_tail(&agent, 30)));
+    let _run = w.run_first_pass();
     // Every kind of write and read meets a burst: PUTs of the changed users, the group's
     // PATCH, lookups; retitles, new users (POST), a membership change.
     proxy.answer_next_of("PUT", 6, 500, None);
@@ -469,18 +534,12 @@ fn scim_5xx_bursts_while_run_follows_changes_converge() {
     proxy.answer_next_of("POST", 3, 503, None);
     proxy.answer_next(4, 503, None);
     let t0 = Instant::now();
-    dir.modify(&retitle_ldif(&o, 0..40, "t1"));
-    dir.modify(&users_ldif(&o, 40, 45, "t1"));
+    dir.modify(&retitle_ldif(o, 0..40, "t1"));
+    dir.modify(&users_ldif(o, 40, 45, "t1"));
     dir.modify(&format!(
         "dn: cn=f-team,{o}\nchangetype: modify\nadd: member\nmember: uid=f040,{o}\nmember: uid=f041,{o}\n-\ndelete: member\nmember: uid=f000,{o}\n\n"
     ));
-    let took = wait_converged(&dir, &o, &scim, &none, 90).unwrap_or_else(|why| {
-        panic!(
-            "changes under 5xx bursts: {why}\nproxy: {}\nlog:\n{}",
-            summary(&proxy.events()),
-            log_tail(&agent, 40)
-        )
-    });
+    let took = w.converge("changes under 5xx bursts", 90);
     eprintln!(
         "run, 47 changes under 5xx bursts: converged in {:.1} s ({:.1} s after the first change; {} faults left unused); {}",
         took.as_secs_f64(),
@@ -532,21 +591,23 @@ fn a_5xx_burst_in_runs_first_full_pass_is_retried_until_it_converges() {
 /// objects go out once they change and the endpoint takes them.
 #[test]
 fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "fstall");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 3, "t0"));
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
+    let w = World::new("fstall", 3, None);
+    let World {
+        dir,
+        o,
+        scim,
+        proxy,
+        agent,
+        ..
+    } = &w;
     agent.edit_config("concurrency = 4", "concurrency = 1");
     // Every create fails, however often it is tried.
     proxy.answer_next_of("POST", 100_000, 500, None);
-    let _run = Running(agent.spawn(&["run"]));
+    let _run = w.run();
     assert!(
         wait_until(60, || agent.log().contains("taking the pass as done")),
         "the pass never counted as done: {}",
-        log_tail(&agent, 20)
+        log_tail(agent, 20)
     );
     assert!(
         scim.all("Users").is_empty(),
@@ -554,14 +615,8 @@ fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
     );
     // The endpoint recovers; the objects change; the feed (running now) sends them.
     proxy.clear_faults();
-    dir.modify(&retitle_ldif(&o, 0..3, "t1"));
-    let took = wait_converged(&dir, &o, &scim, &BTreeSet::new(), 30).unwrap_or_else(|why| {
-        panic!(
-            "the feed did not send the changed objects: {why}\nproxy: {}\nlog:\n{}",
-            summary(&proxy.events()),
-            log_tail(&agent, 20)
-        )
-    });
+    dir.modify(&retitle_ldif(o, 0..3, "t1"));
+    let took = w.converge("the feed did not send the changed objects", 30);
     eprintln!("converged {:.1} s after the change", took.as_secs_f64());
 }
 
@@ -570,13 +625,8 @@ fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
 
 #[test]
 fn retry_after_is_honoured_and_429_without_it_backs_off() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "f429");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 6, "t0"));
-    let scim = ScimServer::start();
-    let proxy = Arc::new(FaultProxy::http(scim.port));
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
+    let w = World::new("f429", 6, None);
+    let World { proxy, agent, .. } = &w;
     agent.edit_config("concurrency = 4", "concurrency = 1");
     agent.edit_config("max_attempts = 2", "max_attempts = 4");
     // The first POST: 429 "come back in 3 s"; the third POST and the fourth GET: 429 without
@@ -644,7 +694,7 @@ fn retry_after_is_honoured_and_429_without_it_backs_off() {
     }
     eprintln!("waits after 429: {}", waits.join(", "));
     assert_eq!(proxy.answered(429), 5, "every 429 was used");
-    wait_converged(&dir, &o, &scim, &BTreeSet::new(), 10).expect("converged");
+    w.converge("converged", 10);
     assert_eq!(created(&events), 6, "a 429 is retried, never duplicated");
 }
 
@@ -653,14 +703,14 @@ fn retry_after_is_honoured_and_429_without_it_backs_off() {
 
 #[test]
 fn a_response_stalled_mid_body_times_out_and_the_retry_duplicates_nothing() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "fstall");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 8, "t0"));
-    dir.modify(&group_ldif(&o, "f-stall", 0..4));
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
+    let w = World::new("fstall", 8, Some(("f-stall", 0..4)));
+    let World {
+        dir,
+        o,
+        proxy,
+        agent,
+        ..
+    } = &w;
     agent.edit_config("timeout_secs = 10", "timeout_secs = 2");
     agent.edit_config("concurrency = 4", "concurrency = 1");
     agent.edit_config("max_attempts = 2", "max_attempts = 3");
@@ -700,7 +750,7 @@ fn a_response_stalled_mid_body_times_out_and_the_retry_duplicates_nothing() {
         );
     }
     once.assert_code(0);
-    wait_converged(&dir, &o, &scim, &BTreeSet::new(), 10).expect("converged");
+    w.converge("converged", 10);
     assert_eq!(
         created(&events),
         9,
@@ -708,16 +758,11 @@ fn a_response_stalled_mid_body_times_out_and_the_retry_duplicates_nothing() {
     );
 
     // While following changes: a stalled PUT is retried.
-    let _run = Running(agent.spawn(&["run"]));
-    assert!(
-        wait_until(30, || agent.log().contains("objects in step")),
-        "{}",
-        agent.log()
-    );
+    let _run = w.run();
+    w.wait_in_step(1, 30);
     proxy.stall_next_of("PUT", 2);
-    dir.modify(&retitle_ldif(&o, 0..3, "t1"));
-    let took = wait_converged(&dir, &o, &scim, &BTreeSet::new(), 40)
-        .unwrap_or_else(|why| panic!("{why}\n{}", log_tail(&agent, 30)));
+    dir.modify(&retitle_ldif(o, 0..3, "t1"));
+    let took = w.converge("stalled PUTs", 40);
     eprintln!(
         "run: 3 changes, 2 stalled PUTs: converged in {:.1} s",
         took.as_secs_f64()
@@ -730,14 +775,14 @@ fn a_response_stalled_mid_body_times_out_and_the_retry_duplicates_nothing() {
 
 #[test]
 fn connections_cut_mid_run_converge_without_duplicates() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "fcut");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 60, "t0"));
-    dir.modify(&group_ldif(&o, "f-cut", 0..30));
-    let scim = ScimServer::start();
-    let proxy = Arc::new(FaultProxy::http(scim.port));
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
+    let w = World::new("fcut", 60, Some(("f-cut", 0..30)));
+    let World {
+        dir,
+        o,
+        proxy,
+        agent,
+        ..
+    } = &w;
     agent.edit_config("max_attempts = 2", "max_attempts = 4");
     let cutting = Arc::new(AtomicBool::new(true));
     let cutter = {
@@ -754,28 +799,22 @@ fn connections_cut_mid_run_converge_without_duplicates() {
         })
     };
     let t0 = Instant::now();
-    let _run = Running(agent.spawn(&["run"]));
+    let _run = w.run();
     // First pass under cuts; then 3 rounds of changes under cuts.
     std::thread::sleep(Duration::from_secs(4));
     for round in 1..=3 {
-        dir.modify(&retitle_ldif(&o, 0..60, &format!("r{round}")));
+        dir.modify(&retitle_ldif(o, 0..60, &format!("r{round}")));
         std::thread::sleep(Duration::from_secs(1));
     }
     // New connections accepted and closed at once, for 2 s, on top of the cuts.
     proxy.set_mode(Mode::Drop);
-    dir.modify(&retitle_ldif(&o, 0..60, "r4"));
+    dir.modify(&retitle_ldif(o, 0..60, "r4"));
     std::thread::sleep(Duration::from_secs(2));
     proxy.pass();
     std::thread::sleep(Duration::from_secs(2));
     cutting.store(false, Ordering::SeqCst);
     let (cuts, closed) = cutter.join().unwrap();
-    let took = wait_converged(&dir, &o, &scim, &BTreeSet::new(), 90).unwrap_or_else(|why| {
-        panic!(
-            "{why}\nproxy: {}\nlog:\n{}",
-            summary(&proxy.events()),
-            log_tail(&agent, 40)
-        )
-    });
+    let took = w.converge("after the cuts", 90);
     eprintln!(
         "run under {cuts} cuts ({closed} connections closed mid-request) over {:.0} s: converged {:.1} s after the cuts stopped; {}",
         (t0.elapsed() - took).as_secs_f64(),
@@ -798,17 +837,16 @@ fn a_long_scim_outage_queues_changes_and_drains_after_it() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "foutage");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 20, "t0"));
-    dir.modify(&group_ldif(&o, "f-outage", 0..10));
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
-    let _run = Running(agent.spawn(&["run"]));
-    wait_converged(&dir, &o, &scim, &BTreeSet::new(), 60)
-        .unwrap_or_else(|why| panic!("first pass: {why}\n{}", agent.log()));
+    let w = World::new("foutage", 20, Some(("f-outage", 0..10)));
+    let World {
+        dir,
+        o,
+        scim,
+        proxy,
+        agent,
+        ..
+    } = &w;
+    let _run = w.run_first_pass();
 
     proxy.outage();
     let t0 = Instant::now();
@@ -822,13 +860,13 @@ fn a_long_scim_outage_queues_changes_and_drains_after_it() {
     while t0.elapsed() < Duration::from_secs(outage) {
         step += 1;
         dir.modify(&retitle_ldif(
-            &o,
+            o,
             std::iter::once((step % 19) as usize),
             &format!("o{step}"),
         ));
         changes += 1;
         if step.is_multiple_of(10) && next_user < 120 {
-            dir.modify(&users_ldif(&o, next_user, next_user + 1, "new"));
+            dir.modify(&users_ldif(o, next_user, next_user + 1, "new"));
             next_user += 1;
             changes += 1;
         }
@@ -841,18 +879,18 @@ fn a_long_scim_outage_queues_changes_and_drains_after_it() {
         }
         if step == outage / 2 {
             let dn = format!("uid=f019,{o}");
-            gone.insert(uuid_of(&dir, &dn));
+            gone.insert(uuid_of(dir, &dn));
             dir.modify(&format!("dn: {dn}\nchangetype: delete\n\n"));
             changes += 1;
         }
         if step % 10 == 1 {
-            if let Some(d) = queue_depth(&agent) {
+            if let Some(d) = queue_depth(agent) {
                 depths.push((t0.elapsed().as_secs(), d));
             }
         }
         std::thread::sleep(Duration::from_millis(1000));
     }
-    let depth_at_end = queue_depth(&agent).unwrap_or(0);
+    let depth_at_end = queue_depth(agent).unwrap_or(0);
     depths.push((t0.elapsed().as_secs(), depth_at_end));
     eprintln!(
         "outage of {} s: {changes} directory changes; queue depth over time (s, changes): {depths:?}",
@@ -863,16 +901,15 @@ fn a_long_scim_outage_queues_changes_and_drains_after_it() {
         "the queue should hold the changes made during the outage: {depth_at_end} of {changes}"
     );
     assert!(
-        converged(&dir, &o, &scim, &gone).is_err(),
+        converged(dir, o, scim, &gone).is_err(),
         "nothing can arrive during the outage"
     );
     let refused_log = agent.log();
     proxy.pass();
     let t1 = Instant::now();
-    let took = wait_converged(&dir, &o, &scim, &gone, 120)
-        .unwrap_or_else(|why| panic!("after the outage: {why}\nlog:\n{}", log_tail(&agent, 40)));
+    let took = w.converge_with_gone("after the outage", &gone, 120);
     assert!(
-        wait_until(30, || queue_depth(&agent) == Some(0)),
+        wait_until(30, || queue_depth(agent) == Some(0)),
         "queue drained"
     );
     eprintln!(
@@ -893,18 +930,21 @@ fn a_long_scim_outage_queues_changes_and_drains_after_it() {
 
 #[test]
 fn the_ldap_link_refused_mid_pass_and_mid_feed_reconnects_and_converges() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "fldap");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 300, "t0"));
-    dir.modify(&group_ldif(&o, "f-ldap", 0..100));
-    let scim = ScimServer::start();
-    let ldap = FaultProxy::tcp(ldap_port(&dir.url));
-    let mut via = dir.clone();
+    // The agent talks to the SCIM server directly, to slapd through the proxy.
+    let mut w = World::new("fldap", 300, Some(("f-ldap", 0..100)));
+    let ldap = FaultProxy::tcp(ldap_port(&w.dir.url));
+    let mut via = w.dir.clone();
     via.url = format!("ldap://127.0.0.1:{}", ldap.port);
-    let agent = Agent::new(&via, &[&o], &scim.base_url(), &scim.token, "");
+    w.agent = Agent::new(&via, &[&w.o], &w.scim.base_url(), &w.scim.token, "");
+    let World {
+        dir,
+        o,
+        scim,
+        agent,
+        ..
+    } = &w;
     agent.edit_config("base_dn = ", "page_size = 20\nbase_dn = ");
-    let _run = Running(agent.spawn(&["run"]));
+    let _run = w.run();
     // Mid-pass: once some users have arrived.
     assert!(
         wait_until(60, || scim.all("Users").len() >= 20),
@@ -916,38 +956,24 @@ fn the_ldap_link_refused_mid_pass_and_mid_feed_reconnects_and_converges() {
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
     ldap.pass();
-    let took = wait_converged(&dir, &o, &scim, &BTreeSet::new(), 90).unwrap_or_else(|why| {
-        panic!(
-            "after the cut mid-pass: {why}\nlog:\n{}",
-            log_tail(&agent, 40)
-        )
-    });
+    let took = w.converge("after the cut mid-pass", 90);
     eprintln!(
         "LDAP refused for 10 s mid-pass (at {at} of 300 users): converged {:.1} s after it came back ({:.1} s after the cut)",
         took.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(
-        wait_until(20, || agent.log().matches("objects in step").count() >= 1),
-        "{}",
-        agent.log()
-    );
+    w.wait_in_step(1, 20);
 
     // Mid-feed: changes during the cut and after it.
     let passes_before = agent.log().matches("full pass owed").count();
     ldap.outage();
     let t0 = Instant::now();
-    dir.modify(&retitle_ldif(&o, 0..100, "during-cut"));
-    dir.modify(&users_ldif(&o, 300, 305, "during-cut"));
+    dir.modify(&retitle_ldif(o, 0..100, "during-cut"));
+    dir.modify(&users_ldif(o, 300, 305, "during-cut"));
     std::thread::sleep(Duration::from_secs(10));
     ldap.pass();
-    dir.modify(&retitle_ldif(&o, 100..150, "after-cut"));
-    let took = wait_converged(&dir, &o, &scim, &BTreeSet::new(), 90).unwrap_or_else(|why| {
-        panic!(
-            "after the cut mid-feed: {why}\nlog:\n{}",
-            log_tail(&agent, 40)
-        )
-    });
+    dir.modify(&retitle_ldif(o, 100..150, "after-cut"));
+    let took = w.converge("after the cut mid-feed", 90);
     let log = agent.log();
     eprintln!(
         "LDAP refused for 10 s mid-feed: converged {:.1} s after it came back ({:.1} s after the cut); {} full passes",
@@ -1027,13 +1053,8 @@ fn fill(path: &std::path::Path) -> u64 {
 
 #[test]
 fn a_full_state_directory_is_reported_by_path_and_loses_nothing() {
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "fdisk");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 10, "t0"));
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
+    let w = World::new("fdisk", 10, None);
+    let World { dir, o, agent, .. } = &w;
     let state = agent.tmp.path().join("state");
     let _fs = match Tmpfs::mount(&state, "2m") {
         Ok(m) => m,
@@ -1042,16 +1063,14 @@ fn a_full_state_directory_is_reported_by_path_and_loses_nothing() {
             return;
         }
     };
-    let mut run = Running(agent.spawn(&["run"]));
-    wait_converged(&dir, &o, &scim, &BTreeSet::new(), 60)
-        .unwrap_or_else(|why| panic!("first pass: {why}\n{}", agent.log()));
-    assert!(wait_until(20, || agent.log().contains("objects in step")));
+    let mut run = w.run_first_pass();
+    w.wait_in_step(1, 20);
 
     let filler = state.join("filler");
     let filled = fill(&filler);
     let t0 = Instant::now();
-    dir.modify(&retitle_ldif(&o, 0..10, "while-full"));
-    dir.modify(&users_ldif(&o, 10, 12, "while-full"));
+    dir.modify(&retitle_ldif(o, 0..10, "while-full"));
+    dir.modify(&users_ldif(o, 10, 12, "while-full"));
     let reported = wait_until(30, || agent.log().contains("disk full"));
     let log = agent.log();
     let line = log
@@ -1063,7 +1082,7 @@ fn a_full_state_directory_is_reported_by_path_and_loses_nothing() {
         "filled the 2 MiB state dir with {filled} bytes; after {:.1} s the agent says: {line}",
         t0.elapsed().as_secs_f64()
     );
-    assert!(reported, "no disk-full report: {}", log_tail(&agent, 30));
+    assert!(reported, "no disk-full report: {}", log_tail(agent, 30));
     assert!(
         line.contains(&state.display().to_string()),
         "the report names the path under the state directory: {line}"
@@ -1074,8 +1093,7 @@ fn a_full_state_directory_is_reported_by_path_and_loses_nothing() {
     );
     std::fs::remove_file(&filler).unwrap();
     let t1 = Instant::now();
-    let took = wait_converged(&dir, &o, &scim, &BTreeSet::new(), 90)
-        .unwrap_or_else(|why| panic!("after freeing space: {why}\nlog:\n{}", log_tail(&agent, 30)));
+    let took = w.converge("after freeing space", 90);
     eprintln!(
         "space freed: converged in {:.1} s ({:.1} s after the first change)",
         took.as_secs_f64(),
@@ -1246,19 +1264,17 @@ fn the_agents_clock_jumping_a_day_forward_and_back_loses_and_duplicates_nothing(
     ) else {
         return;
     };
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "fclock");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 10, "t0"));
-    dir.modify(&group_ldif(&o, "f-clock", 0..5));
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(&dir, &[&o], &proxy.http_url("/v2"), &scim.token, "");
-    let none = BTreeSet::new();
-    let (child, clock) = spawn_with_clock(&agent, &lib, "+0");
+    let w = World::new("fclock", 10, Some(("f-clock", 0..5)));
+    let World {
+        dir,
+        o,
+        proxy,
+        agent,
+        ..
+    } = &w;
+    let (child, clock) = spawn_with_clock(agent, &lib, "+0");
     let _run = Running(child);
-    wait_converged(&dir, &o, &scim, &none, 60)
-        .unwrap_or_else(|why| panic!("first pass: {why}\n{}", agent.log()));
+    w.converge("first pass", 60);
     // Forward a day and an hour: the periodic full pass (daily) falls due at once, while
     // changes keep coming; then back to the real time (the last pass is "in the future"),
     // then ten years back.
@@ -1266,14 +1282,9 @@ fn the_agents_clock_jumping_a_day_forward_and_back_loses_and_duplicates_nothing(
         let user = 10 + step;
         clock.set(offset);
         std::thread::sleep(Duration::from_millis(1500));
-        dir.modify(&retitle_ldif(&o, 0..10, &format!("c{step}")));
-        dir.modify(&users_ldif(&o, user, user + 1, "new"));
-        let took = wait_converged(&dir, &o, &scim, &none, 45).unwrap_or_else(|why| {
-            panic!(
-                "after the clock jumped to {offset}: {why}\n{}",
-                log_tail(&agent, 30)
-            )
-        });
+        dir.modify(&retitle_ldif(o, 0..10, &format!("c{step}")));
+        dir.modify(&users_ldif(o, user, user + 1, "new"));
+        let took = w.converge(&format!("after the clock jumped to {offset}"), 45);
         eprintln!(
             "agent clock {offset}: 11 changes converged in {:.1} s; full passes so far: {}",
             took.as_secs_f64(),
@@ -1284,7 +1295,7 @@ fn the_agents_clock_jumping_a_day_forward_and_back_loses_and_duplicates_nothing(
     assert!(
         log.contains("periodic full pass is due"),
         "a day forward makes the daily pass due: {}",
-        log_tail(&agent, 20)
+        log_tail(agent, 20)
     );
     assert_eq!(created(&proxy.events()), 14, "no object created twice");
 }
@@ -1301,38 +1312,27 @@ fn the_timestamp_feed_survives_an_agent_clock_that_jumps_forward() {
     else {
         return;
     };
-    let dir = Dir::openldap();
-    let ou = TestOu::create(&dir, "fclockts");
-    let o = ou.dn.clone();
-    dir.modify(&users_ldif(&o, 0, 5, "t0"));
-    let scim = ScimServer::start();
-    let agent = Agent::new(
-        &dir,
-        &[&o],
-        &scim.base_url(),
-        &scim.token,
+    // The agent talks to the SCIM server directly and polls modifyTimestamp.
+    let mut w = World::new("fclockts", 5, None);
+    w.agent = Agent::new(
+        &w.dir,
+        &[&w.o],
+        &w.scim.base_url(),
+        &w.scim.token,
         "feed = \"timestamp\"\npoll_interval_secs = 1",
     );
-    let none = BTreeSet::new();
-    let (child, clock) = spawn_with_clock(&agent, &lib, "+0");
+    let World { dir, o, agent, .. } = &w;
+    let (child, clock) = spawn_with_clock(agent, &lib, "+0");
     let _run = Running(child);
-    wait_converged(&dir, &o, &scim, &none, 60)
-        .unwrap_or_else(|why| panic!("first pass: {why}\n{}", agent.log()));
-    dir.modify(&retitle_ldif(&o, 0..5, "before-jump"));
-    wait_converged(&dir, &o, &scim, &none, 30)
-        .unwrap_or_else(|why| panic!("before the jump: {why}\n{}", log_tail(&agent, 20)));
+    w.converge("first pass", 60);
+    dir.modify(&retitle_ldif(o, 0..5, "before-jump"));
+    w.converge("before the jump", 30);
     clock.set("+25h");
-    assert!(
-        wait_until(30, || agent.log().matches("objects in step").count() >= 2),
-        "the periodic pass after the jump: {}",
-        log_tail(&agent, 20)
-    );
-    dir.modify(&retitle_ldif(&o, 0..5, "after-jump"));
-    let r = wait_converged(&dir, &o, &scim, &none, 30);
-    assert!(
-        r.is_ok(),
-        "a change after the agent's clock jumped a day forward never arrives: {}\n{}",
-        r.unwrap_err(),
-        log_tail(&agent, 10)
+    // The periodic pass after the jump.
+    w.wait_in_step(2, 30);
+    dir.modify(&retitle_ldif(o, 0..5, "after-jump"));
+    w.converge(
+        "a change after the agent's clock jumped a day forward never arrives",
+        30,
     );
 }
