@@ -10,6 +10,8 @@
 //! Users created on the SCIM server get a random prefix, so parallel runs do not collide,
 //! and are deleted at the end.
 
+mod common;
+
 use std::io::{BufRead, BufReader as StdBufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -802,21 +804,6 @@ fn https_expired_certificate_is_refused_clearly() {
 // ---------------------------------------------------------------------------------------
 // SPKI pins and client certificates.
 
-/// Runs `openssl` with `args` in `dir`; panics with its output on failure.
-fn openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed by this test (Debian package openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// The pin of a PEM certificate as openssl computes it (the reference for our DER walk).
 fn openssl_pin(cert: &std::path::Path) -> String {
     let dir = std::env::temp_dir();
@@ -852,6 +839,7 @@ fn openssl_pin(cert: &std::path::Path) -> String {
     http::pin_string(&digest.try_into().expect("32 bytes"))
 }
 
+use common::pki::{openssl, ClientPki};
 use idrelay::relay::http;
 
 #[test]
@@ -919,87 +907,6 @@ fn https_pin_match_and_mismatch() {
     assert!(matches!(err, HttpError::Tls { .. }), "{err}");
 }
 
-/// A private client CA and a client certificate it issued, made with openssl in a temp dir.
-struct ClientPki {
-    dir: PathBuf,
-}
-
-impl ClientPki {
-    fn new() -> ClientPki {
-        let dir = std::env::temp_dir().join(format!(
-            "idrelay-mtls-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut ca = vec![
-            "req",
-            "-x509",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=idrelay test client CA",
-        ];
-        ca.extend(ec);
-        ca.extend(["-keyout", "client-ca.key", "-out", "client-ca.pem"]);
-        openssl(&dir, &ca);
-        let mut csr = vec!["req", "-subj", "/CN=idrelay-agent"];
-        csr.extend(ec);
-        csr.extend(["-keyout", "client.key", "-out", "client.csr"]);
-        openssl(&dir, &csr);
-        std::fs::write(
-            dir.join("client.ext"),
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-        )
-        .unwrap();
-        openssl(
-            &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "client.csr",
-                "-CA",
-                "client-ca.pem",
-                "-CAkey",
-                "client-ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "client.ext",
-                "-out",
-                "client.pem",
-            ],
-        );
-        ClientPki { dir }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("client-ca.pem")
-    }
-
-    fn cert(&self) -> http::ClientCert {
-        http::ClientCert {
-            cert_file: self.dir.join("client.pem"),
-            key_file: self.dir.join("client.key"),
-        }
-    }
-}
-
-impl Drop for ClientPki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn https_client_certificate_required_by_the_server() {
     let pki = ClientPki::new();
@@ -1064,7 +971,7 @@ fn client_certificate_with_the_wrong_key_is_refused_at_start() {
     .expect_err("mismatched key");
     eprintln!("mismatched key: {err}");
     assert!(matches!(err, HttpError::ClientCert { .. }), "{err}");
-    let key_pem = std::fs::read_to_string(other.dir.join("client.key")).unwrap();
+    let key_pem = std::fs::read_to_string(other.cert().key_file).unwrap();
     let key_body = key_pem.lines().nth(1).unwrap();
     assert!(!err.to_string().contains(key_body));
 }

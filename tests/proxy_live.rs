@@ -17,14 +17,14 @@ mod common;
 
 use std::io::{BufRead, BufReader as StdBufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::tinyproxy::{temp_dir, Tinyproxy, PASSWORD, USER};
+use common::pki::ClientPki;
+use common::tinyproxy::{Tinyproxy, PASSWORD, USER};
 use common::{
     wait_until, write_secret, Agent, Dir, Hub, Running, ScimServer, TestOu, HUB_SETTINGS,
 };
@@ -529,98 +529,6 @@ fn unreachable_proxy_is_a_connect_error_naming_it_and_no_proxy_bypasses_it() {
 
     let bypass = proxy.with_no_proxy(NoProxy::parse(&format!("127.0.0.1:{port}")));
     get(&client(Some(bypass)), &url).expect("direct thanks to no_proxy");
-}
-
-// ---------------------------------------------------------------------------------------
-// A throwaway client PKI (openssl).
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed by this test (Debian package openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct ClientPki {
-    dir: PathBuf,
-}
-
-impl ClientPki {
-    fn new() -> ClientPki {
-        let dir = temp_dir("proxy-mtls");
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut ca = vec![
-            "req",
-            "-x509",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=idrelay test client CA",
-        ];
-        ca.extend(ec);
-        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-        openssl(&dir, &ca);
-        let mut csr = vec!["req", "-subj", "/CN=idrelay-agent"];
-        csr.extend(ec);
-        csr.extend(["-keyout", "client.key", "-out", "client.csr"]);
-        openssl(&dir, &csr);
-        std::fs::write(
-            dir.join("client.ext"),
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=clientAuth\n",
-        )
-        .unwrap();
-        openssl(
-            &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "client.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "client.ext",
-                "-out",
-                "client.pem",
-            ],
-        );
-        ClientPki { dir }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    fn cert(&self) -> ClientCert {
-        ClientCert {
-            cert_file: self.dir.join("client.pem"),
-            key_file: self.dir.join("client.key"),
-        }
-    }
-}
-
-impl Drop for ClientPki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 // ---------------------------------------------------------------------------------------

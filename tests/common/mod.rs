@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 pub mod faultproxy;
+pub mod pki;
 pub mod tinyproxy;
 
 /// A required environment variable, or a failure that says how to get it.
