@@ -22,19 +22,17 @@
 //! ([`PassReport::unavailable`]) decides no deletes: it is to be run again (`run` does), and
 //! the pass that brings everything in step decides them, once, against the threshold.
 //!
-//! Memory (the pass holds one entry per in-scope object, so this is what grows with the
-//! directory): the scope map keeps no DN, only a 96-bit keyed hash of the normalised DN
-//! (SipHash with a per-process random key, on two domain-separated inputs) and the packed
-//! externalId, about 60 bytes an object; two DNs sharing such a hash is treated as
-//! impossible (odds about n²/2⁹⁷ per pass, 10⁻¹⁹ at 150,000 objects, and the key is secret,
-//! so it cannot be aimed at). Objects
-//! held back for a second visit are kept as DNs with their parent interned (`DnList`).
-//! What the index no longer finds in scope is computed with one bit per index record.
+//! Memory: nothing the pass holds per in-scope object stays in the process. The scope map
+//! (normalised DN → kind, externalId; and the set of in-scope externalIds) lives in
+//! [`DiskMap`] scratch files in the state directory, like the anchor index's working copy,
+//! so a pass over 150,000 objects costs about what one over 10,000 does (plus the page
+//! cache, which is not the process's). A scratch-file error stops the pass before it
+//! decides any delete (a lookup that failed is never taken for "out of scope"). What stays
+//! in memory is per object in flight or held back: the workers' jobs, a group's member ids,
+//! and the DNs held back for a second visit (`DnList`, their parent interned).
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault};
 use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
@@ -46,9 +44,10 @@ use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{
-    pack_key, representation_hash_with, split_parent, unpack_key, Anchor, AnchorIndex, PreHashed,
+    pack_key, representation_hash_with, split_parent, unpack_key, Anchor, AnchorIndex,
 };
 use crate::sync::deletes::{self, DeleteGate, Settled, Target};
+use crate::sync::diskmap::DiskMap;
 use crate::sync::dn;
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
@@ -202,80 +201,135 @@ enum Round {
     Final,
 }
 
-/// The key of a DN in the scope map: a 96-bit keyed hash of its normalised form (with the
-/// entry number, 16 bytes a bucket).
-type DnKey = (u64, u32);
-
-/// One in-scope object (12 bytes; its packed externalId lives in `ScopeMap::ext`).
-#[derive(Debug, Clone, Copy)]
+/// One in-scope object as the scope map holds it.
 struct InScope {
-    off: u32,
-    len: u32,
     kind: ResourceKind,
     visited: bool,
-}
-
-/// DN → (kind, externalId) for everything in scope; see the module doc for its layout.
-#[derive(Default)]
-struct ScopeMap {
-    keys: RandomState,
-    table: HashMap<DnKey, u32, BuildHasherDefault<PreHashed>>,
-    entries: Vec<InScope>,
-    /// Packed externalIds (`pack_key`), back to back.
+    /// Its externalId, packed ([`pack_key`]).
     ext: Vec<u8>,
 }
 
+/// Normalised DN → (kind, visited, externalId) for everything in scope, and the set of
+/// in-scope externalIds, both in scratch files (see the module doc). The first error of a
+/// scratch file is kept: the pass checks [`ScopeMap::check`] before it trusts the map for
+/// anything that decides a delete, and stops with it.
+struct ScopeMap {
+    by_dn: DiskMap,
+    exts: DiskMap,
+    users: usize,
+    groups: usize,
+    error: std::sync::Mutex<Option<std::io::Error>>,
+}
+
 impl ScopeMap {
-    fn key(&self, dn: &str) -> DnKey {
-        let n = dn::normalize(dn);
-        (
-            self.keys.hash_one((1u8, n.as_str())),
-            self.keys.hash_one((2u8, n.as_str())) as u32,
-        )
+    fn new(dir: &std::path::Path) -> std::io::Result<ScopeMap> {
+        let make = |name| {
+            DiskMap::new(dir, name, 0).or_else(|_| DiskMap::new(&std::env::temp_dir(), name, 0))
+        };
+        Ok(ScopeMap {
+            by_dn: make("scope map")?,
+            exts: make("scope map by anchor")?,
+            users: 0,
+            groups: 0,
+            error: std::sync::Mutex::new(None),
+        })
     }
 
-    fn get(&self, key: &DnKey) -> Option<u32> {
-        self.table.get(key).copied()
+    fn key(dn: &str) -> String {
+        dn::normalize(dn)
     }
 
-    fn insert(&mut self, key: DnKey, kind: ResourceKind, external_id: &str, visited: bool) {
-        let off = self.ext.len();
-        pack_key(external_id, &mut self.ext);
-        // 4 GiB of packed anchors is ~200 million objects; never treat one as out of scope
-        // (that would delete it), stop instead.
-        const FULL: &str = "scope map over 4 GiB of anchors";
-        let o = u32::try_from(off).expect(FULL);
-        let n = u32::try_from(self.ext.len() - off).expect(FULL);
-        let i = u32::try_from(self.entries.len()).expect(FULL);
-        self.entries.push(InScope {
-            off: o,
-            len: n,
-            kind,
-            visited,
+    fn keep(&self, e: std::io::Error) {
+        let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            log::error!("{e}");
+            *g = Some(e);
+        }
+    }
+
+    /// The first scratch-file error met, if any.
+    fn check(&self) -> Result<(), PassError> {
+        let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        match g.take() {
+            Some(e) => {
+                let again = std::io::Error::new(e.kind(), e.to_string());
+                *g = Some(e);
+                Err(PassError::State(again))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The object at normalised DN `key`; a read error is kept and reads as `Err(())`.
+    fn get(&self, key: &str) -> Result<Option<InScope>, ()> {
+        match self.by_dn.get(key.as_bytes()) {
+            Ok(None) => Ok(None),
+            Ok(Some(v)) if v.len() >= 2 => Ok(Some(InScope {
+                kind: if v[0] == 1 {
+                    ResourceKind::Group
+                } else {
+                    ResourceKind::User
+                },
+                visited: v[1] == 1,
+                ext: v[2..].to_vec(),
+            })),
+            Ok(Some(_)) => {
+                self.keep(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "scope map: a damaged record",
+                ));
+                Err(())
+            }
+            Err(e) => {
+                self.keep(e);
+                Err(())
+            }
+        }
+    }
+
+    /// Records (or re-records) the object at `key`.
+    fn set(&mut self, key: &str, kind: ResourceKind, ext: &[u8], visited: bool, new: bool) {
+        let mut v = Vec::with_capacity(2 + ext.len());
+        v.push(u8::from(kind == ResourceKind::Group));
+        v.push(u8::from(visited));
+        v.extend_from_slice(ext);
+        let r = self.by_dn.insert(key.as_bytes(), &v).and_then(|_| {
+            if new {
+                self.exts.insert(ext, &[])
+            } else {
+                Ok(())
+            }
         });
-        self.table.insert(key, i);
+        match r {
+            Ok(()) if new => match kind {
+                ResourceKind::User => self.users += 1,
+                ResourceKind::Group => self.groups += 1,
+            },
+            Ok(()) => {}
+            Err(e) => self.keep(e),
+        }
     }
 
-    fn packed_ext(&self, i: u32) -> &[u8] {
-        let e = self.entries[i as usize];
-        &self.ext[e.off as usize..(e.off + e.len) as usize]
+    fn insert(&mut self, key: &str, kind: ResourceKind, external_id: &str, visited: bool) {
+        let mut ext = Vec::with_capacity(external_id.len() + 1);
+        pack_key(external_id, &mut ext);
+        self.set(key, kind, &ext, visited, true);
     }
 
-    fn external_id(&self, i: u32) -> String {
-        unpack_key(self.packed_ext(i))
+    /// Whether a packed externalId is in scope.
+    fn has_ext(&self, packed: &[u8]) -> std::io::Result<bool> {
+        self.exts.contains(packed)
     }
 
     fn count(&self, kind: ResourceKind) -> usize {
-        self.entries.iter().filter(|e| e.kind == kind).count()
+        match kind {
+            ResourceKind::User => self.users,
+            ResourceKind::Group => self.groups,
+        }
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Every in-scope externalId, packed.
-    fn packed_exts(&self) -> impl Iterator<Item = &[u8]> {
-        (0..self.entries.len() as u32).map(|i| self.packed_ext(i))
+        self.users + self.groups
     }
 }
 
@@ -340,11 +394,15 @@ struct ScopeResolver<'a> {
 
 impl Resolver for ScopeResolver<'_> {
     fn resolve(&self, target: &str) -> Reference {
-        let Some(i) = self.scope.get(&self.scope.key(target)) else {
-            return Reference::OutOfScope;
+        let o = match self.scope.get(&ScopeMap::key(target)) {
+            Ok(Some(o)) => o,
+            Ok(None) => return Reference::OutOfScope,
+            // Never taken for "out of scope" (that would drop a member): held, and the pass
+            // stops on the kept error before it decides anything.
+            Err(()) => return Reference::Pending,
         };
-        let kind = self.scope.entries[i as usize].kind;
-        let external_id = self.scope.external_id(i);
+        let kind = o.kind;
+        let external_id = unpack_key(&o.ext);
         if let Some(id) = self.index.scim_id(kind, &external_id) {
             return Reference::Id(id);
         }
@@ -394,6 +452,7 @@ pub async fn full_pass(
     settings: &PassSettings,
 ) -> Result<PassReport, PassError> {
     let started = Instant::now();
+    let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
     let (jobs_tx, jobs_rx) = channel::bounded::<Job>(settings.concurrency * 2);
     let (done_tx, done_rx) = channel::unbounded::<Done>();
@@ -426,7 +485,7 @@ pub async fn full_pass(
         profile,
         settings,
         index,
-        scope: ScopeMap::default(),
+        scope,
         pretend: HashMap::new(),
         jobs: jobs_tx,
         results: done_rx,
@@ -454,22 +513,13 @@ pub async fn full_pass(
     result?;
     // The scan was complete (a failed read ended the pass above), so what the index knows
     // and the scan did not find is gone from scope. Objects seen again are no longer held.
-    let mut held: HashSet<Vec<u8>> = gate
-        .held()
-        .iter()
-        .map(|h| {
-            let mut p = Vec::new();
-            pack_key(&h.anchor, &mut p);
-            p
-        })
-        .collect();
+    pass.scope.check()?;
     let mut back = Vec::new();
-    for p in pass.scope.packed_exts() {
-        if held.is_empty() {
-            break;
-        }
-        if held.remove(p) {
-            back.push(unpack_key(p));
+    for h in gate.held() {
+        let mut p = Vec::new();
+        pack_key(&h.anchor, &mut p);
+        if pass.scope.has_ext(&p).map_err(PassError::State)? {
+            back.push(h.anchor.clone());
         }
     }
     for anchor in back {
@@ -485,8 +535,10 @@ pub async fn full_pass(
         );
         Vec::new()
     } else {
+        let scope = &pass.scope;
         pass.index
-            .unseen(pass.scope.packed_exts())
+            .unseen(|p| scope.has_ext(p))
+            .map_err(PassError::State)?
             .into_iter()
             .map(|(x, a)| {
                 Target::of(
@@ -497,8 +549,6 @@ pub async fn full_pass(
             })
             .collect()
     };
-    // Settling deletes needs no scope: give its memory back first.
-    pass.scope = ScopeMap::default();
     let mut report = std::mem::take(&mut pass.report);
     report.deletes = deletes::settle(
         scim,
@@ -625,18 +675,19 @@ impl Pass<'_> {
                     let entry = entry?;
                     seen += 1;
                     self.progress.tick(seen, 0);
-                    let key = self.scope.key(&entry.dn);
-                    if self.scope.get(&key).is_some() {
+                    let key = ScopeMap::key(&entry.dn);
+                    if !matches!(self.scope.get(&key), Ok(None)) {
                         continue;
                     }
                     match mapping::anchor_of(&entry, kind, self.profile) {
-                        Ok(external_id) => self.scope.insert(key, kind, &external_id, false),
+                        Ok(external_id) => self.scope.insert(&key, kind, &external_id, false),
                         // Reported when the object itself is mapped in its phase.
                         Err(e) => log::debug!("scope scan: {e}"),
                     }
                 }
             }
         }
+        self.scope.check()?;
         let users = self.scope.count(ResourceKind::User);
         log::info!(
             "scope: {} users, {} groups under {}",
@@ -651,14 +702,13 @@ impl Pass<'_> {
     /// object refers to something not provisioned yet and should be visited again.
     async fn handle(&mut self, entry: Entry, kind: ResourceKind, round: Round) -> Option<String> {
         let first_round = round == Round::First;
-        let key = self.scope.key(&entry.dn);
+        let key = ScopeMap::key(&entry.dn);
         if first_round {
-            if let Some(i) = self.scope.get(&key) {
-                let o = &mut self.scope.entries[i as usize];
+            if let Ok(Some(o)) = self.scope.get(&key) {
                 if o.visited {
                     return None; // overlapping include subtrees
                 }
-                o.visited = true;
+                self.scope.set(&key, o.kind, &o.ext, true, false);
             }
             match kind {
                 ResourceKind::User => self.report.users += 1,
@@ -680,8 +730,8 @@ impl Pass<'_> {
             }
         };
         // Created after the scan: in scope all the same.
-        if self.scope.get(&key).is_none() {
-            self.scope.insert(key, kind, &mapped.external_id, true);
+        if matches!(self.scope.get(&key), Ok(None)) {
+            self.scope.insert(&key, kind, &mapped.external_id, true);
         }
         if round != Round::Final && !mapped.pending.is_empty() {
             // Refers to something still being created: send it once, complete, after the
