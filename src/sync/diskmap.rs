@@ -211,6 +211,25 @@ impl DiskMap {
         self.maybe_compact()
     }
 
+    /// Overwrites the value of `key` in place when the new one has the same length (its
+    /// place in the iteration order stays); whether it did. A key that is absent, or a
+    /// value of another length, changes nothing (use [`DiskMap::insert`]).
+    pub fn overwrite(&mut self, key: &[u8], value: &[u8]) -> io::Result<bool> {
+        self.usable()?;
+        let h = self.hash(key);
+        let Some((_, off)) = self.probe(h, key).map_err(|e| self.err(e))?.found else {
+            return Ok(false);
+        };
+        let mut head = [0u8; HEADER];
+        read_exact_at(&self.log.file, &mut head, off).map_err(|e| self.err(e))?;
+        let (klen, vlen, _) = header(&head);
+        if vlen != value.len() {
+            return Ok(false);
+        }
+        self.guard(|m| write_all_at(&m.log.file, value, off + (HEADER + klen) as u64))?;
+        Ok(true)
+    }
+
     /// Removes `key`; whether it was present.
     pub fn remove(&mut self, key: &[u8]) -> io::Result<bool> {
         self.usable()?;
@@ -689,6 +708,10 @@ mod tests {
         assert_eq!(m.get(b"k7").unwrap().as_deref(), Some(&b"seven"[..]));
         assert_eq!(m.get(b"k8").unwrap(), None);
         assert!(m.contains(b"k4999").unwrap());
+        assert!(m.overwrite(b"k3", &9u32.to_le_bytes()).unwrap());
+        assert!(!m.overwrite(b"k3", b"longer").unwrap(), "another length");
+        assert!(!m.overwrite(b"absent", b"1234").unwrap());
+        assert_eq!(m.get(b"k3").unwrap(), Some(9u32.to_le_bytes().to_vec()));
         let items = all(&m);
         assert_eq!(items.len(), 4999);
         assert_eq!(items.last().unwrap().0, b"k7");

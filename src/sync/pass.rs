@@ -209,6 +209,15 @@ struct InScope {
     ext: Vec<u8>,
 }
 
+/// The scope map's record of one object: kind, visited, packed externalId.
+fn in_scope_value(kind: ResourceKind, visited: bool, ext: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(2 + ext.len());
+    v.push(u8::from(kind == ResourceKind::Group));
+    v.push(u8::from(visited));
+    v.extend_from_slice(ext);
+    v
+}
+
 /// Normalised DN → (kind, visited, externalId) for everything in scope, and the set of
 /// in-scope externalIds, both in scratch files (see the module doc). The first error of a
 /// scratch file is kept: the pass checks [`ScopeMap::check`] before it trusts the map for
@@ -287,33 +296,35 @@ impl ScopeMap {
         }
     }
 
-    /// Records (or re-records) the object at `key`.
-    fn set(&mut self, key: &str, kind: ResourceKind, ext: &[u8], visited: bool, new: bool) {
-        let mut v = Vec::with_capacity(2 + ext.len());
-        v.push(u8::from(kind == ResourceKind::Group));
-        v.push(u8::from(visited));
-        v.extend_from_slice(ext);
-        let r = self.by_dn.insert(key.as_bytes(), &v).and_then(|_| {
-            if new {
-                self.exts.insert(ext, &[])
-            } else {
-                Ok(())
-            }
-        });
-        match r {
-            Ok(()) if new => match kind {
-                ResourceKind::User => self.users += 1,
-                ResourceKind::Group => self.groups += 1,
-            },
-            Ok(()) => {}
+    /// Marks the object at `key` visited (in place: its record keeps its size).
+    fn mark_visited(&mut self, key: &str, o: &InScope) {
+        match self
+            .by_dn
+            .overwrite(key.as_bytes(), &in_scope_value(o.kind, true, &o.ext))
+        {
+            Ok(true) => {}
+            Ok(false) => self.keep(std::io::Error::other(
+                "scope map: a record changed size or vanished",
+            )),
             Err(e) => self.keep(e),
         }
     }
 
+    /// Records a new in-scope object at `key`.
     fn insert(&mut self, key: &str, kind: ResourceKind, external_id: &str, visited: bool) {
         let mut ext = Vec::with_capacity(external_id.len() + 1);
         pack_key(external_id, &mut ext);
-        self.set(key, kind, &ext, visited, true);
+        let r = self
+            .by_dn
+            .insert(key.as_bytes(), &in_scope_value(kind, visited, &ext))
+            .and_then(|_| self.exts.insert(&ext, &[]));
+        match r {
+            Ok(()) => match kind {
+                ResourceKind::User => self.users += 1,
+                ResourceKind::Group => self.groups += 1,
+            },
+            Err(e) => self.keep(e),
+        }
     }
 
     /// Whether a packed externalId is in scope.
@@ -708,7 +719,7 @@ impl Pass<'_> {
                 if o.visited {
                     return None; // overlapping include subtrees
                 }
-                self.scope.set(&key, o.kind, &o.ext, true, false);
+                self.scope.mark_visited(&key, &o);
             }
             match kind {
                 ResourceKind::User => self.report.users += 1,
