@@ -495,3 +495,68 @@ fn manager_chains_and_cycles_settle_in_one_pass() {
         again.summary()
     );
 }
+
+/// Most users of a first pass held back at once (their manager comes last in the directory's
+/// order, so none of them can refer to it on first sight): the held round reads them with one
+/// more paged search instead of a read each, and every one is sent once, complete.
+#[test]
+fn hundreds_of_held_back_users_are_read_again_by_one_search_and_sent_once() {
+    const N: usize = 400;
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "held");
+    let o = &ou.dn;
+    let mut ldif = String::new();
+    for i in 0..N {
+        ldif.push_str(&format!(
+            "dn: uid=h{i},{o}\nobjectClass: inetOrgPerson\nuid: h{i}\ncn: H{i}\nsn: H\nmanager: uid=boss,{o}\n\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: uid=boss,{o}\nobjectClass: inetOrgPerson\nuid: boss\ncn: Boss\nsn: B\n\n"
+    ));
+    dir.modify(&ldif);
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
+    let first = agent.run(&["sync", "--once", "--quiet", "--log-level", "info"]);
+    first.assert_code(0);
+    assert!(
+        first
+            .summary()
+            .contains(&format!("writes: {} created, 0 replaced", N + 1)),
+        "each user created once: {}",
+        first.summary()
+    );
+    assert!(
+        first
+            .stderr
+            .contains(&format!("{N} users refer to objects created in this pass")),
+        "{}",
+        first.stderr
+    );
+    let boss = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=boss"))
+        .unwrap();
+    let users = scim.all("Users");
+    let mine: Vec<&Value> = users
+        .iter()
+        .filter(|u| u["userName"].as_str().is_some_and(|n| n.starts_with('h')))
+        .collect();
+    assert_eq!(mine.len(), N, "one resource per user, no duplicates");
+    for u in mine {
+        assert_eq!(
+            u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"],
+            boss["id"],
+            "{}",
+            u["userName"]
+        );
+    }
+    let again = agent.run(&["sync", "--once", "--quiet"]);
+    assert!(
+        again.summary().contains(&format!(
+            "writes: 0 created, 0 replaced, 0 patched; {} unchanged",
+            N + 1
+        )),
+        "{}",
+        again.summary()
+    );
+}

@@ -476,23 +476,6 @@ fn decode(v: &[u8]) -> Option<Anchor> {
     })
 }
 
-/// `(first RDN, rest of the DN from its separating comma)`; the two concatenate back to `dn`.
-pub(crate) fn split_parent(dn: &str) -> (&str, &str) {
-    let mut escaped = false;
-    for (i, c) in dn.char_indices() {
-        match c {
-            '\\' if !escaped => {
-                escaped = true;
-                continue;
-            }
-            ',' if !escaped => return dn.split_at(i),
-            _ => {}
-        }
-        escaped = false;
-    }
-    (dn, "")
-}
-
 const RAW: u8 = 0;
 const HEX_LOWER: u8 = 1;
 const HEX_UPPER: u8 = 2;

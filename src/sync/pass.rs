@@ -28,8 +28,8 @@
 //! so a pass over 150,000 objects costs about what one over 10,000 does (plus the page
 //! cache, which is not the process's). A scratch-file error stops the pass before it
 //! decides any delete (a lookup that failed is never taken for "out of scope"). What stays
-//! in memory is per object in flight or held back: the workers' jobs, a group's member ids,
-//! and the DNs held back for a second visit (`DnList`, their parent interned).
+//! in memory is per object in flight: the workers' jobs and a group's member ids.
+//! Objects held back for a second visit are listed in a scratch file too (`HeldList`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -43,9 +43,7 @@ use crate::scim::client::{ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
-use crate::sync::anchors::{
-    pack_key, representation_hash_with, split_parent, unpack_key, Anchor, AnchorIndex,
-};
+use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
 use crate::sync::deletes::{self, DeleteGate, Settled, Target};
 use crate::sync::diskmap::DiskMap;
 use crate::sync::dn;
@@ -201,6 +199,10 @@ enum Round {
     Final,
 }
 
+/// Held-back objects above which a round reads them with a paged search of the scope
+/// rather than one read each.
+const RESCAN_MIN: usize = 256;
+
 /// One in-scope object as the scope map holds it.
 struct InScope {
     kind: ResourceKind,
@@ -344,54 +346,61 @@ impl ScopeMap {
     }
 }
 
-/// DNs to visit again, compact: each is its first RDN plus an interned parent.
-#[derive(Default)]
-struct DnList {
-    rdns: String,
-    /// (end of the RDN in `rdns`, parent index).
-    items: Vec<(u32, u32)>,
-    parents: Vec<String>,
-    parent_ids: HashMap<String, u32>,
+/// DNs to visit again (held back), in the order they were met, each once; in a scratch
+/// file like the scope map, since on a first pass most objects may be held (every user
+/// whose manager is still being created).
+struct HeldList {
+    dns: DiskMap,
 }
 
-impl DnList {
-    fn push(&mut self, dn: &str) {
-        let (rdn, parent) = split_parent(dn);
-        let p = match self.parent_ids.get(parent) {
-            Some(p) => *p,
-            None => {
-                let p = self.parents.len() as u32;
-                self.parents.push(parent.to_string());
-                self.parent_ids.insert(parent.to_string(), p);
-                p
-            }
-        };
-        self.rdns.push_str(rdn);
-        // 4 GiB of RDNs held back at once is ~200 million objects.
-        let end = u32::try_from(self.rdns.len()).expect("over 4 GiB of DNs held back");
-        self.items.push((end, p));
+impl HeldList {
+    fn new(dir: &std::path::Path) -> Result<HeldList, PassError> {
+        DiskMap::new(dir, "held-back list", 0)
+            .or_else(|_| DiskMap::new(&std::env::temp_dir(), "held-back list", 0))
+            .map(|dns| HeldList { dns })
+            .map_err(PassError::State)
+    }
+
+    fn push(&mut self, dn: &str) -> Result<(), PassError> {
+        self.dns
+            .insert(dn::normalize(dn).as_bytes(), dn.as_bytes())
+            .map_err(PassError::State)
+    }
+
+    /// Takes the DN out if it was held (what a rescan visits, it visits once).
+    fn take(&mut self, dn: &str) -> Result<bool, PassError> {
+        self.dns
+            .remove(dn::normalize(dn).as_bytes())
+            .map_err(PassError::State)
     }
 
     fn len(&self) -> usize {
-        self.items.len()
+        self.dns.len() as usize
     }
 
     fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.dns.is_empty()
     }
 
-    fn get(&self, i: usize) -> String {
-        let start = if i == 0 {
-            0
-        } else {
-            self.items[i - 1].0 as usize
-        };
-        let (end, p) = self.items[i];
-        let end = end as usize;
-        let mut dn = String::with_capacity(end - start + self.parents[p as usize].len());
-        dn.push_str(&self.rdns[start..end]);
-        dn.push_str(&self.parents[p as usize]);
-        dn
+    /// A copy (the rounds that send the rest as it is visit the same list twice).
+    fn copy(&self, dir: &std::path::Path) -> Result<HeldList, PassError> {
+        let mut c = HeldList::new(dir)?;
+        for r in self.dns.iter() {
+            let (key, dn) = r.map_err(PassError::State)?;
+            c.dns.insert(&key, &dn).map_err(PassError::State)?;
+        }
+        Ok(c)
+    }
+
+    /// Every held DN, in order (only for short lists: see [`RESCAN_MIN`]).
+    fn all(&self) -> Result<Vec<String>, PassError> {
+        self.dns
+            .iter()
+            .map(|r| {
+                r.map(|(_, dn)| String::from_utf8_lossy(&dn).into_owned())
+                    .map_err(PassError::State)
+            })
+            .collect()
     }
 }
 
@@ -595,18 +604,18 @@ impl Pass<'_> {
             let attrs = self.profile.ldap_attributes(kind);
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let filter = self.filter(kind).to_string();
-            let mut revisit = DnList::default();
+            let mut revisit = HeldList::new(self.index.state_dir())?;
             for base in &self.settings.include {
                 let mut stream = self.dir.search(base, Scope::Subtree, &filter, &attr_refs);
                 while let Some(entry) = stream.next().await {
                     let entry = entry?;
                     if let Some(dn) = self.handle(entry, kind, Round::First).await {
-                        revisit.push(&dn);
+                        revisit.push(&dn)?;
                     }
                 }
             }
             self.drain().await;
-            self.settle(kind, revisit, &attr_refs).await?;
+            self.settle(kind, revisit, &filter, &attr_refs).await?;
         }
         Ok(())
     }
@@ -615,11 +624,14 @@ impl Pass<'_> {
     /// Rounds repeat while they make progress (a chain of managers resolves one link per
     /// round); when a round makes none (a reference cycle, or the target failed), the rest
     /// is sent as it is, then once more so that references created by that send are
-    /// filled in.
+    /// filled in. A round over more than [`RESCAN_MIN`] objects reads them with one more
+    /// paged search of the scope instead of one read each (on a first pass most users may
+    /// be held, waiting for their manager).
     async fn settle(
         &mut self,
         kind: ResourceKind,
-        mut held: DnList,
+        mut held: HeldList,
+        filter: &str,
         attrs: &[&str],
     ) -> Result<(), PassError> {
         if !held.is_empty() {
@@ -631,28 +643,70 @@ impl Pass<'_> {
         }
         while !held.is_empty() {
             let before = held.len();
-            let mut next = DnList::default();
-            for i in 0..held.len() {
-                if let Some(entry) = self.reread(&held.get(i), attrs).await? {
-                    if let Some(dn) = self.handle(entry, kind, Round::Held).await {
-                        next.push(&dn);
-                    }
-                }
-            }
+            let mut next = HeldList::new(self.index.state_dir())?;
+            self.visit(kind, &mut held, filter, attrs, Round::Held, Some(&mut next))
+                .await?;
             drop(held);
             self.drain().await;
             if next.len() == before {
                 for _ in 0..2 {
-                    for i in 0..next.len() {
-                        if let Some(entry) = self.reread(&next.get(i), attrs).await? {
-                            self.handle(entry, kind, Round::Final).await;
-                        }
-                    }
+                    let mut again = next.copy(self.index.state_dir())?;
+                    self.visit(kind, &mut again, filter, attrs, Round::Final, None)
+                        .await?;
                     self.drain().await;
                 }
                 break;
             }
             held = next;
+        }
+        Ok(())
+    }
+
+    /// Handles every object of `held` once (in `round`), pushing what is still to be
+    /// visited again to `next`. Empties `held` when it rescans.
+    async fn visit(
+        &mut self,
+        kind: ResourceKind,
+        held: &mut HeldList,
+        filter: &str,
+        attrs: &[&str],
+        round: Round,
+        mut next: Option<&mut HeldList>,
+    ) -> Result<(), PassError> {
+        if held.len() > RESCAN_MIN {
+            let bases = self.settings.include.clone();
+            for base in &bases {
+                let mut stream = self.dir.search(base, Scope::Subtree, filter, attrs);
+                while let Some(entry) = stream.next().await {
+                    let entry = entry?;
+                    if !held.take(&entry.dn)? {
+                        continue;
+                    }
+                    if let Some(dn) = self.handle(entry, kind, round).await {
+                        if let Some(n) = next.as_deref_mut() {
+                            n.push(&dn)?;
+                        }
+                    }
+                }
+            }
+            // Held but not found again: gone since (the next pass sees it).
+            if !held.is_empty() {
+                log::info!(
+                    "{} held {}s disappeared during the pass; the next pass sees them",
+                    held.len(),
+                    kind.word()
+                );
+            }
+            return Ok(());
+        }
+        for dn in held.all()? {
+            if let Some(entry) = self.reread(&dn, attrs).await? {
+                if let Some(dn) = self.handle(entry, kind, round).await {
+                    if let Some(n) = next.as_deref_mut() {
+                        n.push(&dn)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
