@@ -165,12 +165,7 @@ async fn provision_group(
         }
         let created = match scim.create(job.kind, attrs).await {
             Ok(c) => c,
-            Err(e) if e.is_ambiguous_write() => {
-                match scim.find_by_external_id(job.kind, &job.external_id).await? {
-                    Some(found) => found,
-                    None => scim.create(job.kind, attrs).await?,
-                }
-            }
+            Err(e) if e.is_ambiguous_write() => create_again(scim, job, attrs).await?,
             Err(e) => return Err(e),
         };
         fresh = true;
@@ -311,17 +306,40 @@ async fn provision_inner(
     match scim.create(job.kind, body).await {
         Ok(created) => Ok(Outcome::Created(resource_id(&created)?)),
         Err(e) if e.is_ambiguous_write() => {
-            // The POST may have been applied before the link broke: look before retrying.
-            if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
-                return Ok(Outcome::Created(resource_id(&found)?));
-            }
-            let created = scim.create(job.kind, body).await?;
+            let created = create_again(scim, job, body).await?;
             Ok(Outcome::Created(resource_id(&created)?))
         }
         Err(e) if e.status() == Some(409) && job.kind == ResourceKind::User => {
             soft_match(scim, job, mode, e).await
         }
         Err(e) => Err(e),
+    }
+}
+
+/// After a POST whose outcome is unknown (the link broke before its answer): the resource
+/// the endpoint holds under the object's externalId, else the result of creating it again.
+/// The first POST may still be in the endpoint's hands when it is looked up, and land
+/// before the second one: a 409 on the second POST means exactly that when the endpoint
+/// now holds our externalId, so it is looked up once more before anything is reported.
+async fn create_again(scim: &ScimClient, job: &Job, body: &Value) -> Result<Value, ScimError> {
+    if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
+        return Ok(found);
+    }
+    match scim.create(job.kind, body).await {
+        Err(e) if e.status() == Some(409) => {
+            match scim.find_by_external_id(job.kind, &job.external_id).await? {
+                Some(found) => {
+                    log::info!(
+                        "{} {}: the create whose answer was lost landed late; using it",
+                        job.kind.word(),
+                        job.dn
+                    );
+                    Ok(found)
+                }
+                None => Err(e),
+            }
+        }
+        other => other,
     }
 }
 

@@ -64,6 +64,11 @@ pub enum Fault {
     Stall,
     /// Forward as usual (a placeholder that puts the faults behind it further on).
     Forward,
+    /// Close the client's connection without an answer and keep the request; it reaches
+    /// the server only after the next request has been processed there, before that
+    /// request's answer goes back (a write the server finishes late, after the client's
+    /// lookup, like a slow server behind a cut link).
+    Late,
 }
 
 /// What the proxy did with one request (HTTP) or connection (TCP).
@@ -81,6 +86,9 @@ pub enum Action {
     NoUpstream,
     /// Forwarded, but the connection was cut before any response came back.
     Cut,
+    /// Kept and closed unanswered ([`Fault::Late`]); forwarded after the next request
+    /// (the server's status then).
+    Late(Option<u16>),
 }
 
 /// One request or connection, as the proxy saw it.
@@ -105,6 +113,8 @@ struct Shared {
     events: Mutex<Vec<Event>>,
     open: Mutex<HashMap<u64, Vec<TcpStream>>>,
     next_id: AtomicU64,
+    /// Requests held by [`Fault::Late`], with their event index.
+    late: Mutex<Vec<(usize, Request)>>,
 }
 
 impl Shared {
@@ -174,6 +184,7 @@ impl FaultProxy {
             events: Mutex::new(Vec::new()),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            late: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let acceptor = std::thread::spawn(move || accept_loop(s, Some(listener), port));
@@ -240,6 +251,12 @@ impl FaultProxy {
     /// Like [`FaultProxy::stall_next`], for the next `n` requests with this method only.
     pub fn stall_next_of(&self, method: &str, n: usize) {
         self.queue(Some(method), n, Fault::Stall);
+    }
+
+    /// The next `n` requests with this method are answered by closing the connection and
+    /// reach the server late: see [`Fault::Late`].
+    pub fn late_next_of(&self, method: &str, n: usize) {
+        self.queue(Some(method), n, Fault::Late);
     }
 
     /// Lets the next `n` requests with this method through untouched, so that faults queued
@@ -516,6 +533,26 @@ fn serve_http(shared: &Arc<Shared>, mut client: TcpStream) {
                 let _ = client.flush();
                 hang(shared, &mut client);
             }
+        }
+        Some(Fault::Late) => {
+            let index = shared.record(&req.method, &req.path, Action::Late(None));
+            shared.late.lock().unwrap().push((index, req));
+        }
+        None | Some(Fault::Forward) if !shared.late.lock().unwrap().is_empty() => {
+            // This request first, then the held ones, then this request's answer.
+            let index = shared.record(&req.method, &req.path, Action::Forwarded(None));
+            let response = exchange(shared, &req);
+            let held = std::mem::take(&mut *shared.late.lock().unwrap());
+            for (at, late) in held {
+                let status = exchange(shared, &late).as_deref().and_then(status_of);
+                shared.set_action(at, Action::Late(status));
+            }
+            let status = response.as_deref().and_then(status_of);
+            if let Some(resp) = response {
+                let _ = client.write_all(&resp);
+                let _ = client.flush();
+            }
+            shared.set_action(index, Action::Forwarded(status));
         }
         None | Some(Fault::Forward) => {
             let index = shared.record(&req.method, &req.path, Action::Forwarded(None));
