@@ -32,8 +32,10 @@
 //! *broken*, and every later call fails with an error that says so. Owners treat a broken
 //! map as lost (the anchor index reloads its last saved file; a pass stops).
 //!
-//! Limits: keys and values under 2 GiB each; one reader/writer at a time per call (reads
-//! take `&self` and use positioned reads, so concurrent readers are fine).
+//! Limits: keys and values under 2 GiB each. Reads take `&self` and use positioned reads,
+//! so any number may run at once; writes take `&mut self`. Costs: a lookup is one or two
+//! positioned reads of the slot file (8 slots each) and one of the log; an insert adds two
+//! writes (three when it replaces a key).
 
 use std::collections::hash_map::RandomState;
 use std::fs::{File, OpenOptions};
