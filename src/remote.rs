@@ -32,8 +32,17 @@ use crate::writeback::WritePolicy;
 /// The file a cloud-pushed profile is kept in (inside the state directory).
 pub const CLOUD_PROFILE: &str = "cloud-profile.toml";
 
-/// How old the anchor-index snapshot the facade resolves references with may get.
+/// How old the anchor-index snapshot the facade resolves references with may get before
+/// the file is looked at again (it is reloaded only when the file changed).
 const INDEX_SNAPSHOT_AGE: Duration = Duration::from_secs(30);
+
+/// An anchor-index snapshot: when it was last checked, the file's (mtime, length) it was
+/// loaded from, and the index.
+type Snapshot = (
+    Instant,
+    Option<(std::time::SystemTime, u64)>,
+    Arc<AnchorIndex>,
+);
 
 /// Answers relay envelopes for one running agent.
 pub struct Remote {
@@ -63,7 +72,7 @@ pub struct Remote {
     pub writeback: WritePolicy,
     writer: Option<DirectoryWriter>,
     write_turn: smol::lock::Mutex<()>,
-    snapshot: Mutex<Option<(Instant, Arc<AnchorIndex>)>>,
+    snapshot: Mutex<Option<Snapshot>>,
 }
 
 impl Remote {
@@ -120,8 +129,16 @@ impl Remote {
 
     fn index(&self) -> Arc<AnchorIndex> {
         let mut g = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, ix)) = g.as_ref() {
+        let stamp = std::fs::metadata(self.state_dir.join(crate::sync::anchors::FILE_NAME))
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        if let Some((at, seen, ix)) = g.as_mut() {
             if at.elapsed() < INDEX_SNAPSHOT_AGE {
+                return ix.clone();
+            }
+            // Loading writes a working copy of the whole index: only when the file changed.
+            if stamp.is_some() && *seen == stamp {
+                *at = Instant::now();
                 return ix.clone();
             }
         }
@@ -131,7 +148,7 @@ impl Remote {
             );
             AnchorIndex::empty(&self.state_dir)
         }));
-        *g = Some((Instant::now(), ix.clone()));
+        *g = Some((Instant::now(), stamp, ix.clone()));
         ix
     }
 
