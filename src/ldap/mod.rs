@@ -669,26 +669,25 @@ impl fmt::Display for WriteError {
                 if !message.is_empty() {
                     write!(f, ": {message}")?;
                 }
-                if *applied > 0 {
-                    write!(
-                        f,
-                        " (after {applied} operation(s) of the same request were applied)"
-                    )?;
-                }
-                Ok(())
+                applied_note(f, *applied)
             }
             WriteError::Link { error, applied } => {
                 write!(f, "{error}")?;
-                if *applied > 0 {
-                    write!(
-                        f,
-                        " (after {applied} operation(s) of the same request were applied)"
-                    )?;
-                }
-                Ok(())
+                applied_note(f, *applied)
             }
         }
     }
+}
+
+/// How much of a multi-operation write request was applied before it failed.
+fn applied_note(f: &mut fmt::Formatter<'_>, applied: usize) -> fmt::Result {
+    if applied > 0 {
+        write!(
+            f,
+            " (after {applied} operation(s) of the same request were applied)"
+        )?;
+    }
+    Ok(())
 }
 
 impl std::error::Error for WriteError {}
