@@ -89,21 +89,18 @@ struct Line<'a> {
 pub const FILE_NAME: &str = "anchors.jsonl";
 
 impl AnchorIndex {
-    /// An empty index for `state_dir` (nothing read). Its working files go in `state_dir`;
-    /// when they cannot be made there (a missing or read-only state directory, in a
-    /// command that only reads), in the system's temporary directory.
+    /// An empty index for `state_dir` (nothing read). Its working files go in `state_dir`,
+    /// or where [`DiskMap::scratch`] falls back to.
     pub fn empty(state_dir: &Path) -> AnchorIndex {
         Self::with_capacity(state_dir, 0)
     }
 
     fn with_capacity(state_dir: &Path, capacity: u64) -> AnchorIndex {
-        let map = DiskMap::new(state_dir, "anchor index", capacity)
-            .or_else(|_| DiskMap::new(&std::env::temp_dir(), "anchor index", capacity))
-            .unwrap_or_else(|e| {
-                // Neither the state directory nor the temporary one takes a file: nothing
-                // else the agent does could work either.
-                panic!("cannot create the anchor index's working file: {e}")
-            });
+        let map = DiskMap::scratch(state_dir, "anchor index", capacity).unwrap_or_else(|e| {
+            // Neither the state directory nor the temporary one takes a file: nothing
+            // else the agent does could work either.
+            panic!("cannot create the anchor index's working file: {e}")
+        });
         AnchorIndex {
             path: state_dir.join(FILE_NAME),
             map,
@@ -324,7 +321,7 @@ impl AnchorIndex {
     /// lookups by externalId, never a duplicate), and the failure is returned.
     pub fn save(&mut self) -> io::Result<()> {
         if self.failed.load(Ordering::Relaxed) {
-            let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let dir = self.state_dir().to_path_buf();
             let again = AnchorIndex::load(&dir)?;
             *self = again;
             return Err(io::Error::other(format!(
@@ -349,7 +346,7 @@ impl AnchorIndex {
 
     /// Writes every record to a temporary file, then renames it over the index.
     fn write(&self) -> io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = self.state_dir();
         fs::create_dir_all(dir)?;
         let tmp = self.path.with_extension("jsonl.tmp");
         {
@@ -403,10 +400,8 @@ impl AnchorIndex {
     /// DN → externalId over the live records; for a DN several records share, the one
     /// recorded last wins (as when each was recorded in turn).
     fn build_dn_table(&self) -> io::Result<DiskMap> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut t = DiskMap::new(dir, "anchor index by DN", self.map.len()).or_else(|_| {
-            DiskMap::new(&std::env::temp_dir(), "anchor index by DN", self.map.len())
-        })?;
+        let dir = self.state_dir();
+        let mut t = DiskMap::scratch(dir, "anchor index by DN", self.map.len())?;
         for r in self.map.iter() {
             let (x, v) = r?;
             if let Some(a) = decode(&v) {

@@ -135,6 +135,13 @@ impl DiskMap {
         })
     }
 
+    /// [`DiskMap::new`] in `dir`, else (a missing or read-only state directory, in a
+    /// command that only reads) in the system's temporary directory; the error is `dir`'s.
+    pub fn scratch(dir: &Path, name: &'static str, capacity: u64) -> io::Result<DiskMap> {
+        DiskMap::new(dir, name, capacity)
+            .or_else(|e| DiskMap::new(&std::env::temp_dir(), name, capacity).map_err(|_| e))
+    }
+
     /// Number of entries.
     pub fn len(&self) -> u64 {
         self.live
@@ -188,10 +195,7 @@ impl DiskMap {
         let probe = self.probe(h, key).map_err(|e| self.err(e))?;
         let off = self.log_end;
         let mut rec = Vec::with_capacity(HEADER + key.len() + value.len());
-        rec.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        rec.extend_from_slice(key);
-        rec.extend_from_slice(value);
+        push_record(&mut rec, key, value);
         // Past the end of the log: a failure here changes nothing the map answers.
         write_all_at(&self.log.file, &rec, off).map_err(|e| self.err(e))?;
         let slot = probe.found.map_or(probe.free, |(s, _)| s);
@@ -430,10 +434,7 @@ impl DiskMap {
         for item in self.iter() {
             let (key, value) = item?;
             let off = end + out.len() as u64;
-            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            out.extend_from_slice(&key);
-            out.extend_from_slice(&value);
+            push_record(&mut out, &key, &value);
             place(&slots.file, self.n, self.hash(&key), off + 1)?;
             if out.len() >= WALK_CHUNK {
                 write_all_at(&log.file, &out, end)?;
@@ -539,6 +540,14 @@ impl Iterator for Walk<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         self.next_record()
     }
+}
+
+/// Appends one live log record (lengths checked by the caller).
+fn push_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
 }
 
 fn header(b: &[u8]) -> (usize, usize, bool) {

@@ -234,12 +234,9 @@ struct ScopeMap {
 
 impl ScopeMap {
     fn new(dir: &std::path::Path) -> std::io::Result<ScopeMap> {
-        let make = |name| {
-            DiskMap::new(dir, name, 0).or_else(|_| DiskMap::new(&std::env::temp_dir(), name, 0))
-        };
         Ok(ScopeMap {
-            by_dn: make("scope map")?,
-            exts: make("scope map by anchor")?,
+            by_dn: DiskMap::scratch(dir, "scope map", 0)?,
+            exts: DiskMap::scratch(dir, "scope map by anchor", 0)?,
             users: 0,
             groups: 0,
             error: std::sync::Mutex::new(None),
@@ -260,13 +257,11 @@ impl ScopeMap {
 
     /// The first scratch-file error met, if any.
     fn check(&self) -> Result<(), PassError> {
-        let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
-        match g.take() {
-            Some(e) => {
-                let again = std::io::Error::new(e.kind(), e.to_string());
-                *g = Some(e);
-                Err(PassError::State(again))
-            }
+        match &*self.error.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(PassError::State(std::io::Error::new(
+                e.kind(),
+                e.to_string(),
+            ))),
             None => Ok(()),
         }
     }
@@ -355,8 +350,7 @@ struct HeldList {
 
 impl HeldList {
     fn new(dir: &std::path::Path) -> Result<HeldList, PassError> {
-        DiskMap::new(dir, "held-back list", 0)
-            .or_else(|_| DiskMap::new(&std::env::temp_dir(), "held-back list", 0))
+        DiskMap::scratch(dir, "held-back list", 0)
             .map(|dns| HeldList { dns })
             .map_err(PassError::State)
     }
@@ -768,12 +762,15 @@ impl Pass<'_> {
     async fn handle(&mut self, entry: Entry, kind: ResourceKind, round: Round) -> Option<String> {
         let first_round = round == Round::First;
         let key = ScopeMap::key(&entry.dn);
+        // Only the first round can meet an object the scan did not see: a held object was
+        // recorded when it was first handled.
+        let mut unscanned = false;
         if first_round {
-            if let Ok(Some(o)) = self.scope.get(&key) {
-                if o.visited {
-                    return None; // overlapping include subtrees
-                }
-                self.scope.mark_visited(&key, &o);
+            match self.scope.get(&key) {
+                Ok(Some(o)) if o.visited => return None, // overlapping include subtrees
+                Ok(Some(o)) => self.scope.mark_visited(&key, &o),
+                Ok(None) => unscanned = true,
+                Err(()) => {}
             }
             match kind {
                 ResourceKind::User => self.report.users += 1,
@@ -795,7 +792,7 @@ impl Pass<'_> {
             }
         };
         // Created after the scan: in scope all the same.
-        if matches!(self.scope.get(&key), Ok(None)) {
+        if unscanned {
             self.scope.insert(&key, kind, &mapped.external_id, true);
         }
         if round != Round::Final && !mapped.pending.is_empty() {
@@ -809,8 +806,8 @@ impl Pass<'_> {
             // A dry run "created" it earlier in this pass: a real run would now PUT.
             self.pretend.get(&mapped.external_id).cloned()
         });
-        if known.as_ref().is_some_and(|a| a.hash == hash) {
-            if !self.settings.mode.dry_run {
+        if let Some(a) = known.as_ref().filter(|a| a.hash == hash) {
+            if !self.settings.mode.dry_run && a.dn != entry.dn {
                 // Renamed or moved with nothing to send: keep the index's DN current.
                 self.index.note_dn(&mapped.external_id, &entry.dn);
             }
