@@ -462,6 +462,10 @@ impl World {
 fn a_create_applied_after_the_lookup_is_found_not_failed() {
     let w = World::new("flate", 6, Some(("f-late", 0..6)));
     let World { proxy, agent, .. } = &w;
+    // One request at a time: the request after the late POST is its own lookup (with
+    // more in flight another object's request could come first and let the POST land
+    // before the lookup, which is no race at all).
+    agent.edit_config("concurrency = 4", "concurrency = 1");
     proxy.forward_next_of("POST", 2);
     proxy.late_next_of("POST", 1);
     let once = agent.run(&["sync", "--once"]);
