@@ -10,7 +10,7 @@ use crate::cli::exit;
 use crate::config::{Config, KindSetting};
 use crate::ldap::{self, Directory, DirectoryConfig, DirectoryKind, Scope};
 use crate::relay::http::{HttpClient, HttpConfig};
-use crate::scim::client::{ScimClient, ScimConfig};
+use crate::scim::client::{LookupProbe, ScimClient, ScimConfig};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::{merge_attributes, ProfileKind, SyncProfile};
 use crate::scim::ResourceKind;
@@ -268,6 +268,10 @@ impl CheckLines {
     fn ok(&mut self, name: &str, detail: impl AsRef<str>) {
         println!("{name:<10} OK    {}", detail.as_ref());
     }
+    /// Works, but not as an administrator would assume: said, without failing `check`.
+    fn warn(&mut self, name: &str, detail: impl AsRef<str>) {
+        println!("{name:<10} WARN  {}", detail.as_ref());
+    }
     fn fail(&mut self, name: &str, detail: impl AsRef<str>) {
         self.failed = true;
         println!("{name:<10} FAIL  {}", detail.as_ref());
@@ -357,11 +361,16 @@ async fn check_async(c: &Config) -> i32 {
                 Err(e) => out.fail("scim", e.to_string()),
             }
             // Discovery endpoints often answer without a token; a filtered read does not.
-            match scim
-                .find_by_external_id(ResourceKind::User, "idrelay-check-probe")
-                .await
-            {
-                Ok(_) => out.ok("scim auth", "bearer token accepted (GET /Users)"),
+            match scim.probe_lookups().await {
+                Ok(probe) => {
+                    out.ok("scim auth", "bearer token accepted (GET /Users)");
+                    match probe {
+                        p @ (LookupProbe::Verified { .. } | LookupProbe::Unverified) => {
+                            out.ok("scim lookup", p.to_string())
+                        }
+                        p => out.warn("scim lookup", p.to_string()),
+                    }
+                }
                 Err(e) => out.fail("scim auth", e.to_string()),
             }
         }

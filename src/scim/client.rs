@@ -20,9 +20,17 @@
 //! * PUT, PATCH and DELETE are retried after ambiguous failures too. For PATCH this assumes
 //!   the operations are idempotent in effect (replace; add/remove of member values, which
 //!   RFC 7644 §3.5.2 makes no-ops when already applied): callers must send only such.
-//! * Lookups (`find_by_*`) fail with [`ScimError::Ambiguous`] when more than one resource
-//!   matches; results whose attribute differs from the value asked for (servers that match
-//!   loosely) are ignored.
+//! * **A lookup proves a match on the resource itself, never from the filter's answer.**
+//!   `find_by_*` return only a resource that shows the attribute equal to the value asked
+//!   for (externalId exactly, userName case-insensitively). Services differ: some ignore
+//!   `filter` and list everything, some keep no `externalId`, some filter loosely. A list
+//!   answer that holds non-matching resources marks the filter as ignored (logged once,
+//!   [`ScimClient::facts`]); when such an answer does not show every resource, every page
+//!   is read ([`ScimClient::scan`], `startIndex` alone) before anything is decided. More
+//!   than one proven match is [`ScimError::Ambiguous`].
+//! * [`ScimClient::probe_lookups`] tells `check` and the start of every pass whether
+//!   lookups by externalId work: a made-up value must match nothing and a listed
+//!   resource's value must find it.
 //! * [`ScimClient::write_counts`] counts every write request handed to the transport,
 //!   retries included, so "0 writes" is a checkable claim.
 
@@ -400,16 +408,30 @@ fn clip(s: &str) -> String {
     out
 }
 
-/// The resources of a list response that carry `attribute` equal to `value` (or do not
-/// show the attribute at all: then the server's filter is trusted). Fails when more than
-/// one may match.
-fn single_match(
+/// One list page sifted for one attribute value: what it proves, checked on each resource.
+#[derive(Debug, Default)]
+struct Sifted {
+    /// Resources that show `attribute` equal to the value (the only ones that can match).
+    matching: Vec<Value>,
+    /// Resources that show a different value or none: the service did not apply the
+    /// filter (or does not return the attribute), so its answer proves nothing about absence.
+    foreign: u64,
+    /// Resources on this page.
+    shown: u64,
+    /// `totalResults` (the page's length when absent).
+    total: u64,
+}
+
+/// Sifts one list response. A resource counts as a match only when the resource itself
+/// shows `attribute` equal to `value` (exactly, or case-insensitively when `case_exact` is
+/// false): a filter's answer is never taken as proof. A case variant of a case-exact value
+/// is neither a match nor foreign (a service that filters loosely).
+fn sift(
     list: &Value,
-    kind: ResourceKind,
     attribute: &'static str,
     value: &str,
     case_exact: bool,
-) -> Result<Option<Value>, ScimError> {
+) -> Result<Sifted, ScimError> {
     let resources = match list.get("Resources") {
         Some(Value::Array(items)) => items.as_slice(),
         Some(Value::Null) | None => &[],
@@ -420,28 +442,161 @@ fn single_match(
             })
         }
     };
-    let total = list
-        .get("totalResults")
-        .and_then(Value::as_u64)
-        .unwrap_or(resources.len() as u64);
-    let unseen = total.saturating_sub(resources.len() as u64);
-    let matching: Vec<&Value> = resources
-        .iter()
-        .filter(|r| match r.get(attribute).and_then(Value::as_str) {
-            Some(v) if case_exact => v == value,
-            Some(v) => v.to_lowercase() == value.to_lowercase(),
-            None => true,
-        })
-        .collect();
-    if matching.len() as u64 + unseen > 1 {
-        return Err(ScimError::Ambiguous {
-            kind,
-            attribute,
-            value: value.to_string(),
-            count: total.max(matching.len() as u64),
-        });
+    let mut out = Sifted {
+        shown: resources.len() as u64,
+        total: list
+            .get("totalResults")
+            .and_then(Value::as_u64)
+            .unwrap_or(resources.len() as u64),
+        ..Sifted::default()
+    };
+    let wanted = value.to_lowercase();
+    for r in resources {
+        match r.get(attribute).and_then(Value::as_str) {
+            Some(v) if v == value || (!case_exact && v.to_lowercase() == wanted) => {
+                out.matching.push(r.clone())
+            }
+            Some(v) if v.to_lowercase() == wanted => {}
+            _ => out.foreign += 1,
+        }
     }
-    Ok(matching.first().map(|v| (*v).clone()))
+    Ok(out)
+}
+
+/// What the first answer to a filtered lookup decides.
+#[derive(Debug, PartialEq)]
+enum Decided {
+    /// Exactly this resource, proven on the resource itself.
+    Found(Value),
+    /// Nothing matches, and the answer was complete and honoured the filter.
+    Absent,
+    /// The service ignored the filter and did not show everything: read every page.
+    Scan,
+}
+
+fn decide(
+    sifted: Sifted,
+    kind: ResourceKind,
+    attribute: &'static str,
+    value: &str,
+) -> Result<Decided, ScimError> {
+    let unseen = sifted.total.saturating_sub(sifted.shown);
+    let ambiguous = |count: u64| ScimError::Ambiguous {
+        kind,
+        attribute,
+        value: value.to_string(),
+        count,
+    };
+    if sifted.matching.len() > 1 {
+        return Err(ambiguous(sifted.matching.len() as u64));
+    }
+    if sifted.foreign > 0 && unseen > 0 {
+        // totalResults counts everything, not matches: the rest must be read to know.
+        return Ok(Decided::Scan);
+    }
+    if sifted.foreign == 0 && sifted.matching.len() as u64 + unseen > 1 {
+        // The filter was honoured and more resources match than this page shows.
+        return Err(ambiguous(sifted.total));
+    }
+    Ok(match sifted.matching.into_iter().next() {
+        Some(found) => Decided::Found(found),
+        None => Decided::Absent,
+    })
+}
+
+/// Pages a full listing reads at most before it gives up (a service that ignores
+/// `startIndex` would otherwise be read forever).
+const MAX_SCAN_PAGES: u64 = 10_000;
+
+/// What the client has learnt about the service from its answers (shared by clones).
+#[derive(Debug, Default)]
+struct Learnt {
+    /// A filtered lookup answered with resources that do not match the filter.
+    filter_ignored: std::sync::atomic::AtomicBool,
+    /// A created resource came back without the `externalId` it was sent with.
+    external_id_dropped: std::sync::atomic::AtomicBool,
+}
+
+/// What the client has seen of the service's behaviour so far, for messages and `check`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointFacts {
+    /// The service ignores `filter` (list answers hold non-matching resources).
+    pub filter_ignored: bool,
+    /// The service does not keep `externalId` on what it creates.
+    pub external_id_dropped: bool,
+}
+
+/// What a probe of the service's lookups found ([`ScimClient::probe_lookups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupProbe {
+    /// A resource that shows an externalId was found again by filtering on it, and a
+    /// made-up externalId matched nothing.
+    Verified {
+        /// The externalId the lookup was verified with.
+        external_id: String,
+    },
+    /// A made-up externalId matched nothing, but no resource at the service shows an
+    /// externalId to prove that lookups find anything.
+    Unverified,
+    /// The service answered a filter with resources that do not match it.
+    FilterIgnored {
+        /// How many non-matching resources came back.
+        returned: u64,
+    },
+    /// The service holds a resource with this externalId but filtering on it found none.
+    MissesKnown {
+        /// The externalId the service failed to find.
+        external_id: String,
+    },
+}
+
+impl LookupProbe {
+    /// Whether lookups by externalId are proven to work.
+    pub fn is_verified(&self) -> bool {
+        matches!(self, LookupProbe::Verified { .. })
+    }
+}
+
+impl fmt::Display for LookupProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LookupProbe::Verified { external_id } => write!(
+                f,
+                "externalId lookups work (a resource with externalId {external_id:?} was found by filter; a made-up one matched nothing)"
+            ),
+            LookupProbe::Unverified => write!(
+                f,
+                "externalId lookups unverified: a made-up externalId matched nothing, and no resource at the endpoint shows an externalId to test with yet"
+            ),
+            LookupProbe::FilterIgnored { returned } => write!(
+                f,
+                "the endpoint ignores filters (a lookup by a made-up externalId returned {returned} resource(s)): \
+                 idrelay writes only to resources it created or that show the object's own externalId, reading every page to find them; \
+                 if the endpoint also drops externalId, set sync.soft_match = true to adopt existing users by userName"
+            ),
+            LookupProbe::MissesKnown { external_id } => write!(
+                f,
+                "the endpoint's externalId filter does not work: it holds a resource with externalId {external_id:?} but filtering on it found nothing; \
+                 idrelay falls back to reading every page when a create conflicts"
+            ),
+        }
+    }
+}
+
+/// The verdict of a probe from its two answers: the lookup of a made-up externalId,
+/// and (when that answer was clean) the externalId of a listed resource with whether
+/// filtering on it found that resource.
+fn probe_verdict(made_up: &Sifted, known: Option<(String, bool)>) -> LookupProbe {
+    if made_up.foreign > 0 {
+        return LookupProbe::FilterIgnored {
+            returned: made_up.foreign,
+        };
+    }
+    match known {
+        None => LookupProbe::Unverified,
+        Some((external_id, true)) => LookupProbe::Verified { external_id },
+        Some((external_id, false)) => LookupProbe::MissesKnown { external_id },
+    }
 }
 
 /// SCIM provisioning client. Cheap to clone; clones share the write counters.
@@ -450,6 +605,7 @@ pub struct ScimClient {
     http: HttpClient,
     cfg: Arc<ScimConfig>,
     counters: Arc<Counters>,
+    learnt: Arc<Learnt>,
 }
 
 impl fmt::Debug for ScimClient {
@@ -470,6 +626,15 @@ impl ScimClient {
             http,
             cfg: Arc::new(cfg),
             counters: Arc::default(),
+            learnt: Arc::default(),
+        }
+    }
+
+    /// What the service's answers have shown so far (all clones together).
+    pub fn facts(&self) -> EndpointFacts {
+        EndpointFacts {
+            filter_ignored: self.learnt.filter_ignored.load(Ordering::Relaxed),
+            external_id_dropped: self.learnt.external_id_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -534,6 +699,9 @@ impl ScimClient {
             .await
     }
 
+    /// The one resource that shows `attribute` equal to `value`, proven on the resource
+    /// itself; `None` when none does. A service that ignores the filter and answers with
+    /// more resources than one page shows is read page by page ([`Self::scan`]).
     async fn find(
         &self,
         kind: ResourceKind,
@@ -544,21 +712,158 @@ impl ScimClient {
         let mut url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
         let filter = eq_filter(attribute, value);
         url.set_query(Some(&format!("filter={}", encode_query_component(&filter))));
-        let resp = self.execute(Method::Get, &url, None).await?;
-        if resp.status != 200 {
-            return Err(self.http_error(Method::Get, &url, &resp));
+        let sifted = sift(&self.list_page(&url).await?, attribute, value, case_exact)?;
+        if sifted.foreign > 0 {
+            self.note_filter_ignored(&url, sifted.foreign);
         }
-        let list = self.json(Method::Get, &url, &resp)?;
+        match decide(sifted, kind, attribute, value)? {
+            Decided::Found(found) => Ok(Some(found)),
+            Decided::Absent => Ok(None),
+            Decided::Scan => self.scan(kind, attribute, value, case_exact).await,
+        }
+    }
+
+    /// Probes how the service answers lookups by externalId: a made-up value must match
+    /// nothing, and a value a listed user shows must find that user. Three GETs at most.
+    pub async fn probe_lookups(&self) -> Result<LookupProbe, ScimError> {
+        let kind = ResourceKind::User;
+        let made_up = format!("idrelay-probe-{:016x}", fastrand::u64(..));
+        let mut url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
+        let filter = eq_filter("externalId", &made_up);
+        url.set_query(Some(&format!("filter={}", encode_query_component(&filter))));
+        let first = sift(&self.list_page(&url).await?, "externalId", &made_up, true)?;
+        if first.foreign > 0 {
+            self.note_filter_ignored(&url, first.foreign);
+            return Ok(probe_verdict(&first, None));
+        }
+        let mut listing = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
+        listing.set_query(Some("startIndex=1"));
+        let page = self.list_page(&listing).await?;
+        let known = page["Resources"].as_array().and_then(|rs| {
+            rs.iter()
+                .find_map(|r| r.get("externalId").and_then(Value::as_str))
+                .map(str::to_string)
+        });
+        let known = match known {
+            None => None,
+            Some(ext) => {
+                let mut url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
+                let filter = eq_filter("externalId", &ext);
+                url.set_query(Some(&format!("filter={}", encode_query_component(&filter))));
+                let hit = !sift(&self.list_page(&url).await?, "externalId", &ext, true)?
+                    .matching
+                    .is_empty();
+                Some((ext, hit))
+            }
+        };
+        Ok(probe_verdict(&first, known))
+    }
+
+    /// Reads every resource of `kind` page by page (`startIndex` alone: some services
+    /// refuse `count`) and returns the one that shows `attribute` equal to `value`.
+    /// Stops at `totalResults`, at an empty page, or when a page repeats the previous
+    /// one (a service that ignores `startIndex`): then the answer is an error, never a
+    /// guess.
+    pub async fn scan(
+        &self,
+        kind: ResourceKind,
+        attribute: &'static str,
+        value: &str,
+        case_exact: bool,
+    ) -> Result<Option<Value>, ScimError> {
+        let base = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
+        let mut found: Option<Value> = None;
+        let mut seen: u64 = 0;
+        let mut previous_first: Option<Value> = None;
+        for _ in 0..MAX_SCAN_PAGES {
+            let mut url = base.clone();
+            url.set_query(Some(&format!("startIndex={}", seen + 1)));
+            let page = self.list_page(&url).await?;
+            let first = page["Resources"].get(0).map(|r| r["id"].clone());
+            if first.is_some() && first == previous_first {
+                return Err(ScimError::Decode {
+                    what: format!("response to GET {}", shown_path(&url)),
+                    detail: "the service ignores startIndex (the same page came back): its resources cannot all be read".into(),
+                });
+            }
+            previous_first = first;
+            let sifted = sift(&page, attribute, value, case_exact)?;
+            seen += sifted.shown;
+            let total = sifted.total;
+            let shown = sifted.shown;
+            for m in sifted.matching {
+                if found.is_some() {
+                    return Err(ScimError::Ambiguous {
+                        kind,
+                        attribute,
+                        value: value.to_string(),
+                        count: 2,
+                    });
+                }
+                found = Some(m);
+            }
+            if shown == 0 || seen >= total {
+                return Ok(found);
+            }
+        }
+        Err(ScimError::Decode {
+            what: format!("listing of {}", shown_path(&base)),
+            detail: format!("more than {MAX_SCAN_PAGES} pages"),
+        })
+    }
+
+    /// GETs one list response and checks that it is one.
+    async fn list_page(&self, url: &Url) -> Result<Value, ScimError> {
+        let resp = self.execute(Method::Get, url, None).await?;
+        if resp.status != 200 {
+            return Err(self.http_error(Method::Get, url, &resp));
+        }
+        let list = self.json(Method::Get, url, &resp)?;
         let schemas_ok = list["schemas"]
             .as_array()
             .is_none_or(|s| s.iter().any(|x| x == LIST_RESPONSE));
         if !schemas_ok {
             return Err(ScimError::Decode {
-                what: format!("response to GET {}", shown_path(&url)),
+                what: format!("response to GET {}", shown_path(url)),
                 detail: "not a ListResponse".into(),
             });
         }
-        single_match(&list, kind, attribute, value, case_exact)
+        Ok(list)
+    }
+
+    /// Logs, once per client, that the service answered a filter with resources that do
+    /// not match it.
+    fn note_filter_ignored(&self, url: &Url, foreign: u64) {
+        if !self.learnt.filter_ignored.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "the SCIM endpoint ignores filters: GET {} answered with {foreign} resource(s) that do not match; \
+                 idrelay takes as its own only resources that show the object's own externalId (reading every page when needed)",
+                shown_path(url)
+            );
+        }
+    }
+
+    /// Logs, once per client, that the service dropped the `externalId` of a created
+    /// resource: after the state directory is lost, nothing at the endpoint can prove
+    /// which resources idrelay created.
+    fn note_created(&self, kind: ResourceKind, sent: &Value, created: &Value) {
+        let Some(sent_id) = sent.get("externalId").and_then(Value::as_str) else {
+            return;
+        };
+        if created.get("externalId").and_then(Value::as_str) == Some(sent_id) {
+            return;
+        }
+        if !self
+            .learnt
+            .external_id_dropped
+            .swap(true, Ordering::Relaxed)
+        {
+            log::warn!(
+                "the SCIM endpoint did not keep externalId on a created {}: idrelay knows what it created only from \
+                 anchors.jsonl in its state directory (keep it); without it, existing resources are refused as not proven ours",
+                kind.word()
+            );
+        }
     }
 
     /// Creates a resource (POST); returns it as the service stored it, with its `id`.
@@ -578,6 +883,7 @@ impl ScimClient {
                 detail: format!("the created {} has no \"id\"", kind.word()),
             });
         }
+        self.note_created(kind, body, &created);
         Ok(created)
     }
 
@@ -931,62 +1237,141 @@ mod tests {
         json!({"schemas": [LIST_RESPONSE], "totalResults": total, "Resources": resources})
     }
 
+    fn decided(list: &Value, attribute: &'static str, value: &str, exact: bool) -> Decided {
+        let sifted = sift(list, attribute, value, exact).unwrap();
+        decide(sifted, ResourceKind::User, attribute, value).unwrap()
+    }
+
+    fn found_id(d: Decided) -> String {
+        match d {
+            Decided::Found(v) => v["id"].as_str().unwrap().to_string(),
+            other => panic!("expected a match, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn single_match_rules() {
-        let u = ResourceKind::User;
-        let none = single_match(&list(0, json!([])), u, "externalId", "x", true).unwrap();
-        assert_eq!(none, None);
+    fn lookups_match_only_what_the_resource_itself_shows() {
+        let ext = "externalId";
+        assert_eq!(
+            decided(&list(0, json!([])), ext, "x", true),
+            Decided::Absent
+        );
         let no_resources = json!({"schemas": [LIST_RESPONSE], "totalResults": 0});
-        assert_eq!(
-            single_match(&no_resources, u, "externalId", "x", true).unwrap(),
-            None
-        );
+        assert_eq!(decided(&no_resources, ext, "x", true), Decided::Absent);
         let one = list(1, json!([{"id": "1", "externalId": "x"}]));
-        assert_eq!(
-            single_match(&one, u, "externalId", "x", true)
-                .unwrap()
-                .unwrap()["id"],
-            "1"
-        );
-        let two = list(
-            2,
-            json!([{"id": "1", "externalId": "x"}, {"id": "2", "externalId": "x"}]),
-        );
-        let err = single_match(&two, u, "externalId", "x", true).unwrap_err();
-        assert!(
-            matches!(err, ScimError::Ambiguous { count: 2, .. }),
-            "{err}"
-        );
-        // A loose server returns a case variant: ignored for case-exact attributes.
+        assert_eq!(found_id(decided(&one, ext, "x", true)), "1");
+        // A loose service returns a case variant: ignored for case-exact attributes.
         let loose = list(
             2,
             json!([{"id": "1", "externalId": "X"}, {"id": "2", "externalId": "x"}]),
         );
-        assert_eq!(
-            single_match(&loose, u, "externalId", "x", true)
-                .unwrap()
-                .unwrap()["id"],
-            "2"
-        );
+        assert_eq!(found_id(decided(&loose, ext, "x", true)), "2");
         // userName compares case-insensitively.
         let named = list(1, json!([{"id": "7", "userName": "Ann@Example.test"}]));
-        assert!(
-            single_match(&named, u, "userName", "ann@example.test", false)
-                .unwrap()
-                .is_some()
+        assert_eq!(
+            found_id(decided(&named, "userName", "ann@example.test", false)),
+            "7"
         );
-        // More matches than shown on the page.
-        let paged = list(3, json!([{"id": "1", "externalId": "x"}]));
-        assert!(single_match(&paged, u, "externalId", "x", true).is_err());
-        // Attribute not shown: trust the filter.
-        let bare = list(1, json!([{"id": "9"}]));
-        assert!(single_match(&bare, u, "externalId", "x", true)
-            .unwrap()
-            .is_some());
         let bad = json!({"Resources": {"id": "1"}});
         assert!(matches!(
-            single_match(&bad, u, "externalId", "x", true),
+            sift(&bad, ext, "x", true),
             Err(ScimError::Decode { .. })
         ));
+    }
+
+    /// Regression: a service that ignores `filter` and keeps no externalId answered the
+    /// lookup with its own admin account; idrelay took it as the match and PUT a
+    /// directory user's body over it. A resource that does not show the object's own
+    /// externalId is never a match.
+    #[test]
+    fn a_listed_resource_without_the_external_id_is_never_a_match() {
+        let admin_only = list(1, json!([{"id": "admin-id", "userName": "admin"}]));
+        assert_eq!(
+            decided(&admin_only, "externalId", "anchor-1", true),
+            Decided::Absent
+        );
+        let sifted = sift(&admin_only, "externalId", "anchor-1", true).unwrap();
+        assert_eq!(sifted.foreign, 1, "the unfiltered answer is noticed");
+        // Another system's anchor is no match either.
+        let theirs = list(1, json!([{"id": "t", "externalId": "someone-else"}]));
+        assert_eq!(
+            decided(&theirs, "externalId", "anchor-1", true),
+            Decided::Absent
+        );
+        // A soft-match lookup by userName proves the userName on the resource too.
+        let other_user = list(1, json!([{"id": "o", "userName": "other"}]));
+        assert_eq!(
+            decided(&other_user, "userName", "ann", false),
+            Decided::Absent
+        );
+    }
+
+    #[test]
+    fn probe_verdicts() {
+        let clean = sift(&list(0, json!([])), "externalId", "p", true).unwrap();
+        let unfiltered = sift(
+            &list(2, json!([{"id": "a", "userName": "admin"}, {"id": "b"}])),
+            "externalId",
+            "p",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            probe_verdict(&unfiltered, Some(("k".into(), true))),
+            LookupProbe::FilterIgnored { returned: 2 }
+        );
+        assert_eq!(probe_verdict(&clean, None), LookupProbe::Unverified);
+        assert!(probe_verdict(&clean, Some(("k".into(), true))).is_verified());
+        let missed = probe_verdict(&clean, Some(("k".into(), false)));
+        assert_eq!(
+            missed,
+            LookupProbe::MissesKnown {
+                external_id: "k".into()
+            }
+        );
+        assert!(missed.to_string().contains("does not work"), "{missed}");
+    }
+
+    #[test]
+    fn an_ignored_filter_with_unseen_pages_reads_every_page() {
+        // 120 resources at the service, 50 on this page, none of them ours.
+        let page: Vec<Value> = (0..50)
+            .map(|i| json!({"id": i.to_string(), "userName": format!("u{i}")}))
+            .collect();
+        assert_eq!(
+            decided(&list(120, json!(page)), "externalId", "x", true),
+            Decided::Scan
+        );
+        // Even when this page holds the match, another page may hold a second one.
+        let mut with_match = page.clone();
+        with_match.push(json!({"id": "m", "externalId": "x"}));
+        assert_eq!(
+            decided(&list(120, json!(with_match)), "externalId", "x", true),
+            Decided::Scan
+        );
+    }
+
+    #[test]
+    fn an_honoured_filter_with_more_matches_than_shown_is_ambiguous() {
+        let u = ResourceKind::User;
+        let paged = list(3, json!([{"id": "1", "externalId": "x"}]));
+        let err = decide(
+            sift(&paged, "externalId", "x", true).unwrap(),
+            u,
+            "externalId",
+            "x",
+        );
+        assert!(matches!(err, Err(ScimError::Ambiguous { count: 3, .. })));
+        let two = list(
+            2,
+            json!([{"id": "1", "externalId": "x"}, {"id": "2", "externalId": "x"}]),
+        );
+        let err = decide(
+            sift(&two, "externalId", "x", true).unwrap(),
+            u,
+            "externalId",
+            "x",
+        );
+        assert!(matches!(err, Err(ScimError::Ambiguous { count: 2, .. })));
     }
 }

@@ -39,7 +39,7 @@ use smol::channel::{self, Receiver, Sender};
 
 use crate::config::UserDelete;
 use crate::ldap::{Directory, Entry, LdapError, Scope};
-use crate::scim::client::{ScimClient, WriteCounts};
+use crate::scim::client::{LookupProbe, ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
@@ -455,6 +455,18 @@ struct Pass<'a> {
 
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 
+/// Says at the start of a pass whether the endpoint's lookups by externalId can be
+/// trusted. Only informs: matching proves ownership on each resource whatever this finds,
+/// and a failed probe is left to the pass's own requests to report.
+async fn note_lookup_probe(scim: &ScimClient) {
+    match scim.probe_lookups().await {
+        Ok(p) if p.is_verified() => log::debug!("SCIM lookups: {p}"),
+        Ok(p @ LookupProbe::Unverified) => log::info!("SCIM lookups: {p}"),
+        Ok(p) => log::warn!("SCIM lookups: {p}"),
+        Err(e) => log::debug!("SCIM lookup probe: {e}"),
+    }
+}
+
 /// Runs one full pass. The anchor index is updated (and saved) as objects are provisioned,
 /// except in a dry run, which leaves it untouched.
 pub async fn full_pass(
@@ -466,6 +478,7 @@ pub async fn full_pass(
     settings: &PassSettings,
 ) -> Result<PassReport, PassError> {
     let started = Instant::now();
+    note_lookup_probe(scim).await;
     let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
     let (jobs_tx, jobs_rx) = channel::bounded::<Job>(settings.concurrency * 2);

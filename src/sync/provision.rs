@@ -4,6 +4,10 @@
 //! * hard match by externalId: a resource the index does not know is looked up by
 //!   `externalId eq` before anything is created, so a lost index or a crash after a POST
 //!   never duplicates;
+//! * a match is proven on the resource itself: a resource the endpoint lists is ours only
+//!   when it shows the object's own externalId (a service may ignore the filter and list
+//!   everything, or keep no externalId); a create that conflicts (409) reads every page
+//!   of the endpoint for that proof before it gives up;
 //! * soft match by userName only when the config allows it, and only for a resource with no
 //!   externalId of its own (never steal a resource another system anchors);
 //! * the agent never modifies a resource it did not create or match;
@@ -166,6 +170,14 @@ async fn provision_group(
         let created = match scim.create(job.kind, attrs).await {
             Ok(c) => c,
             Err(e) if e.is_ambiguous_write() => create_again(scim, job, attrs).await?,
+            Err(e) if e.status() == Some(409) => {
+                let Some(found) = locate_after_conflict(scim, job).await? else {
+                    return Err(e);
+                };
+                let id = resource_id(&found)?;
+                scim.patch(job.kind, &id, replace_attributes(attrs)).await?;
+                return Ok(Some(Outcome::Matched(id)));
+            }
             Err(e) => return Err(e),
         };
         fresh = true;
@@ -309,11 +321,41 @@ async fn provision_inner(
             let created = create_again(scim, job, body).await?;
             Ok(Outcome::Created(resource_id(&created)?))
         }
-        Err(e) if e.status() == Some(409) && job.kind == ResourceKind::User => {
-            soft_match(scim, job, mode, e).await
+        Err(e) if e.status() == Some(409) => {
+            if let Some(found) = locate_after_conflict(scim, job).await? {
+                let id = resource_id(&found)?;
+                scim.replace(job.kind, &id, &with_id(body, &id)).await?;
+                return Ok(Outcome::Matched(id));
+            }
+            if job.kind == ResourceKind::User {
+                soft_match(scim, job, mode, e).await
+            } else {
+                Err(e)
+            }
         }
         Err(e) => Err(e),
     }
+}
+
+/// After a create answered 409: the resource that shows the object's own externalId,
+/// found by reading every page of the endpoint (its filter may ignore or miss
+/// externalId: a conflict proves something is there, a lookup's empty answer does not).
+/// Only a resource that shows the externalId is returned: anything else is not proven ours.
+async fn locate_after_conflict(scim: &ScimClient, job: &Job) -> Result<Option<Value>, ScimError> {
+    if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
+        return Ok(Some(found));
+    }
+    let found = scim
+        .scan(job.kind, "externalId", &job.external_id, true)
+        .await?;
+    if found.is_some() {
+        log::info!(
+            "{} {}: found by listing the endpoint (its externalId filter did not find it); using it",
+            job.kind.word(),
+            job.dn
+        );
+    }
+    Ok(found)
 }
 
 /// After a POST whose outcome is unknown (the link broke before its answer): the resource
@@ -326,19 +368,17 @@ async fn create_again(scim: &ScimClient, job: &Job, body: &Value) -> Result<Valu
         return Ok(found);
     }
     match scim.create(job.kind, body).await {
-        Err(e) if e.status() == Some(409) => {
-            match scim.find_by_external_id(job.kind, &job.external_id).await? {
-                Some(found) => {
-                    log::info!(
-                        "{} {}: the create whose answer was lost landed late; using it",
-                        job.kind.word(),
-                        job.dn
-                    );
-                    Ok(found)
-                }
-                None => Err(e),
+        Err(e) if e.status() == Some(409) => match locate_after_conflict(scim, job).await? {
+            Some(found) => {
+                log::info!(
+                    "{} {}: the create whose answer was lost landed late; using it",
+                    job.kind.word(),
+                    job.dn
+                );
+                Ok(found)
             }
-        }
+            None => Err(e),
+        },
         other => other,
     }
 }
@@ -356,8 +396,15 @@ async fn soft_match(
         .and_then(Value::as_str)
         .unwrap_or("");
     if !mode.soft_match {
+        let dropped = if scim.facts().external_id_dropped {
+            " (this endpoint does not keep externalId, so a user idrelay created before its state directory was lost looks the same)"
+        } else {
+            ""
+        };
         return Ok(Outcome::Failed(format!(
-            "{conflict}; userName `{user_name}` belongs to a resource idrelay did not create (set sync.soft_match = true to adopt it)"
+            "{conflict}; userName `{user_name}` is held by a resource that does not show this object's externalId \
+             (every page of the endpoint read), so idrelay cannot prove it is its own{dropped}; \
+             set sync.soft_match = true to adopt it by userName"
         )));
     }
     let Some(found) = scim.find_by_user_name(user_name).await? else {
