@@ -50,7 +50,7 @@ use crate::secret::Secret;
 pub const SCIM_JSON: &str = "application/scim+json";
 
 /// Longest server-sent error text kept in a [`ScimError`].
-const MAX_DETAIL_CHARS: usize = 300;
+const MAX_DETAIL_CHARS: usize = 200;
 
 /// Settings of a [`ScimClient`].
 #[derive(Debug, Clone)]
@@ -391,8 +391,70 @@ fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
         return (text("scimType"), text("detail"));
     }
     let text = String::from_utf8_lossy(body);
+    let text = if looks_like_html(&text) {
+        html_text(&text)
+    } else {
+        text.into_owned()
+    };
     let text = clip(text.trim());
     (None, Some(text).filter(|t| !t.is_empty()))
+}
+
+/// An error page rather than text: it starts with a tag or a doctype.
+fn looks_like_html(text: &str) -> bool {
+    let head: String = text.trim_start().chars().take(64).collect();
+    let head = head.to_ascii_lowercase();
+    head.starts_with("<!doctype")
+        || head.starts_with("<html")
+        || head.starts_with("<head")
+        || head.starts_with("<body")
+        || head.starts_with("<title")
+        || head.starts_with("<h1")
+        || head.starts_with("<?xml")
+}
+
+/// The readable text of an HTML error page: tags, scripts, styles and comments dropped,
+/// the common entities decoded, white space folded. Good enough for a message, not a parser.
+fn html_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len().min(4096));
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        out.push(' ');
+        let tag = &rest[open..];
+        let lower: String = tag.chars().take(8).collect::<String>().to_ascii_lowercase();
+        let skip_to = if lower.starts_with("<!--") {
+            tag.find("-->").map(|i| i + 3)
+        } else if lower.starts_with("<script") || lower.starts_with("<style") {
+            let close = if lower.starts_with("<script") {
+                "</script"
+            } else {
+                "</style"
+            };
+            tag.to_ascii_lowercase()
+                .find(close)
+                .and_then(|i| tag[i..].find('>').map(|j| i + j + 1))
+        } else {
+            tag.find('>').map(|i| i + 1)
+        };
+        match skip_to {
+            Some(n) => rest = &tag[n..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    let decoded = out
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&");
+    decoded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// At most [`MAX_DETAIL_CHARS`] characters, control characters replaced by spaces.
@@ -1102,10 +1164,21 @@ mod tests {
         let (t, d) = parse_error_body(br#"{"status": 401}"#);
         assert_eq!((t, d), (None, None));
         let (t, d) = parse_error_body(b"<html>Bad\r\nGateway</html>");
+        assert_eq!((t.as_deref(), d.as_deref()), (None, Some("Bad Gateway")));
+        // A framework's error page: the text a person can act on, no markup.
+        let page = b"<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n\
+            <style>body{color:red}</style><script>var x = '<p>';</script><!-- debug -->\n\
+            <h1>Internal Server Error</h1>\n<p>The server encountered an internal error &amp; \
+            could not complete your request.</p>";
+        let (_, d) = parse_error_body(page);
         assert_eq!(
-            (t.as_deref(), d.as_deref()),
-            (None, Some("<html>Bad  Gateway</html>"))
+            d.as_deref(),
+            Some("500 Internal Server Error Internal Server Error The server encountered an internal error & could not complete your request.")
         );
+        let (_, d) = parse_error_body(b"plain <b>text</b> stays as sent");
+        assert_eq!(d.as_deref(), Some("plain <b>text</b> stays as sent"));
+        let (_, d) = parse_error_body(b"<html><p>unclosed <b");
+        assert_eq!(d.as_deref(), Some("unclosed"));
         let (_, d) = parse_error_body("x".repeat(1000).as_bytes());
         assert_eq!(d.unwrap().chars().count(), MAX_DETAIL_CHARS + 1);
         assert_eq!(parse_error_body(b""), (None, None));
