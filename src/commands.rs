@@ -266,15 +266,15 @@ struct CheckLines {
 
 impl CheckLines {
     fn ok(&mut self, name: &str, detail: impl AsRef<str>) {
-        println!("{name:<10} OK    {}", detail.as_ref());
+        crate::outln!("{name:<10} OK    {}", detail.as_ref());
     }
     /// Works, but not as an administrator would assume: said, without failing `check`.
     fn warn(&mut self, name: &str, detail: impl AsRef<str>) {
-        println!("{name:<10} WARN  {}", detail.as_ref());
+        crate::outln!("{name:<10} WARN  {}", detail.as_ref());
     }
     fn fail(&mut self, name: &str, detail: impl AsRef<str>) {
         self.failed = true;
-        println!("{name:<10} FAIL  {}", detail.as_ref());
+        crate::outln!("{name:<10} FAIL  {}", detail.as_ref());
     }
 }
 
@@ -682,7 +682,7 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                 for (dn, why) in report.deletes.failed.iter().take(50) {
                     eprintln!("  delete of {dn} failed: {why}");
                 }
-                println!("{report}");
+                crate::outln!("{report}");
                 explain_held(c, gate.held().len());
                 if !dry_run {
                     crate::sync::follow::record_full_pass(&c.agent.state_dir);
@@ -745,10 +745,10 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{target}: no such object in the directory"))?;
-    println!("object:    {}", entry.dn);
-    println!("directory: {}", src.kind);
+    crate::outln!("object:    {}", entry.dn);
+    crate::outln!("directory: {}", src.kind);
     let Some(kind) = src.profile.classify(&entry) else {
-        println!(
+        crate::outln!(
             "in scope:  no: its objectClass is neither a user nor a group of the {} profile",
             src.kind
         );
@@ -756,8 +756,8 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
     };
     let (uf, gf) = filters(c, &src.profile);
     match in_scope(&src.dir, c, &entry.dn, kind, &uf, &gf).await? {
-        Ok(()) => println!("in scope:  yes, as a {}", kind.word()),
-        Err(why) => println!("in scope:  no: {why}"),
+        Ok(()) => crate::outln!("in scope:  yes, as a {}", kind.word()),
+        Err(why) => crate::outln!("in scope:  no: {why}"),
     }
 
     let index = load_index(c)?;
@@ -767,7 +767,7 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         refs.extend(entry.strs(a).map(str::to_string));
     }
     if refs.len() > PREVIEW_REFERENCES {
-        println!(
+        crate::outln!(
             "note:      {} references; resolving the first {PREVIEW_REFERENCES} only",
             refs.len()
         );
@@ -784,28 +784,28 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
     }
     let mapped = mapping::map_entry(&entry, kind, &src.profile, &TableResolver(table))
         .map_err(|e| e.to_string())?;
-    println!("externalId: {}", mapped.external_id);
+    crate::outln!("externalId: {}", mapped.external_id);
     if !mapped.pending.is_empty() {
-        println!(
+        crate::outln!(
             "pending:   {} references are in scope but not provisioned yet (left out until they are): {}",
             mapped.pending.len(),
             mapped.pending.join("; ")
         );
     }
-    println!("SCIM representation:");
-    println!("{}", pretty(&mapped.resource));
+    crate::outln!("SCIM representation:");
+    crate::outln!("{}", pretty(&mapped.resource));
 
     let (_, scim) = scim_client(c)?;
     match scim.find_by_external_id(kind, &mapped.external_id).await {
         Ok(Some(held)) => {
-            println!("endpoint holds:");
-            println!("{}", pretty(&held));
+            crate::outln!("endpoint holds:");
+            crate::outln!("{}", pretty(&held));
         }
-        Ok(None) => println!(
+        Ok(None) => crate::outln!(
             "endpoint holds: nothing with externalId {} (a sync would create it)",
             mapped.external_id
         ),
-        Err(e) => println!("endpoint: cannot look it up: {e}"),
+        Err(e) => crate::outln!("endpoint: cannot look it up: {e}"),
     }
     Ok(exit::OK)
 }
@@ -1141,20 +1141,20 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
     };
     let held = gate.held().to_vec();
     if held.is_empty() {
-        println!("no deletes are held");
+        crate::outln!("no deletes are held");
         return exit::OK;
     }
     for t in held.iter().take(if list_only { usize::MAX } else { 20 }) {
-        println!("{} {}: {}", t.kind.word(), t.dn, t.reason);
+        crate::outln!("{} {}: {}", t.kind.word(), t.dn, t.reason);
     }
     if !list_only && held.len() > 20 {
-        println!(
+        crate::outln!(
             "... and {} more (`approve-deletes --list` shows all)",
             held.len() - 20
         );
     }
     if list_only {
-        println!("{} deletes held; nothing changed", held.len());
+        crate::outln!("{} deletes held; nothing changed", held.len());
         return exit::OK;
     }
     let lock = lock_state_dir(&c.agent.state_dir);
@@ -1162,7 +1162,7 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
         // The agent runs: it picks the approval up within seconds.
         return match gate.write_approval() {
             Ok(()) => {
-                println!(
+                crate::outln!(
                     "approved {} deletes; the running agent sends them within seconds (see its log)",
                     held.len()
                 );
@@ -1205,7 +1205,7 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
         for (dn, why) in &s.failed {
             eprintln!("  delete of {dn} failed: {why}");
         }
-        println!(
+        crate::outln!(
             "approved deletes: {} sent, {} failed (failed ones are found again by the next full pass)",
             s.sent,
             s.failed.len()
@@ -1229,26 +1229,30 @@ pub fn status(c: &Config) -> i32 {
         }
     };
     let s = &view.stats;
-    println!("agent:        {}", c.agent.id);
-    println!(
+    crate::outln!("agent:        {}", c.agent.id);
+    crate::outln!(
         "queue:        {} changes pending, {} of {} bytes on disk, {} segments",
-        s.depth, s.bytes, c.queue.max_bytes, s.segments
+        s.depth,
+        s.bytes,
+        c.queue.max_bytes,
+        s.segments
     );
-    println!(
+    crate::outln!(
         "oldest:       {}",
         s.oldest_age
             .map(|a| format!("{} ago", crate::sync::progress::format_duration(a)))
             .unwrap_or_else(|| "none pending".into())
     );
-    println!(
+    crate::outln!(
         "resync owed:  {}",
         s.resync_owed
             .map(|r| format!("yes ({r})"))
             .unwrap_or_else(|| "no".into())
     );
-    println!(
+    crate::outln!(
         "sequences:    acknowledged {} of {}",
-        s.acked_seq, s.last_seq
+        s.acked_seq,
+        s.last_seq
     );
     let mark = view
         .watermark
@@ -1256,15 +1260,15 @@ pub fn status(c: &Config) -> i32 {
         .and_then(|w| serde_json::from_slice::<crate::sync::follow::Watermark>(w).ok())
         .and_then(|w| crate::scim::base64::decode(&w.cookie).ok())
         .map(|c| String::from_utf8_lossy(&c).into_owned());
-    println!(
+    crate::outln!(
         "watermark:    {}",
         mark.unwrap_or_else(|| "none (no full pass has completed)".into())
     );
     match AnchorIndex::load(&c.agent.state_dir) {
-        Ok(ix) => println!("anchors:      {} objects provisioned", ix.len()),
-        Err(e) => println!("anchors:      unreadable: {e}"),
+        Ok(ix) => crate::outln!("anchors:      {} objects provisioned", ix.len()),
+        Err(e) => crate::outln!("anchors:      unreadable: {e}"),
     }
-    println!(
+    crate::outln!(
         "full pass:    {}",
         match crate::sync::follow::last_full_pass(&c.agent.state_dir)
             .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
@@ -1277,16 +1281,17 @@ pub fn status(c: &Config) -> i32 {
         }
     );
     match &c.relay {
-        None => println!("relay:        not configured (always active)"),
+        None => crate::outln!("relay:        not configured (always active)"),
         Some(r) => {
             let path = c.agent.state_dir.join(crate::relay::agent::STATUS_FILE);
             let st: Option<crate::relay::agent::RelayStatus> = fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match st {
-                None => println!(
+                None => crate::outln!(
                     "relay:        {} (group {}): no heartbeat recorded yet",
-                    r.url, r.group
+                    r.url,
+                    r.group
                 ),
                 Some(s) => {
                     let age = std::time::SystemTime::now()
@@ -1294,7 +1299,7 @@ pub fn status(c: &Config) -> i32 {
                         .map(|d| d.as_secs())
                         .unwrap_or(0)
                         .saturating_sub(s.last_heartbeat);
-                    println!(
+                    crate::outln!(
                         "relay:        {} (group {}): {}; last heartbeat {}{}",
                         s.url,
                         s.group,
@@ -1318,14 +1323,14 @@ pub fn status(c: &Config) -> i32 {
         }
     }
     match open_gate(c) {
-        Ok(g) if g.held().is_empty() => println!(
+        Ok(g) if g.held().is_empty() => crate::outln!(
             "deletes:      none held ({} sent in the current {} s window, threshold {})",
             g.recent(),
             c.sync.delete_interval.as_secs(),
             c.sync.delete_threshold
         ),
         Ok(g) => {
-            println!(
+            crate::outln!(
                 "deletes:      {} HELD for approval (threshold {} per {} s); release with `idrelay --config {} approve-deletes`",
                 g.held().len(),
                 c.sync.delete_threshold,
@@ -1333,10 +1338,10 @@ pub fn status(c: &Config) -> i32 {
                 c.path.display()
             );
             for t in g.held().iter().take(5) {
-                println!("              {} {}: {}", t.kind.word(), t.dn, t.reason);
+                crate::outln!("              {} {}: {}", t.kind.word(), t.dn, t.reason);
             }
         }
-        Err(e) => println!("deletes:      {e}"),
+        Err(e) => crate::outln!("deletes:      {e}"),
     }
     exit::OK
 }

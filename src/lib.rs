@@ -10,6 +10,7 @@
 //! * [`relay`]: HTTPS transport (the one HTTP client), backoff.
 //! * [`scim`]: SCIM resources, profile mapping (pure), the provisioning client.
 //! * [`sync`]: the engine: full pass, anchor index, reconcile.
+//! * [`stdout`]: what commands print; a closed pipe ends the process quietly.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -25,5 +26,6 @@ pub mod remote;
 pub mod scim;
 pub mod secret;
 pub mod signals;
+pub mod stdout;
 pub mod sync;
 pub mod writeback;

@@ -38,7 +38,7 @@ fn run(args: &[String]) -> i32 {
         Command::Help(topic) => {
             return match cli::help(topic.as_deref()) {
                 Ok(text) => {
-                    print!("{text}");
+                    idrelay::out!("{text}");
                     exit::OK
                 }
                 Err(e) => {
@@ -48,7 +48,7 @@ fn run(args: &[String]) -> i32 {
             }
         }
         Command::Version => {
-            println!("{}", commands::version_line());
+            idrelay::outln!("{}", commands::version_line());
             return exit::OK;
         }
         _ => {}

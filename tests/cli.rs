@@ -92,3 +92,30 @@ fn a_secret_file_others_can_read_is_refused_with_the_fix() {
     assert!(r.stderr.contains("directory.password_file"), "{}", r.stderr);
     assert!(!r.stderr.contains("pw-not-to-be-printed"), "{}", r.stderr);
 }
+
+/// Regression: `idrelay status | head -1` panicked ("failed printing to stdout: Broken
+/// pipe") once `head` had gone. A reader that goes away ends the command quietly, exit 0.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let agent = offline_agent();
+    for args in [
+        vec!["--config", agent.config.to_str().unwrap(), "status"],
+        vec!["--help"],
+        vec!["version"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // nobody reads: the first write gets EPIPE
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_idrelay"))
+            .args(common::root_flag())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}

@@ -498,7 +498,7 @@ fn print_dry_run(t: &Target, user_delete: UserDelete) {
     });
     let mut s = line.to_string();
     s.push('\n');
-    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+    crate::stdout::write_bytes(s.as_bytes());
 }
 
 impl Target {

@@ -21,8 +21,6 @@
 //! [`MemberIds`]: the body never holds them, is never cloned with them, and the whole
 //! representation is built only on the path without a member store.
 
-use std::io::Write;
-
 use serde_json::Value;
 
 use std::sync::Arc;
@@ -458,5 +456,5 @@ fn print_op(method: &str, job: &Job, id: Option<&str>, body: &Value) {
     });
     let mut s = line.to_string();
     s.push('\n');
-    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+    crate::stdout::write_bytes(s.as_bytes());
 }
