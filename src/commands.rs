@@ -7,11 +7,12 @@ use std::fs::{self, File};
 use std::path::Path;
 
 use crate::cli::exit;
-use crate::config::{Config, KindSetting};
+use crate::config::{Config, KindSetting, ScimAuth};
 use crate::ldap::{self, Directory, DirectoryConfig, DirectoryKind, Scope};
 use crate::relay::http::{HttpClient, HttpConfig};
-use crate::scim::client::{LookupProbe, ScimClient, ScimConfig};
+use crate::scim::client::{Credential, LookupProbe, ScimClient, ScimConfig};
 use crate::scim::mapping::{self, Reference, Resolver};
+use crate::scim::oauth::TokenSource;
 use crate::scim::profile::{merge_attributes, ProfileKind, SyncProfile};
 use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
@@ -78,7 +79,32 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
         .url
         .parse()
         .map_err(|e| format!("config {}: `scim.url`: {e}", c.path.display()))?;
-    let mut cfg = ScimConfig::new(base_url, c.scim.token.clone());
+    let credential = match &c.scim.auth {
+        ScimAuth::Bearer(t) => Credential::Bearer(t.clone()),
+        ScimAuth::ClientCredentials(cc) => {
+            // The token endpoint is another service: the [scim] CA and proxy, not its pins.
+            let token_http = HttpClient::new(with_transport(
+                HttpConfig {
+                    ca_file: c.scim.ca_file.clone(),
+                    connect_timeout: c.scim.timeout.min(std::time::Duration::from_secs(10)),
+                    request_timeout: c.scim.timeout,
+                    max_idle_per_host: 1,
+                    ..HttpConfig::default()
+                },
+                &crate::config::Transport {
+                    pins: Vec::new(),
+                    client_cert: None,
+                    ..c.scim.transport.clone()
+                },
+            ))
+            .map_err(|e| format!("scim.token_url: {e}"))?;
+            Credential::OAuth(std::sync::Arc::new(TokenSource::new(
+                token_http,
+                cc.clone(),
+            )))
+        }
+    };
+    let mut cfg = ScimConfig::with_credential(base_url, credential);
     cfg.max_attempts = c.sync.max_attempts;
     Ok((http.clone(), ScimClient::new(http, cfg)))
 }
@@ -359,6 +385,21 @@ async fn check_async(c: &Config) -> i32 {
                     ),
                 ),
                 Err(e) => out.fail("scim", e.to_string()),
+            }
+            match scim.authenticate().await {
+                Ok(None) => {}
+                Ok(Some((url, life))) => out.ok(
+                    "scim oauth",
+                    format!(
+                        "client_credentials grant at {url}: token issued, {}",
+                        match life {
+                            Some(d) =>
+                                format!("valid {} s (replaced before it expires)", d.as_secs()),
+                            None => "no lifetime given (replaced when refused)".into(),
+                        }
+                    ),
+                ),
+                Err(e) => out.fail("scim oauth", e.to_string()),
             }
             // Discovery endpoints often answer without a token; a filtered read does not.
             match scim.probe_lookups().await {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::scim::oauth::{ClientAuth, ClientCredentials};
 use crate::secret::Secret;
 
 /// The validated configuration.
@@ -125,14 +126,24 @@ pub struct ScopeConfig {
 pub struct ScimSettings {
     /// Base URL (the one that holds /Users and /Groups).
     pub url: String,
-    /// Bearer token.
-    pub token: Secret,
+    /// How requests are authenticated.
+    pub auth: ScimAuth,
     /// PEM file of trusted CAs; `None`: the system store.
     pub ca_file: Option<PathBuf>,
     /// Timeout of one HTTP request.
     pub timeout: Duration,
     /// Proxy, pins, client certificate.
     pub transport: Transport,
+}
+
+/// `[scim]` authentication: a static bearer token, or OAuth2 client credentials.
+#[derive(Debug, Clone)]
+pub enum ScimAuth {
+    /// `token_file` / `token_env`.
+    Bearer(Secret),
+    /// `token_url`, `client_id`, `client_secret_file` / `client_secret_env`, `scope`,
+    /// `client_auth`.
+    ClientCredentials(ClientCredentials),
 }
 
 /// How an HTTPS connection is made: proxy, SPKI pins, client certificate (the same keys in
@@ -408,6 +419,12 @@ struct RawScim {
     url: String,
     token_file: Option<PathBuf>,
     token_env: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    client_secret_env: Option<String>,
+    scope: Option<String>,
+    client_auth: Option<String>,
     ca_file: Option<PathBuf>,
     proxy: Option<String>,
     proxy_user: Option<String>,
@@ -670,12 +687,7 @@ impl Config {
                 "must not carry credentials; put the bearer token in scim.token_file or scim.token_env".into(),
             ));
         }
-        let token = read_secret(
-            path,
-            secrets,
-            ("scim.token_file", s.token_file.as_deref()),
-            ("scim.token_env", s.token_env.as_deref()),
-        )?;
+        let scim_auth = scim_auth(path, secrets, &s)?;
         if s.timeout_secs == 0 || s.timeout_secs > 3600 {
             return Err(invalid("scim.timeout_secs", "must be 1 to 3600".into()));
         }
@@ -862,7 +874,7 @@ impl Config {
             },
             scim: ScimSettings {
                 url: scim_url,
-                token,
+                auth: scim_auth,
                 ca_file: s.ca_file,
                 timeout: Duration::from_secs(s.timeout_secs),
                 transport: scim_transport,
@@ -1108,6 +1120,128 @@ fn transport(
 }
 
 /// Reads a secret from exactly one of a file key and an env key.
+/// `[scim]`'s credential: a static token, or OAuth2 client credentials when `token_url` is
+/// set (the two exclude each other).
+fn scim_auth(
+    path: &Path,
+    secrets: &dyn SecretSource,
+    s: &RawScim,
+) -> Result<ScimAuth, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let Some(token_url) = s.token_url.as_deref().map(str::trim) else {
+        let stray = [
+            ("scim.client_id", s.client_id.is_some()),
+            ("scim.client_secret_file", s.client_secret_file.is_some()),
+            ("scim.client_secret_env", s.client_secret_env.is_some()),
+            ("scim.scope", s.scope.is_some()),
+            ("scim.client_auth", s.client_auth.is_some()),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                key,
+                "is an OAuth2 setting: it needs scim.token_url (the token endpoint)".into(),
+            ));
+        }
+        return Ok(ScimAuth::Bearer(read_secret(
+            path,
+            secrets,
+            ("scim.token_file", s.token_file.as_deref()),
+            ("scim.token_env", s.token_env.as_deref()),
+        )?));
+    };
+    if s.token_file.is_some() || s.token_env.is_some() {
+        let key = if s.token_file.is_some() {
+            "scim.token_file"
+        } else {
+            "scim.token_env"
+        };
+        return Err(invalid(
+            key,
+            "a static token and OAuth2 (scim.token_url) exclude each other: keep one".into(),
+        ));
+    }
+    let url: crate::relay::http::Url = token_url.parse().map_err(|e| {
+        invalid(
+            "scim.token_url",
+            format!(
+                "`{token_url}` is not a URL ({e}): use https://HOST/PATH of the token endpoint"
+            ),
+        )
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "scim.token_url",
+            "must not carry credentials; put the client secret in scim.client_secret_file or scim.client_secret_env".into(),
+        ));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(invalid(
+                "scim.token_url",
+                format!(
+                    "`{token_url}`: plain http would send the client secret in clear; use https://"
+                ),
+            ))
+        }
+        other => {
+            return Err(invalid(
+                "scim.token_url",
+                format!("scheme `{other}` is not allowed: use https://"),
+            ))
+        }
+    }
+    let client_id = match s.client_id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() && !id.contains(char::is_control) => id.to_string(),
+        Some(_) => {
+            return Err(invalid(
+                "scim.client_id",
+                "must not be empty or hold control characters".into(),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "scim.client_id",
+                "missing: OAuth2 (scim.token_url) needs the client's id".into(),
+            ))
+        }
+    };
+    let client_secret = read_secret(
+        path,
+        secrets,
+        ("scim.client_secret_file", s.client_secret_file.as_deref()),
+        ("scim.client_secret_env", s.client_secret_env.as_deref()),
+    )?;
+    let auth = match s.client_auth.as_deref().unwrap_or("client_secret_basic") {
+        "client_secret_basic" => ClientAuth::Basic,
+        "client_secret_post" => ClientAuth::Post,
+        other => {
+            return Err(invalid(
+                "scim.client_auth",
+                format!("`{other}` is not one of: client_secret_basic, client_secret_post"),
+            ))
+        }
+    };
+    Ok(ScimAuth::ClientCredentials(ClientCredentials {
+        token_url: url,
+        client_id,
+        client_secret,
+        scope: s.scope.clone().filter(|v| !v.trim().is_empty()),
+        auth,
+    }))
+}
+
 fn read_secret(
     path: &Path,
     src: &dyn SecretSource,
@@ -1273,7 +1407,7 @@ token_file = "/s/scim"
     fn good_config_gets_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.directory.password.expose(), "pw-ldap");
-        assert_eq!(c.scim.token.expose(), "tok-scim");
+        assert!(matches!(&c.scim.auth, ScimAuth::Bearer(t) if t.expose() == "tok-scim"));
         assert_eq!(c.scim.url, "http://127.0.0.1:8080/v2");
         assert_eq!(c.directory.kind, KindSetting::Auto);
         assert_eq!(c.sync.concurrency, 8);
@@ -1342,6 +1476,77 @@ token_file = "/s/scim"
     }
 
     #[test]
+    fn oauth2_client_credentials_are_checked_and_exclude_a_static_token() {
+        let oauth = |keys: &str| {
+            let text = GOOD.replace("token_file = \"/s/scim\"", keys);
+            parse(&text)
+        };
+        let c = oauth(
+            "token_url = \"https://idp.example/oauth/token\"\nclient_id = \"agent\"\nclient_secret_env = \"TOKEN\"\nscope = \"scim\"",
+        )
+        .unwrap();
+        match &c.scim.auth {
+            ScimAuth::ClientCredentials(cc) => {
+                assert_eq!(cc.token_url.as_str(), "https://idp.example/oauth/token");
+                assert_eq!(cc.client_id, "agent");
+                assert_eq!(cc.client_secret.expose(), "tok-env");
+                assert_eq!(cc.scope.as_deref(), Some("scim"));
+                assert_eq!(cc.auth, ClientAuth::Basic);
+            }
+            other => panic!("{other:?}"),
+        }
+        let post = oauth(
+            "token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"a\"\nclient_secret_file = \"/s/scim\"\nclient_auth = \"client_secret_post\"",
+        )
+        .unwrap();
+        assert!(
+            matches!(&post.scim.auth, ScimAuth::ClientCredentials(cc) if cc.auth == ClientAuth::Post)
+        );
+        let refused = |keys: &str, key: &str, says: &str| {
+            let e = oauth(keys).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{keys}: {e}");
+            assert!(!e.contains("tok-env") && !e.contains("tok-scim"), "{e}");
+        };
+        let good =
+            "token_url = \"https://idp/t\"\nclient_id = \"a\"\nclient_secret_env = \"TOKEN\"";
+        refused(
+            &format!("{good}\ntoken_file = \"/s/scim\""),
+            "scim.token_file",
+            "exclude each other",
+        );
+        refused(
+            &good.replace("https://idp/t", "http://idp.example/t"),
+            "scim.token_url",
+            "in clear",
+        );
+        refused(
+            &good.replace("https://idp/t", "https://u:p@idp/t"),
+            "scim.token_url",
+            "credentials",
+        );
+        refused(
+            &good.replace("client_id = \"a\"\n", ""),
+            "scim.client_id",
+            "missing",
+        );
+        refused(
+            &good.replace("client_secret_env = \"TOKEN\"", ""),
+            "scim.client_secret_file",
+            "missing",
+        );
+        refused(
+            &format!("{good}\nclient_auth = \"private_key_jwt\""),
+            "scim.client_auth",
+            "client_secret_basic",
+        );
+        refused(
+            "token_file = \"/s/scim\"\nclient_id = \"a\"",
+            "scim.client_id",
+            "needs scim.token_url",
+        );
+    }
+
+    #[test]
     fn both_or_neither_secret_source_is_refused() {
         let both = GOOD.replace(
             "token_file = \"/s/scim\"",
@@ -1354,7 +1559,9 @@ token_file = "/s/scim"
             .to_string()
             .contains("scim.token_file"));
         let env = GOOD.replace("token_file = \"/s/scim\"", "token_env = \"TOKEN\"");
-        assert_eq!(parse(&env).unwrap().scim.token.expose(), "tok-env");
+        assert!(
+            matches!(&parse(&env).unwrap().scim.auth, ScimAuth::Bearer(t) if t.expose() == "tok-env")
+        );
         let unset = GOOD.replace("token_file = \"/s/scim\"", "token_env = \"NOPE\"");
         assert!(parse(&unset)
             .unwrap_err()

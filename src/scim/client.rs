@@ -43,6 +43,7 @@ use serde_json::{json, Value};
 
 use crate::relay::backoff::{parse_retry_after, Backoff};
 use crate::relay::http::{HttpClient, HttpError, HttpRequest, HttpResponse, Method, Url};
+use crate::scim::oauth::{TokenError, TokenSource};
 use crate::scim::resource::{ResourceKind, LIST_RESPONSE, PATCH_OP};
 use crate::secret::Secret;
 
@@ -52,13 +53,23 @@ pub const SCIM_JSON: &str = "application/scim+json";
 /// Longest server-sent error text kept in a [`ScimError`].
 const MAX_DETAIL_CHARS: usize = 200;
 
+/// How the client authenticates to the SCIM service.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A static bearer token.
+    Bearer(Secret),
+    /// Bearer tokens from an OAuth2 client credentials grant, replaced before they expire
+    /// and when the service answers 401.
+    OAuth(Arc<TokenSource>),
+}
+
 /// Settings of a [`ScimClient`].
 #[derive(Debug, Clone)]
 pub struct ScimConfig {
     /// Base URL of the SCIM service, e.g. `https://scim.example.com/v2`.
     pub base_url: Url,
-    /// Bearer token.
-    pub token: Secret,
+    /// How requests are authenticated.
+    pub credential: Credential,
     /// Tries per request, the first included (1 = no retry).
     pub max_attempts: u32,
     /// First backoff ceiling; doubles per retry.
@@ -68,11 +79,16 @@ pub struct ScimConfig {
 }
 
 impl ScimConfig {
-    /// Defaults: 4 tries, backoff 500 ms doubling up to 30 s.
+    /// A static bearer token. Defaults: 4 tries, backoff 500 ms doubling up to 30 s.
     pub fn new(base_url: Url, token: Secret) -> ScimConfig {
+        ScimConfig::with_credential(base_url, Credential::Bearer(token))
+    }
+
+    /// Any credential, with the defaults of [`ScimConfig::new`].
+    pub fn with_credential(base_url: Url, credential: Credential) -> ScimConfig {
         ScimConfig {
             base_url,
-            token,
+            credential,
             max_attempts: 4,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
@@ -176,6 +192,8 @@ pub enum ScimError {
         /// How many resources the service reports.
         count: u64,
     },
+    /// No OAuth2 token could be had for the request.
+    Token(TokenError),
     /// The base URL cannot carry endpoint paths (e.g. `mailto:`).
     InvalidBaseUrl {
         /// The base URL, without user info and query.
@@ -189,6 +207,7 @@ impl ScimError {
         match self {
             ScimError::Http { status, .. } => is_transient_status(*status),
             ScimError::Transport { error, .. } => error.is_transient(),
+            ScimError::Token(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -263,6 +282,7 @@ impl fmt::Display for ScimError {
             ScimError::InvalidBaseUrl { url } => {
                 write!(f, "SCIM base URL {url} cannot have endpoint paths")
             }
+            ScimError::Token(e) => e.fmt(f),
         }
     }
 }
@@ -711,6 +731,18 @@ impl ScimClient {
         }
     }
 
+    /// For an OAuth2 credential: fetches a token now and returns the token endpoint and
+    /// the token's lifetime (`check`). `None` for a static token.
+    pub async fn authenticate(&self) -> Result<Option<(String, Option<Duration>)>, ScimError> {
+        match &self.cfg.credential {
+            Credential::Bearer(_) => Ok(None),
+            Credential::OAuth(src) => {
+                let life = src.fetch_now().await.map_err(ScimError::Token)?;
+                Ok(Some((src.token_url(), life)))
+            }
+        }
+    }
+
     /// Reads `/ServiceProviderConfig`.
     pub async fn service_provider_config(&self) -> Result<ServiceProviderConfig, ScimError> {
         let url = endpoint_url(&self.cfg.base_url, &["ServiceProviderConfig"])?;
@@ -1001,18 +1033,36 @@ impl ScimClient {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap)
             .with_max_attempts(self.cfg.max_attempts);
+        let mut renewed = false;
         loop {
+            let (token, generation) = match &self.cfg.credential {
+                Credential::Bearer(t) => (t.clone(), None),
+                Credential::OAuth(src) => {
+                    let (t, g) = src.bearer().await.map_err(ScimError::Token)?;
+                    (t, Some(g))
+                }
+            };
             let mut req = HttpRequest::new(method, url.clone())
-                .header(
-                    "Authorization",
-                    format!("Bearer {}", self.cfg.token.expose()),
-                )
+                .header("Authorization", format!("Bearer {}", token.expose()))
                 .header("Accept", SCIM_JSON);
             if let Some(b) = &body {
                 req = req.header("Content-Type", SCIM_JSON).body(b.clone());
             }
             self.count(method);
             let (next, outcome) = match self.http.send(req).await {
+                // A refused OAuth2 token is replaced once, at once: it may have expired early.
+                Ok(resp) if resp.status == 401 && !renewed && generation.is_some() => {
+                    if let (Credential::OAuth(src), Some(g)) = (&self.cfg.credential, generation) {
+                        log::info!(
+                            "SCIM {method} {} answered 401; fetching a new OAuth2 token from {}",
+                            shown_path(url),
+                            src.token_url()
+                        );
+                        src.expire(g);
+                    }
+                    renewed = true;
+                    continue;
+                }
                 Ok(resp) => {
                     let retry_after = resp.header("retry-after");
                     let next = after_status(method, resp.status, retry_after, SystemTime::now());
@@ -1062,13 +1112,13 @@ impl ScimClient {
     /// scrubbed from anything the server echoed.
     fn http_error(&self, method: Method, url: &Url, resp: &HttpResponse) -> ScimError {
         let (scim_type, detail) = parse_error_body(&resp.body);
-        let token = self.cfg.token.expose();
-        let scrub = |s: String| {
-            if token.is_empty() {
-                s
-            } else {
-                s.replace(token, "<redacted>")
-            }
+        let token = match &self.cfg.credential {
+            Credential::Bearer(t) => Some(t.clone()),
+            Credential::OAuth(src) => src.held_token(),
+        };
+        let scrub = |s: String| match &token {
+            Some(t) if !t.expose().is_empty() => s.replace(t.expose(), "<redacted>"),
+            _ => s,
         };
         ScimError::Http {
             method,

@@ -5,6 +5,7 @@ pub mod client;
 pub mod facade;
 pub mod filter;
 pub mod mapping;
+pub mod oauth;
 pub mod profile;
 pub mod resource;
 
