@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub mod canaille;
 pub mod faultproxy;
 pub mod pki;
 pub mod tinyproxy;
