@@ -32,6 +32,11 @@ pub struct Canaille {
 pub fn canaille(test: &str) -> Option<Canaille> {
     let vars = ["CANAILLE_SCIM_URL", "CANAILLE_TOKEN", "CANAILLE_DIR"].map(std::env::var);
     let [Ok(url), Ok(token), Ok(dir)] = vars else {
+        // CI starts every test server: a skip there would hide a missing server.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CANAILLE_SCIM_URL/CANAILLE_TOKEN/CANAILLE_DIR are not set under CI: scripts/test.sh must start Canaille"
+        );
         eprintln!(
             "SKIPPED {test}: CANAILLE_SCIM_URL/CANAILLE_TOKEN/CANAILLE_DIR are not set \
              (scripts/test.sh starts Canaille and exports them)"
@@ -55,6 +60,16 @@ pub fn canaille(test: &str) -> Option<Canaille> {
 }
 
 impl Canaille {
+    /// The loopback port it listens on (for a proxy in front of it).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The base URL's path, `/scim/v2`.
+    pub fn base_path(&self) -> &str {
+        self.url.split_once(&format!(":{}", self.port)).unwrap().1
+    }
+
     /// Puts the data back to the seed (same ids; the token stays valid).
     pub fn reset(&self) {
         let out = Command::new("bash")
