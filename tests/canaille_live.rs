@@ -211,3 +211,124 @@ fn the_agent_never_writes_to_a_resource_it_did_not_create() {
         checked.stdout
     );
 }
+
+/// OAuth2 client credentials against a real token endpoint whose tokens live 60 s: `check`
+/// shows the grant, and `run` keeps working across several token lifetimes, changes
+/// arriving all along, with no request refused for an expired token. The soak lasts
+/// `IDRELAY_OAUTH_SOAK_SECS` (150 s by default: three tokens at least).
+#[test]
+fn oauth2_tokens_that_expire_every_minute_are_replaced_without_a_failed_request() {
+    let Some(c) = canaille("oauth2_tokens_that_expire_every_minute_are_replaced") else {
+        return;
+    };
+    let soak: u64 = std::env::var("IDRELAY_OAUTH_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let dir = common::Dir::openldap();
+    let ou = common::TestOu::create(&dir, "oauth");
+    let o = &ou.dn;
+    dir.modify(&format!(
+        "dn: uid=oa1,{o}\nobjectClass: inetOrgPerson\nuid: oa1\ncn: Olga Auth\ngivenName: G0\nsn: Auth\n\n\
+         dn: uid=oa2,{o}\nobjectClass: inetOrgPerson\nuid: oa2\ncn: Otto Auth\ngivenName: Otto\nsn: Auth\n\n"
+    ));
+    let proxy = common::faultproxy::FaultProxy::http(c.port());
+    let agent = common::Agent::new(&dir, &[o], &proxy.http_url(c.base_path()), "unused", "");
+    let secret_file = agent.tmp.path().join("client.secret");
+    common::write_secret(&secret_file, &common::env("CANAILLE_CLIENT_SECRET"));
+    agent.edit_config(
+        &format!(
+            "token_file = \"{}\"",
+            agent.tmp.path().join("scim.token").display()
+        ),
+        &format!(
+            "token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"",
+            proxy.http_url("/oauth/token"),
+            common::env("CANAILLE_CLIENT_ID"),
+            secret_file.display()
+        ),
+    );
+    let profile = agent.tmp.path().join("profile.toml");
+    std::fs::write(
+        &profile,
+        "[user.attributes]\n\"name.formatted\" = \"cn\"\n\"emails[type eq \\\"work\\\"].value\" = \"\"\n",
+    )
+    .unwrap();
+    agent.edit_config(
+        "max_attempts = 2",
+        &format!("max_attempts = 2\nprofile_file = \"{}\"", profile.display()),
+    );
+
+    let checked = agent.run(&["check"]);
+    assert!(
+        checked
+            .stdout
+            .contains("scim oauth OK    client_credentials grant at")
+            && checked.stdout.contains("token issued, valid 60 s"),
+        "{}",
+        checked.stdout
+    );
+
+    let given = |uid: &str| {
+        c.all("Users")
+            .into_iter()
+            .find(|u| u["userName"] == uid)
+            .map(|u| u["name"]["givenName"].as_str().unwrap_or("").to_string())
+    };
+    let t0 = std::time::Instant::now();
+    let run = common::Running(agent.spawn(&["run"]));
+    assert!(
+        common::wait_until(60, || given("oa1").as_deref() == Some("G0")
+            && given("oa2").is_some()),
+        "first pass did not arrive: {}",
+        agent.log()
+    );
+    let mut changes = 0;
+    while t0.elapsed().as_secs() < soak {
+        changes += 1;
+        let name = format!("G{changes}");
+        dir.modify(&format!(
+            "dn: uid=oa1,{o}\nchangetype: modify\nreplace: givenName\ngivenName: {name}\n"
+        ));
+        assert!(
+            common::wait_until(20, || given("oa1").as_deref() == Some(name.as_str())),
+            "change {changes} ({:.0} s in) did not arrive: {}",
+            t0.elapsed().as_secs_f64(),
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    }
+    drop(run);
+
+    let events = proxy.events();
+    let status = |e: &common::faultproxy::Event| match e.action {
+        common::faultproxy::Action::Forwarded(s) => s,
+        _ => None,
+    };
+    let tokens = events
+        .iter()
+        .filter(|e| e.path.starts_with("/oauth/token"))
+        .collect::<Vec<_>>();
+    let failed: Vec<String> = events
+        .iter()
+        .filter(|e| !status(e).is_some_and(|s| (200..300).contains(&s)))
+        .map(|e| format!("{} {} {:?}", e.method, e.path, e.action))
+        .collect();
+    eprintln!(
+        "OAuth2 soak: {:.0} s, {changes} changes, {} requests, {} tokens fetched",
+        t0.elapsed().as_secs_f64(),
+        events.len(),
+        tokens.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    // One token per 48 s at least (replaced a fifth of its life early), plus check's own.
+    let lifetimes = t0.elapsed().as_secs() / 48;
+    assert!(
+        tokens.len() as u64 > lifetimes,
+        "{} tokens in {} s",
+        tokens.len(),
+        t0.elapsed().as_secs()
+    );
+    let log = agent.log();
+    assert!(!log.contains("canaille-testbed-client-secret"), "{log}");
+}

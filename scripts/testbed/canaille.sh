@@ -112,6 +112,10 @@ write_config() {
   cat >"$CANAILLE_CONFIG" <<EOF
 # Canaille testbed instance (scripts/testbed/canaille.sh); loopback only.
 SECRET_KEY = "$secret"
+# Tokens of the client_credentials grant live 60 s (Authlib's setting, passed through by
+# Canaille), so that a test sees the agent replace them; the seed token is made by the CLI
+# and lives ten years.
+OAUTH2_TOKEN_EXPIRES_IN = { client_credentials = 60 }
 
 [CANAILLE_SQL]
 DATABASE_URI = "sqlite:///$DB"
