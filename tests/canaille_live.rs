@@ -85,6 +85,21 @@ fn the_quirks_an_agent_meets_there_still_hold() {
     c.reset();
 }
 
+/// Gives `agent` the profile this server needs of a user body: `name.formatted`, and no
+/// e-mail (it refuses `primary`/`type` on e-mails).
+fn use_canaille_profile(agent: &common::Agent) {
+    let profile = agent.tmp.path().join("profile.toml");
+    std::fs::write(
+        &profile,
+        "[user.attributes]\n\"name.formatted\" = \"cn\"\n\"emails[type eq \\\"work\\\"].value\" = \"\"\n",
+    )
+    .unwrap();
+    agent.edit_config(
+        "max_attempts = 2",
+        &format!("max_attempts = 2\nprofile_file = \"{}\"", profile.display()),
+    );
+}
+
 /// The writes (PUT, PATCH, DELETE) that reached a resource named by one of `ids` (Canaille
 /// also takes a userName or group name in the path).
 fn writes_to(events: &[common::faultproxy::Event], ids: &[String]) -> Vec<String> {
@@ -150,17 +165,7 @@ fn the_agent_never_writes_to_a_resource_it_did_not_create() {
     let proxy = common::faultproxy::FaultProxy::http(c.port());
     let url = proxy.http_url(c.base_path());
     let agent = common::Agent::new(&dir, &[o], &url, &c.token, "");
-    // What this server needs of a user body: name.formatted; no primary/type on e-mails.
-    let profile = agent.tmp.path().join("profile.toml");
-    std::fs::write(
-        &profile,
-        "[user.attributes]\n\"name.formatted\" = \"cn\"\n\"emails[type eq \\\"work\\\"].value\" = \"\"\n",
-    )
-    .unwrap();
-    agent.edit_config(
-        "max_attempts = 2",
-        &format!("max_attempts = 2\nprofile_file = \"{}\"", profile.display()),
-    );
+    use_canaille_profile(&agent);
     agent.edit_config("concurrency = 4", "concurrency = 1");
 
     let ours = ["cana1", "cana2", "cana3"];
@@ -248,16 +253,7 @@ fn oauth2_tokens_that_expire_every_minute_are_replaced_without_a_failed_request(
             secret_file.display()
         ),
     );
-    let profile = agent.tmp.path().join("profile.toml");
-    std::fs::write(
-        &profile,
-        "[user.attributes]\n\"name.formatted\" = \"cn\"\n\"emails[type eq \\\"work\\\"].value\" = \"\"\n",
-    )
-    .unwrap();
-    agent.edit_config(
-        "max_attempts = 2",
-        &format!("max_attempts = 2\nprofile_file = \"{}\"", profile.display()),
-    );
+    use_canaille_profile(&agent);
 
     let checked = agent.run(&["check"]);
     assert!(

@@ -478,7 +478,7 @@ fn html_text(html: &str) -> String {
 }
 
 /// At most [`MAX_DETAIL_CHARS`] characters, control characters replaced by spaces.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(MAX_DETAIL_CHARS)
@@ -803,9 +803,7 @@ impl ScimClient {
         value: &str,
         case_exact: bool,
     ) -> Result<Option<Value>, ScimError> {
-        let mut url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
-        let filter = eq_filter(attribute, value);
-        url.set_query(Some(&format!("filter={}", encode_query_component(&filter))));
+        let url = self.filter_url(kind, attribute, value)?;
         let sifted = sift(&self.list_page(&url).await?, attribute, value, case_exact)?;
         if sifted.foreign > 0 {
             self.note_filter_ignored(&url, sifted.foreign);
@@ -822,9 +820,7 @@ impl ScimClient {
     pub async fn probe_lookups(&self) -> Result<LookupProbe, ScimError> {
         let kind = ResourceKind::User;
         let made_up = format!("idrelay-probe-{:016x}", fastrand::u64(..));
-        let mut url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
-        let filter = eq_filter("externalId", &made_up);
-        url.set_query(Some(&format!("filter={}", encode_query_component(&filter))));
+        let url = self.filter_url(kind, "externalId", &made_up)?;
         let first = sift(&self.list_page(&url).await?, "externalId", &made_up, true)?;
         if first.foreign > 0 {
             self.note_filter_ignored(&url, first.foreign);
@@ -841,9 +837,7 @@ impl ScimClient {
         let known = match known {
             None => None,
             Some(ext) => {
-                let mut url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
-                let filter = eq_filter("externalId", &ext);
-                url.set_query(Some(&format!("filter={}", encode_query_component(&filter))));
+                let url = self.filter_url(kind, "externalId", &ext)?;
                 let hit = !sift(&self.list_page(&url).await?, "externalId", &ext, true)?
                     .matching
                     .is_empty();
@@ -904,6 +898,19 @@ impl ScimClient {
             what: format!("listing of {}", shown_path(&base)),
             detail: format!("more than {MAX_SCAN_PAGES} pages"),
         })
+    }
+
+    /// `<base>/<Users|Groups>?filter=<attribute> eq "<value>"`.
+    fn filter_url(
+        &self,
+        kind: ResourceKind,
+        attribute: &str,
+        value: &str,
+    ) -> Result<Url, ScimError> {
+        let mut url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
+        let filter = eq_filter(attribute, value);
+        url.set_query(Some(&format!("filter={}", encode_query_component(&filter))));
+        Ok(url)
     }
 
     /// GETs one list response and checks that it is one.

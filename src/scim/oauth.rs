@@ -30,9 +30,6 @@ use crate::secret::Secret;
 /// Longest refresh margin before a token's expiry.
 const MAX_MARGIN: Duration = Duration::from_secs(60);
 
-/// Longest server text kept in a [`TokenError`].
-const MAX_DETAIL_CHARS: usize = 200;
-
 /// How the client proves its identity at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -257,16 +254,7 @@ fn clean(text: &str, scrub: &[&str]) -> String {
     for secret in scrub.iter().filter(|s| !s.is_empty()) {
         s = s.replace(secret, "<redacted>");
     }
-    let mut out: String = s
-        .trim()
-        .chars()
-        .take(MAX_DETAIL_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.trim().chars().count() > MAX_DETAIL_CHARS {
-        out.push('…');
-    }
-    out
+    crate::scim::client::clip(s.trim())
 }
 
 struct Held {
