@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # test.sh [--stop] [-- CARGO_TEST_ARGS...] — the project's test command.
 #
-# Starts the test servers on loopback (OpenLDAP slapd, Samba AD DC, scim2-server, Canaille;
-# see scripts/testbed/), installing their Debian/PyPI packages on first use (needs root
-# then), exports their variables (OPENLDAP_*, AD_*, SCIM_*, CANAILLE_*), runs
+# Starts the test servers on loopback (OpenLDAP slapd, Samba AD DC, 389 Directory Server,
+# scim2-server, Canaille; see scripts/testbed/), installing their Debian/PyPI packages on
+# first use (needs root then), exports their variables (OPENLDAP_*, AD_*, DS389_*, SCIM_*,
+# CANAILLE_*), runs
 #   cargo test --all-targets [--locked] [CARGO_TEST_ARGS...]
 # and exits with cargo's status. The servers keep running afterwards (the next run starts
 # in a second); --stop stops them at the end, whatever the outcome.
-# Everything the servers write is under $IDRELAY_TESTBED (default ${TMPDIR:-/tmp}/idrelay-testbed).
-# Ports: IDRELAY_LDAP_PORT (3389), IDRELAY_LDAPS_PORT (3636), IDRELAY_SCIM_PORT (8080),
-# IDRELAY_CANAILLE_PORT (8088), IDRELAY_SAMBA_IP (127.0.0.1; Samba's ports 389/636/3268/3269/88/464 are fixed).
+# Everything the servers write is under $IDRELAY_TESTBED (default ${TMPDIR:-/tmp}/idrelay-testbed),
+# but for one symlink: /etc/dirsrv/slapd-idrelay-ds389 (see testbed/389ds.sh).
+# Ports: IDRELAY_LDAP_PORT (3389), IDRELAY_LDAPS_PORT (3636), IDRELAY_DS389_PORT (3489),
+# IDRELAY_SCIM_PORT (8080), IDRELAY_CANAILLE_PORT (8088), IDRELAY_SAMBA_IP (127.0.0.1;
+# Samba's ports 389/636/3268/3269/88/464 are fixed).
 # shellcheck disable=SC2317 # functions below are called through `phase` and `trap`
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +29,7 @@ while [ $# -gt 0 ]; do
     --stop) stop_at_end=1 ;;
     --) shift; cargo_args=("$@"); break ;;
     -h | --help)
-      sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument $1 (usage: $0 [--stop] [-- CARGO_TEST_ARGS...])" ;;
@@ -58,6 +61,7 @@ stop_servers() {
   log "== stopping the test servers (--stop)"
   "$TB/canaille.sh" stop || true
   "$TB/scim-server.sh" stop || true
+  "$TB/389ds.sh" stop || true
   "$TB/samba-ad.sh" stop || true
   "$TB/openldap.sh" stop || true
 }
@@ -79,6 +83,7 @@ T0=$(now)
 log "testbed state in $IDRELAY_TESTBED"
 phase "openldap start" start_server openldap.sh || die "OpenLDAP did not start (see above)"
 phase "samba-ad start" start_server samba-ad.sh || die "Samba AD did not start (see above)"
+phase "389ds start" start_server 389ds.sh || die "389 Directory Server did not start (see above)"
 phase "scim-server start" start_server scim-server.sh || die "scim2-server did not start (see above)"
 phase "canaille start" start_server canaille.sh || die "Canaille (second SCIM server) did not start (see above)"
 

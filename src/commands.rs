@@ -1384,5 +1384,35 @@ pub fn status(c: &Config) -> i32 {
         }
         Err(e) => crate::outln!("deletes:      {e}"),
     }
+    if let Ok(g) = open_gate(c) {
+        println!("unmatched:    {}", unmatched_line(g.unmatched()));
+    }
     exit::OK
+}
+
+/// The `status` line about feed deletes that matched no provisioned object.
+fn unmatched_line((n, last): (u64, Option<&crate::sync::deletes::Unmatched>)) -> String {
+    if n == 0 {
+        return "none (every delete from the change feed matched what it names)".into();
+    }
+    let last = last
+        .map(|u| {
+            let age = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .saturating_sub(u.at);
+            format!(
+                "; last: {}, {} ago",
+                u.dn.clone()
+                    .unwrap_or_else(|| format!("uuid {} (no DN sent)", u.uuid)),
+                crate::sync::progress::format_duration(std::time::Duration::from_secs(age))
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{n} unmatched {} from the change feed (they matched nothing this agent provisioned; \
+         see the log){last}; a full pass removes what it no longer finds",
+        if n == 1 { "delete" } else { "deletes" }
+    )
 }

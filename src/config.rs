@@ -104,7 +104,8 @@ pub enum KindSetting {
     Auto,
     /// Active Directory or Samba AD.
     ActiveDirectory,
-    /// OpenLDAP (or 389-DS) with entryUUID.
+    /// OpenLDAP: anchor entryUUID (on 389-DS, whose syncrepl names entries by nsUniqueId,
+    /// `Generic` is the right kind; see docs/profile.md).
     OpenLdap,
     /// Any other LDAP server.
     Generic,

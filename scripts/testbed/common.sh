@@ -4,7 +4,8 @@
 # Owns: where testbed state lives, installing Debian packages without starting their
 # services, the private test CA, pidfiles. Invariants: every server a testbed script
 # starts binds to a loopback address only; every file it writes is under
-# $IDRELAY_TESTBED; a process is stopped by the PID in its pidfile, and only after its
+# $IDRELAY_TESTBED (389ds.sh adds one symlink in /etc/dirsrv, which lib389 needs, and
+# removes it at `reset`); a process is stopped by the PID in its pidfile, and only after its
 # command line was checked, never by name.
 IDRELAY_TESTBED=${IDRELAY_TESTBED:-${TMPDIR:-/tmp}/idrelay-testbed}
 TB_NAME=${TB_NAME:-testbed}

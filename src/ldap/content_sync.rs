@@ -67,22 +67,27 @@ pub enum SyncEvent {
     /// Entry added, modified, renamed (new DN, same uuid) or listed as present with its
     /// attributes.
     Upsert {
-        /// entryUUID in text form, lower-case 8-4-4-4-12 (equals the `entryUUID` value).
+        /// The syncUUID in standard UUID text, lower-case 8-4-4-4-12. OpenLDAP sends the
+        /// entryUUID (so this equals the `entryUUID` value); 389-DS sends the 16 bytes of the
+        /// entry's nsUniqueId (`b4f55441-f16a11f1-b259f0ea-34f55c5e` arrives as
+        /// `b4f55441-f16a-11f1-b259-f0ea34f55c5e`), unrelated to its entryUUID.
         uuid: String,
         /// The entry with the requested attributes (and `entryUUID`).
         entry: Entry,
     },
     /// Entry deleted (persist phase `delete` state, or refresh-phase delete).
     Delete {
-        /// entryUUID in text form.
+        /// The syncUUID in standard UUID text (as for [`SyncEvent::Upsert`]).
         uuid: String,
-        /// The DN the server sent with the delete, if any.
+        /// The DN the server sent with the delete, if any (both OpenLDAP and 389-DS send
+        /// it in the persist phase).
         dn: Option<String>,
     },
     /// syncIdSet: these UUIDs are deleted (`deletes = true`) or present (`deletes = false`:
     /// part of a present phase).
     IdSet {
-        /// entryUUIDs in text form, in server order.
+        /// syncUUIDs in standard UUID text, in server order (no DNs: a refresh from a
+        /// cookie reports what was deleted meanwhile this way).
         uuids: Vec<String>,
         /// Whether they are deletions (true) or a present list (false).
         deletes: bool,
@@ -153,7 +158,8 @@ fn protocol(detail: impl Into<String>) -> LdapError {
     }
 }
 
-/// The lower-case 8-4-4-4-12 text form of a 16-byte UUID.
+/// The lower-case 8-4-4-4-12 text form of a 16-byte syncUUID (whatever the server means by
+/// those bytes: see [`SyncEvent::Upsert`]).
 pub(crate) fn uuid_text(bytes: &[u8]) -> Result<String, LdapError> {
     if bytes.len() != 16 {
         return Err(protocol(format!(

@@ -29,7 +29,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::ldap::{Directory, Entry, Scope};
-use crate::scim::mapping::{self, Reference, Resolver};
+use crate::scim::mapping::{self, anchor_filter, Reference, Resolver};
 use std::collections::HashMap;
 
 use crate::scim::filter;
@@ -132,35 +132,6 @@ fn split_list(v: &str) -> Vec<String> {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-/// The LDAP filter that finds the object anchored at `id` (None: `id` cannot be an anchor
-/// of this profile, e.g. not base64 for a GUID anchor).
-pub fn anchor_filter(profile: &SyncProfile, kind: ResourceKind, id: &str) -> Option<String> {
-    let anchor = profile.resource(kind).anchor();
-    let value = match anchor.encoding {
-        AnchorEncoding::Text => filter::escape_value(id),
-        AnchorEncoding::Guid | AnchorEncoding::Base64 => {
-            let bytes = crate::scim::base64::decode(id).ok()?;
-            if anchor.encoding == AnchorEncoding::Guid && bytes.len() != 16 {
-                return None;
-            }
-            filter::escape_octets(&bytes)
-        }
-    };
-    if anchor.attributes.is_empty() {
-        return None;
-    }
-    let terms: String = anchor
-        .attributes
-        .iter()
-        .map(|a| format!("({a}={value})"))
-        .collect();
-    Some(if anchor.attributes.len() == 1 {
-        terms
-    } else {
-        format!("(|{terms})")
-    })
 }
 
 impl Facade<'_> {

@@ -138,6 +138,35 @@ impl fmt::Display for MapError {
 
 impl std::error::Error for MapError {}
 
+/// The LDAP filter that finds the object anchored at `id` (None: `id` cannot be an anchor
+/// of this profile, e.g. not base64 for a GUID anchor).
+pub fn anchor_filter(profile: &SyncProfile, kind: ResourceKind, id: &str) -> Option<String> {
+    let anchor = profile.resource(kind).anchor();
+    let value = match anchor.encoding {
+        AnchorEncoding::Text => crate::scim::filter::escape_value(id),
+        AnchorEncoding::Guid | AnchorEncoding::Base64 => {
+            let bytes = base64::decode(id).ok()?;
+            if anchor.encoding == AnchorEncoding::Guid && bytes.len() != 16 {
+                return None;
+            }
+            crate::scim::filter::escape_octets(&bytes)
+        }
+    };
+    if anchor.attributes.is_empty() {
+        return None;
+    }
+    let terms: String = anchor
+        .attributes
+        .iter()
+        .map(|a| format!("({a}={value})"))
+        .collect();
+    Some(if anchor.attributes.len() == 1 {
+        terms
+    } else {
+        format!("(|{terms})")
+    })
+}
+
 /// The anchor (`externalId`) of `entry` as a `kind`, alone.
 pub fn anchor_of(
     entry: &Entry,

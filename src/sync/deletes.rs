@@ -13,9 +13,20 @@
 //! * a held object keeps its anchor-index entry, so the next full pass finds it missing
 //!   again even if this file were lost.
 //!
+//! Which object a change feed's delete names ([`find_deleted`]): the feed gives a uuid (and
+//! often the DN the object had), the index knows anchors. A delete matches the object whose
+//! anchor is any text form of that uuid ([`uuid_forms`]: a directory names its objects by
+//! 16 bytes that the anchor attribute may write differently, e.g. 389-DS's nsUniqueId), else
+//! the object last sent under its DN, which is deleted only once the directory confirms that
+//! no entry holds its anchor any more (the caller's check: a DN can be reused, a uuid
+//! cannot). A delete that matches nothing is never dropped silently: the caller logs it and
+//! the gate counts it ([`DeleteGate::note_unmatched`], shown by `idrelay status`).
+//!
 //! On disk (`held-deletes.json` in the state directory, replaced atomically):
 //! `{"v":1,"recent":[unix secs...],"held":[{"x":anchor,"k":"user"|"group","id":scimId,
-//! "dn":DN,"why":reason,"at":unix secs}...]}`. Approval from another process (the agent
+//! "dn":DN,"why":reason,"at":unix secs}...],"unmatched":N,"last_unmatched":{"uuid":uuid,
+//! "dn":DN,"at":unix secs}}` (the last two only once a delete matched nothing; older
+//! versions ignore them). Approval from another process (the agent
 //! holds the state lock while it runs) is a small file `approve-deletes.json`
 //! (`{"count":N,"digest":"hex"}`) naming exactly the held set it approves; a set that
 //! changed since is not approved.
@@ -102,6 +113,26 @@ struct File {
     recent: VecDeque<u64>,
     #[serde(default)]
     held: Vec<Target>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    unmatched: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_unmatched: Option<Unmatched>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The last feed delete that matched no provisioned object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmatched {
+    /// The uuid the feed gave.
+    pub uuid: String,
+    /// The DN it gave with it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dn: Option<String>,
+    /// When (unix seconds).
+    pub at: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -201,6 +232,25 @@ impl DeleteGate {
     /// Whether the delete of `anchor` waits for approval.
     pub fn is_held(&self, anchor: &str) -> bool {
         self.state.held.iter().any(|h| h.anchor == anchor)
+    }
+
+    /// Records a feed delete that matched no provisioned object (see the module doc); the
+    /// caller has logged it. Durable with the next [`DeleteGate::save`], which comes before
+    /// the delete is acknowledged.
+    pub fn note_unmatched(&mut self, uuid: &str, dn: Option<&str>) {
+        self.state.unmatched += 1;
+        self.state.last_unmatched = Some(Unmatched {
+            uuid: uuid.to_string(),
+            dn: dn.map(str::to_string),
+            at: now_secs(),
+        });
+        self.dirty = true;
+    }
+
+    /// How many feed deletes matched no provisioned object (since the state directory was
+    /// created), and the last one.
+    pub fn unmatched(&self) -> (u64, Option<&Unmatched>) {
+        (self.state.unmatched, self.state.last_unmatched.as_ref())
     }
 
     /// Deletes admitted in the current window.
@@ -501,6 +551,112 @@ fn print_dry_run(t: &Target, user_delete: UserDelete) {
     crate::stdout::write_bytes(s.as_bytes());
 }
 
+/// How a feed's delete found the object it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedBy {
+    /// The object's anchor is a form of the delete's uuid: the directory named the object.
+    Uuid,
+    /// The object was last sent under the delete's DN. A DN can be reused (deleted, then
+    /// created again; renamed away, then taken by another object): delete the object only
+    /// once the directory confirms that no entry holds its anchor.
+    Dn,
+}
+
+/// The indexed object a feed's delete names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its anchor (externalId).
+    pub anchor: String,
+    /// What the index holds for it.
+    pub object: Anchor,
+    /// How it was found.
+    pub by: MatchedBy,
+}
+
+/// The indexed object a feed's delete of `uuid` (with the DN `dn`, when the feed sent one)
+/// names: by any form of the uuid ([`uuid_forms`]), else by the DN.
+pub fn find_deleted(index: &AnchorIndex, uuid: &str, dn: Option<&str>) -> Option<Found> {
+    for form in uuid_forms(uuid) {
+        if let Some(object) = index.get_any(&form) {
+            return Some(Found {
+                anchor: form,
+                object,
+                by: MatchedBy::Uuid,
+            });
+        }
+    }
+    let (anchor, object) = index.by_dn(dn?)?;
+    Some(Found {
+        anchor,
+        object,
+        by: MatchedBy::Dn,
+    })
+}
+
+/// Every text an anchor may have for the object a feed names by `uuid`: `uuid` itself
+/// first, then, when it is one of the forms of 16 bytes ([`uuid_bytes`]), each form of
+/// those bytes: standard `8-4-4-4-12` (OpenLDAP's entryUUID), 389-DS's nsUniqueId
+/// `8-8-8-8`, 32 hex digits (each of these in lower and upper case), and standard base64
+/// (a binary anchor, such as AD's objectGUID). No duplicates, deterministic order.
+pub fn uuid_forms(uuid: &str) -> Vec<String> {
+    let mut forms = vec![uuid.to_string()];
+    if let Some(b) = uuid_bytes(uuid) {
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let standard = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        );
+        let ns_unique_id = format!(
+            "{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..16],
+            &hex[16..24],
+            &hex[24..]
+        );
+        for text in [standard, ns_unique_id, hex] {
+            let upper = text.to_ascii_uppercase();
+            forms.push(text);
+            forms.push(upper);
+        }
+        forms.push(crate::scim::base64::encode(&b));
+    }
+    let mut seen = std::collections::HashSet::new();
+    forms.retain(|f| seen.insert(f.clone()));
+    forms
+}
+
+/// The 16 bytes `s` writes, if it is one of: standard UUID text `8-4-4-4-12`, nsUniqueId
+/// text `8-8-8-8`, 32 hex digits (hex in any case), or standard base64 of 16 bytes.
+pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    let dashes_at = |at: &[usize]| {
+        b.iter()
+            .enumerate()
+            .all(|(i, &c)| (c == b'-') == at.contains(&i))
+    };
+    let digits: Vec<u8> = match b.len() {
+        36 if dashes_at(&[8, 13, 18, 23]) => b.iter().copied().filter(|&c| c != b'-').collect(),
+        35 if dashes_at(&[8, 17, 26]) => b.iter().copied().filter(|&c| c != b'-').collect(),
+        32 => b.to_vec(),
+        24 => {
+            let raw = crate::scim::base64::decode(s).ok()?;
+            return raw.try_into().ok();
+        }
+        _ => return None,
+    };
+    let mut out = [0u8; 16];
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
 impl Target {
     /// The delete of an indexed object.
     pub fn of(anchor: &str, a: &Anchor, reason: &str) -> Target {
@@ -661,6 +817,147 @@ mod tests {
         g.admit_at(vec![target(2)], 101);
         assert!(g.take_approval().is_none());
         assert_eq!(g.held().len(), 2);
+    }
+
+    /// What 389-DS sent for one entry (389-ds-base 2.3): nsUniqueId and the syncUUID of its
+    /// Sync State control in standard UUID text (the same 16 bytes).
+    const NS_UNIQUE_ID: &str = "b4f55441-f16a11f1-b259f0ea-34f55c5e";
+    const SYNC_UUID: &str = "b4f55441-f16a-11f1-b259-f0ea34f55c5e";
+
+    #[test]
+    fn a_uuid_has_the_same_bytes_in_each_of_its_forms() {
+        let b = uuid_bytes(SYNC_UUID).unwrap();
+        assert_eq!(b[..4], [0xb4, 0xf5, 0x54, 0x41]);
+        assert_eq!(b[15], 0x5e);
+        for form in [
+            NS_UNIQUE_ID,
+            "B4F55441-F16A11F1-B259F0EA-34F55C5E",
+            "B4F55441-F16A-11F1-B259-F0EA34F55C5E",
+            "b4f55441f16a11f1b259f0ea34f55c5e",
+            "tPVUQfFqEfGyWfDqNPVcXg==",
+        ] {
+            assert_eq!(uuid_bytes(form), Some(b), "{form}");
+        }
+        for not_a_uuid in [
+            "",
+            "b4f55441-f16a-11f1-b259-f0ea34f55c5",   // short
+            "b4f55441-f16a11f1-b259f0ea-34f55c5g",   // not hex
+            "b4f55441f16a-11f1-b259-f0ea-34f55c5e",  // dashes misplaced
+            "b4f55441-f16a-11f1-b259f0ea-34f55c5e-", // extra dash
+            "AAAAAAAAAAAAAAAAAAAAAAAA",              // base64 of 18 bytes
+            "cn=x,dc=y",
+        ] {
+            assert_eq!(uuid_bytes(not_a_uuid), None, "{not_a_uuid}");
+        }
+    }
+
+    #[test]
+    fn the_forms_of_a_sync_uuid_include_the_nsuniqueid_text() {
+        let forms = uuid_forms(SYNC_UUID);
+        assert_eq!(forms[0], SYNC_UUID, "the uuid as given comes first");
+        for want in [
+            NS_UNIQUE_ID,
+            "B4F55441-F16A11F1-B259F0EA-34F55C5E",
+            "B4F55441-F16A-11F1-B259-F0EA34F55C5E",
+            "b4f55441f16a11f1b259f0ea34f55c5e",
+            "B4F55441F16A11F1B259F0EA34F55C5E",
+            "tPVUQfFqEfGyWfDqNPVcXg==",
+        ] {
+            assert!(forms.iter().any(|f| f == want), "{want} in {forms:?}");
+        }
+        assert_eq!(forms.len(), 7, "no duplicates: {forms:?}");
+        // Any form leads to the same set (an nsUniqueId given, an upper-case uuid given).
+        let mut a = uuid_forms(NS_UNIQUE_ID);
+        let mut b = forms.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        // Anything else is only itself.
+        assert_eq!(uuid_forms("objectGUID?"), vec!["objectGUID?".to_string()]);
+    }
+
+    fn index_with(anchor: &str, dn: &str) -> (tempdir::Dir, AnchorIndex) {
+        let d = tempdir::Dir::new();
+        let mut ix = AnchorIndex::empty(d.path());
+        ix.put(
+            anchor,
+            Anchor {
+                kind: ResourceKind::User,
+                scim_id: "scim-1".into(),
+                hash: 1,
+                dn: dn.into(),
+            },
+        );
+        (d, ix)
+    }
+
+    #[test]
+    fn a_389_delete_finds_the_object_anchored_on_its_nsuniqueid() {
+        let (_d, ix) = index_with(NS_UNIQUE_ID, "uid=a,ou=people,dc=x");
+        let f = find_deleted(&ix, SYNC_UUID, None).unwrap();
+        assert_eq!(f.anchor, NS_UNIQUE_ID);
+        assert_eq!(f.by, MatchedBy::Uuid);
+        assert_eq!(f.object.scim_id, "scim-1");
+        // Upper-case anchors too.
+        let (_d, ix) = index_with(&NS_UNIQUE_ID.to_uppercase(), "uid=a,dc=x");
+        assert_eq!(
+            find_deleted(&ix, SYNC_UUID, None).unwrap().by,
+            MatchedBy::Uuid
+        );
+    }
+
+    #[test]
+    fn a_delete_whose_uuid_is_no_anchor_falls_back_to_its_dn() {
+        // An entryUUID anchor (389-DS's entryUUID is unrelated to the syncUUID).
+        let (_d, ix) = index_with(
+            "dc4b89ff-7d6e-496a-91d6-32e2105bc960",
+            "uid=a,ou=people,dc=x",
+        );
+        let f = find_deleted(&ix, SYNC_UUID, Some("UID=a, ou=People,dc=x")).unwrap();
+        assert_eq!(f.by, MatchedBy::Dn);
+        assert_eq!(f.anchor, "dc4b89ff-7d6e-496a-91d6-32e2105bc960");
+        assert_eq!(find_deleted(&ix, SYNC_UUID, None), None, "no DN, no match");
+        assert_eq!(
+            find_deleted(&ix, SYNC_UUID, Some("uid=b,ou=people,dc=x")),
+            None
+        );
+    }
+
+    #[test]
+    fn unmatched_deletes_are_counted_and_survive_a_restart() {
+        let (d, mut g) = gate(1);
+        assert_eq!(g.unmatched(), (0, None));
+        g.note_unmatched(SYNC_UUID, None);
+        g.note_unmatched("u2", Some("uid=b,dc=x"));
+        g.save().unwrap();
+        let again = DeleteGate::open(
+            d.path(),
+            Policy {
+                threshold: 1,
+                interval: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let (n, last) = again.unmatched();
+        assert_eq!(n, 2);
+        let last = last.unwrap();
+        assert_eq!(last.uuid, "u2");
+        assert_eq!(last.dn.as_deref(), Some("uid=b,dc=x"));
+        // A file without the counter (older agents) reads as zero.
+        std::fs::write(
+            d.path().join(HELD_FILE),
+            br#"{"v":1,"recent":[],"held":[]}"#,
+        )
+        .unwrap();
+        let old = DeleteGate::open(
+            d.path(),
+            Policy {
+                threshold: 1,
+                interval: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        assert_eq!(old.unmatched(), (0, None));
     }
 
     #[test]

@@ -33,8 +33,16 @@
 //!   repeat of an incomplete pass does no better than the pass before it (with the endpoint
 //!   reachable at its start), the pass counts as done, with a warning; those objects go out
 //!   when they change or at the next full pass, and deletes wait for a complete pass.
+//! * A delete is never lost silently. The feed keeps the DN the directory sent with it; the
+//!   sender finds the object by any text form of the delete's uuid (389-DS names entries by
+//!   their nsUniqueId's 16 bytes, which the anchor writes `8-8-8-8`), else by that DN, and
+//!   deletes an object found by DN only once the directory confirms that no entry holds its
+//!   anchor (see [`crate::sync::deletes::find_deleted`]). A delete that matches nothing
+//!   provisioned is acknowledged with a warning naming its DN (or uuid) and counted for
+//!   `idrelay status`; only one whose DN lies outside the included subtrees (never in scope)
+//!   is acknowledged quietly.
 //!
-//! Change feeds: RFC 4533 syncrepl (OpenLDAP and other servers with syncprov), and the
+//! Change feeds: RFC 4533 syncrepl (OpenLDAP's syncprov, 389-DS's Content Synchronization), and the
 //! polling feeds of [`crate::sync::poll`] (AD DirSync, uSN, modifyTimestamp).
 
 use std::collections::HashSet;
@@ -44,7 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ldap::{Directory, LdapError, SyncEvent, SyncMode};
+use crate::ldap::{Directory, LdapError, Scope, SyncEvent, SyncMode};
 use crate::queue::{AppendOutcome, Queue, QueueError, ResyncReason};
 use crate::relay::agent::AgentState;
 use crate::relay::backoff::Backoff;
@@ -54,7 +62,7 @@ use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
 use crate::sync::anchors::{representation_hash, representation_hash_with, Anchor, AnchorIndex};
-use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
+use crate::sync::deletes::{self, DeleteGate, Found, GateError, MatchedBy, Target, Verdict};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use crate::sync::poll::{self, PollError, PollSpec};
@@ -73,10 +81,13 @@ pub enum Change {
     },
     /// Deleted in the directory.
     Delete {
-        /// entryUUID (objectGUID in base64 on AD).
+        /// The uuid the feed names it by: syncrepl's syncUUID in standard UUID text (the
+        /// entryUUID on OpenLDAP, the nsUniqueId's bytes on 389-DS), objectGUID in base64
+        /// on AD.
         uuid: String,
-        /// The DN it had, when the feed knows it (AD tombstones): finds objects whose
-        /// anchor is not the uuid (mS-DS-ConsistencyGuid).
+        /// The DN it had, when the feed knows it (syncrepl persist-phase deletes, AD
+        /// tombstones): finds objects whose anchor is not a form of the uuid
+        /// (mS-DS-ConsistencyGuid, an entryUUID anchor on 389-DS).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dn: Option<String>,
     },
@@ -616,9 +627,7 @@ async fn feed(
             SyncEvent::Upsert { uuid, entry } => {
                 batch.push(encode(&Change::Upsert { dn: entry.dn, uuid }));
             }
-            SyncEvent::Delete { uuid, .. } => {
-                batch.push(encode(&Change::Delete { uuid, dn: None }))
-            }
+            SyncEvent::Delete { uuid, dn } => batch.push(encode(&Change::Delete { uuid, dn })),
             SyncEvent::IdSet {
                 uuids,
                 deletes: true,
@@ -815,9 +824,13 @@ async fn send_loop(
         let burst: Vec<Target> = records
             .iter()
             .filter_map(|r| match serde_json::from_slice::<Change>(&r.payload) {
-                Ok(Change::Delete { uuid, dn }) => deleted_anchor(index, &uuid, dn.as_deref())
-                    .filter(|(x, _)| !gate.is_held(x))
-                    .map(|(x, a)| Target::of(&x, &a, "deleted in the directory")),
+                // Matches by DN count too (before the directory confirms them): the burst
+                // may only be overestimated.
+                Ok(Change::Delete { uuid, dn }) => {
+                    deletes::find_deleted(index, &uuid, dn.as_deref())
+                        .filter(|f| !gate.is_held(&f.anchor))
+                        .map(|f| Target::of(&f.anchor, &f.object, "deleted in the directory"))
+                }
                 _ => None,
             })
             .collect();
@@ -1412,10 +1425,26 @@ async fn apply(
             }
         }
         Change::Delete { uuid, dn } => {
-            let Some((anchor, a)) = deleted_anchor(index, uuid, dn.as_deref()) else {
-                return Applied::Done; // never provisioned: nothing to undo
+            let dn = dn.as_deref();
+            let Some(found) = deletes::find_deleted(index, uuid, dn) else {
+                unmatched(ctx, gate, uuid, dn, "not in the anchor index");
+                return Applied::Done;
             };
-            let t = Target::of(&anchor, &a, "deleted in the directory");
+            if found.by == MatchedBy::Dn {
+                match anchor_gone(ctx, &found).await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => {
+                        if admitted.remove(&found.anchor) {
+                            gate.refund(1); // counted with its burst, not sent
+                        }
+                        unmatched(ctx, gate, uuid, dn, &why);
+                        return Applied::Done;
+                    }
+                    Err(why) => return Applied::Retry(why),
+                }
+            }
+            let anchor = found.anchor;
+            let t = Target::of(&anchor, &found.object, "deleted in the directory");
             if gate.is_held(&anchor) {
                 return Applied::Done; // waits for approval
             }
@@ -1566,13 +1595,62 @@ fn commit(index: &mut AnchorIndex, job: Job, outcome: Outcome) -> Applied {
     }
 }
 
-/// The indexed object a feed's delete refers to: by its uuid, else by the DN it had.
-fn deleted_anchor(index: &AnchorIndex, uuid: &str, dn: Option<&str>) -> Option<(String, Anchor)> {
-    if let Some(a) = index.get_any(uuid) {
-        return Some((uuid.to_string(), a.clone()));
+/// Whether the directory confirms that the object a delete matched by DN is gone: `None`
+/// when no entry under the base holds its anchor; else why it is not proven gone (an entry
+/// still holds the anchor: the DN was another object's; or the directory refused the search
+/// or the anchor cannot be searched for). `Err` (retry) when the directory could not be
+/// asked.
+async fn anchor_gone(ctx: &SendCtx<'_>, found: &Found) -> Result<Option<String>, String> {
+    let Some(filter) = mapping::anchor_filter(ctx.profile, found.object.kind, &found.anchor) else {
+        return Ok(Some(format!(
+            "{} {}, last sent under this DN, has an anchor the profile cannot search for",
+            found.object.kind.word(),
+            found.anchor
+        )));
+    };
+    let mut s = ctx
+        .dir
+        .search(&ctx.settings.base_dn, Scope::Subtree, &filter, &["1.1"]);
+    match s.next().await {
+        None => Ok(None),
+        Some(Ok(e)) => Ok(Some(format!(
+            "{} {}, last sent under this DN, is still in the directory at {}",
+            found.object.kind.word(),
+            found.anchor,
+            e.dn
+        ))),
+        Some(Err(e @ (LdapError::Search { .. } | LdapError::InvalidFilter { .. }))) => {
+            Ok(Some(format!(
+                "cannot confirm that {} {}, last sent under this DN, is gone: {e}",
+                found.object.kind.word(),
+                found.anchor
+            )))
+        }
+        Some(Err(e)) => Err(format!(
+            "directory: checking that {} is gone: {e}",
+            found.object.dn
+        )),
     }
-    let (x, a) = index.by_dn(dn?)?;
-    Some((x.to_string(), a.clone()))
+}
+
+/// A feed's delete that matches no provisioned object: acknowledged, since there is nothing
+/// the agent can prove gone, but never silently (see the module doc).
+fn unmatched(ctx: &SendCtx<'_>, gate: &mut DeleteGate, uuid: &str, dn: Option<&str>, why: &str) {
+    if let Some(d) = dn {
+        if !dn::under_any(d, &ctx.settings.pass.include) {
+            log::debug!("delete of {d} (outside the included subtrees): nothing to undo");
+            return;
+        }
+    }
+    let what = match dn {
+        Some(d) => format!("delete of {d} (uuid {uuid})"),
+        None => format!("delete of the object with uuid {uuid} (the directory sent no DN)"),
+    };
+    log::warn!(
+        "{what} matches nothing this agent provisioned ({why}); nothing was sent for it. \
+         Objects it provisioned and no longer finds are removed by the next full pass"
+    );
+    gate.note_unmatched(uuid, dn);
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Shared pieces of the integration tests: the real `idrelay` binary, a private scim2-server
 //! per test, LDIF loaded into the real directories with ldap-utils.
 //!
-//! The servers come from `scripts/test.sh` (it starts slapd and Samba AD and exports their
-//! coordinates); a test that finds a variable missing fails and says so, it never passes
-//! silently. Every server a test starts listens on 127.0.0.1 and is stopped by its PID.
+//! The servers come from `scripts/test.sh` (it starts slapd, Samba AD and 389-DS and exports
+//! their coordinates); a test that finds a variable missing fails and says so, it never passes
+//! silently (the exceptions, [`Dir::ds389`] and the live AD feed tests, print a note and
+//! return). Every server a test starts listens on 127.0.0.1 and is stopped by its PID.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -269,6 +270,27 @@ impl Dir {
             bind_pw: env("AD_PASSWORD"),
             ca: env("AD_CA_CERT"),
         }
+    }
+
+    /// The 389 Directory Server of the testbed (`scripts/testbed/389ds.sh`), or `None` with
+    /// a printed note when `DS389_URL` is not set (run the tests through scripts/test.sh).
+    pub fn ds389() -> Option<Dir> {
+        if std::env::var_os("DS389_URL").is_none() {
+            eprintln!(
+                "note: DS389_URL is not set; skipping this 389 Directory Server test (run it \
+                 through scripts/test.sh, which starts 389-DS)"
+            );
+            return None;
+        }
+        Some(Dir {
+            url: env("DS389_URL"),
+            base: env("DS389_BASE_DN"),
+            admin_dn: env("DS389_ROOT_DN"),
+            admin_pw: env("DS389_ROOT_PW"),
+            bind_dn: env("DS389_SYNC_DN"),
+            bind_pw: env("DS389_SYNC_PW"),
+            ca: String::new(), // no TLS listener
+        })
     }
 
     fn tool(&self, tool: &str, extra: &[&str], stdin: &str) -> (i32, String) {
