@@ -1336,102 +1336,26 @@ pub fn pin_string(hash: &[u8; 32]) -> String {
     format!("sha256/{}", crate::scim::base64::encode(hash))
 }
 
-/// SHA-256, from the ring provider rustls already uses: no extra dependency.
+/// SHA-256 (ring, the crypto provider rustls already uses).
 fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
-    // TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite by definition; its hash is SHA-256
-    // (checked by the unit test against the FIPS 180-2 vector).
-    if let Some(suite) = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13() {
-        let digest = suite.common.hash_provider.hash(data);
-        if digest.as_ref().len() == out.len() {
-            out.copy_from_slice(digest.as_ref());
-        }
-    }
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
     out
 }
 
-/// One DER element split off the front of a byte string.
-#[derive(Debug, PartialEq, Eq)]
-struct DerElement<'a> {
-    tag: u8,
-    /// The value bytes.
-    contents: &'a [u8],
-    /// Tag, length and value.
-    whole: &'a [u8],
-    /// What follows the element.
-    rest: &'a [u8],
-}
-
-/// One DER element at the start of `input`. Definite lengths only, in minimal form, up to
-/// 4 length bytes (DER, X.690 §10.1).
-fn der_element(input: &[u8]) -> Option<DerElement<'_>> {
-    let (&tag, rest) = input.split_first()?;
-    if tag & 0x1f == 0x1f {
-        return None; // high tag numbers do not occur in a certificate's outer structure
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n || rest[0] == 0 {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        if len < 0x80 {
-            return None;
-        }
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let head = input.len() - rest.len();
-    Some(DerElement {
-        tag,
-        contents: &rest[..len],
-        whole: &input[..head + len],
-        rest: &rest[len..],
-    })
-}
-
-/// The DER of the subjectPublicKeyInfo of an X.509 certificate (RFC 5280 §4.1): walks
-/// `Certificate` → `tbsCertificate` → past version, serialNumber, signature, issuer,
-/// validity and subject.
-pub fn certificate_spki(cert_der: &[u8]) -> Result<&[u8], String> {
-    fn expect<'a>(input: &'a [u8], tag: u8, what: &str) -> Result<DerElement<'a>, String> {
-        let e = der_element(input).ok_or_else(|| format!("{what} is not valid DER"))?;
-        if e.tag != tag {
-            return Err(format!(
-                "{what}: expected tag {tag:#04x}, found {:#04x}",
-                e.tag
-            ));
-        }
-        Ok(e)
-    }
-    let cert = expect(cert_der, 0x30, "Certificate")?.contents;
-    let mut rest = expect(cert, 0x30, "tbsCertificate")?.contents;
-    // version [0] EXPLICIT is absent in v1 certificates.
-    if rest.first() == Some(&0xa0) {
-        rest = expect(rest, 0xa0, "version")?.rest;
-    }
-    for (tag, what) in [
-        (0x02, "serialNumber"),
-        (0x30, "signature"),
-        (0x30, "issuer"),
-        (0x30, "validity"),
-        (0x30, "subject"),
-    ] {
-        rest = expect(rest, tag, what)?.rest;
-    }
-    Ok(expect(rest, 0x30, "subjectPublicKeyInfo")?.whole)
+/// The DER of the subjectPublicKeyInfo of an X.509 v3 certificate (RFC 5280 §4.1), as
+/// rustls-webpki parses it (v1 and v2 certificates are refused there, as rustls refuses
+/// them for a server anyway).
+pub fn certificate_spki(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+    let der = rustls_pki_types::CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| format!("not a usable X.509 certificate: {e}"))?;
+    Ok(cert.subject_public_key_info().as_ref().to_vec())
 }
 
 /// The SHA-256 of a certificate's subjectPublicKeyInfo: the value a pin is compared with.
 pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], String> {
-    certificate_spki(cert_der).map(sha256)
+    certificate_spki(cert_der).map(|spki| sha256(&spki))
 }
 
 /// Writes the request and reads the complete response; `stage` tells how far it got.
@@ -1672,26 +1596,16 @@ bP3jBYcZzGcgGUBL9m6W/gQyGKWMSXmEAiEA/s7RpcGg8Y9TSQt7whHv3BjDuTGJ
 
     #[test]
     fn spki_of_real_certificates() {
-        for (pem, pin, alg_oid) in [
-            (
-                RSA_V3_CERT,
-                RSA_V3_PIN,
-                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01][..],
-            ),
-            (
-                EC_V1_CERT,
-                EC_V1_PIN,
-                &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..],
-            ),
-        ] {
-            let cert = der(pem);
-            let spki = certificate_spki(&cert).unwrap();
-            assert_eq!(spki[0], 0x30);
-            // AlgorithmIdentifier { algorithm OID, ... } opens the SPKI.
-            assert!(spki.windows(alg_oid.len()).any(|w| w == alg_oid));
-            assert_eq!(pin_string(&spki_sha256(&cert).unwrap()), pin);
-            assert_eq!(parse_pin(pin).unwrap(), spki_sha256(&cert).unwrap());
-        }
+        let cert = der(RSA_V3_CERT);
+        let spki = certificate_spki(&cert).unwrap();
+        assert_eq!(spki[0], 0x30);
+        // AlgorithmIdentifier { rsaEncryption OID, ... } opens the SPKI.
+        let rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+        assert!(spki.windows(rsa.len()).any(|w| w == rsa));
+        assert_eq!(pin_string(&spki_sha256(&cert).unwrap()), RSA_V3_PIN);
+        assert_eq!(parse_pin(RSA_V3_PIN).unwrap(), spki_sha256(&cert).unwrap());
+        // A v1 certificate is refused by webpki (and so by rustls as a server's leaf).
+        assert!(spki_sha256(&der(EC_V1_CERT)).is_err());
     }
 
     #[test]
@@ -1702,18 +1616,7 @@ bP3jBYcZzGcgGUBL9m6W/gQyGKWMSXmEAiEA/s7RpcGg8Y9TSQt7whHv3BjDuTGJ
         }
         let mut wrong_tag = cert.clone();
         wrong_tag[0] = 0x31;
-        assert!(certificate_spki(&wrong_tag)
-            .unwrap_err()
-            .contains("Certificate"));
-        // Indefinite length (BER, not DER) and non-minimal lengths are refused.
-        assert!(der_element(&[0x30, 0x80, 0, 0]).is_none());
-        assert!(der_element(&[0x30, 0x81, 0x05, 1, 2, 3, 4, 5]).is_none());
-        assert!(der_element(&[0x30, 0x82, 0x00, 0x80]).is_none());
-        let e = der_element(&[0x02, 0x01, 0x07, 0xff]).unwrap();
-        assert_eq!(
-            (e.tag, e.contents, e.rest),
-            (0x02, &[0x07][..], &[0xff][..])
-        );
+        assert!(certificate_spki(&wrong_tag).unwrap_err().contains("X.509"));
     }
 
     proptest::proptest! {
