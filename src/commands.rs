@@ -915,7 +915,7 @@ async fn resolve_for_preview(
         return Ok(Reference::OutOfScope);
     };
     Ok(match index.get(kind, &x) {
-        Some(a) => Reference::Id(a.scim_id.clone()),
+        Some(a) => Reference::provisioned(kind, a.scim_id.clone()),
         None => Reference::Pending,
     })
 }

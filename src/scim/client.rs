@@ -597,6 +597,8 @@ struct Learnt {
     filter_ignored: std::sync::atomic::AtomicBool,
     /// A created resource came back without the `externalId` it was sent with.
     external_id_dropped: std::sync::atomic::AtomicBool,
+    /// A group member that was a group came back as a user, or not at all.
+    nested_refused: std::sync::atomic::AtomicBool,
 }
 
 /// What the client has seen of the service's behaviour so far, for messages and `check`.
@@ -606,6 +608,8 @@ pub struct EndpointFacts {
     pub filter_ignored: bool,
     /// The service does not keep `externalId` on what it creates.
     pub external_id_dropped: bool,
+    /// The service does not keep groups as group members: nested groups are not sent.
+    pub nested_refused: bool,
 }
 
 /// What a probe of the service's lookups found ([`ScimClient::probe_lookups`]).
@@ -717,6 +721,18 @@ impl ScimClient {
         EndpointFacts {
             filter_ignored: self.learnt.filter_ignored.load(Ordering::Relaxed),
             external_id_dropped: self.learnt.external_id_dropped.load(Ordering::Relaxed),
+            nested_refused: self.learnt.nested_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records, and logs once, that the service does not keep groups as group members:
+    /// from now on no group is sent as a member to it (this process; the next start finds
+    /// out again, at the cost of one more misread that is removed again).
+    pub fn note_nested_refused(&self, detail: &str) {
+        if !self.learnt.nested_refused.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "{detail}; groups keep their user members at this endpoint, their member groups are left out"
+            );
         }
     }
 
@@ -1003,21 +1019,25 @@ impl ScimClient {
         self.json(Method::Put, &url, &resp)
     }
 
-    /// Sends a PatchOp message with `operations`; 200 and 204 both count as done. The
-    /// operations must be idempotent in effect (they may be sent twice on retry).
+    /// Sends a PatchOp message with `operations`; 200 and 204 both count as done. Returns
+    /// the resource when the answer holds it (200 with a body). The operations must be
+    /// idempotent in effect (they may be sent twice on retry).
     pub async fn patch(
         &self,
         kind: ResourceKind,
         id: &str,
         operations: Vec<Value>,
-    ) -> Result<(), ScimError> {
+    ) -> Result<Option<Value>, ScimError> {
         let url = endpoint_url(&self.cfg.base_url, &[kind.endpoint(), id])?;
         let body = json!({ "schemas": [PATCH_OP], "Operations": operations });
         let resp = self.execute(Method::Patch, &url, Some(&body)).await?;
         if !resp.is_success() {
             return Err(self.http_error(Method::Patch, &url, &resp));
         }
-        Ok(())
+        // 204, or a body that is not a resource: the answer shows nothing.
+        Ok(serde_json::from_slice::<Value>(&resp.body)
+            .ok()
+            .filter(Value::is_object))
     }
 
     /// Deletes a resource; a 404 counts as done.

@@ -40,12 +40,26 @@ use crate::scim::resource::{ResourceKind, ENTERPRISE_SCHEMA, GROUP_SCHEMA, USER_
 /// What a DN reference resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
-    /// In scope and provisioned under this SCIM id.
+    /// In scope and provisioned under this SCIM id (a user, or a resolver that does not
+    /// tell kinds).
     Id(String),
+    /// In scope and provisioned under this SCIM id, and a group: a nested member, which
+    /// some endpoints misread as a user id ([`Mapped::nested`]).
+    Group(String),
     /// In scope but not provisioned yet: left out now, listed in [`Mapped::pending`].
     Pending,
     /// Not in the sync scope (or not found): left out.
     OutOfScope,
+}
+
+impl Reference {
+    /// A provisioned object of `kind` under `id`.
+    pub fn provisioned(kind: ResourceKind, id: String) -> Reference {
+        match kind {
+            ResourceKind::Group => Reference::Group(id),
+            ResourceKind::User => Reference::Id(id),
+        }
+    }
 }
 
 /// Resolves DNs found in `manager` / `member` values. Implementations normalise DNs as
@@ -76,6 +90,9 @@ pub struct Mapped {
     pub members: MemberIds,
     /// DNs that resolved to [`Reference::Pending`], sorted: map again once they exist.
     pub pending: Vec<String>,
+    /// The member ids (also in `members`) that are groups, sorted: an endpoint may read
+    /// them as user ids, so what it holds afterwards is checked.
+    pub nested: Vec<String>,
 }
 
 /// Why an entry could not be mapped. Every variant names the entry's DN.
@@ -233,6 +250,7 @@ pub fn map_entry_split(
     let external_id = anchor_of(entry, kind, profile)?;
     let mut body = Body::default();
     let mut pending = BTreeSet::new();
+    let mut nested = BTreeSet::new();
     let mut members = MemberIdsBuilder::default();
     for m in profile.resource(kind).mappings() {
         match (m.target, &m.source) {
@@ -255,7 +273,7 @@ pub fn map_entry_split(
             (Target::Manager, Source::Attributes(names)) => {
                 if let Some(dn) = first_text(entry, names)? {
                     match resolver.resolve(&dn) {
-                        Reference::Id(id) if !id.is_empty() => {
+                        Reference::Id(id) | Reference::Group(id) if !id.is_empty() => {
                             body.enterprise.insert("manager".to_string(), reference(id));
                         }
                         Reference::Pending => {
@@ -276,6 +294,10 @@ pub fn map_entry_split(
                         }
                         match resolver.resolve(dn) {
                             Reference::Id(id) if !id.is_empty() => members.push(&id),
+                            Reference::Group(id) if !id.is_empty() => {
+                                members.push(&id);
+                                nested.insert(id);
+                            }
                             Reference::Pending => {
                                 pending.insert(dn.to_string());
                             }
@@ -295,6 +317,7 @@ pub fn map_entry_split(
         members: members.finish(),
         external_id,
         pending: pending.into_iter().collect(),
+        nested: nested.into_iter().collect(),
     })
 }
 

@@ -417,7 +417,10 @@ pub async fn execute(
     let (result, word) = match (t.kind, user_delete) {
         (ResourceKind::User, UserDelete::Deactivate) => {
             let ops = vec![serde_json::json!({"op": "replace", "path": "active", "value": false})];
-            (scim.patch(t.kind, &t.scim_id, ops).await, "deactivated")
+            (
+                scim.patch(t.kind, &t.scim_id, ops).await.map(drop),
+                "deactivated",
+            )
         }
         _ => (scim.delete(t.kind, &t.scim_id).await, "deleted"),
     };

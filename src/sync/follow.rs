@@ -1265,7 +1265,7 @@ impl<'a> IndexResolver<'a> {
 impl Resolver for IndexResolver<'_> {
     fn resolve(&self, target: &str) -> Reference {
         match self.index.by_dn(target) {
-            Some((_, a)) => Reference::Id(a.scim_id.clone()),
+            Some((_, a)) => Reference::provisioned(a.kind, a.scim_id.clone()),
             None => {
                 if !self.busy.is_empty() && self.busy.contains(&dn::normalize(target)) {
                     self.blocked.set(true);
@@ -1570,6 +1570,7 @@ fn decide(
         external_id: mapped.external_id,
         body: mapped.resource,
         members: mapped.members,
+        nested: mapped.nested,
         hash,
         known_id: known.map(|a| a.scim_id),
     })

@@ -39,6 +39,12 @@
 //!   write of a new `.members` and the removal of the journal) and is ignored.
 //! * After all chunks succeeded the wanted list becomes the new `.members`, then the
 //!   journal is removed.
+//! * **A member group is checked, never assumed.** After a request that added an id the
+//!   caller names as a group, the group as the endpoint shows it (the PATCH answer, else one
+//!   GET) must not show that member as a user (`type` "User", a `$ref` to `/Users/`) nor
+//!   leave it out; otherwise the misread membership is removed again, the stored members
+//!   are forgotten and the sync fails with [`MemberSyncError::NestedRefused`]. A member
+//!   without `type` and `$ref`, or a group shown without `members`, counts as held.
 //!
 //! # Limits
 //! * One sync per group at a time (the caller serialises work per object); the store takes
@@ -153,6 +159,19 @@ pub enum MemberSyncError {
     Scim(ScimError),
     /// The member store could not be written.
     Store(MemberStoreError),
+    /// The endpoint did not hold nested group members as groups: it read them as user ids
+    /// (those memberships were removed again) or dropped them. The stored members were
+    /// forgotten; the caller stops sending nested groups to this endpoint.
+    NestedRefused {
+        /// The group's SCIM id.
+        group_id: String,
+        /// Member group ids the endpoint showed as users.
+        as_user: Vec<String>,
+        /// Member group ids the endpoint does not show at all.
+        missing: Vec<String>,
+        /// Why removing the misread memberships again failed, if it did.
+        removal: Option<Box<ScimError>>,
+    },
 }
 
 impl fmt::Display for MemberSyncError {
@@ -163,6 +182,36 @@ impl fmt::Display for MemberSyncError {
             }
             MemberSyncError::Scim(e) => write!(f, "group members: {e}"),
             MemberSyncError::Store(e) => write!(f, "group member store: {e}"),
+            MemberSyncError::NestedRefused {
+                group_id,
+                as_user,
+                missing,
+                removal,
+            } => {
+                write!(
+                    f,
+                    "the endpoint does not keep groups as members of SCIM group {group_id}:"
+                )?;
+                if !as_user.is_empty() {
+                    write!(
+                        f,
+                        " it took member group(s) {} for users",
+                        as_user.join(", ")
+                    )?;
+                    match removal {
+                        None => write!(f, " (removed again)")?,
+                        Some(e) => write!(
+                            f,
+                            " and removing them again failed ({e}): remove those users from the group at the endpoint by hand"
+                        )?,
+                    }
+                }
+                if !missing.is_empty() {
+                    let sep = if as_user.is_empty() { "" } else { ";" };
+                    write!(f, "{sep} it dropped member group(s) {}", missing.join(", "))?;
+                }
+                write!(f, "; nested groups are no longer sent to this endpoint")
+            }
         }
     }
 }
@@ -172,6 +221,9 @@ impl std::error::Error for MemberSyncError {
         match self {
             MemberSyncError::Scim(e) => Some(e),
             MemberSyncError::Store(e) => Some(e),
+            MemberSyncError::NestedRefused { removal, .. } => removal
+                .as_ref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
             MemberSyncError::GroupGone { .. } => None,
         }
     }
@@ -859,25 +911,85 @@ pub struct MemberWrites {
     pub endpoint_read: bool,
 }
 
-/// The two requests the sync needs from an endpoint (a seam for tests).
+/// The requests the sync needs from an endpoint (a seam for tests).
 trait GroupEndpoint {
+    /// The group as the endpoint shows it; `None` when it does not exist.
+    async fn group(&self, group_id: &str) -> Result<Option<Value>, ScimError>;
+    /// Sends one PatchOp with these operations to the group; the group as the answer
+    /// shows it, when the answer holds it (200 with a body; 204 holds nothing).
+    async fn patch_members(
+        &self,
+        group_id: &str,
+        ops: Vec<Value>,
+    ) -> Result<Option<Value>, ScimError>;
+
     /// The member ids of the group; `None` when it does not exist.
-    async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError>;
-    /// Sends one PatchOp with these operations to the group.
-    async fn patch_members(&self, group_id: &str, ops: Vec<Value>) -> Result<(), ScimError>;
+    async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError> {
+        match self.group(group_id).await? {
+            Some(group) => members_of(&group, group_id).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 impl GroupEndpoint for ScimClient {
-    async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError> {
-        let Some(group) = self.get(ResourceKind::Group, group_id).await? else {
-            return Ok(None);
-        };
-        members_of(&group, group_id).map(Some)
+    async fn group(&self, group_id: &str) -> Result<Option<Value>, ScimError> {
+        self.get(ResourceKind::Group, group_id).await
     }
 
-    async fn patch_members(&self, group_id: &str, ops: Vec<Value>) -> Result<(), ScimError> {
+    async fn patch_members(
+        &self,
+        group_id: &str,
+        ops: Vec<Value>,
+    ) -> Result<Option<Value>, ScimError> {
         self.patch(ResourceKind::Group, group_id, ops).await
     }
+}
+
+/// How an endpoint shows the member groups it was sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NestedCheck {
+    /// Shown as users: `type` "User", or a `$ref` to `/Users/`.
+    pub as_user: Vec<String>,
+    /// Not shown at all, though the group lists members.
+    pub missing: Vec<String>,
+}
+
+impl NestedCheck {
+    /// Every member group is shown as sent (or nothing can be told).
+    pub fn is_empty(&self) -> bool {
+        self.as_user.is_empty() && self.missing.is_empty()
+    }
+}
+
+/// How `group` (as the endpoint shows it) holds the member groups `sent`. Only evidence
+/// counts: a member without `type` or `$ref` is taken as held, and a group shown without
+/// a `members` attribute at all (some services never list members) tells nothing.
+pub fn check_nested(group: &Value, sent: &[&str]) -> NestedCheck {
+    let mut out = NestedCheck::default();
+    let Some(members) = group.get("members").and_then(Value::as_array) else {
+        return out;
+    };
+    for &id in sent {
+        let shown: Vec<&Value> = members
+            .iter()
+            .filter(|m| m.get("value").and_then(Value::as_str) == Some(id))
+            .collect();
+        let as_user = |m: &&Value| {
+            m.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("user"))
+                || m.get("$ref")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| r.contains("/Users/"))
+        };
+        if shown.is_empty() {
+            out.missing.push(id.to_string());
+        } else if shown.iter().any(as_user) {
+            out.as_user.push(id.to_string());
+        }
+    }
+    out
 }
 
 /// The `value`s of a group's `members`.
@@ -915,30 +1027,50 @@ pub async fn sync_members(
     new_ids: &MemberIds,
     chunk: usize,
 ) -> Result<MemberWrites, MemberSyncError> {
-    sync_via(scim, store, anchor, group_id, new_ids, chunk, Vec::new()).await
+    sync_via(
+        scim,
+        store,
+        anchor,
+        group_id,
+        new_ids,
+        &[],
+        chunk,
+        Vec::new(),
+    )
+    .await
 }
 
 /// [`sync_members`], with `lead_ops` (e.g. a replace of the group's other attributes) sent
 /// in the first PATCH request, or alone when the members are already in step: a group whose
-/// name and members both changed costs one request, not two.
+/// name and members both changed costs one request, not two. `nested` (sorted) names the
+/// ids of `new_ids` that are groups: after a request that added one, the group as the
+/// endpoint then shows it is checked ([`check_nested`]); a member group shown as a user is
+/// removed again and the sync ends with [`MemberSyncError::NestedRefused`].
+#[allow(clippy::too_many_arguments)]
 pub async fn sync_members_with(
     scim: &ScimClient,
     store: &MemberStore,
     anchor: &str,
     group_id: &str,
     new_ids: &MemberIds,
+    nested: &[String],
     chunk: usize,
     lead_ops: Vec<Value>,
 ) -> Result<MemberWrites, MemberSyncError> {
-    sync_via(scim, store, anchor, group_id, new_ids, chunk, lead_ops).await
+    sync_via(
+        scim, store, anchor, group_id, new_ids, nested, chunk, lead_ops,
+    )
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sync_via<E: GroupEndpoint>(
     endpoint: &E,
     store: &MemberStore,
     anchor: &str,
     group_id: &str,
     new_ids: &MemberIds,
+    nested: &[String],
     chunk: usize,
     mut lead_ops: Vec<Value>,
 ) -> Result<MemberWrites, MemberSyncError> {
@@ -985,7 +1117,7 @@ async fn sync_via<E: GroupEndpoint>(
         }
         if !lead_ops.is_empty() {
             match endpoint.patch_members(group_id, lead_ops).await {
-                Ok(()) => writes.requests += 1,
+                Ok(_) => writes.requests += 1,
                 Err(e) if e.status() == Some(404) => {
                     return Err(group_gone(store, anchor, group_id))
                 }
@@ -1007,8 +1139,11 @@ async fn sync_via<E: GroupEndpoint>(
             adds.iter().copied(),
             RemoveForm::PathFilter,
         ));
-        match endpoint.patch_members(group_id, ops).await {
-            Ok(()) => journal.close(true)?,
+        let answer = match endpoint.patch_members(group_id, ops).await {
+            Ok(answer) => {
+                journal.close(true)?;
+                answer
+            }
             Err(e) if e.status() == Some(404) => {
                 drop(journal);
                 return Err(group_gone(store, anchor, group_id));
@@ -1019,14 +1154,65 @@ async fn sync_via<E: GroupEndpoint>(
                 }
                 return Err(e.into());
             }
-        }
+        };
         writes.requests += 1;
         writes.removed += c.removes.len();
         writes.added += adds.len();
+        let nested_added: Vec<&str> = adds
+            .iter()
+            .copied()
+            .filter(|a| nested.binary_search_by(|n| n.as_str().cmp(a)).is_ok())
+            .collect();
+        if !nested_added.is_empty() {
+            let shown = match answer.filter(|a| a.get("members").is_some()) {
+                Some(a) => Some(a),
+                None => endpoint.group(group_id).await?,
+            };
+            let check =
+                shown.map_or_else(NestedCheck::default, |g| check_nested(&g, &nested_added));
+            if !check.is_empty() {
+                drop(journal);
+                return Err(refuse_nested(endpoint, store, anchor, group_id, check).await);
+            }
+        }
     }
     drop(journal);
     store.save(anchor, group_id, new_ids)?;
     Ok(writes)
+}
+
+/// The endpoint misread or dropped member groups: removes the memberships it took for users
+/// again, forgets the stored members (the next sync reads the endpoint) and says so.
+async fn refuse_nested<E: GroupEndpoint>(
+    endpoint: &E,
+    store: &MemberStore,
+    anchor: &str,
+    group_id: &str,
+    check: NestedCheck,
+) -> MemberSyncError {
+    let removal = if check.as_user.is_empty() {
+        None
+    } else {
+        let ops = patch_operations(
+            check.as_user.iter().map(String::as_str),
+            std::iter::empty(),
+            RemoveForm::PathFilter,
+        );
+        endpoint
+            .patch_members(group_id, ops)
+            .await
+            .err()
+            .map(Box::new)
+    };
+    if let Err(e) = store.forget(anchor) {
+        log::warn!("cannot forget the members of group {anchor:?}: {e}");
+    }
+    MemberSyncError::NestedRefused {
+        group_id: group_id.to_string(),
+        as_user: check.as_user,
+        missing: check.missing,
+        removal,
+    }
 }
 
 /// Forgets the group's members and returns [`MemberSyncError::GroupGone`].
@@ -1404,6 +1590,12 @@ mod tests {
         max_values: Cell<usize>,
         /// Fail the n-th PATCH from now (0 = the next) this way.
         fault: Cell<Option<(usize, Fault)>>,
+        /// Ids this endpoint takes for user ids (shown with `type: User`).
+        as_users: RefCell<BTreeSet<String>>,
+        /// Ids this endpoint accepts and drops.
+        drops: RefCell<BTreeSet<String>>,
+        /// PATCH answers 200 with the group (else 204, nothing).
+        answers_with_group: Cell<bool>,
     }
 
     impl FakeGroup {
@@ -1416,7 +1608,24 @@ mod tests {
                 patches: Cell::new(0),
                 max_values: Cell::new(0),
                 fault: Cell::new(None),
+                as_users: RefCell::default(),
+                drops: RefCell::default(),
+                answers_with_group: Cell::new(false),
             }
+        }
+        fn shown(&self) -> Value {
+            let members: Vec<Value> = self
+                .members()
+                .into_iter()
+                .map(|id| {
+                    if self.as_users.borrow().contains(&id) {
+                        json!({"value": id, "type": "User", "$ref": format!("https://x/v2/Users/{id}")})
+                    } else {
+                        json!({"value": id})
+                    }
+                })
+                .collect();
+            json!({"id": self.id, "members": members})
         }
         fn members(&self) -> Vec<String> {
             self.members.borrow().iter().cloned().collect()
@@ -1433,6 +1642,14 @@ mod tests {
     }
 
     impl GroupEndpoint for FakeGroup {
+        async fn group(&self, group_id: &str) -> Result<Option<Value>, ScimError> {
+            self.gets.set(self.gets.get() + 1);
+            if !self.exists.get() || group_id != self.id {
+                return Ok(None);
+            }
+            Ok(Some(self.shown()))
+        }
+
         async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError> {
             self.gets.set(self.gets.get() + 1);
             if !self.exists.get() || group_id != self.id {
@@ -1443,7 +1660,11 @@ mod tests {
             Ok(Some(v))
         }
 
-        async fn patch_members(&self, group_id: &str, ops: Vec<Value>) -> Result<(), ScimError> {
+        async fn patch_members(
+            &self,
+            group_id: &str,
+            ops: Vec<Value>,
+        ) -> Result<Option<Value>, ScimError> {
             if !self.exists.get() || group_id != self.id {
                 return Err(self.error(404));
             }
@@ -1473,7 +1694,10 @@ mod tests {
                     "add" => {
                         assert_eq!(path, "members");
                         for v in op["value"].as_array().unwrap() {
-                            m.insert(v["value"].as_str().unwrap().to_string());
+                            let id = v["value"].as_str().unwrap().to_string();
+                            if !self.drops.borrow().contains(&id) {
+                                m.insert(id);
+                            }
                             values += 1;
                         }
                     }
@@ -1489,10 +1713,11 @@ mod tests {
                 }
             }
             self.max_values.set(self.max_values.get().max(values));
+            drop(m);
             if matches!(fault, Some(Fault::AppliedLost)) {
                 return Err(self.error(502));
             }
-            Ok(())
+            Ok(self.answers_with_group.get().then(|| self.shown()))
         }
     }
 
@@ -1508,9 +1733,118 @@ mod tests {
             "anchor",
             &ep.id.clone(),
             &new.iter().collect(),
+            &[],
             chunk,
             Vec::new(),
         ))
+    }
+
+    fn sync_nested(
+        ep: &FakeGroup,
+        s: &MemberStore,
+        new: &[&str],
+        nested: &[&str],
+    ) -> Result<MemberWrites, MemberSyncError> {
+        let nested: Vec<String> = nested.iter().map(|x| x.to_string()).collect();
+        smol::block_on(sync_via(
+            ep,
+            s,
+            "anchor",
+            &ep.id.clone(),
+            &new.iter().copied().collect(),
+            &nested,
+            100,
+            Vec::new(),
+        ))
+    }
+
+    #[test]
+    fn nested_members_are_judged_by_what_the_endpoint_shows() {
+        let group = json!({"members": [
+            {"value": "u1"},
+            {"value": "g1", "type": "Group"},
+            {"value": "g2", "type": "User"},
+            {"value": "g3", "$ref": "https://x/scim/v2/Users/g3"},
+            {"value": "g4", "$ref": "https://x/scim/v2/Groups/g4"},
+            {"value": "g5"},
+        ]});
+        let check = check_nested(&group, &["g1", "g2", "g3", "g4", "g5", "g6"]);
+        assert_eq!(check.as_user, ["g2", "g3"]);
+        assert_eq!(check.missing, ["g6"]);
+        // A group shown without members at all tells nothing.
+        assert!(check_nested(&json!({"id": "x"}), &["g1"]).is_empty());
+    }
+
+    /// Regression (a SCIM library that numbers users and groups apart): a nested group
+    /// member was read as the user with the same id, the endpoint's own service account
+    /// joined the group, and the agent reported success. The membership is removed again,
+    /// the stored members are forgotten and the sync says why.
+    #[test]
+    fn a_member_group_taken_for_a_user_is_removed_again() {
+        for answers_with_group in [true, false] {
+            let t = Tmp::new();
+            let s = t.store();
+            let ep = FakeGroup::new("g");
+            ep.as_users.borrow_mut().insert("g-child".into());
+            ep.answers_with_group.set(answers_with_group);
+            let err = sync_nested(&ep, &s, &["g-child", "u1", "u2"], &["g-child"]).unwrap_err();
+            match &err {
+                MemberSyncError::NestedRefused {
+                    as_user,
+                    missing,
+                    removal,
+                    ..
+                } => {
+                    assert_eq!(as_user, &["g-child"]);
+                    assert!(missing.is_empty() && removal.is_none());
+                }
+                other => panic!("{other}"),
+            }
+            assert!(err.to_string().contains("removed again"), "{err}");
+            assert_eq!(
+                ep.members(),
+                ["u1", "u2"],
+                "the misread member is gone again"
+            );
+            assert_eq!(loaded(&s, "anchor", "g"), None, "stored members forgotten");
+            // 204: the group was read to check it (besides the first read of the members).
+            let reads = if answers_with_group { 1 } else { 2 };
+            assert_eq!(
+                ep.gets.get(),
+                reads,
+                "answers_with_group {answers_with_group}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_member_group_the_endpoint_drops_is_reported() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g");
+        ep.drops.borrow_mut().insert("g-child".into());
+        ep.answers_with_group.set(true);
+        let err = sync_nested(&ep, &s, &["g-child", "u1"], &["g-child"]).unwrap_err();
+        assert!(
+            matches!(&err, MemberSyncError::NestedRefused { missing, as_user, .. } if missing == &["g-child"] && as_user.is_empty()),
+            "{err}"
+        );
+        assert_eq!(ep.members(), ["u1"]);
+    }
+
+    #[test]
+    fn a_member_group_kept_as_a_group_passes() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g");
+        ep.answers_with_group.set(true);
+        let w = sync_nested(&ep, &s, &["g-child", "u1"], &["g-child"]).unwrap();
+        assert_eq!((w.added, w.requests), (2, 1));
+        assert_eq!(loaded(&s, "anchor", "g"), Some(ids(&["g-child", "u1"])));
+        // Users alone: nothing to check, no extra read.
+        let ep = FakeGroup::new("h");
+        sync_nested(&ep, &s, &["u1"], &[]).unwrap();
+        assert_eq!(ep.gets.get(), 1, "only the first read of the members");
     }
 
     fn numbered(range: Range<usize>) -> Vec<String> {

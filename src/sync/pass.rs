@@ -418,10 +418,10 @@ impl Resolver for ScopeResolver<'_> {
         let kind = o.kind;
         let external_id = unpack_key(&o.ext);
         if let Some(id) = self.index.scim_id(kind, &external_id) {
-            return Reference::Id(id);
+            return Reference::provisioned(kind, id);
         }
         match self.pretend.get(&external_id) {
-            Some(id) => Reference::Id(id.clone()),
+            Some(id) => Reference::provisioned(kind, id.clone()),
             None => Reference::Pending,
         }
     }
@@ -834,6 +834,7 @@ impl Pass<'_> {
                 external_id: mapped.external_id,
                 body: mapped.resource,
                 members: mapped.members,
+                nested: mapped.nested,
                 hash,
                 known_id,
             };

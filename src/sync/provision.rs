@@ -43,6 +43,8 @@ pub struct Job {
     pub body: Value,
     /// A group's member ids (empty for users): the `members` of the representation.
     pub members: MemberIds,
+    /// The member ids that are groups (sorted; a subset of `members`).
+    pub nested: Vec<String>,
     /// Hash of the whole representation, `body` with `members`
     /// ([`crate::sync::anchors::representation_hash_with`]).
     pub hash: u64,
@@ -205,12 +207,25 @@ async fn provision_group(
         Outcome::Replaced(_) => replace_attributes(attrs),
         _ => Vec::new(),
     };
+    // An endpoint that misread a member group once gets no member groups any more.
+    let without_nested;
+    let (members, nested) = if job.nested.is_empty() || !scim.facts().nested_refused {
+        (&job.members, job.nested.as_slice())
+    } else {
+        without_nested = job
+            .members
+            .iter()
+            .filter(|id| job.nested.binary_search_by(|n| n.as_str().cmp(id)).is_err())
+            .collect::<MemberIds>();
+        (&without_nested, &[][..])
+    };
     match crate::sync::members::sync_members_with(
         scim,
         store,
         &job.external_id,
         &id,
-        &job.members,
+        members,
+        nested,
         mode.member_chunk,
         lead,
     )
@@ -243,6 +258,11 @@ async fn provision_group(
         Err(MemberSyncError::GroupGone { group_id }) => Outcome::Unavailable(format!(
             "group {group_id} disappeared at the endpoint while its members were sent"
         )),
+        Err(e @ MemberSyncError::NestedRefused { .. }) => {
+            let text = format!("group {}: {e}", job.dn);
+            scim.note_nested_refused(&text);
+            Outcome::Failed(format!("members: {e}"))
+        }
         Err(MemberSyncError::Scim(e)) if e.is_transient() => Outcome::Unavailable(e.to_string()),
         Err(e) => Outcome::Failed(format!("members: {e}")),
     }
