@@ -401,6 +401,17 @@ async fn check_async(c: &Config) -> i32 {
                 ),
                 Err(e) => out.fail("scim oauth", e.to_string()),
             }
+            match scim.learn_schema().await {
+                Ok(Some(schema)) => out.ok("scim schema", schema_line(&schema)),
+                Ok(None) => out.ok(
+                    "scim schema",
+                    "no /Schemas to go by: bodies are sent as the profile maps them",
+                ),
+                Err(e) => out.warn(
+                    "scim schema",
+                    format!("{e}: bodies are sent as the profile maps them"),
+                ),
+            }
             // Discovery endpoints often answer without a token; a filtered read does not.
             match scim.probe_lookups().await {
                 Ok(probe) => {
@@ -420,6 +431,69 @@ async fn check_async(c: &Config) -> i32 {
         exit::FAILURE
     } else {
         exit::OK
+    }
+}
+
+/// What `check` says of an endpoint's `/Schemas`: which sub-attributes the mapping can
+/// produce that it will leave out, and which lists a create sends empty.
+fn schema_line(schema: &crate::scim::schema::EndpointSchema) -> String {
+    let mut said = Vec::new();
+    for (kind, attribute, subs) in [
+        (
+            ResourceKind::User,
+            "emails",
+            &["value", "type", "primary"][..],
+        ),
+        (
+            ResourceKind::User,
+            "phoneNumbers",
+            &["value", "type", "primary"][..],
+        ),
+        (
+            ResourceKind::User,
+            "addresses",
+            &[
+                "formatted",
+                "streetAddress",
+                "locality",
+                "region",
+                "postalCode",
+                "country",
+                "type",
+                "primary",
+            ][..],
+        ),
+        (
+            ResourceKind::User,
+            "name",
+            &[
+                "formatted",
+                "familyName",
+                "givenName",
+                "middleName",
+                "honorificPrefix",
+                "honorificSuffix",
+            ][..],
+        ),
+        (ResourceKind::Group, "members", &["value"][..]),
+    ] {
+        let left = schema.undeclared(kind, attribute, subs);
+        if !left.is_empty() {
+            said.push(format!("{attribute} without {}", left.join(", ")));
+        }
+    }
+    for list in schema.required_lists(ResourceKind::Group) {
+        said.push(format!(
+            "groups created with an empty {list} (required), members then added by PATCH"
+        ));
+    }
+    for list in schema.required_lists(ResourceKind::User) {
+        said.push(format!("users created with an empty {list} (required)"));
+    }
+    if said.is_empty() {
+        "from /Schemas: bodies go as the profile maps them".into()
+    } else {
+        format!("from /Schemas: {}", said.join("; "))
     }
 }
 

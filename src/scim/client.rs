@@ -45,6 +45,7 @@ use crate::relay::backoff::{parse_retry_after, Backoff};
 use crate::relay::http::{HttpClient, HttpError, HttpRequest, HttpResponse, Method, Url};
 use crate::scim::oauth::{TokenError, TokenSource};
 use crate::scim::resource::{ResourceKind, LIST_RESPONSE, PATCH_OP};
+use crate::scim::schema::EndpointSchema;
 use crate::secret::Secret;
 
 /// The SCIM media type, sent as `Accept` and `Content-Type`.
@@ -599,6 +600,12 @@ struct Learnt {
     external_id_dropped: std::sync::atomic::AtomicBool,
     /// A group member that was a group came back as a user, or not at all.
     nested_refused: std::sync::atomic::AtomicBool,
+    /// `/Schemas` was asked for at least once.
+    schema_tried: std::sync::atomic::AtomicBool,
+    /// What `/Schemas` said, when it answered.
+    schema: std::sync::Mutex<Option<Arc<EndpointSchema>>>,
+    /// Fits already logged (`emails.primary`, `+members`), once each.
+    fits_logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What the client has seen of the service's behaviour so far, for messages and `check`.
@@ -863,6 +870,78 @@ impl ScimClient {
         Ok(probe_verdict(&first, known))
     }
 
+    /// Reads `/Schemas` and keeps what it declares for users and groups: bodies sent from
+    /// then on are fitted to it ([`EndpointSchema::fit`]). `None` when the service has no
+    /// readable `/Schemas` (then bodies go as mapped); an answer that cannot be had keeps
+    /// what was learnt before.
+    pub async fn learn_schema(&self) -> Result<Option<Arc<EndpointSchema>>, ScimError> {
+        self.learnt.schema_tried.store(true, Ordering::Relaxed);
+        let url = endpoint_url(&self.cfg.base_url, &["Schemas"])?;
+        let resp = self.execute(Method::Get, &url, None).await?;
+        let schema = match resp.status {
+            200 => {
+                let v = self.json(Method::Get, &url, &resp)?;
+                let s = EndpointSchema::parse(&v);
+                (s != EndpointSchema::default()).then(|| Arc::new(s))
+            }
+            404 | 501 => None,
+            _ => return Err(self.http_error(Method::Get, &url, &resp)),
+        };
+        *self.learnt.schema.lock().unwrap_or_else(|p| p.into_inner()) = schema.clone();
+        Ok(schema)
+    }
+
+    /// `body` fitted to the service's `/Schemas` (asked for once before the first write);
+    /// each change of a kind is logged once.
+    async fn fitted<'b>(
+        &self,
+        kind: ResourceKind,
+        body: &'b Value,
+        creating: bool,
+    ) -> std::borrow::Cow<'b, Value> {
+        if !self.learnt.schema_tried.load(Ordering::Relaxed) {
+            if let Err(e) = self.learn_schema().await {
+                log::debug!("SCIM /Schemas: {e}; bodies go as mapped");
+            }
+        }
+        let schema = self
+            .learnt
+            .schema
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(schema) = schema else {
+            return std::borrow::Cow::Borrowed(body);
+        };
+        let mut out = body.clone();
+        let report = schema.fit(kind, &mut out, creating);
+        if report.is_empty() {
+            return std::borrow::Cow::Borrowed(body);
+        }
+        let mut logged = self
+            .learnt
+            .fits_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for d in &report.dropped {
+            if logged.insert(format!("{}:{d}", kind.word())) {
+                log::info!(
+                    "SCIM endpoint's /Schemas does not declare {d} for {}s: left out of what is sent",
+                    kind.word()
+                );
+            }
+        }
+        for a in &report.added_empty {
+            if logged.insert(format!("{}:+{a}", kind.word())) {
+                log::info!(
+                    "SCIM endpoint's /Schemas requires {a} for {}s: created with an empty list",
+                    kind.word()
+                );
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
     /// Reads every resource of `kind` page by page (`startIndex` alone: some services
     /// refuse `count`) and returns the one that shows `attribute` equal to `value`.
     /// Stops at `totalResults`, at an empty page, or when a page repeats the previous
@@ -989,7 +1068,8 @@ impl ScimClient {
     /// [`ScimError::is_ambiguous_write`].
     pub async fn create(&self, kind: ResourceKind, body: &Value) -> Result<Value, ScimError> {
         let url = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
-        let resp = self.execute(Method::Post, &url, Some(body)).await?;
+        let fitted = self.fitted(kind, body, true).await;
+        let resp = self.execute(Method::Post, &url, Some(&fitted)).await?;
         if !resp.is_success() {
             return Err(self.http_error(Method::Post, &url, &resp));
         }
@@ -1012,7 +1092,8 @@ impl ScimClient {
         body: &Value,
     ) -> Result<Value, ScimError> {
         let url = endpoint_url(&self.cfg.base_url, &[kind.endpoint(), id])?;
-        let resp = self.execute(Method::Put, &url, Some(body)).await?;
+        let fitted = self.fitted(kind, body, false).await;
+        let resp = self.execute(Method::Put, &url, Some(&fitted)).await?;
         if !resp.is_success() {
             return Err(self.http_error(Method::Put, &url, &resp));
         }
@@ -1029,6 +1110,17 @@ impl ScimClient {
         operations: Vec<Value>,
     ) -> Result<Option<Value>, ScimError> {
         let url = endpoint_url(&self.cfg.base_url, &[kind.endpoint(), id])?;
+        let mut operations = operations;
+        for op in &mut operations {
+            // A replace without a path carries attributes as a resource would.
+            if op.get("path").is_none() {
+                if let Some(value) = op.get("value") {
+                    if let std::borrow::Cow::Owned(v) = self.fitted(kind, value, false).await {
+                        op["value"] = v;
+                    }
+                }
+            }
+        }
         let body = json!({ "schemas": [PATCH_OP], "Operations": operations });
         let resp = self.execute(Method::Patch, &url, Some(&body)).await?;
         if !resp.is_success() {

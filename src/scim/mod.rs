@@ -8,5 +8,6 @@ pub mod mapping;
 pub mod oauth;
 pub mod profile;
 pub mod resource;
+pub mod schema;
 
 pub use resource::ResourceKind;

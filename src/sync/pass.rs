@@ -455,10 +455,14 @@ struct Pass<'a> {
 
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 
-/// Says at the start of a pass whether the endpoint's lookups by externalId can be
-/// trusted. Only informs: matching proves ownership on each resource whatever this finds,
-/// and a failed probe is left to the pass's own requests to report.
-async fn note_lookup_probe(scim: &ScimClient) {
+/// At the start of a pass: reads the endpoint's `/Schemas` again (bodies are fitted to
+/// it), and says whether its lookups by externalId can be trusted. The probe only informs:
+/// matching proves ownership on each resource whatever it finds, and a failed probe is
+/// left to the pass's own requests to report.
+async fn learn_endpoint(scim: &ScimClient) {
+    if let Err(e) = scim.learn_schema().await {
+        log::debug!("SCIM /Schemas: {e}; bodies go as mapped");
+    }
     match scim.probe_lookups().await {
         Ok(p) if p.is_verified() => log::debug!("SCIM lookups: {p}"),
         Ok(p @ LookupProbe::Unverified) => log::info!("SCIM lookups: {p}"),
@@ -478,7 +482,7 @@ pub async fn full_pass(
     settings: &PassSettings,
 ) -> Result<PassReport, PassError> {
     let started = Instant::now();
-    note_lookup_probe(scim).await;
+    learn_endpoint(scim).await;
     let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
     let (jobs_tx, jobs_rx) = channel::bounded::<Job>(settings.concurrency * 2);
