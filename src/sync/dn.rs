@@ -56,12 +56,23 @@ pub fn normalize(dn: &str) -> String {
     out
 }
 
-/// Whether normalised `dn` equals normalised `base` or lies below it.
+/// Whether normalised `dn` equals normalised `base` or lies below it: its last RDNs are
+/// `base`'s RDNs. The text before `base` must end at an RDN boundary, a comma that is not
+/// escaped (`uid=svc\,ou=people,dc=x` is one RDN `uid=svc\,ou=people` under `dc=x`,
+/// not an entry under `ou=people,dc=x`).
 pub fn is_under(dn: &str, base: &str) -> bool {
-    dn == base
-        || (dn.len() > base.len()
-            && dn.ends_with(base)
-            && dn[..dn.len() - base.len()].ends_with(','))
+    if dn == base {
+        return true;
+    }
+    if base.is_empty() || dn.len() <= base.len() || !dn.ends_with(base) {
+        return false;
+    }
+    let Some(before) = dn[..dn.len() - base.len()].strip_suffix(',') else {
+        return false;
+    };
+    // An odd run of backslashes right before the comma escapes it.
+    let backslashes = before.bytes().rev().take_while(|&b| b == b'\\').count();
+    backslashes % 2 == 0
 }
 
 /// Whether `dn` (any spelling) equals or lies below one of `bases` (any spelling).
@@ -103,5 +114,65 @@ mod tests {
             "uid=a,ou=other,dc=branch,dc=test",
             &["ou=staff,dc=branch,dc=test"]
         ));
+    }
+
+    /// Regression: an escaped comma was taken for an RDN boundary, so an entry whose RDN
+    /// value ends in `,ou=people` passed a scope check for `ou=people`.
+    #[test]
+    fn an_escaped_comma_is_not_an_rdn_boundary() {
+        let people = "ou=people,dc=branch,dc=test";
+        assert!(!under_any(
+            r"uid=svc\,ou=people,dc=branch,dc=test",
+            &[people]
+        ));
+        assert!(!under_any(
+            r"uid=a\\\,ou=people,dc=branch,dc=test",
+            &[people]
+        ));
+        // An escaped backslash before a real comma: that comma is a boundary.
+        assert!(under_any(r"uid=a\\,ou=people,dc=branch,dc=test", &[people]));
+        assert!(under_any(
+            r"uid=lee\, ann,ou=people,dc=branch,dc=test",
+            &[people]
+        ));
+        assert!(!is_under("uid=a,dc=x", ""));
+    }
+
+    fn rdn() -> impl proptest::strategy::Strategy<Value = String> {
+        // Values with commas and backslashes, escaped as RFC 4514 writes them.
+        proptest::string::string_regex(r"[a-c]{1,2}=([a-c,\\ ]){1,4}")
+            .unwrap()
+            .prop_map(|r| {
+                let (a, v) = r.split_once('=').unwrap();
+                let v = v.replace('\\', r"\\").replace(',', r"\,");
+                format!("{a}={}", v.trim())
+            })
+            .prop_filter("non-empty value", |r| {
+                !r.ends_with('=') && !r.ends_with('\\')
+            })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// is_under agrees with the definition on parsed RDNs: the last RDNs of dn are
+        /// base's RDNs.
+        #[test]
+        fn is_under_agrees_with_parsed_rdns(
+            dn in proptest::collection::vec(rdn(), 1..5),
+            base in proptest::collection::vec(rdn(), 1..4),
+            share in 0usize..4,
+        ) {
+            // Often make base a real suffix of dn.
+            let base: Vec<String> = if share > 0 && share <= dn.len() {
+                dn[dn.len() - share..].to_vec()
+            } else {
+                base
+            };
+            let (d, b) = (normalize(&dn.join(",")), normalize(&base.join(",")));
+            let (dr, br) = (split_rdns(&d), split_rdns(&b));
+            let expected = dr.len() >= br.len() && dr[dr.len() - br.len()..] == br[..];
+            prop_assert_eq!(is_under(&d, &b), expected, "dn {} base {}", d, b);
+        }
     }
 }
