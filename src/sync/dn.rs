@@ -173,6 +173,9 @@ mod tests {
             let (dr, br) = (split_rdns(&d), split_rdns(&b));
             let expected = dr.len() >= br.len() && dr[dr.len() - br.len()..] == br[..];
             prop_assert_eq!(is_under(&d, &b), expected, "dn {} base {}", d, b);
+            // One RDN whose value ends in the escaped text of base is never under base.
+            let glued = normalize(&format!("{}\\,{}", dn[0], base.join(",")));
+            prop_assert!(!is_under(&glued, &b), "dn {} base {}", glued, b);
         }
     }
 }
