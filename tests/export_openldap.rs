@@ -560,3 +560,42 @@ fn hundreds_of_held_back_users_are_read_again_by_one_search_and_sent_once() {
         again.summary()
     );
 }
+
+/// Regression: with a wrong (or expired) token every object got 401, the pass was called
+/// complete (exit 3, "some objects failed", a warning per object, twice), and `run`
+/// counted the full pass as done. A refusal of the credentials is the endpoint's answer to
+/// the agent, not to an object: the pass stops with one error that names the setting,
+/// exit 1, and `run` keeps the full pass owed.
+#[test]
+fn a_wrong_token_stops_the_pass_with_one_error_and_the_pass_stays_owed() {
+    let (ou, _scim, agent) = setup("badtok");
+    common::write_secret(&agent.tmp.path().join("scim.token"), "not-the-token-4711");
+    let r = agent.run(&["sync", "--once"]);
+    r.assert_code(1);
+    assert!(
+        r.stderr.contains("refused the credentials") && r.stderr.contains("scim.token_file"),
+        "{}",
+        r.stderr
+    );
+    let per_object = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(&ou.dn))
+        .count();
+    assert_eq!(per_object, 0, "no warning per object:\n{}", r.stderr);
+    assert!(!r.stderr.contains("not-the-token-4711"), "{}", r.stderr);
+
+    let run = common::Running(agent.spawn(&["run"]));
+    assert!(
+        common::wait_until(30, || agent.log().contains("refused the credentials")),
+        "{}",
+        agent.log()
+    );
+    drop(run);
+    let status = agent.run(&["status"]);
+    assert!(
+        status.stdout.contains("resync owed:  yes"),
+        "the full pass stays owed:\n{}",
+        status.stdout
+    );
+}

@@ -604,6 +604,8 @@ struct Learnt {
     schema_tried: std::sync::atomic::AtomicBool,
     /// What `/Schemas` said, when it answered.
     schema: std::sync::Mutex<Option<Arc<EndpointSchema>>>,
+    /// The last request's refusal of the credentials (401), until a request succeeds.
+    refused_auth: std::sync::Mutex<Option<String>>,
     /// Fits already logged (`emails.primary`, `+members`), once each.
     fits_logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -1201,6 +1203,9 @@ impl ScimClient {
                 Next::Done => None,
             };
             let Some(delay) = delay else {
+                if let Ok(resp) = &outcome {
+                    self.note_auth(method, url, resp.status);
+                }
                 return outcome;
             };
             match &outcome {
@@ -1213,6 +1218,31 @@ impl ScimClient {
             }
             smol::Timer::after(delay).await;
         }
+    }
+
+    /// Keeps whether the service refused the credentials: a 401 is about the token, not
+    /// the object, and the caller stops instead of failing every object alike.
+    fn note_auth(&self, method: Method, url: &Url, status: u16) {
+        let mut refused = self
+            .learnt
+            .refused_auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if status == 401 {
+            *refused = Some(format!("SCIM {method} {} answered 401", shown_path(url)));
+        } else if (200..300).contains(&status) {
+            *refused = None;
+        }
+    }
+
+    /// The refusal of the credentials (401) by the latest request that got an answer, if
+    /// no request succeeded since.
+    pub fn refused_auth(&self) -> Option<String> {
+        self.learnt
+            .refused_auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn count(&self, method: Method) {

@@ -168,6 +168,9 @@ pub enum PassError {
     State(std::io::Error),
     /// The held-deletes file could not be written.
     Deletes(deletes::GateError),
+    /// The SCIM endpoint refused the credentials (401): every object would fail alike, so
+    /// the pass stopped; nothing is concluded from it.
+    Unauthorized(String),
 }
 
 impl fmt::Display for PassError {
@@ -176,6 +179,11 @@ impl fmt::Display for PassError {
             PassError::Directory(e) => write!(f, "directory read failed, pass abandoned: {e}"),
             PassError::State(e) => write!(f, "cannot write the anchor index: {e}"),
             PassError::Deletes(e) => write!(f, "cannot record held deletes: {e}"),
+            PassError::Unauthorized(e) => write!(
+                f,
+                "the SCIM endpoint refused the credentials ({e}): check scim.token_file / scim.token_env, \
+                 or the OAuth2 client (scim.token_url, scim.client_id, its secret); pass stopped, nothing concluded from it"
+            ),
         }
     }
 }
@@ -438,6 +446,7 @@ struct Done {
 /// The pass coordinator: owns the index; workers only talk HTTP.
 struct Pass<'a> {
     dir: &'a Directory,
+    scim: &'a ScimClient,
     profile: &'a SyncProfile,
     settings: &'a PassSettings,
     index: &'a mut AnchorIndex,
@@ -513,6 +522,7 @@ pub async fn full_pass(
 
     let mut pass = Pass {
         dir,
+        scim,
         profile,
         settings,
         index,
@@ -623,12 +633,23 @@ impl Pass<'_> {
                     if let Some(dn) = self.handle(entry, kind, Round::First).await {
                         revisit.push(&dn)?;
                     }
+                    self.halt()?;
                 }
             }
             self.drain().await;
+            self.halt()?;
             self.settle(kind, revisit, &filter, &attr_refs).await?;
         }
         Ok(())
+    }
+
+    /// Ends the pass when the endpoint refused the credentials: every object would fail
+    /// alike (one error instead of a warning per object, and no pass taken as done).
+    fn halt(&self) -> Result<(), PassError> {
+        match self.scim.refused_auth() {
+            Some(e) => Err(PassError::Unauthorized(e)),
+            None => Ok(()),
+        }
     }
 
     /// Sends the objects held back because they referred to objects still being created.
@@ -659,6 +680,7 @@ impl Pass<'_> {
                 .await?;
             drop(held);
             self.drain().await;
+            self.halt()?;
             if next.len() == before {
                 for _ in 0..2 {
                     let mut again = next.copy(self.index.state_dir())?;
@@ -929,7 +951,12 @@ impl Pass<'_> {
     }
 
     fn fail(&mut self, dn: String, reason: String) {
-        log::warn!("{dn}: {reason}");
+        if self.scim.refused_auth().is_some() {
+            // The pass ends with one error that says it; no warning per object.
+            log::debug!("{dn}: {reason}");
+        } else {
+            log::warn!("{dn}: {reason}");
+        }
         self.report.failures.push(Failure { dn, reason });
     }
 }
