@@ -599,3 +599,60 @@ fn a_wrong_token_stops_the_pass_with_one_error_and_the_pass_stays_owed() {
         status.stdout
     );
 }
+
+/// Regression: a user with two `mail` values reached SCIM with only the first. Every value
+/// of a multi-valued attribute is sent (one primary e-mail), and adding or removing one
+/// value in the directory reaches the endpoint.
+#[test]
+fn every_mail_and_phone_value_reaches_scim_and_a_removed_one_goes() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "multi");
+    let o = &ou.dn;
+    dir.modify(&format!(
+        "dn: uid=multi,{o}\nobjectClass: inetOrgPerson\nuid: multi\ncn: Multi Value\nsn: Value\n\
+         mail: first@branch.test\nmail: second@branch.test\n\
+         telephoneNumber: +1 555 0001\ntelephoneNumber: +1 555 0002\n"
+    ));
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
+    agent.run(&["sync", "--once"]).assert_code(0);
+    let values = |attr: &str| -> Vec<String> {
+        let u = scim
+            .by_external_id("Users", &entry_uuid(&ou, "uid=multi"))
+            .expect("user at the endpoint");
+        u[attr]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["value"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        values("emails"),
+        ["first@branch.test", "second@branch.test"]
+    );
+    assert_eq!(values("phoneNumbers"), ["+1 555 0001", "+1 555 0002"]);
+    let u = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=multi"))
+        .unwrap();
+    let primaries: Vec<&Value> = u["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["primary"] == true)
+        .collect();
+    assert_eq!(primaries.len(), 1, "{u}");
+
+    dir.modify(&format!(
+        "dn: uid=multi,{o}\nchangetype: modify\ndelete: mail\nmail: first@branch.test\n-\n\
+         add: telephoneNumber\ntelephoneNumber: +1 555 0003\n"
+    ));
+    agent.run(&["sync", "--once"]).assert_code(0);
+    assert_eq!(values("emails"), ["second@branch.test"]);
+    assert_eq!(
+        values("phoneNumbers"),
+        ["+1 555 0001", "+1 555 0002", "+1 555 0003"]
+    );
+}

@@ -254,6 +254,20 @@ pub fn map_entry_split(
     let mut members = MemberIdsBuilder::default();
     for m in profile.resource(kind).mappings() {
         match (m.target, &m.source) {
+            // A one-part entry of a multi-valued attribute (`emails[type eq "work"].value`):
+            // every value becomes an entry, never only the first.
+            (
+                Target::Text(TextPath::Typed {
+                    attribute,
+                    type_value,
+                    sub: "value",
+                }),
+                Source::Attributes(names),
+            ) => {
+                for text in all_texts(entry, names)? {
+                    body.push_typed(attribute, type_value, text);
+                }
+            }
             (Target::Text(path), Source::Attributes(names)) => {
                 if let Some(text) = first_text(entry, names)? {
                     body.set_text(path, text);
@@ -517,6 +531,26 @@ fn first_text(entry: &Entry, names: &[String]) -> Result<Option<String>, MapErro
     Ok(None)
 }
 
+/// Every non-empty value of the first attribute in `names` that has one, in the
+/// directory's order, each once.
+fn all_texts(entry: &Entry, names: &[String]) -> Result<Vec<String>, MapError> {
+    for name in names {
+        let values = entry.bytes(name);
+        if values.iter().all(|v| v.is_empty()) {
+            continue;
+        }
+        let mut out: Vec<String> = Vec::with_capacity(values.len());
+        for v in values.iter().filter(|v| !v.is_empty()) {
+            let text = utf8(entry, name, v)?;
+            if !out.iter().any(|o| o == text) {
+                out.push(text.to_string());
+            }
+        }
+        return Ok(out);
+    }
+    Ok(Vec::new())
+}
+
 /// Drops the optional `#'0101'B` unique identifier of a `uniqueMember` value
 /// (nameAndOptionalUID syntax, RFC 4517 §3.3.21).
 fn strip_uid(value: &str) -> &str {
@@ -626,6 +660,13 @@ impl Body {
                 self.typed[i].2.insert(sub.to_string(), v);
             }
         }
+    }
+
+    /// One more entry `{value, type}` of a multi-valued attribute (one per LDAP value).
+    fn push_typed(&mut self, attribute: &'static str, type_value: &'static str, text: String) {
+        let mut entry = Map::new();
+        entry.insert("value".to_string(), Value::String(text));
+        self.typed.push((attribute, type_value, entry));
     }
 
     fn finish(mut self, kind: ResourceKind, external_id: &str) -> Value {
@@ -926,6 +967,48 @@ mod tests {
             m.resource["emails"],
             json!([{"value": "ann@home.test", "type": "home", "primary": true}])
         );
+    }
+
+    /// Regression: a user with two `mail` values reached SCIM with only the first.
+    #[test]
+    fn every_value_of_a_multi_valued_attribute_is_mapped_with_one_primary() {
+        let p = ad()
+            .with_overrides(
+                "[user.attributes]\n\"emails[type eq \\\"home\\\"].value\" = \"otherMailbox\"\n",
+            )
+            .unwrap();
+        let e = ad_user()
+            .with("mail", "ann@branch.test")
+            .with("mail", "a.lee@branch.test")
+            .with("mail", "ann@branch.test")
+            .with("otherMailbox", "ann@home.test")
+            .with("telephoneNumber", "+1 1")
+            .with("telephoneNumber", "+1 2")
+            .with("mobile", "+1 3");
+        let m = map_entry(&e, ResourceKind::User, &p, &none).unwrap();
+        assert_eq!(
+            m.resource["emails"],
+            json!([
+                {"value": "ann@branch.test", "type": "work", "primary": true},
+                {"value": "a.lee@branch.test", "type": "work"},
+                {"value": "ann@home.test", "type": "home"},
+            ])
+        );
+        assert_eq!(
+            m.resource["phoneNumbers"],
+            json!([
+                {"value": "+1 1", "type": "work"},
+                {"value": "+1 2", "type": "work"},
+                {"value": "+1 3", "type": "mobile"},
+            ])
+        );
+        let primaries = m.resource["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["primary"] == true)
+            .count();
+        assert_eq!(primaries, 1);
     }
 
     #[test]
