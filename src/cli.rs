@@ -17,6 +17,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// The pass completed but some objects failed.
     pub const PARTIAL: i32 = 3;
+    /// The pass completed, nothing failed, but deletes wait for `approve-deletes`.
+    pub const HELD: i32 = 4;
 }
 
 /// What to run.
@@ -227,7 +229,8 @@ Options:
   -V, --version          the version
 
 Exit codes: 0 ok, 1 failed (unreachable, check failed), 2 bad command line or config,
-3 the pass finished but some objects failed.
+3 the pass finished but some objects failed, 4 the pass finished but deletes are held
+for approve-deletes.
 ";
 
 const HELP_CHECK: &str = "\
@@ -255,7 +258,8 @@ the command exits. Objects are matched by externalId, never duplicated.
               ({\"method\",\"path\",\"externalId\",\"dn\",\"body\"}); lookups still happen
 
 The last line on stdout is the summary. Exit 0: every object in step; 3: some objects
-failed (listed on stderr, with the reason); 1: the pass could not run or was cut short.
+failed (listed on stderr, with the reason); 4: nothing failed but deletes are held for
+approve-deletes; 1: the pass could not run or was cut short.
 ";
 
 const HELP_RUN: &str = "\

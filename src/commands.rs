@@ -238,6 +238,8 @@ fn open_gate(c: &Config) -> Result<DeleteGate, String> {
         Policy {
             threshold: c.sync.delete_threshold,
             interval: c.sync.delete_interval,
+            share_percent: c.sync.delete_threshold_percent,
+            floor: c.sync.delete_floor,
         },
     )
     .map_err(|e| format!("held deletes: {e}"))
@@ -802,13 +804,12 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                 if !dry_run {
                     crate::sync::follow::record_full_pass(&c.agent.state_dir);
                 }
-                if report.failures.is_empty()
-                    && report.deletes.failed.is_empty()
-                    && gate.held().is_empty()
-                {
-                    exit::OK
-                } else {
+                if !report.failures.is_empty() || !report.deletes.failed.is_empty() {
                     exit::PARTIAL
+                } else if !gate.held().is_empty() {
+                    exit::HELD
+                } else {
+                    exit::OK
                 }
             }
             Err(e) => {
@@ -1157,6 +1158,8 @@ async fn run_once(
                 Policy {
                     threshold: c.sync.delete_threshold,
                     interval: c.sync.delete_interval,
+                    share_percent: c.sync.delete_threshold_percent,
+                    floor: c.sync.delete_floor,
                 },
                 control.clone(),
                 agent.clone(),

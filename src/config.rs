@@ -188,6 +188,10 @@ pub struct SyncSettings {
     /// Deletes allowed per `delete_interval` (and per full pass) before the rest are held
     /// for `approve-deletes`.
     pub delete_threshold: u32,
+    /// The same as a share of the objects in scope, in percent (0: no share rule).
+    pub delete_threshold_percent: u32,
+    /// The share rule holds nothing up to this many deletes.
+    pub delete_floor: u32,
     /// The window the delete threshold counts in.
     pub delete_interval: Duration,
     /// How often `run` does a full pass even when the feed seems healthy.
@@ -455,6 +459,10 @@ struct RawSync {
     user_delete: String,
     #[serde(default = "default_delete_threshold")]
     delete_threshold: u32,
+    #[serde(default = "default_delete_threshold_percent")]
+    delete_threshold_percent: u32,
+    #[serde(default = "default_delete_floor")]
+    delete_floor: u32,
     #[serde(default = "default_delete_interval")]
     delete_interval_secs: u64,
     #[serde(default = "default_full_pass_interval")]
@@ -476,6 +484,8 @@ impl Default for RawSync {
             max_attempts: default_max_attempts(),
             user_delete: default_user_delete(),
             delete_threshold: default_delete_threshold(),
+            delete_threshold_percent: default_delete_threshold_percent(),
+            delete_floor: default_delete_floor(),
             delete_interval_secs: default_delete_interval(),
             full_pass_interval_secs: default_full_pass_interval(),
             poll_interval_secs: default_poll_interval(),
@@ -490,6 +500,12 @@ fn default_user_delete() -> String {
 }
 fn default_delete_threshold() -> u32 {
     500
+}
+fn default_delete_threshold_percent() -> u32 {
+    10
+}
+fn default_delete_floor() -> u32 {
+    5
 }
 fn default_delete_interval() -> u64 {
     3600
@@ -710,6 +726,15 @@ impl Config {
                 ))
             }
         };
+        if y.delete_threshold_percent > 100 {
+            return Err(invalid(
+                "sync.delete_threshold_percent",
+                format!(
+                    "{} is not a percentage: use 0 to 100 (0: no share rule)",
+                    y.delete_threshold_percent
+                ),
+            ));
+        }
         if y.delete_threshold > 1_000_000 {
             return Err(invalid(
                 "sync.delete_threshold",
@@ -887,6 +912,8 @@ impl Config {
                 max_attempts: y.max_attempts,
                 user_delete,
                 delete_threshold: y.delete_threshold,
+                delete_threshold_percent: y.delete_threshold_percent,
+                delete_floor: y.delete_floor,
                 delete_interval: Duration::from_secs(y.delete_interval_secs),
                 full_pass_interval: Duration::from_secs(y.full_pass_interval_secs),
                 poll_interval: Duration::from_secs(y.poll_interval_secs),

@@ -656,3 +656,67 @@ fn every_mail_and_phone_value_reaches_scim_and_a_removed_one_goes() {
         ["+1 555 0001", "+1 555 0002", "+1 555 0003"]
     );
 }
+
+/// Regression (a branch administrator's scope typo: `include` without `ou=people`): with
+/// the count threshold alone (500) all 13 users of the branch were deactivated and its
+/// groups emptied, exit 0. Now the deletes are more than 10 % of the scope: all held, no
+/// user deactivated, the groups keep their members, the hold named, exit 4.
+#[test]
+fn a_scope_typo_on_a_small_branch_deactivates_nobody_and_keeps_memberships() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "typo");
+    let o = &ou.dn;
+    let mut ldif = format!(
+        "dn: ou=people,{o}\nobjectClass: organizationalUnit\nou: people\n\n\
+         dn: ou=groups,{o}\nobjectClass: organizationalUnit\nou: groups\n\n"
+    );
+    let mut members = String::new();
+    for i in 0..13 {
+        ldif.push_str(&format!(
+            "dn: uid=t{i:02},ou=people,{o}\nobjectClass: inetOrgPerson\nuid: t{i:02}\ncn: T {i}\nsn: T\n\n"
+        ));
+        members.push_str(&format!("member: uid=t{i:02},ou=people,{o}\n"));
+    }
+    ldif.push_str(&format!(
+        "dn: cn=branch,ou=groups,{o}\nobjectClass: groupOfNames\ncn: branch\n{members}\n"
+    ));
+    dir.modify(&ldif);
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
+    agent.run(&["sync", "--once"]).assert_code(0);
+    let group = |scim: &ScimServer| {
+        scim.all("Groups")
+            .into_iter()
+            .find(|g| g["displayName"] == "branch")
+            .expect("group")
+    };
+    assert_eq!(ids(&group(&scim)["members"]).len(), 13);
+
+    // The typo: only the groups' OU is in scope.
+    agent.edit_config(
+        &format!("include = [\"{o}\"]"),
+        &format!("include = [\"ou=groups,{o}\"]"),
+    );
+    let r = agent.run(&["sync", "--once"]);
+    r.assert_code(4);
+    for said in [
+        "scope shrank from 14 to 1",
+        "13 deletes held",
+        "delete_threshold_percent",
+    ] {
+        assert!(r.stderr.contains(said), "{said}:\n{}", r.stderr);
+    }
+    let users = scim.all("Users");
+    assert_eq!(users.len(), 13);
+    assert!(
+        users.iter().all(|u| u["active"] == true),
+        "nobody deactivated: {users:?}"
+    );
+    assert_eq!(
+        ids(&group(&scim)["members"]).len(),
+        13,
+        "the group keeps the members whose deletes are held"
+    );
+    let listed = agent.run(&["approve-deletes", "--list"]);
+    assert!(listed.stdout.contains("13"), "{}", listed.stdout);
+}

@@ -297,6 +297,22 @@ impl AnchorIndex {
         Ok(out)
     }
 
+    /// How many known objects `seen` does not see (what [`AnchorIndex::unseen`] would list),
+    /// without collecting them.
+    pub fn count_unseen(
+        &self,
+        mut seen: impl FnMut(&[u8]) -> io::Result<bool>,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        for r in self.map.iter() {
+            let (x, _) = r?;
+            if !seen(&x)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The state directory the index belongs to (where scratch files of a pass go too).
     pub fn state_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))

@@ -104,6 +104,24 @@ pub struct Policy {
     pub threshold: u32,
     /// The window.
     pub interval: Duration,
+    /// Deletes allowed per window as a share of the objects in scope, in percent (0: no
+    /// share rule). A count alone does not protect a small branch: 13 users are far below
+    /// any count that suits 50,000.
+    pub share_percent: u32,
+    /// The share rule holds nothing up to this many deletes (a 3-user branch may lose one).
+    pub floor: u32,
+}
+
+impl Policy {
+    /// Whether `n` deletes in a window fit a scope of `scope` objects: within the count,
+    /// and within the share of the scope unless at most `floor`.
+    pub fn fits(&self, n: usize, scope: usize) -> bool {
+        let within_count = n <= self.threshold as usize;
+        let within_share = self.share_percent == 0
+            || n <= self.floor as usize
+            || (n as u128) * 100 <= (self.share_percent as u128) * (scope as u128);
+        within_count && within_share
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -175,6 +193,42 @@ impl std::fmt::Display for GateError {
 
 impl std::error::Error for GateError {}
 
+/// A snapshot of the gate's rule ([`DeleteGate::hold_check`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HoldCheck {
+    policy: Policy,
+    recent: usize,
+    held: usize,
+    scope: usize,
+}
+
+impl HoldCheck {
+    /// Whether admitting `n` more deletes would hold them: something is held already, or
+    /// the window would pass the count or the share of the scope.
+    pub fn would_hold(&self, n: usize) -> bool {
+        n > 0 && (self.held > 0 || !self.policy.fits(self.recent + n, self.scope))
+    }
+
+    /// Why [`HoldCheck::would_hold`] holds `n` deletes, in words for the log.
+    pub fn reason(&self, n: usize) -> String {
+        let total = self.recent + n;
+        if self.held > 0 {
+            format!("{} deletes are already held", self.held)
+        } else if total > self.policy.threshold as usize {
+            format!(
+                "{total} deletes within {} s pass sync.delete_threshold = {}",
+                self.policy.interval.as_secs(),
+                self.policy.threshold
+            )
+        } else {
+            format!(
+                "{total} deletes are more than sync.delete_threshold_percent = {} % of the {} objects in scope",
+                self.policy.share_percent, self.scope
+            )
+        }
+    }
+}
+
 /// The delete gate of one state directory.
 #[derive(Debug)]
 pub struct DeleteGate {
@@ -182,6 +236,8 @@ pub struct DeleteGate {
     policy: Policy,
     state: File,
     dirty: bool,
+    /// Objects in scope (the anchor index's size) the share rule weighs against.
+    scope: usize,
 }
 
 fn now_secs() -> u64 {
@@ -221,7 +277,30 @@ impl DeleteGate {
             policy,
             state,
             dirty: false,
+            scope: 0,
         })
+    }
+
+    /// How many objects are in scope (provisioned): the share rule's base. Until it is
+    /// set, every delete weighs as if the scope were empty, so only the floor admits any.
+    pub fn set_scope(&mut self, objects: usize) {
+        self.scope = objects;
+    }
+
+    /// What the gate would decide now, as a value a pass can carry while the gate itself
+    /// stays free for the deletes at its end.
+    pub fn hold_check(&self) -> HoldCheck {
+        HoldCheck {
+            policy: self.policy,
+            recent: self.recent(),
+            held: self.state.held.len(),
+            scope: self.scope,
+        }
+    }
+
+    /// Why admitting `n` deletes now would hold them, in words for the log.
+    pub fn hold_reason(&self, n: usize) -> String {
+        self.hold_check().reason(n)
     }
 
     /// The deletes waiting for approval.
@@ -278,7 +357,9 @@ impl DeleteGate {
             return Verdict::Go;
         }
         self.prune(now);
-        let fits = self.state.recent.len() + targets.len() <= self.policy.threshold as usize;
+        let fits = self
+            .policy
+            .fits(self.state.recent.len() + targets.len(), self.scope);
         if self.state.held.is_empty() && fits {
             self.state
                 .recent
@@ -480,13 +561,12 @@ pub async fn settle(
         return out;
     }
     let n = targets.len();
+    let why = gate.hold_reason(n);
     if gate.admit(targets.clone()) == Verdict::Held {
         out.held = n as u64;
         log::warn!(
-            "{n} deletes held for approval ({} held in all; threshold {} per {} s): nothing is deleted until `idrelay approve-deletes`; first: {} ({})",
+            "{n} deletes held for approval ({why}; {} held in all): nothing is deleted until `idrelay approve-deletes`; first: {} ({})",
             gate.held().len(),
-            gate.policy.threshold,
-            gate.policy.interval.as_secs(),
             targets[0].dn,
             targets[0].reason
         );
@@ -696,6 +776,8 @@ mod tests {
             Policy {
                 threshold,
                 interval: Duration::from_secs(3600),
+                share_percent: 0,
+                floor: 0,
             },
         )
         .unwrap();
@@ -723,6 +805,45 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    /// Regression: with only a count (500), a scope typo deactivated all 13 users of a
+    /// branch. The share of the scope holds that; a floor lets a tiny branch lose one.
+    #[test]
+    fn a_share_of_the_scope_protects_a_small_branch() {
+        let p = Policy {
+            threshold: 500,
+            interval: Duration::from_secs(3600),
+            share_percent: 10,
+            floor: 5,
+        };
+        assert!(!p.fits(13, 15), "a whole small branch");
+        assert!(!p.fits(6, 15));
+        assert!(p.fits(5, 15), "the floor");
+        assert!(p.fits(1, 3));
+        assert!(p.fits(100, 1000) && !p.fits(101, 1000));
+        assert!(
+            p.fits(500, 100_000) && !p.fits(501, 100_000),
+            "the count still rules"
+        );
+        let count_only = Policy {
+            share_percent: 0,
+            ..p
+        };
+        assert!(count_only.fits(13, 15));
+
+        let (_d, mut g) = gate(500);
+        g.policy = p;
+        g.set_scope(15);
+        assert!(g.hold_check().would_hold(13));
+        assert!(!g.hold_check().would_hold(0));
+        assert!(g
+            .hold_reason(13)
+            .contains("delete_threshold_percent = 10 % of the 15"));
+        assert_eq!(g.admit(vec![target(1)]), Verdict::Go);
+        // One went out: four more fit the floor, the sixth does not.
+        assert!(!g.hold_check().would_hold(4));
+        assert!(g.hold_check().would_hold(5));
     }
 
     #[test]
@@ -794,6 +915,8 @@ mod tests {
             Policy {
                 threshold: 1,
                 interval: Duration::from_secs(3600),
+                share_percent: 0,
+                floor: 0,
             },
         )
         .unwrap();
@@ -938,6 +1061,8 @@ mod tests {
             Policy {
                 threshold: 1,
                 interval: Duration::from_secs(3600),
+                share_percent: 0,
+                floor: 0,
             },
         )
         .unwrap();
@@ -957,6 +1082,8 @@ mod tests {
             Policy {
                 threshold: 1,
                 interval: Duration::from_secs(3600),
+                share_percent: 0,
+                floor: 0,
             },
         )
         .unwrap();
@@ -972,6 +1099,8 @@ mod tests {
             Policy {
                 threshold: 1,
                 interval: Duration::from_secs(60),
+                share_percent: 0,
+                floor: 0,
             },
         )
         .unwrap_err();

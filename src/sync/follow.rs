@@ -839,10 +839,12 @@ async fn send_loop(
         if !burst.is_empty() {
             let anchors: Vec<String> = burst.iter().map(|t| t.anchor.clone()).collect();
             let n = burst.len();
+            gate.set_scope(index.len());
+            let why = gate.hold_reason(n);
             match gate.admit(burst) {
                 Verdict::Go => admitted.extend(anchors),
                 Verdict::Held => log::warn!(
-                    "{n} deletes in one burst are over sync.delete_threshold: held for approval ({} held in all); run `idrelay approve-deletes` to release them",
+                    "{n} deletes held for approval ({why}; {} held in all); run `idrelay approve-deletes` to release them",
                     gate.held().len()
                 ),
             }

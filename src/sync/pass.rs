@@ -44,7 +44,7 @@ use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
-use crate::sync::deletes::{self, DeleteGate, Settled, Target};
+use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
 use crate::sync::diskmap::DiskMap;
 use crate::sync::dn;
 use crate::sync::progress::Progress;
@@ -412,12 +412,20 @@ struct ScopeResolver<'a> {
     scope: &'a ScopeMap,
     index: &'a AnchorIndex,
     pretend: &'a HashMap<String, String>,
+    /// Out of scope but provisioned, with its delete to be held: still resolved.
+    keep_vanishing: bool,
 }
 
 impl Resolver for ScopeResolver<'_> {
     fn resolve(&self, target: &str) -> Reference {
         let o = match self.scope.get(&ScopeMap::key(target)) {
             Ok(Some(o)) => o,
+            Ok(None) if self.keep_vanishing => {
+                return match self.index.by_dn(target) {
+                    Some((_, a)) => Reference::provisioned(a.kind, a.scim_id),
+                    None => Reference::OutOfScope,
+                }
+            }
             Ok(None) => return Reference::OutOfScope,
             // Never taken for "out of scope" (that would drop a member): held, and the pass
             // stops on the kept error before it decides anything.
@@ -447,6 +455,11 @@ struct Done {
 struct Pass<'a> {
     dir: &'a Directory,
     scim: &'a ScimClient,
+    /// The delete gate's rule as the pass began.
+    hold: HoldCheck,
+    /// This pass's deletes will be held: references to the objects about to be deleted
+    /// stay resolved (a held delete holds its consequences, e.g. group memberships).
+    keep_vanishing_refs: bool,
     profile: &'a SyncProfile,
     settings: &'a PassSettings,
     index: &'a mut AnchorIndex,
@@ -492,6 +505,7 @@ pub async fn full_pass(
 ) -> Result<PassReport, PassError> {
     let started = Instant::now();
     learn_endpoint(scim).await;
+    gate.set_scope(index.len());
     let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
     let (jobs_tx, jobs_rx) = channel::bounded::<Job>(settings.concurrency * 2);
@@ -523,6 +537,8 @@ pub async fn full_pass(
     let mut pass = Pass {
         dir,
         scim,
+        hold: gate.hold_check(),
+        keep_vanishing_refs: false,
         profile,
         settings,
         index,
@@ -618,6 +634,7 @@ pub async fn full_pass(
 impl Pass<'_> {
     async fn run(&mut self) -> Result<(), PassError> {
         self.scan().await?;
+        self.weigh_vanishing()?;
         for kind in [ResourceKind::User, ResourceKind::Group] {
             self.total = self.scope.count(kind) as u64;
             self.done = 0;
@@ -639,6 +656,33 @@ impl Pass<'_> {
             self.drain().await;
             self.halt()?;
             self.settle(kind, revisit, &filter, &attr_refs).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts the provisioned objects the scan did not find (this pass's deletes) and, when
+    /// the gate will hold them, keeps references to them: their memberships stay until the
+    /// deletes are approved. Says when the scope shrank to under half.
+    fn weigh_vanishing(&mut self) -> Result<(), PassError> {
+        let scope = &self.scope;
+        let vanishing = self
+            .index
+            .count_unseen(|p| scope.has_ext(p))
+            .map_err(PassError::State)?;
+        let known = self.index.len();
+        if vanishing > 0 && (known - vanishing) * 2 < known {
+            log::warn!(
+                "scope shrank from {known} to {} provisioned objects: check scope.include and the filters",
+                known - vanishing
+            );
+        }
+        if self.hold.would_hold(vanishing) && !self.settings.mode.dry_run {
+            self.keep_vanishing_refs = true;
+            log::warn!(
+                "{vanishing} objects are gone from scope and their deletes will be held ({}): \
+                 group memberships and manager references to them stay until `idrelay approve-deletes`",
+                self.hold.reason(vanishing)
+            );
         }
         Ok(())
     }
@@ -822,6 +866,7 @@ impl Pass<'_> {
             scope: &self.scope,
             index: self.index,
             pretend: &self.pretend,
+            keep_vanishing: self.keep_vanishing_refs,
         };
         let mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
             Ok(m) => m,
