@@ -6,25 +6,93 @@
 //! still creating (it waits for it, then maps again); start a change while one that asked
 //! to be retried waits for its retry; infer a delete (an object the directory does not
 //! return is left alone, and one matched by DN alone is deleted only once the directory
-//! confirms that no entry holds its anchor); report as done a change after one that is not.
-//! The anchor index and the delete gate are changed only here, between awaits, on the
-//! sender's task; what runs concurrently only reads the directory and writes the endpoint.
+//! confirms that no entry holds its anchor); report as handled a change that follows one
+//! not yet done. The anchor index and the delete gate change only between awaits, on the
+//! sender's task, never in the work in flight, which only reads the directory and writes
+//! the endpoint.
+//!
+//! It reaches the directory and the endpoint only through [`DirectoryReads`] and
+//! [`EndpointWrites`] (the pattern of `members.rs`'s `GroupEndpoint`): `run` hands in the
+//! real [`Directory`] and a [`ScimEndpoint`], the tests fakes that record the order of
+//! calls. Static dispatch: the seams cost nothing at run time.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::ldap::{LdapError, Scope};
+use crate::ldap::{Directory, Entry, LdapError, Scope};
 use crate::queue::ResyncReason;
 use crate::relay::backoff::Backoff;
+use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{representation_hash_with, Anchor, AnchorIndex};
 use crate::sync::deletes::{self, DeleteGate, Found, MatchedBy, Target, Verdict};
 use crate::sync::dn;
+use crate::sync::pass::PassSettings;
 use crate::sync::provision::{provision, Job, Outcome};
 
 use super::send::{SendCtx, SendEnd};
 use super::{with_queue, Change, SharedQueue};
+
+/// The directory as the sender sees it: three kinds of read, nothing else. A seam: the
+/// sender gets a [`Directory`], tests a fake, so the batch machine is tested without a
+/// server.
+pub(super) trait DirectoryReads {
+    /// The entry at `dn` with `attrs`; `Ok(None)` when no entry is there.
+    async fn read(&self, dn: &str, attrs: &[&str]) -> Result<Option<Entry>, LdapError>;
+    /// Whether the entry at `dn` exists and matches `filter` (the scope check). A failed
+    /// search is an error, never "does not match".
+    async fn matches(&self, dn: &str, filter: &str) -> Result<bool, LdapError>;
+    /// The DN of some entry under `base` (subtree) that matches `filter`, if one does:
+    /// whether an anchor is still held by anything.
+    async fn find_one(&self, base: &str, filter: &str) -> Result<Option<String>, LdapError>;
+}
+
+impl DirectoryReads for Directory {
+    async fn read(&self, dn: &str, attrs: &[&str]) -> Result<Option<Entry>, LdapError> {
+        Directory::read(self, dn, attrs).await
+    }
+
+    async fn matches(&self, dn: &str, filter: &str) -> Result<bool, LdapError> {
+        Directory::matches(self, dn, filter).await
+    }
+
+    async fn find_one(&self, base: &str, filter: &str) -> Result<Option<String>, LdapError> {
+        // The first answer settles it; dropping the stream abandons the rest of the search.
+        let mut s = self.search(base, Scope::Subtree, filter, &["1.1"]);
+        match s.next().await {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e.dn)),
+            Some(Err(e)) => Err(e),
+        }
+    }
+}
+
+/// The endpoint as the sender sees it: one object brought in step, one object deleted. A
+/// seam: the sender gets a [`ScimEndpoint`], tests a fake that records the order of calls.
+pub(super) trait EndpointWrites {
+    /// Creates, replaces or matches `job`'s object (see [`provision`]).
+    async fn provision(&self, job: &Job) -> Outcome;
+    /// Deactivates or deletes `target` (see [`deletes::execute`]): the word for what was
+    /// done, or why not.
+    async fn delete(&self, target: &Target) -> Result<&'static str, ScimError>;
+}
+
+/// The real endpoint: the SCIM client, with the settings that shape its writes.
+pub(super) struct ScimEndpoint<'a> {
+    pub(super) scim: &'a ScimClient,
+    pub(super) pass: &'a PassSettings,
+}
+
+impl EndpointWrites for ScimEndpoint<'_> {
+    async fn provision(&self, job: &Job) -> Outcome {
+        provision(self.scim, job, &self.pass.mode).await
+    }
+
+    async fn delete(&self, target: &Target) -> Result<&'static str, ScimError> {
+        deletes::execute(self.scim, self.pass.user_delete, target).await
+    }
+}
 
 pub(super) enum Applied {
     Done,
@@ -34,6 +102,14 @@ pub(super) enum Applied {
 
 /// Most changes of one batch in step at the same time (directory reads and SCIM writes).
 const MAX_IN_FLIGHT: usize = 8;
+
+/// The longest first wait before a change the endpoint or the directory could not take is
+/// tried again (jittered, doubling up to 15 s); short in unit tests, which retry on purpose.
+pub(super) const RETRY_FIRST_WAIT: Duration = if cfg!(test) {
+    Duration::from_millis(2)
+} else {
+    Duration::from_millis(500)
+};
 
 /// What [`apply_batch`] did.
 pub(super) struct BatchEnd {
@@ -85,8 +161,8 @@ fn same_object(a: &(String, Option<String>), b: &(String, Option<String>)) -> bo
 /// Acknowledgement: only the leading run of done changes ([`BatchEnd::handled`]); a change
 /// done beyond a gap is applied again after a restart (idempotent).
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn apply_batch(
-    ctx: &SendCtx<'_>,
+pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
     queue: &SharedQueue,
@@ -139,7 +215,6 @@ pub(super) async fn apply_batch(
     let mut flying: InFlight<'_> = Vec::new();
     // Changes that asked to be retried: the batch starts nothing new until they are.
     let mut retry: Vec<(usize, String)> = Vec::new();
-    let mode = &ctx.settings.pass.mode;
 
     let outcome = |i: usize,
                    a: Applied,
@@ -202,7 +277,7 @@ pub(super) async fn apply_batch(
                     flying.push((
                         i,
                         Box::pin(async move {
-                            let o = provision(ctx.scim, &job, mode).await;
+                            let o = ctx.endpoint.provision(&job).await;
                             Landed::Sent(job, o)
                         }),
                     ));
@@ -234,9 +309,9 @@ pub(super) async fn apply_batch(
                             ),
                         ));
                     }
-                    Change::Delete { .. } => {
+                    Change::Delete { uuid, dn } => {
                         // Deletes go through the gate and the index: applied here, in turn.
-                        let a = apply(ctx, index, gate, admitted, exits, attrs, &changes[i]).await;
+                        let a = apply_delete(ctx, index, gate, admitted, uuid, dn.as_deref()).await;
                         outcome(i, a, &mut steps, &mut retry, &mut out);
                     }
                 }
@@ -246,9 +321,7 @@ pub(super) async fn apply_batch(
             if let Some(&(i, ref why)) = retry.first() {
                 // Everything in flight landed: wait, then try the retried changes again.
                 let wait = waits[i]
-                    .get_or_insert_with(|| {
-                        Backoff::new(Duration::from_millis(500), Duration::from_secs(15))
-                    })
+                    .get_or_insert_with(|| Backoff::new(RETRY_FIRST_WAIT, Duration::from_secs(15)))
                     .next_delay()
                     .unwrap_or(Duration::from_secs(60));
                 log::warn!(
@@ -332,9 +405,9 @@ impl Resolver for IndexResolver<'_> {
 }
 
 /// Why an object the feed reported is not (or no longer) in scope, if it is not.
-async fn out_of_scope(
-    ctx: &SendCtx<'_>,
-    entry: &crate::ldap::Entry,
+async fn out_of_scope<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    entry: &Entry,
     kind: Option<ResourceKind>,
 ) -> Result<Option<&'static str>, LdapError> {
     let Some(kind) = kind else {
@@ -358,8 +431,8 @@ async fn out_of_scope(
 }
 
 /// One delete through the gate: sent now, or held for approval.
-async fn delete_one(
-    ctx: &SendCtx<'_>,
+async fn delete_one<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
     target: Target,
@@ -386,12 +459,12 @@ async fn delete_one(
 }
 
 /// Sends one admitted delete.
-pub(super) async fn send_delete(
-    ctx: &SendCtx<'_>,
+pub(super) async fn send_delete<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     target: &Target,
 ) -> Applied {
-    match deletes::execute(ctx.scim, ctx.settings.pass.user_delete, target).await {
+    match ctx.endpoint.delete(target).await {
         Ok(word) => {
             log::info!(
                 "{} {} ({}): {word} at the endpoint",
@@ -407,66 +480,47 @@ pub(super) async fn send_delete(
     }
 }
 
-async fn apply(
-    ctx: &SendCtx<'_>,
+/// One delete the feed reported: matched to what was provisioned, confirmed gone when
+/// matched by DN alone, then sent (admitted with its burst, or through the gate alone).
+async fn apply_delete<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
     admitted: &mut HashSet<String>,
-    exits: &mut Vec<Target>,
-    attrs: &[&str],
-    change: &Change,
+    uuid: &str,
+    dn: Option<&str>,
 ) -> Applied {
-    match change {
-        Change::Upsert { dn: target, uuid } => {
-            let prepared = match prepare(ctx, attrs, target).await {
-                Ok(p) => p,
-                Err(why) => return Applied::Retry(why),
-            };
-            match decide(ctx, index, gate, exits, uuid, prepared, &HashSet::new()) {
-                Decision::Done(a) => a,
-                // Nothing is busy here: a change applied alone waits for nobody.
-                Decision::Blocked(_) => Applied::Done,
-                Decision::Send(job) => {
-                    let outcome = provision(ctx.scim, &job, &ctx.settings.pass.mode).await;
-                    commit(index, job, outcome)
+    let Some(found) = deletes::find_deleted(index, uuid, dn) else {
+        unmatched(ctx, gate, uuid, dn, "not in the anchor index");
+        return Applied::Done;
+    };
+    if found.by == MatchedBy::Dn {
+        match anchor_gone(ctx, &found).await {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                if admitted.remove(&found.anchor) {
+                    gate.refund(1); // counted with its burst, not sent
                 }
-            }
-        }
-        Change::Delete { uuid, dn } => {
-            let dn = dn.as_deref();
-            let Some(found) = deletes::find_deleted(index, uuid, dn) else {
-                unmatched(ctx, gate, uuid, dn, "not in the anchor index");
+                unmatched(ctx, gate, uuid, dn, &why);
                 return Applied::Done;
-            };
-            if found.by == MatchedBy::Dn {
-                match anchor_gone(ctx, &found).await {
-                    Ok(None) => {}
-                    Ok(Some(why)) => {
-                        if admitted.remove(&found.anchor) {
-                            gate.refund(1); // counted with its burst, not sent
-                        }
-                        unmatched(ctx, gate, uuid, dn, &why);
-                        return Applied::Done;
-                    }
-                    Err(why) => return Applied::Retry(why),
-                }
             }
-            let anchor = found.anchor;
-            let t = Target::of(&anchor, &found.object, "deleted in the directory");
-            if gate.is_held(&anchor) {
-                return Applied::Done; // waits for approval
-            }
-            if admitted.contains(&anchor) {
-                // Admitted with its burst: send it (a retry keeps the admission).
-                let r = send_delete(ctx, index, &t).await;
-                if matches!(r, Applied::Done | Applied::Failed(_)) {
-                    admitted.remove(&anchor);
-                }
-                return r;
-            }
-            delete_one(ctx, index, gate, t).await
+            Err(why) => return Applied::Retry(why),
         }
     }
+    let anchor = found.anchor;
+    let t = Target::of(&anchor, &found.object, "deleted in the directory");
+    if gate.is_held(&anchor) {
+        return Applied::Done; // waits for approval
+    }
+    if admitted.contains(&anchor) {
+        // Admitted with its burst: send it (a retry keeps the admission).
+        let r = send_delete(ctx, index, &t).await;
+        if matches!(r, Applied::Done | Applied::Failed(_)) {
+            admitted.remove(&anchor);
+        }
+        return r;
+    }
+    delete_one(ctx, index, gate, t).await
 }
 
 /// What the directory says about an object the feed reported, read without touching any
@@ -476,14 +530,18 @@ enum Prepared {
     Gone,
     /// The entry, its kind, and why it is out of scope if it is.
     Read {
-        entry: crate::ldap::Entry,
+        entry: Entry,
         kind: Option<ResourceKind>,
         out: Option<&'static str>,
     },
 }
 
 /// Reads the object at `target` and checks its scope. `Err` is a reason to retry.
-async fn prepare(ctx: &SendCtx<'_>, attrs: &[&str], target: &str) -> Result<Prepared, String> {
+async fn prepare<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    attrs: &[&str],
+    target: &str,
+) -> Result<Prepared, String> {
     let entry = match ctx.dir.read(target, attrs).await {
         Ok(Some(e)) => e,
         Ok(None) => return Ok(Prepared::Gone),
@@ -509,8 +567,8 @@ enum Decision {
 
 /// The in-memory part of applying an upsert: scope exits, mapping, the unchanged check.
 /// `busy` holds the normalised DNs of earlier changes of the batch not yet applied.
-fn decide(
-    ctx: &SendCtx<'_>,
+fn decide<D, E>(
+    ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
     exits: &mut Vec<Target>,
@@ -608,7 +666,10 @@ fn commit(index: &mut AnchorIndex, job: Job, outcome: Outcome) -> Applied {
 /// still holds the anchor: the DN was another object's; or the directory refused the search
 /// or the anchor cannot be searched for). `Err` (retry) when the directory could not be
 /// asked.
-async fn anchor_gone(ctx: &SendCtx<'_>, found: &Found) -> Result<Option<String>, String> {
+async fn anchor_gone<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    found: &Found,
+) -> Result<Option<String>, String> {
     let Some(filter) = mapping::anchor_filter(ctx.profile, found.object.kind, &found.anchor) else {
         return Ok(Some(format!(
             "{} {}, last sent under this DN, has an anchor the profile cannot search for",
@@ -616,25 +677,19 @@ async fn anchor_gone(ctx: &SendCtx<'_>, found: &Found) -> Result<Option<String>,
             found.anchor
         )));
     };
-    let mut s = ctx
-        .dir
-        .search(&ctx.settings.base_dn, Scope::Subtree, &filter, &["1.1"]);
-    match s.next().await {
-        None => Ok(None),
-        Some(Ok(e)) => Ok(Some(format!(
-            "{} {}, last sent under this DN, is still in the directory at {}",
+    match ctx.dir.find_one(&ctx.settings.base_dn, &filter).await {
+        Ok(None) => Ok(None),
+        Ok(Some(holder)) => Ok(Some(format!(
+            "{} {}, last sent under this DN, is still in the directory at {holder}",
             found.object.kind.word(),
             found.anchor,
-            e.dn
         ))),
-        Some(Err(e @ (LdapError::Search { .. } | LdapError::InvalidFilter { .. }))) => {
-            Ok(Some(format!(
-                "cannot confirm that {} {}, last sent under this DN, is gone: {e}",
-                found.object.kind.word(),
-                found.anchor
-            )))
-        }
-        Some(Err(e)) => Err(format!(
+        Err(e @ (LdapError::Search { .. } | LdapError::InvalidFilter { .. })) => Ok(Some(format!(
+            "cannot confirm that {} {}, last sent under this DN, is gone: {e}",
+            found.object.kind.word(),
+            found.anchor
+        ))),
+        Err(e) => Err(format!(
             "directory: checking that {} is gone: {e}",
             found.object.dn
         )),
@@ -643,7 +698,13 @@ async fn anchor_gone(ctx: &SendCtx<'_>, found: &Found) -> Result<Option<String>,
 
 /// A feed's delete that matches no provisioned object: acknowledged, since there is nothing
 /// the agent can prove gone, but never silently (see the module doc).
-fn unmatched(ctx: &SendCtx<'_>, gate: &mut DeleteGate, uuid: &str, dn: Option<&str>, why: &str) {
+fn unmatched<D, E>(
+    ctx: &SendCtx<'_, D, E>,
+    gate: &mut DeleteGate,
+    uuid: &str,
+    dn: Option<&str>,
+    why: &str,
+) {
     if let Some(d) = dn {
         if !dn::under_any(d, &ctx.settings.pass.include) {
             log::debug!("delete of {d} (outside the included subtrees): nothing to undo");

@@ -13,7 +13,7 @@
 //!   it in the queue (an ack covers a prefix). While the endpoint is unreachable the sender
 //!   waits and retries the change; nothing new starts meanwhile.
 //! * Per object, changes are applied in queue order: the sender works on up to
-//!   [`MAX_IN_FLIGHT`] changes of a batch at a time (directory read, scope check, SCIM
+//!   `MAX_IN_FLIGHT` (8) changes of a batch at a time (directory read, scope check, SCIM
 //!   write), but never on two of the same object (same uuid or DN) at once. A change whose
 //!   object refers to one that an earlier change of the batch is still creating (a group
 //!   and its new member) waits for it, then maps again. Deletes and scope exits go through
@@ -56,12 +56,17 @@
 //! * `poll.rs`: the polling feeds' queries (what changed since a watermark);
 //! * `send.rs`: the sender, which reads the queue, weighs delete bursts and acknowledges;
 //! * `batch.rs`: the batch machine, which applies one batch in per-object order and says
-//!   which leading run of it is done.
+//!   which leading run of it is done. It and the sender reach the directory and the
+//!   endpoint only through two narrow traits defined there (`DirectoryReads`: read an
+//!   entry, check its scope, find an anchor's holder; `EndpointWrites`: provision one
+//!   object, delete one), so that `tests.rs` runs them against fakes, without sockets.
 
 mod batch;
 mod feed;
 pub mod poll;
 mod send;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -77,9 +82,10 @@ use crate::scim::client::ScimClient;
 use crate::scim::profile::SyncProfile;
 use crate::signals::{Control, Request};
 use crate::sync::anchors::{representation_hash, AnchorIndex};
-use crate::sync::deletes::{self, DeleteGate, GateError};
+use crate::sync::deletes::{DeleteGate, GateError};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
+use batch::{EndpointWrites, ScimEndpoint};
 use feed::{current_cookie, feed, poll_feed};
 use poll::PollSpec;
 use send::{send_loop, SendCtx, SendEnd};
@@ -310,6 +316,10 @@ pub async fn run(
         queue,
         agent,
     } = st;
+    let endpoint = ScimEndpoint {
+        scim,
+        pass: &settings.pass,
+    };
     let mut was_standby = false;
     let scope = settings.scope_fingerprint();
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
@@ -336,7 +346,7 @@ pub async fn run(
             log::info!("active: this agent holds the lease; provisioning");
             was_standby = false;
         }
-        release_approved(scim, index, gate, settings).await?;
+        release_approved(&endpoint, index, gate).await?;
         if full_pass_due(
             last_full_pass(&settings.state_dir),
             settings.full_pass_interval,
@@ -452,7 +462,7 @@ pub async fn run(
         };
         let ctx = SendCtx {
             dir,
-            scim,
+            endpoint: &endpoint,
             profile,
             settings,
             control,
@@ -487,22 +497,40 @@ pub async fn run(
     }
 }
 
-/// Sends the deletes `approve-deletes` released, if an approval is waiting.
+/// Sends the deletes `approve-deletes` released, if an approval is waiting: each once, as
+/// [`crate::sync::deletes::send_approved`] does when no agent runs (they passed the gate
+/// already; a failed one stays in the index and the next full pass finds it again). Through
+/// the endpoint seam, so the sender stays testable; same log lines as there.
 async fn release_approved(
-    scim: &ScimClient,
+    endpoint: &impl EndpointWrites,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
-    settings: &FollowSettings,
 ) -> Result<(), RunError> {
     let Some(targets) = gate.take_approval() else {
         return Ok(());
     };
     gate.save().map_err(RunError::Deletes)?;
-    let s = deletes::send_approved(scim, index, settings.pass.user_delete, targets).await;
+    let (mut sent, mut failed) = (0u64, 0usize);
+    for t in &targets {
+        match endpoint.delete(t).await {
+            Ok(word) => {
+                log::info!(
+                    "{} {} ({}): {word} at the endpoint",
+                    t.kind.word(),
+                    t.dn,
+                    t.reason
+                );
+                index.remove(&t.anchor);
+                sent += 1;
+            }
+            Err(e) => {
+                log::warn!("{} {}: delete failed: {e}", t.kind.word(), t.dn);
+                failed += 1;
+            }
+        }
+    }
     log::info!(
-        "approved deletes: {} sent, {} failed (failed ones are found again by the next full pass)",
-        s.sent,
-        s.failed.len()
+        "approved deletes: {sent} sent, {failed} failed (failed ones are found again by the next full pass)"
     );
     save_index(index);
     Ok(())
@@ -583,49 +611,4 @@ async fn resync(
         .await
         .map_err(|e| format!("queue: {e}"))?;
     Ok(PassEnd::Complete)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_incomplete_pass_is_accepted_only_after_a_repeat_without_progress() {
-        // The first incomplete pass is always repeated.
-        assert!(!accept_stalled_pass(None, 1));
-        assert!(!accept_stalled_pass(None, 500));
-        // Progress: repeat again.
-        assert!(!accept_stalled_pass(Some(500), 20));
-        assert!(!accept_stalled_pass(Some(2), 1));
-        // No progress: the same (or more) objects failed again.
-        assert!(accept_stalled_pass(Some(2), 2));
-        assert!(accept_stalled_pass(Some(1), 3));
-    }
-
-    #[test]
-    fn the_periodic_pass_is_due_only_after_its_interval() {
-        let day = Duration::from_secs(86_400);
-        let now = SystemTime::now();
-        assert!(!full_pass_due(None, day, now));
-        assert!(!full_pass_due(
-            Some(now - Duration::from_secs(10)),
-            day,
-            now
-        ));
-        assert!(full_pass_due(Some(now - day), day, now));
-        assert!(!full_pass_due(Some(now - day), Duration::ZERO, now));
-        // A clock that jumped back: the last pass is "in the future"; not due, no panic.
-        assert!(!full_pass_due(Some(now + day), day, now));
-    }
-
-    #[test]
-    fn watermarks_belong_to_their_scope() {
-        let w = Watermark::encode("scope-a", b"rid=001,csn=x");
-        assert_eq!(
-            Watermark::cookie_for(&w, "scope-a").as_deref(),
-            Some(&b"rid=001,csn=x"[..])
-        );
-        assert_eq!(Watermark::cookie_for(&w, "scope-b"), None);
-        assert_eq!(Watermark::cookie_for(b"garbage", "scope-a"), None);
-    }
 }

@@ -2,7 +2,7 @@
 //! modifyTimestamp polling for any other LDAP server.
 //!
 //! Each poll asks the directory what changed since the stored watermark; the feed task
-//! ([`super::feed`]) appends the changes to the queue *with the new watermark in the same
+//! (`feed.rs`) appends the changes to the queue *with the new watermark in the same
 //! append*, so a watermark never moves past a change that is not durable (DESIGN.md §3). A
 //! poll that fails appends nothing; the next poll asks again from the same watermark. A poll
 //! only reads: it never writes the queue, and never decides scope.

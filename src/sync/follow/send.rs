@@ -12,17 +12,17 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::ldap::Directory;
 use crate::queue::QueueError;
 use crate::relay::agent::AgentState;
 use crate::relay::backoff::Backoff;
-use crate::scim::client::ScimClient;
 use crate::scim::profile::SyncProfile;
 use crate::signals::Control;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
 
-use super::batch::{apply_batch, send_delete, Applied};
+use super::batch::{
+    apply_batch, send_delete, Applied, DirectoryReads, EndpointWrites, RETRY_FIRST_WAIT,
+};
 use super::{
     full_pass_due, last_full_pass, release_approved, save_index, with_queue, Change,
     FollowSettings, RunError, SharedQueue,
@@ -35,10 +35,12 @@ pub(super) enum SendEnd {
     Fatal(RunError),
 }
 
-/// What the sender reads but never changes.
-pub(super) struct SendCtx<'a> {
-    pub(super) dir: &'a Directory,
-    pub(super) scim: &'a ScimClient,
+/// What the sender reads but never changes: the directory and the endpoint as its two
+/// seams ([`Directory`](crate::ldap::Directory) and
+/// [`ScimEndpoint`](super::batch::ScimEndpoint) in `run`, fakes in tests).
+pub(super) struct SendCtx<'a, D, E> {
+    pub(super) dir: &'a D,
+    pub(super) endpoint: &'a E,
     pub(super) profile: &'a SyncProfile,
     pub(super) settings: &'a FollowSettings,
     pub(super) control: &'a Control,
@@ -50,8 +52,8 @@ const SEND_BATCH: usize = 100;
 const INDEX_SAVE_EVERY: Duration = Duration::from_secs(5);
 const STATUS_LOG_EVERY: Duration = Duration::from_secs(60);
 
-pub(super) async fn send_loop(
-    ctx: &SendCtx<'_>,
+pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
     queue: &SharedQueue,
@@ -72,7 +74,7 @@ pub(super) async fn send_loop(
         if feed.is_finished() {
             return SendEnd::FeedEnded;
         }
-        if let Err(e) = release_approved(ctx.scim, index, gate, ctx.settings).await {
+        if let Err(e) = release_approved(ctx.endpoint, index, gate).await {
             return SendEnd::Fatal(e);
         }
         let read = with_queue(queue, |q| {
@@ -210,8 +212,8 @@ fn is_disk_full(e: &std::io::Error) -> bool {
 /// may succeed later (a full disk) pauses the sender and is retried with a backoff, as the
 /// feed does for appends; nothing new is sent meanwhile. `Err` is how the sender must end
 /// (a stop request while paused: what is not acknowledged is re-sent after the restart).
-async fn acknowledge(
-    ctx: &SendCtx<'_>,
+async fn acknowledge<D, E>(
+    ctx: &SendCtx<'_, D, E>,
     gate: &mut DeleteGate,
     queue: &SharedQueue,
     handled: Option<u64>,
@@ -252,8 +254,8 @@ async fn acknowledge(
 
 /// The objects that left scope in one batch, weighed as one burst and sent (each retried
 /// while the endpoint is unavailable). Returns how the sender must end, if it must.
-async fn send_exits(
-    ctx: &SendCtx<'_>,
+async fn send_exits<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
     exits: Vec<Target>,
@@ -269,7 +271,7 @@ async fn send_exits(
         return None;
     }
     for t in &exits {
-        let mut wait = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+        let mut wait = Backoff::new(RETRY_FIRST_WAIT, Duration::from_secs(15));
         loop {
             match send_delete(ctx, index, t).await {
                 Applied::Done => break,
@@ -298,5 +300,10 @@ fn is_delete(payload: &[u8]) -> bool {
     )
 }
 
-/// How long the sender waits for the rest of a burst of deletes before weighing it.
-const DELETE_LINGER: Duration = Duration::from_secs(1);
+/// How long the sender waits for the rest of a burst of deletes before weighing it (short
+/// in unit tests, whose bursts are queued whole).
+const DELETE_LINGER: Duration = if cfg!(test) {
+    Duration::from_millis(5)
+} else {
+    Duration::from_secs(1)
+};
