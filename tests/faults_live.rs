@@ -590,12 +590,12 @@ fn scim_5xx_bursts_while_run_follows_changes_converge() {
     assert_eq!(created(&proxy.events()), 46, "no object created twice");
 }
 
-/// Regression (src/sync/pass.rs + follow.rs): in `run`, an object whose provisioning failed
-/// *transiently* during a full pass (the endpoint answered 5xx/429 or was unreachable after
-/// the client's retries: `Outcome::Unavailable`) was counted as a failure like a 4xx, and
-/// the pass was marked done (`mark_resync_done`): the object stayed missing at the endpoint
-/// until it changed in the directory or the periodic full pass ran. Now such a pass stays
-/// owed and runs again after a backoff.
+/// Regression (src/sync/pass.rs + src/sync/follow/mod.rs): in `run`, an object whose
+/// provisioning failed *transiently* during a full pass (the endpoint answered 5xx/429 or
+/// was unreachable after the client's retries: `Outcome::Unavailable`) was counted as a
+/// failure like a 4xx, and the pass was marked done (`mark_resync_done`): the object
+/// stayed missing at the endpoint until it changed in the directory or the periodic full
+/// pass ran. Now such a pass stays owed and runs again after a backoff.
 #[test]
 fn a_5xx_burst_in_runs_first_full_pass_is_retried_until_it_converges() {
     let dir = Dir::openldap();
@@ -1147,8 +1147,8 @@ fn a_full_state_directory_is_reported_by_path_and_loses_nothing() {
     let _ = run.0.wait();
 }
 
-/// Regression (src/sync/follow.rs, src/sync/anchors.rs): when the state directory filled up
-/// while changes waited in the queue, acknowledging them (a ledger write) or saving the
+/// Regression (src/sync/follow/send.rs, src/sync/anchors.rs): when the state directory filled
+/// up while changes waited in the queue, acknowledging them (a ledger write) or saving the
 /// anchor index failed with ENOSPC and `run` ended ("error: anchor index: No space left on
 /// device (os error 28)", naming no path). Now the sender pauses and retries, as the feed
 /// does for a full disk, and a failed index save is a warning naming the file.
@@ -1342,7 +1342,7 @@ fn the_agents_clock_jumping_a_day_forward_and_back_loses_and_duplicates_nothing(
     assert_eq!(created(&proxy.events()), 14, "no object created twice");
 }
 
-/// Regression (src/sync/poll.rs `position`): the modifyTimestamp feed's first watermark
+/// Regression (src/sync/follow/poll.rs `position`): the modifyTimestamp feed's first watermark
 /// after a full pass was the *agent's* clock minus 60 s. With that clock ahead of the
 /// directory's by more than a minute (a skewed branch server, or a jump forward that also
 /// makes the periodic pass due, as here), the feed asked for `modifyTimestamp>=` a time in

@@ -12,6 +12,8 @@ pub mod dn;
 pub mod follow;
 pub mod members;
 pub mod pass;
-pub mod poll;
+/// The polling feeds, at the path `commands` knows them by (they live with `run`'s other
+/// feed code in [`follow`]).
+pub use follow::poll;
 pub mod progress;
 pub mod provision;

@@ -1,12 +1,13 @@
 //! Polling change feeds for `run`: Active Directory DirSync, AD uSNChanged polling, and
 //! modifyTimestamp polling for any other LDAP server.
 //!
-//! Each poll asks the directory what changed since the stored watermark and appends the
-//! changes to the queue *with the new watermark in the same append*, so a watermark never
-//! moves past a change that is not durable (DESIGN.md §3). A poll that fails appends
-//! nothing; the next poll asks again from the same watermark.
+//! Each poll asks the directory what changed since the stored watermark; the feed task
+//! (`feed.rs`) appends the changes to the queue *with the new watermark in the same
+//! append*, so a watermark never moves past a change that is not durable (DESIGN.md §3). A
+//! poll that fails appends nothing; the next poll asks again from the same watermark. A poll
+//! only reads: it never writes the queue, and never decides scope.
 //!
-//! | feed | watermark (bytes inside [`super::follow::Watermark`]) | deletes | moves out of scope |
+//! | feed | watermark (bytes inside [`super::Watermark`]) | deletes | moves out of scope |
 //! |---|---|---|---|
 //! | DirSync | the server's cookie | tombstones (`isDeleted`) | the object, with its new DN |
 //! | uSN | JSON `{"usn":N,"dc":dsServiceName,"inv":invocationId b64}` | tombstones via show-deleted | the object, with its new DN |
@@ -25,10 +26,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Change;
 use crate::ldap::{
     plain_dn, AdChange, AdFeedError, DirSyncFlags, DirSyncItem, Directory, Entry, Scope, UsnState,
 };
-use crate::sync::follow::Change;
 
 /// Which polling feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

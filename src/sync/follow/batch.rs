@@ -1,0 +1,745 @@
+//! The batch machine: applies one batch of queued changes, up to [`MAX_IN_FLIGHT`] at a
+//! time, and reports which leading run of it is done.
+//!
+//! What it must never do: work on two changes of one object (same uuid or DN) at once or
+//! out of queue order; map a change against an object an earlier change of the batch is
+//! still creating (it waits for it, then maps again); start a change while one that asked
+//! to be retried waits for its retry; infer a delete (an object the directory does not
+//! return is left alone, and one matched by DN alone is deleted only once the directory
+//! confirms that no entry holds its anchor); report as handled a change that follows one
+//! not yet done. The anchor index and the delete gate change only between awaits, on the
+//! sender's task, never in the work in flight, which only reads the directory and writes
+//! the endpoint.
+//!
+//! It reaches the directory and the endpoint only through [`DirectoryReads`] and
+//! [`EndpointWrites`] (the pattern of `members.rs`'s `GroupEndpoint`): `run` hands in the
+//! real [`Directory`] and a [`ScimEndpoint`], the tests fakes that record the order of
+//! calls. Static dispatch: the seams cost nothing at run time.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::ldap::{Directory, Entry, LdapError, Scope};
+use crate::queue::ResyncReason;
+use crate::relay::backoff::Backoff;
+use crate::scim::client::{ScimClient, ScimError};
+use crate::scim::mapping::{self, Reference, Resolver};
+use crate::scim::ResourceKind;
+use crate::sync::anchors::{representation_hash_with, Anchor, AnchorIndex};
+use crate::sync::deletes::{self, DeleteGate, Found, MatchedBy, Target, Verdict};
+use crate::sync::dn;
+use crate::sync::pass::PassSettings;
+use crate::sync::provision::{provision, Job, Outcome};
+
+use super::send::{SendCtx, SendEnd};
+use super::{with_queue, Change, SharedQueue};
+
+/// The directory as the sender sees it: three kinds of read, nothing else. A seam: the
+/// sender gets a [`Directory`], tests a fake, so the batch machine is tested without a
+/// server.
+pub(super) trait DirectoryReads {
+    /// The entry at `dn` with `attrs`; `Ok(None)` when no entry is there.
+    async fn read(&self, dn: &str, attrs: &[&str]) -> Result<Option<Entry>, LdapError>;
+    /// Whether the entry at `dn` exists and matches `filter` (the scope check). A failed
+    /// search is an error, never "does not match".
+    async fn matches(&self, dn: &str, filter: &str) -> Result<bool, LdapError>;
+    /// The DN of some entry under `base` (subtree) that matches `filter`, if one does:
+    /// whether an anchor is still held by anything.
+    async fn find_one(&self, base: &str, filter: &str) -> Result<Option<String>, LdapError>;
+}
+
+impl DirectoryReads for Directory {
+    async fn read(&self, dn: &str, attrs: &[&str]) -> Result<Option<Entry>, LdapError> {
+        Directory::read(self, dn, attrs).await
+    }
+
+    async fn matches(&self, dn: &str, filter: &str) -> Result<bool, LdapError> {
+        Directory::matches(self, dn, filter).await
+    }
+
+    async fn find_one(&self, base: &str, filter: &str) -> Result<Option<String>, LdapError> {
+        // The first answer settles it; dropping the stream abandons the rest of the search.
+        let mut s = self.search(base, Scope::Subtree, filter, &["1.1"]);
+        match s.next().await {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e.dn)),
+            Some(Err(e)) => Err(e),
+        }
+    }
+}
+
+/// The endpoint as the sender sees it: one object brought in step, one object deleted. A
+/// seam: the sender gets a [`ScimEndpoint`], tests a fake that records the order of calls.
+pub(super) trait EndpointWrites {
+    /// Creates, replaces or matches `job`'s object (see [`provision`]).
+    async fn provision(&self, job: &Job) -> Outcome;
+    /// Deactivates or deletes `target` (see [`deletes::execute`]): the word for what was
+    /// done, or why not.
+    async fn delete(&self, target: &Target) -> Result<&'static str, ScimError>;
+}
+
+/// The real endpoint: the SCIM client, with the settings that shape its writes.
+pub(super) struct ScimEndpoint<'a> {
+    pub(super) scim: &'a ScimClient,
+    pub(super) pass: &'a PassSettings,
+}
+
+impl EndpointWrites for ScimEndpoint<'_> {
+    async fn provision(&self, job: &Job) -> Outcome {
+        provision(self.scim, job, &self.pass.mode).await
+    }
+
+    async fn delete(&self, target: &Target) -> Result<&'static str, ScimError> {
+        deletes::execute(self.scim, self.pass.user_delete, target).await
+    }
+}
+
+pub(super) enum Applied {
+    Done,
+    Failed(String),
+    Retry(String),
+}
+
+/// Most changes of one batch in step at the same time (directory reads and SCIM writes).
+const MAX_IN_FLIGHT: usize = 8;
+
+/// The longest first wait before a change the endpoint or the directory could not take is
+/// tried again (jittered, doubling up to 15 s); short in unit tests, which retry on purpose.
+pub(super) const RETRY_FIRST_WAIT: Duration = if cfg!(test) {
+    Duration::from_millis(2)
+} else {
+    Duration::from_millis(500)
+};
+
+/// What [`apply_batch`] did.
+pub(super) struct BatchEnd {
+    /// The last sequence number of the batch's leading run of applied changes (every change
+    /// up to it is done): what may be acknowledged.
+    pub(super) handled: Option<u64>,
+    /// How the sender must end, if it must.
+    pub(super) end: Option<SendEnd>,
+    /// Changes applied, and failed for good.
+    pub(super) applied: u64,
+    pub(super) failed: u64,
+}
+
+/// Where one change of a batch stands.
+enum Step {
+    /// Not started (or to be started again after a retry).
+    Waiting,
+    /// Its directory read is in flight.
+    Reading,
+    /// Read; waits for its decision (after a [`Decision::Blocked`], for every earlier
+    /// change to be done).
+    Read(Prepared, bool),
+    /// Its SCIM write is in flight.
+    Sending,
+    /// Applied or failed for good.
+    Done,
+}
+
+/// What an in-flight future of [`apply_batch`] reports.
+enum Landed {
+    Read(Result<Prepared, String>),
+    Sent(Box<Job>, Outcome),
+}
+
+/// Whether two changes touch the same object (same uuid or same DN): those are applied in
+/// queue order, one after the other.
+fn same_object(a: &(String, Option<String>), b: &(String, Option<String>)) -> bool {
+    a.0 == b.0 || (a.1.is_some() && a.1 == b.1)
+}
+
+/// Applies one batch of queued changes, up to [`MAX_IN_FLIGHT`] at a time.
+///
+/// Order: two changes of the same object (same uuid or DN) never overlap and run in queue
+/// order; a change that refers to an object an earlier change is still creating waits for
+/// it (see [`IndexResolver`]); deletes are weighed and sent by the sender itself, in turn.
+/// The index and the gate are touched only here, between awaits, never by the futures.
+/// A change the endpoint or the directory cannot take now (retry) pauses the batch: what
+/// is in flight lands, then after a backoff the change is tried again, as before.
+/// Acknowledgement: only the leading run of done changes ([`BatchEnd::handled`]); a change
+/// done beyond a gap is applied again after a restart (idempotent).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    queue: &SharedQueue,
+    admitted: &mut HashSet<String>,
+    exits: &mut Vec<Target>,
+    attrs: &[&str],
+    records: Vec<crate::queue::Record>,
+) -> BatchEnd {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    let mut out = BatchEnd {
+        handled: None,
+        end: None,
+        applied: 0,
+        failed: 0,
+    };
+    let mut seqs = Vec::with_capacity(records.len());
+    let mut changes = Vec::with_capacity(records.len());
+    for r in records {
+        match serde_json::from_slice::<Change>(&r.payload) {
+            Ok(c) => {
+                seqs.push(r.seq);
+                changes.push(c);
+            }
+            Err(e) => {
+                log::error!(
+                    "queued change {} is not readable ({e}); skipped, a full pass follows",
+                    r.seq
+                );
+                let _ =
+                    with_queue(queue, |q| q.mark_resync_owed(ResyncReason::CorruptRecord)).await;
+                out.end = Some(SendEnd::ResyncOwed);
+                break;
+            }
+        }
+    }
+    let n = changes.len();
+    let keys: Vec<(String, Option<String>)> = changes
+        .iter()
+        .map(|c| match c {
+            Change::Upsert { dn: d, uuid } => (uuid.clone(), Some(dn::normalize(d))),
+            Change::Delete { uuid, dn: d } => (uuid.clone(), d.as_deref().map(dn::normalize)),
+        })
+        .collect();
+    let mut steps: Vec<Step> = (0..n).map(|_| Step::Waiting).collect();
+    let mut waits: Vec<Option<Backoff>> = (0..n).map(|_| None).collect();
+    type InFlight<'f> = Vec<(usize, Pin<Box<dyn Future<Output = Landed> + 'f>>)>;
+    let mut flying: InFlight<'_> = Vec::new();
+    // Changes that asked to be retried: the batch starts nothing new until they are.
+    let mut retry: Vec<(usize, String)> = Vec::new();
+
+    let outcome = |i: usize,
+                   a: Applied,
+                   steps: &mut Vec<Step>,
+                   retry: &mut Vec<(usize, String)>,
+                   out: &mut BatchEnd| match a {
+        Applied::Done => {
+            steps[i] = Step::Done;
+            out.applied += 1;
+            ctx.agent
+                .provisioned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Applied::Failed(why) => {
+            steps[i] = Step::Done;
+            out.failed += 1;
+            ctx.agent
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::warn!("{why}");
+            ctx.agent.set_error(why);
+        }
+        Applied::Retry(why) => {
+            steps[i] = Step::Waiting;
+            retry.push((i, why));
+        }
+    };
+
+    while out.end.is_none() {
+        if ctx.control.requested().is_some() {
+            out.end = Some(SendEnd::Signal);
+            break;
+        }
+        let mut progressed = false;
+        // Decide what was read, in queue order.
+        for i in 0..n {
+            if !matches!(steps[i], Step::Read(..)) {
+                continue;
+            }
+            let earlier_busy = (0..i).any(|j| !matches!(steps[j], Step::Done));
+            if let Step::Read(_, true) = steps[i] {
+                if earlier_busy {
+                    continue; // blocked until everything before it landed
+                }
+            }
+            let Step::Read(prepared, _) = std::mem::replace(&mut steps[i], Step::Sending) else {
+                unreachable!("checked above");
+            };
+            progressed = true;
+            let busy: HashSet<String> = (0..i)
+                .filter(|&j| !matches!(steps[j], Step::Done))
+                .filter_map(|j| keys[j].1.clone())
+                .collect();
+            let uuid = &keys[i].0;
+            match decide(ctx, index, gate, exits, uuid, prepared, &busy) {
+                Decision::Done(a) => outcome(i, a, &mut steps, &mut retry, &mut out),
+                Decision::Blocked(p) => steps[i] = Step::Read(p, true),
+                Decision::Send(job) => {
+                    let job = Box::new(job);
+                    flying.push((
+                        i,
+                        Box::pin(async move {
+                            let o = ctx.endpoint.provision(&job).await;
+                            Landed::Sent(job, o)
+                        }),
+                    ));
+                }
+            }
+        }
+        // Start what may start: in order, while there is room, never two of one object.
+        if retry.is_empty() {
+            for i in 0..n {
+                if flying.len() >= MAX_IN_FLIGHT {
+                    break;
+                }
+                if !matches!(steps[i], Step::Waiting) {
+                    continue;
+                }
+                if (0..i)
+                    .any(|j| !matches!(steps[j], Step::Done) && same_object(&keys[j], &keys[i]))
+                {
+                    continue;
+                }
+                progressed = true;
+                match &changes[i] {
+                    Change::Upsert { dn: target, .. } => {
+                        steps[i] = Step::Reading;
+                        flying.push((
+                            i,
+                            Box::pin(
+                                async move { Landed::Read(prepare(ctx, attrs, target).await) },
+                            ),
+                        ));
+                    }
+                    Change::Delete { uuid, dn } => {
+                        // Deletes go through the gate and the index: applied here, in turn.
+                        let a = apply_delete(ctx, index, gate, admitted, uuid, dn.as_deref()).await;
+                        outcome(i, a, &mut steps, &mut retry, &mut out);
+                    }
+                }
+            }
+        }
+        if flying.is_empty() {
+            if let Some(&(i, ref why)) = retry.first() {
+                // Everything in flight landed: wait, then try the retried changes again.
+                let wait = waits[i]
+                    .get_or_insert_with(|| Backoff::new(RETRY_FIRST_WAIT, Duration::from_secs(15)))
+                    .next_delay()
+                    .unwrap_or(Duration::from_secs(60));
+                log::warn!(
+                    "{why}; retrying in {:.1} s (later changes wait, to keep their order)",
+                    wait.as_secs_f64()
+                );
+                retry.clear();
+                if ctx.control.sleep(wait).await.is_some() {
+                    out.end = Some(SendEnd::Signal);
+                } else if with_queue(queue, |q| q.resync_owed()).await {
+                    out.end = Some(SendEnd::ResyncOwed);
+                }
+                continue;
+            }
+            if steps.iter().all(|s| matches!(s, Step::Done)) || !progressed {
+                break;
+            }
+            continue;
+        }
+        // Wait for the first future to land.
+        let (i, landed) = std::future::poll_fn(|cx| {
+            for k in 0..flying.len() {
+                if let Poll::Ready(v) = flying[k].1.as_mut().poll(cx) {
+                    let (i, _) = flying.swap_remove(k);
+                    return Poll::Ready((i, v));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match landed {
+            Landed::Read(Ok(p)) => steps[i] = Step::Read(p, false),
+            Landed::Read(Err(why)) => {
+                outcome(i, Applied::Retry(why), &mut steps, &mut retry, &mut out)
+            }
+            Landed::Sent(job, o) => {
+                let a = commit(index, *job, o);
+                outcome(i, a, &mut steps, &mut retry, &mut out);
+            }
+        }
+    }
+    drop(flying);
+    let done = steps.iter().take_while(|s| matches!(s, Step::Done)).count();
+    out.handled = done.checked_sub(1).map(|k| seqs[k]);
+    out
+}
+
+/// Resolves references through the anchor index alone (between passes there is no scope
+/// scan): what the index does not know is left out until it is provisioned. A reference
+/// to an object that an earlier change of the batch is still bringing in step (`busy`,
+/// normalised DNs) is noted in `blocked`: the change waits for it and maps again, as it
+/// would have seen it had the changes been applied one after the other.
+struct IndexResolver<'a> {
+    index: &'a AnchorIndex,
+    busy: &'a HashSet<String>,
+    blocked: std::cell::Cell<bool>,
+}
+
+impl<'a> IndexResolver<'a> {
+    fn new(index: &'a AnchorIndex, busy: &'a HashSet<String>) -> IndexResolver<'a> {
+        IndexResolver {
+            index,
+            busy,
+            blocked: std::cell::Cell::new(false),
+        }
+    }
+}
+
+impl Resolver for IndexResolver<'_> {
+    fn resolve(&self, target: &str) -> Reference {
+        match self.index.by_dn(target) {
+            Some((_, a)) => Reference::provisioned(a.kind, a.scim_id.clone()),
+            None => {
+                if !self.busy.is_empty() && self.busy.contains(&dn::normalize(target)) {
+                    self.blocked.set(true);
+                }
+                Reference::OutOfScope
+            }
+        }
+    }
+}
+
+/// Why an object the feed reported is not (or no longer) in scope, if it is not.
+async fn out_of_scope<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    entry: &Entry,
+    kind: Option<ResourceKind>,
+) -> Result<Option<&'static str>, LdapError> {
+    let Some(kind) = kind else {
+        return Ok(Some("no longer a user or group the profile maps"));
+    };
+    if !dn::under_any(&entry.dn, &ctx.settings.pass.include) {
+        return Ok(Some("moved out of the included subtrees"));
+    }
+    let filter = match kind {
+        ResourceKind::User => &ctx.settings.pass.user_filter,
+        ResourceKind::Group => &ctx.settings.pass.group_filter,
+    };
+    if ctx.dir.matches(&entry.dn, filter).await? {
+        Ok(None)
+    } else {
+        Ok(Some(match kind {
+            ResourceKind::User => "no longer matches scope.user_filter",
+            ResourceKind::Group => "no longer matches scope.group_filter",
+        }))
+    }
+}
+
+/// One delete through the gate: sent now, or held for approval.
+async fn delete_one<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    target: Target,
+) -> Applied {
+    match gate.admit(vec![target.clone()]) {
+        Verdict::Held => {
+            log::warn!(
+                "{} {} ({}): delete held for approval ({} held; run `idrelay approve-deletes` to release)",
+                target.kind.word(),
+                target.dn,
+                target.reason,
+                gate.held().len()
+            );
+            Applied::Done
+        }
+        Verdict::Go => {
+            let r = send_delete(ctx, index, &target).await;
+            if matches!(r, Applied::Retry(_)) {
+                gate.refund(1); // admitted again on the retry
+            }
+            r
+        }
+    }
+}
+
+/// Sends one admitted delete.
+pub(super) async fn send_delete<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    target: &Target,
+) -> Applied {
+    match ctx.endpoint.delete(target).await {
+        Ok(word) => {
+            log::info!(
+                "{} {} ({}): {word} at the endpoint",
+                target.kind.word(),
+                target.dn,
+                target.reason
+            );
+            index.remove(&target.anchor);
+            Applied::Done
+        }
+        Err(e) if e.is_transient() => Applied::Retry(format!("{}: {e}", target.dn)),
+        Err(e) => Applied::Failed(format!("{}: delete failed: {e}", target.dn)),
+    }
+}
+
+/// One delete the feed reported: matched to what was provisioned, confirmed gone when
+/// matched by DN alone, then sent (admitted with its burst, or through the gate alone).
+async fn apply_delete<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    admitted: &mut HashSet<String>,
+    uuid: &str,
+    dn: Option<&str>,
+) -> Applied {
+    let Some(found) = deletes::find_deleted(index, uuid, dn) else {
+        unmatched(ctx, gate, uuid, dn, "not in the anchor index");
+        return Applied::Done;
+    };
+    if found.by == MatchedBy::Dn {
+        match anchor_gone(ctx, &found).await {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                if admitted.remove(&found.anchor) {
+                    gate.refund(1); // counted with its burst, not sent
+                }
+                unmatched(ctx, gate, uuid, dn, &why);
+                return Applied::Done;
+            }
+            Err(why) => return Applied::Retry(why),
+        }
+    }
+    let anchor = found.anchor;
+    let t = Target::of(&anchor, &found.object, "deleted in the directory");
+    if gate.is_held(&anchor) {
+        return Applied::Done; // waits for approval
+    }
+    if admitted.contains(&anchor) {
+        // Admitted with its burst: send it (a retry keeps the admission).
+        let r = send_delete(ctx, index, &t).await;
+        if matches!(r, Applied::Done | Applied::Failed(_)) {
+            admitted.remove(&anchor);
+        }
+        return r;
+    }
+    delete_one(ctx, index, gate, t).await
+}
+
+/// What the directory says about an object the feed reported, read without touching any
+/// state (so that several can be read at once).
+enum Prepared {
+    /// Renamed or deleted since: the feed reports that separately.
+    Gone,
+    /// The entry, its kind, and why it is out of scope if it is.
+    Read {
+        entry: Entry,
+        kind: Option<ResourceKind>,
+        out: Option<&'static str>,
+    },
+}
+
+/// Reads the object at `target` and checks its scope. `Err` is a reason to retry.
+async fn prepare<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    attrs: &[&str],
+    target: &str,
+) -> Result<Prepared, String> {
+    let entry = match ctx.dir.read(target, attrs).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(Prepared::Gone),
+        Err(e) => return Err(format!("directory: reading {target}: {e}")),
+    };
+    let kind = ctx.profile.classify(&entry);
+    let out = out_of_scope(ctx, &entry, kind)
+        .await
+        .map_err(|e| format!("directory: {e}"))?;
+    Ok(Prepared::Read { entry, kind, out })
+}
+
+/// What to do with a read object.
+enum Decision {
+    /// Nothing (more) to send.
+    Done(Applied),
+    /// Provision this job, then [`commit`] its outcome.
+    Send(Job),
+    /// It refers to an object an earlier change is still bringing in step: decide again
+    /// once that one landed (the read stays valid).
+    Blocked(Prepared),
+}
+
+/// The in-memory part of applying an upsert: scope exits, mapping, the unchanged check.
+/// `busy` holds the normalised DNs of earlier changes of the batch not yet applied.
+fn decide<D, E>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    exits: &mut Vec<Target>,
+    uuid: &str,
+    prepared: Prepared,
+    busy: &HashSet<String>,
+) -> Decision {
+    let profile = ctx.profile;
+    let Prepared::Read { entry, kind, out } = prepared else {
+        return Decision::Done(Applied::Done);
+    };
+    if let Some(why) = out {
+        // Leaving scope is a delete of what was provisioned (if anything was).
+        let anchor = kind
+            .and_then(|k| mapping::anchor_of(&entry, k, profile).ok())
+            .unwrap_or_else(|| uuid.to_string());
+        let Some(a) = index.get_any(&anchor) else {
+            return Decision::Done(Applied::Done);
+        };
+        let mut t = Target::of(&anchor, &a, why);
+        t.dn = entry.dn.clone();
+        // Weighed with the rest of the batch (an OU moved out of scope is a burst), sent
+        // after it.
+        exits.retain(|x| x.anchor != t.anchor);
+        exits.push(t);
+        return Decision::Done(Applied::Done);
+    }
+    let kind = kind.expect("in scope means classified");
+    let resolver = IndexResolver::new(index, busy);
+    let mapped = match mapping::map_entry_split(&entry, kind, profile, &resolver) {
+        Ok(m) => m,
+        Err(e) => return Decision::Done(Applied::Failed(e.to_string())),
+    };
+    if resolver.blocked.get() {
+        return Decision::Blocked(Prepared::Read {
+            entry,
+            kind: Some(kind),
+            out: None,
+        });
+    }
+    if mapped.external_id != uuid {
+        log::debug!(
+            "{}: anchor {} differs from the feed's uuid {uuid}",
+            entry.dn,
+            mapped.external_id
+        );
+    }
+    exits.retain(|x| x.anchor != mapped.external_id);
+    if gate.unhold(&mapped.external_id) {
+        log::info!(
+            "{} {} is back in scope: its held delete is withdrawn",
+            kind.word(),
+            entry.dn
+        );
+    }
+    let hash = representation_hash_with(&mapped.resource, &mapped.members);
+    let known = index.get(kind, &mapped.external_id);
+    if known.as_ref().is_some_and(|a| a.hash == hash) {
+        index.note_dn(&mapped.external_id, &entry.dn);
+        return Decision::Done(Applied::Done);
+    }
+    Decision::Send(Job {
+        kind,
+        dn: entry.dn,
+        external_id: mapped.external_id,
+        body: mapped.resource,
+        members: mapped.members,
+        nested: mapped.nested,
+        hash,
+        known_id: known.map(|a| a.scim_id),
+    })
+}
+
+/// Records a provisioning outcome in the index.
+fn commit(index: &mut AnchorIndex, job: Job, outcome: Outcome) -> Applied {
+    match outcome {
+        Outcome::Created(id) | Outcome::Replaced(id) | Outcome::Matched(id) => {
+            index.put(
+                &job.external_id,
+                Anchor {
+                    kind: job.kind,
+                    scim_id: id,
+                    hash: job.hash,
+                    dn: job.dn,
+                },
+            );
+            Applied::Done
+        }
+        Outcome::Unavailable(reason) => Applied::Retry(format!("{}: {reason}", job.dn)),
+        Outcome::Failed(reason) => Applied::Failed(format!("{}: {reason}", job.dn)),
+    }
+}
+
+/// Whether the directory confirms that the object a delete matched by DN is gone: `None`
+/// when no entry under the base holds its anchor; else why it is not proven gone (an entry
+/// still holds the anchor: the DN was another object's; or the directory refused the search
+/// or the anchor cannot be searched for). `Err` (retry) when the directory could not be
+/// asked.
+async fn anchor_gone<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    found: &Found,
+) -> Result<Option<String>, String> {
+    let Some(filter) = mapping::anchor_filter(ctx.profile, found.object.kind, &found.anchor) else {
+        return Ok(Some(format!(
+            "{} {}, last sent under this DN, has an anchor the profile cannot search for",
+            found.object.kind.word(),
+            found.anchor
+        )));
+    };
+    match ctx.dir.find_one(&ctx.settings.base_dn, &filter).await {
+        Ok(None) => Ok(None),
+        Ok(Some(holder)) => Ok(Some(format!(
+            "{} {}, last sent under this DN, is still in the directory at {holder}",
+            found.object.kind.word(),
+            found.anchor,
+        ))),
+        Err(e @ (LdapError::Search { .. } | LdapError::InvalidFilter { .. })) => Ok(Some(format!(
+            "cannot confirm that {} {}, last sent under this DN, is gone: {e}",
+            found.object.kind.word(),
+            found.anchor
+        ))),
+        Err(e) => Err(format!(
+            "directory: checking that {} is gone: {e}",
+            found.object.dn
+        )),
+    }
+}
+
+/// A feed's delete that matches no provisioned object: acknowledged, since there is nothing
+/// the agent can prove gone, but never silently (see the module doc).
+fn unmatched<D, E>(
+    ctx: &SendCtx<'_, D, E>,
+    gate: &mut DeleteGate,
+    uuid: &str,
+    dn: Option<&str>,
+    why: &str,
+) {
+    if let Some(d) = dn {
+        if !dn::under_any(d, &ctx.settings.pass.include) {
+            log::debug!("delete of {d} (outside the included subtrees): nothing to undo");
+            return;
+        }
+    }
+    let what = match dn {
+        Some(d) => format!("delete of {d} (uuid {uuid})"),
+        None => format!("delete of the object with uuid {uuid} (the directory sent no DN)"),
+    };
+    log::warn!(
+        "{what} matches nothing this agent provisioned ({why}); nothing was sent for it. \
+         Objects it provisioned and no longer finds are removed by the next full pass"
+    );
+    gate.note_unmatched(uuid, dn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_of_one_object_are_those_sharing_a_uuid_or_a_dn() {
+        let k = |u: &str, d: Option<&str>| (u.to_string(), d.map(str::to_string));
+        assert!(
+            same_object(&k("u1", Some("a")), &k("u1", Some("b"))),
+            "renamed"
+        );
+        assert!(
+            same_object(&k("u1", Some("a")), &k("u2", Some("a"))),
+            "DN reused"
+        );
+        assert!(same_object(&k("u1", None), &k("u1", Some("a"))));
+        assert!(!same_object(&k("u1", None), &k("u2", None)));
+        assert!(!same_object(&k("u1", Some("a")), &k("u2", Some("b"))));
+    }
+}

@@ -1,0 +1,614 @@
+//! Continuous sync (`idrelay run`): a change feed writes into the on-disk queue; the sender
+//! reads it in order, provisions, and acknowledges.
+//!
+//! ```text
+//! directory ──syncrepl persist──▶ feed task ──append(batch, cookie)──▶ queue
+//!                                                                        │ read (oldest first)
+//! SCIM endpoint ◀── provision, up to 8 changes at once ◀── sender ◀─────┘ ack after provisioning
+//! ```
+//!
+//! Invariants:
+//! * A change is acknowledged only after it was provisioned or failed for good (a 4xx that
+//!   no retry will fix, reported in the log), and only together with every change before
+//!   it in the queue (an ack covers a prefix). While the endpoint is unreachable the sender
+//!   waits and retries the change; nothing new starts meanwhile.
+//! * Per object, changes are applied in queue order: the sender works on up to
+//!   `MAX_IN_FLIGHT` (8) changes of a batch at a time (directory read, scope check, SCIM
+//!   write), but never on two of the same object (same uuid or DN) at once. A change whose
+//!   object refers to one that an earlier change of the batch is still creating (a group
+//!   and its new member) waits for it, then maps again. Deletes and scope exits go through
+//!   the delete gate in turn. The anchor index and the gate are changed only by the
+//!   sender's own task, between awaits; the concurrent work is reads and writes only.
+//! * The watermark (the syncrepl cookie) is stored only together with the changes it covers
+//!   (one queue append). After a crash the feed resumes from the last durable cookie and
+//!   the sender re-reads every change not acknowledged: at-least-once, and provisioning is
+//!   idempotent (the sender re-reads the object's current state by DN and compares hashes).
+//! * A full pass runs when the queue owes one (first start, overflow, damage, a present
+//!   phase, e-syncRefreshRequired). The feed is stopped meanwhile; the cookie is taken
+//!   before the pass, so changes made during the pass are replayed after it. The pass is
+//!   done (the queue's resync flag cleared) only when no object failed because the endpoint
+//!   was unavailable; otherwise it runs again after a backoff (objects already in step cost
+//!   no write), so a 5xx burst or an outage mid-pass loses nothing. One exception keeps a
+//!   few objects the endpoint always fails from holding the feed back forever: when a
+//!   repeat of an incomplete pass does no better than the pass before it (with the endpoint
+//!   reachable at its start), the pass counts as done, with a warning; those objects go out
+//!   when they change or at the next full pass, and deletes wait for a complete pass.
+//! * A delete is never lost silently. The feed keeps the DN the directory sent with it; the
+//!   sender finds the object by any text form of the delete's uuid (389-DS names entries by
+//!   their nsUniqueId's 16 bytes, which the anchor writes `8-8-8-8`), else by that DN, and
+//!   deletes an object found by DN only once the directory confirms that no entry holds its
+//!   anchor (see [`crate::sync::deletes::find_deleted`]). A delete that matches nothing
+//!   provisioned is acknowledged with a warning naming its DN (or uuid) and counted for
+//!   `idrelay status`; only one whose DN lies outside the included subtrees (never in scope)
+//!   is acknowledged quietly.
+//! * A delete is never inferred: an object the directory no longer returns is left alone
+//!   (the feed reports its delete or its move), and a failed read is retried, never taken
+//!   for a missing object.
+//!
+//! Change feeds: RFC 4533 syncrepl (OpenLDAP's syncprov, 389-DS's Content Synchronization), and the
+//! polling feeds of [`poll`] (AD DirSync, uSN, modifyTimestamp).
+//!
+//! Where each part lives (each file's doc says what it must never do):
+//! * this file: the run loop (standby, full passes, starting the feed and the sender,
+//!   restarting them), the queue's payload schema ([`Change`], [`Watermark`]) and the
+//!   approved deletes;
+//! * `feed.rs`: the feed tasks, which append changes with the watermark that covers them;
+//! * `poll.rs`: the polling feeds' queries (what changed since a watermark);
+//! * `send.rs`: the sender, which reads the queue, weighs delete bursts and acknowledges;
+//! * `batch.rs`: the batch machine, which applies one batch in per-object order and says
+//!   which leading run of it is done. It and the sender reach the directory and the
+//!   endpoint only through two narrow traits defined there (`DirectoryReads`: read an
+//!   entry, check its scope, find an anchor's holder; `EndpointWrites`: provision one
+//!   object, delete one), so that `tests.rs` runs them against fakes, without sockets.
+
+mod batch;
+mod feed;
+pub mod poll;
+mod send;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ldap::Directory;
+use crate::queue::{Queue, QueueError, ResyncReason};
+use crate::relay::agent::AgentState;
+use crate::relay::backoff::Backoff;
+use crate::scim::client::ScimClient;
+use crate::scim::profile::SyncProfile;
+use crate::signals::{Control, Request};
+use crate::sync::anchors::{representation_hash, AnchorIndex};
+use crate::sync::deletes::{DeleteGate, GateError};
+use crate::sync::dn;
+use crate::sync::pass::{full_pass, PassSettings};
+use batch::{EndpointWrites, ScimEndpoint};
+use feed::{current_cookie, feed, poll_feed};
+use poll::PollSpec;
+use send::{send_loop, SendCtx, SendEnd};
+
+/// One change as stored in the queue (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Change {
+    /// Added, modified, renamed or moved: re-read by DN and bring in step.
+    Upsert {
+        /// The DN the feed reported.
+        dn: String,
+        /// entryUUID.
+        uuid: String,
+    },
+    /// Deleted in the directory.
+    Delete {
+        /// The uuid the feed names it by: syncrepl's syncUUID in standard UUID text (the
+        /// entryUUID on OpenLDAP, the nsUniqueId's bytes on 389-DS), objectGUID in base64
+        /// on AD.
+        uuid: String,
+        /// The DN it had, when the feed knows it (syncrepl persist-phase deletes, AD
+        /// tombstones): finds objects whose anchor is not a form of the uuid
+        /// (mS-DS-ConsistencyGuid, an entryUUID anchor on 389-DS).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dn: Option<String>,
+    },
+}
+
+/// The watermark stored with each batch: the cookie, and which scope it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// Format version.
+    pub v: u8,
+    /// Fingerprint of base and filters; a different scope needs a new full pass.
+    pub scope: String,
+    /// The syncrepl cookie (text as the server sent it; lossy for non-UTF-8 bytes is not
+    /// acceptable, so it is kept as bytes in base64).
+    pub cookie: String,
+}
+
+impl Watermark {
+    fn encode(scope: &str, cookie: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&Watermark {
+            v: 1,
+            scope: scope.to_string(),
+            cookie: crate::scim::base64::encode(cookie),
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes a stored watermark into the cookie, if it belongs to `scope`.
+    pub fn cookie_for(bytes: &[u8], scope: &str) -> Option<Vec<u8>> {
+        let w: Watermark = serde_json::from_slice(bytes).ok()?;
+        if w.v != 1 || w.scope != scope {
+            return None;
+        }
+        crate::scim::base64::decode(&w.cookie).ok()
+    }
+}
+
+/// What `run` needs besides its connections.
+pub struct FollowSettings {
+    /// The full-pass settings (scope, filters, concurrency).
+    pub pass: PassSettings,
+    /// The naming context the feed follows.
+    pub base_dn: String,
+    /// The state directory (for the time of the last full pass).
+    pub state_dir: PathBuf,
+    /// How often a full pass runs anyway (zero: only when owed).
+    pub full_pass_interval: Duration,
+    /// The change feed.
+    pub feed: Feed,
+}
+
+/// The change feed `run` follows (resolved: never "auto").
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// RFC 4533 refreshAndPersist.
+    Syncrepl,
+    /// A polling feed.
+    Poll(PollSpec),
+}
+
+impl Feed {
+    /// Its name in logs and in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Feed::Syncrepl => "syncrepl",
+            Feed::Poll(p) => p.kind.as_str(),
+        }
+    }
+}
+
+/// The file (in the state directory) holding the unix time of the last completed full pass.
+pub const LAST_PASS_FILE: &str = "last-full-pass";
+
+/// When the last full pass completed, if ever (read from the state directory).
+pub fn last_full_pass(state_dir: &std::path::Path) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(state_dir.join(LAST_PASS_FILE)).ok()?;
+    let secs: u64 = text.trim().parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Records that a full pass completed now.
+pub fn record_full_pass(state_dir: &std::path::Path) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let path = state_dir.join(LAST_PASS_FILE);
+    let tmp = path.with_extension("tmp");
+    let ok = std::fs::write(&tmp, format!("{secs}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = ok {
+        log::warn!(
+            "cannot record the time of the full pass in {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// Whether the periodic full pass is due (`interval` zero: never).
+fn full_pass_due(last: Option<SystemTime>, interval: Duration, now: SystemTime) -> bool {
+    if interval.is_zero() {
+        return false;
+    }
+    match last {
+        None => false, // no pass recorded: the queue owes one anyway
+        // A clock that jumped back makes the pass look recent; one that jumped forward
+        // only brings the pass forward: both harmless.
+        Some(t) => now
+            .duration_since(t)
+            .map(|e| e >= interval)
+            .unwrap_or(false),
+    }
+}
+
+impl FollowSettings {
+    fn scope_fingerprint(&self) -> String {
+        let text = format!(
+            "{}\n{}\n{}\n{}{}",
+            dn::normalize(&self.base_dn),
+            self.pass
+                .include
+                .iter()
+                .map(|d| dn::normalize(d))
+                .collect::<Vec<_>>()
+                .join(";"),
+            self.pass.user_filter,
+            self.pass.group_filter,
+            // Watermarks of one feed mean nothing to another (syncrepl kept the old text).
+            match &self.feed {
+                Feed::Syncrepl => String::new(),
+                f => format!("\n{}", f.name()),
+            }
+        );
+        format!(
+            "{:016x}",
+            representation_hash(&serde_json::Value::String(text))
+        )
+    }
+
+    fn feed_filter(&self) -> String {
+        format!("(|{}{})", self.pass.user_filter, self.pass.group_filter)
+    }
+}
+
+/// Why the run loop stopped.
+#[derive(Debug)]
+pub enum RunError {
+    /// The queue cannot be used (locked by another agent, newer format, I/O).
+    Queue(QueueError),
+    /// The held-deletes file cannot be written.
+    Deletes(GateError),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Queue(e) => write!(f, "queue: {e}"),
+            RunError::Deletes(e) => write!(f, "held deletes: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// The queue, shared between the feed task and the sender.
+pub type SharedQueue = Arc<Mutex<Queue>>;
+
+async fn with_queue<T: Send + 'static>(
+    q: &SharedQueue,
+    f: impl FnOnce(&mut Queue) -> T + Send + 'static,
+) -> T {
+    let q = q.clone();
+    smol::unblock(move || {
+        let mut g = q.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    })
+    .await
+}
+
+/// The mutable state `run` works on.
+pub struct State<'a> {
+    /// externalId → SCIM id and last hash.
+    pub index: &'a mut AnchorIndex,
+    /// The deletion threshold and held deletes.
+    pub gate: &'a mut DeleteGate,
+    /// The on-disk change queue.
+    pub queue: SharedQueue,
+    /// Lease, phase and counters shared with the relay.
+    pub agent: &'a AgentState,
+}
+
+/// Runs until an operator asks it to stop or reload (the request is returned), or until an
+/// error makes further work impossible.
+pub async fn run(
+    dir: &Directory,
+    scim: &ScimClient,
+    profile: &SyncProfile,
+    st: State<'_>,
+    settings: &FollowSettings,
+    control: &Control,
+) -> Result<Request, RunError> {
+    let State {
+        index,
+        gate,
+        queue,
+        agent,
+    } = st;
+    let endpoint = ScimEndpoint {
+        scim,
+        pass: &settings.pass,
+    };
+    let mut was_standby = false;
+    let scope = settings.scope_fingerprint();
+    let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    // How many objects the previous, incomplete full pass could not send (see
+    // `accept_stalled_pass`).
+    let mut stalled: Option<u64> = None;
+    loop {
+        if let Some(r) = control.requested() {
+            save_index(index);
+            gate.save().map_err(RunError::Deletes)?;
+            return Ok(r);
+        }
+        if !agent.is_active() {
+            // Another agent of the group holds the lease: provision nothing, keep state.
+            if !was_standby {
+                log::info!("standby: another agent of this directory group is active; waiting for the lease");
+                agent.set_phase("standby");
+                was_standby = true;
+            }
+            control.sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        if was_standby {
+            log::info!("active: this agent holds the lease; provisioning");
+            was_standby = false;
+        }
+        release_approved(&endpoint, index, gate).await?;
+        if full_pass_due(
+            last_full_pass(&settings.state_dir),
+            settings.full_pass_interval,
+            SystemTime::now(),
+        ) {
+            log::info!(
+                "the periodic full pass is due (every {})",
+                crate::sync::progress::format_duration(settings.full_pass_interval)
+            );
+            with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Scheduled))
+                .await
+                .map_err(RunError::Queue)?;
+        }
+        // A watermark from another scope cannot be followed.
+        let (owed, mark) = with_queue(&queue, |q| {
+            (q.resync_owed(), q.watermark().map(<[u8]>::to_vec))
+        })
+        .await;
+        let cookie = mark
+            .as_deref()
+            .and_then(|m| Watermark::cookie_for(m, &scope));
+        if !owed && cookie.is_none() {
+            log::info!("the stored watermark belongs to another scope; a full pass is needed");
+            with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested))
+                .await
+                .map_err(RunError::Queue)?;
+            continue;
+        }
+        if owed {
+            let reason = with_queue(&queue, |q| q.resync_reason()).await;
+            log::info!(
+                "full pass owed ({}); starting it",
+                reason.map(|r| r.as_str()).unwrap_or("unknown")
+            );
+            agent.set_phase("full-pass");
+            let pass = resync(dir, scim, profile, index, gate, &queue, settings, &scope);
+            // A stop during a pass abandons it: requests in flight are dropped, and what
+            // landed is in the index (saved above on the next turn). Nothing is lost: the
+            // pass is still owed and runs again at the next start.
+            let outcome = smol::future::or(async { Some(pass.await) }, async {
+                control.wait().await;
+                None
+            })
+            .await;
+            let problem = match outcome {
+                None => {
+                    log::info!(
+                        "full pass interrupted by a {:?} request",
+                        control.requested()
+                    );
+                    None
+                }
+                Some(Ok(PassEnd::Complete)) => {
+                    record_full_pass(&settings.state_dir);
+                    retry.reset();
+                    stalled = None;
+                    None
+                }
+                Some(Ok(PassEnd::Unavailable(n, mark))) if accept_stalled_pass(stalled, n) => {
+                    log::warn!(
+                        "full pass: {n} objects failed again although the endpoint answers \
+                         others (see the warnings above and the provisioning log); taking the \
+                         pass as done so that changes flow: they are sent again when they \
+                         change or at the next full pass; deletes wait for a complete pass"
+                    );
+                    with_queue(&queue, move |q| q.mark_resync_done(&mark))
+                        .await
+                        .map_err(RunError::Queue)?;
+                    record_full_pass(&settings.state_dir);
+                    retry.reset();
+                    stalled = None;
+                    None
+                }
+                // Still owed: run it again.
+                Some(Ok(PassEnd::Unavailable(n, _))) => {
+                    stalled = Some(n);
+                    Some(format!(
+                        "full pass: {n} objects could not be sent (endpoint unavailable)"
+                    ))
+                }
+                Some(Err(e)) => Some(format!("full pass did not complete ({e})")),
+            };
+            if let Some(why) = problem {
+                agent.set_error(why.clone());
+                agent.set_phase("degraded");
+                let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
+                log::warn!("{why}; retrying in {:.0} s", wait.as_secs_f64());
+                control.sleep(wait).await;
+            }
+            continue;
+        }
+        let cookie = cookie.expect("checked above");
+        let (notify_tx, notify_rx) = smol::channel::bounded::<()>(1);
+        let feed = match &settings.feed {
+            Feed::Syncrepl => smol::spawn(feed(
+                dir.clone(),
+                settings.base_dn.clone(),
+                settings.feed_filter(),
+                cookie,
+                queue.clone(),
+                scope.clone(),
+                notify_tx,
+            )),
+            Feed::Poll(spec) => smol::spawn(poll_feed(
+                dir.clone(),
+                spec.clone(),
+                settings.feed_filter(),
+                cookie,
+                queue.clone(),
+                scope.clone(),
+                notify_tx,
+            )),
+        };
+        let ctx = SendCtx {
+            dir,
+            endpoint: &endpoint,
+            profile,
+            settings,
+            control,
+            agent,
+        };
+        agent.set_phase("following");
+        let outcome = send_loop(&ctx, index, gate, &queue, &feed, &notify_rx).await;
+        let feed_ended = match outcome {
+            // The task has finished: awaiting it only collects its reason.
+            SendEnd::FeedEnded => Some(feed.await),
+            _ => {
+                drop(feed); // cancels the feed task and abandons its search
+                None
+            }
+        };
+        save_index(index);
+        gate.save().map_err(RunError::Deletes)?;
+        match outcome {
+            SendEnd::ResyncOwed | SendEnd::Signal => {}
+            SendEnd::FeedEnded => {
+                let e = feed_ended.unwrap_or_default();
+                agent.set_error(format!("change feed: {e}"));
+                let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
+                log::warn!(
+                    "change feed stopped ({e}); restarting it in {:.0} s",
+                    wait.as_secs_f64()
+                );
+                control.sleep(wait).await;
+            }
+            SendEnd::Fatal(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends the deletes `approve-deletes` released, if an approval is waiting: each once, as
+/// [`crate::sync::deletes::send_approved`] does when no agent runs (they passed the gate
+/// already; a failed one stays in the index and the next full pass finds it again). Through
+/// the endpoint seam, so the sender stays testable; same log lines as there.
+async fn release_approved(
+    endpoint: &impl EndpointWrites,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+) -> Result<(), RunError> {
+    let Some(targets) = gate.take_approval() else {
+        return Ok(());
+    };
+    gate.save().map_err(RunError::Deletes)?;
+    let (mut sent, mut failed) = (0u64, 0usize);
+    for t in &targets {
+        match endpoint.delete(t).await {
+            Ok(word) => {
+                log::info!(
+                    "{} {} ({}): {word} at the endpoint",
+                    t.kind.word(),
+                    t.dn,
+                    t.reason
+                );
+                index.remove(&t.anchor);
+                sent += 1;
+            }
+            Err(e) => {
+                log::warn!("{} {}: delete failed: {e}", t.kind.word(), t.dn);
+                failed += 1;
+            }
+        }
+    }
+    log::info!(
+        "approved deletes: {sent} sent, {failed} failed (failed ones are found again by the next full pass)"
+    );
+    save_index(index);
+    Ok(())
+}
+
+/// Saves the anchor index; a failure (a full disk) is a warning, not the end of the agent:
+/// the index stays unsaved in memory and the next save tries again. Should the agent stop
+/// before one succeeds, objects provisioned since the last save are found again by
+/// externalId (nothing is duplicated).
+fn save_index(index: &mut AnchorIndex) {
+    if let Err(e) = index.save() {
+        log::warn!("cannot save the anchor index yet ({e}); will retry");
+    }
+}
+
+/// How a full pass of `run` that ran to its end left things.
+enum PassEnd {
+    /// Everything the endpoint could take is in step: the pass is done.
+    Complete,
+    /// This many objects could not be sent because the endpoint was unavailable: the pass
+    /// is still owed. With the watermark it would have recorded.
+    Unavailable(u64, Vec<u8>),
+}
+
+/// Whether an incomplete full pass that could not send `now` objects is taken as done
+/// anyway: when the pass before it (`before`, also incomplete, with the endpoint reachable
+/// at its start) did no worse. An outage is not a stall: a pass that starts while the
+/// endpoint is down ends before any object is tried and leaves `before` as it was. A stall
+/// is one or a few objects the endpoint keeps failing (a 5xx for that object alone): repeating
+/// the pass would re-read the whole directory every few seconds and keep the change feed
+/// from ever starting, so after one repeat that made no progress the pass counts as done.
+fn accept_stalled_pass(before: Option<u64>, now: u64) -> bool {
+    before.is_some_and(|b| now >= b)
+}
+
+/// Runs the owed full pass; marks it done in the queue (with the cookie taken before it)
+/// only when no object failed because the endpoint was unavailable.
+#[allow(clippy::too_many_arguments)]
+async fn resync(
+    dir: &Directory,
+    scim: &ScimClient,
+    profile: &SyncProfile,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    queue: &SharedQueue,
+    settings: &FollowSettings,
+    scope: &str,
+) -> Result<PassEnd, String> {
+    // The endpoint first: an outage means waiting here, not failing every object.
+    match scim.service_provider_config().await {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(404) => {}
+        Err(e) => return Err(format!("SCIM endpoint unreachable: {e}")),
+    }
+    // The cookie before the pass: what changes during the pass is replayed after it.
+    let cookie = match &settings.feed {
+        Feed::Syncrepl => current_cookie(dir, &settings.base_dn, &settings.feed_filter())
+            .await
+            .map_err(|e| format!("reading the directory's sync cookie: {e}"))?,
+        Feed::Poll(spec) => poll::position(dir, spec)
+            .await
+            .map_err(|e| format!("reading the {} watermark: {e}", spec.kind.as_str()))?,
+    };
+    let report = full_pass(dir, scim, profile, index, gate, &settings.pass)
+        .await
+        .map_err(|e| e.to_string())?;
+    log::info!("{report}");
+    for f in &report.failures {
+        log::warn!("not in step after the full pass: {}: {}", f.dn, f.reason);
+    }
+    let mark = Watermark::encode(scope, &cookie);
+    if report.unavailable > 0 {
+        // Not done: the queue keeps owing the pass (and the changes it holds), and the
+        // feed does not start from this cookie unless `run` decides the pass is stalled.
+        return Ok(PassEnd::Unavailable(report.unavailable, mark));
+    }
+    with_queue(queue, move |q| q.mark_resync_done(&mark))
+        .await
+        .map_err(|e| format!("queue: {e}"))?;
+    Ok(PassEnd::Complete)
+}

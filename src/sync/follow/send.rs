@@ -1,0 +1,311 @@
+//! The sender: reads the queue oldest first, weighs a batch's deletes as one burst, hands
+//! the batch to the batch machine ([`super::batch`]), sends the objects that left scope,
+//! then acknowledges the leading run of handled changes.
+//!
+//! What it must never do: acknowledge a change that is not done (provisioned, failed for
+//! good, or held for approval) or any change after one that is not (an ack covers a prefix
+//! of the queue); acknowledge a batch whose scope exits were interrupted; acknowledge changes
+//! before the held deletes they caused are durable; start a new batch while a write it owes
+//! (held deletes, an ack) waits for disk space; send anything while the agent is on standby
+//! or a full pass is owed.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::queue::QueueError;
+use crate::relay::agent::AgentState;
+use crate::relay::backoff::Backoff;
+use crate::scim::profile::SyncProfile;
+use crate::signals::Control;
+use crate::sync::anchors::AnchorIndex;
+use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
+
+use super::batch::{
+    apply_batch, send_delete, Applied, DirectoryReads, EndpointWrites, RETRY_FIRST_WAIT,
+};
+use super::{
+    full_pass_due, last_full_pass, release_approved, save_index, with_queue, Change,
+    FollowSettings, RunError, SharedQueue,
+};
+
+pub(super) enum SendEnd {
+    ResyncOwed,
+    FeedEnded,
+    Signal,
+    Fatal(RunError),
+}
+
+/// What the sender reads but never changes: the directory and the endpoint as its two
+/// seams ([`Directory`](crate::ldap::Directory) and
+/// [`ScimEndpoint`](super::batch::ScimEndpoint) in `run`, fakes in tests).
+pub(super) struct SendCtx<'a, D, E> {
+    pub(super) dir: &'a D,
+    pub(super) endpoint: &'a E,
+    pub(super) profile: &'a SyncProfile,
+    pub(super) settings: &'a FollowSettings,
+    pub(super) control: &'a Control,
+    pub(super) agent: &'a AgentState,
+}
+
+/// How many queued changes the sender takes at a time (acknowledged together).
+const SEND_BATCH: usize = 100;
+const INDEX_SAVE_EVERY: Duration = Duration::from_secs(5);
+const STATUS_LOG_EVERY: Duration = Duration::from_secs(60);
+
+pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    queue: &SharedQueue,
+    feed: &smol::Task<String>,
+    notify: &smol::channel::Receiver<()>,
+) -> SendEnd {
+    let attrs = ctx.profile.object_attributes();
+    let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+    let mut last_save = Instant::now();
+    let mut last_log = Instant::now();
+    let mut applied = 0u64;
+    let mut failed = 0u64;
+    loop {
+        if ctx.control.requested().is_some() || !ctx.agent.is_active() {
+            return SendEnd::Signal;
+        }
+        ctx.agent.progressed();
+        if feed.is_finished() {
+            return SendEnd::FeedEnded;
+        }
+        if let Err(e) = release_approved(ctx.endpoint, index, gate).await {
+            return SendEnd::Fatal(e);
+        }
+        let read = with_queue(queue, |q| {
+            if q.resync_owed() {
+                return Ok(None);
+            }
+            q.read(None, SEND_BATCH).map(Some)
+        })
+        .await;
+        let mut records = match read {
+            Ok(Some(r)) => r,
+            Ok(None) => return SendEnd::ResyncOwed,
+            Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
+            Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
+        };
+        // Deletes are weighed against the threshold as a burst, not one by one: let the
+        // rest of a burst arrive (a second at most) before deciding.
+        if records.len() < SEND_BATCH && records.iter().any(|r| is_delete(&r.payload)) {
+            if ctx.control.sleep(DELETE_LINGER).await.is_some() {
+                return SendEnd::Signal;
+            }
+            match with_queue(queue, |q| q.read(None, SEND_BATCH)).await {
+                Ok(r) => records = r,
+                Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
+                Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
+            }
+        }
+        let burst: Vec<Target> = records
+            .iter()
+            .filter_map(|r| match serde_json::from_slice::<Change>(&r.payload) {
+                // Matches by DN count too (before the directory confirms them): the burst
+                // may only be overestimated.
+                Ok(Change::Delete { uuid, dn }) => {
+                    deletes::find_deleted(index, &uuid, dn.as_deref())
+                        .filter(|f| !gate.is_held(&f.anchor))
+                        .map(|f| Target::of(&f.anchor, &f.object, "deleted in the directory"))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut admitted: HashSet<String> = HashSet::new();
+        let mut exits: Vec<Target> = Vec::new();
+        if !burst.is_empty() {
+            let anchors: Vec<String> = burst.iter().map(|t| t.anchor.clone()).collect();
+            let n = burst.len();
+            gate.set_scope(index.len());
+            let why = gate.hold_reason(n);
+            match gate.admit(burst) {
+                Verdict::Go => admitted.extend(anchors),
+                Verdict::Held => log::warn!(
+                    "{n} deletes held for approval ({why}; {} held in all); run `idrelay approve-deletes` to release them",
+                    gate.held().len()
+                ),
+            }
+        }
+        if records.is_empty() {
+            if last_save.elapsed() >= INDEX_SAVE_EVERY {
+                save_index(index);
+                last_save = Instant::now();
+            }
+            if last_log.elapsed() >= STATUS_LOG_EVERY {
+                log::info!(
+                    "following changes: {applied} applied, {failed} failed in the last minute; queue empty{}",
+                    match gate.held().len() {
+                        0 => String::new(),
+                        n => format!("; {n} deletes held for approval"),
+                    }
+                );
+                applied = 0;
+                failed = 0;
+                last_log = Instant::now();
+            }
+            if full_pass_due(
+                last_full_pass(&ctx.settings.state_dir),
+                ctx.settings.full_pass_interval,
+                SystemTime::now(),
+            ) {
+                return SendEnd::ResyncOwed;
+            }
+            // Wake on the feed's signal, an operator's request, or look again after a while.
+            let _ = smol::future::or(
+                async {
+                    let _ = notify.recv().await;
+                },
+                async {
+                    ctx.control.sleep(Duration::from_secs(2)).await;
+                },
+            )
+            .await;
+            continue;
+        }
+        // Acknowledge what was handled, also when a stop request ends the batch early.
+        let batch = apply_batch(
+            ctx,
+            index,
+            gate,
+            queue,
+            &mut admitted,
+            &mut exits,
+            &attrs,
+            records,
+        )
+        .await;
+        applied += batch.applied;
+        failed += batch.failed;
+        let (mut handled, mut end) = (batch.handled, batch.end);
+        if end.is_none() && !exits.is_empty() {
+            if let Some(e) = send_exits(ctx, index, gate, std::mem::take(&mut exits)).await {
+                // Interrupted: acknowledge nothing of this batch; it is re-read (and
+                // re-applied idempotently) after the restart.
+                handled = None;
+                end = Some(e);
+            }
+        }
+        if let Err(end) = acknowledge(ctx, gate, queue, handled).await {
+            return end;
+        }
+        if let Some(end) = end {
+            return end;
+        }
+        if last_save.elapsed() >= INDEX_SAVE_EVERY {
+            save_index(index);
+            last_save = Instant::now();
+        }
+    }
+}
+
+/// Whether an I/O error is a full disk or an exceeded quota: freeing space fixes it.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT on Linux
+}
+
+/// Makes the held deletes durable, then acknowledges the queue up to `handled` (held
+/// deletes are durable before the changes that held them are acknowledged). A write that
+/// may succeed later (a full disk) pauses the sender and is retried with a backoff, as the
+/// feed does for appends; nothing new is sent meanwhile. `Err` is how the sender must end
+/// (a stop request while paused: what is not acknowledged is re-sent after the restart).
+async fn acknowledge<D, E>(
+    ctx: &SendCtx<'_, D, E>,
+    gate: &mut DeleteGate,
+    queue: &SharedQueue,
+    handled: Option<u64>,
+) -> Result<(), SendEnd> {
+    let mut pause = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let why = match gate.save() {
+            Err(e) => match &e {
+                GateError::Io { source, .. } if is_disk_full(source) => {
+                    format!("cannot record held deletes ({e})")
+                }
+                _ => return Err(SendEnd::Fatal(RunError::Deletes(e))),
+            },
+            Ok(()) => {
+                let Some(last) = handled else {
+                    return Ok(());
+                };
+                match with_queue(queue, move |q| q.ack(last)).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_retryable() => {
+                        format!("cannot acknowledge sent changes in the change queue ({e})")
+                    }
+                    Err(e) => return Err(SendEnd::Fatal(RunError::Queue(e))),
+                }
+            }
+        };
+        let wait = pause.next_delay().unwrap_or(Duration::from_secs(30));
+        log::warn!(
+            "{why}; sender paused, retrying in {:.1} s",
+            wait.as_secs_f64()
+        );
+        ctx.agent.set_error(why);
+        if ctx.control.sleep(wait).await.is_some() {
+            return Err(SendEnd::Signal);
+        }
+    }
+}
+
+/// The objects that left scope in one batch, weighed as one burst and sent (each retried
+/// while the endpoint is unavailable). Returns how the sender must end, if it must.
+async fn send_exits<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    exits: Vec<Target>,
+) -> Option<SendEnd> {
+    let n = exits.len();
+    if gate.admit(exits.clone()) == Verdict::Held {
+        log::warn!(
+            "{n} objects left scope at once, over sync.delete_threshold: their deletes are held for approval ({} held in all; first: {}, {}); run `idrelay approve-deletes` to release them",
+            gate.held().len(),
+            exits[0].dn,
+            exits[0].reason
+        );
+        return None;
+    }
+    for t in &exits {
+        let mut wait = Backoff::new(RETRY_FIRST_WAIT, Duration::from_secs(15));
+        loop {
+            match send_delete(ctx, index, t).await {
+                Applied::Done => break,
+                Applied::Failed(why) => {
+                    log::warn!("{why}");
+                    break;
+                }
+                Applied::Retry(why) => {
+                    let d = wait.next_delay().unwrap_or(Duration::from_secs(60));
+                    log::warn!("{why}; retrying in {:.1} s", d.as_secs_f64());
+                    if ctx.control.sleep(d).await.is_some() {
+                        // Not acknowledged: the move is re-read after the restart.
+                        return Some(SendEnd::Signal);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn is_delete(payload: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<Change>(payload),
+        Ok(Change::Delete { .. })
+    )
+}
+
+/// How long the sender waits for the rest of a burst of deletes before weighing it (short
+/// in unit tests, whose bursts are queued whole).
+const DELETE_LINGER: Duration = if cfg!(test) {
+    Duration::from_millis(5)
+} else {
+    Duration::from_secs(1)
+};

@@ -1,0 +1,838 @@
+//! Named tests of the sender and the batch machine against a fake directory and a fake
+//! endpoint that record, in one log, the order in which they were asked (no sockets: the
+//! queue, anchor index and delete gate are the real ones, in a temporary directory). Each
+//! scenario asserts what reached the endpoint, in which order, and what was acknowledged.
+//!
+//! The fakes take one scheduler turn per round trip (more where a test makes an object
+//! slow), so several changes of a batch are in flight at once, as against a real server.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::batch::{apply_batch, BatchEnd, DirectoryReads, EndpointWrites};
+use super::send::{send_loop, SendCtx, SendEnd};
+use super::*;
+use crate::config::UserDelete;
+use crate::ldap::{Entry, LdapError};
+use crate::queue::QueueConfig;
+use crate::scim::client::ScimError;
+use crate::scim::profile::ProfileKind;
+use crate::scim::ResourceKind;
+use crate::sync::anchors::Anchor;
+use crate::sync::deletes::{Policy, Target};
+use crate::sync::provision::{Job, Outcome, ProvisionMode};
+
+// ---------------------------------------------------------------------------------------
+// Pure helpers of the run loop.
+
+#[test]
+fn an_incomplete_pass_is_accepted_only_after_a_repeat_without_progress() {
+    // The first incomplete pass is always repeated.
+    assert!(!accept_stalled_pass(None, 1));
+    assert!(!accept_stalled_pass(None, 500));
+    // Progress: repeat again.
+    assert!(!accept_stalled_pass(Some(500), 20));
+    assert!(!accept_stalled_pass(Some(2), 1));
+    // No progress: the same (or more) objects failed again.
+    assert!(accept_stalled_pass(Some(2), 2));
+    assert!(accept_stalled_pass(Some(1), 3));
+}
+
+#[test]
+fn the_periodic_pass_is_due_only_after_its_interval() {
+    let day = Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    assert!(!full_pass_due(None, day, now));
+    assert!(!full_pass_due(
+        Some(now - Duration::from_secs(10)),
+        day,
+        now
+    ));
+    assert!(full_pass_due(Some(now - day), day, now));
+    assert!(!full_pass_due(Some(now - day), Duration::ZERO, now));
+    // A clock that jumped back: the last pass is "in the future"; not due, no panic.
+    assert!(!full_pass_due(Some(now + day), day, now));
+}
+
+#[test]
+fn watermarks_belong_to_their_scope() {
+    let w = Watermark::encode("scope-a", b"rid=001,csn=x");
+    assert_eq!(
+        Watermark::cookie_for(&w, "scope-a").as_deref(),
+        Some(&b"rid=001,csn=x"[..])
+    );
+    assert_eq!(Watermark::cookie_for(&w, "scope-b"), None);
+    assert_eq!(Watermark::cookie_for(b"garbage", "scope-a"), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// The batch machine.
+
+#[test]
+fn same_object_changes_are_applied_in_order() {
+    let mut b = Bench::new(100);
+    b.user("alice", &["v1", "v2"]);
+    b.user("bob", &["v1"]);
+    let (end, seqs) = b.apply(&[upsert("alice"), upsert("bob"), upsert("alice")]);
+    let log = b.calls();
+    assert_eq!(sends_of(&log, "alice"), ["v1", "v2"], "{log:#?}");
+    // Alice's second change was not even read before her first one landed...
+    let first_landed = at(&log, &landed("alice", "created"));
+    assert!(first_landed < nth(&log, &read("alice"), 1), "{log:#?}");
+    // ...while another object's change was in flight beside it.
+    assert!(at(&log, &send("bob", "v1")) < first_landed, "{log:#?}");
+    assert_eq!(at(&log, &landed("alice", "replaced")), log.len() - 1);
+    assert_eq!(b.endpoint.holds("alice").as_deref(), Some("v2"));
+    assert_eq!(end.handled, seqs.last().copied());
+    assert!(end.end.is_none());
+}
+
+#[test]
+fn a_reference_to_an_object_not_yet_provisioned_waits_for_it() {
+    let mut b = Bench::new(100);
+    b.user("carol", &["v1"]);
+    b.endpoint.slow("carol", 5);
+    b.group("staff", &["carol"]);
+    let (end, seqs) = b.apply(&[upsert("carol"), upsert_group("staff")]);
+    let log = b.calls();
+    // The group was read while carol was still being created, and waited for her: sent
+    // earlier it would have left her out (the index did not know her yet).
+    assert!(at(&log, &read("staff")) < at(&log, &landed("carol", "created")));
+    assert!(at(&log, &landed("carol", "created")) < at(&log, &send("staff", "id-carol")));
+    assert_eq!(sends_of(&log, "staff"), ["id-carol"], "{log:#?}");
+    // Its read stayed valid: it was mapped again, not read again.
+    assert_eq!(count(&log, &read("staff")), 1);
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn a_retry_pauses_the_batch_without_reordering() {
+    let mut b = Bench::new(100);
+    let names: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+    for n in &names {
+        b.user(n, &["v1"]);
+        b.endpoint.slow(n, 3);
+    }
+    // x1 is refused at once (503 after the client's retries), and changes again later.
+    b.user("x1", &["v1", "v1", "v2"]);
+    b.endpoint.slow("x1", 0);
+    b.endpoint
+        .refuse("x1", Outcome::Unavailable("503 Service Unavailable".into()));
+    let mut changes: Vec<Change> = names.iter().map(|n| upsert(n)).collect();
+    changes.push(upsert("x1"));
+    let (end, seqs) = b.apply(&changes);
+    let log = b.calls();
+
+    let refused = at(&log, &landed("x1", "unavailable"));
+    let retried = nth(&log, &read("x1"), 1);
+    // What was in flight when x1 was refused landed before x1 was tried again...
+    for n in ["x0", "x2", "x3", "x4", "x5", "x6", "x7"] {
+        assert!(at(&log, &read(n)) < refused, "{n} was in flight: {log:#?}");
+        assert!(at(&log, &landed(n, "created")) < retried, "{n}: {log:#?}");
+    }
+    // ...and nothing new started in between: the window's last two waited for the retry.
+    for n in ["x8", "x9"] {
+        assert!(at(&log, &read(n)) > retried, "{n} started early: {log:#?}");
+    }
+    // x1's changes kept their order: the refused version again, then the newer one.
+    assert_eq!(sends_of(&log, "x1"), ["v1", "v1", "v2"], "{log:#?}");
+    assert_eq!(b.endpoint.holds("x1").as_deref(), Some("v2"));
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn a_delete_among_in_flight_writes_keeps_per_object_order() {
+    let mut b = Bench::new(100);
+    for n in ["dan", "eve", "fay"] {
+        b.user(n, &["v1"]);
+    }
+    b.endpoint.slow("dan", 3);
+    // dan is created, deleted, and created again (the directory has him back).
+    let (end, seqs) = b.apply(&[
+        upsert("dan"),
+        upsert("eve"),
+        delete("dan"),
+        upsert("fay"),
+        upsert("dan"),
+    ]);
+    let log = b.calls();
+    let of_dan: Vec<&Call> = log.iter().filter(|c| c.object() == "dan").collect();
+    assert_eq!(
+        of_dan,
+        [
+            &read("dan"),
+            &send("dan", "v1"),
+            &landed("dan", "created"),
+            &Call::Delete("dan".into()),
+            &read("dan"),
+            &send("dan", "v1"),
+            &landed("dan", "created"),
+        ],
+        "{log:#?}"
+    );
+    // The delete waited for dan's create, not for the work queued after it.
+    assert!(at(&log, &read("fay")) < at(&log, &Call::Delete("dan".into())));
+    assert!(b.index.get_any(&uuid_of("dan")).is_some(), "created again");
+    assert_eq!(b.endpoint.holds("dan").as_deref(), Some("v1"));
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn a_delete_matched_by_dn_alone_waits_for_the_directory_to_confirm_it_is_gone() {
+    let mut b = Bench::new(100);
+    // Sent under an anchor that is no form of the feed's uuid (another anchor attribute).
+    b.index.put(
+        "legacy-anchor",
+        Anchor {
+            kind: ResourceKind::User,
+            scim_id: "id-gil".into(),
+            hash: 1,
+            dn: user_dn("gil"),
+        },
+    );
+    let del = Change::Delete {
+        uuid: uuid_of("gil"),
+        dn: Some(user_dn("gil")),
+    };
+    // Another entry still holds the anchor: the DN was reused, the object lives on.
+    b.dir
+        .holders
+        .borrow_mut()
+        .push(("legacy-anchor".into(), user_dn("gil2")));
+    let (end, seqs) = b.apply(std::slice::from_ref(&del));
+    assert!(b.calls().is_empty(), "{:#?}", b.calls());
+    assert!(b.index.get_any("legacy-anchor").is_some());
+    assert_eq!(b.gate.unmatched().0, 1, "counted, not dropped silently");
+    assert_eq!(end.handled, seqs.last().copied());
+
+    // Nothing holds it any more: now the delete goes out.
+    b.dir.holders.borrow_mut().clear();
+    b.apply(&[del]);
+    assert_eq!(b.calls(), [Call::Delete("gil".into())]);
+    assert!(b.index.get_any("legacy-anchor").is_none());
+}
+
+#[test]
+fn a_delete_that_matches_nothing_is_acknowledged_and_counted() {
+    let mut b = Bench::new(100);
+    let (end, seqs) = b.apply(&[
+        Change::Delete {
+            uuid: uuid_of("hal"),
+            dn: Some(user_dn("hal")),
+        },
+        // Never in scope: nothing to undo, nothing to count.
+        Change::Delete {
+            uuid: uuid_of("ida"),
+            dn: Some("uid=ida,ou=people,dc=elsewhere,dc=net".into()),
+        },
+    ]);
+    assert!(b.calls().is_empty());
+    assert_eq!(b.gate.unmatched().0, 1);
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn a_delete_is_never_inferred_from_a_read() {
+    let mut b = Bench::new(100);
+    b.user("jim", &["v1"]);
+    b.user("kay", &["v1"]);
+    b.apply(&[upsert("jim")]);
+    // jim is no longer where the feed said (renamed or deleted: the feed reports that);
+    // kay's reads fail twice (a dropped connection).
+    b.dir.entries.borrow_mut().remove(&user_dn("jim"));
+    b.dir.read_faults.borrow_mut().insert(user_dn("kay"), 2);
+    let (end, seqs) = b.apply(&[upsert("jim"), upsert("kay")]);
+    let log = b.calls();
+    assert!(
+        !log.iter().any(|c| matches!(c, Call::Delete(_))),
+        "{log:#?}"
+    );
+    assert!(b.index.get_any(&uuid_of("jim")).is_some());
+    assert_eq!(count(&log, &read("kay")), 3, "retried, not taken for gone");
+    assert_eq!(sends_of(&log, "kay"), ["v1"]);
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn an_unchanged_object_costs_no_write() {
+    let mut b = Bench::new(100);
+    b.user("lou", &["v1"]);
+    b.apply(&[upsert("lou")]);
+    assert_eq!(sends_of(&b.calls(), "lou"), ["v1"]);
+    let (end, seqs) = b.apply(&[upsert("lou")]);
+    // Read again and found in step: nothing sent.
+    assert_eq!(b.calls(), [read("lou")]);
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn an_unreadable_record_owes_a_full_pass_and_is_not_acknowledged() {
+    let mut b = Bench::new(100);
+    b.user("max", &["v1"]);
+    let (end, _) = b.apply_payloads(vec![encode(&upsert("max")), b"{not json".to_vec()]);
+    assert!(matches!(end.end, Some(SendEnd::ResyncOwed)));
+    assert_eq!(end.handled, None);
+    assert!(b.calls().is_empty(), "the full pass brings max in step");
+    assert!(b.queue.lock().unwrap().resync_owed());
+}
+
+// ---------------------------------------------------------------------------------------
+// The sender around it: queue reads, delete bursts, scope exits, acknowledgement.
+
+#[test]
+fn only_the_leading_run_of_completed_records_is_acknowledged() {
+    let mut b = Bench::new(100);
+    for (n, slow) in [("ann", 1), ("ben", 2), ("cat", 3)] {
+        b.user(n, &["v1"]);
+        b.endpoint.slow(n, slow);
+    }
+    b.endpoint
+        .refuse("ben", Outcome::Unavailable("502 Bad Gateway".into()));
+    // The agent is asked to stop once cat landed, while ben waits for his retry.
+    b.endpoint.stop_after("cat", b.control.clone());
+    b.enqueue(&[upsert("ann"), upsert("ben"), upsert("cat")]);
+    let end = b.send(|_, _| false);
+    assert!(matches!(end, SendEnd::Signal));
+    let log = b.calls();
+    assert!(log.contains(&landed("ann", "created")), "{log:#?}");
+    assert!(log.contains(&landed("cat", "created")), "{log:#?}");
+    // Only ann is acknowledged: ben and cat (done beyond the gap) stay queued.
+    assert_eq!(b.unacknowledged(), [upsert("ben"), upsert("cat")]);
+
+    // After the restart both are applied again: ben is sent, cat is found in step.
+    b.control = Control::new();
+    b.endpoint.stop_after = None;
+    let end = b.send(|_, depth| depth == 0);
+    assert!(matches!(end, SendEnd::Signal));
+    let log = b.calls();
+    assert_eq!(sends_of(&log, "ben"), ["v1"], "{log:#?}");
+    assert_eq!(sends_of(&log, "cat"), Vec::<String>::new(), "{log:#?}");
+    assert_eq!(count(&log, &read("cat")), 1);
+    assert!(b.unacknowledged().is_empty());
+}
+
+#[test]
+fn an_object_that_left_scope_is_deleted_after_its_batch() {
+    let mut b = Bench::new(100);
+    b.user("kim", &["v1"]);
+    b.user("lee", &["v1", "v2"]);
+    b.apply(&[upsert("kim"), upsert("lee")]);
+    b.dir.outside_filter.borrow_mut().insert(user_dn("kim"));
+    b.enqueue(&[upsert("kim"), upsert("lee")]);
+    let end = b.send(|_, depth| depth == 0);
+    assert!(matches!(end, SendEnd::Signal));
+    let log = b.calls();
+    // Weighed as one burst with the rest of the batch's exits, sent after the batch.
+    assert!(at(&log, &landed("lee", "replaced")) < at(&log, &Call::Delete("kim".into())));
+    assert!(b.index.get_any(&uuid_of("kim")).is_none());
+    assert!(b.unacknowledged().is_empty());
+}
+
+#[test]
+fn a_burst_of_deletes_over_the_threshold_is_held_whole_and_acknowledged() {
+    let mut b = Bench::new(2);
+    for n in ["mia", "ned", "oli"] {
+        b.user(n, &["v1"]);
+    }
+    b.apply(&[upsert("mia"), upsert("ned"), upsert("oli")]);
+    b.enqueue(&[delete("mia"), delete("ned"), delete("oli")]);
+    let end = b.send(|_, depth| depth == 0);
+    assert!(matches!(end, SendEnd::Signal));
+    let log = b.calls();
+    assert!(
+        !log.iter().any(|c| matches!(c, Call::Delete(_))),
+        "{log:#?}"
+    );
+    assert_eq!(
+        b.gate.held().len(),
+        3,
+        "all of the burst, not the first two"
+    );
+    for n in ["mia", "ned", "oli"] {
+        assert!(
+            b.index.get_any(&uuid_of(n)).is_some(),
+            "{n} kept until approved"
+        );
+    }
+    assert!(
+        b.unacknowledged().is_empty(),
+        "held deletes are durable, so acknowledged"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The bench: fakes, and the real queue, index and gate in a temporary directory.
+
+const BASE: &str = "dc=example,dc=org";
+
+fn user_dn(name: &str) -> String {
+    format!("uid={name},ou=people,{BASE}")
+}
+
+fn group_dn(name: &str) -> String {
+    format!("cn={name},ou=groups,{BASE}")
+}
+
+/// A stable entryUUID per name (names of up to 6 bytes).
+fn uuid_of(name: &str) -> String {
+    assert!(name.len() <= 6);
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("00000000-0000-4000-8000-{hex:0>12}")
+}
+
+/// The name an object's DN starts with (`uid=alice,...` → `alice`).
+fn name_of(dn: &str) -> String {
+    let rdn = dn.split(',').next().unwrap_or_default();
+    rdn.split_once('=')
+        .map(|(_, v)| v)
+        .unwrap_or(rdn)
+        .to_string()
+}
+
+fn upsert(name: &str) -> Change {
+    Change::Upsert {
+        dn: user_dn(name),
+        uuid: uuid_of(name),
+    }
+}
+
+fn upsert_group(name: &str) -> Change {
+    Change::Upsert {
+        dn: group_dn(name),
+        uuid: uuid_of(name),
+    }
+}
+
+fn delete(name: &str) -> Change {
+    Change::Delete {
+        uuid: uuid_of(name),
+        dn: None,
+    }
+}
+
+fn encode(c: &Change) -> Vec<u8> {
+    serde_json::to_vec(c).unwrap()
+}
+
+/// One thing a fake was asked, by object name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    /// The directory was asked for the object.
+    Read(String),
+    /// The endpoint was asked to provision it: a user's displayName, a group's member ids.
+    Send(String, String),
+    /// That provisioning landed, with this outcome.
+    Landed(String, &'static str),
+    /// The endpoint was asked to delete it.
+    Delete(String),
+}
+
+impl Call {
+    fn object(&self) -> &str {
+        match self {
+            Call::Read(n) | Call::Send(n, _) | Call::Landed(n, _) | Call::Delete(n) => n,
+        }
+    }
+}
+
+fn read(n: &str) -> Call {
+    Call::Read(n.into())
+}
+
+fn send(n: &str, what: &str) -> Call {
+    Call::Send(n.into(), what.into())
+}
+
+fn landed(n: &str, how: &'static str) -> Call {
+    Call::Landed(n.into(), how)
+}
+
+/// Where `call` first appears in `log`.
+fn at(log: &[Call], call: &Call) -> usize {
+    nth(log, call, 0)
+}
+
+/// Where `call` appears for the `k`-th time (from 0) in `log`.
+fn nth(log: &[Call], call: &Call, k: usize) -> usize {
+    log.iter()
+        .enumerate()
+        .filter(|(_, c)| *c == call)
+        .nth(k)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("{call:?} #{k} not in {log:#?}"))
+}
+
+fn count(log: &[Call], call: &Call) -> usize {
+    log.iter().filter(|c| *c == call).count()
+}
+
+/// What the endpoint was asked to provision for `name`, in order.
+fn sends_of(log: &[Call], name: &str) -> Vec<String> {
+    log.iter()
+        .filter_map(|c| match c {
+            Call::Send(n, what) if n == name => Some(what.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+type Log = Rc<RefCell<Vec<Call>>>;
+
+/// A directory whose entries change from one read to the next as a test says.
+#[derive(Default)]
+struct FakeDirectory {
+    log: Log,
+    /// By DN, the versions successive reads return (the last one stays).
+    entries: RefCell<HashMap<String, VecDeque<Entry>>>,
+    /// By DN, how many reads fail before one succeeds.
+    read_faults: RefCell<HashMap<String, u32>>,
+    /// DNs that no longer match their scope filter.
+    outside_filter: RefCell<HashSet<String>>,
+    /// Anchors an entry still holds, with that entry's DN.
+    holders: RefCell<Vec<(String, String)>>,
+}
+
+impl DirectoryReads for FakeDirectory {
+    async fn read(&self, dn: &str, _attrs: &[&str]) -> Result<Option<Entry>, LdapError> {
+        self.log.borrow_mut().push(Call::Read(name_of(dn)));
+        smol::future::yield_now().await;
+        if let Some(n) = self
+            .read_faults
+            .borrow_mut()
+            .get_mut(dn)
+            .filter(|n| **n > 0)
+        {
+            *n -= 1;
+            return Err(LdapError::Protocol {
+                detail: "connection reset".into(),
+            });
+        }
+        let mut entries = self.entries.borrow_mut();
+        let Some(versions) = entries.get_mut(dn) else {
+            return Ok(None);
+        };
+        Ok(if versions.len() > 1 {
+            versions.pop_front()
+        } else {
+            versions.front().cloned()
+        })
+    }
+
+    async fn matches(&self, dn: &str, _filter: &str) -> Result<bool, LdapError> {
+        Ok(self.entries.borrow().contains_key(dn) && !self.outside_filter.borrow().contains(dn))
+    }
+
+    async fn find_one(&self, _base: &str, filter: &str) -> Result<Option<String>, LdapError> {
+        let holders = self.holders.borrow();
+        let held = holders
+            .iter()
+            .find(|(anchor, _)| filter.contains(anchor.as_str()));
+        Ok(held.map(|(_, dn)| dn.clone()))
+    }
+}
+
+/// An endpoint that holds what it was sent and answers as a test says.
+#[derive(Default)]
+struct FakeEndpoint {
+    log: Log,
+    /// By object name, scheduler turns a provisioning takes (1 when not set).
+    slow: HashMap<String, usize>,
+    /// By object name, answers given before a provisioning succeeds.
+    refusals: RefCell<HashMap<String, VecDeque<Outcome>>>,
+    /// A stop request raised once this object's provisioning or delete landed.
+    stop_after: Option<(String, Control)>,
+    /// What the endpoint holds, by object name (as in [`Call::Send`]).
+    held: RefCell<HashMap<String, String>>,
+}
+
+impl FakeEndpoint {
+    fn slow(&mut self, name: &str, turns: usize) {
+        self.slow.insert(name.into(), turns);
+    }
+
+    fn refuse(&mut self, name: &str, answer: Outcome) {
+        let mut r = self.refusals.borrow_mut();
+        r.entry(name.into()).or_default().push_back(answer);
+    }
+
+    fn stop_after(&mut self, name: &str, control: Control) {
+        self.stop_after = Some((name.into(), control));
+    }
+
+    fn holds(&self, name: &str) -> Option<String> {
+        self.held.borrow().get(name).cloned()
+    }
+
+    fn landed(&self, name: &str) {
+        if let Some((n, control)) = &self.stop_after {
+            if n == name {
+                control.raise(Request::Stop);
+            }
+        }
+    }
+}
+
+impl EndpointWrites for FakeEndpoint {
+    async fn provision(&self, job: &Job) -> Outcome {
+        let name = name_of(&job.dn);
+        let what = match job.kind {
+            ResourceKind::User => job.body["displayName"].as_str().unwrap_or("").to_string(),
+            ResourceKind::Group => job.members.iter().collect::<Vec<_>>().join(" "),
+        };
+        self.log
+            .borrow_mut()
+            .push(Call::Send(name.clone(), what.clone()));
+        for _ in 0..self.slow.get(&name).copied().unwrap_or(1) {
+            smol::future::yield_now().await;
+        }
+        let refused = self
+            .refusals
+            .borrow_mut()
+            .get_mut(&name)
+            .and_then(VecDeque::pop_front);
+        let (outcome, how) = match refused {
+            Some(o) => (o, "unavailable"),
+            None => {
+                self.held.borrow_mut().insert(name.clone(), what);
+                match &job.known_id {
+                    Some(id) => (Outcome::Replaced(id.clone()), "replaced"),
+                    None => (Outcome::Created(format!("id-{name}")), "created"),
+                }
+            }
+        };
+        self.log.borrow_mut().push(Call::Landed(name.clone(), how));
+        self.landed(&name);
+        outcome
+    }
+
+    async fn delete(&self, target: &Target) -> Result<&'static str, ScimError> {
+        let name = name_of(&target.dn);
+        self.log.borrow_mut().push(Call::Delete(name.clone()));
+        smol::future::yield_now().await;
+        self.held.borrow_mut().remove(&name);
+        self.landed(&name);
+        Ok("deleted")
+    }
+}
+
+struct Bench {
+    log: Log,
+    dir: FakeDirectory,
+    endpoint: FakeEndpoint,
+    profile: SyncProfile,
+    settings: FollowSettings,
+    control: Control,
+    agent: AgentState,
+    index: AnchorIndex,
+    gate: DeleteGate,
+    queue: SharedQueue,
+    // Last: removed after everything that has files in it.
+    _state: TempDir,
+}
+
+impl Bench {
+    /// A bench whose delete gate lets `threshold` deletes through per hour.
+    fn new(threshold: u32) -> Bench {
+        let state = TempDir::new();
+        let log = Log::default();
+        let mut queue = Queue::open(QueueConfig::new(state.0.join("queue"))).unwrap();
+        queue
+            .mark_resync_done(b"after the first full pass")
+            .unwrap();
+        let policy = Policy {
+            threshold,
+            interval: Duration::from_secs(3600),
+            // The count rule alone: these tests weigh bursts against `threshold`.
+            share_percent: 0,
+            floor: 0,
+        };
+        Bench {
+            dir: FakeDirectory {
+                log: log.clone(),
+                ..FakeDirectory::default()
+            },
+            endpoint: FakeEndpoint {
+                log: log.clone(),
+                ..FakeEndpoint::default()
+            },
+            log,
+            profile: SyncProfile::default_for(ProfileKind::OpenLdap),
+            settings: FollowSettings {
+                pass: PassSettings {
+                    include: vec![BASE.into()],
+                    user_filter: "(objectClass=inetOrgPerson)".into(),
+                    group_filter: "(objectClass=groupOfNames)".into(),
+                    concurrency: 4,
+                    mode: ProvisionMode::plain(false, false),
+                    quiet: true,
+                    user_delete: UserDelete::Delete,
+                },
+                base_dn: BASE.into(),
+                state_dir: state.0.clone(),
+                full_pass_interval: Duration::ZERO,
+                feed: Feed::Syncrepl,
+            },
+            control: Control::new(),
+            agent: AgentState::new(false),
+            index: AnchorIndex::empty(&state.0),
+            gate: DeleteGate::open(&state.0, policy).unwrap(),
+            queue: Arc::new(Mutex::new(queue)),
+            _state: state,
+        }
+    }
+
+    /// A user whose successive reads return these displayNames.
+    fn user(&self, name: &str, versions: &[&str]) {
+        let entries = versions.iter().map(|v| {
+            Entry::new(user_dn(name))
+                .with("objectClass", "inetOrgPerson")
+                .with("entryUUID", uuid_of(name))
+                .with("uid", name)
+                .with("cn", name)
+                .with("sn", name)
+                .with("displayName", *v)
+        });
+        let mut all = self.dir.entries.borrow_mut();
+        all.insert(user_dn(name), entries.collect());
+    }
+
+    /// A group of these users.
+    fn group(&self, name: &str, members: &[&str]) {
+        let mut e = Entry::new(group_dn(name))
+            .with("objectClass", "groupOfNames")
+            .with("entryUUID", uuid_of(name))
+            .with("cn", name);
+        for m in members {
+            e.add("member", user_dn(m));
+        }
+        let mut all = self.dir.entries.borrow_mut();
+        all.insert(group_dn(name), VecDeque::from([e]));
+    }
+
+    /// The calls so far; the log starts again empty.
+    fn calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.log.borrow_mut())
+    }
+
+    /// Appends `changes` to the queue as one batch.
+    fn enqueue(&self, changes: &[Change]) {
+        let payloads: Vec<Vec<u8>> = changes.iter().map(encode).collect();
+        let mut q = self.queue.lock().unwrap();
+        q.append(&payloads, b"after these changes").unwrap();
+    }
+
+    /// The changes the queue still holds unacknowledged.
+    fn unacknowledged(&self) -> Vec<Change> {
+        let mut q = self.queue.lock().unwrap();
+        let records = q.read(None, 1000).unwrap();
+        let decoded = records.iter().map(|r| serde_json::from_slice(&r.payload));
+        decoded.collect::<Result<_, _>>().unwrap()
+    }
+
+    /// Queues `changes` and hands them to the batch machine as the sender would (without
+    /// the delete bursts and scope exits the sender adds); then acknowledges all of them so
+    /// the next call starts afresh. The calls they made start the log.
+    fn apply(&mut self, changes: &[Change]) -> (BatchEnd, Vec<u64>) {
+        self.apply_payloads(changes.iter().map(encode).collect())
+    }
+
+    fn apply_payloads(&mut self, payloads: Vec<Vec<u8>>) -> (BatchEnd, Vec<u64>) {
+        self.calls();
+        let records = {
+            let mut q = self.queue.lock().unwrap();
+            q.append(&payloads, b"after these changes").unwrap();
+            q.read(None, 1000).unwrap()
+        };
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let attrs = self.profile.object_attributes();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let ctx = SendCtx {
+            dir: &self.dir,
+            endpoint: &self.endpoint,
+            profile: &self.profile,
+            settings: &self.settings,
+            control: &self.control,
+            agent: &self.agent,
+        };
+        let mut exits = Vec::new();
+        let end = smol::block_on(apply_batch(
+            &ctx,
+            &mut self.index,
+            &mut self.gate,
+            &self.queue,
+            &mut HashSet::new(),
+            &mut exits,
+            &attrs,
+            records,
+        ));
+        assert!(exits.is_empty(), "scope exits are the sender's: {exits:?}");
+        if let Some(&last) = seqs.last() {
+            self.queue.lock().unwrap().ack(last).unwrap();
+        }
+        (end, seqs)
+    }
+
+    /// Runs the sender over what is queued until it ends: by a stop request the fakes
+    /// raise, or the one raised once `done(calls, unacknowledged changes)` holds.
+    fn send(&mut self, done: impl Fn(&[Call], u64) -> bool) -> SendEnd {
+        self.calls();
+        let ctx = SendCtx {
+            dir: &self.dir,
+            endpoint: &self.endpoint,
+            profile: &self.profile,
+            settings: &self.settings,
+            control: &self.control,
+            agent: &self.agent,
+        };
+        let feed = smol::spawn(std::future::pending::<String>());
+        let (_notify, notify_rx) = smol::channel::bounded::<()>(1);
+        let (log, queue, control) = (&self.log, &self.queue, &self.control);
+        let watch = async {
+            let started = Instant::now();
+            loop {
+                let depth = queue.lock().unwrap().depth();
+                if done(&log.borrow(), depth) {
+                    control.raise(Request::Stop);
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the sender did not finish: {:#?}",
+                    log.borrow()
+                );
+                smol::Timer::after(Duration::from_millis(1)).await;
+            }
+        };
+        let sender = send_loop(
+            &ctx,
+            &mut self.index,
+            &mut self.gate,
+            &self.queue,
+            &feed,
+            &notify_rx,
+        );
+        smol::block_on(smol::future::or(sender, watch))
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "idrelay-follow-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
