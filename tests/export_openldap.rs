@@ -720,3 +720,48 @@ fn a_scope_typo_on_a_small_branch_deactivates_nobody_and_keeps_memberships() {
     let listed = agent.run(&["approve-deletes", "--list"]);
     assert!(listed.stdout.contains("13"), "{}", listed.stdout);
 }
+
+/// Regression (scim2-server): a user deleted and added again in the directory (a rehire,
+/// an LDIF restore) has a new entryUUID; the SCIM user idrelay itself created, deactivated
+/// by the delete, still holds the userName, so every pass failed with 409 and a false
+/// "not created by idrelay", soft_match or not. The provisioning log proves the resource
+/// ours: it is re-anchored, active again, the same SCIM id.
+#[test]
+fn a_user_deleted_and_added_again_is_re_anchored_to_its_own_scim_user() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "rehire");
+    let o = &ou.dn;
+    let user = format!(
+        "dn: uid=rehire,{o}\nobjectClass: inetOrgPerson\nuid: rehire\ncn: Re Hire\nsn: Hire\n"
+    );
+    dir.modify(&user);
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
+    agent.run(&["sync", "--once"]).assert_code(0);
+    let first = entry_uuid(&ou, "uid=rehire");
+    let id = scim.by_external_id("Users", &first).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    dir.delete_tree(&format!("uid=rehire,{o}"));
+    agent.run(&["sync", "--once"]).assert_code(0);
+    assert_eq!(scim.get(&format!("/Users/{id}"))["active"], false);
+
+    dir.modify(&user);
+    let second = entry_uuid(&ou, "uid=rehire");
+    assert_ne!(first, second, "a new entry, a new entryUUID");
+    let r = agent.run(&["sync", "--once"]);
+    r.assert_code(0);
+    assert!(r.stderr.contains("re-anchored"), "{}", r.stderr);
+    let u = scim.get(&format!("/Users/{id}"));
+    assert_eq!(u["externalId"], second.as_str(), "{u}");
+    assert_eq!(u["active"], true, "{u}");
+    let named = scim
+        .all("Users")
+        .into_iter()
+        .filter(|u| u["userName"] == "rehire")
+        .count();
+    assert_eq!(named, 1, "no second user");
+    agent.run(&["sync", "--once"]).assert_code(0);
+}

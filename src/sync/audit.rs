@@ -135,6 +135,40 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Whether the last operation this log records on the SCIM resource `id` was this
+    /// agent deactivating or deleting it while it was anchored at `anchor`: the proof that
+    /// a resource holding a userName is one idrelay itself created and later retired (a
+    /// rehire, a restore from backup: the object came back with a new anchor). Reads the
+    /// log and its rotated predecessor, oldest first; a log rotated past that record, or
+    /// unreadable, proves nothing (`false`).
+    pub fn retired_by_us(&self, id: &str, anchor: &str) -> bool {
+        let mut last: Option<(String, String)> = None;
+        for path in [self.path.with_extension("jsonl.1"), self.path.clone()] {
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            for line in text.lines().filter(|l| l.contains(id)) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if v["id"].as_str() != Some(id) || v["status"] != "ok" {
+                    continue;
+                }
+                let op = v["op"].as_str().unwrap_or("").to_string();
+                let at = v["anchor"].as_str().unwrap_or("").to_string();
+                last = Some((op, at));
+            }
+        }
+        matches!(last, Some((op, at)) if (op == "deactivate" || op == "delete") && at == anchor)
+    }
+}
+
+/// [`AuditLog::retired_by_us`] on the installed log (`false` without one).
+pub fn retired_by_us(id: &str, anchor: &str) -> bool {
+    GLOBAL.get().is_some_and(|l| l.retired_by_us(id, anchor))
+}
+
 static GLOBAL: OnceLock<AuditLog> = OnceLock::new();
 
 /// Installs the process's provisioning log (the first call wins).
@@ -212,5 +246,36 @@ mod tests {
     fn an_unwritable_log_does_not_panic() {
         let log = AuditLog::new(Path::new("/nonexistent/idrelay"), 4096);
         log.record(&entry("create", "uid=a,dc=x"));
+    }
+    #[test]
+    fn a_resource_retired_by_us_is_known_by_its_last_operation() {
+        let d = dir();
+        let log = AuditLog::new(&d, 1 << 20);
+        let op = |op: &'static str, anchor: &'static str, id: &'static str| Entry {
+            op,
+            kind: "user",
+            anchor,
+            dn: "uid=a,dc=x",
+            id: Some(id),
+            error: None,
+        };
+        log.record(&op("create", "old", "id-1"));
+        assert!(!log.retired_by_us("id-1", "old"), "created, not retired");
+        log.record(&op("deactivate", "old", "id-1"));
+        assert!(log.retired_by_us("id-1", "old"));
+        assert!(!log.retired_by_us("id-1", "other"), "another anchor");
+        assert!(!log.retired_by_us("id-2", "old"), "another resource");
+        // Brought back under its own anchor since: no longer retired.
+        log.record(&op("replace", "old", "id-1"));
+        assert!(!log.retired_by_us("id-1", "old"));
+        // A failed delete proves nothing.
+        log.record(&Entry {
+            error: Some("500"),
+            ..op("fail", "old", "id-1")
+        });
+        assert!(!log.retired_by_us("id-1", "old"));
+        log.record(&op("delete", "old", "id-1"));
+        assert!(log.retired_by_us("id-1", "old"));
+        fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -413,6 +413,29 @@ async fn soft_match(
         .get("userName")
         .and_then(Value::as_str)
         .unwrap_or("");
+    let found = scim.find_by_user_name(user_name).await?;
+    let theirs: Option<String> = found
+        .as_ref()
+        .and_then(|f| f.get("externalId"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let theirs = theirs.as_deref();
+    // A user idrelay itself created and then retired (deactivated or deleted) under another
+    // anchor is proven ours by the provisioning log: the object came back with a new anchor
+    // (a rehire, a restore from backup). Re-anchored, with or without soft_match.
+    if let (Some(f), Some(old)) = (&found, theirs.filter(|x| *x != job.external_id)) {
+        let id = resource_id(f)?;
+        if crate::sync::audit::retired_by_us(&id, old) {
+            scim.replace(job.kind, &id, &with_id(&job.body, &id))
+                .await?;
+            log::info!(
+                "user {}: userName `{user_name}` belongs to SCIM user {id}, which idrelay created and retired \
+                 under anchor {old}; re-anchored to this object (a rehire or a restore)",
+                job.dn
+            );
+            return Ok(Outcome::Matched(id));
+        }
+    }
     if !mode.soft_match {
         let dropped = if scim.facts().external_id_dropped {
             " (this endpoint does not keep externalId, so a user idrelay created before its state directory was lost looks the same)"
@@ -425,14 +448,12 @@ async fn soft_match(
              set sync.soft_match = true to adopt it by userName"
         )));
     }
-    let Some(found) = scim.find_by_user_name(user_name).await? else {
+    let Some(found) = found else {
         return Err(conflict);
     };
-    let theirs = found.get("externalId").and_then(Value::as_str);
-    if theirs.is_some_and(|x| x != job.external_id) {
+    if let Some(other) = theirs.filter(|x| *x != job.external_id) {
         return Ok(Outcome::Failed(format!(
-            "userName `{user_name}` is taken by a resource anchored to another object (externalId {}); not adopting it",
-            theirs.unwrap_or_default()
+            "userName `{user_name}` is taken by a resource anchored to another object (externalId {other}); not adopting it"
         )));
     }
     let id = resource_id(&found)?;
