@@ -186,11 +186,19 @@ fn the_cloud_reads_the_directory_and_sends_commands_through_the_relay() {
         r#"{"command":"provision","target":"uid=x,dc=elsewhere"}"#,
     );
     assert_eq!(s, 403);
+    // Profiles from the cloud are refused unless the branch accepts them (tests/policy_live.rs).
     let (s, v) = hub.command(
         "a1",
         r#"{"command":"set-profile","profile":"[user.bogus]\nx = 1\n"}"#,
     );
-    assert_eq!(s, 400, "{v}");
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("relay.accept_profiles"),
+        "{v}"
+    );
     let (s, v) = hub.command("a1", r#"{"command":"resync"}"#);
     assert_eq!(s, 202, "{v}");
     assert!(

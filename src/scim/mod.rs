@@ -6,6 +6,7 @@ pub mod facade;
 pub mod filter;
 pub mod mapping;
 pub mod profile;
+pub mod profile_policy;
 pub mod resource;
 
 pub use resource::ResourceKind;
