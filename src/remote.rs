@@ -11,8 +11,10 @@
 //! The cloud gets no more power than this: paths outside `/Users`, `/Groups` and the three
 //! discovery endpoints are 404; reads stay in scope; writes are 403 unless `[writeback]`
 //! allows them ([`crate::writeback`]), and then only the active agent of a group answers
-//! them (a standby one says 503), one write at a time (reads run beside them). Every
-//! pushed profile is logged (escaped, on one line) when it arrives.
+//! them (a standby one says 503), one write at a time (reads run beside them). Writes go
+//! through the local profile only (built-in default and `sync.profile_file`), never a
+//! profile the cloud pushed. Every pushed profile is logged (escaped, on one line) when it
+//! arrives.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -378,16 +380,24 @@ impl Handler for Remote {
                     return Reply::error(&e.id, 404, None, format!("no such endpoint `{path}`"));
                 }
                 let method = e.method.as_deref().unwrap_or("GET");
+                let read = method.eq_ignore_ascii_case("GET");
                 let index = self.index();
                 let facade = Facade {
                     dir: &self.dir,
-                    profile: &self.profile,
+                    // Writes resolve SCIM names to LDAP attributes, classify objects and
+                    // pick member attributes and object classes from local configuration
+                    // only: a cloud profile changes what is read, never what is written.
+                    profile: if read {
+                        &self.profile
+                    } else {
+                        &self.local_profile
+                    },
                     include: &self.include,
                     user_filter: &self.user_filter,
                     group_filter: &self.group_filter,
                     index: &index,
                 };
-                let (status, body) = if method.eq_ignore_ascii_case("GET") {
+                let (status, body) = if read {
                     let (status, mut body) = facade
                         .answer(method, path, e.query.as_deref().unwrap_or(""))
                         .await;

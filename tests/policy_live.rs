@@ -3,9 +3,11 @@
 //!
 //! Regressions of two holes: a `set-profile` pushed through the hub chose what the agent
 //! read and exported (`nickName = "userPassword"` put every password hash on the wire, and
-//! a pushed filter turned every object into a user), and replaced the local profile. The
-//! agent binds as the directory's admin here on purpose: slapd's ACL keeps userPassword
-//! from the ordinary sync account, so only the agent's own policy may keep it in.
+//! a pushed filter turned every object into a user), and replaced the local profile; and a
+//! pushed remap redirected writeback (`title = "userPassword"`, then a PATCH of `title`
+//! reset the LDAP password). The agent binds as the directory's admin here on purpose:
+//! slapd's ACL keeps userPassword from the ordinary sync account, so only the agent's own
+//! policy may keep it in.
 
 mod common;
 
@@ -398,4 +400,140 @@ fn set_profile_cannot_choose_filters_object_classes_anchor_or_replace_the_local_
         "{}",
         st.stderr
     );
+}
+
+const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+
+/// Whether a simple bind as `dn` with `password` succeeds (ldapwhoami).
+fn binds(dir: &Dir, dn: &str, password: &str) -> bool {
+    common::ldap_tool(&dir.url, dn, password, "ldapwhoami", &[], "").0 == 0
+}
+
+/// PATCHes the user `id`'s `title` through the relay (again while the hub says 5xx: the
+/// PATCH is idempotent); (status, body).
+fn patch_title(hub: &Hub, id: &str, value: &str) -> (u16, Value) {
+    let body = json!({"schemas": [PATCH_OP], "Operations": [{"op": "replace", "path": "title", "value": value}]});
+    let mut answer = (0, Value::Null);
+    wait_until(90, || {
+        answer = hub.op(
+            "PATCH",
+            &format!("/agents/a1/scim/v2/Users/{}", url_encode(id)),
+            Some(&body.to_string()),
+        );
+        answer.0 < 500
+    });
+    answer
+}
+
+#[test]
+fn set_profile_remap_cannot_redirect_writeback_to_user_password() {
+    let mut dir = Dir::openldap();
+    // Writeback needs an account that may write; the admin may write userPassword too, so
+    // only the agent's own rules keep the cloud from it.
+    dir.bind_dn = dir.admin_dn.clone();
+    dir.bind_pw = dir.admin_pw.clone();
+    let ou = TestOu::create(&dir, "pol-wb");
+    let o = ou.dn.clone();
+    let t = tag();
+    let old_pw = format!("old-pw-{t}");
+    let dn = format!("uid=wa,{o}");
+    dir.modify(&format!(
+        "dn: {dn}\nobjectClass: inetOrgPerson\nuid: wa\ncn: WA\nsn: S\ntitle: t-wa\ndescription: desc-{t}\nuserPassword: {old_pw}\n"
+    ));
+    assert!(binds(&dir, &dn, &old_pw), "the test user binds");
+    let scim = ScimServer::start();
+    let hub = start_hub();
+    let agent = Agent::with_relay(
+        &dir,
+        &[&o],
+        &scim,
+        &hub,
+        ("a1", AGENT_TOKEN),
+        &format!(
+            "\n[writeback]\nresources = [\"users\"]\nallowed_ous = [\"{o}\"]\nuser_attributes = [\"title\"]\n"
+        ),
+    );
+    let run = start(&agent, &hub, "wa");
+    let id = hub.user("wa").unwrap()["id"].as_str().unwrap().to_string();
+
+    // The default: the remap is refused; a PATCH of title writes title.
+    let (status, body) = hub.push("[user.attributes]\ntitle = \"userPassword\"\n");
+    if status == 0 || (200..300).contains(&status) {
+        // The hole: after the reload title reads (and writes) userPassword.
+        wait_until(60, || {
+            hub.user("wa")
+                .is_some_and(|u| u["title"] == old_pw.as_str())
+        });
+    }
+    let new_pw = format!("new-pw-{t}");
+    let (s, v) = patch_title(&hub, &id, &new_pw);
+    assert!(
+        binds(&dir, &dn, &old_pw) && !binds(&dir, &dn, &new_pw),
+        "the cloud changed the LDAP password through PATCH title ({s} {v})\n{}",
+        agent.log()
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        dir.attr_ldif(&dn, "title").as_deref(),
+        Some(new_pw.as_str())
+    );
+    assert_eq!(status, 403, "{body}");
+    stop(run);
+
+    // Profiles accepted, description on the allow-list: the cloud remaps title to
+    // description for reading, but writeback resolves title from the local profile only.
+    agent.edit_config(
+        "poll_wait_secs = 5\n",
+        "poll_wait_secs = 5\naccept_profiles = true\nprofile_attributes = [\"description\"]\n",
+    );
+    let run = start(&agent, &hub, "wa");
+    let (s, v) = hub.push("[user.attributes]\ntitle = \"userPassword\"\n");
+    assert_eq!(s, 403, "{v}");
+    assert!(detail(&v).contains("password-like"), "{v}");
+    let (s, v) = hub.push("[user.attributes]\ntitle = \"description\"\n");
+    assert_eq!(s, 200, "{v}\n{}", agent.log());
+    assert!(
+        wait_until(60, || hub
+            .user("wa")
+            .is_some_and(|u| u["title"] == format!("desc-{t}"))),
+        "{}",
+        agent.log()
+    );
+    let patched = format!("patched-{t}");
+    let (s, v) = patch_title(&hub, &id, &patched);
+    assert_eq!(s, 200, "{v}\n{}", agent.log());
+    assert_eq!(
+        dir.attr_ldif(&dn, "description").as_deref(),
+        Some(format!("desc-{t}").as_str()),
+        "the cloud's remap must not redirect the write\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        dir.attr_ldif(&dn, "title").as_deref(),
+        Some(patched.as_str())
+    );
+    assert!(binds(&dir, &dn, &old_pw), "the password is unchanged");
+
+    // The log and the provisioning log name the LDAP attribute written.
+    let log = agent.log();
+    assert!(
+        log.to_ascii_lowercase()
+            .contains(&format!("modify {}: title", dn.to_ascii_lowercase())),
+        "{log}"
+    );
+    let audit = std::fs::read_to_string(agent.tmp.path().join("state/provisioning.jsonl"))
+        .unwrap_or_default();
+    let updates: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("writeback-update"))
+        .collect();
+    assert!(
+        !updates.is_empty()
+            && updates
+                .iter()
+                .all(|l| l.contains(r#""attributes":["title"]"#)),
+        "{audit}"
+    );
+    assert_no_secret("the agent's log", &log, &[&old_pw]);
+    stop(run);
 }

@@ -127,6 +127,7 @@ fn audit_outcome(job: &Job, outcome: &Outcome) {
         dn: &job.dn,
         id,
         error,
+        attributes: None,
     });
 }
 
