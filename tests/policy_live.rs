@@ -38,22 +38,10 @@ impl Hub {
     }
 
     /// Sends a command to a1 and waits up to `secs` for its answer; (status, body).
+    /// No answer in time is status 0: the caller's assertions say what was expected.
     fn command_within(&self, body: &Value, secs: u64) -> (u16, Value) {
-        let (s, v) = self.op("POST", "/v1/agents/a1/commands", Some(&body.to_string()));
-        assert_eq!(s, 202, "command not queued: {v}");
-        let id = v["id"].as_str().unwrap().to_string();
-        // No answer in time is status 0: the caller's assertions say what was expected.
-        let mut answer = (0, json!({"detail": "no answer"}));
-        wait_until(secs, || {
-            let (s, v) = self.op("GET", &format!("/v1/requests/{id}"), None);
-            if s == 200 {
-                answer = (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone());
-                true
-            } else {
-                false
-            }
-        });
-        answer
+        self.command_answer("a1", &body.to_string(), secs)
+            .unwrap_or((0, json!({"detail": "no answer"})))
     }
 
     /// Pushes `profile` with `set-profile`; (status, body), status 0 when no answer came

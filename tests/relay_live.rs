@@ -28,24 +28,8 @@ impl Hub {
 
     /// Sends a command and waits for the agent's answer; (status, body).
     fn command(&self, agent: &str, body: &str) -> (u16, Value) {
-        let (s, v) = self.op("POST", &format!("/v1/agents/{agent}/commands"), Some(body));
-        assert_eq!(s, 202, "command not queued: {v}");
-        let id = v["id"].as_str().unwrap().to_string();
-        let mut answer = (0, Value::Null);
-        assert!(
-            wait_until(30, || {
-                let (s, v) = self.op("GET", &format!("/v1/requests/{id}"), None);
-                if s == 200 {
-                    answer = (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone());
-                    true
-                } else {
-                    false
-                }
-            }),
-            "no answer to {body}: {}",
-            self.log()
-        );
-        answer
+        self.command_answer(agent, body, 30)
+            .unwrap_or_else(|| panic!("no answer to {body}: {}", self.log()))
     }
 }
 
