@@ -10,7 +10,8 @@
 //! * relay envelopes and leases: at most 1000 envelopes; a lease TTL of at most an hour;
 //!   the facade's query parser caps `count`.
 //! * config: an error never repeats the secret the secret source handed out.
-//! * mapping profile: overrides either apply or name an error.
+//! * mapping profile: overrides either apply or name an error; pushed by the cloud, they
+//!   are admitted (never reading a password-like attribute) or refused with a reason.
 //! * DirSync control codec: what decodes re-encodes to a value that decodes the same.
 //! * queue segments, records and ledger: the queue's own entry points
 //!   (`idrelay::queue::fuzzing`).
@@ -24,6 +25,7 @@ use idrelay::relay::agent::{parse_lease, parse_requests, valid_id};
 use idrelay::scim::facade::{attribute_map, parse_query, MAX_COUNT};
 use idrelay::scim::filter::{self, MAX_LDAP_LEN};
 use idrelay::scim::profile::{ProfileKind, SyncProfile};
+use idrelay::scim::profile_policy::{admit, password_like_in, ProfilePolicy};
 use idrelay::scim::ResourceKind;
 
 /// The secret every fuzzed config is handed (files and environment alike).
@@ -158,6 +160,15 @@ pub fn profile(data: &[u8]) {
                     let _ = attribute_map(&p, rk);
                 }
             }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+        // The same text pushed by the cloud: admitted profiles never read a password.
+        let policy = ProfilePolicy {
+            accept: true,
+            extra_attributes: vec!["description".into()],
+        };
+        match admit(&policy, &SyncProfile::default_for(kind), text) {
+            Ok(p) => assert_eq!(password_like_in(&p), None, "admitted: {text:?}"),
             Err(e) => assert!(!e.to_string().is_empty()),
         }
     }

@@ -14,6 +14,7 @@ use crate::scim::client::{Credential, LookupProbe, ScimClient, ScimConfig};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::oauth::TokenSource;
 use crate::scim::profile::{merge_attributes, ProfileKind, SyncProfile};
+use crate::scim::profile_policy::{admit, password_like_in, ProfilePolicy, ProfileRefusal};
 use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
 use crate::sync::anchors::AnchorIndex;
@@ -127,31 +128,167 @@ fn effective_kind(setting: KindSetting, detected: DirectoryKind) -> DirectoryKin
     }
 }
 
-fn load_profile(c: &Config, kind: DirectoryKind) -> Result<SyncProfile, String> {
+/// The branch's policy for profiles the cloud pushes (none accepted without `[relay]`).
+fn profile_policy(c: &Config) -> ProfilePolicy {
+    c.relay
+        .as_ref()
+        .map(|r| r.profiles.clone())
+        .unwrap_or_default()
+}
+
+/// The profile the cloud pushed, as the agent found it in the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CloudProfile {
+    /// None stored.
+    None,
+    /// Stored and admitted by local policy: in force (on top of the local profile).
+    InForce {
+        /// Its text.
+        text: String,
+        /// When it was stored.
+        since: std::time::SystemTime,
+    },
+    /// Stored but not used: the reason (accept_profiles off, or refused by local policy).
+    Unused {
+        /// Why.
+        reason: String,
+        /// Whether local policy refused it (rather than `relay.accept_profiles` being off).
+        refused: bool,
+    },
+}
+
+/// The profiles of one life of the agent.
+struct Profiles {
+    /// Built-in default plus `sync.profile_file`: what writeback resolves names with.
+    local: SyncProfile,
+    /// The local profile with an admitted cloud profile on top: what is read and exported.
+    effective: SyncProfile,
+    /// The cloud profile's state.
+    cloud: CloudProfile,
+}
+
+/// The local profile (built-in default and `sync.profile_file`; never a password-like
+/// attribute), and a stored cloud profile checked again against local policy (it is used
+/// only while `relay.accept_profiles` is on and policy still admits it).
+fn load_profile(c: &Config, kind: DirectoryKind) -> Result<Profiles, String> {
     let p = SyncProfile::default_for(profile_kind(kind));
-    // A profile the cloud pushed through the relay (validated when it arrived) wins.
-    let cloud = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
-    if cloud.is_file() {
-        return p.with_overrides_from_file(&cloud).map_err(|e| {
-            format!(
-                "{}: {e} (remove it to fall back to sync.profile_file)",
-                cloud.display()
-            )
-        });
-    }
-    match &c.sync.profile_file {
+    let local = match &c.sync.profile_file {
         Some(path) => p
             .with_overrides_from_file(path)
-            .map_err(|e| format!("sync.profile_file: {e}")),
-        None => Ok(p),
+            .map_err(|e| format!("sync.profile_file: {e}"))?,
+        None => p,
+    };
+    if let Some((key, attribute)) = password_like_in(&local) {
+        return Err(format!(
+            "sync.profile_file: profile key {key}: `{attribute}` is a password-like attribute, which idrelay never reads (built-in deny-list)"
+        ));
+    }
+    let path = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
+    let Ok(text) = fs::read_to_string(&path) else {
+        return Ok(Profiles {
+            effective: local.clone(),
+            local,
+            cloud: CloudProfile::None,
+        });
+    };
+    let policy = profile_policy(c);
+    let (effective, cloud) = match admit(&policy, &local, &text) {
+        Ok(merged) => (
+            merged,
+            CloudProfile::InForce {
+                text,
+                since: fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+            },
+        ),
+        Err(why) => (
+            local.clone(),
+            CloudProfile::Unused {
+                refused: !matches!(why, ProfileRefusal::NotAccepted),
+                reason: why.to_string(),
+            },
+        ),
+    };
+    Ok(Profiles {
+        local,
+        effective,
+        cloud,
+    })
+}
+
+/// Where the local profile comes from, for `check` and `status`.
+fn local_profile_words(c: &Config) -> String {
+    match &c.sync.profile_file {
+        Some(p) => format!("sync.profile_file {} on the built-in default", p.display()),
+        None => "the built-in default".into(),
     }
 }
 
-/// A connected directory with its kind and the profile for it.
+/// What the branch lets the cloud do with profiles, for `check` and `status`.
+fn cloud_policy_words(c: &Config) -> &'static str {
+    match &c.relay {
+        None => "no [relay]: the cloud cannot push profiles",
+        Some(r) if r.profiles.accept => {
+            "profiles from the cloud are accepted within local policy (relay.accept_profiles)"
+        }
+        Some(_) => "profiles from the cloud are refused (relay.accept_profiles is off)",
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a file time.
+fn utc(t: std::time::SystemTime) -> String {
+    crate::logging::format_utc(
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// Logs which profile is in force; with `remove`, removes a stored cloud profile that is
+/// not used (kept only while local policy admits it, so it cannot come back when the
+/// policy changes again). The text of the one in force.
+fn settle_cloud_profile(c: &Config, cloud: &CloudProfile, remove: bool) -> Option<String> {
+    match cloud {
+        CloudProfile::None => None,
+        CloudProfile::InForce { text, since } => {
+            log::info!(
+                "sync profile: the cloud's profile of {} is in force on top of the local one ({})",
+                utc(*since),
+                local_profile_words(c)
+            );
+            Some(text.clone())
+        }
+        CloudProfile::Unused { reason, .. } if !remove => {
+            log::warn!("sync profile: the stored cloud profile is not used ({reason})");
+            None
+        }
+        CloudProfile::Unused { reason, .. } => {
+            let path = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
+            match fs::remove_file(&path) {
+                Ok(()) => log::warn!(
+                    "sync profile: the stored cloud profile is not used ({reason}); removed {}",
+                    path.display()
+                ),
+                Err(e) => log::warn!(
+                    "sync profile: the stored cloud profile is not used ({reason}); cannot remove {}: {e}",
+                    path.display()
+                ),
+            }
+            None
+        }
+    }
+}
+
+/// A connected directory with its kind and the profiles for it.
 struct Source {
     dir: Directory,
     kind: DirectoryKind,
+    /// The profile in force (local, with an admitted cloud profile on top).
     profile: SyncProfile,
+    /// The local profile alone.
+    local_profile: SyncProfile,
+    cloud: CloudProfile,
     dse: ldap::Entry,
 }
 
@@ -164,11 +301,13 @@ async fn open_source(c: &Config) -> Result<Source, String> {
         .await
         .map_err(|e| format!("directory: reading the rootDSE: {e}"))?;
     let kind = effective_kind(c.directory.kind, ldap::detect_kind(&dse));
-    let profile = load_profile(c, kind)?;
+    let p = load_profile(c, kind)?;
     Ok(Source {
         dir,
         kind,
-        profile,
+        profile: p.effective,
+        local_profile: p.local,
+        cloud: p.cloud,
         dse,
     })
 }
@@ -342,6 +481,34 @@ async fn check_async(c: &Config) -> i32 {
                 "set by directory.kind"
             };
             out.ok("directory", format!("{} ({how})", src.kind));
+            let local = local_profile_words(c);
+            match &src.cloud {
+                CloudProfile::None => out.ok(
+                    "profile",
+                    format!("local: {local}; {}", cloud_policy_words(c)),
+                ),
+                CloudProfile::InForce { since, .. } => {
+                    out.ok(
+                        "profile",
+                        format!(
+                        "cloud profile in force since {} ({}), on top of the local one: {local}",
+                        utc(*since),
+                        c.agent.state_dir.join(crate::remote::CLOUD_PROFILE).display()
+                    ),
+                    )
+                }
+                CloudProfile::Unused { reason, refused } => {
+                    let line = format!(
+                        "local: {local}; the stored cloud profile {} is not used ({reason}); `run` removes it",
+                        c.agent.state_dir.join(crate::remote::CLOUD_PROFILE).display()
+                    );
+                    if *refused {
+                        out.fail("profile", line)
+                    } else {
+                        out.ok("profile", line)
+                    }
+                }
+            }
             let (uf, gf) = filters(c, &src.profile);
             for base in &c.scope.include {
                 match count_scope(&src.dir, base, &uf, &gf).await {
@@ -740,6 +907,7 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
             }
         };
         log::info!("directory {} is {}", c.directory.url, src.kind);
+        settle_cloud_profile(c, &src.cloud, !dry_run);
         let scim = match scim_client(c) {
             Ok((_, s)) => s,
             Err(e) => {
@@ -1088,6 +1256,7 @@ async fn run_once(
         }
     };
     log::info!("directory {} is {}", c.directory.url, src.kind);
+    let cloud_text = settle_cloud_profile(c, &src.cloud, true);
     let (_, scim) = scim_client(c).map_err(|e| {
         eprintln!("error: {e}");
         exit::FAILURE
@@ -1151,7 +1320,7 @@ async fn run_once(
             let remote = crate::remote::Remote::new(
                 src.dir.clone(),
                 src.profile.clone(),
-                SyncProfile::default_for(profile_kind(src.kind)),
+                src.local_profile.clone(),
                 (c.scope.include.clone(), uf, gf),
                 c.agent.state_dir.clone(),
                 queue.clone(),
@@ -1164,7 +1333,8 @@ async fn run_once(
                 control.clone(),
                 agent.clone(),
             )
-            .with_writeback(c.writeback.clone(), directory_config(c));
+            .with_writeback(c.writeback.clone(), directory_config(c))
+            .with_profile_policy(profile_policy(c), cloud_text.clone());
             Some((relay, remote))
         }
     };
@@ -1398,6 +1568,20 @@ pub fn status(c: &Config) -> i32 {
             None => "none recorded".into(),
         }
     );
+    let cloud = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
+    let local = local_profile_words(c);
+    match fs::metadata(&cloud).and_then(|m| m.modified()) {
+        Ok(since) if profile_policy(c).accept => println!(
+            "profile:      cloud profile in force since {} ({}), on top of the local one: {local}",
+            utc(since),
+            cloud.display()
+        ),
+        Ok(_) => println!(
+            "profile:      local: {local}; a stored cloud profile ({}) is not used: relay.accept_profiles is off (`run` removes it)",
+            cloud.display()
+        ),
+        Err(_) => println!("profile:      local: {local}; {}", cloud_policy_words(c)),
+    }
     match &c.relay {
         None => crate::outln!("relay:        not configured (always active)"),
         Some(r) => {

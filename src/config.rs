@@ -56,6 +56,9 @@ pub struct RelaySettings {
     pub poll_wait: Duration,
     /// Proxy, pins, client certificate.
     pub transport: Transport,
+    /// What the cloud's `set-profile` may change (`accept_profiles`, `profile_attributes`;
+    /// default: nothing).
+    pub profiles: crate::scim::profile_policy::ProfilePolicy,
 }
 
 /// `[queue]`: the on-disk change queue of `run`.
@@ -356,6 +359,10 @@ struct RawRelay {
     heartbeat_secs: u64,
     #[serde(default = "default_poll_wait")]
     poll_wait_secs: u64,
+    #[serde(default)]
+    accept_profiles: bool,
+    #[serde(default)]
+    profile_attributes: Vec<String>,
 }
 
 fn default_heartbeat() -> u64 {
@@ -571,7 +578,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(path, &text, &System)
+        let c = Config::parse(path, &text, &System)?;
+        if let Some(profile) = &c.sync.profile_file {
+            check_profile_file(profile).map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "sync.profile_file",
+                message,
+            })?;
+        }
+        Ok(c)
     }
 
     /// Validates config text; `path` is only used in messages and to resolve nothing else.
@@ -847,6 +862,8 @@ impl Config {
                 if !(1..=120).contains(&r.poll_wait_secs) {
                     return Err(invalid("relay.poll_wait_secs", "must be 1 to 120".into()));
                 }
+                let profiles = profile_policy(r.accept_profiles, r.profile_attributes)
+                    .map_err(|m| invalid("relay.profile_attributes", m))?;
                 Some(RelaySettings {
                     url,
                     token,
@@ -869,6 +886,7 @@ impl Config {
                             client_key_file: r.client_key_file.as_deref(),
                         },
                     )?,
+                    profiles,
                 })
             }
         };
@@ -926,6 +944,56 @@ impl Config {
             relay,
             writeback,
         })
+    }
+}
+
+/// `relay.accept_profiles` and `relay.profile_attributes` (pure): attribute names, none
+/// password-like, and only with `accept_profiles`.
+fn profile_policy(
+    accept: bool,
+    attributes: Vec<String>,
+) -> Result<crate::scim::profile_policy::ProfilePolicy, String> {
+    use crate::scim::profile_policy::{is_password_like, ProfilePolicy};
+    let mut extra: Vec<String> = Vec::new();
+    for a in attributes {
+        let a = a.trim().to_string();
+        if !crate::scim::profile::is_attribute_name(&a) {
+            return Err(format!(
+                "`{a}` is not an LDAP attribute name (letters, digits and '-' starting with a letter, or a numeric OID)"
+            ));
+        }
+        if is_password_like(&a) {
+            return Err(format!(
+                "`{a}` is a password-like attribute; no profile may read it (built-in deny-list)"
+            ));
+        }
+        if !extra.iter().any(|x| x.eq_ignore_ascii_case(&a)) {
+            extra.push(a);
+        }
+    }
+    if !accept && !extra.is_empty() {
+        return Err(
+            "has no effect unless relay.accept_profiles = true (only profiles the cloud pushes are bounded by it)"
+                .into(),
+        );
+    }
+    Ok(ProfilePolicy {
+        accept,
+        extra_attributes: extra,
+    })
+}
+
+/// Reads `sync.profile_file` and checks it: valid, and reading no password-like attribute.
+fn check_profile_file(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    match crate::scim::profile_policy::password_like_in_overrides(&text) {
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(Some((key, attribute))) => Err(format!(
+            "{}: profile key {key}: `{attribute}` is a password-like attribute, which idrelay never reads (built-in deny-list)",
+            path.display()
+        )),
+        Ok(None) => Ok(()),
     }
 }
 
@@ -1683,6 +1751,64 @@ token_file = "/s/scim"
             let e = with(&bad).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn cloud_profiles_are_refused_by_default_and_their_keys_validated() {
+        let relay = "[relay]\nurl = \"http://127.0.0.1:9\"\ntoken_env = \"TOKEN\"\n";
+        let c = parse(&format!("{GOOD}{relay}")).unwrap();
+        let p = &c.relay.unwrap().profiles;
+        assert!(!p.accept && p.extra_attributes.is_empty());
+        let c = parse(&format!(
+            "{GOOD}{relay}accept_profiles = true\nprofile_attributes = [\"description\", \"Description\", \"l\"]\n"
+        ))
+        .unwrap();
+        let p = &c.relay.unwrap().profiles;
+        assert!(p.accept);
+        assert_eq!(p.extra_attributes, vec!["description", "l"]);
+        for (extra, want) in [
+            (
+                "accept_profiles = true\nprofile_attributes = [\"userPassword\"]",
+                "password-like",
+            ),
+            (
+                "accept_profiles = true\nprofile_attributes = [\"msLAPS-Password\"]",
+                "password-like",
+            ),
+            (
+                "accept_profiles = true\nprofile_attributes = [\"a b\"]",
+                "not an LDAP attribute",
+            ),
+            ("profile_attributes = [\"description\"]", "accept_profiles"),
+        ] {
+            let e = parse(&format!("{GOOD}{relay}{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("relay.profile_attributes") && e.contains(want),
+                "{extra}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_local_profile_that_reads_a_password_is_refused_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("idrelay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("profile.toml");
+        std::fs::write(&f, "[user.attributes]\nnickName = \"userPassword\"\n").unwrap();
+        let e = check_profile_file(&f).unwrap_err();
+        assert!(
+            e.contains("user.attributes.\"nickName\"")
+                && e.contains("userPassword")
+                && e.contains("password-like"),
+            "{e}"
+        );
+        std::fs::write(&f, "[user.attributes]\nnickName = \"cn\"\n").unwrap();
+        check_profile_file(&f).unwrap();
+        std::fs::write(&f, "[user").unwrap();
+        assert!(check_profile_file(&f).unwrap_err().contains("profile.toml"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

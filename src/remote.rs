@@ -6,12 +6,15 @@
 //! | `resync` | the queue records that a full pass is owed; `run` starts it within seconds | 202 |
 //! | `provision` (`target`: DN or anchor) | one change for that object is queued (with the current watermark), so it is brought in step in order with the feed | 202, 404 unknown anchor, 409 while a full pass is owed anyway |
 //! | `approve-deletes` | the held set is approved exactly as it is now | 202 with the count, 200 if none held |
-//! | `set-profile` (`profile`: TOML) | validated against the default profile; stored as `state_dir/cloud-profile.toml` (it overrides `sync.profile_file`); `run` reloads | 200, 400 naming the bad key (the old profile stays) |
+//! | `set-profile` (`profile`: TOML) | judged by local policy ([`crate::scim::profile_policy::admit`]); stored as `state_dir/cloud-profile.toml`, applied on top of the local profile; `run` reloads once the answer is posted | 200; 403 naming the local setting (`relay.accept_profiles` off, a key only the branch sets, an attribute off the allow-list or password-like); 400 naming a bad key. The profile in use stays on any error. |
 //!
 //! The cloud gets no more power than this: paths outside `/Users`, `/Groups` and the three
 //! discovery endpoints are 404; reads stay in scope; writes are 403 unless `[writeback]`
 //! allows them ([`crate::writeback`]), and then only the active agent of a group answers
-//! them (a standby one says 503), one write at a time (reads run beside them).
+//! them (a standby one says 503), one write at a time (reads run beside them). Writes go
+//! through the local profile only (built-in default and `sync.profile_file`), never a
+//! profile the cloud pushed. Every pushed profile is logged (escaped, on one line) when it
+//! arrives.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ use crate::queue::ResyncReason;
 use crate::relay::agent::{AgentState, Envelope, Handler, Reply};
 use crate::scim::facade::Facade;
 use crate::scim::profile::SyncProfile;
+use crate::scim::profile_policy::{admit, escape_for_log, ProfilePolicy};
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{DeleteGate, Policy};
 use crate::sync::follow::{Change, SharedQueue};
@@ -48,10 +52,17 @@ type Snapshot = (
 pub struct Remote {
     /// The directory.
     pub dir: Directory,
-    /// The profile in use.
+    /// The profile in use (the local one, with an admitted cloud profile on top).
     pub profile: SyncProfile,
-    /// The default profile of the directory kind (set-profile overrides apply to it).
-    pub base_profile: SyncProfile,
+    /// The local profile (built-in default and `sync.profile_file`): what a pushed profile
+    /// is applied on top of.
+    pub local_profile: SyncProfile,
+    /// What a pushed profile may change (default: nothing).
+    pub profile_policy: ProfilePolicy,
+    /// The text of the cloud profile in force, if any.
+    cloud_text: Option<String>,
+    /// The request whose posted answer starts a reload (an accepted `set-profile`).
+    reload_after: Mutex<Option<String>>,
     /// `scope.include`.
     pub include: Vec<String>,
     /// Scope filter for users.
@@ -81,7 +92,7 @@ impl Remote {
     pub fn new(
         dir: Directory,
         profile: SyncProfile,
-        base_profile: SyncProfile,
+        local_profile: SyncProfile,
         scope: (Vec<String>, String, String),
         state_dir: PathBuf,
         queue: SharedQueue,
@@ -92,7 +103,10 @@ impl Remote {
         Remote {
             dir,
             profile,
-            base_profile,
+            local_profile,
+            profile_policy: ProfilePolicy::default(),
+            cloud_text: None,
+            reload_after: Mutex::new(None),
             include: scope.0,
             user_filter: scope.1,
             group_filter: scope.2,
@@ -125,6 +139,59 @@ impl Remote {
         }
         self.writeback = policy;
         self
+    }
+
+    /// Lets the cloud push profiles as `policy` allows; `cloud_text` is the cloud profile
+    /// in force now (a push of the same text changes nothing).
+    pub fn with_profile_policy(
+        mut self,
+        policy: ProfilePolicy,
+        cloud_text: Option<String>,
+    ) -> Remote {
+        self.profile_policy = policy;
+        self.cloud_text = cloud_text;
+        self
+    }
+
+    /// `set-profile`: logs the pushed text, judges it by local policy, stores an admitted
+    /// one and asks for a reload once the answer is posted.
+    fn set_profile(&self, id: &str, text: &str) -> Reply {
+        log::info!(
+            "relay: the cloud pushed a sync profile ({} bytes): {}",
+            text.len(),
+            escape_for_log(text, 4096)
+        );
+        if let Err(why) = admit(&self.profile_policy, &self.local_profile, text) {
+            log::warn!("relay: set-profile refused: {why}; the profile in use stays");
+            return Reply::error(
+                id,
+                why.status(),
+                why.scim_type(),
+                format!("{why}; the profile in use stays"),
+            );
+        }
+        if self.cloud_text.as_deref() == Some(text) {
+            // A re-delivery after the reload, or the same push again: nothing to do.
+            return ok(
+                id,
+                200,
+                json!({"accepted": "set-profile", "detail": "this profile is in force already"}),
+            );
+        }
+        let path = self.state_dir.join(CLOUD_PROFILE);
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => {
+                log::info!(
+                    "relay: the cloud's sync profile is admitted by local policy and stored in {}; it applies on top of the local profile after a reload",
+                    path.display()
+                );
+                *self.reload_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+                ok(id, 200, json!({"accepted": "set-profile"}))
+            }
+            Err(err) => Reply::error(id, 500, None, format!("{}: {err}", path.display())),
+        }
     }
 
     fn index(&self) -> Arc<AnchorIndex> {
@@ -189,36 +256,7 @@ impl Remote {
                     },
                 }
             }
-            Some("set-profile") => {
-                let text = e.profile.as_deref().unwrap_or("");
-                match self.base_profile.clone().with_overrides(text) {
-                    Err(err) => Reply::error(
-                        id,
-                        400,
-                        Some("invalidValue"),
-                        format!("profile: {err}; the previous profile stays in use"),
-                    ),
-                    Ok(_) => {
-                        let path = self.state_dir.join(CLOUD_PROFILE);
-                        let tmp = path.with_extension("tmp");
-                        let written =
-                            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
-                        match written {
-                            Ok(()) => {
-                                log::info!(
-                                    "relay: the cloud set a new sync profile ({}); reloading",
-                                    path.display()
-                                );
-                                self.control.raise(crate::signals::Request::Reload);
-                                ok(id, 200, json!({"accepted": "set-profile"}))
-                            }
-                            Err(err) => {
-                                Reply::error(id, 500, None, format!("{}: {err}", path.display()))
-                            }
-                        }
-                    }
-                }
-            }
+            Some("set-profile") => self.set_profile(id, e.profile.as_deref().unwrap_or("")),
             Some(other) => Reply::error(
                 id,
                 400,
@@ -342,16 +380,24 @@ impl Handler for Remote {
                     return Reply::error(&e.id, 404, None, format!("no such endpoint `{path}`"));
                 }
                 let method = e.method.as_deref().unwrap_or("GET");
+                let read = method.eq_ignore_ascii_case("GET");
                 let index = self.index();
                 let facade = Facade {
                     dir: &self.dir,
-                    profile: &self.profile,
+                    // Writes resolve SCIM names to LDAP attributes, classify objects and
+                    // pick member attributes and object classes from local configuration
+                    // only: a cloud profile changes what is read, never what is written.
+                    profile: if read {
+                        &self.profile
+                    } else {
+                        &self.local_profile
+                    },
                     include: &self.include,
                     user_filter: &self.user_filter,
                     group_filter: &self.group_filter,
                     index: &index,
                 };
-                let (status, body) = if method.eq_ignore_ascii_case("GET") {
+                let (status, body) = if read {
                     let (status, mut body) = facade
                         .answer(method, path, e.query.as_deref().unwrap_or(""))
                         .await;
@@ -394,6 +440,15 @@ impl Handler for Remote {
                 Some("invalidValue"),
                 format!("unknown envelope kind `{other}`"),
             ),
+        }
+    }
+
+    fn posted(&self, ids: &[String]) {
+        let mut pending = self.reload_after.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.as_ref().is_some_and(|id| ids.contains(id)) {
+            *pending = None;
+            log::info!("relay: reloading to apply the cloud's sync profile");
+            self.control.raise(crate::signals::Request::Reload);
         }
     }
 

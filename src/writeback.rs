@@ -16,6 +16,13 @@
 //! * **Only allowed attributes.** A PATCH or POST that names an attribute the policy does
 //!   not list is 403 as a whole. A PUT may repeat a disallowed attribute with its current
 //!   value (clients PUT what they read); a different value is 403.
+//! * **Names from local configuration only.** The LDAP attribute a SCIM attribute is
+//!   written to, the member attribute, the object class of a new group and whether an
+//!   object is a user or a group come from the [`Context`]'s profile, which the caller
+//!   ([`crate::remote`]) makes the *local* one (built-in default and `sync.profile_file`),
+//!   never one the cloud pushed. A password-like LDAP attribute
+//!   ([`crate::scim::profile_policy::is_password_like`]) is never written, whatever the
+//!   profile says (403).
 //! * **Members the cloud cannot see are kept.** Member values are SCIM ids (anchors) of
 //!   objects in the agent's scope; an id that is not one is 400. A replace or a remove-all
 //!   changes only members inside `scope.include`, never the others.
@@ -737,7 +744,8 @@ fn refuse_attribute(policy: &WritePolicy, kind: ResourceKind, name: &str) -> Wri
 pub struct Context<'a> {
     /// The write policy.
     pub policy: &'a WritePolicy,
-    /// The profile (which LDAP attribute stands for which SCIM attribute).
+    /// The local profile (which LDAP attribute stands for which SCIM attribute): never a
+    /// profile the cloud pushed.
     pub profile: &'a SyncProfile,
     /// The resource kind of the endpoint.
     pub kind: ResourceKind,
@@ -793,6 +801,20 @@ pub struct Plan {
     pub dn: String,
 }
 
+impl Plan {
+    /// The LDAP attributes the operations write, once each (for the log and the
+    /// provisioning log).
+    pub fn attributes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in self.ops.iter().flat_map(WriteOp::attributes) {
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(&a)) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
 /// Plans the LDAP operations of `intent` (pure). `current` is the target entry (update,
 /// delete; read with the profile's attributes of the kind and `description`), `members`
 /// maps each of [`Intent::member_ids`] that is an object in scope to its DN.
@@ -811,7 +833,7 @@ pub fn plan(
             ));
         }
     }
-    match (intent, current) {
+    let planned = match (intent, current) {
         (Intent::Create { changes }, _) => plan_create(ctx, changes, members),
         (Intent::Delete { .. }, Some(entry)) => Ok(Plan {
             ops: vec![WriteOp::Delete {
@@ -823,7 +845,17 @@ pub fn plan(
         // the current values in `plan_update`.
         (Intent::Update { changes, .. }, Some(entry)) => plan_update(ctx, changes, entry, members),
         (_, None) => Err(WriteError::NotFound("no target".into())),
+    }?;
+    if let Some(a) = planned
+        .attributes()
+        .into_iter()
+        .find(|a| crate::scim::profile_policy::is_password_like(a))
+    {
+        return Err(WriteError::Forbidden(format!(
+            "writeback never writes the password-like attribute `{a}` (built-in deny-list)"
+        )));
     }
+    Ok(planned)
 }
 
 /// The LDAP attribute that holds the SCIM text attribute `name` of `kind`.
@@ -1702,6 +1734,83 @@ mod tests {
                 ]
             )
         );
+        // The log and the provisioning log name the LDAP attributes, never the values.
+        assert_eq!(plan_.attributes(), ["mail", "title"]);
+        assert_eq!(
+            plan_.ops[0].describe(),
+            format!("modify uid=ann,{OU}: mail, title")
+        );
+    }
+
+    #[test]
+    fn a_password_like_attribute_is_never_written_whatever_the_profile_maps() {
+        let mut p = policy();
+        p.users = true;
+        p.allowed_ous = vec![OU.into()];
+        p.user_attributes = vec!["title".into()];
+        let inc = include();
+        // A profile that maps title to userPassword (the caller never hands one: the
+        // local profile is checked at load; this is the last line of defence).
+        let profile = ol()
+            .with_overrides("[user.attributes]\ntitle = \"userPassword\"")
+            .unwrap();
+        let ctx = Context {
+            policy: &p,
+            profile: &profile,
+            kind: ResourceKind::User,
+            include: &inc,
+        };
+        let user = Entry::new(format!("uid=ann,{OU}"))
+            .with("objectClass", "inetOrgPerson")
+            .with("uid", "ann");
+        let intent = parse(
+            "PATCH",
+            ResourceKind::User,
+            Some("x"),
+            Some(&patch(
+                json!([{"op": "replace", "path": "title", "value": "hunter2"}]),
+            )),
+        )
+        .unwrap();
+        let e = plan(&ctx, &intent, Some(&user), &HashMap::new()).unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert!(
+            e.detail().contains("userPassword") && !e.detail().contains("hunter2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_write_op_names_its_attributes() {
+        let add = WriteOp::Add {
+            dn: "cn=g,ou=x".into(),
+            attributes: vec![
+                ("objectClass".into(), vec![b"groupOfNames".to_vec()]),
+                ("cn".into(), vec![b"g".to_vec()]),
+                ("member".into(), vec![b"uid=a,ou=x".to_vec()]),
+            ],
+        };
+        assert_eq!(add.describe(), "add cn=g,ou=x: objectClass, cn, member");
+        let rename = WriteOp::Rename {
+            dn: "cn=g,ou=x".into(),
+            new_rdn: "cn=h".into(),
+        };
+        assert_eq!(rename.describe(), "rename cn=g,ou=x: cn");
+        let delete = WriteOp::Delete {
+            dn: "cn=g,ou=x".into(),
+        };
+        assert_eq!(delete.describe(), "delete cn=g,ou=x");
+        let plan_ = Plan {
+            ops: modify(
+                "cn=g,ou=x",
+                vec![
+                    Modification::Delete("member".into(), vec![b"a".to_vec()]),
+                    Modification::Add("member".into(), vec![b"b".to_vec()]),
+                ],
+            ),
+            dn: "cn=g,ou=x".into(),
+        };
+        assert_eq!(plan_.attributes(), ["member"]);
     }
 
     #[test]

@@ -28,24 +28,8 @@ impl Hub {
 
     /// Sends a command and waits for the agent's answer; (status, body).
     fn command(&self, agent: &str, body: &str) -> (u16, Value) {
-        let (s, v) = self.op("POST", &format!("/v1/agents/{agent}/commands"), Some(body));
-        assert_eq!(s, 202, "command not queued: {v}");
-        let id = v["id"].as_str().unwrap().to_string();
-        let mut answer = (0, Value::Null);
-        assert!(
-            wait_until(30, || {
-                let (s, v) = self.op("GET", &format!("/v1/requests/{id}"), None);
-                if s == 200 {
-                    answer = (v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone());
-                    true
-                } else {
-                    false
-                }
-            }),
-            "no answer to {body}: {}",
-            self.log()
-        );
-        answer
+        self.command_answer(agent, body, 30)
+            .unwrap_or_else(|| panic!("no answer to {body}: {}", self.log()))
     }
 }
 
@@ -186,11 +170,19 @@ fn the_cloud_reads_the_directory_and_sends_commands_through_the_relay() {
         r#"{"command":"provision","target":"uid=x,dc=elsewhere"}"#,
     );
     assert_eq!(s, 403);
+    // Profiles from the cloud are refused unless the branch accepts them (tests/policy_live.rs).
     let (s, v) = hub.command(
         "a1",
         r#"{"command":"set-profile","profile":"[user.bogus]\nx = 1\n"}"#,
     );
-    assert_eq!(s, 400, "{v}");
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("relay.accept_profiles"),
+        "{v}"
+    );
     let (s, v) = hub.command("a1", r#"{"command":"resync"}"#);
     assert_eq!(s, 202, "{v}");
     assert!(

@@ -626,6 +626,42 @@ impl WriteOp {
             | WriteOp::Delete { dn } => dn,
         }
     }
+
+    /// The attributes the operation writes, once each in order (an add: every attribute of
+    /// the new entry; a rename: the RDN's attribute type; a delete: none). Names only,
+    /// never values.
+    pub fn attributes(&self) -> Vec<String> {
+        let names: Vec<&str> = match self {
+            WriteOp::Add { attributes, .. } => attributes.iter().map(|(a, _)| a.as_str()).collect(),
+            WriteOp::Modify { changes, .. } => {
+                changes.iter().map(Modification::attribute).collect()
+            }
+            WriteOp::Rename { new_rdn, .. } => new_rdn
+                .split_once('=')
+                .map(|(t, _)| t.trim())
+                .into_iter()
+                .collect(),
+            WriteOp::Delete { .. } => Vec::new(),
+        };
+        let mut out: Vec<String> = Vec::new();
+        for n in names {
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                out.push(n.to_string());
+            }
+        }
+        out
+    }
+
+    /// One line for logs: `modify <dn>: title, mail`, `add <dn>: objectClass, cn, member`,
+    /// `rename <dn>: cn`, `delete <dn>` (attribute names, never values).
+    pub fn describe(&self) -> String {
+        let attributes = self.attributes();
+        if attributes.is_empty() {
+            format!("{} {}", self.verb(), self.dn())
+        } else {
+            format!("{} {}: {}", self.verb(), self.dn(), attributes.join(", "))
+        }
+    }
 }
 
 /// Why a write failed. `applied` operations of the call succeeded before it.

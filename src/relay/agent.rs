@@ -200,6 +200,9 @@ pub trait Handler {
     fn handle(&self, e: &Envelope) -> impl std::future::Future<Output = Reply>;
     /// The heartbeat body's variable part (queue, counts, ...).
     fn heartbeat_facts(&self) -> Value;
+    /// The replies to `ids` were handed to the hub (or given up on after retries): what a
+    /// command that must outlive its answer (a reload) waits for.
+    fn posted(&self, _ids: &[String]) {}
 }
 
 /// Remembers replies by id (bounded, oldest evicted).
@@ -411,7 +414,7 @@ impl Relay {
         let ex = smol::LocalExecutor::new();
         ex.run(smol::future::or(
             self.dispatch_loop(handler, state, control, &ex, &permits, &work, replies),
-            self.reply_loop(ready, control),
+            self.reply_loop(handler, ready, control),
         ))
         .await;
     }
@@ -502,7 +505,12 @@ impl Relay {
 
     /// Posts replies as they become ready: one post carries every reply that is ready at
     /// that moment (up to [`REPLY_BATCH`]), so a slow post batches the ones behind it.
-    async fn reply_loop(&self, ready: smol::channel::Receiver<Reply>, control: &Control) {
+    async fn reply_loop<H: Handler>(
+        &self,
+        handler: &H,
+        ready: smol::channel::Receiver<Reply>,
+        control: &Control,
+    ) {
         while let Ok(first) = ready.recv().await {
             let mut batch = vec![first];
             while batch.len() < REPLY_BATCH {
@@ -511,7 +519,9 @@ impl Relay {
                     Err(_) => break,
                 }
             }
+            let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
             self.send_replies(batch, control).await;
+            handler.posted(&ids);
         }
     }
 

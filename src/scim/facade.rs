@@ -32,6 +32,7 @@ use crate::ldap::{Directory, Entry, Scope};
 use crate::scim::mapping::{self, anchor_filter, Reference, Resolver};
 use std::collections::HashMap;
 
+use crate::ldap::WriteOp;
 use crate::scim::filter;
 use crate::scim::profile::{AnchorEncoding, Source, SyncProfile, Target as ProfileTarget};
 use crate::scim::resource::{
@@ -439,18 +440,16 @@ impl Facade<'_> {
         let plan = writeback::plan(&ctx, &intent, current.as_ref(), &members)?;
         let anchor = intent.id().unwrap_or("").to_string();
         let verb = intent.verb();
+        let written = plan.attributes();
         if !plan.ops.is_empty() {
-            let summary: Vec<String> = plan
-                .ops
-                .iter()
-                .map(|o| format!("{} {}", o.verb(), o.dn()))
-                .collect();
+            let summary: Vec<String> = plan.ops.iter().map(WriteOp::describe).collect();
             if let Err(e) = writer.apply(plan.ops.clone()).await {
                 let err = ldap_write_error(&e);
                 log::warn!(
-                    "writeback: {verb} of {} {} failed: {e}",
+                    "writeback: {verb} of {} {} failed ({}): {e}",
                     kind.word(),
-                    plan.dn
+                    plan.dn,
+                    summary.join("; ")
                 );
                 crate::sync::audit::record(&crate::sync::audit::Entry {
                     op: "fail",
@@ -459,6 +458,7 @@ impl Facade<'_> {
                     dn: &plan.dn,
                     id: intent.id(),
                     error: Some(&format!("writeback {verb}: {e}")),
+                    attributes: Some(&written),
                 });
                 return Err(err);
             }
@@ -475,8 +475,11 @@ impl Facade<'_> {
                 plan.dn
             );
         }
+        let done = |anchor: &str| self.audit(verb, kind, anchor, &plan.dn, &written);
         if let Intent::Delete { .. } = intent {
-            self.audit(verb, kind, &anchor, &plan.dn, plan.ops.is_empty());
+            if !plan.ops.is_empty() {
+                done(&anchor);
+            }
             return Ok((204, Value::Null));
         }
         let status = if matches!(intent, Intent::Create { .. }) {
@@ -486,12 +489,15 @@ impl Facade<'_> {
         };
         match self.resource_at(kind, &plan.dn).await {
             Ok(Some(r)) => {
-                let new_anchor = r["id"].as_str().unwrap_or(&anchor).to_string();
-                self.audit(verb, kind, &new_anchor, &plan.dn, plan.ops.is_empty());
+                if !plan.ops.is_empty() {
+                    done(r["id"].as_str().unwrap_or(&anchor));
+                }
                 Ok((status, r))
             }
             Ok(None) => {
-                self.audit(verb, kind, &anchor, &plan.dn, plan.ops.is_empty());
+                if !plan.ops.is_empty() {
+                    done(&anchor);
+                }
                 Err(WriteError::Directory(
                     500,
                     format!(
@@ -504,10 +510,8 @@ impl Facade<'_> {
         }
     }
 
-    fn audit(&self, verb: &str, kind: ResourceKind, anchor: &str, dn_: &str, unchanged: bool) {
-        if unchanged {
-            return;
-        }
+    /// A `writeback-*` line in the provisioning log, naming the LDAP attributes written.
+    fn audit(&self, verb: &str, kind: ResourceKind, anchor: &str, dn_: &str, written: &[String]) {
         let op = match verb {
             "create" => "writeback-create",
             "delete" => "writeback-delete",
@@ -520,6 +524,7 @@ impl Facade<'_> {
             dn: dn_,
             id: Some(anchor),
             error: None,
+            attributes: Some(written),
         });
     }
 

@@ -7,6 +7,7 @@ pub mod filter;
 pub mod mapping;
 pub mod oauth;
 pub mod profile;
+pub mod profile_policy;
 pub mod resource;
 pub mod schema;
 

@@ -475,7 +475,7 @@ fn parse_typed(attr: &str, rest: &str) -> Option<TextPath> {
 }
 
 /// Whether `name` is an LDAP attribute descriptor (RFC 4512 `descr`) or numeric OID.
-fn is_attribute_name(name: &str) -> bool {
+pub fn is_attribute_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     match bytes.first() {
         Some(b) if b.is_ascii_alphabetic() => bytes
@@ -760,29 +760,122 @@ impl SyncProfile {
 
     /// Applies TOML overrides (format in `docs/profile.md`). All or nothing: on error the
     /// profile is dropped and the error names the first bad key.
-    pub fn with_overrides(mut self, toml_text: &str) -> Result<SyncProfile, ProfileError> {
+    pub fn with_overrides(self, toml_text: &str) -> Result<SyncProfile, ProfileError> {
+        Overrides::parse(toml_text).map(|o| self.with(&o))
+    }
+
+    /// Applies overrides that [`Overrides::parse`] checked (nothing can fail any more).
+    pub fn with(mut self, o: &Overrides) -> SyncProfile {
+        for (kind, r) in [
+            (ResourceKind::User, &o.user),
+            (ResourceKind::Group, &o.group),
+        ] {
+            if let Some(r) = r {
+                self.resource_mut(kind).apply(r);
+            }
+        }
+        self
+    }
+}
+
+/// An override text, parsed and checked key by key but not applied: what a caller that
+/// must judge an override (the cloud's, see [`crate::scim::profile_policy`]) looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Overrides {
+    user: Option<ResourceOverrides>,
+    group: Option<ResourceOverrides>,
+}
+
+/// The overrides of one resource kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct ResourceOverrides {
+    filter: Option<String>,
+    object_classes: Option<Vec<String>>,
+    exclude_object_classes: Option<Vec<String>>,
+    anchor: Option<AnchorSource>,
+    mappings: Vec<MappingOverride>,
+}
+
+/// One key under `[user.attributes]` or `[group.attributes]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingOverride {
+    /// The key as written, e.g. `user.attributes."nickName"`.
+    pub key: String,
+    /// The SCIM attribute it names.
+    pub target: Target,
+    /// Its new source; `None` drops the mapping.
+    pub source: Option<Source>,
+}
+
+impl Overrides {
+    /// Parses and checks override text (format in `docs/profile.md`); the error names the
+    /// first bad key.
+    pub fn parse(toml_text: &str) -> Result<Overrides, ProfileError> {
         let raw: RawOverrides = toml::from_str(toml_text).map_err(|e| ProfileError::Syntax {
             detail: e.to_string().trim_end().to_string(),
         })?;
-        if let Some(user) = raw.user {
-            self.apply(ResourceKind::User, user)?;
-        }
-        if let Some(group) = raw.group {
-            self.apply(ResourceKind::Group, group)?;
-        }
-        Ok(self)
+        Ok(Overrides {
+            user: raw
+                .user
+                .map(|r| ResourceOverrides::parse(ResourceKind::User, r))
+                .transpose()?,
+            group: raw
+                .group
+                .map(|r| ResourceOverrides::parse(ResourceKind::Group, r))
+                .transpose()?,
+        })
     }
 
-    fn apply(&mut self, kind: ResourceKind, raw: RawResource) -> Result<(), ProfileError> {
+    /// The keys that choose which objects are synced, what they are and how they are
+    /// anchored (`user.filter`, `group.object_classes`, `user.exclude_object_classes`,
+    /// `group.anchor`), users first.
+    pub fn selection_keys(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, r) in [
+            (ResourceKind::User, &self.user),
+            (ResourceKind::Group, &self.group),
+        ] {
+            let Some(r) = r else { continue };
+            let section = kind.word();
+            for (set, field) in [
+                (r.filter.is_some(), "filter"),
+                (r.object_classes.is_some(), "object_classes"),
+                (r.exclude_object_classes.is_some(), "exclude_object_classes"),
+                (r.anchor.is_some(), "anchor"),
+            ] {
+                if set {
+                    out.push(format!("{section}.{field}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// The attribute keys with their resource kind, users first, each in key order.
+    pub fn mappings(&self) -> impl Iterator<Item = (ResourceKind, &MappingOverride)> {
+        [
+            (ResourceKind::User, &self.user),
+            (ResourceKind::Group, &self.group),
+        ]
+        .into_iter()
+        .flat_map(|(kind, r)| {
+            r.iter()
+                .flat_map(move |r| r.mappings.iter().map(move |m| (kind, m)))
+        })
+    }
+}
+
+impl ResourceOverrides {
+    fn parse(kind: ResourceKind, raw: RawResource) -> Result<ResourceOverrides, ProfileError> {
         let section = kind.word();
         let invalid = |field: &str, detail: String| ProfileError::Invalid {
             key: format!("{section}.{field}"),
             detail,
         };
-        let r = self.resource_mut(kind);
+        let mut out = ResourceOverrides::default();
         if let Some(filter) = raw.filter {
             check_filter(&filter).map_err(|d| invalid("filter", d))?;
-            r.filter = filter.trim().to_string();
+            out.filter = Some(filter.trim().to_string());
         }
         if let Some(classes) = raw.object_classes {
             if classes.is_empty() {
@@ -791,12 +884,12 @@ impl SyncProfile {
                     "needs at least one object class".to_string(),
                 ));
             }
-            r.object_classes =
-                attribute_list(&classes).map_err(|d| invalid("object_classes", d))?;
+            out.object_classes =
+                Some(attribute_list(&classes).map_err(|d| invalid("object_classes", d))?);
         }
         if let Some(classes) = raw.exclude_object_classes {
-            r.exclude_object_classes =
-                attribute_list(&classes).map_err(|d| invalid("exclude_object_classes", d))?;
+            out.exclude_object_classes =
+                Some(attribute_list(&classes).map_err(|d| invalid("exclude_object_classes", d))?);
         }
         if let Some(anchor) = raw.anchor {
             if anchor.attributes.is_empty() {
@@ -805,7 +898,7 @@ impl SyncProfile {
                     "needs at least one attribute".to_string(),
                 ));
             }
-            r.anchor = AnchorSource {
+            out.anchor = Some(AnchorSource {
                 attributes: attribute_list(&anchor.attributes)
                     .map_err(|d| invalid("anchor.attributes", d))?,
                 encoding: match anchor.encoding {
@@ -813,9 +906,8 @@ impl SyncProfile {
                     RawEncoding::Base64 => AnchorEncoding::Base64,
                     RawEncoding::Text => AnchorEncoding::Text,
                 },
-            };
+            });
         }
-        let mut seen: Vec<(Target, String)> = Vec::new();
         for (key, value) in raw.attributes.unwrap_or_default() {
             let full_key = format!("{section}.attributes.\"{key}\"");
             let target =
@@ -823,34 +915,64 @@ impl SyncProfile {
                     key: full_key.clone(),
                     allowed,
                 })?;
-            if let Some((_, other)) = seen.iter().find(|(t, _)| *t == target) {
+            if let Some(other) = out.mappings.iter().find(|m| m.target == target) {
                 return Err(ProfileError::Invalid {
                     key: full_key,
-                    detail: format!("names the same SCIM attribute ({target}) as key \"{other}\""),
+                    detail: format!(
+                        "names the same SCIM attribute ({target}) as key {}",
+                        other
+                            .key
+                            .strip_prefix(&format!("{section}.attributes."))
+                            .unwrap_or(&other.key)
+                    ),
                 });
             }
-            seen.push((target, key.clone()));
-            let bad = |detail: String| ProfileError::Invalid {
+            let source = parse_source(target, &value).map_err(|detail| ProfileError::Invalid {
                 key: full_key.clone(),
                 detail,
-            };
-            match parse_source(target, &value).map_err(bad)? {
-                None => {
-                    if is_required(kind, target) {
-                        return Err(ProfileError::Invalid {
-                            key: full_key,
-                            detail: format!("{target} is required by SCIM and cannot be dropped"),
-                        });
-                    }
-                    r.mappings.retain(|m| m.target != target);
-                }
-                Some(source) => match r.mappings.iter_mut().find(|m| m.target == target) {
-                    Some(m) => m.source = source,
-                    None => r.mappings.push(Mapping { target, source }),
+            })?;
+            if source.is_none() && is_required(kind, target) {
+                return Err(ProfileError::Invalid {
+                    key: full_key,
+                    detail: format!("{target} is required by SCIM and cannot be dropped"),
+                });
+            }
+            out.mappings.push(MappingOverride {
+                key: full_key,
+                target,
+                source,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl ResourceProfile {
+    fn apply(&mut self, o: &ResourceOverrides) {
+        if let Some(f) = &o.filter {
+            self.filter.clone_from(f);
+        }
+        if let Some(c) = &o.object_classes {
+            self.object_classes.clone_from(c);
+        }
+        if let Some(c) = &o.exclude_object_classes {
+            self.exclude_object_classes.clone_from(c);
+        }
+        if let Some(a) = &o.anchor {
+            self.anchor = a.clone();
+        }
+        for m in &o.mappings {
+            match &m.source {
+                None => self.mappings.retain(|x| x.target != m.target),
+                Some(source) => match self.mappings.iter_mut().find(|x| x.target == m.target) {
+                    Some(x) => x.source = source.clone(),
+                    None => self.mappings.push(Mapping {
+                        target: m.target,
+                        source: source.clone(),
+                    }),
                 },
             }
         }
-        Ok(())
     }
 }
 

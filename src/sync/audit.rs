@@ -3,7 +3,10 @@
 //!
 //! Line format: `{"time":"2026-11-25T22:00:00Z","op":"create","kind":"user","anchor":"...",
 //! "dn":"...","id":"...","status":"ok","error":null}`. `op` is one of `create`, `replace`,
-//! `match`, `deactivate`, `delete`, `hold` (a delete held by the threshold), `fail`.
+//! `match`, `deactivate`, `delete`, `hold` (a delete held by the threshold), `fail`, and for
+//! writes from the cloud `writeback-create`, `writeback-update`, `writeback-delete`; those
+//! lines (and a failed write's `fail`) also name the LDAP attributes written:
+//! `"attributes":["title"]` (names, never values).
 //!
 //! There is one log per process, installed by the command that provisions ([`install`]),
 //! like the `log` facade's logger; [`record`] is a no-op before that (dry runs, tests).
@@ -42,6 +45,9 @@ pub struct Entry<'a> {
     pub id: Option<&'a str>,
     /// The error, for `fail`.
     pub error: Option<&'a str>,
+    /// The LDAP attributes a writeback wrote (or tried to), by name; left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<&'a [String]>,
 }
 
 #[derive(Serialize)]
@@ -201,6 +207,7 @@ mod tests {
             dn,
             id: Some("id1"),
             error: None,
+            attributes: None,
         }
     }
 
@@ -224,6 +231,23 @@ mod tests {
         assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
         assert_eq!(lines[1]["status"], "failed");
         assert_eq!(lines[1]["error"], "409 conflict");
+        assert!(
+            lines[0].get("attributes").is_none(),
+            "only writeback names attributes"
+        );
+        let written = ["title".to_string()];
+        log.record(&Entry {
+            attributes: Some(&written),
+            ..entry("writeback-update", "uid=c,dc=x")
+        });
+        let text = fs::read_to_string(d.join(FILE_NAME)).unwrap();
+        assert!(
+            text.lines()
+                .nth(2)
+                .unwrap()
+                .contains(r#""attributes":["title"]"#),
+            "{text}"
+        );
         fs::remove_dir_all(d).unwrap();
     }
 
@@ -258,6 +282,7 @@ mod tests {
             dn: "uid=a,dc=x",
             id: Some(id),
             error: None,
+            attributes: None,
         };
         log.record(&op("create", "old", "id-1"));
         assert!(!log.retired_by_us("id-1", "old"), "created, not retired");

@@ -378,6 +378,7 @@ impl DeleteGate {
                 dn: &t.dn,
                 id: Some(&t.scim_id),
                 error: Some(&t.reason),
+                attributes: None,
             });
             t.held_at = now;
             self.state.held.push(t);
@@ -523,6 +524,7 @@ pub async fn execute(
             dn: &t.dn,
             id: Some(&t.scim_id),
             error: error.as_deref(),
+            attributes: None,
         });
     }
     result

@@ -131,6 +131,7 @@ fn audit_outcome(job: &Job, outcome: &Outcome) {
         dn: &job.dn,
         id,
         error,
+        attributes: None,
     });
 }
 

@@ -829,6 +829,23 @@ impl Hub {
         (status, serde_json::from_str(&rest).unwrap_or(Value::Null))
     }
 
+    /// Sends the command `body` to `agent` and waits up to `secs` for its answer: (status,
+    /// body), or `None` when none came in time.
+    pub fn command_answer(&self, agent: &str, body: &str, secs: u64) -> Option<(u16, Value)> {
+        let (s, v) = self.op("POST", &format!("/v1/agents/{agent}/commands"), Some(body));
+        assert_eq!(s, 202, "command not queued: {v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let mut answer = None;
+        wait_until(secs, || {
+            let (s, v) = self.op("GET", &format!("/v1/requests/{id}"), None);
+            if s == 200 {
+                answer = Some((v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone()));
+            }
+            answer.is_some()
+        });
+        answer
+    }
+
     /// The role (`active`, `standby`) the hub gives `agent`; none before its first
     /// heartbeat.
     pub fn role(&self, agent: &str) -> Option<String> {
