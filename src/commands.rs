@@ -344,6 +344,7 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
             soft_match: c.sync.soft_match,
             members: member_store(c),
             member_chunk: c.sync.member_chunk,
+            listing: None,
         },
         quiet,
         user_delete: c.sync.user_delete,

@@ -765,3 +765,69 @@ fn a_user_deleted_and_added_again_is_re_anchored_to_its_own_scim_user() {
     assert_eq!(named, 1, "no second user");
     agent.run(&["sync", "--once"]).assert_code(0);
 }
+
+/// Issue 15 (branch-link speed): a first pass paid a lookup per object before each create
+/// (two round trips per object). With many objects unknown to the anchor index the pass
+/// reads what the endpoint holds once, page by page, and matches locally; after the state
+/// directory is lost every object is matched by that listing: no create, no duplicate.
+#[test]
+fn a_first_pass_matches_by_one_listing_not_a_lookup_per_object() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "listing");
+    let o = &ou.dn;
+    let mut ldif = String::new();
+    let mut members = String::new();
+    for i in 0..120 {
+        ldif.push_str(&format!(
+            "dn: uid=l{i:03},{o}\nobjectClass: inetOrgPerson\nuid: l{i:03}\ncn: L {i}\nsn: L\n\n"
+        ));
+        if i < 50 {
+            members.push_str(&format!("member: uid=l{i:03},{o}\n"));
+        }
+    }
+    ldif.push_str(&format!(
+        "dn: cn=listed,{o}\nobjectClass: groupOfNames\ncn: listed\n{members}\n"
+    ));
+    dir.modify(&ldif);
+    let scim = ScimServer::start();
+    let proxy = common::faultproxy::FaultProxy::http(scim.port);
+    let agent = Agent::new(&dir, &[o], &proxy.http_url("/v2"), &scim.token, "");
+    let count = |events: &[common::faultproxy::Event], method: &str, part: &str| {
+        events
+            .iter()
+            .filter(|e| e.method == method && e.path.contains(part))
+            .count()
+    };
+
+    let first = agent.run(&["sync", "--once"]);
+    first.assert_code(0);
+    assert!(
+        first.stderr.contains("matching locally"),
+        "{}",
+        first.stderr
+    );
+    let events = proxy.events();
+    // The pass's probe of the endpoint's lookups makes up to two filtered reads.
+    let lookups = count(&events, "GET", "filter=externalId");
+    assert!(lookups <= 2, "{lookups} lookups by externalId");
+    assert_eq!(count(&events, "POST", "/Users"), 120);
+    assert_eq!(count(&events, "POST", "/Groups"), 1);
+    eprintln!("first pass: {} requests for 121 objects", events.len());
+
+    std::fs::remove_dir_all(agent.tmp.path().join("state")).unwrap();
+    let before = proxy.events().len();
+    let again = agent.run(&["sync", "--once"]);
+    again.assert_code(0);
+    let events = proxy.events()[before..].to_vec();
+    assert_eq!(
+        count(&events, "POST", ""),
+        0,
+        "everything matched, nothing created"
+    );
+    assert!(count(&events, "GET", "filter=externalId") <= 2);
+    assert_eq!(scim.all("Users").len(), 120, "no duplicate");
+    eprintln!(
+        "after a lost state directory: {} requests for 121 objects",
+        events.len()
+    );
+}

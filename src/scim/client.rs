@@ -956,14 +956,72 @@ impl ScimClient {
         value: &str,
         case_exact: bool,
     ) -> Result<Option<Value>, ScimError> {
-        let base = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
         let mut found: Option<Value> = None;
+        let mut twice = false;
+        self.walk(kind, None, |page| {
+            let sifted = sift(page, attribute, value, case_exact)?;
+            for m in sifted.matching {
+                twice |= found.is_some();
+                found = Some(m);
+            }
+            Ok(!twice)
+        })
+        .await?;
+        if twice {
+            return Err(ScimError::Ambiguous {
+                kind,
+                attribute,
+                value: value.to_string(),
+                count: 2,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Reads every resource of `kind`, a page at a time, handing each page (a
+    /// ListResponse) to `each`, which returns `false` to stop early. With `ask`
+    /// (`count` and `attributes` to request), the first page is asked for with them and,
+    /// if the service refuses that, again with `startIndex` alone (some refuse `count`).
+    /// Returns the resources seen. Ends at `totalResults` or an empty page; a service that
+    /// repeats a page (it ignores `startIndex`) or needs more than [`MAX_SCAN_PAGES`] is an
+    /// error: a listing is complete or it is nothing.
+    pub async fn walk(
+        &self,
+        kind: ResourceKind,
+        ask: Option<(u32, &str)>,
+        mut each: impl FnMut(&Value) -> Result<bool, ScimError>,
+    ) -> Result<u64, ScimError> {
+        let base = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
+        let mut extra = ask.map(|(count, attributes)| {
+            format!(
+                "&count={count}&attributes={}",
+                encode_query_component(attributes)
+            )
+        });
         let mut seen: u64 = 0;
         let mut previous_first: Option<Value> = None;
         for _ in 0..MAX_SCAN_PAGES {
             let mut url = base.clone();
-            url.set_query(Some(&format!("startIndex={}", seen + 1)));
-            let page = self.list_page(&url).await?;
+            url.set_query(Some(&format!(
+                "startIndex={}{}",
+                seen + 1,
+                extra.as_deref().unwrap_or("")
+            )));
+            let page = match self.list_page(&url).await {
+                Ok(p) => p,
+                // Asked for more than the service takes: the plain form.
+                // (Canaille answers 500 to `count`.)
+                Err(e)
+                    if seen == 0
+                        && extra.is_some()
+                        && (!e.is_transient() || e.status() == Some(500)) =>
+                {
+                    log::debug!("{e}; listing with startIndex alone");
+                    extra = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let first = page["Resources"].get(0).map(|r| r["id"].clone());
             if first.is_some() && first == previous_first {
                 return Err(ScimError::Decode {
@@ -972,23 +1030,11 @@ impl ScimClient {
                 });
             }
             previous_first = first;
-            let sifted = sift(&page, attribute, value, case_exact)?;
-            seen += sifted.shown;
-            let total = sifted.total;
-            let shown = sifted.shown;
-            for m in sifted.matching {
-                if found.is_some() {
-                    return Err(ScimError::Ambiguous {
-                        kind,
-                        attribute,
-                        value: value.to_string(),
-                        count: 2,
-                    });
-                }
-                found = Some(m);
-            }
-            if shown == 0 || seen >= total {
-                return Ok(found);
+            let shown = page["Resources"].as_array().map_or(0, |a| a.len()) as u64;
+            let total = page["totalResults"].as_u64().unwrap_or(seen + shown);
+            seen += shown;
+            if !each(&page)? || shown == 0 || seen >= total {
+                return Ok(seen);
             }
         }
         Err(ScimError::Decode {

@@ -10,6 +10,7 @@ pub mod deletes;
 pub mod diskmap;
 pub mod dn;
 pub mod follow;
+pub mod listing;
 pub mod members;
 pub mod pass;
 /// The polling feeds, at the path `commands` knows them by (they live with `run`'s other

@@ -33,6 +33,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
@@ -47,6 +48,7 @@ use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Ancho
 use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
 use crate::sync::diskmap::DiskMap;
 use crate::sync::dn;
+use crate::sync::listing::Listing;
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
 
@@ -460,6 +462,8 @@ struct Pass<'a> {
     /// This pass's deletes will be held: references to the objects about to be deleted
     /// stay resolved (a held delete holds its consequences, e.g. group memberships).
     keep_vanishing_refs: bool,
+    /// What the endpoint holds, read once when many objects are unknown.
+    listing: Arc<OnceLock<Listing>>,
     profile: &'a SyncProfile,
     settings: &'a PassSettings,
     index: &'a mut AnchorIndex,
@@ -476,6 +480,9 @@ struct Pass<'a> {
 }
 
 const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Unknown objects from which a full pass reads the endpoint's listing.
+const LISTING_MIN: u64 = 32;
 
 /// At the start of a pass: reads the endpoint's `/Schemas` again (bodies are fitted to
 /// it), and says whether its lookups by externalId can be trusted. The probe only informs:
@@ -509,13 +516,16 @@ pub async fn full_pass(
     let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
     let (jobs_tx, jobs_rx) = channel::bounded::<Job>(settings.concurrency * 2);
+    // Filled after the scan when enough objects are unknown ([`crate::sync::listing`]).
+    let listing: Arc<OnceLock<Listing>> = Arc::default();
     let (done_tx, done_rx) = channel::unbounded::<Done>();
     let mut workers = Vec::new();
     for _ in 0..settings.concurrency {
         let jobs = jobs_rx.clone();
         let done = done_tx.clone();
         let scim = scim.clone();
-        let mode = settings.mode.clone();
+        let mut mode = settings.mode.clone();
+        mode.listing = Some(listing.clone());
         workers.push(smol::spawn(async move {
             while let Ok(job) = jobs.recv().await {
                 let outcome = provision(&scim, &job, &mode).await;
@@ -539,6 +549,7 @@ pub async fn full_pass(
         scim,
         hold: gate.hold_check(),
         keep_vanishing_refs: false,
+        listing,
         profile,
         settings,
         index,
@@ -635,6 +646,7 @@ impl Pass<'_> {
     async fn run(&mut self) -> Result<(), PassError> {
         self.scan().await?;
         self.weigh_vanishing()?;
+        self.read_listing().await?;
         for kind in [ResourceKind::User, ResourceKind::Group] {
             self.total = self.scope.count(kind) as u64;
             self.done = 0;
@@ -656,6 +668,37 @@ impl Pass<'_> {
             self.drain().await;
             self.halt()?;
             self.settle(kind, revisit, &filter, &attr_refs).await?;
+        }
+        Ok(())
+    }
+
+    /// When at least [`LISTING_MIN`] objects in scope are unknown to the anchor index (a
+    /// first pass, a lost state directory, a new endpoint), reads what the endpoint holds
+    /// once instead of looking each of them up; a listing that cannot be had is logged and
+    /// the objects are looked up one by one.
+    async fn read_listing(&mut self) -> Result<(), PassError> {
+        let mut unknown: u64 = 0;
+        for r in self.scope.exts.iter() {
+            let (x, _) = r.map_err(PassError::State)?;
+            if self.index.get_any(&unpack_key(&x)).is_none() {
+                unknown += 1;
+            }
+        }
+        if unknown < LISTING_MIN {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match Listing::read(self.scim, self.index.state_dir(), unknown).await {
+            Ok(l) => {
+                log::info!(
+                    "{unknown} objects unknown to the anchor index: read what the endpoint holds in {:.1} s, matching locally",
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = self.listing.set(l);
+            }
+            Err(e) => log::info!(
+                "{unknown} objects unknown to the anchor index: {e}; looking them up one by one"
+            ),
         }
         Ok(())
     }

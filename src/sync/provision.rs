@@ -28,7 +28,9 @@ use std::sync::Arc;
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::mapping::MemberIds;
 use crate::scim::ResourceKind;
+use crate::sync::listing::{Listed, Listing};
 use crate::sync::members::{MemberStore, MemberSyncError};
+use std::sync::OnceLock;
 
 /// One object to bring in step.
 #[derive(Debug, Clone)]
@@ -79,6 +81,37 @@ pub struct ProvisionMode {
     pub members: Option<Arc<MemberStore>>,
     /// Member values per PATCH request.
     pub member_chunk: usize,
+    /// What the endpoint holds, when a full pass read it ([`crate::sync::listing`]): set
+    /// once while the workers run; unset, every unknown object is looked up.
+    pub listing: Option<Arc<OnceLock<Listing>>>,
+}
+
+impl ProvisionMode {
+    /// The listing's word on an object, [`Listed::Unknown`] without a listing.
+    fn listed(&self, job: &Job) -> Listed {
+        match self.listing.as_ref().and_then(|l| l.get()) {
+            Some(l) => l.lookup(job.kind, &job.external_id),
+            None => Listed::Unknown,
+        }
+    }
+}
+
+/// The id of the resource that shows the object's externalId: from the pass's listing
+/// when it can tell, else by a lookup (proven on the resource either way).
+async fn matched_id(
+    scim: &ScimClient,
+    job: &Job,
+    mode: &ProvisionMode,
+) -> Result<Option<String>, ScimError> {
+    match mode.listed(job) {
+        Listed::Found(id) => Ok(Some(id)),
+        Listed::Absent => Ok(None),
+        Listed::Unknown => scim
+            .find_by_external_id(job.kind, &job.external_id)
+            .await?
+            .map(|found| resource_id(&found))
+            .transpose(),
+    }
 }
 
 impl ProvisionMode {
@@ -89,6 +122,7 @@ impl ProvisionMode {
             soft_match,
             members: None,
             member_chunk: crate::sync::members::DEFAULT_CHUNK,
+            listing: None,
         }
     }
 }
@@ -152,8 +186,7 @@ async fn provision_group(
             // The attributes go with the first member PATCH (one request when both change).
             return Ok(Some(Outcome::Replaced(id.clone())));
         }
-        if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
-            let id = resource_id(&found)?;
+        if let Some(id) = matched_id(scim, job, mode).await? {
             if mode.dry_run {
                 print_op("PATCH", job, Some(&id), attrs);
             } else {
@@ -320,8 +353,7 @@ async fn provision_inner(
         }
     }
 
-    if let Some(found) = scim.find_by_external_id(job.kind, &job.external_id).await? {
-        let id = resource_id(&found)?;
+    if let Some(id) = matched_id(scim, job, mode).await? {
         if mode.dry_run {
             print_op("PUT", job, Some(&id), body);
         } else {
