@@ -2,7 +2,7 @@
 //!
 //! Rust ignores SIGPIPE, so a reader that goes away (`idrelay status | head -1`) turns the
 //! next `println!` into a panic. Everything a command prints for a person or a script goes
-//! through [`write`] instead: a closed pipe ends the process quietly with exit 0, as Unix
+//! through [`write()`] instead: a closed pipe ends the process quietly with exit 0, as Unix
 //! tools do; any other write error ends it with exit 1 and one line on stderr. Logs go to
 //! stderr and are not affected.
 
@@ -17,7 +17,7 @@ pub fn write(args: fmt::Arguments<'_>) {
     }
 }
 
-/// Writes raw bytes to standard output, as [`write`].
+/// Writes raw bytes to standard output, as [`write()`].
 pub fn write_bytes(bytes: &[u8]) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
@@ -33,7 +33,7 @@ fn exit_on(kind: ErrorKind, detail: &str) -> ! {
     std::process::exit(1);
 }
 
-/// `println!` through [`write`].
+/// `println!` through [`write()`](crate::stdout::write).
 #[macro_export]
 macro_rules! outln {
     () => {
@@ -44,7 +44,7 @@ macro_rules! outln {
     };
 }
 
-/// `print!` through [`write`].
+/// `print!` through [`write()`](crate::stdout::write).
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {

@@ -983,7 +983,7 @@ impl ScimClient {
     /// (`count` and `attributes` to request), the first page is asked for with them and,
     /// if the service refuses that, again with `startIndex` alone (some refuse `count`).
     /// Returns the resources seen. Ends at `totalResults` or an empty page; a service that
-    /// repeats a page (it ignores `startIndex`) or needs more than [`MAX_SCAN_PAGES`] is an
+    /// repeats a page (it ignores `startIndex`) or needs more than 10,000 pages is an
     /// error: a listing is complete or it is nothing.
     pub async fn walk(
         &self,
