@@ -33,8 +33,11 @@ pub enum Command {
     },
     /// `run`: full pass when owed, then follow changes until stopped.
     Run,
-    /// `status`: queue, watermark, resync flag, anchor index, held deletes.
-    Status,
+    /// `status [--json]`: healthy or not and why; queue, feed, endpoint, held deletes.
+    Status {
+        /// One JSON object instead of text.
+        json: bool,
+    },
     /// `approve-deletes [--list]`: release the deletes held by the threshold.
     ApproveDeletes {
         /// Only list them.
@@ -109,7 +112,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "--allow-root" => allow_root = true,
             "-h" | "--help" => help = true,
             "-V" | "--version" => words.insert(0, "version"),
-            "--once" | "--dry-run" | "--list" => flags.push(name),
+            "--once" | "--dry-run" | "--list" | "--json" => flags.push(name),
             "--" => words.extend(it.by_ref()),
             s if s.starts_with('-') && s.len() > 1 => {
                 return Err(UsageError(format!("unknown option `{s}`")))
@@ -124,7 +127,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         (Some("version"), false) => Command::Version,
         (Some("check"), false) => Command::Check,
         (Some("run"), false) => Command::Run,
-        (Some("status"), false) => Command::Status,
+        (Some("status"), false) => Command::Status {
+            json: flags.contains(&"--json"),
+        },
         (Some("approve-deletes"), false) => Command::ApproveDeletes {
             list: flags.contains(&"--list"),
         },
@@ -157,13 +162,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
     let allowed: &[&str] = match command {
         Command::Sync { .. } => &["--once", "--dry-run"],
         Command::ApproveDeletes { .. } => &["--list"],
+        Command::Status { .. } => &["--json"],
         _ => &[],
     };
     if let Some(f) = flags.iter().find(|f| !allowed.contains(f)) {
-        let with = if *f == "--list" {
-            "approve-deletes"
-        } else {
-            "sync"
+        let with = match *f {
+            "--list" => "approve-deletes",
+            "--json" => "status",
+            _ => "sync",
         };
         return Err(UsageError(format!("`{f}` only goes with `{with}`")));
     }
@@ -184,7 +190,7 @@ pub fn needs_config(c: &Command) -> bool {
             | Command::Sync { .. }
             | Command::Preview { .. }
             | Command::Run
-            | Command::Status
+            | Command::Status { .. }
             | Command::ApproveDeletes { .. }
     )
 }
@@ -214,7 +220,7 @@ Commands:
   check              validate the config, reach the directory and the SCIM endpoint
   sync --once        one full pass: provision every in-scope user and group, then exit
   run                stay up: a full pass when one is owed, then follow every change
-  status             queue depth and age, resync owed, watermark, last full pass, held deletes
+  status [--json]    healthy or not (exit 0/1) and why: agent, feed, endpoint, queue, deletes
   approve-deletes    release the deletes held by sync.delete_threshold (--list: only show)
   preview DN         show how one directory object maps to SCIM and what the endpoint holds
   version            print the version
@@ -283,12 +289,19 @@ unacknowledged changes are re-sent.
 ";
 
 const HELP_STATUS: &str = "\
-Usage: idrelay --config FILE status
+Usage: idrelay --config FILE status [--json]
 
-Prints the change queue's depth, bytes on disk and bound, the age of the oldest pending
-change, whether a full resync is owed (and why), the watermark, the number of objects in
-the anchor index, when the last full pass completed, and the deletes held for approval.
-Works while `run` is running (reads without taking the lock).
+First line: `healthy: yes`, or `healthy: no (why)`. Then whether `run` is running (it holds
+the state directory's lock), its phase, the change feed's link and last event, the SCIM
+endpoint's state and last error, the change queue's depth, bytes on disk and bound, the age
+of the oldest pending change, whether a full resync is owed (and why), the watermark, the
+number of objects in the anchor index, when the last full pass completed, and the deletes
+held for approval. Works while `run` is running (reads without taking the lock).
+
+--json  the same as one JSON object (docs/status.md)
+
+Exit status: 0 when healthy, 1 when not (docs/status.md says what healthy means), so a
+monitoring check can call it as is.
 ";
 
 const HELP_APPROVE: &str = "\
@@ -378,6 +391,14 @@ mod tests {
             p(&["approve-deletes", "--list"]).unwrap().command,
             Command::ApproveDeletes { list: true }
         );
+        assert_eq!(
+            p(&["status", "--json"]).unwrap().command,
+            Command::Status { json: true }
+        );
+        assert!(p(&["check", "--json"])
+            .unwrap_err()
+            .0
+            .contains("only goes with `status`"));
         assert!(p(&["--config"]).unwrap_err().0.contains("needs a file"));
         let pv = p(&["preview", "uid=a,dc=x"]).unwrap();
         assert_eq!(

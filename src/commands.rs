@@ -407,14 +407,24 @@ fn lock_state_dir(dir: &Path) -> Result<File, String> {
         use std::os::unix::fs::PermissionsExt;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     }
-    let path = dir.join("agent.lock");
+    let path = dir.join(crate::status::LOCK_FILE);
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| format!("agent.state_dir {}: not writable: {e}", dir.display()))?;
-    match f.try_lock() {
+    // `status` probes the lock with a shared lock of a moment: try a few times before
+    // taking a probe for another agent.
+    let mut result = f.try_lock();
+    for _ in 0..5 {
+        if !matches!(result, Err(fs::TryLockError::WouldBlock)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        result = f.try_lock();
+    }
+    match result {
         Ok(()) => Ok(f),
         Err(fs::TryLockError::WouldBlock) => Err(format!(
             "another idrelay process is using agent.state_dir {} (lock {} is held)",
@@ -1197,6 +1207,18 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
         }
     };
     let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    // A runtime file left by an earlier agent says nothing about this one.
+    let _ = fs::remove_file(c.agent.state_dir.join(crate::status::RUNTIME_FILE));
+    let code = run_until_stopped(c, quiet, &queue);
+    // What stays behind for monitoring says "not running".
+    let _ = fs::remove_file(c.agent.state_dir.join(crate::status::RUNTIME_FILE));
+    let stats = queue.lock().unwrap_or_else(|p| p.into_inner()).stats();
+    let doc = status_document(c, false, None, &stats);
+    write_prom(c, &doc);
+    code
+}
+
+fn run_until_stopped(c: &Config, quiet: bool, queue: &crate::sync::follow::SharedQueue) -> i32 {
     let control = Control::new();
     if let Err(e) = control.install() {
         eprintln!("error: cannot install signal handlers: {e}");
@@ -1204,7 +1226,7 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
     }
     let mut config = c.clone();
     loop {
-        let outcome = smol::block_on(run_once(&config, quiet, &queue, &control));
+        let outcome = smol::block_on(run_once(&config, quiet, queue, &control));
         match outcome {
             Err(code) => return code,
             Ok(Request::Stop) => {
@@ -1237,6 +1259,31 @@ async fn run_once(
     queue: &crate::sync::follow::SharedQueue,
     control: &Control,
 ) -> Result<Request, i32> {
+    let (_, scim) = scim_client(c).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILURE
+    })?;
+    let agent = std::sync::Arc::new(crate::relay::agent::AgentState::new(c.relay.is_some()));
+    // Beside everything else: the state files `status` and monitoring read.
+    smol::future::or(
+        async {
+            publish_runtime(c, &agent, &scim, queue).await;
+            Ok(Request::Stop)
+        },
+        follow_once(c, quiet, queue, control, &agent, &scim),
+    )
+    .await
+}
+
+/// One life of `run` with one config, once the SCIM client is built.
+async fn follow_once(
+    c: &Config,
+    quiet: bool,
+    queue: &crate::sync::follow::SharedQueue,
+    control: &Control,
+    agent: &std::sync::Arc<crate::relay::agent::AgentState>,
+    scim: &ScimClient,
+) -> Result<Request, i32> {
     let mut wait = crate::relay::backoff::Backoff::new(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(60),
@@ -1250,6 +1297,7 @@ async fn run_once(
                     .next_delay()
                     .unwrap_or(std::time::Duration::from_secs(60));
                 log::warn!("{e}; retrying in {:.0} s", d.as_secs_f64());
+                agent.set_error(e.to_string());
                 if let Some(r) = control.sleep(d).await {
                     return Ok(r);
                 }
@@ -1258,10 +1306,6 @@ async fn run_once(
     };
     log::info!("directory {} is {}", c.directory.url, src.kind);
     let cloud_text = settle_cloud_profile(c, &src.cloud, true);
-    let (_, scim) = scim_client(c).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::FAILURE
-    })?;
     let mut index = load_index(c).map_err(|e| {
         eprintln!("error: {e}");
         exit::FAILURE
@@ -1284,12 +1328,18 @@ async fn run_once(
         feed: resolve_feed(c, &src).await,
     };
     log::info!("change feed: {}", settings.feed.name());
+    agent.feed.set_kind(
+        settings.feed.name(),
+        match &settings.feed {
+            crate::sync::follow::Feed::Poll(p) => Some(p.interval),
+            crate::sync::follow::Feed::Syncrepl => None,
+        },
+    );
     log::info!(
         "agent {} running: following {}",
         c.agent.id,
         c.scope.include.join("; ")
     );
-    let agent = std::sync::Arc::new(crate::relay::agent::AgentState::new(c.relay.is_some()));
     let relay = match &c.relay {
         None => None,
         Some(r) => {
@@ -1343,15 +1393,15 @@ async fn run_once(
         index: &mut index,
         gate: &mut gate,
         queue: queue.clone(),
-        agent: &agent,
+        agent,
     };
-    let follow = crate::sync::follow::run(&src.dir, &scim, &src.profile, st, &settings, control);
+    let follow = crate::sync::follow::run(&src.dir, scim, &src.profile, st, &settings, control);
     let result = match &relay {
         None => follow.await,
         // The relay runs beside the sync loop; when the loop ends (stop, reload), so does it.
         Some((relay, remote)) => {
             smol::future::or(follow, async {
-                relay.run(remote, &agent, control).await;
+                relay.run(remote, agent, control).await;
                 // The relay only returns on a stop or reload request: let the loop see it.
                 std::future::pending().await
             })
@@ -1508,7 +1558,141 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
 }
 
 /// `status`: read-only view of the queue and the anchor index.
-pub fn status(c: &Config) -> i32 {
+/// How often the running agent looks at its state for [`publish_runtime`].
+const PUBLISH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// The runtime file is rewritten at least this often (and at once on a change).
+const RUNTIME_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// The textfile is rewritten at least this often (and at once on a change).
+const PROM_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The status document for `c`: the files of the state directory, the queue's `stats`,
+/// and the running agent's runtime state (`rt`, with its age) when one runs.
+fn status_document(
+    c: &Config,
+    running: bool,
+    rt: Option<(&crate::status::Runtime, u64)>,
+    stats: &crate::queue::QueueStats,
+) -> crate::status::Document {
+    use crate::status::{unix, Document, LastPass, QueueDoc};
+    let now = unix(std::time::SystemTime::now());
+    let gate = open_gate(c);
+    let (held, unmatched) = match &gate {
+        Ok(g) => (g.held().len() as u64, g.unmatched().0),
+        Err(_) => (0, 0),
+    };
+    let last = crate::sync::follow::last_full_pass(&c.agent.state_dir).map(unix);
+    let mut d = Document {
+        agent: c.agent.id.clone(),
+        healthy: false,
+        problems: Vec::new(),
+        running,
+        pid: None,
+        phase: None,
+        runtime_age_secs: None,
+        feed: Default::default(),
+        endpoint: Default::default(),
+        queue: QueueDoc {
+            depth: stats.depth,
+            bytes: stats.bytes,
+            max_bytes: c.queue.max_bytes,
+            oldest_age_secs: stats.oldest_age.map(|a| a.as_secs()),
+            resync_owed: stats.resync_owed.is_some(),
+            resync_reason: stats.resync_owed.map(|r| r.as_str().to_string()),
+            resync_waiting_secs: 0,
+        },
+        held_deletes: held,
+        unmatched_deletes: unmatched,
+        last_full_pass: LastPass {
+            at: last,
+            age_secs: last.map(|t| now.saturating_sub(t)),
+        },
+        last_error: None,
+    };
+    d.apply_runtime(rt, now);
+    let mut d = d.judge();
+    if let Err(e) = gate {
+        // It may hold deletes nobody has seen.
+        d.problems.push(e);
+        d.healthy = false;
+    }
+    d
+}
+
+/// Writes the node_exporter textfile; a failure is logged, never fatal.
+fn write_prom(c: &Config, doc: &crate::status::Document) {
+    let path = c.agent.state_dir.join(crate::status::PROM_FILE);
+    if let Err(e) = crate::status::write_private(&path, crate::status::render_prom(doc).as_bytes())
+    {
+        log::debug!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// The running agent's side of `status`: every [`PUBLISH_TICK`] it looks at its state and
+/// writes `runtime.json` when it changed (at least every [`RUNTIME_EVERY`]) and
+/// `idrelay.prom` when it changed (at least every [`PROM_EVERY`]). Never returns.
+async fn publish_runtime(
+    c: &Config,
+    agent: &crate::relay::agent::AgentState,
+    scim: &ScimClient,
+    queue: &crate::sync::follow::SharedQueue,
+) {
+    use crate::status::{unix, write_private, Runtime, RUNTIME_FILE};
+    use std::time::{Instant, SystemTime};
+    let started_at = unix(SystemTime::now());
+    let mut last_rt: Option<(Runtime, Instant)> = None;
+    let mut last_prom: Option<Instant> = None;
+    let mut owed_since: Option<u64> = None;
+    loop {
+        let phase = *agent.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let q = queue.clone();
+        let stats =
+            smol::unblock(move || q.lock().unwrap_or_else(|p| p.into_inner()).stats()).await;
+        let now = unix(SystemTime::now());
+        owed_since = if stats.resync_owed.is_some() && phase != "full-pass" {
+            owed_since.or(Some(now))
+        } else {
+            None
+        };
+        let rt = Runtime {
+            v: 1,
+            pid: std::process::id(),
+            started_at,
+            updated_at: now,
+            phase: phase.to_string(),
+            feed: agent.feed.facts(),
+            endpoint: scim.endpoint_health(),
+            last_error: agent
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            resync_waiting_since: owed_since,
+        };
+        let changed = last_rt.as_ref().is_none_or(|(prev, _)| !prev.same_as(&rt));
+        if changed
+            || last_rt
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() >= RUNTIME_EVERY)
+        {
+            let path = c.agent.state_dir.join(RUNTIME_FILE);
+            let body = serde_json::to_vec_pretty(&rt).unwrap_or_default();
+            if let Err(e) = write_private(&path, &body) {
+                log::debug!("cannot write {}: {e}", path.display());
+            }
+            if changed || last_prom.is_none_or(|at| at.elapsed() >= PROM_EVERY) {
+                write_prom(c, &status_document(c, true, Some((&rt, 0)), &stats));
+                last_prom = Some(Instant::now());
+            }
+            last_rt = Some((rt, Instant::now()));
+        }
+        smol::Timer::after(PUBLISH_TICK).await;
+    }
+}
+
+/// `status`: whether the agent is healthy (first line, and the exit status: 0 healthy, 1
+/// not), then what the state directory and the running agent say; `json`: the same as
+/// one JSON object (docs/status.md).
+pub fn status(c: &Config, json: bool) -> i32 {
     let qc = queue_config(c);
     let view = match crate::queue::Queue::inspect(&qc.dir) {
         Ok(v) => v,
@@ -1517,8 +1701,62 @@ pub fn status(c: &Config) -> i32 {
             return exit::FAILURE;
         }
     };
+    let now = crate::status::unix(std::time::SystemTime::now());
+    let (running, rt) = crate::status::read_runtime(&c.agent.state_dir, now);
+    let doc = status_document(c, running, rt.as_ref().map(|(r, a)| (r, *a)), &view.stats);
+    let code = if doc.healthy { exit::OK } else { exit::FAILURE };
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return code;
+    }
+    let ago = |secs: u64| {
+        format!(
+            "{} ago",
+            crate::sync::progress::format_duration(std::time::Duration::from_secs(secs))
+        )
+    };
+    if doc.healthy {
+        crate::outln!("healthy: yes");
+    } else {
+        crate::outln!("healthy: no ({})", doc.problems.join("; "));
+    }
+    match (&doc.pid, &doc.phase) {
+        (Some(pid), Some(phase)) => {
+            crate::outln!("agent:        {}: running (pid {pid}), {phase}", c.agent.id)
+        }
+        _ if doc.running => crate::outln!("agent:        {}: running, starting", c.agent.id),
+        _ => crate::outln!("agent:        {}: not running", c.agent.id),
+    }
+    if doc.running {
+        let f = &doc.feed;
+        crate::outln!(
+            "feed:         {}: {}{}",
+            f.kind.as_deref().unwrap_or("not chosen yet"),
+            if f.connected {
+                "connected"
+            } else {
+                "NOT connected"
+            },
+            f.last_event_age_secs
+                .map(|a| format!(", last event {}", ago(a)))
+                .unwrap_or_default()
+        );
+        let e = &doc.endpoint;
+        crate::outln!(
+            "endpoint:     {}{}",
+            match e.state {
+                crate::status::EndpointState::Ok => "ok",
+                crate::status::EndpointState::Unhealthy => "UNHEALTHY",
+                crate::status::EndpointState::Unknown => "unknown (no request yet)",
+            },
+            match (&e.last_error, e.last_error_age_secs) {
+                (Some(err), Some(a)) => format!("; last error {}: {err}", ago(a)),
+                (Some(err), None) => format!("; last error: {err}"),
+                _ => String::new(),
+            }
+        );
+    }
     let s = &view.stats;
-    crate::outln!("agent:        {}", c.agent.id);
     crate::outln!(
         "queue:        {} changes pending, {} of {} bytes on disk, {} segments",
         s.depth,
@@ -1647,9 +1885,9 @@ pub fn status(c: &Config) -> i32 {
         Err(e) => crate::outln!("deletes:      {e}"),
     }
     if let Ok(g) = open_gate(c) {
-        println!("unmatched:    {}", unmatched_line(g.unmatched()));
+        crate::outln!("unmatched:    {}", unmatched_line(g.unmatched()));
     }
-    exit::OK
+    code
 }
 
 /// The `status` line about feed deletes that matched no provisioned object.

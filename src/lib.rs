@@ -11,6 +11,7 @@
 //! * [`scim`]: SCIM resources, profile mapping (pure), the provisioning client.
 //! * [`sync`]: the engine: full pass, anchor index, reconcile.
 //! * [`stdout`]: what commands print; a closed pipe ends the process quietly.
+//! * [`status`]: the health document of `status`, and what `run` publishes for it.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod remote;
 pub mod scim;
 pub mod secret;
 pub mod signals;
+pub mod status;
 pub mod stdout;
 pub mod sync;
 pub mod writeback;

@@ -74,7 +74,7 @@ fn run(args: &[String]) -> i32 {
         Command::Sync { dry_run } => commands::sync_once(&config, dry_run, inv.quiet),
         Command::Preview { dn } => commands::preview(&config, &dn),
         Command::Run => commands::run(&config, inv.quiet),
-        Command::Status => commands::status(&config),
+        Command::Status { json } => commands::status(&config, json),
         Command::ApproveDeletes { list } => commands::approve_deletes(&config, list),
         Command::Help(_) | Command::Version => unreachable!("handled above"),
     }

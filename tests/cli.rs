@@ -75,8 +75,64 @@ fn root_is_refused_without_allow_root() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allow-root"), "{err}");
-    // With the flag it runs.
-    agent.run(&["status"]).assert_code(0);
+    // With the flag it runs (exit 1: no agent runs, so not healthy; not the refusal's 2).
+    agent.run(&["status"]).assert_code(1);
+}
+
+/// `status` with no agent running: not healthy, exit 1, in text and JSON; a runtime file
+/// left behind by a dead agent (nobody holds the lock) is not taken for a live one.
+#[test]
+fn status_without_a_running_agent_is_not_healthy() {
+    let agent = offline_agent();
+    let r = agent.run(&["status", "--json"]);
+    r.assert_code(1);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect(&r.stdout);
+    assert_eq!(v["running"], false, "{v}");
+    assert_eq!(v["healthy"], false, "{v}");
+    assert!(v["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("agent not running"));
+    assert_eq!(v["endpoint"]["state"], "unknown", "{v}");
+    assert_eq!(v["feed"]["connected"], false, "{v}");
+    assert_eq!(v["queue"]["depth"], 0, "{v}");
+    assert_eq!(v["queue"]["resync_owed"], true, "{v}");
+    assert_eq!(v["held_deletes"], 0, "{v}");
+    assert!(v["last_full_pass"]["at"].is_null(), "{v}");
+
+    // A dead agent's runtime file claims a healthy, connected agent.
+    let state = agent.tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        state.join("runtime.json"),
+        format!(
+            r#"{{"v":1,"pid":1,"started_at":{now},"updated_at":{now},"phase":"following",
+            "feed":{{"kind":"syncrepl","connected":true,"last_event_at":{now},"poll_interval_secs":null}},
+            "endpoint":{{"state":"ok","last_error":null,"last_error_at":null}},
+            "last_error":null,"resync_waiting_since":null}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(state.join("agent.lock"), "").unwrap();
+    let r = agent.run(&["status", "--json"]);
+    r.assert_code(1);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect(&r.stdout);
+    assert_eq!(v["running"], false, "{v}");
+    assert_eq!(v["feed"]["connected"], false, "{v}");
+    assert!(v["pid"].is_null(), "{v}");
+
+    let r = agent.run(&["status"]);
+    r.assert_code(1);
+    let first = r.stdout.lines().next().unwrap();
+    assert!(
+        first.starts_with("healthy: no (agent not running"),
+        "{first}"
+    );
+    assert!(r.stdout.contains("not running"), "{}", r.stdout);
 }
 
 #[test]

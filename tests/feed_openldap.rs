@@ -237,7 +237,13 @@ fn a_delete_burst_over_the_threshold_waits_for_approval() {
         );
     }
     let status = agent.run(&["status"]);
-    status.assert_code(0);
+    // Held deletes make the agent unhealthy until a human looks.
+    status.assert_code(1);
+    assert!(
+        status.stdout.starts_with("healthy: no (") && status.stdout.contains("5 deletes are held"),
+        "{}",
+        status.stdout
+    );
     assert!(
         status.stdout.contains("5 HELD for approval"),
         "{}",

@@ -61,6 +61,8 @@ pub struct AgentState {
     pub last_progress: Mutex<Option<Instant>>,
     /// When the relay last reached the hub.
     pub last_heartbeat: Mutex<Option<Instant>>,
+    /// The change feed's link (set by the feed tasks, published for `status`).
+    pub feed: std::sync::Arc<crate::status::FeedLink>,
     started: Instant,
 }
 
@@ -77,6 +79,7 @@ impl AgentState {
             last_error: Mutex::new(None),
             last_progress: Mutex::new(None),
             last_heartbeat: Mutex::new(None),
+            feed: std::sync::Arc::default(),
             started: Instant::now(),
         }
     }

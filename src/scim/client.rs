@@ -606,6 +606,8 @@ struct Learnt {
     schema: std::sync::Mutex<Option<Arc<EndpointSchema>>>,
     /// The last request's refusal of the credentials (401), until a request succeeds.
     refused_auth: std::sync::Mutex<Option<String>>,
+    /// How the latest request fared, for `status`.
+    health: std::sync::Mutex<crate::status::EndpointHealth>,
     /// Fits already logged (`emails.primary`, `+members`), once each.
     fits_logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -1205,7 +1207,11 @@ impl ScimClient {
             let (token, generation) = match &self.cfg.credential {
                 Credential::Bearer(t) => (t.clone(), None),
                 Credential::OAuth(src) => {
-                    let (t, g) = src.bearer().await.map_err(ScimError::Token)?;
+                    let (t, g) = src.bearer().await.map_err(|e| {
+                        let e = ScimError::Token(e);
+                        self.health().failed(e.to_string());
+                        e
+                    })?;
                     (t, Some(g))
                 }
             };
@@ -1216,7 +1222,9 @@ impl ScimClient {
                 req = req.header("Content-Type", SCIM_JSON).body(b.clone());
             }
             self.count(method);
-            let (next, outcome) = match self.http.send(req).await {
+            let sent = self.http.send(req).await;
+            self.note_health(method, url, &sent);
+            let (next, outcome) = match sent {
                 // A refused OAuth2 token is replaced once, at once: it may have expired early.
                 Ok(resp) if resp.status == 401 && !renewed && generation.is_some() => {
                     if let (Credential::OAuth(src), Some(g)) = (&self.cfg.credential, generation) {
@@ -1279,6 +1287,35 @@ impl ScimClient {
         } else if (200..300).contains(&status) {
             *refused = None;
         }
+    }
+
+    /// Records for `status` how a request fared: an answer that is about the object (2xx,
+    /// most 4xx) shows the endpoint works; a transport error, a 5xx, a 429 or a 401 shows it
+    /// does not (the text names method, path and status, never a header).
+    fn note_health(&self, method: Method, url: &Url, sent: &Result<HttpResponse, HttpError>) {
+        let mut h = self.health();
+        match sent {
+            Ok(r) if r.status == 401 => h.failed(format!(
+                "SCIM {method} {} answered 401: the credentials were refused",
+                shown_path(url)
+            )),
+            Ok(r) if r.status >= 500 || r.status == 429 => h.failed(format!(
+                "SCIM {method} {} answered {}",
+                shown_path(url),
+                r.status
+            )),
+            Ok(_) => h.ok(),
+            Err(error) => h.failed(format!("SCIM {method} {}: {error}", shown_path(url))),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, crate::status::EndpointHealth> {
+        self.learnt.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How the endpoint answered lately (all clones together), for `status`.
+    pub fn endpoint_health(&self) -> crate::status::EndpointHealth {
+        self.health().clone()
     }
 
     /// The refusal of the credentials (401) by the latest request that got an answer, if

@@ -8,11 +8,13 @@
 //! is a delete the sender must see); read objects, decide scope or talk to the endpoint;
 //! clear a resync flag (only a complete full pass does).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ldap::{Directory, LdapError, SyncEvent, SyncMode};
 use crate::queue::{AppendOutcome, ResyncReason};
 use crate::relay::backoff::Backoff;
+use crate::status::FeedLink;
 
 use super::poll::{self, PollError, PollSpec};
 use super::{with_queue, Change, SharedQueue, Watermark};
@@ -49,7 +51,10 @@ pub(super) async fn feed(
     queue: SharedQueue,
     scope: String,
     notify: smol::channel::Sender<()>,
+    link: Arc<FeedLink>,
 ) -> String {
+    // Down again when this task ends or is dropped.
+    let _link = link.guard();
     let mut stream = dir.content_sync(
         &base,
         &filter,
@@ -70,7 +75,12 @@ pub(super) async fn feed(
                 }
                 return e.to_string();
             }
-            Some(Ok(ev)) => ev,
+            Some(Ok(ev)) => {
+                // The search is up: the server sent something (at the latest, the end of
+                // the refresh phase).
+                link.up();
+                ev
+            }
         };
         let mut flush = false;
         match ev {
@@ -146,6 +156,7 @@ async fn append(queue: &SharedQueue, payloads: Vec<Vec<u8>>, mark: Vec<u8>) -> R
 
 /// A polling feed (DirSync, uSN, modifyTimestamp): polls every interval, appends what
 /// changed together with the watermark that covers it.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn poll_feed(
     dir: Directory,
     spec: PollSpec,
@@ -154,10 +165,13 @@ pub(super) async fn poll_feed(
     queue: SharedQueue,
     scope: String,
     notify: smol::channel::Sender<()>,
+    link: Arc<FeedLink>,
 ) -> String {
+    let _link = link.guard();
     loop {
         match poll::poll_once(&dir, &spec, &feed_filter, &mark).await {
             Ok((changes, next)) => {
+                link.up();
                 if !changes.is_empty() || next != mark {
                     let n = changes.len();
                     let mut payloads: Vec<Vec<u8>> = changes.iter().map(encode).collect();

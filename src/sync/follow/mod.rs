@@ -52,7 +52,9 @@
 //! * this file: the run loop (standby, full passes, starting the feed and the sender,
 //!   restarting them), the queue's payload schema ([`Change`], [`Watermark`]) and the
 //!   approved deletes;
-//! * `feed.rs`: the feed tasks, which append changes with the watermark that covers them;
+//! * `feed.rs`: the feed tasks, which append changes with the watermark that covers them
+//!   and keep the agent's [`crate::status::FeedLink`] (up while the search or the polls
+//!   are answered, down when the task ends) for `idrelay status`;
 //! * `poll.rs`: the polling feeds' queries (what changed since a watermark);
 //! * `send.rs`: the sender, which reads the queue, weighs delete bursts and acknowledges;
 //! * `batch.rs`: the batch machine, which applies one batch in per-object order and says
@@ -449,6 +451,7 @@ pub async fn run(
                 queue.clone(),
                 scope.clone(),
                 notify_tx,
+                agent.feed.clone(),
             )),
             Feed::Poll(spec) => smol::spawn(poll_feed(
                 dir.clone(),
@@ -458,6 +461,7 @@ pub async fn run(
                 queue.clone(),
                 scope.clone(),
                 notify_tx,
+                agent.feed.clone(),
             )),
         };
         let ctx = SendCtx {
