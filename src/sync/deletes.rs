@@ -580,6 +580,17 @@ pub async fn settle(
     out
 }
 
+/// A delete the endpoint carried out: logged, and the object leaves the anchor index.
+pub fn landed(index: &mut AnchorIndex, t: &Target, word: &str) {
+    log::info!(
+        "{} {} ({}): {word} at the endpoint",
+        t.kind.word(),
+        t.dn,
+        t.reason
+    );
+    index.remove(&t.anchor);
+}
+
 /// Sends deletes that were approved (they passed the gate already).
 pub async fn send_approved(
     scim: &ScimClient,
@@ -603,13 +614,7 @@ async fn send_one(
 ) {
     match execute(scim, user_delete, t).await {
         Ok(word) => {
-            log::info!(
-                "{} {} ({}): {word} at the endpoint",
-                t.kind.word(),
-                t.dn,
-                t.reason
-            );
-            index.remove(&t.anchor);
+            landed(index, t, word);
             out.sent += 1;
         }
         Err(e) => {

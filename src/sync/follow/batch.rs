@@ -466,13 +466,7 @@ pub(super) async fn send_delete<D: DirectoryReads, E: EndpointWrites>(
 ) -> Applied {
     match ctx.endpoint.delete(target).await {
         Ok(word) => {
-            log::info!(
-                "{} {} ({}): {word} at the endpoint",
-                target.kind.word(),
-                target.dn,
-                target.reason
-            );
-            index.remove(&target.anchor);
+            deletes::landed(index, target, word);
             Applied::Done
         }
         Err(e) if e.is_transient() => Applied::Retry(format!("{}: {e}", target.dn)),

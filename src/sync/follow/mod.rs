@@ -518,13 +518,7 @@ async fn release_approved(
     for t in &targets {
         match endpoint.delete(t).await {
             Ok(word) => {
-                log::info!(
-                    "{} {} ({}): {word} at the endpoint",
-                    t.kind.word(),
-                    t.dn,
-                    t.reason
-                );
-                index.remove(&t.anchor);
+                crate::sync::deletes::landed(index, t, word);
                 sent += 1;
             }
             Err(e) => {
