@@ -600,6 +600,8 @@ struct Learnt {
     external_id_dropped: std::sync::atomic::AtomicBool,
     /// A group member that was a group came back as a user, or not at all.
     nested_refused: std::sync::atomic::AtomicBool,
+    /// Member removals go as a value list (the filter-path form was refused).
+    remove_value_list: std::sync::atomic::AtomicBool,
     /// `/Schemas` was asked for at least once.
     schema_tried: std::sync::atomic::AtomicBool,
     /// What `/Schemas` said, when it answered.
@@ -621,6 +623,8 @@ pub struct EndpointFacts {
     pub external_id_dropped: bool,
     /// The service does not keep groups as group members: nested groups are not sent.
     pub nested_refused: bool,
+    /// The service takes member removals only as a value list.
+    pub remove_value_list: bool,
 }
 
 /// What a probe of the service's lookups found ([`ScimClient::probe_lookups`]).
@@ -733,6 +737,26 @@ impl ScimClient {
             filter_ignored: self.learnt.filter_ignored.load(Ordering::Relaxed),
             external_id_dropped: self.learnt.external_id_dropped.load(Ordering::Relaxed),
             nested_refused: self.learnt.nested_refused.load(Ordering::Relaxed),
+            remove_value_list: self.learnt.remove_value_list.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records which form of member removal the service took (logged when it changes).
+    pub fn note_remove_value_list(&self, value_list: bool) {
+        if self
+            .learnt
+            .remove_value_list
+            .swap(value_list, Ordering::Relaxed)
+            != value_list
+        {
+            log::info!(
+                "SCIM endpoint: member removals are sent {} from now on",
+                if value_list {
+                    "as a value list ({\"op\":\"remove\",\"path\":\"members\",\"value\":[...]})"
+                } else {
+                    "by filter path (members[value eq \"id\"])"
+                }
+            );
         }
     }
 

@@ -923,6 +923,11 @@ trait GroupEndpoint {
         ops: Vec<Value>,
     ) -> Result<Option<Value>, ScimError>;
 
+    /// The form member removals are sent in (what the endpoint took last).
+    fn remove_form(&self) -> RemoveForm;
+    /// The endpoint took removals in `form`: use it from now on.
+    fn prefer_remove_form(&self, form: RemoveForm);
+
     /// The member ids of the group; `None` when it does not exist.
     async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError> {
         match self.group(group_id).await? {
@@ -943,6 +948,18 @@ impl GroupEndpoint for ScimClient {
         ops: Vec<Value>,
     ) -> Result<Option<Value>, ScimError> {
         self.patch(ResourceKind::Group, group_id, ops).await
+    }
+
+    fn remove_form(&self) -> RemoveForm {
+        if self.facts().remove_value_list {
+            RemoveForm::ValueList
+        } else {
+            RemoveForm::PathFilter
+        }
+    }
+
+    fn prefer_remove_form(&self, form: RemoveForm) {
+        self.note_remove_value_list(form == RemoveForm::ValueList);
     }
 }
 
@@ -1129,30 +1146,46 @@ async fn sync_via<E: GroupEndpoint>(
     let mut journal = store.journal(anchor, epoch, has_journal)?;
     // The additions are consumed in order, chunk after chunk.
     let mut to_add = diff.added_ids(new_ids);
+    let mut form = endpoint.remove_form();
     for c in plan_chunks(diff.removed.len(), diff.added_len(), chunk) {
         let removes = || diff.removed.slice(c.removes.clone());
         let adds: Vec<&str> = to_add.by_ref().take(c.adds.len()).collect();
-        journal.begin(removes(), adds.iter().copied())?;
-        let mut ops = std::mem::take(&mut lead_ops);
-        ops.extend(patch_operations(
-            removes(),
-            adds.iter().copied(),
-            RemoveForm::PathFilter,
-        ));
-        let answer = match endpoint.patch_members(group_id, ops).await {
-            Ok(answer) => {
-                journal.close(true)?;
-                answer
-            }
-            Err(e) if e.status() == Some(404) => {
-                drop(journal);
-                return Err(group_gone(store, anchor, group_id));
-            }
-            Err(e) => {
-                if !e.is_ambiguous_write() {
-                    journal.close(false)?;
+        let lead = std::mem::take(&mut lead_ops);
+        let answer = loop {
+            journal.begin(removes(), adds.iter().copied())?;
+            let mut ops = lead.clone();
+            ops.extend(patch_operations(removes(), adds.iter().copied(), form));
+            match endpoint.patch_members(group_id, ops).await {
+                Ok(answer) => {
+                    journal.close(true)?;
+                    if form != endpoint.remove_form() {
+                        endpoint.prefer_remove_form(form);
+                    }
+                    break answer;
                 }
-                return Err(e.into());
+                Err(e) if e.status() == Some(404) => {
+                    drop(journal);
+                    return Err(group_gone(store, anchor, group_id));
+                }
+                // Some services take member removals only as a value list (Entra's form):
+                // the request was certainly refused, so it is sent again in that form.
+                Err(e)
+                    if form == RemoveForm::PathFilter
+                        && !c.removes.is_empty()
+                        && refuses_the_form(&e) =>
+                {
+                    journal.close(false)?;
+                    log::info!(
+                        "SCIM group {group_id}: member removal by filter path refused ({e}); sending it as a value list"
+                    );
+                    form = RemoveForm::ValueList;
+                }
+                Err(e) => {
+                    if !e.is_ambiguous_write() {
+                        journal.close(false)?;
+                    }
+                    return Err(e.into());
+                }
             }
         };
         writes.requests += 1;
@@ -1179,6 +1212,20 @@ async fn sync_via<E: GroupEndpoint>(
     drop(journal);
     store.save(anchor, group_id, new_ids)?;
     Ok(writes)
+}
+
+/// Whether a refused PATCH says the endpoint does not take the filter-path form of a
+/// removal: 501 (not implemented), or 400 naming the path or filter as the problem. Any
+/// other 400 is about the request's content and is reported as it is.
+fn refuses_the_form(e: &ScimError) -> bool {
+    match e.status() {
+        Some(501) => true,
+        Some(400) => matches!(
+            e.scim_type(),
+            Some("invalidPath" | "invalidFilter" | "noTarget" | "invalidSyntax")
+        ),
+        _ => false,
+    }
 }
 
 /// The endpoint misread or dropped member groups: removes the memberships it took for users
@@ -1596,6 +1643,10 @@ mod tests {
         drops: RefCell<BTreeSet<String>>,
         /// PATCH answers 200 with the group (else 204, nothing).
         answers_with_group: Cell<bool>,
+        /// Removals by filter path are refused with 501 (the value-list form is taken).
+        refuses_filter_removal: Cell<bool>,
+        /// The removal form the sync asked to keep.
+        form: Cell<RemoveForm>,
     }
 
     impl FakeGroup {
@@ -1611,6 +1662,8 @@ mod tests {
                 as_users: RefCell::default(),
                 drops: RefCell::default(),
                 answers_with_group: Cell::new(false),
+                refuses_filter_removal: Cell::new(false),
+                form: Cell::new(RemoveForm::PathFilter),
             }
         }
         fn shown(&self) -> Value {
@@ -1642,6 +1695,14 @@ mod tests {
     }
 
     impl GroupEndpoint for FakeGroup {
+        fn remove_form(&self) -> RemoveForm {
+            self.form.get()
+        }
+
+        fn prefer_remove_form(&self, form: RemoveForm) {
+            self.form.set(form);
+        }
+
         async fn group(&self, group_id: &str) -> Result<Option<Value>, ScimError> {
             self.gets.set(self.gets.get() + 1);
             if !self.exists.get() || group_id != self.id {
@@ -1685,6 +1746,12 @@ mod tests {
             if matches!(fault, Some(Fault::LostUnapplied)) {
                 return Err(self.error(504));
             }
+            let filter_removal = ops
+                .iter()
+                .any(|op| op["op"] == "remove" && op["path"] != "members");
+            if self.refuses_filter_removal.get() && filter_removal {
+                return Err(self.error(501));
+            }
             self.patches.set(self.patches.get() + 1);
             let mut values = 0;
             let mut m = self.members.borrow_mut();
@@ -1698,6 +1765,12 @@ mod tests {
                             if !self.drops.borrow().contains(&id) {
                                 m.insert(id);
                             }
+                            values += 1;
+                        }
+                    }
+                    "remove" if path == "members" => {
+                        for v in op["value"].as_array().unwrap() {
+                            m.remove(v["value"].as_str().unwrap());
                             values += 1;
                         }
                     }
@@ -1756,6 +1829,28 @@ mod tests {
             100,
             Vec::new(),
         ))
+    }
+
+    /// Regression (a SCIM library in its test configuration): `remove` with the path
+    /// `members[value eq "id"]` answered 501 and the removal was lost; the value-list form
+    /// works there. A refused removal is sent again in that form, which is then kept.
+    #[test]
+    fn a_removal_refused_in_the_filter_form_goes_as_a_value_list() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g");
+        sync(&ep, &s, &ids(&["a", "b", "c"]), 100).unwrap();
+        ep.refuses_filter_removal.set(true);
+        let w = sync(&ep, &s, &ids(&["a"]), 100).unwrap();
+        assert_eq!((w.removed, w.requests), (2, 1));
+        assert_eq!(ep.members(), ["a"]);
+        assert_eq!(ep.form.get(), RemoveForm::ValueList, "the form is kept");
+        assert_eq!(loaded(&s, "anchor", "g"), Some(ids(&["a"])));
+        // Next time the value list goes first: one request, no refusal.
+        let patches = ep.patches.get();
+        sync(&ep, &s, &ids(&[]), 100).unwrap();
+        assert_eq!(ep.patches.get(), patches + 1);
+        assert!(ep.members().is_empty());
     }
 
     #[test]

@@ -315,15 +315,18 @@ fn whole_body(job: &Job) -> std::borrow::Cow<'_, Value> {
     std::borrow::Cow::Owned(b)
 }
 
-/// PATCH operations replacing every attribute of `attrs` except `schemas` (members are
-/// never touched here).
+/// PATCH operations replacing the group's attributes, one `replace` with a path each (a
+/// replace without a path is refused by some services, and its failure took the member
+/// change in the same request with it). Never `schemas`, `id`, `members` (sent apart) or
+/// `externalId` (the resource already shows it: that is how it was matched).
 fn replace_attributes(attrs: &Value) -> Vec<Value> {
-    let mut value = attrs.clone();
-    if let Value::Object(m) = &mut value {
-        m.remove("schemas");
-        m.remove("id");
-    }
-    vec![serde_json::json!({"op": "replace", "value": value})]
+    let Value::Object(m) = attrs else {
+        return Vec::new();
+    };
+    m.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "schemas" | "id" | "members" | "externalId"))
+        .map(|(k, v)| serde_json::json!({"op": "replace", "path": k, "value": v}))
+        .collect()
 }
 
 async fn provision_inner(
