@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const OPERATOR: &str = "operator-secret-token";
-const A1: &str = "agent-one-token";
-const A2: &str = "agent-two-token";
+const OPERATOR: &str = "operator-secret-token-9fK2";
+const A1: &str = "agent-one-token-Hq81x2Zb";
+const A2: &str = "agent-two-token-Pw73c0Yn";
 
 // ---------------------------------------------------------------------------------------
 // Harness: a hub process, a tiny HTTP/1.1 client.
@@ -37,7 +37,7 @@ impl Hub {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         for (name, token) in [("op", OPERATOR), ("a1", A1), ("a2", A2)] {
-            std::fs::write(dir.join(name), format!("{token}\n")).unwrap();
+            write_private(&dir.join(name), &format!("{token}\n"));
         }
         let port = free_port();
         let config = format!(
@@ -157,6 +157,13 @@ impl Drop for Hub {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes a token file only its owner may read (the hub refuses any other).
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn free_port() -> u16 {
@@ -647,8 +654,8 @@ fn bad_configs_exit_2_and_name_the_key() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    std::fs::write(dir.join("op"), "op-token\n").unwrap();
-    std::fs::write(dir.join("a"), "a-token\n").unwrap();
+    write_private(&dir.join("op"), "op-token-0123456789abcdef\n");
+    write_private(&dir.join("a"), "a-token-0123456789abcdefg\n");
     let good = format!(
         "operator_token_file = \"{}\"\n[[agent]]\nid = \"a\"\ntoken_file = \"{}\"\n",
         dir.join("op").display(),
@@ -665,7 +672,7 @@ fn bad_configs_exit_2_and_name_the_key() {
     assert_eq!(code, Some(2));
     assert!(err.contains("redeliver"), "{err}");
     let (code, err) = run(&good
-        .replace("a-token", "x")
+        .replace("a-token-0123456789abcdefg", "x")
         .replace(&dir.join("a").display().to_string(), "/nonexistent/a"));
     assert_eq!(code, Some(2));
     assert!(err.contains("agent[0].token_file"), "{err}");

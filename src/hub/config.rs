@@ -3,10 +3,15 @@
 //!
 //! Invariants:
 //! * The hub listens on a loopback address unless `allow_public = true` says otherwise.
-//! * Every agent has its own token; no agent token equals the operator token (an agent must
-//!   never be able to act as the operator).
+//! * Every token is unique: no two agents share one, and no agent token equals the operator
+//!   token (an agent must never be able to act as the operator or as another agent).
+//! * Every token carries at least 128 bits by its length: 32 characters when it is all hex
+//!   digits, 22 otherwise (base64); see [`check_strength`].
 //! * Secrets are read from files only, a trailing newline trimmed, and never printed
 //!   ([`Secret`] redacts itself; errors name the key and the file, never the contents).
+//!   A token file that its group or others may access is refused (chmod 600).
+//! * A plain-HTTP listener on a non-loopback address needs `allow_plaintext = true`
+//!   (tokens would cross the network in clear); the hub then warns at every start.
 //! * `tls_cert_file` and `tls_key_file` come together; the pair is loaded and checked (key
 //!   matches certificate) here, so a bad pair stops the start, not the first handshake.
 
@@ -24,6 +29,16 @@ use crate::secret::Secret;
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8460";
+/// Default `max_connections`: 10,000 agents with a held poll and a second connection
+/// (responses, heartbeat) each, plus room for operators and for connections not yet
+/// authenticated.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 25_000;
+/// Default `max_connections_per_address`.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 256;
+/// Fewest characters of a token made of hex digits only (4 bits each: 128 bits).
+pub const MIN_HEX_TOKEN: usize = 32;
+/// Fewest characters of any other token (base64, 6 bits each: 132 bits).
+pub const MIN_TOKEN: usize = 22;
 
 /// One configured agent.
 #[derive(Debug, Clone)]
@@ -61,6 +76,10 @@ pub struct HubConfig {
     pub forward_timeout: Duration,
     /// Most requests queued (unanswered) per agent.
     pub queue_limit: usize,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most open connections from one IP address.
+    pub max_per_address: usize,
 }
 
 impl fmt::Debug for HubConfig {
@@ -76,6 +95,8 @@ impl fmt::Debug for HubConfig {
             .field("poll_wait", &self.poll_wait)
             .field("forward_timeout", &self.forward_timeout)
             .field("queue_limit", &self.queue_limit)
+            .field("max_connections", &self.max_connections)
+            .field("max_per_address", &self.max_per_address)
             .finish_non_exhaustive()
     }
 }
@@ -86,13 +107,27 @@ impl HubConfig {
         self.heartbeat * self.lease_ttl_heartbeats
     }
 
+    /// What is allowed but weak in this config, one line each (printed by `--check` and
+    /// logged as WARN at every start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            w.push(format!(
+                "`allow_plaintext`: listening on {} with plain HTTP; tokens and directory data \
+                 cross the network in clear",
+                self.listen
+            ));
+        }
+        w
+    }
+
     /// Reads and validates the config file at `path` (token and TLS files from disk).
     pub fn load(path: &Path) -> Result<HubConfig, HubConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| HubConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        HubConfig::parse(path, &text, &|p| std::fs::read(p))
+        HubConfig::parse_with(path, &text, &|p| std::fs::read(p), &read_private)
     }
 
     /// Validates config `text`; `read` reads the token and TLS files (a seam for tests).
@@ -100,6 +135,17 @@ impl HubConfig {
         path: &Path,
         text: &str,
         read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    ) -> Result<HubConfig, HubConfigError> {
+        HubConfig::parse_with(path, text, read, read)
+    }
+
+    /// [`HubConfig::parse`] with `read_secret` for token files ([`HubConfig::load`] passes
+    /// one that refuses a file its group or others may access).
+    fn parse_with(
+        path: &Path,
+        text: &str,
+        read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+        read_secret: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
     ) -> Result<HubConfig, HubConfigError> {
         let raw: RawHub = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
         let invalid = |key: String, message: String| HubConfigError::Invalid {
@@ -122,6 +168,17 @@ impl HubConfig {
                 "listen".into(),
                 format!(
                     "{listen} is not a loopback address; set `allow_public = true` to listen on it"
+                ),
+            ));
+        }
+        let plaintext = raw.tls_cert_file.is_none() && raw.tls_key_file.is_none();
+        if plaintext && !listen.ip().is_loopback() && !raw.allow_plaintext {
+            return Err(invalid(
+                "listen".into(),
+                format!(
+                    "{listen} is not a loopback address and no TLS is configured: set \
+                     `tls_cert_file` and `tls_key_file`, or `allow_plaintext = true` if a TLS \
+                     proxy in front of the hub protects the tokens"
                 ),
             ));
         }
@@ -151,8 +208,11 @@ impl HubConfig {
                 "missing: a file holding the operator's bearer token".into(),
             ));
         };
-        let operator_token =
-            read_token(op_file, read).map_err(|m| invalid("operator_token_file".into(), m))?;
+        let operator_token = read_token(op_file, read_secret)
+            .map_err(|m| invalid("operator_token_file".into(), m))?;
+        // Each token with the key that holds it, to name both in a duplicate.
+        let mut tokens: Vec<(String, Secret)> =
+            vec![("operator_token_file".into(), operator_token.clone())];
 
         if raw.agents.is_empty() {
             return Err(invalid(
@@ -183,14 +243,24 @@ impl HubConfig {
                     "must be 1 to 64 characters of letters, digits, '-', '_' or '.'".into(),
                 ));
             }
-            let token =
-                read_token(&a.token_file, read).map_err(|m| invalid(key("token_file"), m))?;
+            let token = read_token(&a.token_file, read_secret)
+                .map_err(|m| invalid(key("token_file"), m))?;
             if token.expose() == operator_token.expose() {
                 return Err(invalid(
                     key("token_file"),
                     "holds the operator token; every agent needs a token of its own".into(),
                 ));
             }
+            if let Some((other, _)) = tokens.iter().find(|(_, t)| t.expose() == token.expose()) {
+                return Err(invalid(
+                    key("token_file"),
+                    format!(
+                        "holds the same token as `{other}`; every agent needs a token of its own \
+                         (with a shared token one agent could take the other's requests)"
+                    ),
+                ));
+            }
+            tokens.push((key("token_file"), token.clone()));
             agents.push(AgentEntry {
                 id: a.id,
                 token,
@@ -227,6 +297,24 @@ impl HubConfig {
                 format!("{} is out of range: allowed 1 to 100000", raw.queue_limit),
             ));
         }
+        if !(16..=1_000_000).contains(&raw.max_connections) {
+            return Err(invalid(
+                "max_connections".into(),
+                format!(
+                    "{} is out of range: allowed 16 to 1000000",
+                    raw.max_connections
+                ),
+            ));
+        }
+        if !(1..=raw.max_connections).contains(&raw.max_connections_per_address) {
+            return Err(invalid(
+                "max_connections_per_address".into(),
+                format!(
+                    "{} is out of range: allowed 1 to max_connections ({})",
+                    raw.max_connections_per_address, raw.max_connections
+                ),
+            ));
+        }
 
         Ok(HubConfig {
             path: path.to_path_buf(),
@@ -240,6 +328,8 @@ impl HubConfig {
             poll_wait,
             forward_timeout,
             queue_limit: raw.queue_limit,
+            max_connections: raw.max_connections,
+            max_per_address: raw.max_connections_per_address,
         })
     }
 }
@@ -326,6 +416,12 @@ fn default_forward_timeout() -> u64 {
 fn default_queue_limit() -> usize {
     1000
 }
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_per_address() -> usize {
+    DEFAULT_MAX_PER_ADDRESS
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -333,6 +429,8 @@ struct RawHub {
     listen: Option<String>,
     #[serde(default)]
     allow_public: bool,
+    #[serde(default)]
+    allow_plaintext: bool,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     operator_token_file: Option<PathBuf>,
@@ -348,6 +446,10 @@ struct RawHub {
     forward_timeout_secs: u64,
     #[serde(default = "default_queue_limit")]
     queue_limit: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_per_address")]
+    max_connections_per_address: usize,
     #[serde(default, rename = "agent")]
     agents: Vec<RawAgent>,
 }
@@ -377,7 +479,42 @@ fn read_token(
             file.display()
         ));
     }
+    check_strength(token).map_err(|m| format!("{}: {m}", file.display()))?;
     Ok(Secret::new(token))
+}
+
+/// Whether `token` is long enough for 128 bits: at least [`MIN_HEX_TOKEN`] characters when
+/// it is all hex digits, [`MIN_TOKEN`] otherwise (assumed base64: 6 bits a character). The
+/// length is all a config check can see; the rule assumes the token came from a random
+/// generator (`openssl rand -base64 32`). The error never quotes the token.
+pub fn check_strength(token: &str) -> Result<(), String> {
+    let hex = token.bytes().all(|b| b.is_ascii_hexdigit());
+    let need = if hex { MIN_HEX_TOKEN } else { MIN_TOKEN };
+    if token.chars().count() < need {
+        return Err(format!(
+            "the token is too short for 128 bits: it needs at least {MIN_TOKEN} characters \
+             ({MIN_HEX_TOKEN} when it is hex digits only); make one with \
+             `openssl rand -base64 32`"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a secret file that only its owner may access (mode 0600 or stricter); anything
+/// its group or others may read or write is refused, as ssh refuses a private key.
+fn read_private(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "its mode is {:03o}: group and others may access it; run `chmod 600` on it",
+                mode & 0o777
+            ),
+        ));
+    }
+    std::fs::read(p)
 }
 
 fn load_tls(
@@ -461,10 +598,13 @@ group = "g"
 
     fn files(p: &Path) -> std::io::Result<Vec<u8>> {
         match p.to_str().unwrap() {
-            "/s/op" => Ok(b"operator-token\n".to_vec()),
-            "/s/a1" => Ok(b"agent-one".to_vec()),
-            "/s/a2" => Ok(b"agent-two\r\n".to_vec()),
-            "/s/same" => Ok(b"operator-token".to_vec()),
+            "/s/op" => Ok(b"operator-token-0123456789\n".to_vec()),
+            "/s/a1" => Ok(b"agent-one-0123456789abcd".to_vec()),
+            "/s/a2" => Ok(b"agent-two-0123456789abcd\r\n".to_vec()),
+            "/s/a2same" => Ok(b"agent-one-0123456789abcd\n".to_vec()),
+            "/s/same" => Ok(b"operator-token-0123456789".to_vec()),
+            "/s/short" => Ok(b"op-token".to_vec()),
+            "/s/hex31" => Ok(b"0123456789abcdef0123456789abcde".to_vec()),
             "/s/empty" => Ok(b"\n".to_vec()),
             _ => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -493,10 +633,13 @@ group = "g"
         assert_eq!(c.lease_ttl(), Duration::from_secs(180));
         assert_eq!(c.poll_wait, Duration::from_secs(30));
         assert_eq!(c.queue_limit, 1000);
-        assert_eq!(c.operator_token.expose(), "operator-token");
+        assert_eq!(c.operator_token.expose(), "operator-token-0123456789");
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.max_per_address, DEFAULT_MAX_PER_ADDRESS);
+        assert!(c.warnings().is_empty());
         assert_eq!(c.agents[0].group, "a1");
         assert_eq!(c.agents[1].group, "g");
-        assert_eq!(c.agents[1].token.expose(), "agent-two");
+        assert_eq!(c.agents[1].token.expose(), "agent-two-0123456789abcd");
         assert!(c.tls.is_none());
         assert!(
             !format!("{c:?}").contains("agent-one"),
@@ -520,8 +663,17 @@ group = "g"
     fn public_listen_needs_allow_public() {
         let public = format!("listen = \"0.0.0.0:8460\"\n{GOOD}");
         assert_eq!(err_key(&public), "listen");
+        // Public and plain HTTP: refused unless allow_plaintext, then a warning.
         let allowed = format!("listen = \"0.0.0.0:8460\"\nallow_public = true\n{GOOD}");
-        assert!(parse(&allowed).is_ok());
+        let e = parse(&allowed).unwrap_err().to_string();
+        assert!(
+            e.contains("`listen`") && e.contains("allow_plaintext"),
+            "{e}"
+        );
+        let plain = format!("allow_plaintext = true\n{allowed}");
+        let c = parse(&plain).unwrap();
+        assert_eq!(c.warnings().len(), 1);
+        assert!(c.warnings()[0].contains("allow_plaintext"));
         assert_eq!(
             err_key(&format!("listen = \"localhost\"\n{GOOD}")),
             "listen"
@@ -576,11 +728,69 @@ group = "g"
     }
 
     #[test]
+    fn weak_tokens_are_refused() {
+        // Shared by two agents: refused naming the second and the first.
+        let e = parse(&GOOD.replace("/s/a2", "/s/a2same"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`agent[1].token_file`") && e.contains("`agent[0].token_file`"),
+            "{e}"
+        );
+        assert!(!e.contains("agent-one-0123"), "{e}");
+        assert_eq!(
+            err_key(&GOOD.replace("/s/op", "/s/short")),
+            "operator_token_file"
+        );
+        assert_eq!(
+            err_key(&GOOD.replace("/s/a1", "/s/hex31")),
+            "agent[0].token_file"
+        );
+        assert!(check_strength(&"0a".repeat(16)).is_ok());
+        assert!(check_strength("abcdefghijklmnopqrstuv").is_ok());
+        assert!(check_strength("abcdefghijklmnopqrstu").is_err());
+        let e = check_strength("op-token").unwrap_err();
+        assert!(e.contains("128 bits") && !e.contains("op-token"), "{e}");
+    }
+
+    #[test]
+    fn token_files_others_can_read_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::env::temp_dir().join(format!("idrelay-hub-perm-{}", std::process::id()));
+        std::fs::write(&f, "operator-token-0123456789\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_private(&f).unwrap_err().to_string();
+        assert!(e.contains("644") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_private(&f).is_ok());
+        let _ = std::fs::remove_file(&f);
+    }
+
+    #[test]
+    fn connection_caps() {
+        let c = parse(&format!(
+            "max_connections = 100\nmax_connections_per_address = 10\n{GOOD}"
+        ))
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_per_address), (100, 10));
+        assert_eq!(
+            err_key(&format!(
+                "max_connections = 100\nmax_connections_per_address = 101\n{GOOD}"
+            )),
+            "max_connections_per_address"
+        );
+        assert_eq!(
+            err_key(&format!("max_connections = 1\n{GOOD}")),
+            "max_connections"
+        );
+    }
+
+    #[test]
     fn errors_never_quote_secrets() {
         let e = parse(&GOOD.replace("/s/a2", "/s/same"))
             .unwrap_err()
             .to_string();
-        assert!(!e.contains("operator-token"), "{e}");
+        assert!(!e.contains("operator-token-0123"), "{e}");
     }
 
     #[test]

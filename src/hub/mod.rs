@@ -11,7 +11,8 @@
 //!
 //! Layout: [`config`] (file → validated [`config::HubConfig`]), [`lease`] (the
 //! active/standby rule, pure), [`state`] (queues and views, pure, takes `now`), [`route`]
-//! (method + path → route, pure), `conn` (per-connection guards), `server` (sockets, TLS,
+//! (method + path → route, pure), [`replies`] (the agent's `responses` body as a stream,
+//! pure), `conn` (per-connection guards, connection caps), `server` (sockets, TLS,
 //! handlers).
 //!
 //! Invariants:
@@ -27,6 +28,7 @@
 pub mod config;
 mod conn;
 pub mod lease;
+pub mod replies;
 pub mod route;
 mod server;
 pub mod state;
@@ -181,6 +183,9 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     if check_only {
+        for w in cfg.warnings() {
+            println!("WARN {w}");
+        }
         println!(
             "hub config {} is valid: {} agent(s), listen {}",
             config.display(),

@@ -2,13 +2,24 @@
 //! HTTP requests into [`HubState`] calls.
 //!
 //! Limits (a slow or hostile client cannot hold a task or memory for long):
-//! * at most [`MAX_CONNECTIONS`] open connections; more are closed at once;
+//! * at most `max_connections` open connections and `max_connections_per_address` from
+//!   one address; at a cap the oldest connection without a valid token yet is closed to
+//!   make room, and only when there is none the new one is (see `conn::Registry`);
+//! * a connection that has not carried a request with a valid token within
+//!   [`PENDING_DEADLINE`] is closed;
 //! * TLS handshake [`TLS_HANDSHAKE`]; request head 8 KiB / 128 headers / 60 s (async-h1);
 //! * request bodies [`BODY_LIMIT`] (operator and SCIM), [`SMALL_LIMIT`] (poll, heartbeat),
-//!   [`RESPONSES_LIMIT`] (an agent's answers, which carry SCIM list responses), each read
-//!   within [`BODY_TIMEOUT`]; a body that is refused or not read closes the connection;
+//!   each read within [`BODY_TIMEOUT`]; a body that is refused or not read closes the
+//!   connection. Bodies are read only after the token was checked;
+//! * an agent's `responses` are read as a stream, one answer at a time: at most
+//!   [`REPLY_LIMIT`] per answer (a larger one is answered 502 to whoever waits for it, the
+//!   rest of the batch goes on) and [`RESPONSES_LIMIT`] in all;
+//! * the bytes of bodies being read, across all connections, stay within [`BODY_BUDGET`];
+//!   a request that would pass it waits up to [`BUDGET_WAIT`], then gets 503 + Retry-After;
 //! * a response write that stalls for [`WRITE_STALL`] fails;
-//! * a poll is held at most `poll_wait_secs`; a SCIM forward waits at most
+//! * a poll is held at most `poll_wait_secs`, and ends as soon as its client has gone; a
+//!   batch is handed to a poll only after checking that its client is still there (else the
+//!   requests go back to the queue at once); a SCIM forward waits at most
 //!   `forward_timeout_secs`.
 //!
 //! Tokens are compared in constant time and never logged; failed authentication is logged
@@ -20,13 +31,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use http_types::{Request, Response, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use smol::Timer;
 
 use super::config::{valid_name, HubConfig};
-use super::conn::Guarded;
+use super::conn::{peer_gone, peer_gone_now, Guarded, Refused, Registry, PENDING_DEADLINE};
+use super::replies::{Item, Scanner};
 use super::route::{route, AgentCall, Route};
 use super::state::{Answered, Command, EnqueueError, HubState, Limits, Reply, Timing, Work};
 use super::HubError;
@@ -35,14 +46,20 @@ use crate::signals::Control;
 
 /// Protocol major versions served.
 pub const PROTOCOLS: [u32; 1] = [1];
-/// Most open connections.
-pub const MAX_CONNECTIONS: usize = 1024;
 /// Largest operator or SCIM request body.
 pub const BODY_LIMIT: usize = 1 << 20;
 /// Largest poll or heartbeat body.
 pub const SMALL_LIMIT: usize = 64 << 10;
-/// Largest `responses` body from an agent.
-pub const RESPONSES_LIMIT: usize = 16 << 20;
+/// Largest body of one answer in an agent's `responses`.
+pub const REPLY_LIMIT: usize = 16 << 20;
+/// Largest `responses` body from an agent (read as a stream, never held whole).
+pub const RESPONSES_LIMIT: usize = 256 << 20;
+/// Bytes of request bodies being read at once, across all connections.
+pub const BODY_BUDGET: usize = 64 << 20;
+/// Longest a request waits for room in [`BODY_BUDGET`].
+pub const BUDGET_WAIT: Duration = Duration::from_secs(5);
+/// Bytes read from a streamed body at a time.
+const READ_CHUNK: usize = 64 << 10;
 /// Longest a request body may take to arrive.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a response write may make no progress.
@@ -60,7 +77,73 @@ pub struct Hub {
     cfg: HubConfig,
     state: Mutex<HubState>,
     in_flight: AtomicUsize,
-    connections: AtomicUsize,
+    connections: Registry,
+    budget: Budget,
+}
+
+/// One accepted connection, as its handlers see it.
+struct Conn {
+    id: u64,
+    /// The socket (a clone), to look at whether the client has gone.
+    tcp: smol::net::TcpStream,
+    tls: bool,
+    /// A request with a valid token arrived.
+    authenticated: AtomicBool,
+}
+
+/// Bytes of request bodies being read, bounded by [`BODY_BUDGET`].
+struct Budget {
+    used: Mutex<usize>,
+    cap: usize,
+}
+
+/// A share of the [`Budget`], given back on drop.
+struct Grant<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Budget {
+    /// Takes `bytes`, waiting up to [`BUDGET_WAIT`] for room; `None` when there was none.
+    /// With nothing else in flight any size fits (one request is never refused alone).
+    async fn take(&self, bytes: usize) -> Option<Grant<'_>> {
+        let until = Instant::now() + BUDGET_WAIT;
+        loop {
+            {
+                let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+                if *used == 0 || *used + bytes <= self.cap {
+                    *used += bytes;
+                    return Some(Grant {
+                        budget: self,
+                        bytes,
+                    });
+                }
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            Timer::after(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= self.bytes;
+    }
+}
+
+/// 503 + Retry-After: the body budget is spent.
+fn busy(scim: bool) -> Response {
+    let msg = "the hub is reading as many request bodies as it may; try again shortly";
+    let mut r = if scim {
+        scim_error(503, None, msg)
+    } else {
+        error(503, msg)
+    };
+    r.insert_header("Retry-After", "2");
+    r
 }
 
 /// Counts something while alive.
@@ -95,6 +178,7 @@ impl Drop for PollOpen<'_> {
 enum BodyError {
     TooLarge,
     Slow,
+    Busy,
     Broken(String),
 }
 
@@ -103,6 +187,7 @@ impl BodyError {
         match self {
             BodyError::TooLarge => 413,
             BodyError::Slow => 408,
+            BodyError::Busy => 503,
             BodyError::Broken(_) => 400,
         }
     }
@@ -113,7 +198,22 @@ impl BodyError {
                 "request body not received within {} s",
                 BODY_TIMEOUT.as_secs()
             ),
+            BodyError::Busy => {
+                "the hub is reading as many request bodies as it may; try again shortly".into()
+            }
             BodyError::Broken(e) => format!("request body unreadable: {e}"),
+        }
+    }
+
+    /// The error answer (with Retry-After for 503).
+    fn response(&self, limit: usize, scim: bool) -> Response {
+        if let BodyError::Busy = self {
+            return busy(scim);
+        }
+        if scim {
+            scim_error(self.status(), None, &self.message(limit))
+        } else {
+            error(self.status(), &self.message(limit))
         }
     }
 }
@@ -137,11 +237,16 @@ impl Hub {
             limits,
             &boot,
         );
+        let connections = Registry::new(cfg.max_connections, cfg.max_per_address);
         Hub {
             cfg,
             state: Mutex::new(state),
             in_flight: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
+            connections,
+            budget: Budget {
+                used: Mutex::new(0),
+                cap: BODY_BUDGET,
+            },
         }
     }
 
@@ -165,6 +270,16 @@ impl Hub {
                 hub.cfg.agents.len(),
                 hub.cfg.lease_ttl().as_secs()
             );
+            for w in hub.cfg.warnings() {
+                log::warn!("{w}");
+            }
+            log::info!(
+                "at most {} connections, {} from one address; {} s to authenticate",
+                hub.cfg.max_connections,
+                hub.cfg.max_per_address,
+                PENDING_DEADLINE.as_secs()
+            );
+            let mut refused_logged: Option<Instant> = None;
             loop {
                 let next = smol::future::or(async { Some(listener.accept().await) }, async {
                     control.wait().await;
@@ -181,13 +296,38 @@ impl Hub {
                         continue;
                     }
                 };
-                if hub.connections.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    log::warn!("{MAX_CONNECTIONS} connections open; closing the one from {peer}");
-                    continue;
-                }
+                let (id, close) = match hub.connections.admit(peer.ip()) {
+                    Ok((admitted, close)) => (admitted.id, close),
+                    Err(why) => {
+                        // At most one line a second: a flood must not flood the log.
+                        if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            refused_logged = Some(Instant::now());
+                            let (open, _) = hub.connections.counts();
+                            match why {
+                                Refused::PerAddress => log::warn!(
+                                    "{peer}: {} connections from this address, all authenticated; \
+                                     closing the new one (max_connections_per_address)",
+                                    hub.cfg.max_per_address
+                                ),
+                                Refused::Total => log::warn!(
+                                    "{open} connections open, all authenticated; closing the one \
+                                     from {peer} (max_connections)"
+                                ),
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let hub = hub.clone();
                 let tls = tls.clone();
-                smol::spawn(async move { hub.connection(tcp, peer, tls).await }).detach();
+                smol::spawn(async move {
+                    let ended = hub.connection(tcp, peer, tls, id, close).await;
+                    hub.connections.closed(id);
+                    if let Some(why) = ended {
+                        log::debug!("connection from {peer} closed: {why}");
+                    }
+                })
+                .detach();
             }
             log::info!("idrelay-hub stopping");
             for w in hub.state().stop() {
@@ -201,16 +341,50 @@ impl Hub {
         })
     }
 
+    /// Serves one connection until it ends, the registry closes it, or it stays pending
+    /// past [`PENDING_DEADLINE`]; says why when it was closed.
     async fn connection(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         tcp: smol::net::TcpStream,
         peer: SocketAddr,
         tls: Option<futures_rustls::TlsAcceptor>,
-    ) {
-        let _open = Counted::new(&self.connections);
+        id: u64,
+        close: smol::channel::Receiver<()>,
+    ) -> Option<&'static str> {
         let _ = tcp.set_nodelay(true);
+        let conn = Arc::new(Conn {
+            id,
+            tcp: tcp.clone(),
+            tls: tls.is_some(),
+            authenticated: AtomicBool::new(false),
+        });
+        let pending_deadline = async {
+            Timer::after(PENDING_DEADLINE).await;
+            if conn.authenticated.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            Some("no request with a valid token in time")
+        };
+        let evicted = async {
+            let _ = close.recv().await;
+            Some("closed to make room for a new connection")
+        };
+        let serve = async {
+            self.serve_connection(tcp, peer, tls, conn.clone()).await;
+            None
+        };
+        smol::future::or(serve, smol::future::or(evicted, pending_deadline)).await
+    }
+
+    async fn serve_connection(
+        self: &Arc<Self>,
+        tcp: smol::net::TcpStream,
+        peer: SocketAddr,
+        tls: Option<futures_rustls::TlsAcceptor>,
+        conn: Arc<Conn>,
+    ) {
         match tls {
-            None => self.http(tcp, peer).await,
+            None => self.http(tcp, peer, conn).await,
             Some(acceptor) => {
                 let handshake =
                     smol::future::or(async { Some(acceptor.accept(tcp).await) }, async {
@@ -221,7 +395,7 @@ impl Hub {
                 match handshake {
                     Some(Ok(stream)) => {
                         let io = async_dup::Arc::new(async_dup::Mutex::new(stream));
-                        self.http(io, peer).await
+                        self.http(io, peer, conn).await
                     }
                     Some(Err(e)) => log::warn!("TLS handshake with {peer} failed: {e}"),
                     None => log::warn!("TLS handshake with {peer} timed out"),
@@ -230,7 +404,7 @@ impl Hub {
         }
     }
 
-    async fn http<S>(self: &Arc<Self>, io: S, peer: SocketAddr)
+    async fn http<S>(self: &Arc<Self>, io: S, peer: SocketAddr, conn: Arc<Conn>)
     where
         S: AsyncRead + AsyncWrite + Clone + Send + Sync + Unpin + 'static,
     {
@@ -240,7 +414,8 @@ impl Hub {
         let served = async_h1::accept(io, move |req| {
             let hub = hub.clone();
             let poison = poison.clone();
-            async move { Ok(hub.handle(req, &poison).await) }
+            let conn = conn.clone();
+            async move { Ok(hub.handle(req, &poison, &conn).await) }
         })
         .await;
         if let Err(e) = served {
@@ -249,7 +424,7 @@ impl Hub {
     }
 
     /// Answers one request; never fails (every problem is a status).
-    async fn handle(&self, mut req: Request, poison: &AtomicBool) -> Response {
+    async fn handle(&self, mut req: Request, poison: &AtomicBool, conn: &Conn) -> Response {
         let _busy = Counted::new(&self.in_flight);
         let started = Instant::now();
         let method = req.method().to_string();
@@ -258,17 +433,18 @@ impl Hub {
         let mut consumed = req.len() == Some(0);
         let mut res = match route(&method, &path) {
             Route::Agent(agent, call) => {
-                self.agent_call(&mut req, &agent, call, &mut consumed).await
+                self.agent_call(&mut req, &agent, call, &mut consumed, conn)
+                    .await
             }
-            Route::ListAgents => match self.refuse_operator(&req) {
+            Route::ListAgents => match self.refuse_operator(&req, conn) {
                 Some(refused) => refused,
                 None => json_response(200, &self.state().agents_view(Instant::now())),
             },
-            Route::Command(agent) => match self.refuse_operator(&req) {
+            Route::Command(agent) => match self.refuse_operator(&req, conn) {
                 Some(refused) => refused,
                 None => self.command(&mut req, &agent, &mut consumed).await,
             },
-            Route::Request(id) => match self.refuse_operator(&req) {
+            Route::Request(id) => match self.refuse_operator(&req, conn) {
                 Some(refused) => refused,
                 None => match self.state().request_view(&id, Instant::now()) {
                     Some((status, v)) => json_response(status, &v),
@@ -279,7 +455,7 @@ impl Hub {
                 },
             },
             Route::Scim(agent, scim_path) => {
-                if self.operator_ok(&req) {
+                if self.operator_ok(&req, conn) {
                     self.scim(&mut req, &method, &agent, scim_path, &mut consumed)
                         .await
                 } else {
@@ -287,14 +463,14 @@ impl Hub {
                 }
             }
             Route::ScimNotFound => {
-                if self.operator_ok(&req) && req.url().path().ends_with("/.search") {
+                if self.operator_ok(&req, conn) && req.url().path().ends_with("/.search") {
                     // RFC 7644 §3.4.3 search by POST: not offered (GET with a filter is).
                     scim_error(
                         501,
                         None,
                         "POST .search is not implemented; use GET with a filter",
                     )
-                } else if self.operator_ok(&req) {
+                } else if self.operator_ok(&req, conn) {
                     scim_error(
                         404,
                         None,
@@ -327,13 +503,24 @@ impl Hub {
         res
     }
 
-    fn operator_ok(&self, req: &Request) -> bool {
-        bearer_matches(req, &self.cfg.operator_token)
+    fn operator_ok(&self, req: &Request, conn: &Conn) -> bool {
+        let ok = bearer_matches(req, &self.cfg.operator_token);
+        if ok {
+            self.authenticated(conn);
+        }
+        ok
+    }
+
+    /// The connection carried a valid token: no deadline, never closed to make room.
+    fn authenticated(&self, conn: &Conn) {
+        if !conn.authenticated.swap(true, Ordering::SeqCst) {
+            self.connections.authenticated(conn.id);
+        }
     }
 
     /// `Some(401)` unless the request carries the operator token.
-    fn refuse_operator(&self, req: &Request) -> Option<Response> {
-        if self.operator_ok(req) {
+    fn refuse_operator(&self, req: &Request, conn: &Conn) -> Option<Response> {
+        if self.operator_ok(req, conn) {
             return None;
         }
         log::warn!(
@@ -350,6 +537,7 @@ impl Hub {
         agent: &str,
         call: AgentCall,
         consumed: &mut bool,
+        conn: &Conn,
     ) -> Response {
         let version = header(req, "Idrelay-Protocol");
         if !version.is_some_and(|v| PROTOCOLS.iter().any(|p| p.to_string() == v.trim())) {
@@ -374,6 +562,7 @@ impl Hub {
             );
             return unauthorized("unknown agent or wrong token");
         }
+        self.authenticated(conn);
         if header(req, "Idrelay-Agent").is_some_and(|h| h != agent) {
             return error(400, "Idrelay-Agent does not match the agent in the path");
         }
@@ -383,9 +572,9 @@ impl Hub {
         }
         match call {
             AgentCall::Poll => {
-                let body = match read_body(req, SMALL_LIMIT, consumed).await {
+                let body = match self.read_body(req, SMALL_LIMIT, consumed).await {
                     Ok(b) => b,
-                    Err(e) => return error(e.status(), &e.message(SMALL_LIMIT)),
+                    Err(e) => return e.response(SMALL_LIMIT, false),
                 };
                 let wait = if body.iter().all(u8::is_ascii_whitespace) {
                     self.cfg.poll_wait
@@ -400,19 +589,13 @@ impl Hub {
                         _ => return error(400, "poll body must be a JSON object"),
                     }
                 };
-                self.poll(agent, wait).await
+                self.poll(agent, wait, conn).await
             }
-            AgentCall::Responses => {
-                let body = match read_body(req, RESPONSES_LIMIT, consumed).await {
-                    Ok(b) => b,
-                    Err(e) => return error(e.status(), &e.message(RESPONSES_LIMIT)),
-                };
-                self.responses(agent, &body)
-            }
+            AgentCall::Responses => self.responses(req, agent, consumed).await,
             AgentCall::Heartbeat => {
-                let body = match read_body(req, SMALL_LIMIT, consumed).await {
+                let body = match self.read_body(req, SMALL_LIMIT, consumed).await {
                     Ok(b) => b,
-                    Err(e) => return error(e.status(), &e.message(SMALL_LIMIT)),
+                    Err(e) => return e.response(SMALL_LIMIT, false),
                 };
                 let Some(instance) = instance else {
                     return error(400, "a heartbeat needs the Idrelay-Instance header");
@@ -422,7 +605,7 @@ impl Hub {
         }
     }
 
-    async fn poll(&self, agent: &str, wait: Duration) -> Response {
+    async fn poll(&self, agent: &str, wait: Duration, conn: &Conn) -> Response {
         let now = Instant::now();
         if !self.state().poll_started(agent, now) {
             log::info!("agent {agent} is polling");
@@ -443,6 +626,22 @@ impl Hub {
                 b
             };
             if !batch.envelopes.is_empty() {
+                if peer_gone_now(&conn.tcp, conn.tls).await {
+                    // Not delivered: back to the queue at once, for the agent's next poll.
+                    let ids: Vec<String> = batch
+                        .envelopes
+                        .iter()
+                        .filter_map(|e| e["id"].as_str().map(str::to_string))
+                        .collect();
+                    let mut s = self.state();
+                    let n = s.requeue(agent, &ids);
+                    s.poll_gone(agent);
+                    drop(s);
+                    log::info!(
+                        "agent {agent}: its poll's client has gone; {n} request(s) back in the queue"
+                    );
+                    return empty(204);
+                }
                 log::debug!(
                     "agent {agent}: {} request(s) delivered",
                     batch.envelopes.len()
@@ -453,55 +652,119 @@ impl Hub {
                 return empty(204);
             }
             let wake = batch.next_due.map_or(deadline, |d| d.min(deadline));
-            smol::future::or(
+            let gone = smol::future::or(
                 async {
                     let _ = rx.recv().await;
+                    false
                 },
-                async {
-                    Timer::at(wake).await;
-                },
+                smol::future::or(
+                    async {
+                        Timer::at(wake).await;
+                        false
+                    },
+                    async {
+                        peer_gone(&conn.tcp, conn.tls).await;
+                        true
+                    },
+                ),
             )
             .await;
+            if gone {
+                self.state().poll_gone(agent);
+                log::info!("agent {agent}: the client of its held poll has gone");
+                return empty(204);
+            }
         }
     }
 
-    fn responses(&self, agent: &str, body: &[u8]) -> Response {
-        #[derive(Deserialize)]
-        struct Raw {
-            id: String,
-            status: u16,
-            #[serde(default)]
-            body: Value,
+    /// Reads an agent's answers as a stream (see [`Scanner`]) and hands each on as soon as
+    /// it is complete.
+    async fn responses(&self, req: &mut Request, agent: &str, consumed: &mut bool) -> Response {
+        if req.len().is_some_and(|n| n > RESPONSES_LIMIT) {
+            return error(413, &BodyError::TooLarge.message(RESPONSES_LIMIT));
         }
-        #[derive(Deserialize)]
-        struct Answers {
-            responses: Vec<Raw>,
-        }
-        let answers: Answers = match serde_json::from_slice(body) {
-            Ok(a) => a,
-            Err(e) => return error(400, &format!("responses body: {e}")),
+        // At most one answer's body is held at a time, plus what one read brings.
+        let need = req.len().unwrap_or(usize::MAX).min(REPLY_LIMIT) + READ_CHUNK;
+        let Some(_grant) = self.budget.take(need).await else {
+            return busy(false);
         };
-        let mut s = self.state();
-        for r in answers.responses {
-            let outcome = s.answer(
-                agent,
-                &r.id,
-                Reply {
-                    status: r.status,
-                    body: r.body,
-                },
-            );
-            match outcome {
-                Answered::Ignored => log::debug!(
-                    "agent {agent}: answer to unknown or answered request `{}` ignored",
-                    r.id.chars().take(64).collect::<String>()
-                ),
-                Answered::Forwarded | Answered::Stored => {
-                    log::debug!("agent {agent}: request {} answered {}", r.id, r.status)
+        let mut body = req.take_body();
+        let mut scanner = Scanner::new(REPLY_LIMIT);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut items = Vec::new();
+        let mut total = 0usize;
+        let until = Instant::now() + BODY_TIMEOUT;
+        loop {
+            let read = smol::future::or(async { Some(body.read(&mut chunk).await) }, async {
+                Timer::at(until).await;
+                None
+            })
+            .await;
+            let n = match read {
+                None => return error(408, &BodyError::Slow.message(RESPONSES_LIMIT)),
+                Some(Err(e)) => {
+                    return error(400, &BodyError::Broken(e.to_string()).message(0));
                 }
+                Some(Ok(0)) => break,
+                Some(Ok(n)) => n,
+            };
+            total += n;
+            if total > RESPONSES_LIMIT {
+                return error(413, &BodyError::TooLarge.message(RESPONSES_LIMIT));
+            }
+            if let Err(e) = scanner.feed(&chunk[..n], &mut items) {
+                return error(400, &format!("responses body: {e}"));
+            }
+            for item in items.drain(..) {
+                self.take_answer(agent, item);
             }
         }
-        empty(204)
+        *consumed = true;
+        match scanner.finish() {
+            Ok(()) => empty(204),
+            Err(e) => error(400, &format!("responses body: {e}")),
+        }
+    }
+
+    fn take_answer(&self, agent: &str, item: Item) {
+        let (id, reply) = match item {
+            Item::Answer { id, status, body } => (id, Reply { status, body }),
+            Item::TooLarge { id, size } => {
+                log::warn!(
+                    "agent {agent}: the answer to {} is {size} bytes, over the {} a single \
+                     answer may have; answered 502 instead",
+                    printable(&id),
+                    REPLY_LIMIT
+                );
+                let detail = format!(
+                    "agent `{agent}` answered with {size} bytes, more than the hub passes on \
+                     ({REPLY_LIMIT}); ask for less (a smaller `count`)"
+                );
+                (id, Reply::json(502, &scim_error_body(502, None, &detail)))
+            }
+            Item::Bad { id: None, why } => {
+                log::warn!("agent {agent}: an answer ignored: {why}");
+                return;
+            }
+            Item::Bad { id: Some(id), why } => {
+                log::warn!("agent {agent}: the answer to {}: {why}", printable(&id));
+                let detail = format!("agent `{agent}` sent an unusable answer: {why}");
+                (id, Reply::json(502, &scim_error_body(502, None, &detail)))
+            }
+        };
+        let status = reply.status;
+        match self.state().answer(agent, &id, reply) {
+            Answered::Ignored => log::debug!(
+                "agent {agent}: answer to unknown or answered request {} ignored",
+                printable(&id)
+            ),
+            Answered::Forwarded | Answered::Stored => {
+                log::debug!(
+                    "agent {agent}: request {} answered {status}",
+                    printable(&id)
+                )
+            }
+        }
     }
 
     fn heartbeat(&self, agent: &str, instance: &str, body: &[u8]) -> Response {
@@ -551,9 +814,9 @@ impl Hub {
         if !self.state().knows(agent) {
             return error(404, &format!("no agent `{agent}` in the hub config"));
         }
-        let body = match read_body(req, BODY_LIMIT, consumed).await {
+        let body = match self.read_body(req, BODY_LIMIT, consumed).await {
             Ok(b) => b,
-            Err(e) => return error(e.status(), &e.message(BODY_LIMIT)),
+            Err(e) => return e.response(BODY_LIMIT, false),
         };
         let v: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
@@ -590,9 +853,9 @@ impl Hub {
         let body = match method {
             "GET" | "DELETE" => Value::Null,
             "POST" | "PUT" | "PATCH" => {
-                let bytes = match read_body(req, BODY_LIMIT, consumed).await {
+                let bytes = match self.read_body(req, BODY_LIMIT, consumed).await {
                     Ok(b) => b,
-                    Err(e) => return scim_error(e.status(), None, &e.message(BODY_LIMIT)),
+                    Err(e) => return e.response(BODY_LIMIT, true),
                 };
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     Value::Null
@@ -679,25 +942,46 @@ impl Hub {
             );
         };
         let mut r = Response::new(status);
-        if !reply.body.is_null() {
-            r.set_body(reply.body.to_string());
+        if let Some(body) = reply.body {
+            r.set_body(body);
             r.insert_header("Content-Type", SCIM_CONTENT_TYPE);
         }
         r
     }
+
+    /// Reads the whole body (at most `limit` bytes, within [`BODY_TIMEOUT`], inside the
+    /// [`Budget`]).
+    async fn read_body(
+        &self,
+        req: &mut Request,
+        limit: usize,
+        consumed: &mut bool,
+    ) -> Result<Vec<u8>, BodyError> {
+        if req.len().is_some_and(|n| n > limit) {
+            return Err(BodyError::TooLarge);
+        }
+        let need = req.len().unwrap_or(limit).min(limit);
+        let Some(_grant) = self.budget.take(need).await else {
+            return Err(BodyError::Busy);
+        };
+        read_body(req, limit, need, consumed).await
+    }
+}
+
+/// Up to 64 characters of `s` with control characters escaped, for a log line.
+fn printable(s: &str) -> String {
+    s.chars().take(64).flat_map(char::escape_default).collect()
 }
 
 /// Reads the whole body (at most `limit` bytes, within [`BODY_TIMEOUT`]).
 async fn read_body(
     req: &mut Request,
     limit: usize,
+    expected: usize,
     consumed: &mut bool,
 ) -> Result<Vec<u8>, BodyError> {
-    if req.len().is_some_and(|n| n > limit) {
-        return Err(BodyError::TooLarge);
-    }
     let body = req.take_body();
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(expected);
     let read = smol::future::or(
         async { Some(body.take(limit as u64 + 1).read_to_end(&mut buf).await) },
         async {
@@ -770,11 +1054,16 @@ fn unauthorized(message: &str) -> Response {
     r
 }
 
-fn scim_error(code: u16, scim_type: Option<&str>, detail: &str) -> Response {
+fn scim_error_body(code: u16, scim_type: Option<&str>, detail: &str) -> Value {
     let mut body = json!({"schemas": [SCIM_ERROR], "status": code.to_string(), "detail": detail});
     if let Some(t) = scim_type {
         body["scimType"] = Value::String(t.to_string());
     }
+    body
+}
+
+fn scim_error(code: u16, scim_type: Option<&str>, detail: &str) -> Response {
+    let body = scim_error_body(code, scim_type, detail);
     let mut r = Response::new(status_of(code));
     r.set_body(body.to_string());
     r.insert_header("Content-Type", SCIM_CONTENT_TYPE);

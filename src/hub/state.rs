@@ -163,8 +163,19 @@ impl Work {
 pub struct Reply {
     /// HTTP-like status.
     pub status: u16,
-    /// JSON body (`Null`: none).
-    pub body: Value,
+    /// The JSON body as the agent sent it (validated, never parsed into a tree, so a large
+    /// answer costs its size once); `None`: none (or `null`).
+    pub body: Option<String>,
+}
+
+impl Reply {
+    /// A reply with `body` (`Null`: none).
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            status,
+            body: (!body.is_null()).then(|| body.to_string()),
+        }
+    }
 }
 
 /// Why a request could not be queued.
@@ -237,6 +248,8 @@ struct Slot {
     queued_bytes: usize,
     last_poll: Option<Instant>,
     polls_open: u32,
+    /// The last poll ended because its client went away; not connected until it polls.
+    poll_gone: bool,
     seen: Option<Seen>,
     waiters: Vec<Sender<()>>,
     group_warned: bool,
@@ -245,7 +258,8 @@ struct Slot {
 struct CommandResult {
     agent: String,
     command: &'static str,
-    reply: Reply,
+    status: u16,
+    body: Value,
 }
 
 /// The hub's memory.
@@ -280,6 +294,7 @@ impl HubState {
                         queued_bytes: 0,
                         last_poll: None,
                         polls_open: 0,
+                        poll_gone: false,
                         seen: None,
                         waiters: Vec::new(),
                         group_warned: false,
@@ -393,9 +408,37 @@ impl HubState {
         let was = self.connected(agent, now);
         if let Some(slot) = self.agents.get_mut(agent) {
             slot.polls_open += 1;
+            slot.poll_gone = false;
             slot.last_poll = Some(now);
         }
         was
+    }
+
+    /// A held poll of `agent` found its client gone (the socket closed): the agent counts
+    /// as not connected until it polls again, so forwards get a prompt 503, not a 504.
+    pub fn poll_gone(&mut self, agent: &str) {
+        if let Some(slot) = self.agents.get_mut(agent) {
+            slot.poll_gone = true;
+        }
+    }
+
+    /// Hands requests `ids` of `agent` back to the queue as never delivered (the poll that
+    /// took them found its client gone before the answer was written), and wakes its polls.
+    /// Returns how many were still queued.
+    pub fn requeue(&mut self, agent: &str, ids: &[String]) -> usize {
+        let Some(slot) = self.agents.get_mut(agent) else {
+            return 0;
+        };
+        let mut n = 0;
+        for q in slot.queue.iter_mut().filter(|q| ids.contains(&q.id)) {
+            q.delivered = None;
+            q.deliveries = q.deliveries.saturating_sub(1);
+            n += 1;
+        }
+        for w in slot.waiters.drain(..) {
+            let _ = w.try_send(());
+        }
+        n
     }
 
     /// A poll from `agent` ended.
@@ -410,8 +453,10 @@ impl HubState {
     pub fn connected(&self, agent: &str, now: Instant) -> bool {
         self.agents.get(agent).is_some_and(|s| {
             s.polls_open > 0
-                || s.last_poll
-                    .is_some_and(|t| now.saturating_duration_since(t) <= self.timing.poll_wait * 2)
+                || (!s.poll_gone
+                    && s.last_poll.is_some_and(|t| {
+                        now.saturating_duration_since(t) <= self.timing.poll_wait * 2
+                    }))
         })
     }
 
@@ -437,20 +482,20 @@ impl HubState {
             let _ = tx.try_send(reply);
             return Answered::Forwarded;
         }
-        let reply = if reply.body.to_string().len() > MAX_RESULT_BYTES {
-            Reply {
-                status: reply.status,
-                body: json!({"truncated": true, "detail": "the answer was larger than the hub keeps"}),
+        let body = match &reply.body {
+            None => Value::Null,
+            Some(text) if text.len() > MAX_RESULT_BYTES => {
+                json!({"truncated": true, "detail": "the answer was larger than the hub keeps"})
             }
-        } else {
-            reply
+            Some(text) => serde_json::from_str(text).unwrap_or(Value::Null),
         };
         self.results.insert(
             q.id.clone(),
             CommandResult {
                 agent: agent.to_string(),
                 command: q.command.unwrap_or("?"),
-                reply,
+                status: reply.status,
+                body,
             },
         );
         self.results_order.push_back(q.id);
@@ -564,7 +609,7 @@ impl HubState {
             return Some((
                 200,
                 json!({"id": id, "agent": r.agent, "command": r.command, "state": "answered",
-                       "status": r.reply.status, "body": r.reply.body}),
+                       "status": r.status, "body": r.body}),
             ));
         }
         for (agent, slot) in &self.agents {
@@ -690,10 +735,7 @@ mod tests {
         let b = h.take_batch("a1", t0 + S * 60);
         assert_eq!(b.envelopes.len(), 1);
         // Answered by the wrong agent: ignored; by the right one: gone.
-        let r = Reply {
-            status: 202,
-            body: json!({}),
-        };
+        let r = Reply::json(202, &json!({}));
         assert_eq!(h.answer("a2", &id, r.clone()), Answered::Ignored);
         assert_eq!(h.answer("a1", &id, r.clone()), Answered::Stored);
         assert_eq!(h.answer("a1", &id, r), Answered::Ignored);
@@ -706,10 +748,7 @@ mod tests {
         let t0 = Instant::now();
         let (tx, rx) = smol::channel::bounded(1);
         let id = h.enqueue("a1", &get("/Users"), Some(tx), t0).unwrap();
-        let r = Reply {
-            status: 200,
-            body: json!({"totalResults": 0}),
-        };
+        let r = Reply::json(200, &json!({"totalResults": 0}));
         assert_eq!(h.answer("a1", &id, r.clone()), Answered::Forwarded);
         assert_eq!(rx.try_recv().unwrap(), r);
         assert!(
@@ -771,14 +810,7 @@ mod tests {
         h.take_batch("a1", t0);
         assert_eq!(h.request_view(&ids[0], t0).unwrap().1["state"], "delivered");
         for id in &ids {
-            h.answer(
-                "a1",
-                id,
-                Reply {
-                    status: 202,
-                    body: json!({"accepted": "resync"}),
-                },
-            );
+            h.answer("a1", id, Reply::json(202, &json!({"accepted": "resync"})));
         }
         assert!(
             h.request_view(&ids[0], t0).is_none(),
@@ -788,6 +820,44 @@ mod tests {
         assert_eq!(
             (status, &v["status"], &v["command"]),
             (200, &json!(202), &json!("resync"))
+        );
+    }
+
+    #[test]
+    fn a_poll_whose_client_left_hands_its_requests_back() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        let id = h
+            .enqueue("a1", &Work::Command(Command::Resync), None, t0)
+            .unwrap();
+        assert!(!h.poll_started("a1", t0));
+        assert_eq!(h.take_batch("a1", t0).envelopes.len(), 1);
+        assert_eq!(h.requeue("a1", std::slice::from_ref(&id)), 1);
+        h.poll_gone("a1");
+        h.poll_ended("a1", t0);
+        assert!(!h.connected("a1", t0), "gone until it polls again");
+        // At once again, not only after the re-delivery interval; never counted delivered.
+        assert_eq!(h.request_view(&id, t0).unwrap().1["deliveries"], 0);
+        assert!(!h.poll_started("a1", t0 + S));
+        assert!(h.connected("a1", t0 + S));
+        assert_eq!(h.take_batch("a1", t0 + S).envelopes.len(), 1);
+    }
+
+    #[test]
+    fn large_command_answers_are_not_kept_whole() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        let id = h
+            .enqueue("a1", &Work::Command(Command::Resync), None, t0)
+            .unwrap();
+        let big = Reply {
+            status: 200,
+            body: Some(format!("\"{}\"", "x".repeat(MAX_RESULT_BYTES))),
+        };
+        h.answer("a1", &id, big);
+        assert_eq!(
+            h.request_view(&id, t0).unwrap().1["body"]["truncated"],
+            true
         );
     }
 
