@@ -660,6 +660,90 @@ fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
     eprintln!("converged {:.1} s after the change", took.as_secs_f64());
 }
 
+/// Issue 16 item 5 (no head-of-line blocking): one object the endpoint keeps refusing (a
+/// 500 for its resource alone, after every retry) was retried again and again while every
+/// change after it waited. Now it is parked (state dir, `idrelay status`), its queue record
+/// is acknowledged, and the 100 changes made after it arrive at their normal pace; once the
+/// endpoint takes it again, `idrelay retry --all` brings it in.
+#[test]
+fn a_refused_object_is_parked_and_later_changes_flow_past_it() {
+    let w = World::new("fpark", 101, None);
+    let World {
+        dir,
+        o,
+        scim,
+        proxy,
+        agent,
+        ..
+    } = &w;
+    let _run = w.run_first_pass();
+    let users = || -> BTreeMap<String, Value> {
+        scim.all("Users")
+            .into_iter()
+            .map(|u| (s(&u["userName"]).to_string(), u))
+            .collect()
+    };
+    let refused = s(&users()["f000"]["id"]).to_string();
+    assert!(!refused.is_empty());
+    proxy.refuse_path(&refused, 500);
+    let t0 = Instant::now();
+    dir.modify(&retitle_ldif(o, 0..1, "t1"));
+    dir.modify(&retitle_ldif(o, 1..101, "t1"));
+    let moved = || {
+        users()
+            .iter()
+            .filter(|(name, u)| *name != "f000" && s(&u["title"]) == "t1")
+            .count()
+    };
+    let flowed = wait_until(30, || moved() == 100);
+    let took = t0.elapsed();
+    assert!(
+        flowed,
+        "only {} of the 100 later changes arrived within 30 s while f000 was refused\nproxy: {}\nlog:\n{}",
+        moved(),
+        summary(&proxy.events()),
+        log_tail(agent, 30)
+    );
+    eprintln!(
+        "100 changes behind a refused object: all at the endpoint {:.1} s after the first change",
+        took.as_secs_f64()
+    );
+    assert_eq!(s(&users()["f000"]["title"]), "t0", "the refused write never landed");
+    assert!(
+        wait_until(20, || agent.log().contains("parked")),
+        "{}",
+        log_tail(agent, 20)
+    );
+    let status = agent.run(&["status"]);
+    status.assert_code(0);
+    assert!(
+        status.stdout.contains("parked:       1 ") && status.stdout.contains("uid=f000"),
+        "status lists the parked object: {}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("500"),
+        "with its reason: {}",
+        status.stdout
+    );
+    // The endpoint takes the object again; the operator asks for the retry.
+    proxy.accept_paths();
+    let t1 = Instant::now();
+    let retry = agent.run(&["retry", "--all"]);
+    retry.assert_code(0);
+    let took = w.converge("retry --all brought the parked object in", 30);
+    eprintln!(
+        "retry --all: the parked object in step {:.1} s after the request ({:.1} s converge)",
+        t1.elapsed().as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert!(
+        wait_until(10, || agent.run(&["status"]).stdout.contains("parked:       none")),
+        "the parked entry went away: {}",
+        agent.run(&["status"]).stdout
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. 429
 
