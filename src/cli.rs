@@ -40,6 +40,11 @@ pub enum Command {
         /// Only list them.
         list: bool,
     },
+    /// `retry DN` / `retry --all`: send parked objects now.
+    Retry {
+        /// The parked object to retry; `None`: all of them.
+        dn: Option<String>,
+    },
     /// `preview DN`
     Preview {
         /// The object to show.
@@ -109,7 +114,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "--allow-root" => allow_root = true,
             "-h" | "--help" => help = true,
             "-V" | "--version" => words.insert(0, "version"),
-            "--once" | "--dry-run" | "--list" => flags.push(name),
+            "--once" | "--dry-run" | "--list" | "--all" => flags.push(name),
             "--" => words.extend(it.by_ref()),
             s if s.starts_with('-') && s.len() > 1 => {
                 return Err(UsageError(format!("unknown option `{s}`")))
@@ -138,6 +143,16 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                 dry_run: flags.contains(&"--dry-run"),
             }
         }
+        (Some("retry"), false) => match (words.get(1), flags.contains(&"--all")) {
+            (Some(dn), false) => Command::Retry {
+                dn: Some(dn.to_string()),
+            },
+            (None, true) => Command::Retry { dn: None },
+            (Some(_), true) => {
+                return Err(UsageError("`retry` takes a DN or `--all`, not both".into()))
+            }
+            (None, false) => return Err(UsageError("`retry` needs a DN or `--all`".into())),
+        },
         (Some("preview"), false) => match words.get(1) {
             Some(dn) => Command::Preview { dn: dn.to_string() },
             None => return Err(UsageError("`preview` needs a DN".into())),
@@ -145,7 +160,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         (Some(other), false) => return Err(UsageError(format!("unknown command `{other}`"))),
     };
     let extra = match &command {
-        Command::Preview { .. } | Command::Help(Some(_)) => 2,
+        Command::Preview { .. } | Command::Retry { dn: Some(_) } | Command::Help(Some(_)) => 2,
         _ => 1,
     };
     if words.len() > extra && !matches!(command, Command::Help(_)) {
@@ -157,13 +172,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
     let allowed: &[&str] = match command {
         Command::Sync { .. } => &["--once", "--dry-run"],
         Command::ApproveDeletes { .. } => &["--list"],
+        Command::Retry { .. } => &["--all"],
         _ => &[],
     };
     if let Some(f) = flags.iter().find(|f| !allowed.contains(f)) {
-        let with = if *f == "--list" {
-            "approve-deletes"
-        } else {
-            "sync"
+        let with = match *f {
+            "--list" => "approve-deletes",
+            "--all" => "retry",
+            _ => "sync",
         };
         return Err(UsageError(format!("`{f}` only goes with `{with}`")));
     }
@@ -186,6 +202,7 @@ pub fn needs_config(c: &Command) -> bool {
             | Command::Run
             | Command::Status
             | Command::ApproveDeletes { .. }
+            | Command::Retry { .. }
     )
 }
 
@@ -199,6 +216,7 @@ pub fn help(command: Option<&str>) -> Result<&'static str, UsageError> {
         Some("run") => HELP_RUN,
         Some("status") => HELP_STATUS,
         Some("approve-deletes") => HELP_APPROVE,
+        Some("retry") => HELP_RETRY,
         Some("version") => HELP_VERSION,
         Some("help") => HELP,
         Some(other) => return Err(UsageError(format!("unknown command `{other}`"))),
@@ -216,6 +234,7 @@ Commands:
   run                stay up: a full pass when one is owed, then follow every change
   status             queue depth and age, resync owed, watermark, last full pass, held deletes
   approve-deletes    release the deletes held by sync.delete_threshold (--list: only show)
+  retry DN|--all     send parked objects (changes the endpoint refused) again now
   preview DN         show how one directory object maps to SCIM and what the endpoint holds
   version            print the version
   help [COMMAND]     this text, or a command's
@@ -231,6 +250,18 @@ Options:
 Exit codes: 0 ok, 1 failed (unreachable, check failed), 2 bad command line or config,
 3 the pass finished but some objects failed, 4 the pass finished but deletes are held
 for approve-deletes.
+";
+
+const HELP_RETRY: &str = "\
+Usage: idrelay --config FILE retry DN
+       idrelay --config FILE retry --all
+
+A change the endpoint refuses (a 4xx other than 408/429, or 5xx for that object past
+sync.max_attempts) is parked so that later changes flow on, and retried by itself after a
+backoff (2 min doubling to 6 h) or by a full pass; `idrelay status` lists parked objects.
+This command makes the parked object DN (or every parked object) due now: a running agent
+reads it again from the directory and sends it within seconds (see its log); otherwise the
+next `idrelay run` sends it first.
 ";
 
 const HELP_CHECK: &str = "\

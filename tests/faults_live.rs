@@ -708,7 +708,11 @@ fn a_refused_object_is_parked_and_later_changes_flow_past_it() {
         "100 changes behind a refused object: all at the endpoint {:.1} s after the first change",
         took.as_secs_f64()
     );
-    assert_eq!(s(&users()["f000"]["title"]), "t0", "the refused write never landed");
+    assert_eq!(
+        s(&users()["f000"]["title"]),
+        "t0",
+        "the refused write never landed"
+    );
     assert!(
         wait_until(20, || agent.log().contains("parked")),
         "{}",
@@ -738,7 +742,10 @@ fn a_refused_object_is_parked_and_later_changes_flow_past_it() {
         took.as_secs_f64()
     );
     assert!(
-        wait_until(10, || agent.run(&["status"]).stdout.contains("parked:       none")),
+        wait_until(10, || agent
+            .run(&["status"])
+            .stdout
+            .contains("parked:       none")),
         "the parked entry went away: {}",
         agent.run(&["status"]).stdout
     );

@@ -8,10 +8,19 @@
 //! ```
 //!
 //! Invariants:
-//! * A change is acknowledged only after it was provisioned or failed for good (a 4xx that
-//!   no retry will fix, reported in the log), and only together with every change before
-//!   it in the queue (an ack covers a prefix). While the endpoint is unreachable the sender
-//!   waits and retries the change; nothing new starts meanwhile.
+//! * A change is acknowledged only after it was provisioned, held for approval, or parked,
+//!   and only together with every change before it in the queue (an ack covers a prefix).
+//!   While the endpoint is unreachable the sender waits and retries the change; nothing new
+//!   starts meanwhile.
+//! * No head-of-line blocking: a change the endpoint refuses (a 4xx other than 408/429, or
+//!   a 5xx / transport failure for that object past `sync.max_attempts` tries while the
+//!   endpoint answers otherwise) is parked durably in the state directory (`parked.json`,
+//!   see [`parking`]) before its record is acknowledged, so the changes after it flow on.
+//!   Per object, order holds: a later change of a parked object re-reads it and sends its
+//!   current state, and its success (or the object's delete) removes the entry. Parked
+//!   objects are read again and retried when their backoff ends (2 min doubling to 6 h),
+//!   on `idrelay retry`, and by every full pass, which clears the entries of the objects
+//!   it brought in step.
 //! * Per object, changes are applied in queue order: the sender works on up to
 //!   `MAX_IN_FLIGHT` (8) changes of a batch at a time (directory read, scope check, SCIM
 //!   write), but never on two of the same object (same uuid or DN) at once. A change whose
@@ -54,7 +63,9 @@
 //!   approved deletes;
 //! * `feed.rs`: the feed tasks, which append changes with the watermark that covers them;
 //! * `poll.rs`: the polling feeds' queries (what changed since a watermark);
-//! * `send.rs`: the sender, which reads the queue, weighs delete bursts and acknowledges;
+//! * `send.rs`: the sender, which reads the queue, weighs delete bursts, acknowledges, and
+//!   retries the parked objects that are due;
+//! * `parking.rs`: the parked list (file format, backoff, the `retry` request, status);
 //! * `batch.rs`: the batch machine, which applies one batch in per-object order and says
 //!   which leading run of it is done. It and the sender reach the directory and the
 //!   endpoint only through two narrow traits defined there (`DirectoryReads`: read an
@@ -63,6 +74,7 @@
 
 mod batch;
 mod feed;
+pub mod parking;
 pub mod poll;
 mod send;
 #[cfg(test)]
@@ -87,6 +99,7 @@ use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use batch::{EndpointWrites, ScimEndpoint};
 use feed::{current_cookie, feed, poll_feed};
+use parking::{Parking, ParkingError};
 use poll::PollSpec;
 use send::{send_loop, SendCtx, SendEnd};
 
@@ -159,6 +172,9 @@ pub struct FollowSettings {
     pub full_pass_interval: Duration,
     /// The change feed.
     pub feed: Feed,
+    /// Tries (`sync.max_attempts`) after which an object the endpoint keeps answering 5xx
+    /// is parked, when the endpoint answers otherwise.
+    pub park_after: u32,
 }
 
 /// The change feed `run` follows (resolved: never "auto").
@@ -260,6 +276,8 @@ pub enum RunError {
     Queue(QueueError),
     /// The held-deletes file cannot be written.
     Deletes(GateError),
+    /// The parked-objects file cannot be written.
+    Parking(ParkingError),
 }
 
 impl std::fmt::Display for RunError {
@@ -267,6 +285,7 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Queue(e) => write!(f, "queue: {e}"),
             RunError::Deletes(e) => write!(f, "held deletes: {e}"),
+            RunError::Parking(e) => write!(f, "parked objects: {e}"),
         }
     }
 }
@@ -326,10 +345,28 @@ pub async fn run(
     // How many objects the previous, incomplete full pass could not send (see
     // `accept_stalled_pass`).
     let mut stalled: Option<u64> = None;
+    let mut parking = match Parking::open(&settings.state_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            // What was parked is unknown: a full pass sends every object again.
+            log::warn!("parked objects unreadable ({e}); starting with none, after a full pass");
+            with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested))
+                .await
+                .map_err(RunError::Queue)?;
+            Parking::empty(&settings.state_dir)
+        }
+    };
+    if !parking.is_empty() {
+        log::info!(
+            "{} objects parked (refused by the endpoint); retried when their backoff ends",
+            parking.len()
+        );
+    }
     loop {
         if let Some(r) = control.requested() {
             save_index(index);
             gate.save().map_err(RunError::Deletes)?;
+            parking.save().map_err(RunError::Parking)?;
             return Ok(r);
         }
         if !agent.is_active() {
@@ -382,7 +419,17 @@ pub async fn run(
                 reason.map(|r| r.as_str()).unwrap_or("unknown")
             );
             agent.set_phase("full-pass");
-            let pass = resync(dir, scim, profile, index, gate, &queue, settings, &scope);
+            let pass = resync(
+                dir,
+                scim,
+                profile,
+                index,
+                gate,
+                &mut parking,
+                &queue,
+                settings,
+                &scope,
+            );
             // A stop during a pass abandons it: requests in flight are dropped, and what
             // landed is in the index (saved above on the next turn). Nothing is lost: the
             // pass is still owed and runs again at the next start.
@@ -469,7 +516,7 @@ pub async fn run(
             agent,
         };
         agent.set_phase("following");
-        let outcome = send_loop(&ctx, index, gate, &queue, &feed, &notify_rx).await;
+        let outcome = send_loop(&ctx, index, gate, &mut parking, &queue, &feed, &notify_rx).await;
         let feed_ended = match outcome {
             // The task has finished: awaiting it only collects its reason.
             SendEnd::FeedEnded => Some(feed.await),
@@ -480,6 +527,7 @@ pub async fn run(
         };
         save_index(index);
         gate.save().map_err(RunError::Deletes)?;
+        parking.save().map_err(RunError::Parking)?;
         match outcome {
             SendEnd::ResyncOwed | SendEnd::Signal => {}
             SendEnd::FeedEnded => {
@@ -575,6 +623,7 @@ async fn resync(
     profile: &SyncProfile,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
+    parking: &mut Parking,
     queue: &SharedQueue,
     settings: &FollowSettings,
     scope: &str,
@@ -600,6 +649,20 @@ async fn resync(
     log::info!("{report}");
     for f in &report.failures {
         log::warn!("not in step after the full pass: {}: {}", f.dn, f.reason);
+    }
+    // The pass visited every object in scope: what it did not fail is in step (or gone),
+    // so its parked entry is settled.
+    let failed: std::collections::HashSet<String> = report
+        .failures
+        .iter()
+        .map(|f| dn::normalize(&f.dn))
+        .collect();
+    let cleared = parking.keep_failed(&failed);
+    if cleared > 0 {
+        log::info!("full pass: {cleared} parked objects are in step again, no longer parked");
+    }
+    if let Err(e) = parking.save() {
+        log::warn!("cannot record parked objects yet ({e}); will retry");
     }
     let mark = Watermark::encode(scope, &cookie);
     if report.unavailable > 0 {
