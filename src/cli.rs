@@ -33,7 +33,7 @@ pub enum Command {
     },
     /// `run`: full pass when owed, then follow changes until stopped.
     Run,
-    /// `status`: queue, watermark, resync flag, anchor index, held deletes.
+    /// `status`: queue, watermark, resync flag, anchor index, held deletes, parked objects.
     Status,
     /// `approve-deletes [--list]`: release the deletes held by the threshold.
     ApproveDeletes {
@@ -318,8 +318,9 @@ Usage: idrelay --config FILE status
 
 Prints the change queue's depth, bytes on disk and bound, the age of the oldest pending
 change, whether a full resync is owed (and why), the watermark, the number of objects in
-the anchor index, when the last full pass completed, and the deletes held for approval.
-Works while `run` is running (reads without taking the lock).
+the anchor index, when the last full pass completed, the deletes held for approval, and
+the objects parked because the endpoint refused them (count, the first few with reasons;
+`retry` sends them again). Works while `run` is running (reads without taking the lock).
 ";
 
 const HELP_APPROVE: &str = "\
@@ -382,6 +383,7 @@ mod tests {
             "run",
             "status",
             "approve-deletes",
+            "retry",
         ] {
             assert!(help(Some(c)).unwrap().contains("Usage: idrelay"));
         }
@@ -410,6 +412,25 @@ mod tests {
             Command::ApproveDeletes { list: true }
         );
         assert!(p(&["--config"]).unwrap_err().0.contains("needs a file"));
+        assert!(p(&["retry"]).unwrap_err().0.contains("--all"));
+        assert!(p(&["retry", "uid=a,dc=x", "--all"])
+            .unwrap_err()
+            .0
+            .contains("not both"));
+        assert!(p(&["status", "--all"])
+            .unwrap_err()
+            .0
+            .contains("only goes with `retry`"));
+        assert_eq!(
+            p(&["retry", "--all"]).unwrap().command,
+            Command::Retry { dn: None }
+        );
+        assert_eq!(
+            p(&["retry", "uid=a,dc=x"]).unwrap().command,
+            Command::Retry {
+                dn: Some("uid=a,dc=x".into())
+            }
+        );
         let pv = p(&["preview", "uid=a,dc=x"]).unwrap();
         assert_eq!(
             pv.command,

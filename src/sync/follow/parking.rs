@@ -383,7 +383,7 @@ pub fn status_lines(dir: &Path) -> Vec<String> {
         Err(e) => return vec![format!("parked:       unreadable: {e}")],
     };
     if p.is_empty() {
-        return vec!["parked:       none (every refused change went out since)".into()];
+        return vec!["parked:       none".into()];
     }
     let now = unix_now();
     let mut out = vec![format!(
