@@ -627,8 +627,8 @@ fn a_5xx_burst_in_runs_first_full_pass_is_retried_until_it_converges() {
 
 /// An object the endpoint keeps failing (a 5xx for it alone, after the client's retries)
 /// must not keep `run` repeating its full pass forever with the change feed never started:
-/// after one repeat that made no progress the pass counts as done, the feed starts, and the
-/// objects go out once they change and the endpoint takes them.
+/// after one repeat that made no progress the pass counts as done, the feed starts, the
+/// objects are parked, and they go out once they change and the endpoint takes them.
 #[test]
 fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
     let w = World::new("fstall", 3, None);
@@ -653,11 +653,23 @@ fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
         scim.all("Users").is_empty(),
         "nothing could have been created"
     );
-    // The endpoint recovers; the objects change; the feed (running now) sends them.
+    // They are parked (retried with a backoff), not only left for the next full pass.
+    let status = agent.run(&["status"]).stdout;
+    assert!(status.contains("parked:       3 objects"), "{status}");
+    // The endpoint recovers; the objects change; the feed (running now) sends them, and
+    // their parked entries go.
     proxy.clear_faults();
     dir.modify(&retitle_ldif(o, 0..3, "t1"));
     let took = w.converge("the feed did not send the changed objects", 30);
     eprintln!("converged {:.1} s after the change", took.as_secs_f64());
+    assert!(
+        wait_until(10, || agent
+            .run(&["status"])
+            .stdout
+            .contains("parked:       none")),
+        "{}",
+        agent.run(&["status"]).stdout
+    );
 }
 
 /// Issue 16 item 5 (no head-of-line blocking): one object the endpoint keeps refusing (a

@@ -20,7 +20,7 @@
 //!   current state, and its success (or the object's delete) removes the entry. Parked
 //!   objects are read again and retried when their backoff ends (2 min doubling to 6 h),
 //!   on `idrelay retry`, and by every full pass, which clears the entries of the objects
-//!   it brought in step.
+//!   it brought in step and parks those the endpoint refused.
 //! * Per object, changes are applied in queue order: the sender works on up to
 //!   `MAX_IN_FLIGHT` (8) changes of a batch at a time (directory read, scope check, SCIM
 //!   write), but never on two of the same object (same uuid or DN) at once. A change whose
@@ -40,8 +40,9 @@
 //!   no write), so a 5xx burst or an outage mid-pass loses nothing. One exception keeps a
 //!   few objects the endpoint always fails from holding the feed back forever: when a
 //!   repeat of an incomplete pass does no better than the pass before it (with the endpoint
-//!   reachable at its start), the pass counts as done, with a warning; those objects go out
-//!   when they change or at the next full pass, and deletes wait for a complete pass.
+//!   reachable at its start), the pass counts as done, with a warning; those objects are
+//!   parked (retried with a backoff, when they change, or by `idrelay retry`), and deletes
+//!   wait for a complete pass. A complete pass parks the objects the endpoint refused too.
 //! * A delete is never lost silently. The feed keeps the DN the directory sent with it; the
 //!   sender finds the object by any text form of the delete's uuid (389-DS names entries by
 //!   their nsUniqueId's 16 bytes, which the anchor writes `8-8-8-8`), else by that DN, and
@@ -452,13 +453,17 @@ pub async fn run(
                     stalled = None;
                     None
                 }
-                Some(Ok(PassEnd::Unavailable(n, mark))) if accept_stalled_pass(stalled, n) => {
+                Some(Ok(PassEnd::Unavailable(n, mark, failures)))
+                    if accept_stalled_pass(stalled, n) =>
+                {
                     log::warn!(
                         "full pass: {n} objects failed again although the endpoint answers \
                          others (see the warnings above and the provisioning log); taking the \
-                         pass as done so that changes flow: they are sent again when they \
-                         change or at the next full pass; deletes wait for a complete pass"
+                         pass as done so that changes flow: they are parked and retried with a \
+                         backoff, when they change, or by `idrelay retry`; deletes wait for a \
+                         complete pass"
                     );
+                    park_pass_failures(&mut parking, &failures);
                     with_queue(&queue, move |q| q.mark_resync_done(&mark))
                         .await
                         .map_err(RunError::Queue)?;
@@ -468,7 +473,7 @@ pub async fn run(
                     None
                 }
                 // Still owed: run it again.
-                Some(Ok(PassEnd::Unavailable(n, _))) => {
+                Some(Ok(PassEnd::Unavailable(n, _, _))) => {
                     stalled = Some(n);
                     Some(format!(
                         "full pass: {n} objects could not be sent (endpoint unavailable)"
@@ -599,8 +604,41 @@ enum PassEnd {
     /// Everything the endpoint could take is in step: the pass is done.
     Complete,
     /// This many objects could not be sent because the endpoint was unavailable: the pass
-    /// is still owed. With the watermark it would have recorded.
-    Unavailable(u64, Vec<u8>),
+    /// is still owed. With the watermark it would have recorded, and the pass's failures
+    /// (parked if the pass is taken as done).
+    Unavailable(u64, Vec<u8>, Vec<crate::sync::pass::Failure>),
+}
+
+/// Parks the objects a full pass taken as done could not send because of the endpoint
+/// (refused, or 5xx after every retry), so that they are retried with a backoff rather
+/// than only when they change or at the next full pass.
+fn park_pass_failures(parking: &mut Parking, failures: &[crate::sync::pass::Failure]) {
+    let now = parking::unix_now();
+    let mut n = 0;
+    for f in failures {
+        let Some((kind, anchor)) = &f.endpoint else {
+            continue;
+        };
+        let r = parking::Refusal {
+            uuid: anchor.clone(),
+            anchor: anchor.clone(),
+            kind: kind.word(),
+            dn: f.dn.clone(),
+            reason: f.reason.clone(),
+            attempts: 1,
+        };
+        if parking.park(r, now) {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        log::warn!(
+            "full pass: {n} objects the endpoint refused are parked (retried from 2 min on; `idrelay status` lists them)"
+        );
+    }
+    if let Err(e) = parking.save() {
+        log::warn!("cannot record parked objects yet ({e}); will retry");
+    }
 }
 
 /// Whether an incomplete full pass that could not send `now` objects is taken as done
@@ -661,15 +699,21 @@ async fn resync(
     if cleared > 0 {
         log::info!("full pass: {cleared} parked objects are in step again, no longer parked");
     }
-    if let Err(e) = parking.save() {
-        log::warn!("cannot record parked objects yet ({e}); will retry");
-    }
     let mark = Watermark::encode(scope, &cookie);
     if report.unavailable > 0 {
         // Not done: the queue keeps owing the pass (and the changes it holds), and the
         // feed does not start from this cookie unless `run` decides the pass is stalled.
-        return Ok(PassEnd::Unavailable(report.unavailable, mark));
+        if let Err(e) = parking.save() {
+            log::warn!("cannot record parked objects yet ({e}); will retry");
+        }
+        return Ok(PassEnd::Unavailable(
+            report.unavailable,
+            mark,
+            report.failures,
+        ));
     }
+    // Done: what the endpoint refused is parked.
+    park_pass_failures(parking, &report.failures);
     with_queue(queue, move |q| q.mark_resync_done(&mark))
         .await
         .map_err(|e| format!("queue: {e}"))?;

@@ -20,8 +20,9 @@
 //!   reports its rename or delete).
 //! * Retries come by themselves at `next_at`: 2 min after the first parking, doubling to
 //!   6 h, jittered (±20 %); `idrelay retry [DN|--all]` makes entries due now (through
-//!   [`RETRY_FILE`] when the agent runs). A complete full pass clears every entry except
-//!   those of objects it failed again.
+//!   [`RETRY_FILE`] when the agent runs). A full pass clears every entry except those of
+//!   objects it failed again, and parks the objects the endpoint refused (keyed by their
+//!   anchor and DN until a change of the feed names their uuid).
 //! * Bounded: at most [`MAX_PARKED`] entries; past it a refused change is not parked (it is
 //!   acknowledged with a warning, as before parking existed, and goes out when it changes
 //!   or at the next full pass), and the log says so once.
@@ -252,8 +253,13 @@ impl Parking {
             .entries
             .iter()
             .position(|p| same(p, &r.uuid, Some(&dn_norm)));
-        let (first_at, attempts, rounds) = match at.map(|i| self.entries.remove(i)) {
-            Some(old) => (old.first_at, old.attempts, old.rounds),
+        let (uuid, first_at, attempts, rounds) = match at.map(|i| self.entries.remove(i)) {
+            // The feed's uuid, once known, stays the key (a full pass knows only the
+            // anchor, which it passes as the uuid).
+            Some(old) => {
+                let uuid = if r.uuid == r.anchor { old.uuid } else { r.uuid };
+                (uuid, old.first_at, old.attempts, old.rounds)
+            }
             None if self.entries.len() >= MAX_PARKED => {
                 if !self.full_told {
                     self.full_told = true;
@@ -264,12 +270,12 @@ impl Parking {
                 }
                 return false;
             }
-            None => (now, 0, 0),
+            None => (r.uuid, now, 0, 0),
         };
         let rounds = rounds.saturating_add(1);
         let wait = backoff(rounds);
         self.entries.push(Parked {
-            uuid: r.uuid,
+            uuid,
             anchor: r.anchor,
             kind: r.kind.to_string(),
             dn: r.dn,
@@ -446,6 +452,56 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ParkingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refusal(uuid: &str, anchor: &str, dn: &str, reason: &str) -> Refusal {
+        Refusal {
+            uuid: uuid.into(),
+            anchor: anchor.into(),
+            kind: "user",
+            dn: dn.into(),
+            reason: reason.into(),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn one_entry_per_object_and_a_full_pass_keeps_only_what_it_failed() {
+        let dir = std::env::temp_dir();
+        let mut p = Parking::empty(&dir);
+        // Parked by the feed (uuid), then failed by a full pass (anchor, same DN).
+        assert!(p.park(refusal("u-1", "u-1", "uid=a,dc=x", "400"), 100));
+        assert!(p.park(refusal("xid-1", "xid-1", "UID=A,dc=x", "500"), 200));
+        assert!(p.park(refusal("u-2", "u-2", "uid=b,dc=x", "400"), 200));
+        assert_eq!(p.len(), 2);
+        let a = p.find("u-1", None).expect("keyed by the feed's uuid still");
+        assert_eq!(
+            (a.first_at, a.last_at, a.attempts, a.rounds),
+            (100, 200, 2, 2)
+        );
+        assert_eq!(a.reason, "500");
+        assert!(p.due(200).is_empty());
+        assert_eq!(p.make_due(Some("uid=b,DC=x"), 300), 1);
+        assert_eq!(p.due(300).len(), 1);
+        let failed: HashSet<String> = [dn::normalize("uid=b,dc=x")].into();
+        assert_eq!(p.keep_failed(&failed), 1);
+        assert!(p.find("u-2", None).is_some());
+        assert!(p
+            .clear("nope", Some(&dn::normalize("uid=b,dc=x")))
+            .is_some());
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn the_list_is_bounded() {
+        let mut p = Parking::empty(&std::env::temp_dir());
+        for i in 0..MAX_PARKED {
+            assert!(p.park(refusal(&format!("u{i}"), "", &format!("uid={i}"), "400"), 1));
+        }
+        assert!(!p.park(refusal("one-more", "", "uid=more", "400"), 1));
+        assert_eq!(p.len(), MAX_PARKED);
+        // Parking again what is already parked is no new entry: still allowed.
+        assert!(p.park(refusal("u7", "", "uid=7", "400"), 2));
+    }
 
     #[test]
     fn the_backoff_grows_from_minutes_to_hours() {
