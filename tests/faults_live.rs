@@ -653,9 +653,16 @@ fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
         scim.all("Users").is_empty(),
         "nothing could have been created"
     );
-    // They are parked (retried with a backoff), not only left for the next full pass.
-    let status = agent.run(&["status"]).stdout;
-    assert!(status.contains("parked:       3 objects"), "{status}");
+    // They are parked (retried with a backoff), not only left for the next full pass
+    // (recorded just after the line above).
+    assert!(
+        wait_until(10, || agent
+            .run(&["status"])
+            .stdout
+            .contains("parked:       3 objects")),
+        "{}",
+        agent.run(&["status"]).stdout
+    );
     // The endpoint recovers; the objects change; the feed (running now) sends them, and
     // their parked entries go.
     proxy.clear_faults();
