@@ -43,6 +43,11 @@ pub enum Command {
         /// Only list them.
         list: bool,
     },
+    /// `retry DN` / `retry --all`: send parked objects now.
+    Retry {
+        /// The parked object to retry; `None`: all of them.
+        dn: Option<String>,
+    },
     /// `preview DN`
     Preview {
         /// The object to show.
@@ -112,7 +117,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "--allow-root" => allow_root = true,
             "-h" | "--help" => help = true,
             "-V" | "--version" => words.insert(0, "version"),
-            "--once" | "--dry-run" | "--list" | "--json" => flags.push(name),
+            "--once" | "--dry-run" | "--list" | "--json" | "--all" => flags.push(name),
             "--" => words.extend(it.by_ref()),
             s if s.starts_with('-') && s.len() > 1 => {
                 return Err(UsageError(format!("unknown option `{s}`")))
@@ -143,6 +148,16 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                 dry_run: flags.contains(&"--dry-run"),
             }
         }
+        (Some("retry"), false) => match (words.get(1), flags.contains(&"--all")) {
+            (Some(dn), false) => Command::Retry {
+                dn: Some(dn.to_string()),
+            },
+            (None, true) => Command::Retry { dn: None },
+            (Some(_), true) => {
+                return Err(UsageError("`retry` takes a DN or `--all`, not both".into()))
+            }
+            (None, false) => return Err(UsageError("`retry` needs a DN or `--all`".into())),
+        },
         (Some("preview"), false) => match words.get(1) {
             Some(dn) => Command::Preview { dn: dn.to_string() },
             None => return Err(UsageError("`preview` needs a DN".into())),
@@ -150,7 +165,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         (Some(other), false) => return Err(UsageError(format!("unknown command `{other}`"))),
     };
     let extra = match &command {
-        Command::Preview { .. } | Command::Help(Some(_)) => 2,
+        Command::Preview { .. } | Command::Retry { dn: Some(_) } | Command::Help(Some(_)) => 2,
         _ => 1,
     };
     if words.len() > extra && !matches!(command, Command::Help(_)) {
@@ -163,12 +178,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         Command::Sync { .. } => &["--once", "--dry-run"],
         Command::ApproveDeletes { .. } => &["--list"],
         Command::Status { .. } => &["--json"],
+        Command::Retry { .. } => &["--all"],
         _ => &[],
     };
     if let Some(f) = flags.iter().find(|f| !allowed.contains(f)) {
         let with = match *f {
             "--list" => "approve-deletes",
             "--json" => "status",
+            "--all" => "retry",
             _ => "sync",
         };
         return Err(UsageError(format!("`{f}` only goes with `{with}`")));
@@ -192,6 +209,7 @@ pub fn needs_config(c: &Command) -> bool {
             | Command::Run
             | Command::Status { .. }
             | Command::ApproveDeletes { .. }
+            | Command::Retry { .. }
     )
 }
 
@@ -205,6 +223,7 @@ pub fn help(command: Option<&str>) -> Result<&'static str, UsageError> {
         Some("run") => HELP_RUN,
         Some("status") => HELP_STATUS,
         Some("approve-deletes") => HELP_APPROVE,
+        Some("retry") => HELP_RETRY,
         Some("version") => HELP_VERSION,
         Some("help") => HELP,
         Some(other) => return Err(UsageError(format!("unknown command `{other}`"))),
@@ -222,6 +241,7 @@ Commands:
   run                stay up: a full pass when one is owed, then follow every change
   status [--json]    healthy or not (exit 0/1) and why: agent, feed, endpoint, queue, deletes
   approve-deletes    release the deletes held by sync.delete_threshold (--list: only show)
+  retry DN|--all     send parked objects (changes the endpoint refused) again now
   preview DN         show how one directory object maps to SCIM and what the endpoint holds
   version            print the version
   help [COMMAND]     this text, or a command's
@@ -237,6 +257,18 @@ Options:
 Exit codes: 0 ok, 1 failed (unreachable, check failed), 2 bad command line or config,
 3 the pass finished but some objects failed, 4 the pass finished but deletes are held
 for approve-deletes.
+";
+
+const HELP_RETRY: &str = "\
+Usage: idrelay --config FILE retry DN
+       idrelay --config FILE retry --all
+
+A change the endpoint refuses (a 4xx other than 408/429, or 5xx for that object past
+sync.max_attempts) is parked so that later changes flow on, and retried by itself after a
+backoff (2 min doubling to 6 h) or by a full pass; `idrelay status` lists parked objects.
+This command makes the parked object DN (or every parked object) due now: a running agent
+reads it again from the directory and sends it within seconds (see its log); otherwise the
+next `idrelay run` sends it first.
 ";
 
 const HELP_CHECK: &str = "\
@@ -295,8 +327,9 @@ First line: `healthy: yes`, or `healthy: no (why)`. Then whether `run` is runnin
 the state directory's lock), its phase, the change feed's link and last event, the SCIM
 endpoint's state and last error, the change queue's depth, bytes on disk and bound, the age
 of the oldest pending change, whether a full resync is owed (and why), the watermark, the
-number of objects in the anchor index, when the last full pass completed, and the deletes
-held for approval. Works while `run` is running (reads without taking the lock).
+number of objects in the anchor index, when the last full pass completed, the deletes
+held for approval, and the objects parked because the endpoint refused them (count, the
+first few with reasons; `retry` sends them again). Works while `run` is running (reads without taking the lock).
 
 --json  the same as one JSON object (docs/status.md)
 
@@ -364,6 +397,7 @@ mod tests {
             "run",
             "status",
             "approve-deletes",
+            "retry",
         ] {
             assert!(help(Some(c)).unwrap().contains("Usage: idrelay"));
         }
@@ -400,6 +434,25 @@ mod tests {
             .0
             .contains("only goes with `status`"));
         assert!(p(&["--config"]).unwrap_err().0.contains("needs a file"));
+        assert!(p(&["retry"]).unwrap_err().0.contains("--all"));
+        assert!(p(&["retry", "uid=a,dc=x", "--all"])
+            .unwrap_err()
+            .0
+            .contains("not both"));
+        assert!(p(&["status", "--all"])
+            .unwrap_err()
+            .0
+            .contains("only goes with `retry`"));
+        assert_eq!(
+            p(&["retry", "--all"]).unwrap().command,
+            Command::Retry { dn: None }
+        );
+        assert_eq!(
+            p(&["retry", "uid=a,dc=x"]).unwrap().command,
+            Command::Retry {
+                dn: Some("uid=a,dc=x".into())
+            }
+        );
         let pv = p(&["preview", "uid=a,dc=x"]).unwrap();
         assert_eq!(
             pv.command,

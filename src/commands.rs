@@ -1326,6 +1326,7 @@ async fn follow_once(
         state_dir: c.agent.state_dir.clone(),
         full_pass_interval: c.sync.full_pass_interval,
         feed: resolve_feed(c, &src).await,
+        park_after: c.sync.max_attempts,
     };
     log::info!("change feed: {}", settings.feed.name());
     agent.feed.set_kind(
@@ -1555,6 +1556,77 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
             exit::PARTIAL
         }
     })
+}
+
+/// `retry [DN|--all]`: makes parked objects due now. With the agent running (it holds the
+/// state lock) a request file is left for it; otherwise the parked list is updated and the
+/// next `run` sends them first.
+pub fn retry_parked(c: &Config, dn: Option<&str>) -> i32 {
+    use crate::sync::follow::parking::{self, Parking};
+    let dir = &c.agent.state_dir;
+    let mut parked = match Parking::open(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: parked objects: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let wanted = match dn {
+        None => parked.len(),
+        Some(d) => usize::from(
+            parked
+                .find("", Some(&crate::sync::dn::normalize(d)))
+                .is_some(),
+        ),
+    };
+    if wanted == 0 {
+        match dn {
+            None => crate::outln!("no objects are parked"),
+            Some(d) => {
+                eprintln!("error: {d} is not parked (`idrelay status` lists parked objects)")
+            }
+        }
+        return if dn.is_some() {
+            exit::FAILURE
+        } else {
+            exit::OK
+        };
+    }
+    let Ok(_lock) = lock_state_dir(dir) else {
+        // The agent runs: it picks the request up within seconds.
+        return match parking::request_retry(dir, dn) {
+            Ok(()) => {
+                crate::outln!(
+                    "asked the running agent to retry {wanted} parked {} now (see its log)",
+                    if wanted == 1 { "object" } else { "objects" }
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        };
+    };
+    parked.make_due(dn, parking::unix_now());
+    match parked.save() {
+        Ok(()) => {
+            crate::outln!(
+                "{wanted} parked {} due now; the next `idrelay run` sends {} first",
+                if wanted == 1 {
+                    "object is"
+                } else {
+                    "objects are"
+                },
+                if wanted == 1 { "it" } else { "them" }
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
 }
 
 /// `status`: read-only view of the queue and the anchor index.
@@ -1886,6 +1958,9 @@ pub fn status(c: &Config, json: bool) -> i32 {
     }
     if let Ok(g) = open_gate(c) {
         crate::outln!("unmatched:    {}", unmatched_line(g.unmatched()));
+    }
+    for line in crate::sync::follow::parking::status_lines(&c.agent.state_dir) {
+        crate::outln!("{line}");
     }
     code
 }

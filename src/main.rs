@@ -76,6 +76,7 @@ fn run(args: &[String]) -> i32 {
         Command::Run => commands::run(&config, inv.quiet),
         Command::Status { json } => commands::status(&config, json),
         Command::ApproveDeletes { list } => commands::approve_deletes(&config, list),
+        Command::Retry { dn } => commands::retry_parked(&config, dn.as_deref()),
         Command::Help(_) | Command::Version => unreachable!("handled above"),
     }
 }

@@ -627,8 +627,8 @@ fn a_5xx_burst_in_runs_first_full_pass_is_retried_until_it_converges() {
 
 /// An object the endpoint keeps failing (a 5xx for it alone, after the client's retries)
 /// must not keep `run` repeating its full pass forever with the change feed never started:
-/// after one repeat that made no progress the pass counts as done, the feed starts, and the
-/// objects go out once they change and the endpoint takes them.
+/// after one repeat that made no progress the pass counts as done, the feed starts, the
+/// objects are parked, and they go out once they change and the endpoint takes them.
 #[test]
 fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
     let w = World::new("fstall", 3, None);
@@ -653,11 +653,121 @@ fn objects_that_keep_failing_do_not_hold_the_change_feed_forever() {
         scim.all("Users").is_empty(),
         "nothing could have been created"
     );
-    // The endpoint recovers; the objects change; the feed (running now) sends them.
+    // They are parked (retried with a backoff), not only left for the next full pass
+    // (recorded just after the line above).
+    assert!(
+        wait_until(10, || agent
+            .run(&["status"])
+            .stdout
+            .contains("parked:       3 objects")),
+        "{}",
+        agent.run(&["status"]).stdout
+    );
+    // The endpoint recovers; the objects change; the feed (running now) sends them, and
+    // their parked entries go.
     proxy.clear_faults();
     dir.modify(&retitle_ldif(o, 0..3, "t1"));
     let took = w.converge("the feed did not send the changed objects", 30);
     eprintln!("converged {:.1} s after the change", took.as_secs_f64());
+    assert!(
+        wait_until(10, || agent
+            .run(&["status"])
+            .stdout
+            .contains("parked:       none")),
+        "{}",
+        agent.run(&["status"]).stdout
+    );
+}
+
+/// Issue 16 item 5 (no head-of-line blocking): one object the endpoint keeps refusing (a
+/// 500 for its resource alone, after every retry) was retried again and again while every
+/// change after it waited. Now it is parked (state dir, `idrelay status`), its queue record
+/// is acknowledged, and the 100 changes made after it arrive at their normal pace; once the
+/// endpoint takes it again, `idrelay retry --all` brings it in.
+#[test]
+fn a_refused_object_is_parked_and_later_changes_flow_past_it() {
+    let w = World::new("fpark", 101, None);
+    let World {
+        dir,
+        o,
+        scim,
+        proxy,
+        agent,
+        ..
+    } = &w;
+    let _run = w.run_first_pass();
+    let users = || -> BTreeMap<String, Value> {
+        scim.all("Users")
+            .into_iter()
+            .map(|u| (s(&u["userName"]).to_string(), u))
+            .collect()
+    };
+    let refused = s(&users()["f000"]["id"]).to_string();
+    assert!(!refused.is_empty());
+    proxy.refuse_path(&refused, 500);
+    let t0 = Instant::now();
+    dir.modify(&retitle_ldif(o, 0..1, "t1"));
+    dir.modify(&retitle_ldif(o, 1..101, "t1"));
+    let moved = || {
+        users()
+            .iter()
+            .filter(|(name, u)| *name != "f000" && s(&u["title"]) == "t1")
+            .count()
+    };
+    let flowed = wait_until(30, || moved() == 100);
+    let took = t0.elapsed();
+    assert!(
+        flowed,
+        "only {} of the 100 later changes arrived within 30 s while f000 was refused\nproxy: {}\nlog:\n{}",
+        moved(),
+        summary(&proxy.events()),
+        log_tail(agent, 30)
+    );
+    eprintln!(
+        "100 changes behind a refused object: all at the endpoint {:.1} s after the first change",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        s(&users()["f000"]["title"]),
+        "t0",
+        "the refused write never landed"
+    );
+    assert!(
+        wait_until(20, || agent.log().contains("parked")),
+        "{}",
+        log_tail(agent, 20)
+    );
+    let status = agent.run(&["status"]);
+    status.assert_code(0);
+    assert!(
+        status.stdout.contains("parked:       1 ") && status.stdout.contains("uid=f000"),
+        "status lists the parked object: {}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("500"),
+        "with its reason: {}",
+        status.stdout
+    );
+    // The endpoint takes the object again; the operator asks for the retry.
+    proxy.accept_paths();
+    let t1 = Instant::now();
+    let retry = agent.run(&["retry", "--all"]);
+    retry.assert_code(0);
+    let took = w.converge("retry --all brought the parked object in", 30);
+    eprintln!(
+        "retry --all: the parked object in step {:.1} s after the request ({:.1} s converge)",
+        t1.elapsed().as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert!(
+        wait_until(10, || agent
+            .run(&["status"])
+            .stdout
+            .contains("parked:       none")),
+        "the parked entry went away: {}",
+        agent.run(&["status"]).stdout
+    );
 }
 
 // ---------------------------------------------------------------------------------------

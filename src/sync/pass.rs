@@ -78,6 +78,9 @@ pub struct Failure {
     pub dn: String,
     /// Why (names the HTTP status, attribute or cause).
     pub reason: String,
+    /// The object's kind and anchor when the endpoint refused or failed it (`run` parks
+    /// those); `None` for a failure before any write (mapping, internal).
+    pub endpoint: Option<(ResourceKind, String)>,
 }
 
 /// The outcome of a pass.
@@ -914,7 +917,7 @@ impl Pass<'_> {
         let mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
             Ok(m) => m,
             Err(e) => {
-                self.fail(entry.dn, e.to_string());
+                self.fail(entry.dn, e.to_string(), None);
                 return None;
             }
         };
@@ -975,7 +978,7 @@ impl Pass<'_> {
                     }
                 }
                 Err(channel::TrySendError::Closed(j)) => {
-                    self.fail(j.dn, "internal: provisioning workers stopped".into());
+                    self.fail(j.dn, "internal: provisioning workers stopped".into(), None);
                     return;
                 }
             }
@@ -1008,12 +1011,12 @@ impl Pass<'_> {
                 id
             }
             Outcome::Failed(reason) => {
-                self.fail(d.dn, reason);
+                self.fail(d.dn, reason, Some((d.kind, d.external_id)));
                 return;
             }
             Outcome::Unavailable(reason) => {
                 self.report.unavailable += 1;
-                self.fail(d.dn, reason);
+                self.fail(d.dn, reason, Some((d.kind, d.external_id)));
                 return;
             }
         };
@@ -1038,13 +1041,17 @@ impl Pass<'_> {
         }
     }
 
-    fn fail(&mut self, dn: String, reason: String) {
+    fn fail(&mut self, dn: String, reason: String, endpoint: Option<(ResourceKind, String)>) {
         if self.scim.refused_auth().is_some() {
             // The pass ends with one error that says it; no warning per object.
             log::debug!("{dn}: {reason}");
         } else {
             log::warn!("{dn}: {reason}");
         }
-        self.report.failures.push(Failure { dn, reason });
+        self.report.failures.push(Failure {
+            dn,
+            reason,
+            endpoint,
+        });
     }
 }

@@ -16,7 +16,8 @@
 //!
 //! Faults queued with [`FaultProxy::answer_next`] / [`FaultProxy::stall_next`] (or their
 //! `_of` forms, which wait for a request with the given method) apply to the next requests
-//! in arrival order, one fault per request. Every request (HTTP) or connection
+//! in arrival order, one fault per request; [`FaultProxy::refuse_path`] answers every request
+//! for one path (one resource) until lifted, ahead of the queue. Every request (HTTP) or connection
 //! (TCP) is recorded as an [`Event`] with its arrival time and what the proxy did, so a test
 //! can check counts and the pauses between retries.
 //!
@@ -115,6 +116,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Requests held by [`Fault::Late`], with their event index.
     late: Mutex<Vec<(usize, Request)>>,
+    /// Paths answered with a status for as long as they are listed (substring, status).
+    refused_paths: Mutex<Vec<(String, u16)>>,
 }
 
 impl Shared {
@@ -185,6 +188,7 @@ impl FaultProxy {
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             late: Mutex::new(Vec::new()),
+            refused_paths: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let acceptor = std::thread::spawn(move || accept_loop(s, Some(listener), port));
@@ -270,6 +274,19 @@ impl FaultProxy {
         for _ in 0..n {
             f.push_back((method.map(str::to_ascii_uppercase), fault.clone()));
         }
+    }
+
+    /// Every request whose path contains `part` (e.g. one resource's id) is answered with
+    /// `status` until [`FaultProxy::accept_paths`], before any queued fault: one object the
+    /// endpoint keeps refusing while it takes the others.
+    pub fn refuse_path(&self, part: &str, status: u16) {
+        let mut r = self.shared.refused_paths.lock().unwrap();
+        r.push((part.to_string(), status));
+    }
+
+    /// Stops refusing the paths of [`FaultProxy::refuse_path`].
+    pub fn accept_paths(&self) {
+        self.shared.refused_paths.lock().unwrap().clear();
     }
 
     /// Faults queued and not yet applied.
@@ -492,13 +509,19 @@ fn serve_http(shared: &Arc<Shared>, mut client: TcpStream) {
         shared.untrack(id);
         return;
     };
-    let fault = {
+    let refused = {
+        let r = shared.refused_paths.lock().unwrap();
+        r.iter()
+            .find(|(part, _)| req.path.contains(part.as_str()))
+            .map(|&(_, status)| answer(status, None))
+    };
+    let fault = refused.or_else(|| {
         let mut q = shared.faults.lock().unwrap();
         let at = q
             .iter()
             .position(|(m, _)| m.as_ref().is_none_or(|m| *m == req.method));
         at.and_then(|i| q.remove(i)).map(|(_, f)| f)
-    };
+    });
     match fault {
         Some(Fault::Answer {
             status,

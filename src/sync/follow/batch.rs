@@ -7,9 +7,18 @@
 //! to be retried waits for its retry; infer a delete (an object the directory does not
 //! return is left alone, and one matched by DN alone is deleted only once the directory
 //! confirms that no entry holds its anchor); report as handled a change that follows one
-//! not yet done. The anchor index and the delete gate change only between awaits, on the
-//! sender's task, never in the work in flight, which only reads the directory and writes
-//! the endpoint.
+//! not yet done; retry a change the endpoint keeps refusing for ever while later changes
+//! wait (it is parked instead: see below). The anchor index, the delete gate and the parked
+//! list change only between awaits, on the sender's task, never in the work in flight,
+//! which only reads the directory and writes the endpoint.
+//!
+//! Parking ([`super::parking`]): a change the endpoint refuses for good
+//! ([`Outcome::Failed`]) is parked at once; one it answers 5xx (or cannot be reached for)
+//! is retried as before, and parked once it has failed `sync.max_attempts` times while the
+//! endpoint answers its health probe ([`EndpointWrites::reachable`]): an outage parks
+//! nothing, the batch waits. A parked change counts as done (its record may be
+//! acknowledged); a later change of the same object, done, removes the entry, failed,
+//! updates it.
 //!
 //! It reaches the directory and the endpoint only through [`DirectoryReads`] and
 //! [`EndpointWrites`] (the pattern of `members.rs`'s `GroupEndpoint`): `run` hands in the
@@ -31,6 +40,7 @@ use crate::sync::dn;
 use crate::sync::pass::PassSettings;
 use crate::sync::provision::{provision, Job, Outcome};
 
+use super::parking::{unix_now, Parking, Refusal};
 use super::send::{SendCtx, SendEnd};
 use super::{with_queue, Change, SharedQueue};
 
@@ -76,6 +86,10 @@ pub(super) trait EndpointWrites {
     /// Deactivates or deletes `target` (see [`deletes::execute`]): the word for what was
     /// done, or why not.
     async fn delete(&self, target: &Target) -> Result<&'static str, ScimError>;
+    /// Whether the endpoint answers at all (its /ServiceProviderConfig, any answer but a
+    /// transient failure): a 5xx for one object while this holds is that object's, not an
+    /// outage.
+    async fn reachable(&self) -> bool;
 }
 
 /// The real endpoint: the SCIM client, with the settings that shape its writes.
@@ -92,12 +106,21 @@ impl EndpointWrites for ScimEndpoint<'_> {
     async fn delete(&self, target: &Target) -> Result<&'static str, ScimError> {
         deletes::execute(self.scim, self.pass.user_delete, target).await
     }
+
+    async fn reachable(&self) -> bool {
+        match self.scim.service_provider_config().await {
+            Ok(_) => true,
+            Err(e) => !e.is_transient(),
+        }
+    }
 }
 
 pub(super) enum Applied {
     Done,
     Failed(String),
     Retry(String),
+    /// The endpoint refused the object: park it (see [`super::parking`]).
+    Park(Refusal),
 }
 
 /// Most changes of one batch in step at the same time (directory reads and SCIM writes).
@@ -118,9 +141,10 @@ pub(super) struct BatchEnd {
     pub(super) handled: Option<u64>,
     /// How the sender must end, if it must.
     pub(super) end: Option<SendEnd>,
-    /// Changes applied, and failed for good.
+    /// Changes applied, failed for good, and parked.
     pub(super) applied: u64,
     pub(super) failed: u64,
+    pub(super) parked: u64,
 }
 
 /// Where one change of a batch stands.
@@ -160,11 +184,16 @@ fn same_object(a: &(String, Option<String>), b: &(String, Option<String>)) -> bo
 /// is in flight lands, then after a backoff the change is tried again, as before.
 /// Acknowledgement: only the leading run of done changes ([`BatchEnd::handled`]); a change
 /// done beyond a gap is applied again after a restart (idempotent).
+/// Parking: a change the endpoint refuses is parked (done) as the module doc says, after
+/// `park_after` tries when the endpoint answered 5xx or was unreachable (1: the retries of
+/// parked objects, which are parked again at once, probe or not).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
+    parking: &mut Parking,
+    park_after: u32,
     queue: &SharedQueue,
     admitted: &mut HashSet<String>,
     exits: &mut Vec<Target>,
@@ -180,6 +209,7 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
         end: None,
         applied: 0,
         failed: 0,
+        parked: 0,
     };
     let mut seqs = Vec::with_capacity(records.len());
     let mut changes = Vec::with_capacity(records.len());
@@ -211,6 +241,10 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
         .collect();
     let mut steps: Vec<Step> = (0..n).map(|_| Step::Waiting).collect();
     let mut waits: Vec<Option<Backoff>> = (0..n).map(|_| None).collect();
+    // Per change: tries the endpoint answered 5xx or could not be reached for, and the
+    // refusal to park once they are `park_after`.
+    let mut tries: Vec<u32> = vec![0; n];
+    let mut refused: Vec<Option<Refusal>> = (0..n).map(|_| None).collect();
     type InFlight<'f> = Vec<(usize, Pin<Box<dyn Future<Output = Landed> + 'f>>)>;
     let mut flying: InFlight<'_> = Vec::new();
     // Changes that asked to be retried: the batch starts nothing new until they are.
@@ -220,13 +254,46 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                    a: Applied,
                    steps: &mut Vec<Step>,
                    retry: &mut Vec<(usize, String)>,
-                   out: &mut BatchEnd| match a {
+                   out: &mut BatchEnd,
+                   parking: &mut Parking| match a {
         Applied::Done => {
             steps[i] = Step::Done;
             out.applied += 1;
             ctx.agent
                 .provisioned
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Done (sent, in step, deleted, out of scope, gone from its DN): whatever was
+            // parked for the object is settled.
+            if let Some(p) = parking.clear(&keys[i].0, keys[i].1.as_deref()) {
+                log::info!(
+                    "{} {}: no longer parked (after {} failed tries)",
+                    p.kind,
+                    p.dn,
+                    p.attempts
+                );
+            }
+        }
+        Applied::Park(r) => {
+            steps[i] = Step::Done;
+            ctx.agent
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (dn, reason) = (r.dn.clone(), r.reason.clone());
+            let now = unix_now();
+            if parking.park(r, now) {
+                out.parked += 1;
+                let p = parking.find(&keys[i].0, keys[i].1.as_deref());
+                let (tries, wait) = p.map_or((0, 0), |p| (p.attempts, p.next_at - now));
+                log::warn!(
+                    "{dn}: {reason}; parked after {tries} tries, next try in {} (later changes flow on; `idrelay retry` sends it now)",
+                    crate::sync::progress::format_duration(Duration::from_secs(wait))
+                );
+                ctx.agent.set_error(format!("{dn} parked: {reason}"));
+            } else {
+                out.failed += 1;
+                log::warn!("{dn}: {reason}");
+                ctx.agent.set_error(format!("{dn}: {reason}"));
+            }
         }
         Applied::Failed(why) => {
             steps[i] = Step::Done;
@@ -270,7 +337,7 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                 .collect();
             let uuid = &keys[i].0;
             match decide(ctx, index, gate, exits, uuid, prepared, &busy) {
-                Decision::Done(a) => outcome(i, a, &mut steps, &mut retry, &mut out),
+                Decision::Done(a) => outcome(i, a, &mut steps, &mut retry, &mut out, parking),
                 Decision::Blocked(p) => steps[i] = Step::Read(p, true),
                 Decision::Send(job) => {
                     let job = Box::new(job);
@@ -312,9 +379,32 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                     Change::Delete { uuid, dn } => {
                         // Deletes go through the gate and the index: applied here, in turn.
                         let a = apply_delete(ctx, index, gate, admitted, uuid, dn.as_deref()).await;
-                        outcome(i, a, &mut steps, &mut retry, &mut out);
+                        outcome(i, a, &mut steps, &mut retry, &mut out, parking);
                     }
                 }
+            }
+        }
+        if flying.is_empty() && !retry.is_empty() {
+            // Park what the endpoint refused `park_after` times, unless it is down.
+            let over: Vec<usize> = retry
+                .iter()
+                .map(|&(i, _)| i)
+                .filter(|&i| tries[i] >= park_after && refused[i].is_some())
+                .collect();
+            if !over.is_empty() && (park_after <= 1 || ctx.endpoint.reachable().await) {
+                retry.retain(|(i, _)| !over.contains(i));
+                for i in over {
+                    let r = refused[i].take().expect("checked above");
+                    outcome(
+                        i,
+                        Applied::Park(r),
+                        &mut steps,
+                        &mut retry,
+                        &mut out,
+                        parking,
+                    );
+                }
+                continue;
             }
         }
         if flying.is_empty() {
@@ -354,12 +444,33 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
         .await;
         match landed {
             Landed::Read(Ok(p)) => steps[i] = Step::Read(p, false),
-            Landed::Read(Err(why)) => {
-                outcome(i, Applied::Retry(why), &mut steps, &mut retry, &mut out)
-            }
+            Landed::Read(Err(why)) => outcome(
+                i,
+                Applied::Retry(why),
+                &mut steps,
+                &mut retry,
+                &mut out,
+                parking,
+            ),
             Landed::Sent(job, o) => {
-                let a = commit(index, *job, o);
-                outcome(i, a, &mut steps, &mut retry, &mut out);
+                let refusal = |reason: &str, attempts: u32| Refusal {
+                    uuid: keys[i].0.clone(),
+                    anchor: job.external_id.clone(),
+                    kind: job.kind.word(),
+                    dn: job.dn.clone(),
+                    reason: reason.to_string(),
+                    attempts,
+                };
+                let a = match &o {
+                    Outcome::Failed(reason) => Applied::Park(refusal(reason, tries[i] + 1)),
+                    Outcome::Unavailable(reason) => {
+                        tries[i] += 1;
+                        refused[i] = Some(refusal(reason, tries[i]));
+                        commit(index, *job, o)
+                    }
+                    _ => commit(index, *job, o),
+                };
+                outcome(i, a, &mut steps, &mut retry, &mut out, parking);
             }
         }
     }

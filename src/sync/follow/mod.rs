@@ -8,10 +8,19 @@
 //! ```
 //!
 //! Invariants:
-//! * A change is acknowledged only after it was provisioned or failed for good (a 4xx that
-//!   no retry will fix, reported in the log), and only together with every change before
-//!   it in the queue (an ack covers a prefix). While the endpoint is unreachable the sender
-//!   waits and retries the change; nothing new starts meanwhile.
+//! * A change is acknowledged only after it was provisioned, held for approval, or parked,
+//!   and only together with every change before it in the queue (an ack covers a prefix).
+//!   While the endpoint is unreachable the sender waits and retries the change; nothing new
+//!   starts meanwhile.
+//! * No head-of-line blocking: a change the endpoint refuses (a 4xx other than 408/429, or
+//!   a 5xx / transport failure for that object past `sync.max_attempts` tries while the
+//!   endpoint answers otherwise) is parked durably in the state directory (`parked.json`,
+//!   see [`parking`]) before its record is acknowledged, so the changes after it flow on.
+//!   Per object, order holds: a later change of a parked object re-reads it and sends its
+//!   current state, and its success (or the object's delete) removes the entry. Parked
+//!   objects are read again and retried when their backoff ends (2 min doubling to 6 h),
+//!   on `idrelay retry`, and by every full pass, which clears the entries of the objects
+//!   it brought in step and parks those the endpoint refused.
 //! * Per object, changes are applied in queue order: the sender works on up to
 //!   `MAX_IN_FLIGHT` (8) changes of a batch at a time (directory read, scope check, SCIM
 //!   write), but never on two of the same object (same uuid or DN) at once. A change whose
@@ -31,8 +40,9 @@
 //!   no write), so a 5xx burst or an outage mid-pass loses nothing. One exception keeps a
 //!   few objects the endpoint always fails from holding the feed back forever: when a
 //!   repeat of an incomplete pass does no better than the pass before it (with the endpoint
-//!   reachable at its start), the pass counts as done, with a warning; those objects go out
-//!   when they change or at the next full pass, and deletes wait for a complete pass.
+//!   reachable at its start), the pass counts as done, with a warning; those objects are
+//!   parked (retried with a backoff, when they change, or by `idrelay retry`), and deletes
+//!   wait for a complete pass. A complete pass parks the objects the endpoint refused too.
 //! * A delete is never lost silently. The feed keeps the DN the directory sent with it; the
 //!   sender finds the object by any text form of the delete's uuid (389-DS names entries by
 //!   their nsUniqueId's 16 bytes, which the anchor writes `8-8-8-8`), else by that DN, and
@@ -56,7 +66,9 @@
 //!   and keep the agent's [`crate::status::FeedLink`] (up while the search or the polls
 //!   are answered, down when the task ends) for `idrelay status`;
 //! * `poll.rs`: the polling feeds' queries (what changed since a watermark);
-//! * `send.rs`: the sender, which reads the queue, weighs delete bursts and acknowledges;
+//! * `send.rs`: the sender, which reads the queue, weighs delete bursts, acknowledges, and
+//!   retries the parked objects that are due;
+//! * `parking.rs`: the parked list (file format, backoff, the `retry` request, status);
 //! * `batch.rs`: the batch machine, which applies one batch in per-object order and says
 //!   which leading run of it is done. It and the sender reach the directory and the
 //!   endpoint only through two narrow traits defined there (`DirectoryReads`: read an
@@ -65,6 +77,7 @@
 
 mod batch;
 mod feed;
+pub mod parking;
 pub mod poll;
 mod send;
 #[cfg(test)]
@@ -89,6 +102,7 @@ use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use batch::{EndpointWrites, ScimEndpoint};
 use feed::{current_cookie, feed, poll_feed};
+use parking::{Parking, ParkingError};
 use poll::PollSpec;
 use send::{send_loop, SendCtx, SendEnd};
 
@@ -161,6 +175,9 @@ pub struct FollowSettings {
     pub full_pass_interval: Duration,
     /// The change feed.
     pub feed: Feed,
+    /// Tries (`sync.max_attempts`) after which an object the endpoint keeps answering 5xx
+    /// is parked, when the endpoint answers otherwise.
+    pub park_after: u32,
 }
 
 /// The change feed `run` follows (resolved: never "auto").
@@ -262,6 +279,8 @@ pub enum RunError {
     Queue(QueueError),
     /// The held-deletes file cannot be written.
     Deletes(GateError),
+    /// The parked-objects file cannot be written.
+    Parking(ParkingError),
 }
 
 impl std::fmt::Display for RunError {
@@ -269,6 +288,7 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Queue(e) => write!(f, "queue: {e}"),
             RunError::Deletes(e) => write!(f, "held deletes: {e}"),
+            RunError::Parking(e) => write!(f, "parked objects: {e}"),
         }
     }
 }
@@ -328,10 +348,28 @@ pub async fn run(
     // How many objects the previous, incomplete full pass could not send (see
     // `accept_stalled_pass`).
     let mut stalled: Option<u64> = None;
+    let mut parking = match Parking::open(&settings.state_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            // What was parked is unknown: a full pass sends every object again.
+            log::warn!("parked objects unreadable ({e}); starting with none, after a full pass");
+            with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested))
+                .await
+                .map_err(RunError::Queue)?;
+            Parking::empty(&settings.state_dir)
+        }
+    };
+    if !parking.is_empty() {
+        log::info!(
+            "{} objects parked (refused by the endpoint); retried when their backoff ends",
+            parking.len()
+        );
+    }
     loop {
         if let Some(r) = control.requested() {
             save_index(index);
             gate.save().map_err(RunError::Deletes)?;
+            parking.save().map_err(RunError::Parking)?;
             return Ok(r);
         }
         if !agent.is_active() {
@@ -384,7 +422,17 @@ pub async fn run(
                 reason.map(|r| r.as_str()).unwrap_or("unknown")
             );
             agent.set_phase("full-pass");
-            let pass = resync(dir, scim, profile, index, gate, &queue, settings, &scope);
+            let pass = resync(
+                dir,
+                scim,
+                profile,
+                index,
+                gate,
+                &mut parking,
+                &queue,
+                settings,
+                &scope,
+            );
             // A stop during a pass abandons it: requests in flight are dropped, and what
             // landed is in the index (saved above on the next turn). Nothing is lost: the
             // pass is still owed and runs again at the next start.
@@ -407,13 +455,17 @@ pub async fn run(
                     stalled = None;
                     None
                 }
-                Some(Ok(PassEnd::Unavailable(n, mark))) if accept_stalled_pass(stalled, n) => {
+                Some(Ok(PassEnd::Unavailable(n, mark, failures)))
+                    if accept_stalled_pass(stalled, n) =>
+                {
                     log::warn!(
                         "full pass: {n} objects failed again although the endpoint answers \
                          others (see the warnings above and the provisioning log); taking the \
-                         pass as done so that changes flow: they are sent again when they \
-                         change or at the next full pass; deletes wait for a complete pass"
+                         pass as done so that changes flow: they are parked and retried with a \
+                         backoff, when they change, or by `idrelay retry`; deletes wait for a \
+                         complete pass"
                     );
+                    park_pass_failures(&mut parking, &failures);
                     with_queue(&queue, move |q| q.mark_resync_done(&mark))
                         .await
                         .map_err(RunError::Queue)?;
@@ -423,7 +475,7 @@ pub async fn run(
                     None
                 }
                 // Still owed: run it again.
-                Some(Ok(PassEnd::Unavailable(n, _))) => {
+                Some(Ok(PassEnd::Unavailable(n, _, _))) => {
                     stalled = Some(n);
                     Some(format!(
                         "full pass: {n} objects could not be sent (endpoint unavailable)"
@@ -473,7 +525,7 @@ pub async fn run(
             agent,
         };
         agent.set_phase("following");
-        let outcome = send_loop(&ctx, index, gate, &queue, &feed, &notify_rx).await;
+        let outcome = send_loop(&ctx, index, gate, &mut parking, &queue, &feed, &notify_rx).await;
         let feed_ended = match outcome {
             // The task has finished: awaiting it only collects its reason.
             SendEnd::FeedEnded => Some(feed.await),
@@ -484,6 +536,7 @@ pub async fn run(
         };
         save_index(index);
         gate.save().map_err(RunError::Deletes)?;
+        parking.save().map_err(RunError::Parking)?;
         match outcome {
             SendEnd::ResyncOwed | SendEnd::Signal => {}
             SendEnd::FeedEnded => {
@@ -549,8 +602,41 @@ enum PassEnd {
     /// Everything the endpoint could take is in step: the pass is done.
     Complete,
     /// This many objects could not be sent because the endpoint was unavailable: the pass
-    /// is still owed. With the watermark it would have recorded.
-    Unavailable(u64, Vec<u8>),
+    /// is still owed. With the watermark it would have recorded, and the pass's failures
+    /// (parked if the pass is taken as done).
+    Unavailable(u64, Vec<u8>, Vec<crate::sync::pass::Failure>),
+}
+
+/// Parks the objects a full pass taken as done could not send because of the endpoint
+/// (refused, or 5xx after every retry), so that they are retried with a backoff rather
+/// than only when they change or at the next full pass.
+fn park_pass_failures(parking: &mut Parking, failures: &[crate::sync::pass::Failure]) {
+    let now = parking::unix_now();
+    let mut n = 0;
+    for f in failures {
+        let Some((kind, anchor)) = &f.endpoint else {
+            continue;
+        };
+        let r = parking::Refusal {
+            uuid: anchor.clone(),
+            anchor: anchor.clone(),
+            kind: kind.word(),
+            dn: f.dn.clone(),
+            reason: f.reason.clone(),
+            attempts: 1,
+        };
+        if parking.park(r, now) {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        log::warn!(
+            "full pass: {n} objects the endpoint refused are parked (retried from 2 min on; `idrelay status` lists them)"
+        );
+    }
+    if let Err(e) = parking.save() {
+        log::warn!("cannot record parked objects yet ({e}); will retry");
+    }
 }
 
 /// Whether an incomplete full pass that could not send `now` objects is taken as done
@@ -573,6 +659,7 @@ async fn resync(
     profile: &SyncProfile,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
+    parking: &mut Parking,
     queue: &SharedQueue,
     settings: &FollowSettings,
     scope: &str,
@@ -599,12 +686,32 @@ async fn resync(
     for f in &report.failures {
         log::warn!("not in step after the full pass: {}: {}", f.dn, f.reason);
     }
+    // The pass visited every object in scope: what it did not fail is in step (or gone),
+    // so its parked entry is settled.
+    let failed: std::collections::HashSet<String> = report
+        .failures
+        .iter()
+        .map(|f| dn::normalize(&f.dn))
+        .collect();
+    let cleared = parking.keep_failed(&failed);
+    if cleared > 0 {
+        log::info!("full pass: {cleared} parked objects are in step again, no longer parked");
+    }
     let mark = Watermark::encode(scope, &cookie);
     if report.unavailable > 0 {
         // Not done: the queue keeps owing the pass (and the changes it holds), and the
         // feed does not start from this cookie unless `run` decides the pass is stalled.
-        return Ok(PassEnd::Unavailable(report.unavailable, mark));
+        if let Err(e) = parking.save() {
+            log::warn!("cannot record parked objects yet ({e}); will retry");
+        }
+        return Ok(PassEnd::Unavailable(
+            report.unavailable,
+            mark,
+            report.failures,
+        ));
     }
+    // Done: what the endpoint refused is parked.
+    park_pass_failures(parking, &report.failures);
     with_queue(queue, move |q| q.mark_resync_done(&mark))
         .await
         .map_err(|e| format!("queue: {e}"))?;

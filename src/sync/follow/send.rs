@@ -2,12 +2,16 @@
 //! the batch to the batch machine ([`super::batch`]), sends the objects that left scope,
 //! then acknowledges the leading run of handled changes.
 //!
+//! Between batches it retries the parked objects whose time has come (or that `idrelay
+//! retry` asked for): each is read again from the directory by its DN and goes through the
+//! batch machine like a queued change, tried once, parked again if refused again.
+//!
 //! What it must never do: acknowledge a change that is not done (provisioned, failed for
-//! good, or held for approval) or any change after one that is not (an ack covers a prefix
-//! of the queue); acknowledge a batch whose scope exits were interrupted; acknowledge changes
-//! before the held deletes they caused are durable; start a new batch while a write it owes
-//! (held deletes, an ack) waits for disk space; send anything while the agent is on standby
-//! or a full pass is owed.
+//! good, parked, or held for approval) or any change after one that is not (an ack covers a
+//! prefix of the queue); acknowledge a batch whose scope exits were interrupted; acknowledge
+//! changes before the held deletes and the parked objects they caused are durable; start a
+//! new batch while a write it owes (held deletes, parked objects, an ack) waits for disk
+//! space; send anything while the agent is on standby or a full pass is owed.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +27,7 @@ use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
 use super::batch::{
     apply_batch, send_delete, Applied, DirectoryReads, EndpointWrites, RETRY_FIRST_WAIT,
 };
+use super::parking::{unix_now, Parking, Refusal};
 use super::{
     full_pass_due, last_full_pass, release_approved, save_index, with_queue, Change,
     FollowSettings, RunError, SharedQueue,
@@ -56,6 +61,7 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
+    parking: &mut Parking,
     queue: &SharedQueue,
     feed: &smol::Task<String>,
     notify: &smol::channel::Receiver<()>,
@@ -66,6 +72,7 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
     let mut last_log = Instant::now();
     let mut applied = 0u64;
     let mut failed = 0u64;
+    let mut parked = 0u64;
     loop {
         if ctx.control.requested().is_some() || !ctx.agent.is_active() {
             return SendEnd::Signal;
@@ -76,6 +83,10 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
         }
         if let Err(e) = release_approved(ctx.endpoint, index, gate).await {
             return SendEnd::Fatal(e);
+        }
+        parking.take_request();
+        if let Some(end) = retry_parked(ctx, index, gate, parking, queue, &attrs).await {
+            return end;
         }
         let read = with_queue(queue, |q| {
             if q.resync_owed() {
@@ -137,14 +148,19 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
             }
             if last_log.elapsed() >= STATUS_LOG_EVERY {
                 log::info!(
-                    "following changes: {applied} applied, {failed} failed in the last minute; queue empty{}",
+                    "following changes: {applied} applied, {failed} failed, {parked} parked in the last minute; queue empty{}{}",
                     match gate.held().len() {
                         0 => String::new(),
                         n => format!("; {n} deletes held for approval"),
+                    },
+                    match parking.len() {
+                        0 => String::new(),
+                        n => format!("; {n} objects parked (see `idrelay status`)"),
                     }
                 );
                 applied = 0;
                 failed = 0;
+                parked = 0;
                 last_log = Instant::now();
             }
             if full_pass_due(
@@ -171,6 +187,8 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
             ctx,
             index,
             gate,
+            parking,
+            ctx.settings.park_after,
             queue,
             &mut admitted,
             &mut exits,
@@ -180,6 +198,7 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
         .await;
         applied += batch.applied;
         failed += batch.failed;
+        parked += batch.parked;
         let (mut handled, mut end) = (batch.handled, batch.end);
         if end.is_none() && !exits.is_empty() {
             if let Some(e) = send_exits(ctx, index, gate, std::mem::take(&mut exits)).await {
@@ -189,7 +208,7 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
                 end = Some(e);
             }
         }
-        if let Err(end) = acknowledge(ctx, gate, queue, handled).await {
+        if let Err(end) = acknowledge(ctx, gate, parking, queue, handled).await {
             return end;
         }
         if let Some(end) = end {
@@ -209,27 +228,35 @@ fn is_disk_full(e: &std::io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT on Linux
 }
 
-/// Makes the held deletes durable, then acknowledges the queue up to `handled` (held
-/// deletes are durable before the changes that held them are acknowledged). A write that
+/// Makes the held deletes and the parked objects durable, then acknowledges the queue up
+/// to `handled` (both are durable before the changes that caused them are acknowledged). A
+/// write that
 /// may succeed later (a full disk) pauses the sender and is retried with a backoff, as the
 /// feed does for appends; nothing new is sent meanwhile. `Err` is how the sender must end
 /// (a stop request while paused: what is not acknowledged is re-sent after the restart).
 async fn acknowledge<D, E>(
     ctx: &SendCtx<'_, D, E>,
     gate: &mut DeleteGate,
+    parking: &mut Parking,
     queue: &SharedQueue,
     handled: Option<u64>,
 ) -> Result<(), SendEnd> {
     let mut pause = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let why = match gate.save() {
-            Err(e) => match &e {
+        let why = match (parking.save(), gate.save()) {
+            (Err(e), _) => match e.io() {
+                Some(source) if is_disk_full(source) => {
+                    format!("cannot record parked objects ({e})")
+                }
+                _ => return Err(SendEnd::Fatal(RunError::Parking(e))),
+            },
+            (Ok(()), Err(e)) => match &e {
                 GateError::Io { source, .. } if is_disk_full(source) => {
                     format!("cannot record held deletes ({e})")
                 }
                 _ => return Err(SendEnd::Fatal(RunError::Deletes(e))),
             },
-            Ok(()) => {
+            (Ok(()), Ok(())) => {
                 let Some(last) = handled else {
                     return Ok(());
                 };
@@ -281,6 +308,10 @@ async fn send_exits<D: DirectoryReads, E: EndpointWrites>(
                     log::warn!("{why}");
                     break;
                 }
+                Applied::Park(r) => {
+                    log::warn!("{}: {}", r.dn, r.reason);
+                    break;
+                }
                 Applied::Retry(why) => {
                     let d = wait.next_delay().unwrap_or(Duration::from_secs(60));
                     log::warn!("{why}; retrying in {:.1} s", d.as_secs_f64());
@@ -293,6 +324,85 @@ async fn send_exits<D: DirectoryReads, E: EndpointWrites>(
         }
     }
     None
+}
+
+/// Retries the parked objects that are due: each read again from the directory (by its DN,
+/// never the stale payload) and applied by the batch machine as a queued change would be,
+/// tried once; refused again, it is parked again with a longer wait. Nothing is
+/// acknowledged (they are not in the queue); the list is saved. Returns how the sender
+/// must end, if it must.
+async fn retry_parked<D: DirectoryReads, E: EndpointWrites>(
+    ctx: &SendCtx<'_, D, E>,
+    index: &mut AnchorIndex,
+    gate: &mut DeleteGate,
+    parking: &mut Parking,
+    queue: &SharedQueue,
+    attrs: &[&str],
+) -> Option<SendEnd> {
+    let now = unix_now();
+    let due = parking.due(now);
+    if due.is_empty() {
+        return None;
+    }
+    log::info!(
+        "retrying {} parked {}",
+        due.len(),
+        if due.len() == 1 { "object" } else { "objects" }
+    );
+    let records = due
+        .iter()
+        .map(|p| crate::queue::Record {
+            seq: 0,
+            payload: serde_json::to_vec(&Change::Upsert {
+                dn: p.dn.clone(),
+                uuid: p.uuid.clone(),
+            })
+            .unwrap_or_default(),
+            appended_at_ms: 0,
+        })
+        .collect();
+    let mut exits = Vec::new();
+    let batch = apply_batch(
+        ctx,
+        index,
+        gate,
+        parking,
+        1,
+        queue,
+        &mut HashSet::new(),
+        &mut exits,
+        attrs,
+        records,
+    )
+    .await;
+    let mut end = batch.end;
+    if end.is_none() && !exits.is_empty() {
+        end = send_exits(ctx, index, gate, exits).await;
+    }
+    // One that neither went out nor was parked again (a mapping error, an interrupted
+    // batch) waits its next round too: a due entry is never tried in a tight loop.
+    for p in &due {
+        let still_due = parking
+            .find(&p.uuid, None)
+            .is_some_and(|e| e.next_at <= now);
+        if still_due {
+            parking.park(
+                Refusal {
+                    uuid: p.uuid.clone(),
+                    anchor: p.anchor.clone(),
+                    kind: if p.kind == "group" { "group" } else { "user" },
+                    dn: p.dn.clone(),
+                    reason: p.reason.clone(),
+                    attempts: 1,
+                },
+                now,
+            );
+        }
+    }
+    if let Err(e) = acknowledge(ctx, gate, parking, queue, None).await {
+        return Some(e);
+    }
+    end
 }
 
 fn is_delete(payload: &[u8]) -> bool {

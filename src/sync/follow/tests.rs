@@ -6,12 +6,13 @@
 //! The fakes take one scheduler turn per round trip (more where a test makes an object
 //! slow), so several changes of a batch are in flight at once, as against a real server.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::batch::{apply_batch, BatchEnd, DirectoryReads, EndpointWrites};
+use super::parking::{unix_now, Parking, PARKED_FILE};
 use super::send::{send_loop, SendCtx, SendEnd};
 use super::*;
 use crate::config::UserDelete;
@@ -363,6 +364,187 @@ fn a_burst_of_deletes_over_the_threshold_is_held_whole_and_acknowledged() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Parking: no head-of-line blocking.
+
+#[test]
+fn a_refused_change_parks_and_later_changes_flow() {
+    let mut b = Bench::new(100);
+    // x0 is answered 500 however often it is tried; bad is refused for good (400).
+    b.user("x0", &["v1"]);
+    for _ in 0..100 {
+        b.endpoint
+            .refuse("x0", Outcome::Unavailable("SCIM PUT answered 500".into()));
+    }
+    b.user("bad", &["v1"]);
+    b.endpoint.refuse(
+        "bad",
+        Outcome::Failed("SCIM POST answered 400: invalid".into()),
+    );
+    let later: Vec<String> = (1..=20).map(|i| format!("y{i}")).collect();
+    for n in &later {
+        b.user(n, &["v1"]);
+    }
+    let mut changes = vec![upsert("x0"), upsert("bad")];
+    changes.extend(later.iter().map(|n| upsert(n)));
+    b.enqueue(&changes);
+    let end = b.send(|_, depth| depth == 0);
+    assert!(matches!(end, SendEnd::Signal));
+    let log = b.calls();
+    // x0 was tried `park_after` (3) times, then parked; bad once.
+    assert_eq!(sends_of(&log, "x0"), ["v1"; 3], "{log:#?}");
+    assert_eq!(sends_of(&log, "bad"), ["v1"], "{log:#?}");
+    for n in &later {
+        assert_eq!(b.endpoint.holds(n).as_deref(), Some("v1"), "{n}: {log:#?}");
+    }
+    // Everything is acknowledged; both refused objects are parked, durably.
+    assert!(b.unacknowledged().is_empty());
+    let x0 = b.parking.find(&uuid_of("x0"), None).expect("x0 parked");
+    assert_eq!(x0.attempts, 3);
+    assert_eq!(x0.kind, "user");
+    assert_eq!(x0.dn, user_dn("x0"));
+    assert!(x0.reason.contains("500"), "{x0:?}");
+    let bad = b.parking.find(&uuid_of("bad"), None).expect("bad parked");
+    assert_eq!(bad.attempts, 1);
+    assert!(bad.reason.contains("400"), "{bad:?}");
+    let wait = x0.next_at - x0.last_at;
+    assert!(
+        (96..=144).contains(&wait),
+        "first retry in about 2 min: {wait}"
+    );
+    let on_disk = Parking::open(&b.state_dir()).unwrap();
+    assert_eq!(on_disk.len(), 2);
+}
+
+#[test]
+fn an_endpoint_outage_parks_nothing() {
+    let mut b = Bench::new(100);
+    b.user("x0", &["v1"]);
+    b.user("y1", &["v1"]);
+    for _ in 0..5 {
+        b.endpoint
+            .refuse("x0", Outcome::Unavailable("connection refused".into()));
+    }
+    b.endpoint.down.set(true);
+    let (end, seqs) = b.apply(&[upsert("x0"), upsert("y1")]);
+    let log = b.calls();
+    // Past park_after, but the endpoint was down: waited and retried, never parked.
+    assert_eq!(sends_of(&log, "x0"), ["v1"; 6], "{log:#?}");
+    assert_eq!(b.endpoint.holds("x0").as_deref(), Some("v1"));
+    assert_eq!(b.endpoint.holds("y1").as_deref(), Some("v1"));
+    assert!(b.parking.is_empty());
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn a_later_change_to_a_parked_object_supersedes_it() {
+    let mut b = Bench::new(100);
+    b.user("amy", &["v1", "v2", "v3"]);
+    b.user("bo", &["v1"]);
+    b.endpoint
+        .refuse("amy", Outcome::Failed("SCIM PUT answered 400".into()));
+    // amy is refused and parked; bo flows; amy's next change (same batch) sends her
+    // current state and settles the entry.
+    let (end, seqs) = b.apply(&[upsert("amy"), upsert("bo"), upsert("amy")]);
+    let log = b.calls();
+    assert_eq!(sends_of(&log, "amy"), ["v1", "v2"], "{log:#?}");
+    assert!(at(&log, &landed("amy", "refused")) < nth(&log, &read("amy"), 1));
+    assert_eq!(b.endpoint.holds("amy").as_deref(), Some("v2"));
+    assert!(b.parking.is_empty(), "{:?}", b.parking.entries());
+    assert_eq!(end.handled, seqs.last().copied());
+
+    // Parked again; then a later batch changes her: the new state goes, the entry goes.
+    b.endpoint
+        .refuse("amy", Outcome::Failed("SCIM PUT answered 400".into()));
+    b.user("amy", &["v3", "v4"]);
+    b.apply(&[upsert("amy")]);
+    assert_eq!(b.parking.len(), 1);
+    b.apply(&[upsert("amy")]);
+    assert_eq!(sends_of(&b.calls(), "amy"), ["v4"]);
+    assert!(b.parking.is_empty());
+
+    // A delete of a parked object removes the entry once the delete is handled.
+    b.endpoint
+        .refuse("amy", Outcome::Failed("SCIM PUT answered 400".into()));
+    b.user("amy", &["v5"]);
+    b.apply(&[upsert("amy")]);
+    assert_eq!(b.parking.len(), 1);
+    b.apply(&[delete("amy")]);
+    assert_eq!(b.calls(), [Call::Delete("amy".into())]);
+    assert!(b.parking.is_empty());
+}
+
+#[test]
+fn a_parked_object_is_retried_after_its_backoff() {
+    let mut b = Bench::new(100);
+    // Refused twice; the directory changes meanwhile (the retry reads it again).
+    b.user("kit", &["v1", "v2"]);
+    b.endpoint
+        .refuse("kit", Outcome::Failed("SCIM POST answered 400".into()));
+    b.endpoint
+        .refuse("kit", Outcome::Failed("SCIM POST answered 409".into()));
+    b.apply(&[upsert("kit")]);
+    let first = b.parking.find(&uuid_of("kit"), None).unwrap().clone();
+    assert!(b.parking.due(unix_now()).is_empty(), "not before its time");
+
+    // Its time comes: re-read (v2, never the stale v1), refused again, parked longer.
+    b.wait_parked(150);
+    let end = b.send(|log, _| log.contains(&landed("kit", "refused")));
+    assert!(matches!(end, SendEnd::Signal));
+    assert_eq!(sends_of(&b.calls(), "kit"), ["v2"]);
+    let second = b.parking.find(&uuid_of("kit"), None).unwrap().clone();
+    assert_eq!((second.rounds, second.attempts), (2, 2));
+    assert_eq!(second.first_at, first.first_at);
+    assert!(second.reason.contains("409"), "{second:?}");
+    let wait = second.next_at - second.last_at;
+    assert!((192..=288).contains(&wait), "doubled: {wait}");
+
+    // Next time it goes through: the entry is gone, on disk too.
+    b.wait_parked(300);
+    b.control = Control::new();
+    let end = b.send(|log, _| log.contains(&landed("kit", "created")));
+    assert!(matches!(end, SendEnd::Signal));
+    assert_eq!(sends_of(&b.calls(), "kit"), ["v2"]);
+    assert_eq!(b.endpoint.holds("kit").as_deref(), Some("v2"));
+    assert!(b.parking.is_empty());
+    assert!(Parking::open(&b.state_dir()).unwrap().is_empty());
+}
+
+#[test]
+fn parking_survives_a_restart() {
+    let mut b = Bench::new(100);
+    b.user("ray", &["v1"]);
+    b.user("sol", &["v1"]);
+    b.endpoint.refuse(
+        "ray",
+        Outcome::Failed("SCIM PUT answered 422: bad title".into()),
+    );
+    b.enqueue(&[upsert("ray"), upsert("sol")]);
+    b.send(|_, depth| depth == 0);
+    assert!(b.unacknowledged().is_empty());
+    let path = b.state_dir().join(PARKED_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // A restart: the agent reads what was parked, with its reason and times.
+    b.parking = Parking::open(&b.state_dir()).unwrap();
+    let ray = b.parking.find(&uuid_of("ray"), None).expect("still parked");
+    assert!(ray.reason.contains("422: bad title"));
+    assert_eq!(ray.attempts, 1);
+    // `idrelay retry --all` with the agent running: the request file makes it due.
+    super::parking::request_retry(&b.state_dir(), None).unwrap();
+    b.control = Control::new();
+    let end = b.send(|log, _| log.contains(&landed("ray", "created")));
+    assert!(matches!(end, SendEnd::Signal));
+    assert!(b.parking.is_empty());
+    assert!(Parking::open(&b.state_dir()).unwrap().is_empty());
+    assert!(!b.state_dir().join(super::parking::RETRY_FILE).exists());
+}
+
+// ---------------------------------------------------------------------------------------
 // The bench: fakes, and the real queue, index and gate in a temporary directory.
 
 const BASE: &str = "dc=example,dc=org";
@@ -545,6 +727,8 @@ struct FakeEndpoint {
     stop_after: Option<(String, Control)>,
     /// What the endpoint holds, by object name (as in [`Call::Send`]).
     held: RefCell<HashMap<String, String>>,
+    /// Down: its health probe fails too (an outage, not one object's trouble).
+    down: Cell<bool>,
 }
 
 impl FakeEndpoint {
@@ -593,6 +777,7 @@ impl EndpointWrites for FakeEndpoint {
             .get_mut(&name)
             .and_then(VecDeque::pop_front);
         let (outcome, how) = match refused {
+            Some(o @ Outcome::Failed(_)) => (o, "refused"),
             Some(o) => (o, "unavailable"),
             None => {
                 self.held.borrow_mut().insert(name.clone(), what);
@@ -615,6 +800,11 @@ impl EndpointWrites for FakeEndpoint {
         self.landed(&name);
         Ok("deleted")
     }
+
+    async fn reachable(&self) -> bool {
+        smol::future::yield_now().await;
+        !self.down.get()
+    }
 }
 
 struct Bench {
@@ -627,6 +817,7 @@ struct Bench {
     agent: AgentState,
     index: AnchorIndex,
     gate: DeleteGate,
+    parking: Parking,
     queue: SharedQueue,
     // Last: removed after everything that has files in it.
     _state: TempDir,
@@ -673,14 +864,29 @@ impl Bench {
                 state_dir: state.0.clone(),
                 full_pass_interval: Duration::ZERO,
                 feed: Feed::Syncrepl,
+                park_after: 3,
             },
             control: Control::new(),
             agent: AgentState::new(false),
             index: AnchorIndex::empty(&state.0),
             gate: DeleteGate::open(&state.0, policy).unwrap(),
+            parking: Parking::empty(&state.0),
             queue: Arc::new(Mutex::new(queue)),
             _state: state,
         }
+    }
+
+    /// Time passes: every parked object's next try comes `secs` earlier.
+    fn wait_parked(&mut self, secs: u64) {
+        let now = unix_now();
+        let due = self.parking.due(now + secs).len();
+        self.parking.make_due(None, now);
+        assert_eq!(due, self.parking.due(now).len(), "only what was due then");
+    }
+
+    /// The state directory.
+    fn state_dir(&self) -> std::path::PathBuf {
+        self._state.0.clone()
     }
 
     /// A user whose successive reads return these displayNames.
@@ -761,6 +967,8 @@ impl Bench {
             &ctx,
             &mut self.index,
             &mut self.gate,
+            &mut self.parking,
+            self.settings.park_after,
             &self.queue,
             &mut HashSet::new(),
             &mut exits,
@@ -808,6 +1016,7 @@ impl Bench {
             &ctx,
             &mut self.index,
             &mut self.gate,
+            &mut self.parking,
             &self.queue,
             &feed,
             &notify_rx,
