@@ -102,6 +102,9 @@ phase "test tools" test_tools || die "could not install the test tools (see abov
 cd "$ROOT"
 locked=()
 if [ -f Cargo.lock ]; then locked=(--locked); fi
+# Every platform's crates in the local cache: tests/deps.rs runs `cargo tree --offline
+# --target all`, which needs the sources of crates no build on this machine downloads.
+phase "cargo fetch" cargo fetch "${locked[@]}" || die "cargo fetch failed (crates.io unreachable?)"
 log "cargo test --all-targets ${locked[*]} ${cargo_args[*]}"
 rc=0
 phase "cargo test" cargo test --all-targets "${locked[@]}" "${cargo_args[@]}" || rc=$?
