@@ -106,6 +106,7 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
         }
     };
     let mut cfg = ScimConfig::with_credential(base_url, credential);
+    cfg.fit_to_schemas = true;
     cfg.max_attempts = c.sync.max_attempts;
     Ok((http.clone(), ScimClient::new(http, cfg)))
 }

@@ -71,6 +71,10 @@ pub struct ScimConfig {
     pub base_url: Url,
     /// How requests are authenticated.
     pub credential: Credential,
+    /// Read `/Schemas` before the first write and fit bodies to it
+    /// ([`ScimClient::learn_schema`]); off, bodies go as given unless `learn_schema` is
+    /// called.
+    pub fit_to_schemas: bool,
     /// Tries per request, the first included (1 = no retry).
     pub max_attempts: u32,
     /// First backoff ceiling; doubles per retry.
@@ -90,6 +94,7 @@ impl ScimConfig {
         ScimConfig {
             base_url,
             credential,
+            fit_to_schemas: false,
             max_attempts: 4,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
@@ -927,7 +932,7 @@ impl ScimClient {
         body: &'b Value,
         creating: bool,
     ) -> std::borrow::Cow<'b, Value> {
-        if !self.learnt.schema_tried.load(Ordering::Relaxed) {
+        if self.cfg.fit_to_schemas && !self.learnt.schema_tried.load(Ordering::Relaxed) {
             if let Err(e) = self.learn_schema().await {
                 log::debug!("SCIM /Schemas: {e}; bodies go as mapped");
             }
