@@ -42,6 +42,17 @@ RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static $LINK" \
   fail "cargo build failed"
 BIN=$OUT/$TARGET/release/idrelay
 [ -x "$BIN" ] || fail "no executable at $BIN"
+# The unwind tables (.eh_frame, ~430 KiB, most of it from the precompiled std and the static
+# glibc) are unreachable in this binary: without .eh_frame_hdr (above) the unwinder finds no
+# table, and with panic = "abort" nothing unwinds; a panic still prints its message and
+# aborts. So they are removed after the link. Cargo rebuilds the file only when the sources
+# change, so it is stripped again only if it still has the section.
+if readelf -S "$BIN" 2>/dev/null | grep -q '[[:space:]]\.eh_frame[[:space:]]'; then
+  command -v objcopy >/dev/null || fail "objcopy (Debian package binutils) is needed"
+  objcopy --remove-section=.eh_frame "$BIN" "$BIN.noeh" || fail "objcopy failed on $BIN"
+  mv -f "$BIN.noeh" "$BIN"
+  say "removed the unreachable .eh_frame section"
+fi
 
 what=$(file -b "$BIN")
 case "$what" in
