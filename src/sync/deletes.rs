@@ -776,18 +776,19 @@ mod tests {
         }
     }
 
+    /// The count rule alone (no share of the scope): what these tests weigh against.
+    fn count_only(threshold: u32) -> Policy {
+        Policy {
+            threshold,
+            interval: Duration::from_secs(3600),
+            share_percent: 0,
+            floor: 0,
+        }
+    }
+
     fn gate(threshold: u32) -> (tempdir::Dir, DeleteGate) {
         let d = tempdir::Dir::new();
-        let g = DeleteGate::open(
-            d.path(),
-            Policy {
-                threshold,
-                interval: Duration::from_secs(3600),
-                share_percent: 0,
-                floor: 0,
-            },
-        )
-        .unwrap();
+        let g = DeleteGate::open(d.path(), count_only(threshold)).unwrap();
         (d, g)
     }
 
@@ -917,16 +918,7 @@ mod tests {
         g.admit_at(vec![target(1)], now_secs());
         g.admit_at(vec![target(2)], now_secs());
         g.save().unwrap();
-        let g2 = DeleteGate::open(
-            d.path(),
-            Policy {
-                threshold: 1,
-                interval: Duration::from_secs(3600),
-                share_percent: 0,
-                floor: 0,
-            },
-        )
-        .unwrap();
+        let g2 = DeleteGate::open(d.path(), count_only(1)).unwrap();
         assert_eq!(g2.held(), g.held());
         assert_eq!(g2.recent(), 1);
     }
@@ -1063,16 +1055,7 @@ mod tests {
         g.note_unmatched(SYNC_UUID, None);
         g.note_unmatched("u2", Some("uid=b,dc=x"));
         g.save().unwrap();
-        let again = DeleteGate::open(
-            d.path(),
-            Policy {
-                threshold: 1,
-                interval: Duration::from_secs(3600),
-                share_percent: 0,
-                floor: 0,
-            },
-        )
-        .unwrap();
+        let again = DeleteGate::open(d.path(), count_only(1)).unwrap();
         let (n, last) = again.unmatched();
         assert_eq!(n, 2);
         let last = last.unwrap();
@@ -1084,16 +1067,7 @@ mod tests {
             br#"{"v":1,"recent":[],"held":[]}"#,
         )
         .unwrap();
-        let old = DeleteGate::open(
-            d.path(),
-            Policy {
-                threshold: 1,
-                interval: Duration::from_secs(3600),
-                share_percent: 0,
-                floor: 0,
-            },
-        )
-        .unwrap();
+        let old = DeleteGate::open(d.path(), count_only(1)).unwrap();
         assert_eq!(old.unmatched(), (0, None));
     }
 
