@@ -327,7 +327,7 @@ pub fn map_entry_split(
     }
     Ok(Mapped {
         kind,
-        resource: body.finish(kind, &external_id),
+        resource: body.finish(kind, &external_id, profile.resource(kind).single_valued()),
         members: members.finish(),
         external_id,
         pending: pending.into_iter().collect(),
@@ -669,7 +669,8 @@ impl Body {
         self.typed.push((attribute, type_value, entry));
     }
 
-    fn finish(mut self, kind: ResourceKind, external_id: &str) -> Value {
+    /// The body as JSON; an attribute in `single` keeps only its first entry.
+    fn finish(mut self, kind: ResourceKind, external_id: &str, single: &[&str]) -> Value {
         let mut schemas = vec![Value::String(
             match kind {
                 ResourceKind::User => USER_SCHEMA,
@@ -696,6 +697,9 @@ impl Body {
                     arrays.len() - 1
                 }
             };
+            if !arrays[i].1.is_empty() && single.contains(&attribute) {
+                continue;
+            }
             // The first e-mail mapped is the primary one.
             if attribute == "emails" && arrays[i].1.is_empty() {
                 entry.insert("primary".to_string(), Value::Bool(true));
@@ -1009,6 +1013,44 @@ mod tests {
             .filter(|e| e["primary"] == true)
             .count();
         assert_eq!(primaries, 1);
+    }
+
+    /// A service that keeps one e-mail and one phone number (AWS IAM Identity Center):
+    /// `single_valued` sends only the first entry of each, the e-mail still primary.
+    #[test]
+    fn single_valued_attributes_keep_only_their_first_entry() {
+        let p = ad()
+            .with_overrides(
+                "[user]\nsingle_valued = [\"Emails\", \"phoneNumbers\", \"emails\"]\n\
+                 [user.attributes]\n\"emails[type eq \\\"home\\\"].value\" = \"otherMailbox\"\n",
+            )
+            .unwrap();
+        assert_eq!(
+            p.resource(ResourceKind::User).single_valued(),
+            ["emails", "phoneNumbers"]
+        );
+        let e = ad_user()
+            .with("mail", "ann@branch.test")
+            .with("mail", "a.lee@branch.test")
+            .with("otherMailbox", "ann@home.test")
+            .with("telephoneNumber", "+1 1")
+            .with("mobile", "+1 3");
+        let m = map_entry(&e, ResourceKind::User, &p, &none).unwrap();
+        assert_eq!(
+            m.resource["emails"],
+            json!([{"value": "ann@branch.test", "type": "work", "primary": true}])
+        );
+        assert_eq!(
+            m.resource["phoneNumbers"],
+            json!([{"value": "+1 1", "type": "work"}])
+        );
+        // Without a work number the mobile one is the one sent.
+        let e = ad_user().with("mobile", "+1 3").with("mobile", "+1 4");
+        let m = map_entry(&e, ResourceKind::User, &p, &none).unwrap();
+        assert_eq!(
+            m.resource["phoneNumbers"],
+            json!([{"value": "+1 3", "type": "mobile"}])
+        );
     }
 
     #[test]

@@ -195,6 +195,9 @@ pub struct ResourceProfile {
     exclude_object_classes: Vec<String>,
     anchor: AnchorSource,
     mappings: Vec<Mapping>,
+    /// Multi-valued SCIM attributes (`emails`, `phoneNumbers`, ...) sent with at most one
+    /// entry: the first mapped (for `emails`, the primary one).
+    single_valued: Vec<&'static str>,
 }
 
 impl ResourceProfile {
@@ -221,6 +224,11 @@ impl ResourceProfile {
     /// The mapping rules, in output order.
     pub fn mappings(&self) -> &[Mapping] {
         &self.mappings
+    }
+
+    /// The multi-valued attributes sent with one entry at most (`single_valued`).
+    pub fn single_valued(&self) -> &[&'static str] {
+        &self.single_valued
     }
 
     fn matches(&self, entry: &Entry) -> bool {
@@ -599,6 +607,7 @@ impl SyncProfile {
                     source: attrs(&["manager"]),
                 },
             ],
+            single_valued: Vec::new(),
         };
         let group = ResourceProfile {
             filter: "(&(objectClass=group)(!(isCriticalSystemObject=TRUE)))".to_string(),
@@ -612,6 +621,7 @@ impl SyncProfile {
                     source: attrs(&["member"]),
                 },
             ],
+            single_valued: Vec::new(),
         };
         SyncProfile {
             kind: ProfileKind::ActiveDirectory,
@@ -653,6 +663,7 @@ impl SyncProfile {
                     source: attrs(&["manager"]),
                 },
             ],
+            single_valued: Vec::new(),
         };
         let group = ResourceProfile {
             filter: "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))".to_string(),
@@ -666,6 +677,7 @@ impl SyncProfile {
                     source: attrs(&["member", "uniqueMember"]),
                 },
             ],
+            single_valued: Vec::new(),
         };
         SyncProfile { kind, user, group }
     }
@@ -794,6 +806,7 @@ struct ResourceOverrides {
     exclude_object_classes: Option<Vec<String>>,
     anchor: Option<AnchorSource>,
     mappings: Vec<MappingOverride>,
+    single_valued: Option<Vec<&'static str>>,
 }
 
 /// One key under `[user.attributes]` or `[group.attributes]`.
@@ -908,6 +921,10 @@ impl ResourceOverrides {
                 },
             });
         }
+        if let Some(names) = raw.single_valued {
+            out.single_valued =
+                Some(single_valued_list(kind, &names).map_err(|d| invalid("single_valued", d))?);
+        }
         for (key, value) in raw.attributes.unwrap_or_default() {
             let full_key = format!("{section}.attributes.\"{key}\"");
             let target =
@@ -961,6 +978,9 @@ impl ResourceProfile {
         if let Some(a) = &o.anchor {
             self.anchor = a.clone();
         }
+        if let Some(names) = &o.single_valued {
+            self.single_valued.clone_from(names);
+        }
         for m in &o.mappings {
             match &m.source {
                 None => self.mappings.retain(|x| x.target != m.target),
@@ -986,6 +1006,36 @@ pub(crate) fn is_required(kind: ResourceKind, target: Target) -> bool {
                 Target::Text(TextPath::Core("displayName"))
             )
     )
+}
+
+/// The `single_valued` list: multi-valued SCIM attributes of `kind`, in their canonical
+/// spelling, each once.
+fn single_valued_list(kind: ResourceKind, names: &[String]) -> Result<Vec<&'static str>, String> {
+    let allowed: &[(&'static str, &[&str], &[&str])] = match kind {
+        ResourceKind::User => TYPED,
+        // A group's only multi-valued attribute is `members`, which is never cut short.
+        ResourceKind::Group => &[],
+    };
+    let mut out: Vec<&'static str> = Vec::new();
+    for n in names {
+        let Some((name, _, _)) = allowed.iter().find(|(a, _, _)| a.eq_ignore_ascii_case(n)) else {
+            let list: Vec<&str> = allowed.iter().map(|(a, _, _)| *a).collect();
+            return Err(if list.is_empty() {
+                format!(
+                    "\"{n}\": a group has no multi-valued attribute that can be cut to one value"
+                )
+            } else {
+                format!(
+                    "\"{n}\" is not a multi-valued attribute this agent writes; allowed: {}",
+                    list.join(", ")
+                )
+            });
+        };
+        if !out.contains(name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 fn attribute_list(names: &[String]) -> Result<Vec<String>, String> {
@@ -1074,6 +1124,7 @@ struct RawResource {
     object_classes: Option<Vec<String>>,
     exclude_object_classes: Option<Vec<String>>,
     anchor: Option<RawAnchor>,
+    single_valued: Option<Vec<String>>,
     attributes: Option<BTreeMap<String, toml::Value>>,
 }
 
@@ -1378,6 +1429,30 @@ description = "description"
         assert!(e.to_string().contains("unbalanced"), "{e}");
         let e = err("[group]\nobject_classes = []");
         assert!(matches!(&e, ProfileError::Invalid { key, .. } if key == "group.object_classes"));
+    }
+
+    #[test]
+    fn single_valued_names_a_multi_valued_attribute() {
+        let e = ad()
+            .with_overrides("[user]\nsingle_valued = [\"title\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user.single_valued"), "{e}");
+        assert!(
+            e.contains("\"title\" is not a multi-valued attribute"),
+            "{e}"
+        );
+        assert!(
+            e.contains("emails, phoneNumbers, ims, photos, addresses"),
+            "{e}"
+        );
+        let e = ad()
+            .with_overrides("[group]\nsingle_valued = [\"members\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("group.single_valued"), "{e}");
+        // The default sends every value.
+        assert!(ad().resource(ResourceKind::User).single_valued().is_empty());
     }
 
     #[test]
