@@ -115,7 +115,8 @@ fn profile_kind(k: DirectoryKind) -> ProfileKind {
     match k {
         DirectoryKind::ActiveDirectory => ProfileKind::ActiveDirectory,
         DirectoryKind::OpenLdap => ProfileKind::OpenLdap,
-        DirectoryKind::Generic => ProfileKind::Generic,
+        // 389-DS: nsUniqueId first (what its syncrepl names entries by), then entryUUID.
+        DirectoryKind::Ds389 | DirectoryKind::Generic => ProfileKind::Generic,
     }
 }
 
@@ -125,6 +126,7 @@ fn effective_kind(setting: KindSetting, detected: DirectoryKind) -> DirectoryKin
         KindSetting::Auto => detected,
         KindSetting::ActiveDirectory => DirectoryKind::ActiveDirectory,
         KindSetting::OpenLdap => DirectoryKind::OpenLdap,
+        KindSetting::Ds389 => DirectoryKind::Ds389,
         KindSetting::Generic => DirectoryKind::Generic,
     }
 }
@@ -493,6 +495,7 @@ async fn check_async(c: &Config) -> i32 {
                 "set by directory.kind"
             };
             out.ok("directory", format!("{} ({how})", src.kind));
+            check_feed(c, &src, &mut out).await;
             let local = local_profile_words(c);
             match &src.cloud {
                 CloudProfile::None => out.ok(
@@ -683,6 +686,107 @@ fn schema_line(schema: &crate::scim::schema::EndpointSchema) -> String {
 /// "Replicating Directory Changes" (DirSync) and the write rights the account holds on
 /// the scope (allowedAttributesEffective / allowedChildClassesEffective): export needs
 /// none, so any is reported as more than needed.
+/// The change feed's prerequisites on this directory, one line each: what `run` will use,
+/// and what to change where it would miss changes. Active Directory's (DirSync rights) is a
+/// `rights` line.
+async fn check_feed(c: &Config, src: &Source, out: &mut CheckLines) {
+    use crate::config::FeedKind;
+    if src.kind == DirectoryKind::ActiveDirectory {
+        return;
+    }
+    let syncrepl = ldap::supports_control(&src.dse, ldap::SYNC_REQUEST_OID);
+    let every = c.sync.poll_interval.as_secs();
+    let polling = format!(
+        "`run` polls modifyTimestamp every {every} s and sees deletes only at the full pass"
+    );
+    match (syncrepl, c.sync.feed) {
+        (false, FeedKind::Syncrepl) => out.fail(
+            "feed",
+            format!(
+                "sync.feed = \"syncrepl\" but the server does not offer syncrepl (RFC 4533): {}",
+                syncrepl_fix(src.kind)
+            ),
+        ),
+        (false, FeedKind::Auto) => out.warn(
+            "feed",
+            format!(
+                "no syncrepl (RFC 4533) offered: {polling}; {}",
+                syncrepl_fix(src.kind)
+            ),
+        ),
+        (true, FeedKind::Auto | FeedKind::Syncrepl) => out.ok(
+            "feed",
+            "syncrepl (RFC 4533) offered: `run` follows changes as they happen",
+        ),
+        (_, other) => out.ok("feed", format!("sync.feed = \"{}\"", other.as_str())),
+    }
+    if src.kind != DirectoryKind::Ds389 || !syncrepl {
+        return;
+    }
+    // 389-DS resumes a feed from its cookie through the Retro Changelog, which must name the
+    // entry each change is about (targetUniqueId); without it every restart loses the changes
+    // made while the agent was stopped.
+    const RETRO_FIX: &str = "add `nsslapd-attribute: nsuniqueid:targetUniqueId` to \
+        cn=Retro Changelog Plugin,cn=plugins,cn=config and restart the server";
+    let Some(changelog) = src.dse.strs("changeLog").next().map(str::to_owned) else {
+        out.fail(
+            "feed",
+            format!(
+                "389-DS Retro Changelog is off: changes made while idrelay is stopped are lost on restart; \
+                 enable it (dsconf INSTANCE plugin retro-changelog enable) and {RETRO_FIX}"
+            ),
+        );
+        return;
+    };
+    let last = src.dse.strs("lastchangenumber").next().map(str::to_owned);
+    let read = match &last {
+        Some(n) => {
+            src.dir
+                .read(
+                    &format!("changenumber={n},{changelog}"),
+                    &["targetUniqueId"],
+                )
+                .await
+        }
+        None => Ok(None),
+    };
+    match read {
+        Ok(Some(e)) if e.has("targetUniqueId") => out.ok(
+            "feed",
+            "389-DS Retro Changelog keeps targetUniqueId: changes made while idrelay is stopped arrive after a restart",
+        ),
+        Ok(Some(_)) => out.fail(
+            "feed",
+            format!(
+                "389-DS Retro Changelog does not keep targetUniqueId: changes made while idrelay is stopped are lost on restart; {RETRO_FIX}"
+            ),
+        ),
+        Ok(None) | Err(_) => out.warn(
+            "feed",
+            format!(
+                "389-DS Retro Changelog ({changelog}) is not readable by {}: cannot verify that it keeps \
+                 targetUniqueId (without it changes made while idrelay is stopped are lost on restart); \
+                 if unsure, {RETRO_FIX}",
+                c.directory.bind_dn
+            ),
+        ),
+    }
+}
+
+/// How to get syncrepl on a directory of this kind.
+fn syncrepl_fix(kind: DirectoryKind) -> &'static str {
+    match kind {
+        DirectoryKind::OpenLdap => {
+            "add the syncprov overlay to the database (olcOverlay=syncprov, with syncprov-sessionlog)"
+        }
+        DirectoryKind::Ds389 => {
+            "enable the Content Synchronization and Retro Changelog plugins \
+             (dsconf INSTANCE plugin contentsync enable; dsconf INSTANCE plugin retro-changelog enable) and restart the server"
+        }
+        _ => "the server's documentation names the RFC 4533 provider to enable",
+    }
+}
+
 async fn check_rights(c: &Config, src: &Source, out: &mut CheckLines) {
     use crate::config::FeedKind;
     let (uf, _) = filters(c, &src.profile);

@@ -107,9 +107,10 @@ pub enum KindSetting {
     Auto,
     /// Active Directory or Samba AD.
     ActiveDirectory,
-    /// OpenLDAP: anchor entryUUID (on 389-DS, whose syncrepl names entries by nsUniqueId,
-    /// `Generic` is the right kind; see docs/profile.md).
+    /// OpenLDAP: anchor entryUUID.
     OpenLdap,
+    /// 389 Directory Server: anchor nsUniqueId (what its syncrepl names entries by).
+    Ds389,
     /// Any other LDAP server.
     Generic,
 }
@@ -655,12 +656,13 @@ impl Config {
             "auto" => KindSetting::Auto,
             "active-directory" => KindSetting::ActiveDirectory,
             "openldap" => KindSetting::OpenLdap,
+            "389ds" => KindSetting::Ds389,
             "generic" => KindSetting::Generic,
             other => {
                 return Err(invalid(
                     "directory.kind",
                     format!(
-                        "`{other}` is not allowed: use auto, active-directory, openldap or generic"
+                        "`{other}` is not allowed: use auto, active-directory, openldap, 389ds or generic"
                     ),
                 ))
             }

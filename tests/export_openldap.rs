@@ -350,6 +350,13 @@ fn check_passes_against_real_servers() {
     }
     assert!(run.stdout.contains("OpenLDAP"), "{}", run.stdout);
     assert!(run.stdout.contains("3 users, 2 groups"), "{}", run.stdout);
+    // The feed's prerequisite: the testbed's slapd has the syncprov overlay.
+    assert!(
+        run.stdout
+            .contains("feed       OK    syncrepl (RFC 4533) offered"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

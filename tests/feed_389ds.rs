@@ -298,3 +298,58 @@ fn a_delete_at_a_dn_another_object_just_left_does_not_touch_that_object() {
     assert_eq!(active(&scim, "a-moved"), Some(true), "{log}");
     drop(run);
 }
+
+/// `check` names the directory and says whether the feed's prerequisites are in place: the
+/// Content Synchronization plugin (syncrepl offered) and a Retro Changelog that keeps
+/// `targetUniqueId` (verified where the account may read `cn=changelog`, said as a WARN
+/// with the fix where it may not).
+#[test]
+fn check_names_389_ds_and_its_feed_prerequisites() {
+    let Some(dir) = Dir::ds389() else { return };
+    let ou = TestOu::create(&dir, "ds-check");
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[&ou.dn], &scim.base_url(), &scim.token, "");
+    let run = agent.run(&["check"]);
+    let out = run.stdout.clone();
+    assert_eq!(run.code, 0, "{out}\n{}", run.stderr);
+    assert!(
+        out.contains("389 Directory Server (detected from the rootDSE)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("feed       OK    syncrepl (RFC 4533) offered"),
+        "{out}"
+    );
+    // The read-only account cannot read cn=changelog: not verifiable, said with the fix.
+    assert!(
+        out.contains("feed       WARN  389-DS Retro Changelog (cn=changelog) is not readable by")
+            && out.contains("nsuniqueid:targetUniqueId"),
+        "{out}"
+    );
+
+    // The directory manager can: the testbed's changelog keeps targetUniqueId.
+    let root = Dir {
+        bind_dn: dir.admin_dn.clone(),
+        bind_pw: dir.admin_pw.clone(),
+        ..Dir::ds389().unwrap()
+    };
+    let agent = Agent::new(&root, &[&ou.dn], &scim.base_url(), &scim.token, "");
+    let run = agent.run(&["check"]);
+    assert!(
+        run.stdout
+            .contains("feed       OK    389-DS Retro Changelog keeps targetUniqueId"),
+        "{}",
+        run.stdout
+    );
+
+    // `kind = "389ds"` set by hand is taken as set.
+    let agent = Agent::new(&dir, &[&ou.dn], &scim.base_url(), &scim.token, "");
+    agent.edit_config("[scope]", "kind = \"389ds\"\n\n[scope]");
+    let run = agent.run(&["check"]);
+    assert!(
+        run.stdout
+            .contains("389 Directory Server (set by directory.kind)"),
+        "{}",
+        run.stdout
+    );
+}

@@ -6,10 +6,13 @@
 //!   AD capability OIDs ([`AD_CAPABILITY_OIDS`]). Feed: DirSync / uSNChanged; anchor
 //!   `objectGUID`.
 //! * **OpenLDAP**: `objectClass: OpenLDAProotDSE`. Feed: RFC 4533 syncrepl; anchor `entryUUID`.
-//! * **Generic**: everything else, **including 389-DS** (vendorName "389 Project"). Decision:
-//!   389-DS offers RFC 4533 only when its Content Synchronization plugin is enabled, and
-//!   `entryUUID` only with its entryUUID plugin (else `nsUniqueId`), so nothing about it can
-//!   be assumed from the vendor name. A caller that wants syncrepl on a generic server asks
+//! * **389 Directory Server** (and Red Hat / Fedora DS): `vendorName` "389 Project" (or a
+//!   `vendorVersion` starting with "389-Directory"). Anchor `nsUniqueId` (entryUUID only
+//!   once its plugin is enabled; syncrepl names entries by nsUniqueId). Its RFC 4533 feed
+//!   exists only with the Content Synchronization plugin enabled, and survives a restart
+//!   only with the Retro Changelog keeping `targetUniqueId`: nothing about the feed is
+//!   assumed from the vendor; [`supports_control`] and the `check` lines say what is there.
+//! * **Generic**: everything else. A caller that wants syncrepl on a generic server asks
 //!   [`supports_control`] for [`SYNC_REQUEST_OID`] instead of trusting the kind.
 
 use std::fmt;
@@ -46,7 +49,9 @@ pub enum DirectoryKind {
     ActiveDirectory,
     /// OpenLDAP slapd.
     OpenLdap,
-    /// Any other LDAPv3 server (389-DS included, see the module doc).
+    /// 389 Directory Server.
+    Ds389,
+    /// Any other LDAPv3 server.
     Generic,
 }
 
@@ -55,6 +60,7 @@ impl fmt::Display for DirectoryKind {
         f.write_str(match self {
             DirectoryKind::ActiveDirectory => "Active Directory",
             DirectoryKind::OpenLdap => "OpenLDAP",
+            DirectoryKind::Ds389 => "389 Directory Server",
             DirectoryKind::Generic => "generic LDAP",
         })
     }
@@ -69,6 +75,14 @@ pub fn detect_kind(root_dse: &Entry) -> DirectoryKind {
         DirectoryKind::ActiveDirectory
     } else if root_dse.has_object_class("OpenLDAProotDSE") {
         DirectoryKind::OpenLdap
+    } else if root_dse
+        .strs("vendorName")
+        .any(|v| v.trim().eq_ignore_ascii_case("389 Project"))
+        || root_dse
+            .strs("vendorVersion")
+            .any(|v| v.trim().starts_with("389-Directory/"))
+    {
+        DirectoryKind::Ds389
     } else {
         DirectoryKind::Generic
     }
@@ -121,12 +135,16 @@ mod tests {
     }
 
     #[test]
-    fn the_389_server_and_unknown_servers_are_generic() {
+    fn the_389_server_by_its_vendor_and_unknown_servers_are_generic() {
         let ds389 = Entry::new("")
             .with("objectClass", "top")
             .with("vendorName", "389 Project")
             .with("supportedControl", SYNC_REQUEST_OID);
-        assert_eq!(detect_kind(&ds389), DirectoryKind::Generic);
+        assert_eq!(detect_kind(&ds389), DirectoryKind::Ds389);
+        let by_version = Entry::new("").with("vendorVersion", "389-Directory/2.3.1 B2025.016.1616");
+        assert_eq!(detect_kind(&by_version), DirectoryKind::Ds389);
+        let other_vendor = Entry::new("").with("vendorName", "Example Directory 389");
+        assert_eq!(detect_kind(&other_vendor), DirectoryKind::Generic);
         assert_eq!(detect_kind(&Entry::new("")), DirectoryKind::Generic);
         // An unrelated Microsoft OID (LDAP_CAP_ACTIVE_DIRECTORY_LDAP_INTEG) alone is not AD.
         let other = Entry::new("").with("supportedCapabilities", "1.2.840.113556.1.4.1791");
@@ -140,6 +158,7 @@ mod tests {
             "Active Directory"
         );
         assert_eq!(DirectoryKind::OpenLdap.to_string(), "OpenLDAP");
+        assert_eq!(DirectoryKind::Ds389.to_string(), "389 Directory Server");
         assert_eq!(DirectoryKind::Generic.to_string(), "generic LDAP");
     }
 }
