@@ -609,6 +609,19 @@ async fn check_async(c: &Config) -> i32 {
                 }
                 Err(e) => out.fail("scim auth", e.to_string()),
             }
+            if let Some(k) = crate::sync::kept::read(&c.agent.state_dir) {
+                if !k.attributes.is_empty() {
+                    out.warn(
+                        "scim kept",
+                        format!(
+                            "at the last full pass ({}) the endpoint accepted and did not keep as sent: {}; \
+                             unmap what it does not keep in the profile, or ask the service to keep it",
+                            crate::logging::format_utc(k.at),
+                            k.attributes.join(", ")
+                        ),
+                    );
+                }
+            }
         }
     }
     if out.failed {
@@ -1083,10 +1096,17 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                 for (dn, why) in report.deletes.failed.iter().take(50) {
                     eprintln!("  delete of {dn} failed: {why}");
                 }
+                if let Some(list) = scim.not_kept().filter(|l| !l.is_empty()) {
+                    crate::outln!(
+                        "the endpoint accepted and did not keep as sent: {} (see the log)",
+                        list.join(", ")
+                    );
+                }
                 crate::outln!("{report}");
                 explain_held(c, gate.held().len());
                 if !dry_run {
                     crate::sync::follow::record_full_pass(&c.agent.state_dir);
+                    crate::sync::kept::record(&c.agent.state_dir, &scim);
                 }
                 if !report.failures.is_empty() || !report.deletes.failed.is_empty() {
                     exit::PARTIAL
@@ -1200,6 +1220,7 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         Ok(Some(held)) => {
             crate::outln!("endpoint holds:");
             crate::outln!("{}", pretty(&held));
+            print_difference(&mapped.resource, &held);
         }
         Ok(None) => crate::outln!(
             "endpoint holds: nothing with externalId {} (a sync would create it)",
@@ -1207,7 +1228,41 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         ),
         Err(e) => crate::outln!("endpoint: cannot look it up: {e}"),
     }
+    if let Some(k) = crate::sync::kept::read(&c.agent.state_dir) {
+        if !k.attributes.is_empty() {
+            crate::outln!(
+                "note:      at the last full pass ({}) the endpoint accepted and did not keep as sent: {}",
+                crate::logging::format_utc(k.at),
+                k.attributes.join(", ")
+            );
+        }
+    }
     Ok(exit::OK)
+}
+
+/// Prints, attribute by attribute, where what a sync sends differs from what the endpoint
+/// holds (the comparison of [`crate::scim::readback`]: case, decorations and what the
+/// endpoint adds are no difference).
+fn print_difference(sends: &serde_json::Value, held: &serde_json::Value) {
+    use crate::scim::readback::{compare, value_at};
+    use serde_json::Value;
+    let drift = compare(sends, held, &|_| false);
+    if drift.is_empty() {
+        crate::outln!("difference: none: the endpoint holds what a sync sends");
+        return;
+    }
+    crate::outln!("difference (endpoint -> a sync sends):");
+    let shown = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => "(none)".to_string(),
+        Some(v) => v.to_string(),
+    };
+    for (path, _) in drift {
+        crate::outln!(
+            "  {path}: {} -> {}",
+            shown(value_at(held, &path)),
+            shown(value_at(sends, &path))
+        );
+    }
 }
 
 fn pretty(v: &serde_json::Value) -> String {
@@ -1786,6 +1841,9 @@ fn status_document(
         last_error: None,
     };
     d.apply_runtime(rt, now);
+    d.endpoint.not_kept = crate::sync::kept::read(&c.agent.state_dir)
+        .map(|k| k.attributes)
+        .unwrap_or_default();
     let mut d = d.judge();
     if let Err(e) = gate {
         // It may hold deletes nobody has seen.
@@ -1931,6 +1989,12 @@ pub fn status(c: &Config, json: bool) -> i32 {
                 (Some(err), None) => format!("; last error: {err}"),
                 _ => String::new(),
             }
+        );
+    }
+    if !doc.endpoint.not_kept.is_empty() {
+        crate::outln!(
+            "not kept:     {} (the endpoint accepted these and did not keep them as sent)",
+            doc.endpoint.not_kept.join(", ")
         );
     }
     let s = &view.stats;

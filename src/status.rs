@@ -253,6 +253,9 @@ pub struct EndpointDoc {
     pub last_error: Option<String>,
     /// Its age.
     pub last_error_age_secs: Option<u64>,
+    /// Attributes the last full pass saw the endpoint accept and not keep as sent
+    /// (`user title (dropped)`, `user displayName (rewritten)`).
+    pub not_kept: Vec<String>,
 }
 
 /// `queue` in the [`Document`].
@@ -303,6 +306,7 @@ impl Document {
             state: rt.endpoint.state,
             last_error: rt.endpoint.last_error.clone(),
             last_error_age_secs: rt.endpoint.last_error_at.map(|t| now.saturating_sub(t)),
+            not_kept: std::mem::take(&mut self.endpoint.not_kept),
         };
         self.queue.resync_waiting_secs = rt
             .resync_waiting_since

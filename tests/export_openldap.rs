@@ -96,6 +96,13 @@ fn first_pass_provisions_everything_and_second_pass_sends_no_writes() {
         run.summary()
     );
     assert!(run.summary().contains("0 failed"), "{}", run.summary());
+    // scim2-server keeps what it is sent: nothing is reported as not kept.
+    assert!(
+        !run.stdout.contains("did not keep") && !run.stderr.contains("did not keep"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
 
     let users = scim.all("Users");
     assert_eq!(users.len(), 3, "{users:#?}");
@@ -837,4 +844,90 @@ fn a_first_pass_matches_by_one_listing_not_a_lookup_per_object() {
         "after a lost state directory: {} requests for 121 objects",
         events.len()
     );
+}
+
+/// An endpoint that accepts an attribute and does not keep it (here scim2-server serving a
+/// User schema whose `title` is read-only, which RFC 7643 lets a service ignore on write):
+/// the pass says so once, in its output and the log, and `status`, `check` and `preview`
+/// name the attribute; the attributes the endpoint keeps are not named.
+#[test]
+fn an_attribute_the_endpoint_accepts_and_drops_is_named() {
+    let plain = ScimServer::start();
+    let mut schemas = plain.get("/Schemas");
+    drop(plain);
+    let list = match schemas.get_mut("Resources") {
+        Some(r) => r.as_array_mut().unwrap(),
+        None => schemas.as_array_mut().unwrap(),
+    };
+    for s in list.iter_mut() {
+        if s["id"] == "urn:ietf:params:scim:schemas:core:2.0:User" {
+            for a in s["attributes"].as_array_mut().unwrap() {
+                if a["name"] == "title" {
+                    a["mutability"] = "readOnly".into();
+                }
+            }
+        }
+    }
+    let list = Value::Array(list.clone());
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "dropped");
+    seed(&ou);
+    let file = std::env::temp_dir().join(format!("idrelay-it-schemas-{}.json", std::process::id()));
+    std::fs::write(&file, list.to_string()).unwrap();
+    let scim = ScimServer::start_with(&["--schema", file.to_str().unwrap()]);
+    let agent = Agent::new(&dir, &[&ou.dn], &scim.base_url(), &scim.token, "");
+
+    let run = agent.run(&["sync", "--once"]);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("the endpoint accepted and did not keep as sent: user title (dropped)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.summary().contains("5 objects in step"),
+        "{}",
+        run.summary()
+    );
+    assert_eq!(
+        run.stderr
+            .matches("accepted and did not keep a user's `title`")
+            .count(),
+        1,
+        "said once: {}",
+        run.stderr
+    );
+    // It is true: the endpoint holds no title.
+    let mgr = scim
+        .by_external_id("Users", &entry_uuid(&ou, "uid=mgr"))
+        .unwrap();
+    assert!(mgr.get("title").is_none(), "{mgr}");
+    assert_eq!(mgr["displayName"], "Mia Manager");
+
+    let status = agent.run(&["status", "--json"]);
+    let doc: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        doc["endpoint"]["not_kept"],
+        serde_json::json!(["user title (dropped)"]),
+        "{}",
+        status.stdout
+    );
+    let check = agent.run(&["check"]);
+    assert!(
+        check.stdout.lines().any(|l| l.starts_with("scim kept")
+            && l.contains("WARN")
+            && l.contains("user title (dropped)")),
+        "{}",
+        check.stdout
+    );
+    let preview = agent.run(&["preview", &format!("uid=mgr,{}", ou.dn)]);
+    assert!(
+        preview
+            .stdout
+            .contains("title: (none) -> \"Head of Branch\""),
+        "{}",
+        preview.stdout
+    );
+    let _ = std::fs::remove_file(&file);
 }

@@ -617,6 +617,10 @@ struct Learnt {
     health: std::sync::Mutex<crate::status::EndpointHealth>,
     /// Fits already logged (`emails.primary`, `+members`), once each.
     fits_logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Attributes a POST/PUT answer showed not kept as sent (`user title (dropped)`).
+    not_kept: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// POST/PUT answers compared with what was sent.
+    readbacks: std::sync::atomic::AtomicU64,
 }
 
 /// What the client has seen of the service's behaviour so far, for messages and `check`.
@@ -1160,6 +1164,7 @@ impl ScimClient {
             });
         }
         self.note_created(kind, body, &created);
+        self.note_kept(kind, &fitted, &created, "POST");
         Ok(created)
     }
 
@@ -1176,7 +1181,65 @@ impl ScimClient {
         if !resp.is_success() {
             return Err(self.http_error(Method::Put, &url, &resp));
         }
-        self.json(Method::Put, &url, &resp)
+        let stored = self.json(Method::Put, &url, &resp)?;
+        self.note_kept(kind, &fitted, &stored, "PUT");
+        Ok(stored)
+    }
+
+    /// Compares a POST/PUT answer with what was sent ([`crate::scim::readback`]) and says
+    /// once per attribute what the endpoint accepted and did not keep.
+    fn note_kept(&self, kind: ResourceKind, sent: &Value, stored: &Value, method: &str) {
+        let schema = self
+            .learnt
+            .schema
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let withheld = |name: &str| schema.as_ref().is_some_and(|s| s.withheld(kind, name));
+        let drift = crate::scim::readback::compare(sent, stored, &withheld);
+        self.learnt.readbacks.fetch_add(1, Ordering::Relaxed);
+        if drift.is_empty() {
+            return;
+        }
+        let mut seen = self
+            .learnt
+            .not_kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (path, how) in drift {
+            if !seen.insert(format!("{} {path} ({})", kind.word(), how.word())) {
+                continue;
+            }
+            let what = match how {
+                crate::scim::readback::Drift::Dropped => "accepted and did not keep",
+                crate::scim::readback::Drift::Rewritten => "stored, with another value than sent,",
+            };
+            log::warn!(
+                "the SCIM endpoint {what} a {}'s `{path}` (first seen in the answer to a {method}): \
+                 the directory's value does not reach it; if that is expected, unmap it in the \
+                 profile ({}.attributes.\"{path}\" = \"\"); `idrelay status` lists such attributes",
+                kind.word(),
+                kind.word()
+            );
+        }
+    }
+
+    /// What POST/PUT answers showed the endpoint did not keep as sent (`user title
+    /// (dropped)`, `user displayName (rewritten)`), sorted; `None` when no answer was
+    /// compared yet (nothing is known).
+    pub fn not_kept(&self) -> Option<Vec<String>> {
+        if self.learnt.readbacks.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(
+            self.learnt
+                .not_kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Sends a PatchOp message with `operations`; 200 and 204 both count as done. Returns

@@ -8,6 +8,7 @@ pub mod mapping;
 pub mod oauth;
 pub mod profile;
 pub mod profile_policy;
+pub mod readback;
 pub mod resource;
 pub mod schema;
 

@@ -32,6 +32,8 @@ pub struct Declared {
     pub multi_valued: bool,
     /// The declared sub-attributes, lowercased; empty: none declared (nothing is fitted).
     pub sub_attributes: BTreeSet<String>,
+    /// `returned` is `never` or `request`: not in an answer unless asked for.
+    pub withheld: bool,
 }
 
 /// The core attributes of one resource type, keyed by lowercased name.
@@ -172,6 +174,14 @@ impl EndpointSchema {
             .collect()
     }
 
+    /// Whether the endpoint declares `attribute` of `kind` as not returned by default
+    /// (`returned: "never"` or `"request"`).
+    pub fn withheld(&self, kind: ResourceKind, attribute: &str) -> bool {
+        self.of(kind)
+            .and_then(|s| s.attributes.get(&attribute.to_ascii_lowercase()))
+            .is_some_and(|d| d.withheld)
+    }
+
     /// Required multi-valued attributes of `kind`, which a create sends empty.
     pub fn required_lists(&self, kind: ResourceKind) -> Vec<String> {
         self.of(kind)
@@ -212,6 +222,9 @@ fn resource_schema(schema: &Value) -> ResourceSchema {
                 required: flag("required"),
                 multi_valued: flag("multiValued"),
                 sub_attributes,
+                withheld: a.get("returned").and_then(Value::as_str).is_some_and(|r| {
+                    r.eq_ignore_ascii_case("never") || r.eq_ignore_ascii_case("request")
+                }),
             },
         );
     }

@@ -10,6 +10,7 @@ pub mod deletes;
 pub mod diskmap;
 pub mod dn;
 pub mod follow;
+pub mod kept;
 pub mod listing;
 pub mod members;
 pub mod pass;

@@ -2,7 +2,9 @@
 //! second SCIM server, written independently of scim2-server, that ignores `filter`, never
 //! stores `externalId` and holds accounts of its own (users `admin` and `staff.owner`, group
 //! `staff`). One instance is shared by every test, so [`canaille`] hands it to one test at a
-//! time and resets its data to that seed first. Quirks: docs/testing.md, "Canaille".
+//! time (in this process by a mutex, across processes, such as two checkouts' test runs
+//! against one testbed, by a lock on a file in its directory) and resets its data to that
+//! seed first. Quirks: docs/testing.md, "Canaille".
 
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -25,6 +27,8 @@ pub struct Canaille {
     port: u16,
     dir: String,
     _turn: MutexGuard<'static, ()>,
+    /// Held locked (`File::lock`) until dropped.
+    _file_turn: std::fs::File,
 }
 
 /// The testbed's Canaille for `test`, its data reset to the seed; `None` (after one
@@ -48,12 +52,24 @@ pub fn canaille(test: &str) -> Option<Canaille> {
         .and_then(|rest| rest.split('/').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("CANAILLE_SCIM_URL {url} is not http://127.0.0.1:PORT/..."));
+    let turn = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lock_path = std::path::Path::new(&dir).join("tests.lock");
+    let file_turn = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
+    file_turn
+        .lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
     let c = Canaille {
         url,
         token,
         port,
         dir,
-        _turn: LOCK.lock().unwrap_or_else(|e| e.into_inner()),
+        _turn: turn,
+        _file_turn: file_turn,
     };
     c.reset();
     Some(c)

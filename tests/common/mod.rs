@@ -74,6 +74,11 @@ pub struct ScimServer {
 
 impl ScimServer {
     pub fn start() -> ScimServer {
+        ScimServer::start_with(&[])
+    }
+
+    /// A private scim2-server started with extra arguments (e.g. `--schema FILE`).
+    pub fn start_with(extra: &[&str]) -> ScimServer {
         let venv = env("SCIM_VENV");
         let port = free_port();
         let token = format!("tok-{}", unique("scim"));
@@ -81,6 +86,7 @@ impl ScimServer {
         let child = Command::new(Path::new(&venv).join("bin/scim2-server"))
             .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
             .args(["--bearer-token", &token])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::from(

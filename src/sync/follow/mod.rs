@@ -683,6 +683,7 @@ async fn resync(
         .await
         .map_err(|e| e.to_string())?;
     log::info!("{report}");
+    crate::sync::kept::record(&settings.state_dir, scim);
     for f in &report.failures {
         log::warn!("not in step after the full pass: {}: {}", f.dn, f.reason);
     }
