@@ -427,3 +427,81 @@ fn one_profile_line_exports_users_and_groups_with_their_members() {
         .collect();
     assert!(writes.is_empty(), "second pass wrote: {writes:?}");
 }
+
+/// Canaille shows (and matches) a member by its userName, not by the id idrelay added it
+/// with: a removal by id is answered 200 and removes nothing. The agent must notice (a
+/// removal is verified, never assumed from a 200) and remove the member for real.
+#[test]
+fn a_member_removed_in_the_directory_is_removed_at_the_endpoint() {
+    let Some(c) = canaille("a_member_removed_in_the_directory_is_removed_at_the_endpoint") else {
+        return;
+    };
+    let dir = common::Dir::openldap();
+    let ou = common::TestOu::create(&dir, "crm");
+    let o = &ou.dn;
+    let mut ldif = String::new();
+    for uid in ["crm1", "crm2", "crm3"] {
+        ldif.push_str(&format!(
+            "dn: uid={uid},{o}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nmail: {uid}@branch.test\n\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: cn=crm-team,{o}\nobjectClass: groupOfNames\ncn: crm-team\nmember: uid=crm1,{o}\nmember: uid=crm2,{o}\nmember: uid=crm3,{o}\n"
+    ));
+    dir.modify(&ldif);
+    let agent = common::Agent::new(&dir, &[o], &c.url, &c.token, "");
+    use_canaille_profile(&agent);
+    let first = agent.run(&["sync", "--once"]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let members = || -> Vec<String> {
+        let g = c
+            .all("Groups")
+            .into_iter()
+            .find(|g| g["displayName"] == "crm-team")
+            .expect("crm-team at the endpoint");
+        let mut m: Vec<String> = g["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["value"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.sort();
+        m
+    };
+    assert_eq!(members(), ["crm1", "crm2", "crm3"]);
+    dir.modify(&format!(
+        "dn: cn=crm-team,{o}\nchangetype: modify\ndelete: member\nmember: uid=crm2,{o}\n"
+    ));
+    let second = agent.run(&["sync", "--once"]);
+    assert_eq!(
+        members(),
+        ["crm1", "crm3"],
+        "{}\n{}",
+        second.stdout,
+        second.stderr
+    );
+    assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    assert_eq!(
+        second
+            .stderr
+            .matches("shows group members by userName")
+            .count(),
+        1,
+        "said once: {}",
+        second.stderr
+    );
+    // The same in `run`: a removal followed from the feed arrives too.
+    let running = common::Running(agent.spawn(&["run"]));
+    dir.modify(&format!(
+        "dn: cn=crm-team,{o}\nchangetype: modify\ndelete: member\nmember: uid=crm3,{o}\n"
+    ));
+    assert!(
+        common::wait_until(30, || members() == ["crm1"]),
+        "{:?}: {}",
+        members(),
+        agent.log()
+    );
+    drop(running);
+}

@@ -607,6 +607,8 @@ struct Learnt {
     nested_refused: std::sync::atomic::AtomicBool,
     /// Member removals go as a value list (the filter-path form was refused).
     remove_value_list: std::sync::atomic::AtomicBool,
+    /// What the service shows as a member's value: 0 unproven, 1 id, 2 userName.
+    member_key: std::sync::atomic::AtomicU8,
     /// `/Schemas` was asked for at least once.
     schema_tried: std::sync::atomic::AtomicBool,
     /// What `/Schemas` said, when it answered.
@@ -623,6 +625,19 @@ struct Learnt {
     readbacks: std::sync::atomic::AtomicU64,
 }
 
+/// What an endpoint shows as a group member's `value` (RFC 7643: the member's `id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemberKey {
+    /// Not known yet: member removals are verified by reading the group.
+    #[default]
+    Unproven,
+    /// The id the member was added with (a removal by id was seen to work).
+    Id,
+    /// The member's `userName` (a removal by id was answered with success and removed
+    /// nothing; one by userName worked): removals go by userName and are verified.
+    UserName,
+}
+
 /// What the client has seen of the service's behaviour so far, for messages and `check`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointFacts {
@@ -634,6 +649,8 @@ pub struct EndpointFacts {
     pub nested_refused: bool,
     /// The service takes member removals only as a value list.
     pub remove_value_list: bool,
+    /// What the service shows as a group member's value.
+    pub member_key: MemberKey,
 }
 
 /// What a probe of the service's lookups found ([`ScimClient::probe_lookups`]).
@@ -747,6 +764,30 @@ impl ScimClient {
             external_id_dropped: self.learnt.external_id_dropped.load(Ordering::Relaxed),
             nested_refused: self.learnt.nested_refused.load(Ordering::Relaxed),
             remove_value_list: self.learnt.remove_value_list.load(Ordering::Relaxed),
+            member_key: match self.learnt.member_key.load(Ordering::Relaxed) {
+                1 => MemberKey::Id,
+                2 => MemberKey::UserName,
+                _ => MemberKey::Unproven,
+            },
+        }
+    }
+
+    /// Records what the service shows as a member's value (logged when learnt otherwise
+    /// than by the RFC).
+    pub fn note_member_key(&self, key: MemberKey) {
+        let code = match key {
+            MemberKey::Unproven => 0,
+            MemberKey::Id => 1,
+            MemberKey::UserName => 2,
+        };
+        if self.learnt.member_key.swap(code, Ordering::Relaxed) != code
+            && key == MemberKey::UserName
+        {
+            log::warn!(
+                "the SCIM endpoint shows group members by userName, not by the id they were added with: \
+                 a member removal by id was answered with success and removed nothing; removals are sent \
+                 by userName from now on, and each is verified by reading the group"
+            );
         }
     }
 

@@ -45,6 +45,16 @@
 //!   leave it out; otherwise the misread membership is removed again, the stored members
 //!   are forgotten and the sync fails with [`MemberSyncError::NestedRefused`]. A member
 //!   without `type` and `$ref`, or a group shown without `members`, counts as held.
+//! * **A member removal is verified, never assumed from a success answer**, until the
+//!   endpoint has shown what it keys members by ([`MemberKey`], learnt once per client):
+//!   after a request that removed members, the group is read (the PATCH answer, else one
+//!   GET) and each removed member must be gone, by id and by its `userName` (one
+//!   `GET /Users/{id}` each). Gone: the endpoint removes by id (proven; later removals are
+//!   not read back). Still shown by userName (Canaille keys members by userName and answers
+//!   a removal by id with 200): removals go by userName from then on, this one is sent again
+//!   and every later one is read back. Still shown otherwise: [`MemberSyncError::RemovalIgnored`],
+//!   the stored members forgotten, so the next sync reads the endpoint and tries again. A
+//!   group shown without `members` cannot be verified (said nowhere, taken as done).
 //!
 //! # Limits
 //! * One sync per group at a time (the caller serialises work per object); the store takes
@@ -60,9 +70,14 @@
 //!   one exception is the *unknown* case, where the endpoint's answer is parsed as a whole.
 //! * Reading the endpoint's members relies on `GET /Groups/{id}` returning all of them
 //!   (scim2-server does; some services, e.g. AWS IAM Identity Center, return none). It
-//!   reads the whole group: [`ScimClient::get`] takes no `attributes=` list yet.
+//!   reads the whole group: [`ScimClient::get`] takes no `attributes=` list yet. On an
+//!   endpoint that shows members by userName, the members read this way are userNames, which
+//!   the diff takes for ids it does not want: the sync removes them and adds the members by
+//!   id again (it converges, with the members briefly out of the group).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use crate::scim::client::MemberKey;
 use std::convert::Infallible;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -172,6 +187,15 @@ pub enum MemberSyncError {
         /// Why removing the misread memberships again failed, if it did.
         removal: Option<Box<ScimError>>,
     },
+    /// The endpoint answered a member removal with success and still shows the members
+    /// (by id or by userName). The stored members were forgotten: the next sync reads the
+    /// endpoint and sends the removal again.
+    RemovalIgnored {
+        /// The group's SCIM id.
+        group_id: String,
+        /// The member ids still shown.
+        members: Vec<String>,
+    },
 }
 
 impl fmt::Display for MemberSyncError {
@@ -212,6 +236,13 @@ impl fmt::Display for MemberSyncError {
                 }
                 write!(f, "; nested groups are no longer sent to this endpoint")
             }
+            MemberSyncError::RemovalIgnored { group_id, members } => write!(
+                f,
+                "the endpoint answered the removal of {} from SCIM group {group_id} with success \
+                 and still shows {}: the removal is sent again at the next sync",
+                members.join(", "),
+                if members.len() == 1 { "it" } else { "them" }
+            ),
         }
     }
 }
@@ -224,7 +255,7 @@ impl std::error::Error for MemberSyncError {
             MemberSyncError::NestedRefused { removal, .. } => removal
                 .as_ref()
                 .map(|e| e as &(dyn std::error::Error + 'static)),
-            MemberSyncError::GroupGone { .. } => None,
+            MemberSyncError::GroupGone { .. } | MemberSyncError::RemovalIgnored { .. } => None,
         }
     }
 }
@@ -927,6 +958,12 @@ trait GroupEndpoint {
     fn remove_form(&self) -> RemoveForm;
     /// The endpoint took removals in `form`: use it from now on.
     fn prefer_remove_form(&self, form: RemoveForm);
+    /// What the endpoint shows as a member's `value`, as far as learnt.
+    fn member_key(&self) -> MemberKey;
+    /// Learnt what the endpoint shows as a member's `value`.
+    fn learn_member_key(&self, key: MemberKey);
+    /// The `userName` of user `user_id`; `None` when the endpoint does not hold it.
+    async fn user_name(&self, user_id: &str) -> Result<Option<String>, ScimError>;
 
     /// The member ids of the group; `None` when it does not exist.
     async fn current_members(&self, group_id: &str) -> Result<Option<Vec<String>>, ScimError> {
@@ -961,6 +998,71 @@ impl GroupEndpoint for ScimClient {
     fn prefer_remove_form(&self, form: RemoveForm) {
         self.note_remove_value_list(form == RemoveForm::ValueList);
     }
+
+    fn member_key(&self) -> MemberKey {
+        self.facts().member_key
+    }
+
+    fn learn_member_key(&self, key: MemberKey) {
+        self.note_member_key(key);
+    }
+
+    async fn user_name(&self, user_id: &str) -> Result<Option<String>, ScimError> {
+        Ok(self.get(ResourceKind::User, user_id).await?.and_then(|u| {
+            u.get("userName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }))
+    }
+}
+
+/// Which of `removed` (member ids) the group as the endpoint shows it still holds, by id
+/// or (unless the endpoint is known to show ids) by userName, with the userName found.
+/// `None`: it cannot be told (the group is gone, or the endpoint shows no `members`).
+async fn still_shown<E: GroupEndpoint>(
+    endpoint: &E,
+    group_id: &str,
+    removed: &[String],
+    answer: Option<Value>,
+    names: &mut BTreeMap<String, Option<String>>,
+) -> Result<Option<Vec<(String, Option<String>)>>, ScimError> {
+    let shown = match answer.filter(|a| a.get("members").is_some()) {
+        Some(a) => Some(a),
+        None => endpoint.group(group_id).await?,
+    };
+    let Some(members) = shown
+        .as_ref()
+        .and_then(|g| g.get("members"))
+        .and_then(Value::as_array)
+    else {
+        return Ok(None);
+    };
+    let values: BTreeSet<&str> = members
+        .iter()
+        .filter_map(|m| m.get("value").and_then(Value::as_str))
+        .collect();
+    let mut left = Vec::new();
+    for id in removed {
+        if values.contains(id.as_str()) {
+            left.push((id.clone(), None));
+            continue;
+        }
+        if endpoint.member_key() == MemberKey::Id || values.is_empty() {
+            continue;
+        }
+        let name = match names.get(id) {
+            Some(n) => n.clone(),
+            None => {
+                let n = endpoint.user_name(id).await?;
+                names.insert(id.clone(), n.clone());
+                n
+            }
+        };
+        if let Some(n) = name.filter(|n| values.contains(n.as_str())) {
+            left.push((id.clone(), Some(n)));
+        }
+    }
+    Ok(Some(left))
 }
 
 /// How an endpoint shows the member groups it was sent.
@@ -1147,14 +1249,34 @@ async fn sync_via<E: GroupEndpoint>(
     // The additions are consumed in order, chunk after chunk.
     let mut to_add = diff.added_ids(new_ids);
     let mut form = endpoint.remove_form();
+    // userNames of removed members, read once each (endpoints that show members by them).
+    let mut names: BTreeMap<String, Option<String>> = BTreeMap::new();
     for c in plan_chunks(diff.removed.len(), diff.added_len(), chunk) {
         let removes = || diff.removed.slice(c.removes.clone());
         let adds: Vec<&str> = to_add.by_ref().take(c.adds.len()).collect();
         let lead = std::mem::take(&mut lead_ops);
+        // What a removal names: the id, or where the endpoint shows members by userName,
+        // the userName (the id when the user is gone there).
+        let mut shown_as: Vec<String> = Vec::with_capacity(c.removes.len());
+        for id in removes() {
+            if endpoint.member_key() == MemberKey::UserName {
+                if !names.contains_key(id) {
+                    let n = endpoint.user_name(id).await?;
+                    names.insert(id.to_string(), n);
+                }
+                shown_as.push(names[id].clone().unwrap_or_else(|| id.to_string()));
+            } else {
+                shown_as.push(id.to_string());
+            }
+        }
         let answer = loop {
             journal.begin(removes(), adds.iter().copied())?;
             let mut ops = lead.clone();
-            ops.extend(patch_operations(removes(), adds.iter().copied(), form));
+            ops.extend(patch_operations(
+                shown_as.iter().map(String::as_str),
+                adds.iter().copied(),
+                form,
+            ));
             match endpoint.patch_members(group_id, ops).await {
                 Ok(answer) => {
                     journal.close(true)?;
@@ -1191,6 +1313,19 @@ async fn sync_via<E: GroupEndpoint>(
         writes.requests += 1;
         writes.removed += c.removes.len();
         writes.added += adds.len();
+        if !c.removes.is_empty() && endpoint.member_key() != MemberKey::Id {
+            let removed: Vec<String> = removes().map(str::to_string).collect();
+            let answer = answer.clone();
+            if let Err(e) =
+                verify_removals(endpoint, group_id, &removed, answer, form, &mut names).await
+            {
+                drop(journal);
+                if let Err(f) = store.forget(anchor) {
+                    log::warn!("cannot forget the members of group {anchor:?}: {f}");
+                }
+                return Err(e);
+            }
+        }
         let nested_added: Vec<&str> = adds
             .iter()
             .copied()
@@ -1212,6 +1347,64 @@ async fn sync_via<E: GroupEndpoint>(
     drop(journal);
     store.save(anchor, group_id, new_ids)?;
     Ok(writes)
+}
+
+/// A member removal is verified, never assumed from a success answer: while the endpoint
+/// has not shown that it removes by id, the group is read after each removal. A member
+/// still shown by its userName (an endpoint that shows members by userName, where a
+/// removal by id removes nothing) teaches [`MemberKey::UserName`] and is removed again by
+/// userName; a member still shown after that, or still shown by its id, is an error.
+async fn verify_removals<E: GroupEndpoint>(
+    endpoint: &E,
+    group_id: &str,
+    removed: &[String],
+    answer: Option<Value>,
+    form: RemoveForm,
+    names: &mut BTreeMap<String, Option<String>>,
+) -> Result<(), MemberSyncError> {
+    let Some(left) = still_shown(endpoint, group_id, removed, answer, names).await? else {
+        return Ok(());
+    };
+    if left.is_empty() {
+        if endpoint.member_key() == MemberKey::Unproven {
+            endpoint.learn_member_key(MemberKey::Id);
+        }
+        return Ok(());
+    }
+    let by_id: Vec<String> = left
+        .iter()
+        .filter(|(_, n)| n.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let by_name: Vec<&str> = left.iter().filter_map(|(_, n)| n.as_deref()).collect();
+    if by_name.is_empty() || endpoint.member_key() == MemberKey::UserName {
+        return Err(MemberSyncError::RemovalIgnored {
+            group_id: group_id.to_string(),
+            members: left.into_iter().map(|(id, _)| id).collect(),
+        });
+    }
+    // Shown by userName though removed by id: the endpoint keys members by userName.
+    endpoint.learn_member_key(MemberKey::UserName);
+    endpoint
+        .patch_members(
+            group_id,
+            patch_operations(by_name.iter().copied(), std::iter::empty(), form),
+        )
+        .await?;
+    let again: Vec<String> = left.iter().map(|(id, _)| id.clone()).collect();
+    let still = still_shown(endpoint, group_id, &again, None, names).await?;
+    let mut members = by_id;
+    members.extend(still.unwrap_or_default().into_iter().map(|(id, _)| id));
+    if members.is_empty() {
+        Ok(())
+    } else {
+        members.sort();
+        members.dedup();
+        Err(MemberSyncError::RemovalIgnored {
+            group_id: group_id.to_string(),
+            members,
+        })
+    }
 }
 
 /// Whether a refused PATCH says the endpoint does not take the filter-path form of a
@@ -1647,6 +1840,14 @@ mod tests {
         refuses_filter_removal: Cell<bool>,
         /// The removal form the sync asked to keep.
         form: Cell<RemoveForm>,
+        /// What the sync learnt the member key is (tests start from a proven `Id`).
+        key: Cell<MemberKey>,
+        /// Shows (and removes) members by their userName (`name-<id>`), like Canaille.
+        shows_names: Cell<bool>,
+        /// User reads (for userNames).
+        user_gets: Cell<usize>,
+        /// Answers removals with success and removes nothing.
+        ignores_removals: Cell<bool>,
     }
 
     impl FakeGroup {
@@ -1664,7 +1865,34 @@ mod tests {
                 answers_with_group: Cell::new(false),
                 refuses_filter_removal: Cell::new(false),
                 form: Cell::new(RemoveForm::PathFilter),
+                key: Cell::new(MemberKey::Id),
+                shows_names: Cell::new(false),
+                user_gets: Cell::new(0),
+                ignores_removals: Cell::new(false),
             }
+        }
+        /// The value a member is shown (and removed) by.
+        fn shown_value(&self, id: &str) -> String {
+            if self.shows_names.get() {
+                format!("name-{id}")
+            } else {
+                id.to_string()
+            }
+        }
+        /// Removes the member shown as `value`, if any.
+        fn remove_shown(&self, m: &mut BTreeSet<String>, value: &str) {
+            if self.ignores_removals.get() {
+                return;
+            }
+            let id = if self.shows_names.get() {
+                match value.strip_prefix("name-") {
+                    Some(id) => id,
+                    None => return,
+                }
+            } else {
+                value
+            };
+            m.remove(id);
         }
         fn shown(&self) -> Value {
             let members: Vec<Value> = self
@@ -1674,7 +1902,7 @@ mod tests {
                     if self.as_users.borrow().contains(&id) {
                         json!({"value": id, "type": "User", "$ref": format!("https://x/v2/Users/{id}")})
                     } else {
-                        json!({"value": id})
+                        json!({"value": self.shown_value(&id)})
                     }
                 })
                 .collect();
@@ -1701,6 +1929,19 @@ mod tests {
 
         fn prefer_remove_form(&self, form: RemoveForm) {
             self.form.set(form);
+        }
+
+        fn member_key(&self) -> MemberKey {
+            self.key.get()
+        }
+
+        fn learn_member_key(&self, key: MemberKey) {
+            self.key.set(key);
+        }
+
+        async fn user_name(&self, user_id: &str) -> Result<Option<String>, ScimError> {
+            self.user_gets.set(self.user_gets.get() + 1);
+            Ok(Some(format!("name-{user_id}")))
         }
 
         async fn group(&self, group_id: &str) -> Result<Option<Value>, ScimError> {
@@ -1770,7 +2011,7 @@ mod tests {
                     }
                     "remove" if path == "members" => {
                         for v in op["value"].as_array().unwrap() {
-                            m.remove(v["value"].as_str().unwrap());
+                            self.remove_shown(&mut m, v["value"].as_str().unwrap());
                             values += 1;
                         }
                     }
@@ -1779,7 +2020,10 @@ mod tests {
                             .strip_prefix("members[value eq ")
                             .and_then(|p| p.strip_suffix(']'))
                             .unwrap();
-                        m.remove(&serde_json::from_str::<String>(literal).unwrap());
+                        self.remove_shown(
+                            &mut m,
+                            &serde_json::from_str::<String>(literal).unwrap(),
+                        );
                         values += 1;
                     }
                     other => panic!("op {other}"),
@@ -1851,6 +2095,87 @@ mod tests {
         sync(&ep, &s, &ids(&[]), 100).unwrap();
         assert_eq!(ep.patches.get(), patches + 1);
         assert!(ep.members().is_empty());
+    }
+
+    /// Regression (Canaille): an endpoint that shows members by userName answered a
+    /// removal by id with 200 and removed nothing; the agent reported the group in step.
+    /// The removal is verified by reading the group, sent again by userName, and the key
+    /// is kept: later removals go by userName at once.
+    #[test]
+    fn a_removal_ignored_by_id_is_sent_again_by_user_name_and_the_key_is_learnt() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g");
+        ep.shows_names.set(true);
+        ep.key.set(MemberKey::Unproven);
+        sync(&ep, &s, &ids(&["a", "b", "c"]), 100).unwrap();
+        let w = sync(&ep, &s, &ids(&["a", "c"]), 100).unwrap();
+        assert_eq!(w.removed, 1);
+        assert_eq!(ep.members(), ["a", "c"], "the member is really removed");
+        assert_eq!(ep.key.get(), MemberKey::UserName);
+        assert_eq!(loaded(&s, "anchor", "g"), Some(ids(&["a", "c"])));
+        // Next removal: by userName at once (one PATCH), still verified (one GET).
+        let (patches, gets) = (ep.patches.get(), ep.gets.get());
+        sync(&ep, &s, &ids(&["a"]), 100).unwrap();
+        assert_eq!(ep.members(), ["a"]);
+        assert_eq!((ep.patches.get(), ep.gets.get()), (patches + 1, gets + 1));
+    }
+
+    /// A removal by id that the group then no longer shows proves the key: no more reads.
+    #[test]
+    fn a_verified_removal_by_id_proves_the_key() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g");
+        ep.key.set(MemberKey::Unproven);
+        sync(&ep, &s, &ids(&["a", "b", "c"]), 100).unwrap();
+        let gets = ep.gets.get();
+        sync(&ep, &s, &ids(&["a", "c"]), 100).unwrap();
+        assert_eq!(ep.gets.get(), gets + 1, "read once to verify");
+        assert_eq!(ep.key.get(), MemberKey::Id);
+        assert_eq!(
+            ep.user_gets.get(),
+            1,
+            "its userName was read to rule out the other form"
+        );
+        sync(&ep, &s, &ids(&["a"]), 100).unwrap();
+        assert_eq!(ep.gets.get(), gets + 1, "proven: not read again");
+        assert_eq!(ep.members(), ["a"]);
+    }
+
+    /// A removal answered with success that removes nothing, by id or by userName, is an
+    /// error, and the stored members are forgotten so the next sync reads the endpoint.
+    #[test]
+    fn a_removal_still_shown_is_an_error_not_in_step() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g");
+        ep.key.set(MemberKey::Unproven);
+        sync(&ep, &s, &ids(&["a", "b"]), 100).unwrap();
+        ep.ignores_removals.set(true);
+        let e = sync(&ep, &s, &ids(&["a"]), 100).unwrap_err();
+        match &e {
+            MemberSyncError::RemovalIgnored { group_id, members } => {
+                assert_eq!(
+                    (group_id.as_str(), members.as_slice()),
+                    ("g", &["b".to_string()][..])
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.to_string().contains("still shows it"), "{e}");
+        assert_eq!(loaded(&s, "anchor", "g"), None, "forgotten");
+        // By userName too.
+        let ep = FakeGroup::new("h");
+        ep.shows_names.set(true);
+        ep.key.set(MemberKey::Unproven);
+        let s2 = t.store();
+        sync(&ep, &s2, &ids(&["a", "b"]), 100).unwrap();
+        ep.ignores_removals.set(true);
+        assert!(matches!(
+            sync(&ep, &s2, &ids(&["a"]), 100),
+            Err(MemberSyncError::RemovalIgnored { .. })
+        ));
     }
 
     #[test]
