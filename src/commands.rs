@@ -1587,6 +1587,8 @@ async fn resolve_feed(c: &Config, src: &Source) -> crate::sync::follow::Feed {
             kind,
             base: c.directory.base_dn.clone(),
             interval: c.sync.poll_interval,
+            notifications: kind != PollKind::Timestamp
+                && ldap::supports_control(&src.dse, ldap::NOTIFICATION_OID),
         })
     };
     match c.sync.feed {

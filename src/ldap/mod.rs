@@ -44,6 +44,7 @@
 //! * Every operation waits at most [`DirectoryConfig::timeout`] for each server message.
 
 pub mod entry;
+mod notify;
 
 mod content_sync;
 mod dialect;
@@ -75,6 +76,7 @@ pub use dirsync::{
     DIRSYNC_MAX_BYTES,
 };
 pub use entry::Entry;
+pub use notify::NotifyStream;
 pub use error::{LdapError, ResultCode};
 
 use worker::{Request, StreamItem};
@@ -263,6 +265,17 @@ impl Directory {
         // If the worker is gone the job (and its sender) is dropped here, and the stream
         // reports a broken search on its first `next()`.
         let _ = self.inner.requests.try_send(Request::DirSync(job));
+        stream
+    }
+
+    /// Starts an AD change notification search under `base` on a connection of its own
+    /// (see the `notify` module): the stream wakes whenever something there changes.
+    /// Dropping it abandons the search.
+    pub fn notifications(&self, base: &str) -> NotifyStream {
+        let (stream, job) = NotifyStream::new(self.clone(), base);
+        // If the worker is gone the job is dropped here, and the stream reports the end on
+        // its first `next()`.
+        let _ = self.inner.requests.try_send(Request::Notify(job));
         stream
     }
 

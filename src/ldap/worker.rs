@@ -78,6 +78,8 @@ pub(crate) enum Request {
     ContentSync(SyncJob),
     /// One AD DirSync search on a leased connection (`dirsync.rs`).
     DirSync(DirSyncJob),
+    /// An AD change notification search on a connection of its own (`notify.rs`).
+    Notify(super::notify::NotifyJob),
 }
 
 /// One item of a search's output channel.
@@ -324,6 +326,9 @@ impl Session {
             }
             Request::ContentSync(job) => {
                 content_sync::serve(&self.link.cfg, self.link.tls.as_ref(), job).await;
+            }
+            Request::Notify(job) => {
+                super::notify::serve(&self.link.cfg, self.link.tls.as_ref(), job).await;
             }
             Request::DirSync(job) => {
                 let conn = match self.lease().await {

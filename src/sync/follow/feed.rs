@@ -168,6 +168,14 @@ pub(super) async fn poll_feed(
     link: Arc<FeedLink>,
 ) -> String {
     let _link = link.guard();
+    let mut changes_notified = spec.notifications.then(|| dir.notifications(&spec.base));
+    if changes_notified.is_some() {
+        log::info!(
+            "{} feed: change notifications on: a change is read as soon as the directory reports it (at the latest every {} s)",
+            spec.kind.as_str(),
+            spec.interval.as_secs()
+        );
+    }
     loop {
         match poll::poll_once(&dir, &spec, &feed_filter, &mark).await {
             Ok((changes, next)) => {
@@ -207,9 +215,48 @@ pub(super) async fn poll_feed(
             }
             Err(PollError::Failed(why)) => return why,
         }
-        smol::Timer::after(spec.interval).await;
+        if let Err(why) = wait_for_change(&mut changes_notified, spec.interval).await {
+            log::warn!(
+                "{} feed: change notifications ended ({why}); polling every {} s",
+                spec.kind.as_str(),
+                spec.interval.as_secs()
+            );
+            changes_notified = None;
+        }
     }
 }
+
+/// Waits `interval`, or less when the directory notifies a change first (then a moment
+/// more, so that a burst of changes is read by one poll). An error: the notifications
+/// ended (refused, connection lost); the wait is then over too.
+async fn wait_for_change(
+    notified: &mut Option<crate::ldap::NotifyStream>,
+    interval: Duration,
+) -> Result<(), String> {
+    let Some(stream) = notified.as_mut() else {
+        smol::Timer::after(interval).await;
+        return Ok(());
+    };
+    let notified = smol::future::or(
+        async { Some(stream.next().await) },
+        async {
+            smol::Timer::after(interval).await;
+            None
+        },
+    )
+    .await;
+    match notified {
+        None => Ok(()),
+        Some(Ok(_)) => {
+            smol::Timer::after(NOTIFY_SETTLE).await;
+            Ok(())
+        }
+        Some(Err(e)) => Err(e.to_string()),
+    }
+}
+
+/// After a change notification, how long the poll waits for more of the same burst.
+const NOTIFY_SETTLE: Duration = Duration::from_millis(200);
 
 fn encode(c: &Change) -> Vec<u8> {
     serde_json::to_vec(c).unwrap_or_default()

@@ -62,6 +62,9 @@ pub struct PollSpec {
     pub base: String,
     /// How long between polls.
     pub interval: Duration,
+    /// Poll at once when the directory notifies a change (AD change notifications, where
+    /// the server offers them): the interval is then only the longest wait.
+    pub notifications: bool,
 }
 
 /// The filter the feeds search with: every user and group object, tombstones included
