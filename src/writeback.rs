@@ -586,16 +586,26 @@ fn path_change(
             original,
         )?)));
     }
-    // `emails[type eq "work"].value` and friends name the work value of the attribute.
-    let attribute = match lower.split_once('[') {
-        Some((head, rest)) if rest.contains("type eq \"work\"") || rest.contains("type eq 'work'") => {
-            &path[..head.len()]
-        }
-        Some(_) => {
-            return Err(bad(
-                "invalidPath",
-                format!("`{path}`: only members[value eq \"id\"] and [type eq \"work\"] filters are supported"),
-            ))
+    // `emails[type eq "work"].value` (or without `.value`) names the work value of the
+    // attribute: the filter is parsed and must be exactly that one comparison.
+    let attribute = match path.split_once('[') {
+        Some((head, rest)) => {
+            let only_work = || {
+                bad(
+                    "invalidPath",
+                    format!(
+                        "`{path}`: only members[value eq \"id\"] and ATTRIBUTE[type eq \"work\"].value filters are supported"
+                    ),
+                )
+            };
+            let (inner, after) = rest.rsplit_once(']').ok_or_else(only_work)?;
+            if !(after.is_empty() || after.eq_ignore_ascii_case(".value")) {
+                return Err(only_work());
+            }
+            if !is_type_eq_work(inner) {
+                return Err(only_work());
+            }
+            head
         }
         None => path,
     };
@@ -614,6 +624,22 @@ fn path_change(
             )),
         },
     }
+}
+
+/// Whether a value-path filter is exactly `type eq "work"` (names and the value compared
+/// without regard to case, as SCIM compares them).
+fn is_type_eq_work(filter: &str) -> bool {
+    use crate::scim::filter::{CompValue, CompareOp, Filter, Test};
+    matches!(
+        crate::scim::filter::parse(filter),
+        Ok(Filter::Attr {
+            path,
+            test: Test::Compare(CompareOp::Eq, CompValue::String(v)),
+        }) if path.urn.is_none()
+            && path.sub.is_none()
+            && path.name.eq_ignore_ascii_case("type")
+            && v.eq_ignore_ascii_case("work")
+    )
 }
 
 /// The ids of `value eq "a" or value eq "b"` (the inside of `members[...]`).
@@ -1655,6 +1681,43 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.scim_type(), Some("tooMany"));
+    }
+
+    #[test]
+    /// Regression: any path whose brackets merely *contained* `type eq "work"` was taken
+    /// for the work value (`emails[type eq "work" or type eq "home"]`, `[not (type eq
+    /// "work")]`, a `.display` sub-attribute). The filter is parsed and must be exactly one
+    /// `type eq "work"`, the sub-attribute `value` or none.
+    #[test]
+    fn only_exactly_type_eq_work_names_the_work_value() {
+        let one = |path: &str| {
+            parse(
+                "PATCH",
+                ResourceKind::User,
+                Some("u"),
+                Some(&patch(json!([{"op": "replace", "path": path, "value": "a@x"}]))),
+            )
+        };
+        for good in [
+            "emails[type eq \"work\"].value",
+            "emails[TYPE EQ \"Work\"].value",
+            "emails[type eq \"work\"]",
+        ] {
+            assert!(one(good).is_ok(), "{good}");
+        }
+        for bad_path in [
+            "emails[type eq \"work\" or type eq \"home\"].value",
+            "emails[not (type eq \"work\")].value",
+            "emails[type eq \"work\" and primary eq true].value",
+            "emails[type eq \"home\"].value",
+            "emails[type ne \"work\"].value",
+            "emails[type eq \"work\"].display",
+            "emails[value eq \"x\" or type eq 'work'].value",
+            "emails[type eq \"work\"",
+        ] {
+            let e = one(bad_path).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad_path}: {e:?}");
+        }
     }
 
     #[test]
