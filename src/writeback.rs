@@ -1683,7 +1683,6 @@ mod tests {
         assert_eq!(e.scim_type(), Some("tooMany"));
     }
 
-    #[test]
     /// Regression: any path whose brackets merely *contained* `type eq "work"` was taken
     /// for the work value (`emails[type eq "work" or type eq "home"]`, `[not (type eq
     /// "work")]`, a `.display` sub-attribute). The filter is parsed and must be exactly one
