@@ -2029,13 +2029,13 @@ pub fn status(c: &Config, json: bool) -> i32 {
         .as_deref()
         .and_then(|w| serde_json::from_slice::<crate::sync::follow::Watermark>(w).ok())
         .and_then(|w| crate::scim::base64::decode(&w.cookie).ok())
-        .map(|c| String::from_utf8_lossy(&c).into_owned());
+        .map(|c| describe_cookie(&c));
     crate::outln!(
         "watermark:    {}",
         mark.unwrap_or_else(|| "none (no full pass has completed)".into())
     );
-    match AnchorIndex::load(&c.agent.state_dir) {
-        Ok(ix) => crate::outln!("anchors:      {} objects provisioned", ix.len()),
+    match AnchorIndex::count_saved(&c.agent.state_dir) {
+        Ok(n) => crate::outln!("anchors:      {n} objects provisioned"),
         Err(e) => crate::outln!("anchors:      unreadable: {e}"),
     }
     crate::outln!(
@@ -2161,4 +2161,40 @@ fn unmatched_line((n, last): (u64, Option<&crate::sync::deletes::Unmatched>)) ->
          see the log){last}; a full pass removes what it no longer finds",
         if n == 1 { "delete" } else { "deletes" }
     )
+}
+
+/// A feed position as `status` prints it: the text of a text cookie (syncrepl, uSN JSON,
+/// a timestamp), else its size and first bytes in hex (DirSync's cookie is binary).
+fn describe_cookie(cookie: &[u8]) -> String {
+    match std::str::from_utf8(cookie) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => {
+            let head: String = cookie.iter().take(12).map(|b| format!("{b:02x}")).collect();
+            format!(
+                "{} bytes, binary (starts {head}{})",
+                cookie.len(),
+                if cookie.len() > 12 { "..." } else { "" }
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod cookie_tests {
+    use super::describe_cookie;
+
+    #[test]
+    fn text_cookies_print_as_text_and_binary_ones_as_size_and_hex() {
+        assert_eq!(
+            describe_cookie(b"rid=000,csn=20261206120000.000000Z#000000#000#000000"),
+            "rid=000,csn=20261206120000.000000Z#000000#000#000000"
+        );
+        let dirsync = [
+            0x4d, 0x53, 0x44, 0x53, 0x03, 0x00, 0x00, 0x00, 0xff, 0x10, 0x00, 0x01, 0x02,
+        ];
+        assert_eq!(
+            describe_cookie(&dirsync),
+            "13 bytes, binary (starts 4d53445303000000ff100001...)"
+        );
+    }
 }

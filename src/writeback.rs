@@ -1694,7 +1694,9 @@ mod tests {
                 "PATCH",
                 ResourceKind::User,
                 Some("u"),
-                Some(&patch(json!([{"op": "replace", "path": path, "value": "a@x"}]))),
+                Some(&patch(
+                    json!([{"op": "replace", "path": path, "value": "a@x"}]),
+                )),
             )
         };
         for good in [

@@ -333,7 +333,8 @@ fn a_change_notification_brings_the_poll_forward() {
             "dn: CN=User {sam},{o}\nchangetype: modify\nreplace: title\ntitle: {title}\n"
         ));
         assert!(
-            wait_until(20, || by_upn(&scim, &sam).unwrap()["title"] == title.as_str()),
+            wait_until(20, || by_upn(&scim, &sam).unwrap()["title"]
+                == title.as_str()),
             "change {round} did not arrive within 20 s although notified: {}",
             agent.log()
         );

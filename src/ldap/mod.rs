@@ -76,8 +76,8 @@ pub use dirsync::{
     DIRSYNC_MAX_BYTES,
 };
 pub use entry::Entry;
-pub use notify::NotifyStream;
 pub use error::{LdapError, ResultCode};
+pub use notify::NotifyStream;
 
 use worker::{Request, StreamItem};
 

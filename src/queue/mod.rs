@@ -276,6 +276,12 @@ pub enum ResyncReason {
     Requested,
     /// The periodic full pass (`sync.full_pass_interval_secs`) is due.
     Scheduled,
+    /// The sync scope (base, include, filters, profile) differs from the one the stored
+    /// watermark was taken for.
+    ScopeChanged,
+    /// The directory cannot resume the feed from the stored position (syncrepl asked for a
+    /// refresh or sent a present phase; DirSync/uSN position invalid).
+    FeedPosition,
 }
 
 impl ResyncReason {
@@ -289,6 +295,8 @@ impl ResyncReason {
             ResyncReason::LedgerCorrupt => 5,
             ResyncReason::Requested => 6,
             ResyncReason::Scheduled => 7,
+            ResyncReason::ScopeChanged => 8,
+            ResyncReason::FeedPosition => 9,
         }
     }
 
@@ -302,6 +310,8 @@ impl ResyncReason {
             5 => ResyncReason::LedgerCorrupt,
             6 => ResyncReason::Requested,
             7 => ResyncReason::Scheduled,
+            8 => ResyncReason::ScopeChanged,
+            9 => ResyncReason::FeedPosition,
             _ => return None,
         })
     }
@@ -316,6 +326,8 @@ impl ResyncReason {
             ResyncReason::LedgerCorrupt => "ledger-corrupt",
             ResyncReason::Requested => "requested",
             ResyncReason::Scheduled => "scheduled full pass",
+            ResyncReason::ScopeChanged => "scope changed",
+            ResyncReason::FeedPosition => "the directory lost the feed's position",
         }
     }
 }

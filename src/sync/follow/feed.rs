@@ -69,8 +69,8 @@ pub(super) async fn feed(
             None => return "the directory ended the sync search".into(),
             Some(Err(e)) => {
                 if e.is_sync_refresh_required() {
-                    let _ =
-                        with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested)).await;
+                    let _ = with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::FeedPosition))
+                        .await;
                     let _ = notify.try_send(());
                 }
                 return e.to_string();
@@ -104,7 +104,8 @@ pub(super) async fn feed(
                 // A present phase (the server forgot our position): what is missing can only
                 // be found by a full pass.
                 log::info!("the directory answered with a present phase; a full pass follows");
-                let _ = with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested)).await;
+                let _ =
+                    with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::FeedPosition)).await;
                 let _ = notify.try_send(());
                 return "present phase".into();
             }
@@ -209,7 +210,8 @@ pub(super) async fn poll_feed(
             }
             Err(PollError::Resync(why)) => {
                 log::warn!("{} feed: {why}; a full pass follows", spec.kind.as_str());
-                let _ = with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested)).await;
+                let _ =
+                    with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::FeedPosition)).await;
                 let _ = notify.try_send(());
                 return why;
             }
@@ -237,13 +239,10 @@ async fn wait_for_change(
         smol::Timer::after(interval).await;
         return Ok(());
     };
-    let notified = smol::future::or(
-        async { Some(stream.next().await) },
-        async {
-            smol::Timer::after(interval).await;
-            None
-        },
-    )
+    let notified = smol::future::or(async { Some(stream.next().await) }, async {
+        smol::Timer::after(interval).await;
+        None
+    })
     .await;
     match notified {
         None => Ok(()),

@@ -410,7 +410,7 @@ pub async fn run(
             .and_then(|m| Watermark::cookie_for(m, &scope));
         if !owed && cookie.is_none() {
             log::info!("the stored watermark belongs to another scope; a full pass is needed");
-            with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::Requested))
+            with_queue(&queue, |q| q.mark_resync_owed(ResyncReason::ScopeChanged))
                 .await
                 .map_err(RunError::Queue)?;
             continue;
