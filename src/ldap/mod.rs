@@ -460,6 +460,22 @@ mod tests {
 
     fn assert_send_sync<T: Send + Sync>() {}
 
+    /// Regression: the write connection decided ldaps/StartTLS by itself and took an
+    /// `ldaps://` URL with StartTLS, or an unknown scheme, that the read side refuses.
+    #[test]
+    fn the_write_side_decides_tls_as_the_read_side_does() {
+        let cfg = |url: &str, starttls: bool| DirectoryConfig {
+            starttls,
+            ..DirectoryConfig::new(url, "cn=x", Secret::new("p"))
+        };
+        assert!(write_tls(&cfg("ldap://127.0.0.1:389", false))
+            .unwrap()
+            .is_none());
+        assert!(write_tls(&cfg("ldaps://127.0.0.1:636", true)).is_err());
+        assert!(write_tls(&cfg("ldapx://127.0.0.1:389", false)).is_err());
+        assert!(write_tls(&cfg("ldap://", false)).is_err());
+    }
+
     /// A handle whose worker is `requests`' receiver (or gone, if that is dropped).
     fn handle(requests: Sender<Request>) -> Directory {
         Directory {
@@ -909,15 +925,14 @@ async fn write_job(
     Ok(applied)
 }
 
-/// The TLS set-up of the write connection, as the read worker does it.
+/// The TLS set-up of the write connection: the read worker's own decision
+/// ([`worker::tls_mode`]: scheme and StartTLS checked together, `ldaps://` with StartTLS
+/// refused), so both sides connect alike.
 fn write_tls(
     cfg: &DirectoryConfig,
 ) -> Result<Option<(&'static str, Arc<futures_rustls::rustls::ClientConfig>)>, LdapError> {
-    let ldaps = cfg.url.to_ascii_lowercase().starts_with("ldaps://");
-    let mode = match (ldaps, cfg.starttls) {
-        (true, _) => "ldaps",
-        (false, true) => "StartTLS",
-        (false, false) => return Ok(None),
+    let Some(mode) = worker::tls_mode(&cfg.url, cfg.starttls)? else {
+        return Ok(None);
     };
     Ok(Some((
         mode,

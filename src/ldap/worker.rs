@@ -686,7 +686,7 @@ async fn bind(cfg: &DirectoryConfig, ldap: &mut Ldap) -> Result<(), LdapError> {
 }
 
 /// `Some("ldaps")` / `Some("StartTLS")` / `None` for the URL scheme and StartTLS setting.
-fn tls_mode(url: &str, starttls: bool) -> Result<Option<&'static str>, LdapError> {
+pub(crate) fn tls_mode(url: &str, starttls: bool) -> Result<Option<&'static str>, LdapError> {
     let invalid = |detail: &str| LdapError::InvalidUrl {
         url: url.to_owned(),
         detail: detail.to_owned(),
