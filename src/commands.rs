@@ -1216,16 +1216,40 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
     crate::outln!("{}", pretty(&mapped.resource));
 
     let (_, scim) = scim_client(c)?;
-    match scim.find_by_external_id(kind, &mapped.external_id).await {
-        Ok(Some(held)) => {
-            crate::outln!("endpoint holds:");
+    // What idrelay created it knows by id: read that resource itself. A lookup by
+    // externalId answers only for the rest (and some endpoints' filters match nothing).
+    let known = index.scim_id(kind, &mapped.external_id);
+    let held = match &known {
+        Some(id) => scim.get(kind, id).await.map(|r| r.map(|v| (v, true))),
+        None => scim
+            .find_by_external_id(kind, &mapped.external_id)
+            .await
+            .map(|r| r.map(|v| (v, false))),
+    };
+    match held {
+        Ok(Some((held, by_id))) => {
+            if by_id {
+                crate::outln!(
+                    "endpoint holds (the {} idrelay created, id {}):",
+                    kind.word(),
+                    known.as_deref().unwrap_or_default()
+                );
+            } else {
+                crate::outln!("endpoint holds:");
+            }
             crate::outln!("{}", pretty(&held));
             print_difference(&mapped.resource, &held);
         }
-        Ok(None) => crate::outln!(
-            "endpoint holds: nothing with externalId {} (a sync would create it)",
-            mapped.external_id
-        ),
+        Ok(None) => match &known {
+            Some(id) => crate::outln!(
+                "endpoint holds: nothing at id {id}, which idrelay created for this object: it was deleted \
+                 there (a sync would look it up again and create it if it is gone)"
+            ),
+            None => crate::outln!(
+                "endpoint holds: nothing with externalId {} (a sync would create it)",
+                mapped.external_id
+            ),
+        },
         Err(e) => crate::outln!("endpoint: cannot look it up: {e}"),
     }
     if let Some(k) = crate::sync::kept::read(&c.agent.state_dir) {

@@ -483,6 +483,21 @@ fn a_member_removed_in_the_directory_is_removed_at_the_endpoint() {
         second.stderr
     );
     assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    // Canaille keeps no externalId and ignores filters: preview must still find what
+    // idrelay created (by its id), not say "a sync would create it".
+    let preview = agent.run(&["preview", &format!("uid=crm1,{o}")]);
+    assert!(
+        preview
+            .stdout
+            .contains("endpoint holds (the user idrelay created, id "),
+        "{}",
+        preview.stdout
+    );
+    assert!(
+        !preview.stdout.contains("a sync would create it"),
+        "{}",
+        preview.stdout
+    );
     assert_eq!(
         second
             .stderr

@@ -319,7 +319,16 @@ fn preview_shows_scope_mapping_and_what_the_endpoint_holds() {
     agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
     let after = agent.run(&["preview", &dn]);
     assert!(
-        after.stdout.contains("endpoint holds:\n"),
+        after
+            .stdout
+            .contains("endpoint holds (the user idrelay created, id "),
+        "{}",
+        after.stdout
+    );
+    assert!(
+        after
+            .stdout
+            .contains("difference: none: the endpoint holds what a sync sends"),
         "{}",
         after.stdout
     );
