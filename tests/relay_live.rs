@@ -190,6 +190,15 @@ fn the_cloud_reads_the_directory_and_sends_commands_through_the_relay() {
         "{}",
         agent.log()
     );
+    // An operator's resync is routine: INFO, never WARN.
+    assert!(
+        !agent
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("full resync owed")),
+        "{}",
+        agent.log()
+    );
     // The heartbeat reached the hub with the agent's facts (its counts include what the
     // full pass wrote: 3 users and a group); status shows the relay.
     assert!(wait_until(15, || hub.op("GET", "/v1/agents", None).1[0]
