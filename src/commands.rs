@@ -1585,6 +1585,15 @@ async fn follow_once(
         None => follow.await,
         // The relay runs beside the sync loop; when the loop ends (stop, reload), so does it.
         Some((relay, remote)) => {
+            let follow = async {
+                let r = follow.await;
+                // A stop or reload: the relay finishes the requests it is handling and
+                // keeps and posts their answers before the process goes on.
+                if r.is_ok() {
+                    relay.wait_finished().await;
+                }
+                r
+            };
             smol::future::or(follow, async {
                 relay.run(remote, agent, control).await;
                 // The relay only returns on a stop or reload request: let the loop see it.

@@ -748,3 +748,66 @@ fn hub_tls_serves_https_with_the_configured_certificate() {
     let _ = s.read_to_end(&mut rest);
     assert!(!rest.starts_with(b"HTTP/1.1 200"));
 }
+
+#[test]
+fn a_read_operator_token_sees_the_agents_and_nothing_more() {
+    const READER: &str = "reader-secret-token-Zq41m";
+    let dir = std::env::temp_dir().join(format!(
+        "idrelay-hub-reader-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("reader.token");
+    write_private(&file, &format!("{READER}\n"));
+    let hub = Hub::start(&format!(
+        "poll_wait_secs = 1\n\n[[operator]]\ntoken_file = \"{}\"\nrole = \"read\"\n",
+        file.display()
+    ));
+    let reader = format!("Bearer {READER}");
+    let as_reader = |method: &str, path: &str, body: &str| {
+        hub.call(method, path, &[("Authorization", &reader)], body)
+    };
+    // Looking: allowed.
+    let r = as_reader("GET", "/v1/agents", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()[0]["agent"], "a1");
+    let id = hub
+        .operator("POST", "/v1/agents/a1/commands", r#"{"command":"resync"}"#)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = as_reader("GET", &format!("/v1/requests/{id}"), "");
+    assert_eq!(r.status, 202, "{}", r.body);
+    // Acting: refused 403 naming the role, on the operator API and the SCIM forwarder.
+    let r = as_reader("POST", "/v1/agents/a1/commands", r#"{"command":"resync"}"#);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("role `read`") && r.body.contains("`admin`"),
+        "{}",
+        r.body
+    );
+    let r = as_reader("GET", "/agents/a1/scim/v2/Users", "");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("role `read`"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("urn:ietf:params:scim:api:messages:2.0:Error"),
+        "{}",
+        r.body
+    );
+    // Nothing was queued by the refused command.
+    let agents = hub.operator("GET", "/v1/agents", "").json();
+    assert_eq!(agents[0]["queued"], 1, "{agents}");
+    // A wrong token is still 401.
+    let r = hub.call(
+        "GET",
+        "/v1/agents",
+        &[("Authorization", "Bearer nope-nope-nope-nope-nope")],
+        "",
+    );
+    assert_eq!(r.status, 401);
+    assert!(!hub.log().contains(READER));
+    let _ = std::fs::remove_dir_all(&dir);
+}

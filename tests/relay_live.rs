@@ -190,7 +190,21 @@ fn the_cloud_reads_the_directory_and_sends_commands_through_the_relay() {
         "{}",
         agent.log()
     );
-    // The heartbeat reached the hub with the agent's facts; status shows the relay.
+    // An operator's resync is routine: INFO, never WARN.
+    assert!(
+        !agent
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("full resync owed")),
+        "{}",
+        agent.log()
+    );
+    // The heartbeat reached the hub with the agent's facts (its counts include what the
+    // full pass wrote: 3 users and a group); status shows the relay.
+    assert!(wait_until(15, || hub.op("GET", "/v1/agents", None).1[0]
+        ["heartbeat"]["counts"]["provisioned"]
+        .as_u64()
+        >= Some(4)));
     let (_, agents) = hub.op("GET", "/v1/agents", None);
     let hb = &agents.as_array().unwrap()[0]["heartbeat"];
     assert_eq!(hb["group"], "branch", "{agents}");
@@ -335,4 +349,272 @@ fn parallel_requests_are_each_answered_once_and_correctly() {
     let log = agent.log();
     let n = requests_handled_once(&log);
     assert!(n >= 48, "{n} requests logged: {log}");
+}
+
+/// How often the agent's log says the cloud's `resync` ran (the command's one effect line).
+fn resyncs_run(agent: &Agent) -> usize {
+    agent
+        .log()
+        .matches("a full pass was requested by the cloud")
+        .count()
+}
+
+/// Sends a signal to a child we started, by its PID.
+fn signal(run: &Running, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &run.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// An agent a1 that reaches its hub through a fault proxy (to lose its answers on the way),
+/// running until the hub counts it active.
+fn agent_behind_a_proxy(
+    dir: &Dir,
+    ou: &str,
+    scim: &ScimServer,
+) -> (Hub, common::faultproxy::FaultProxy, Agent, Running) {
+    let hub = start_hub(&[("a1", "branch", "agent-token-a1")]);
+    let proxy = common::faultproxy::FaultProxy::http(hub.port);
+    let agent = Agent::with_relay(dir, &[ou], scim, &hub, ("a1", "agent-token-a1"), "");
+    agent.edit_config(&hub.url(), &proxy.http_url(""));
+    let run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(60, || hub.role("a1").as_deref() == Some("active")
+            && agent.log().contains("objects in step")),
+        "{}",
+        agent.log()
+    );
+    (hub, proxy, agent, run)
+}
+
+/// Queues `resync` for a1 while the proxy loses every answer, and waits until the agent has
+/// run it (and kept its answer); the request id.
+fn resync_with_its_answer_lost(
+    hub: &Hub,
+    proxy: &common::faultproxy::FaultProxy,
+    agent: &Agent,
+) -> String {
+    proxy.refuse_path("/responses", 503);
+    let (s, v) = hub.op(
+        "POST",
+        "/v1/agents/a1/commands",
+        Some(r#"{"command":"resync"}"#),
+    );
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(
+        wait_until(30, || agent.log().contains(&format!(
+            "relay: request {id} (command resync) answered 202"
+        ))),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(resyncs_run(agent), 1);
+    id
+}
+
+/// The answer the hub finally got for `id` (re-delivered every 5 s until answered).
+fn answer_reaches_the_hub(hub: &Hub, id: &str, agent: &Agent) -> (u16, Value) {
+    let mut answer = None;
+    wait_until(60, || {
+        let (s, v) = hub.op("GET", &format!("/v1/requests/{id}"), None);
+        if s == 200 {
+            answer = Some((v["status"].as_u64().unwrap_or(0) as u16, v["body"].clone()));
+        }
+        answer.is_some()
+    });
+    answer.unwrap_or_else(|| panic!("{id} never answered: {}\nhub: {}", agent.log(), hub.log()))
+}
+
+#[test]
+fn a_command_redelivered_after_a_reload_is_answered_again_not_run_again() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "replyreload");
+    let o = ou.dn.clone();
+    dir.modify(&users(&o, &["q0"]));
+    let scim = ScimServer::start();
+    let (hub, proxy, agent, run) = agent_behind_a_proxy(&dir, &o, &scim);
+    let id = resync_with_its_answer_lost(&hub, &proxy, &agent);
+
+    // A reload (SIGHUP) while the answer has not reached the hub; then the link heals and
+    // the hub re-delivers the request.
+    signal(&run, "-HUP");
+    assert!(
+        wait_until(30, || agent.log().matches("relay: connecting to").count()
+            >= 2),
+        "no reload: {}",
+        agent.log()
+    );
+    proxy.accept_paths();
+    let (status, body) = answer_reaches_the_hub(&hub, &id, &agent);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], "resync", "{body}");
+    let log = agent.log();
+    assert_eq!(resyncs_run(&agent), 1, "the resync ran twice: {log}");
+    assert!(
+        log.contains(&format!(
+            "relay: re-delivered {id} (command resync) was answered 202 before"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_command_answered_just_before_a_restart_is_not_run_again() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "replyrestart");
+    let o = ou.dn.clone();
+    dir.modify(&users(&o, &["k0"]));
+    let scim = ScimServer::start();
+    let (hub, proxy, agent, mut run) = agent_behind_a_proxy(&dir, &o, &scim);
+    let id = resync_with_its_answer_lost(&hub, &proxy, &agent);
+
+    // Killed (no chance to post or tidy up) right after answering, then started again.
+    let _ = run.0.kill();
+    let _ = run.0.wait();
+    proxy.accept_paths();
+    let _run = Running(agent.spawn(&["run"]));
+    let (status, body) = answer_reaches_the_hub(&hub, &id, &agent);
+    assert_eq!(status, 202, "{body}");
+    let log = agent.log();
+    assert_eq!(
+        resyncs_run(&agent),
+        1,
+        "the resync ran again after the restart: {log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "relay: re-delivered {id} (command resync) was answered 202 before"
+        )),
+        "{log}"
+    );
+    // The answer on disk is the owner's alone.
+    let stored = agent
+        .tmp
+        .path()
+        .join("state/relay-replies")
+        .join(format!("{id}.json"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// A SCIM GET through the hub with the operator token: (status, Retry-After header).
+fn scim_status(hub: &Hub, agent: &str, token: &str) -> (u16, Option<String>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", hub.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let req = format!(
+        "GET /agents/{agent}/scim/v2/Users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let retry = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("retry-after: ")
+                .or_else(|| l.strip_prefix("Retry-After: "))
+        })
+        .map(str::to_string);
+    (status, retry)
+}
+
+#[test]
+fn a_killed_agent_is_answered_503_through_the_hub_within_2_s() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "killed");
+    let o = ou.dn.clone();
+    dir.modify(&users(&o, &["d0"]));
+    let scim = ScimServer::start();
+    let (hub, agent, mut run) = agent_a1_active(&dir, &o, &scim);
+    let token = common::hub_token(OPERATOR);
+    assert_eq!(scim_status(&hub, "a1", &token).0, 200, "{}", agent.log());
+    // Give the agent time to hold its next poll, then SIGKILL it.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = run.0.kill();
+    let _ = run.0.wait();
+    let t0 = std::time::Instant::now();
+    let mut last = (0, None);
+    let answered = wait_until(10, || {
+        last = scim_status(&hub, "a1", &token);
+        last.0 == 503
+    });
+    let took = t0.elapsed();
+    eprintln!(
+        "503 through the hub {} ms after the SIGKILL",
+        took.as_millis()
+    );
+    assert!(answered, "{last:?}: {}", hub.log());
+    assert!(took <= Duration::from_secs(2), "503 only after {took:?}");
+    assert!(last.1.is_some(), "503 without Retry-After");
+}
+
+#[test]
+fn an_agent_started_before_its_hub_is_active_and_provisioning_within_5_s_of_it() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "hublate");
+    let o = ou.dn.clone();
+    dir.modify(&users(&o, &["e0", "e1"]));
+    let scim = ScimServer::start();
+    // Default settings on both sides (heartbeats every 60 s, polls held 30 s).
+    let mut hub = Hub::start(OPERATOR, "", &[("a1", "branch", "agent-token-a1")]);
+    hub.stop();
+    let agent = Agent::with_relay(&dir, &[&o], &scim, &hub, ("a1", "agent-token-a1"), "");
+    agent.edit_config("heartbeat_secs = 5\npoll_wait_secs = 5\n", "");
+    let _run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(30, || agent.log().contains("heartbeat failed")),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !agent
+            .log()
+            .contains("another agent of this directory group is active"),
+        "there is no other agent: {}",
+        agent.log()
+    );
+    hub.spawn();
+    let t0 = std::time::Instant::now();
+    let active = wait_until(30, || hub.role("a1").as_deref() == Some("active"));
+    let to_active = t0.elapsed();
+    let provisioned = wait_until(30, || scim.all("Users").len() == 2);
+    let to_provisioned = t0.elapsed();
+    eprintln!(
+        "after the hub came up: active in {} ms, both users provisioned in {} ms",
+        to_active.as_millis(),
+        to_provisioned.as_millis()
+    );
+    assert!(active && provisioned, "{}", agent.log());
+    assert!(
+        to_active <= Duration::from_secs(5),
+        "active only after {to_active:?}"
+    );
+    assert!(
+        to_provisioned <= Duration::from_secs(5),
+        "provisioning only after {to_provisioned:?}: {}",
+        agent.log()
+    );
+    // The hub shows the role the agent reports at once (a heartbeat follows the lease
+    // change), not after the 60 s interval.
+    assert!(
+        wait_until(3, || {
+            let (_, v) = hub.op("GET", "/v1/agents", None);
+            v[0]["heartbeat"]["role"] == "active"
+        }),
+        "{}",
+        hub.op("GET", "/v1/agents", None).1
+    );
 }

@@ -3,8 +3,11 @@
 //!
 //! Invariants:
 //! * The hub listens on a loopback address unless `allow_public = true` says otherwise.
-//! * Every token is unique: no two agents share one, and no agent token equals the operator
-//!   token (an agent must never be able to act as the operator or as another agent).
+//! * Every token is unique: no two agents share one, no agent token equals an operator
+//!   token, and no two operator tokens are the same, whatever their roles (an agent must
+//!   never be able to act as an operator or as another agent, and a token has one role).
+//! * Operator tokens have a role ([`Role`]): `operator_token_file` is `admin`, each
+//!   `[[operator]]` names its own.
 //! * Every token carries at least 128 bits by its length: 32 characters when it is all hex
 //!   digits, 22 otherwise (base64); see [`check_strength`].
 //! * Secrets are read from files only, a trailing newline trimmed, and never printed
@@ -40,6 +43,34 @@ pub const MIN_HEX_TOKEN: usize = 32;
 /// Fewest characters of any other token (base64, 6 bits each: 132 bits).
 pub const MIN_TOKEN: usize = 22;
 
+/// What an operator token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything: the agents' status, commands, command answers, the SCIM forwarder.
+    Admin,
+    /// Looking only: `GET /v1/agents` and `GET /v1/requests/{id}`.
+    Read,
+}
+
+impl Role {
+    /// The role's name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Read => "read",
+        }
+    }
+}
+
+/// One operator token and its role.
+#[derive(Debug, Clone)]
+pub struct OperatorEntry {
+    /// The bearer token.
+    pub token: Secret,
+    /// What it may do.
+    pub role: Role,
+}
+
 /// One configured agent.
 #[derive(Debug, Clone)]
 pub struct AgentEntry {
@@ -60,8 +91,10 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     /// Server TLS (certificate chain and key), `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Bearer token of the operator API and the SCIM forwarder.
+    /// Bearer token of the operator API and the SCIM forwarder (role `admin`).
     pub operator_token: Secret,
+    /// Every operator token with its role, `operator_token` first.
+    pub operators: Vec<OperatorEntry>,
     /// The agents, in file order.
     pub agents: Vec<AgentEntry>,
     /// An unanswered request is handed out again after this long.
@@ -213,6 +246,39 @@ impl HubConfig {
         // Each token with the key that holds it, to name both in a duplicate.
         let mut tokens: Vec<(String, Secret)> =
             vec![("operator_token_file".into(), operator_token.clone())];
+        let mut operators = vec![OperatorEntry {
+            token: operator_token.clone(),
+            role: Role::Admin,
+        }];
+        for (i, o) in raw.operators.into_iter().enumerate() {
+            let key = |k: &str| format!("operator[{i}].{k}");
+            let role = match o.role.as_str() {
+                "admin" => Role::Admin,
+                "read" => Role::Read,
+                other => {
+                    return Err(invalid(
+                        key("role"),
+                        format!(
+                            "`{}` is not a role: use \"admin\" or \"read\"",
+                            other.chars().take(32).collect::<String>()
+                        ),
+                    ))
+                }
+            };
+            let token = read_token(&o.token_file, read_secret)
+                .map_err(|m| invalid(key("token_file"), m))?;
+            if let Some((other, _)) = tokens.iter().find(|(_, t)| t.expose() == token.expose()) {
+                return Err(invalid(
+                    key("token_file"),
+                    format!(
+                        "holds the same token as `{other}`; every operator token must be its \
+                         own (one token, one role)"
+                    ),
+                ));
+            }
+            tokens.push((key("token_file"), token.clone()));
+            operators.push(OperatorEntry { token, role });
+        }
 
         if raw.agents.is_empty() {
             return Err(invalid(
@@ -245,10 +311,15 @@ impl HubConfig {
             }
             let token = read_token(&a.token_file, read_secret)
                 .map_err(|m| invalid(key("token_file"), m))?;
-            if token.expose() == operator_token.expose() {
+            if let Some((other, _)) = tokens
+                .iter()
+                .find(|(k, t)| k.starts_with("operator") && t.expose() == token.expose())
+            {
                 return Err(invalid(
                     key("token_file"),
-                    "holds the operator token; every agent needs a token of its own".into(),
+                    format!(
+                        "holds the operator token of `{other}`; every agent needs a token of its own"
+                    ),
                 ));
             }
             if let Some((other, _)) = tokens.iter().find(|(_, t)| t.expose() == token.expose()) {
@@ -321,6 +392,7 @@ impl HubConfig {
             listen,
             tls,
             operator_token,
+            operators,
             agents,
             redeliver,
             lease_ttl_heartbeats: raw.lease_ttl_heartbeats,
@@ -452,6 +524,15 @@ struct RawHub {
     max_connections_per_address: usize,
     #[serde(default, rename = "agent")]
     agents: Vec<RawAgent>,
+    #[serde(default, rename = "operator")]
+    operators: Vec<RawOperator>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperator {
+    token_file: PathBuf,
+    role: String,
 }
 
 #[derive(Deserialize)]
@@ -679,6 +760,49 @@ group = "g"
             "listen"
         );
         assert!(parse(&format!("listen = \"[::1]:9\"\n{GOOD}")).is_ok());
+    }
+
+    #[test]
+    fn operator_tokens_have_roles_and_are_each_their_own() {
+        let files = |p: &Path| match p.to_str().unwrap() {
+            "/s/ro" => Ok(b"read-only-token-0123456789".to_vec()),
+            "/s/adm2" => Ok(b"second-admin-token-0123456789".to_vec()),
+            _ => files(p),
+        };
+        let parse = |t: &str| HubConfig::parse(Path::new("hub.toml"), t, &files);
+        let key = |t: &str| match parse(t) {
+            Err(HubConfigError::Invalid { key, message, .. }) => format!("{key}: {message}"),
+            other => panic!("expected an invalid key, got {other:?}"),
+        };
+        let with = |extra: &str| format!("{GOOD}\n{extra}");
+        let c = parse(&with(
+            "[[operator]]\ntoken_file = \"/s/ro\"\nrole = \"read\"\n\n[[operator]]\ntoken_file = \"/s/adm2\"\nrole = \"admin\"\n",
+        ))
+        .unwrap();
+        let roles: Vec<Role> = c.operators.iter().map(|o| o.role).collect();
+        assert_eq!(roles, [Role::Admin, Role::Read, Role::Admin]);
+        assert!(!format!("{c:?}").contains("read-only-token"));
+        let e = key(&with(
+            "[[operator]]\ntoken_file = \"/s/ro\"\nrole = \"viewer\"\n",
+        ));
+        assert!(
+            e.starts_with("operator[0].role") && e.contains("\"read\""),
+            "{e}"
+        );
+        // The admin token again with another role: refused, naming both keys.
+        let e = key(&with(
+            "[[operator]]\ntoken_file = \"/s/same\"\nrole = \"read\"\n",
+        ));
+        assert!(
+            e.starts_with("operator[0].token_file") && e.contains("operator_token_file"),
+            "{e}"
+        );
+        // An agent holding a read token.
+        let e = key(&with(
+            "[[operator]]\ntoken_file = \"/s/a1\"\nrole = \"read\"\n",
+        ));
+        assert!(e.starts_with("agent[0].token_file"), "{e}");
+        assert!(parse(&with("[[operator]]\ntoken_file = \"/s/ro\"\n")).is_err());
     }
 
     #[test]

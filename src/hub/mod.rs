@@ -5,7 +5,7 @@
 //! group, command answers) and its HTTP(S) server. It serves
 //! * the agent endpoints: long-poll, responses, heartbeat (agent token);
 //! * the operator API: the agents and their heartbeats, commands, command answers
-//!   (operator token);
+//!   (operator tokens: role `admin` for everything, `read` for looking only);
 //! * each agent's directory as an ordinary SCIM endpoint at `/agents/{agent}/scim/v2/`,
 //!   forwarded through that agent's long-poll.
 //!

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use smol::Timer;
 
-use super::config::{valid_name, HubConfig};
+use super::config::{valid_name, HubConfig, Role};
 use super::conn::{peer_gone, peer_gone_now, Guarded, Refused, Registry, PENDING_DEADLINE};
 use super::replies::{Item, Scanner};
 use super::route::{route, AgentCall, Route};
@@ -436,15 +436,15 @@ impl Hub {
                 self.agent_call(&mut req, &agent, call, &mut consumed, conn)
                     .await
             }
-            Route::ListAgents => match self.refuse_operator(&req, conn) {
+            Route::ListAgents => match self.refuse_operator(&req, conn, Role::Read) {
                 Some(refused) => refused,
                 None => json_response(200, &self.state().agents_view(Instant::now())),
             },
-            Route::Command(agent) => match self.refuse_operator(&req, conn) {
+            Route::Command(agent) => match self.refuse_operator(&req, conn, Role::Admin) {
                 Some(refused) => refused,
                 None => self.command(&mut req, &agent, &mut consumed).await,
             },
-            Route::Request(id) => match self.refuse_operator(&req, conn) {
+            Route::Request(id) => match self.refuse_operator(&req, conn, Role::Read) {
                 Some(refused) => refused,
                 None => match self.state().request_view(&id, Instant::now()) {
                     Some((status, v)) => json_response(status, &v),
@@ -454,14 +454,19 @@ impl Hub {
                     ),
                 },
             },
-            Route::Scim(agent, scim_path) => {
-                if self.operator_ok(&req, conn) {
+            Route::Scim(agent, scim_path) => match self.operator_role(&req, conn) {
+                Some(Role::Admin) => {
                     self.scim(&mut req, &method, &agent, scim_path, &mut consumed)
                         .await
-                } else {
-                    scim_unauthorized()
                 }
-            }
+                Some(Role::Read) => {
+                    log::warn!(
+                        "operator request {method} {path} refused: the token has role `read`"
+                    );
+                    scim_error(403, None, &needs_admin())
+                }
+                None => scim_unauthorized(),
+            },
             Route::ScimNotFound => {
                 if self.operator_ok(&req, conn) && req.url().path().ends_with("/.search") {
                     // RFC 7644 §3.4.3 search by POST: not offered (GET with a filter is).
@@ -504,11 +509,22 @@ impl Hub {
     }
 
     fn operator_ok(&self, req: &Request, conn: &Conn) -> bool {
-        let ok = bearer_matches(req, &self.cfg.operator_token);
-        if ok {
+        self.operator_role(req, conn).is_some()
+    }
+
+    /// The role of the operator token the request carries (every token is compared, in
+    /// constant time); `None` without a valid one.
+    fn operator_role(&self, req: &Request, conn: &Conn) -> Option<Role> {
+        let mut role = None;
+        for o in &self.cfg.operators {
+            if bearer_matches(req, &o.token) && role.is_none() {
+                role = Some(o.role);
+            }
+        }
+        if role.is_some() {
             self.authenticated(conn);
         }
-        ok
+        role
     }
 
     /// The connection carried a valid token: no deadline, never closed to make room.
@@ -518,17 +534,29 @@ impl Hub {
         }
     }
 
-    /// `Some(401)` unless the request carries the operator token.
-    fn refuse_operator(&self, req: &Request, conn: &Conn) -> Option<Response> {
-        if self.operator_ok(req, conn) {
-            return None;
+    /// `Some(401)` unless the request carries an operator token, `Some(403)` when its role
+    /// is `read` and `need` is `admin`.
+    fn refuse_operator(&self, req: &Request, conn: &Conn, need: Role) -> Option<Response> {
+        match self.operator_role(req, conn) {
+            Some(Role::Admin) => None,
+            Some(Role::Read) if need == Role::Read => None,
+            Some(Role::Read) => {
+                log::warn!(
+                    "operator request {} {} refused: the token has role `read`",
+                    req.method(),
+                    req.url().path()
+                );
+                Some(error(403, &needs_admin()))
+            }
+            None => {
+                log::warn!(
+                    "operator request {} {} without the operator token",
+                    req.method(),
+                    req.url().path()
+                );
+                Some(unauthorized("operator token missing or wrong"))
+            }
         }
-        log::warn!(
-            "operator request {} {} without the operator token",
-            req.method(),
-            req.url().path()
-        );
-        Some(unauthorized("operator token missing or wrong"))
     }
 
     async fn agent_call(
@@ -1068,6 +1096,13 @@ fn scim_error(code: u16, scim_type: Option<&str>, detail: &str) -> Response {
     r.set_body(body.to_string());
     r.insert_header("Content-Type", SCIM_CONTENT_TYPE);
     r
+}
+
+/// Why a `read` operator token is refused.
+fn needs_admin() -> String {
+    "this operator token has role `read` (the agents' status and command answers only); \
+     commands and the SCIM forwarder need a token with role `admin`"
+        .to_string()
 }
 
 fn scim_unauthorized() -> Response {

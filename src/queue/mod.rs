@@ -316,6 +316,18 @@ impl ResyncReason {
         })
     }
 
+    /// Whether the pass is owed because something went wrong (a lost backlog or damaged
+    /// state), not because someone or something asked for it: worth a WARN.
+    pub fn is_fault(self) -> bool {
+        matches!(
+            self,
+            ResyncReason::Overflow
+                | ResyncReason::CorruptRecord
+                | ResyncReason::LedgerLost
+                | ResyncReason::LedgerCorrupt
+        )
+    }
+
     /// A short machine-friendly name (`overflow`, `corrupt-record`, ...), for status output.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -583,7 +583,14 @@ impl Queue {
         if self.resync.is_some() {
             return Ok(());
         }
-        log::warn!(
+        // A requested or scheduled pass is routine; a lost backlog or damaged state is not.
+        let level = if reason.is_fault() {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "change queue {}: full resync owed ({reason})",
             self.cfg.dir.display()
         );

@@ -3,10 +3,12 @@
 //!
 //! Invariants:
 //! * Outbound only: every exchange is a request from the agent.
-//! * A request id is handled at most once per process: the replies to the last
-//!   [`REPLY_CACHE`] ids are kept, and a re-delivered id gets the cached reply (the hub
-//!   re-delivers what it did not see answered); an id re-delivered while it is still being
-//!   handled is skipped, its reply follows when ready ([`Work`]).
+//! * A request id is handled at most once: the answers are kept by id
+//!   ([`crate::relay::answers`]: in memory for this process, and on disk in the state
+//!   directory for requests with an effect, so across reloads and restarts too), and a
+//!   re-delivered id gets the kept answer (the hub re-delivers what it did not see
+//!   answered); an id re-delivered while it is still being handled is skipped, its reply
+//!   follows when ready ([`Work`]). An answer is kept before it is posted.
 //! * The envelopes of a poll answer are handled concurrently, at most [`CONCURRENCY`] at a
 //!   time, and the next poll goes out as soon as the batch is handed to tasks (waiting only
 //!   for a free slot). Each reply is posted as soon as it is ready, together with the others
@@ -20,7 +22,6 @@
 //! * Reconnects use jittered exponential backoff (1 s to 60 s), reset after a poll that
 //!   returned work or stayed up a whole wait.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,18 +31,25 @@ use serde_json::{json, Value};
 use url::Url;
 
 use crate::config::RelaySettings;
+use crate::relay::answers::{ReplyCache, ReplyStore};
 use crate::relay::backoff::{parse_retry_after, Backoff};
 use crate::relay::http::{HttpClient, HttpRequest, HttpResponse, Method};
 use crate::signals::Control;
 
 /// Protocol major version spoken here.
 pub const PROTOCOL: &str = "1";
-/// How many replies are remembered for re-delivered requests.
-pub const REPLY_CACHE: usize = 1000;
 /// How many envelopes are handled at once.
 pub const CONCURRENCY: usize = 8;
 /// Most replies in one post to the hub.
 pub const REPLY_BATCH: usize = 256;
+/// After a stop or reload request, how long the requests being handled may take to finish
+/// (their answers are kept and posted).
+pub const DRAIN: Duration = Duration::from_secs(5);
+/// The first wait before a failed heartbeat is tried again.
+pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between heartbeat tries while they fail: an agent started before its
+/// hub is active within seconds of the hub coming up.
+pub const HEARTBEAT_RETRY_CAP: Duration = Duration::from_secs(3);
 
 /// What the run loop, the relay and the heartbeat share.
 #[derive(Debug)]
@@ -97,9 +105,10 @@ impl AgentState {
     /// Records the hub's answer about the lease.
     pub fn set_lease(&self, active: bool, ttl: Duration) {
         let was = self.is_active();
+        let first = !self.lease_known();
         self.active.store(active, Ordering::SeqCst);
         *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + ttl);
-        if was != active {
+        if was != active || first {
             log::info!(
                 "relay: this agent is now {}",
                 if active {
@@ -109,6 +118,16 @@ impl AgentState {
                 }
             );
         }
+    }
+
+    /// Whether the hub has answered about the lease yet (always true without a relay).
+    pub fn lease_known(&self) -> bool {
+        !self.relay
+            || self
+                .lease_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
     }
 
     /// Sets the phase.
@@ -208,34 +227,6 @@ pub trait Handler {
     fn posted(&self, _ids: &[String]) {}
 }
 
-/// Remembers replies by id (bounded, oldest evicted).
-#[derive(Debug, Default)]
-pub struct ReplyCache {
-    map: HashMap<String, Reply>,
-    order: VecDeque<String>,
-}
-
-impl ReplyCache {
-    /// The cached reply for `id`.
-    pub fn get(&self, id: &str) -> Option<&Reply> {
-        self.map.get(id)
-    }
-
-    /// Remembers a reply.
-    pub fn put(&mut self, r: Reply) {
-        if self.map.contains_key(&r.id) {
-            return;
-        }
-        self.order.push_back(r.id.clone());
-        self.map.insert(r.id.clone(), r);
-        while self.order.len() > REPLY_CACHE {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-    }
-}
-
 /// What [`Work::admit`] decided about an envelope id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -247,20 +238,33 @@ pub enum Admission {
     Answered(Reply),
 }
 
-/// The ids being handled and the replies of the last [`REPLY_CACHE`] ones: what keeps a
-/// re-delivered request from being handled twice while requests run concurrently. Only
+/// The ids being handled and the answers given (in memory, and on disk for requests with
+/// an effect, see [`crate::relay::answers`]): what keeps a re-delivered request from being
+/// handled twice, while requests run concurrently and across reloads and restarts. Only
 /// the poll loop's thread touches it.
 #[derive(Debug, Default)]
 pub struct Work {
     cache: std::cell::RefCell<ReplyCache>,
+    store: Option<std::cell::RefCell<ReplyStore>>,
     running: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Work {
+    /// Work that also keeps the answers to requests with an effect in `store`.
+    pub fn with_store(store: ReplyStore) -> Work {
+        Work {
+            store: Some(std::cell::RefCell::new(store)),
+            ..Work::default()
+        }
+    }
+
     /// Decides about `id`; a `New` id counts as running from now on.
     pub fn admit(&self, id: &str) -> Admission {
         if let Some(r) = self.cache.borrow().get(id) {
             return Admission::Answered(r.clone());
+        }
+        if let Some(r) = self.store.as_ref().and_then(|s| s.borrow().get(id)) {
+            return Admission::Answered(r);
         }
         if self.running.borrow_mut().insert(id.to_string()) {
             Admission::New
@@ -269,10 +273,34 @@ impl Work {
         }
     }
 
-    /// Records the reply of a running id.
-    pub fn done(&self, r: Reply) {
+    /// Records the reply of a running id; `durable`: the request had an effect, so its
+    /// answer goes to the store too (before it is posted).
+    pub fn done(&self, r: Reply, durable: bool) {
+        if durable {
+            if let Some(store) = &self.store {
+                if let Err(e) = store.borrow_mut().put(&r) {
+                    log::warn!(
+                        "relay: cannot keep the answer to {} on disk ({e}); a re-delivery after a restart would run it again",
+                        r.id
+                    );
+                }
+            }
+        }
         self.running.borrow_mut().remove(&r.id);
         self.cache.borrow_mut().put(r);
+    }
+}
+
+/// Whether the answer to `e` must outlive the process: the request changed something
+/// (a command, a SCIM write). A read may simply run again.
+pub fn has_effect(e: &Envelope) -> bool {
+    match e.kind.as_str() {
+        "scim" => !e
+            .method
+            .as_deref()
+            .unwrap_or("GET")
+            .eq_ignore_ascii_case("GET"),
+        _ => true,
     }
 }
 
@@ -284,6 +312,10 @@ pub struct Relay {
     agent_id: String,
     instance: String,
     status_file: Option<std::path::PathBuf>,
+    /// The answers kept on disk; taken by the poll loop when it starts.
+    store: Mutex<Option<ReplyStore>>,
+    /// [`Relay::run`] has returned.
+    finished: AtomicBool,
 }
 
 /// The file (in the state directory) where the relay records its state for `status`.
@@ -325,6 +357,10 @@ impl Relay {
         let base: Url = format!("{}/", cfg.url)
             .parse()
             .map_err(|e| format!("relay.url: {e}"))?;
+        let store = match state_dir {
+            Some(d) => Some(ReplyStore::open(d).map_err(|e| e.to_string())?),
+            None => None,
+        };
         Ok(Relay {
             http,
             base,
@@ -332,6 +368,8 @@ impl Relay {
             agent_id: agent_id.to_string(),
             instance: format!("{:016x}", fastrand::u64(..)),
             status_file: state_dir.map(|d| d.join(STATUS_FILE)),
+            store: Mutex::new(store),
+            finished: AtomicBool::new(false),
         })
     }
 
@@ -387,7 +425,9 @@ impl Relay {
         }
     }
 
-    /// Runs the long-poll loop and the heartbeat loop until a stop or reload request.
+    /// Runs the long-poll loop and the heartbeat loop until a stop or reload request; then
+    /// stops polling, lets the requests being handled finish (at most [`DRAIN`]), keeps and
+    /// posts their answers, and returns ([`Relay::finished`] turns true).
     pub async fn run<H: Handler>(&self, handler: &H, state: &AgentState, control: &Control) {
         log::info!(
             "relay: connecting to {} as agent {} (group {})",
@@ -395,31 +435,73 @@ impl Relay {
             self.agent_id,
             self.cfg.group
         );
+        // The poll loop tells the heartbeat loop when the link is back.
+        let (nudge, nudged) = smol::channel::bounded::<()>(1);
         smol::future::or(
-            smol::future::or(
-                self.poll_loop(handler, state, control),
-                self.heartbeat_loop(handler, state, control),
-            ),
-            async {
-                control.wait().await;
-            },
+            self.poll_loop(handler, state, control, &nudge),
+            self.heartbeat_loop(handler, state, control, &nudged),
         )
         .await;
+        self.finished.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Relay::run`] has returned.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Waits until [`Relay::run`] has returned (it does soon after a stop or reload
+    /// request), at most [`DRAIN`] and a second.
+    pub async fn wait_finished(&self) {
+        let until = Instant::now() + DRAIN + Duration::from_secs(1);
+        while !self.finished() && Instant::now() < until {
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls, hands each new envelope to a task (at most [`CONCURRENCY`] run at once, on a
     /// local executor: the handler is borrowed, nothing needs `Send`), and polls again while
     /// they run; replies go to [`Relay::reply_loop`], which posts them as they are ready.
-    async fn poll_loop<H: Handler>(&self, handler: &H, state: &AgentState, control: &Control) {
-        let work = Work::default();
+    /// On a stop or reload request: no new poll; what runs may finish within [`DRAIN`].
+    async fn poll_loop<H: Handler>(
+        &self,
+        handler: &H,
+        state: &AgentState,
+        control: &Control,
+        nudge: &smol::channel::Sender<()>,
+    ) {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let work = match store {
+            Some(s) => Work::with_store(s),
+            None => Work::default(),
+        };
         let permits = smol::lock::Semaphore::new(CONCURRENCY);
         let (replies, ready) = smol::channel::unbounded::<Reply>();
         let ex = smol::LocalExecutor::new();
-        ex.run(smol::future::or(
-            self.dispatch_loop(handler, state, control, &ex, &permits, &work, replies),
+        let both = smol::future::zip(
+            self.dispatch_loop(
+                handler, state, control, &ex, &permits, &work, replies, nudge,
+            ),
             self.reply_loop(handler, ready, control),
-        ))
-        .await;
+        );
+        let drained = smol::future::or(
+            async {
+                both.await;
+                true
+            },
+            async {
+                control.wait().await;
+                smol::Timer::after(DRAIN).await;
+                false
+            },
+        );
+        if !ex.run(drained).await {
+            log::warn!(
+                "relay: requests still running {} s after the stop or reload request were \
+                 abandoned; the hub re-delivers them",
+                DRAIN.as_secs()
+            );
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -432,12 +514,31 @@ impl Relay {
         permits: &'a smol::lock::Semaphore,
         work: &'a Work,
         replies: smol::channel::Sender<Reply>,
+        nudge: &smol::channel::Sender<()>,
     ) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let wait = self.cfg.poll_wait.as_secs();
+        // The last poll failed: the next one that gets through means the link is back.
+        let mut down = false;
         loop {
             let started = Instant::now();
-            match self.post("poll", &json!({"wait_secs": wait})).await {
+            let polled = smol::future::or(
+                async { Some(self.post("poll", &json!({"wait_secs": wait})).await) },
+                async {
+                    control.wait().await;
+                    None
+                },
+            )
+            .await;
+            let Some(polled) = polled else {
+                return;
+            };
+            if polled.is_ok() && down {
+                down = false;
+                log::info!("relay: the hub answers polls again");
+                let _ = nudge.try_send(());
+            }
+            match polled {
                 Ok(resp) if resp.status == 204 => {
                     if started.elapsed() >= self.cfg.poll_wait / 2 {
                         backoff.reset();
@@ -455,7 +556,14 @@ impl Relay {
                     for e in envelopes {
                         match work.admit(&e.id) {
                             Admission::Answered(r) => {
-                                // Re-delivered after its reply was lost: the same reply again.
+                                // Re-delivered after its reply was lost (a reload or restart
+                                // included): the same reply again, the work not done again.
+                                log::info!(
+                                    "relay: re-delivered {} ({}) was answered {} before; that answer again, not run again",
+                                    e.id,
+                                    describe(&e),
+                                    r.status
+                                );
                                 let _ = replies.send(r).await;
                                 continue;
                             }
@@ -473,19 +581,21 @@ impl Relay {
                             // The reply answers this envelope, whatever the handler wrote.
                             r.id.clone_from(&e.id);
                             drop(permit);
+                            // Kept (on disk when it had an effect) before it is posted.
+                            work.done(r.clone(), has_effect(&e));
                             log::info!(
                                 "relay: request {} ({}) answered {}",
                                 e.id,
                                 describe(&e),
                                 r.status
                             );
-                            work.done(r.clone());
                             let _ = replies.send(r).await;
                         })
                         .detach();
                     }
                 }
                 Err(HubError::Refused(why)) => {
+                    down = true;
                     log::error!("relay: {why}; retrying in 5 min");
                     state.set_error(why);
                     if control.sleep(Duration::from_secs(300)).await.is_some() {
@@ -493,6 +603,7 @@ impl Relay {
                     }
                 }
                 Err(HubError::Retry(why, after)) => {
+                    down = true;
                     let d = backoff
                         .next_delay()
                         .unwrap_or(Duration::from_secs(60))
@@ -578,24 +689,43 @@ impl Relay {
         }
     }
 
-    async fn heartbeat_loop<H: Handler>(&self, handler: &H, state: &AgentState, control: &Control) {
+    /// Heartbeats every `relay.heartbeat_secs`; after a failure again within seconds
+    /// ([`HEARTBEAT_RETRY`] doubling to [`HEARTBEAT_RETRY_CAP`], jittered, a `Retry-After`
+    /// honoured), at once after an answer that changed the lease (so the hub shows the role
+    /// the agent now has) and when the poll loop sees the link come back. Never returns
+    /// before a stop or reload request.
+    async fn heartbeat_loop<H: Handler>(
+        &self,
+        handler: &H,
+        state: &AgentState,
+        control: &Control,
+        nudged: &smol::channel::Receiver<()>,
+    ) {
         let mut last_ok = 0u64;
+        let mut retry = Backoff::new(HEARTBEAT_RETRY, HEARTBEAT_RETRY_CAP);
+        let mut failures = 0u32;
+        // The last heartbeat went out at once after a lease change: the next one waits.
+        let mut quick = false;
         loop {
+            // A nudge that came while this heartbeat is being sent is answered by it.
+            let _ = nudged.try_recv();
+            let reported_active = state.is_active();
             let mut body = handler.heartbeat_facts();
             body["version"] = Value::String(crate::commands::version_line());
             body["group"] = Value::String(self.cfg.group.clone());
             body["instance"] = Value::String(self.instance.clone());
             body["uptime_secs"] = json!(state.uptime().as_secs());
-            body["role"] = Value::String(
-                if state.is_active() {
-                    "active"
-                } else {
-                    "standby"
-                }
-                .into(),
-            );
-            match self.post("heartbeat", &body).await {
+            body["role"] = Value::String(if reported_active { "active" } else { "standby" }.into());
+            let next = match self.post("heartbeat", &body).await {
                 Ok(resp) => {
+                    if failures > 0 {
+                        log::info!(
+                            "relay: heartbeat answered again after {failures} failed {}",
+                            if failures == 1 { "try" } else { "tries" }
+                        );
+                    }
+                    failures = 0;
+                    retry.reset();
                     *state
                         .last_heartbeat
                         .lock()
@@ -609,19 +739,62 @@ impl Relay {
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
                     self.record(state, last_ok, None);
-                }
-                Err(HubError::Refused(why)) | Err(HubError::Retry(why, _)) => {
-                    log::warn!("relay: heartbeat failed: {why}");
-                    if !state.is_active() && state.active.load(Ordering::SeqCst) {
-                        log::warn!("relay: lease expired without a heartbeat; standby until the hub answers");
-                        state.active.store(false, Ordering::SeqCst);
+                    let changed = state.is_active() != reported_active;
+                    quick = changed && !quick;
+                    if quick {
+                        Duration::ZERO
+                    } else {
+                        self.cfg.heartbeat
                     }
-                    self.record(state, last_ok, Some(why));
                 }
+                Err(HubError::Refused(why)) => {
+                    log::warn!("relay: heartbeat failed: {why}");
+                    self.lease_lapsed(state);
+                    self.record(state, last_ok, Some(why));
+                    self.cfg.heartbeat
+                }
+                Err(HubError::Retry(why, after)) => {
+                    failures += 1;
+                    let d = retry
+                        .next_delay()
+                        .unwrap_or(HEARTBEAT_RETRY_CAP)
+                        .max(after.unwrap_or_default());
+                    if failures == 1 {
+                        log::warn!(
+                            "relay: heartbeat failed: {why}; retrying within {} s until it is answered",
+                            HEARTBEAT_RETRY_CAP.as_secs()
+                        );
+                    } else {
+                        log::debug!(
+                            "relay: heartbeat failed again ({failures} tries): {why}; next in {:.1} s",
+                            d.as_secs_f64()
+                        );
+                    }
+                    self.lease_lapsed(state);
+                    self.record(state, last_ok, Some(why));
+                    d
+                }
+            };
+            if next.is_zero() {
+                continue;
             }
-            if control.sleep(self.cfg.heartbeat).await.is_some() {
-                return;
+            let stop = smol::future::or(async { control.sleep(next).await.is_some() }, async {
+                let _ = nudged.recv().await;
+                false
+            })
+            .await;
+            if stop {
+                // The poll loop drains and ends the relay; no more heartbeats until then.
+                std::future::pending::<()>().await;
             }
+        }
+    }
+
+    /// After a failed heartbeat: once the lease has run out, the agent is standby.
+    fn lease_lapsed(&self, state: &AgentState) {
+        if !state.is_active() && state.active.load(Ordering::SeqCst) {
+            log::warn!("relay: lease expired without a heartbeat; standby until the hub answers");
+            state.active.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -685,21 +858,6 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_answers_redeliveries_and_stays_bounded() {
-        let mut c = ReplyCache::default();
-        for i in 0..(REPLY_CACHE + 10) {
-            c.put(Reply {
-                id: format!("r{i}"),
-                status: 200,
-                body: Value::Null,
-            });
-        }
-        assert!(c.get("r0").is_none());
-        assert!(c.get(&format!("r{}", REPLY_CACHE + 9)).is_some());
-        assert_eq!(c.map.len(), REPLY_CACHE);
-    }
-
-    #[test]
     fn work_admits_an_id_once_until_answered_then_replays_the_reply() {
         let w = Work::default();
         assert_eq!(w.admit("r1"), Admission::New);
@@ -714,9 +872,61 @@ mod tests {
             status: 200,
             body: Value::Null,
         };
-        w.done(r.clone());
+        w.done(r.clone(), false);
         assert_eq!(w.admit("r1"), Admission::Answered(r));
         assert_eq!(w.admit("r2"), Admission::Running);
+    }
+
+    #[test]
+    fn an_answer_with_an_effect_outlives_the_work_that_gave_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "idrelay-work-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let done = |w: &Work, id: &str, durable| {
+            assert_eq!(w.admit(id), Admission::New);
+            w.done(
+                Reply {
+                    id: id.into(),
+                    status: 202,
+                    body: json!({"accepted": id}),
+                },
+                durable,
+            );
+        };
+        let w = Work::with_store(ReplyStore::open(&dir).unwrap());
+        done(&w, "r-cmd", true);
+        done(&w, "r-read", false);
+        drop(w);
+        // A reload or a restart: a new Work over the same state directory.
+        let w = Work::with_store(ReplyStore::open(&dir).unwrap());
+        match w.admit("r-cmd") {
+            Admission::Answered(r) => assert_eq!(r.body["accepted"], "r-cmd"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(w.admit("r-read"), Admission::New, "a read runs again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn commands_and_writes_have_an_effect_reads_do_not() {
+        let e = |kind: &str, method: Option<&str>| Envelope {
+            id: "r1".into(),
+            kind: kind.into(),
+            method: method.map(str::to_string),
+            path: None,
+            query: None,
+            body: None,
+            command: None,
+            target: None,
+            profile: None,
+        };
+        assert!(has_effect(&e("command", None)));
+        assert!(has_effect(&e("scim", Some("PATCH"))));
+        assert!(has_effect(&e("scim", Some("delete"))));
+        assert!(!has_effect(&e("scim", Some("GET"))));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   parsing, body framing (Content-Length, chunked, until close), size limits.
 //! * [`http`]: connections (TCP, rustls), timeouts, the idle-connection pool, TLS trust.
 //! * [`backoff`]: exponential backoff with full jitter, `Retry-After` parsing. No I/O.
+//! * [`agent`]: the agent's side of the long-poll link (polls, answers, heartbeats, lease);
+//!   [`answers`]: the answers it keeps by request id, in memory and on disk, so that a
+//!   re-delivered request is never run twice.
 //!
 //! Invariants (details in each file):
 //! * Outbound only; nothing here listens on a socket.
@@ -25,6 +28,7 @@
 //! timeouts or pooling. The codec here is small and tested against those cases.
 
 pub mod agent;
+pub mod answers;
 pub mod backoff;
 mod h1;
 pub mod http;

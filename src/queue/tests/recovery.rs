@@ -733,3 +733,15 @@ fn crash_during_recovery_recovers_on_the_next_open() {
         assert!(step >= 2, "recovery took only {step} steps");
     }
 }
+
+#[test]
+fn only_a_lost_backlog_or_damaged_state_is_a_fault_worth_a_warning() {
+    use ResyncReason::*;
+    for r in [Overflow, CorruptRecord, LedgerLost, LedgerCorrupt] {
+        assert!(r.is_fault(), "{r}");
+    }
+    // Asked for by an operator or the schedule, or a first start: routine, logged INFO.
+    for r in [NeverSynced, Requested, Scheduled] {
+        assert!(!r.is_fault(), "{r}");
+    }
+}

@@ -375,11 +375,16 @@ pub async fn run(
         if !agent.is_active() {
             // Another agent of the group holds the lease: provision nothing, keep state.
             if !was_standby {
-                log::info!("standby: another agent of this directory group is active; waiting for the lease");
+                if agent.lease_known() {
+                    log::info!("standby: another agent of this directory group is active; waiting for the lease");
+                } else {
+                    log::info!("standby until the hub grants this agent the lease");
+                }
                 agent.set_phase("standby");
                 was_standby = true;
             }
-            control.sleep(Duration::from_secs(2)).await;
+            // A cheap check: a granted lease starts provisioning within half a second.
+            control.sleep(Duration::from_millis(500)).await;
             continue;
         }
         if was_standby {
@@ -432,6 +437,7 @@ pub async fn run(
                 &queue,
                 settings,
                 &scope,
+                agent,
             );
             // A stop during a pass abandons it: requests in flight are dropped, and what
             // landed is in the index (saved above on the next turn). Nothing is lost: the
@@ -663,6 +669,7 @@ async fn resync(
     queue: &SharedQueue,
     settings: &FollowSettings,
     scope: &str,
+    agent: &AgentState,
 ) -> Result<PassEnd, String> {
     // The endpoint first: an outage means waiting here, not failing every object.
     match scim.service_provider_config().await {
@@ -684,6 +691,15 @@ async fn resync(
         .map_err(|e| e.to_string())?;
     log::info!("{report}");
     crate::sync::kept::record(&settings.state_dir, scim);
+    // The heartbeat's counts include what full passes wrote, not only the feed's changes.
+    agent.provisioned.fetch_add(
+        report.created + report.replaced + report.matched,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    agent.failed.fetch_add(
+        report.failures.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     for f in &report.failures {
         log::warn!("not in step after the full pass: {}: {}", f.dn, f.reason);
     }
