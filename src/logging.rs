@@ -33,11 +33,48 @@ impl Log for StderrLogger {
         } else {
             format!("{} {:<5} {}\n", utc_now(), r.level(), r.args())
         };
-        // One write call per line so concurrent lines do not interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // One write call per line so concurrent lines do not interleave; a live progress
+        // line is cleared first and drawn again below the log line.
+        let live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = around_live(&line, live.as_deref());
+        let _ = std::io::stderr().lock().write_all(&bytes);
     }
 
     fn flush(&self) {}
+}
+
+/// The live progress line on the terminal, if one is drawn ([`live_line`]).
+static LIVE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Clears the terminal's current line.
+const CLEAR_LINE: &[u8] = b"\r\x1b[2K";
+
+/// Draws `Some(line)` as the live progress line on stderr (a terminal), replacing the one
+/// drawn before, or clears it (`None`). Log lines written while one is drawn go above it:
+/// the live line is cleared, the log line written, the live line drawn again.
+pub fn live_line(line: Option<&str>) {
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut bytes = CLEAR_LINE.to_vec();
+    if let Some(l) = line {
+        bytes.extend_from_slice(l.as_bytes());
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(&bytes);
+    let _ = err.flush();
+    *live = line.map(str::to_string);
+}
+
+/// The bytes that write log `line` (ending in a newline) while `live` is drawn.
+fn around_live(line: &str, live: Option<&str>) -> Vec<u8> {
+    match live {
+        None => line.as_bytes().to_vec(),
+        Some(l) => {
+            let mut b = CLEAR_LINE.to_vec();
+            b.extend_from_slice(line.as_bytes());
+            b.extend_from_slice(l.as_bytes());
+            b
+        }
+    }
 }
 
 /// Installs the logger at `level`; a second call is ignored.
@@ -96,6 +133,16 @@ pub fn format_utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: log lines were printed onto the live progress line.
+    #[test]
+    fn a_log_line_goes_above_the_live_line() {
+        assert_eq!(around_live("x\n", None), b"x\n");
+        assert_eq!(
+            around_live("2026 INFO  x\n", Some("users: 1/2")),
+            b"\r\x1b[2K2026 INFO  x\nusers: 1/2"
+        );
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -650,9 +650,13 @@ impl Pass<'_> {
         self.scan().await?;
         self.weigh_vanishing()?;
         self.read_listing().await?;
+        let whole = self.scope.len() as u64;
+        let mut before = 0;
         for kind in [ResourceKind::User, ResourceKind::Group] {
             self.total = self.scope.count(kind) as u64;
             self.done = 0;
+            self.progress.overall(before, whole);
+            before += self.total;
             self.progress.phase(&format!("{}s", kind.word()));
             let attrs = self.profile.ldap_attributes(kind);
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
@@ -887,8 +891,29 @@ impl Pass<'_> {
     }
 
     /// Maps one entry and hands it to a worker unless unchanged. Returns the DN when the
-    /// object refers to something not provisioned yet and should be visited again.
+    /// object refers to something not provisioned yet and should be visited again. The
+    /// progress counts an object once, when it is settled: a held object when it is sent.
     async fn handle(&mut self, entry: Entry, kind: ResourceKind, round: Round) -> Option<String> {
+        let first = round == Round::First;
+        let held = self.handle_inner(entry, kind, round).await;
+        match (&held, first) {
+            // Counted when the first round saw it; it is not settled yet.
+            (Some(_), true) => self.done = self.done.saturating_sub(1),
+            (None, false) => {
+                self.done += 1;
+                self.progress.tick(self.done, self.total);
+            }
+            _ => {}
+        }
+        held
+    }
+
+    async fn handle_inner(
+        &mut self,
+        entry: Entry,
+        kind: ResourceKind,
+        round: Round,
+    ) -> Option<String> {
         let first_round = round == Round::First;
         let key = ScopeMap::key(&entry.dn);
         // Only the first round can meet an object the scan did not see: a held object was

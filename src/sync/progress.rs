@@ -4,20 +4,31 @@
 //! (`users 4200/10200 41% 830/s ETA 7 s`). Elsewhere (systemd, a pipe): an `info` log line
 //! every [`LOG_EVERY`]. The arithmetic (rate, ETA) is a pure function, tested without a clock.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 /// How often a progress line is logged when stderr is not a terminal.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 const REDRAW_EVERY: Duration = Duration::from_millis(200);
 
-/// Reports progress of one piece of work with a known (or estimated) total.
+/// Reports progress of one piece of work with a known (or estimated) total, in phases,
+/// and of the whole when its size is known ([`Progress::overall`]).
 pub struct Progress {
     live: bool,
     started: Instant,
     last_shown: Option<Instant>,
     phase: String,
     drawn: bool,
+    /// When the whole began, its size, and what of it was done before this phase.
+    whole: Option<Whole>,
+}
+
+/// The whole of the work across phases.
+#[derive(Debug, Clone, Copy)]
+struct Whole {
+    started: Instant,
+    total: u64,
+    done_before: u64,
 }
 
 impl Progress {
@@ -30,7 +41,19 @@ impl Progress {
             last_shown: None,
             phase: String::new(),
             drawn: false,
+            whole: None,
         }
+    }
+
+    /// The whole work is `total` objects across the phases that follow, `done` of them
+    /// already: the line then also shows the whole's share and an ETA over the whole.
+    pub fn overall(&mut self, done: u64, total: u64) {
+        let started = self.whole.map_or_else(Instant::now, |w| w.started);
+        self.whole = Some(Whole {
+            started,
+            total,
+            done_before: done,
+        });
     }
 
     /// Starts a named phase; the rate is measured from here.
@@ -51,11 +74,17 @@ impl Progress {
             _ => {}
         }
         self.last_shown = Some(now);
-        let line = render(&self.phase, done, total, now.duration_since(self.started));
+        let mut line = render(&self.phase, done, total, now.duration_since(self.started));
+        if let Some(w) = self.whole.filter(|w| w.total > 0) {
+            line.push_str("; ");
+            line.push_str(&render_whole(
+                w.done_before + done,
+                w.total,
+                now.duration_since(w.started),
+            ));
+        }
         if self.live {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{line}");
-            let _ = err.flush();
+            crate::logging::live_line(Some(&line));
             self.drawn = true;
         } else {
             log::info!("{line}");
@@ -65,7 +94,7 @@ impl Progress {
     /// Clears the live line so the next output starts on a clean line.
     pub fn finish_line(&mut self) {
         if self.drawn {
-            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+            crate::logging::live_line(None);
             self.drawn = false;
         }
     }
@@ -95,6 +124,24 @@ pub fn render(phase: &str, done: u64, total: u64, elapsed: Duration) -> String {
     format!("{phase}: {done}/{total} ({pct}%), {rate:.0}/s, ETA {eta}")
 }
 
+/// `whole 41%, ETA 7 s`: the share of the whole work done and the time left at the rate
+/// of the whole so far (phases differ in speed: the whole's rate is the honest one).
+pub fn render_whole(done: u64, total: u64, elapsed: Duration) -> String {
+    let done = done.min(total);
+    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let secs = elapsed.as_secs_f64();
+    let eta = if done >= total {
+        "0 s".to_string()
+    } else if done > 0 && secs > 0.0 {
+        format_duration(Duration::from_secs_f64(
+            (total - done) as f64 * secs / done as f64,
+        ))
+    } else {
+        "unknown".to_string()
+    };
+    format!("whole pass {pct}%, ETA {eta}")
+}
+
 /// `42 s`, `3 min 5 s`, `2 h 10 min`.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -121,5 +168,22 @@ mod tests {
         );
         assert!(render("x", 0, 10, Duration::ZERO).ends_with("ETA unknown"));
         assert_eq!(format_duration(Duration::from_secs(3725)), "1 h 2 min");
+    }
+
+    #[test]
+    fn the_whole_has_its_own_share_and_eta() {
+        // 1,000 of 10,000 done in 10 s: 90 s to go, whatever the current phase's rate.
+        assert_eq!(
+            render_whole(1000, 10_000, Duration::from_secs(10)),
+            "whole pass 10%, ETA 1 min 30 s"
+        );
+        assert_eq!(
+            render_whole(0, 10, Duration::from_secs(1)),
+            "whole pass 0%, ETA unknown"
+        );
+        assert_eq!(
+            render_whole(12, 10, Duration::from_secs(1)),
+            "whole pass 100%, ETA 0 s"
+        );
     }
 }
