@@ -128,7 +128,7 @@ pub fn render(phase: &str, done: u64, total: u64, elapsed: Duration) -> String {
 /// of the whole so far (phases differ in speed: the whole's rate is the honest one).
 pub fn render_whole(done: u64, total: u64, elapsed: Duration) -> String {
     let done = done.min(total);
-    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
     let secs = elapsed.as_secs_f64();
     let eta = if done >= total {
         "0 s".to_string()
