@@ -319,13 +319,17 @@ log "5/5 reconnect: SIGKILL the hub, restart it on the same port, time until a S
 RECONNECT=()
 for i in 1 2 3; do
   sleep 2 # the agent's poll is held again
-  # The probe runs across the kill: it waits for a failed GET, then for a 200.
-  timeout 75 "${LOAD[@]}" wait-ok "${HUBARGS[@]}" --agent "$AGENT_ID" --ids "$B/ids.jsonl" --timeout 60 >"$B/reconnect-$i.json" &
+  # The probe runs across the kill: once told the kill's time, it waits for a 200 to a
+  # request sent after it (a restart faster than its 20 ms probe interval is measured too).
+  rm -f "$B/killed-$i"
+  timeout 75 "${LOAD[@]}" wait-ok "${HUBARGS[@]}" --agent "$AGENT_ID" --ids "$B/ids.jsonl" \
+    --killed-file "$B/killed-$i" --timeout 60 >"$B/reconnect-$i.json" &
   PROBE_PID=$!
   sleep 0.5
   backoffs_before=$(grep -c 'reconnecting in' "$B/agent.log" || true)
   t_kill=$EPOCHREALTIME
   kill -KILL "$HUB_PID"
+  echo "$t_kill" >"$B/killed-$i.tmp" && mv "$B/killed-$i.tmp" "$B/killed-$i"
   wait "$HUB_PID" 2>/dev/null || true
   t_spawn=$EPOCHREALTIME
   "$HUB_BIN" --config "$B/hub.toml" </dev/null >>"$B/hub.log" 2>&1 &

@@ -1183,8 +1183,12 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
     let index = load_index(c)?;
     let mut table = HashMap::new();
     let mut refs: Vec<String> = Vec::new();
+    let mut named_by: HashMap<String, &str> = HashMap::new();
     for a in ["manager", "member", "uniqueMember"] {
-        refs.extend(entry.strs(a).map(str::to_string));
+        for r in entry.strs(a) {
+            named_by.entry(dn::normalize(r)).or_insert(a);
+            refs.push(r.to_string());
+        }
     }
     if refs.len() > PREVIEW_REFERENCES {
         crate::outln!(
@@ -1198,9 +1202,24 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         src.profile.identity_attributes(ResourceKind::Group),
     );
     let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
+    let mut left_out: Vec<String> = Vec::new();
     for r in refs {
         let reference = resolve_for_preview(&src, c, &index, &r, &identity, (&uf, &gf)).await?;
+        if matches!(reference, Reference::OutOfScope) {
+            let attr = named_by
+                .get(&dn::normalize(&r))
+                .copied()
+                .unwrap_or("member");
+            left_out.push(format!("{attr} {r}"));
+        }
         table.insert(dn::normalize(&r), reference);
+    }
+    if !left_out.is_empty() {
+        crate::outln!(
+            "left out: {} references out of the sync scope (not in scope.include, not matching the filters, or gone): {}",
+            left_out.len(),
+            left_out.join("; ")
+        );
     }
     let mapped = mapping::map_entry(&entry, kind, &src.profile, &TableResolver(table))
         .map_err(|e| e.to_string())?;

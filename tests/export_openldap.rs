@@ -333,6 +333,16 @@ fn preview_shows_scope_mapping_and_what_the_endpoint_holds() {
         after.stdout
     );
     assert!(after.stdout.contains("\"id\""), "{}", after.stdout);
+    // The group `team` has a member outside the scope (the syncer account): listed.
+    let team = agent.run(&["preview", &format!("cn=team,{}", ou.dn)]);
+    assert!(
+        team.stdout.contains(&format!(
+            "left out: 1 references out of the sync scope (not in scope.include, not matching the filters, or gone): member cn=syncer,{}",
+            ou.dir.base
+        )),
+        "{}",
+        team.stdout
+    );
     let outside = agent.run(&["preview", &format!("cn=syncer,{}", ou.dir.base)]);
     outside.assert_code(0);
     assert!(

@@ -9,8 +9,9 @@
   relay-load.py ldap     --ids ids.jsonl --mode get|filter --ldap-url U --bind-dn D --pw-file F
                          --base B [--n 300]                                   one ldapsearch per query
   relay-load.py wait-agent --url HUB --token-file F --agent A [--state following] [--timeout 120]
-  relay-load.py wait-ok  --url HUB --token-file F --agent A --ids ids.jsonl [--timeout 60]
-                         (start it before killing the hub: it waits for a failure, then a 200)
+  relay-load.py wait-ok  --url HUB --token-file F --agent A --ids ids.jsonl --killed-file K [--timeout 60]
+                         (start it before killing the hub; write the kill's epoch time to K:
+                          it waits for a 200 to a request sent after that)
 
 HUB is the hub's base URL (http://127.0.0.1:PORT); F holds the operator token. Every probe
 prints one JSON object on stdout (times in milliseconds); `ids` prints one {"id", "userName"}
@@ -304,32 +305,37 @@ def cmd_wait_agent(a):
 
 
 def cmd_wait_ok(a):
-    """Probes GET /Users/{id} through the hub every 20 ms (a fresh connection each time):
-    first until one fails (the hub was killed), then until one answers 200 again. Prints
-    the wall-clock times (epoch seconds) of the first failure and of the 200."""
+    """Probes GET /Users/{id} through the hub every 20 ms (a fresh connection each time)
+    until one that was sent after the hub was killed answers 200. The kill time is read
+    from --killed-file, which the caller writes right after the kill (epoch seconds): a
+    restart faster than one probe interval is then measured too, instead of never being
+    seen failing. Prints the wall-clock time (epoch seconds) of that 200."""
     token = read_token(a.token_file)
     user = read_ids(a.ids)[0]
     end = time.monotonic() + a.timeout
-    attempts, statuses, failed_at = 0, {}, None
-    while time.monotonic() < end:
+    killed_at = None
+    while killed_at is None and time.monotonic() < end:
+        try:
+            with open(a.killed_file) as f:
+                killed_at = float(f.read().strip())
+        except (OSError, ValueError):
+            time.sleep(0.005)
+    attempts, statuses = 0, {}
+    while killed_at is not None and time.monotonic() < end:
         c = Client(a.url, token, timeout=max(0.5, min(10.0, end - time.monotonic())))
         attempts += 1
+        sent = time.time()
         status, _ = c.get(scim_path(a.agent, "get", user))
         c.close()
         now = time.time()
-        if failed_at is None:
-            if status != 200:
-                failed_at = now
-            else:
-                time.sleep(0.02)
-                continue
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-        if status == 200:
-            print(json.dumps({"failed_at": failed_at, "at": now, "attempts": attempts,
-                              "statuses": statuses}))
-            return
+        if sent >= killed_at:
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            if status == 200:
+                print(json.dumps({"killed_at": killed_at, "at": now, "attempts": attempts,
+                                  "statuses": statuses}))
+                return
         time.sleep(0.02)
-    print(json.dumps({"timeout": a.timeout, "failed_at": failed_at, "attempts": attempts,
+    print(json.dumps({"timeout": a.timeout, "killed_at": killed_at, "attempts": attempts,
                       "statuses": statuses}))
     sys.exit(1)
 
@@ -385,6 +391,7 @@ def main(argv):
     sp = sub.add_parser("wait-ok")
     hub_args(sp)
     sp.add_argument("--ids", required=True)
+    sp.add_argument("--killed-file", required=True)
     sp.add_argument("--timeout", type=float, default=60.0)
     sp.set_defaults(fn=cmd_wait_ok)
 
