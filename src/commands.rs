@@ -1328,6 +1328,7 @@ async fn follow_once(
         full_pass_interval: c.sync.full_pass_interval,
         feed: resolve_feed(c, &src).await,
         park_after: c.sync.max_attempts,
+        delete_settle: c.sync.delete_settle,
     };
     log::info!("change feed: {}", settings.feed.name());
     agent.feed.set_kind(
@@ -1649,9 +1650,13 @@ fn status_document(
     use crate::status::{unix, Document, LastPass, QueueDoc};
     let now = unix(std::time::SystemTime::now());
     let gate = open_gate(c);
-    let (held, unmatched) = match &gate {
-        Ok(g) => (g.held().len() as u64, g.unmatched().0),
-        Err(_) => (0, 0),
+    let (held, settling, unmatched) = match &gate {
+        Ok(g) => (
+            g.held().len() as u64,
+            (g.pending().len() + g.going().len()) as u64,
+            g.unmatched().0,
+        ),
+        Err(_) => (0, 0, 0),
     };
     let last = crate::sync::follow::last_full_pass(&c.agent.state_dir).map(unix);
     let mut d = Document {
@@ -1674,6 +1679,7 @@ fn status_document(
             resync_waiting_secs: 0,
         },
         held_deletes: held,
+        settling_deletes: settling,
         unmatched_deletes: unmatched,
         last_full_pass: LastPass {
             at: last,
@@ -1958,6 +1964,13 @@ pub fn status(c: &Config, json: bool) -> i32 {
         Err(e) => crate::outln!("deletes:      {e}"),
     }
     if let Ok(g) = open_gate(c) {
+        let settling = g.pending().len() + g.going().len();
+        if settling > 0 {
+            crate::outln!(
+                "              {settling} deletes wait to be weighed (sync.delete_settle_secs = {})",
+                c.sync.delete_settle.as_secs()
+            );
+        }
         crate::outln!("unmatched:    {}", unmatched_line(g.unmatched()));
     }
     for line in crate::sync::follow::parking::status_lines(&c.agent.state_dir) {

@@ -197,6 +197,8 @@ pub struct SyncSettings {
     pub delete_floor: u32,
     /// The window the delete threshold counts in.
     pub delete_interval: Duration,
+    /// How long `run` lets a delete wait to be weighed with the rest of its burst.
+    pub delete_settle: Duration,
     /// How often `run` does a full pass even when the feed seems healthy.
     pub full_pass_interval: Duration,
     /// How often polling feeds (DirSync, uSN, modifyTimestamp) ask for changes.
@@ -472,6 +474,8 @@ struct RawSync {
     delete_floor: u32,
     #[serde(default = "default_delete_interval")]
     delete_interval_secs: u64,
+    #[serde(default = "default_delete_settle")]
+    delete_settle_secs: u64,
     #[serde(default = "default_full_pass_interval")]
     full_pass_interval_secs: u64,
     #[serde(default = "default_poll_interval")]
@@ -494,6 +498,7 @@ impl Default for RawSync {
             delete_threshold_percent: default_delete_threshold_percent(),
             delete_floor: default_delete_floor(),
             delete_interval_secs: default_delete_interval(),
+            delete_settle_secs: default_delete_settle(),
             full_pass_interval_secs: default_full_pass_interval(),
             poll_interval_secs: default_poll_interval(),
             feed: default_kind(),
@@ -516,6 +521,9 @@ fn default_delete_floor() -> u32 {
 }
 fn default_delete_interval() -> u64 {
     3600
+}
+fn default_delete_settle() -> u64 {
+    30
 }
 fn default_full_pass_interval() -> u64 {
     86_400
@@ -762,6 +770,12 @@ impl Config {
                 "must be 60 to 2592000 (30 days)".into(),
             ));
         }
+        if y.delete_settle_secs > 3600 {
+            return Err(invalid(
+                "sync.delete_settle_secs",
+                "must be 0 (weigh each queue read alone) to 3600".into(),
+            ));
+        }
         if y.full_pass_interval_secs != 0
             && !(600..=30 * 86_400).contains(&y.full_pass_interval_secs)
         {
@@ -933,6 +947,7 @@ impl Config {
                 delete_threshold_percent: y.delete_threshold_percent,
                 delete_floor: y.delete_floor,
                 delete_interval: Duration::from_secs(y.delete_interval_secs),
+                delete_settle: Duration::from_secs(y.delete_settle_secs),
                 full_pass_interval: Duration::from_secs(y.full_pass_interval_secs),
                 poll_interval: Duration::from_secs(y.poll_interval_secs),
                 feed,
@@ -1517,6 +1532,7 @@ token_file = "/s/scim"
         assert_eq!(c.sync.user_delete, UserDelete::Deactivate);
         assert_eq!(c.sync.delete_threshold, 500);
         assert_eq!(c.sync.delete_interval, Duration::from_secs(3600));
+        assert_eq!(c.sync.delete_settle, Duration::from_secs(30));
         assert_eq!(c.sync.full_pass_interval, Duration::from_secs(86_400));
         assert_eq!(c.sync.poll_interval, Duration::from_secs(5));
         assert_eq!(c.sync.member_chunk, 100);
@@ -1529,6 +1545,7 @@ token_file = "/s/scim"
             ("feed = \"inotify\"", "sync.feed"),
             ("user_delete = \"purge\"", "sync.user_delete"),
             ("delete_interval_secs = 5", "sync.delete_interval_secs"),
+            ("delete_settle_secs = 3601", "sync.delete_settle_secs"),
             (
                 "full_pass_interval_secs = 60",
                 "sync.full_pass_interval_secs",
