@@ -15,6 +15,7 @@ use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::oauth::TokenSource;
 use crate::scim::profile::{merge_attributes, ProfileKind, SyncProfile};
 use crate::scim::profile_policy::{admit, password_like_in, ProfilePolicy, ProfileRefusal};
+use crate::scim::token_file::FileToken;
 use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
 use crate::sync::anchors::AnchorIndex;
@@ -81,7 +82,26 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
         .parse()
         .map_err(|e| format!("config {}: `scim.url`: {e}", c.path.display()))?;
     let credential = match &c.scim.auth {
-        ScimAuth::Bearer(t) => Credential::Bearer(t.clone()),
+        ScimAuth::Bearer(t) => {
+            // Read again, with the checks of a config load, when the endpoint answers 401:
+            // the operator may have rotated the token (docs: packaging/README.md).
+            let path = c.path.clone();
+            Credential::BearerFile(std::sync::Arc::new(FileToken::new(
+                t.clone(),
+                Box::new(move || match Config::load(&path) {
+                    Ok(Config {
+                        scim:
+                            crate::config::ScimSettings {
+                                auth: ScimAuth::Bearer(t),
+                                ..
+                            },
+                        ..
+                    }) => Ok(t),
+                    Ok(_) => Err("the config no longer names a static token".into()),
+                    Err(e) => Err(e.to_string()),
+                }),
+            )))
+        }
         ScimAuth::ClientCredentials(cc) => {
             // The token endpoint is another service: the [scim] CA and proxy, not its pins.
             let token_http = HttpClient::new(with_transport(
@@ -1243,13 +1263,39 @@ fn run_until_stopped(c: &Config, quiet: bool, queue: &crate::sync::follow::Share
                         );
                     }
                     Ok(new) => {
-                        log::info!("config reloaded from {}", config.path.display());
+                        log::info!(
+                            "config reloaded from {} ({})",
+                            config.path.display(),
+                            secrets_changed(&config, &new)
+                        );
                         config = new;
                     }
                     Err(e) => log::error!("config reload failed, keeping the old config: {e}"),
                 }
             }
         }
+    }
+}
+
+/// Which secrets a reload changed, in words for the log (never the values): so an operator
+/// who rotated a secret sees whether the agent got the new one (under systemd's
+/// `LoadCredential=`, only if the credential was copied again: packaging/README.md).
+fn secrets_changed(old: &Config, new: &Config) -> String {
+    let mut changed = Vec::new();
+    if old.directory.password != new.directory.password {
+        changed.push("ldap password changed");
+    }
+    match (&old.scim.auth, &new.scim.auth) {
+        (ScimAuth::Bearer(a), ScimAuth::Bearer(b)) if a == b => {}
+        (ScimAuth::ClientCredentials(a), ScimAuth::ClientCredentials(b))
+            if a.client_secret == b.client_secret => {}
+        (_, ScimAuth::Bearer(_)) => changed.push("scim token changed"),
+        (_, ScimAuth::ClientCredentials(_)) => changed.push("oauth client secret changed"),
+    }
+    if changed.is_empty() {
+        "secrets unchanged".into()
+    } else {
+        changed.join(", ")
     }
 }
 

@@ -10,5 +10,6 @@ pub mod profile;
 pub mod profile_policy;
 pub mod resource;
 pub mod schema;
+pub mod token_file;
 
 pub use resource::ResourceKind;
