@@ -2,7 +2,9 @@
 //! validated [`Config`].
 //!
 //! Rules this module keeps:
-//! * every error names the file, the key and what is allowed;
+//! * every error names the file, the key and what is allowed; a TOML or shape error names
+//!   the table and key as written, with the line, says what the key holds in words, and
+//!   names an unknown table as such (`config/parse_error.rs`);
 //! * an error never quotes a line of the file (a password pasted into the wrong key must not
 //!   reach a log), only its line number and key;
 //! * secrets are read from `*_file` or `*_env` keys, never inline, and live in [`Secret`].
@@ -15,6 +17,8 @@ use serde::Deserialize;
 
 use crate::scim::oauth::{ClientAuth, ClientCredentials};
 use crate::secret::Secret;
+
+mod parse_error;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -1445,26 +1449,15 @@ fn check_filter(f: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Turns a toml error into a message with a line number and table, without quoting the line.
+/// Turns a toml error into a message with a line number, the table and key as written, and
+/// what is allowed in words (`parse_error::explain`), without quoting the line.
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, table) = match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let table = before.lines().rev().find_map(|l| {
-                let l = l.trim();
-                (l.starts_with('[') && l.ends_with(']') && !l.starts_with("[["))
-                    .then(|| l.trim_matches(['[', ']']).trim().to_string())
-            });
-            (Some(line), table)
-        }
-        None => (None, None),
-    };
+    let x = parse_error::explain(text, e.span(), e.message());
     ConfigError::Parse {
         path: path.to_path_buf(),
-        line,
-        table,
-        message: e.message().trim().to_string(),
+        line: x.line,
+        table: x.table,
+        message: x.message,
     }
 }
 
@@ -1473,7 +1466,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    struct Fake(HashMap<String, String>);
+    pub(super) struct Fake(HashMap<String, String>);
     impl SecretSource for Fake {
         fn read_file(&self, path: &Path) -> std::io::Result<String> {
             self.0
@@ -1486,7 +1479,7 @@ mod tests {
         }
     }
 
-    fn secrets() -> Fake {
+    pub(super) fn secrets() -> Fake {
         Fake(HashMap::from([
             ("/s/ldap".to_string(), "pw-ldap\n".to_string()),
             ("/s/scim".to_string(), "tok-scim".to_string()),
@@ -1494,7 +1487,7 @@ mod tests {
         ]))
     }
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [agent]
 id = "branch-01"
 state_dir = "/var/lib/idrelay"
@@ -1572,7 +1565,10 @@ token_file = "/s/scim"
             "base_dn = \"dc=branch,dc=test\"\npassword = \"hunter2\"",
         );
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("unknown field `password`"), "{e}");
+        assert!(
+            e.contains("unknown key `password`: [directory] takes url, "),
+            "{e}"
+        );
         assert!(e.contains("line 10"), "{e}");
         assert!(e.contains("[directory]"), "{e}");
         assert!(
@@ -1763,7 +1759,7 @@ token_file = "/s/scim"
                 format!("resources = [\"groups\"]\nallowed_ous = [\"{ou}\"]\nuser_attributes = [\"title\"]"),
                 "writeback.user_attributes",
             ),
-            ("bogus = 1".to_string(), "unknown field `bogus`"),
+            ("bogus = 1".to_string(), "unknown key `bogus`: [writeback] takes"),
         ] {
             let e = with(&bad).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
@@ -1833,6 +1829,6 @@ token_file = "/s/scim"
         let e = parse("[agent]\nid=\"a\"\nstate_dir=\"/x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("missing field `directory`"), "{e}");
+        assert!(e.ends_with("the table [directory] is missing"), "{e}");
     }
 }
