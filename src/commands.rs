@@ -973,6 +973,14 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
             }
         };
         let settings = pass_settings(c, &src.profile, dry_run, quiet);
+        if !dry_run {
+            // Deletes a stopped `run` left waiting in its settle window: this pass finds
+            // those objects gone again and weighs them itself (sent once, not twice).
+            let waiting = gate.forget_waiting();
+            if waiting > 0 {
+                log::info!("{waiting} deletes waiting to be weighed are left to this pass");
+            }
+        }
         match full_pass(
             &src.dir,
             &scim,

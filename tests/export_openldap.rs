@@ -420,7 +420,8 @@ fn bad_config_key_is_named() {
     let run = agent.run(&["check"]);
     run.assert_code(2);
     assert!(
-        run.stderr.contains("in [sync]: unknown key `colour`: [sync] takes concurrency, "),
+        run.stderr
+            .contains("in [sync]: unknown key `colour`: [sync] takes concurrency, "),
         "{}",
         run.stderr
     );

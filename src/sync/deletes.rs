@@ -964,6 +964,68 @@ mod tests {
     }
 
     #[test]
+    fn a_settle_window_weighs_everything_that_arrived_in_it_as_one_burst() {
+        let (_d, mut g) = gate(3);
+        let settle = Duration::from_secs(30);
+        // Two bursts' worth arrive over 20 s: each alone would fit, together they do not.
+        for (i, at) in [(1, 100), (2, 105), (3, 110), (4, 120)] {
+            assert!(g.defer_at(target(i), at));
+        }
+        assert!(!g.defer_at(target(1), 121), "once per object");
+        assert_eq!(g.window_closes_at(settle), Some(131));
+        assert_eq!(g.close_window(settle, 130), None, "still open");
+        assert_eq!(g.close_window(settle, 131), Some((Verdict::Held, 4)));
+        assert_eq!(g.held().len(), 4);
+        assert!(g.pending().is_empty() && g.going().is_empty());
+        assert_eq!(g.recent(), 0);
+    }
+
+    #[test]
+    fn a_window_within_the_threshold_goes_and_a_later_change_withdraws_its_delete() {
+        let (_d, mut g) = gate(3);
+        let settle = Duration::from_secs(30);
+        g.defer_at(target(1), 100);
+        g.defer_at(target(2), 101);
+        g.defer_at(target(3), 102);
+        assert!(g.withdraw("a2"), "re-added in the window");
+        assert!(!g.withdraw("a2"));
+        assert_eq!(g.close_window(settle, 200), Some((Verdict::Go, 2)));
+        let going: Vec<&str> = g.going().iter().map(|t| t.anchor.as_str()).collect();
+        assert_eq!(going, ["a1", "a3"]);
+        assert_eq!(g.recent(), 2);
+        // Something held: a later lone delete waits behind it, after its own window.
+        g.admit_at(vec![target(9)], 201);
+        g.defer_at(target(4), 202);
+        assert_eq!(
+            g.close_window(Duration::ZERO, 202),
+            Some((Verdict::Held, 1))
+        );
+        g.gone("a1");
+        assert_eq!(g.going().len(), 1);
+    }
+
+    #[test]
+    fn waiting_and_going_deletes_survive_a_restart_and_a_full_pass_takes_them_over() {
+        let (d, mut g) = gate(5);
+        g.defer_at(target(1), now_secs());
+        g.defer_at(target(2), 0);
+        g.close_window(Duration::from_secs(1), now_secs());
+        g.defer_at(target(3), now_secs());
+        g.save().unwrap();
+        let mut again = DeleteGate::open(d.path(), count_only(5)).unwrap();
+        assert_eq!(again.going().len(), 2);
+        assert_eq!(again.pending().len(), 1);
+        assert_eq!(again.recent(), 2);
+        assert_eq!(again.forget_waiting(), 3);
+        again.save().unwrap();
+        let last = DeleteGate::open(d.path(), count_only(5)).unwrap();
+        assert!(last.pending().is_empty() && last.going().is_empty());
+        // An older file without the lists reads as none waiting.
+        let old: File = serde_json::from_slice(br#"{"v":1,"recent":[],"held":[]}"#).unwrap();
+        assert!(old.pending.is_empty() && old.going.is_empty());
+    }
+
+    #[test]
     fn deletes_within_the_threshold_go_and_count() {
         let (_d, mut g) = gate(3);
         assert_eq!(g.admit_at(vec![target(1)], 100), Verdict::Go);
