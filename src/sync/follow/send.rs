@@ -99,12 +99,25 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
             q.read(None, SEND_BATCH).map(Some)
         })
         .await;
-        let records = match read {
+        let mut records = match read {
             Ok(Some(r)) => r,
             Ok(None) => return SendEnd::ResyncOwed,
             Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
             Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
         };
+        // A delete often starts a burst (a script, a subtree): let the rest of it arrive
+        // (a second at most) so that it is applied as one batch. The weighing does not
+        // depend on it: the gate's settle window collects the burst across batches.
+        if records.len() < SEND_BATCH && records.iter().any(|r| is_delete(&r.payload)) {
+            if ctx.control.sleep(DELETE_LINGER).await.is_some() {
+                return SendEnd::Signal;
+            }
+            match with_queue(queue, |q| q.read(None, SEND_BATCH)).await {
+                Ok(r) => records = r,
+                Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
+                Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
+            }
+        }
         if records.is_empty() {
             if last_save.elapsed() >= INDEX_SAVE_EVERY {
                 save_index(index);
@@ -379,3 +392,18 @@ async fn retry_parked<D: DirectoryReads, E: EndpointWrites>(
 const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// The shortest idle wait while a settle window is open.
 const WINDOW_LOOK: Duration = Duration::from_millis(50);
+
+fn is_delete(payload: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<Change>(payload),
+        Ok(Change::Delete { .. })
+    )
+}
+
+/// How long the sender waits for the rest of a burst of deletes before applying it (short
+/// in unit tests, whose bursts are queued whole).
+const DELETE_LINGER: Duration = if cfg!(test) {
+    Duration::from_millis(5)
+} else {
+    Duration::from_secs(1)
+};
