@@ -15,6 +15,7 @@ use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::oauth::TokenSource;
 use crate::scim::profile::{merge_attributes, ProfileKind, SyncProfile};
 use crate::scim::profile_policy::{admit, password_like_in, ProfilePolicy, ProfileRefusal};
+use crate::scim::token_file::FileToken;
 use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
 use crate::sync::anchors::AnchorIndex;
@@ -81,7 +82,26 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
         .parse()
         .map_err(|e| format!("config {}: `scim.url`: {e}", c.path.display()))?;
     let credential = match &c.scim.auth {
-        ScimAuth::Bearer(t) => Credential::Bearer(t.clone()),
+        ScimAuth::Bearer(t) => {
+            // Read again, with the checks of a config load, when the endpoint answers 401:
+            // the operator may have rotated the token (docs: packaging/README.md).
+            let path = c.path.clone();
+            Credential::BearerFile(std::sync::Arc::new(FileToken::new(
+                t.clone(),
+                Box::new(move || match Config::load(&path) {
+                    Ok(Config {
+                        scim:
+                            crate::config::ScimSettings {
+                                auth: ScimAuth::Bearer(t),
+                                ..
+                            },
+                        ..
+                    }) => Ok(t),
+                    Ok(_) => Err("the config no longer names a static token".into()),
+                    Err(e) => Err(e.to_string()),
+                }),
+            )))
+        }
         ScimAuth::ClientCredentials(cc) => {
             // The token endpoint is another service: the [scim] CA and proxy, not its pins.
             let token_http = HttpClient::new(with_transport(
@@ -1070,6 +1090,14 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
             }
         };
         let settings = pass_settings(c, &src.profile, dry_run, quiet);
+        if !dry_run {
+            // Deletes a stopped `run` left waiting in its settle window: this pass finds
+            // those objects gone again and weighs them itself (sent once, not twice).
+            let waiting = gate.forget_waiting();
+            if waiting > 0 {
+                log::info!("{waiting} deletes waiting to be weighed are left to this pass");
+            }
+        }
         match full_pass(
             &src.dir,
             &scim,
@@ -1445,13 +1473,39 @@ fn run_until_stopped(c: &Config, quiet: bool, queue: &crate::sync::follow::Share
                         );
                     }
                     Ok(new) => {
-                        log::info!("config reloaded from {}", config.path.display());
+                        log::info!(
+                            "config reloaded from {} ({})",
+                            config.path.display(),
+                            secrets_changed(&config, &new)
+                        );
                         config = new;
                     }
                     Err(e) => log::error!("config reload failed, keeping the old config: {e}"),
                 }
             }
         }
+    }
+}
+
+/// Which secrets a reload changed, in words for the log (never the values): so an operator
+/// who rotated a secret sees whether the agent got the new one (under systemd's
+/// `LoadCredential=`, only if the credential was copied again: packaging/README.md).
+fn secrets_changed(old: &Config, new: &Config) -> String {
+    let mut changed = Vec::new();
+    if old.directory.password != new.directory.password {
+        changed.push("ldap password changed");
+    }
+    match (&old.scim.auth, &new.scim.auth) {
+        (ScimAuth::Bearer(a), ScimAuth::Bearer(b)) if a == b => {}
+        (ScimAuth::ClientCredentials(a), ScimAuth::ClientCredentials(b))
+            if a.client_secret == b.client_secret => {}
+        (_, ScimAuth::Bearer(_)) => changed.push("scim token changed"),
+        (_, ScimAuth::ClientCredentials(_)) => changed.push("oauth client secret changed"),
+    }
+    if changed.is_empty() {
+        "secrets unchanged".into()
+    } else {
+        changed.join(", ")
     }
 }
 
@@ -1530,6 +1584,7 @@ async fn follow_once(
         full_pass_interval: c.sync.full_pass_interval,
         feed: resolve_feed(c, &src).await,
         park_after: c.sync.max_attempts,
+        delete_settle: c.sync.delete_settle,
     };
     log::info!("change feed: {}", settings.feed.name());
     agent.feed.set_kind(
@@ -1862,9 +1917,13 @@ fn status_document(
     use crate::status::{unix, Document, LastPass, QueueDoc};
     let now = unix(std::time::SystemTime::now());
     let gate = open_gate(c);
-    let (held, unmatched) = match &gate {
-        Ok(g) => (g.held().len() as u64, g.unmatched().0),
-        Err(_) => (0, 0),
+    let (held, settling, unmatched) = match &gate {
+        Ok(g) => (
+            g.held().len() as u64,
+            (g.pending().len() + g.going().len()) as u64,
+            g.unmatched().0,
+        ),
+        Err(_) => (0, 0, 0),
     };
     let last = crate::sync::follow::last_full_pass(&c.agent.state_dir).map(unix);
     let mut d = Document {
@@ -1887,6 +1946,7 @@ fn status_document(
             resync_waiting_secs: 0,
         },
         held_deletes: held,
+        settling_deletes: settling,
         unmatched_deletes: unmatched,
         last_full_pass: LastPass {
             at: last,
@@ -2180,6 +2240,13 @@ pub fn status(c: &Config, json: bool) -> i32 {
         Err(e) => crate::outln!("deletes:      {e}"),
     }
     if let Ok(g) = open_gate(c) {
+        let settling = g.pending().len() + g.going().len();
+        if settling > 0 {
+            crate::outln!(
+                "              {settling} deletes wait to be weighed (sync.delete_settle_secs = {})",
+                c.sync.delete_settle.as_secs()
+            );
+        }
         crate::outln!("unmatched:    {}", unmatched_line(g.unmatched()));
     }
     for line in crate::sync::follow::parking::status_lines(&c.agent.state_dir) {

@@ -2,7 +2,9 @@
 //! validated [`Config`].
 //!
 //! Rules this module keeps:
-//! * every error names the file, the key and what is allowed;
+//! * every error names the file, the key and what is allowed; a TOML or shape error names
+//!   the table and key as written, with the line, says what the key holds in words, and
+//!   names an unknown table as such (`config/parse_error.rs`);
 //! * an error never quotes a line of the file (a password pasted into the wrong key must not
 //!   reach a log), only its line number and key;
 //! * secrets are read from `*_file` or `*_env` keys, never inline, and live in [`Secret`].
@@ -15,6 +17,8 @@ use serde::Deserialize;
 
 use crate::scim::oauth::{ClientAuth, ClientCredentials};
 use crate::secret::Secret;
+
+mod parse_error;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -198,6 +202,8 @@ pub struct SyncSettings {
     pub delete_floor: u32,
     /// The window the delete threshold counts in.
     pub delete_interval: Duration,
+    /// How long `run` lets a delete wait to be weighed with the rest of its burst.
+    pub delete_settle: Duration,
     /// How often `run` does a full pass even when the feed seems healthy.
     pub full_pass_interval: Duration,
     /// How often polling feeds (DirSync, uSN, modifyTimestamp) ask for changes.
@@ -473,6 +479,8 @@ struct RawSync {
     delete_floor: u32,
     #[serde(default = "default_delete_interval")]
     delete_interval_secs: u64,
+    #[serde(default = "default_delete_settle")]
+    delete_settle_secs: u64,
     #[serde(default = "default_full_pass_interval")]
     full_pass_interval_secs: u64,
     #[serde(default = "default_poll_interval")]
@@ -495,6 +503,7 @@ impl Default for RawSync {
             delete_threshold_percent: default_delete_threshold_percent(),
             delete_floor: default_delete_floor(),
             delete_interval_secs: default_delete_interval(),
+            delete_settle_secs: default_delete_settle(),
             full_pass_interval_secs: default_full_pass_interval(),
             poll_interval_secs: default_poll_interval(),
             feed: default_kind(),
@@ -517,6 +526,9 @@ fn default_delete_floor() -> u32 {
 }
 fn default_delete_interval() -> u64 {
     3600
+}
+fn default_delete_settle() -> u64 {
+    30
 }
 fn default_full_pass_interval() -> u64 {
     86_400
@@ -764,6 +776,12 @@ impl Config {
                 "must be 60 to 2592000 (30 days)".into(),
             ));
         }
+        if y.delete_settle_secs > 3600 {
+            return Err(invalid(
+                "sync.delete_settle_secs",
+                "must be 0 (weigh each queue read alone) to 3600".into(),
+            ));
+        }
         if y.full_pass_interval_secs != 0
             && !(600..=30 * 86_400).contains(&y.full_pass_interval_secs)
         {
@@ -935,6 +953,7 @@ impl Config {
                 delete_threshold_percent: y.delete_threshold_percent,
                 delete_floor: y.delete_floor,
                 delete_interval: Duration::from_secs(y.delete_interval_secs),
+                delete_settle: Duration::from_secs(y.delete_settle_secs),
                 full_pass_interval: Duration::from_secs(y.full_pass_interval_secs),
                 poll_interval: Duration::from_secs(y.poll_interval_secs),
                 feed,
@@ -1432,26 +1451,15 @@ fn check_filter(f: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Turns a toml error into a message with a line number and table, without quoting the line.
+/// Turns a toml error into a message with a line number, the table and key as written, and
+/// what is allowed in words (`parse_error::explain`), without quoting the line.
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, table) = match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let table = before.lines().rev().find_map(|l| {
-                let l = l.trim();
-                (l.starts_with('[') && l.ends_with(']') && !l.starts_with("[["))
-                    .then(|| l.trim_matches(['[', ']']).trim().to_string())
-            });
-            (Some(line), table)
-        }
-        None => (None, None),
-    };
+    let x = parse_error::explain(text, e.span(), e.message());
     ConfigError::Parse {
         path: path.to_path_buf(),
-        line,
-        table,
-        message: e.message().trim().to_string(),
+        line: x.line,
+        table: x.table,
+        message: x.message,
     }
 }
 
@@ -1460,7 +1468,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    struct Fake(HashMap<String, String>);
+    pub(super) struct Fake(HashMap<String, String>);
     impl SecretSource for Fake {
         fn read_file(&self, path: &Path) -> std::io::Result<String> {
             self.0
@@ -1473,7 +1481,7 @@ mod tests {
         }
     }
 
-    fn secrets() -> Fake {
+    pub(super) fn secrets() -> Fake {
         Fake(HashMap::from([
             ("/s/ldap".to_string(), "pw-ldap\n".to_string()),
             ("/s/scim".to_string(), "tok-scim".to_string()),
@@ -1481,7 +1489,7 @@ mod tests {
         ]))
     }
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [agent]
 id = "branch-01"
 state_dir = "/var/lib/idrelay"
@@ -1519,6 +1527,7 @@ token_file = "/s/scim"
         assert_eq!(c.sync.user_delete, UserDelete::Deactivate);
         assert_eq!(c.sync.delete_threshold, 500);
         assert_eq!(c.sync.delete_interval, Duration::from_secs(3600));
+        assert_eq!(c.sync.delete_settle, Duration::from_secs(30));
         assert_eq!(c.sync.full_pass_interval, Duration::from_secs(86_400));
         assert_eq!(c.sync.poll_interval, Duration::from_secs(5));
         assert_eq!(c.sync.member_chunk, 100);
@@ -1531,6 +1540,7 @@ token_file = "/s/scim"
             ("feed = \"inotify\"", "sync.feed"),
             ("user_delete = \"purge\"", "sync.user_delete"),
             ("delete_interval_secs = 5", "sync.delete_interval_secs"),
+            ("delete_settle_secs = 3601", "sync.delete_settle_secs"),
             (
                 "full_pass_interval_secs = 60",
                 "sync.full_pass_interval_secs",
@@ -1557,7 +1567,10 @@ token_file = "/s/scim"
             "base_dn = \"dc=branch,dc=test\"\npassword = \"hunter2\"",
         );
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("unknown field `password`"), "{e}");
+        assert!(
+            e.contains("unknown key `password`: [directory] takes url, "),
+            "{e}"
+        );
         assert!(e.contains("line 10"), "{e}");
         assert!(e.contains("[directory]"), "{e}");
         assert!(
@@ -1748,7 +1761,7 @@ token_file = "/s/scim"
                 format!("resources = [\"groups\"]\nallowed_ous = [\"{ou}\"]\nuser_attributes = [\"title\"]"),
                 "writeback.user_attributes",
             ),
-            ("bogus = 1".to_string(), "unknown field `bogus`"),
+            ("bogus = 1".to_string(), "unknown key `bogus`: [writeback] takes"),
         ] {
             let e = with(&bad).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
@@ -1818,6 +1831,6 @@ token_file = "/s/scim"
         let e = parse("[agent]\nid=\"a\"\nstate_dir=\"/x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("missing field `directory`"), "{e}");
+        assert!(e.ends_with("the table [directory] is missing"), "{e}");
     }
 }

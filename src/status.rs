@@ -223,6 +223,8 @@ pub struct Document {
     pub queue: QueueDoc,
     /// Deletes held for `approve-deletes`.
     pub held_deletes: u64,
+    /// Deletes waiting in `run`'s settle window (or admitted and not yet sent).
+    pub settling_deletes: u64,
     /// Feed deletes that matched nothing provisioned (since the count was reset).
     pub unmatched_deletes: u64,
     /// The last completed full pass.
@@ -526,6 +528,7 @@ mod tests {
             },
             queue: QueueDoc::default(),
             held_deletes: 0,
+            settling_deletes: 0,
             unmatched_deletes: 3,
             last_full_pass: LastPass {
                 at: Some(1_700_000_000),

@@ -175,3 +175,34 @@ fn output_to_a_closed_pipe_ends_quietly() {
         assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
     }
 }
+
+/// Regression (issue 20): an unknown `[synk]` was reported "in [scim]" and a type error as
+/// serde's "expected usize". The table and key as written, with the line, in words; exit 2.
+#[test]
+fn a_config_error_names_the_table_and_key_as_written() {
+    let agent = offline_agent();
+    let line_of = |needle: &str| {
+        let text = std::fs::read_to_string(&agent.config).unwrap();
+        text.lines().position(|l| l.trim() == needle).unwrap() + 1
+    };
+    agent.edit_config("[sync]", "[synk]");
+    let r = agent.run(&["check"]);
+    r.assert_code(2);
+    let want = format!(
+        "config {}, line {}: unknown table [synk]: the tables are [agent], [directory], [scope], [scim], [sync], [queue], [relay], [writeback]",
+        agent.config.display(),
+        line_of("[synk]")
+    );
+    assert!(r.stderr.lines().any(|l| l.ends_with(&want)), "{}", r.stderr);
+
+    agent.edit_config("[synk]", "[sync]");
+    agent.edit_config("concurrency = 4", "concurrency = \"four\"");
+    let r = agent.run(&["check"]);
+    r.assert_code(2);
+    let want = format!(
+        "config {}, line {}, in [sync]: `sync.concurrency` must be a whole number, not text",
+        agent.config.display(),
+        line_of("concurrency = \"four\"")
+    );
+    assert!(r.stderr.lines().any(|l| l.ends_with(&want)), "{}", r.stderr);
+}

@@ -453,7 +453,8 @@ fn bad_config_key_is_named() {
     let run = agent.run(&["check"]);
     run.assert_code(2);
     assert!(
-        run.stderr.contains("unknown field `colour`") && run.stderr.contains("[sync]"),
+        run.stderr
+            .contains("in [sync]: unknown key `colour`: [sync] takes concurrency, "),
         "{}",
         run.stderr
     );

@@ -46,6 +46,7 @@ use crate::relay::http::{HttpClient, HttpError, HttpRequest, HttpResponse, Metho
 use crate::scim::oauth::{TokenError, TokenSource};
 use crate::scim::resource::{ResourceKind, LIST_RESPONSE, PATCH_OP};
 use crate::scim::schema::EndpointSchema;
+use crate::scim::token_file::FileToken;
 use crate::secret::Secret;
 
 /// The SCIM media type, sent as `Accept` and `Content-Type`.
@@ -59,6 +60,9 @@ const MAX_DETAIL_CHARS: usize = 200;
 pub enum Credential {
     /// A static bearer token.
     Bearer(Secret),
+    /// A static bearer token from a file, read again once when the service answers 401
+    /// (rotated without a restart; see [`FileToken`]).
+    BearerFile(Arc<FileToken>),
     /// Bearer tokens from an OAuth2 client credentials grant, replaced before they expire
     /// and when the service answers 401.
     OAuth(Arc<TokenSource>),
@@ -836,7 +840,7 @@ impl ScimClient {
     /// the token's lifetime (`check`). `None` for a static token.
     pub async fn authenticate(&self) -> Result<Option<(String, Option<Duration>)>, ScimError> {
         match &self.cfg.credential {
-            Credential::Bearer(_) => Ok(None),
+            Credential::Bearer(_) | Credential::BearerFile(_) => Ok(None),
             Credential::OAuth(src) => {
                 let life = src.fetch_now().await.map_err(ScimError::Token)?;
                 Ok(Some((src.token_url(), life)))
@@ -1339,6 +1343,7 @@ impl ScimClient {
         loop {
             let (token, generation) = match &self.cfg.credential {
                 Credential::Bearer(t) => (t.clone(), None),
+                Credential::BearerFile(f) => (f.token(), None),
                 Credential::OAuth(src) => {
                     let (t, g) = src.bearer().await.map_err(|e| {
                         let e = ScimError::Token(e);
@@ -1356,6 +1361,16 @@ impl ScimClient {
             }
             self.count(method);
             let sent = self.http.send(req).await;
+            // A token file rotated since it was read: read it again once, try once more,
+            // before the 401 counts against the endpoint.
+            if let (Ok(resp), Credential::BearerFile(f)) = (&sent, &self.cfg.credential) {
+                if resp.status == 401 && !renewed {
+                    renewed = true;
+                    if f.renew(&token) {
+                        continue;
+                    }
+                }
+            }
             self.note_health(method, url, &sent);
             let (next, outcome) = match sent {
                 // A refused OAuth2 token is replaced once, at once: it may have expired early.
@@ -1479,6 +1494,7 @@ impl ScimClient {
         let (scim_type, detail) = parse_error_body(&resp.body);
         let token = match &self.cfg.credential {
             Credential::Bearer(t) => Some(t.clone()),
+            Credential::BearerFile(f) => Some(f.token()),
             Credential::OAuth(src) => src.held_token(),
         };
         let scrub = |s: String| match &token {

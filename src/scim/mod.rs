@@ -11,5 +11,6 @@ pub mod profile_policy;
 pub mod readback;
 pub mod resource;
 pub mod schema;
+pub mod token_file;
 
 pub use resource::ResourceKind;

@@ -6,6 +6,16 @@
 //! * at most `delete_threshold` deletes go out per `delete_interval` (a sliding window of
 //!   the times deletes were admitted, kept on disk so a restart does not reset it);
 //! * a full pass that would delete more than the threshold holds *all* of its deletes;
+//! * in `run`, a delete (or a scope exit) first waits a settle window
+//!   (`sync.delete_settle_secs`, from the oldest waiting one) in the gate's `pending` list,
+//!   durably, so that its change can be acknowledged and later changes flow; when the
+//!   window closes, everything that arrived in it is weighed as one burst (with the
+//!   window's earlier admissions and what is held already): all of it goes, or all of it is
+//!   held. A burst that a change feed reports over many queue reads is judged whole. A
+//!   later change of the same object (re-added, modified, back in scope) withdraws its
+//!   pending delete. Admitted deletes move to `going` (in the same write as the window's
+//!   count), so an agent killed while sending them sends the rest after its restart
+//!   without weighing them again; a resend of one that had landed finds it gone (404);
 //! * once anything is held, every later delete is held too, until `idrelay approve-deletes`
 //!   releases them: a burst is never half applied in the order the feed happened to report;
 //! * an object that comes back (restored, moved back into scope) before approval leaves the
@@ -24,9 +34,10 @@
 //!
 //! On disk (`held-deletes.json` in the state directory, replaced atomically):
 //! `{"v":1,"recent":[unix secs...],"held":[{"x":anchor,"k":"user"|"group","id":scimId,
-//! "dn":DN,"why":reason,"at":unix secs}...],"unmatched":N,"last_unmatched":{"uuid":uuid,
-//! "dn":DN,"at":unix secs}}` (the last two only once a delete matched nothing; older
-//! versions ignore them). Approval from another process (the agent
+//! "dn":DN,"why":reason,"at":unix secs}...],"pending":[target...],"going":[target...],
+//! "unmatched":N,"last_unmatched":{"uuid":uuid,"dn":DN,"at":unix secs}}` (`at` of a pending
+//! target: when it arrived; `pending` and `going` only while not empty, the last two only
+//! once a delete matched nothing; older versions ignore them). Approval from another process (the agent
 //! holds the state lock while it runs) is a small file `approve-deletes.json`
 //! (`{"count":N,"digest":"hex"}`) naming exactly the held set it approves; a set that
 //! changed since is not approved.
@@ -131,6 +142,12 @@ struct File {
     recent: VecDeque<u64>,
     #[serde(default)]
     held: Vec<Target>,
+    /// Deletes waiting for their settle window to close (`at`: when each arrived).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<Target>,
+    /// Deletes admitted and not yet carried out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    going: Vec<Target>,
     #[serde(default, skip_serializing_if = "is_zero")]
     unmatched: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -404,6 +421,98 @@ impl DeleteGate {
         let changed = self.state.held.len() != before;
         self.dirty |= changed;
         changed
+    }
+
+    /// Puts a delete into the settle window (see the module doc): weighed with the rest of
+    /// its window by [`DeleteGate::close_window`]. Nothing happens when the object's delete
+    /// is already held, waiting or going. Durable with the next [`DeleteGate::save`], which
+    /// comes before the change that caused it is acknowledged.
+    pub fn defer(&mut self, target: Target) -> bool {
+        self.defer_at(target, now_secs())
+    }
+
+    fn defer_at(&mut self, mut target: Target, now: u64) -> bool {
+        let anchor = target.anchor.as_str();
+        let known = |list: &[Target]| list.iter().any(|t| t.anchor == anchor);
+        if known(&self.state.held) || known(&self.state.pending) || known(&self.state.going) {
+            return false;
+        }
+        target.held_at = now;
+        self.state.pending.push(target);
+        self.dirty = true;
+        true
+    }
+
+    /// A later change of the object came (re-added, modified, back in scope): its waiting
+    /// delete is withdrawn. Whether there was one.
+    pub fn withdraw(&mut self, anchor: &str) -> bool {
+        let before = self.state.pending.len();
+        self.state.pending.retain(|t| t.anchor != anchor);
+        let changed = self.state.pending.len() != before;
+        self.dirty |= changed;
+        changed
+    }
+
+    /// The deletes waiting for their settle window.
+    pub fn pending(&self) -> &[Target] {
+        &self.state.pending
+    }
+
+    /// When the current settle window closes (unix seconds): at least `settle` after the
+    /// oldest waiting delete arrived (times are whole seconds, so one more), at once when
+    /// `settle` is zero.
+    pub fn window_closes_at(&self, settle: Duration) -> Option<u64> {
+        let oldest = self.state.pending.iter().map(|t| t.held_at).min()?;
+        let secs = settle.as_secs();
+        Some(oldest.saturating_add(if secs == 0 { 0 } else { secs + 1 }))
+    }
+
+    /// Weighs the waiting deletes as one burst if their window closed by `now`: admitted,
+    /// they move to [`DeleteGate::going`]; else all are held. `None` while the window is
+    /// open (or nothing waits).
+    pub fn close_window(&mut self, settle: Duration, now: u64) -> Option<(Verdict, usize)> {
+        if self.window_closes_at(settle)? > now {
+            return None;
+        }
+        let burst: Vec<Target> = std::mem::take(&mut self.state.pending)
+            .into_iter()
+            .map(|mut t| {
+                t.held_at = 0;
+                t
+            })
+            .collect();
+        self.dirty = true;
+        let n = burst.len();
+        let verdict = self.admit_at(burst.clone(), now);
+        if verdict == Verdict::Go {
+            self.state.going.extend(burst);
+        }
+        Some((verdict, n))
+    }
+
+    /// Deletes admitted and not yet carried out (oldest first).
+    pub fn going(&self) -> &[Target] {
+        &self.state.going
+    }
+
+    /// An admitted delete was carried out (or failed for good): it leaves the list.
+    pub fn gone(&mut self, anchor: &str) {
+        let before = self.state.going.len();
+        self.state.going.retain(|t| t.anchor != anchor);
+        self.dirty |= self.state.going.len() != before;
+    }
+
+    /// Drops the deletes waiting in the settle window or going out: a full pass is about to
+    /// find every object that is gone again (each stays in the anchor index until its
+    /// delete is carried out) and weigh them itself.
+    pub fn forget_waiting(&mut self) -> usize {
+        let n = self.state.pending.len() + self.state.going.len();
+        if n > 0 {
+            self.state.pending.clear();
+            self.state.going.clear();
+            self.dirty = true;
+        }
+        n
     }
 
     /// Takes the whole held list (approved): the caller deletes them and saves.
@@ -852,6 +961,68 @@ mod tests {
         // One went out: four more fit the floor, the sixth does not.
         assert!(!g.hold_check().would_hold(4));
         assert!(g.hold_check().would_hold(5));
+    }
+
+    #[test]
+    fn a_settle_window_weighs_everything_that_arrived_in_it_as_one_burst() {
+        let (_d, mut g) = gate(3);
+        let settle = Duration::from_secs(30);
+        // Two bursts' worth arrive over 20 s: each alone would fit, together they do not.
+        for (i, at) in [(1, 100), (2, 105), (3, 110), (4, 120)] {
+            assert!(g.defer_at(target(i), at));
+        }
+        assert!(!g.defer_at(target(1), 121), "once per object");
+        assert_eq!(g.window_closes_at(settle), Some(131));
+        assert_eq!(g.close_window(settle, 130), None, "still open");
+        assert_eq!(g.close_window(settle, 131), Some((Verdict::Held, 4)));
+        assert_eq!(g.held().len(), 4);
+        assert!(g.pending().is_empty() && g.going().is_empty());
+        assert_eq!(g.recent(), 0);
+    }
+
+    #[test]
+    fn a_window_within_the_threshold_goes_and_a_later_change_withdraws_its_delete() {
+        let (_d, mut g) = gate(3);
+        let settle = Duration::from_secs(30);
+        g.defer_at(target(1), 100);
+        g.defer_at(target(2), 101);
+        g.defer_at(target(3), 102);
+        assert!(g.withdraw("a2"), "re-added in the window");
+        assert!(!g.withdraw("a2"));
+        assert_eq!(g.close_window(settle, 200), Some((Verdict::Go, 2)));
+        let going: Vec<&str> = g.going().iter().map(|t| t.anchor.as_str()).collect();
+        assert_eq!(going, ["a1", "a3"]);
+        assert_eq!(g.recent(), 2);
+        // Something held: a later lone delete waits behind it, after its own window.
+        g.admit_at(vec![target(9)], 201);
+        g.defer_at(target(4), 202);
+        assert_eq!(
+            g.close_window(Duration::ZERO, 202),
+            Some((Verdict::Held, 1))
+        );
+        g.gone("a1");
+        assert_eq!(g.going().len(), 1);
+    }
+
+    #[test]
+    fn waiting_and_going_deletes_survive_a_restart_and_a_full_pass_takes_them_over() {
+        let (d, mut g) = gate(5);
+        g.defer_at(target(1), now_secs());
+        g.defer_at(target(2), 0);
+        g.close_window(Duration::from_secs(1), now_secs());
+        g.defer_at(target(3), now_secs());
+        g.save().unwrap();
+        let mut again = DeleteGate::open(d.path(), count_only(5)).unwrap();
+        assert_eq!(again.going().len(), 2);
+        assert_eq!(again.pending().len(), 1);
+        assert_eq!(again.recent(), 2);
+        assert_eq!(again.forget_waiting(), 3);
+        again.save().unwrap();
+        let last = DeleteGate::open(d.path(), count_only(5)).unwrap();
+        assert!(last.pending().is_empty() && last.going().is_empty());
+        // An older file without the lists reads as none waiting.
+        let old: File = serde_json::from_slice(br#"{"v":1,"recent":[],"held":[]}"#).unwrap();
+        assert!(old.pending.is_empty() && old.going.is_empty());
     }
 
     #[test]

@@ -421,6 +421,7 @@ timeout_secs = 10
 [sync]
 concurrency = 4
 max_attempts = 2
+delete_settle_secs = 1
 {extra}
 "#,
             state = p.join("state").display(),

@@ -35,7 +35,7 @@ use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{representation_hash_with, Anchor, AnchorIndex};
-use crate::sync::deletes::{self, DeleteGate, Found, MatchedBy, Target, Verdict};
+use crate::sync::deletes::{self, DeleteGate, Found, MatchedBy, Target};
 use crate::sync::dn;
 use crate::sync::pass::PassSettings;
 use crate::sync::provision::{provision, Job, Outcome};
@@ -178,7 +178,9 @@ fn same_object(a: &(String, Option<String>), b: &(String, Option<String>)) -> bo
 ///
 /// Order: two changes of the same object (same uuid or DN) never overlap and run in queue
 /// order; a change that refers to an object an earlier change is still creating waits for
-/// it (see [`IndexResolver`]); deletes are weighed and sent by the sender itself, in turn.
+/// it (see [`IndexResolver`]); deletes and scope exits are put into the delete gate's
+/// settle window, in turn (the sender weighs and sends them when it closes), and a later
+/// change of the same object withdraws them.
 /// The index and the gate are touched only here, between awaits, never by the futures.
 /// A change the endpoint or the directory cannot take now (retry) pauses the batch: what
 /// is in flight lands, then after a backoff the change is tried again, as before.
@@ -195,8 +197,6 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
     parking: &mut Parking,
     park_after: u32,
     queue: &SharedQueue,
-    admitted: &mut HashSet<String>,
-    exits: &mut Vec<Target>,
     attrs: &[&str],
     records: Vec<crate::queue::Record>,
 ) -> BatchEnd {
@@ -336,7 +336,7 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                 .filter_map(|j| keys[j].1.clone())
                 .collect();
             let uuid = &keys[i].0;
-            match decide(ctx, index, gate, exits, uuid, prepared, &busy) {
+            match decide(ctx, index, gate, uuid, prepared, &busy) {
                 Decision::Done(a) => outcome(i, a, &mut steps, &mut retry, &mut out, parking),
                 Decision::Blocked(p) => steps[i] = Step::Read(p, true),
                 Decision::Send(job) => {
@@ -377,8 +377,8 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                         ));
                     }
                     Change::Delete { uuid, dn } => {
-                        // Deletes go through the gate and the index: applied here, in turn.
-                        let a = apply_delete(ctx, index, gate, admitted, uuid, dn.as_deref()).await;
+                        // Deletes go into the gate's settle window: here, in turn.
+                        let a = apply_delete(ctx, gate, index, uuid, dn.as_deref()).await;
                         outcome(i, a, &mut steps, &mut retry, &mut out, parking);
                     }
                 }
@@ -541,34 +541,6 @@ async fn out_of_scope<D: DirectoryReads, E: EndpointWrites>(
     }
 }
 
-/// One delete through the gate: sent now, or held for approval.
-async fn delete_one<D: DirectoryReads, E: EndpointWrites>(
-    ctx: &SendCtx<'_, D, E>,
-    index: &mut AnchorIndex,
-    gate: &mut DeleteGate,
-    target: Target,
-) -> Applied {
-    match gate.admit(vec![target.clone()]) {
-        Verdict::Held => {
-            log::warn!(
-                "{} {} ({}): delete held for approval ({} held; run `idrelay approve-deletes` to release)",
-                target.kind.word(),
-                target.dn,
-                target.reason,
-                gate.held().len()
-            );
-            Applied::Done
-        }
-        Verdict::Go => {
-            let r = send_delete(ctx, index, &target).await;
-            if matches!(r, Applied::Retry(_)) {
-                gate.refund(1); // admitted again on the retry
-            }
-            r
-        }
-    }
-}
-
 /// Sends one admitted delete.
 pub(super) async fn send_delete<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
@@ -586,12 +558,11 @@ pub(super) async fn send_delete<D: DirectoryReads, E: EndpointWrites>(
 }
 
 /// One delete the feed reported: matched to what was provisioned, confirmed gone when
-/// matched by DN alone, then sent (admitted with its burst, or through the gate alone).
+/// matched by DN alone, then put into the gate's settle window (see [`defer`]).
 async fn apply_delete<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
-    index: &mut AnchorIndex,
     gate: &mut DeleteGate,
-    admitted: &mut HashSet<String>,
+    index: &AnchorIndex,
     uuid: &str,
     dn: Option<&str>,
 ) -> Applied {
@@ -603,29 +574,30 @@ async fn apply_delete<D: DirectoryReads, E: EndpointWrites>(
         match anchor_gone(ctx, &found).await {
             Ok(None) => {}
             Ok(Some(why)) => {
-                if admitted.remove(&found.anchor) {
-                    gate.refund(1); // counted with its burst, not sent
-                }
                 unmatched(ctx, gate, uuid, dn, &why);
                 return Applied::Done;
             }
             Err(why) => return Applied::Retry(why),
         }
     }
-    let anchor = found.anchor;
-    let t = Target::of(&anchor, &found.object, "deleted in the directory");
-    if gate.is_held(&anchor) {
-        return Applied::Done; // waits for approval
+    defer(
+        ctx,
+        gate,
+        Target::of(&found.anchor, &found.object, "deleted in the directory"),
+    );
+    Applied::Done
+}
+
+/// Puts a delete (a directory delete or a scope exit) into the gate's settle window: it
+/// is weighed with everything else that arrives in the window when the window closes.
+fn defer<D, E>(ctx: &SendCtx<'_, D, E>, gate: &mut DeleteGate, t: Target) {
+    let (kind, dn, why) = (t.kind.word(), t.dn.clone(), t.reason.clone());
+    if gate.defer(t) {
+        log::info!(
+            "{kind} {dn} ({why}): delete waits {} s (sync.delete_settle_secs) to be weighed with any others",
+            ctx.settings.delete_settle.as_secs()
+        );
     }
-    if admitted.contains(&anchor) {
-        // Admitted with its burst: send it (a retry keeps the admission).
-        let r = send_delete(ctx, index, &t).await;
-        if matches!(r, Applied::Done | Applied::Failed(_)) {
-            admitted.remove(&anchor);
-        }
-        return r;
-    }
-    delete_one(ctx, index, gate, t).await
 }
 
 /// What the directory says about an object the feed reported, read without touching any
@@ -676,7 +648,6 @@ fn decide<D, E>(
     ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
-    exits: &mut Vec<Target>,
     uuid: &str,
     prepared: Prepared,
     busy: &HashSet<String>,
@@ -695,10 +666,8 @@ fn decide<D, E>(
         };
         let mut t = Target::of(&anchor, &a, why);
         t.dn = entry.dn.clone();
-        // Weighed with the rest of the batch (an OU moved out of scope is a burst), sent
-        // after it.
-        exits.retain(|x| x.anchor != t.anchor);
-        exits.push(t);
+        // Weighed with the rest of its window (an OU moved out of scope is a burst).
+        defer(ctx, gate, t);
         return Decision::Done(Applied::Done);
     }
     let kind = kind.expect("in scope means classified");
@@ -721,7 +690,13 @@ fn decide<D, E>(
             mapped.external_id
         );
     }
-    exits.retain(|x| x.anchor != mapped.external_id);
+    if gate.withdraw(&mapped.external_id) {
+        log::info!(
+            "{} {} is in scope again: its waiting delete is withdrawn",
+            kind.word(),
+            entry.dn
+        );
+    }
     if gate.unhold(&mapped.external_id) {
         log::info!(
             "{} {} is back in scope: its held delete is withdrawn",

@@ -26,8 +26,17 @@
 //!   write), but never on two of the same object (same uuid or DN) at once. A change whose
 //!   object refers to one that an earlier change of the batch is still creating (a group
 //!   and its new member) waits for it, then maps again. Deletes and scope exits go through
-//!   the delete gate in turn. The anchor index and the gate are changed only by the
-//!   sender's own task, between awaits; the concurrent work is reads and writes only.
+//!   the delete gate's settle window in turn (see below). The anchor index and the gate are
+//!   changed only by the sender's own task, between awaits; the concurrent work is reads
+//!   and writes only.
+//! * A burst of deletes is judged whole: a delete or scope exit waits
+//!   `sync.delete_settle_secs` (30 s) in the gate's `pending` list, durably (its change is
+//!   acknowledged, later changes of other objects flow on), and when the window closes
+//!   everything that arrived in it is weighed at once with the count-and-share rule of a
+//!   full pass, so a 600-user mass delete sends nothing before `idrelay approve-deletes`,
+//!   however many queue reads the feed spread it over. A later change of the same object
+//!   (re-added, modified, back in scope) withdraws its waiting delete, in queue order. A
+//!   full pass drops the waiting list: it finds those objects gone again and weighs them.
 //! * The watermark (the syncrepl cookie) is stored only together with the changes it covers
 //!   (one queue append). After a crash the feed resumes from the last durable cookie and
 //!   the sender re-reads every change not acknowledged: at-least-once, and provisioning is
@@ -66,7 +75,7 @@
 //!   and keep the agent's [`crate::status::FeedLink`] (up while the search or the polls
 //!   are answered, down when the task ends) for `idrelay status`;
 //! * `poll.rs`: the polling feeds' queries (what changed since a watermark);
-//! * `send.rs`: the sender, which reads the queue, weighs delete bursts, acknowledges, and
+//! * `send.rs`: the sender, which reads the queue, closes the deletes' settle window, acknowledges, and
 //!   retries the parked objects that are due;
 //! * `parking.rs`: the parked list (file format, backoff, the `retry` request, status);
 //! * `batch.rs`: the batch machine, which applies one batch in per-object order and says
@@ -178,6 +187,9 @@ pub struct FollowSettings {
     /// Tries (`sync.max_attempts`) after which an object the endpoint keeps answering 5xx
     /// is parked, when the endpoint answers otherwise.
     pub park_after: u32,
+    /// How long a delete waits to be weighed with the others of its burst
+    /// (`sync.delete_settle_secs`).
+    pub delete_settle: Duration,
 }
 
 /// The change feed `run` follows (resolved: never "auto").
@@ -686,6 +698,11 @@ async fn resync(
             .await
             .map_err(|e| format!("reading the {} watermark: {e}", spec.kind.as_str()))?,
     };
+    // The pass finds every object that is gone and weighs their deletes itself.
+    let waiting = gate.forget_waiting();
+    if waiting > 0 {
+        log::info!("{waiting} deletes waiting to be weighed are left to the full pass");
+    }
     let report = full_pass(dir, scim, profile, index, gate, &settings.pass)
         .await
         .map_err(|e| e.to_string())?;

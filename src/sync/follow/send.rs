@@ -1,6 +1,8 @@
-//! The sender: reads the queue oldest first, weighs a batch's deletes as one burst, hands
-//! the batch to the batch machine ([`super::batch`]), sends the objects that left scope,
-//! then acknowledges the leading run of handled changes.
+//! The sender: reads the queue oldest first, hands the batch to the batch machine
+//! ([`super::batch`]), then acknowledges the leading run of handled changes. Deletes and
+//! scope exits wait in the delete gate's settle window (`sync.delete_settle_secs`, see
+//! [`crate::sync::deletes`]); between batches the sender closes a window that is due,
+//! weighing everything that arrived in it as one burst, and carries out what it admitted.
 //!
 //! Between batches it retries the parked objects whose time has come (or that `idrelay
 //! retry` asked for): each is read again from the directory by its DN and goes through the
@@ -13,7 +15,6 @@
 //! new batch while a write it owes (held deletes, parked objects, an ack) waits for disk
 //! space; send anything while the agent is on standby or a full pass is owed.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::queue::QueueError;
@@ -22,7 +23,7 @@ use crate::relay::backoff::Backoff;
 use crate::scim::profile::SyncProfile;
 use crate::signals::Control;
 use crate::sync::anchors::AnchorIndex;
-use crate::sync::deletes::{self, DeleteGate, GateError, Target, Verdict};
+use crate::sync::deletes::{DeleteGate, GateError, Verdict};
 
 use super::batch::{
     apply_batch, send_delete, Applied, DirectoryReads, EndpointWrites, RETRY_FIRST_WAIT,
@@ -84,6 +85,9 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
         if let Err(e) = release_approved(ctx.endpoint, index, gate).await {
             return SendEnd::Fatal(e);
         }
+        if let Some(end) = settle_deletes(ctx, index, gate, parking, queue).await {
+            return end;
+        }
         parking.take_request();
         if let Some(end) = retry_parked(ctx, index, gate, parking, queue, &attrs).await {
             return end;
@@ -101,8 +105,9 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
             Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
             Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
         };
-        // Deletes are weighed against the threshold as a burst, not one by one: let the
-        // rest of a burst arrive (a second at most) before deciding.
+        // A delete often starts a burst (a script, a subtree): let the rest of it arrive
+        // (a second at most) so that it is applied as one batch. The weighing does not
+        // depend on it: the gate's settle window collects the burst across batches.
         if records.len() < SEND_BATCH && records.iter().any(|r| is_delete(&r.payload)) {
             if ctx.control.sleep(DELETE_LINGER).await.is_some() {
                 return SendEnd::Signal;
@@ -111,34 +116,6 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
                 Ok(r) => records = r,
                 Err(QueueError::Corrupt { .. }) => return SendEnd::ResyncOwed,
                 Err(e) => return SendEnd::Fatal(RunError::Queue(e)),
-            }
-        }
-        let burst: Vec<Target> = records
-            .iter()
-            .filter_map(|r| match serde_json::from_slice::<Change>(&r.payload) {
-                // Matches by DN count too (before the directory confirms them): the burst
-                // may only be overestimated.
-                Ok(Change::Delete { uuid, dn }) => {
-                    deletes::find_deleted(index, &uuid, dn.as_deref())
-                        .filter(|f| !gate.is_held(&f.anchor))
-                        .map(|f| Target::of(&f.anchor, &f.object, "deleted in the directory"))
-                }
-                _ => None,
-            })
-            .collect();
-        let mut admitted: HashSet<String> = HashSet::new();
-        let mut exits: Vec<Target> = Vec::new();
-        if !burst.is_empty() {
-            let anchors: Vec<String> = burst.iter().map(|t| t.anchor.clone()).collect();
-            let n = burst.len();
-            gate.set_scope(index.len());
-            let why = gate.hold_reason(n);
-            match gate.admit(burst) {
-                Verdict::Go => admitted.extend(anchors),
-                Verdict::Held => log::warn!(
-                    "{n} deletes held for approval ({why}; {} held in all); run `idrelay approve-deletes` to release them",
-                    gate.held().len()
-                ),
             }
         }
         if records.is_empty() {
@@ -170,13 +147,18 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
             ) {
                 return SendEnd::ResyncOwed;
             }
-            // Wake on the feed's signal, an operator's request, or look again after a while.
+            // Wake on the feed's signal, an operator's request, or look again after a while
+            // (at the latest when the settle window closes).
+            let idle = gate
+                .window_closes_at(ctx.settings.delete_settle)
+                .map(|at| Duration::from_secs(at.saturating_sub(unix_now())))
+                .map_or(IDLE_LOOK, |d| d.clamp(WINDOW_LOOK, IDLE_LOOK));
             let _ = smol::future::or(
                 async {
                     let _ = notify.recv().await;
                 },
                 async {
-                    ctx.control.sleep(Duration::from_secs(2)).await;
+                    ctx.control.sleep(idle).await;
                 },
             )
             .await;
@@ -190,8 +172,6 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
             parking,
             ctx.settings.park_after,
             queue,
-            &mut admitted,
-            &mut exits,
             &attrs,
             records,
         )
@@ -199,15 +179,7 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
         applied += batch.applied;
         failed += batch.failed;
         parked += batch.parked;
-        let (mut handled, mut end) = (batch.handled, batch.end);
-        if end.is_none() && !exits.is_empty() {
-            if let Some(e) = send_exits(ctx, index, gate, std::mem::take(&mut exits)).await {
-                // Interrupted: acknowledge nothing of this batch; it is re-read (and
-                // re-applied idempotently) after the restart.
-                handled = None;
-                end = Some(e);
-            }
-        }
+        let (handled, end) = (batch.handled, batch.end);
         if let Err(end) = acknowledge(ctx, gate, parking, queue, handled).await {
             return end;
         }
@@ -281,31 +253,54 @@ async fn acknowledge<D, E>(
     }
 }
 
-/// The objects that left scope in one batch, weighed as one burst and sent (each retried
-/// while the endpoint is unavailable). Returns how the sender must end, if it must.
-async fn send_exits<D: DirectoryReads, E: EndpointWrites>(
+/// Closes the delete gate's settle window if it is due (everything that arrived in it
+/// weighed as one burst: all admitted, or all held) and carries out the admitted deletes,
+/// each retried while the endpoint is unavailable; the gate is saved after each (a kill
+/// resends at most the one in flight, which then finds it gone). Returns how the sender
+/// must end, if it must.
+async fn settle_deletes<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
     index: &mut AnchorIndex,
     gate: &mut DeleteGate,
-    exits: Vec<Target>,
+    parking: &mut Parking,
+    queue: &SharedQueue,
 ) -> Option<SendEnd> {
-    let n = exits.len();
-    if gate.admit(exits.clone()) == Verdict::Held {
-        log::warn!(
-            "{n} objects left scope at once, over sync.delete_threshold: their deletes are held for approval ({} held in all; first: {}, {}); run `idrelay approve-deletes` to release them",
-            gate.held().len(),
-            exits[0].dn,
-            exits[0].reason
-        );
-        return None;
+    gate.set_scope(index.len());
+    let settle = ctx.settings.delete_settle;
+    let why = gate.hold_reason(gate.pending().len());
+    let first = gate
+        .pending()
+        .first()
+        .map(|t| (t.dn.clone(), t.reason.clone()));
+    match gate.close_window(settle, unix_now()) {
+        None => {}
+        Some((Verdict::Held, n)) => {
+            let (dn, reason) = first.unwrap_or_default();
+            log::warn!(
+                "{n} deletes within {} s held for approval ({why}; {} held in all; first: {dn}, {reason}): nothing is deleted until `idrelay approve-deletes`",
+                settle.as_secs(),
+                gate.held().len()
+            );
+        }
+        Some((Verdict::Go, n)) => {
+            log::info!("{n} deletes within {} s: sending them", settle.as_secs());
+        }
     }
-    for t in &exits {
+    if let Err(e) = acknowledge(ctx, gate, parking, queue, None).await {
+        return Some(e);
+    }
+    while let Some(t) = gate.going().first().cloned() {
+        if ctx.control.requested().is_some() {
+            return Some(SendEnd::Signal); // the rest is sent after the restart
+        }
         let mut wait = Backoff::new(RETRY_FIRST_WAIT, Duration::from_secs(15));
         loop {
-            match send_delete(ctx, index, t).await {
+            match send_delete(ctx, index, &t).await {
                 Applied::Done => break,
                 Applied::Failed(why) => {
+                    // It stays in the anchor index: the next full pass finds it again.
                     log::warn!("{why}");
+                    ctx.agent.set_error(why);
                     break;
                 }
                 Applied::Park(r) => {
@@ -316,11 +311,15 @@ async fn send_exits<D: DirectoryReads, E: EndpointWrites>(
                     let d = wait.next_delay().unwrap_or(Duration::from_secs(60));
                     log::warn!("{why}; retrying in {:.1} s", d.as_secs_f64());
                     if ctx.control.sleep(d).await.is_some() {
-                        // Not acknowledged: the move is re-read after the restart.
+                        // Still going: sent after the restart.
                         return Some(SendEnd::Signal);
                     }
                 }
             }
+        }
+        gate.gone(&t.anchor);
+        if let Err(e) = acknowledge(ctx, gate, parking, queue, None).await {
+            return Some(e);
         }
     }
     None
@@ -361,24 +360,8 @@ async fn retry_parked<D: DirectoryReads, E: EndpointWrites>(
             appended_at_ms: 0,
         })
         .collect();
-    let mut exits = Vec::new();
-    let batch = apply_batch(
-        ctx,
-        index,
-        gate,
-        parking,
-        1,
-        queue,
-        &mut HashSet::new(),
-        &mut exits,
-        attrs,
-        records,
-    )
-    .await;
-    let mut end = batch.end;
-    if end.is_none() && !exits.is_empty() {
-        end = send_exits(ctx, index, gate, exits).await;
-    }
+    let batch = apply_batch(ctx, index, gate, parking, 1, queue, attrs, records).await;
+    let end = batch.end;
     // One that neither went out nor was parked again (a mapping error, an interrupted
     // batch) waits its next round too: a due entry is never tried in a tight loop.
     for p in &due {
@@ -405,6 +388,11 @@ async fn retry_parked<D: DirectoryReads, E: EndpointWrites>(
     end
 }
 
+/// How often an idle sender looks at the queue without a signal from the feed.
+const IDLE_LOOK: Duration = Duration::from_secs(2);
+/// The shortest idle wait while a settle window is open.
+const WINDOW_LOOK: Duration = Duration::from_millis(50);
+
 fn is_delete(payload: &[u8]) -> bool {
     matches!(
         serde_json::from_slice::<Change>(payload),
@@ -412,7 +400,7 @@ fn is_delete(payload: &[u8]) -> bool {
     )
 }
 
-/// How long the sender waits for the rest of a burst of deletes before weighing it (short
+/// How long the sender waits for the rest of a burst of deletes before applying it (short
 /// in unit tests, whose bursts are queued whole).
 const DELETE_LINGER: Duration = if cfg!(test) {
     Duration::from_millis(5)

@@ -144,7 +144,7 @@ fn a_retry_pauses_the_batch_without_reordering() {
 }
 
 #[test]
-fn a_delete_among_in_flight_writes_keeps_per_object_order() {
+fn a_re_add_in_the_settle_window_withdraws_the_delete_in_order() {
     let mut b = Bench::new(100);
     for n in ["dan", "eve", "fay"] {
         b.user(n, &["v1"]);
@@ -160,22 +160,23 @@ fn a_delete_among_in_flight_writes_keeps_per_object_order() {
     ]);
     let log = b.calls();
     let of_dan: Vec<&Call> = log.iter().filter(|c| c.object() == "dan").collect();
+    // The delete waited for dan's create, then in the settle window; the re-add (read
+    // after both, in queue order) withdrew it: dan was never deleted at the endpoint, and
+    // is in step as he was.
     assert_eq!(
         of_dan,
         [
             &read("dan"),
             &send("dan", "v1"),
             &landed("dan", "created"),
-            &Call::Delete("dan".into()),
-            &read("dan"),
-            &send("dan", "v1"),
-            &landed("dan", "created"),
+            &read("dan")
         ],
         "{log:#?}"
     );
-    // The delete waited for dan's create, not for the work queued after it.
-    assert!(at(&log, &read("fay")) < at(&log, &Call::Delete("dan".into())));
-    assert!(b.index.get_any(&uuid_of("dan")).is_some(), "created again");
+    assert!(b.gate.pending().is_empty());
+    b.settle();
+    assert!(b.calls().is_empty());
+    assert!(b.index.get_any(&uuid_of("dan")).is_some());
     assert_eq!(b.endpoint.holds("dan").as_deref(), Some("v1"));
     assert_eq!(end.handled, seqs.last().copied());
 }
@@ -208,9 +209,11 @@ fn a_delete_matched_by_dn_alone_waits_for_the_directory_to_confirm_it_is_gone() 
     assert_eq!(b.gate.unmatched().0, 1, "counted, not dropped silently");
     assert_eq!(end.handled, seqs.last().copied());
 
-    // Nothing holds it any more: now the delete goes out.
+    // Nothing holds it any more: now the delete goes out (once its window closes).
     b.dir.holders.borrow_mut().clear();
     b.apply(&[del]);
+    assert_eq!(b.gate.pending().len(), 1);
+    b.settle();
     assert_eq!(b.calls(), [Call::Delete("gil".into())]);
     assert!(b.index.get_any("legacy-anchor").is_none());
 }
@@ -322,10 +325,10 @@ fn an_object_that_left_scope_is_deleted_after_its_batch() {
     b.apply(&[upsert("kim"), upsert("lee")]);
     b.dir.outside_filter.borrow_mut().insert(user_dn("kim"));
     b.enqueue(&[upsert("kim"), upsert("lee")]);
-    let end = b.send(|_, depth| depth == 0);
+    let end = b.send(|log, depth| depth == 0 && log.contains(&Call::Delete("kim".into())));
     assert!(matches!(end, SendEnd::Signal));
     let log = b.calls();
-    // Weighed as one burst with the rest of the batch's exits, sent after the batch.
+    // Weighed as one burst with the rest of its window, sent after the batch.
     assert!(at(&log, &landed("lee", "replaced")) < at(&log, &Call::Delete("kim".into())));
     assert!(b.index.get_any(&uuid_of("kim")).is_none());
     assert!(b.unacknowledged().is_empty());
@@ -339,7 +342,9 @@ fn a_burst_of_deletes_over_the_threshold_is_held_whole_and_acknowledged() {
     }
     b.apply(&[upsert("mia"), upsert("ned"), upsert("oli")]);
     b.enqueue(&[delete("mia"), delete("ned"), delete("oli")]);
-    let end = b.send(|_, depth| depth == 0);
+    // The window (no settle time here) closes at the sender's next turn.
+    let t0 = Instant::now();
+    let end = b.send(|_, depth| depth == 0 && t0.elapsed() > Duration::from_millis(200));
     assert!(matches!(end, SendEnd::Signal));
     let log = b.calls();
     assert!(
@@ -361,6 +366,118 @@ fn a_burst_of_deletes_over_the_threshold_is_held_whole_and_acknowledged() {
         b.unacknowledged().is_empty(),
         "held deletes are durable, so acknowledged"
     );
+}
+
+/// Regression (issue 20): a 600-user mass delete during `run` sent 500 deactivations
+/// before holding the rest, because the feed's burst was weighed one queue read (100
+/// records) at a time. In the settle window it is weighed whole: nothing goes out.
+#[test]
+fn a_burst_spread_over_many_queue_reads_is_weighed_whole() {
+    let mut b = Bench::new(500);
+    let names: Vec<String> = (0..600).map(|i| format!("m{i:03}")).collect();
+    for n in &names {
+        b.user(n, &["v1"]);
+    }
+    let ups: Vec<Change> = names.iter().map(|n| upsert(n)).collect();
+    b.apply(&ups);
+    assert_eq!(b.index.len(), 600);
+    b.settings.delete_settle = Duration::from_secs(1);
+    // The feed appends a burst as it comes: here in six appends of 100.
+    for chunk in names.chunks(100) {
+        let dels: Vec<Change> = chunk.iter().map(|n| delete(n)).collect();
+        b.enqueue(&dels);
+    }
+    let t0 = Instant::now();
+    let end = b.send(|_, depth| depth == 0 && t0.elapsed() > Duration::from_millis(2500));
+    assert!(matches!(end, SendEnd::Signal));
+    let log = b.calls();
+    let sent = log.iter().filter(|c| matches!(c, Call::Delete(_))).count();
+    assert_eq!(sent, 0, "deletes sent before approval");
+    assert_eq!(b.gate.held().len(), 600, "the whole burst is held");
+    assert!(b.gate.pending().is_empty() && b.gate.going().is_empty());
+    assert_eq!(b.index.len(), 600, "kept until approved");
+    assert!(b.unacknowledged().is_empty());
+}
+
+#[test]
+fn a_lone_delete_goes_after_its_window_and_later_changes_do_not_wait_for_it() {
+    let mut b = Bench::new(100);
+    for n in ["pia", "quin"] {
+        b.user(n, &["v1"]);
+    }
+    b.apply(&[upsert("pia")]);
+    b.settings.delete_settle = Duration::from_secs(1);
+    b.enqueue(&[delete("pia"), upsert("quin")]);
+    let t0 = Instant::now();
+    let quin_at = Cell::new(None);
+    let end = b.send(|log, _| {
+        if quin_at.get().is_none() && log.contains(&landed("quin", "created")) {
+            quin_at.set(Some(t0.elapsed()));
+        }
+        log.contains(&Call::Delete("pia".into()))
+    });
+    let took = t0.elapsed();
+    assert!(matches!(end, SendEnd::Signal));
+    let log = b.calls();
+    assert!(at(&log, &landed("quin", "created")) < at(&log, &Call::Delete("pia".into())));
+    let quin_at = quin_at.get().expect("quin landed");
+    assert!(
+        quin_at < Duration::from_millis(500),
+        "quin waited: {quin_at:?}"
+    );
+    assert!(took >= Duration::from_secs(1), "the window: {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the lone delete waited too long: {took:?}"
+    );
+    assert!(b.index.get_any(&uuid_of("pia")).is_none());
+    assert!(b.unacknowledged().is_empty());
+}
+
+#[test]
+fn a_delete_waiting_in_its_window_survives_a_kill_and_goes_once() {
+    let mut b = Bench::new(100);
+    for n in ["rue", "sam", "tom"] {
+        b.user(n, &["v1"]);
+    }
+    b.apply(&[upsert("rue"), upsert("sam"), upsert("tom")]);
+    b.settings.delete_settle = Duration::from_secs(3600);
+    b.enqueue(&[delete("rue"), delete("sam"), delete("tom")]);
+    b.send(|_, depth| depth == 0);
+    assert!(
+        b.unacknowledged().is_empty(),
+        "acknowledged: the window is durable"
+    );
+    assert!(b.calls().iter().all(|c| !matches!(c, Call::Delete(_))));
+    // kill -9: only what is on disk is left.
+    let policy = Policy {
+        threshold: 100,
+        interval: Duration::from_secs(3600),
+        share_percent: 0,
+        floor: 0,
+    };
+    b.gate = DeleteGate::open(&b.state_dir(), policy).unwrap();
+    assert_eq!(b.gate.pending().len(), 3);
+    // After the restart the window closes; the agent is killed after the first delete.
+    b.settings.delete_settle = Duration::ZERO;
+    b.control = Control::new();
+    b.endpoint.stop_after("rue", b.control.clone());
+    b.send(|_, _| false);
+    assert_eq!(b.calls(), [Call::Delete("rue".into())]);
+    b.gate = DeleteGate::open(&b.state_dir(), policy).unwrap();
+    assert_eq!(b.gate.going().len(), 2, "admitted, not weighed again");
+    assert_eq!(b.gate.recent(), 3);
+    b.control = Control::new();
+    b.endpoint.stop_after = None;
+    b.settle();
+    assert_eq!(
+        b.calls(),
+        [Call::Delete("sam".into()), Call::Delete("tom".into())],
+        "each once"
+    );
+    let after = DeleteGate::open(&b.state_dir(), policy).unwrap();
+    assert!(after.pending().is_empty() && after.going().is_empty());
+    assert_eq!(after.recent(), 3);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -469,8 +586,9 @@ fn a_later_change_to_a_parked_object_supersedes_it() {
     b.apply(&[upsert("amy")]);
     assert_eq!(b.parking.len(), 1);
     b.apply(&[delete("amy")]);
-    assert_eq!(b.calls(), [Call::Delete("amy".into())]);
     assert!(b.parking.is_empty());
+    b.settle();
+    assert_eq!(b.calls(), [Call::Delete("amy".into())]);
 }
 
 #[test]
@@ -865,6 +983,9 @@ impl Bench {
                 full_pass_interval: Duration::ZERO,
                 feed: Feed::Syncrepl,
                 park_after: 3,
+                // Deletes are weighed at the sender's next turn (tests that need a window
+                // set one).
+                delete_settle: Duration::ZERO,
             },
             control: Control::new(),
             agent: AgentState::new(false),
@@ -937,9 +1058,9 @@ impl Bench {
         decoded.collect::<Result<_, _>>().unwrap()
     }
 
-    /// Queues `changes` and hands them to the batch machine as the sender would (without
-    /// the delete bursts and scope exits the sender adds); then acknowledges all of them so
-    /// the next call starts afresh. The calls they made start the log.
+    /// Queues `changes` and hands them to the batch machine as the sender would (deletes
+    /// stay in the gate's settle window: [`Bench::settle`] sends them); then acknowledges
+    /// all of them so the next call starts afresh. The calls they made start the log.
     fn apply(&mut self, changes: &[Change]) -> (BatchEnd, Vec<u64>) {
         self.apply_payloads(changes.iter().map(encode).collect())
     }
@@ -962,7 +1083,6 @@ impl Bench {
             control: &self.control,
             agent: &self.agent,
         };
-        let mut exits = Vec::new();
         let end = smol::block_on(apply_batch(
             &ctx,
             &mut self.index,
@@ -970,16 +1090,23 @@ impl Bench {
             &mut self.parking,
             self.settings.park_after,
             &self.queue,
-            &mut HashSet::new(),
-            &mut exits,
             &attrs,
             records,
         ));
-        assert!(exits.is_empty(), "scope exits are the sender's: {exits:?}");
         if let Some(&last) = seqs.last() {
             self.queue.lock().unwrap().ack(last).unwrap();
         }
         (end, seqs)
+    }
+
+    /// Runs the sender until the deletes in the gate's settle window are carried out (the
+    /// window is closed at its first turn: no settle time in the bench).
+    fn settle(&mut self) {
+        let want = self.gate.pending().len() + self.gate.going().len();
+        let deletes = |log: &[Call]| log.iter().filter(|c| matches!(c, Call::Delete(_))).count();
+        let end = self.send(|log, _| deletes(log) >= want);
+        assert!(matches!(end, SendEnd::Signal));
+        assert!(self.gate.pending().is_empty() && self.gate.going().is_empty());
     }
 
     /// Runs the sender over what is queued until it ends: by a stop request the fakes
