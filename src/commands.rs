@@ -1947,6 +1947,7 @@ fn status_document(
         },
         held_deletes: held,
         settling_deletes: settling,
+        parked: parked_docs(&c.agent.state_dir, now),
         unmatched_deletes: unmatched,
         last_full_pass: LastPass {
             at: last,
@@ -1965,6 +1966,25 @@ fn status_document(
         d.healthy = false;
     }
     d
+}
+
+/// The parked objects for the status document (an unreadable list: none, and `status`'s
+/// text says why).
+fn parked_docs(state_dir: &std::path::Path, now: u64) -> Vec<crate::status::ParkedDoc> {
+    let Ok(p) = crate::sync::follow::parking::Parking::open(state_dir) else {
+        return Vec::new();
+    };
+    p.entries()
+        .iter()
+        .map(|e| crate::status::ParkedDoc {
+            kind: e.kind.clone(),
+            dn: e.dn.clone(),
+            reason: e.reason.clone(),
+            attempts: e.attempts,
+            first_failed_at: e.first_at,
+            next_try_in_secs: e.next_at.saturating_sub(now),
+        })
+        .collect()
 }
 
 /// Writes the node_exporter textfile; a failure is logged, never fatal.

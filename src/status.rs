@@ -225,12 +225,31 @@ pub struct Document {
     pub held_deletes: u64,
     /// Deletes waiting in `run`'s settle window (or admitted and not yet sent).
     pub settling_deletes: u64,
+    /// Objects the endpoint refused, parked with a backoff (`idrelay retry` sends them now).
+    pub parked: Vec<ParkedDoc>,
     /// Feed deletes that matched nothing provisioned (since the count was reset).
     pub unmatched_deletes: u64,
     /// The last completed full pass.
     pub last_full_pass: LastPass,
     /// The run loop's last error.
     pub last_error: Option<String>,
+}
+
+/// One parked object in the [`Document`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ParkedDoc {
+    /// `user` or `group`.
+    pub kind: String,
+    /// Where the directory holds it.
+    pub dn: String,
+    /// The endpoint's answer (status and detail).
+    pub reason: String,
+    /// Tries in all.
+    pub attempts: u32,
+    /// Unix seconds of the first failed try.
+    pub first_failed_at: u64,
+    /// Seconds until the next try (0: due now).
+    pub next_try_in_secs: u64,
 }
 
 /// `feed` in the [`Document`].
@@ -529,6 +548,7 @@ mod tests {
             queue: QueueDoc::default(),
             held_deletes: 0,
             settling_deletes: 0,
+            parked: Vec::new(),
             unmatched_deletes: 3,
             last_full_pass: LastPass {
                 at: Some(1_700_000_000),

@@ -95,3 +95,51 @@ fn a_rotated_scim_token_is_taken_on_sighup() {
 fn a_rotated_scim_token_is_taken_on_the_next_401_without_a_signal() {
     rotate(false);
 }
+
+/// A token that stops working while `run` follows changes (revoked, expired; here the
+/// endpoint's user paths answer 401 through a proxy, while its discovery documents still
+/// answer, as many services' do without a token): the changes that arrive meanwhile are
+/// the endpoint's failure, not theirs. They are never parked as refused objects; the
+/// endpoint shows unhealthy; once the token works again they arrive.
+#[test]
+fn changes_during_a_refused_token_wait_and_are_not_parked() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "revoked");
+    dir.modify(&users_ldif(&ou.dn, 2));
+    let scim = ScimServer::start();
+    let proxy = common::faultproxy::FaultProxy::http(scim.port);
+    let agent = Agent::new(&dir, &[&ou.dn], &proxy.http_url("/v2"), &scim.token, "");
+    let _run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(60, || scim.all("Users").len() == 2
+            && agent.log().contains("objects in step")),
+        "{}",
+        agent.log()
+    );
+    // The token is revoked at the endpoint.
+    proxy.refuse_path("/Users", 401);
+    dir.modify(&format!(
+        "dn: uid=r0,{}\nchangetype: modify\nreplace: title\ntitle: while-revoked\n",
+        ou.dn
+    ));
+    let mut last = Value::Null;
+    let unhealthy = wait_until(20, || {
+        let (v, _) = status(&agent);
+        let ok = v["endpoint"]["state"] == "unhealthy";
+        last = v;
+        ok
+    });
+    assert!(unhealthy, "{last:#}\n{}", agent.log());
+    // Long enough for `max_attempts` (2) tries and the park decision.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let (v, _) = status(&agent);
+    assert_eq!(v["parked"], serde_json::json!([]), "{v:#}\n{}", agent.log());
+    // The token works again: the change arrives.
+    proxy.accept_paths();
+    let titled = || {
+        scim.all("Users")
+            .iter()
+            .any(|u| u["userName"] == "r0" && u["title"] == "while-revoked")
+    };
+    assert!(wait_until(60, titled), "{}", agent.log());
+}

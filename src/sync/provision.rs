@@ -139,7 +139,7 @@ pub async fn provision(scim: &ScimClient, job: &Job, mode: &ProvisionMode) -> Ou
     } else {
         match provision_inner(scim, job, mode).await {
             Ok(o) => o,
-            Err(e) if e.is_transient() => Outcome::Unavailable(e.to_string()),
+            Err(e) if endpoint_wide(&e) => Outcome::Unavailable(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         }
     };
@@ -147,6 +147,14 @@ pub async fn provision(scim: &ScimClient, job: &Job, mode: &ProvisionMode) -> Ou
         audit_outcome(job, &outcome);
     }
     outcome
+}
+
+/// A failure of the endpoint as a whole, not of the object: transient (unreachable, 429,
+/// 5xx after the client's retries) or a refused credential (401: every request would be
+/// refused alike). Such an object is retried when the endpoint answers again, never parked
+/// or counted as refused.
+fn endpoint_wide(e: &ScimError) -> bool {
+    e.is_transient() || e.status() == Some(401)
 }
 
 /// One line in the provisioning log (transient failures are retried, so not logged).
@@ -221,7 +229,7 @@ async fn provision_group(
     let outcome = match placed {
         Ok(Some(o)) => o,
         Ok(None) => unreachable!("every branch returns an outcome"),
-        Err(e) if e.is_transient() => return Outcome::Unavailable(e.to_string()),
+        Err(e) if endpoint_wide(&e) => return Outcome::Unavailable(e.to_string()),
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     if mode.dry_run {
@@ -297,7 +305,7 @@ async fn provision_group(
             scim.note_nested_refused(&text);
             Outcome::Failed(format!("members: {e}"))
         }
-        Err(MemberSyncError::Scim(e)) if e.is_transient() => Outcome::Unavailable(e.to_string()),
+        Err(MemberSyncError::Scim(e)) if endpoint_wide(&e) => Outcome::Unavailable(e.to_string()),
         Err(e) => Outcome::Failed(format!("members: {e}")),
     }
 }

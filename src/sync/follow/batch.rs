@@ -108,6 +108,11 @@ impl EndpointWrites for ScimEndpoint<'_> {
     }
 
     async fn reachable(&self) -> bool {
+        // A refused credential makes every request fail alike: the endpoint is not usable,
+        // whatever its unauthenticated discovery documents answer.
+        if self.scim.refused_auth().is_some() {
+            return false;
+        }
         match self.scim.service_provider_config().await {
             Ok(_) => true,
             Err(e) => !e.is_transient(),
