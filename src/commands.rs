@@ -185,7 +185,7 @@ fn load_profile(c: &Config, kind: DirectoryKind) -> Result<Profiles, String> {
         ));
     }
     let path = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
-    let Ok(text) = fs::read_to_string(&path) else {
+    let Ok(text) = crate::state_dir::read_to_string(&path) else {
         return Ok(Profiles {
             effective: local.clone(),
             local,
@@ -399,17 +399,12 @@ fn explain_held(c: &Config, held: usize) {
     }
 }
 
-/// Creates the state directory (0700) and takes its lock, so two agents never share it.
+/// Creates the state directory (0700) or checks it (owner, mode; `state_dir`), and takes
+/// its lock, so two agents never share it.
 fn lock_state_dir(dir: &Path) -> Result<File, String> {
-    fs::create_dir_all(dir)
-        .map_err(|e| format!("agent.state_dir {}: cannot create: {e}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    }
+    crate::state_dir::prepare(dir).map_err(|e| e.to_string())?;
     let path = dir.join(crate::status::LOCK_FILE);
-    let f = File::options()
+    let f = crate::state_dir::options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -871,9 +866,10 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn state_dir_writable(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    crate::state_dir::prepare(dir).map_err(|e| e.to_string())?;
     let probe = dir.join(".idrelay-check");
-    fs::write(&probe, b"ok").map_err(|e| format!("{}: not writable: {e}", dir.display()))?;
+    crate::state_dir::replace(&probe, b"ok", crate::state_dir::Durability::Rename)
+        .map_err(|e| format!("agent.state_dir {}: not writable: {e}", dir.display()))?;
     let _ = fs::remove_file(probe);
     Ok(())
 }
@@ -1898,7 +1894,7 @@ pub fn status(c: &Config, json: bool) -> i32 {
         None => crate::outln!("relay:        not configured (always active)"),
         Some(r) => {
             let path = c.agent.state_dir.join(crate::relay::agent::STATUS_FILE);
-            let st: Option<crate::relay::agent::RelayStatus> = fs::read(&path)
+            let st: Option<crate::relay::agent::RelayStatus> = crate::state_dir::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match st {
