@@ -463,6 +463,9 @@ async fn check_async(c: &Config) -> i32 {
         "config",
         format!("{} (agent {})", c.path.display(), c.agent.id),
     );
+    for (_, line) in crate::config::plaintext_warnings(c) {
+        out.warn("plaintext", line);
+    }
 
     match state_dir_writable(&c.agent.state_dir) {
         Ok(()) => out.ok("state_dir", c.agent.state_dir.display().to_string()),
@@ -1192,6 +1195,9 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
             return exit::FAILURE;
         }
     };
+    for (_, line) in crate::config::plaintext_warnings(c) {
+        log::warn!("{line}");
+    }
     install_audit(c);
     let queue = match crate::queue::Queue::open(queue_config(c)) {
         Ok(q) => q,
@@ -1469,6 +1475,12 @@ async fn dirsync_refusal(c: &Config, src: &Source) -> Option<ldap::AdFeedError> 
 /// state lock) an approval file is left for it; otherwise they are sent from here.
 /// `list_only` prints them and changes nothing.
 pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
+    // The lock may be held by the running agent (then an approval file is left for it),
+    // but a state directory that fails its check is never written to.
+    if let Err(e) = crate::state_dir::prepare(&c.agent.state_dir) {
+        eprintln!("error: {e}");
+        return exit::FAILURE;
+    }
     let gate = match open_gate(c) {
         Ok(g) => g,
         Err(e) => {
@@ -1561,6 +1573,10 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
 pub fn retry_parked(c: &Config, dn: Option<&str>) -> i32 {
     use crate::sync::follow::parking::{self, Parking};
     let dir = &c.agent.state_dir;
+    if let Err(e) = crate::state_dir::prepare(dir) {
+        eprintln!("error: {e}");
+        return exit::FAILURE;
+    }
     let mut parked = match Parking::open(dir) {
         Ok(p) => p,
         Err(e) => {
