@@ -5,7 +5,10 @@
 //! * every error names the file, the key and what is allowed;
 //! * an error never quotes a line of the file (a password pasted into the wrong key must not
 //!   reach a log), only its line number and key;
-//! * secrets are read from `*_file` or `*_env` keys, never inline, and live in [`Secret`].
+//! * secrets are read from `*_file` or `*_env` keys, never inline, and live in [`Secret`];
+//! * settings that would work but leak (a plain connection to a host that is not loopback
+//!   without `allow_plaintext`, a TLS client key others may read) are refused by one pass
+//!   after parsing, in `config/security.rs`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use crate::scim::oauth::{ClientAuth, ClientCredentials};
 use crate::secret::Secret;
 
 mod security;
-pub use security::{is_loopback_host, plaintext_warnings};
+pub use security::plaintext_warnings;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use std::path::Path;
 use super::{Config, ConfigError, ScimAuth};
 
 /// Whether `host` (as in a URL: `[::1]` with brackets, or a name) is a loopback address.
-pub fn is_loopback_host(host: &str) -> bool {
+fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     match bare.parse::<IpAddr>() {
         Ok(ip) => ip.to_canonical().is_loopback(),
