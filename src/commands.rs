@@ -207,7 +207,7 @@ fn load_profile(c: &Config, kind: DirectoryKind) -> Result<Profiles, String> {
         ));
     }
     let path = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
-    let Ok(text) = fs::read_to_string(&path) else {
+    let Ok(text) = crate::state_dir::read_to_string(&path) else {
         return Ok(Profiles {
             effective: local.clone(),
             local,
@@ -421,17 +421,12 @@ fn explain_held(c: &Config, held: usize) {
     }
 }
 
-/// Creates the state directory (0700) and takes its lock, so two agents never share it.
+/// Creates the state directory (0700) or checks it (owner, mode; `state_dir`), and takes
+/// its lock, so two agents never share it.
 fn lock_state_dir(dir: &Path) -> Result<File, String> {
-    fs::create_dir_all(dir)
-        .map_err(|e| format!("agent.state_dir {}: cannot create: {e}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    }
+    crate::state_dir::prepare(dir).map_err(|e| e.to_string())?;
     let path = dir.join(crate::status::LOCK_FILE);
-    let f = File::options()
+    let f = crate::state_dir::options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -490,6 +485,9 @@ async fn check_async(c: &Config) -> i32 {
         "config",
         format!("{} (agent {})", c.path.display(), c.agent.id),
     );
+    for (_, line) in crate::config::plaintext_warnings(c) {
+        out.warn("plaintext", line);
+    }
 
     match state_dir_writable(&c.agent.state_dir) {
         Ok(()) => out.ok("state_dir", c.agent.state_dir.display().to_string()),
@@ -1008,9 +1006,10 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn state_dir_writable(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    crate::state_dir::prepare(dir).map_err(|e| e.to_string())?;
     let probe = dir.join(".idrelay-check");
-    fs::write(&probe, b"ok").map_err(|e| format!("{}: not writable: {e}", dir.display()))?;
+    crate::state_dir::replace(&probe, b"ok", crate::state_dir::Durability::Rename)
+        .map_err(|e| format!("agent.state_dir {}: not writable: {e}", dir.display()))?;
     let _ = fs::remove_file(probe);
     Ok(())
 }
@@ -1426,6 +1425,9 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
             return exit::FAILURE;
         }
     };
+    for (_, line) in crate::config::plaintext_warnings(c) {
+        log::warn!("{line}");
+    }
     install_audit(c);
     let queue = match crate::queue::Queue::open(queue_config(c)) {
         Ok(q) => q,
@@ -1741,6 +1743,12 @@ async fn dirsync_refusal(c: &Config, src: &Source) -> Option<ldap::AdFeedError> 
 /// state lock) an approval file is left for it; otherwise they are sent from here.
 /// `list_only` prints them and changes nothing.
 pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
+    // The lock may be held by the running agent (then an approval file is left for it),
+    // but a state directory that fails its check is never written to.
+    if let Err(e) = crate::state_dir::prepare(&c.agent.state_dir) {
+        eprintln!("error: {e}");
+        return exit::FAILURE;
+    }
     let gate = match open_gate(c) {
         Ok(g) => g,
         Err(e) => {
@@ -1833,6 +1841,10 @@ pub fn approve_deletes(c: &Config, list_only: bool) -> i32 {
 pub fn retry_parked(c: &Config, dn: Option<&str>) -> i32 {
     use crate::sync::follow::parking::{self, Parking};
     let dir = &c.agent.state_dir;
+    if let Err(e) = crate::state_dir::prepare(dir) {
+        eprintln!("error: {e}");
+        return exit::FAILURE;
+    }
     let mut parked = match Parking::open(dir) {
         Ok(p) => p,
         Err(e) => {
@@ -2200,7 +2212,7 @@ pub fn status(c: &Config, json: bool) -> i32 {
         None => crate::outln!("relay:        not configured (always active)"),
         Some(r) => {
             let path = c.agent.state_dir.join(crate::relay::agent::STATUS_FILE);
-            let st: Option<crate::relay::agent::RelayStatus> = fs::read(&path)
+            let st: Option<crate::relay::agent::RelayStatus> = crate::state_dir::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match st {

@@ -7,7 +7,10 @@
 //!   names an unknown table as such (`config/parse_error.rs`);
 //! * an error never quotes a line of the file (a password pasted into the wrong key must not
 //!   reach a log), only its line number and key;
-//! * secrets are read from `*_file` or `*_env` keys, never inline, and live in [`Secret`].
+//! * secrets are read from `*_file` or `*_env` keys, never inline, and live in [`Secret`];
+//! * settings that would work but leak (a plain connection to a host that is not loopback
+//!   without `allow_plaintext`, a TLS client key others may read) are refused by one pass
+//!   after parsing, in `config/security.rs`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,8 @@ use crate::scim::oauth::{ClientAuth, ClientCredentials};
 use crate::secret::Secret;
 
 mod parse_error;
+mod security;
+pub use security::plaintext_warnings;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -46,7 +51,8 @@ pub struct Config {
 /// `[relay]`: long-poll and heartbeats to the cloud side (docs/protocol.md).
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// Base URL of the hub (`https://...`; `http://` only for loopback).
+    /// Base URL of the hub (`https://...`; `http://` to a host that is not loopback only
+    /// with `allow_plaintext`).
     pub url: String,
     /// The agent's bearer token.
     pub token: Secret,
@@ -63,6 +69,8 @@ pub struct RelaySettings {
     /// What the cloud's `set-profile` may change (`accept_profiles`, `profile_attributes`;
     /// default: nothing).
     pub profiles: crate::scim::profile_policy::ProfilePolicy,
+    /// `allow_plaintext`: plain `http://` to a host that is not loopback is accepted.
+    pub allow_plaintext: bool,
 }
 
 /// `[queue]`: the on-disk change queue of `run`.
@@ -102,6 +110,9 @@ pub struct DirectorySettings {
     pub timeout: Duration,
     /// Paged-search page size.
     pub page_size: u32,
+    /// `allow_plaintext`: `ldap://` without StartTLS to a host that is not loopback is
+    /// accepted.
+    pub allow_plaintext: bool,
 }
 
 /// `directory.kind`.
@@ -143,6 +154,9 @@ pub struct ScimSettings {
     pub timeout: Duration,
     /// Proxy, pins, client certificate.
     pub transport: Transport,
+    /// `allow_plaintext`: plain `http://` (`url`, `token_url`) to a host that is not
+    /// loopback is accepted.
+    pub allow_plaintext: bool,
 }
 
 /// `[scim]` authentication: a static bearer token, or OAuth2 client credentials.
@@ -370,6 +384,8 @@ struct RawRelay {
     accept_profiles: bool,
     #[serde(default)]
     profile_attributes: Vec<String>,
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 fn default_heartbeat() -> u64 {
@@ -422,6 +438,8 @@ struct RawDirectory {
     timeout_secs: u64,
     #[serde(default = "default_page_size")]
     page_size: u32,
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -457,6 +475,8 @@ struct RawScim {
     client_key_file: Option<PathBuf>,
     #[serde(default = "default_http_timeout")]
     timeout_secs: u64,
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 #[derive(Deserialize)]
@@ -592,6 +612,7 @@ impl Config {
             source,
         })?;
         let c = Config::parse(path, &text, &System)?;
+        security::check_key_files(&c)?;
         if let Some(profile) = &c.sync.profile_file {
             check_profile_file(profile).map_err(|message| ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -844,19 +865,8 @@ impl Config {
                 let parsed = url::Url::parse(&url)
                     .map_err(|e| invalid("relay.url", format!("not a URL: {e}")))?;
                 match parsed.scheme() {
-                    "https" => {}
-                    "http"
-                        if matches!(
-                            parsed.host_str(),
-                            Some("127.0.0.1" | "[::1]" | "localhost")
-                        ) => {}
-                    "http" => {
-                        return Err(invalid(
-                            "relay.url",
-                            "plain http:// is only allowed to a loopback address; use https://"
-                                .into(),
-                        ))
-                    }
+                    // Plain http to a host that is not loopback: see security::validate.
+                    "https" | "http" => {}
                     other => {
                         return Err(invalid(
                             "relay.url",
@@ -907,6 +917,7 @@ impl Config {
                         },
                     )?,
                     profiles,
+                    allow_plaintext: r.allow_plaintext,
                 })
             }
         };
@@ -914,7 +925,7 @@ impl Config {
         let writeback = writeback_policy(raw.writeback, &include)
             .map_err(|(key, message)| invalid(key, message))?;
 
-        Ok(Config {
+        let config = Config {
             path: path.to_path_buf(),
             agent: AgentConfig {
                 id,
@@ -930,6 +941,7 @@ impl Config {
                 kind,
                 timeout: Duration::from_secs(d.timeout_secs),
                 page_size: d.page_size,
+                allow_plaintext: d.allow_plaintext,
             },
             scope: ScopeConfig {
                 include,
@@ -942,6 +954,7 @@ impl Config {
                 ca_file: s.ca_file,
                 timeout: Duration::from_secs(s.timeout_secs),
                 transport: scim_transport,
+                allow_plaintext: s.allow_plaintext,
             },
             sync: SyncSettings {
                 concurrency: y.concurrency,
@@ -964,7 +977,9 @@ impl Config {
             },
             relay,
             writeback,
-        })
+        };
+        security::validate(path, &config)?;
+        Ok(config)
     }
 }
 
@@ -1295,23 +1310,9 @@ fn scim_auth(
             "must not carry credentials; put the client secret in scim.client_secret_file or scim.client_secret_env".into(),
         ));
     }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    };
     match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => {
-            return Err(invalid(
-                "scim.token_url",
-                format!(
-                    "`{token_url}`: plain http would send the client secret in clear; use https://"
-                ),
-            ))
-        }
+        // Plain http to a host that is not loopback: see security::validate.
+        "https" | "http" => {}
         other => {
             return Err(invalid(
                 "scim.token_url",

@@ -10,6 +10,8 @@
 //! * [`relay`]: HTTPS transport (the one HTTP client), backoff.
 //! * [`scim`]: SCIM resources, profile mapping (pure), the provisioning client.
 //! * [`sync`]: the engine: full pass, anchor index, reconcile.
+//! * [`state_dir`]: the state directory's checks and the one way to open its files
+//!   (0600, no symlinks).
 //! * [`stdout`]: what commands print; a closed pipe ends the process quietly.
 //! * [`status`]: the health document of `status`, and what `run` publishes for it.
 #![forbid(unsafe_code)]
@@ -27,6 +29,7 @@ pub mod remote;
 pub mod scim;
 pub mod secret;
 pub mod signals;
+pub mod state_dir;
 pub mod status;
 pub mod stdout;
 pub mod sync;

@@ -3,7 +3,15 @@
 //! On a terminal or in a file: `2026-11-25T18:40:00Z INFO  message`. Under systemd
 //! (`JOURNAL_STREAM` set) the line starts with a `<N>` syslog priority instead, which journald
 //! turns into the entry's priority, and the timestamp is left to the journal.
+//!
+//! Text from the other side (a SCIM error's `detail`, a hub request's fields, an LDAP
+//! diagnostic, a DN from the directory) must not forge log lines: [`escape`] makes it one
+//! harmless line, and the logger applies it to every record, so a message can never break
+//! out of its line or open with a `<N>` priority of its own. Errors that carry such text
+//! escape it in their `Display` too, for what is printed without the logger.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +30,8 @@ impl Log for StderrLogger {
         if !self.enabled(r.metadata()) {
             return;
         }
+        let message = r.args().to_string();
+        let message = escape(&message);
         let line = if self.journal {
             let prio = match r.level() {
                 Level::Error => 3,
@@ -29,9 +39,9 @@ impl Log for StderrLogger {
                 Level::Info => 6,
                 Level::Debug | Level::Trace => 7,
             };
-            format!("<{prio}>{}\n", r.args())
+            format!("<{prio}>{message}\n")
         } else {
-            format!("{} {:<5} {}\n", utc_now(), r.level(), r.args())
+            format!("{} {:<5} {message}\n", utc_now(), r.level())
         };
         // One write call per line so concurrent lines do not interleave; a live progress
         // line is cleared first and drawn again below the log line.
@@ -84,6 +94,53 @@ pub fn init(level: LevelFilter) {
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// Makes text from the other side safe for one log line: control characters (newlines,
+/// carriage returns, escape sequences, C1 controls), Unicode line and paragraph separators
+/// and bidirectional overrides are written as `\n`, `\r`, `\t`, `\xHH` or `\u{HHHH}`, and
+/// a leading `<N>` (a journald/syslog priority) gets its `<` written as `\x3c`. Everything
+/// else, backslashes included (DNs escape with them), stays as it is. Escaping twice
+/// changes nothing more.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    let needs = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    let priority = priority_prefix(text);
+    if !priority && !text.chars().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut chars = text.chars();
+    if priority {
+        out.push_str("\\x3c");
+        chars.next();
+    }
+    for c in chars {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) && (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether `text` opens with `<digits>`, which journald and syslog read as a priority.
+fn priority_prefix(text: &str) -> bool {
+    text.strip_prefix('<')
+        .and_then(|rest| rest.split_once('>'))
+        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Parses `--log-level`: error, warn, info, debug, trace, off.
@@ -149,6 +206,33 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_utc(1_795_624_800), "2026-11-25T16:40:00Z");
+    }
+
+    #[test]
+    fn remote_text_cannot_forge_a_line_or_a_priority() {
+        assert_eq!(
+            escape("plain text, é, uid=a\\,b"),
+            "plain text, é, uid=a\\,b"
+        );
+        assert!(matches!(escape("no change"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape("bad value\n<0>idrelay: forged emergency"),
+            "bad value\\n<0>idrelay: forged emergency"
+        );
+        assert_eq!(escape("<0>forged"), "\\x3c0>forged");
+        assert_eq!(escape("<12>x"), "\\x3c12>x");
+        assert_eq!(escape("<b>bold</b>"), "<b>bold</b>");
+        assert_eq!(escape("<>x"), "<>x");
+        assert_eq!(escape("a\r\nb\tc"), "a\\r\\nb\\tc");
+        assert_eq!(escape("\u{1b}[31mred\u{7f}"), "\\x1b[31mred\\x7f");
+        assert_eq!(escape("x\u{85}y\u{2028}z"), "x\\x85y\\u{2028}z");
+        assert_eq!(escape("\u{202e}txt.exe"), "\\u{202e}txt.exe");
+        assert_eq!(escape("nul\0"), "nul\\x00");
+        for s in ["<0>a\nb", "\u{1b}\u{2029}", "plain"] {
+            let once = escape(s).into_owned();
+            assert_eq!(escape(&once), once, "escaping twice changes nothing: {s:?}");
+            assert!(!once.contains('\n') && !once.starts_with("<0>"));
+        }
     }
 
     #[test]

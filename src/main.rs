@@ -58,6 +58,10 @@ fn run(args: &[String]) -> i32 {
         eprintln!("error: {e}");
         return exit::USAGE;
     }
+    // Before any secret is read: no core dump, no ptrace by other processes of the user.
+    if let Err(e) = idrelay::privilege::make_non_dumpable() {
+        log::warn!("cannot make the process non-dumpable (a core dump could hold secrets): {e}");
+    }
     let Some(path) = inv.config.as_deref() else {
         eprintln!("error: this command needs --config FILE (see `idrelay --help`)");
         return exit::USAGE;

@@ -1,5 +1,6 @@
 //! Privilege checks at start-up: the agent refuses to run as root (unless the administrator
-//! says `--allow-root`) and refuses secret files that group or others may read or write.
+//! says `--allow-root`), refuses secret files that group or others may read or write or
+//! that another user owns, and makes itself non-dumpable ([`make_non_dumpable`]).
 //!
 //! Owns: finding the effective user id without `libc` or `unsafe` (from `/proc/self/status`,
 //! falling back to the owner of `/proc/self`), and the two refusals with messages that name
@@ -8,8 +9,9 @@
 //! Invariants and limits:
 //! * when the effective uid cannot be found, [`refuse_root`] fails closed (an error that
 //!   names `--allow-root`), it never assumes "not root";
-//! * a secret check looks at permission bits only (`mode & 0o077`), following symlinks to
-//!   the file that would be read; it does not check the owner or the parent directories;
+//! * a secret check looks at the permission bits (`mode & 0o077`) and the owner (this
+//!   process's user or root; another user could change or swap the secret), following
+//!   symlinks to the file that would be read; it does not check the parent directories;
 //! * a file that systemd's `LoadCredential=` placed in `$CREDENTIALS_DIRECTORY` is mode 0400
 //!   and passes;
 //! * off Unix (Windows) both checks pass: there is no uid 0 and no mode bits there; the
@@ -38,6 +40,15 @@ pub enum PrivilegeError {
         /// Its permission bits (`mode & 0o7777`).
         mode: u32,
     },
+    /// A secret file is owned by a user other than root and the one idrelay runs as.
+    SecretFileOwner {
+        /// The secret file.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// The uid idrelay runs as.
+        euid: u32,
+    },
     /// A secret file's metadata could not be read.
     SecretFileUnreadable {
         /// The secret file.
@@ -63,6 +74,14 @@ impl fmt::Display for PrivilegeError {
                 f,
                 "secret file {} has mode {mode:04o}: it is readable or writable by group or \
                  others; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+            PrivilegeError::SecretFileOwner { path, owner, euid } => write!(
+                f,
+                "secret file {} is owned by uid {owner}, another user than the one idrelay runs \
+                 as (uid {euid}), who could change or swap it; run `chown {euid} {}` (or keep \
+                 it root-owned, mode 600, and hand it over with systemd's LoadCredential=)",
                 path.display(),
                 path.display()
             ),
@@ -135,6 +154,23 @@ pub fn refuse_root(_allow_root: bool) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
+/// Makes this process non-dumpable (Linux: `prctl(PR_SET_DUMPABLE, 0)`): no core dump is
+/// written and other processes of the same user cannot ptrace it or read its memory, so
+/// the secrets it holds (bind password, tokens) stay in it. Call it before secrets are
+/// read. The systemd unit sets `LimitCORE=0` as well.
+#[cfg(target_os = "linux")]
+pub fn make_non_dumpable() -> std::io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(std::io::Error::from)
+}
+
+/// Off Linux there is no `PR_SET_DUMPABLE`: nothing to do (limit core dumps with the
+/// service manager instead).
+#[cfg(not(target_os = "linux"))]
+pub fn make_non_dumpable() -> std::io::Result<()> {
+    Ok(())
+}
+
 /// The decision behind [`check_secret_file`], without I/O: refuses any group or other bit.
 pub fn check_secret_mode(path: &Path, mode: u32) -> Result<(), PrivilegeError> {
     if mode & 0o077 != 0 {
@@ -147,16 +183,32 @@ pub fn check_secret_mode(path: &Path, mode: u32) -> Result<(), PrivilegeError> {
     }
 }
 
-/// Refuses a secret file (password, token) that group or others may read or write.
-/// Symlinks are followed: the mode of the file that would be read is what counts.
+/// The owner rule behind [`check_secret_file`], without I/O: the file belongs to the user
+/// idrelay runs as, or to root.
+pub fn check_secret_owner(path: &Path, owner: u32, euid: u32) -> Result<(), PrivilegeError> {
+    if owner == euid || owner == 0 {
+        Ok(())
+    } else {
+        Err(PrivilegeError::SecretFileOwner {
+            path: path.to_path_buf(),
+            owner,
+            euid,
+        })
+    }
+}
+
+/// Refuses a secret file (password, token, key) that group or others may read or write, or
+/// that another user than root and this process's own owns. Symlinks are followed: the
+/// file that would be read is what counts.
 #[cfg(unix)]
 pub fn check_secret_file(path: &Path) -> Result<(), PrivilegeError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(path).map_err(|source| PrivilegeError::SecretFileUnreadable {
         path: path.to_path_buf(),
         source,
     })?;
-    check_secret_mode(path, meta.permissions().mode())
+    check_secret_mode(path, meta.permissions().mode())?;
+    check_secret_owner(path, meta.uid(), rustix::process::geteuid().as_raw())
 }
 
 /// Refuses a secret file that group or others may read (no mode bits off Unix: always passes;
@@ -201,6 +253,52 @@ mod tests {
             assert!(e.contains(&format!("{:04o}", bad & 0o7777)), "{e}");
             assert!(e.contains("chmod 600 /etc/idrelay/ldap-password"), "{e}");
         }
+    }
+
+    #[test]
+    fn secrets_of_another_user_are_refused_root_and_own_pass() {
+        let p = Path::new("/etc/idrelay/scim-token");
+        assert!(check_secret_owner(p, 998, 998).is_ok());
+        assert!(check_secret_owner(p, 0, 998).is_ok());
+        assert!(check_secret_owner(p, 0, 0).is_ok());
+        for (owner, euid) in [(1000, 998), (998, 0)] {
+            let e = check_secret_owner(p, owner, euid).unwrap_err().to_string();
+            assert!(e.contains("/etc/idrelay/scim-token"), "{e}");
+            assert!(e.contains(&format!("uid {owner}")), "{e}");
+            assert!(
+                e.contains(&format!("chown {euid} /etc/idrelay/scim-token")),
+                "{e}"
+            );
+        }
+    }
+
+    /// Runs in a child test process (it changes the whole process): afterwards the kernel
+    /// says "not dumpable".
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_becomes_non_dumpable() {
+        use rustix::process::{dumpable_behavior, DumpableBehavior};
+        const CHILD: &str = "IDRELAY_TEST_NON_DUMPABLE_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            make_non_dumpable().unwrap();
+            assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::NotDumpable);
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "privilege::tests::the_process_becomes_non_dumpable",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[cfg(unix)]

@@ -179,8 +179,8 @@ impl Remote {
             );
         }
         let path = self.state_dir.join(CLOUD_PROFILE);
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        let written =
+            crate::state_dir::replace(&path, text.as_bytes(), crate::state_dir::Durability::Sync);
         match written {
             Ok(()) => {
                 log::info!(

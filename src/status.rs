@@ -11,7 +11,7 @@
 //! Pure apart from [`write_private`] and [`lock_held`]; knows nothing of the rest of the
 //! crate, so that the layers below the commands can publish into it.
 
-use std::fs::{File, TryLockError};
+use std::fs::TryLockError;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -462,37 +462,16 @@ pub fn render_prom(d: &Document) -> String {
     out
 }
 
-/// Replaces `path` atomically with `bytes`, readable by the owner only (0600).
+/// Replaces `path` atomically with `bytes`, readable by the owner only (0600), never
+/// through a symlink ([`crate::state_dir::replace`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut opts = File::options();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    #[cfg(unix)]
-    {
-        // An older file under the temporary name keeps its mode: set it.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    f.write_all(bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::state_dir::replace(path, bytes, crate::state_dir::Durability::Rename)
 }
 
 /// Whether a process holds the lock file at `path` (a missing file: no). Probes with a
 /// shared lock, released at once; the holder's exclusive lock makes it fail.
 pub fn lock_held(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else {
+    let Ok(f) = crate::state_dir::open(path) else {
         return false;
     };
     match f.try_lock_shared() {
@@ -511,7 +490,7 @@ pub fn read_runtime(state_dir: &Path, now: u64) -> (bool, Option<(Runtime, u64)>
     if !lock_held(&state_dir.join(LOCK_FILE)) {
         return (false, None);
     }
-    let rt = std::fs::read(state_dir.join(RUNTIME_FILE))
+    let rt = crate::state_dir::read(&state_dir.join(RUNTIME_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<Runtime>(&b).ok())
         .filter(|r| r.v == 1)
@@ -755,7 +734,7 @@ mod tests {
         }
         // No lock file: nobody runs; a held lock is seen.
         assert!(!lock_held(&dir.join(LOCK_FILE)));
-        let f = File::create(dir.join(LOCK_FILE)).unwrap();
+        let f = std::fs::File::create(dir.join(LOCK_FILE)).unwrap();
         f.lock().unwrap();
         assert!(lock_held(&dir.join(LOCK_FILE)));
         drop(f);

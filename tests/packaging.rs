@@ -64,6 +64,9 @@ const REQUIRED: &[(&str, &str)] = &[
     ("RestrictRealtime", "yes"),
     ("RestrictSUIDSGID", "yes"),
     ("UMask", "0077"),
+    ("StateDirectoryMode", "0700"),
+    // A core dump would hold the bind password and the tokens.
+    ("LimitCORE", "0"),
     ("LoadCredential", "ldap-password:/etc/idrelay/ldap-password"),
     ("LoadCredential", "scim-token:/etc/idrelay/scim-token"),
     (

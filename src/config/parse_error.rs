@@ -353,7 +353,7 @@ mod tests {
             ),
             (
                 format!("{g}sync.concurrency = 2\n"),
-                "line 15, in [scim]: unknown key `sync.concurrency`: [scim] takes url, token_file, token_env, token_url, client_id, client_secret_file, client_secret_env, scope, client_auth, ca_file, proxy, proxy_user, proxy_password_file, proxy_password_env, no_proxy, pin_sha256, client_cert_file, client_key_file, timeout_secs".into(),
+                "line 15, in [scim]: unknown key `sync.concurrency`: [scim] takes url, token_file, token_env, token_url, client_id, client_secret_file, client_secret_env, scope, client_auth, ca_file, proxy, proxy_user, proxy_password_file, proxy_password_env, no_proxy, pin_sha256, client_cert_file, client_key_file, timeout_secs, allow_plaintext".into(),
             ),
             (
                 format!("top = 1\n{g}"),

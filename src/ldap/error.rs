@@ -224,7 +224,8 @@ impl fmt::Display for Diag<'_> {
         if text.is_empty() {
             Ok(())
         } else {
-            write!(f, ": {text}")
+            // The server's diagnostic text: one line, no forged priority.
+            write!(f, ": {}", crate::logging::escape(text))
         }
     }
 }
@@ -295,6 +296,22 @@ impl std::error::Error for LdapError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_diagnostic_text_is_one_escaped_line() {
+        let e = LdapError::Bind {
+            url: "ldap://127.0.0.1".into(),
+            dn: "cn=s,dc=b".into(),
+            code: ResultCode(49),
+            message: "<0>80090308: LdapErr\nforged line\u{1b}[2J\0\n".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.ends_with(": \\x3c0>80090308: LdapErr\\nforged line\\x1b[2J"),
+            "{text}"
+        );
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+    }
 
     #[test]
     fn result_codes_have_their_rfc_names() {

@@ -2,9 +2,13 @@
 //! test can fail any one of them (a disk that fills up, a process that dies between two
 //! steps) without a real full disk. Reads go straight to `std::fs`.
 //!
+//! Files are opened with [`crate::state_dir::options`] (created 0600, never through a
+//! symlink): the one import of the crate the queue makes, so that every file of the state
+//! directory follows one rule.
+//!
 //! Also the clock seam: record times come from a [`Clock`] so tests can set them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -104,7 +108,7 @@ impl Disk {
     /// Creates `path` (truncating any old file) for reading and writing.
     pub(crate) fn create(&mut self, path: &Path) -> Result<File, QueueError> {
         self.gate(IoOp::Create, "create", path)?;
-        OpenOptions::new()
+        crate::state_dir::options()
             .read(true)
             .write(true)
             .create(true)
@@ -175,7 +179,7 @@ impl Disk {
 
 /// Opens an existing file for reading and writing (used for the active segment at open).
 pub(crate) fn open_rw(path: &Path) -> Result<File, QueueError> {
-    OpenOptions::new()
+    crate::state_dir::options()
         .read(true)
         .write(true)
         .open(path)

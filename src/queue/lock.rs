@@ -7,7 +7,7 @@
 //! the refusal can name it. Locks are per open file, so a second open in the same process is
 //! refused too.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -28,7 +28,7 @@ impl LockFile {
     /// Takes the lock of `dir`, or says who holds it.
     pub(crate) fn acquire(dir: &Path) -> Result<LockFile, QueueError> {
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let mut file = crate::state_dir::options()
             .read(true)
             .write(true)
             .create(true)

@@ -111,7 +111,8 @@ impl Queue {
     ) -> Result<Queue, QueueError> {
         cfg.validate()?;
         let dir = cfg.dir.clone();
-        fs::create_dir_all(&dir).map_err(|e| io_err("create queue directory", &dir, e))?;
+        crate::state_dir::create_private_dir(&dir)
+            .map_err(|e| io_err("create queue directory", &dir, e))?;
         let lock = LockFile::acquire(&dir)?;
 
         let (ledger_read, scanned, next_segment_id) = load_dir(&dir)?;
@@ -216,10 +217,10 @@ impl Queue {
         // segments; read the ledger again afterwards and retry if it moved.
         let mut attempt = 0;
         let (ledger_read, scanned) = loop {
-            let before = fs::read(dir.join(LEDGER_FILE)).ok();
+            let before = crate::state_dir::read(&dir.join(LEDGER_FILE)).ok();
             let (ledger_read, scanned, _) = load_dir(dir)?;
             attempt += 1;
-            if attempt == 3 || fs::read(dir.join(LEDGER_FILE)).ok() == before {
+            if attempt == 3 || crate::state_dir::read(&dir.join(LEDGER_FILE)).ok() == before {
                 break (ledger_read, scanned);
             }
         };
@@ -767,7 +768,7 @@ impl Queue {
 /// disappears while being listed (trimmed by a running agent) is skipped.
 fn load_dir(dir: &Path) -> Result<(LedgerRead, Vec<FoundSegment>, u64), QueueError> {
     let ledger_path = dir.join(LEDGER_FILE);
-    let ledger_read = match fs::read(&ledger_path) {
+    let ledger_read = match crate::state_dir::read(&ledger_path) {
         Ok(b) => match ledger::decode(&b) {
             Ok(s) => LedgerRead::Found(s),
             Err(LedgerError::Newer(found)) => {
@@ -797,7 +798,7 @@ fn load_dir(dir: &Path) -> Result<(LedgerRead, Vec<FoundSegment>, u64), QueueErr
     let next_segment_id = found.last().map_or(1, |(id, _)| id + 1);
     let mut scanned = Vec::with_capacity(found.len());
     for (id, path) in found {
-        let bytes = match fs::read(&path) {
+        let bytes = match crate::state_dir::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err("read segment", &path, e)),

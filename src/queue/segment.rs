@@ -172,7 +172,8 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     /// Opens `path` positioned at `offset`.
     pub(crate) fn open(path: &Path, offset: u64, end: u64) -> Result<FrameReader, ReadFault> {
-        let f = File::open(path).map_err(|e| ReadFault::Io(io_err("open segment", path, e)))?;
+        let f = crate::state_dir::open(path)
+            .map_err(|e| ReadFault::Io(io_err("open segment", path, e)))?;
         let mut r = BufReader::with_capacity(64 << 10, f);
         r.seek(SeekFrom::Start(offset))
             .map_err(|e| ReadFault::Io(io_err("seek segment", path, e)))?;

@@ -682,9 +682,9 @@ impl Relay {
             last_heartbeat: last_ok,
             last_error: error,
         };
-        let tmp = path.with_extension("tmp");
         let body = serde_json::to_vec(&s).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
+        if let Err(e) = crate::state_dir::replace(path, &body, crate::state_dir::Durability::Rename)
+        {
             log::debug!("relay: cannot record status in {}: {e}", path.display());
         }
     }

@@ -264,12 +264,13 @@ impl fmt::Display for ScimError {
                 scim_type,
                 detail,
             } => {
+                // scimType and detail are the endpoint's text: one line, no forged priority.
                 write!(f, "SCIM {method} {path} answered {status}")?;
                 if let Some(t) = scim_type {
-                    write!(f, " ({t})")?;
+                    write!(f, " ({})", crate::logging::escape(t))?;
                 }
                 if let Some(d) = detail {
-                    write!(f, ": {d}")?;
+                    write!(f, ": {}", crate::logging::escape(d))?;
                 }
                 Ok(())
             }
@@ -1630,6 +1631,18 @@ mod tests {
         );
         assert!(!e.is_transient() && !e.is_ambiguous_write());
         assert_eq!((e.status(), e.scim_type()), (Some(409), Some("uniqueness")));
+        // The endpoint's text is escaped: it cannot forge a line or a journald priority.
+        let e = ScimError::Http {
+            method: Method::Post,
+            path: "/v2/Users".into(),
+            status: 400,
+            scim_type: Some("<3>x\ny".into()),
+            detail: Some("bad\n<0>forged".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "SCIM POST /v2/Users answered 400 (\\x3c3>x\\ny): bad\\n<0>forged"
+        );
         let e = ScimError::Ambiguous {
             kind: ResourceKind::User,
             attribute: "externalId",

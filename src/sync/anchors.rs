@@ -132,7 +132,7 @@ impl AnchorIndex {
     /// logged and treated as empty (see the module doc for why that is safe).
     pub fn load(state_dir: &Path) -> io::Result<AnchorIndex> {
         let path = state_dir.join(FILE_NAME);
-        let file = match File::open(&path) {
+        let file = match crate::state_dir::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(AnchorIndex::empty(state_dir))
@@ -381,10 +381,16 @@ impl AnchorIndex {
     /// Writes every record to a temporary file, then renames it over the index.
     fn write(&self) -> io::Result<()> {
         let dir = self.state_dir();
-        fs::create_dir_all(dir)?;
+        crate::state_dir::create_private_dir(dir)?;
         let tmp = self.path.with_extension("jsonl.tmp");
         {
-            let mut w = BufWriter::new(File::create(&tmp)?);
+            let mut w = BufWriter::new(
+                crate::state_dir::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)?,
+            );
             for r in self.map.iter() {
                 let (x, v) = r?;
                 let a = decode(&v).ok_or_else(|| {

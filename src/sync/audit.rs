@@ -17,7 +17,7 @@
 //! and never stops provisioning. No secret ever reaches it (it holds anchors, DNs, SCIM ids
 //! and error texts, which are scrubbed of tokens by the SCIM client).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,7 +118,7 @@ impl AuditLog {
             }
         }
         if g.is_none() {
-            let file = OpenOptions::new()
+            let file = crate::state_dir::options()
                 .create(true)
                 .append(true)
                 .open(&self.path)?;
@@ -127,7 +127,7 @@ impl AuditLog {
             if size + bytes.len() as u64 > self.max_bytes && size > 0 {
                 *g = None;
                 fs::rename(&self.path, self.path.with_extension("jsonl.1"))?;
-                let file = OpenOptions::new()
+                let file = crate::state_dir::options()
                     .create(true)
                     .append(true)
                     .open(&self.path)?;
@@ -151,7 +151,7 @@ impl AuditLog {
     pub fn retired_by_us(&self, id: &str, anchor: &str) -> bool {
         let mut last: Option<(String, String)> = None;
         for path in [self.path.with_extension("jsonl.1"), self.path.clone()] {
-            let Ok(text) = fs::read_to_string(&path) else {
+            let Ok(text) = crate::state_dir::read_to_string(&path) else {
                 continue;
             };
             for line in text.lines().filter(|l| l.contains(id)) {

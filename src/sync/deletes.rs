@@ -44,7 +44,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -269,7 +269,7 @@ impl DeleteGate {
     /// error: it may hold deletes a human has not seen yet).
     pub fn open(state_dir: &Path, policy: Policy) -> Result<DeleteGate, GateError> {
         let path = state_dir.join(HELD_FILE);
-        let state = match fs::read(&path) {
+        let state = match crate::state_dir::read(&path) {
             Ok(bytes) => {
                 let f: File = serde_json::from_slice(&bytes).map_err(|e| GateError::Corrupt {
                     path: path.clone(),
@@ -546,7 +546,7 @@ impl DeleteGate {
     /// it names the current held set. A stale approval is removed with a warning.
     pub fn take_approval(&mut self) -> Option<Vec<Target>> {
         let path = self.dir.join(APPROVAL_FILE);
-        let bytes = fs::read(&path).ok()?;
+        let bytes = crate::state_dir::read(&path).ok()?;
         let _ = fs::remove_file(&path);
         let approval: Approval = match serde_json::from_slice(&bytes) {
             Ok(a) => a,
@@ -584,18 +584,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GateError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(err)?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    crate::state_dir::replace(path, bytes, crate::state_dir::Durability::Sync).map_err(err)
 }
 
 /// Carries one delete out at the endpoint: users are deactivated or deleted per

@@ -38,7 +38,7 @@
 //! writes (three when it replaces a key).
 
 use std::collections::hash_map::RandomState;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::BuildHasher;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -588,14 +588,12 @@ impl Scratch {
     fn create(dir: &Path, name: &str, what: &str) -> io::Result<Scratch> {
         let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(".{name}.{}.{n}.{what}", std::process::id()));
-        let mut o = OpenOptions::new();
-        o.read(true).write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o600);
-        }
-        let file = o.open(&path).map_err(|e| named(dir, name, e))?;
+        let file = crate::state_dir::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| named(dir, name, e))?;
         #[cfg(unix)]
         {
             std::fs::remove_file(&path).map_err(|e| named(dir, name, e))?;
@@ -794,7 +792,11 @@ mod tests {
     #[test]
     fn a_full_disk_is_an_error_not_a_panic() {
         // /dev/full takes no byte: every write fails with ENOSPC.
-        let Ok(full) = OpenOptions::new().read(true).write(true).open("/dev/full") else {
+        let Ok(full) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+        else {
             return;
         };
         let d = tempdir("full");

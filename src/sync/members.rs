@@ -80,7 +80,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use crate::scim::client::MemberKey;
 use std::convert::Infallible;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -511,7 +511,7 @@ struct JournalState {
 impl MemberStore {
     /// Opens (creating it if needed) the store in `dir`.
     pub fn open(dir: PathBuf) -> Result<MemberStore, MemberStoreError> {
-        fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        crate::state_dir::create_private_dir(&dir).map_err(|e| io_err("create", &dir, e))?;
         Ok(MemberStore { dir })
     }
 
@@ -534,7 +534,7 @@ impl MemberStore {
         group_id: &str,
     ) -> Result<Option<StoredMembers>, MemberStoreError> {
         let path = self.path(anchor, "members");
-        let file = match File::open(&path) {
+        let file = match crate::state_dir::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("open", &path, e)),
@@ -650,7 +650,7 @@ impl MemberStore {
     ) -> Result<MemberJournal, MemberStoreError> {
         let path = self.path(anchor, "journal");
         if append {
-            let file = OpenOptions::new()
+            let file = crate::state_dir::options()
                 .append(true)
                 .open(&path)
                 .map_err(|e| io_err("open", &path, e))?;
@@ -666,10 +666,18 @@ impl MemberStore {
 
     /// Creates (truncates) a file in the store, re-creating the directory if it was lost.
     fn create(&self, path: &Path) -> Result<File, MemberStoreError> {
-        match File::create(path) {
+        let create = || {
+            crate::state_dir::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+        };
+        match create() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&self.dir).map_err(|e| io_err("create", &self.dir, e))?;
-                File::create(path)
+                crate::state_dir::create_private_dir(&self.dir)
+                    .map_err(|e| io_err("create", &self.dir, e))?;
+                create()
             }
             other => other,
         }
@@ -742,7 +750,7 @@ enum JournalRead {
 }
 
 fn read_journal(path: &Path, epoch: u64) -> Result<JournalRead, MemberStoreError> {
-    let file = match File::open(path) {
+    let file = match crate::state_dir::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(JournalRead::Absent),
         Err(e) => return Err(io_err("open", path, e)),

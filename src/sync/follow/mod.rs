@@ -216,7 +216,7 @@ pub const LAST_PASS_FILE: &str = "last-full-pass";
 
 /// When the last full pass completed, if ever (read from the state directory).
 pub fn last_full_pass(state_dir: &std::path::Path) -> Option<SystemTime> {
-    let text = std::fs::read_to_string(state_dir.join(LAST_PASS_FILE)).ok()?;
+    let text = crate::state_dir::read_to_string(&state_dir.join(LAST_PASS_FILE)).ok()?;
     let secs: u64 = text.trim().parse().ok()?;
     Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
@@ -228,8 +228,11 @@ pub fn record_full_pass(state_dir: &std::path::Path) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let path = state_dir.join(LAST_PASS_FILE);
-    let tmp = path.with_extension("tmp");
-    let ok = std::fs::write(&tmp, format!("{secs}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+    let ok = crate::state_dir::replace(
+        &path,
+        format!("{secs}\n").as_bytes(),
+        crate::state_dir::Durability::Sync,
+    );
     if let Err(e) = ok {
         log::warn!(
             "cannot record the time of the full pass in {}: {e}",

@@ -36,7 +36,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -206,7 +205,7 @@ impl Parking {
     pub fn open(dir: &Path) -> Result<Parking, ParkingError> {
         let path = dir.join(PARKED_FILE);
         let mut p = Parking::empty(dir);
-        let bytes = match fs::read(&path) {
+        let bytes = match crate::state_dir::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(p),
             Err(source) => return Err(ParkingError::Io { path, source }),
@@ -326,7 +325,7 @@ impl Parking {
     /// Picks up a request `idrelay retry` left: makes what it names due now.
     pub fn take_request(&mut self) {
         let path = self.dir.join(RETRY_FILE);
-        let Ok(bytes) = fs::read(&path) else {
+        let Ok(bytes) = crate::state_dir::read(&path) else {
             return;
         };
         let _ = fs::remove_file(&path);
@@ -424,29 +423,12 @@ pub fn status_lines(dir: &Path) -> Vec<String> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ParkingError> {
-    let err = |source| ParkingError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut o = fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o.open(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(err)?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
+    crate::state_dir::replace(path, bytes, crate::state_dir::Durability::Sync).map_err(|source| {
+        ParkingError::Io {
+            path: path.to_path_buf(),
+            source,
         }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
