@@ -70,6 +70,18 @@ pub enum Outcome {
     Unavailable(String),
 }
 
+/// What a full pass already knows about a [`Job`] it hands over again after Bulk
+/// ([`crate::sync::bulk`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hint {
+    /// A create of this object may have landed: look it up by externalId, never trusting
+    /// the pass's listing, before anything is created.
+    pub recheck: bool,
+    /// The group was created (without members) under this id: bring its members in step
+    /// and report it created.
+    pub created: Option<String>,
+}
+
 /// How the worker behaves.
 #[derive(Debug, Clone)]
 pub struct ProvisionMode {
@@ -84,6 +96,9 @@ pub struct ProvisionMode {
     /// What the endpoint holds, when a full pass read it ([`crate::sync::listing`]): set
     /// once while the workers run; unset, every unknown object is looked up.
     pub listing: Option<Arc<OnceLock<Listing>>>,
+    /// A full pass may send through SCIM Bulk where the endpoint offers it
+    /// ([`crate::sync::bulk`]; `sync.bulk`).
+    pub bulk: bool,
 }
 
 impl ProvisionMode {
@@ -123,6 +138,7 @@ impl ProvisionMode {
             members: None,
             member_chunk: crate::sync::members::DEFAULT_CHUNK,
             listing: None,
+            bulk: false,
         }
     }
 }
@@ -130,12 +146,32 @@ impl ProvisionMode {
 /// Brings one object in step. Never panics on endpoint answers; every failure is an
 /// [`Outcome::Failed`] with a reason.
 pub async fn provision(scim: &ScimClient, job: &Job, mode: &ProvisionMode) -> Outcome {
+    provision_with(scim, job, mode, &Hint::default()).await
+}
+
+/// [`provision`] with what the pass learnt from a Bulk request about the object.
+pub async fn provision_with(
+    scim: &ScimClient,
+    job: &Job,
+    mode: &ProvisionMode,
+    hint: &Hint,
+) -> Outcome {
+    let unlisted;
+    let mode = if hint.recheck && mode.listing.is_some() {
+        unlisted = ProvisionMode {
+            listing: None,
+            ..mode.clone()
+        };
+        &unlisted
+    } else {
+        mode
+    };
     let group_store = match job.kind {
         ResourceKind::Group => mode.members.as_ref(),
         ResourceKind::User => None,
     };
     let outcome = if let Some(store) = group_store {
-        provision_group(scim, job, mode, store).await
+        provision_group(scim, job, mode, store, hint.created.as_deref()).await
     } else {
         match provision_inner(scim, job, mode).await {
             Ok(o) => o,
@@ -150,7 +186,7 @@ pub async fn provision(scim: &ScimClient, job: &Job, mode: &ProvisionMode) -> Ou
 }
 
 /// One line in the provisioning log (transient failures are retried, so not logged).
-fn audit_outcome(job: &Job, outcome: &Outcome) {
+pub(crate) fn audit_outcome(job: &Job, outcome: &Outcome) {
     let (op, id, error) = match outcome {
         Outcome::Created(id) => ("create", Some(id.as_str()), None),
         Outcome::Replaced(id) => ("replace", Some(id.as_str()), None),
@@ -175,10 +211,14 @@ async fn provision_group(
     job: &Job,
     mode: &ProvisionMode,
     store: &MemberStore,
+    created: Option<&str>,
 ) -> Outcome {
     let attrs = &job.body;
-    let mut fresh = false;
+    let mut fresh = created.is_some();
     let placed = async {
+        if let Some(id) = created {
+            return Ok(Some(Outcome::Created(id.to_string())));
+        }
         if let Some(id) = &job.known_id {
             if mode.dry_run {
                 print_op("PATCH", job, Some(id), attrs);
@@ -287,7 +327,7 @@ async fn provision_group(
                 known_id: None,
                 ..job.clone()
             };
-            Box::pin(provision_group(scim, &again, mode, store)).await
+            Box::pin(provision_group(scim, &again, mode, store, None)).await
         }
         Err(MemberSyncError::GroupGone { group_id }) => Outcome::Unavailable(format!(
             "group {group_id} disappeared at the endpoint while its members were sent"
@@ -304,7 +344,7 @@ async fn provision_group(
 
 /// The whole representation: `body` with `members` (only the path without a member store
 /// builds it).
-fn whole_body(job: &Job) -> std::borrow::Cow<'_, Value> {
+pub(crate) fn whole_body(job: &Job) -> std::borrow::Cow<'_, Value> {
     if job.members.is_empty() {
         return std::borrow::Cow::Borrowed(&job.body);
     }
@@ -510,7 +550,7 @@ fn resource_id(v: &Value) -> Result<String, ScimError> {
 }
 
 /// The body with `"id"` set, as RFC 7644 §3.5.1 lets a PUT carry it.
-fn with_id(body: &Value, id: &str) -> Value {
+pub(crate) fn with_id(body: &Value, id: &str) -> Value {
     let mut b = body.clone();
     if let Value::Object(m) = &mut b {
         m.insert("id".into(), Value::String(id.to_string()));
