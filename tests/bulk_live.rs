@@ -222,6 +222,7 @@ fn a_bulk_request_cut_after_it_was_sent_creates_no_duplicate() {
     // late, after the agent's next request: the agent cannot know what landed.
     proxy.late_next_of("POST", 1);
     let run = agent.run(&["sync", "--once", "--quiet"]);
+    eprintln!("{}", run.stderr);
     run.assert_code(0);
     assert!(run.summary().contains("0 failed"), "{}", run.summary());
     assert!(

@@ -23,6 +23,7 @@ use std::ops::Range;
 use serde_json::Value;
 
 use crate::relay::http::Method;
+use crate::scim::ResourceKind;
 
 /// The BulkRequest message schema.
 pub const BULK_REQUEST: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
@@ -45,6 +46,24 @@ pub struct SentOp {
 }
 
 impl SentOp {
+    /// A create (`POST /Users`, `/Groups`) under `bulk_id`.
+    pub fn create(kind: ResourceKind, bulk_id: String) -> SentOp {
+        SentOp {
+            method: Method::Post,
+            path: format!("/{}", kind.endpoint()),
+            bulk_id: Some(bulk_id),
+        }
+    }
+
+    /// A replace (`PUT /Users/<id>`), the id percent-encoded as one path segment.
+    pub fn replace(kind: ResourceKind, id: &str) -> SentOp {
+        SentOp {
+            method: Method::Put,
+            path: format!("/{}/{}", kind.endpoint(), path_segment(id)),
+            bulk_id: None,
+        }
+    }
+
     /// The operation as JSON bytes (one element of `Operations`), with `data` when given.
     pub fn encode(&self, data: Option<&Value>) -> Vec<u8> {
         let mut m = serde_json::Map::new();
@@ -58,6 +77,19 @@ impl SentOp {
         }
         serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
     }
+}
+
+/// A resource id as one path segment (RFC 3986 unreserved characters kept).
+fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// What the service's `/ServiceProviderConfig` allows per request.
@@ -579,5 +611,10 @@ mod tests {
         assert_eq!(created_id("https://h/v2/Users/", "/Users"), None);
         assert_eq!(decode_segment("100%"), "100%");
         assert_eq!(decode_segment("%zz%41"), "%zzA");
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(
+            SentOp::replace(ResourceKind::User, "a/b").path,
+            "/Users/a%2Fb"
+        );
     }
 }

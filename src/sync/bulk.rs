@@ -28,17 +28,18 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::relay::http::Method;
+use serde_json::Value;
+
 use crate::scim::bulk::{self, Limits, OpResult, SentOp};
 use crate::scim::client::{ScimClient, ServiceProviderConfig};
 use crate::scim::ResourceKind;
 use crate::sync::provision::{audit_outcome, whole_body, with_id, Hint, Job, Outcome};
 
 /// Most operations in one request, whatever the endpoint allows (memory and timeouts).
-pub const MAX_OPERATIONS: usize = 1000;
+pub const MAX_OPERATIONS: usize = 500;
 
 /// Bulk requests a pass keeps out at once.
-pub const BATCHES_IN_FLIGHT: usize = 2;
+pub const BATCHES_IN_FLIGHT: usize = 4;
 
 /// The Bulk side of a pass: the endpoint's limits as learnt and shrunk, and whether Bulk
 /// is still used. Shared by the coordinator and the workers.
@@ -68,7 +69,7 @@ pub enum Verb {
 #[derive(Debug)]
 pub struct Planned {
     /// The object.
-    pub job: Job,
+    job: Job,
     verb: Verb,
     sent: SentOp,
     op: Vec<u8>,
@@ -131,46 +132,51 @@ impl Lane {
         }
     }
 
-    /// Encodes `job`'s operation; gives the job back when it fits no request alone.
-    pub async fn plan(&self, scim: &ScimClient, job: Job, verb: Verb) -> Result<Planned, Job> {
-        let (method, path, data, bulk_id) = match &verb {
+    /// Encodes `job`'s operation; gives the job back when it fits no request alone. The
+    /// planned job keeps its body only in the encoded operation ([`Planned::into_job`]).
+    pub async fn plan(&self, scim: &ScimClient, mut job: Job, verb: Verb) -> Result<Planned, Job> {
+        let (sent, data) = match &verb {
             Verb::Create => {
                 let body = scim.fit(job.kind, &whole_body(&job), true).await;
                 let id = format!("b{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-                (
-                    Method::Post,
-                    format!("/{}", job.kind.endpoint()),
-                    body,
-                    Some(id),
-                )
+                (SentOp::create(job.kind, id), body)
             }
             Verb::Replace { id, .. } => {
                 let body = scim
                     .fit(job.kind, &with_id(&whole_body(&job), id), false)
                     .await;
-                (
-                    Method::Put,
-                    format!("/{}/{}", job.kind.endpoint(), path_segment(id)),
-                    body,
-                    None,
-                )
+                (SentOp::replace(job.kind, id), body)
             }
-        };
-        let sent = SentOp {
-            method,
-            path,
-            bulk_id,
         };
         let op = sent.encode(Some(&data));
         if !self.limits().fits(1, op.len()) {
             return Err(job);
         }
+        job.body = Value::Null;
         Ok(Planned {
             job,
             verb,
             sent,
             op,
         })
+    }
+}
+
+impl Planned {
+    /// The job with its body back (as encoded: fitted to the endpoint's schema, which
+    /// fitting again leaves as it is), to be sent the single way.
+    pub fn into_job(self) -> Job {
+        let mut job = self.job;
+        let mut body = serde_json::from_slice::<Value>(&self.op)
+            .ok()
+            .and_then(|mut op| op.get_mut("data").map(Value::take))
+            .unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut body {
+            // A PUT's body carries the id; the single way adds it where it belongs.
+            m.remove("id");
+        }
+        job.body = body;
+        job
     }
 }
 
@@ -202,19 +208,6 @@ impl Buffer {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
-}
-
-/// A resource id as one path segment (RFC 3986 unreserved characters kept).
-fn path_segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Sends `batch` as one request (halved on 413) and says what became of each object.
@@ -271,7 +264,10 @@ pub async fn send(scim: &ScimClient, lane: &Lane, batch: Vec<Planned>) -> Vec<(J
             if let Verdict::Outcome(o) = &v {
                 audit_outcome(&p.job, o);
             }
-            (p.job, v)
+            match v {
+                Verdict::Again(_) => (p.into_job(), v),
+                Verdict::Outcome(_) => (p.job, v),
+            }
         })
         .collect()
 }
@@ -283,7 +279,7 @@ fn again_all(batch: Vec<Planned>, recheck: bool) -> Vec<(Job, Verdict)> {
         .map(|p| {
             let recheck = recheck && p.verb == Verb::Create;
             (
-                p.job,
+                p.into_job(),
                 Verdict::Again(Hint {
                     recheck,
                     created: None,
@@ -352,14 +348,9 @@ mod tests {
     }
 
     fn planned(kind: ResourceKind, n: u32, verb: Verb) -> Planned {
-        let sent = SentOp {
-            method: if verb == Verb::Create {
-                Method::Post
-            } else {
-                Method::Put
-            },
-            path: "/Users".into(),
-            bulk_id: Some(format!("b{n}")),
+        let sent = match &verb {
+            Verb::Create => SentOp::create(kind, format!("b{n}")),
+            Verb::Replace { id, .. } => SentOp::replace(kind, id),
         };
         let op = sent.encode(None);
         Planned {
@@ -481,6 +472,25 @@ mod tests {
     }
 
     #[test]
+    fn a_planned_job_gets_its_body_back_without_the_put_id() {
+        let mut p = planned(
+            ResourceKind::User,
+            1,
+            Verb::Replace {
+                id: "i1".into(),
+                matched: false,
+            },
+        );
+        p.op = p
+            .sent
+            .encode(Some(&serde_json::json!({"id": "i1", "userName": "u1"})));
+        p.job.body = Value::Null;
+        let job = p.into_job();
+        assert_eq!(job.body, serde_json::json!({"userName": "u1"}));
+        assert_eq!(job.external_id, "x1");
+    }
+
+    #[test]
     fn limits_come_from_the_service_provider_config() {
         let spc = |ops, bytes| ServiceProviderConfig {
             patch: true,
@@ -500,6 +510,5 @@ mod tests {
         assert_eq!(l.limits().max_operations, 10);
         l.shrink(0);
         assert_eq!(l.limits().max_operations, 2);
-        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
     }
 }

@@ -14,6 +14,12 @@
 //!    the whole representation, so a group costs about its member ids, not a JSON object
 //!    per member.
 //!
+//! Where the endpoint offers SCIM Bulk (and `sync.bulk` allows it), the coordinator gathers
+//! the objects that can go that way (creates the listing proves absent, users' PUTs to owned
+//! ids) into Bulk requests that a worker sends ([`crate::sync::bulk`]); what a request hands
+//! back (refused, of unknown fate) is sent again on its own. Each phase's last request is sent
+//! before the phase drains, so users' requests go before groups'.
+//!
 //! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
 //! taken for a smaller directory); a failing object is counted and reported and never
 //! stops the others; an object whose representation hash equals the one last sent is not
@@ -1108,15 +1114,16 @@ impl Pass<'_> {
     }
 
     /// Sends a gathered Bulk request (one object goes on its own), keeping at most
-    /// [`BATCHES_IN_FLIGHT`] out.
+    /// [`BATCHES_IN_FLIGHT`] (and `concurrency`) out.
     async fn send_batch(&mut self, lane: Arc<Lane>, batch: Vec<Planned>) {
         if batch.len() == 1 {
             for p in batch {
-                self.send_task(Task::One(p.job, Hint::default()), 1).await;
+                self.send_task(Task::One(p.into_job(), Hint::default()), 1)
+                    .await;
             }
             return;
         }
-        while self.batches_out >= BATCHES_IN_FLIGHT {
+        while self.batches_out >= BATCHES_IN_FLIGHT.min(self.settings.concurrency) {
             match self.results.recv().await {
                 Ok(l) => self.apply(l),
                 Err(_) => break,
@@ -1157,7 +1164,7 @@ impl Pass<'_> {
                         Task::One(j, _) => vec![j],
                         Task::Batch(_, b) => {
                             self.batches_out = self.batches_out.saturating_sub(1);
-                            b.into_iter().map(|p| p.job).collect()
+                            b.into_iter().map(Planned::into_job).collect()
                         }
                     };
                     for j in jobs {
@@ -1181,7 +1188,8 @@ impl Pass<'_> {
                 }
                 _ => {
                     for p in batch {
-                        self.send_task(Task::One(p.job, Hint::default()), 1).await;
+                        self.send_task(Task::One(p.into_job(), Hint::default()), 1)
+                            .await;
                     }
                 }
             }

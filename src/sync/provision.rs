@@ -17,6 +17,10 @@
 //!   members last confirmed at the endpoint ([`crate::sync::members`]). Without a member
 //!   store (unit tests) the whole representation is sent as before.
 //!
+//! A full pass may have sent the object through SCIM Bulk first ([`crate::sync::bulk`]);
+//! what comes back here from it carries a [`Hint`]: look it up before creating (its create
+//! may have landed), or the group was created and only its members are left.
+//!
 //! A [`Job`] carries a group's members apart from its JSON body, as a compact sorted
 //! [`MemberIds`]: the body never holds them, is never cloned with them, and the whole
 //! representation is built only on the path without a member store.
