@@ -36,7 +36,7 @@ use crate::scim::ResourceKind;
 use crate::sync::provision::{audit_outcome, whole_body, with_id, Hint, Job, Outcome};
 
 /// Most operations in one request, whatever the endpoint allows (memory and timeouts).
-pub const MAX_OPERATIONS: usize = 500;
+pub const MAX_OPERATIONS: usize = 250;
 
 /// Bulk requests a pass keeps out at once.
 pub const BATCHES_IN_FLIGHT: usize = 4;
