@@ -11,6 +11,9 @@ Input: one JSON object per line, as `idrelay sync --once --dry-run` prints them:
 but are not such objects are counted as "skipped".
 With --lookups, each write that carries an externalId is preceded by the lookup the agent
 makes on a first pass: GET <collection>?filter=externalId eq "<externalId>".
+With --bulk N, consecutive POSTs go as SCIM Bulk requests (POST /Bulk, RFC 7644 §3.7) of up
+to N operations each (the Bulk load generator); an operation the answer reports with a
+non-2xx status counts as an error.
 
 Workers take the requests in input order from one shared cursor. Each worker keeps its
 connection open (HTTP/1.1 keep-alive) for as long as the server allows, and reconnects
@@ -39,6 +42,8 @@ def parse_args(argv):
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--lookups", action="store_true",
                    help="GET ?filter=externalId eq ... before each write (the agent's first-pass mix)")
+    p.add_argument("--bulk", type=int, default=0, metavar="N",
+                   help="send POSTs as /Bulk requests of up to N operations")
     p.add_argument("--cacert", default=None, help="CA file for https")
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
@@ -78,6 +83,30 @@ def load_requests(path, lookups):
                         json.dumps(body, separators=(",", ":")).encode()))
             writes += 1
     return out, writes, looks, skipped
+
+
+def pack_bulk(requests, n):
+    """Consecutive POSTs as BulkRequests of up to n operations; other requests as they are."""
+    out, ops = [], []
+
+    def flush():
+        if ops:
+            body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+                    "Operations": list(ops)}
+            out.append(("POST", "/Bulk", json.dumps(body, separators=(",", ":")).encode()))
+            ops.clear()
+
+    for method, rel, body in requests:
+        if method == "POST" and body is not None:
+            ops.append({"method": "POST", "path": rel, "bulkId": f"b{len(out)}-{len(ops)}",
+                        "data": json.loads(body)})
+            if len(ops) >= n:
+                flush()
+        else:
+            flush()
+            out.append((method, rel, body))
+    flush()
+    return out
 
 
 class Runner:
@@ -128,6 +157,11 @@ class Runner:
                 status[r.status] = status.get(r.status, 0) + 1
                 if not 200 <= r.status < 300:
                     errors.append(f"{method} {rel} -> {r.status} {data[:200]!r}")
+                elif rel == "/Bulk":
+                    for op in json.loads(data).get("Operations", []):
+                        st = str(op.get("status", ""))
+                        if not st.startswith("2"):
+                            errors.append(f"Bulk {op.get('method')} {op.get('bulkId')} -> {st}")
                 if r.will_close:
                     conn.close()
                     conn = None
@@ -166,6 +200,8 @@ def main(argv):
     if not requests:
         print(f"bench-load: no requests in {a.file}", file=sys.stderr)
         return 2
+    if a.bulk > 0:
+        requests = pack_bulk(requests, a.bulk)
     runner = Runner(a, requests)
     seconds = runner.run(a.concurrency)
     lat = sorted(runner.latencies)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench.sh [--users N] [--concurrency C] [--endpoints scim2-server,nginx] [--no-lookups] [--keep]
+# bench.sh [--users N] [--concurrency C] [--endpoints scim2-server,nginx] [--no-lookups] [--no-bulk] [--keep]
 #
 # The benchmark (a script, not a test): one full pass of the agent over N users (default
 # 10,000) and N/50 groups of 50 in a local slapd, compared in the same run with
@@ -9,6 +9,9 @@
 #     server: first the writes alone (the baseline the targets name), then, unless
 #     --no-lookups, with the externalId lookup (GET ?filter=) the agent makes before each
 #     create on a first pass, i.e. the agent's own request mix;
+#   - on scim2-server (which offers SCIM Bulk), unless --no-bulk: the agent again with
+#     `[sync] bulk = "off"` (one request per object), and bench-load.py --bulk 1000, a Bulk
+#     load generator sending the same creates as /Bulk requests of 1,000 operations;
 # against two SCIM endpoints:
 #   scim2-server  a fresh private scim2-server (realistic, server-bound, ~300 writes/s here);
 #   nginx         Debian's nginx answering every request with a canned response
@@ -40,6 +43,7 @@ USERS=10000
 CONCURRENCY=8
 ENDPOINTS=scim2-server,nginx
 LOOKUPS=1
+BULK_CMP=1
 KEEP=0
 usage() { sed -n '2,3p' "$0" | sed 's/^# //' >&2; }
 while [ $# -gt 0 ]; do
@@ -48,8 +52,9 @@ while [ $# -gt 0 ]; do
     --concurrency) CONCURRENCY=${2:?}; shift ;;
     --endpoints) ENDPOINTS=${2:?}; shift ;;
     --no-lookups) LOOKUPS=0 ;;
+    --no-bulk) BULK_CMP=0 ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) usage; die "unknown argument $1" ;;
   esac
   shift
@@ -246,39 +251,41 @@ log "ldapsearch: $LS_N entries in $LS_S s (runs: ${LS_TIMES[*]})"
 ROWS=()
 NOTES=()
 RSS_KB_MAX=0
-run_agent() { # run_agent ENDPOINT
-  local ep=$1 cfg t0 rc=0 secs rss summary objects reqs
+run_agent() { # run_agent ENDPOINT [off] : [off] runs with `[sync] bulk = "off"`
+  local ep=$1 cfg t0 rc=0 secs rss summary objects reqs tag=$1 label=$1
+  if [ "${2:-}" = off ]; then tag=$ep-bulk-off; label="$ep (bulk off)"; fi
   fresh "$ep"
   cfg=$(write_config "$ep")
-  log "[$ep] agent: idrelay sync --once (fresh endpoint, fresh state)"
+  [ "${2:-}" = off ] && echo 'bulk = "off"' >>"$cfg"
+  log "[$label] agent: idrelay sync --once (fresh endpoint, fresh state)"
   t0=$(now)
-  /usr/bin/time -v -o "$B/time-$ep.txt" "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once >"$B/sync-$ep.out" 2>"$B/sync-$ep.err" || rc=$?
+  /usr/bin/time -v -o "$B/time-$tag.txt" "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once >"$B/sync-$tag.out" 2>"$B/sync-$tag.err" || rc=$?
   secs=$(secs_since "$t0")
   if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
-    log_tail "$B/sync-$ep.err"
-    log_tail "$B/sync-$ep.out" 5
-    die "[$ep] idrelay sync --once failed (exit $rc)"
+    log_tail "$B/sync-$tag.err"
+    log_tail "$B/sync-$tag.out" 5
+    die "[$label] idrelay sync --once failed (exit $rc)"
   fi
-  rss=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$B/time-$ep.txt")
+  rss=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$B/time-$tag.txt")
   [ -n "$rss" ] && [ "$rss" -gt "$RSS_KB_MAX" ] && RSS_KB_MAX=$rss
-  summary=$(grep '^sync:' "$B/sync-$ep.out" | tail -n 1 || true)
+  summary=$(grep '^sync:' "$B/sync-$tag.out" | tail -n 1 || true)
   objects=$(sed -n 's/^sync: \([0-9]*\) objects.*/\1/p' <<<"$summary")
   objects=${objects:-$((USERS + GROUPS_N))}
   reqs=$(count_requests "$ep")
-  log "[$ep] agent: $secs s, exit $rc, peak RSS ${rss:-?} KiB; $summary"
-  NOTES+=("$ep agent:   ${summary:-(no summary line)}; exit $rc; peak RSS $(mib "${rss:-0}" 1024) MiB" "$ep agent:   $reqs")
+  log "[$label] agent: $secs s, exit $rc, peak RSS ${rss:-?} KiB; $summary"
+  NOTES+=("$label agent:   ${summary:-(no summary line)}; exit $rc; peak RSS $(mib "${rss:-0}" 1024) MiB" "$label agent:   $reqs")
   AGENT_S=$secs
   AGENT_OBJS=$objects
 }
 run_loadgen() { # run_loadgen ENDPOINT [--lookups] -> sets LG_JSON
   local ep=$1 mode=writes
   shift
-  [ $# -gt 0 ] && mode="lookups+writes"
+  case "${1:-}" in --lookups) mode="lookups+writes" ;; --bulk) mode="bulk $2" ;; esac
   fresh "$ep"
   log "[$ep] load generator: $mode, concurrency $CONCURRENCY (fresh endpoint)"
   LG_JSON=$(python3 "$ROOT/scripts/bench-load.py" --base "$(scim_url "$ep")" --token-file "$B/scim.token" \
-    --concurrency "$CONCURRENCY" "$@" "$B/writes.jsonl" 2>"$B/loadgen-$ep-$mode.err") || true
-  cat "$B/loadgen-$ep-$mode.err" >&2
+    --concurrency "$CONCURRENCY" "$@" "$B/writes.jsonl" 2>"$B/loadgen-$ep-${mode// /-}.err") || true
+  cat "$B/loadgen-$ep-${mode// /-}.err" >&2
   [ -n "$LG_JSON" ] || die "[$ep] bench-load.py produced no result"
   [ "$(jget "$LG_JSON" writes)" = "$WRITES" ] ||
     log "WARNING: the load generator replayed $(jget "$LG_JSON" writes) of $WRITES writes"
@@ -291,7 +298,7 @@ row() { # row ENDPOINT AGENT_S OBJS LOADGEN_JSON MIX
   errs=$(jget "$lg" errors)
   ls=$LS_S
   ratio=$(awk -v a="$as" -v l="$ls" -v g="$lgs" 'BEGIN { m = (l > g ? l : g); printf "%.2f", a / m }')
-  ROWS+=("$(printf '%-13s| %8s | %11s | %12s | %14s | %-17s | %9s | %13s | %s%s' \
+  ROWS+=("$(printf '%-26s| %8s | %11s | %12s | %14s | %-17s | %9s | %13s | %s%s' \
     "$ep" "$(fmt "$as")" "$(div "$objs" "$as")" "$(fmt "$ls" '%.3f')" "$(div "$LS_N" "$ls")" \
     "$mix $(jget "$lg" requests)" "$(fmt "$lgs")" "$(fmt "$lgr" '%.0f')" "$ratio" \
     "$([ "$errs" = 0 ] || echo " ($errs loadgen errors)")")")
@@ -299,8 +306,21 @@ row() { # row ENDPOINT AGENT_S OBJS LOADGEN_JSON MIX
 
 for ep in ${ENDPOINTS//,/ }; do
   run_agent "$ep"
+  A_S=$AGENT_S
+  OFF_S=""
+  if [ "$ep" = scim2-server ] && [ "$BULK_CMP" = 1 ]; then
+    run_agent "$ep" off
+    OFF_S=$AGENT_S
+  fi
+  AGENT_S=$A_S
   run_loadgen "$ep"
   row "$ep" "$AGENT_S" "$AGENT_OBJS" "$LG_JSON" "writes"
+  if [ -n "$OFF_S" ]; then
+    row "$ep (bulk off)" "$OFF_S" "$AGENT_OBJS" "$LG_JSON" "writes"
+    run_loadgen "$ep" --bulk 1000
+    row "$ep" "$AGENT_S" "$AGENT_OBJS" "$LG_JSON" "bulk"
+    row "$ep (bulk off)" "$OFF_S" "$AGENT_OBJS" "$LG_JSON" "bulk"
+  fi
   if [ "$LOOKUPS" = 1 ]; then
     run_loadgen "$ep" --lookups
     row "$ep" "$AGENT_S" "$AGENT_OBJS" "$LG_JSON" "GET+writes"
@@ -315,8 +335,8 @@ cat <<EOF
    ldapsearch: paged (pr=1000) dump of ${SCOPE[*]}, median of 3: ${LS_TIMES[*]} s
    ratio = agent s / max(ldapsearch s, loadgen s)   (target: <= 1.25)
 
-endpoint     |  agent s | agent obj/s | ldapsearch s | ldap entries/s | loadgen requests  | loadgen s | loadgen req/s | ratio
--------------+----------+-------------+--------------+----------------+-------------------+-----------+---------------+------
+endpoint (agent)          |  agent s | agent obj/s | ldapsearch s | ldap entries/s | loadgen requests  | loadgen s | loadgen req/s | ratio
+--------------------------+----------+-------------+--------------+----------------+-------------------+-----------+---------------+------
 EOF
 printf '%s\n' "${ROWS[@]}"
 echo

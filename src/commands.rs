@@ -368,6 +368,7 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
             members: member_store(c),
             member_chunk: c.sync.member_chunk,
             listing: None,
+            bulk: c.sync.bulk,
         },
         quiet,
         user_delete: c.sync.user_delete,

@@ -226,6 +226,9 @@ pub struct SyncSettings {
     pub feed: FeedKind,
     /// Member values per PATCH request for group membership.
     pub member_chunk: usize,
+    /// `bulk = "auto"`: a full pass sends through SCIM Bulk where the endpoint offers it;
+    /// `"off"`: one request per object.
+    pub bulk: bool,
 }
 
 /// What happens at the endpoint when a user is deleted in the directory or leaves scope.
@@ -509,6 +512,8 @@ struct RawSync {
     feed: String,
     #[serde(default = "default_member_chunk")]
     member_chunk: usize,
+    #[serde(default = "default_kind")]
+    bulk: String,
 }
 
 impl Default for RawSync {
@@ -528,6 +533,7 @@ impl Default for RawSync {
             poll_interval_secs: default_poll_interval(),
             feed: default_kind(),
             member_chunk: default_member_chunk(),
+            bulk: default_kind(),
         }
     }
 }
@@ -817,6 +823,16 @@ impl Config {
                 "must be 1 to 3600".into(),
             ));
         }
+        let bulk = match y.bulk.as_str() {
+            "auto" => true,
+            "off" => false,
+            other => {
+                return Err(invalid(
+                    "sync.bulk",
+                    format!("`{other}` is not one of: auto, off"),
+                ))
+            }
+        };
         let feed = match y.feed.as_str() {
             "auto" => FeedKind::Auto,
             "syncrepl" => FeedKind::Syncrepl,
@@ -971,6 +987,7 @@ impl Config {
                 poll_interval: Duration::from_secs(y.poll_interval_secs),
                 feed,
                 member_chunk: y.member_chunk,
+                bulk,
             },
             queue: QueueSettings {
                 max_bytes: raw.queue.max_bytes,
@@ -1532,7 +1549,9 @@ token_file = "/s/scim"
         assert_eq!(c.sync.full_pass_interval, Duration::from_secs(86_400));
         assert_eq!(c.sync.poll_interval, Duration::from_secs(5));
         assert_eq!(c.sync.member_chunk, 100);
+        assert!(c.sync.bulk);
         let with = |extra: &str| parse(&format!("{GOOD}[sync]\n{extra}\n"));
+        assert!(!with("bulk = \"off\"").unwrap().sync.bulk);
         let c = with("feed = \"dirsync\"\nuser_delete = \"delete\"\ndelete_threshold = 0").unwrap();
         assert_eq!(c.sync.feed, FeedKind::DirSync);
         assert_eq!(c.sync.user_delete, UserDelete::Delete);
@@ -1548,6 +1567,7 @@ token_file = "/s/scim"
             ),
             ("poll_interval_secs = 0", "sync.poll_interval_secs"),
             ("member_chunk = 0", "sync.member_chunk"),
+            ("bulk = \"on\"", "sync.bulk"),
         ] {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");

@@ -825,7 +825,15 @@ fn a_first_pass_matches_by_one_listing_not_a_lookup_per_object() {
     dir.modify(&ldif);
     let scim = ScimServer::start();
     let proxy = common::faultproxy::FaultProxy::http(scim.port);
-    let agent = Agent::new(&dir, &[o], &proxy.http_url("/v2"), &scim.token, "");
+    // One request per object, so that requests can be counted by path (the same pass
+    // through SCIM Bulk: tests/bulk_live.rs).
+    let agent = Agent::new(
+        &dir,
+        &[o],
+        &proxy.http_url("/v2"),
+        &scim.token,
+        "bulk = \"off\"",
+    );
     let count = |events: &[common::faultproxy::Event], method: &str, part: &str| {
         events
             .iter()

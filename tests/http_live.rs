@@ -156,7 +156,8 @@ fn scim_user_round_trip() {
                 creates: 1,
                 replaces: 1,
                 patches: 1,
-                deletes: 2
+                deletes: 2,
+                bulk: 0
             }
         );
     });

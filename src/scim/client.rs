@@ -43,6 +43,7 @@ use serde_json::{json, Value};
 
 use crate::relay::backoff::{parse_retry_after, Backoff};
 use crate::relay::http::{HttpClient, HttpError, HttpRequest, HttpResponse, Method, Url};
+use crate::scim::bulk::SentOp;
 use crate::scim::oauth::{TokenError, TokenSource};
 use crate::scim::resource::{ResourceKind, LIST_RESPONSE, PATCH_OP};
 use crate::scim::schema::EndpointSchema;
@@ -141,10 +142,12 @@ pub struct WriteCounts {
     pub patches: u64,
     /// DELETE requests.
     pub deletes: u64,
+    /// `POST /Bulk` requests (their operations are counted above, by method).
+    pub bulk: u64,
 }
 
 impl WriteCounts {
-    /// All write requests together.
+    /// All write requests together (a Bulk request counts its operations).
     pub fn total(&self) -> u64 {
         self.creates + self.replaces + self.patches + self.deletes
     }
@@ -156,6 +159,7 @@ struct Counters {
     replaces: AtomicU64,
     patches: AtomicU64,
     deletes: AtomicU64,
+    bulk: AtomicU64,
 }
 
 /// Why a SCIM operation failed. Never contains the token.
@@ -834,6 +838,7 @@ impl ScimClient {
             replaces: c.replaces.load(Ordering::Relaxed),
             patches: c.patches.load(Ordering::Relaxed),
             deletes: c.deletes.load(Ordering::Relaxed),
+            bulk: c.bulk.load(Ordering::Relaxed),
         }
     }
 
@@ -1320,6 +1325,28 @@ impl ScimClient {
             .filter(Value::is_object))
     }
 
+    /// Sends one BulkRequest (`POST /Bulk`, RFC 7644 §3.7): `body` as framed by
+    /// [`crate::scim::bulk::body`] from the operations `ops`. Returns the answer's body on
+    /// 200; any other status is a [`ScimError::Http`] (413: the body was too large).
+    /// Like a POST, never retried after a failure that may have applied it: the caller
+    /// must find out what landed before it sends any create again.
+    pub async fn bulk(&self, ops: &[SentOp], body: Vec<u8>) -> Result<Vec<u8>, ScimError> {
+        let url = endpoint_url(&self.cfg.base_url, &["Bulk"])?;
+        let resp = self
+            .execute_bytes(Method::Post, &url, Some(body), Some(ops))
+            .await?;
+        if resp.status != 200 {
+            return Err(self.http_error(Method::Post, &url, &resp));
+        }
+        Ok(resp.body)
+    }
+
+    /// A body fitted to the endpoint's `/Schemas` as [`ScimClient::create`] (`creating`)
+    /// or [`ScimClient::replace`] would send it.
+    pub async fn fit(&self, kind: ResourceKind, body: &Value, creating: bool) -> Value {
+        self.fitted(kind, body, creating).await.into_owned()
+    }
+
     /// Deletes a resource; a 404 counts as done.
     pub async fn delete(&self, kind: ResourceKind, id: &str) -> Result<(), ScimError> {
         let url = endpoint_url(&self.cfg.base_url, &[kind.endpoint(), id])?;
@@ -1338,6 +1365,18 @@ impl ScimClient {
         body: Option<&Value>,
     ) -> Result<HttpResponse, ScimError> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        self.execute_bytes(method, url, body, None).await
+    }
+
+    /// [`ScimClient::execute`] with the body as bytes; `bulk`: the operations of a Bulk
+    /// request, counted by method on each try (the request itself counts as one bulk).
+    async fn execute_bytes(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<Vec<u8>>,
+        bulk: Option<&[SentOp]>,
+    ) -> Result<HttpResponse, ScimError> {
         let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap)
             .with_max_attempts(self.cfg.max_attempts);
         let mut renewed = false;
@@ -1360,7 +1399,13 @@ impl ScimClient {
             if let Some(b) = &body {
                 req = req.header("Content-Type", SCIM_JSON).body(b.clone());
             }
-            self.count(method);
+            match bulk {
+                Some(ops) => {
+                    self.counters.bulk.fetch_add(1, Ordering::Relaxed);
+                    ops.iter().for_each(|op| self.count(op.method));
+                }
+                None => self.count(method),
+            }
             let sent = self.http.send(req).await;
             // A token file rotated since it was read: read it again once, try once more,
             // before the 401 counts against the endpoint.

@@ -14,6 +14,12 @@
 //!    the whole representation, so a group costs about its member ids, not a JSON object
 //!    per member.
 //!
+//! Where the endpoint offers SCIM Bulk (and `sync.bulk` allows it), the coordinator gathers
+//! the objects that can go that way (creates the listing proves absent, users' PUTs to owned
+//! ids) into Bulk requests that a worker sends ([`crate::sync::bulk`]); what a request hands
+//! back (refused, of unknown fate) is sent again on its own. Each phase's last request is sent
+//! before the phase drains, so users' requests go before groups'.
+//!
 //! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
 //! taken for a smaller directory); a failing object is counted and reported and never
 //! stops the others; an object whose representation hash equals the one last sent is not
@@ -45,12 +51,13 @@ use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
+use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict, BATCHES_IN_FLIGHT};
 use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
 use crate::sync::diskmap::DiskMap;
 use crate::sync::dn;
-use crate::sync::listing::Listing;
+use crate::sync::listing::{Listed, Listing};
 use crate::sync::progress::Progress;
-use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
+use crate::sync::provision::{provision_with, Hint, Job, Outcome, ProvisionMode};
 
 /// What a pass needs besides its connections.
 #[derive(Debug, Clone)]
@@ -143,6 +150,9 @@ impl fmt::Display for PassReport {
             secs,
             rate
         )?;
+        if w.bulk > 0 {
+            write!(f, "; {} SCIM Bulk requests", w.bulk)?;
+        }
         if self.unavailable > 0 {
             write!(
                 f,
@@ -456,6 +466,44 @@ struct Done {
     outcome: Outcome,
 }
 
+impl Done {
+    fn of(job: Job, outcome: Outcome) -> Done {
+        Done {
+            kind: job.kind,
+            dn: job.dn,
+            external_id: job.external_id,
+            hash: job.hash,
+            outcome,
+        }
+    }
+}
+
+/// What a worker is handed.
+enum Task {
+    /// One object, the single-request way.
+    One(Job, Hint),
+    /// Objects for one SCIM Bulk request ([`crate::sync::bulk`]).
+    Batch(Arc<Lane>, Vec<Planned>),
+}
+
+/// What a worker hands back.
+enum Landed {
+    /// One object's outcome (each object lands once).
+    Done(Done),
+    /// An object of a Bulk request to send again the single way.
+    Again(Job, Hint),
+    /// A Bulk request is over.
+    BatchEnd,
+}
+
+/// Whether the pass sends through SCIM Bulk: asked of the endpoint when the first object
+/// that could go through it comes up (a pass with nothing to write asks nothing).
+enum BulkState {
+    Unasked,
+    Off,
+    On(Arc<Lane>),
+}
+
 /// The pass coordinator: owns the index; workers only talk HTTP.
 struct Pass<'a> {
     dir: &'a Directory,
@@ -472,9 +520,15 @@ struct Pass<'a> {
     index: &'a mut AnchorIndex,
     scope: ScopeMap,
     pretend: HashMap<String, String>,
-    jobs: Sender<Job>,
-    results: Receiver<Done>,
+    jobs: Sender<Task>,
+    results: Receiver<Landed>,
     in_flight: usize,
+    /// SCIM Bulk: whether used, the objects gathered for the next request, requests out,
+    /// and objects handed back to be sent again the single way.
+    bulk: BulkState,
+    buffer: Buffer,
+    batches_out: usize,
+    again: Vec<(Job, Hint)>,
     report: PassReport,
     progress: Progress,
     done: u64,
@@ -518,10 +572,10 @@ pub async fn full_pass(
     gate.set_scope(index.len());
     let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
-    let (jobs_tx, jobs_rx) = channel::bounded::<Job>(settings.concurrency * 2);
+    let (jobs_tx, jobs_rx) = channel::bounded::<Task>(settings.concurrency * 2);
     // Filled after the scan when enough objects are unknown ([`crate::sync::listing`]).
     let listing: Arc<OnceLock<Listing>> = Arc::default();
-    let (done_tx, done_rx) = channel::unbounded::<Done>();
+    let (done_tx, done_rx) = channel::unbounded::<Landed>();
     let mut workers = Vec::new();
     for _ in 0..settings.concurrency {
         let jobs = jobs_rx.clone();
@@ -530,17 +584,29 @@ pub async fn full_pass(
         let mut mode = settings.mode.clone();
         mode.listing = Some(listing.clone());
         workers.push(smol::spawn(async move {
-            while let Ok(job) = jobs.recv().await {
-                let outcome = provision(&scim, &job, &mode).await;
-                let d = Done {
-                    kind: job.kind,
-                    dn: job.dn,
-                    external_id: job.external_id,
-                    hash: job.hash,
-                    outcome,
+            while let Ok(task) = jobs.recv().await {
+                let landed = match task {
+                    Task::One(job, hint) => {
+                        let outcome = provision_with(&scim, &job, &mode, &hint).await;
+                        vec![Landed::Done(Done::of(job, outcome))]
+                    }
+                    Task::Batch(lane, batch) => {
+                        let mut out: Vec<Landed> = bulk::send(&scim, &lane, batch)
+                            .await
+                            .into_iter()
+                            .map(|(job, v)| match v {
+                                Verdict::Outcome(o) => Landed::Done(Done::of(job, o)),
+                                Verdict::Again(h) => Landed::Again(job, h),
+                            })
+                            .collect();
+                        out.push(Landed::BatchEnd);
+                        out
+                    }
                 };
-                if done.send(d).await.is_err() {
-                    break;
+                for l in landed {
+                    if done.send(l).await.is_err() {
+                        return;
+                    }
                 }
             }
         }));
@@ -561,6 +627,14 @@ pub async fn full_pass(
         jobs: jobs_tx,
         results: done_rx,
         in_flight: 0,
+        bulk: if settings.mode.bulk && !settings.mode.dry_run {
+            BulkState::Unasked
+        } else {
+            BulkState::Off
+        },
+        buffer: Buffer::default(),
+        batches_out: 0,
+        again: Vec::new(),
         report: PassReport {
             dry_run: settings.mode.dry_run,
             ..PassReport::default()
@@ -640,6 +714,7 @@ pub async fn full_pass(
         replaces: now.replaces - writes_before.replaces,
         patches: now.patches - writes_before.patches,
         deletes: now.deletes - writes_before.deletes,
+        bulk: now.bulk - writes_before.bulk,
     };
     report.elapsed = started.elapsed();
     Ok(report)
@@ -985,42 +1060,189 @@ impl Pass<'_> {
         None
     }
 
-    async fn dispatch(&mut self, mut job: Job) {
+    /// Hands `job` to the workers: into the next Bulk request when it can go that way,
+    /// else on its own.
+    async fn dispatch(&mut self, job: Job) {
+        if let Some(verb) = self.bulk_verb(&job) {
+            if let Some(lane) = self.lane().await {
+                match lane.plan(self.scim, job, verb).await {
+                    Ok(p) => {
+                        if let Some(batch) = self.buffer.push(p, lane.limits()) {
+                            self.send_batch(lane, batch).await;
+                        }
+                    }
+                    Err(job) => self.send_task(Task::One(job, Hint::default()), 1).await,
+                }
+                self.pump_again().await;
+                return;
+            }
+        }
+        self.send_task(Task::One(job, Hint::default()), 1).await;
+        self.pump_again().await;
+    }
+
+    /// What `job` would be in a Bulk request, when it may go in one: a create of what the
+    /// listing proves absent, a user's PUT to an id the index knows or the listing proved
+    /// (see [`crate::sync::bulk`]).
+    fn bulk_verb(&self, job: &Job) -> Option<Verb> {
+        if matches!(self.bulk, BulkState::Off) {
+            return None;
+        }
+        // A group without a member store would go with its whole member list.
+        if job.kind == ResourceKind::Group && self.settings.mode.members.is_none() {
+            return None;
+        }
+        if let Some(id) = &job.known_id {
+            return (job.kind == ResourceKind::User).then(|| Verb::Replace {
+                id: id.clone(),
+                matched: false,
+            });
+        }
+        match self.listing.get()?.lookup(job.kind, &job.external_id) {
+            Listed::Absent => Some(Verb::Create),
+            Listed::Found(id) if job.kind == ResourceKind::User => {
+                Some(Verb::Replace { id, matched: true })
+            }
+            _ => None,
+        }
+    }
+
+    /// The Bulk lane, asking the endpoint's `/ServiceProviderConfig` the first time.
+    async fn lane(&mut self) -> Option<Arc<Lane>> {
+        if let BulkState::Unasked = self.bulk {
+            self.bulk = match self.scim.service_provider_config().await {
+                Ok(spc) => match Lane::for_endpoint(&spc) {
+                    Some(l) => {
+                        let lim = l.limits();
+                        log::info!(
+                            "SCIM Bulk: the endpoint takes up to {} operations and {} bytes a request; sending through it",
+                            lim.max_operations,
+                            lim.max_payload_size
+                        );
+                        BulkState::On(Arc::new(l))
+                    }
+                    None => {
+                        log::debug!("SCIM Bulk: not offered by the endpoint");
+                        BulkState::Off
+                    }
+                },
+                Err(e) => {
+                    log::info!("SCIM /ServiceProviderConfig: {e}; not using Bulk");
+                    BulkState::Off
+                }
+            };
+        }
+        match &self.bulk {
+            BulkState::On(l) if !l.is_off() => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    /// Sends a gathered Bulk request (one object goes on its own), keeping at most
+    /// [`BATCHES_IN_FLIGHT`] (and `concurrency`) out.
+    async fn send_batch(&mut self, lane: Arc<Lane>, batch: Vec<Planned>) {
+        if batch.len() == 1 {
+            for p in batch {
+                self.send_task(Task::One(p.into_job(), Hint::default()), 1)
+                    .await;
+            }
+            return;
+        }
+        while self.batches_out >= BATCHES_IN_FLIGHT.min(self.settings.concurrency) {
+            match self.results.recv().await {
+                Ok(l) => self.apply(l),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        self.batches_out += 1;
+        self.send_task(Task::Batch(lane, batch), n).await;
+    }
+
+    /// Sends the objects Bulk handed back, each on its own.
+    async fn pump_again(&mut self) {
+        while let Some((job, hint)) = self.again.pop() {
+            self.send_task(Task::One(job, hint), 1).await;
+        }
+    }
+
+    /// Hands a task of `objects` objects to a free worker.
+    async fn send_task(&mut self, mut task: Task, objects: usize) {
         loop {
             while let Ok(d) = self.results.try_recv() {
                 self.apply(d);
             }
-            match self.jobs.try_send(job) {
+            match self.jobs.try_send(task) {
                 Ok(()) => {
-                    self.in_flight += 1;
+                    self.in_flight += objects;
                     return;
                 }
-                Err(channel::TrySendError::Full(j)) => {
-                    job = j;
+                Err(channel::TrySendError::Full(t)) => {
+                    task = t;
                     // Every worker is busy: wait for one to finish.
                     if let Ok(d) = self.results.recv().await {
                         self.apply(d);
                     }
                 }
-                Err(channel::TrySendError::Closed(j)) => {
-                    self.fail(j.dn, "internal: provisioning workers stopped".into(), None);
+                Err(channel::TrySendError::Closed(t)) => {
+                    let jobs = match t {
+                        Task::One(j, _) => vec![j],
+                        Task::Batch(_, b) => {
+                            self.batches_out = self.batches_out.saturating_sub(1);
+                            b.into_iter().map(Planned::into_job).collect()
+                        }
+                    };
+                    for j in jobs {
+                        self.fail(j.dn, "internal: provisioning workers stopped".into(), None);
+                    }
                     return;
                 }
             }
         }
     }
 
-    /// Waits until every dispatched job has landed.
+    /// Waits until every dispatched job has landed (the gathered Bulk request is sent
+    /// first).
     async fn drain(&mut self) {
-        while self.in_flight > 0 {
+        if !self.buffer.is_empty() {
+            let batch = self.buffer.take();
+            match &self.bulk {
+                BulkState::On(l) => {
+                    let l = l.clone();
+                    self.send_batch(l, batch).await;
+                }
+                _ => {
+                    for p in batch {
+                        self.send_task(Task::One(p.into_job(), Hint::default()), 1)
+                            .await;
+                    }
+                }
+            }
+        }
+        loop {
+            self.pump_again().await;
+            if self.in_flight == 0 && self.batches_out == 0 && self.again.is_empty() {
+                break;
+            }
             match self.results.recv().await {
-                Ok(d) => self.apply(d),
+                Ok(l) => self.apply(l),
                 Err(_) => break,
             }
         }
     }
 
-    fn apply(&mut self, d: Done) {
+    fn apply(&mut self, l: Landed) {
+        match l {
+            Landed::Done(d) => self.apply_done(d),
+            Landed::Again(job, hint) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.again.push((job, hint));
+            }
+            Landed::BatchEnd => self.batches_out = self.batches_out.saturating_sub(1),
+        }
+    }
+
+    fn apply_done(&mut self, d: Done) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let id = match d.outcome {
             Outcome::Created(id) => {

@@ -17,6 +17,10 @@
 //!   members last confirmed at the endpoint ([`crate::sync::members`]). Without a member
 //!   store (unit tests) the whole representation is sent as before.
 //!
+//! A full pass may have sent the object through SCIM Bulk first ([`crate::sync::bulk`]);
+//! what comes back here from it carries a [`Hint`]: look it up before creating (its create
+//! may have landed), or the group was created and only its members are left.
+//!
 //! A [`Job`] carries a group's members apart from its JSON body, as a compact sorted
 //! [`MemberIds`]: the body never holds them, is never cloned with them, and the whole
 //! representation is built only on the path without a member store.
@@ -70,6 +74,18 @@ pub enum Outcome {
     Unavailable(String),
 }
 
+/// What a full pass already knows about a [`Job`] it hands over again after Bulk
+/// ([`crate::sync::bulk`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hint {
+    /// A create of this object may have landed: look it up by externalId, never trusting
+    /// the pass's listing, before anything is created.
+    pub recheck: bool,
+    /// The group was created (without members) under this id: bring its members in step
+    /// and report it created.
+    pub created: Option<String>,
+}
+
 /// How the worker behaves.
 #[derive(Debug, Clone)]
 pub struct ProvisionMode {
@@ -84,6 +100,9 @@ pub struct ProvisionMode {
     /// What the endpoint holds, when a full pass read it ([`crate::sync::listing`]): set
     /// once while the workers run; unset, every unknown object is looked up.
     pub listing: Option<Arc<OnceLock<Listing>>>,
+    /// A full pass may send through SCIM Bulk where the endpoint offers it
+    /// ([`crate::sync::bulk`]; `sync.bulk`).
+    pub bulk: bool,
 }
 
 impl ProvisionMode {
@@ -123,6 +142,7 @@ impl ProvisionMode {
             members: None,
             member_chunk: crate::sync::members::DEFAULT_CHUNK,
             listing: None,
+            bulk: false,
         }
     }
 }
@@ -130,12 +150,32 @@ impl ProvisionMode {
 /// Brings one object in step. Never panics on endpoint answers; every failure is an
 /// [`Outcome::Failed`] with a reason.
 pub async fn provision(scim: &ScimClient, job: &Job, mode: &ProvisionMode) -> Outcome {
+    provision_with(scim, job, mode, &Hint::default()).await
+}
+
+/// [`provision`] with what the pass learnt from a Bulk request about the object.
+pub async fn provision_with(
+    scim: &ScimClient,
+    job: &Job,
+    mode: &ProvisionMode,
+    hint: &Hint,
+) -> Outcome {
+    let unlisted;
+    let mode = if hint.recheck && mode.listing.is_some() {
+        unlisted = ProvisionMode {
+            listing: None,
+            ..mode.clone()
+        };
+        &unlisted
+    } else {
+        mode
+    };
     let group_store = match job.kind {
         ResourceKind::Group => mode.members.as_ref(),
         ResourceKind::User => None,
     };
     let outcome = if let Some(store) = group_store {
-        provision_group(scim, job, mode, store).await
+        provision_group(scim, job, mode, store, hint.created.as_deref()).await
     } else {
         match provision_inner(scim, job, mode).await {
             Ok(o) => o,
@@ -158,7 +198,7 @@ fn endpoint_wide(e: &ScimError) -> bool {
 }
 
 /// One line in the provisioning log (transient failures are retried, so not logged).
-fn audit_outcome(job: &Job, outcome: &Outcome) {
+pub(crate) fn audit_outcome(job: &Job, outcome: &Outcome) {
     let (op, id, error) = match outcome {
         Outcome::Created(id) => ("create", Some(id.as_str()), None),
         Outcome::Replaced(id) => ("replace", Some(id.as_str()), None),
@@ -183,10 +223,14 @@ async fn provision_group(
     job: &Job,
     mode: &ProvisionMode,
     store: &MemberStore,
+    created: Option<&str>,
 ) -> Outcome {
     let attrs = &job.body;
-    let mut fresh = false;
+    let mut fresh = created.is_some();
     let placed = async {
+        if let Some(id) = created {
+            return Ok(Some(Outcome::Created(id.to_string())));
+        }
         if let Some(id) = &job.known_id {
             if mode.dry_run {
                 print_op("PATCH", job, Some(id), attrs);
@@ -295,7 +339,7 @@ async fn provision_group(
                 known_id: None,
                 ..job.clone()
             };
-            Box::pin(provision_group(scim, &again, mode, store)).await
+            Box::pin(provision_group(scim, &again, mode, store, None)).await
         }
         Err(MemberSyncError::GroupGone { group_id }) => Outcome::Unavailable(format!(
             "group {group_id} disappeared at the endpoint while its members were sent"
@@ -312,7 +356,7 @@ async fn provision_group(
 
 /// The whole representation: `body` with `members` (only the path without a member store
 /// builds it).
-fn whole_body(job: &Job) -> std::borrow::Cow<'_, Value> {
+pub(crate) fn whole_body(job: &Job) -> std::borrow::Cow<'_, Value> {
     if job.members.is_empty() {
         return std::borrow::Cow::Borrowed(&job.body);
     }
@@ -518,7 +562,7 @@ fn resource_id(v: &Value) -> Result<String, ScimError> {
 }
 
 /// The body with `"id"` set, as RFC 7644 §3.5.1 lets a PUT carry it.
-fn with_id(body: &Value, id: &str) -> Value {
+pub(crate) fn with_id(body: &Value, id: &str) -> Value {
     let mut b = body.clone();
     if let Value::Object(m) = &mut b {
         m.insert("id".into(), Value::String(id.to_string()));

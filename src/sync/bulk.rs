@@ -1,0 +1,514 @@
+//! A full pass's objects through SCIM Bulk (RFC 7644 §3.7), when the endpoint offers it.
+//!
+//! What goes through Bulk: creates of users and groups the pass knows are absent (the
+//! endpoint's listing was read completely and shows no resource with their externalId:
+//! [`crate::sync::listing`]), and PUTs of users to ids the agent owns (the anchor index's,
+//! or a listed resource that shows the user's own externalId). Everything else goes the
+//! single-request way ([`crate::sync::provision`]): a group's attributes and members (PATCH
+//! against its confirmed members), soft matches, anything the listing cannot tell. A group
+//! created through Bulk is created without members; its members follow the single way.
+//!
+//! Rules:
+//! * Each object is in at most one operation of one request; the pass counts it once, by
+//!   the outcome this module or its single-request retry reports.
+//! * A refused operation (4xx in the answer) is retried on its own, the single way, which
+//!   reports it exactly as without Bulk (409 → the conflict is proven or explained; 404 on
+//!   a PUT → matched again): it never fails or repeats the batch's other operations.
+//! * **No create is sent twice blindly.** A create whose fate the answer does not tell
+//!   (not mentioned, no id, 5xx or 429 for it), and every create of a request that failed
+//!   ambiguously (timeout, cut link, 5xx, an unreadable answer), is retried only after a
+//!   lookup by externalId ([`Hint::recheck`]): the resource found is used, never doubled.
+//! * 413 halves the request and tries each half; an operation refused alone with 413 goes
+//!   the single way. A request that timed out or was too large also halves every later
+//!   request of the pass. An endpoint whose `/Bulk` refuses requests as such (404, 405,
+//!   501, or any other 4xx for a whole request) gets no more of them from this process.
+//!
+//! Memory: a request holds at most `maxOperations` objects (and [`MAX_OPERATIONS`]); the
+//! pass keeps at most [`BATCHES_IN_FLIGHT`] of them out at once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+use crate::scim::bulk::{self, Limits, OpResult, SentOp};
+use crate::scim::client::{ScimClient, ServiceProviderConfig};
+use crate::scim::ResourceKind;
+use crate::sync::provision::{audit_outcome, whole_body, with_id, Hint, Job, Outcome};
+
+/// Most operations in one request, whatever the endpoint allows (memory and timeouts).
+pub const MAX_OPERATIONS: usize = 250;
+
+/// Bulk requests a pass keeps out at once.
+pub const BATCHES_IN_FLIGHT: usize = 4;
+
+/// The Bulk side of a pass: the endpoint's limits as learnt and shrunk, and whether Bulk
+/// is still used. Shared by the coordinator and the workers.
+#[derive(Debug)]
+pub struct Lane {
+    max_operations: AtomicUsize,
+    max_payload_size: usize,
+    off: AtomicBool,
+    next_id: AtomicU64,
+}
+
+/// What a planned operation does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verb {
+    /// POST: the endpoint holds no resource with the object's externalId.
+    Create,
+    /// PUT to an id the agent owns; `matched`: found by the listing, not the index.
+    Replace {
+        /// The resource's id.
+        id: String,
+        /// Proven by the listing (reported as matched), not known to the index.
+        matched: bool,
+    },
+}
+
+/// One object's operation, encoded and ready for a request.
+#[derive(Debug)]
+pub struct Planned {
+    /// The object.
+    job: Job,
+    verb: Verb,
+    sent: SentOp,
+    op: Vec<u8>,
+}
+
+/// What became of one object of a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Final: count it.
+    Outcome(Outcome),
+    /// Send it again the single way, with this hint.
+    Again(Hint),
+}
+
+impl Lane {
+    /// The lane for an endpoint whose `/ServiceProviderConfig` says Bulk is supported with
+    /// usable limits; `None` otherwise.
+    pub fn for_endpoint(spc: &ServiceProviderConfig) -> Option<Lane> {
+        let b = spc.bulk?;
+        let ops = usize::try_from(b.max_operations).unwrap_or(usize::MAX);
+        let bytes = usize::try_from(b.max_payload_size).unwrap_or(usize::MAX);
+        // Room for at least two small operations, or Bulk buys nothing.
+        if ops < 2 || bytes < 1024 {
+            return None;
+        }
+        Some(Lane {
+            max_operations: AtomicUsize::new(ops.min(MAX_OPERATIONS)),
+            max_payload_size: bytes,
+            off: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The limits requests are framed to now.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_operations: self.max_operations.load(Ordering::Relaxed).max(1),
+            max_payload_size: self.max_payload_size,
+        }
+    }
+
+    /// Whether Bulk is no longer used (the endpoint refused it).
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::Relaxed)
+    }
+
+    fn turn_off(&self, why: &str) {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            log::warn!("SCIM Bulk: {why}; sending one request per object from now on");
+        }
+    }
+
+    /// Halves the operations of later requests (not below 2).
+    fn shrink(&self, to_at_most: usize) {
+        let now = self.max_operations.load(Ordering::Relaxed);
+        let next = to_at_most.max(2).min(now);
+        if next < now {
+            self.max_operations.store(next, Ordering::Relaxed);
+            log::info!("SCIM Bulk: at most {next} operations a request from now on");
+        }
+    }
+
+    /// Encodes `job`'s operation; gives the job back when it fits no request alone. The
+    /// planned job keeps its body only in the encoded operation ([`Planned::into_job`]).
+    pub async fn plan(&self, scim: &ScimClient, mut job: Job, verb: Verb) -> Result<Planned, Job> {
+        let (sent, data) = match &verb {
+            Verb::Create => {
+                let body = scim.fit(job.kind, &whole_body(&job), true).await;
+                let id = format!("b{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+                (SentOp::create(job.kind, id), body)
+            }
+            Verb::Replace { id, .. } => {
+                let body = scim
+                    .fit(job.kind, &with_id(&whole_body(&job), id), false)
+                    .await;
+                (SentOp::replace(job.kind, id), body)
+            }
+        };
+        let op = sent.encode(Some(&data));
+        if !self.limits().fits(1, op.len()) {
+            return Err(job);
+        }
+        job.body = Value::Null;
+        Ok(Planned {
+            job,
+            verb,
+            sent,
+            op,
+        })
+    }
+}
+
+impl Planned {
+    /// The job with its body back (as encoded: fitted to the endpoint's schema, which
+    /// fitting again leaves as it is), to be sent the single way.
+    pub fn into_job(self) -> Job {
+        let mut job = self.job;
+        let mut body = serde_json::from_slice::<Value>(&self.op)
+            .ok()
+            .and_then(|mut op| op.get_mut("data").map(Value::take))
+            .unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut body {
+            // A PUT's body carries the id; the single way adds it where it belongs.
+            m.remove("id");
+        }
+        job.body = body;
+        job
+    }
+}
+
+/// Objects gathered for the next request.
+#[derive(Debug, Default)]
+pub struct Buffer {
+    items: Vec<Planned>,
+    sum: usize,
+}
+
+impl Buffer {
+    /// Adds `p`; returns what was gathered before it when `p` does not fit beside it.
+    pub fn push(&mut self, p: Planned, limits: Limits) -> Option<Vec<Planned>> {
+        let full =
+            !self.items.is_empty() && !limits.fits(self.items.len() + 1, self.sum + p.op.len());
+        let out = full.then(|| self.take());
+        self.sum += p.op.len();
+        self.items.push(p);
+        out
+    }
+
+    /// Everything gathered.
+    pub fn take(&mut self) -> Vec<Planned> {
+        self.sum = 0;
+        std::mem::take(&mut self.items)
+    }
+
+    /// Whether nothing is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Sends `batch` as one request (halved on 413) and says what became of each object.
+pub async fn send(scim: &ScimClient, lane: &Lane, batch: Vec<Planned>) -> Vec<(Job, Verdict)> {
+    let sent: Vec<SentOp> = batch.iter().map(|p| p.sent.clone()).collect();
+    let body = bulk::body(batch.iter().map(|p| p.op.as_slice()));
+    let answer = scim.bulk(&sent, body).await;
+    let results = match answer {
+        Ok(answer) => match bulk::parse_answer(&sent, &answer) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!(
+                    "SCIM Bulk: {e}; its {} objects are matched again before anything is created",
+                    batch.len()
+                );
+                return again_all(batch, true);
+            }
+        },
+        Err(e) if e.status() == Some(413) => {
+            if batch.len() == 1 {
+                return again_all(batch, false);
+            }
+            let half = batch.len() / 2;
+            lane.shrink(half);
+            let mut first = batch;
+            let second = first.split_off(half);
+            let mut out = Box::pin(send(scim, lane, first)).await;
+            out.extend(Box::pin(send(scim, lane, second)).await);
+            return out;
+        }
+        Err(e)
+            if matches!(e.status(), Some(400..=499)) && !matches!(e.status(), Some(401 | 429)) =>
+        {
+            // The request as such was refused: nothing of it was applied.
+            lane.turn_off(&e.to_string());
+            return again_all(batch, false);
+        }
+        Err(e) => {
+            if e.is_ambiguous_write() {
+                lane.shrink(batch.len() / 2);
+            }
+            log::warn!(
+                "{e}; the request's {} objects are matched again before anything is created",
+                batch.len()
+            );
+            return again_all(batch, true);
+        }
+    };
+    batch
+        .into_iter()
+        .zip(results)
+        .map(|(p, r)| {
+            let v = verdict(&p, r);
+            if let Verdict::Outcome(o) = &v {
+                audit_outcome(&p.job, o);
+            }
+            match v {
+                Verdict::Again(_) => (p.into_job(), v),
+                Verdict::Outcome(_) => (p.job, v),
+            }
+        })
+        .collect()
+}
+
+/// Every object of `batch` again the single way (`recheck`: after a lookup).
+fn again_all(batch: Vec<Planned>, recheck: bool) -> Vec<(Job, Verdict)> {
+    batch
+        .into_iter()
+        .map(|p| {
+            let recheck = recheck && p.verb == Verb::Create;
+            (
+                p.into_job(),
+                Verdict::Again(Hint {
+                    recheck,
+                    created: None,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// One object's fate from its operation's result.
+fn verdict(p: &Planned, r: OpResult) -> Verdict {
+    let again = |recheck| {
+        Verdict::Again(Hint {
+            recheck,
+            created: None,
+        })
+    };
+    match (&p.verb, r) {
+        (Verb::Create, OpResult::Done { id: Some(id), .. }) => match p.job.kind {
+            ResourceKind::User => Verdict::Outcome(Outcome::Created(id)),
+            // Its members follow the single way (and it is counted there).
+            ResourceKind::Group => Verdict::Again(Hint {
+                recheck: false,
+                created: Some(id),
+            }),
+        },
+        (Verb::Create, OpResult::Refused { status, .. })
+            if status >= 500 || status == 429 || status == 408 =>
+        {
+            again(true)
+        }
+        (Verb::Create, OpResult::Refused { status, detail, .. }) => {
+            log::debug!(
+                "{}: Bulk POST refused ({status}{}); sending it on its own",
+                p.job.dn,
+                detail.map(|d| format!(": {d}")).unwrap_or_default()
+            );
+            again(false)
+        }
+        (Verb::Create, _) => again(true),
+        (Verb::Replace { id, matched }, OpResult::Done { .. }) => Verdict::Outcome(if *matched {
+            Outcome::Matched(id.clone())
+        } else {
+            Outcome::Replaced(id.clone())
+        }),
+        (Verb::Replace { .. }, _) => again(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::mapping::MemberIds;
+
+    fn job(kind: ResourceKind, n: u32) -> Job {
+        Job {
+            kind,
+            dn: format!("uid=u{n},o=t"),
+            external_id: format!("x{n}"),
+            body: serde_json::json!({"userName": format!("u{n}")}),
+            members: MemberIds::default(),
+            nested: Vec::new(),
+            hash: 1,
+            known_id: None,
+        }
+    }
+
+    fn planned(kind: ResourceKind, n: u32, verb: Verb) -> Planned {
+        let sent = match &verb {
+            Verb::Create => SentOp::create(kind, format!("b{n}")),
+            Verb::Replace { id, .. } => SentOp::replace(kind, id),
+        };
+        let op = sent.encode(None);
+        Planned {
+            job: job(kind, n),
+            verb,
+            sent,
+            op,
+        }
+    }
+
+    fn done(id: &str) -> OpResult {
+        OpResult::Done {
+            status: 201,
+            id: Some(id.into()),
+        }
+    }
+
+    fn refused(status: u16) -> OpResult {
+        OpResult::Refused {
+            status,
+            scim_type: None,
+            detail: None,
+        }
+    }
+
+    fn is_again(v: &Verdict, recheck: bool) -> bool {
+        matches!(v, Verdict::Again(h) if h.recheck == recheck && h.created.is_none())
+    }
+
+    #[test]
+    fn a_created_user_is_counted_a_created_group_goes_on_to_its_members() {
+        let u = planned(ResourceKind::User, 1, Verb::Create);
+        assert!(
+            matches!(verdict(&u, done("i1")), Verdict::Outcome(Outcome::Created(id)) if id == "i1")
+        );
+        let g = planned(ResourceKind::Group, 2, Verb::Create);
+        assert!(
+            matches!(verdict(&g, done("g2")), Verdict::Again(Hint { recheck: false, created: Some(id) }) if id == "g2")
+        );
+    }
+
+    #[test]
+    fn a_create_of_unknown_fate_is_looked_up_before_it_is_sent_again() {
+        let u = planned(ResourceKind::User, 1, Verb::Create);
+        assert!(is_again(&verdict(&u, OpResult::Unknown("x".into())), true));
+        assert!(is_again(&verdict(&u, refused(500)), true));
+        assert!(is_again(&verdict(&u, refused(429)), true));
+        // Refused for itself: tried alone, where the conflict is explained.
+        assert!(is_again(&verdict(&u, refused(409)), false));
+        assert!(is_again(&verdict(&u, refused(400)), false));
+    }
+
+    #[test]
+    fn replaces_are_counted_as_what_proved_them_and_retried_alone_otherwise() {
+        let r = planned(
+            ResourceKind::User,
+            1,
+            Verb::Replace {
+                id: "i1".into(),
+                matched: false,
+            },
+        );
+        assert!(
+            matches!(verdict(&r, done("i1")), Verdict::Outcome(Outcome::Replaced(id)) if id == "i1")
+        );
+        assert!(is_again(&verdict(&r, refused(404)), false));
+        assert!(is_again(&verdict(&r, OpResult::Unknown("x".into())), false));
+        let m = planned(
+            ResourceKind::User,
+            1,
+            Verb::Replace {
+                id: "i1".into(),
+                matched: true,
+            },
+        );
+        assert!(matches!(
+            verdict(&m, done("i1")),
+            Verdict::Outcome(Outcome::Matched(_))
+        ));
+    }
+
+    #[test]
+    fn an_ambiguous_request_rechecks_only_creates() {
+        let batch = vec![
+            planned(ResourceKind::User, 1, Verb::Create),
+            planned(
+                ResourceKind::User,
+                2,
+                Verb::Replace {
+                    id: "i2".into(),
+                    matched: false,
+                },
+            ),
+        ];
+        let v = again_all(batch, true);
+        assert!(is_again(&v[0].1, true));
+        assert!(is_again(&v[1].1, false));
+    }
+
+    #[test]
+    fn the_buffer_hands_out_a_batch_when_the_next_object_does_not_fit() {
+        let limits = Limits {
+            max_operations: 2,
+            max_payload_size: 1 << 20,
+        };
+        let mut b = Buffer::default();
+        assert!(b
+            .push(planned(ResourceKind::User, 1, Verb::Create), limits)
+            .is_none());
+        assert!(b
+            .push(planned(ResourceKind::User, 2, Verb::Create), limits)
+            .is_none());
+        let out = b
+            .push(planned(ResourceKind::User, 3, Verb::Create), limits)
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(b.take().len(), 1);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_planned_job_gets_its_body_back_without_the_put_id() {
+        let mut p = planned(
+            ResourceKind::User,
+            1,
+            Verb::Replace {
+                id: "i1".into(),
+                matched: false,
+            },
+        );
+        p.op = p
+            .sent
+            .encode(Some(&serde_json::json!({"id": "i1", "userName": "u1"})));
+        p.job.body = Value::Null;
+        let job = p.into_job();
+        assert_eq!(job.body, serde_json::json!({"userName": "u1"}));
+        assert_eq!(job.external_id, "x1");
+    }
+
+    #[test]
+    fn limits_come_from_the_service_provider_config() {
+        let spc = |ops, bytes| ServiceProviderConfig {
+            patch: true,
+            bulk: Some(crate::scim::client::BulkLimits {
+                max_operations: ops,
+                max_payload_size: bytes,
+            }),
+            filter: true,
+            filter_max_results: None,
+            etag: false,
+        };
+        let l = Lane::for_endpoint(&spc(5000, 1 << 20)).unwrap();
+        assert_eq!(l.limits().max_operations, MAX_OPERATIONS);
+        assert!(Lane::for_endpoint(&spc(1, 1 << 20)).is_none());
+        assert!(Lane::for_endpoint(&spc(100, 0)).is_none());
+        l.shrink(10);
+        assert_eq!(l.limits().max_operations, 10);
+        l.shrink(0);
+        assert_eq!(l.limits().max_operations, 2);
+    }
+}
