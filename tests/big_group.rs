@@ -72,7 +72,7 @@ fn a_large_group_is_sent_in_chunks_and_changes_as_a_diff() {
     assert!(
         first
             .summary()
-            .contains(&format!("{} patched", users_n.div_ceil(100))),
+            .contains(&format!("{} PATCH", users_n.div_ceil(100))),
         "{}",
         first.summary()
     );
@@ -89,7 +89,7 @@ fn a_large_group_is_sent_in_chunks_and_changes_as_a_diff() {
     assert!(
         second
             .summary()
-            .contains("0 created, 0 replaced, 2 patched"),
+            .contains("requests: 0 POST, 0 PUT, 2 PATCH"),
         "150 removes in chunks of 100 are 2 PATCH requests: {}",
         second.summary()
     );

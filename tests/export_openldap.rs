@@ -168,9 +168,9 @@ fn first_pass_provisions_everything_and_second_pass_sends_no_writes() {
     let again = agent.run(&["sync", "--once", "--quiet"]);
     again.assert_code(0);
     assert!(
-        again
-            .summary()
-            .contains("writes: 0 created, 0 replaced, 0 patched; 5 unchanged"),
+        again.summary().contains(
+            "0 created, 0 updated, 5 unchanged, 0 failed; requests: 0 POST, 0 PUT, 0 PATCH"
+        ),
         "second pass must send no writes: {}",
         again.summary()
     );
@@ -201,7 +201,9 @@ member: uid=bob,{o}
     assert!(
         run.summary()
             // The user is replaced; the group's membership change is one PATCH remove.
-            .contains("writes: 0 created, 1 replaced, 1 patched; 3 unchanged"),
+            .contains(
+                "0 created, 2 updated, 3 unchanged, 0 failed; requests: 0 POST, 1 PUT, 1 PATCH"
+            ),
         "{}",
         run.summary()
     );
@@ -232,7 +234,22 @@ fn an_object_the_endpoint_rejects_is_reported_and_does_not_stop_the_others() {
     );
     let run = agent.run(&["sync", "--once", "--quiet"]);
     run.assert_code(3);
-    assert!(run.summary().contains("1 failed"), "{}", run.summary());
+    // Honest counters: each object once, by outcome; the refused POST is a failure, not a
+    // creation (it was counted as "created" once), and the counts are what the endpoint holds.
+    assert!(
+        run.summary().contains(
+            "4 objects in step (3 users, 2 groups): 4 created, 0 updated, 0 unchanged, 1 failed"
+        ),
+        "{}",
+        run.summary()
+    );
+    let ours = scim
+        .all("Users")
+        .iter()
+        .chain(scim.all("Groups").iter())
+        .filter(|r| r.get("externalId").is_some())
+        .count();
+    assert_eq!(ours, 4, "created = what the endpoint holds of ours");
     assert!(
         run.stderr.contains(&format!("uid=bob,{}", ou.dn)) && run.stderr.contains("409"),
         "the failure names the object and the HTTP status: {}",
@@ -522,9 +539,9 @@ fn manager_chains_and_cycles_settle_in_one_pass() {
     );
     let again = agent.run(&["sync", "--once", "--quiet"]);
     assert!(
-        again
-            .summary()
-            .contains("writes: 0 created, 0 replaced, 0 patched; 10 unchanged"),
+        again.summary().contains(
+            "0 created, 0 updated, 10 unchanged, 0 failed; requests: 0 POST, 0 PUT, 0 PATCH"
+        ),
         "{}",
         again.summary()
     );
@@ -556,7 +573,7 @@ fn hundreds_of_held_back_users_are_read_again_by_one_search_and_sent_once() {
     assert!(
         first
             .summary()
-            .contains(&format!("writes: {} created, 0 replaced", N + 1)),
+            .contains(&format!("{} created, 0 updated", N + 1)),
         "each user created once: {}",
         first.summary()
     );
@@ -587,7 +604,7 @@ fn hundreds_of_held_back_users_are_read_again_by_one_search_and_sent_once() {
     let again = agent.run(&["sync", "--once", "--quiet"]);
     assert!(
         again.summary().contains(&format!(
-            "writes: 0 created, 0 replaced, 0 patched; {} unchanged",
+            "0 created, 0 updated, {} unchanged, 0 failed; requests: 0 POST, 0 PUT, 0 PATCH",
             N + 1
         )),
         "{}",

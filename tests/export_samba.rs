@@ -130,9 +130,7 @@ member: CN=Administrator,CN=Users,{base}
     let again = agent.run(&["sync", "--once", "--quiet"]);
     again.assert_code(0);
     assert!(
-        again
-            .summary()
-            .contains("writes: 0 created, 0 replaced, 0 patched"),
+        again.summary().contains("requests: 0 POST, 0 PUT, 0 PATCH"),
         "{}",
         again.summary()
     );

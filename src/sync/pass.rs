@@ -135,24 +135,27 @@ impl fmt::Display for PassReport {
         let total = self.users + self.groups;
         let rate = if secs > 0.0 { total as f64 / secs } else { 0.0 };
         let w = &self.writes;
+        // Objects are counted once each, by outcome; requests (every try, refused ones
+        // too) are counted apart, so a failed POST is never a "created" object.
         write!(
             f,
-            "sync{}: {} objects in step ({} users, {} groups); writes: {} created, {} replaced, {} patched; {} unchanged; {} failed; {:.1} s, {:.0} objects/s",
+            "sync{}: {} objects in step ({} users, {} groups): {} created, {} updated, {} unchanged, {} failed; requests: {} POST, {} PUT, {} PATCH",
             if self.dry_run { " (dry run, nothing sent)" } else { "" },
             self.in_step(),
             self.users,
             self.groups,
+            self.created,
+            self.replaced + self.matched,
+            self.unchanged,
+            self.failures.len(),
             w.creates,
             w.replaces,
             w.patches,
-            self.unchanged,
-            self.failures.len(),
-            secs,
-            rate
         )?;
         if w.bulk > 0 {
-            write!(f, "; {} SCIM Bulk requests", w.bulk)?;
+            write!(f, " (in {} SCIM Bulk requests)", w.bulk)?;
         }
+        write!(f, "; {secs:.1} s, {rate:.0} objects/s")?;
         if self.unavailable > 0 {
             write!(
                 f,
@@ -220,6 +223,9 @@ enum Round {
     Held,
     /// No more waiting: sent as it is.
     Final,
+    /// The final round once more (a reference resolved by the first final round): sent
+    /// again only if it changed, and counted nowhere (the first final round counted it).
+    FinalAgain,
 }
 
 /// Held-back objects above which a round reads them with a paged search of the scope
@@ -529,6 +535,8 @@ struct Pass<'a> {
     buffer: Buffer,
     batches_out: usize,
     again: Vec<(Job, Hint)>,
+    /// Anchors sent again by [`Round::FinalAgain`]: their outcome was counted already.
+    counted: std::collections::HashSet<String>,
     report: PassReport,
     progress: Progress,
     done: u64,
@@ -635,6 +643,7 @@ pub async fn full_pass(
         buffer: Buffer::default(),
         batches_out: 0,
         again: Vec::new(),
+        counted: std::collections::HashSet::new(),
         report: PassReport {
             dry_run: settings.mode.dry_run,
             ..PassReport::default()
@@ -851,9 +860,9 @@ impl Pass<'_> {
             self.drain().await;
             self.halt()?;
             if next.len() == before {
-                for _ in 0..2 {
+                for round in [Round::Final, Round::FinalAgain] {
                     let mut again = next.copy(self.index.state_dir())?;
-                    self.visit(kind, &mut again, filter, attrs, Round::Final, None)
+                    self.visit(kind, &mut again, filter, attrs, round, None)
                         .await?;
                     self.drain().await;
                 }
@@ -974,7 +983,7 @@ impl Pass<'_> {
         match (&held, first) {
             // Counted when the first round saw it; it is not settled yet.
             (Some(_), true) => self.done = self.done.saturating_sub(1),
-            (None, false) => {
+            (None, false) if round != Round::FinalAgain => {
                 self.done += 1;
                 self.progress.tick(self.done, self.total);
             }
@@ -1025,7 +1034,7 @@ impl Pass<'_> {
         if unscanned {
             self.scope.insert(&key, kind, &mapped.external_id, true);
         }
-        if round != Round::Final && !mapped.pending.is_empty() {
+        if matches!(round, Round::First | Round::Held) && !mapped.pending.is_empty() {
             // Refers to something still being created: send it once, complete, after the
             // phase has drained (or without the reference if that object failed).
             return Some(entry.dn);
@@ -1041,10 +1050,15 @@ impl Pass<'_> {
                 // Renamed or moved with nothing to send: keep the index's DN current.
                 self.index.note_dn(&mapped.external_id, &entry.dn);
             }
-            if first_round {
+            // Counted once: in the round that settles it (a held object was not counted
+            // when first seen).
+            if round != Round::FinalAgain {
                 self.report.unchanged += 1;
             }
         } else {
+            if round == Round::FinalAgain {
+                self.counted.insert(mapped.external_id.clone());
+            }
             let job = Job {
                 kind,
                 dn: entry.dn.clone(),
@@ -1244,17 +1258,24 @@ impl Pass<'_> {
 
     fn apply_done(&mut self, d: Done) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        // Sent once more in the last round: the object was counted when first settled.
+        let counted = self.counted.remove(&d.external_id);
+        let report = if counted {
+            &mut PassReport::default()
+        } else {
+            &mut self.report
+        };
         let id = match d.outcome {
             Outcome::Created(id) => {
-                self.report.created += 1;
+                report.created += 1;
                 id
             }
             Outcome::Replaced(id) => {
-                self.report.replaced += 1;
+                report.replaced += 1;
                 id
             }
             Outcome::Matched(id) => {
-                self.report.matched += 1;
+                report.matched += 1;
                 id
             }
             Outcome::Failed(reason) => {
