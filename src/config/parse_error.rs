@@ -66,21 +66,30 @@ pub(super) fn explain(
         // The parser points at a table header: the table itself is at fault.
         if let Some(field) = quoted_after(message, "unknown field ") {
             let allowed = allowed_fields(message);
-            let text = match header.rsplit_once('.') {
-                Some((parent, _)) => format!(
-                    "unknown table [{header}]: [{parent}] takes the keys {}",
-                    allowed.join(", ")
-                ),
-                None => format!(
-                    "unknown table [{header}]: the tables are {}",
+            // The unknown name may be any part of a dotted header (`[user.attributes]` with
+            // no table `user` at all): the table named is the header up to that part.
+            let parts: Vec<&str> = header.split('.').map(str::trim).collect();
+            let at = parts
+                .iter()
+                .position(|p| p.trim_matches('"') == field)
+                .unwrap_or(parts.len().saturating_sub(1));
+            let unknown = parts[..=at].join(".");
+            let text = if at == 0 {
+                format!(
+                    "unknown table [{unknown}]: the tables are {}",
                     allowed
                         .iter()
                         .map(|t| format!("[{t}]"))
                         .collect::<Vec<_>>()
                         .join(", ")
-                ),
+                )
+            } else {
+                format!(
+                    "unknown table [{unknown}]: [{}] takes the keys {}",
+                    parts[..at].join("."),
+                    allowed.join(", ")
+                )
             };
-            debug_assert!(header.ends_with(field.as_str()));
             return located(None, text);
         }
         if let Some(field) = quoted_after(message, "missing field ") {
@@ -381,6 +390,22 @@ mod tests {
                 .unwrap_or(got);
             assert_eq!(got, want, "for:\n{text}");
         }
+    }
+
+    /// Found by the fuzz stand-in: a dotted header whose first part is the unknown table
+    /// (`[user.attributes]`, which belongs in the profile file) tripped an assertion.
+    #[test]
+    fn an_unknown_table_in_a_dotted_header_is_named_by_its_unknown_part() {
+        let e = error_of(&format!("{GOOD}[user.attributes]\ntitle = \"title\"\n"));
+        assert!(
+            e.contains("unknown table [user]: the tables are [agent]"),
+            "{e}"
+        );
+        let e = error_of(&format!("{GOOD}[sync.extra]\nx = 1\n"));
+        assert!(
+            e.contains("unknown table [sync.extra]: [sync] takes the keys"),
+            "{e}"
+        );
     }
 
     #[test]
