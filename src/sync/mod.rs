@@ -19,3 +19,4 @@ pub mod pass;
 pub use follow::poll;
 pub mod progress;
 pub mod provision;
+pub mod scope_groups;

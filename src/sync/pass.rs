@@ -1,6 +1,11 @@
 //! One full pass: read the whole scope and bring every object in step at the endpoint.
 //!
 //! Order and why:
+//! 0. **Scoping groups** (`scope.groups`, when set): the set of objects they allow is
+//!    computed first ([`crate::sync::scope_groups`]), and the scan and the phases skip
+//!    every object outside it (AND with the subtrees and filters). A listed group that is
+//!    missing, or any failed read of the groups, stops the pass here: nothing is taken
+//!    for "out of scope", no delete is decided.
 //! 1. **Scope scan**: every in-scope user and group, anchor attributes only, into a map
 //!    DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` / `manager`
 //!    DNs are in scope, and gives progress a total.
@@ -51,6 +56,7 @@ use crate::sync::dn;
 use crate::sync::listing::Listing;
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
+use crate::sync::scope_groups::{AllowedSet, GroupScope, ScopeGroupsError};
 
 /// What a pass needs besides its connections.
 #[derive(Debug, Clone)]
@@ -69,6 +75,8 @@ pub struct PassSettings {
     pub quiet: bool,
     /// What a user's delete does at the endpoint.
     pub user_delete: UserDelete,
+    /// `scope.groups` (None: no group-based scoping).
+    pub scope_groups: Option<GroupScope>,
 }
 
 /// One object that could not be provisioned.
@@ -176,6 +184,9 @@ pub enum PassError {
     /// The SCIM endpoint refused the credentials (401): every object would fail alike, so
     /// the pass stopped; nothing is concluded from it.
     Unauthorized(String),
+    /// `scope.groups` could not be read (a listed group missing, a failed read): the pass
+    /// stopped before the scan; no delete is decided from it.
+    ScopeGroups(ScopeGroupsError),
 }
 
 impl fmt::Display for PassError {
@@ -189,6 +200,9 @@ impl fmt::Display for PassError {
                 "the SCIM endpoint refused the credentials ({e}): check scim.token_file / scim.token_env, \
                  or the OAuth2 client (scim.token_url, scim.client_id, its secret); pass stopped, nothing concluded from it"
             ),
+            PassError::ScopeGroups(e) => {
+                write!(f, "{e}; pass stopped before the scope scan, no deletes decided")
+            }
         }
     }
 }
@@ -471,6 +485,8 @@ struct Pass<'a> {
     settings: &'a PassSettings,
     index: &'a mut AnchorIndex,
     scope: ScopeMap,
+    /// What `scope.groups` allows (None: no group-based scoping).
+    allowed: Option<AllowedSet>,
     pretend: HashMap<String, String>,
     jobs: Sender<Job>,
     results: Receiver<Done>,
@@ -557,6 +573,7 @@ pub async fn full_pass(
         settings,
         index,
         scope,
+        allowed: None,
         pretend: HashMap::new(),
         jobs: jobs_tx,
         results: done_rx,
@@ -647,6 +664,13 @@ pub async fn full_pass(
 
 impl Pass<'_> {
     async fn run(&mut self) -> Result<(), PassError> {
+        if let Some(g) = &self.settings.scope_groups {
+            self.progress.phase("scope groups");
+            let set = crate::sync::scope_groups::allowed_set(self.dir, g, self.index.state_dir())
+                .await
+                .map_err(PassError::ScopeGroups)?;
+            self.allowed = Some(set);
+        }
         self.scan().await?;
         self.weigh_vanishing()?;
         self.read_listing().await?;
@@ -849,6 +873,22 @@ impl Pass<'_> {
         }
     }
 
+    /// Whether `scope.groups` (if set) allows the object at `dn`. A failed lookup is kept
+    /// as the scope map's error (the pass stops on it before deciding any delete) and
+    /// reads as "not allowed" meanwhile.
+    fn allows(&self, dn: &str) -> bool {
+        match &self.allowed {
+            None => true,
+            Some(set) => match set.contains(dn) {
+                Ok(yes) => yes,
+                Err(e) => {
+                    self.scope.keep(e);
+                    false
+                }
+            },
+        }
+    }
+
     /// Step 1: DN → anchor for everything in scope.
     async fn scan(&mut self) -> Result<(), PassError> {
         self.progress.phase("scope scan");
@@ -864,7 +904,7 @@ impl Pass<'_> {
                     seen += 1;
                     self.progress.tick(seen, 0);
                     let key = ScopeMap::key(&entry.dn);
-                    if !matches!(self.scope.get(&key), Ok(None)) {
+                    if !self.allows(&entry.dn) || !matches!(self.scope.get(&key), Ok(None)) {
                         continue;
                     }
                     match mapping::anchor_of(&entry, kind, self.profile) {
@@ -878,10 +918,14 @@ impl Pass<'_> {
         self.scope.check()?;
         let users = self.scope.count(ResourceKind::User);
         log::info!(
-            "scope: {} users, {} groups under {}",
+            "scope: {} users, {} groups under {}{}",
             users,
             self.scope.len() - users,
-            self.settings.include.join("; ")
+            self.settings.include.join("; "),
+            match &self.settings.scope_groups {
+                Some(g) => format!(" in {} scope.groups", g.groups.len()),
+                None => String::new(),
+            }
         );
         Ok(())
     }
@@ -895,6 +939,9 @@ impl Pass<'_> {
         // recorded when it was first handled.
         let mut unscanned = false;
         if first_round {
+            if !self.allows(&entry.dn) {
+                return None;
+            }
             match self.scope.get(&key) {
                 Ok(Some(o)) if o.visited => return None, // overlapping include subtrees
                 Ok(Some(o)) => self.scope.mark_visited(&key, &o),

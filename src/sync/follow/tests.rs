@@ -859,6 +859,7 @@ impl Bench {
                     mode: ProvisionMode::plain(false, false),
                     quiet: true,
                     user_delete: UserDelete::Delete,
+                    scope_groups: None,
                 },
                 base_dn: BASE.into(),
                 state_dir: state.0.clone(),
@@ -961,6 +962,7 @@ impl Bench {
             settings: &self.settings,
             control: &self.control,
             agent: &self.agent,
+            allowed: None,
         };
         let mut exits = Vec::new();
         let end = smol::block_on(apply_batch(
@@ -993,6 +995,7 @@ impl Bench {
             settings: &self.settings,
             control: &self.control,
             agent: &self.agent,
+            allowed: None,
         };
         let feed = smol::spawn(std::future::pending::<String>());
         let (_notify, notify_rx) = smol::channel::bounded::<()>(1);
