@@ -353,6 +353,12 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
         quiet,
         user_delete: c.sync.user_delete,
         scope_groups: group_scope(c, profile),
+        flatten: (c.sync.nested_groups == crate::config::NestedGroups::Flatten).then(|| {
+            crate::sync::flatten::Flatten {
+                base_dn: c.directory.base_dn.clone(),
+                member_attributes: profile.member_attributes(),
+            }
+        }),
     }
 }
 

@@ -211,6 +211,17 @@ pub struct SyncSettings {
     pub feed: FeedKind,
     /// Member values per PATCH request for group membership.
     pub member_chunk: usize,
+    /// `sync.nested_groups`: what a group's SCIM members are.
+    pub nested_groups: NestedGroups,
+}
+
+/// `sync.nested_groups`: a SCIM group's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NestedGroups {
+    /// The directory's direct members, users and groups (in scope).
+    Direct,
+    /// Every transitive user member; member groups are not listed.
+    Flatten,
 }
 
 /// What happens at the endpoint when a user is deleted in the directory or leaves scope.
@@ -488,6 +499,7 @@ struct RawSync {
     feed: String,
     #[serde(default = "default_member_chunk")]
     member_chunk: usize,
+    nested_groups: Option<String>,
 }
 
 impl Default for RawSync {
@@ -506,6 +518,7 @@ impl Default for RawSync {
             poll_interval_secs: default_poll_interval(),
             feed: default_kind(),
             member_chunk: default_member_chunk(),
+            nested_groups: None,
         }
     }
 }
@@ -951,6 +964,8 @@ impl Config {
                 poll_interval: Duration::from_secs(y.poll_interval_secs),
                 feed,
                 member_chunk: y.member_chunk,
+                nested_groups: nested_groups(y.nested_groups.as_deref())
+                    .map_err(|m| invalid("sync.nested_groups", m))?,
             },
             queue: QueueSettings {
                 max_bytes: raw.queue.max_bytes,
@@ -958,6 +973,15 @@ impl Config {
             relay,
             writeback,
         })
+    }
+}
+
+/// `sync.nested_groups` (pure): `direct` (the default) or `flatten`.
+fn nested_groups(v: Option<&str>) -> Result<NestedGroups, String> {
+    match v.map(str::trim) {
+        None | Some("direct") => Ok(NestedGroups::Direct),
+        Some("flatten") => Ok(NestedGroups::Flatten),
+        Some(other) => Err(format!("`{other}` is not one of: direct, flatten")),
     }
 }
 
@@ -1553,6 +1577,17 @@ token_file = "/s/scim"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("idrelay.toml"), text, &secrets())
+    }
+
+    #[test]
+    fn nested_groups_is_direct_or_flatten() {
+        assert_eq!(nested_groups(None).unwrap(), NestedGroups::Direct);
+        assert_eq!(
+            nested_groups(Some("flatten")).unwrap(),
+            NestedGroups::Flatten
+        );
+        let e = nested_groups(Some("deep")).unwrap_err();
+        assert!(e.contains("deep") && e.contains("flatten"), "{e}");
     }
 
     #[test]

@@ -254,3 +254,106 @@ fn joining_and_leaving_a_scoping_group_in_run() {
     assert_eq!(active(&scim, "u1"), Some(false), "{}", a.log());
     assert_eq!(active(&scim, "u0"), Some(true));
 }
+
+/// The userNames of a SCIM group's members (None for a member that is not a user).
+fn member_names(scim: &ScimServer, group: &str) -> BTreeSet<String> {
+    let users = scim.all("Users");
+    let Some(g) = scim
+        .all("Groups")
+        .into_iter()
+        .find(|g| g["displayName"] == group)
+    else {
+        return BTreeSet::new();
+    };
+    g["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    users
+                        .iter()
+                        .find(|u| u["id"] == m["value"])
+                        .and_then(|u| u["userName"].as_str())
+                        .unwrap_or("(not a user)")
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn flatten_lists_every_transitive_user_and_a_deep_change_updates_the_groups_above() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "flatten");
+    let o = ou.dn.clone();
+    populate(&dir, &o);
+    // A tree without the cycle back to cloud, so that levels differ.
+    dir.modify(&format!(
+        "dn: cn=deep,ou=groups,{o}\nchangetype: modify\ndelete: member\nmember: cn=cloud,ou=groups,{o}\n"
+    ));
+    let scim = ScimServer::start();
+    let a = Agent::new(&dir, &[&o], &scim.base_url(), &scim.token, "");
+    a.run(&["sync", "--once"]).assert_code(0);
+    // direct: the member group is listed as a member, its users are not.
+    assert_eq!(
+        member_names(&scim, "cloud"),
+        set(&["u0", "u1", "(not a user)"])
+    );
+
+    a.append_config("nested_groups = \"flatten\"\n");
+    let r = a.run(&["sync", "--once"]);
+    r.assert_code(0);
+    assert_eq!(
+        member_names(&scim, "cloud"),
+        set(&["u0", "u1", "u2", "u3"]),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(member_names(&scim, "inner"), set(&["u2", "u3"]));
+    assert_eq!(member_names(&scim, "deep"), set(&["u3"]));
+    assert!(
+        r.stderr.contains("deepest nesting 3 levels"),
+        "{}",
+        r.stderr
+    );
+    // A second pass over the unchanged tree writes nothing.
+    let again = a.run(&["sync", "--once"]);
+    again.assert_code(0);
+    assert!(
+        again.summary().contains("0 created, 0 replaced, 0 patched"),
+        "{}",
+        again.summary()
+    );
+
+    // A cycle: deep takes cloud back in; every group holds the whole tree, nothing loops.
+    dir.modify(&format!(
+        "dn: cn=deep,ou=groups,{o}\nchangetype: modify\nadd: member\nmember: cn=cloud,ou=groups,{o}\n"
+    ));
+    a.run(&["sync", "--once"]).assert_code(0);
+    assert_eq!(member_names(&scim, "deep"), set(&["u0", "u1", "u2", "u3"]));
+
+    // In run, a user joining the deepest group reaches every group above it.
+    let _run = Running(a.spawn(&["run"]));
+    assert!(
+        wait_until(60, || a.log().contains("objects in step")),
+        "{}",
+        a.log()
+    );
+    let t = std::time::Instant::now();
+    dir.modify(&format!(
+        "dn: cn=deep,ou=groups,{o}\nchangetype: modify\nadd: member\nmember: uid=u5,ou=people,{o}\n"
+    ));
+    assert!(
+        wait_until(30, || ["cloud", "inner", "deep"]
+            .iter()
+            .all(|g| member_names(&scim, g).contains("u5"))),
+        "deep change: {}",
+        a.log()
+    );
+    eprintln!(
+        "deep change reached every group above in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(member_names(&scim, "other"), set(&["u4"]));
+}

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod deletes;
 pub mod diskmap;
 pub mod dn;
+pub mod flatten;
 pub mod follow;
 pub mod kept;
 pub mod listing;

@@ -53,6 +53,7 @@ use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Ancho
 use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
 use crate::sync::diskmap::DiskMap;
 use crate::sync::dn;
+use crate::sync::flatten::{flatten_entry, DirectoryGraph, Flatten};
 use crate::sync::listing::Listing;
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision, Job, Outcome, ProvisionMode};
@@ -77,6 +78,8 @@ pub struct PassSettings {
     pub user_delete: UserDelete,
     /// `scope.groups` (None: no group-based scoping).
     pub scope_groups: Option<GroupScope>,
+    /// `sync.nested_groups = "flatten"` (None: direct members).
+    pub flatten: Option<Flatten>,
 }
 
 /// One object that could not be provisioned.
@@ -487,6 +490,10 @@ struct Pass<'a> {
     scope: ScopeMap,
     /// What `scope.groups` allows (None: no group-based scoping).
     allowed: Option<AllowedSet>,
+    /// With `sync.nested_groups = "flatten"`: the groups read for flattening.
+    graph: Option<DirectoryGraph<'a>>,
+    /// Deepest nesting a flattened group had.
+    flatten_depth: usize,
     pretend: HashMap<String, String>,
     jobs: Sender<Job>,
     results: Receiver<Done>,
@@ -574,6 +581,8 @@ pub async fn full_pass(
         index,
         scope,
         allowed: None,
+        graph: None,
+        flatten_depth: 0,
         pretend: HashMap::new(),
         jobs: jobs_tx,
         results: done_rx,
@@ -671,6 +680,18 @@ impl Pass<'_> {
                 .map_err(PassError::ScopeGroups)?;
             self.allowed = Some(set);
         }
+        if let Some(f) = &self.settings.flatten {
+            let graph = DirectoryGraph::new(
+                self.dir,
+                &f.base_dn,
+                &f.member_attributes,
+                true,
+                self.index.state_dir(),
+            )
+            .await
+            .map_err(PassError::ScopeGroups)?;
+            self.graph = Some(graph);
+        }
         self.scan().await?;
         self.weigh_vanishing()?;
         self.read_listing().await?;
@@ -695,6 +716,12 @@ impl Pass<'_> {
             self.drain().await;
             self.halt()?;
             self.settle(kind, revisit, &filter, &attr_refs).await?;
+        }
+        if self.graph.is_some() {
+            log::info!(
+                "nested groups flattened: deepest nesting {} levels",
+                self.flatten_depth
+            );
         }
         Ok(())
     }
@@ -932,7 +959,12 @@ impl Pass<'_> {
 
     /// Maps one entry and hands it to a worker unless unchanged. Returns the DN when the
     /// object refers to something not provisioned yet and should be visited again.
-    async fn handle(&mut self, entry: Entry, kind: ResourceKind, round: Round) -> Option<String> {
+    async fn handle(
+        &mut self,
+        mut entry: Entry,
+        kind: ResourceKind,
+        round: Round,
+    ) -> Option<String> {
         let first_round = round == Round::First;
         let key = ScopeMap::key(&entry.dn);
         // Only the first round can meet an object the scan did not see: a held object was
@@ -954,6 +986,22 @@ impl Pass<'_> {
             }
             self.done += 1;
             self.progress.tick(self.done, self.total);
+        }
+        if kind == ResourceKind::Group {
+            if let (Some(graph), Some(f)) = (&self.graph, &self.settings.flatten) {
+                match flatten_entry(graph, f, &mut entry, self.index.state_dir()).await {
+                    Ok(flat) => self.flatten_depth = self.flatten_depth.max(flat.depth),
+                    Err(e) => {
+                        // A failed read is never a smaller group: the pass stops on it
+                        // before it decides any delete.
+                        self.scope.keep(std::io::Error::other(format!(
+                            "flattening {}: {e}",
+                            entry.dn
+                        )));
+                        return None;
+                    }
+                }
+            }
         }
         let resolver = ScopeResolver {
             scope: &self.scope,

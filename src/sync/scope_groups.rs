@@ -67,10 +67,8 @@ impl fmt::Display for ScopeGroupsError {
                 f,
                 "scope.groups: `{dn}` does not exist in the directory (fix or remove it in scope.groups)"
             ),
-            ScopeGroupsError::Directory(e) => {
-                write!(f, "scope.groups: reading the scoping groups failed: {e}")
-            }
-            ScopeGroupsError::State(e) => write!(f, "scope.groups: scratch file: {e}"),
+            ScopeGroupsError::Directory(e) => write!(f, "reading group members failed: {e}"),
+            ScopeGroupsError::State(e) => write!(f, "group members: scratch file: {e}"),
         }
     }
 }
@@ -206,17 +204,21 @@ pub struct DirectoryGraph<'a> {
 }
 
 impl<'a> DirectoryGraph<'a> {
-    /// Prepares reading `scope` from `dir` (with `nested`, runs the search for groups).
+    /// Prepares reading the groups under `base_dn` by `member_attributes`; with
+    /// `find_groups`, runs the search that tells which members are groups (else no member
+    /// is taken for one).
     pub async fn new(
         dir: &'a Directory,
-        scope: &GroupScope,
+        base_dn: &str,
+        member_attributes: &[String],
+        find_groups: bool,
         state_dir: &Path,
     ) -> Result<DirectoryGraph<'a>, ScopeGroupsError> {
         let mut groups = None;
-        if scope.nested {
-            let mut map = DiskMap::scratch(state_dir, "scope groups: groups", 0)?;
-            let filter = has_members_filter(&scope.member_attributes);
-            let mut s = dir.search(&scope.base_dn, Scope::Subtree, &filter, &["1.1"]);
+        if find_groups {
+            let mut map = DiskMap::scratch(state_dir, "groups with members", 0)?;
+            let filter = has_members_filter(member_attributes);
+            let mut s = dir.search(base_dn, Scope::Subtree, &filter, &["1.1"]);
             while let Some(e) = s.next().await {
                 let e = e?;
                 map.insert(dn::normalize(&e.dn).as_bytes(), &[])?;
@@ -225,14 +227,14 @@ impl<'a> DirectoryGraph<'a> {
         }
         Ok(DirectoryGraph {
             dir,
-            attributes: scope.member_attributes.clone(),
+            attributes: member_attributes.to_vec(),
             groups,
         })
     }
 }
 
 /// `(|(member=*)(uniqueMember=*))`: an entry with at least one member.
-fn has_members_filter(attributes: &[String]) -> String {
+pub(crate) fn has_members_filter(attributes: &[String]) -> String {
     let parts: String = attributes.iter().map(|a| format!("({a}=*)")).collect();
     format!("(|{parts})")
 }
@@ -265,7 +267,14 @@ pub async fn allowed_set(
     scope: &GroupScope,
     state_dir: &Path,
 ) -> Result<AllowedSet, ScopeGroupsError> {
-    let graph = DirectoryGraph::new(dir, scope, state_dir).await?;
+    let graph = DirectoryGraph::new(
+        dir,
+        &scope.base_dn,
+        &scope.member_attributes,
+        scope.nested,
+        state_dir,
+    )
+    .await?;
     let set = expand(&graph, scope, state_dir).await?;
     log::info!("scope.groups: {set}");
     Ok(set)

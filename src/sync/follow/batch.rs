@@ -379,9 +379,9 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                         steps[i] = Step::Reading;
                         flying.push((
                             i,
-                            Box::pin(
-                                async move { Landed::Read(prepare(ctx, attrs, target).await) },
-                            ),
+                            Box::pin(async move {
+                                Landed::Read(prepare(ctx, queue, attrs, target).await)
+                            }),
                         ));
                     }
                     Change::Delete { uuid, dn } => {
@@ -664,6 +664,7 @@ enum Prepared {
 /// Reads the object at `target` and checks its scope. `Err` is a reason to retry.
 async fn prepare<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
+    queue: &SharedQueue,
     attrs: &[&str],
     target: &str,
 ) -> Result<Prepared, String> {
@@ -673,6 +674,15 @@ async fn prepare<D: DirectoryReads, E: EndpointWrites>(
         Err(e) => return Err(format!("directory: reading {target}: {e}")),
     };
     let kind = ctx.profile.classify(&entry);
+    if kind == Some(ResourceKind::Group) && ctx.settings.pass.flatten.is_some() {
+        // Flattened groups are brought in step by a full pass: it flattens this group and
+        // every group above it (sending this one now, unflattened, would flap).
+        log::info!("group {target} changed and nested groups are flattened: full pass owed");
+        with_queue(queue, |q| q.mark_resync_owed(ResyncReason::Requested))
+            .await
+            .map_err(|e| format!("queue: {e}"))?;
+        return Ok(Prepared::Gone);
+    }
     let mut out = out_of_scope(ctx, &entry, kind)
         .await
         .map_err(|e| format!("directory: {e}"))?;

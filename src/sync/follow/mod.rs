@@ -275,21 +275,28 @@ impl FollowSettings {
         )
     }
 
-    /// `scope.groups` in the scope fingerprint: other groups are another scope (a full pass
-    /// follows the change). Empty without them, so other scopes keep their watermark.
+    /// `scope.groups` and flattening in the scope fingerprint: other groups, or members
+    /// flattened or not, are another scope (a full pass follows the change). Empty without
+    /// them, so other scopes keep their watermark.
     fn scope_groups_fingerprint(&self) -> String {
-        match &self.pass.scope_groups {
-            None => String::new(),
-            Some(g) => {
-                let mut dns: Vec<String> = g.groups.iter().map(|d| dn::normalize(d)).collect();
-                dns.sort();
-                format!(
-                    "\ngroups{}:{}",
-                    if g.nested { " nested" } else { "" },
-                    dns.join(";")
-                )
+        let flatten = if self.pass.flatten.is_some() {
+            "\nflatten"
+        } else {
+            ""
+        };
+        flatten.to_string()
+            + &match &self.pass.scope_groups {
+                None => String::new(),
+                Some(g) => {
+                    let mut dns: Vec<String> = g.groups.iter().map(|d| dn::normalize(d)).collect();
+                    dns.sort();
+                    format!(
+                        "\ngroups{}:{}",
+                        if g.nested { " nested" } else { "" },
+                        dns.join(";")
+                    )
+                }
             }
-        }
     }
 
     fn feed_filter(&self) -> String {

@@ -860,6 +860,7 @@ impl Bench {
                     quiet: true,
                     user_delete: UserDelete::Delete,
                     scope_groups: None,
+                    flatten: None,
                 },
                 base_dn: BASE.into(),
                 state_dir: state.0.clone(),
