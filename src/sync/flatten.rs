@@ -4,9 +4,10 @@
 //! Rules it keeps:
 //! * **cycles end:** every member DN is taken once per group flattened (a group met again,
 //!   the group itself included, adds nothing);
-//! * **flat in memory:** the DNs already taken live in a [`DiskMap`] scratch file; in memory
-//!   are the member values of the groups still to be read and the flattened list itself
-//!   (what the entry would have held had the directory listed those members directly);
+//! * **flat in memory:** the DNs already taken are kept in memory up to [`SEEN_IN_MEMORY`]
+//!   (a few MiB), beyond that in a [`DiskMap`] scratch file; in memory besides are the
+//!   member values of the groups still to be read and the flattened list itself (what the
+//!   entry would have held had the directory listed those members directly);
 //! * **a failed read is an error, never a smaller group:** the caller stops (the full pass
 //!   before deciding any delete).
 //!
@@ -44,6 +45,44 @@ pub struct Flat {
     pub depth: usize,
 }
 
+/// DNs a flattening keeps in memory before it moves them to a scratch file: a group of a
+/// few thousand members (most) costs no file operations, one of a million stays flat.
+pub const SEEN_IN_MEMORY: usize = if cfg!(test) { 2 } else { 65_536 };
+
+/// The normalised DNs one flattening has taken.
+enum Seen {
+    Memory(std::collections::HashSet<String>),
+    Disk(DiskMap),
+}
+
+impl Seen {
+    /// Takes `key`; false when it was taken before.
+    fn take(&mut self, key: String, state_dir: &Path) -> std::io::Result<bool> {
+        match self {
+            Seen::Memory(set) if set.len() < SEEN_IN_MEMORY => Ok(set.insert(key)),
+            Seen::Memory(set) => {
+                if set.contains(&key) {
+                    return Ok(false);
+                }
+                let mut map = DiskMap::scratch(state_dir, "flattened members", 0)?;
+                for k in set.drain() {
+                    map.insert(k.as_bytes(), &[])?;
+                }
+                map.insert(key.as_bytes(), &[])?;
+                *self = Seen::Disk(map);
+                Ok(true)
+            }
+            Seen::Disk(map) => {
+                if map.contains(key.as_bytes())? {
+                    return Ok(false);
+                }
+                map.insert(key.as_bytes(), &[])?;
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// Flattens the group at `group_dn` whose direct members are `direct`.
 pub(crate) async fn flatten<G: GroupGraph>(
     graph: &G,
@@ -51,8 +90,8 @@ pub(crate) async fn flatten<G: GroupGraph>(
     direct: Vec<String>,
     state_dir: &Path,
 ) -> Result<Flat, ScopeGroupsError> {
-    let mut seen = DiskMap::scratch(state_dir, "flattened members", 0)?;
-    seen.insert(dn::normalize(group_dn).as_bytes(), &[])?;
+    let mut seen = Seen::Memory(Default::default());
+    seen.take(dn::normalize(group_dn), state_dir)?;
     let mut out = Flat {
         members: Vec::new(),
         groups: 0,
@@ -62,11 +101,9 @@ pub(crate) async fn flatten<G: GroupGraph>(
     while let Some((members, depth)) = todo.pop() {
         out.depth = out.depth.max(depth);
         for m in members {
-            let k = dn::normalize(&m);
-            if seen.contains(k.as_bytes())? {
+            if !seen.take(dn::normalize(&m), state_dir)? {
                 continue;
             }
-            seen.insert(k.as_bytes(), &[])?;
             if graph.is_group(&m)? {
                 if let Some(inner) = graph.members(&m).await? {
                     out.groups += 1;

@@ -15,14 +15,15 @@
 //!   byte: 1 for a group whose members were read, 0 for any other member), so a scope of
 //!   100,000 members costs a few buffers. In memory are only the groups still to be read
 //!   (with `nested`) and one group's member values at a time (as the LDAP layer reads them,
-//!   `member;range=` included).
+//!   `member;range=` included); the member lists of the search below are in a scratch file
+//!   too.
 //! * **each group read once:** a group already read is skipped, which is also what ends a
 //!   membership cycle.
 //!
 //! Which members are groups (with `nested`): the entries under `directory.base_dn` that
-//! hold a value of a member attribute (one search for their DNs, kept in a scratch file),
-//! so a group costs one read and a user none. An empty nested group is in scope as a member
-//! but adds nobody.
+//! hold a value of a member attribute, read with their members by one paged search into a
+//! scratch file: no request per group, none per user. An empty nested group is in scope as
+//! a member but adds nobody.
 //!
 //! The expansion runs over the [`GroupGraph`] seam: the directory in the agent, a map in
 //! the unit tests.
@@ -194,9 +195,11 @@ pub(crate) async fn expand<G: GroupGraph>(
     Ok(set)
 }
 
-/// The directory as a [`GroupGraph`]: members read from the profile's member attributes;
-/// with `nested`, the DNs of every entry under the base that has members, found with one
-/// search and kept in a scratch file.
+/// The directory as a [`GroupGraph`]: members read from the profile's member attributes.
+/// With `find_groups`, one paged search reads every entry under the base that has members,
+/// with its members, into a scratch file (normalised DN → member list): that tells which
+/// members are groups, and each group is then read from the file, not with a request of
+/// its own. A group not in the file (one without members, a listed group) is read directly.
 pub struct DirectoryGraph<'a> {
     dir: &'a Directory,
     attributes: Vec<String>,
@@ -204,9 +207,8 @@ pub struct DirectoryGraph<'a> {
 }
 
 impl<'a> DirectoryGraph<'a> {
-    /// Prepares reading the groups under `base_dn` by `member_attributes`; with
-    /// `find_groups`, runs the search that tells which members are groups (else no member
-    /// is taken for one).
+    /// Prepares reading the groups under `base_dn` by `member_attributes` (see the type's
+    /// doc for `find_groups`; without it no member is taken for a group).
     pub async fn new(
         dir: &'a Directory,
         base_dn: &str,
@@ -218,10 +220,15 @@ impl<'a> DirectoryGraph<'a> {
         if find_groups {
             let mut map = DiskMap::scratch(state_dir, "groups with members", 0)?;
             let filter = has_members_filter(member_attributes);
-            let mut s = dir.search(base_dn, Scope::Subtree, &filter, &["1.1"]);
+            let attrs: Vec<&str> = member_attributes.iter().map(String::as_str).collect();
+            let mut s = dir.search(base_dn, Scope::Subtree, &filter, &attrs);
             while let Some(e) = s.next().await {
                 let e = e?;
-                map.insert(dn::normalize(&e.dn).as_bytes(), &[])?;
+                let members: Vec<&str> = member_attributes
+                    .iter()
+                    .flat_map(|a| e.strs(a).collect::<Vec<_>>())
+                    .collect();
+                map.insert(dn::normalize(&e.dn).as_bytes(), &encode_list(&members))?;
             }
             groups = Some(map);
         }
@@ -233,6 +240,27 @@ impl<'a> DirectoryGraph<'a> {
     }
 }
 
+/// A list of strings as `[u32 length][bytes]...` (little endian).
+fn encode_list(items: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(items.iter().map(|s| s.len() + 4).sum());
+    for s in items {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out
+}
+
+/// The inverse of [`encode_list`]; `None` for bytes it did not write.
+fn decode_list(mut b: &[u8]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        out.push(String::from_utf8_lossy(b.get(4..4 + n)?).into_owned());
+        b = &b[4 + n..];
+    }
+    Some(out)
+}
+
 /// `(|(member=*)(uniqueMember=*))`: an entry with at least one member.
 pub(crate) fn has_members_filter(attributes: &[String]) -> String {
     let parts: String = attributes.iter().map(|a| format!("({a}=*)")).collect();
@@ -241,6 +269,16 @@ pub(crate) fn has_members_filter(attributes: &[String]) -> String {
 
 impl GroupGraph for DirectoryGraph<'_> {
     async fn members(&self, dn: &str) -> Result<Option<Vec<String>>, ScopeGroupsError> {
+        if let Some(g) = &self.groups {
+            if let Some(v) = g.get(dn::normalize(dn).as_bytes())? {
+                return decode_list(&v).map(Some).ok_or_else(|| {
+                    ScopeGroupsError::State(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a damaged member list",
+                    ))
+                });
+            }
+        }
         let attrs: Vec<&str> = self.attributes.iter().map(String::as_str).collect();
         let Some(entry) = self.dir.read(dn, &attrs).await? else {
             return Ok(None);
@@ -447,6 +485,14 @@ mod tests {
             &std::env::temp_dir(),
         ));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn member_lists_round_trip_through_the_scratch_encoding() {
+        let items = ["uid=a,dc=t", "", "cn=Ünïcode\\, x,dc=t"];
+        assert_eq!(decode_list(&encode_list(&items)).unwrap(), items);
+        assert_eq!(decode_list(&[]).unwrap(), Vec::<String>::new());
+        assert!(decode_list(&[9, 0, 0, 0, b'x']).is_none());
     }
 
     #[test]
