@@ -204,7 +204,13 @@ pub struct DirectoryGraph<'a> {
     dir: &'a Directory,
     attributes: Vec<String>,
     groups: Option<DiskMap>,
+    /// The normalised DNs of `groups` while they are few ([`GROUP_DNS_IN_MEMORY`]): asked
+    /// for every member of every group flattened, so kept off the file when they fit.
+    group_dns: Option<std::collections::HashSet<String>>,
 }
+
+/// Groups whose DNs [`DirectoryGraph`] keeps in memory too (a few MiB at most).
+const GROUP_DNS_IN_MEMORY: usize = 65_536;
 
 impl<'a> DirectoryGraph<'a> {
     /// Prepares reading the groups under `base_dn` by `member_attributes` (see the type's
@@ -217,7 +223,9 @@ impl<'a> DirectoryGraph<'a> {
         state_dir: &Path,
     ) -> Result<DirectoryGraph<'a>, ScopeGroupsError> {
         let mut groups = None;
+        let mut group_dns = None;
         if find_groups {
+            let mut dns = Some(std::collections::HashSet::new());
             let mut map = DiskMap::scratch(state_dir, "groups with members", 0)?;
             let filter = has_members_filter(member_attributes);
             let attrs: Vec<&str> = member_attributes.iter().map(String::as_str).collect();
@@ -228,14 +236,23 @@ impl<'a> DirectoryGraph<'a> {
                     .iter()
                     .flat_map(|a| e.strs(a).collect::<Vec<_>>())
                     .collect();
-                map.insert(dn::normalize(&e.dn).as_bytes(), &encode_list(&members))?;
+                let key = dn::normalize(&e.dn);
+                map.insert(key.as_bytes(), &encode_list(&members))?;
+                if dns.as_ref().is_some_and(|d| d.len() >= GROUP_DNS_IN_MEMORY) {
+                    dns = None;
+                }
+                if let Some(d) = dns.as_mut() {
+                    d.insert(key);
+                }
             }
             groups = Some(map);
+            group_dns = dns;
         }
         Ok(DirectoryGraph {
             dir,
             attributes: member_attributes.to_vec(),
             groups,
+            group_dns,
         })
     }
 }
@@ -292,8 +309,12 @@ impl GroupGraph for DirectoryGraph<'_> {
     }
 
     fn is_group(&self, dn: &str) -> Result<bool, ScopeGroupsError> {
+        let key = dn::normalize(dn);
+        if let Some(d) = &self.group_dns {
+            return Ok(d.contains(&key));
+        }
         match &self.groups {
-            Some(g) => Ok(g.contains(dn::normalize(dn).as_bytes())?),
+            Some(g) => Ok(g.contains(key.as_bytes())?),
             None => Ok(false),
         }
     }
