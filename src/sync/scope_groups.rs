@@ -141,6 +141,25 @@ impl AllowedSet {
     }
 }
 
+#[cfg(test)]
+impl AllowedSet {
+    /// A set as if `read_groups` had been read and had `members` (for other modules' tests).
+    pub(crate) fn of(dir: &Path, read_groups: &[&str], members: &[&str]) -> AllowedSet {
+        let mut map = DiskMap::scratch(dir, "scope groups", 0).unwrap();
+        for m in members {
+            map.insert(dn::normalize(m).as_bytes(), MEMBER).unwrap();
+        }
+        for g in read_groups {
+            map.insert(dn::normalize(g).as_bytes(), READ_GROUP).unwrap();
+        }
+        AllowedSet {
+            map,
+            groups_read: read_groups.len() as u64,
+            depth: 0,
+        }
+    }
+}
+
 impl fmt::Display for AllowedSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
