@@ -23,6 +23,7 @@ use crate::sync::deletes::{DeleteGate, Policy};
 use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use crate::sync::provision::ProvisionMode;
+use crate::sync::scope_groups::{AllowedSet, GroupScope};
 
 /// The version line: crate version, git commit and target, from build.rs.
 pub fn version_line() -> String {
@@ -372,7 +373,24 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
         },
         quiet,
         user_delete: c.sync.user_delete,
+        scope_groups: group_scope(c, profile),
+        flatten: (c.sync.nested_groups == crate::config::NestedGroups::Flatten).then(|| {
+            crate::sync::flatten::Flatten {
+                base_dn: c.directory.base_dn.clone(),
+                member_attributes: profile.member_attributes(),
+            }
+        }),
     }
+}
+
+/// `scope.groups` as the sync engine reads it (None when not set).
+fn group_scope(c: &Config, profile: &SyncProfile) -> Option<GroupScope> {
+    (!c.scope.groups.is_empty()).then(|| GroupScope {
+        groups: c.scope.groups.clone(),
+        nested: c.scope.nested,
+        base_dn: c.directory.base_dn.clone(),
+        member_attributes: profile.member_attributes(),
+    })
 }
 
 /// Starts the provisioning log of the state directory (`provisioning.jsonl`).
@@ -544,11 +562,41 @@ async fn check_async(c: &Config) -> i32 {
                 }
             }
             let (uf, gf) = filters(c, &src.profile);
+            // With scope.groups, counts are of the objects the groups allow.
+            let allowed = match group_scope(c, &src.profile) {
+                None => Ok(None),
+                Some(g) => crate::sync::scope_groups::allowed_set(&src.dir, &g, &c.agent.state_dir)
+                    .await
+                    .map(Some),
+            };
+            let in_groups = match &allowed {
+                Ok(Some(set)) => {
+                    out.ok(
+                        "scope.groups",
+                        format!(
+                            "{} groups{}: {set}",
+                            c.scope.groups.len(),
+                            if c.scope.nested { ", nested" } else { "" }
+                        ),
+                    );
+                    format!(" (members of {} scope.groups)", c.scope.groups.len())
+                }
+                Ok(None) => String::new(),
+                Err(e) => {
+                    out.fail(
+                        "scope.groups",
+                        format!("{e}; sync stops before deciding any delete"),
+                    );
+                    " (scope.groups unreadable: counts ignore it)".to_string()
+                }
+            };
+            let allowed = allowed.ok().flatten();
             for base in &c.scope.include {
-                match count_scope(&src.dir, base, &uf, &gf).await {
-                    Ok((u, g)) => {
-                        out.ok("scope", format!("{base}: {u} users, {g} groups in scope"))
-                    }
+                match count_scope(&src.dir, base, &uf, &gf, allowed.as_ref()).await {
+                    Ok((u, g)) => out.ok(
+                        "scope",
+                        format!("{base}: {u} users, {g} groups in scope{in_groups}"),
+                    ),
                     Err(e) => out.fail("scope", format!("{base}: {e}")),
                 }
             }
@@ -1020,12 +1068,18 @@ async fn count_scope(
     base: &str,
     uf: &str,
     gf: &str,
+    allowed: Option<&AllowedSet>,
 ) -> Result<(u64, u64), String> {
     let mut counts = [0u64; 2];
     for (i, f) in [uf, gf].into_iter().enumerate() {
         let mut s = dir.search(base, Scope::Subtree, f, &["1.1"]);
         while let Some(e) = s.next().await {
-            e.map_err(|e| e.to_string())?;
+            let e = e.map_err(|e| e.to_string())?;
+            if let Some(set) = allowed {
+                if !set.contains(&e.dn).map_err(|e| e.to_string())? {
+                    continue;
+                }
+            }
             counts[i] += 1;
         }
     }
@@ -1203,7 +1257,16 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         return Ok(exit::OK);
     };
     let (uf, gf) = filters(c, &src.profile);
-    match in_scope(&src.dir, c, &entry.dn, kind, &uf, &gf).await? {
+    let allowed = match group_scope(c, &src.profile) {
+        None => None,
+        Some(g) => Some(
+            crate::sync::scope_groups::allowed_set(&src.dir, &g, &c.agent.state_dir)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let allowed = allowed.as_ref();
+    match in_scope(&src.dir, c, &entry.dn, kind, &uf, &gf, allowed).await? {
         Ok(()) => crate::outln!("in scope:  yes, as a {}", kind.word()),
         Err(why) => crate::outln!("in scope:  no: {why}"),
     }
@@ -1232,7 +1295,8 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
     let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
     let mut left_out: Vec<String> = Vec::new();
     for r in refs {
-        let reference = resolve_for_preview(&src, c, &index, &r, &identity, (&uf, &gf)).await?;
+        let reference =
+            resolve_for_preview(&src, c, &index, &r, &identity, (&uf, &gf), allowed).await?;
         if matches!(reference, Reference::OutOfScope) {
             let attr = named_by
                 .get(&dn::normalize(&r))
@@ -1244,7 +1308,7 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
     }
     if !left_out.is_empty() {
         crate::outln!(
-            "left out: {} references out of the sync scope (not in scope.include, not matching the filters, or gone): {}",
+            "left out: {} references out of the sync scope (not in scope.include or scope.groups, not matching the filters, or gone): {}",
             left_out.len(),
             left_out.join("; ")
         );
@@ -1348,6 +1412,7 @@ async fn in_scope(
     kind: ResourceKind,
     uf: &str,
     gf: &str,
+    allowed: Option<&AllowedSet>,
 ) -> Result<Result<(), String>, String> {
     if !dn::under_any(target, &c.scope.include) {
         return Ok(Err(format!(
@@ -1363,14 +1428,21 @@ async fn in_scope(
         .matches(target, filter)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(if found {
-        Ok(())
-    } else {
-        Err(format!(
+    if !found {
+        return Ok(Err(format!(
             "does not match the {} filter {filter}",
             kind.word()
-        ))
-    })
+        )));
+    }
+    if let Some(set) = allowed {
+        if !set
+            .contains(target)
+            .map_err(|e| format!("scope.groups: {e}"))?
+        {
+            return Ok(Err("not a member of scope.groups".into()));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// `attrs`: the identity attributes of both kinds (no member lists).
@@ -1381,6 +1453,7 @@ async fn resolve_for_preview(
     target: &str,
     attrs: &[&str],
     (uf, gf): (&str, &str),
+    allowed: Option<&AllowedSet>,
 ) -> Result<Reference, String> {
     let Some(e) = src
         .dir
@@ -1393,7 +1466,10 @@ async fn resolve_for_preview(
     let Some(kind) = src.profile.classify(&e) else {
         return Ok(Reference::OutOfScope);
     };
-    if in_scope(&src.dir, c, &e.dn, kind, uf, gf).await?.is_err() {
+    if in_scope(&src.dir, c, &e.dn, kind, uf, gf, allowed)
+        .await?
+        .is_err()
+    {
         return Ok(Reference::OutOfScope);
     }
     let Ok(x) = mapping::anchor_of(&e, kind, &src.profile) else {

@@ -139,6 +139,11 @@ pub struct ScopeConfig {
     pub user_filter: Option<String>,
     /// Group filter; `None`: the profile's default.
     pub group_filter: Option<String>,
+    /// `scope.groups`: only these groups and their members are in scope (empty: no
+    /// group-based scoping). DNs under `directory.base_dn`, each once.
+    pub groups: Vec<String>,
+    /// `scope.nested`: members of member groups too, transitively.
+    pub nested: bool,
 }
 
 /// `[scim]`: the SCIM 2.0 endpoint.
@@ -229,6 +234,17 @@ pub struct SyncSettings {
     /// `bulk = "auto"`: a full pass sends through SCIM Bulk where the endpoint offers it;
     /// `"off"`: one request per object.
     pub bulk: bool,
+    /// `sync.nested_groups`: what a group's SCIM members are.
+    pub nested_groups: NestedGroups,
+}
+
+/// `sync.nested_groups`: a SCIM group's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NestedGroups {
+    /// The directory's direct members, users and groups (in scope).
+    Direct,
+    /// Every transitive user member; member groups are not listed.
+    Flatten,
 }
 
 /// What happens at the endpoint when a user is deleted in the directory or leaves scope.
@@ -451,6 +467,8 @@ struct RawScope {
     include: Option<Vec<String>>,
     user_filter: Option<String>,
     group_filter: Option<String>,
+    groups: Option<Vec<String>>,
+    nested: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -514,6 +532,7 @@ struct RawSync {
     member_chunk: usize,
     #[serde(default = "default_kind")]
     bulk: String,
+    nested_groups: Option<String>,
 }
 
 impl Default for RawSync {
@@ -534,6 +553,7 @@ impl Default for RawSync {
             feed: default_kind(),
             member_chunk: default_member_chunk(),
             bulk: default_kind(),
+            nested_groups: None,
         }
     }
 }
@@ -734,6 +754,9 @@ impl Config {
                 ));
             }
         }
+        let (scope_groups, scope_nested) =
+            scope_groups(raw.scope.groups, raw.scope.nested, &base_dn)
+                .map_err(|(k, m)| invalid(k, m))?;
         for (key, filter) in [
             ("scope.user_filter", &raw.scope.user_filter),
             ("scope.group_filter", &raw.scope.group_filter),
@@ -963,6 +986,8 @@ impl Config {
                 include,
                 user_filter: raw.scope.user_filter,
                 group_filter: raw.scope.group_filter,
+                groups: scope_groups,
+                nested: scope_nested,
             },
             scim: ScimSettings {
                 url: scim_url,
@@ -988,6 +1013,8 @@ impl Config {
                 feed,
                 member_chunk: y.member_chunk,
                 bulk,
+                nested_groups: nested_groups(y.nested_groups.as_deref())
+                    .map_err(|m| invalid("sync.nested_groups", m))?,
             },
             queue: QueueSettings {
                 max_bytes: raw.queue.max_bytes,
@@ -998,6 +1025,57 @@ impl Config {
         security::validate(path, &config)?;
         Ok(config)
     }
+}
+
+/// `sync.nested_groups` (pure): `direct` (the default) or `flatten`.
+fn nested_groups(v: Option<&str>) -> Result<NestedGroups, String> {
+    match v.map(str::trim) {
+        None | Some("direct") => Ok(NestedGroups::Direct),
+        Some("flatten") => Ok(NestedGroups::Flatten),
+        Some(other) => Err(format!("`{other}` is not one of: direct, flatten")),
+    }
+}
+
+/// Validates `scope.groups` and `scope.nested` (pure): DNs under `base_dn`, each once
+/// (compared normalised), at least one when the key is given, and `nested` only with
+/// groups. An error is (key, message).
+fn scope_groups(
+    groups: Option<Vec<String>>,
+    nested: Option<bool>,
+    base_dn: &str,
+) -> Result<(Vec<String>, bool), (&'static str, String)> {
+    let Some(list) = groups else {
+        if nested.is_some() {
+            return Err((
+                "scope.nested",
+                "has no effect without scope.groups (list the groups whose members are in scope)"
+                    .into(),
+            ));
+        }
+        return Ok((Vec::new(), false));
+    };
+    if list.is_empty() {
+        return Err((
+            "scope.groups",
+            "must list at least one group DN (leave the key out to scope by subtree and filters only)"
+                .into(),
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for g in list {
+        let g = g.trim().to_string();
+        if !looks_like_dn(&g) || !dn_is_under(&g, base_dn) {
+            return Err((
+                "scope.groups",
+                format!("`{g}` is not a DN under directory.base_dn `{base_dn}`"),
+            ));
+        }
+        let n = crate::sync::dn::normalize(&g);
+        if !out.iter().any(|x| crate::sync::dn::normalize(x) == n) {
+            out.push(g);
+        }
+    }
+    Ok((out, nested.unwrap_or(false)))
 }
 
 /// `relay.accept_profiles` and `relay.profile_attributes` (pure): attribute names, none
@@ -1525,6 +1603,44 @@ token_file = "/s/scim"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("idrelay.toml"), text, &secrets())
+    }
+
+    #[test]
+    fn nested_groups_is_direct_or_flatten() {
+        assert_eq!(nested_groups(None).unwrap(), NestedGroups::Direct);
+        assert_eq!(
+            nested_groups(Some("flatten")).unwrap(),
+            NestedGroups::Flatten
+        );
+        let e = nested_groups(Some("deep")).unwrap_err();
+        assert!(e.contains("deep") && e.contains("flatten"), "{e}");
+    }
+
+    #[test]
+    fn scope_groups_are_dns_under_the_base_each_once_and_nested_needs_them() {
+        let base = "dc=branch,dc=test";
+        let g = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(scope_groups(None, None, base).unwrap(), (vec![], false));
+        let (list, nested) = scope_groups(
+            g(&[
+                "cn=A,ou=g,dc=branch,dc=test",
+                " CN=a, ou=G,DC=branch,dc=test ",
+            ]),
+            Some(true),
+            base,
+        )
+        .unwrap();
+        assert_eq!((list.len(), nested), (1, true));
+        for (groups, nested, key, needle) in [
+            (g(&[]), None, "scope.groups", "at least one"),
+            (g(&["cn=x,dc=other"]), None, "scope.groups", "cn=x,dc=other"),
+            (g(&["not a dn"]), None, "scope.groups", "not a dn"),
+            (None, Some(false), "scope.nested", "scope.groups"),
+        ] {
+            let (k, m) = scope_groups(groups, nested, base).unwrap_err();
+            assert_eq!(k, key);
+            assert!(m.contains(needle), "{m}");
+        }
     }
 
     #[test]

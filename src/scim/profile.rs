@@ -736,6 +736,24 @@ impl SyncProfile {
         )
     }
 
+    /// The attributes a group's `members` are read from (`member`, `uniqueMember`), once
+    /// each: what group-based scoping reads.
+    pub fn member_attributes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in self
+            .resource(ResourceKind::Group)
+            .mappings
+            .iter()
+            .filter(|m| m.target == Target::Members)
+            .flat_map(|m| m.source.attributes().iter())
+        {
+            if !out.iter().any(|x| x.eq_ignore_ascii_case(a)) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
     /// [`SyncProfile::ldap_attributes`] of `kind` without the sources of `members`: enough
     /// to classify an object and compute its anchor, without the member lists that can
     /// hold a million values.

@@ -1,6 +1,11 @@
 //! One full pass: read the whole scope and bring every object in step at the endpoint.
 //!
 //! Order and why:
+//! 0. **Scoping groups** (`scope.groups`, when set): the set of objects they allow is
+//!    computed first ([`crate::sync::scope_groups`]), and the scan and the phases skip
+//!    every object outside it (AND with the subtrees and filters). A listed group that is
+//!    missing, or any failed read of the groups, stops the pass here: nothing is taken
+//!    for "out of scope", no delete is decided.
 //! 1. **Scope scan**: every in-scope user and group, anchor attributes only, into a map
 //!    DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` / `manager`
 //!    DNs are in scope, and gives progress a total.
@@ -55,9 +60,11 @@ use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict, BATCHES_IN_F
 use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
 use crate::sync::diskmap::DiskMap;
 use crate::sync::dn;
+use crate::sync::flatten::{flatten_entry, DirectoryGraph, Flatten};
 use crate::sync::listing::{Listed, Listing};
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision_with, Hint, Job, Outcome, ProvisionMode};
+use crate::sync::scope_groups::{AllowedSet, GroupScope, ScopeGroupsError};
 
 /// What a pass needs besides its connections.
 #[derive(Debug, Clone)]
@@ -76,6 +83,10 @@ pub struct PassSettings {
     pub quiet: bool,
     /// What a user's delete does at the endpoint.
     pub user_delete: UserDelete,
+    /// `scope.groups` (None: no group-based scoping).
+    pub scope_groups: Option<GroupScope>,
+    /// `sync.nested_groups = "flatten"` (None: direct members).
+    pub flatten: Option<Flatten>,
 }
 
 /// One object that could not be provisioned.
@@ -189,6 +200,9 @@ pub enum PassError {
     /// The SCIM endpoint refused the credentials (401): every object would fail alike, so
     /// the pass stopped; nothing is concluded from it.
     Unauthorized(String),
+    /// `scope.groups` could not be read (a listed group missing, a failed read): the pass
+    /// stopped before the scan; no delete is decided from it.
+    ScopeGroups(ScopeGroupsError),
 }
 
 impl fmt::Display for PassError {
@@ -202,6 +216,9 @@ impl fmt::Display for PassError {
                 "the SCIM endpoint refused the credentials ({e}): check scim.token_file / scim.token_env, \
                  or the OAuth2 client (scim.token_url, scim.client_id, its secret); pass stopped, nothing concluded from it"
             ),
+            PassError::ScopeGroups(e) => {
+                write!(f, "{e}; pass stopped before the scope scan, no deletes decided")
+            }
         }
     }
 }
@@ -525,6 +542,12 @@ struct Pass<'a> {
     settings: &'a PassSettings,
     index: &'a mut AnchorIndex,
     scope: ScopeMap,
+    /// What `scope.groups` allows (None: no group-based scoping).
+    allowed: Option<AllowedSet>,
+    /// With `sync.nested_groups = "flatten"`: the groups read for flattening.
+    graph: Option<DirectoryGraph<'a>>,
+    /// Deepest nesting a flattened group had.
+    flatten_depth: usize,
     pretend: HashMap<String, String>,
     jobs: Sender<Task>,
     results: Receiver<Landed>,
@@ -631,6 +654,9 @@ pub async fn full_pass(
         settings,
         index,
         scope,
+        allowed: None,
+        graph: None,
+        flatten_depth: 0,
         pretend: HashMap::new(),
         jobs: jobs_tx,
         results: done_rx,
@@ -731,6 +757,25 @@ pub async fn full_pass(
 
 impl Pass<'_> {
     async fn run(&mut self) -> Result<(), PassError> {
+        if let Some(g) = &self.settings.scope_groups {
+            self.progress.phase("scope groups");
+            let set = crate::sync::scope_groups::allowed_set(self.dir, g, self.index.state_dir())
+                .await
+                .map_err(PassError::ScopeGroups)?;
+            self.allowed = Some(set);
+        }
+        if let Some(f) = &self.settings.flatten {
+            let graph = DirectoryGraph::new(
+                self.dir,
+                &f.base_dn,
+                &f.member_attributes,
+                true,
+                self.index.state_dir(),
+            )
+            .await
+            .map_err(PassError::ScopeGroups)?;
+            self.graph = Some(graph);
+        }
         self.scan().await?;
         self.weigh_vanishing()?;
         self.read_listing().await?;
@@ -759,6 +804,12 @@ impl Pass<'_> {
             self.drain().await;
             self.halt()?;
             self.settle(kind, revisit, &filter, &attr_refs).await?;
+        }
+        if self.graph.is_some() {
+            log::info!(
+                "nested groups flattened: deepest nesting {} levels",
+                self.flatten_depth
+            );
         }
         Ok(())
     }
@@ -937,6 +988,22 @@ impl Pass<'_> {
         }
     }
 
+    /// Whether `scope.groups` (if set) allows the object at `dn`. A failed lookup is kept
+    /// as the scope map's error (the pass stops on it before deciding any delete) and
+    /// reads as "not allowed" meanwhile.
+    fn allows(&self, dn: &str) -> bool {
+        match &self.allowed {
+            None => true,
+            Some(set) => match set.contains(dn) {
+                Ok(yes) => yes,
+                Err(e) => {
+                    self.scope.keep(e);
+                    false
+                }
+            },
+        }
+    }
+
     /// Step 1: DN → anchor for everything in scope.
     async fn scan(&mut self) -> Result<(), PassError> {
         self.progress.phase("scope scan");
@@ -952,7 +1019,7 @@ impl Pass<'_> {
                     seen += 1;
                     self.progress.tick(seen, 0);
                     let key = ScopeMap::key(&entry.dn);
-                    if !matches!(self.scope.get(&key), Ok(None)) {
+                    if !self.allows(&entry.dn) || !matches!(self.scope.get(&key), Ok(None)) {
                         continue;
                     }
                     match mapping::anchor_of(&entry, kind, self.profile) {
@@ -966,10 +1033,14 @@ impl Pass<'_> {
         self.scope.check()?;
         let users = self.scope.count(ResourceKind::User);
         log::info!(
-            "scope: {} users, {} groups under {}",
+            "scope: {} users, {} groups under {}{}",
             users,
             self.scope.len() - users,
-            self.settings.include.join("; ")
+            self.settings.include.join("; "),
+            match &self.settings.scope_groups {
+                Some(g) => format!(" in {} scope.groups", g.groups.len()),
+                None => String::new(),
+            }
         );
         Ok(())
     }
@@ -994,7 +1065,7 @@ impl Pass<'_> {
 
     async fn handle_inner(
         &mut self,
-        entry: Entry,
+        mut entry: Entry,
         kind: ResourceKind,
         round: Round,
     ) -> Option<String> {
@@ -1004,6 +1075,9 @@ impl Pass<'_> {
         // recorded when it was first handled.
         let mut unscanned = false;
         if first_round {
+            if !self.allows(&entry.dn) {
+                return None;
+            }
             match self.scope.get(&key) {
                 Ok(Some(o)) if o.visited => return None, // overlapping include subtrees
                 Ok(Some(o)) => self.scope.mark_visited(&key, &o),
@@ -1016,6 +1090,22 @@ impl Pass<'_> {
             }
             self.done += 1;
             self.progress.tick(self.done, self.total);
+        }
+        if kind == ResourceKind::Group {
+            if let (Some(graph), Some(f)) = (&self.graph, &self.settings.flatten) {
+                match flatten_entry(graph, f, &mut entry, self.index.state_dir()).await {
+                    Ok(flat) => self.flatten_depth = self.flatten_depth.max(flat.depth),
+                    Err(e) => {
+                        // A failed read is never a smaller group: the pass stops on it
+                        // before it decides any delete.
+                        self.scope.keep(std::io::Error::other(format!(
+                            "flattening {}: {e}",
+                            entry.dn
+                        )));
+                        return None;
+                    }
+                }
+            }
         }
         let resolver = ScopeResolver {
             scope: &self.scope,

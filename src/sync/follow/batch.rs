@@ -244,6 +244,14 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
             Change::Delete { uuid, dn: d } => (uuid.clone(), d.as_deref().map(dn::normalize)),
         })
         .collect();
+    if let Some(allowed) = ctx.allowed {
+        if touches_scoping_group(allowed, &keys) {
+            log::info!(
+                "a group that makes scope.groups changed: full pass owed (it brings members that joined in and takes those that left out)"
+            );
+            let _ = with_queue(queue, |q| q.mark_resync_owed(ResyncReason::Requested)).await;
+        }
+    }
     let mut steps: Vec<Step> = (0..n).map(|_| Step::Waiting).collect();
     let mut waits: Vec<Option<Backoff>> = (0..n).map(|_| None).collect();
     // Per change: tries the endpoint answered 5xx or could not be reached for, and the
@@ -376,9 +384,9 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                         steps[i] = Step::Reading;
                         flying.push((
                             i,
-                            Box::pin(
-                                async move { Landed::Read(prepare(ctx, attrs, target).await) },
-                            ),
+                            Box::pin(async move {
+                                Landed::Read(prepare(ctx, queue, attrs, target).await)
+                            }),
                         ));
                     }
                     Change::Delete { uuid, dn } => {
@@ -520,6 +528,18 @@ impl Resolver for IndexResolver<'_> {
     }
 }
 
+/// Whether a change of the batch is to a group whose members make the allowed set of
+/// `scope.groups` (a listed group, or with `nested` one inside the tree): its members may
+/// have joined or left. A failed lookup counts as a change (a full pass settles it).
+fn touches_scoping_group(
+    allowed: &crate::sync::scope_groups::AllowedSet,
+    keys: &[(String, Option<String>)],
+) -> bool {
+    keys.iter()
+        .filter_map(|(_, d)| d.as_deref())
+        .any(|d| allowed.is_read_group(d).unwrap_or(true))
+}
+
 /// Why an object the feed reported is not (or no longer) in scope, if it is not.
 async fn out_of_scope<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
@@ -621,6 +641,7 @@ enum Prepared {
 /// Reads the object at `target` and checks its scope. `Err` is a reason to retry.
 async fn prepare<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
+    queue: &SharedQueue,
     attrs: &[&str],
     target: &str,
 ) -> Result<Prepared, String> {
@@ -630,9 +651,27 @@ async fn prepare<D: DirectoryReads, E: EndpointWrites>(
         Err(e) => return Err(format!("directory: reading {target}: {e}")),
     };
     let kind = ctx.profile.classify(&entry);
-    let out = out_of_scope(ctx, &entry, kind)
+    if kind == Some(ResourceKind::Group) && ctx.settings.pass.flatten.is_some() {
+        // Flattened groups are brought in step by a full pass: it flattens this group and
+        // every group above it (sending this one now, unflattened, would flap).
+        log::info!("group {target} changed and nested groups are flattened: full pass owed");
+        with_queue(queue, |q| q.mark_resync_owed(ResyncReason::Requested))
+            .await
+            .map_err(|e| format!("queue: {e}"))?;
+        return Ok(Prepared::Gone);
+    }
+    let mut out = out_of_scope(ctx, &entry, kind)
         .await
         .map_err(|e| format!("directory: {e}"))?;
+    if let (None, Some(allowed)) = (out, ctx.allowed) {
+        // A failed lookup is a retry, never "not a member".
+        if !allowed
+            .contains(&entry.dn)
+            .map_err(|e| format!("scope.groups: {e}"))?
+        {
+            out = Some("not a member of scope.groups");
+        }
+    }
     Ok(Prepared::Read { entry, kind, out })
 }
 

@@ -60,6 +60,14 @@
 //!   provisioned is acknowledged with a warning naming its DN (or uuid) and counted for
 //!   `idrelay status`; only one whose DN lies outside the included subtrees (never in scope)
 //!   is acknowledged quietly.
+//! * Group-based scoping (`scope.groups`): the allowed set is computed when following
+//!   starts (a failed read: nothing is sent until it reads, nothing leaves scope on it); an
+//!   object outside it is out of scope like one outside the filters. A change to a group
+//!   whose members make the set (a listed group; with `nested` any group in the tree) owes
+//!   a full pass: that pass computes the set again, provisions the objects that joined and
+//!   sends those that left through the delete gate. Simpler than diffing two sets in the
+//!   sender, and the pass already weighs a burst of leavers against the threshold; the cost
+//!   is a full pass per such change (see docs/config.md).
 //! * A delete is never inferred: an object the directory no longer returns is left alone
 //!   (the feed reports its delete or its move), and a failed read is retried, never taken
 //!   for a missing object.
@@ -275,11 +283,35 @@ impl FollowSettings {
                 Feed::Syncrepl => String::new(),
                 f => format!("\n{}", f.name()),
             }
-        );
+        ) + &self.scope_groups_fingerprint();
         format!(
             "{:016x}",
             representation_hash(&serde_json::Value::String(text))
         )
+    }
+
+    /// `scope.groups` and flattening in the scope fingerprint: other groups, or members
+    /// flattened or not, are another scope (a full pass follows the change). Empty without
+    /// them, so other scopes keep their watermark.
+    fn scope_groups_fingerprint(&self) -> String {
+        let flatten = if self.pass.flatten.is_some() {
+            "\nflatten"
+        } else {
+            ""
+        };
+        flatten.to_string()
+            + &match &self.pass.scope_groups {
+                None => String::new(),
+                Some(g) => {
+                    let mut dns: Vec<String> = g.groups.iter().map(|d| dn::normalize(d)).collect();
+                    dns.sort();
+                    format!(
+                        "\ngroups{}:{}",
+                        if g.nested { " nested" } else { "" },
+                        dns.join(";")
+                    )
+                }
+            }
     }
 
     fn feed_filter(&self) -> String {
@@ -514,6 +546,29 @@ pub async fn run(
             continue;
         }
         let cookie = cookie.expect("checked above");
+        // The set `scope.groups` allows, as of now: a change to one of its groups after
+        // this owes a full pass (see `batch`), which computes it again.
+        let allowed = match &settings.pass.scope_groups {
+            None => None,
+            Some(g) => {
+                match crate::sync::scope_groups::allowed_set(dir, g, &settings.state_dir).await {
+                    Ok(set) => Some(set),
+                    Err(e) => {
+                        // Nothing is taken out of scope on it: nothing is sent until it reads.
+                        let why = e.to_string();
+                        agent.set_error(why.clone());
+                        agent.set_phase("degraded");
+                        let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
+                        log::warn!(
+                            "{why}; changes wait, retrying in {:.0} s",
+                            wait.as_secs_f64()
+                        );
+                        control.sleep(wait).await;
+                        continue;
+                    }
+                }
+            }
+        };
         let (notify_tx, notify_rx) = smol::channel::bounded::<()>(1);
         let feed = match &settings.feed {
             Feed::Syncrepl => smol::spawn(feed(
@@ -544,6 +599,7 @@ pub async fn run(
             settings,
             control,
             agent,
+            allowed: allowed.as_ref(),
         };
         agent.set_phase("following");
         let outcome = send_loop(&ctx, index, gate, &mut parking, &queue, &feed, &notify_rx).await;

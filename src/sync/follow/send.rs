@@ -24,6 +24,7 @@ use crate::scim::profile::SyncProfile;
 use crate::signals::Control;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{DeleteGate, GateError, Verdict};
+use crate::sync::scope_groups::AllowedSet;
 
 use super::batch::{
     apply_batch, send_delete, Applied, DirectoryReads, EndpointWrites, RETRY_FIRST_WAIT,
@@ -51,6 +52,9 @@ pub(super) struct SendCtx<'a, D, E> {
     pub(super) settings: &'a FollowSettings,
     pub(super) control: &'a Control,
     pub(super) agent: &'a AgentState,
+    /// What `scope.groups` allows, computed when following started (None: no group-based
+    /// scoping).
+    pub(super) allowed: Option<&'a AllowedSet>,
 }
 
 /// How many queued changes the sender takes at a time (acknowledged together).

@@ -91,6 +91,30 @@ fn same_object_changes_are_applied_in_order() {
 }
 
 #[test]
+fn with_scope_groups_a_non_member_is_not_sent_and_a_scoping_group_change_owes_a_full_pass() {
+    let mut b = Bench::new(100);
+    b.user("alice", &["v1"]);
+    b.user("bob", &["v1"]);
+    b.group("team", &["alice"]);
+    b.allowed = Some(crate::sync::scope_groups::AllowedSet::of(
+        &b.state_dir(),
+        &[&group_dn("team")],
+        &[&user_dn("alice")],
+    ));
+    b.apply(&[upsert("alice"), upsert("bob")]);
+    let log = b.calls();
+    assert_eq!(sends_of(&log, "alice"), ["v1"], "{log:#?}");
+    assert!(
+        sends_of(&log, "bob").is_empty(),
+        "bob is no member: {log:#?}"
+    );
+    assert!(!b.queue.lock().unwrap().resync_owed());
+    // The group that makes the set changed: who is in may have changed too.
+    b.apply(&[upsert_group("team")]);
+    assert!(b.queue.lock().unwrap().resync_owed());
+}
+
+#[test]
 fn a_reference_to_an_object_not_yet_provisioned_waits_for_it() {
     let mut b = Bench::new(100);
     b.user("carol", &["v1"]);
@@ -926,6 +950,8 @@ impl EndpointWrites for FakeEndpoint {
 }
 
 struct Bench {
+    /// `scope.groups`' allowed set, when a test scopes by group.
+    allowed: Option<crate::sync::scope_groups::AllowedSet>,
     log: Log,
     dir: FakeDirectory,
     endpoint: FakeEndpoint,
@@ -958,6 +984,7 @@ impl Bench {
             floor: 0,
         };
         Bench {
+            allowed: None,
             dir: FakeDirectory {
                 log: log.clone(),
                 ..FakeDirectory::default()
@@ -977,6 +1004,8 @@ impl Bench {
                     mode: ProvisionMode::plain(false, false),
                     quiet: true,
                     user_delete: UserDelete::Delete,
+                    scope_groups: None,
+                    flatten: None,
                 },
                 base_dn: BASE.into(),
                 state_dir: state.0.clone(),
@@ -1082,6 +1111,7 @@ impl Bench {
             settings: &self.settings,
             control: &self.control,
             agent: &self.agent,
+            allowed: self.allowed.as_ref(),
         };
         let end = smol::block_on(apply_batch(
             &ctx,
@@ -1120,6 +1150,7 @@ impl Bench {
             settings: &self.settings,
             control: &self.control,
             agent: &self.agent,
+            allowed: self.allowed.as_ref(),
         };
         let feed = smol::spawn(std::future::pending::<String>());
         let (_notify, notify_rx) = smol::channel::bounded::<()>(1);

@@ -1,0 +1,227 @@
+//! `sync.nested_groups = "flatten"`: a SCIM group's members are every transitive user
+//! member of the directory group; member groups themselves are not listed.
+//!
+//! Rules it keeps:
+//! * **cycles end:** every member DN is taken once per group flattened (a group met again,
+//!   the group itself included, adds nothing);
+//! * **flat in memory:** the DNs already taken are kept in memory up to [`SEEN_IN_MEMORY`]
+//!   (a few MiB), beyond that in a [`DiskMap`] scratch file; in memory besides are the
+//!   member values of the groups still to be read and the flattened list itself (what the
+//!   entry would have held had the directory listed those members directly);
+//! * **a failed read is an error, never a smaller group:** the caller stops (the full pass
+//!   before deciding any delete).
+//!
+//! Which members are groups: those [`GroupGraph::is_group`] says are (the entries under the
+//! base that hold a member value, found with one search: [`DirectoryGraph`]). An empty
+//! member group adds nobody.
+
+use std::path::Path;
+
+use crate::ldap::Entry;
+use crate::sync::diskmap::DiskMap;
+use crate::sync::dn;
+use crate::sync::scope_groups::{GroupGraph, ScopeGroupsError};
+
+pub use crate::sync::scope_groups::DirectoryGraph;
+
+/// What `run` and the full pass need to flatten a group.
+#[derive(Debug, Clone)]
+pub struct Flatten {
+    /// Where member groups are looked for (`directory.base_dn`).
+    pub base_dn: String,
+    /// The profile's member attributes (`member`, `uniqueMember`); the first receives the
+    /// flattened list.
+    pub member_attributes: Vec<String>,
+}
+
+/// One group flattened.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Flat {
+    /// The transitive members that are not groups, each once, in the order met.
+    pub members: Vec<String>,
+    /// Member groups read.
+    pub groups: u64,
+    /// The deepest level read (1: direct members only).
+    pub depth: usize,
+}
+
+/// DNs a flattening keeps in memory before it moves them to a scratch file: a group of a
+/// few thousand members (most) costs no file operations, one of a million stays flat.
+pub const SEEN_IN_MEMORY: usize = if cfg!(test) { 2 } else { 65_536 };
+
+/// The normalised DNs one flattening has taken.
+enum Seen {
+    Memory(std::collections::HashSet<String>),
+    Disk(DiskMap),
+}
+
+impl Seen {
+    /// Takes `key`; false when it was taken before.
+    fn take(&mut self, key: String, state_dir: &Path) -> std::io::Result<bool> {
+        match self {
+            Seen::Memory(set) if set.len() < SEEN_IN_MEMORY => Ok(set.insert(key)),
+            Seen::Memory(set) => {
+                if set.contains(&key) {
+                    return Ok(false);
+                }
+                let mut map = DiskMap::scratch(state_dir, "flattened members", 0)?;
+                for k in set.drain() {
+                    map.insert(k.as_bytes(), &[])?;
+                }
+                map.insert(key.as_bytes(), &[])?;
+                *self = Seen::Disk(map);
+                Ok(true)
+            }
+            Seen::Disk(map) => {
+                if map.contains(key.as_bytes())? {
+                    return Ok(false);
+                }
+                map.insert(key.as_bytes(), &[])?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Flattens the group at `group_dn` whose direct members are `direct`.
+pub(crate) async fn flatten<G: GroupGraph>(
+    graph: &G,
+    group_dn: &str,
+    direct: Vec<String>,
+    state_dir: &Path,
+) -> Result<Flat, ScopeGroupsError> {
+    let mut seen = Seen::Memory(Default::default());
+    seen.take(dn::normalize(group_dn), state_dir)?;
+    let mut out = Flat {
+        members: Vec::new(),
+        groups: 0,
+        depth: 1,
+    };
+    let mut todo: Vec<(Vec<String>, usize)> = vec![(direct, 1)];
+    while let Some((members, depth)) = todo.pop() {
+        out.depth = out.depth.max(depth);
+        for m in members {
+            if !seen.take(dn::normalize(&m), state_dir)? {
+                continue;
+            }
+            if graph.is_group(&m)? {
+                if let Some(inner) = graph.members(&m).await? {
+                    out.groups += 1;
+                    todo.push((inner, depth + 1));
+                }
+                // A member group that vanished since the search adds nobody.
+            } else {
+                out.members.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the member values of `entry` (a group) with its flattened members.
+pub(crate) async fn flatten_entry<G: GroupGraph>(
+    graph: &G,
+    settings: &Flatten,
+    entry: &mut Entry,
+    state_dir: &Path,
+) -> Result<Flat, ScopeGroupsError> {
+    let mut direct = Vec::new();
+    for a in &settings.member_attributes {
+        for v in entry.take(a) {
+            direct.push(String::from_utf8_lossy(&v).into_owned());
+        }
+    }
+    let flat = flatten(graph, &entry.dn.clone(), direct, state_dir).await?;
+    if let Some(first) = settings.member_attributes.first() {
+        for m in &flat.members {
+            entry.add(first, m.as_bytes());
+        }
+    }
+    Ok(Flat {
+        members: Vec::new(),
+        ..flat
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Fake(HashMap<String, Vec<String>>);
+
+    impl GroupGraph for Fake {
+        async fn members(&self, dn: &str) -> Result<Option<Vec<String>>, ScopeGroupsError> {
+            Ok(self.0.get(&dn::normalize(dn)).cloned())
+        }
+        fn is_group(&self, dn: &str) -> Result<bool, ScopeGroupsError> {
+            Ok(self.0.contains_key(&dn::normalize(dn)))
+        }
+    }
+
+    fn fake(groups: &[(&str, &[&str])]) -> Fake {
+        Fake(
+            groups
+                .iter()
+                .map(|(g, m)| (dn::normalize(g), m.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        )
+    }
+
+    fn run(f: &Fake, group: &str) -> Flat {
+        let direct = f.0[&dn::normalize(group)].clone();
+        smol::block_on(flatten(f, group, direct, &std::env::temp_dir())).unwrap()
+    }
+
+    #[test]
+    fn every_transitive_user_once_no_groups_and_the_depth() {
+        let f = fake(&[
+            ("cn=top,dc=t", &["uid=a,dc=t", "cn=mid,dc=t", "uid=b,dc=t"]),
+            ("cn=mid,dc=t", &["uid=c,dc=t", "cn=low,dc=t", "UID=A, DC=t"]),
+            ("cn=low,dc=t", &["uid=d,dc=t"]),
+        ]);
+        let flat = run(&f, "cn=top,dc=t");
+        assert_eq!(
+            flat.members,
+            vec!["uid=a,dc=t", "uid=b,dc=t", "uid=c,dc=t", "uid=d,dc=t"]
+        );
+        assert_eq!((flat.groups, flat.depth), (2, 3));
+        // A group in the middle: only what is below it.
+        assert_eq!(
+            run(&f, "cn=mid,dc=t").members,
+            vec!["uid=c,dc=t", "UID=A, DC=t", "uid=d,dc=t"]
+        );
+    }
+
+    #[test]
+    fn a_cycle_ends_and_the_group_itself_is_never_its_own_member() {
+        let f = fake(&[
+            ("cn=a,dc=t", &["uid=1,dc=t", "cn=b,dc=t"]),
+            ("cn=b,dc=t", &["uid=2,dc=t", "cn=a,dc=t", "cn=b,dc=t"]),
+        ]);
+        let flat = run(&f, "cn=a,dc=t");
+        assert_eq!(flat.members, vec!["uid=1,dc=t", "uid=2,dc=t"]);
+        assert_eq!(flat.groups, 1);
+        assert_eq!(
+            run(&f, "cn=b,dc=t").members,
+            vec!["uid=2,dc=t", "uid=1,dc=t"]
+        );
+    }
+
+    #[test]
+    fn the_entry_gets_the_flattened_list_in_its_first_member_attribute() {
+        let f = fake(&[("cn=inner,dc=t", &["uid=x,dc=t"])]);
+        let mut e = Entry::new("cn=outer,dc=t")
+            .with("uniqueMember", "cn=inner,dc=t")
+            .with("member", "uid=y,dc=t");
+        let s = Flatten {
+            base_dn: "dc=t".into(),
+            member_attributes: vec!["member".into(), "uniqueMember".into()],
+        };
+        let flat = smol::block_on(flatten_entry(&f, &s, &mut e, &std::env::temp_dir())).unwrap();
+        assert_eq!(flat.depth, 2);
+        let got: Vec<&str> = e.strs("member").collect();
+        assert_eq!(got, vec!["uid=y,dc=t", "uid=x,dc=t"]);
+        assert!(e.strs("uniqueMember").next().is_none());
+    }
+}
