@@ -323,7 +323,7 @@ mod tests {
             ),
             (
                 format!("{g}[scope.x]\na = 1\n"),
-                "line 15: unknown table [scope.x]: [scope] takes the keys include, user_filter, group_filter".into(),
+                "line 15: unknown table [scope.x]: [scope] takes the keys include, user_filter, group_filter, groups, nested".into(),
             ),
             (
                 format!("{g}[sync]\nconcurrency = \"four\"\n"),
