@@ -42,7 +42,7 @@ use ldap3::{Ldap, ResultEntry, Scope as Ldap3Scope};
 use smol::channel::{Receiver, Sender};
 
 use super::wire::RawEntry;
-use super::worker::{abandon, close, connect_bound, op_error, BATCH};
+use super::worker::{abandon, close, connect_unless_cancelled, op_error, BATCH};
 use super::{DirectoryConfig, Entry, LdapError, ResultCode};
 
 /// OID of the Sync State control on each entry.
@@ -572,13 +572,7 @@ pub(crate) async fn serve(
     )>,
     job: SyncJob,
 ) {
-    let cancel = job.cancel.clone();
-    let connected = smol::future::or(async { Some(connect_bound(cfg, tls).await) }, async {
-        let _ = cancel.recv().await;
-        None
-    })
-    .await;
-    let ldap = match connected {
+    let ldap = match connect_unless_cancelled(cfg, tls, &job.cancel).await {
         None => return,
         Some(Ok(ldap)) => ldap,
         Some(Err(e)) => {

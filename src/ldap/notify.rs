@@ -21,7 +21,7 @@ use ldap3::{Ldap, Scope as Ldap3Scope};
 use smol::channel::{Receiver, Sender};
 
 use super::dialect::NOTIFICATION_OID;
-use super::worker::{abandon, close, connect_bound, op_error, Stop};
+use super::worker::{abandon, close, connect_unless_cancelled, op_error, Stop};
 use super::{DirectoryConfig, LdapError, ResultCode};
 
 /// What the worker sends the stream.
@@ -101,13 +101,7 @@ pub(crate) async fn serve(
     )>,
     job: NotifyJob,
 ) {
-    let cancel = job.cancel.clone();
-    let connected = smol::future::or(async { Some(connect_bound(cfg, tls).await) }, async {
-        let _ = cancel.recv().await;
-        None
-    })
-    .await;
-    let ldap = match connected {
+    let ldap = match connect_unless_cancelled(cfg, tls, &job.cancel).await {
         None => return,
         Some(Ok(ldap)) => ldap,
         Some(Err(e)) => {

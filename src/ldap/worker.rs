@@ -636,6 +636,20 @@ pub(super) async fn abandon(stream: &mut Stream) {
 }
 
 /// Opens one connection (TLS / StartTLS per `tls`), starts its driver task, and binds.
+/// [`connect_bound`], unless `cancel` closes first (the consumer dropped its stream):
+/// `None` then, and no connection is left behind.
+pub(super) async fn connect_unless_cancelled(
+    cfg: &DirectoryConfig,
+    tls: Option<&(&'static str, Arc<rustls::ClientConfig>)>,
+    cancel: &Receiver<()>,
+) -> Option<Result<Ldap, LdapError>> {
+    smol::future::or(async { Some(connect_bound(cfg, tls).await) }, async {
+        let _ = cancel.recv().await;
+        None
+    })
+    .await
+}
+
 pub(super) async fn connect_bound(
     cfg: &DirectoryConfig,
     tls: Option<&(&'static str, Arc<rustls::ClientConfig>)>,
