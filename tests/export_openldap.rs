@@ -354,7 +354,7 @@ fn preview_shows_scope_mapping_and_what_the_endpoint_holds() {
     let team = agent.run(&["preview", &format!("cn=team,{}", ou.dn)]);
     assert!(
         team.stdout.contains(&format!(
-            "left out: 1 references out of the sync scope (not in scope.include, not matching the filters, or gone): member cn=syncer,{}",
+            "left out: 1 references out of the sync scope (not in scope.include or scope.groups, not matching the filters, or gone): member cn=syncer,{}",
             ou.dir.base
         )),
         "{}",
