@@ -321,7 +321,7 @@ fn flatten_lists_every_transitive_user_and_a_deep_change_updates_the_groups_abov
     let again = a.run(&["sync", "--once"]);
     again.assert_code(0);
     assert!(
-        again.summary().contains("0 created, 0 replaced, 0 patched"),
+        again.summary().contains("requests: 0 POST, 0 PUT, 0 PATCH"),
         "{}",
         again.summary()
     );
