@@ -4,84 +4,33 @@
 //! "Limits" and "Refused settings").
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod common;
+
+use common::hub_process::{scratch_dir, two_agent_config, HubProcess, Tokens};
+use common::{free_port, write_secret};
+
 const OPERATOR: &str = "operator-Zr8qLk2Vn5Tx9Wc4Hb7Y";
 const A1: &str = "agent-one-Jd3Ms8Qp1Rv6Gf0Ka2N";
 const A2: &str = "agent-two-Pw7Ec5Uy9Bt3Lh1Ox6D";
 
-struct Hub {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+type Hub = HubProcess;
 
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "idrelay-hub-hostile-{tag}-{}-{:x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The config text for agents a1 and a2 (group `g`) with tokens in `dir`.
-fn config(dir: &Path, port: u16, extra: &str) -> String {
-    for (name, token) in [("op", OPERATOR), ("a1", A1), ("a2", A2)] {
-        write_private(&dir.join(name), &format!("{token}\n"));
-    }
-    format!(
-        "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{op}\"\n{extra}\n\
-         [[agent]]\nid = \"a1\"\ntoken_file = \"{a1}\"\ngroup = \"g\"\n\n\
-         [[agent]]\nid = \"a2\"\ntoken_file = \"{a2}\"\ngroup = \"g\"\n",
-        op = dir.join("op").display(),
-        a1 = dir.join("a1").display(),
-        a2 = dir.join("a2").display(),
-    )
-}
+const TOKENS: Tokens = Tokens {
+    operator: OPERATOR,
+    a1: A1,
+    a2: A2,
+};
 
 impl Hub {
     fn start(extra: &str) -> Hub {
-        let dir = temp_dir("run");
-        let port = free_port();
-        std::fs::write(dir.join("hub.toml"), config(&dir, port, extra)).unwrap();
-        let log = std::fs::File::create(dir.join("hub.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
-            .arg("--config")
-            .arg(dir.join("hub.toml"))
-            .arg("--log-level=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start idrelay-hub");
-        let mut hub = Hub { child, port, dir };
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = hub.child.try_wait().unwrap() {
-                panic!("idrelay-hub exited with {status}:\n{}", hub.log());
-            }
-            assert!(Instant::now() < until, "hub did not listen:\n{}", hub.log());
-            thread::sleep(Duration::from_millis(20));
-        }
-        hub
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default()
+        Hub::launch("hostile-run", TOKENS, extra)
     }
 
     /// A line of /proc/PID/status, in KiB (VmRSS, VmHWM).
@@ -145,30 +94,6 @@ impl Hub {
             thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!(
-                "--- hub log (last lines) ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[derive(Debug)]
@@ -447,9 +372,9 @@ fn a_request_queued_for_a_poll_whose_client_left_goes_to_the_next_poll() {
 
 #[test]
 fn weak_settings_stop_the_hub_naming_the_key() {
-    let dir = temp_dir("cfg");
+    let dir = scratch_dir("hostile-cfg");
     let port = free_port();
-    let good = config(&dir, port, "");
+    let good = two_agent_config(&dir, port, TOKENS, "");
     let run = |text: &str, check: bool| {
         let p = dir.join("hub.toml");
         std::fs::write(&p, text).unwrap();
@@ -489,7 +414,7 @@ fn weak_settings_stop_the_hub_naming_the_key() {
     assert_eq!(code, Some(0), "{out}");
 
     // Two agents with one token: the run itself stops (not only --check).
-    write_private(&dir.join("a2"), &format!("{A1}\n"));
+    write_secret(&dir.join("a2"), &format!("{A1}\n"));
     let (code, err) = run(&good, false);
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -497,10 +422,10 @@ fn weak_settings_stop_the_hub_naming_the_key() {
         "{err}"
     );
     assert!(!err.contains(A1), "the token is never printed: {err}");
-    write_private(&dir.join("a2"), &format!("{A2}\n"));
+    write_secret(&dir.join("a2"), &format!("{A2}\n"));
 
     // A short operator token.
-    write_private(&dir.join("op"), "op-token\n");
+    write_secret(&dir.join("op"), "op-token\n");
     let (code, err) = run(&good, false);
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -508,7 +433,7 @@ fn weak_settings_stop_the_hub_naming_the_key() {
         "{err}"
     );
     assert!(!err.contains("op-token"), "{err}");
-    write_private(&dir.join("op"), &format!("{OPERATOR}\n"));
+    write_secret(&dir.join("op"), &format!("{OPERATOR}\n"));
 
     // A token file others can read.
     {
@@ -521,7 +446,7 @@ fn weak_settings_stop_the_hub_naming_the_key() {
         err.contains("`agent[0].token_file`") && err.contains("chmod 600"),
         "{err}"
     );
-    write_private(&dir.join("a1"), &format!("{A1}\n"));
+    write_secret(&dir.join("a1"), &format!("{A1}\n"));
 
     // Plain HTTP on a public address: refused, and with allow_plaintext a WARN.
     let public = good.replace(

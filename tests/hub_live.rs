@@ -6,13 +6,18 @@
 //! it), as tests/http_live.rs does.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
+
+use common::hub_process::{HubProcess, Tokens};
+use common::write_secret;
 
 const OPERATOR: &str = "operator-secret-token-9fK2";
 const A1: &str = "agent-one-token-Hq81x2Zb";
@@ -21,57 +26,18 @@ const A2: &str = "agent-two-token-Pw73c0Yn";
 // ---------------------------------------------------------------------------------------
 // Harness: a hub process, a tiny HTTP/1.1 client.
 
-struct Hub {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+type Hub = HubProcess;
+
+const TOKENS: Tokens = Tokens {
+    operator: OPERATOR,
+    a1: A1,
+    a2: A2,
+};
 
 impl Hub {
     /// Starts the hub with `extra` top-level config lines; agents a1 and a2 in group `g`.
     fn start(extra: &str) -> Hub {
-        let dir = std::env::temp_dir().join(format!(
-            "idrelay-hub-it-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, token) in [("op", OPERATOR), ("a1", A1), ("a2", A2)] {
-            write_private(&dir.join(name), &format!("{token}\n"));
-        }
-        let port = free_port();
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{op}\"\n{extra}\n\
-             [[agent]]\nid = \"a1\"\ntoken_file = \"{a1}\"\ngroup = \"g\"\n\n\
-             [[agent]]\nid = \"a2\"\ntoken_file = \"{a2}\"\ngroup = \"g\"\n",
-            op = dir.join("op").display(),
-            a1 = dir.join("a1").display(),
-            a2 = dir.join("a2").display(),
-        );
-        std::fs::write(dir.join("hub.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.join("hub.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
-            .arg("--config")
-            .arg(dir.join("hub.toml"))
-            .arg("--log-level=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start idrelay-hub");
-        let mut hub = Hub { child, port, dir };
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = hub.child.try_wait().unwrap() {
-                panic!("idrelay-hub exited with {status}:\n{}", hub.log());
-            }
-            assert!(Instant::now() < until, "hub did not listen:\n{}", hub.log());
-            thread::sleep(Duration::from_millis(20));
-        }
-        hub
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default()
+        Hub::launch("it", TOKENS, extra)
     }
 
     fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
@@ -146,32 +112,6 @@ impl Hub {
             thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- hub log ---\n{}", self.log());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Writes a token file only its owner may read (the hub refuses any other).
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[derive(Debug)]
@@ -654,8 +594,8 @@ fn bad_configs_exit_2_and_name_the_key() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    write_private(&dir.join("op"), "op-token-0123456789abcdef\n");
-    write_private(&dir.join("a"), "a-token-0123456789abcdefg\n");
+    write_secret(&dir.join("op"), "op-token-0123456789abcdef\n");
+    write_secret(&dir.join("a"), "a-token-0123456789abcdefg\n");
     let good = format!(
         "operator_token_file = \"{}\"\n[[agent]]\nid = \"a\"\ntoken_file = \"{}\"\n",
         dir.join("op").display(),
@@ -759,7 +699,7 @@ fn a_read_operator_token_sees_the_agents_and_nothing_more() {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("reader.token");
-    write_private(&file, &format!("{READER}\n"));
+    write_secret(&file, &format!("{READER}\n"));
     let hub = Hub::start(&format!(
         "poll_wait_secs = 1\n\n[[operator]]\ntoken_file = \"{}\"\nrole = \"read\"\n",
         file.display()

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 pub mod canaille;
 pub mod faultproxy;
+pub mod hub_process;
 pub mod pki;
 pub mod tinyproxy;
 
