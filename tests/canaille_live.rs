@@ -85,6 +85,20 @@ fn the_quirks_an_agent_meets_there_still_hold() {
     c.reset();
 }
 
+/// The `value`s of a group's members as the endpoint shows them, sorted.
+fn member_values(group: &Value) -> Vec<String> {
+    let mut m: Vec<String> = group["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["value"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    m.sort();
+    m
+}
+
 /// Gives `agent` the one profile line this server needs: it requires `name.formatted`.
 /// (What else it refuses, `primary`/`type` on e-mails, `members` missing at group
 /// creation, the agent learns from its `/Schemas`.)
@@ -398,16 +412,7 @@ fn one_profile_line_exports_users_and_groups_with_their_members() {
             .find(|g| g["displayName"] == name)
             .unwrap_or_else(|| panic!("group {name} at the endpoint: {groups:?}"));
         // Canaille shows a member's value as its userName.
-        let mut m: Vec<String> = g["members"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| m["value"].as_str().unwrap().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        m.sort();
-        m
+        member_values(g)
     };
     assert_eq!(members_of("cexp-all"), uids);
     assert_eq!(members_of("cexp-two"), ["cexp1", "cexp2"]);
@@ -459,16 +464,7 @@ fn a_member_removed_in_the_directory_is_removed_at_the_endpoint() {
             .into_iter()
             .find(|g| g["displayName"] == "crm-team")
             .expect("crm-team at the endpoint");
-        let mut m: Vec<String> = g["members"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| m["value"].as_str().unwrap().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        m.sort();
-        m
+        member_values(&g)
     };
     assert_eq!(members(), ["crm1", "crm2", "crm3"]);
     dir.modify(&format!(

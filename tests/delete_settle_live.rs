@@ -30,8 +30,7 @@ fn deactivated(scim: &ScimServer) -> (usize, usize) {
 }
 
 fn status(agent: &Agent) -> Value {
-    let r = agent.run(&["status", "--json"]);
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", r.stdout))
+    agent.status_json().0
 }
 
 #[test]

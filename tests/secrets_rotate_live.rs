@@ -21,10 +21,7 @@ fn users_ldif(o: &str, n: usize) -> String {
 }
 
 fn status(agent: &Agent) -> (Value, i32) {
-    let r = agent.run(&["status", "--json"]);
-    let v: Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("status --json: {e}\n{}\n{}", r.stdout, r.stderr));
-    (v, r.code)
+    agent.status_json()
 }
 
 fn rotate(signal: bool) {

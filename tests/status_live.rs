@@ -26,10 +26,7 @@ fn users_ldif(o: &str, n: usize) -> String {
 
 /// `status --json`: the document and the exit code.
 fn status(agent: &Agent) -> (Value, i32) {
-    let r = agent.run(&["status", "--json"]);
-    let v: Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("status --json: {e}\n{}\n{}", r.stdout, r.stderr));
-    (v, r.code)
+    agent.status_json()
 }
 
 /// Waits up to `secs` for `status --json` to satisfy `want`; the last document on failure.

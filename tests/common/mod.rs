@@ -437,6 +437,14 @@ delete_settle_secs = 1
         Agent { tmp, config }
     }
 
+    /// `status --json`: the document and the exit code.
+    pub fn status_json(&self) -> (Value, i32) {
+        let r = self.run(&["status", "--json"]);
+        let v: Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("status --json: {e}\n{}\n{}", r.stdout, r.stderr));
+        (v, r.code)
+    }
+
     /// Runs `idrelay --config CONFIG ARGS...`.
     pub fn run(&self, args: &[&str]) -> Run {
         run_binary(&[&["--config", self.config.to_str().unwrap()], args].concat())
