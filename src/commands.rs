@@ -676,18 +676,13 @@ async fn check_async(c: &Config) -> i32 {
                 }
                 Err(e) => out.fail("scim auth", e.to_string()),
             }
-            if let Some(k) = crate::sync::kept::read(&c.agent.state_dir) {
-                if !k.attributes.is_empty() {
-                    out.warn(
-                        "scim kept",
-                        format!(
-                            "at the last full pass ({}) the endpoint accepted and did not keep as sent: {}; \
-                             unmap what it does not keep in the profile, or ask the service to keep it",
-                            crate::logging::format_utc(k.at),
-                            k.attributes.join(", ")
-                        ),
-                    );
-                }
+            if let Some(said) = crate::sync::kept::last_pass_sentence(&c.agent.state_dir) {
+                out.warn(
+                    "scim kept",
+                    format!(
+                        "{said}; unmap what it does not keep in the profile, or ask the service to keep it"
+                    ),
+                );
             }
         }
     }
@@ -1363,14 +1358,8 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
         },
         Err(e) => crate::outln!("endpoint: cannot look it up: {e}"),
     }
-    if let Some(k) = crate::sync::kept::read(&c.agent.state_dir) {
-        if !k.attributes.is_empty() {
-            crate::outln!(
-                "note:      at the last full pass ({}) the endpoint accepted and did not keep as sent: {}",
-                crate::logging::format_utc(k.at),
-                k.attributes.join(", ")
-            );
-        }
+    if let Some(said) = crate::sync::kept::last_pass_sentence(&c.agent.state_dir) {
+        crate::outln!("note:      {said}");
     }
     Ok(exit::OK)
 }

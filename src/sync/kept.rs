@@ -45,6 +45,17 @@ pub fn read(state_dir: &Path) -> Option<NotKept> {
     serde_json::from_str(&text).ok()
 }
 
+/// `at the last full pass (TIME) the endpoint accepted and did not keep as sent: A, B`,
+/// when the last pass recorded anything (for `check` and `preview`).
+pub fn last_pass_sentence(state_dir: &Path) -> Option<String> {
+    let k = read(state_dir).filter(|k| !k.attributes.is_empty())?;
+    Some(format!(
+        "at the last full pass ({}) the endpoint accepted and did not keep as sent: {}",
+        crate::logging::format_utc(k.at),
+        k.attributes.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
