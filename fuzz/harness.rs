@@ -21,8 +21,8 @@ use std::path::Path;
 
 use idrelay::config::{Config, SecretSource};
 use idrelay::ldap::{decode_request, decode_response, encode_request, encode_response};
-use idrelay::relay::agent::{parse_lease, parse_requests, valid_id};
-use idrelay::scim::facade::{attribute_map, parse_query, MAX_COUNT};
+use idrelay::relay::facade::{attribute_map, parse_query, MAX_COUNT};
+use idrelay::relay::link::{parse_lease, parse_requests, valid_id};
 use idrelay::scim::filter::{self, MAX_LDAP_LEN};
 use idrelay::scim::profile::{ProfileKind, SyncProfile};
 use idrelay::scim::profile_policy::{admit, password_like_in, ProfilePolicy};

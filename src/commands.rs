@@ -8,8 +8,9 @@ use std::path::Path;
 
 use crate::cli::exit;
 use crate::config::{Config, KindSetting, ScimAuth};
+use crate::ldap::dn;
 use crate::ldap::{self, Directory, DirectoryConfig, DirectoryKind, Scope};
-use crate::relay::http::{HttpClient, HttpConfig};
+use crate::net::http::{HttpClient, HttpConfig};
 use crate::scim::client::{Credential, LookupProbe, ScimClient, ScimConfig};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::oauth::TokenSource;
@@ -20,7 +21,6 @@ use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{DeleteGate, Policy};
-use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use crate::sync::provision::ProvisionMode;
 use crate::sync::scope_groups::{AllowedSet, GroupScope};
@@ -55,7 +55,7 @@ fn with_transport(mut h: HttpConfig, t: &crate::config::Transport) -> HttpConfig
     use crate::config::ProxySetting;
     match &t.proxy {
         ProxySetting::Environment => {
-            h.proxy_env = Some(crate::relay::proxy::ProxyEnv::from_process())
+            h.proxy_env = Some(crate::net::proxy::ProxyEnv::from_process())
         }
         ProxySetting::Direct => {}
         ProxySetting::Explicit(p) => h.proxy = Some(p.clone()),
@@ -207,7 +207,7 @@ fn load_profile(c: &Config, kind: DirectoryKind) -> Result<Profiles, String> {
             "sync.profile_file: profile key {key}: `{attribute}` is a password-like attribute, which idrelay never reads (built-in deny-list)"
         ));
     }
-    let path = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
+    let path = c.agent.state_dir.join(crate::relay::remote::CLOUD_PROFILE);
     let Ok(text) = crate::state_dir::read_to_string(&path) else {
         return Ok(Profiles {
             effective: local.clone(),
@@ -288,7 +288,7 @@ fn settle_cloud_profile(c: &Config, cloud: &CloudProfile, remove: bool) -> Optio
             None
         }
         CloudProfile::Unused { reason, .. } => {
-            let path = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
+            let path = c.agent.state_dir.join(crate::relay::remote::CLOUD_PROFILE);
             match fs::remove_file(&path) {
                 Ok(()) => log::warn!(
                     "sync profile: the stored cloud profile is not used ({reason}); removed {}",
@@ -545,14 +545,14 @@ async fn check_async(c: &Config) -> i32 {
                         format!(
                         "cloud profile in force since {} ({}), on top of the local one: {local}",
                         utc(*since),
-                        c.agent.state_dir.join(crate::remote::CLOUD_PROFILE).display()
+                        c.agent.state_dir.join(crate::relay::remote::CLOUD_PROFILE).display()
                     ),
                     )
                 }
                 CloudProfile::Unused { reason, refused } => {
                     let line = format!(
                         "local: {local}; the stored cloud profile {} is not used ({reason}); `run` removes it",
-                        c.agent.state_dir.join(crate::remote::CLOUD_PROFILE).display()
+                        c.agent.state_dir.join(crate::relay::remote::CLOUD_PROFILE).display()
                     );
                     if *refused {
                         out.fail("profile", line)
@@ -1588,7 +1588,7 @@ async fn run_once(
         eprintln!("error: {e}");
         exit::FAILURE
     })?;
-    let agent = std::sync::Arc::new(crate::relay::agent::AgentState::new(c.relay.is_some()));
+    let agent = std::sync::Arc::new(crate::status::AgentState::new(c.relay.is_some()));
     // Beside everything else: the state files `status` and monitoring read.
     smol::future::or(
         async {
@@ -1606,10 +1606,10 @@ async fn follow_once(
     quiet: bool,
     queue: &crate::sync::follow::SharedQueue,
     control: &Control,
-    agent: &std::sync::Arc<crate::relay::agent::AgentState>,
+    agent: &std::sync::Arc<crate::status::AgentState>,
     scim: &ScimClient,
 ) -> Result<Request, i32> {
-    let mut wait = crate::relay::backoff::Backoff::new(
+    let mut wait = crate::net::backoff::Backoff::new(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(60),
     );
@@ -1684,9 +1684,15 @@ async fn follow_once(
                 eprintln!("error: relay: {e}");
                 exit::FAILURE
             })?;
-            let relay = crate::relay::agent::Relay::new(
+            let relay = crate::relay::link::Relay::new(
                 http,
-                r.clone(),
+                crate::relay::link::LinkSettings {
+                    url: r.url.clone(),
+                    token: r.token.clone(),
+                    group: r.group.clone(),
+                    heartbeat: r.heartbeat,
+                    poll_wait: r.poll_wait,
+                },
                 &c.agent.id,
                 Some(&c.agent.state_dir),
             )
@@ -1695,7 +1701,7 @@ async fn follow_once(
                 exit::FAILURE
             })?;
             let (uf, gf) = filters(c, &src.profile);
-            let remote = crate::remote::Remote::new(
+            let remote = crate::relay::remote::Remote::new(
                 src.dir.clone(),
                 src.profile.clone(),
                 src.local_profile.clone(),
@@ -1922,7 +1928,7 @@ pub fn retry_parked(c: &Config, dn: Option<&str>) -> i32 {
         None => parked.len(),
         Some(d) => usize::from(
             parked
-                .find("", Some(&crate::sync::dn::normalize(d)))
+                .find("", Some(&crate::ldap::dn::normalize(d)))
                 .is_some(),
         ),
     };
@@ -2079,7 +2085,7 @@ fn write_prom(c: &Config, doc: &crate::status::Document) {
 /// `idrelay.prom` when it changed (at least every [`PROM_EVERY`]). Never returns.
 async fn publish_runtime(
     c: &Config,
-    agent: &crate::relay::agent::AgentState,
+    agent: &crate::status::AgentState,
     scim: &ScimClient,
     queue: &crate::sync::follow::SharedQueue,
 ) {
@@ -2238,7 +2244,7 @@ pub fn status(c: &Config, json: bool) -> i32 {
         .watermark
         .as_deref()
         .and_then(|w| serde_json::from_slice::<crate::sync::follow::Watermark>(w).ok())
-        .and_then(|w| crate::scim::base64::decode(&w.cookie).ok())
+        .and_then(|w| crate::base64::decode(&w.cookie).ok())
         .map(|c| describe_cookie(&c));
     crate::outln!(
         "watermark:    {}",
@@ -2260,7 +2266,7 @@ pub fn status(c: &Config, json: bool) -> i32 {
             None => "none recorded".into(),
         }
     );
-    let cloud = c.agent.state_dir.join(crate::remote::CLOUD_PROFILE);
+    let cloud = c.agent.state_dir.join(crate::relay::remote::CLOUD_PROFILE);
     let local = local_profile_words(c);
     match fs::metadata(&cloud).and_then(|m| m.modified()) {
         Ok(since) if profile_policy(c).accept => println!(
@@ -2277,8 +2283,8 @@ pub fn status(c: &Config, json: bool) -> i32 {
     match &c.relay {
         None => crate::outln!("relay:        not configured (always active)"),
         Some(r) => {
-            let path = c.agent.state_dir.join(crate::relay::agent::STATUS_FILE);
-            let st: Option<crate::relay::agent::RelayStatus> = crate::state_dir::read(&path)
+            let path = c.agent.state_dir.join(crate::relay::link::STATUS_FILE);
+            let st: Option<crate::relay::link::RelayStatus> = crate::state_dir::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match st {

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::scim::oauth::{ClientAuth, ClientCredentials};
 use crate::secret::Secret;
+pub use crate::sync::deletes::UserDelete;
 
 mod parse_error;
 mod security;
@@ -45,7 +46,7 @@ pub struct Config {
     /// `[relay]`: the outbound channel to the cloud (absent: no relay, always active).
     pub relay: Option<RelaySettings>,
     /// `[writeback]`: what the cloud may write through the relay (absent: nothing).
-    pub writeback: crate::writeback::WritePolicy,
+    pub writeback: crate::relay::writeback::WritePolicy,
 }
 
 /// `[relay]`: long-poll and heartbeats to the cloud side (docs/protocol.md).
@@ -184,7 +185,7 @@ pub struct Transport {
     /// verification, never instead of it.
     pub pins: Vec<[u8; 32]>,
     /// A client certificate for mutual TLS.
-    pub client_cert: Option<crate::relay::http::ClientCert>,
+    pub client_cert: Option<crate::net::http::ClientCert>,
 }
 
 /// Where the proxy comes from.
@@ -196,7 +197,7 @@ pub enum ProxySetting {
     /// Never a proxy (`proxy = "none"`).
     Direct,
     /// The configured proxy.
-    Explicit(crate::relay::proxy::ProxyConfig),
+    Explicit(crate::net::proxy::ProxyConfig),
 }
 
 /// `[sync]`: how the engine provisions.
@@ -245,15 +246,6 @@ pub enum NestedGroups {
     Direct,
     /// Every transitive user member; member groups are not listed.
     Flatten,
-}
-
-/// What happens at the endpoint when a user is deleted in the directory or leaves scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserDelete {
-    /// PATCH `active: false` (the default: reversible).
-    Deactivate,
-    /// DELETE the resource.
-    Delete,
 }
 
 /// The change feed `run` follows.
@@ -1070,8 +1062,8 @@ fn scope_groups(
                 format!("`{g}` is not a DN under directory.base_dn `{base_dn}`"),
             ));
         }
-        let n = crate::sync::dn::normalize(&g);
-        if !out.iter().any(|x| crate::sync::dn::normalize(x) == n) {
+        let n = crate::ldap::dn::normalize(&g);
+        if !out.iter().any(|x| crate::ldap::dn::normalize(x) == n) {
             out.push(g);
         }
     }
@@ -1132,9 +1124,9 @@ fn check_profile_file(path: &Path) -> Result<(), String> {
 fn writeback_policy(
     w: RawWriteback,
     include: &[String],
-) -> Result<crate::writeback::WritePolicy, (&'static str, String)> {
+) -> Result<crate::relay::writeback::WritePolicy, (&'static str, String)> {
+    use crate::relay::writeback::{canonical_attribute, WritePolicy, DEFAULT_GROUP_ATTRIBUTES};
     use crate::scim::ResourceKind;
-    use crate::writeback::{canonical_attribute, WritePolicy, DEFAULT_GROUP_ATTRIBUTES};
     let mut p = WritePolicy::default();
     for r in &w.resources {
         match r.trim() {
@@ -1217,8 +1209,8 @@ fn writeback_policy(
     ] {
         for a in list {
             let allowed = match kind {
-                ResourceKind::Group => crate::writeback::GROUP_ATTRIBUTES,
-                ResourceKind::User => crate::writeback::USER_ATTRIBUTES,
+                ResourceKind::Group => crate::relay::writeback::GROUP_ATTRIBUTES,
+                ResourceKind::User => crate::relay::writeback::USER_ATTRIBUTES,
             };
             match canonical_attribute(kind, a.trim()) {
                 Some(c) => {
@@ -1297,7 +1289,7 @@ fn transport(
         }
         Some("none") => ProxySetting::Direct,
         Some(url) => {
-            let mut p = crate::relay::proxy::ProxyConfig::parse(url, key("proxy"))
+            let mut p = crate::net::proxy::ProxyConfig::parse(url, key("proxy"))
                 .map_err(|e| invalid(key("proxy"), e.to_string()))?;
             if let Some(user) = t.proxy_user {
                 let (fk, ek) = if t.table == "scim" {
@@ -1311,12 +1303,12 @@ fn transport(
                     (fk, t.proxy_password_file),
                     (ek, t.proxy_password_env),
                 )?;
-                let auth = crate::relay::proxy::ProxyAuth::new(user, pw)
+                let auth = crate::net::proxy::ProxyAuth::new(user, pw)
                     .map_err(|e| invalid(key("proxy"), e.to_string()))?;
                 p = p.with_auth(auth);
             }
             if !t.no_proxy.is_empty() {
-                p = p.with_no_proxy(crate::relay::proxy::NoProxy::parse(&t.no_proxy.join(",")));
+                p = p.with_no_proxy(crate::net::proxy::NoProxy::parse(&t.no_proxy.join(",")));
             }
             ProxySetting::Explicit(p)
         }
@@ -1324,11 +1316,11 @@ fn transport(
     let pins = t
         .pin_sha256
         .iter()
-        .map(|p| crate::relay::http::parse_pin(p).map_err(|e| invalid(key("pin"), e.to_string())))
+        .map(|p| crate::net::http::parse_pin(p).map_err(|e| invalid(key("pin"), e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let client_cert = match (t.client_cert_file, t.client_key_file) {
         (None, None) => None,
-        (Some(c), Some(k)) => Some(crate::relay::http::ClientCert {
+        (Some(c), Some(k)) => Some(crate::net::http::ClientCert {
             cert_file: c.to_path_buf(),
             key_file: k.to_path_buf(),
         }),
@@ -1391,7 +1383,7 @@ fn scim_auth(
             "a static token and OAuth2 (scim.token_url) exclude each other: keep one".into(),
         ));
     }
-    let url: crate::relay::http::Url = token_url.parse().map_err(|e| {
+    let url: crate::net::http::Url = token_url.parse().map_err(|e| {
         invalid(
             "scim.token_url",
             format!(
@@ -1501,7 +1493,7 @@ fn read_secret(
 /// A cheap shape check: `attr=value` components separated by commas.
 fn looks_like_dn(dn: &str) -> bool {
     !dn.is_empty()
-        && crate::sync::dn::split_rdns(dn).iter().all(|rdn| {
+        && crate::ldap::dn::split_rdns(dn).iter().all(|rdn| {
             rdn.split_once('=')
                 .is_some_and(|(a, v)| !a.trim().is_empty() && !v.trim().is_empty())
         })
@@ -1509,9 +1501,9 @@ fn looks_like_dn(dn: &str) -> bool {
 
 /// Whether `dn` equals `base` or lies below it (case-insensitive, spacing-insensitive).
 fn dn_is_under(dn: &str, base: &str) -> bool {
-    crate::sync::dn::is_under(
-        &crate::sync::dn::normalize(dn),
-        &crate::sync::dn::normalize(base),
+    crate::ldap::dn::is_under(
+        &crate::ldap::dn::normalize(dn),
+        &crate::ldap::dn::normalize(base),
     )
 }
 

@@ -16,16 +16,17 @@
 //! * [`status`]: the health document of `status`, and what `run` publishes for it.
 #![forbid(unsafe_code)]
 
+pub mod base64;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod hub;
 pub mod ldap;
 pub mod logging;
+pub mod net;
 pub mod privilege;
 pub mod queue;
 pub mod relay;
-pub mod remote;
 pub mod scim;
 pub mod secret;
 pub mod signals;
@@ -33,4 +34,3 @@ pub mod state_dir;
 pub mod status;
 pub mod stdout;
 pub mod sync;
-pub mod writeback;

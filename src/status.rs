@@ -13,9 +13,9 @@
 
 use std::fs::TryLockError;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -499,6 +499,115 @@ pub fn read_runtime(state_dir: &Path, now: u64) -> (bool, Option<(Runtime, u64)>
             (r, age)
         });
     (true, rt)
+}
+
+/// What the run loop, the relay and the heartbeat share.
+#[derive(Debug)]
+pub struct AgentState {
+    active: AtomicBool,
+    lease_until: Mutex<Option<Instant>>,
+    relay: bool,
+    /// What the agent is doing (`starting`, `full-pass`, `following`, `standby`, `degraded`).
+    pub phase: Mutex<&'static str>,
+    /// Objects provisioned since start.
+    pub provisioned: AtomicU64,
+    /// Objects that failed since start.
+    pub failed: AtomicU64,
+    /// The last error worth telling the cloud about.
+    pub last_error: Mutex<Option<String>>,
+    /// When the feed last made progress (a change applied or a poll answered).
+    pub last_progress: Mutex<Option<Instant>>,
+    /// When the relay last reached the hub.
+    pub last_heartbeat: Mutex<Option<Instant>>,
+    /// The change feed's link (set by the feed tasks, published for `status`).
+    pub feed: std::sync::Arc<FeedLink>,
+    started: Instant,
+}
+
+impl AgentState {
+    /// State of an agent; without a relay it is always active.
+    pub fn new(relay: bool) -> AgentState {
+        AgentState {
+            active: AtomicBool::new(!relay),
+            lease_until: Mutex::new(None),
+            relay,
+            phase: Mutex::new("starting"),
+            provisioned: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            last_progress: Mutex::new(None),
+            last_heartbeat: Mutex::new(None),
+            feed: std::sync::Arc::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether this agent may provision now (lease held, or no relay).
+    pub fn is_active(&self) -> bool {
+        if !self.relay {
+            return true;
+        }
+        let until = *self.lease_until.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.active.load(Ordering::SeqCst);
+        active && until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Records the hub's answer about the lease.
+    pub fn set_lease(&self, active: bool, ttl: Duration) {
+        let was = self.is_active();
+        let first = !self.lease_known();
+        self.active.store(active, Ordering::SeqCst);
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + ttl);
+        if was != active || first {
+            log::info!(
+                "relay: this agent is now {}",
+                if active {
+                    "ACTIVE (provisions changes)"
+                } else {
+                    "STANDBY (another agent of the group provisions)"
+                }
+            );
+        }
+    }
+
+    /// Turns a lease that ran out without a renewal into standby; true when it just did.
+    pub fn lapse_lease(&self) -> bool {
+        let lapsed = !self.is_active() && self.active.load(Ordering::SeqCst);
+        if lapsed {
+            self.active.store(false, Ordering::SeqCst);
+        }
+        lapsed
+    }
+
+    /// Whether the hub has answered about the lease yet (always true without a relay).
+    pub fn lease_known(&self) -> bool {
+        !self.relay
+            || self
+                .lease_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+    }
+
+    /// Sets the phase.
+    pub fn set_phase(&self, p: &'static str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    /// Records an error for the heartbeat.
+    pub fn set_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+    }
+
+    /// Notes progress of the feed.
+    pub fn progressed(&self) {
+        *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ fn unicode_pwd(pw: &str) -> String {
         .encode_utf16()
         .flat_map(|u| u.to_le_bytes())
         .collect();
-    idrelay::scim::base64::encode(&quoted)
+    idrelay::base64::encode(&quoted)
 }
 
 #[test]

@@ -475,7 +475,7 @@ fn a_stale_cookie_leads_to_a_full_pass_that_converges() {
         let mut q = idrelay::queue::Queue::open(cfg).unwrap();
         let mark: Value = serde_json::from_slice(q.watermark().unwrap()).unwrap();
         let stale =
-            idrelay::scim::base64::encode(b"rid=000,csn=20000101000000.000000Z#000000#000#000000");
+            idrelay::base64::encode(b"rid=000,csn=20000101000000.000000Z#000000#000#000000");
         let mut m = mark.clone();
         m["cookie"] = Value::String(stale);
         q.mark_resync_done(m.to_string().as_bytes()).unwrap();

@@ -14,7 +14,7 @@ fn unicode_pwd(pw: &str) -> String {
         .encode_utf16()
         .flat_map(|u| u.to_le_bytes())
         .collect();
-    idrelay::scim::base64::encode(&quoted)
+    idrelay::base64::encode(&quoted)
 }
 
 /// An enabled AD user `CN={cn},{parent}` with UPN `{sam}@branch.test`.
@@ -265,7 +265,7 @@ fn usn_feed_delivers_changes_and_tombstones_and_a_refused_dirsync_cookie_means_a
         let cfg = idrelay::queue::QueueConfig::new(agent.tmp.path().join("state/queue"));
         let mut q = idrelay::queue::Queue::open(cfg).unwrap();
         let mut m: Value = serde_json::from_slice(q.watermark().unwrap()).unwrap();
-        m["cookie"] = Value::String(idrelay::scim::base64::encode(b"not a dirsync cookie"));
+        m["cookie"] = Value::String(idrelay::base64::encode(b"not a dirsync cookie"));
         q.mark_resync_done(m.to_string().as_bytes()).unwrap();
     }
     dir.modify(&format!(

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use idrelay::base64;
 use idrelay::ldap::Entry;
-use idrelay::scim::base64;
 use idrelay::scim::mapping::{anchor_of, map_entry, Reference, Resolver};
 use idrelay::scim::profile::{ProfileKind, SyncProfile};
 use serde::Deserialize;

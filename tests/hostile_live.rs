@@ -700,7 +700,7 @@ fn oversized_and_malformed_scim_answers_are_refused() {
 mod facade {
     use super::*;
     use idrelay::ldap::{Directory, DirectoryConfig};
-    use idrelay::scim::facade::{Facade, MAX_COUNT};
+    use idrelay::relay::facade::{Facade, MAX_COUNT};
     use idrelay::scim::profile::{ProfileKind, SyncProfile};
     use idrelay::scim::ResourceKind;
     use idrelay::secret::Secret;
@@ -824,7 +824,7 @@ mod facade {
     #[test]
     fn write_paths_outside_users_and_groups_are_never_served() {
         use idrelay::ldap::DirectoryWriter;
-        use idrelay::writeback::WritePolicy;
+        use idrelay::relay::writeback::WritePolicy;
         let w = world();
         let d = Dir::openldap();
         let policy = WritePolicy {

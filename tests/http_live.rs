@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use idrelay::relay::http::{
+use idrelay::net::http::{
     HttpClient, HttpConfig, HttpError, HttpRequest, Method, TimeoutKind, Url,
 };
 use idrelay::scim::client::{ScimClient, ScimConfig, ScimError, WriteCounts};
@@ -349,7 +349,7 @@ fn canned(connections: Vec<Vec<Reply>>) -> Canned {
     }
 }
 
-fn get(client: &HttpClient, url: Url) -> Result<idrelay::relay::http::HttpResponse, HttpError> {
+fn get(client: &HttpClient, url: Url) -> Result<idrelay::net::http::HttpResponse, HttpError> {
     smol::block_on(client.send(HttpRequest::new(Method::Get, url)))
 }
 
@@ -841,7 +841,7 @@ fn openssl_pin(cert: &std::path::Path) -> String {
 }
 
 use common::pki::{openssl, ClientPki};
-use idrelay::relay::http;
+use idrelay::net::http;
 
 #[test]
 fn https_pin_is_computed_like_openssl() {

@@ -621,7 +621,7 @@ fn bad_configs_exit_2_and_name_the_key() {
 
 #[test]
 fn hub_tls_serves_https_with_the_configured_certificate() {
-    use idrelay::relay::http::{HttpClient, HttpConfig, HttpRequest, Method, Url};
+    use idrelay::net::http::{HttpClient, HttpConfig, HttpRequest, Method, Url};
     let Some(ca) = std::env::var_os("OPENLDAP_CA_CERT").map(PathBuf::from) else {
         panic!(
             "OPENLDAP_CA_CERT is not set: run the project's test script, which exports the \

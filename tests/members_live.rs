@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{ScimServer, TempDir};
-use idrelay::relay::http::{HttpClient, HttpConfig, Url};
+use idrelay::net::http::{HttpClient, HttpConfig, Url};
 use idrelay::scim::client::{ScimClient, ScimConfig};
 use idrelay::scim::mapping::MemberIds;
 use idrelay::scim::resource::{GROUP_SCHEMA, USER_SCHEMA};

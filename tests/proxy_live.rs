@@ -28,11 +28,11 @@ use common::tinyproxy::{Tinyproxy, PASSWORD, USER};
 use common::{
     wait_until, write_secret, Agent, Dir, Hub, Running, ScimServer, TestOu, HUB_SETTINGS,
 };
-use idrelay::relay::http::{
+use idrelay::net::http::{
     self, ClientCert, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method,
     TimeoutKind, Url,
 };
-use idrelay::relay::proxy::{NoProxy, ProxyConfig, ProxyEnv};
+use idrelay::net::proxy::{NoProxy, ProxyConfig, ProxyEnv};
 
 fn testbed_ca() -> PathBuf {
     let Some(ca) = std::env::var_os("OPENLDAP_CA_CERT") else {

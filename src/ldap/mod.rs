@@ -43,6 +43,7 @@
 //! * Simple bind only (no SASL / Kerberos); TLS verification cannot be switched off.
 //! * Every operation waits at most [`DirectoryConfig::timeout`] for each server message.
 
+pub mod dn;
 pub mod entry;
 mod notify;
 
@@ -576,7 +577,7 @@ mod tests {
 }
 
 // ---------------------------------------------------------------------------------------
-// Writes (writeback through the relay, `crate::writeback`).
+// Writes (writeback through the relay, `crate::relay::writeback`).
 //
 // Writes are rare and go over a connection of their own, owned by a thread of their own
 // (`idrelay-ldap-write`, a current-thread tokio runtime like the read worker's), started and

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
-use super::agent::{valid_id, Reply};
+use super::link::{valid_id, Reply};
 
 /// Answers kept in memory.
 pub const CACHE_COUNT: usize = 1000;

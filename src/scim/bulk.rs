@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use serde_json::Value;
 
-use crate::relay::http::Method;
+use crate::net::http::Method;
 use crate::scim::ResourceKind;
 
 /// The BulkRequest message schema.

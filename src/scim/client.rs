@@ -41,8 +41,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::relay::backoff::{parse_retry_after, Backoff};
-use crate::relay::http::{HttpClient, HttpError, HttpRequest, HttpResponse, Method, Url};
+use crate::net::backoff::{parse_retry_after, Backoff};
+use crate::net::http::{HttpClient, HttpError, HttpRequest, HttpResponse, Method, Url};
 use crate::scim::bulk::SentOp;
 use crate::scim::oauth::{TokenError, TokenSource};
 use crate::scim::resource::{ResourceKind, LIST_RESPONSE, PATCH_OP};
@@ -359,7 +359,7 @@ fn endpoint_url(base: &Url, segments: &[&str]) -> Result<Url, ScimError> {
     url.set_fragment(None);
     url.path_segments_mut()
         .map_err(|()| ScimError::InvalidBaseUrl {
-            url: crate::relay::http::redact_url(base),
+            url: crate::net::http::redact_url(base),
         })?
         .pop_if_empty()
         .extend(segments);
@@ -749,7 +749,7 @@ impl fmt::Debug for ScimClient {
         f.debug_struct("ScimClient")
             .field(
                 "base_url",
-                &crate::relay::http::redact_url(&self.cfg.base_url),
+                &crate::net::http::redact_url(&self.cfg.base_url),
             )
             .finish_non_exhaustive()
     }
@@ -1722,7 +1722,7 @@ mod tests {
             detail: "refused".into(),
         };
         let timed_out = HttpError::Timeout {
-            what: crate::relay::http::TimeoutKind::Response,
+            what: crate::net::http::TimeoutKind::Response,
             host: "h:1".into(),
             after: Duration::from_secs(1),
         };
@@ -1791,7 +1791,7 @@ mod tests {
         );
         assert_eq!(
             after_status(Method::Post, 429, date, behind),
-            Next::Retry(Some(crate::relay::backoff::MAX_RETRY_AFTER))
+            Next::Retry(Some(crate::net::backoff::MAX_RETRY_AFTER))
         );
     }
 

@@ -1593,7 +1593,7 @@ fn binary(
     let eq = match value {
         CompValue::Null => negate(present(attrs)),
         CompValue::String(s) => {
-            let bytes = crate::scim::base64::decode(s)
+            let bytes = crate::base64::decode(s)
                 .map_err(|e| bad_value(format!("not a base64 anchor: {e}")))?;
             if let Some(n) = len.filter(|&n| n != bytes.len()) {
                 return Err(bad_value(format!(

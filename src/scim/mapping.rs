@@ -32,8 +32,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::base64;
 use crate::ldap::Entry;
-use crate::scim::base64;
 use crate::scim::profile::{is_required, AnchorEncoding, Source, SyncProfile, Target, TextPath};
 use crate::scim::resource::{ResourceKind, ENTERPRISE_SCHEMA, GROUP_SCHEMA, USER_SCHEMA};
 

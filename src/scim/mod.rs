@@ -1,9 +1,7 @@
 //! SCIM side: resources, profile mapping, provisioning client.
 
-pub mod base64;
 pub mod bulk;
 pub mod client;
-pub mod facade;
 pub mod filter;
 pub mod mapping;
 pub mod oauth;

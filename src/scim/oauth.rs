@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::relay::http::{HttpClient, HttpError, HttpRequest, Method, Url};
+use crate::net::http::{HttpClient, HttpError, HttpRequest, Method, Url};
 use crate::secret::Secret;
 
 /// Longest refresh margin before a token's expiry.
@@ -165,7 +165,7 @@ pub fn token_request(cc: &ClientCredentials) -> (String, Option<Secret>) {
                 form_encode(&cc.client_id),
                 form_encode(cc.client_secret.expose())
             );
-            let header = format!("Basic {}", crate::scim::base64::encode(pair.as_bytes()));
+            let header = format!("Basic {}", crate::base64::encode(pair.as_bytes()));
             (body, Some(Secret::new(header)))
         }
         ClientAuth::Post => {
@@ -276,7 +276,7 @@ impl fmt::Debug for TokenSource {
         f.debug_struct("TokenSource")
             .field(
                 "token_url",
-                &crate::relay::http::redact_url(&self.cc.token_url),
+                &crate::net::http::redact_url(&self.cc.token_url),
             )
             .field("client_id", &self.cc.client_id)
             .finish_non_exhaustive()
@@ -296,7 +296,7 @@ impl TokenSource {
 
     /// The token endpoint, for messages.
     pub fn token_url(&self) -> String {
-        crate::relay::http::redact_url(&self.cc.token_url)
+        crate::net::http::redact_url(&self.cc.token_url)
     }
 
     /// A token to send now, and its generation (for [`TokenSource::expire`]).
@@ -419,7 +419,7 @@ mod tests {
         );
         let header = header.unwrap();
         let b64 = header.expose().strip_prefix("Basic ").unwrap();
-        let pair = crate::scim::base64::decode(b64).unwrap();
+        let pair = crate::base64::decode(b64).unwrap();
         assert_eq!(String::from_utf8(pair).unwrap(), "agent%20one:s3%3Acr%26t");
         assert!(!body.contains("s3"), "the secret stays out of the body");
     }
@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_refused_token_is_expired_once_for_all_who_saw_it() {
-        let http = HttpClient::new(crate::relay::http::HttpConfig::default()).unwrap();
+        let http = HttpClient::new(crate::net::http::HttpConfig::default()).unwrap();
         let src = TokenSource::new(http, cc(ClientAuth::Basic, None));
         *src.held.lock().unwrap() = Some(Held {
             token: Secret::new("t2"),

@@ -195,9 +195,9 @@ impl AnchorIndex {
         }
         self.dirty = true;
         if let Some(Some(t)) = self.by_dn.get_mut() {
-            let key = crate::sync::dn::normalize(&anchor.dn);
+            let key = crate::ldap::dn::normalize(&anchor.dn);
             let mut r = t.insert(key.as_bytes(), &ext);
-            if let Some(old) = old.filter(|o| crate::sync::dn::normalize(&o.dn) != key) {
+            if let Some(old) = old.filter(|o| crate::ldap::dn::normalize(&o.dn) != key) {
                 r = r.and_then(|_| unset_dn(t, &old.dn, &ext));
             }
             if let Err(e) = r {
@@ -249,7 +249,7 @@ impl AnchorIndex {
                 }
             })
             .as_ref()?;
-        let key = crate::sync::dn::normalize(dn);
+        let key = crate::ldap::dn::normalize(dn);
         let ext = match table.get(key.as_bytes()) {
             Ok(x) => x?,
             Err(e) => {
@@ -258,7 +258,7 @@ impl AnchorIndex {
             }
         };
         let a = self.lookup(&ext)?;
-        (crate::sync::dn::normalize(&a.dn) == key).then(|| (unpack_key(&ext), a))
+        (crate::ldap::dn::normalize(&a.dn) == key).then(|| (unpack_key(&ext), a))
     }
 
     /// The anchor of `external_id`, whatever its kind.
@@ -445,7 +445,7 @@ impl AnchorIndex {
         for r in self.map.iter() {
             let (x, v) = r?;
             if let Some(a) = decode(&v) {
-                t.insert(crate::sync::dn::normalize(&a.dn).as_bytes(), &x)?;
+                t.insert(crate::ldap::dn::normalize(&a.dn).as_bytes(), &x)?;
             }
         }
         Ok(t)
@@ -454,7 +454,7 @@ impl AnchorIndex {
 
 /// Drops `dn` → `ext` from the DN table if `dn` still names that object.
 fn unset_dn(t: &mut DiskMap, dn: &str, ext: &[u8]) -> io::Result<()> {
-    let key = crate::sync::dn::normalize(dn);
+    let key = crate::ldap::dn::normalize(dn);
     if t.get(key.as_bytes())?.as_deref() == Some(ext) {
         t.remove(key.as_bytes())?;
     }
@@ -1121,10 +1121,10 @@ mod tests {
                         let a = anchor(kind, ids[id], hash, dn);
                         if model.get(&x) != Some(&a) {
                             if let Some(old) = model.get(&x) {
-                                let k = crate::sync::dn::normalize(&old.dn);
+                                let k = crate::ldap::dn::normalize(&old.dn);
                                 if owner.get(&k) == Some(&x) { owner.remove(&k); }
                             }
-                            owner.insert(crate::sync::dn::normalize(dn), x.clone());
+                            owner.insert(crate::ldap::dn::normalize(dn), x.clone());
                             model.insert(x.clone(), a.clone());
                         }
                         ix.put(&x, a);
@@ -1132,9 +1132,9 @@ mod tests {
                     2 => {
                         if let Some(old) = model.get(&x).cloned() {
                             if old.dn != dn {
-                                let k = crate::sync::dn::normalize(&old.dn);
+                                let k = crate::ldap::dn::normalize(&old.dn);
                                 if owner.get(&k) == Some(&x) { owner.remove(&k); }
-                                owner.insert(crate::sync::dn::normalize(dn), x.clone());
+                                owner.insert(crate::ldap::dn::normalize(dn), x.clone());
                                 model.insert(x.clone(), Anchor { dn: dn.to_string(), ..old });
                             }
                         }
@@ -1142,7 +1142,7 @@ mod tests {
                     }
                     _ => {
                         if let Some(old) = model.remove(&x) {
-                            let k = crate::sync::dn::normalize(&old.dn);
+                            let k = crate::ldap::dn::normalize(&old.dn);
                             if owner.get(&k) == Some(&x) { owner.remove(&k); }
                         }
                         ix.remove(&x);
@@ -1154,11 +1154,11 @@ mod tests {
                     prop_assert_eq!(ix.get(a.kind, x), Some(a.clone()));
                 }
                 for dn in dns {
-                    let k = crate::sync::dn::normalize(dn);
+                    let k = crate::ldap::dn::normalize(dn);
                     match ix.by_dn(dn) {
                         Some((x, a)) => {
                             prop_assert_eq!(model.get(&x), Some(&a));
-                            prop_assert_eq!(crate::sync::dn::normalize(&a.dn), k.clone());
+                            prop_assert_eq!(crate::ldap::dn::normalize(&a.dn), k.clone());
                         }
                         None => prop_assert!(!owner.contains_key(&k)),
                     }

@@ -50,10 +50,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::UserDelete;
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{Anchor, AnchorIndex};
+
+/// What happens at the endpoint when a user is deleted in the directory or leaves scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserDelete {
+    /// PATCH `active: false` (the default: reversible).
+    Deactivate,
+    /// DELETE the resource.
+    Delete,
+}
 
 /// The file holding the window and the held deletes.
 pub const HELD_FILE: &str = "held-deletes.json";
@@ -810,7 +818,7 @@ pub fn uuid_forms(uuid: &str) -> Vec<String> {
             forms.push(text);
             forms.push(upper);
         }
-        forms.push(crate::scim::base64::encode(&b));
+        forms.push(crate::base64::encode(&b));
     }
     let mut seen = std::collections::HashSet::new();
     forms.retain(|f| seen.insert(f.clone()));
@@ -831,7 +839,7 @@ pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
         35 if dashes_at(&[8, 17, 26]) => b.iter().copied().filter(|&c| c != b'-').collect(),
         32 => b.to_vec(),
         24 => {
-            let raw = crate::scim::base64::decode(s).ok()?;
+            let raw = crate::base64::decode(s).ok()?;
             return raw.try_into().ok();
         }
         _ => return None,

@@ -17,9 +17,9 @@
 
 use std::path::Path;
 
+use crate::ldap::dn;
 use crate::ldap::Entry;
 use crate::sync::diskmap::DiskMap;
-use crate::sync::dn;
 use crate::sync::scope_groups::{GroupGraph, ScopeGroupsError};
 
 pub use crate::sync::scope_groups::DirectoryGraph;

@@ -1480,7 +1480,7 @@ mod tests {
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeSet;
 
-    use crate::relay::http::Method;
+    use crate::net::http::Method;
 
     /// A directory under the system temp dir, removed on drop.
     struct Tmp(PathBuf);

@@ -9,7 +9,6 @@ pub mod audit;
 pub mod bulk;
 pub mod deletes;
 pub mod diskmap;
-pub mod dn;
 pub mod flatten;
 pub mod follow;
 pub mod kept;

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
 
-use crate::config::UserDelete;
+use crate::ldap::dn;
 use crate::ldap::{Directory, Entry, LdapError, Scope};
 use crate::scim::client::{LookupProbe, ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
@@ -57,9 +57,9 @@ use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
 use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict, BATCHES_IN_FLIGHT};
+use crate::sync::deletes::UserDelete;
 use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
 use crate::sync::diskmap::DiskMap;
-use crate::sync::dn;
 use crate::sync::flatten::{flatten_entry, DirectoryGraph, Flatten};
 use crate::sync::listing::{Listed, Listing};
 use crate::sync::progress::Progress;

@@ -32,9 +32,9 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
+use crate::ldap::dn;
 use crate::ldap::{Directory, LdapError, Scope};
 use crate::sync::diskmap::DiskMap;
-use crate::sync::dn;
 
 /// `[scope] groups` and `nested`, with what reading them needs.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use idrelay::relay::http::ClientCert;
+use idrelay::net::http::ClientCert;
 
 /// Runs `openssl` with `args` in `dir`; panics with its output on failure.
 pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use idrelay::relay::proxy::{ProxyAuth, ProxyConfig};
+use idrelay::net::proxy::{ProxyAuth, ProxyConfig};
 use idrelay::secret::Secret;
 
 /// The proxy user of a tinyproxy started with auth.

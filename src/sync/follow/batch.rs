@@ -28,15 +28,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::ldap::dn;
 use crate::ldap::{Directory, Entry, LdapError, Scope};
+use crate::net::backoff::Backoff;
 use crate::queue::ResyncReason;
-use crate::relay::backoff::Backoff;
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{representation_hash_with, Anchor, AnchorIndex};
 use crate::sync::deletes::{self, DeleteGate, Found, MatchedBy, Target};
-use crate::sync::dn;
 use crate::sync::pass::PassSettings;
 use crate::sync::provision::{provision, Job, Outcome};
 

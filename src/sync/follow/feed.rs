@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ldap::{Directory, LdapError, SyncEvent, SyncMode};
+use crate::net::backoff::Backoff;
 use crate::queue::{AppendOutcome, ResyncReason};
-use crate::relay::backoff::Backoff;
 use crate::status::FeedLink;
 
 use super::poll::{self, PollError, PollSpec};

@@ -106,16 +106,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ldap::dn;
 use crate::ldap::Directory;
+use crate::net::backoff::Backoff;
 use crate::queue::{Queue, QueueError, ResyncReason};
-use crate::relay::agent::AgentState;
-use crate::relay::backoff::Backoff;
 use crate::scim::client::ScimClient;
 use crate::scim::profile::SyncProfile;
 use crate::signals::{Control, Request};
+use crate::status::AgentState;
 use crate::sync::anchors::{representation_hash, AnchorIndex};
 use crate::sync::deletes::{DeleteGate, GateError};
-use crate::sync::dn;
 use crate::sync::pass::{full_pass, PassSettings};
 use batch::{EndpointWrites, ScimEndpoint};
 use feed::{current_cookie, feed, poll_feed};
@@ -165,7 +165,7 @@ impl Watermark {
         serde_json::to_vec(&Watermark {
             v: 1,
             scope: scope.to_string(),
-            cookie: crate::scim::base64::encode(cookie),
+            cookie: crate::base64::encode(cookie),
         })
         .unwrap_or_default()
     }
@@ -176,7 +176,7 @@ impl Watermark {
         if w.v != 1 || w.scope != scope {
             return None;
         }
-        crate::scim::base64::decode(&w.cookie).ok()
+        crate::base64::decode(&w.cookie).ok()
     }
 }
 

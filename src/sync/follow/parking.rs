@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sync::dn;
+use crate::ldap::dn;
 
 /// The parked objects, in the state directory.
 pub const PARKED_FILE: &str = "parked.json";

@@ -101,7 +101,7 @@ impl UsnMark {
         UsnMark {
             usn: s.highest_committed_usn,
             dc: s.ds_service_name.clone(),
-            inv: s.invocation_id.as_deref().map(crate::scim::base64::encode),
+            inv: s.invocation_id.as_deref().map(crate::base64::encode),
         }
     }
 
@@ -112,7 +112,7 @@ impl UsnMark {
             invocation_id: self
                 .inv
                 .as_deref()
-                .and_then(|i| crate::scim::base64::decode(i).ok()),
+                .and_then(|i| crate::base64::decode(i).ok()),
         }
     }
 }
@@ -245,7 +245,7 @@ fn time_key(v: &str) -> (&str, String) {
 
 /// The change an AD object (or tombstone) stands for.
 fn ad_change(c: &AdChange) -> Change {
-    let uuid = crate::scim::base64::encode(&c.object_guid);
+    let uuid = crate::base64::encode(&c.object_guid);
     if c.deleted {
         return Change::Delete {
             uuid,
@@ -262,7 +262,7 @@ fn ad_change(c: &AdChange) -> Change {
 /// `lastKnownParent`.
 fn last_dn(c: &AdChange) -> Option<String> {
     let parent = c.last_known_parent.as_deref()?;
-    let rdn = crate::sync::dn::split_rdns(plain_dn(&c.dn))
+    let rdn = crate::ldap::dn::split_rdns(plain_dn(&c.dn))
         .into_iter()
         .next()?;
     let cut = rdn
@@ -406,7 +406,7 @@ mod tests {
             ad_change(&c),
             Change::Upsert {
                 dn: "CN=Ann,OU=Staff,DC=x".into(),
-                uuid: crate::scim::base64::encode(&[7u8; 16]),
+                uuid: crate::base64::encode(&[7u8; 16]),
             }
         );
     }
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(
             ad_change(&c),
             Change::Delete {
-                uuid: crate::scim::base64::encode(&[7u8; 16]),
+                uuid: crate::base64::encode(&[7u8; 16]),
                 dn: Some("CN=Ann,OU=Staff,DC=x".into()),
             }
         );

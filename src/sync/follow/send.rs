@@ -17,11 +17,11 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::net::backoff::Backoff;
 use crate::queue::QueueError;
-use crate::relay::agent::AgentState;
-use crate::relay::backoff::Backoff;
 use crate::scim::profile::SyncProfile;
 use crate::signals::Control;
+use crate::status::AgentState;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{DeleteGate, GateError, Verdict};
 use crate::sync::scope_groups::AllowedSet;

@@ -15,13 +15,13 @@ use super::batch::{apply_batch, BatchEnd, DirectoryReads, EndpointWrites};
 use super::parking::{unix_now, Parking, PARKED_FILE};
 use super::send::{send_loop, SendCtx, SendEnd};
 use super::*;
-use crate::config::UserDelete;
 use crate::ldap::{Entry, LdapError};
 use crate::queue::QueueConfig;
 use crate::scim::client::ScimError;
 use crate::scim::profile::ProfileKind;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::Anchor;
+use crate::sync::deletes::UserDelete;
 use crate::sync::deletes::{Policy, Target};
 use crate::sync::provision::{Job, Outcome, ProvisionMode};
 

@@ -14,7 +14,7 @@
 //!   faithfully is a `400 invalidFilter`, never a broader search.
 //! * writes (POST/PUT/PATCH/DELETE) through [`Facade::write`]: `403` unless the branch's
 //!   `[writeback]` policy allows the kind, the operation, the attributes and the OU
-//!   ([`crate::writeback`] plans them; this module does the reads and hands the plan to the
+//!   ([`crate::relay::writeback`] plans them; this module does the reads and hands the plan to the
 //!   directory's write connection). Writes are recorded in the provisioning log.
 //!
 //! Invariants: every search is confined to `scope.include` and the scope filters (the cloud
@@ -32,7 +32,9 @@ use crate::ldap::{Directory, Entry, Scope};
 use crate::scim::mapping::{self, anchor_filter, Reference, Resolver};
 use std::collections::HashMap;
 
+use crate::ldap::dn;
 use crate::ldap::WriteOp;
+use crate::relay::writeback::{self, Intent, WriteError, WritePolicy};
 use crate::scim::filter;
 use crate::scim::profile::{AnchorEncoding, Source, SyncProfile, Target as ProfileTarget};
 use crate::scim::resource::{
@@ -40,8 +42,6 @@ use crate::scim::resource::{
 };
 use crate::scim::ResourceKind;
 use crate::sync::anchors::AnchorIndex;
-use crate::sync::dn;
-use crate::writeback::{self, Intent, WriteError, WritePolicy};
 
 /// Largest page a list returns.
 pub const MAX_COUNT: usize = 200;
@@ -927,9 +927,8 @@ mod tests {
     #[test]
     fn anchors_become_escaped_ldap_filters() {
         let ad = SyncProfile::default_for(ProfileKind::ActiveDirectory);
-        let id = crate::scim::base64::encode(&[
-            0x2a, 0x28, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xff,
-        ]);
+        let id =
+            crate::base64::encode(&[0x2a, 0x28, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xff]);
         let f = anchor_filter(&ad, ResourceKind::User, &id).unwrap();
         assert!(f.contains("objectGUID=\\2a\\28\\00\\01"), "{f}");
         assert!(anchor_filter(&ad, ResourceKind::User, "not base64!").is_none());

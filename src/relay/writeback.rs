@@ -6,7 +6,7 @@
 //! [`WritePolicy`] ([`authorize`], [`preflight`]) and plans the LDAP operations from the
 //! current entry and the member DNs the caller resolved ([`plan`]). The I/O (finding the
 //! entry by anchor, resolving member ids, applying the operations, the provisioning log) is
-//! in [`crate::scim::facade::Facade::write`].
+//! in [`crate::relay::facade::Facade::write`].
 //!
 //! Invariants:
 //! * **Default: nothing.** An empty policy refuses every write with 403.
@@ -19,7 +19,7 @@
 //! * **Names from local configuration only.** The LDAP attribute a SCIM attribute is
 //!   written to, the member attribute, the object class of a new group and whether an
 //!   object is a user or a group come from the [`Context`]'s profile, which the caller
-//!   ([`crate::remote`]) makes the *local* one (built-in default and `sync.profile_file`),
+//!   ([`crate::relay::remote`]) makes the *local* one (built-in default and `sync.profile_file`),
 //!   never one the cloud pushed. A password-like LDAP attribute
 //!   ([`crate::scim::profile_policy::is_password_like`]) is never written, whatever the
 //!   profile says (403).
@@ -38,11 +38,11 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::ldap::dn;
 use crate::ldap::{Entry, Modification, WriteOp};
 use crate::scim::profile::{ProfileKind, Source, SyncProfile, Target, TextPath};
 use crate::scim::resource::ENTERPRISE_SCHEMA;
 use crate::scim::ResourceKind;
-use crate::sync::dn;
 
 /// SCIM attributes of a group that writeback can write.
 pub const GROUP_ATTRIBUTES: &[&str] = &["displayName", "members", "description"];

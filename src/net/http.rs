@@ -1321,7 +1321,7 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32], PinError> {
     let b64 = t
         .strip_prefix("sha256/")
         .ok_or_else(|| PinError::Prefix { text: t.into() })?;
-    let bytes = crate::scim::base64::decode(b64).map_err(|e| PinError::Encoding {
+    let bytes = crate::base64::decode(b64).map_err(|e| PinError::Encoding {
         text: t.into(),
         detail: format!("not base64 ({e})"),
     })?;
@@ -1333,7 +1333,7 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32], PinError> {
 
 /// A pin in its written form, `sha256/BASE64`.
 pub fn pin_string(hash: &[u8; 32]) -> String {
-    format!("sha256/{}", crate::scim::base64::encode(hash))
+    format!("sha256/{}", crate::base64::encode(hash))
 }
 
 /// SHA-256 (ring, the crypto provider rustls already uses).

@@ -22,7 +22,7 @@
 //! * Reconnects use jittered exponential backoff (1 s to 60 s), reset after a poll that
 //!   returned work or stayed up a whole wait.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,11 +30,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
-use crate::config::RelaySettings;
+use crate::net::backoff::{parse_retry_after, Backoff};
+use crate::net::http::{HttpClient, HttpRequest, HttpResponse, Method};
 use crate::relay::answers::{ReplyCache, ReplyStore};
-use crate::relay::backoff::{parse_retry_after, Backoff};
-use crate::relay::http::{HttpClient, HttpRequest, HttpResponse, Method};
+use crate::secret::Secret;
 use crate::signals::Control;
+use crate::status::AgentState;
 
 /// Protocol major version spoken here.
 pub const PROTOCOL: &str = "1";
@@ -50,106 +51,6 @@ pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between heartbeat tries while they fail: an agent started before its
 /// hub is active within seconds of the hub coming up.
 pub const HEARTBEAT_RETRY_CAP: Duration = Duration::from_secs(3);
-
-/// What the run loop, the relay and the heartbeat share.
-#[derive(Debug)]
-pub struct AgentState {
-    active: AtomicBool,
-    lease_until: Mutex<Option<Instant>>,
-    relay: bool,
-    /// What the agent is doing (`starting`, `full-pass`, `following`, `standby`, `degraded`).
-    pub phase: Mutex<&'static str>,
-    /// Objects provisioned since start.
-    pub provisioned: AtomicU64,
-    /// Objects that failed since start.
-    pub failed: AtomicU64,
-    /// The last error worth telling the cloud about.
-    pub last_error: Mutex<Option<String>>,
-    /// When the feed last made progress (a change applied or a poll answered).
-    pub last_progress: Mutex<Option<Instant>>,
-    /// When the relay last reached the hub.
-    pub last_heartbeat: Mutex<Option<Instant>>,
-    /// The change feed's link (set by the feed tasks, published for `status`).
-    pub feed: std::sync::Arc<crate::status::FeedLink>,
-    started: Instant,
-}
-
-impl AgentState {
-    /// State of an agent; without a relay it is always active.
-    pub fn new(relay: bool) -> AgentState {
-        AgentState {
-            active: AtomicBool::new(!relay),
-            lease_until: Mutex::new(None),
-            relay,
-            phase: Mutex::new("starting"),
-            provisioned: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            last_progress: Mutex::new(None),
-            last_heartbeat: Mutex::new(None),
-            feed: std::sync::Arc::default(),
-            started: Instant::now(),
-        }
-    }
-
-    /// Whether this agent may provision now (lease held, or no relay).
-    pub fn is_active(&self) -> bool {
-        if !self.relay {
-            return true;
-        }
-        let until = *self.lease_until.lock().unwrap_or_else(|p| p.into_inner());
-        let active = self.active.load(Ordering::SeqCst);
-        active && until.is_some_and(|t| Instant::now() < t)
-    }
-
-    /// Records the hub's answer about the lease.
-    pub fn set_lease(&self, active: bool, ttl: Duration) {
-        let was = self.is_active();
-        let first = !self.lease_known();
-        self.active.store(active, Ordering::SeqCst);
-        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + ttl);
-        if was != active || first {
-            log::info!(
-                "relay: this agent is now {}",
-                if active {
-                    "ACTIVE (provisions changes)"
-                } else {
-                    "STANDBY (another agent of the group provisions)"
-                }
-            );
-        }
-    }
-
-    /// Whether the hub has answered about the lease yet (always true without a relay).
-    pub fn lease_known(&self) -> bool {
-        !self.relay
-            || self
-                .lease_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-    }
-
-    /// Sets the phase.
-    pub fn set_phase(&self, p: &'static str) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p;
-    }
-
-    /// Records an error for the heartbeat.
-    pub fn set_error(&self, e: impl Into<String>) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
-    }
-
-    /// Notes progress of the feed.
-    pub fn progressed(&self) {
-        *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    }
-
-    /// Seconds since start.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-}
 
 /// One request from the hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,11 +205,26 @@ pub fn has_effect(e: &Envelope) -> bool {
     }
 }
 
+/// What the link needs to know of `[relay]` (built by the app from the config file).
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Base URL of the hub.
+    pub url: String,
+    /// The agent's bearer token.
+    pub token: Secret,
+    /// The directory group this agent serves (agents of one group are interchangeable).
+    pub group: String,
+    /// How often a heartbeat is sent.
+    pub heartbeat: Duration,
+    /// Longest a long-poll is held by the hub.
+    pub poll_wait: Duration,
+}
+
 /// The relay's connection facts.
 pub struct Relay {
     http: HttpClient,
     base: Url,
-    cfg: RelaySettings,
+    cfg: LinkSettings,
     agent_id: String,
     instance: String,
     status_file: Option<std::path::PathBuf>,
@@ -350,7 +266,7 @@ impl Relay {
     /// `state_dir/relay-status.json` for `idrelay status`.
     pub fn new(
         http: HttpClient,
-        cfg: RelaySettings,
+        cfg: LinkSettings,
         agent_id: &str,
         state_dir: Option<&std::path::Path>,
     ) -> Result<Relay, String> {
@@ -792,9 +708,8 @@ impl Relay {
 
     /// After a failed heartbeat: once the lease has run out, the agent is standby.
     fn lease_lapsed(&self, state: &AgentState) {
-        if !state.is_active() && state.active.load(Ordering::SeqCst) {
+        if state.lapse_lease() {
             log::warn!("relay: lease expired without a heartbeat; standby until the hub answers");
-            state.active.store(false, Ordering::SeqCst);
         }
     }
 }

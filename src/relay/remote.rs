@@ -1,5 +1,5 @@
 //! What the cloud may ask the agent through the relay (docs/protocol.md): SCIM reads of the
-//! branch directory (answered by [`crate::scim::facade`]) and four commands.
+//! branch directory (answered by [`crate::relay::facade`]) and four commands.
 //!
 //! | command | effect | answer |
 //! |---|---|---|
@@ -10,7 +10,7 @@
 //!
 //! The cloud gets no more power than this: paths outside `/Users`, `/Groups` and the three
 //! discovery endpoints are 404; reads stay in scope; writes are 403 unless `[writeback]`
-//! allows them ([`crate::writeback`]), and then only the active agent of a group answers
+//! allows them ([`crate::relay::writeback`]), and then only the active agent of a group answers
 //! them (a standby one says 503), one write at a time (reads run beside them). Writes go
 //! through the local profile only (built-in default and `sync.profile_file`), never a
 //! profile the cloud pushed. Every pushed profile is logged (escaped, on one line) when it
@@ -24,14 +24,15 @@ use serde_json::{json, Value};
 
 use crate::ldap::{Directory, DirectoryConfig, DirectoryWriter};
 use crate::queue::ResyncReason;
-use crate::relay::agent::{AgentState, Envelope, Handler, Reply};
-use crate::scim::facade::Facade;
+use crate::relay::facade::Facade;
+use crate::relay::link::{Envelope, Handler, Reply};
+use crate::relay::writeback::WritePolicy;
 use crate::scim::profile::SyncProfile;
 use crate::scim::profile_policy::{admit, escape_for_log, ProfilePolicy};
+use crate::status::AgentState;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{DeleteGate, Policy};
 use crate::sync::follow::{Change, SharedQueue};
-use crate::writeback::WritePolicy;
 
 /// The file a cloud-pushed profile is kept in (inside the state directory).
 pub const CLOUD_PROFILE: &str = "cloud-profile.toml";
@@ -283,7 +284,7 @@ impl Remote {
             );
         }
         let (dn, uuid) = if target.contains('=') {
-            if !crate::sync::dn::under_any(target, &self.include) {
+            if !crate::ldap::dn::under_any(target, &self.include) {
                 return Reply::error(
                     id,
                     403,
@@ -414,7 +415,7 @@ impl Handler for Remote {
                     && !self.state.is_active()
                     && is_resource_path(path)
                 {
-                    crate::scim::facade::error(
+                    crate::relay::facade::error(
                         503,
                         None,
                         "this agent is standby: writes are answered by the active agent of the group",

@@ -110,7 +110,7 @@ impl ProxyAuth {
     /// The `Proxy-Authorization` field value: `Basic base64(user:password)` (UTF-8).
     pub(crate) fn header_value(&self) -> String {
         let pair = format!("{}:{}", self.user, self.password.expose());
-        format!("Basic {}", crate::scim::base64::encode(pair.as_bytes()))
+        format!("Basic {}", crate::base64::encode(pair.as_bytes()))
     }
 }
 
