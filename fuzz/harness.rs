@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use idrelay::config::{Config, SecretSource};
+use idrelay::app::config::{Config, SecretSource};
 use idrelay::ldap::{decode_request, decode_response, encode_request, encode_response};
 use idrelay::relay::facade::{attribute_map, parse_query, MAX_COUNT};
 use idrelay::relay::link::{parse_lease, parse_requests, valid_id};

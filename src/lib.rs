@@ -16,10 +16,8 @@
 //! * [`status`]: the health document of `status`, and what `run` publishes for it.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod base64;
-pub mod cli;
-pub mod commands;
-pub mod config;
 pub mod hub;
 pub mod ldap;
 pub mod logging;
@@ -34,3 +32,13 @@ pub mod state_dir;
 pub mod status;
 pub mod stdout;
 pub mod sync;
+
+/// The version line: crate version, git commit and target, from build.rs.
+pub fn version_line() -> String {
+    format!(
+        "idrelay {} (commit {}, {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("IDRELAY_GIT_COMMIT"),
+        env!("IDRELAY_TARGET")
+    )
+}

@@ -4,9 +4,10 @@
 
 use std::process::ExitCode;
 
-use idrelay::cli::{self, exit, Command};
-use idrelay::config::Config;
-use idrelay::{commands, logging};
+use idrelay::app::cli::{self, exit, Command};
+use idrelay::app::commands;
+use idrelay::app::config::Config;
+use idrelay::logging;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,7 +49,7 @@ fn run(args: &[String]) -> i32 {
             }
         }
         Command::Version => {
-            idrelay::outln!("{}", commands::version_line());
+            idrelay::outln!("{}", idrelay::version_line());
             return exit::OK;
         }
         _ => {}

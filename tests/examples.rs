@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use idrelay::config::Config;
+use idrelay::app::config::Config;
 use idrelay::ldap::Entry;
 use idrelay::scim::mapping::{map_entry, Reference};
 use idrelay::scim::profile::{ProfileKind, SyncProfile};
@@ -176,7 +176,10 @@ fn github_enterprise_managed_users() {
     let tmp = TempDir::new("ex-gh");
     let (c, _) = load("github-emu", &tmp, ProfileKind::ActiveDirectory);
     assert!(c.sync.concurrency <= 2);
-    assert_eq!(c.sync.user_delete, idrelay::config::UserDelete::Deactivate);
+    assert_eq!(
+        c.sync.user_delete,
+        idrelay::app::config::UserDelete::Deactivate
+    );
     for body in user_bodies(&|k| load("github-emu", &tmp, k).1) {
         for required in ["externalId", "userName", "displayName"] {
             assert!(body[required].is_string(), "{required}: {body}");

@@ -627,7 +627,7 @@ impl Relay {
             let _ = nudged.try_recv();
             let reported_active = state.is_active();
             let mut body = handler.heartbeat_facts();
-            body["version"] = Value::String(crate::commands::version_line());
+            body["version"] = Value::String(crate::version_line());
             body["group"] = Value::String(self.cfg.group.clone());
             body["instance"] = Value::String(self.instance.clone());
             body["uptime_secs"] = json!(state.uptime().as_secs());

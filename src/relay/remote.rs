@@ -31,8 +31,8 @@ use crate::scim::profile::SyncProfile;
 use crate::scim::profile_policy::{admit, escape_for_log, ProfilePolicy};
 use crate::status::AgentState;
 use crate::sync::anchors::AnchorIndex;
+use crate::sync::change::{Change, SharedQueue};
 use crate::sync::deletes::{DeleteGate, Policy};
-use crate::sync::follow::{Change, SharedQueue};
 
 /// The file a cloud-pushed profile is kept in (inside the state directory).
 pub const CLOUD_PROFILE: &str = "cloud-profile.toml";

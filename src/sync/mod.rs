@@ -7,6 +7,7 @@
 pub mod anchors;
 pub mod audit;
 pub mod bulk;
+pub mod change;
 pub mod deletes;
 pub mod diskmap;
 pub mod flatten;

@@ -293,7 +293,7 @@ mod tests {
 
     /// The whole message `idrelay` prints for a config file, for `text`.
     fn error_of(text: &str) -> String {
-        crate::config::Config::parse(Path::new("idrelay.toml"), text, &secrets())
+        crate::app::config::Config::parse(Path::new("idrelay.toml"), text, &secrets())
             .map(|_| ())
             .unwrap_err()
             .to_string()

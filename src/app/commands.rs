@@ -1,13 +1,13 @@
 //! The commands behind the CLI: `check`, `sync --once`, `preview`. Each returns an exit
-//! code (see [`crate::cli::exit`]) after printing its own results; errors are printed once
+//! code (see [`crate::app::cli::exit`]) after printing its own results; errors are printed once
 //! here, with their cause, and never carry a secret.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::Path;
 
-use crate::cli::exit;
-use crate::config::{Config, KindSetting, ScimAuth};
+use crate::app::cli::exit;
+use crate::app::config::{Config, KindSetting, ScimAuth};
 use crate::ldap::dn;
 use crate::ldap::{self, Directory, DirectoryConfig, DirectoryKind, Scope};
 use crate::net::http::{HttpClient, HttpConfig};
@@ -25,16 +25,6 @@ use crate::sync::pass::{full_pass, PassSettings};
 use crate::sync::provision::ProvisionMode;
 use crate::sync::scope_groups::{AllowedSet, GroupScope};
 
-/// The version line: crate version, git commit and target, from build.rs.
-pub fn version_line() -> String {
-    format!(
-        "idrelay {} (commit {}, {})",
-        env!("CARGO_PKG_VERSION"),
-        env!("IDRELAY_GIT_COMMIT"),
-        env!("IDRELAY_TARGET")
-    )
-}
-
 fn directory_config(c: &Config) -> DirectoryConfig {
     DirectoryConfig {
         url: c.directory.url.clone(),
@@ -51,8 +41,8 @@ fn directory_config(c: &Config) -> DirectoryConfig {
 /// The HTTP client and the SCIM client over it (the HTTP one also answers TLS questions).
 /// An HTTP config with the proxy, pins and client certificate of a `[scim]` / `[relay]`
 /// table applied.
-fn with_transport(mut h: HttpConfig, t: &crate::config::Transport) -> HttpConfig {
-    use crate::config::ProxySetting;
+fn with_transport(mut h: HttpConfig, t: &crate::app::config::Transport) -> HttpConfig {
+    use crate::app::config::ProxySetting;
     match &t.proxy {
         ProxySetting::Environment => {
             h.proxy_env = Some(crate::net::proxy::ProxyEnv::from_process())
@@ -92,7 +82,7 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
                 Box::new(move || match Config::load(&path) {
                     Ok(Config {
                         scim:
-                            crate::config::ScimSettings {
+                            crate::app::config::ScimSettings {
                                 auth: ScimAuth::Bearer(t),
                                 ..
                             },
@@ -113,7 +103,7 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
                     max_idle_per_host: 1,
                     ..HttpConfig::default()
                 },
-                &crate::config::Transport {
+                &crate::app::config::Transport {
                     pins: Vec::new(),
                     client_cert: None,
                     ..c.scim.transport.clone()
@@ -374,7 +364,7 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
         quiet,
         user_delete: c.sync.user_delete,
         scope_groups: group_scope(c, profile),
-        flatten: (c.sync.nested_groups == crate::config::NestedGroups::Flatten).then(|| {
+        flatten: (c.sync.nested_groups == crate::app::config::NestedGroups::Flatten).then(|| {
             crate::sync::flatten::Flatten {
                 base_dn: c.directory.base_dn.clone(),
                 member_attributes: profile.member_attributes(),
@@ -504,7 +494,7 @@ async fn check_async(c: &Config) -> i32 {
         "config",
         format!("{} (agent {})", c.path.display(), c.agent.id),
     );
-    for (_, line) in crate::config::plaintext_warnings(c) {
+    for (_, line) in crate::app::config::plaintext_warnings(c) {
         out.warn("plaintext", line);
     }
 
@@ -765,7 +755,7 @@ fn schema_line(schema: &crate::scim::schema::EndpointSchema) -> String {
 /// and what to change where it would miss changes. Active Directory's (DirSync rights) is a
 /// `rights` line.
 async fn check_feed(c: &Config, src: &Source, out: &mut CheckLines) {
-    use crate::config::FeedKind;
+    use crate::app::config::FeedKind;
     if src.kind == DirectoryKind::ActiveDirectory {
         return;
     }
@@ -863,7 +853,7 @@ fn syncrepl_fix(kind: DirectoryKind) -> &'static str {
 }
 
 async fn check_rights(c: &Config, src: &Source, out: &mut CheckLines) {
-    use crate::config::FeedKind;
+    use crate::app::config::FeedKind;
     let (uf, _) = filters(c, &src.profile);
     let anchor = &src.profile.resource(ResourceKind::User).anchor().attributes;
     let attrs = src.profile.identity_attributes(ResourceKind::User);
@@ -1491,7 +1481,7 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
             return exit::FAILURE;
         }
     };
-    for (_, line) in crate::config::plaintext_warnings(c) {
+    for (_, line) in crate::app::config::plaintext_warnings(c) {
         log::warn!("{line}");
     }
     install_audit(c);
@@ -1517,7 +1507,7 @@ pub fn run(c: &Config, quiet: bool) -> i32 {
     code
 }
 
-fn run_until_stopped(c: &Config, quiet: bool, queue: &crate::sync::follow::SharedQueue) -> i32 {
+fn run_until_stopped(c: &Config, quiet: bool, queue: &crate::sync::change::SharedQueue) -> i32 {
     let control = Control::new();
     if let Err(e) = control.install() {
         eprintln!("error: cannot install signal handlers: {e}");
@@ -1581,7 +1571,7 @@ fn secrets_changed(old: &Config, new: &Config) -> String {
 async fn run_once(
     c: &Config,
     quiet: bool,
-    queue: &crate::sync::follow::SharedQueue,
+    queue: &crate::sync::change::SharedQueue,
     control: &Control,
 ) -> Result<Request, i32> {
     let (_, scim) = scim_client(c).map_err(|e| {
@@ -1604,7 +1594,7 @@ async fn run_once(
 async fn follow_once(
     c: &Config,
     quiet: bool,
-    queue: &crate::sync::follow::SharedQueue,
+    queue: &crate::sync::change::SharedQueue,
     control: &Control,
     agent: &std::sync::Arc<crate::status::AgentState>,
     scim: &ScimClient,
@@ -1760,7 +1750,7 @@ async fn follow_once(
 /// (syncrepl where advertised; on AD DirSync if the account may use it, else uSN polling;
 /// modifyTimestamp polling elsewhere).
 async fn resolve_feed(c: &Config, src: &Source) -> crate::sync::follow::Feed {
-    use crate::config::FeedKind;
+    use crate::app::config::FeedKind;
     use crate::sync::follow::Feed;
     use crate::sync::poll::{PollKind, PollSpec};
     let poll = |kind| {
@@ -2087,7 +2077,7 @@ async fn publish_runtime(
     c: &Config,
     agent: &crate::status::AgentState,
     scim: &ScimClient,
-    queue: &crate::sync::follow::SharedQueue,
+    queue: &crate::sync::change::SharedQueue,
 ) {
     use crate::status::{unix, write_private, Runtime, RUNTIME_FILE};
     use std::time::{Instant, SystemTime};
@@ -2243,7 +2233,7 @@ pub fn status(c: &Config, json: bool) -> i32 {
     let mark = view
         .watermark
         .as_deref()
-        .and_then(|w| serde_json::from_slice::<crate::sync::follow::Watermark>(w).ok())
+        .and_then(|w| serde_json::from_slice::<crate::sync::change::Watermark>(w).ok())
         .and_then(|w| crate::base64::decode(&w.cookie).ok())
         .map(|c| describe_cookie(&c));
     crate::outln!(
