@@ -1,19 +1,27 @@
 //! idrelay: an outbound-only agent that keeps a SCIM 2.0 endpoint in step with an LDAP
-//! directory.
+//! directory, and `idrelay-hub`, the reference cloud side of its relay.
 //!
-//! The binary (`src/main.rs`) is a thin CLI over these modules:
+//! The crate map (docs/architecture.md draws the flows and what each folder may import;
+//! `tests/layout.rs` holds the code to it):
 //!
-//! * [`config`]: the TOML config file, validated into typed settings.
-//! * [`ldap`]: connection, paged and ranged search, the entry model, dialects. tokio lives
-//!   only here.
-//! * [`queue`]: the bounded on-disk change queue.
-//! * [`relay`]: HTTPS transport (the one HTTP client), backoff.
-//! * [`scim`]: SCIM resources, profile mapping (pure), the provisioning client.
-//! * [`sync`]: the engine: full pass, anchor index, reconcile.
-//! * [`state_dir`]: the state directory's checks and the one way to open its files
-//!   (0600, no symlinks).
-//! * [`stdout`]: what commands print; a closed pipe ends the process quietly.
-//! * [`status`]: the health document of `status`, and what `run` publishes for it.
+//! * [`app`]: the command line, the config file and one file per command; the only module
+//!   that knows the config file.
+//! * [`ldap`]: connection, paged and ranged search, syncrepl, DirSync, notifications, the
+//!   entry model, dialects, DN text. tokio lives only here.
+//! * [`queue`]: the bounded on-disk change queue (opaque bytes).
+//! * [`net`]: the one outbound HTTP client (HTTP/1.1 over rustls, pool, timeouts, pins,
+//!   proxy) and backoff.
+//! * [`scim`]: SCIM resources, profile mapping (pure), schema fitting, read-back, Bulk,
+//!   OAuth2, the provisioning client.
+//! * [`sync`]: the engine: full pass, anchor index, provisioning, members, deletes, and
+//!   `run`'s follow loop (`sync::follow`).
+//! * [`relay`]: the agent's side of the relay protocol: the link, the handler, the SCIM
+//!   facade over the directory, writeback.
+//! * [`hub`]: `idrelay-hub`.
+//! * Leaves: [`status`] (the agent's shared state and the health document), [`state_dir`]
+//!   (the state directory and the one way to open its files), [`stdout`] (what commands
+//!   print; a closed pipe ends the process quietly), [`logging`], [`secret`], [`signals`],
+//!   [`privilege`], [`base64`].
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -34,7 +34,7 @@ fn scim_env() -> (Url, String) {
     else {
         panic!(
             "SCIM_BASE_URL and SCIM_TOKEN are not set: run the project's test script, which \
-             starts the testbed SCIM server (shared/testbed/scim-server.sh) and exports them"
+             starts the testbed SCIM server (scripts/testbed/scim-server.sh) and exports them"
         );
     };
     (Url::parse(&base).expect("SCIM_BASE_URL is a URL"), token)

@@ -1,6 +1,6 @@
 //! Which kind of directory a server is, read from its rootDSE (pure; no I/O).
 //!
-//! The kind picks the change feed and the anchor attribute (see DESIGN.md section 2):
+//! The kind picks the change feed and the anchor attribute (see docs/architecture.md §2):
 //!
 //! * **Active Directory** (and Samba AD, and AD LDS): `supportedCapabilities` holds one of the
 //!   AD capability OIDs ([`AD_CAPABILITY_OIDS`]). Feed: DirSync / uSNChanged; anchor

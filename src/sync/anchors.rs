@@ -1,7 +1,7 @@
 //! The anchor index: which SCIM resource each directory object became, and a hash of the
 //! representation last sent for it.
 //!
-//! Keyed by externalId (the directory anchor, see DESIGN.md §4). It is a cache, never the
+//! Keyed by externalId (the directory anchor, see docs/architecture.md §4). It is a cache, never the
 //! truth: when it is missing, stale or corrupt the engine looks resources up by externalId
 //! at the endpoint before creating anything, so losing it costs requests, never duplicates.
 //! That is why a corrupt file is logged and dropped rather than fatal.

@@ -2,7 +2,7 @@
 //! for a human, and the one function that carries a delete out.
 //!
 //! Why: a mass delete is the costliest mistake a sync agent can make (a wrong filter, an OU
-//! moved by accident, a restored backup). So deletes are rationed (DESIGN.md §4):
+//! moved by accident, a restored backup). So deletes are rationed (docs/architecture.md §4):
 //! * at most `delete_threshold` deletes go out per `delete_interval` (a sliding window of
 //!   the times deletes were admitted, kept on disk so a restart does not reset it);
 //! * a full pass that would delete more than the threshold holds *all* of its deletes;

@@ -11,7 +11,7 @@
 //! * **a failed read is an error, never a smaller group:** the caller stops (the full pass
 //!   before deciding any delete).
 //!
-//! Which members are groups: those [`GroupGraph::is_group`] says are (the entries under the
+//! Which members are groups: those `GroupGraph::is_group` says are (the entries under the
 //! base that hold a member value, found with one search: [`DirectoryGraph`]). An empty
 //! member group adds nobody.
 

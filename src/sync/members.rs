@@ -1,5 +1,5 @@
 //! Group membership sent as chunked SCIM PATCH add/remove, never as whole member lists
-//! (DESIGN.md §4), with the members last confirmed at the endpoint kept on disk.
+//! (docs/architecture.md §4), with the members last confirmed at the endpoint kept on disk.
 //!
 //! Owns: the per-group member files under one directory ([`MemberStore`]), the pure diff of
 //! two member lists ([`diff_members`]), the pure split of a diff into PATCH requests

@@ -1,6 +1,6 @@
 //! Provisioning one object: decide create / replace / match at the endpoint and do it.
 //!
-//! Rules (DESIGN.md §4):
+//! Rules (docs/architecture.md §4):
 //! * hard match by externalId: a resource the index does not know is looked up by
 //!   `externalId eq` before anything is created, so a lost index or a crash after a POST
 //!   never duplicates;

@@ -25,7 +25,7 @@
 //! scratch file: no request per group, none per user. An empty nested group is in scope as
 //! a member but adds nobody.
 //!
-//! The expansion runs over the [`GroupGraph`] seam: the directory in the agent, a map in
+//! The expansion runs over the `GroupGraph` seam: the directory in the agent, a map in
 //! the unit tests.
 
 use std::fmt;
@@ -214,7 +214,7 @@ pub(crate) async fn expand<G: GroupGraph>(
     Ok(set)
 }
 
-/// The directory as a [`GroupGraph`]: members read from the profile's member attributes.
+/// The directory as a `GroupGraph`: members read from the profile's member attributes.
 /// With `find_groups`, one paged search reads every entry under the base that has members,
 /// with its members, into a scratch file (normalised DN → member list): that tells which
 /// members are groups, and each group is then read from the file, not with a request of

@@ -3,7 +3,7 @@
 //!
 //! Each poll asks the directory what changed since the stored watermark; the feed task
 //! (`feed.rs`) appends the changes to the queue *with the new watermark in the same
-//! append*, so a watermark never moves past a change that is not durable (DESIGN.md §3). A
+//! append*, so a watermark never moves past a change that is not durable (docs/architecture.md §3). A
 //! poll that fails appends nothing; the next poll asks again from the same watermark. A poll
 //! only reads: it never writes the queue, and never decides scope.
 //!
