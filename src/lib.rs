@@ -17,7 +17,7 @@
 //!   `run`'s follow loop (`sync::follow`).
 //! * [`relay`]: the agent's side of the relay protocol: the link, the handler, the SCIM
 //!   facade over the directory, writeback.
-//! * [`hub`]: `idrelay-hub`.
+//! * [`hub`]: the reference hub, `idrelay-hub`.
 //! * Leaves: [`status`] (the agent's shared state and the health document), [`state_dir`]
 //!   (the state directory and the one way to open its files), [`stdout`] (what commands
 //!   print; a closed pipe ends the process quietly), [`logging`], [`secret`], [`signals`],
