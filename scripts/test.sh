@@ -86,6 +86,8 @@ phase "samba-ad start" start_server samba-ad.sh || die "Samba AD did not start (
 phase "389ds start" start_server 389ds.sh || die "389 Directory Server did not start (see above)"
 phase "scim-server start" start_server scim-server.sh || die "scim2-server did not start (see above)"
 phase "canaille start" start_server canaille.sh || die "Canaille (second SCIM server) did not start (see above)"
+# Every server is up: from here a missing coordinate fails a test instead of skipping it.
+export IDRELAY_TESTBED_REQUIRED=1
 
 # Tools some tests drive besides the servers: a real HTTP proxy (proxy tests) and
 # libfaketime (the agent's clock alone jumps in the fault tests). Tests that miss them say

@@ -30,13 +30,8 @@ use idrelay::secret::Secret;
 use serde_json::json;
 
 fn scim_env() -> (Url, String) {
-    let (Ok(base), Ok(token)) = (std::env::var("SCIM_BASE_URL"), std::env::var("SCIM_TOKEN"))
-    else {
-        panic!(
-            "SCIM_BASE_URL and SCIM_TOKEN are not set: run the project's test script, which \
-             starts the testbed SCIM server (scripts/testbed/scim-server.sh) and exports them"
-        );
-    };
+    let base = common::env("SCIM_BASE_URL");
+    let token = common::env("SCIM_TOKEN");
     (Url::parse(&base).expect("SCIM_BASE_URL is a URL"), token)
 }
 
@@ -559,13 +554,8 @@ fn loopback_scim_error_detail_is_scrubbed_of_the_token() {
 // HTTPS with the testbed CA.
 
 fn testbed_ca() -> PathBuf {
-    let Some(ca) = std::env::var_os("OPENLDAP_CA_CERT") else {
-        panic!(
-            "OPENLDAP_CA_CERT is not set: run the project's test script, which exports the \
-             testbed CA (server.pem and server.key are expected beside it)"
-        );
-    };
-    PathBuf::from(ca)
+    // The testbed CA (server.pem and server.key are expected beside it).
+    PathBuf::from(common::env("OPENLDAP_CA_CERT"))
 }
 
 /// A TLS server on 127.0.0.1:0 answering `replies` on each of `connections` connections.

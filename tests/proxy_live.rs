@@ -35,13 +35,8 @@ use idrelay::net::http::{
 use idrelay::net::proxy::{NoProxy, ProxyConfig, ProxyEnv};
 
 fn testbed_ca() -> PathBuf {
-    let Some(ca) = std::env::var_os("OPENLDAP_CA_CERT") else {
-        panic!(
-            "OPENLDAP_CA_CERT is not set: run the project's test script, which exports the \
-             testbed CA (server.pem and server.key are expected beside it)"
-        );
-    };
-    PathBuf::from(ca)
+    // The testbed CA (server.pem and server.key are expected beside it).
+    PathBuf::from(common::env("OPENLDAP_CA_CERT"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -754,7 +754,7 @@ impl Config {
             ("scope.group_filter", &raw.scope.group_filter),
         ] {
             if let Some(f) = filter {
-                check_filter(f).map_err(|m| invalid(key, m))?;
+                crate::ldap::filter::check(f).map_err(|m| invalid(key, m))?;
             }
         }
 
@@ -1505,38 +1505,6 @@ fn dn_is_under(dn: &str, base: &str) -> bool {
         &crate::ldap::dn::normalize(dn),
         &crate::ldap::dn::normalize(base),
     )
-}
-
-/// A light filter check: parenthesised and balanced, so a typo fails here and not at 3 am.
-fn check_filter(f: &str) -> Result<(), String> {
-    let t = f.trim();
-    if !t.starts_with('(') || !t.ends_with(')') {
-        return Err(format!(
-            "`{t}` is not an LDAP filter: it must be enclosed in parentheses"
-        ));
-    }
-    let mut depth = 0i32;
-    let mut escaped = false;
-    for c in t.chars() {
-        match c {
-            '\\' => escaped = !escaped,
-            '(' if !escaped => depth += 1,
-            ')' if !escaped => {
-                depth -= 1;
-                if depth < 0 {
-                    break;
-                }
-            }
-            _ => escaped = false,
-        }
-        if c != '\\' {
-            escaped = false;
-        }
-    }
-    if depth != 0 {
-        return Err(format!("`{t}` has unbalanced parentheses"));
-    }
-    Ok(())
 }
 
 /// Turns a toml error into a message with a line number, the table and key as written, and

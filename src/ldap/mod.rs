@@ -45,6 +45,7 @@
 
 pub mod dn;
 pub mod entry;
+pub mod filter;
 mod notify;
 
 mod content_sync;

@@ -615,7 +615,11 @@ impl Resolver for TableResolver {
 /// becomes a `400 invalidFilter`).
 fn translate_filter(profile: &SyncProfile, kind: ResourceKind, f: &str) -> Result<String, String> {
     let ast = filter::parse(f).map_err(|e| e.to_string())?;
-    filter::to_ldap(&ast, &attribute_map(profile, kind)).map_err(|e| e.to_string())
+    let ldap = filter::to_ldap(&ast, &attribute_map(profile, kind)).map_err(|e| e.to_string())?;
+    // The one validator of LDAP filters, as for the config's and the profile's: what the
+    // search would refuse is a 400 here, never a failed directory read.
+    crate::ldap::filter::check(&ldap)?;
+    Ok(ldap)
 }
 
 /// The filterable SCIM attributes of `kind` and the LDAP they stand for, from the profile

@@ -1157,34 +1157,7 @@ impl fmt::Display for TranslateError {
 
 impl std::error::Error for TranslateError {}
 
-/// RFC 4515 escaping of a text assertion value: `*` `(` `)` `\` NUL become `\2a` `\28`
-/// `\29` `\5c` `\00`; everything else (UTF-8 included) stays as it is.
-pub fn escape_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '*' => out.push_str("\\2a"),
-            '(' => out.push_str("\\28"),
-            ')' => out.push_str("\\29"),
-            '\\' => out.push_str("\\5c"),
-            '\0' => out.push_str("\\00"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Every byte as `\xx` (binary assertion values such as a GUID).
-pub fn escape_octets(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 3);
-    for &b in bytes {
-        out.push('\\');
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
-}
+pub use crate::ldap::filter::{escape_octets, escape_value};
 
 /// Translates a parsed filter into an LDAP filter (see the module doc for the table and
 /// for what is refused). The result is one parenthesised RFC 4515 filter.
@@ -3029,6 +3002,7 @@ mod tests {
         #[test]
         fn ldap_output_is_well_formed_and_escaped(f in arb_filter()) {
             if let Ok(out) = to_ldap(&f, &AnyText) {
+                prop_assert_eq!(crate::ldap::filter::check(&out), Ok(()), "{}", out);
                 let tree = ldap_parse(&out).map_err(|e| TestCaseError::fail(format!("{out}: {e}")))?;
                 let mut depth = 0i64;
                 for c in out.bytes() {

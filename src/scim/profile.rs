@@ -499,38 +499,6 @@ pub fn is_attribute_name(name: &str) -> bool {
 const ATTRIBUTE_NAME_RULE: &str =
     "an LDAP attribute name is letters, digits and '-' starting with a letter, or a numeric OID";
 
-/// A light check of an LDAP filter: parenthesised and balanced. The server does the rest.
-fn check_filter(filter: &str) -> Result<(), String> {
-    let f = filter.trim();
-    if !f.starts_with('(') || !f.ends_with(')') {
-        return Err(
-            "an LDAP filter must be enclosed in parentheses, e.g. (objectClass=user)".to_string(),
-        );
-    }
-    let mut depth = 0i64;
-    for (i, c) in f.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth < 0 || (depth == 0 && i + 1 != f.len()) {
-                    return Err(
-                        "unbalanced parentheses (write a literal parenthesis as \\28 or \\29)"
-                            .to_string(),
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    if depth != 0 {
-        return Err(
-            "unbalanced parentheses (write a literal parenthesis as \\28 or \\29)".to_string(),
-        );
-    }
-    Ok(())
-}
-
 // --- defaults -------------------------------------------------------------------------
 
 fn attrs(names: &[&str]) -> Source {
@@ -905,7 +873,7 @@ impl ResourceOverrides {
         };
         let mut out = ResourceOverrides::default();
         if let Some(filter) = raw.filter {
-            check_filter(&filter).map_err(|d| invalid("filter", d))?;
+            crate::ldap::filter::check(&filter).map_err(|d| invalid("filter", d))?;
             out.filter = Some(filter.trim().to_string());
         }
         if let Some(classes) = raw.object_classes {
@@ -1233,7 +1201,7 @@ mod tests {
             p.default_filter(ResourceKind::User),
             o.default_filter(ResourceKind::Group),
         ] {
-            check_filter(f).unwrap();
+            crate::ldap::filter::check(f).unwrap();
         }
     }
 
