@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use smol::channel::Sender;
 
+use crate::relay::protocol::Envelope;
+
 use super::lease::{self, Grant, Lease};
 
 /// Largest command answer body kept for `GET /v1/requests/{id}`.
@@ -135,26 +137,44 @@ pub enum Work {
 }
 
 impl Work {
-    /// The envelope for this work under `id`.
+    /// The envelope for this work under `id`: the agent's own type, so the wire format has
+    /// one definition ([`crate::relay::protocol`]).
     pub fn envelope(&self, id: &str) -> Value {
+        let mut e = Envelope {
+            id: id.to_string(),
+            kind: String::new(),
+            method: None,
+            path: None,
+            query: None,
+            body: None,
+            command: None,
+            target: None,
+            profile: None,
+        };
         match self {
             Work::Scim {
                 method,
                 path,
                 query,
                 body,
-            } => json!({"id": id, "kind": "scim", "method": method, "path": path,
-                        "query": query, "body": body}),
+            } => {
+                e.kind = "scim".into();
+                e.method = Some(method.clone());
+                e.path = Some(path.clone());
+                e.query = Some(query.clone());
+                e.body = Some(body.clone());
+            }
             Work::Command(c) => {
-                let mut v = json!({"id": id, "kind": "command", "command": c.name()});
+                e.kind = "command".into();
+                e.command = Some(c.name().to_string());
                 match c {
-                    Command::Provision(t) => v["target"] = Value::String(t.clone()),
-                    Command::SetProfile(p) => v["profile"] = Value::String(p.clone()),
+                    Command::Provision(t) => e.target = Some(t.clone()),
+                    Command::SetProfile(p) => e.profile = Some(p.clone()),
                     Command::Resync | Command::ApproveDeletes => {}
                 }
-                v
             }
         }
+        serde_json::to_value(e).unwrap_or(Value::Null)
     }
 }
 

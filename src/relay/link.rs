@@ -34,11 +34,11 @@ use crate::net::backoff::{parse_retry_after, Backoff};
 use crate::net::http::{HttpClient, HttpRequest, HttpResponse, Method};
 use crate::relay::answers::{ReplyCache, ReplyStore};
 use crate::secret::Secret;
+
+pub use super::protocol::{parse_lease, parse_requests, valid_id, Envelope, Reply, PROTOCOL};
 use crate::signals::Control;
 use crate::status::AgentState;
 
-/// Protocol major version spoken here.
-pub const PROTOCOL: &str = "1";
 /// How many envelopes are handled at once.
 pub const CONCURRENCY: usize = 8;
 /// Most replies in one post to the hub.
@@ -51,71 +51,6 @@ pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between heartbeat tries while they fail: an agent started before its
 /// hub is active within seconds of the hub coming up.
 pub const HEARTBEAT_RETRY_CAP: Duration = Duration::from_secs(3);
-
-/// One request from the hub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// Unique per hub.
-    pub id: String,
-    /// `scim` or `command`.
-    pub kind: String,
-    /// SCIM: the method.
-    #[serde(default)]
-    pub method: Option<String>,
-    /// SCIM: the path (`/Users/...`).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// SCIM: the raw query string.
-    #[serde(default)]
-    pub query: Option<String>,
-    /// SCIM: the body.
-    #[serde(default)]
-    pub body: Option<Value>,
-    /// Command: its name.
-    #[serde(default)]
-    pub command: Option<String>,
-    /// Command `provision`: a DN or an anchor.
-    #[serde(default)]
-    pub target: Option<String>,
-    /// Command `set-profile`: profile TOML.
-    #[serde(default)]
-    pub profile: Option<String>,
-}
-
-/// The agent's answer to one [`Envelope`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
-    /// The envelope's id.
-    pub id: String,
-    /// HTTP-like status.
-    pub status: u16,
-    /// JSON body.
-    pub body: Value,
-}
-
-impl Reply {
-    /// A SCIM error reply (RFC 7644 §3.12).
-    pub fn error(
-        id: &str,
-        status: u16,
-        scim_type: Option<&str>,
-        detail: impl Into<String>,
-    ) -> Reply {
-        let mut body = json!({
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
-            "status": status.to_string(),
-            "detail": detail.into(),
-        });
-        if let Some(t) = scim_type {
-            body["scimType"] = Value::String(t.to_string());
-        }
-        Reply {
-            id: id.to_string(),
-            status,
-            body,
-        }
-    }
-}
 
 /// Answers envelopes (the SCIM facade and the commands).
 pub trait Handler {
@@ -714,15 +649,6 @@ impl Relay {
     }
 }
 
-/// Request ids: 1-64 bytes of `[A-Za-z0-9._-]`.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 fn describe(e: &Envelope) -> String {
     match e.kind.as_str() {
         "scim" => format!(
@@ -733,31 +659,6 @@ fn describe(e: &Envelope) -> String {
         "command" => format!("command {}", e.command.as_deref().unwrap_or("?")),
         k => format!("kind {k}"),
     }
-}
-
-/// The envelopes of a 200 poll answer.
-pub fn parse_requests(body: &[u8]) -> Result<Vec<Envelope>, String> {
-    #[derive(Deserialize)]
-    struct Answer {
-        requests: Vec<Envelope>,
-    }
-    let a: Answer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if a.requests.len() > 1000 {
-        return Err(format!(
-            "{} requests in one answer (limit 1000)",
-            a.requests.len()
-        ));
-    }
-    Ok(a.requests)
-}
-
-/// `(active, ttl)` from a heartbeat answer.
-pub fn parse_lease(body: &[u8]) -> Option<(bool, Duration)> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let lease = v.get("lease")?;
-    let active = lease.get("role")?.as_str()? == "active";
-    let ttl = lease.get("ttl_secs")?.as_u64()?.min(3600);
-    Some((active, Duration::from_secs(ttl)))
 }
 
 #[cfg(test)]

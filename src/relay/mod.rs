@@ -3,6 +3,7 @@
 //! Everything the cloud asks of the agent comes through here, and only through here:
 //! * [`link`]: one long-poll outstanding to the hub, replies posted back, heartbeats and the
 //!   active/standby lease.
+//! * [`protocol`]: the wire format, typed; the hub uses the same structs.
 //! * [`answers`]: the answers kept by request id, in memory and on disk, so that a
 //!   re-delivered request is never run twice.
 //! * [`remote`]: the handler: commands (resync, provision one object, approve deletes) and
@@ -16,5 +17,6 @@
 pub mod answers;
 pub mod facade;
 pub mod link;
+pub mod protocol;
 pub mod remote;
 pub mod writeback;
