@@ -41,8 +41,9 @@ use ldap3::controls::{Control, MakeCritical, RefreshMode, SyncRequest};
 use ldap3::{Ldap, ResultEntry, Scope as Ldap3Scope};
 use smol::channel::{Receiver, Sender};
 
+use super::conn::{connect_unless_cancelled, op_error};
 use super::wire::RawEntry;
-use super::worker::{abandon, close, connect_unless_cancelled, op_error, BATCH};
+use super::worker::{abandon, close, BATCH};
 use super::{DirectoryConfig, Entry, LdapError, ResultCode};
 
 /// OID of the Sync State control on each entry.

@@ -75,9 +75,10 @@ use ldap3::controls::RawControl;
 use ldap3::{Ldap, Scope as Ldap3Scope};
 use smol::channel::{Receiver, Sender};
 
+use super::conn::op_error;
 use super::dialect::{DIRSYNC_OID, SHOW_DELETED_OID};
 use super::wire::RawEntry;
-use super::worker::{abandon, op_error, BATCH};
+use super::worker::{abandon, BATCH};
 use super::{DirectoryConfig, Entry, LdapError, ResultCode};
 
 /// `maxBytes` sent with every DirSync request: the most a server should put in one response

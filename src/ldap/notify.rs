@@ -20,8 +20,9 @@ use ldap3::controls::RawControl;
 use ldap3::{Ldap, Scope as Ldap3Scope};
 use smol::channel::{Receiver, Sender};
 
+use super::conn::{connect_unless_cancelled, op_error};
 use super::dialect::NOTIFICATION_OID;
-use super::worker::{abandon, close, connect_unless_cancelled, op_error, Stop};
+use super::worker::{abandon, close, Stop};
 use super::{DirectoryConfig, LdapError, ResultCode};
 
 /// What the worker sends the stream.
