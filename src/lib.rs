@@ -21,11 +21,12 @@
 //! * Leaves: [`status`] (the agent's shared state and the health document), [`state_dir`]
 //!   (the state directory and the one way to open its files), [`stdout`] (what commands
 //!   print; a closed pipe ends the process quietly), [`logging`], [`secret`], [`signals`],
-//!   [`privilege`], [`base64`].
+//!   [`privilege`], [`base64`], [`fnv`] (the one stable hash).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod base64;
+pub mod fnv;
 pub mod hub;
 pub mod ldap;
 pub mod logging;

@@ -8,8 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Top-level files without a folder: small, and free of the crate's folders.
-const LEAVES: [&str; 9] = [
+const LEAVES: [&str; 10] = [
     "base64",
+    "fnv",
     "logging",
     "privilege",
     "secret",

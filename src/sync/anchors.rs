@@ -706,7 +706,7 @@ fn parse_line(line: &str) -> Option<(String, Anchor)> {
 /// (serde_json writes object keys in sorted order), so "unchanged" survives upgrades.
 /// Streams the serialization into the hash (no copy of the body is made).
 pub fn representation_hash(body: &serde_json::Value) -> u64 {
-    let mut h = Fnv64::default();
+    let mut h = crate::fnv::Fnv64::default();
     // Writing into the hasher cannot fail, and a `Value` always serializes.
     let _ = serde_json::to_writer(&mut h, body);
     // 0 means "unknown" in the index; never produce it.
@@ -727,32 +727,9 @@ pub fn representation_hash_with(
     if members.is_empty() {
         return representation_hash(body);
     }
-    let mut h = Fnv64::default();
+    let mut h = crate::fnv::Fnv64::default();
     let _ = serde_json::to_writer(&mut h, &WithMembers { map, members });
     h.0.max(1)
-}
-
-/// FNV-1a 64 as an `io::Write` sink.
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Fnv64 {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::io::Write for Fnv64 {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for &b in buf {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// An object serialized with `members` in its key-order place (serde_json's `Map` iterates

@@ -316,14 +316,6 @@ fn unescape(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// FNV-1a, 128 bits: stable across releases (unlike `DefaultHasher`).
-fn fnv1a_128(data: &[u8]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-    data.iter()
-        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
-}
-
 /// The file name stem for an anchor: only `[0-9a-fx h]`, at most 193 characters.
 fn file_key(anchor: &str) -> String {
     if anchor.len() <= MAX_HEX_ANCHOR {
@@ -334,7 +326,7 @@ fn file_key(anchor: &str) -> String {
         }
         s
     } else {
-        format!("h{:032x}", fnv1a_128(anchor.as_bytes()))
+        format!("h{:032x}", crate::fnv::hash128(anchor.as_bytes()))
     }
 }
 
