@@ -41,6 +41,7 @@ use super::replies::{Item, Scanner};
 use super::route::{route, AgentCall, Route};
 use super::state::{Answered, Command, EnqueueError, HubState, Limits, Reply, Timing, Work};
 use super::HubError;
+use crate::relay::protocol::scim_error_body;
 use crate::secret::Secret;
 use crate::signals::Control;
 
@@ -69,7 +70,6 @@ pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Longest a stop waits for requests in flight.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-const SCIM_ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 const SCIM_CONTENT_TYPE: &str = "application/scim+json";
 
 /// The running hub: config, memory and counters.
@@ -1080,14 +1080,6 @@ fn unauthorized(message: &str) -> Response {
     let mut r = error(401, message);
     r.insert_header("WWW-Authenticate", "Bearer");
     r
-}
-
-fn scim_error_body(code: u16, scim_type: Option<&str>, detail: &str) -> Value {
-    let mut body = json!({"schemas": [SCIM_ERROR], "status": code.to_string(), "detail": detail});
-    if let Some(t) = scim_type {
-        body["scimType"] = Value::String(t.to_string());
-    }
-    body
 }
 
 fn scim_error(code: u16, scim_type: Option<&str>, detail: &str) -> Response {

@@ -37,9 +37,7 @@ use crate::ldap::WriteOp;
 use crate::relay::writeback::{self, Intent, WriteError, WritePolicy};
 use crate::scim::filter;
 use crate::scim::profile::{AnchorEncoding, Source, SyncProfile, Target as ProfileTarget};
-use crate::scim::resource::{
-    ENTERPRISE_SCHEMA, ERROR_SCHEMA, GROUP_SCHEMA, LIST_RESPONSE, USER_SCHEMA,
-};
+use crate::scim::resource::{ENTERPRISE_SCHEMA, GROUP_SCHEMA, LIST_RESPONSE, USER_SCHEMA};
 use crate::scim::ResourceKind;
 use crate::sync::anchors::AnchorIndex;
 
@@ -71,15 +69,10 @@ pub type Answer = (u16, Value);
 
 /// A SCIM error body.
 pub fn error(status: u16, scim_type: Option<&str>, detail: impl Into<String>) -> Answer {
-    let mut body = json!({
-        "schemas": [ERROR_SCHEMA],
-        "status": status.to_string(),
-        "detail": detail.into(),
-    });
-    if let Some(t) = scim_type {
-        body["scimType"] = Value::String(t.into());
-    }
-    (status, body)
+    (
+        status,
+        crate::scim::resource::error_body(status, scim_type, detail),
+    )
 }
 
 /// The query parameters the facade understands.

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+/// The one SCIM error body, for the hub's own SCIM answers too.
+pub use crate::scim::resource::error_body as scim_error_body;
 
 /// Protocol major version spoken here.
 pub const PROTOCOL: &str = "1";
@@ -59,18 +62,10 @@ impl Reply {
         scim_type: Option<&str>,
         detail: impl Into<String>,
     ) -> Reply {
-        let mut body = json!({
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
-            "status": status.to_string(),
-            "detail": detail.into(),
-        });
-        if let Some(t) = scim_type {
-            body["scimType"] = Value::String(t.to_string());
-        }
         Reply {
             id: id.to_string(),
             status,
-            body,
+            body: scim_error_body(status, scim_type, detail),
         }
     }
 }

@@ -13,6 +13,24 @@ pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListRespo
 /// Error message.
 pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 
+/// The one SCIM error body (RFC 7644 §3.12): `schemas`, `status` as a string, `detail`, and
+/// `scimType` when given. The facade, the relay's replies and the hub all answer with it.
+pub fn error_body(
+    status: u16,
+    scim_type: Option<&str>,
+    detail: impl Into<String>,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "schemas": [ERROR_SCHEMA],
+        "status": status.to_string(),
+        "detail": detail.into(),
+    });
+    if let Some(t) = scim_type {
+        body["scimType"] = serde_json::Value::String(t.to_string());
+    }
+    body
+}
+
 /// The two resource types the agent provisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKind {
