@@ -21,10 +21,11 @@
 //! * Leaves: [`status`] (the agent's shared state and the health document), [`state_dir`]
 //!   (the state directory and the one way to open its files), [`stdout`] (what commands
 //!   print; a closed pipe ends the process quietly), [`logging`], [`secret`], [`signals`],
-//!   [`privilege`], [`base64`], [`fnv`] (the one stable hash).
+//!   [`privilege`], [`base64`], [`fnv`] (the one stable hash), [`args`] (the command-line lexer of both executables).
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod args;
 pub mod base64;
 pub mod fnv;
 pub mod hub;

@@ -8,7 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Top-level files without a folder: small, and free of the crate's folders.
-const LEAVES: [&str; 10] = [
+const LEAVES: [&str; 11] = [
+    "args",
     "base64",
     "fnv",
     "logging",

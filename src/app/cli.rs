@@ -95,20 +95,20 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
     let mut help = false;
     let mut words: Vec<&str> = Vec::new();
     let mut flags: Vec<&str> = Vec::new();
-    let mut it = args.iter().map(String::as_str);
-    while let Some(a) = it.next() {
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v)),
-            _ => (a, None),
+    let mut lexer = crate::args::Lexer::new(args);
+    while let Some(token) = lexer.next() {
+        let (name, inline) = match token {
+            crate::args::Token::Word(w) => {
+                words.push(w);
+                continue;
+            }
+            crate::args::Token::Option { name, inline } => (name, inline),
         };
         let mut value = |what: &str| -> Result<String, UsageError> {
-            match inline {
-                Some(v) => Ok(v.to_string()),
-                None => it
-                    .next()
-                    .map(str::to_string)
-                    .ok_or_else(|| UsageError(format!("{name} needs a {what}"))),
-            }
+            lexer
+                .value(inline)
+                .map(str::to_string)
+                .ok_or_else(|| UsageError(format!("{name} needs a {what}")))
         };
         match name {
             "-c" | "--config" => config = Some(PathBuf::from(value("file name")?)),
@@ -118,11 +118,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
             "-h" | "--help" => help = true,
             "-V" | "--version" => words.insert(0, "version"),
             "--once" | "--dry-run" | "--list" | "--json" | "--all" => flags.push(name),
-            "--" => words.extend(it.by_ref()),
-            s if s.starts_with('-') && s.len() > 1 => {
-                return Err(UsageError(format!("unknown option `{s}`")))
-            }
-            s => words.push(s),
+            s => return Err(UsageError(format!("unknown option `{s}`"))),
         }
     }
     let command = match (words.first().copied(), help) {

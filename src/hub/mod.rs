@@ -113,16 +113,18 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, String> {
     let mut config = None;
     let mut log_level = None;
     let mut check_only = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
+    let mut lexer = crate::args::Lexer::new(args);
+    while let Some(token) = lexer.next() {
+        let (flag, inline) = match token {
+            crate::args::Token::Option { name, inline } => (name, inline),
+            crate::args::Token::Word(w) => {
+                return Err(format!("unexpected argument `{w}` (see --help)"))
+            }
         };
         let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
+            lexer
+                .value(inline)
+                .map(str::to_string)
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match flag {
