@@ -65,6 +65,50 @@ fn with_transport(mut h: HttpConfig, t: &crate::config::Transport) -> HttpConfig
     h
 }
 
+/// The client for an OAuth2 token endpoint: another service than the one it grants
+/// access to, so that table's CA and proxy, not its pins or client certificate.
+fn oauth_http(
+    ca_file: &Option<std::path::PathBuf>,
+    timeout: std::time::Duration,
+    t: &crate::config::Transport,
+) -> Result<HttpClient, crate::relay::http::HttpError> {
+    HttpClient::new(with_transport(
+        HttpConfig {
+            ca_file: ca_file.clone(),
+            connect_timeout: timeout.min(std::time::Duration::from_secs(10)),
+            request_timeout: timeout,
+            max_idle_per_host: 1,
+            ..HttpConfig::default()
+        },
+        &crate::config::Transport {
+            pins: Vec::new(),
+            client_cert: None,
+            ..t.clone()
+        },
+    ))
+}
+
+/// `check`'s line for a working OAuth2 grant.
+fn grant_line(url: &str, life: Option<std::time::Duration>) -> String {
+    format!(
+        "client_credentials grant at {url}: token issued, {}",
+        match life {
+            Some(d) => format!("valid {} s (replaced before it expires)", d.as_secs()),
+            None => "no lifetime given (replaced when refused)".into(),
+        }
+    )
+}
+
+/// The agent's credential at the hub.
+fn hub_credential(
+    r: &crate::config::RelaySettings,
+) -> Result<crate::relay::hub_credential::HubCredential, String> {
+    crate::relay::hub_credential::HubCredential::new(&r.auth, || {
+        oauth_http(&r.ca_file, std::time::Duration::from_secs(30), &r.transport)
+            .map_err(|e| e.to_string())
+    })
+}
+
 fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
     let http = HttpClient::new(with_transport(
         HttpConfig {
@@ -104,22 +148,8 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
             )))
         }
         ScimAuth::ClientCredentials(cc) => {
-            // The token endpoint is another service: the [scim] CA and proxy, not its pins.
-            let token_http = HttpClient::new(with_transport(
-                HttpConfig {
-                    ca_file: c.scim.ca_file.clone(),
-                    connect_timeout: c.scim.timeout.min(std::time::Duration::from_secs(10)),
-                    request_timeout: c.scim.timeout,
-                    max_idle_per_host: 1,
-                    ..HttpConfig::default()
-                },
-                &crate::config::Transport {
-                    pins: Vec::new(),
-                    client_cert: None,
-                    ..c.scim.transport.clone()
-                },
-            ))
-            .map_err(|e| format!("scim.token_url: {e}"))?;
+            let token_http = oauth_http(&c.scim.ca_file, c.scim.timeout, &c.scim.transport)
+                .map_err(|e| format!("scim.token_url: {e}"))?;
             Credential::OAuth(std::sync::Arc::new(TokenSource::new(
                 token_http,
                 cc.clone(),
@@ -639,18 +669,18 @@ async fn check_async(c: &Config) -> i32 {
             }
             match scim.authenticate().await {
                 Ok(None) => {}
-                Ok(Some((url, life))) => out.ok(
-                    "scim oauth",
-                    format!(
-                        "client_credentials grant at {url}: token issued, {}",
-                        match life {
-                            Some(d) =>
-                                format!("valid {} s (replaced before it expires)", d.as_secs()),
-                            None => "no lifetime given (replaced when refused)".into(),
-                        }
-                    ),
-                ),
+                Ok(Some((url, life))) => out.ok("scim oauth", grant_line(&url, life)),
                 Err(e) => out.fail("scim oauth", e.to_string()),
+            }
+            if let Some(r) = &c.relay {
+                match hub_credential(r) {
+                    Err(e) => out.fail("relay oauth", e),
+                    Ok(cred) => match cred.grant().await {
+                        None => {}
+                        Some(Ok((url, life))) => out.ok("relay oauth", grant_line(&url, life)),
+                        Some(Err(e)) => out.fail("relay oauth", e.to_string()),
+                    },
+                }
             }
             match scim.learn_schema().await {
                 Ok(Some(schema)) => out.ok("scim schema", schema_line(&schema)),
@@ -1570,6 +1600,18 @@ fn secrets_changed(old: &Config, new: &Config) -> String {
         (_, ScimAuth::Bearer(_)) => changed.push("scim token changed"),
         (_, ScimAuth::ClientCredentials(_)) => changed.push("oauth client secret changed"),
     }
+    if let (Some(a), Some(b)) = (&old.relay, &new.relay) {
+        let same = match (&a.auth, &b.auth) {
+            (ScimAuth::Bearer(x), ScimAuth::Bearer(y)) => x == y,
+            (ScimAuth::ClientCredentials(x), ScimAuth::ClientCredentials(y)) => {
+                x.client_secret == y.client_secret
+            }
+            _ => false,
+        };
+        if !same {
+            changed.push("relay credential changed");
+        }
+    }
     if changed.is_empty() {
         "secrets unchanged".into()
     } else {
@@ -1684,9 +1726,14 @@ async fn follow_once(
                 eprintln!("error: relay: {e}");
                 exit::FAILURE
             })?;
+            let credential = hub_credential(r).map_err(|e| {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            })?;
             let relay = crate::relay::agent::Relay::new(
                 http,
                 r.clone(),
+                credential,
                 &c.agent.id,
                 Some(&c.agent.state_dir),
             )

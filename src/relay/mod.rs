@@ -32,4 +32,5 @@ pub mod answers;
 pub mod backoff;
 mod h1;
 pub mod http;
+pub mod hub_credential;
 pub mod proxy;

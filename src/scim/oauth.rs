@@ -106,10 +106,7 @@ impl fmt::Display for TokenError {
                     write!(f, ": {d}")?;
                 }
                 if matches!(status, 400 | 401) {
-                    write!(
-                        f,
-                        " (check scim.client_id, the client secret and scim.client_auth)"
-                    )?;
+                    write!(f, " (check client_id, the client secret and client_auth)")?;
                 }
                 Ok(())
             }
@@ -473,7 +470,7 @@ mod tests {
             text.contains("invalid_client: bad secret <redacted>"),
             "{text}"
         );
-        assert!(text.contains("scim.client_id"), "{text}");
+        assert!(text.contains("check client_id"), "{text}");
         assert!(!text.contains("s3:cr&t"), "{text}");
         assert!(!e.is_transient());
         let busy = parse_token_response("u", 503, b"busy\nnow", &[]).unwrap_err();
