@@ -88,6 +88,21 @@ fn oauth_http(
     ))
 }
 
+/// `check`'s line for the member-removal dialect in force (`[group] member_removal`).
+fn removal_line(m: crate::scim::profile::MemberRemoval) -> String {
+    use crate::scim::profile::MemberRemoval;
+    let how = match m {
+        MemberRemoval::Auto => {
+            "the filter path members[value eq \"id\"], then the value list after a 400 or 501 (kept from then on)"
+        }
+        MemberRemoval::Filter => "always the filter path members[value eq \"id\"]; a refusal fails the group",
+        MemberRemoval::ValueList => {
+            "always the value list {\"op\":\"remove\",\"path\":\"members\",\"value\":[...]}"
+        }
+    };
+    format!("member_removal = {}: {how}", m.word())
+}
+
 /// `check`'s line for a working OAuth2 grant.
 fn grant_line(url: &str, life: Option<std::time::Duration>) -> String {
     format!(
@@ -543,9 +558,12 @@ async fn check_async(c: &Config) -> i32 {
         Err(e) => out.fail("state_dir", e),
     }
 
+    // The profile's member-removal dialect, once the profile is known.
+    let mut removal = None;
     match open_source(c).await {
         Err(e) => out.fail("ldap", e),
         Ok(src) => {
+            removal = Some(src.profile.resource(ResourceKind::Group).member_removal());
             let tls = src.dir.tls_facts().await;
             out.ok(
                 "ldap",
@@ -705,6 +723,16 @@ async fn check_async(c: &Config) -> i32 {
                     }
                 }
                 Err(e) => out.fail("scim auth", e.to_string()),
+            }
+            match scim.probe_member_key().await {
+                Ok(p @ crate::scim::member_probe::MemberKeyProbe::Unknown { .. }) => {
+                    out.warn("scim members", p.to_string())
+                }
+                Ok(p) => out.ok("scim members", p.to_string()),
+                Err(e) => out.warn("scim members", format!("reading a group: {e}")),
+            }
+            if let Some(m) = removal {
+                out.ok("scim removal", removal_line(m));
             }
             if let Some(said) = crate::sync::kept::last_pass_sentence(&c.agent.state_dir) {
                 out.warn(

@@ -225,6 +225,28 @@ fn the_agent_never_writes_to_a_resource_it_did_not_create() {
         "{}",
         checked.stdout
     );
+    // Canaille shows members by userName: check reads a group and says so, and what the
+    // agent does about it; and which removal dialect is in force.
+    let line = |name: &str| {
+        checked
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line: {}", checked.stdout))
+            .to_string()
+    };
+    let members = line("scim members");
+    assert!(
+        members.contains(" OK ")
+            && members.contains("holds userNames, not ids")
+            && members.contains("removals go by userName, each verified"),
+        "{members}"
+    );
+    let removal = line("scim removal");
+    assert!(
+        removal.contains(" OK ") && removal.contains("member_removal = auto"),
+        "{removal}"
+    );
 }
 
 /// OAuth2 client credentials against a real token endpoint whose tokens live 60 s: `check`

@@ -6,6 +6,7 @@ pub mod client;
 pub mod facade;
 pub mod filter;
 pub mod mapping;
+pub mod member_probe;
 pub mod oauth;
 pub mod profile;
 pub mod profile_policy;
