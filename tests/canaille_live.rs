@@ -542,7 +542,8 @@ fn a_member_removed_in_the_directory_is_removed_at_the_endpoint() {
 /// `[relay]` with OAuth2 client credentials, checked by the hub through token
 /// introspection (RFC 7662) at the same provider: `check` shows the relay grant; the hub
 /// takes the agent's Canaille-issued tokens (60 s each) across more than one lifetime, every
-/// heartbeat answered, the cloud's SCIM reads answered through the relay; a token the
+/// heartbeat answered, the cloud's SCIM reads answered through the relay; a 401 from the
+/// hub makes the agent fetch a new token at once and go on; a token the
 /// provider does not vouch for (the seed token, not issued for the hub) is refused 401,
 /// and the hub's log and the agent's never show a token or a secret. The run lasts
 /// `IDRELAY_RELAY_OAUTH_SECS` (75 s by default: two tokens at least).
@@ -578,14 +579,16 @@ fn the_hub_takes_an_agent_by_canaille_tokens_checked_by_introspection() {
     let scim = common::ScimServer::start();
     let agent = common::Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
     agent.edit_config("id = \"test-agent\"", "id = \"oa\"");
-    // The token endpoint behind a recording proxy: how many tokens were fetched.
+    // The token endpoint behind a recording proxy: how many tokens were fetched; the hub
+    // behind another, to answer one request 401 as a hub that no longer takes the token.
     let proxy = common::faultproxy::FaultProxy::http(c.port());
+    let hub_proxy = common::faultproxy::FaultProxy::http(hub.port);
     let secret_file = agent.tmp.path().join("relay-client.secret");
     common::write_secret(&secret_file, &common::env("CANAILLE_CLIENT_SECRET"));
     agent.append_config(&format!(
         "\n[relay]\nurl = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n\
          group = \"branch\"\nheartbeat_secs = 5\npoll_wait_secs = 5\n",
-        hub.url(),
+        hub_proxy.http_url(""),
         proxy.http_url("/oauth/token"),
         common::env("CANAILLE_CLIENT_ID"),
         secret_file.display()
@@ -624,6 +627,34 @@ fn the_hub_takes_an_agent_by_canaille_tokens_checked_by_introspection() {
         std::thread::sleep(std::time::Duration::from_secs(5));
     }
     assert_eq!(hub.role("oa").as_deref(), Some("active"));
+    // A 401 from the hub: the agent fetches a new token at once and goes on.
+    let fetched = |p: &common::faultproxy::FaultProxy| {
+        p.events()
+            .iter()
+            .filter(|e| e.path.starts_with("/oauth/token"))
+            .count()
+    };
+    let before = fetched(&proxy);
+    hub_proxy.answer_next_of("POST", 1, 401, None);
+    assert!(
+        common::wait_until(20, || fetched(&proxy) > before),
+        "no new token after a 401: {}",
+        agent.log()
+    );
+    assert!(
+        agent
+            .log()
+            .contains("relay: the hub answered 401; fetching a new OAuth2 token"),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(hub.role("oa").as_deref(), Some("active"));
+    assert!(
+        !agent.log().contains("refused the agent token"),
+        "{}",
+        agent.log()
+    );
     let hub_log = hub.log();
     assert!(
         !hub_log.contains("missing or wrong token") && !hub_log.contains("cannot check"),
