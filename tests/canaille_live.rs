@@ -225,6 +225,28 @@ fn the_agent_never_writes_to_a_resource_it_did_not_create() {
         "{}",
         checked.stdout
     );
+    // Canaille shows members by userName: check reads a group and says so, and what the
+    // agent does about it; and which removal dialect is in force.
+    let line = |name: &str| {
+        checked
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line: {}", checked.stdout))
+            .to_string()
+    };
+    let members = line("scim members");
+    assert!(
+        members.contains(" OK ")
+            && members.contains("holds userNames, not ids")
+            && members.contains("removals go by userName, each verified"),
+        "{members}"
+    );
+    let removal = line("scim removal");
+    assert!(
+        removal.contains(" OK ") && removal.contains("member_removal = auto"),
+        "{removal}"
+    );
 }
 
 /// OAuth2 client credentials against a real token endpoint whose tokens live 60 s: `check`
@@ -515,4 +537,168 @@ fn a_member_removed_in_the_directory_is_removed_at_the_endpoint() {
         agent.log()
     );
     drop(running);
+}
+
+/// `[relay]` with OAuth2 client credentials, checked by the hub through token
+/// introspection (RFC 7662) at the same provider: `check` shows the relay grant; the hub
+/// takes the agent's Canaille-issued tokens (60 s each) across more than one lifetime, every
+/// heartbeat answered, the cloud's SCIM reads answered through the relay; a 401 from the
+/// hub makes the agent fetch a new token at once and go on; a token the
+/// provider does not vouch for (the seed token, not issued for the hub) is refused 401,
+/// and the hub's log and the agent's never show a token or a secret. The run lasts
+/// `IDRELAY_RELAY_OAUTH_SECS` (75 s by default: two tokens at least).
+#[test]
+fn the_hub_takes_an_agent_by_canaille_tokens_checked_by_introspection() {
+    let Some(c) = canaille("the_hub_takes_an_agent_by_canaille_tokens") else {
+        return;
+    };
+    let secs: u64 = std::env::var("IDRELAY_RELAY_OAUTH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(75);
+    let tmp = common::TempDir::new("relay-oauth");
+    let hub_secret_file = tmp.path().join("hub-client.secret");
+    common::write_secret(&hub_secret_file, &common::env("CANAILLE_HUB_CLIENT_SECRET"));
+    let settings = format!(
+        "{}[introspection]\nurl = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\ncache_secs = 5\n\n\
+         [[agent]]\nid = \"oa\"\ngroup = \"branch\"\noauth_client_id = \"{}\"\n",
+        common::HUB_SETTINGS,
+        common::env("CANAILLE_INTROSPECT_URL"),
+        common::env("CANAILLE_HUB_CLIENT_ID"),
+        hub_secret_file.display(),
+        common::env("CANAILLE_CLIENT_ID"),
+    );
+    let hub = common::Hub::start("operator-token-for-tests", &settings, &[]);
+
+    let dir = common::Dir::openldap();
+    let ou = common::TestOu::create(&dir, "relayoauth");
+    let o = &ou.dn;
+    dir.modify(&format!(
+        "dn: uid=ro1,{o}\nobjectClass: inetOrgPerson\nuid: ro1\ncn: Rosa Oauth\nsn: Oauth\n\n"
+    ));
+    let scim = common::ScimServer::start();
+    let agent = common::Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
+    agent.edit_config("id = \"test-agent\"", "id = \"oa\"");
+    // The token endpoint behind a recording proxy: how many tokens were fetched; the hub
+    // behind another, to answer one request 401 as a hub that no longer takes the token.
+    let proxy = common::faultproxy::FaultProxy::http(c.port());
+    let hub_proxy = common::faultproxy::FaultProxy::http(hub.port);
+    let secret_file = agent.tmp.path().join("relay-client.secret");
+    common::write_secret(&secret_file, &common::env("CANAILLE_CLIENT_SECRET"));
+    agent.append_config(&format!(
+        "\n[relay]\nurl = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n\
+         group = \"branch\"\nheartbeat_secs = 5\npoll_wait_secs = 5\n",
+        hub_proxy.http_url(""),
+        proxy.http_url("/oauth/token"),
+        common::env("CANAILLE_CLIENT_ID"),
+        secret_file.display()
+    ));
+
+    let checked = agent.run(&["check"]);
+    assert!(
+        checked
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("relay oauth OK")
+                && l.contains("client_credentials grant at")
+                && l.contains("valid 60 s")),
+        "{}",
+        checked.stdout
+    );
+
+    let t0 = std::time::Instant::now();
+    let run = common::Running(agent.spawn(&["run"]));
+    assert!(
+        common::wait_until(60, || hub.role("oa").as_deref() == Some("active")),
+        "agent never active: {}\n--- hub\n{}",
+        agent.log(),
+        hub.log()
+    );
+    let mut reads = 0;
+    while t0.elapsed().as_secs() < secs {
+        let (status, users) = hub.op(
+            "GET",
+            "/agents/oa/scim/v2/Users?filter=userName%20eq%20%22ro1%22",
+            None,
+        );
+        assert_eq!(status, 200, "{users}\n--- hub\n{}", hub.log());
+        assert_eq!(users["totalResults"], 1, "{users}");
+        reads += 1;
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+    assert_eq!(hub.role("oa").as_deref(), Some("active"));
+    // A 401 from the hub: the agent fetches a new token at once and goes on.
+    let fetched = |p: &common::faultproxy::FaultProxy| {
+        p.events()
+            .iter()
+            .filter(|e| e.path.starts_with("/oauth/token"))
+            .count()
+    };
+    let before = fetched(&proxy);
+    hub_proxy.answer_next_of("POST", 1, 401, None);
+    assert!(
+        common::wait_until(20, || fetched(&proxy) > before),
+        "no new token after a 401: {}",
+        agent.log()
+    );
+    assert!(
+        agent
+            .log()
+            .contains("relay: the hub answered 401; fetching a new OAuth2 token"),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(hub.role("oa").as_deref(), Some("active"));
+    assert!(
+        !agent.log().contains("refused the agent token"),
+        "{}",
+        agent.log()
+    );
+    let hub_log = hub.log();
+    assert!(
+        !hub_log.contains("missing or wrong token") && !hub_log.contains("cannot check"),
+        "the agent's token was refused at some point:\n{hub_log}"
+    );
+
+    // A token the provider issued, but not for the hub: refused, never accepted.
+    let seed_token = common::env("CANAILLE_TOKEN");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", hub.port)).unwrap();
+    use std::io::{Read, Write};
+    let body = "{}";
+    write!(
+        s,
+        "POST /v1/agents/oa/heartbeat HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {seed_token}\r\n\
+         Idrelay-Protocol: 1\r\nIdrelay-Instance: intruder\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    drop(run);
+
+    let tokens = proxy
+        .events()
+        .iter()
+        .filter(|e| e.path.starts_with("/oauth/token"))
+        .count();
+    eprintln!(
+        "relay OAuth2: {:.0} s, {reads} reads through the hub, {tokens} tokens fetched",
+        t0.elapsed().as_secs_f64()
+    );
+    // check's token, then one per 48 s at least (replaced a fifth of its life early).
+    assert!(
+        tokens >= 2 + (secs / 60) as usize,
+        "{tokens} tokens in {secs} s"
+    );
+    let (hub_log, agent_log) = (hub.log(), agent.log());
+    for secret in [
+        common::env("CANAILLE_CLIENT_SECRET"),
+        common::env("CANAILLE_HUB_CLIENT_SECRET"),
+        seed_token,
+    ] {
+        assert!(!hub_log.contains(&secret) && !agent_log.contains(&secret));
+    }
 }

@@ -393,6 +393,39 @@ fn check_passes_against_real_servers() {
     }
     assert!(run.stdout.contains("OpenLDAP"), "{}", run.stdout);
     assert!(run.stdout.contains("3 users, 2 groups"), "{}", run.stdout);
+    let line = |run: &common::Run, name: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line: {}", run.stdout))
+            .to_string()
+    };
+    // An empty endpoint has no group to read members from; after a pass, scim2-server
+    // shows them by id (RFC 7643).
+    let members = line(&run, "scim members");
+    assert!(
+        members.contains("no group at the endpoint lists members yet"),
+        "{members}"
+    );
+    assert!(line(&run, "scim removal").contains("member_removal = auto"));
+    agent.run(&["sync", "--once"]).assert_code(0);
+    let profile = agent.tmp.path().join("pinned.toml");
+    std::fs::write(&profile, "[group]\nmember_removal = \"value_list\"\n").unwrap();
+    agent.edit_config(
+        "max_attempts = 2",
+        &format!("max_attempts = 2\nprofile_file = \"{}\"", profile.display()),
+    );
+    let after = agent.run(&["check"]);
+    let members = line(&after, "scim members");
+    assert!(
+        members.contains(" OK ") && members.contains("members[].value holds ids"),
+        "{members}"
+    );
+    let removal = line(&after, "scim removal");
+    assert!(
+        removal.contains("member_removal = value_list: always the value list"),
+        "{removal}"
+    );
     // The feed's prerequisite: the testbed's slapd has the syncprov overlay.
     assert!(
         run.stdout

@@ -43,6 +43,10 @@ VERSION=0.3.6
 TOKEN=${IDRELAY_CANAILLE_TOKEN:-canaille-testbed-token}
 CLIENT_ID=idrelay-testbed
 CLIENT_SECRET=${IDRELAY_CANAILLE_CLIENT_SECRET:-canaille-testbed-client-secret}
+# The hub's own client: it asks /oauth/introspect about the agent's tokens (Canaille answers
+# only a client in the token's audience, so the agent's client names this one as audience).
+HUB_CLIENT_ID=idrelay-hub
+HUB_CLIENT_SECRET=${IDRELAY_CANAILLE_HUB_SECRET:-canaille-testbed-hub-secret-0123456789}
 ADMIN_PASSWORD=canaille-admin-pass
 D=${IDRELAY_CANAILLE_DIR:-$IDRELAY_TESTBED/canaille}
 VENV=$IDRELAY_TESTBED/canaille-venv
@@ -128,16 +132,43 @@ EOF
 # The database, the client and the token, by Canaille's own CLI (the server is not running).
 provision_db() {
   log "provisioning $D (canaille install, OAuth2 client, token)"
-  rm -f "$DB" "$SEED" "$D/provision.log"
+  rm -f "$DB" "$SEED" "$D/provision.log" "$D/hub-client.ok"
   write_config
   cli install || return 1
+  hub_client || return 1
   cli create client --client-id "$CLIENT_ID" --client-secret "$CLIENT_SECRET" \
     --client-name "$CLIENT_ID" --grant-types client_credentials \
-    --token-endpoint-auth-method client_secret_basic --scope openid || return 1
+    --token-endpoint-auth-method client_secret_basic --scope openid \
+    --audience "$HUB_CLIENT_ID" || return 1
+  touch "$D/hub-client.ok"
   # Ten years; a client token (no subject) passes every SCIM permission check.
   cli create token --token-id testbed-token --access-token "$TOKEN" --client "$CLIENT_ID" \
     --type access_token --scope openid --lifetime 315360000 \
     --issue-date "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" || return 1
+}
+
+hub_client() {
+  cli create client --client-id "$HUB_CLIENT_ID" --client-secret "$HUB_CLIENT_SECRET" \
+    --client-name "$HUB_CLIENT_ID" --grant-types client_credentials \
+    --token-endpoint-auth-method client_secret_basic --scope openid
+}
+
+# An instance provisioned before the hub client existed gets it in its seed snapshot (and
+# so, at the next reset, in its database): the hub client, and the agent's client naming it
+# as audience. Once; the marker says it is done.
+ensure_hub_client() {
+  [ -e "$D/hub-client.ok" ] && return 0
+  [ -s "$SEED" ] || return 0
+  log "adding the OAuth2 client $HUB_CLIENT_ID (token introspection) to the seed"
+  local conf=$D/seed-config.toml
+  sed "s#^DATABASE_URI = .*#DATABASE_URI = \"sqlite:///$SEED\"#" "$CANAILLE_CONFIG" >"$conf"
+  if ! CANAILLE_CONFIG=$conf hub_client ||
+    ! CANAILLE_CONFIG=$conf cli set client "$CLIENT_ID" --audience "$HUB_CLIENT_ID"; then
+    rm -f "$conf"
+    die "adding $HUB_CLIENT_ID failed (log: $D/provision.log)"
+  fi
+  rm -f "$conf"
+  touch "$D/hub-client.ok"
 }
 
 # The accounts Canaille holds before any test: over SCIM, with the running server.
@@ -248,6 +279,7 @@ reset_data() {
   [ -s "$SEED" ] || die "no seed snapshot in $D: run '$0 start' first"
   local t0
   t0=$(now)
+  ensure_hub_client
   sqlite_copy "$SEED" "$DB" || die "could not restore $SEED into $DB"
   if pid_alive "$PIDFILE" "$WORD"; then
     local s
@@ -265,6 +297,9 @@ export CANAILLE_TOKEN='$TOKEN'
 export CANAILLE_TOKEN_URL=$ROOT_URL/oauth/token
 export CANAILLE_CLIENT_ID=$CLIENT_ID
 export CANAILLE_CLIENT_SECRET='$CLIENT_SECRET'
+export CANAILLE_INTROSPECT_URL=$ROOT_URL/oauth/introspect
+export CANAILLE_HUB_CLIENT_ID=$HUB_CLIENT_ID
+export CANAILLE_HUB_CLIENT_SECRET='$HUB_CLIENT_SECRET'
 export CANAILLE_DIR='$D'
 EOF
 }

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::scim::oauth::{ClientAuth, ClientCredentials};
 use crate::secret::Secret;
 pub use crate::sync::deletes::UserDelete;
 
+mod credentials;
 mod parse_error;
 mod security;
 pub use security::plaintext_warnings;
@@ -55,8 +55,9 @@ pub struct RelaySettings {
     /// Base URL of the hub (`https://...`; `http://` to a host that is not loopback only
     /// with `allow_plaintext`).
     pub url: String,
-    /// The agent's bearer token.
-    pub token: Secret,
+    /// The agent's credential at the hub: a static bearer token, or OAuth2 client
+    /// credentials (the same keys as `[scim]`).
+    pub auth: ScimAuth,
     /// PEM file of trusted CAs; `None`: the system store.
     pub ca_file: Option<PathBuf>,
     /// The directory group this agent serves (agents of one group are interchangeable).
@@ -165,15 +166,8 @@ pub struct ScimSettings {
     pub allow_plaintext: bool,
 }
 
-/// `[scim]` authentication: a static bearer token, or OAuth2 client credentials.
-#[derive(Debug, Clone)]
-pub enum ScimAuth {
-    /// `token_file` / `token_env`.
-    Bearer(Secret),
-    /// `token_url`, `client_id`, `client_secret_file` / `client_secret_env`, `scope`,
-    /// `client_auth`.
-    ClientCredentials(ClientCredentials),
-}
+/// `[scim]` and `[relay]` authentication (the SCIM layer's own type).
+pub use crate::scim::oauth::Auth as ScimAuth;
 
 /// How an HTTPS connection is made: proxy, SPKI pins, client certificate (the same keys in
 /// `[scim]` and `[relay]`).
@@ -375,6 +369,12 @@ struct RawRelay {
     url: String,
     token_file: Option<PathBuf>,
     token_env: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    client_secret_env: Option<String>,
+    scope: Option<String>,
+    client_auth: Option<String>,
     ca_file: Option<PathBuf>,
     proxy: Option<String>,
     proxy_user: Option<String>,
@@ -775,7 +775,21 @@ impl Config {
                 "must not carry credentials; put the bearer token in scim.token_file or scim.token_env".into(),
             ));
         }
-        let scim_auth = scim_auth(path, secrets, &s)?;
+        let scim_auth = credentials::read(
+            path,
+            secrets,
+            &credentials::SCIM,
+            &credentials::RawCredential {
+                token_file: s.token_file.as_deref(),
+                token_env: s.token_env.as_deref(),
+                token_url: s.token_url.as_deref(),
+                client_id: s.client_id.as_deref(),
+                client_secret_file: s.client_secret_file.as_deref(),
+                client_secret_env: s.client_secret_env.as_deref(),
+                scope: s.scope.as_deref(),
+                client_auth: s.client_auth.as_deref(),
+            },
+        )?;
         if s.timeout_secs == 0 || s.timeout_secs > 3600 {
             return Err(invalid("scim.timeout_secs", "must be 1 to 3600".into()));
         }
@@ -911,11 +925,20 @@ impl Config {
                         "must not carry credentials; use relay.token_file".into(),
                     ));
                 }
-                let token = read_secret(
+                let auth = credentials::read(
                     path,
                     secrets,
-                    ("relay.token_file", r.token_file.as_deref()),
-                    ("relay.token_env", r.token_env.as_deref()),
+                    &credentials::RELAY,
+                    &credentials::RawCredential {
+                        token_file: r.token_file.as_deref(),
+                        token_env: r.token_env.as_deref(),
+                        token_url: r.token_url.as_deref(),
+                        client_id: r.client_id.as_deref(),
+                        client_secret_file: r.client_secret_file.as_deref(),
+                        client_secret_env: r.client_secret_env.as_deref(),
+                        scope: r.scope.as_deref(),
+                        client_auth: r.client_auth.as_deref(),
+                    },
                 )?;
                 if !(5..=3600).contains(&r.heartbeat_secs) {
                     return Err(invalid("relay.heartbeat_secs", "must be 5 to 3600".into()));
@@ -927,7 +950,7 @@ impl Config {
                     .map_err(|m| invalid("relay.profile_attributes", m))?;
                 Some(RelaySettings {
                     url,
-                    token,
+                    auth,
                     ca_file: r.ca_file,
                     group: r.group.unwrap_or_else(|| id.clone()),
                     heartbeat: Duration::from_secs(r.heartbeat_secs),
@@ -1339,114 +1362,6 @@ fn transport(
 }
 
 /// Reads a secret from exactly one of a file key and an env key.
-/// `[scim]`'s credential: a static token, or OAuth2 client credentials when `token_url` is
-/// set (the two exclude each other).
-fn scim_auth(
-    path: &Path,
-    secrets: &dyn SecretSource,
-    s: &RawScim,
-) -> Result<ScimAuth, ConfigError> {
-    let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        key,
-        message,
-    };
-    let Some(token_url) = s.token_url.as_deref().map(str::trim) else {
-        let stray = [
-            ("scim.client_id", s.client_id.is_some()),
-            ("scim.client_secret_file", s.client_secret_file.is_some()),
-            ("scim.client_secret_env", s.client_secret_env.is_some()),
-            ("scim.scope", s.scope.is_some()),
-            ("scim.client_auth", s.client_auth.is_some()),
-        ];
-        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
-            return Err(invalid(
-                key,
-                "is an OAuth2 setting: it needs scim.token_url (the token endpoint)".into(),
-            ));
-        }
-        return Ok(ScimAuth::Bearer(read_secret(
-            path,
-            secrets,
-            ("scim.token_file", s.token_file.as_deref()),
-            ("scim.token_env", s.token_env.as_deref()),
-        )?));
-    };
-    if s.token_file.is_some() || s.token_env.is_some() {
-        let key = if s.token_file.is_some() {
-            "scim.token_file"
-        } else {
-            "scim.token_env"
-        };
-        return Err(invalid(
-            key,
-            "a static token and OAuth2 (scim.token_url) exclude each other: keep one".into(),
-        ));
-    }
-    let url: crate::net::http::Url = token_url.parse().map_err(|e| {
-        invalid(
-            "scim.token_url",
-            format!(
-                "`{token_url}` is not a URL ({e}): use https://HOST/PATH of the token endpoint"
-            ),
-        )
-    })?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            "scim.token_url",
-            "must not carry credentials; put the client secret in scim.client_secret_file or scim.client_secret_env".into(),
-        ));
-    }
-    match url.scheme() {
-        // Plain http to a host that is not loopback: see security::validate.
-        "https" | "http" => {}
-        other => {
-            return Err(invalid(
-                "scim.token_url",
-                format!("scheme `{other}` is not allowed: use https://"),
-            ))
-        }
-    }
-    let client_id = match s.client_id.as_deref().map(str::trim) {
-        Some(id) if !id.is_empty() && !id.contains(char::is_control) => id.to_string(),
-        Some(_) => {
-            return Err(invalid(
-                "scim.client_id",
-                "must not be empty or hold control characters".into(),
-            ))
-        }
-        None => {
-            return Err(invalid(
-                "scim.client_id",
-                "missing: OAuth2 (scim.token_url) needs the client's id".into(),
-            ))
-        }
-    };
-    let client_secret = read_secret(
-        path,
-        secrets,
-        ("scim.client_secret_file", s.client_secret_file.as_deref()),
-        ("scim.client_secret_env", s.client_secret_env.as_deref()),
-    )?;
-    let auth = match s.client_auth.as_deref().unwrap_or("client_secret_basic") {
-        "client_secret_basic" => ClientAuth::Basic,
-        "client_secret_post" => ClientAuth::Post,
-        other => {
-            return Err(invalid(
-                "scim.client_auth",
-                format!("`{other}` is not one of: client_secret_basic, client_secret_post"),
-            ))
-        }
-    };
-    Ok(ScimAuth::ClientCredentials(ClientCredentials {
-        token_url: url,
-        client_id,
-        client_secret,
-        scope: s.scope.clone().filter(|v| !v.trim().is_empty()),
-        auth,
-    }))
-}
-
 fn read_secret(
     path: &Path,
     src: &dyn SecretSource,
@@ -1522,6 +1437,7 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scim::oauth::ClientAuth;
     use std::collections::HashMap;
 
     pub(super) struct Fake(HashMap<String, String>);
@@ -1752,6 +1668,59 @@ token_file = "/s/scim"
             "scim.client_id",
             "needs scim.token_url",
         );
+    }
+
+    #[test]
+    fn relay_takes_oauth2_client_credentials_with_its_own_key_names() {
+        let relay = |keys: &str| {
+            parse(&format!(
+                "{GOOD}\n[relay]\nurl = \"https://hub.example\"\n{keys}\n"
+            ))
+        };
+        let c = relay(
+            "token_url = \"https://idp.example/token\"\nclient_id = \"agent\"\nclient_secret_env = \"TOKEN\"\nclient_auth = \"client_secret_post\"\nscope = \"relay\"",
+        )
+        .unwrap();
+        match &c.relay.as_ref().unwrap().auth {
+            ScimAuth::ClientCredentials(cc) => {
+                assert_eq!(cc.client_id, "agent");
+                assert_eq!(cc.client_secret.expose(), "tok-env");
+                assert_eq!(cc.auth, ClientAuth::Post);
+                assert_eq!(cc.scope.as_deref(), Some("relay"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let static_token = relay("token_file = \"/s/scim\"").unwrap();
+        assert!(matches!(
+            &static_token.relay.unwrap().auth,
+            ScimAuth::Bearer(_)
+        ));
+        for (keys, key, says) in [
+            (
+                "token_url = \"https://idp/t\"\nclient_secret_env = \"TOKEN\"",
+                "relay.client_id",
+                "needs the client's id",
+            ),
+            (
+                "token_file = \"/s/scim\"\nscope = \"x\"",
+                "relay.scope",
+                "needs relay.token_url",
+            ),
+            (
+                "token_url = \"https://idp/t\"\nclient_id = \"a\"\nclient_secret_env = \"TOKEN\"\ntoken_file = \"/s/scim\"",
+                "relay.token_file",
+                "exclude each other",
+            ),
+            (
+                "token_url = \"http://idp.example/t\"\nclient_id = \"a\"\nclient_secret_env = \"TOKEN\"",
+                "relay.token_url",
+                "in clear",
+            ),
+        ] {
+            let e = relay(keys).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{keys}: {e}");
+            assert!(!e.contains("tok-env"), "{e}");
+        }
     }
 
     #[test]

@@ -76,10 +76,20 @@ pub struct OperatorEntry {
 pub struct AgentEntry {
     /// The agent id (`agent.id` in the agent's config).
     pub id: String,
-    /// The agent's bearer token.
-    pub token: Secret,
+    /// How the agent proves itself.
+    pub auth: AgentAuth,
     /// The directory group it serves (default: its id).
     pub group: String,
+}
+
+/// How an agent proves itself to the hub.
+#[derive(Debug, Clone)]
+pub enum AgentAuth {
+    /// `token_file`: a static bearer token.
+    Token(Secret),
+    /// `oauth_client_id`: a token of the identity provider, issued to this client, checked
+    /// by `[introspection]`.
+    OAuthClient(String),
 }
 
 /// The validated hub configuration.
@@ -113,6 +123,8 @@ pub struct HubConfig {
     pub max_connections: usize,
     /// Most open connections from one IP address.
     pub max_per_address: usize,
+    /// `[introspection]`: checks the tokens of agents with `oauth_client_id`.
+    pub introspection: Option<Arc<super::introspect::Introspector>>,
 }
 
 impl fmt::Debug for HubConfig {
@@ -309,8 +321,46 @@ impl HubConfig {
                     "must be 1 to 64 characters of letters, digits, '-', '_' or '.'".into(),
                 ));
             }
-            let token = read_token(&a.token_file, read_secret)
-                .map_err(|m| invalid(key("token_file"), m))?;
+            let token_file =
+                match (a.token_file, a.oauth_client_id) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            key("oauth_client_id"),
+                            "set either `token_file` or `oauth_client_id`, not both".into(),
+                        ))
+                    }
+                    (None, None) => return Err(invalid(
+                        key("token_file"),
+                        "missing: set `token_file` (a static token) or `oauth_client_id` (tokens \
+                         checked by [introspection])"
+                            .into(),
+                    )),
+                    (None, Some(client)) => {
+                        let client = client.trim().to_string();
+                        if client.is_empty() || client.contains(char::is_control) {
+                            return Err(invalid(
+                                key("oauth_client_id"),
+                                "must not be empty or hold control characters".into(),
+                            ));
+                        }
+                        if raw.introspection.is_none() {
+                            return Err(invalid(
+                                key("oauth_client_id"),
+                                "needs an [introspection] table (the provider's RFC 7662 endpoint)"
+                                    .into(),
+                            ));
+                        }
+                        agents.push(AgentEntry {
+                            id: a.id,
+                            auth: AgentAuth::OAuthClient(client),
+                            group,
+                        });
+                        continue;
+                    }
+                    (Some(f), None) => f,
+                };
+            let token =
+                read_token(&token_file, read_secret).map_err(|m| invalid(key("token_file"), m))?;
             if let Some((other, _)) = tokens
                 .iter()
                 .find(|(k, t)| k.starts_with("operator") && t.expose() == token.expose())
@@ -334,7 +384,7 @@ impl HubConfig {
             tokens.push((key("token_file"), token.clone()));
             agents.push(AgentEntry {
                 id: a.id,
-                token,
+                auth: AgentAuth::Token(token),
                 group,
             });
         }
@@ -387,7 +437,16 @@ impl HubConfig {
             ));
         }
 
+        let introspection = match raw.introspection {
+            None => None,
+            Some(i) => Some(Arc::new(
+                introspection(i, raw.allow_plaintext, read_secret)
+                    .map_err(|(k, m)| invalid(format!("introspection.{k}"), m))?,
+            )),
+        };
+
         Ok(HubConfig {
+            introspection,
             path: path.to_path_buf(),
             listen,
             tls,
@@ -526,6 +585,88 @@ struct RawHub {
     agents: Vec<RawAgent>,
     #[serde(default, rename = "operator")]
     operators: Vec<RawOperator>,
+    introspection: Option<RawIntrospection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    url: String,
+    client_id: String,
+    client_secret_file: PathBuf,
+    #[serde(default = "default_introspection_cache")]
+    cache_secs: u64,
+    ca_file: Option<PathBuf>,
+}
+
+fn default_introspection_cache() -> u64 {
+    60
+}
+
+/// `[introspection]`, checked; an error names the key (without the table) and why.
+fn introspection(
+    i: RawIntrospection,
+    allow_plaintext: bool,
+    read_secret: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<super::introspect::Introspector, (&'static str, String)> {
+    let url: crate::net::http::Url = i
+        .url
+        .trim()
+        .parse()
+        .map_err(|e| ("url", format!("not a URL ({e}): use https://HOST/PATH")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback || allow_plaintext => {}
+        "http" => {
+            return Err((
+                "url",
+                "plain http:// to a host that is not loopback would send the hub's client secret \
+                 and agent tokens in clear: use https:// (or allow_plaintext = true)"
+                    .into(),
+            ))
+        }
+        other => {
+            return Err((
+                "url",
+                format!("scheme `{other}` is not allowed: use https://"),
+            ))
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err((
+            "url",
+            "must not carry credentials; use introspection.client_secret_file".into(),
+        ));
+    }
+    let client_id = i.client_id.trim().to_string();
+    if client_id.is_empty() || client_id.contains(char::is_control) {
+        return Err((
+            "client_id",
+            "must not be empty or hold control characters".into(),
+        ));
+    }
+    let client_secret =
+        read_token(&i.client_secret_file, read_secret).map_err(|m| ("client_secret_file", m))?;
+    if !(1..=600).contains(&i.cache_secs) {
+        return Err((
+            "cache_secs",
+            format!("{} is out of range: allowed 1 to 600", i.cache_secs),
+        ));
+    }
+    super::introspect::Introspector::new(super::introspect::IntrospectionSettings {
+        url,
+        client_id,
+        client_secret,
+        cache: Duration::from_secs(i.cache_secs),
+        ca_file: i.ca_file,
+    })
+    .map_err(|e| ("ca_file", e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -539,7 +680,8 @@ struct RawOperator {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     id: String,
-    token_file: PathBuf,
+    token_file: Option<PathBuf>,
+    oauth_client_id: Option<String>,
     group: Option<String>,
 }
 
@@ -720,11 +862,51 @@ group = "g"
         assert!(c.warnings().is_empty());
         assert_eq!(c.agents[0].group, "a1");
         assert_eq!(c.agents[1].group, "g");
-        assert_eq!(c.agents[1].token.expose(), "agent-two-0123456789abcd");
+        assert!(
+            matches!(&c.agents[1].auth, AgentAuth::Token(t) if t.expose() == "agent-two-0123456789abcd")
+        );
         assert!(c.tls.is_none());
         assert!(
             !format!("{c:?}").contains("agent-one"),
             "tokens never print"
+        );
+    }
+
+    #[test]
+    fn an_agent_may_prove_itself_by_introspection_instead_of_a_token() {
+        let intro = "[introspection]\nurl = \"https://idp.example/oauth/introspect\"\nclient_id = \"idrelay-hub\"\nclient_secret_file = \"/s/same\"\n";
+        let agent = "[[agent]]\nid = \"oa\"\noauth_client_id = \"branch-client\"\n";
+        let c = parse(&format!("{GOOD}{agent}{intro}")).unwrap();
+        assert!(matches!(&c.agents[2].auth, AgentAuth::OAuthClient(id) if id == "branch-client"));
+        assert!(c.introspection.is_some());
+        // Without [introspection] there is nothing to check the token with.
+        assert_eq!(
+            err_key(&format!("{GOOD}{agent}")),
+            "agent[2].oauth_client_id"
+        );
+        let both = "[[agent]]\nid = \"oa\"\noauth_client_id = \"c\"\ntoken_file = \"/s/a1\"\n";
+        assert_eq!(
+            err_key(&format!("{GOOD}{both}{intro}")),
+            "agent[2].oauth_client_id"
+        );
+        let neither = "[[agent]]\nid = \"oa\"\n";
+        assert_eq!(err_key(&format!("{GOOD}{neither}")), "agent[2].token_file");
+        let clear = intro.replace("https://idp.example", "http://idp.example");
+        assert_eq!(
+            err_key(&format!("{GOOD}{agent}{clear}")),
+            "introspection.url"
+        );
+        let local = intro.replace("https://idp.example", "http://127.0.0.1:8088");
+        assert!(parse(&format!("{GOOD}{agent}{local}")).is_ok());
+        let cache = format!("{intro}cache_secs = 0\n");
+        assert_eq!(
+            err_key(&format!("{GOOD}{agent}{cache}")),
+            "introspection.cache_secs"
+        );
+        let missing = intro.replace("/s/same", "/s/nothing");
+        assert_eq!(
+            err_key(&format!("{GOOD}{agent}{missing}")),
+            "introspection.client_secret_file"
         );
     }
 

@@ -27,6 +27,7 @@
 
 pub mod config;
 mod conn;
+pub mod introspect;
 pub mod lease;
 pub mod replies;
 pub mod route;

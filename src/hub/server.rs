@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use smol::Timer;
 
-use super::config::{valid_name, HubConfig, Role};
+use super::config::{valid_name, AgentAuth, HubConfig, Role};
 use super::conn::{peer_gone, peer_gone_now, Guarded, Refused, Registry, PENDING_DEADLINE};
 use super::replies::{Item, Scanner};
 use super::route::{route, AgentCall, Route};
@@ -247,6 +247,18 @@ impl Hub {
                 used: Mutex::new(0),
                 cap: BODY_BUDGET,
             },
+        }
+    }
+
+    /// The client the request's bearer token was issued to, by `[introspection]`
+    /// (`Ok(None)`: no token, or not active).
+    async fn introspected(
+        &self,
+        req: &Request,
+    ) -> Result<Option<String>, super::introspect::IntrospectError> {
+        match (bearer(req), &self.cfg.introspection) {
+            (Some(token), Some(i)) if !token.is_empty() => i.client_of(token).await,
+            _ => Ok(None),
         }
     }
 
@@ -583,7 +595,22 @@ impl Hub {
             log::warn!("{}: unknown agent `{agent}`", call.name());
             return unauthorized("unknown agent or wrong token");
         };
-        if !bearer_matches(req, &entry.token) {
+        let valid = match &entry.auth {
+            AgentAuth::Token(t) => bearer_matches(req, t),
+            AgentAuth::OAuthClient(client) => {
+                match self.introspected(req).await {
+                    Ok(issued_to) => issued_to.as_deref() == Some(client.as_str()),
+                    // The provider could not say: not the agent's fault, try again.
+                    Err(e) => {
+                        log::warn!("agent {agent}: {}: {e}", call.name());
+                        let mut r = error(503, "the hub cannot check the token now");
+                        r.insert_header("Retry-After", "5");
+                        return r;
+                    }
+                }
+            }
+        };
+        if !valid {
             log::warn!(
                 "agent {agent}: {} with a missing or wrong token",
                 call.name()
@@ -1035,16 +1062,15 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     (values.iter().count() == 1).then(|| values.as_str())
 }
 
+/// The token of `Authorization: Bearer <token>`, if the request carries one.
+fn bearer(req: &Request) -> Option<&str> {
+    let (scheme, given) = header(req, "Authorization")?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| given.trim())
+}
+
 /// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
 fn bearer_matches(req: &Request, token: &Secret) -> bool {
-    let Some(value) = header(req, "Authorization") else {
-        return false;
-    };
-    let Some((scheme, given)) = value.split_once(' ') else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case("bearer")
-        && constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
+    bearer(req).is_some_and(|given| constant_time_eq(given.as_bytes(), token.expose().as_bytes()))
 }
 
 /// Compares without an early exit: the time depends on the lengths only.

@@ -1416,6 +1416,20 @@ fn codec_error(host: &str, e: CodecError, stage: Stage) -> HttpError {
     }
 }
 
+/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 Appendix B):
+/// unreserved characters as they are, everything else percent-encoded.
+pub fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

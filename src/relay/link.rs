@@ -18,7 +18,8 @@
 //!   lasts `ttl_secs` from the heartbeat that carried it; when heartbeats fail, the agent
 //!   stays active only until that time, then turns standby. Two actives therefore never
 //!   overlap by more than one TTL, and provisioning is idempotent anyway.
-//! * The token is sent only in the `Authorization` header and never logged.
+//! * The token (static, or OAuth2 from [`crate::relay::hub_credential`]) is sent only in the
+//!   `Authorization` header and never logged; a 401 replaces an OAuth2 token once, at once.
 //! * Reconnects use jittered exponential backoff (1 s to 60 s), reset after a poll that
 //!   returned work or stayed up a whole wait.
 
@@ -33,11 +34,11 @@ use url::Url;
 use crate::net::backoff::{parse_retry_after, Backoff};
 use crate::net::http::{HttpClient, HttpRequest, HttpResponse, Method};
 use crate::relay::answers::{ReplyCache, ReplyStore};
-use crate::secret::Secret;
-
-pub use super::protocol::{parse_lease, parse_requests, valid_id, Envelope, Reply, PROTOCOL};
+use crate::relay::hub_credential::HubCredential;
 use crate::signals::Control;
 use crate::status::AgentState;
+
+pub use super::protocol::{parse_lease, parse_requests, valid_id, Envelope, Reply, PROTOCOL};
 
 /// How many envelopes are handled at once.
 pub const CONCURRENCY: usize = 8;
@@ -145,8 +146,6 @@ pub fn has_effect(e: &Envelope) -> bool {
 pub struct LinkSettings {
     /// Base URL of the hub.
     pub url: String,
-    /// The agent's bearer token.
-    pub token: Secret,
     /// The directory group this agent serves (agents of one group are interchangeable).
     pub group: String,
     /// How often a heartbeat is sent.
@@ -160,6 +159,7 @@ pub struct Relay {
     http: HttpClient,
     base: Url,
     cfg: LinkSettings,
+    credential: HubCredential,
     agent_id: String,
     instance: String,
     status_file: Option<std::path::PathBuf>,
@@ -202,6 +202,7 @@ impl Relay {
     pub fn new(
         http: HttpClient,
         cfg: LinkSettings,
+        credential: HubCredential,
         agent_id: &str,
         state_dir: Option<&std::path::Path>,
     ) -> Result<Relay, String> {
@@ -216,6 +217,7 @@ impl Relay {
             http,
             base,
             cfg,
+            credential,
             agent_id: agent_id.to_string(),
             instance: format!("{:016x}", fastrand::u64(..)),
             status_file: state_dir.map(|d| d.join(STATUS_FILE)),
@@ -235,26 +237,42 @@ impl Relay {
 
     async fn post(&self, what: &str, body: &Value) -> Result<HttpResponse, HubError> {
         let url = self.url(what).map_err(HubError::Refused)?;
-        let req = HttpRequest::new(Method::Post, url)
-            .header(
-                "Authorization",
-                format!("Bearer {}", self.cfg.token.expose()),
-            )
-            .header("Idrelay-Protocol", PROTOCOL)
-            .header("Idrelay-Agent", self.agent_id.clone())
-            .header("Idrelay-Instance", self.instance.clone())
-            .header("Content-Type", "application/json")
-            .body(body.to_string().into_bytes());
-        let resp = self
-            .http
-            .send(req)
-            .await
-            .map_err(|e| HubError::Retry(format!("hub {}: {e}", self.cfg.url), None))?;
+        let body = body.to_string().into_bytes();
+        let mut renewed = false;
+        let resp = loop {
+            let (token, generation) = self.credential.bearer().await.map_err(|e| {
+                if e.is_transient() {
+                    HubError::Retry(format!("relay: {e}"), None)
+                } else {
+                    HubError::Refused(format!("relay: {e}"))
+                }
+            })?;
+            let req = HttpRequest::new(Method::Post, url.clone())
+                .header("Authorization", format!("Bearer {}", token.expose()))
+                .header("Idrelay-Protocol", PROTOCOL)
+                .header("Idrelay-Agent", self.agent_id.clone())
+                .header("Idrelay-Instance", self.instance.clone())
+                .header("Content-Type", "application/json")
+                .body(body.clone());
+            let resp = self
+                .http
+                .send(req)
+                .await
+                .map_err(|e| HubError::Retry(format!("hub {}: {e}", self.cfg.url), None))?;
+            // A refused OAuth2 token is replaced once, at once: it may have expired early.
+            if resp.status == 401 && !renewed && self.credential.refused(generation) {
+                renewed = true;
+                continue;
+            }
+            break resp;
+        };
         match resp.status {
             200..=299 => Ok(resp),
             401 | 403 => Err(HubError::Refused(format!(
-                "hub {} refused the agent token (HTTP {}); check relay.token_file",
-                self.cfg.url, resp.status
+                "hub {} refused the agent token (HTTP {}); check {}",
+                self.cfg.url,
+                resp.status,
+                self.credential.keys()
             ))),
             426 => Err(HubError::Refused(format!(
                 "hub {} does not speak protocol {PROTOCOL} (HTTP 426: {})",

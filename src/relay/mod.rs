@@ -3,6 +3,8 @@
 //! Everything the cloud asks of the agent comes through here, and only through here:
 //! * [`link`]: one long-poll outstanding to the hub, replies posted back, heartbeats and the
 //!   active/standby lease.
+//! * [`hub_credential`]: the agent's credential at the hub: a static token, or OAuth2
+//!   client credentials refreshed before expiry and on a 401.
 //! * [`protocol`]: the wire format, typed; the hub uses the same structs.
 //! * [`answers`]: the answers kept by request id, in memory and on disk, so that a
 //!   re-delivered request is never run twice.
@@ -16,6 +18,7 @@
 
 pub mod answers;
 pub mod facade;
+pub mod hub_credential;
 pub mod link;
 pub mod protocol;
 pub mod remote;

@@ -45,6 +45,7 @@ use crate::net::backoff::{parse_retry_after, Backoff};
 use crate::net::http::{HttpClient, HttpError, HttpRequest, HttpResponse, Method, Url};
 use crate::scim::bulk::SentOp;
 use crate::scim::oauth::{TokenError, TokenSource};
+use crate::scim::profile::MemberRemoval;
 use crate::scim::resource::{ResourceKind, LIST_RESPONSE, PATCH_OP};
 use crate::scim::schema::EndpointSchema;
 use crate::scim::token_file::FileToken;
@@ -616,6 +617,8 @@ struct Learnt {
     nested_refused: std::sync::atomic::AtomicBool,
     /// Member removals go as a value list (the filter-path form was refused).
     remove_value_list: std::sync::atomic::AtomicBool,
+    /// The profile's `member_removal`: 0 auto, 1 filter, 2 value list.
+    removal_pin: std::sync::atomic::AtomicU8,
     /// What the service shows as a member's value: 0 unproven, 1 id, 2 userName.
     member_key: std::sync::atomic::AtomicU8,
     /// `/Schemas` was asked for at least once.
@@ -658,6 +661,8 @@ pub struct EndpointFacts {
     pub nested_refused: bool,
     /// The service takes member removals only as a value list.
     pub remove_value_list: bool,
+    /// The dialect the profile pins (`Auto`: learnt from the service's answers).
+    pub removal_pin: MemberRemoval,
     /// What the service shows as a group member's value.
     pub member_key: MemberKey,
 }
@@ -773,6 +778,11 @@ impl ScimClient {
             external_id_dropped: self.learnt.external_id_dropped.load(Ordering::Relaxed),
             nested_refused: self.learnt.nested_refused.load(Ordering::Relaxed),
             remove_value_list: self.learnt.remove_value_list.load(Ordering::Relaxed),
+            removal_pin: match self.learnt.removal_pin.load(Ordering::Relaxed) {
+                1 => MemberRemoval::Filter,
+                2 => MemberRemoval::ValueList,
+                _ => MemberRemoval::Auto,
+            },
             member_key: match self.learnt.member_key.load(Ordering::Relaxed) {
                 1 => MemberKey::Id,
                 2 => MemberKey::UserName,
@@ -793,11 +803,21 @@ impl ScimClient {
             && key == MemberKey::UserName
         {
             log::warn!(
-                "the SCIM endpoint shows group members by userName, not by the id they were added with: \
-                 a member removal by id was answered with success and removed nothing; removals are sent \
+                "the SCIM endpoint shows group members by userName, not by the id they were added with \
+                 (seen in a group it showed, or a removal by id that removed nothing); removals are sent \
                  by userName from now on, and each is verified by reading the group"
             );
         }
+    }
+
+    /// Pins the member-removal dialect to the profile's `[group] member_removal`.
+    pub fn pin_member_removal(&self, m: MemberRemoval) {
+        let code = match m {
+            MemberRemoval::Auto => 0,
+            MemberRemoval::Filter => 1,
+            MemberRemoval::ValueList => 2,
+        };
+        self.learnt.removal_pin.store(code, Ordering::Relaxed);
     }
 
     /// Records which form of member removal the service took (logged when it changes).
@@ -937,9 +957,7 @@ impl ScimClient {
             self.note_filter_ignored(&url, first.foreign);
             return Ok(probe_verdict(&first, None));
         }
-        let mut listing = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
-        listing.set_query(Some("startIndex=1"));
-        let page = self.list_page(&listing).await?;
+        let page = self.first_page(kind).await?;
         let known = page["Resources"].as_array().and_then(|rs| {
             rs.iter()
                 .find_map(|r| r.get("externalId").and_then(Value::as_str))
@@ -956,6 +974,14 @@ impl ScimClient {
             }
         };
         Ok(probe_verdict(&first, known))
+    }
+
+    /// The first page of `kind`'s listing (`startIndex=1`, no `count`: some services
+    /// answer `count` with 500).
+    pub async fn first_page(&self, kind: ResourceKind) -> Result<Value, ScimError> {
+        let mut listing = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
+        listing.set_query(Some("startIndex=1"));
+        self.list_page(&listing).await
     }
 
     /// Reads `/Schemas` and keeps what it declares for users and groups: bodies sent from

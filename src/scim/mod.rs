@@ -4,6 +4,7 @@ pub mod bulk;
 pub mod client;
 pub mod filter;
 pub mod mapping;
+pub mod member_probe;
 pub mod oauth;
 pub mod profile;
 pub mod profile_policy;

@@ -106,10 +106,7 @@ impl fmt::Display for TokenError {
                     write!(f, ": {d}")?;
                 }
                 if matches!(status, 400 | 401) {
-                    write!(
-                        f,
-                        " (check scim.client_id, the client secret and scim.client_auth)"
-                    )?;
+                    write!(f, " (check client_id, the client secret and client_auth)")?;
                 }
                 Ok(())
             }
@@ -137,19 +134,7 @@ pub struct Issued {
     pub expires_in: Option<Duration>,
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 Appendix B):
-/// unreserved characters as they are, everything else percent-encoded.
-pub fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::net::http::form_encode;
 
 /// The form body and `Authorization` header (if any) of a token request.
 pub fn token_request(cc: &ClientCredentials) -> (String, Option<Secret>) {
@@ -396,6 +381,17 @@ impl TokenSource {
     }
 }
 
+/// How a client proves itself to a service (`[scim]` and `[relay]` alike): a static bearer
+/// token, or OAuth2 client credentials.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `token_file` / `token_env`.
+    Bearer(Secret),
+    /// `token_url`, `client_id`, `client_secret_file` / `client_secret_env`, `scope`,
+    /// `client_auth`.
+    ClientCredentials(ClientCredentials),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,7 +469,7 @@ mod tests {
             text.contains("invalid_client: bad secret <redacted>"),
             "{text}"
         );
-        assert!(text.contains("scim.client_id"), "{text}");
+        assert!(text.contains("check client_id"), "{text}");
         assert!(!text.contains("s3:cr&t"), "{text}");
         assert!(!e.is_transient());
         let busy = parse_token_response("u", 503, b"busy\nnow", &[]).unwrap_err();

@@ -198,6 +198,32 @@ pub struct ResourceProfile {
     /// Multi-valued SCIM attributes (`emails`, `phoneNumbers`, ...) sent with at most one
     /// entry: the first mapped (for `emails`, the primary one).
     single_valued: Vec<&'static str>,
+    /// How member removals are sent (`[group] member_removal`; always `Auto` for users).
+    member_removal: MemberRemoval,
+}
+
+/// How a group PATCH removes members (`[group] member_removal`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemberRemoval {
+    /// RFC 7644's filter path (`members[value eq "id"]`); after a 400 or 501 to it, the
+    /// value list, kept from then on.
+    #[default]
+    Auto,
+    /// Always the filter path; a refusal is the group's failure.
+    Filter,
+    /// Always the value list (`{"op":"remove","path":"members","value":[...]}`).
+    ValueList,
+}
+
+impl MemberRemoval {
+    /// The word in the profile.
+    pub fn word(self) -> &'static str {
+        match self {
+            MemberRemoval::Auto => "auto",
+            MemberRemoval::Filter => "filter",
+            MemberRemoval::ValueList => "value_list",
+        }
+    }
 }
 
 impl ResourceProfile {
@@ -229,6 +255,11 @@ impl ResourceProfile {
     /// The multi-valued attributes sent with one entry at most (`single_valued`).
     pub fn single_valued(&self) -> &[&'static str] {
         &self.single_valued
+    }
+
+    /// How member removals are sent (`member_removal`, groups only).
+    pub fn member_removal(&self) -> MemberRemoval {
+        self.member_removal
     }
 
     fn matches(&self, entry: &Entry) -> bool {
@@ -576,6 +607,7 @@ impl SyncProfile {
                 },
             ],
             single_valued: Vec::new(),
+            member_removal: MemberRemoval::Auto,
         };
         let group = ResourceProfile {
             filter: "(&(objectClass=group)(!(isCriticalSystemObject=TRUE)))".to_string(),
@@ -590,6 +622,7 @@ impl SyncProfile {
                 },
             ],
             single_valued: Vec::new(),
+            member_removal: MemberRemoval::Auto,
         };
         SyncProfile {
             kind: ProfileKind::ActiveDirectory,
@@ -632,6 +665,7 @@ impl SyncProfile {
                 },
             ],
             single_valued: Vec::new(),
+            member_removal: MemberRemoval::Auto,
         };
         let group = ResourceProfile {
             filter: "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))".to_string(),
@@ -646,6 +680,7 @@ impl SyncProfile {
                 },
             ],
             single_valued: Vec::new(),
+            member_removal: MemberRemoval::Auto,
         };
         SyncProfile { kind, user, group }
     }
@@ -793,6 +828,7 @@ struct ResourceOverrides {
     anchor: Option<AnchorSource>,
     mappings: Vec<MappingOverride>,
     single_valued: Option<Vec<&'static str>>,
+    member_removal: Option<MemberRemoval>,
 }
 
 /// One key under `[user.attributes]` or `[group.attributes]`.
@@ -911,6 +947,25 @@ impl ResourceOverrides {
             out.single_valued =
                 Some(single_valued_list(kind, &names).map_err(|d| invalid("single_valued", d))?);
         }
+        if let Some(word) = raw.member_removal {
+            if kind != ResourceKind::Group {
+                return Err(invalid(
+                    "member_removal",
+                    "only groups have members: set it under [group]".into(),
+                ));
+            }
+            out.member_removal = Some(match word.as_str() {
+                "auto" => MemberRemoval::Auto,
+                "filter" => MemberRemoval::Filter,
+                "value_list" => MemberRemoval::ValueList,
+                other => {
+                    return Err(invalid(
+                        "member_removal",
+                        format!("`{other}` is not one of: auto, filter, value_list"),
+                    ))
+                }
+            });
+        }
         for (key, value) in raw.attributes.unwrap_or_default() {
             let full_key = format!("{section}.attributes.\"{key}\"");
             let target =
@@ -966,6 +1021,9 @@ impl ResourceProfile {
         }
         if let Some(names) = &o.single_valued {
             self.single_valued.clone_from(names);
+        }
+        if let Some(m) = o.member_removal {
+            self.member_removal = m;
         }
         for m in &o.mappings {
             match &m.source {
@@ -1111,6 +1169,7 @@ struct RawResource {
     exclude_object_classes: Option<Vec<String>>,
     anchor: Option<RawAnchor>,
     single_valued: Option<Vec<String>>,
+    member_removal: Option<String>,
     attributes: Option<BTreeMap<String, toml::Value>>,
 }
 
@@ -1415,6 +1474,41 @@ description = "description"
         assert!(e.to_string().contains("unbalanced"), "{e}");
         let e = err("[group]\nobject_classes = []");
         assert!(matches!(&e, ProfileError::Invalid { key, .. } if key == "group.object_classes"));
+    }
+
+    #[test]
+    fn the_member_removal_dialect_can_be_pinned_for_groups_only() {
+        assert_eq!(
+            ad().resource(ResourceKind::Group).member_removal(),
+            MemberRemoval::Auto
+        );
+        for (word, want) in [
+            ("auto", MemberRemoval::Auto),
+            ("filter", MemberRemoval::Filter),
+            ("value_list", MemberRemoval::ValueList),
+        ] {
+            let p = ad()
+                .with_overrides(&format!("[group]\nmember_removal = \"{word}\""))
+                .unwrap();
+            assert_eq!(p.resource(ResourceKind::Group).member_removal(), want);
+            assert_eq!(want.word(), word);
+        }
+        let e = ad()
+            .with_overrides("[group]\nmember_removal = \"entra\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("group.member_removal") && e.contains("value_list"),
+            "{e}"
+        );
+        let e = ad()
+            .with_overrides("[user]\nmember_removal = \"filter\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("user.member_removal") && e.contains("[group]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -78,6 +78,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::scim::client::MemberKey;
+use crate::scim::profile::MemberRemoval;
 use std::convert::Infallible;
 use std::fmt;
 use std::fs::{self, File};
@@ -958,6 +959,11 @@ trait GroupEndpoint {
     fn remove_form(&self) -> RemoveForm;
     /// The endpoint took removals in `form`: use it from now on.
     fn prefer_remove_form(&self, form: RemoveForm);
+    /// The profile pins the form (`[group] member_removal`): a refusal is not retried in
+    /// the other one.
+    fn remove_form_pinned(&self) -> bool {
+        false
+    }
     /// What the endpoint shows as a member's `value`, as far as learnt.
     fn member_key(&self) -> MemberKey;
     /// Learnt what the endpoint shows as a member's `value`.
@@ -988,11 +994,17 @@ impl GroupEndpoint for ScimClient {
     }
 
     fn remove_form(&self) -> RemoveForm {
-        if self.facts().remove_value_list {
-            RemoveForm::ValueList
-        } else {
-            RemoveForm::PathFilter
+        let facts = self.facts();
+        match facts.removal_pin {
+            MemberRemoval::Filter => RemoveForm::PathFilter,
+            MemberRemoval::ValueList => RemoveForm::ValueList,
+            MemberRemoval::Auto if facts.remove_value_list => RemoveForm::ValueList,
+            MemberRemoval::Auto => RemoveForm::PathFilter,
         }
+    }
+
+    fn remove_form_pinned(&self) -> bool {
+        self.facts().removal_pin != MemberRemoval::Auto
     }
 
     fn prefer_remove_form(&self, form: RemoveForm) {
@@ -1294,6 +1306,7 @@ async fn sync_via<E: GroupEndpoint>(
                 Err(e)
                     if form == RemoveForm::PathFilter
                         && !c.removes.is_empty()
+                        && !endpoint.remove_form_pinned()
                         && refuses_the_form(&e) =>
                 {
                     journal.close(false)?;
@@ -1840,6 +1853,8 @@ mod tests {
         refuses_filter_removal: Cell<bool>,
         /// The removal form the sync asked to keep.
         form: Cell<RemoveForm>,
+        /// The form is pinned by the profile.
+        pinned: Cell<bool>,
         /// What the sync learnt the member key is (tests start from a proven `Id`).
         key: Cell<MemberKey>,
         /// Shows (and removes) members by their userName (`name-<id>`), like Canaille.
@@ -1865,6 +1880,7 @@ mod tests {
                 answers_with_group: Cell::new(false),
                 refuses_filter_removal: Cell::new(false),
                 form: Cell::new(RemoveForm::PathFilter),
+                pinned: Cell::new(false),
                 key: Cell::new(MemberKey::Id),
                 shows_names: Cell::new(false),
                 user_gets: Cell::new(0),
@@ -1929,6 +1945,10 @@ mod tests {
 
         fn prefer_remove_form(&self, form: RemoveForm) {
             self.form.set(form);
+        }
+
+        fn remove_form_pinned(&self) -> bool {
+            self.pinned.get()
         }
 
         fn member_key(&self) -> MemberKey {
@@ -2073,6 +2093,35 @@ mod tests {
             100,
             Vec::new(),
         ))
+    }
+
+    /// `[group] member_removal = "filter"`: a refused filter-form removal is the group's
+    /// failure, never retried as a value list; `"value_list"`: the first request is one.
+    #[test]
+    fn a_pinned_removal_dialect_is_the_only_one_sent() {
+        let t = Tmp::new();
+        let s = t.store();
+        let ep = FakeGroup::new("g");
+        sync(&ep, &s, &ids(&["a", "b", "c"]), 100).unwrap();
+        ep.refuses_filter_removal.set(true);
+        ep.pinned.set(true);
+        let e = sync(&ep, &s, &ids(&["a"]), 100).unwrap_err();
+        assert!(e.to_string().contains("501"), "{e}");
+        assert_eq!(ep.members(), ["a", "b", "c"]);
+        assert_eq!(ep.form.get(), RemoveForm::PathFilter, "the pin holds");
+
+        let ep = FakeGroup::new("h");
+        let s2 = Tmp::new();
+        let s2s = s2.store();
+        sync(&ep, &s2s, &ids(&["a", "b"]), 100).unwrap();
+        ep.refuses_filter_removal.set(true);
+        ep.pinned.set(true);
+        ep.form.set(RemoveForm::ValueList);
+        let patches = ep.patches.get();
+        let w = sync(&ep, &s2s, &ids(&["a"]), 100).unwrap();
+        assert_eq!((w.removed, w.requests), (1, 1));
+        assert_eq!(ep.patches.get(), patches + 1, "no refused try first");
+        assert_eq!(ep.members(), ["a"]);
     }
 
     /// Regression (a SCIM library in its test configuration): `remove` with the path

@@ -586,6 +586,11 @@ async fn learn_endpoint(scim: &ScimClient) {
         Ok(p) => log::warn!("SCIM lookups: {p}"),
         Err(e) => log::debug!("SCIM lookup probe: {e}"),
     }
+    // A userName shown as members[].value is recorded: removals go by it from the start.
+    match scim.probe_member_key().await {
+        Ok(p) => log::debug!("SCIM members: {p}"),
+        Err(e) => log::debug!("SCIM member key probe: {e}"),
+    }
 }
 
 /// Runs one full pass. The anchor index is updated (and saved) as objects are provisioned,
@@ -599,6 +604,7 @@ pub async fn full_pass(
     settings: &PassSettings,
 ) -> Result<PassReport, PassError> {
     let started = Instant::now();
+    scim.pin_member_removal(profile.resource(ResourceKind::Group).member_removal());
     learn_endpoint(scim).await;
     gate.set_scope(index.len());
     let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;

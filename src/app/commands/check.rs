@@ -41,9 +41,12 @@ async fn check_async(c: &Config) -> i32 {
         Err(e) => out.fail("state_dir", e),
     }
 
+    // The profile's member-removal dialect, once the profile is known.
+    let mut removal = None;
     match open_source(c).await {
         Err(e) => out.fail("ldap", e),
         Ok(src) => {
+            removal = Some(src.profile.resource(ResourceKind::Group).member_removal());
             let tls = src.dir.tls_facts().await;
             out.ok(
                 "ldap",
@@ -167,18 +170,18 @@ async fn check_async(c: &Config) -> i32 {
             }
             match scim.authenticate().await {
                 Ok(None) => {}
-                Ok(Some((url, life))) => out.ok(
-                    "scim oauth",
-                    format!(
-                        "client_credentials grant at {url}: token issued, {}",
-                        match life {
-                            Some(d) =>
-                                format!("valid {} s (replaced before it expires)", d.as_secs()),
-                            None => "no lifetime given (replaced when refused)".into(),
-                        }
-                    ),
-                ),
+                Ok(Some((url, life))) => out.ok("scim oauth", grant_line(&url, life)),
                 Err(e) => out.fail("scim oauth", e.to_string()),
+            }
+            if let Some(r) = &c.relay {
+                match hub_credential(r) {
+                    Err(e) => out.fail("relay oauth", e),
+                    Ok(cred) => match cred.grant().await {
+                        None => {}
+                        Some(Ok((url, life))) => out.ok("relay oauth", grant_line(&url, life)),
+                        Some(Err(e)) => out.fail("relay oauth", e.to_string()),
+                    },
+                }
             }
             match scim.learn_schema().await {
                 Ok(Some(schema)) => out.ok("scim schema", schema_line(&schema)),
@@ -203,6 +206,16 @@ async fn check_async(c: &Config) -> i32 {
                     }
                 }
                 Err(e) => out.fail("scim auth", e.to_string()),
+            }
+            match scim.probe_member_key().await {
+                Ok(p @ crate::scim::member_probe::MemberKeyProbe::Unknown { .. }) => {
+                    out.warn("scim members", p.to_string())
+                }
+                Ok(p) => out.ok("scim members", p.to_string()),
+                Err(e) => out.warn("scim members", format!("reading a group: {e}")),
+            }
+            if let Some(m) = removal {
+                out.ok("scim removal", removal_line(m));
             }
             if let Some(said) = crate::sync::kept::last_pass_sentence(&c.agent.state_dir) {
                 out.warn(

@@ -70,6 +70,65 @@ fn with_transport(mut h: HttpConfig, t: &crate::app::config::Transport) -> HttpC
     h
 }
 
+/// The client for an OAuth2 token endpoint: another service than the one it grants
+/// access to, so that table's CA and proxy, not its pins or client certificate.
+fn oauth_http(
+    ca_file: &Option<std::path::PathBuf>,
+    timeout: std::time::Duration,
+    t: &crate::app::config::Transport,
+) -> Result<HttpClient, crate::net::http::HttpError> {
+    HttpClient::new(with_transport(
+        HttpConfig {
+            ca_file: ca_file.clone(),
+            connect_timeout: timeout.min(std::time::Duration::from_secs(10)),
+            request_timeout: timeout,
+            max_idle_per_host: 1,
+            ..HttpConfig::default()
+        },
+        &crate::app::config::Transport {
+            pins: Vec::new(),
+            client_cert: None,
+            ..t.clone()
+        },
+    ))
+}
+
+/// `check`'s line for the member-removal dialect in force (`[group] member_removal`).
+fn removal_line(m: crate::scim::profile::MemberRemoval) -> String {
+    use crate::scim::profile::MemberRemoval;
+    let how = match m {
+        MemberRemoval::Auto => {
+            "the filter path members[value eq \"id\"], then the value list after a 400 or 501 (kept from then on)"
+        }
+        MemberRemoval::Filter => "always the filter path members[value eq \"id\"]; a refusal fails the group",
+        MemberRemoval::ValueList => {
+            "always the value list {\"op\":\"remove\",\"path\":\"members\",\"value\":[...]}"
+        }
+    };
+    format!("member_removal = {}: {how}", m.word())
+}
+
+/// `check`'s line for a working OAuth2 grant.
+fn grant_line(url: &str, life: Option<std::time::Duration>) -> String {
+    format!(
+        "client_credentials grant at {url}: token issued, {}",
+        match life {
+            Some(d) => format!("valid {} s (replaced before it expires)", d.as_secs()),
+            None => "no lifetime given (replaced when refused)".into(),
+        }
+    )
+}
+
+/// The agent's credential at the hub.
+fn hub_credential(
+    r: &crate::app::config::RelaySettings,
+) -> Result<crate::relay::hub_credential::HubCredential, String> {
+    crate::relay::hub_credential::HubCredential::new(&r.auth, || {
+        oauth_http(&r.ca_file, std::time::Duration::from_secs(30), &r.transport)
+            .map_err(|e| e.to_string())
+    })
+}
+
 fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
     let http = HttpClient::new(with_transport(
         HttpConfig {
@@ -109,22 +168,8 @@ fn scim_client(c: &Config) -> Result<(HttpClient, ScimClient), String> {
             )))
         }
         ScimAuth::ClientCredentials(cc) => {
-            // The token endpoint is another service: the [scim] CA and proxy, not its pins.
-            let token_http = HttpClient::new(with_transport(
-                HttpConfig {
-                    ca_file: c.scim.ca_file.clone(),
-                    connect_timeout: c.scim.timeout.min(std::time::Duration::from_secs(10)),
-                    request_timeout: c.scim.timeout,
-                    max_idle_per_host: 1,
-                    ..HttpConfig::default()
-                },
-                &crate::app::config::Transport {
-                    pins: Vec::new(),
-                    client_cert: None,
-                    ..c.scim.transport.clone()
-                },
-            ))
-            .map_err(|e| format!("scim.token_url: {e}"))?;
+            let token_http = oauth_http(&c.scim.ca_file, c.scim.timeout, &c.scim.transport)
+                .map_err(|e| format!("scim.token_url: {e}"))?;
             Credential::OAuth(std::sync::Arc::new(TokenSource::new(
                 token_http,
                 cc.clone(),

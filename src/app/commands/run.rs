@@ -100,6 +100,18 @@ fn secrets_changed(old: &Config, new: &Config) -> String {
         (_, ScimAuth::Bearer(_)) => changed.push("scim token changed"),
         (_, ScimAuth::ClientCredentials(_)) => changed.push("oauth client secret changed"),
     }
+    if let (Some(a), Some(b)) = (&old.relay, &new.relay) {
+        let same = match (&a.auth, &b.auth) {
+            (ScimAuth::Bearer(x), ScimAuth::Bearer(y)) => x == y,
+            (ScimAuth::ClientCredentials(x), ScimAuth::ClientCredentials(y)) => {
+                x.client_secret == y.client_secret
+            }
+            _ => false,
+        };
+        if !same {
+            changed.push("relay credential changed");
+        }
+    }
     if changed.is_empty() {
         "secrets unchanged".into()
     } else {
@@ -214,15 +226,19 @@ async fn follow_once(
                 eprintln!("error: relay: {e}");
                 exit::FAILURE
             })?;
+            let credential = hub_credential(r).map_err(|e| {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            })?;
             let relay = crate::relay::link::Relay::new(
                 http,
                 crate::relay::link::LinkSettings {
                     url: r.url.clone(),
-                    token: r.token.clone(),
                     group: r.group.clone(),
                     heartbeat: r.heartbeat,
                     poll_wait: r.poll_wait,
                 },
+                credential,
                 &c.agent.id,
                 Some(&c.agent.state_dir),
             )

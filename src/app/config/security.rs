@@ -114,6 +114,18 @@ fn plaintext(c: &Config) -> Vec<Plaintext> {
                 fix: "use https://",
             });
         }
+        if let ScimAuth::ClientCredentials(cc) = &r.auth {
+            if remote_http(cc.token_url.as_str()) {
+                out.push(Plaintext {
+                    key: "relay.token_url",
+                    url: cc.token_url.to_string(),
+                    table: "relay",
+                    allowed: r.allow_plaintext,
+                    what: "the OAuth2 client secret and the tokens it gets",
+                    fix: "use https://",
+                });
+            }
+        }
     }
     out
 }

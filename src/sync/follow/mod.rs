@@ -324,6 +324,11 @@ pub async fn run(
         queue,
         agent,
     } = st;
+    scim.pin_member_removal(
+        profile
+            .resource(crate::scim::resource::ResourceKind::Group)
+            .member_removal(),
+    );
     let endpoint = ScimEndpoint {
         scim,
         pass: &settings.pass,
