@@ -453,6 +453,35 @@ impl Handler for Remote {
     }
 
     fn heartbeat_facts(&self) -> Value {
+        self.heartbeat_body()
+    }
+}
+
+impl Remote {
+    /// The SCIM endpoint's state as `run` publishes it for `status` (`runtime.json`): the
+    /// state, and an outage with its cause and counts (docs/status.md).
+    fn endpoint_facts(&self) -> Value {
+        let path = self.state_dir.join(crate::status::RUNTIME_FILE);
+        let rt = crate::state_dir::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<crate::status::Runtime>(&t).ok());
+        match rt {
+            None => Value::Null,
+            Some(rt) => json!({
+                "state": rt.endpoint.state.as_str(),
+                "last_error": rt.endpoint.last_error,
+                "outage": rt.endpoint.outage.map(|o| json!({
+                    "cause": o.cause,
+                    "since": o.since,
+                    "failures": o.failures,
+                    "retries": o.retries,
+                })),
+                "outages": rt.endpoint.outages,
+            }),
+        }
+    }
+
+    fn heartbeat_body(&self) -> Value {
         let q = crate::queue::Queue::inspect(&self.state_dir.join("queue")).ok();
         let held = DeleteGate::open(&self.state_dir, self.delete_policy)
             .map(|g| g.held().len())
@@ -488,6 +517,7 @@ impl Handler for Remote {
                 "held_deletes": held,
             },
             "last_error": last_error,
+            "endpoint": self.endpoint_facts(),
         })
     }
 }

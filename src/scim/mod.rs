@@ -7,6 +7,7 @@ pub mod facade;
 pub mod filter;
 pub mod mapping;
 pub mod oauth;
+pub mod outage;
 pub mod profile;
 pub mod profile_policy;
 pub mod readback;
