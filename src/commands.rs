@@ -365,6 +365,7 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
         concurrency: c.sync.concurrency,
         mode: ProvisionMode {
             dry_run,
+            dry_run_json: false,
             soft_match: c.sync.soft_match,
             members: member_store(c),
             member_chunk: c.sync.member_chunk,
@@ -1084,8 +1085,8 @@ async fn count_scope(
 // ---------------------------------------------------------------------------------------
 // sync --once
 
-/// `sync --once [--dry-run]`.
-pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
+/// `sync --once [--dry-run [--json]]`.
+pub fn sync_once(c: &Config, dry_run: bool, json: bool, quiet: bool) -> i32 {
     let _lock = match lock_state_dir(&c.agent.state_dir) {
         Ok(l) => l,
         Err(e) => {
@@ -1138,7 +1139,8 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                 return exit::FAILURE;
             }
         };
-        let settings = pass_settings(c, &src.profile, dry_run, quiet);
+        let mut settings = pass_settings(c, &src.profile, dry_run, quiet);
+        settings.mode.dry_run_json = json;
         if !dry_run {
             // Deletes a stopped `run` left waiting in its settle window: this pass finds
             // those objects gone again and weighs them itself (sent once, not twice).

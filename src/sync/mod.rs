@@ -8,6 +8,7 @@ pub mod anchors;
 pub mod audit;
 pub mod bulk;
 pub mod deletes;
+pub mod diff;
 pub mod diskmap;
 pub mod dn;
 pub mod flatten;

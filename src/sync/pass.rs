@@ -736,7 +736,7 @@ pub async fn full_pass(
         pass.index,
         settings.user_delete,
         vanished,
-        settings.mode.dry_run,
+        (settings.mode.dry_run, settings.mode.dry_run_json),
     )
     .await;
     if !settings.mode.dry_run {
@@ -861,7 +861,8 @@ impl Pass<'_> {
                 known - vanishing
             );
         }
-        if self.hold.would_hold(vanishing) && !self.settings.mode.dry_run {
+        // A dry run too: the memberships it shows are those the real pass keeps.
+        if self.hold.would_hold(vanishing) {
             self.keep_vanishing_refs = true;
             log::warn!(
                 "{vanishing} objects are gone from scope and their deletes will be held ({}): \
