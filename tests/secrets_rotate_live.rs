@@ -184,6 +184,13 @@ fn a_refused_token_is_one_outage_said_once_and_counted() {
         "one line for the outage:\n{log}"
     );
     assert_eq!(said("SCIM endpoint unhealthy"), 1, "{log}");
+    // Nothing else is said per retry either.
+    let after: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("SCIM endpoint unhealthy"))
+        .skip(1)
+        .collect();
+    assert!(after.len() <= 2, "lines repeated per retry: {after:#?}");
     let outage = &v["endpoint"]["outage"];
     assert!(
         outage["retries"].as_u64().unwrap_or(0) >= 3

@@ -1033,7 +1033,13 @@ impl Pass<'_> {
         }
         self.scope.check()?;
         let users = self.scope.count(ResourceKind::User);
-        log::info!(
+        // A pass tried again during an endpoint outage says nothing new.
+        let level = match self.scim.outage() {
+            Some(w) if w.is_down() => log::Level::Debug,
+            _ => log::Level::Info,
+        };
+        log::log!(
+            level,
             "scope: {} users, {} groups under {}{}",
             users,
             self.scope.len() - users,

@@ -469,7 +469,13 @@ pub async fn run(
         }
         if owed {
             let reason = with_queue(&queue, |q| q.resync_reason()).await;
-            log::info!(
+            // Tried again during an endpoint outage: nothing new to say.
+            let level = match scim.outage() {
+                Some(w) if w.is_down() => log::Level::Debug,
+                _ => log::Level::Info,
+            };
+            log::log!(
+                level,
                 "full pass owed ({}); starting it",
                 reason.map(|r| r.as_str()).unwrap_or("unknown")
             );
