@@ -754,8 +754,27 @@ fn a_scope_typo_on_a_small_branch_deactivates_nobody_and_keeps_memberships() {
         &format!("include = [\"{o}\"]"),
         &format!("include = [\"ou=groups,{o}\"]"),
     );
+    // The dry run shows the hold, one line per object, and counts what the pass does.
+    let dry = agent.run(&["sync", "--once", "--dry-run", "--quiet"]);
+    let holds = dry
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("hold user uid=t") && l.contains("held for approval"))
+        .count();
+    assert_eq!(holds, 13, "{}", dry.stdout);
+    assert!(
+        !dry.stdout.contains("members: +"),
+        "memberships kept: {}",
+        dry.stdout
+    );
     let r = agent.run(&["sync", "--once"]);
     r.assert_code(4);
+    assert_eq!(counts(dry.summary()), counts(r.summary()), "{}", dry.stdout);
+    assert!(
+        r.summary().contains("13 held for approval"),
+        "{}",
+        r.summary()
+    );
     for said in [
         "scope shrank from 14 to 1",
         "13 deletes held",
@@ -1008,6 +1027,7 @@ fn a_dry_run_shows_the_change_and_counts_what_the_real_pass_does() {
     let o = &ou.dn;
     ou.dir.modify(&format!(
         "dn: uid=ann,{o}\nchangetype: modify\nreplace: title\ntitle: Clerk\n\n\
+         dn: uid=mgr,{o}\nchangetype: modify\ndelete: title\n\n\
          dn: uid=eve,{o}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: eve\ncn: Eve Ng\nsn: Ng\n\n\
          dn: uid=fay,{o}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: fay\ncn: Fay Wu\nsn: Wu\n"
     ));
@@ -1029,6 +1049,11 @@ fn a_dry_run_shows_the_change_and_counts_what_the_real_pass_does() {
         out.contains(&format!("replace user uid=ann,{o} (id "))
             && out.contains("    title: (none) -> \"Clerk\"\n"),
         "{out}"
+    );
+    assert!(
+        out.contains(&format!("replace user uid=mgr,{o} (id "))
+            && out.contains("    title: \"Head of Branch\" -> (none)\n"),
+        "a cleared attribute: {out}"
     );
     assert!(
         out.contains(&format!(
@@ -1067,7 +1092,7 @@ fn a_dry_run_shows_the_change_and_counts_what_the_real_pass_does() {
     assert_eq!(counts(dry.summary()), counts(real.summary()), "{out}");
     assert!(
         counts(real.summary()).starts_with(
-            "5 objects in step (4 users, 2 groups): 1 created, 2 updated, 2 unchanged, 1 failed"
+            "5 objects in step (4 users, 2 groups): 1 created, 3 updated, 1 unchanged, 1 failed"
         ),
         "{}",
         real.summary()

@@ -63,7 +63,9 @@ pub struct AttrChange {
 
 /// The attributes that change when `sends` is written over `held` (`None`: nothing held,
 /// a create: every attribute sent is new). `schemas`, `id`, `meta` are not attributes.
-pub fn changes(held: Option<&Value>, sends: &Value) -> Vec<AttrChange> {
+/// `whole`: the write replaces the whole resource (a PUT), so what it no longer carries
+/// is cleared; a PATCH of the attributes sent leaves the others alone.
+pub fn changes(held: Option<&Value>, sends: &Value, whole: bool) -> Vec<AttrChange> {
     let paths: Vec<String> = match held {
         Some(h) => compare(sends, h, &|_| false)
             .into_iter()
@@ -78,14 +80,33 @@ pub fn changes(held: Option<&Value>, sends: &Value) -> Vec<AttrChange> {
             _ => Vec::new(),
         },
     };
-    paths
+    let mut out: Vec<AttrChange> = paths
         .into_iter()
         .map(|path| AttrChange {
             old: shown(&path, held.and_then(|h| value_at(h, &path))),
             new: shown(&path, value_at(sends, &path)),
             path,
         })
-        .collect()
+        .collect();
+    // What the endpoint holds and the write no longer carries: a PUT clears it (the
+    // directory's value was removed). Not what the endpoint keeps of its own.
+    if let (true, Some(Value::Object(h)), Value::Object(s)) = (whole, held, sends) {
+        for (k, v) in h {
+            let own = matches!(
+                k.as_str(),
+                "id" | "meta" | "schemas" | "externalId" | "groups" | "members"
+            );
+            let empty = v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+            if !own && !empty && !s.keys().any(|sk| sk.eq_ignore_ascii_case(k)) {
+                out.push(AttrChange {
+                    path: k.clone(),
+                    old: shown(k, Some(v)),
+                    new: "(none)".into(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// A group's member change as one line (`members: +2 -1`): members go as PATCH add and
@@ -162,7 +183,7 @@ mod tests {
     #[test]
     fn a_create_shows_every_attribute_sent_as_new() {
         let sends = json!({"schemas": ["x"], "userName": "ann", "title": "Boss"});
-        let c = changes(None, &sends);
+        let c = changes(None, &sends, true);
         assert_eq!(c.len(), 2);
         assert!(c.iter().all(|c| c.old == "(none)" && c.path != "schemas"));
         let text = render(Op::Create, "user", "uid=ann,o=x", None, None, &c);
@@ -177,7 +198,7 @@ mod tests {
                           "meta": {"created": "x"}});
         let sends = json!({"userName": "ANN", "title": "Boss",
                            "name": {"givenName": "Ann", "familyName": "Li"}});
-        let c = changes(Some(&held), &sends);
+        let c = changes(Some(&held), &sends, true);
         let paths: Vec<&str> = c.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(paths, ["name.familyName", "title"], "case is no difference");
         assert_eq!(
@@ -186,6 +207,26 @@ mod tests {
         );
         let text = render(Op::Replace, "user", "uid=ann", Some("7"), None, &c);
         assert!(text.starts_with("replace user uid=ann (id 7)\n"), "{text}");
+    }
+
+    #[test]
+    fn an_attribute_the_write_no_longer_carries_is_shown_cleared() {
+        let held = json!({"id": "7", "userName": "ann", "title": "Clerk", "groups": [{"value": "g"}],
+                          "meta": {}, "nickName": null});
+        let sends = json!({"userName": "ann"});
+        let c = changes(Some(&held), &sends, true);
+        assert!(
+            changes(Some(&held), &sends, false).is_empty(),
+            "a PATCH clears nothing"
+        );
+        assert_eq!(
+            c,
+            [AttrChange {
+                path: "title".into(),
+                old: "\"Clerk\"".into(),
+                new: "(none)".into()
+            }]
+        );
     }
 
     #[test]

@@ -673,7 +673,7 @@ async fn dry_write(
         }
         (None, None) => (None, None),
     };
-    let mut changes = diff::changes(held, body);
+    let mut changes = diff::changes(held, body, op != Op::Patch);
     if let (ResourceKind::Group, Some(store), Some(id)) = (job.kind, &mode.members, id) {
         changes.extend(dry_members(store, job, id));
     }
