@@ -180,6 +180,16 @@ impl OutageMachine {
         })
     }
 
+    /// The service answered a probe of its own (its /ServiceProviderConfig) at `now`: an
+    /// outage of the link or of 5xx is over (what still fails is the objects'); one of the
+    /// credential is not (discovery documents are often served without a token).
+    pub fn service_answers(&mut self, now: Instant) -> Option<Transition> {
+        match self.outage.as_ref().map(|o| o.cause) {
+            Some(Cause::Credentials(_) | Cause::Token) | None => None,
+            Some(_) => self.answered(now),
+        }
+    }
+
     /// In an outage: how long to wait before the next try (counted as a retry), with
     /// `jitter` in 0..=1 choosing within the wait's upper three quarters. `None` while
     /// healthy: the caller's own pacing applies.
@@ -312,6 +322,12 @@ impl EndpointWatch {
     /// A request was answered.
     pub fn answered(&self) {
         let t = self.machine().answered(Instant::now());
+        self.log(t);
+    }
+
+    /// See [`OutageMachine::service_answers`].
+    pub fn service_answers(&self) {
+        let t = self.machine().service_answers(Instant::now());
         self.log(t);
     }
 
@@ -450,6 +466,22 @@ mod tests {
         m.failed(Cause::Tls, at(t0, 50));
         assert_eq!(m.facts(at(t0, 50), KEY).failures, 1);
         assert_eq!(m.facts(at(t0, 50), KEY).outages, 2);
+    }
+
+    #[test]
+    fn a_probe_answered_ends_an_outage_of_5xx_but_not_of_the_token() {
+        let t0 = Instant::now();
+        let mut m = OutageMachine::default();
+        m.failed(Cause::Credentials(401), t0);
+        assert_eq!(m.service_answers(t0), None);
+        assert!(m.is_down());
+        let mut m = OutageMachine::default();
+        for _ in 0..WALL {
+            m.failed(Cause::Status(500), t0);
+        }
+        assert!(m.is_down());
+        assert!(matches!(m.service_answers(t0), Some(Transition::Up { .. })));
+        assert_eq!(OutageMachine::default().service_answers(t0), None);
     }
 
     #[test]

@@ -132,10 +132,15 @@ impl EndpointWrites for ScimEndpoint<'_> {
         if self.scim.refused_auth().is_some() {
             return false;
         }
-        match self.scim.service_provider_config().await {
+        let answers = match self.scim.service_provider_config().await {
             Ok(_) => true,
             Err(e) => !e.is_transient(),
+        };
+        // The service answers: what keeps failing is the objects', not an outage.
+        if let (true, Some(w)) = (answers, self.scim.outage()) {
+            w.service_answers();
         }
+        answers
     }
 }
 
