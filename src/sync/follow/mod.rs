@@ -395,6 +395,8 @@ pub async fn run(
     // How many objects the previous, incomplete full pass could not send (see
     // `accept_stalled_pass`).
     let mut stalled: Option<u64> = None;
+    // The reason of the owed full pass last logged (see the outage below).
+    let mut said_owed: Option<&'static str> = None;
     let mut parking = match Parking::open(&settings.state_dir) {
         Ok(p) => p,
         Err(e) => {
@@ -469,16 +471,14 @@ pub async fn run(
         }
         if owed {
             let reason = with_queue(&queue, |q| q.resync_reason()).await;
-            // Tried again during an endpoint outage: nothing new to say.
+            let reason = reason.map(|r| r.as_str()).unwrap_or("unknown");
+            // Tried again for the same reason during an endpoint outage: nothing new to say.
             let level = match scim.outage() {
-                Some(w) if w.is_down() => log::Level::Debug,
+                Some(w) if w.is_down() && said_owed == Some(reason) => log::Level::Debug,
                 _ => log::Level::Info,
             };
-            log::log!(
-                level,
-                "full pass owed ({}); starting it",
-                reason.map(|r| r.as_str()).unwrap_or("unknown")
-            );
+            said_owed = Some(reason);
+            log::log!(level, "full pass owed ({reason}); starting it");
             agent.set_phase("full-pass");
             let pass = resync(
                 dir,
