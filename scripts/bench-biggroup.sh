@@ -326,7 +326,7 @@ chmod 600 "$B/idrelay-users.toml"
 log "[users alone] idrelay sync --once --dry-run, scope $PEOPLE"
 rc=0
 /usr/bin/time -v -o "$B/time-users.txt" timeout --kill-after=10 "$T_AGENT" \
-  "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$B/idrelay-users.toml" --quiet sync --once --dry-run \
+  "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$B/idrelay-users.toml" --quiet sync --once --dry-run --json \
   >"$B/sync-users.out" 2>"$B/sync-users.err" || rc=$?
 RSS0=$(rss_kib "$B/time-users.txt")
 [ -n "$RSS0" ] || RSS0=0

@@ -3,9 +3,9 @@
 load generator: the raw-HTTP baseline the agent is compared with).
 
   bench-load.py --base http://127.0.0.1:8090/v2 --token TOKEN --concurrency 8 writes.jsonl
-  idrelay --config c.toml sync --once --dry-run | bench-load.py --base ... --token ... -
+  idrelay --config c.toml sync --once --dry-run --json | bench-load.py --base ... --token ... -
 
-Input: one JSON object per line, as `idrelay sync --once --dry-run` prints them:
+Input: one JSON object per line, as `idrelay sync --once --dry-run --json` prints them:
   {"method": "POST", "path": "/Users", "externalId": "...", "body": {...}}
 (path relative to the SCIM base URL). Other lines are ignored; lines that start with "{"
 but are not such objects are counted as "skipped".

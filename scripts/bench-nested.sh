@@ -75,7 +75,7 @@ measure() { # label mode args...
 }
 echo "N=$N users, 200 groups nested 5 deep"
 for rep in 1 2 3; do
-  for mode in direct flatten; do measure "dry run $rep" "$mode" sync --once --dry-run; done
+  for mode in direct flatten; do measure "dry run $rep" "$mode" sync --once --dry-run --json; done
 done
 for mode in direct flatten; do measure "first pass" "$mode" sync --once; done
 for mode in direct flatten; do measure "second pass" "$mode" sync --once; done

@@ -5,7 +5,7 @@
 # 10,000) and N/50 groups of 50 in a local slapd, compared in the same run with
 #   - ldapsearch: a paged dump (pr=1000) of the same scope, as the same account;
 #   - bench-load.py: a raw HTTP load generator replaying the same SCIM bodies (taken from
-#     `idrelay sync --once --dry-run`) at the same concurrency to the same kind of fresh
+#     `idrelay sync --once --dry-run --json`) at the same concurrency to the same kind of fresh
 #     server: first the writes alone (the baseline the targets name), then, unless
 #     --no-lookups, with the externalId lookup (GET ?filter=) the agent makes before each
 #     create on a first pass, i.e. the agent's own request mix;
@@ -218,7 +218,7 @@ cfg=$(write_config "$first")
 log "dry run against a fresh $first: collecting the SCIM writes"
 t0=$(now)
 rc=0
-"$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once --dry-run >"$B/writes.jsonl" 2>"$B/dry-run.err" || rc=$?
+"$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once --dry-run --json >"$B/writes.jsonl" 2>"$B/dry-run.err" || rc=$?
 if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
   log_tail "$B/dry-run.err"
   die "idrelay sync --once --dry-run failed (exit $rc)"

@@ -76,7 +76,7 @@ fn run(args: &[String]) -> i32 {
     };
     match inv.command {
         Command::Check => commands::check(&config),
-        Command::Sync { dry_run } => commands::sync_once(&config, dry_run, inv.quiet),
+        Command::Sync { dry_run, json } => commands::sync_once(&config, dry_run, json, inv.quiet),
         Command::Preview { dn } => commands::preview(&config, &dn),
         Command::Run => commands::run(&config, inv.quiet),
         Command::Status { json } => commands::status(&config, json),

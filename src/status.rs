@@ -75,12 +75,45 @@ pub struct EndpointHealth {
     pub last_error: Option<String>,
     /// When it happened (unix seconds).
     pub last_error_at: Option<u64>,
+    /// `run`'s outage in progress (docs/status.md), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<OutageDoc>,
+    /// Outages since the agent started.
+    #[serde(default)]
+    pub outages: u64,
+}
+
+/// `endpoint.outage`: the endpoint fails as a whole (a refused token, TLS, DNS, a wall
+/// of 5xx); counted, said once in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutageDoc {
+    /// The cause in words, naming the config key to fix.
+    pub cause: String,
+    /// Since when (unix seconds).
+    pub since: u64,
+    /// Failed requests during it.
+    pub failures: u64,
+    /// Retries during it.
+    pub retries: u32,
 }
 
 impl EndpointHealth {
     /// Records an answer that shows the endpoint works.
     pub fn ok(&mut self) {
         self.state = EndpointState::Ok;
+    }
+
+    /// Takes the state from `run`'s outage watch (`outage`: the one in progress):
+    /// unhealthy while there is one (one failed request is not an outage), else ok once
+    /// anything was answered.
+    pub fn stamp(&mut self, outage: Option<OutageDoc>, outages: u64) {
+        self.outages = outages;
+        if outage.is_some() {
+            self.state = EndpointState::Unhealthy;
+        } else if self.state == EndpointState::Unhealthy {
+            self.state = EndpointState::Ok;
+        }
+        self.outage = outage;
     }
 
     /// Records a failure.
@@ -274,6 +307,13 @@ pub struct EndpointDoc {
     pub last_error: Option<String>,
     /// Its age.
     pub last_error_age_secs: Option<u64>,
+    /// The outage in progress (the endpoint fails as a whole): its cause naming the key
+    /// to fix, since when, failed requests and retries so far.
+    pub outage: Option<OutageDoc>,
+    /// Seconds the outage in progress has lasted.
+    pub unhealthy_secs: Option<u64>,
+    /// Outages since the running agent started.
+    pub outages: u64,
     /// Attributes the last full pass saw the endpoint accept and not keep as sent
     /// (`user title (dropped)`, `user displayName (rewritten)`).
     pub not_kept: Vec<String>,
@@ -327,6 +367,13 @@ impl Document {
             state: rt.endpoint.state,
             last_error: rt.endpoint.last_error.clone(),
             last_error_age_secs: rt.endpoint.last_error_at.map(|t| now.saturating_sub(t)),
+            outage: rt.endpoint.outage.clone(),
+            unhealthy_secs: rt
+                .endpoint
+                .outage
+                .as_ref()
+                .map(|o| now.saturating_sub(o.since)),
+            outages: rt.endpoint.outages,
             not_kept: std::mem::take(&mut self.endpoint.not_kept),
         };
         self.queue.resync_waiting_secs = rt
@@ -387,10 +434,18 @@ pub fn problems(d: &Document) -> Vec<String> {
         _ => {}
     }
     if d.endpoint.state == EndpointState::Unhealthy {
-        out.push(format!(
-            "the SCIM endpoint is unhealthy{}",
-            why(&d.endpoint.last_error)
-        ));
+        match &d.endpoint.outage {
+            Some(o) => out.push(format!(
+                "the SCIM endpoint is unhealthy: {} (for {} s, {} retries)",
+                o.cause,
+                d.endpoint.unhealthy_secs.unwrap_or(0),
+                o.retries
+            )),
+            None => out.push(format!(
+                "the SCIM endpoint is unhealthy{}",
+                why(&d.endpoint.last_error)
+            )),
+        }
     }
     if d.queue.resync_owed && d.queue.resync_waiting_secs > RESYNC_GRACE_SECS {
         out.push(format!(
@@ -515,8 +570,6 @@ pub struct AgentState {
     pub failed: AtomicU64,
     /// The last error worth telling the cloud about.
     pub last_error: Mutex<Option<String>>,
-    /// When the feed last made progress (a change applied or a poll answered).
-    pub last_progress: Mutex<Option<Instant>>,
     /// When the relay last reached the hub.
     pub last_heartbeat: Mutex<Option<Instant>>,
     /// The change feed's link (set by the feed tasks, published for `status`).
@@ -535,7 +588,6 @@ impl AgentState {
             provisioned: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            last_progress: Mutex::new(None),
             last_heartbeat: Mutex::new(None),
             feed: std::sync::Arc::default(),
             started: Instant::now(),
@@ -599,11 +651,6 @@ impl AgentState {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
     }
 
-    /// Notes progress of the feed.
-    pub fn progressed(&self) {
-        *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    }
-
     /// Seconds since start.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -644,6 +691,49 @@ mod tests {
             },
             last_error: None,
         }
+    }
+
+    #[test]
+    fn an_outage_is_a_problem_naming_its_cause_and_retries_and_ends_with_it() {
+        let mut h = EndpointHealth::default();
+        h.ok();
+        h.failed("SCIM POST /Users answered 401".into());
+        let outage = OutageDoc {
+            cause: "the SCIM endpoint refuses our token (401): check scim.token_file".into(),
+            since: 900,
+            failures: 9,
+            retries: 4,
+        };
+        h.stamp(Some(outage), 1);
+        assert_eq!(h.state, EndpointState::Unhealthy);
+        let rt = Runtime {
+            v: 1,
+            pid: 42,
+            started_at: 800,
+            updated_at: 990,
+            phase: "degraded".into(),
+            feed: FeedFacts::default(),
+            endpoint: h.clone(),
+            last_error: None,
+            resync_waiting_since: None,
+        };
+        let mut d = doc();
+        d.apply_runtime(Some((&rt, 1)), 1000);
+        assert_eq!(d.endpoint.unhealthy_secs, Some(100));
+        let d = d.judge();
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains("check scim.token_file (for 100 s, 4 retries)")),
+            "{:?}",
+            d.problems
+        );
+        // The outage over: ok again, the count kept.
+        h.stamp(None, 1);
+        assert_eq!(
+            (h.state, h.outage.is_none(), h.outages),
+            (EndpointState::Ok, true, 1)
+        );
     }
 
     #[test]
@@ -764,6 +854,7 @@ mod tests {
                 state: EndpointState::Ok,
                 last_error: Some("old".into()),
                 last_error_at: Some(950),
+                ..EndpointHealth::default()
             },
             last_error: None,
             resync_waiting_since: Some(995),

@@ -174,6 +174,34 @@ fn output_to_a_closed_pipe_ends_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
     }
+    // `check | head -1` (issue 20's done-when) and `approve-deletes --list | head`: here
+    // the directory and the endpoint are unreachable, so `check` fails (exit 1) when its
+    // output is read; with nobody reading, it ends quietly all the same, never exit 101
+    // or 134 (a panic, an abort).
+    let config = agent.config.to_str().unwrap();
+    for args in [
+        vec!["--config", config, "check"],
+        vec!["--config", config, "approve-deletes", "--list"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_idrelay"))
+            .args(common::root_flag())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(1)),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
 }
 
 /// Regression (issue 20): an unknown `[synk]` was reported "in [scim]" and a type error as

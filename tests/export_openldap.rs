@@ -291,7 +291,8 @@ fn soft_match_adopts_an_unanchored_user_when_allowed() {
 #[test]
 fn dry_run_prints_writes_and_sends_none() {
     let (ou, scim, agent) = setup("dry");
-    let run = agent.run(&["sync", "--once", "--dry-run", "--quiet"]);
+    // `--json`: each write as one JSON line (the benchmarks take their bodies from it).
+    let run = agent.run(&["sync", "--once", "--dry-run", "--json", "--quiet"]);
     run.assert_code(0);
     let ops: Vec<Value> = run
         .stdout
@@ -671,7 +672,12 @@ fn a_wrong_token_stops_the_pass_with_one_error_and_the_pass_stays_owed() {
 
     let run = common::Running(agent.spawn(&["run"]));
     assert!(
-        common::wait_until(30, || agent.log().contains("refused the credentials")),
+        // In `run`, an endpoint outage: one line naming the cause and the key.
+        common::wait_until(30, || {
+            agent
+            .log()
+            .contains("SCIM endpoint unhealthy: the SCIM endpoint refuses our token (401): check scim.token_file")
+        }),
         "{}",
         agent.log()
     );
@@ -781,8 +787,27 @@ fn a_scope_typo_on_a_small_branch_deactivates_nobody_and_keeps_memberships() {
         &format!("include = [\"{o}\"]"),
         &format!("include = [\"ou=groups,{o}\"]"),
     );
+    // The dry run shows the hold, one line per object, and counts what the pass does.
+    let dry = agent.run(&["sync", "--once", "--dry-run", "--quiet"]);
+    let holds = dry
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("hold user uid=t") && l.contains("held for approval"))
+        .count();
+    assert_eq!(holds, 13, "{}", dry.stdout);
+    assert!(
+        !dry.stdout.contains("members: +"),
+        "memberships kept: {}",
+        dry.stdout
+    );
     let r = agent.run(&["sync", "--once"]);
     r.assert_code(4);
+    assert_eq!(counts(dry.summary()), counts(r.summary()), "{}", dry.stdout);
+    assert!(
+        r.summary().contains("13 held for approval"),
+        "{}",
+        r.summary()
+    );
     for said in [
         "scope shrank from 14 to 1",
         "13 deletes held",
@@ -1008,4 +1033,106 @@ fn an_attribute_the_endpoint_accepts_and_drops_is_named() {
         preview.stdout
     );
     let _ = std::fs::remove_file(&file);
+}
+
+/// The object counts of a summary line (`N objects in step (...): N created, N updated, N
+/// unchanged, N failed`) and its deletes, without the requests and timings.
+fn counts(summary: &str) -> String {
+    let objects = summary
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once("; requests"))
+        .map(|(c, _)| c.to_string())
+        .unwrap_or_default();
+    let deletes = summary
+        .split_once("deletes: ")
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_default();
+    format!("{objects} | deletes: {deletes}")
+}
+
+/// Issue 20 item 4: `--dry-run` shows per object the operation and the attributes that
+/// change, predicts the 409 of a userName held by a resource idrelay does not own, includes
+/// the delete, writes nothing, and its counts are those the real pass then reports.
+#[test]
+fn a_dry_run_shows_the_change_and_counts_what_the_real_pass_does() {
+    let (ou, scim, agent) = setup("drydiff");
+    agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
+    let o = &ou.dn;
+    ou.dir.modify(&format!(
+        "dn: uid=ann,{o}\nchangetype: modify\nreplace: title\ntitle: Clerk\n\n\
+         dn: uid=mgr,{o}\nchangetype: modify\ndelete: title\n\n\
+         dn: uid=eve,{o}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: eve\ncn: Eve Ng\nsn: Ng\n\n\
+         dn: uid=fay,{o}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: fay\ncn: Fay Wu\nsn: Wu\n"
+    ));
+    ou.dir.delete_tree(&format!("uid=bob,{o}"));
+    // Someone else's user holds fay's userName at the endpoint.
+    scim.post(
+        "Users",
+        &serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "fay",
+        }),
+    );
+    let before = (scim.all("Users"), scim.all("Groups"));
+
+    let dry = agent.run(&["sync", "--once", "--dry-run", "--quiet"]);
+    let out = &dry.stdout;
+    assert!(out.contains(&format!("create user uid=eve,{o}\n")), "{out}");
+    assert!(
+        out.contains(&format!("replace user uid=ann,{o} (id "))
+            && out.contains("    title: (none) -> \"Clerk\"\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("replace user uid=mgr,{o} (id "))
+            && out.contains("    title: \"Head of Branch\" -> (none)\n"),
+        "a cleared attribute: {out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "create user uid=fay,{o}: would fail: 409 userName `fay`"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("deactivate user uid=bob,{o} (id "))
+            || out.contains(&format!("delete user uid=bob,{o} (id ")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("patch group cn=team,{o} (id "))
+            && out.contains("    members: +0 -1\n"),
+        "bob leaves the team: {out}"
+    );
+    assert!(!out.contains(&scim.token));
+    assert!(
+        !out.lines().any(|l| l.starts_with('{')),
+        "no JSON without --json: {out}"
+    );
+    assert_eq!(
+        (scim.all("Users"), scim.all("Groups")),
+        before,
+        "the dry run wrote nothing"
+    );
+
+    let real = agent.run(&["sync", "--once", "--quiet"]);
+    real.assert_code(3); // fay's userName is taken
+    eprintln!(
+        "{out}\ndry run: {}\nreal:    {}",
+        dry.summary(),
+        real.summary()
+    );
+    assert_eq!(counts(dry.summary()), counts(real.summary()), "{out}");
+    assert!(
+        counts(real.summary()).starts_with(
+            "5 objects in step (4 users, 2 groups): 1 created, 3 updated, 1 unchanged, 1 failed"
+        ),
+        "{}",
+        real.summary()
+    );
+    assert!(
+        counts(real.summary()).contains("deletes: 1 sent"),
+        "{}",
+        real.summary()
+    );
 }

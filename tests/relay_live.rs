@@ -209,6 +209,15 @@ fn the_cloud_reads_the_directory_and_sends_commands_through_the_relay() {
     let hb = &agents.as_array().unwrap()[0]["heartbeat"];
     assert_eq!(hb["group"], "branch", "{agents}");
     assert!(hb["queue"]["depth"].is_u64(), "{agents}");
+    // The endpoint as `status` shows it (issue 20: an outage and its counts reach the hub).
+    assert!(
+        wait_until(15, || {
+            let hb = &hub.op("GET", "/v1/agents", None).1[0]["heartbeat"];
+            hb["endpoint"]["state"] == "ok" && hb["endpoint"]["outage"].is_null()
+        }),
+        "{}",
+        hub.op("GET", "/v1/agents", None).1
+    );
     let st = agent.run(&["status"]);
     assert!(
         st.stdout.contains("relay:") && st.stdout.contains("ACTIVE"),

@@ -140,3 +140,99 @@ fn changes_during_a_refused_token_wait_and_are_not_parked() {
     };
     assert!(wait_until(60, titled), "{}", agent.log());
 }
+
+/// Issue 20 item 1: a refused token is one outage of the endpoint, not a warning per retry.
+/// `run` started with a wrong token shows `healthy: false` and `endpoint.state` unhealthy
+/// (with the cause naming the key) within 10 s; over 40 s the log says so ONCE while the
+/// retries are counted in `status --json`; the right token and a SIGHUP end it within
+/// 60 s, said once, with the outage's length and retries.
+#[test]
+fn a_refused_token_is_one_outage_said_once_and_counted() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "outage");
+    dir.modify(&users_ldif(&ou.dn, 2));
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[&ou.dn], &scim.base_url(), &scim.token, "");
+    let token_file = agent.tmp.path().join("scim.token");
+    common::write_secret(&token_file, "a-wrong-token-8086\n");
+    let run = Running(agent.spawn(&["run"]));
+    let t0 = std::time::Instant::now();
+    let mut last = Value::Null;
+    let unhealthy = wait_until(10, || {
+        let (v, code) = status(&agent);
+        let ok = v["healthy"] == false && v["endpoint"]["state"] == "unhealthy" && code == 1;
+        last = v;
+        ok
+    });
+    assert!(
+        unhealthy,
+        "not unhealthy within 10 s: {last:#}\n{}",
+        agent.log()
+    );
+    let cause = last["endpoint"]["outage"]["cause"].as_str().unwrap_or("");
+    assert!(
+        cause.contains("refuses our token (401): check scim.token_file"),
+        "{last:#}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(40).saturating_sub(t0.elapsed()));
+    let (v, _) = status(&agent);
+    let log = agent.log();
+    let said = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        said("scim.token_file"),
+        1,
+        "one line for the outage:\n{log}"
+    );
+    assert_eq!(said("SCIM endpoint unhealthy"), 1, "{log}");
+    // Nothing else is said per retry either.
+    let after: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("SCIM endpoint unhealthy"))
+        .skip(1)
+        .collect();
+    assert!(after.len() <= 2, "lines repeated per retry: {after:#?}");
+    let outage = &v["endpoint"]["outage"];
+    assert!(
+        outage["retries"].as_u64().unwrap_or(0) >= 3
+            && outage["failures"].as_u64().unwrap_or(0) >= 3,
+        "retries are counted: {v:#}"
+    );
+    assert!(
+        v["endpoint"]["unhealthy_secs"].as_u64().unwrap_or(0) >= 30,
+        "{v:#}"
+    );
+    assert!(scim.all("Users").is_empty());
+
+    // The right token, and a SIGHUP.
+    let tmp = token_file.with_extension("new");
+    common::write_secret(&tmp, &format!("{}\n", scim.token));
+    std::fs::rename(&tmp, &token_file).unwrap();
+    let t1 = std::time::Instant::now();
+    let hup = Command::new("kill")
+        .args(["-HUP", &run.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let healthy = wait_until(60, || {
+        let (v, code) = status(&agent);
+        let ok = v["healthy"] == true && v["endpoint"]["state"] == "ok" && code == 0;
+        last = v;
+        ok
+    });
+    assert!(healthy, "not healthy again: {last:#}\n{}", agent.log());
+    assert!(
+        wait_until(10, || scim.all("Users").len() == 2),
+        "{}",
+        agent.log()
+    );
+    eprintln!(
+        "outage ended {:.1} s after the SIGHUP",
+        t1.elapsed().as_secs_f64()
+    );
+    let log = agent.log();
+    let said = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(said("SCIM endpoint healthy again after"), 1, "{log}");
+    assert_eq!(said("SCIM endpoint unhealthy"), 1, "{log}");
+    assert_eq!(last["endpoint"]["outage"], Value::Null, "{last:#}");
+    assert_eq!(last["endpoint"]["outages"], 1, "{last:#}");
+}

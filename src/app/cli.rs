@@ -26,10 +26,12 @@ pub mod exit {
 pub enum Command {
     /// `check`
     Check,
-    /// `sync --once [--dry-run]`
+    /// `sync --once [--dry-run [--json]]`
     Sync {
         /// Print writes instead of sending them.
         dry_run: bool,
+        /// With `dry_run`: each write as one JSON line instead of the per-object diff.
+        json: bool,
     },
     /// `run`: full pass when owed, then follow changes until stopped.
     Run,
@@ -140,8 +142,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
                     "`sync` needs `--once` (one full pass, then exit); for continuous sync use `run`".into(),
                 ));
             }
+            if flags.contains(&"--json") && !flags.contains(&"--dry-run") {
+                return Err(UsageError(
+                    "`sync --json` goes with `--dry-run` (it prints the writes a dry run would send)".into(),
+                ));
+            }
             Command::Sync {
                 dry_run: flags.contains(&"--dry-run"),
+                json: flags.contains(&"--json"),
             }
         }
         (Some("retry"), false) => match (words.get(1), flags.contains(&"--all")) {
@@ -171,7 +179,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, UsageError> {
         )));
     }
     let allowed: &[&str] = match command {
-        Command::Sync { .. } => &["--once", "--dry-run"],
+        Command::Sync { .. } => &["--once", "--dry-run", "--json"],
         Command::ApproveDeletes { .. } => &["--list"],
         Command::Status { .. } => &["--json"],
         Command::Retry { .. } => &["--all"],
@@ -281,15 +289,20 @@ Exit 0 only if every check passes, else 1 (2 when the config itself is bad).
 ";
 
 const HELP_SYNC: &str = "\
-Usage: idrelay --config FILE sync --once [--dry-run]
+Usage: idrelay --config FILE sync --once [--dry-run [--json]]
 
 One full pass over the scope: every in-scope user, then every group, is created, replaced
 or left alone (unchanged since the last pass: nothing is sent) at the SCIM endpoint, then
 the command exits. Objects are matched by externalId, never duplicated.
 
   --once      required: one pass, then exit
-  --dry-run   send no writes; print each write it would send as one JSON line on stdout
-              ({\"method\",\"path\",\"externalId\",\"dn\",\"body\"}); lookups still happen
+  --dry-run   send no writes; print per object what the pass would do (create, replace,
+              patch, deactivate, delete, hold) and the attributes that change, old -> new,
+              from what the endpoint holds (reads still happen); a create whose userName
+              the endpoint holds for another resource shows `would fail: 409 ...`. The
+              summary's counts are those the real pass would report.
+  --json      with --dry-run: each write as one JSON line instead
+              ({\"method\",\"path\",\"externalId\",\"dn\",\"body\"})
 
 The last line on stdout is the summary. Exit 0: every object in step; 3: some objects
 failed (listed on stderr, with the reason); 4: nothing failed but deletes are held for
@@ -367,7 +380,13 @@ mod tests {
     #[test]
     fn global_options_anywhere() {
         let a = p(&["sync", "--once", "--config", "x.toml", "--dry-run"]).unwrap();
-        assert_eq!(a.command, Command::Sync { dry_run: true });
+        assert_eq!(
+            a.command,
+            Command::Sync {
+                dry_run: true,
+                json: false
+            }
+        );
         assert_eq!(a.config, Some(PathBuf::from("x.toml")));
         let b = p(&["--config=y.toml", "--log-level", "debug", "check"]).unwrap();
         assert_eq!(b.command, Command::Check);

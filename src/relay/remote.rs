@@ -454,16 +454,43 @@ impl Handler for Remote {
     }
 
     fn heartbeat_facts(&self) -> Value {
+        self.heartbeat_body()
+    }
+}
+
+impl Remote {
+    /// The SCIM endpoint's state as `run` publishes it for `status` (`runtime.json`): the
+    /// state, and an outage with its cause and counts (docs/status.md).
+    fn endpoint_facts(&self) -> Value {
+        let path = self.state_dir.join(crate::status::RUNTIME_FILE);
+        let rt = crate::state_dir::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<crate::status::Runtime>(&t).ok());
+        match rt {
+            None => Value::Null,
+            Some(rt) => json!({
+                "state": rt.endpoint.state.as_str(),
+                "last_error": rt.endpoint.last_error,
+                "outage": rt.endpoint.outage.map(|o| json!({
+                    "cause": o.cause,
+                    "since": o.since,
+                    "failures": o.failures,
+                    "retries": o.retries,
+                })),
+                "outages": rt.endpoint.outages,
+            }),
+        }
+    }
+
+    fn heartbeat_body(&self) -> Value {
         let q = crate::queue::Queue::inspect(&self.state_dir.join("queue")).ok();
         let held = DeleteGate::open(&self.state_dir, self.delete_policy)
             .map(|g| g.held().len())
             .unwrap_or(0);
-        let age = |t: Option<Instant>| t.map(|t| t.elapsed().as_secs());
-        let progress = *self
-            .state
-            .last_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let (watermark_age, feed) = feed_facts(
+            &self.state.feed.facts(),
+            crate::status::unix(std::time::SystemTime::now()),
+        );
         let phase = *self.state.phase.lock().unwrap_or_else(|p| p.into_inner());
         let last_error = self
             .state
@@ -479,7 +506,8 @@ impl Handler for Remote {
                 "oldest_age_secs": v.stats.oldest_age.map(|d| d.as_secs()),
                 "resync_owed": v.stats.resync_owed.map(|r| r.as_str()),
             })),
-            "watermark_age_secs": age(progress),
+            "watermark_age_secs": watermark_age,
+            "feed": feed,
             "last_full_pass_age_secs": crate::sync::follow::last_full_pass(&self.state_dir)
                 .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
                 .map(|d| d.as_secs()),
@@ -489,13 +517,52 @@ impl Handler for Remote {
                 "held_deletes": held,
             },
             "last_error": last_error,
+            "endpoint": self.endpoint_facts(),
         })
     }
+}
+
+/// The heartbeat's view of the change feed: `watermark_age_secs` (seconds since the
+/// directory last sent the feed something: an event, or a poll answered) and the `feed`
+/// object. From the feed itself, not from the sender: a hung syncrepl search, or a poll
+/// that no longer answers, shows as an age that grows and `connected: false`, while the
+/// queue is drained as fast as ever.
+fn feed_facts(f: &crate::status::FeedFacts, now: u64) -> (Option<u64>, Value) {
+    let age = f.last_event_at.map(|t| now.saturating_sub(t));
+    (
+        age,
+        json!({
+            "kind": f.kind,
+            "connected": f.connected,
+            "last_event_age_secs": age,
+        }),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the heartbeat's `watermark_age_secs` measured the sender loop, so a
+    /// hung feed looked healthy. It is the feed's last event now.
+    #[test]
+    fn the_watermark_age_is_the_feeds_and_a_quiet_feed_grows_old() {
+        let facts = crate::status::FeedFacts {
+            kind: Some("syncrepl".into()),
+            connected: false,
+            last_event_at: Some(1_000),
+            poll_interval_secs: None,
+        };
+        let (age, feed) = feed_facts(&facts, 1_090);
+        assert_eq!(age, Some(90));
+        assert_eq!(
+            feed,
+            json!({"kind": "syncrepl", "connected": false, "last_event_age_secs": 90})
+        );
+        let (age, feed) = feed_facts(&crate::status::FeedFacts::default(), 1_090);
+        assert_eq!(age, None, "no event yet: unknown, never 0");
+        assert_eq!(feed["connected"], json!(false));
+    }
 
     #[test]
     fn only_scim_paths_pass() {

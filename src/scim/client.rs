@@ -629,6 +629,8 @@ struct Learnt {
     refused_auth: std::sync::Mutex<Option<String>>,
     /// How the latest request fared, for `status`.
     health: std::sync::Mutex<crate::status::EndpointHealth>,
+    /// `run`'s outage watch, fed with every answer (none in one-shot commands).
+    watch: std::sync::Mutex<Option<Arc<crate::scim::outage::EndpointWatch>>>,
     /// Fits already logged (`emails.primary`, `+members`), once each.
     fits_logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Attributes a POST/PUT answer showed not kept as sent (`user title (dropped)`).
@@ -1414,6 +1416,9 @@ impl ScimClient {
                     let (t, g) = src.bearer().await.map_err(|e| {
                         let e = ScimError::Token(e);
                         self.health().failed(e.to_string());
+                        if let Some(w) = self.outage() {
+                            w.failed(crate::scim::outage::Cause::Token);
+                        }
                         e
                     })?;
                     (t, Some(g))
@@ -1482,13 +1487,19 @@ impl ScimClient {
                 }
                 return outcome;
             };
+            // During an outage the watch said it once; the tries are counted there.
+            let level = match self.outage() {
+                Some(w) if w.is_down() => log::Level::Debug,
+                _ => log::Level::Warn,
+            };
             match &outcome {
-                Ok(resp) => log::warn!(
+                Ok(resp) => log::log!(
+                    level,
                     "SCIM {method} {} answered {}; retrying in {delay:?}",
                     shown_path(url),
                     resp.status
                 ),
-                Err(e) => log::warn!("{e}; retrying in {delay:?}"),
+                Err(e) => log::log!(level, "{e}; retrying in {delay:?}"),
             }
             smol::Timer::after(delay).await;
         }
@@ -1513,6 +1524,29 @@ impl ScimClient {
     /// most 4xx) shows the endpoint works; a transport error, a 5xx, a 429 or a 401 shows it
     /// does not (the text names method, path and status, never a header).
     fn note_health(&self, method: Method, url: &Url, sent: &Result<HttpResponse, HttpError>) {
+        if let Some(w) = self.outage() {
+            use crate::scim::outage::Cause;
+            let cause = match sent {
+                Ok(r) if r.status == 401 => Some(Cause::Credentials(401)),
+                Ok(r) if r.status >= 500 || r.status == 429 || r.status == 403 => {
+                    Some(Cause::Status(r.status))
+                }
+                Ok(_) => None,
+                Err(HttpError::Tls { .. }) | Err(HttpError::CaFile { .. }) => Some(Cause::Tls),
+                Err(HttpError::Timeout { .. }) => Some(Cause::Timeout),
+                Err(_) => Some(Cause::Connect),
+            };
+            // Many services answer their discovery documents without a token: only an
+            // answer about /Users or /Groups shows that the endpoint takes our requests.
+            let discovery = ["/ServiceProviderConfig", "/Schemas", "/ResourceTypes"]
+                .iter()
+                .any(|d| url.path().contains(d));
+            match cause {
+                Some(c) => w.failed(c),
+                None if discovery => {}
+                None => w.answered(),
+            }
+        }
         let mut h = self.health();
         match sent {
             Ok(r) if r.status == 401 => h.failed(format!(
@@ -1533,9 +1567,46 @@ impl ScimClient {
         self.learnt.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How the endpoint answered lately (all clones together), for `status`.
+    /// How the endpoint answered lately (all clones together), for `status`: with an
+    /// outage watch, its state is the watch's (one failure is not an outage).
     pub fn endpoint_health(&self) -> crate::status::EndpointHealth {
-        self.health().clone()
+        let mut h = self.health().clone();
+        if let Some(w) = self.outage() {
+            let f = w.facts();
+            let doc = f.down.then(|| crate::status::OutageDoc {
+                cause: f.cause.clone().unwrap_or_default(),
+                since: w.since_unix(),
+                failures: f.failures,
+                retries: f.retries,
+            });
+            h.stamp(doc, f.outages);
+        }
+        h
+    }
+
+    /// Lets `run`'s outage watch see every answer (shared by clones; kept across reloads
+    /// by the caller, so an outage's start and end are each said once).
+    pub fn set_watch(&self, watch: Arc<crate::scim::outage::EndpointWatch>) {
+        *self.learnt.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(watch);
+    }
+
+    /// `run`'s outage watch, if any.
+    pub fn outage(&self) -> Option<Arc<crate::scim::outage::EndpointWatch>> {
+        self.learnt
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether `scim.token_file` now holds another token than the one in use (then it is
+    /// used from now on): during an outage `run` looks every second, so a fixed token is
+    /// tried at once. Always false for other credentials.
+    pub fn credential_renewed(&self) -> bool {
+        match &self.cfg.credential {
+            Credential::BearerFile(f) => f.refresh(),
+            _ => false,
+        }
     }
 
     /// The refusal of the credentials (401) by the latest request that got an answer, if

@@ -6,6 +6,7 @@ pub mod filter;
 pub mod mapping;
 pub mod member_probe;
 pub mod oauth;
+pub mod outage;
 pub mod profile;
 pub mod profile_policy;
 pub mod readback;

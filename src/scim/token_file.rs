@@ -62,6 +62,23 @@ impl FileToken {
     }
 }
 
+impl FileToken {
+    /// Reads the token again without a refusal (quietly: during an outage, every second);
+    /// keeps it and says so when it is another one.
+    pub fn refresh(&self) -> bool {
+        let Ok(t) = (self.reread)() else {
+            return false;
+        };
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if t == *cur {
+            return false;
+        }
+        *cur = t;
+        log::info!("scim.token_file holds a new token: trying the SCIM endpoint again at once");
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

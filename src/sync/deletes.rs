@@ -648,23 +648,58 @@ pub struct Settled {
 }
 
 /// Puts `targets` through the gate as one unit and sends them if it lets them go; held
-/// ones are logged. Sent ones leave the anchor index. A dry run prints one JSON line per
-/// delete (`{"method":"DELETE"|"PATCH",...}`) and changes nothing.
+/// ones are logged. Sent ones leave the anchor index. A dry run weighs them as the real
+/// pass would (without recording anything in the gate), prints one line per object
+/// (`deactivate`, `delete` or `hold` with the reason; with `json`, one JSON line per
+/// delete it would send, `{"method":"DELETE"|"PATCH",...}`), counts them as the real pass
+/// would, and changes nothing.
 pub async fn settle(
     scim: &ScimClient,
     gate: &mut DeleteGate,
     index: &mut AnchorIndex,
     user_delete: UserDelete,
     targets: Vec<Target>,
-    dry_run: bool,
+    (dry_run, json): (bool, bool),
 ) -> Settled {
     let mut out = Settled::default();
     if targets.is_empty() {
         return out;
     }
     if dry_run {
+        let n = targets.len();
+        let held = gate.hold_check().would_hold(n);
+        let why = held.then(|| format!("held for approval: {}", gate.hold_reason(n)));
         for t in &targets {
-            print_dry_run(t, user_delete);
+            if json {
+                if !held {
+                    print_dry_run(t, user_delete);
+                }
+                continue;
+            }
+            let op = match (held, t.kind, user_delete) {
+                (true, _, _) => crate::sync::diff::Op::Hold,
+                (_, ResourceKind::User, UserDelete::Deactivate) => {
+                    crate::sync::diff::Op::Deactivate
+                }
+                _ => crate::sync::diff::Op::Delete,
+            };
+            let note = why.clone().unwrap_or_else(|| t.reason.clone());
+            crate::stdout::write(format_args!(
+                "{}",
+                crate::sync::diff::render(
+                    op,
+                    t.kind.word(),
+                    &t.dn,
+                    Some(&t.scim_id),
+                    Some(&note),
+                    &[]
+                )
+            ));
+        }
+        if held {
+            out.held = n as u64;
+        } else {
+            out.sent = n as u64;
         }
         return out;
     }

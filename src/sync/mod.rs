@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bulk;
 pub mod change;
 pub mod deletes;
+pub mod diff;
 pub mod diskmap;
 pub mod flatten;
 pub mod follow;

@@ -742,7 +742,7 @@ pub async fn full_pass(
         pass.index,
         settings.user_delete,
         vanished,
-        settings.mode.dry_run,
+        (settings.mode.dry_run, settings.mode.dry_run_json),
     )
     .await;
     if !settings.mode.dry_run {
@@ -867,7 +867,8 @@ impl Pass<'_> {
                 known - vanishing
             );
         }
-        if self.hold.would_hold(vanishing) && !self.settings.mode.dry_run {
+        // A dry run too: the memberships it shows are those the real pass keeps.
+        if self.hold.would_hold(vanishing) {
             self.keep_vanishing_refs = true;
             log::warn!(
                 "{vanishing} objects are gone from scope and their deletes will be held ({}): \
@@ -1038,7 +1039,13 @@ impl Pass<'_> {
         }
         self.scope.check()?;
         let users = self.scope.count(ResourceKind::User);
-        log::info!(
+        // A pass tried again during an endpoint outage says nothing new.
+        let level = match self.scim.outage() {
+            Some(w) if w.is_down() => log::Level::Debug,
+            _ => log::Level::Info,
+        };
+        log::log!(
+            level,
             "scope: {} users, {} groups under {}{}",
             users,
             self.scope.len() - users,

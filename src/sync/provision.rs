@@ -32,6 +32,7 @@ use std::sync::Arc;
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::mapping::MemberIds;
 use crate::scim::ResourceKind;
+use crate::sync::diff::{self, Op};
 use crate::sync::listing::{Listed, Listing};
 use crate::sync::members::{MemberStore, MemberSyncError};
 use std::sync::OnceLock;
@@ -91,6 +92,8 @@ pub struct Hint {
 pub struct ProvisionMode {
     /// Print the writes instead of sending them (reads still happen).
     pub dry_run: bool,
+    /// With `dry_run`: each write as one JSON line (`--json`), not the per-object diff.
+    pub dry_run_json: bool,
     /// Allow adopting an existing user by userName.
     pub soft_match: bool,
     /// Where confirmed group members are kept; `None`: groups are sent whole.
@@ -138,6 +141,7 @@ impl ProvisionMode {
     pub fn plain(dry_run: bool, soft_match: bool) -> ProvisionMode {
         ProvisionMode {
             dry_run,
+            dry_run_json: false,
             soft_match,
             members: None,
             member_chunk: crate::sync::members::DEFAULT_CHUNK,
@@ -233,21 +237,21 @@ async fn provision_group(
         }
         if let Some(id) = &job.known_id {
             if mode.dry_run {
-                print_op("PATCH", job, Some(id), attrs);
+                dry_write(scim, mode, Op::Patch, job, Some(id), attrs, None).await;
             }
             // The attributes go with the first member PATCH (one request when both change).
             return Ok(Some(Outcome::Replaced(id.clone())));
         }
         if let Some(id) = matched_id(scim, job, mode).await? {
             if mode.dry_run {
-                print_op("PATCH", job, Some(&id), attrs);
+                dry_write(scim, mode, Op::Patch, job, Some(&id), attrs, None).await;
             } else {
                 scim.patch(job.kind, &id, replace_attributes(attrs)).await?;
             }
             return Ok(Some(Outcome::Matched(id)));
         }
         if mode.dry_run {
-            print_op("POST", job, None, attrs);
+            dry_write(scim, mode, Op::Create, job, None, attrs, None).await;
             return Ok(Some(Outcome::Created(format!(
                 "dry-run:{}",
                 job.external_id
@@ -390,7 +394,7 @@ async fn provision_inner(
     let body = body.as_ref();
     if let Some(id) = &job.known_id {
         if mode.dry_run {
-            print_op("PUT", job, Some(id), body);
+            dry_write(scim, mode, Op::Replace, job, Some(id), body, None).await;
             return Ok(Outcome::Replaced(id.clone()));
         }
         match scim.replace(job.kind, id, &with_id(body, id)).await {
@@ -410,7 +414,7 @@ async fn provision_inner(
 
     if let Some(id) = matched_id(scim, job, mode).await? {
         if mode.dry_run {
-            print_op("PUT", job, Some(&id), body);
+            dry_write(scim, mode, Op::Replace, job, Some(&id), body, None).await;
         } else {
             scim.replace(job.kind, &id, &with_id(body, &id)).await?;
         }
@@ -418,7 +422,12 @@ async fn provision_inner(
     }
 
     if mode.dry_run {
-        print_op("POST", job, None, body);
+        if job.kind == ResourceKind::User {
+            if let Some(o) = dry_conflict(scim, job, mode, body).await? {
+                return Ok(o);
+            }
+        }
+        dry_write(scim, mode, Op::Create, job, None, body, None).await;
         return Ok(Outcome::Created(format!("dry-run:{}", job.external_id)));
     }
     match scim.create(job.kind, body).await {
@@ -571,6 +580,121 @@ pub(crate) fn with_id(body: &Value, id: &str) -> Value {
 }
 
 /// One JSON line per write on stdout: `{"method","path","externalId","dn","body"}`.
+/// A dry run's create of a user whose userName the endpoint already holds: what the real
+/// pass would do after its POST answered 409 (see [`soft_match`]), without writing. `None`:
+/// the userName is free, the create would go through.
+async fn dry_conflict(
+    scim: &ScimClient,
+    job: &Job,
+    mode: &ProvisionMode,
+    body: &Value,
+) -> Result<Option<Outcome>, ScimError> {
+    let user_name = body.get("userName").and_then(Value::as_str).unwrap_or("");
+    let Some(found) = scim.find_by_user_name(user_name).await? else {
+        return Ok(None);
+    };
+    let id = resource_id(&found)?;
+    let theirs = found.get("externalId").and_then(Value::as_str);
+    let retired = theirs
+        .filter(|x| *x != job.external_id)
+        .is_some_and(|old| crate::sync::audit::retired_by_us(&id, old));
+    if retired || (mode.soft_match && theirs.is_none_or(|x| x == job.external_id)) {
+        let note = if retired {
+            "re-anchored: idrelay created and retired it under another anchor"
+        } else {
+            "adopted by userName (sync.soft_match)"
+        };
+        dry_write(
+            scim,
+            mode,
+            Op::Replace,
+            job,
+            Some(&id),
+            body,
+            Some((note, &found)),
+        )
+        .await;
+        return Ok(Some(Outcome::Matched(id)));
+    }
+    let why = match theirs {
+        Some(other) if mode.soft_match => format!(
+            "would fail: 409 userName `{user_name}` is taken by a resource anchored to another object (externalId {other}, id {id})"
+        ),
+        _ => format!(
+            "would fail: 409 userName `{user_name}` is held by a resource idrelay does not own (id {id}); \
+             set sync.soft_match = true to adopt it by userName"
+        ),
+    };
+    if mode.dry_run_json {
+        print_op("POST", job, None, body);
+    } else {
+        crate::stdout::write(format_args!(
+            "{}",
+            diff::render(Op::Create, job.kind.word(), &job.dn, None, Some(&why), &[])
+        ));
+    }
+    Ok(Some(Outcome::Failed(why)))
+}
+
+/// A dry run's account of one write: the operation and the attributes it changes, from
+/// what the endpoint holds (`held`: already read, with a note for the object's line; else
+/// read by `id`). With `--json`, the write itself as one JSON line.
+async fn dry_write(
+    scim: &ScimClient,
+    mode: &ProvisionMode,
+    op: Op,
+    job: &Job,
+    id: Option<&str>,
+    body: &Value,
+    held: Option<(&str, &Value)>,
+) {
+    if mode.dry_run_json {
+        let method = match op {
+            Op::Create => "POST",
+            Op::Replace => "PUT",
+            _ => "PATCH",
+        };
+        print_op(method, job, id, body);
+        return;
+    }
+    let read;
+    let (note, held) = match (held, id) {
+        (Some((note, h)), _) => (Some(note), Some(h)),
+        (None, Some(id)) => {
+            read = scim.get(job.kind, id).await;
+            match &read {
+                Ok(Some(h)) => (None, Some(h)),
+                Ok(None) => (
+                    Some("gone at the endpoint: it would be looked up and created again"),
+                    None,
+                ),
+                Err(_) => (Some("the endpoint's copy could not be read"), None),
+            }
+        }
+        (None, None) => (None, None),
+    };
+    let mut changes = diff::changes(held, body, op != Op::Patch);
+    if let (ResourceKind::Group, Some(store), Some(id)) = (job.kind, &mode.members, id) {
+        changes.extend(dry_members(store, job, id));
+    }
+    let note = match (note, held.is_some() && changes.is_empty()) {
+        (None, true) => Some("no attribute differs at the endpoint (sent again: the directory entry changed since the last pass)"),
+        (n, _) => n,
+    };
+    crate::stdout::write(format_args!(
+        "{}",
+        diff::render(op, job.kind.word(), &job.dn, id, note, &changes)
+    ));
+}
+
+/// A dry run's member change of a group the store knows (`None`: unknown there, the real
+/// pass reads the endpoint's members first; or nothing changes).
+fn dry_members(store: &MemberStore, job: &Job, id: &str) -> Option<diff::AttrChange> {
+    let stored = store.load(&job.external_id, id).ok()??;
+    let d = crate::sync::members::diff_members(stored, &job.members).ok()?;
+    diff::members_change(d.added_len(), d.removed.len())
+}
+
 fn print_op(method: &str, job: &Job, id: Option<&str>, body: &Value) {
     let path = match id {
         Some(id) => format!("/{}/{}", job.kind.endpoint(), id),

@@ -415,6 +415,7 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
         concurrency: c.sync.concurrency,
         mode: ProvisionMode {
             dry_run,
+            dry_run_json: false,
             soft_match: c.sync.soft_match,
             members: member_store(c),
             member_chunk: c.sync.member_chunk,

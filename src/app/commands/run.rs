@@ -54,8 +54,18 @@ fn run_until_stopped(c: &Config, quiet: bool, queue: &crate::sync::change::Share
         return exit::FAILURE;
     }
     let mut config = c.clone();
+    // One watch over the whole life of `run`: an outage is said once when it starts and
+    // once when it ends, across reloads.
+    let watch = std::sync::Arc::new(crate::scim::outage::EndpointWatch::new(
+        match &c.scim.auth {
+            ScimAuth::Bearer(_) => "scim.token_file (or scim.token_env)",
+            ScimAuth::ClientCredentials(_) => {
+                "the OAuth2 client (scim.token_url, scim.client_id, its secret)"
+            }
+        },
+    ));
     loop {
-        let outcome = smol::block_on(run_once(&config, quiet, queue, &control));
+        let outcome = smol::block_on(run_once(&config, quiet, queue, &control, &watch));
         match outcome {
             Err(code) => return code,
             Ok(Request::Stop) => {
@@ -64,6 +74,8 @@ fn run_until_stopped(c: &Config, quiet: bool, queue: &crate::sync::change::Share
             }
             Ok(Request::Reload) => {
                 control.clear_reload();
+                // An operator acted: an outage's waits start short again.
+                watch.operator_acted();
                 match Config::load(&config.path) {
                     Ok(new) if new.agent.state_dir != config.agent.state_dir => {
                         log::error!(
@@ -125,11 +137,13 @@ async fn run_once(
     quiet: bool,
     queue: &crate::sync::change::SharedQueue,
     control: &Control,
+    watch: &std::sync::Arc<crate::scim::outage::EndpointWatch>,
 ) -> Result<Request, i32> {
     let (_, scim) = scim_client(c).map_err(|e| {
         eprintln!("error: {e}");
         exit::FAILURE
     })?;
+    scim.set_watch(watch.clone());
     let agent = std::sync::Arc::new(crate::status::AgentState::new(c.relay.is_some()));
     // Beside everything else: the state files `status` and monitoring read.
     smol::future::or(

@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// `sync --once [--dry-run]`.
-pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
+/// `sync --once [--dry-run [--json]]`.
+pub fn sync_once(c: &Config, dry_run: bool, json: bool, quiet: bool) -> i32 {
     let _lock = match lock_state_dir(&c.agent.state_dir) {
         Ok(l) => l,
         Err(e) => {
@@ -56,7 +56,8 @@ pub fn sync_once(c: &Config, dry_run: bool, quiet: bool) -> i32 {
                 return exit::FAILURE;
             }
         };
-        let settings = pass_settings(c, &src.profile, dry_run, quiet);
+        let mut settings = pass_settings(c, &src.profile, dry_run, quiet);
+        settings.mode.dry_run_json = json;
         if !dry_run {
             // Deletes a stopped `run` left waiting in its settle window: this pass finds
             // those objects gone again and weighs them itself (sent once, not twice).

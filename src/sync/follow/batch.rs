@@ -35,6 +35,7 @@ use crate::queue::ResyncReason;
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::ResourceKind;
+use crate::signals::{Control, Request};
 use crate::sync::anchors::{representation_hash_with, Anchor, AnchorIndex};
 use crate::sync::deletes::{self, DeleteGate, Found, MatchedBy, Target};
 use crate::sync::pass::PassSettings;
@@ -90,6 +91,16 @@ pub(super) trait EndpointWrites {
     /// transient failure): a 5xx for one object while this holds is that object's, not an
     /// outage.
     async fn reachable(&self) -> bool;
+    /// During an outage of the whole endpoint (see [`crate::scim::outage`]): how long to
+    /// wait before the next try (growing to 15 min; said once in the log), instead of the
+    /// change's own backoff. `None` while healthy.
+    fn outage_wait(&self) -> Option<Duration> {
+        None
+    }
+    /// Sleeps out an outage's wait: `Some` on a stop or reload request.
+    async fn outage_sleep(&self, control: &Control, wait: Duration) -> Option<Request> {
+        control.sleep(wait).await
+    }
 }
 
 /// The real endpoint: the SCIM client, with the settings that shape its writes.
@@ -107,16 +118,29 @@ impl EndpointWrites for ScimEndpoint<'_> {
         deletes::execute(self.scim, self.pass.user_delete, target).await
     }
 
+    fn outage_wait(&self) -> Option<Duration> {
+        self.scim.outage().and_then(|w| w.next_wait())
+    }
+
+    async fn outage_sleep(&self, control: &Control, wait: Duration) -> Option<Request> {
+        super::outage_sleep(self.scim, control, wait).await
+    }
+
     async fn reachable(&self) -> bool {
         // A refused credential makes every request fail alike: the endpoint is not usable,
         // whatever its unauthenticated discovery documents answer.
         if self.scim.refused_auth().is_some() {
             return false;
         }
-        match self.scim.service_provider_config().await {
+        let answers = match self.scim.service_provider_config().await {
             Ok(_) => true,
             Err(e) => !e.is_transient(),
+        };
+        // The service answers: what keeps failing is the objects', not an outage.
+        if let (true, Some(w)) = (answers, self.scim.outage()) {
+            w.service_answers();
         }
+        answers
     }
 }
 
@@ -423,16 +447,26 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
         if flying.is_empty() {
             if let Some(&(i, ref why)) = retry.first() {
                 // Everything in flight landed: wait, then try the retried changes again.
-                let wait = waits[i]
-                    .get_or_insert_with(|| Backoff::new(RETRY_FIRST_WAIT, Duration::from_secs(15)))
-                    .next_delay()
-                    .unwrap_or(Duration::from_secs(60));
-                log::warn!(
+                // During an endpoint outage its watch said so once and paces the tries.
+                let (wait, level) = match ctx.endpoint.outage_wait() {
+                    Some(w) => (w, log::Level::Debug),
+                    None => (
+                        waits[i]
+                            .get_or_insert_with(|| {
+                                Backoff::new(RETRY_FIRST_WAIT, Duration::from_secs(15))
+                            })
+                            .next_delay()
+                            .unwrap_or(Duration::from_secs(60)),
+                        log::Level::Warn,
+                    ),
+                };
+                log::log!(
+                    level,
                     "{why}; retrying in {:.1} s (later changes wait, to keep their order)",
                     wait.as_secs_f64()
                 );
                 retry.clear();
-                if ctx.control.sleep(wait).await.is_some() {
+                if ctx.endpoint.outage_sleep(ctx.control, wait).await.is_some() {
                     out.end = Some(SendEnd::Signal);
                 } else if with_queue(queue, |q| q.resync_owed()).await {
                     out.end = Some(SendEnd::ResyncOwed);

@@ -339,6 +339,8 @@ pub async fn run(
     // How many objects the previous, incomplete full pass could not send (see
     // `accept_stalled_pass`).
     let mut stalled: Option<u64> = None;
+    // The reason of the owed full pass last logged (see the outage below).
+    let mut said_owed: Option<&'static str> = None;
     let mut parking = match Parking::open(&settings.state_dir) {
         Ok(p) => p,
         Err(e) => {
@@ -413,10 +415,14 @@ pub async fn run(
         }
         if owed {
             let reason = with_queue(&queue, |q| q.resync_reason()).await;
-            log::info!(
-                "full pass owed ({}); starting it",
-                reason.map(|r| r.as_str()).unwrap_or("unknown")
-            );
+            let reason = reason.map(|r| r.as_str()).unwrap_or("unknown");
+            // Tried again for the same reason during an endpoint outage: nothing new to say.
+            let level = match scim.outage() {
+                Some(w) if w.is_down() && said_owed == Some(reason) => log::Level::Debug,
+                _ => log::Level::Info,
+            };
+            said_owed = Some(reason);
+            log::log!(level, "full pass owed ({reason}); starting it");
             agent.set_phase("full-pass");
             let pass = resync(
                 dir,
@@ -483,9 +489,18 @@ pub async fn run(
             if let Some(why) = problem {
                 agent.set_error(why.clone());
                 agent.set_phase("degraded");
-                let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
-                log::warn!("{why}; retrying in {:.0} s", wait.as_secs_f64());
-                control.sleep(wait).await;
+                // During an endpoint outage its watch said so once and paces the tries.
+                match scim.outage().and_then(|w| w.next_wait()) {
+                    Some(wait) => {
+                        log::debug!("{why}; retrying in {:.0} s", wait.as_secs_f64());
+                        outage_sleep(scim, control, wait).await;
+                    }
+                    None => {
+                        let wait = retry.next_delay().unwrap_or(Duration::from_secs(60));
+                        log::warn!("{why}; retrying in {:.0} s", wait.as_secs_f64());
+                        control.sleep(wait).await;
+                    }
+                }
             }
             continue;
         }
@@ -571,6 +586,28 @@ pub async fn run(
                 control.sleep(wait).await;
             }
             SendEnd::Fatal(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits `wait` during an endpoint outage: cut short by a stop or reload request
+/// (returned) and by a new token in `scim.token_file`, looked for every second, so that a
+/// fixed token is tried at once however long the wait had grown.
+async fn outage_sleep(scim: &ScimClient, control: &Control, wait: Duration) -> Option<Request> {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if let Some(r) = control.sleep(left.min(Duration::from_secs(1))).await {
+            return Some(r);
+        }
+        if scim.credential_renewed() {
+            if let Some(w) = scim.outage() {
+                w.operator_acted();
+            }
+            return None;
         }
     }
 }

@@ -82,7 +82,6 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
         if ctx.control.requested().is_some() || !ctx.agent.is_active() {
             return SendEnd::Signal;
         }
-        ctx.agent.progressed();
         if feed.is_finished() {
             return SendEnd::FeedEnded;
         }
