@@ -7,6 +7,7 @@
 pub mod anchors;
 pub mod audit;
 pub mod bulk;
+pub mod closure;
 pub mod deletes;
 pub mod diskmap;
 pub mod dn;
