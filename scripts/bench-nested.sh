@@ -96,7 +96,7 @@ for mode in direct flatten; do measure "first-pass" "$mode" sync --once; done
 for mode in direct flatten; do measure "second-pass" "$mode" sync --once; done
 # Wall time includes the endpoint's work (a flattened first pass sends ~11x the member
 # values); the agent's own cost is its CPU time (user + system).
-printf '%-12s %-28s| %-28s| %s\n' "" "direct: wall, CPU, peak RSS" "flatten: wall, CPU, peak RSS" \
+printf '%-12s %-29s| %-29s| %s\n' "" "direct: wall, CPU, peak RSS" "flatten: wall, CPU, peak RSS" \
   "flatten/direct: wall, CPU"
 for label in dry-run-1 dry-run-2 dry-run-3 first-pass second-pass; do row "$label"; done
 for mode in direct flatten; do echo "$mode second pass: $(cat "$WORK/second-pass-$mode.summary")"; done
