@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-latency.sh [--changes K] [--rate R] [--poll-interval S] [--only slapd|samba] [--keep]
+# bench-latency.sh [--changes K] [--rate R] [--poll-interval S] [--only slapd|samba|389ds] [--keep]
 #
 # Change-latency benchmark of `idrelay run` (a script, not a test): with the agent running,
 # K changes (default 200) are applied to the directory at a steady rate (default 5/s), one
@@ -12,6 +12,8 @@
 #             every S seconds, default 5): the DC's AD_* variables when they are set
 #             (`eval "$(scripts/testbed/samba-ad.sh env)"`), else scripts/testbed/samba-ad.sh
 #             start. The benchmark adds an OU of its own there and deletes it at the end.
+#   389-DS    the test bed's 389 Directory Server when DS389_URL is set (syncrepl through
+#             the Content Synchronization plugin), in an OU of its own, deleted at the end.
 # Baseline (same run, same clock): right after each ldapmodify returns, the script PUTs the
 # same change to a SCIM user of its own through the same proxy; its latency is the floor of
 # any pipeline here (one SCIM write to the same server). Prints one table:
@@ -53,7 +55,7 @@ done
 if ! [[ $CHANGES =~ ^[0-9]+$ ]] || [ "$CHANGES" -lt 1 ]; then die "--changes must be a number >= 1"; fi
 if ! [[ $RATE =~ ^[0-9]+(\.[0-9]+)?$ ]] || ! awk -v r="$RATE" 'BEGIN { exit !(r > 0) }'; then die "--rate must be a number > 0"; fi
 if ! [[ $POLL =~ ^[0-9]+$ ]] || [ "$POLL" -lt 1 ]; then die "--poll-interval must be a number >= 1"; fi
-case "$ONLY" in both | slapd | samba) ;; *) die "--only takes slapd or samba" ;; esac
+case "$ONLY" in both | slapd | samba | 389ds) ;; *) die "--only takes slapd, samba or 389ds" ;; esac
 
 LDAP_PORT=${IDRELAY_LATENCY_LDAP_PORT:-3392}
 LDAPS_PORT=${IDRELAY_LATENCY_LDAPS_PORT:-3639}
@@ -134,7 +136,7 @@ json() { python3 -c 'import json, sys; print(json.dumps(dict(a.split("=", 1) for
 secret() { (umask 077 && printf '%s' "$2" >"$W/$1"); echo "$W/$1"; }
 rand_tag() { python3 -c 'import random, string; print("'"$1"'" + "".join(random.choice(string.ascii_lowercase) for _ in range(4)))'; }
 
-if [ "$ONLY" != samba ]; then
+if [ "$ONLY" = both ] || [ "$ONLY" = slapd ]; then
   STARTED_LDAP=1
   ldap_tb reset >/dev/null 2>&1 || true
   eval "$(ldap_tb start)" || die "could not start the benchmark's slapd on 127.0.0.1:$LDAP_PORT"
@@ -146,7 +148,7 @@ if [ "$ONLY" != samba ]; then
 fi
 
 SAMBA_NOTE=""
-if [ "$ONLY" != slapd ]; then
+if [ "$ONLY" = both ] || [ "$ONLY" = samba ]; then
   if [ -z "${AD_LDAP_URL:-}" ]; then
     log "AD_LDAP_URL is not set: starting (or finding) the test bed's Samba AD DC with $TB/samba-ad.sh"
     if out=$("$TB/samba-ad.sh" start); then eval "$out"; else SAMBA_NOTE="scripts/testbed/samba-ad.sh start failed"; fi
@@ -165,6 +167,19 @@ if [ "$ONLY" != slapd ]; then
       url="$AD_LDAP_URL" base="$AD_BASE_DN" ou="OU=latency-$tag,$AD_BASE_DN" upn_suffix="$upn_suffix" \
       admin_dn="$AD_BIND_DN" admin_pw_file="$(secret ad-admin.pw "$AD_PASSWORD")" \
       bind_dn="$AD_BIND_DN" bind_pw_file="$(secret ad-bind.pw "$AD_PASSWORD")")")
+  fi
+fi
+# 389-DS: the test bed's instance (scripts/testbed/389ds.sh, started by scripts/test.sh) when
+# its DS389_* variables are set; syncrepl through the Content Synchronization plugin.
+if [ "$ONLY" = both ] || [ "$ONLY" = 389ds ]; then
+  if [ -n "${DS389_URL:-}" ]; then
+    tag=$(rand_tag d)
+    TARGETS+=(--target "$(json name=389ds label=389-DS kind=openldap feed=syncrepl config_feed=auto tag="$tag" \
+      url="$DS389_URL" base="$DS389_BASE_DN" ou="ou=latency-$tag,$DS389_BASE_DN" \
+      admin_dn="$DS389_ROOT_DN" admin_pw_file="$(secret ds389-admin.pw "$DS389_ROOT_PW")" \
+      bind_dn="$DS389_SYNC_DN" bind_pw_file="$(secret ds389-sync.pw "$DS389_SYNC_PW")")")
+  else
+    log "389-DS half skipped: DS389_URL is not set (run scripts/test.sh, or export its DS389_* variables)"
   fi
 fi
 [ ${#TARGETS[@]} -gt 0 ] || die "nothing to measure"

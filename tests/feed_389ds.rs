@@ -93,6 +93,19 @@ fn export_anchors_on_nsuniqueid_and_deletes_while_running_reach_scim() {
         "389-DS objects are anchored on nsUniqueId"
     );
 
+    // A rename keeps the SCIM resource (nsUniqueId does not change with the DN).
+    let f2_id = user(&scim, "f2").unwrap()["id"].clone();
+    dir.modify(&format!(
+        "dn: uid=f2,{o}\nchangetype: modrdn\nnewrdn: uid=f2-renamed\ndeleteoldrdn: 1\n"
+    ));
+    assert!(
+        wait_until(20, || user(&scim, "f2-renamed").is_some()),
+        "rename: {}",
+        agent.log()
+    );
+    assert_eq!(user(&scim, "f2-renamed").unwrap()["id"], f2_id);
+    assert_eq!(scim.all("Users").len(), 3, "renamed, not created again");
+
     // A delete while the agent follows the feed: the user is deactivated (the default).
     dir.modify(&format!("dn: uid=f1,{o}\nchangetype: delete\n"));
     assert!(
@@ -108,7 +121,7 @@ fn export_anchors_on_nsuniqueid_and_deletes_while_running_reach_scim() {
         agent.log()
     );
     assert_eq!(active(&scim, "f0"), Some(true));
-    assert_eq!(active(&scim, "f2"), Some(true));
+    assert_eq!(active(&scim, "f2-renamed"), Some(true));
     assert_eq!(
         agent.log().matches("full pass owed").count(),
         1,
@@ -116,6 +129,14 @@ fn export_anchors_on_nsuniqueid_and_deletes_while_running_reach_scim() {
         agent.log()
     );
     drop(run);
+    // A second pass over what the feed brought in step writes nothing.
+    let again = agent.run(&["sync", "--once"]);
+    again.assert_code(0);
+    assert!(
+        again.summary().contains("requests: 0 POST, 0 PUT, 0 PATCH"),
+        "{}",
+        again.summary()
+    );
 }
 
 #[test]

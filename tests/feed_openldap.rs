@@ -448,6 +448,41 @@ fn a_cut_ldap_link_mid_feed_reconnects_without_a_full_pass() {
     drop(run);
 }
 
+/// Issue 17's target "a delete while the agent is stopped propagates", on slapd: the
+/// restarted agent resumes from its cookie (no full pass) and syncprov reports the delete.
+#[test]
+fn a_delete_made_while_the_agent_is_stopped_reaches_scim_from_the_cookie() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "stopdel");
+    let o = ou.dn.clone();
+    dir.modify(&users_ldif(&o, &["w0", "w1", "w2"]));
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[&o], &scim.base_url(), &scim.token, "");
+    let mut run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(60, || scim.all("Users").len() == 3
+            && agent.log().contains("objects in step")),
+        "{}",
+        agent.log()
+    );
+    signal(&run.0, "TERM");
+    assert_eq!(wait_exit(&mut run.0, 20), Some(0));
+    dir.modify(&format!("dn: uid=w1,{o}\nchangetype: delete\n"));
+    let _run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(30, || active(&scim, "w1") == Some(false)),
+        "a delete made while the agent was stopped must reach the endpoint: {}",
+        agent.log()
+    );
+    assert_eq!(active(&scim, "w0"), Some(true));
+    assert_eq!(
+        agent.log().matches("full pass owed").count(),
+        1,
+        "the restart resumed from the cookie (a full pass would hide a lost delete): {}",
+        agent.log()
+    );
+}
+
 #[test]
 fn a_stale_cookie_leads_to_a_full_pass_that_converges() {
     let dir = Dir::openldap();

@@ -196,6 +196,62 @@ fn dirsync_feed_delivers_every_kind_of_change() {
     );
 }
 
+/// Issue 17's target "a delete while the agent is stopped propagates", on Samba AD: the
+/// restarted agent resumes DirSync from its cookie (no full pass) and the tombstone
+/// deactivates the user.
+#[test]
+fn a_delete_made_while_the_agent_is_stopped_reaches_scim_from_the_dirsync_cookie() {
+    let dir = Dir::samba();
+    let ou = TestOu::create(&dir, "dsstop");
+    let o = ou.dn.clone();
+    let tag = unique("d").replace('-', "");
+    let sam = |n: &str| format!("{n}{}", &tag[tag.len() - 8..]);
+    let users: String = ["a", "b"]
+        .iter()
+        .map(|n| ad_user(&o, &format!("User {}", sam(n)), &sam(n)))
+        .collect();
+    dir.modify(&users);
+    let scim = ScimServer::start();
+    let agent = Agent::new(
+        &dir,
+        &[&o],
+        &scim.base_url(),
+        &scim.token,
+        "poll_interval_secs = 1",
+    );
+    let mut run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(90, || scim.all("Users").len() == 2
+            && agent.log().contains("objects in step")),
+        "{}",
+        agent.log()
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &run.0.id().to_string()])
+        .status();
+    assert!(
+        wait_until(30, || matches!(run.0.try_wait(), Ok(Some(_)))),
+        "run did not stop on SIGTERM"
+    );
+    dir.modify(&format!(
+        "dn: CN=User {},{o}\nchangetype: delete\n",
+        sam("b")
+    ));
+    let _again = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(30, || active(&scim, &sam("b")) == Some(false)),
+        "a delete made while the agent was stopped must reach the endpoint: {}",
+        agent.log()
+    );
+    assert_eq!(active(&scim, &sam("a")), Some(true));
+    assert_eq!(
+        agent.log().matches("full pass owed").count(),
+        1,
+        "the restart resumed from the DirSync cookie: {}",
+        agent.log()
+    );
+}
+
 #[test]
 fn usn_feed_delivers_changes_and_tombstones_and_a_refused_dirsync_cookie_means_a_full_pass() {
     let dir = Dir::samba();

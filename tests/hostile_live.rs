@@ -759,6 +759,7 @@ mod facade {
             user_filter: profile.default_filter(ResourceKind::User),
             group_filter: profile.default_filter(ResourceKind::Group),
             index: &index,
+            allowed: None,
         })
     }
 

@@ -227,6 +227,77 @@ fn the_cloud_reads_the_directory_and_sends_commands_through_the_relay() {
     assert!(!hub.log().contains("agent-token-a1") && !agent.log().contains("agent-token-a1"));
 }
 
+/// The `id`s of a facade list answer.
+fn ids(v: &Value) -> Vec<String> {
+    v["Resources"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn relay_reads_never_return_an_object_outside_scope_groups() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "relay-sg");
+    let o = ou.dn.clone();
+    dir.modify(&users(&o, &["s0", "s1", "s2"]));
+    dir.modify(&format!(
+        "dn: cn=crew,{o}\nobjectClass: groupOfNames\ncn: crew\nmember: uid=s0,{o}\nmember: uid=s1,{o}\n\n\
+         dn: cn=others,{o}\nobjectClass: groupOfNames\ncn: others\nmember: uid=s2,{o}\nmember: uid=s0,{o}\n"
+    ));
+    let anchor = |n: &str| dir.attr_ldif(&format!("uid={n},{o}"), "entryUUID").unwrap();
+    let (s0, s2) = (anchor("s0"), anchor("s2"));
+    let others = dir
+        .attr_ldif(&format!("cn=others,{o}"), "entryUUID")
+        .unwrap();
+    let scim = ScimServer::start();
+    let hub = start_hub(&[("a1", "branch", "agent-token-a1")]);
+    let agent = Agent::with_relay(&dir, &[&o], &scim, &hub, ("a1", "agent-token-a1"), "");
+    agent.edit_config(
+        &format!("include = [\"{o}\"]"),
+        &format!("include = [\"{o}\"]\ngroups = [\"cn=crew,{o}\"]"),
+    );
+    let _run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(60, || scim.all("Users").len() == 2
+            && hub.role("a1").as_deref() == Some("active")),
+        "agent: {}\nhub: {}",
+        agent.log(),
+        hub.log()
+    );
+
+    // Lists, reads by id and filters see the group's members only.
+    let (s, v) = hub.scim("a1", "/Users");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["totalResults"], 2, "{v}");
+    assert!(!ids(&v).contains(&s2), "{v}");
+    let (s, _) = hub.scim("a1", &format!("/Users/{s2}"));
+    assert_eq!(s, 404, "a user outside scope.groups read by its id");
+    let f = url_encode(r#"userName eq "s2""#);
+    let (_, v) = hub.scim("a1", &format!("/Users?filter={f}"));
+    assert_eq!(v["totalResults"], 0, "{v}");
+    let (_, v) = hub.scim("a1", "/Groups");
+    assert_eq!(ids(&v).len(), 1, "only crew itself: {v}");
+    let (s, _) = hub.scim("a1", &format!("/Groups/{others}"));
+    assert_eq!(s, 404, "a group outside scope.groups read by its id");
+    let (s, v) = hub.scim("a1", &format!("/Users/{s0}"));
+    assert_eq!((s, v["userName"].as_str()), (200, Some("s0")), "{v}");
+
+    // s2 joins: readable at once; s1 leaves: gone at once.
+    dir.modify(&format!(
+        "dn: cn=crew,{o}\nchangetype: modify\nadd: member\nmember: uid=s2,{o}\n-\ndelete: member\nmember: uid=s1,{o}\n"
+    ));
+    let (s, v) = hub.scim("a1", &format!("/Users/{s2}"));
+    assert_eq!((s, v["userName"].as_str()), (200, Some("s2")), "{v}");
+    let f = url_encode(r#"userName eq "s1""#);
+    let (_, v) = hub.scim("a1", &format!("/Users?filter={f}"));
+    assert_eq!(v["totalResults"], 0, "{v}");
+}
+
 #[test]
 fn a_restarted_hub_is_reconnected_to_and_requests_still_get_answers() {
     let dir = Dir::openldap();

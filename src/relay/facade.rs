@@ -17,8 +17,8 @@
 //!   ([`crate::relay::writeback`] plans them; this module does the reads and hands the plan to the
 //!   directory's write connection). Writes are recorded in the provisioning log.
 //!
-//! Invariants: every search is confined to `scope.include` and the scope filters (the cloud
-//! cannot read outside scope); values from requests reach LDAP only escaped; results are
+//! Invariants: every search is confined to `scope.include`, the scope filters and, when
+//! set, `scope.groups` (the cloud cannot read outside scope); values from requests reach LDAP only escaped; results are
 //! capped ([`MAX_RESULTS`] per list, [`MAX_COUNT`] per page).
 //!
 //! References (`members`, `manager`) are resolved to anchors through a snapshot of the
@@ -40,6 +40,7 @@ use crate::scim::profile::{AnchorEncoding, Source, SyncProfile, Target as Profil
 use crate::scim::resource::{ENTERPRISE_SCHEMA, GROUP_SCHEMA, LIST_RESPONSE, USER_SCHEMA};
 use crate::scim::ResourceKind;
 use crate::sync::anchors::AnchorIndex;
+use crate::sync::scope_groups::AllowedSet;
 
 /// Largest page a list returns.
 pub const MAX_COUNT: usize = 200;
@@ -62,6 +63,9 @@ pub struct Facade<'a> {
     pub group_filter: &'a str,
     /// DN → anchor, from the anchor index.
     pub index: &'a AnchorIndex,
+    /// With `scope.groups`: the objects the groups allow, computed for this request (an
+    /// object outside it is neither listed, nor found by id, nor named as a member).
+    pub allowed: Option<&'a AllowedSet>,
 }
 
 /// An answer: status and JSON body.
@@ -129,6 +133,12 @@ fn split_list(v: &str) -> Vec<String> {
 }
 
 impl Facade<'_> {
+    /// Whether `scope.groups` (if set) allows the object at `dn`; a failed read of the
+    /// scratch file allows nothing (never a wider scope).
+    fn group_allows(&self, dn: &str) -> bool {
+        self.allowed.is_none_or(|a| a.contains(dn).unwrap_or(false))
+    }
+
     fn scope_filter(&self, kind: ResourceKind) -> &str {
         match kind {
             ResourceKind::User => self.user_filter,
@@ -232,7 +242,7 @@ impl Facade<'_> {
             let mut s = self.dir.search(base, Scope::Subtree, filter, &attrs);
             while let Some(e) = s.next().await {
                 let e = e.map_err(|e| e.to_string())?;
-                if self.profile.classify(&e) != Some(kind) {
+                if self.profile.classify(&e) != Some(kind) || !self.group_allows(&e.dn) {
                     continue;
                 }
                 total += 1;
@@ -283,6 +293,10 @@ impl Facade<'_> {
             for target in e.strs(a) {
                 let key = dn::normalize(target);
                 if table.contains_key(&key) || !dn::under_any(target, self.include) {
+                    continue;
+                }
+                if !self.group_allows(target) {
+                    table.insert(key, Reference::OutOfScope);
                     continue;
                 }
                 if let Some((x, _)) = self.index.by_dn(target) {
@@ -534,7 +548,7 @@ impl Facade<'_> {
             let mut s = self.dir.search(base, Scope::Subtree, &filter, &attrs);
             while let Some(e) = s.next().await {
                 let e = e.map_err(|e| e.to_string())?;
-                if self.profile.classify(&e) == Some(kind) {
+                if self.profile.classify(&e) == Some(kind) && self.group_allows(&e.dn) {
                     return Ok(Some(e));
                 }
             }
@@ -560,7 +574,7 @@ impl Facade<'_> {
                 .search(base, Scope::Subtree, &filter, &["objectClass"]);
             while let Some(e) = s.next().await {
                 let e = e.map_err(|e| e.to_string())?;
-                if self.profile.classify(&e).is_some() {
+                if self.profile.classify(&e).is_some() && self.group_allows(&e.dn) {
                     return Ok(Some(e.dn));
                 }
             }
@@ -570,7 +584,7 @@ impl Facade<'_> {
 
     /// The SCIM resource of the in-scope object at `dn`, if it is one of `kind`.
     async fn resource_at(&self, kind: ResourceKind, dn_: &str) -> Result<Option<Value>, String> {
-        if !dn::under_any(dn_, self.include) {
+        if !dn::under_any(dn_, self.include) || !self.group_allows(dn_) {
             return Ok(None);
         }
         let attrs = self.profile.ldap_attributes(kind);

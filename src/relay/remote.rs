@@ -85,6 +85,8 @@ pub struct Remote {
     writer: Option<DirectoryWriter>,
     write_turn: smol::lock::Mutex<()>,
     snapshot: Mutex<Option<Snapshot>>,
+    /// `scope.groups`: bounds what the facade answers (None when not set).
+    group_scope: Option<crate::sync::scope_groups::GroupScope>,
 }
 
 impl Remote {
@@ -120,7 +122,18 @@ impl Remote {
             writer: None,
             write_turn: smol::lock::Mutex::new(()),
             snapshot: Mutex::new(None),
+            group_scope: None,
         }
+    }
+
+    /// Bounds the facade's answers by `scope.groups` too (the set is read per request, so a
+    /// join or a leave counts at once).
+    pub fn with_group_scope(
+        mut self,
+        scope: Option<crate::sync::scope_groups::GroupScope>,
+    ) -> Remote {
+        self.group_scope = scope;
+        self
     }
 
     /// Allows the writes `policy` grants, made over a write connection of `directory`
@@ -383,6 +396,22 @@ impl Handler for Remote {
                 let method = e.method.as_deref().unwrap_or("GET");
                 let read = method.eq_ignore_ascii_case("GET");
                 let index = self.index();
+                let allowed = match &self.group_scope {
+                    Some(g) if is_resource_path(path) => {
+                        match crate::sync::scope_groups::read_allowed_set(
+                            &self.dir,
+                            g,
+                            &self.state_dir,
+                        )
+                        .await
+                        {
+                            Ok(set) => Some(set),
+                            // Never a wider scope: no answer without the set.
+                            Err(err) => return Reply::error(&e.id, 503, None, err.to_string()),
+                        }
+                    }
+                    _ => None,
+                };
                 let facade = Facade {
                     dir: &self.dir,
                     // Writes resolve SCIM names to LDAP attributes, classify objects and
@@ -397,6 +426,7 @@ impl Handler for Remote {
                     user_filter: &self.user_filter,
                     group_filter: &self.group_filter,
                     index: &index,
+                    allowed: allowed.as_ref(),
                 };
                 let (status, body) = if read {
                     let (status, mut body) = facade

@@ -309,14 +309,125 @@ fn verdict(entry: &Value, sent: &SentOp) -> OpResult {
     }
 }
 
+/// A BulkResponse as far as it is read: each entry's routing fields and, of its
+/// `response`, only what [`verdict`] needs. The created resources an endpoint echoes back
+/// (a flattened group with thousands of members, `$ref`s and `display`s) are skipped while
+/// parsing, never built as JSON values: a 1 MiB request's answer costs about its bytes.
+#[derive(serde::Deserialize)]
+struct SlimAnswer {
+    #[serde(rename = "Operations")]
+    operations: Option<Vec<Lenient<SlimEntry>>>,
+}
+
+/// An object read as `T`, or anything else skipped (`None`) rather than failing the whole
+/// answer: an entry that is not an object only goes unmatched.
+struct Lenient<T>(Option<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Lenient<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| Lenient(Some(t)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient<T>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SlimEntry {
+    method: Option<Value>,
+    #[serde(rename = "bulkId")]
+    bulk_id: Option<Value>,
+    path: Option<Value>,
+    location: Option<Value>,
+    status: Option<Value>,
+    response: Option<Lenient<SlimResponse>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SlimResponse {
+    id: Option<Value>,
+    #[serde(rename = "scimType")]
+    scim_type: Option<Value>,
+    detail: Option<Value>,
+}
+
+impl SlimEntry {
+    /// The entries as the small JSON objects the matching reads.
+    fn into_values(entries: Vec<Lenient<SlimEntry>>) -> Vec<Value> {
+        let object = |pairs: Vec<(&str, Option<Value>)>| {
+            Value::Object(
+                pairs
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                    .collect(),
+            )
+        };
+        entries
+            .into_iter()
+            .map(|e| {
+                let Some(e) = e.0 else {
+                    return Value::Null;
+                };
+                let response = e.response.and_then(|r| r.0).map(|r| {
+                    object(vec![
+                        ("id", r.id),
+                        ("scimType", r.scim_type),
+                        ("detail", r.detail),
+                    ])
+                });
+                object(vec![
+                    ("method", e.method),
+                    ("bulkId", e.bulk_id),
+                    ("path", e.path),
+                    ("location", e.location),
+                    ("status", e.status),
+                    ("response", response),
+                ])
+            })
+            .collect()
+    }
+}
+
 /// Reads a BulkResponse body: one [`OpResult`] per operation in `sent`, in `sent`'s order.
 /// A body that is not a BulkResponse at all is an error (every operation is unknown).
 pub fn parse_answer(sent: &[SentOp], body: &[u8]) -> Result<Vec<OpResult>, AnswerError> {
-    let v: Value =
+    let v: SlimAnswer =
         serde_json::from_slice(body).map_err(|e| AnswerError(format!("not JSON: {e}")))?;
-    let Some(entries) = v.get("Operations").and_then(Value::as_array) else {
+    let Some(entries) = v.operations.map(SlimEntry::into_values) else {
         return Err(AnswerError("no \"Operations\" list".into()));
     };
+    let entries = &entries;
     let mut results: Vec<Option<OpResult>> = vec![None; sent.len()];
     let mut twice = vec![false; sent.len()];
     let mut claim = |i: usize, r: OpResult, results: &mut Vec<Option<OpResult>>| {
@@ -499,6 +610,39 @@ mod tests {
             OpResult::Done {
                 status: 200,
                 id: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_echoed_resource_is_skipped_and_only_its_id_and_error_are_read() {
+        let sent = [post("b1"), put("x")];
+        let members: Vec<Value> = (0..3)
+            .map(
+                |i| json!({"value": i.to_string(), "$ref": "https://h/v2/Users/1", "display": "d"}),
+            )
+            .collect();
+        let a = answer(json!([
+            {"method": "POST", "bulkId": "b1", "status": "201",
+             "response": {"id": "g1", "displayName": "big", "members": members,
+                          "meta": {"location": "https://h/v2/Groups/g1"}}},
+            {"method": "PUT", "path": "/Users/x", "status": "400",
+             "response": {"scimType": "invalidValue", "detail": "no", "schemas": ["e"]}}
+        ]));
+        let r = parse_answer(&sent, &a).unwrap();
+        assert_eq!(
+            r[0],
+            OpResult::Done {
+                status: 201,
+                id: Some("g1".into())
+            }
+        );
+        assert_eq!(
+            r[1],
+            OpResult::Refused {
+                status: 400,
+                scim_type: Some("invalidValue".into()),
+                detail: Some("no".into())
             }
         );
     }

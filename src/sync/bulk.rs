@@ -174,6 +174,12 @@ impl Planned {
         if let Value::Object(m) = &mut body {
             // A PUT's body carries the id; the single way adds it where it belongs.
             m.remove("id");
+            // So do a group's members: they travel apart, in `job.members`. Kept in the
+            // body they were a JSON object per member, for every object of a Bulk request
+            // handed back (a timed-out request of flattened groups: 100 MiB and more).
+            if !job.members.is_empty() {
+                m.remove("members");
+            }
         }
         job.body = body;
         job
@@ -488,6 +494,25 @@ mod tests {
         let job = p.into_job();
         assert_eq!(job.body, serde_json::json!({"userName": "u1"}));
         assert_eq!(job.external_id, "x1");
+    }
+
+    #[test]
+    fn a_planned_group_gets_its_body_back_without_the_members_it_keeps_apart() {
+        let mut p = planned(ResourceKind::Group, 1, Verb::Create);
+        p.job.body = serde_json::json!({"displayName": "g"});
+        p.job.members = ["m1", "m2"].into_iter().collect();
+        let whole = crate::sync::provision::whole_body(&p.job).into_owned();
+        assert_eq!(whole["members"][1]["value"], "m2");
+        p.op = p.sent.encode(Some(&whole));
+        p.job.body = Value::Null;
+        let job = p.into_job();
+        assert_eq!(job.body, serde_json::json!({"displayName": "g"}));
+        assert_eq!(job.members.iter().collect::<Vec<_>>(), vec!["m1", "m2"]);
+        assert_eq!(
+            crate::sync::provision::whole_body(&job).into_owned(),
+            whole,
+            "the single way sends what the Bulk operation held"
+        );
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! `sync.nested_groups = "flatten"`: a SCIM group's members are every transitive user
 //! member of the directory group; member groups themselves are not listed.
 //!
+//! This is the walk over member DNs. The full pass flattens through
+//! [`crate::sync::closure`], which keeps each group's resolved closure and falls back to
+//! this walk for a group that reaches a membership cycle.
+//!
 //! Rules it keeps:
 //! * **cycles end:** every member DN is taken once per group flattened (a group met again,
 //!   the group itself included, adds nothing);
@@ -29,8 +33,7 @@ pub use crate::sync::scope_groups::DirectoryGraph;
 pub struct Flatten {
     /// Where member groups are looked for (`directory.base_dn`).
     pub base_dn: String,
-    /// The profile's member attributes (`member`, `uniqueMember`); the first receives the
-    /// flattened list.
+    /// The profile's member attributes (`member`, `uniqueMember`).
     pub member_attributes: Vec<String>,
 }
 
@@ -118,29 +121,15 @@ pub(crate) async fn flatten<G: GroupGraph>(
     Ok(out)
 }
 
-/// Replaces the member values of `entry` (a group) with its flattened members.
-pub(crate) async fn flatten_entry<G: GroupGraph>(
-    graph: &G,
-    settings: &Flatten,
-    entry: &mut Entry,
-    state_dir: &Path,
-) -> Result<Flat, ScopeGroupsError> {
+/// Takes the values of `attributes` (a group's member attributes) out of `entry`.
+pub(crate) fn take_members(entry: &mut Entry, attributes: &[String]) -> Vec<String> {
     let mut direct = Vec::new();
-    for a in &settings.member_attributes {
+    for a in attributes {
         for v in entry.take(a) {
             direct.push(String::from_utf8_lossy(&v).into_owned());
         }
     }
-    let flat = flatten(graph, &entry.dn.clone(), direct, state_dir).await?;
-    if let Some(first) = settings.member_attributes.first() {
-        for m in &flat.members {
-            entry.add(first, m.as_bytes());
-        }
-    }
-    Ok(Flat {
-        members: Vec::new(),
-        ..flat
-    })
+    direct
 }
 
 #[cfg(test)]
@@ -206,22 +195,5 @@ mod tests {
             run(&f, "cn=b,dc=t").members,
             vec!["uid=2,dc=t", "uid=1,dc=t"]
         );
-    }
-
-    #[test]
-    fn the_entry_gets_the_flattened_list_in_its_first_member_attribute() {
-        let f = fake(&[("cn=inner,dc=t", &["uid=x,dc=t"])]);
-        let mut e = Entry::new("cn=outer,dc=t")
-            .with("uniqueMember", "cn=inner,dc=t")
-            .with("member", "uid=y,dc=t");
-        let s = Flatten {
-            base_dn: "dc=t".into(),
-            member_attributes: vec!["member".into(), "uniqueMember".into()],
-        };
-        let flat = smol::block_on(flatten_entry(&f, &s, &mut e, &std::env::temp_dir())).unwrap();
-        assert_eq!(flat.depth, 2);
-        let got: Vec<&str> = e.strs("member").collect();
-        assert_eq!(got, vec!["uid=y,dc=t", "uid=x,dc=t"]);
-        assert!(e.strs("uniqueMember").next().is_none());
     }
 }

@@ -8,6 +8,7 @@ pub mod anchors;
 pub mod audit;
 pub mod bulk;
 pub mod change;
+pub mod closure;
 pub mod deletes;
 pub mod diff;
 pub mod diskmap;

@@ -57,10 +57,11 @@ use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
 use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict, BATCHES_IN_FLIGHT};
+use crate::sync::closure::Closures;
 use crate::sync::deletes::UserDelete;
 use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
 use crate::sync::diskmap::DiskMap;
-use crate::sync::flatten::{flatten_entry, DirectoryGraph, Flatten};
+use crate::sync::flatten::{take_members, DirectoryGraph, Flatten};
 use crate::sync::listing::{Listed, Listing};
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision_with, Hint, Job, Outcome, ProvisionMode};
@@ -546,6 +547,8 @@ struct Pass<'a> {
     allowed: Option<AllowedSet>,
     /// With `sync.nested_groups = "flatten"`: the groups read for flattening.
     graph: Option<DirectoryGraph<'a>>,
+    /// With flatten: each group's flattened members, computed once per pass.
+    closures: Option<Closures>,
     /// Deepest nesting a flattened group had.
     flatten_depth: usize,
     pretend: HashMap<String, String>,
@@ -662,6 +665,7 @@ pub async fn full_pass(
         scope,
         allowed: None,
         graph: None,
+        closures: None,
         flatten_depth: 0,
         pretend: HashMap::new(),
         jobs: jobs_tx,
@@ -781,6 +785,7 @@ impl Pass<'_> {
             .await
             .map_err(PassError::ScopeGroups)?;
             self.graph = Some(graph);
+            self.closures = Some(Closures::new(self.index.state_dir()).map_err(PassError::State)?);
         }
         self.scan().await?;
         self.weigh_vanishing()?;
@@ -1104,10 +1109,25 @@ impl Pass<'_> {
             self.done += 1;
             self.progress.tick(self.done, self.total);
         }
+        let resolver = ScopeResolver {
+            scope: &self.scope,
+            index: self.index,
+            pretend: &self.pretend,
+            keep_vanishing: self.keep_vanishing_refs,
+        };
+        let mut flat = None;
         if kind == ResourceKind::Group {
-            if let (Some(graph), Some(f)) = (&self.graph, &self.settings.flatten) {
-                match flatten_entry(graph, f, &mut entry, self.index.state_dir()).await {
-                    Ok(flat) => self.flatten_depth = self.flatten_depth.max(flat.depth),
+            if let (Some(graph), Some(f), Some(closures)) =
+                (&self.graph, &self.settings.flatten, &mut self.closures)
+            {
+                let direct = take_members(&mut entry, &f.member_attributes);
+                let resolve = |dn: &str| resolver.resolve(dn);
+                let state_dir = resolver.index.state_dir();
+                match closures
+                    .flatten(graph, &entry.dn, direct, &resolve, state_dir)
+                    .await
+                {
+                    Ok(f) => flat = Some(f),
                     Err(e) => {
                         // A failed read is never a smaller group: the pass stops on it
                         // before it decides any delete.
@@ -1120,14 +1140,18 @@ impl Pass<'_> {
                 }
             }
         }
-        let resolver = ScopeResolver {
-            scope: &self.scope,
-            index: self.index,
-            pretend: &self.pretend,
-            keep_vanishing: self.keep_vanishing_refs,
-        };
         let mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
-            Ok(m) => m,
+            Ok(mut m) => {
+                if let Some(flat) = flat {
+                    self.flatten_depth = self.flatten_depth.max(flat.depth);
+                    m.members = flat.ids;
+                    m.nested = flat.nested;
+                    m.pending.extend(flat.pending);
+                    m.pending.sort_unstable();
+                    m.pending.dedup();
+                }
+                m
+            }
             Err(e) => {
                 self.fail(entry.dn, e.to_string(), None);
                 return None;

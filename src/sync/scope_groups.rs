@@ -339,8 +339,19 @@ impl GroupGraph for DirectoryGraph<'_> {
     }
 }
 
-/// Computes the allowed set of `scope` from the directory.
+/// Computes the allowed set of `scope` from the directory, and logs its size.
 pub async fn allowed_set(
+    dir: &Directory,
+    scope: &GroupScope,
+    state_dir: &Path,
+) -> Result<AllowedSet, ScopeGroupsError> {
+    let set = read_allowed_set(dir, scope, state_dir).await?;
+    log::info!("scope.groups: {set}");
+    Ok(set)
+}
+
+/// [`allowed_set`] without the log line (for reads answered per request).
+pub async fn read_allowed_set(
     dir: &Directory,
     scope: &GroupScope,
     state_dir: &Path,
@@ -353,9 +364,7 @@ pub async fn allowed_set(
         state_dir,
     )
     .await?;
-    let set = expand(&graph, scope, state_dir).await?;
-    log::info!("scope.groups: {set}");
-    Ok(set)
+    expand(&graph, scope, state_dir).await
 }
 
 #[cfg(test)]

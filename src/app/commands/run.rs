@@ -278,7 +278,8 @@ async fn follow_once(
                 agent.clone(),
             )
             .with_writeback(c.writeback.clone(), directory_config(c))
-            .with_profile_policy(profile_policy(c), cloud_text.clone());
+            .with_profile_policy(profile_policy(c), cloud_text.clone())
+            .with_group_scope(group_scope(c, &src.profile));
             Some((relay, remote))
         }
     };
