@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-wan.sh [--users N] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--keep]
+# bench-wan.sh [--users N] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--only-off] [--keep]
 #
 # The WAN benchmark (a script, not a test; issue 15 item 6): one full pass of the agent over
 # N users (default 5,000) and N/50 groups of 50, to a fresh scim2-server each time, on
@@ -13,10 +13,17 @@
 #   - bench-load.py, the POST-only load generator, replaying the same SCIM bodies (from
 #     `idrelay sync --once --dry-run`) through the proxy at each of C1,C2 (default 8,32)
 #     requests in flight, and on loopback at C;
-#   - bench-load.py --bulk 1000, the Bulk load generator, through the proxy at C;
+#   - bench-load.py --bulk 1000, the Bulk load generator, through the proxy and on
+#     loopback at C (the generators replay the dry run's bodies: groups without members,
+#     users without manager references, which the agent sends and the server must check);
 # with the requests each run sent (from scim2-server's log), the agent's peak RSS
 # (/usr/bin/time -v) and the issue's ratios (targets: WAN / loopback <= 1.5 and
-# WAN / Bulk generator <= 1.5 with Bulk; bulk off / best POST-only generator <= 2).
+# WAN / Bulk generator <= 1.5 with Bulk; bulk off / best POST-only generator <= 2). The
+# agent with bulk off also runs through the proxy at each of C1,C2 above C.
+# IDRELAY_BIN_BASE=path adds the bulk-off rows for that binary (a baseline measured in
+# the same run, e.g. the commit before a change). --only-off runs only what concerns an
+# endpoint without Bulk: the agent with bulk off through the proxy (at C and above) and
+# the POST-only generator through the proxy.
 #
 # Its servers are its own, never the test servers: slapd instance "openldap-wan" on
 # 127.0.0.1:$IDRELAY_WAN_LDAP_PORT (3396; ldaps $IDRELAY_WAN_LDAPS_PORT, 3643), scim2-server
@@ -41,6 +48,7 @@ MBIT=20
 CONCURRENCY=8
 LG_CONC=8,32
 KEEP=0
+ONLY_OFF=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS=${2:?}; shift ;;
@@ -49,7 +57,8 @@ while [ $# -gt 0 ]; do
     --concurrency) CONCURRENCY=${2:?}; shift ;;
     --loadgen-concurrency) LG_CONC=${2:?}; shift ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --only-off) ONLY_OFF=1 ;;
+    -h | --help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
@@ -119,7 +128,7 @@ requests() {
         printf "%d (%s)", t, d }'
 }
 secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 jget() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
 T0=$(now)
@@ -136,7 +145,9 @@ else
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/idrelay
 fi
 [ -x "$BIN" ] || die "no executable at $BIN"
+AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG="" # what `agent` runs (the baseline rows change it)
 VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unknown)")
+[ -z "${IDRELAY_BIN_BASE:-}" ] || VERSION="$VERSION; base: $("$IDRELAY_BIN_BASE" version 2>/dev/null | head -n 1)"
 
 LDAP_D=$IDRELAY_TESTBED/openldap-wan
 if [ "$(cat "$LDAP_D/bench-seeded" 2>/dev/null)" != "$USERS" ]; then
@@ -173,7 +184,7 @@ include = ["${SCOPE[0]}", "${SCOPE[1]}"]
 url = "$(url "$2")"
 token_file = "$B/scim.token"
 [sync]
-concurrency = $CONCURRENCY
+concurrency = $AG_CONC
 bulk = "$3"
 EOF
   chmod 600 "$cfg"
@@ -205,7 +216,7 @@ agent() { # agent TAG LINK BULK [second] : one pass; sets S[TAG]
   [ "$link" = wan ] && proxy_start
   log "[$tag] idrelay sync --once ($link, bulk $bulk${4:+, second pass})"
   t0=$(now)
-  /usr/bin/time -v -o "$B/time-$tag.txt" "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once \
+  /usr/bin/time -v -o "$B/time-$tag.txt" "$AG_BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once \
     >"$B/sync-$tag.out" 2>"$B/sync-$tag.err" || rc=$?
   secs=$(secs_since "$t0")
   [ "$link" = wan ] && proxy_stop >"$B/proxy-$tag.json"
@@ -213,7 +224,7 @@ agent() { # agent TAG LINK BULK [second] : one pass; sets S[TAG]
   rss=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); printf "%.1f", $2 / 1024 }' "$B/time-$tag.txt")
   summary=$(grep '^sync:' "$B/sync-$tag.out" | tail -n 1 | sed 's/^sync: //' || true)
   S[$tag]=$secs
-  row "idrelay $link, bulk $bulk${4:+, second pass}" "$secs" "$(requests)" "${rss} MiB; $summary"
+  row "idrelay${AG_TAG} $link, bulk $bulk, c $AG_CONC${4:+, second pass}" "$secs" "$(requests)" "${rss} MiB; $summary"
   log "[$tag] $secs s, peak RSS $rss MiB"
 }
 
@@ -232,12 +243,30 @@ loadgen() { # loadgen TAG LINK CONC [--bulk N]
     "$(jget "$json" errors) errors, p50 $(jget "$json" p50_ms) ms"
 }
 
-agent loop-auto loop auto
-agent loop-off loop off
-agent wan-auto wan auto
-agent wan-auto-2 wan auto second
+if [ "$ONLY_OFF" = 0 ]; then
+  agent loop-auto loop auto
+  agent loop-off loop off
+  agent wan-auto wan auto
+  agent wan-auto-2 wan auto second
+fi
 agent wan-off wan off
-loadgen post-loop loop "$CONCURRENCY"
+for c in ${LG_CONC//,/ }; do
+  [ "$c" -gt "$CONCURRENCY" ] || continue
+  AG_CONC=$c
+  agent "wan-off-$c" wan off
+done
+if [ -n "${IDRELAY_BIN_BASE:-}" ]; then
+  AG_BIN=$IDRELAY_BIN_BASE AG_TAG=" (base)" AG_CONC=$CONCURRENCY
+  [ "$ONLY_OFF" = 1 ] || agent base-loop-off loop off
+  agent base-wan-off wan off
+  for c in ${LG_CONC//,/ }; do
+    [ "$c" -gt "$CONCURRENCY" ] || continue
+    AG_CONC=$c
+    agent "base-wan-off-$c" wan off
+  done
+fi
+AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG=""
+[ "$ONLY_OFF" = 1 ] || loadgen post-loop loop "$CONCURRENCY"
 BEST_POST=""
 for c in ${LG_CONC//,/ }; do
   loadgen "post-wan-$c" wan "$c"
@@ -246,7 +275,10 @@ for c in ${LG_CONC//,/ }; do
     BEST_C=$c
   fi
 done
-loadgen bulk-wan wan "$CONCURRENCY" --bulk 1000
+if [ "$ONLY_OFF" = 0 ]; then
+  loadgen bulk-wan wan "$CONCURRENCY" --bulk 1000
+  loadgen bulk-loop loop "$CONCURRENCY" --bulk 1000
+fi
 
 cat <<EOF
 
@@ -261,10 +293,21 @@ printf '%s\n' "${ROWS[@]}"
 cat <<EOF
 
 ratios (issue 15 targets)
-  WAN bulk auto / loopback bulk auto:                 $(ratio "${S[wan-auto]}" "${S[loop-auto]}")   (target <= 1.5)
-  WAN bulk auto / Bulk load generator on the WAN:     $(ratio "${S[wan-auto]}" "${S[bulk-wan]}")   (target <= 1.5)
-  WAN bulk off / best POST-only generator ($BEST_C in flight): $(ratio "${S[wan-off]}" "$BEST_POST")   (target <= 2)
-  loopback bulk auto / POST-only generator, loopback: $(ratio "${S[loop-auto]}" "${S[post-loop]}")   (target <= 1.0)
-  second pass on the WAN:                             ${S[wan-auto-2]} s   (target <= 5 s)
+  WAN bulk auto / loopback bulk auto:                 $(ratio "${S[wan-auto]:-}" "${S[loop-auto]:-}")   (target <= 1.5)
+  WAN bulk auto / Bulk load generator on the WAN:     $(ratio "${S[wan-auto]:-}" "${S[bulk-wan]:-}")   (target <= 1.5)
+  WAN bulk off / best POST-only generator ($BEST_C in flight): $(ratio "${S[wan-off]:-}" "$BEST_POST")   (target <= 2)
+EOF
+for t in wan-off base-wan-off; do
+  for c in ${LG_CONC//,/ }; do
+    [ -n "${S[$t-$c]:-}" ] || continue
+    echo "  $t at c $c / best POST-only generator:  $(ratio "${S[$t-$c]}" "$BEST_POST")   (target <= 2)"
+  done
+done
+[ -z "${S[base-wan-off]:-}" ] ||
+  echo "  base-wan-off at c $CONCURRENCY / best POST-only generator:  $(ratio "${S[base-wan-off]}" "$BEST_POST")"
+cat <<EOF
+  loopback bulk auto / POST-only generator, loopback: $(ratio "${S[loop-auto]:-}" "${S[post-loop]:-}")   (target <= 1.0)
+  loopback bulk auto / Bulk generator, loopback:      $(ratio "${S[loop-auto]:-}" "${S[bulk-loop]:-}")
+  second pass on the WAN:                             ${S[wan-auto-2]:-} s   (target <= 5 s)
 outputs: $B; total $(since "$T0") s
 EOF

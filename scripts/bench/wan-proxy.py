@@ -5,7 +5,8 @@
 
 Listens on 127.0.0.1:LISTEN only and forwards every connection to 127.0.0.1:TARGET, adding:
   - latency: each byte arrives rtt/2 after it was sent, in each direction; a new connection
-    pays one more round trip before its first byte arrives (the TCP handshake);
+    pays one more round trip (the TCP handshake): the server is connected to, and the
+    client's bytes start on their way, one round trip after the client connected;
   - a bandwidth cap: each direction is one link of MBIT Mbit/s shared by all connections
     (bytes queue behind the bytes sent before them, as on a real access line).
 Delivery keeps the order of each connection's bytes. The sender is never slowed by the
@@ -41,8 +42,8 @@ class Link:
         return self.free_at + self.delay
 
 
-async def pump(reader, writer, link, first_extra):
-    """Copy reader to writer through link; first_extra is added to the first chunk only."""
+async def pump(reader, writer, link):
+    """Copy reader to writer through link."""
     loop = asyncio.get_running_loop()
     queue = asyncio.Queue()
 
@@ -60,16 +61,14 @@ async def pump(reader, writer, link, first_extra):
             await writer.drain()
 
     sender = asyncio.ensure_future(deliver())
-    extra = first_extra
     try:
         while True:
             data = await reader.read(CHUNK)
             now = loop.time()
             if not data:
-                await queue.put((max(now + link.delay + extra, link.free_at + link.delay), None))
+                await queue.put((max(now, link.free_at) + link.delay, None))
                 break
-            await queue.put((link.arrival(len(data), now) + extra, data))
-            extra = 0.0
+            await queue.put((link.arrival(len(data), now), data))
         await sender
     except (ConnectionError, OSError):
         sender.cancel()
@@ -83,6 +82,10 @@ async def main(a):
 
     async def handle(c_reader, c_writer):
         stats["connections"] += 1
+        # The handshake: the client's first bytes reach the server one round trip after
+        # its connect (they travel with its last handshake packet), and the server sees
+        # the connection only then, not while they are on the way.
+        await asyncio.sleep(2 * half)
         try:
             s_reader, s_writer = await asyncio.open_connection("127.0.0.1", a.target)
         except OSError:
@@ -90,8 +93,8 @@ async def main(a):
             return
         try:
             await asyncio.gather(
-                pump(c_reader, s_writer, up, 2 * half),
-                pump(s_reader, c_writer, down, 0.0),
+                pump(c_reader, s_writer, up),
+                pump(s_reader, c_writer, down),
             )
         finally:
             for w in (s_writer, c_writer):
