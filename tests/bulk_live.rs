@@ -6,14 +6,15 @@
 //! same users, groups and members as with `bulk = "off"`; a second pass writes nothing; one
 //! operation refused inside a batch fails only its object; a Bulk request cut after it was
 //! sent (and applied late) creates no duplicate; a 413 halves the request; `bulk = "off"`
-//! sends no `/Bulk`.
+//! sends no `/Bulk`. In `run`, a burst of 1,000 user changes goes out in a handful of Bulk
+//! requests.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use common::faultproxy::{Action, FaultProxy};
-use common::{Agent, Dir, ScimServer, TestOu};
+use common::{wait_until, Agent, Dir, Running, ScimServer, TestOu};
 use serde_json::{json, Value};
 
 const USERS: usize = 60;
@@ -263,4 +264,67 @@ fn a_413_halves_the_bulk_request() {
         "the refused request, then its halves"
     );
     assert_eq!(contents(&scim).len(), USERS + 3);
+}
+
+/// Users whose title is `{prefix}{i}`, at the endpoint.
+fn titled(scim: &ScimServer, prefix: &str) -> usize {
+    scim.all("Users")
+        .iter()
+        .filter(|u| u["title"].as_str().is_some_and(|t| t.starts_with(prefix)))
+        .count()
+}
+
+#[test]
+fn a_burst_of_changes_in_run_goes_out_in_bulk_requests() {
+    const N: usize = 1000;
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "bulk-burst");
+    let o = &ou.dn;
+    let mut s = String::new();
+    for i in 0..N {
+        s.push_str(&format!(
+            "dn: uid=r{i:04},{o}\nobjectClass: inetOrgPerson\nuid: r{i:04}\ncn: Run User {i}\nsn: S{i}\ntitle: Old {i}\n\n"
+        ));
+    }
+    dir.modify(&s);
+    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let _run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(300, || agent.status_json().0["phase"] == "following"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(titled(&scim, "Old "), N, "{}", agent.log());
+    let events = proxy.events().len();
+
+    // One script changes every user.
+    let mut ldif = String::new();
+    for i in 0..N {
+        ldif.push_str(&format!(
+            "dn: uid=r{i:04},{o}\nchangetype: modify\nreplace: title\ntitle: Burst {i}\n\n"
+        ));
+    }
+    dir.modify(&ldif);
+    assert!(
+        wait_until(300, || titled(&scim, "Burst ") == N),
+        "{} of {N} changed: {}",
+        titled(&scim, "Burst "),
+        agent.log()
+    );
+    let after = proxy.events();
+    let burst = &after[events..];
+    let bulk = burst.iter().filter(|e| e.path.ends_with("/Bulk")).count();
+    let single = burst
+        .iter()
+        .filter(|e| {
+            matches!(e.method.as_str(), "PUT" | "POST" | "PATCH") && !e.path.ends_with("/Bulk")
+        })
+        .count();
+    eprintln!("a burst of {N} user changes: {bulk} Bulk requests, {single} single writes");
+    // The sender takes 100 changes at a time: about ten requests, however the feed cuts it.
+    assert!(
+        (1..=30).contains(&bulk),
+        "{bulk} Bulk requests for {N} changes"
+    );
+    assert!(single <= 10, "{single} single writes beside Bulk");
 }

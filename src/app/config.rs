@@ -226,8 +226,8 @@ pub struct SyncSettings {
     pub feed: FeedKind,
     /// Member values per PATCH request for group membership.
     pub member_chunk: usize,
-    /// `bulk = "auto"`: a full pass sends through SCIM Bulk where the endpoint offers it;
-    /// `"off"`: one request per object.
+    /// `bulk = "auto"`: a full pass, and `run`'s bursts of user changes, send through SCIM
+    /// Bulk where the endpoint offers it; `"off"`: one request per object.
     pub bulk: bool,
     /// `sync.nested_groups`: what a group's SCIM members are.
     pub nested_groups: NestedGroups,

@@ -161,6 +161,8 @@ struct Counters {
     patches: AtomicU64,
     deletes: AtomicU64,
     bulk: AtomicU64,
+    /// 429 and 503 answers (throttling), for the pass's concurrency control.
+    throttled: AtomicU64,
 }
 
 /// Why a SCIM operation failed. Never contains the token.
@@ -852,6 +854,11 @@ impl ScimClient {
         }
     }
 
+    /// How many answers so far were 429 or 503 (all clones together).
+    pub fn throttled(&self) -> u64 {
+        self.counters.throttled.load(Ordering::Relaxed)
+    }
+
     /// Write requests sent so far (all clones together).
     pub fn write_counts(&self) -> WriteCounts {
         let c = &self.counters;
@@ -1464,6 +1471,9 @@ impl ScimClient {
                     continue;
                 }
                 Ok(resp) => {
+                    if matches!(resp.status, 429 | 503) {
+                        self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    }
                     let retry_after = resp.header("retry-after");
                     let next = after_status(method, resp.status, retry_after, SystemTime::now());
                     (next, Ok(resp))

@@ -4,6 +4,8 @@
 //! touch a SCIM resource it did not create or match by externalId (or, when allowed, by
 //! userName), or send a write for an object whose representation has not changed.
 
+pub mod adaptive;
+pub mod admission;
 pub mod anchors;
 pub mod audit;
 pub mod bulk;

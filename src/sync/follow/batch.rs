@@ -12,6 +12,12 @@
 //! list change only between awaits, on the sender's task, never in the work in flight,
 //! which only reads the directory and writes the endpoint.
 //!
+//! Bulk ([`super::together`]): where the endpoint offers SCIM Bulk, a decided user PUT to
+//! an id the index holds is gathered instead of sent; once no directory read of the batch
+//! is in flight, everything gathered goes out together (in queue order) as one in-flight
+//! write, and each job lands with its own outcome exactly as if sent alone. A gathered
+//! change is not done until its request landed, so a later change of its object waits.
+//!
 //! Parking ([`super::parking`]): a change the endpoint refuses for good
 //! ([`Outcome::Failed`]) is parked at once; one it answers 5xx (or cannot be reached for)
 //! is retried as before, and parked once it has failed `sync.max_attempts` times while the
@@ -43,6 +49,7 @@ use crate::sync::provision::{provision, Job, Outcome};
 
 use super::parking::{unix_now, Parking, Refusal};
 use super::send::{SendCtx, SendEnd};
+use super::together::{goes_together, Together};
 use super::{with_queue, Change, SharedQueue};
 
 /// The directory as the sender sees it: three kinds of read, nothing else. A seam: the
@@ -101,12 +108,21 @@ pub(super) trait EndpointWrites {
     async fn outage_sleep(&self, control: &Control, wait: Duration) -> Option<Request> {
         control.sleep(wait).await
     }
+    /// Whether decided user replacements are gathered and sent together
+    /// ([`EndpointWrites::provision_together`]): the endpoint offers SCIM Bulk and
+    /// `sync.bulk` allows it (see [`super::together`]).
+    async fn sends_together(&self) -> bool;
+    /// Brings several jobs (each [`goes_together`]) in step at once; each job with its
+    /// own outcome, in the order given (one refused job fails alone).
+    async fn provision_together(&self, jobs: Vec<Job>) -> Vec<(Job, Outcome)>;
 }
 
 /// The real endpoint: the SCIM client, with the settings that shape its writes.
 pub(super) struct ScimEndpoint<'a> {
     pub(super) scim: &'a ScimClient,
     pub(super) pass: &'a PassSettings,
+    /// `run`'s Bulk lane (see [`super::together`]).
+    pub(super) together: Together,
 }
 
 impl EndpointWrites for ScimEndpoint<'_> {
@@ -141,6 +157,16 @@ impl EndpointWrites for ScimEndpoint<'_> {
             w.service_answers();
         }
         answers
+    }
+
+    async fn sends_together(&self) -> bool {
+        self.together.lane(self.scim).await.is_some()
+    }
+
+    async fn provision_together(&self, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
+        self.together
+            .provision(self.scim, &self.pass.mode, jobs)
+            .await
     }
 }
 
@@ -195,6 +221,8 @@ enum Step {
 enum Landed {
     Read(Result<Prepared, String>),
     Sent(Box<Job>, Outcome),
+    /// Jobs sent together, each with its change's position in the batch.
+    SentTogether(Vec<(usize, Job, Outcome)>),
 }
 
 /// Whether two changes touch the same object (same uuid or same DN): those are applied in
@@ -286,6 +314,10 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
     let mut flying: InFlight<'_> = Vec::new();
     // Changes that asked to be retried: the batch starts nothing new until they are.
     let mut retry: Vec<(usize, String)> = Vec::new();
+    // User replacements decided but not yet sent: they go out together (SCIM Bulk) once
+    // no directory read of the batch is in flight (see [`super::together`]).
+    let together = ctx.endpoint.sends_together().await;
+    let mut gathered: Vec<(usize, Job)> = Vec::new();
 
     let outcome = |i: usize,
                    a: Applied,
@@ -376,6 +408,9 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
             match decide(ctx, index, gate, uuid, prepared, &busy) {
                 Decision::Done(a) => outcome(i, a, &mut steps, &mut retry, &mut out, parking),
                 Decision::Blocked(p) => steps[i] = Step::Read(p, true),
+                Decision::Send(job) if together && goes_together(&job) => {
+                    gathered.push((i, job));
+                }
                 Decision::Send(job) => {
                     let job = Box::new(job);
                     flying.push((
@@ -420,6 +455,29 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                     }
                 }
             }
+        }
+        if !gathered.is_empty()
+            && !flying
+                .iter()
+                .any(|(j, _)| matches!(steps[*j], Step::Reading))
+        {
+            // Every read of the batch landed: what was gathered goes out together.
+            // In queue order (reads land in any order).
+            gathered.sort_by_key(|(i, _)| *i);
+            let (at, jobs): (Vec<usize>, Vec<Job>) =
+                std::mem::take(&mut gathered).into_iter().unzip();
+            flying.push((
+                at[0],
+                Box::pin(async move {
+                    let landed = ctx.endpoint.provision_together(jobs).await;
+                    Landed::SentTogether(
+                        at.into_iter()
+                            .zip(landed)
+                            .map(|(i, (job, o))| (i, job, o))
+                            .collect(),
+                    )
+                }),
+            ));
         }
         if flying.is_empty() && !retry.is_empty() {
             // Park what the endpoint refused `park_after` times, unless it is down.
@@ -500,24 +558,14 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                 parking,
             ),
             Landed::Sent(job, o) => {
-                let refusal = |reason: &str, attempts: u32| Refusal {
-                    uuid: keys[i].0.clone(),
-                    anchor: job.external_id.clone(),
-                    kind: job.kind.word(),
-                    dn: job.dn.clone(),
-                    reason: reason.to_string(),
-                    attempts,
-                };
-                let a = match &o {
-                    Outcome::Failed(reason) => Applied::Park(refusal(reason, tries[i] + 1)),
-                    Outcome::Unavailable(reason) => {
-                        tries[i] += 1;
-                        refused[i] = Some(refusal(reason, tries[i]));
-                        commit(index, *job, o)
-                    }
-                    _ => commit(index, *job, o),
-                };
+                let a = landed_write(i, *job, o, &keys, index, &mut tries, &mut refused);
                 outcome(i, a, &mut steps, &mut retry, &mut out, parking);
+            }
+            Landed::SentTogether(all) => {
+                for (i, job, o) in all {
+                    let a = landed_write(i, job, o, &keys, index, &mut tries, &mut refused);
+                    outcome(i, a, &mut steps, &mut retry, &mut out, parking);
+                }
             }
         }
     }
@@ -525,6 +573,37 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
     let done = steps.iter().take_while(|s| matches!(s, Step::Done)).count();
     out.handled = done.checked_sub(1).map(|k| seqs[k]);
     out
+}
+
+/// What a landed write means for its change (`i`, of `keys`): refused for good → park;
+/// unavailable → retry, noted as a refusal to park once `park_after` tries failed so;
+/// else committed to the index.
+fn landed_write(
+    i: usize,
+    job: Job,
+    o: Outcome,
+    keys: &[(String, Option<String>)],
+    index: &mut AnchorIndex,
+    tries: &mut [u32],
+    refused: &mut [Option<Refusal>],
+) -> Applied {
+    let refusal = |reason: &str, attempts: u32| Refusal {
+        uuid: keys[i].0.clone(),
+        anchor: job.external_id.clone(),
+        kind: job.kind.word(),
+        dn: job.dn.clone(),
+        reason: reason.to_string(),
+        attempts,
+    };
+    match &o {
+        Outcome::Failed(reason) => Applied::Park(refusal(reason, tries[i] + 1)),
+        Outcome::Unavailable(reason) => {
+            tries[i] += 1;
+            refused[i] = Some(refusal(reason, tries[i]));
+            commit(index, job, o)
+        }
+        _ => commit(index, job, o),
+    }
 }
 
 /// Resolves references through the anchor index alone (between passes there is no scope

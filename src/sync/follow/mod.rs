@@ -28,7 +28,9 @@
 //!   and its new member) waits for it, then maps again. Deletes and scope exits go through
 //!   the delete gate's settle window in turn (see below). The anchor index and the gate are
 //!   changed only by the sender's own task, between awaits; the concurrent work is reads
-//!   and writes only.
+//!   and writes only. Where the endpoint offers SCIM Bulk (`sync.bulk = "auto"`), the
+//!   users' PUTs a batch decided are gathered and go out together once no read of the
+//!   batch is in flight ([`together`]); each keeps its own outcome.
 //! * A burst of deletes is judged whole: a delete or scope exit waits
 //!   `sync.delete_settle_secs` (30 s) in the gate's `pending` list, durably (its change is
 //!   acknowledged, later changes of other objects flow on), and when the window closes
@@ -99,6 +101,7 @@ pub mod poll;
 mod send;
 #[cfg(test)]
 mod tests;
+mod together;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -332,6 +335,7 @@ pub async fn run(
     let endpoint = ScimEndpoint {
         scim,
         pass: &settings.pass,
+        together: together::Together::new(settings.pass.mode.bulk && !settings.pass.mode.dry_run),
     };
     let mut was_standby = false;
     let scope = settings.scope_fingerprint();

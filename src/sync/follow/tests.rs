@@ -506,6 +506,117 @@ fn a_delete_waiting_in_its_window_survives_a_kill_and_goes_once() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Bursts through SCIM Bulk (`sync.bulk = "auto"` and an endpoint that offers it).
+
+/// The object names of each [`Call::Together`] in `log`, in order.
+fn togethers(log: &[Call]) -> Vec<Vec<String>> {
+    log.iter()
+        .filter_map(|c| match c {
+            Call::Together(names) => Some(names.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_of_user_changes_goes_out_together_in_order_per_object() {
+    let mut b = Bench::new(100);
+    b.endpoint.together = true;
+    let names: Vec<String> = (0..30).map(|i| format!("u{i:02}")).collect();
+    for n in &names {
+        b.user(n, &["v1", "v2"]);
+    }
+    b.user("alice", &["v1", "v2", "v3"]);
+    let mut first: Vec<Change> = names.iter().map(|n| upsert(n)).collect();
+    first.push(upsert("alice"));
+    b.apply(&first);
+    // Creates never go together (only a PUT to an owned id cannot make a duplicate).
+    assert!(togethers(&b.calls()).is_empty());
+
+    // One script changes every user, and alice twice.
+    let mut burst: Vec<Change> = names.iter().map(|n| upsert(n)).collect();
+    burst.push(upsert("alice"));
+    burst.push(upsert("alice"));
+    let (end, seqs) = b.apply(&burst);
+    let log = b.calls();
+    let sent = togethers(&log);
+    assert_eq!(sent.len(), 2, "{log:#?}");
+    let mut want = names.clone();
+    want.push("alice".into());
+    assert_eq!(
+        sent[0], want,
+        "the whole burst in one request, in queue order"
+    );
+    assert_eq!(
+        sent[1],
+        ["alice"],
+        "her second change after her first landed"
+    );
+    // Gathered until every read of the batch had landed.
+    let last_read = log.iter().rposition(|c| *c == read("u29")).unwrap();
+    assert!(last_read < at(&log, &Call::Together(want)), "{log:#?}");
+    assert_eq!(sends_of(&log, "alice"), ["v2", "v3"], "{log:#?}");
+    assert!(at(&log, &landed("alice", "replaced")) < nth(&log, &read("alice"), 1));
+    for n in &names {
+        assert_eq!(b.endpoint.holds(n).as_deref(), Some("v2"), "{n}");
+    }
+    assert_eq!(b.endpoint.holds("alice").as_deref(), Some("v3"));
+    assert_eq!(end.handled, seqs.last().copied());
+    assert_eq!(end.applied, 32);
+}
+
+#[test]
+fn one_refused_change_of_a_burst_parks_alone() {
+    let mut b = Bench::new(100);
+    b.endpoint.together = true;
+    let names: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+    for n in &names {
+        b.user(n, &["v1", "v2"]);
+    }
+    b.apply(&names.iter().map(|n| upsert(n)).collect::<Vec<_>>());
+    b.endpoint.refuse(
+        "a3",
+        Outcome::Failed("SCIM PUT answered 400: invalid".into()),
+    );
+    let (end, seqs) = b.apply(&names.iter().map(|n| upsert(n)).collect::<Vec<_>>());
+    let log = b.calls();
+    assert_eq!(togethers(&log), std::slice::from_ref(&names), "{log:#?}");
+    assert_eq!(end.parked, 1);
+    assert_eq!(end.applied, 9);
+    assert_eq!(
+        end.handled,
+        seqs.last().copied(),
+        "the refused one is parked: done"
+    );
+    assert_eq!(
+        sends_of(&log, "a3"),
+        ["v2"],
+        "tried once, never repeated with the batch"
+    );
+    let p = b.parking.find(&uuid_of("a3"), None).expect("a3 parked");
+    assert!(p.reason.contains("400"), "{p:?}");
+    for n in names.iter().filter(|n| *n != "a3") {
+        assert_eq!(b.endpoint.holds(n).as_deref(), Some("v2"), "{n}");
+        assert!(b.parking.find(&uuid_of(n), None).is_none());
+    }
+    assert_eq!(b.endpoint.holds("a3").as_deref(), Some("v1"));
+}
+
+#[test]
+fn without_bulk_a_burst_goes_one_change_at_a_time() {
+    let mut b = Bench::new(100);
+    let names: Vec<String> = (0..10).map(|i| format!("o{i}")).collect();
+    for n in &names {
+        b.user(n, &["v1", "v2"]);
+    }
+    b.apply(&names.iter().map(|n| upsert(n)).collect::<Vec<_>>());
+    b.apply(&names.iter().map(|n| upsert(n)).collect::<Vec<_>>());
+    let log = b.calls();
+    assert!(togethers(&log).is_empty(), "{log:#?}");
+    assert_eq!(count(&log, &landed("o0", "replaced")), 1);
+}
+
+// ---------------------------------------------------------------------------------------
 // Parking: no head-of-line blocking.
 
 #[test]
@@ -752,12 +863,15 @@ enum Call {
     Landed(String, &'static str),
     /// The endpoint was asked to delete it.
     Delete(String),
+    /// The endpoint was asked to provision these together (one SCIM Bulk request).
+    Together(Vec<String>),
 }
 
 impl Call {
     fn object(&self) -> &str {
         match self {
             Call::Read(n) | Call::Send(n, _) | Call::Landed(n, _) | Call::Delete(n) => n,
+            Call::Together(_) => "",
         }
     }
 }
@@ -872,6 +986,8 @@ struct FakeEndpoint {
     held: RefCell<HashMap<String, String>>,
     /// Down: its health probe fails too (an outage, not one object's trouble).
     down: Cell<bool>,
+    /// Offers SCIM Bulk: user replacements are handed over together.
+    together: bool,
 }
 
 impl FakeEndpoint {
@@ -947,6 +1063,23 @@ impl EndpointWrites for FakeEndpoint {
     async fn reachable(&self) -> bool {
         smol::future::yield_now().await;
         !self.down.get()
+    }
+
+    async fn sends_together(&self) -> bool {
+        self.together
+    }
+
+    /// One request's worth: logged as one call, then each job answered as it would be on
+    /// its own (refusals included), as a Bulk answer reports each operation.
+    async fn provision_together(&self, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
+        let names = jobs.iter().map(|j| name_of(&j.dn)).collect();
+        self.log.borrow_mut().push(Call::Together(names));
+        let mut out = Vec::new();
+        for job in jobs {
+            let o = self.provision(&job).await;
+            out.push((job, o));
+        }
+        out
     }
 }
 

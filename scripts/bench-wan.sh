@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# bench-wan.sh [--users N] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--only-off] [--keep]
+#
+# The WAN benchmark (a script, not a test; issue 15 item 6): one full pass of the agent over
+# N users (default 5,000) and N/50 groups of 50, to a fresh scim2-server each time, on
+# loopback and through scripts/bench/wan-proxy.py, a loopback TCP proxy that adds MS ms of
+# round-trip time (default 80; a new connection pays one more round trip) and caps each
+# direction at M Mbit/s (default 20). Printed side by side, all measured in this run:
+#   - idrelay on loopback and through the proxy, with `[sync] bulk = "auto"` (SCIM Bulk,
+#     which scim2-server offers) and `bulk = "off"` (one request per object), at
+#     `[sync] concurrency = C` (default 8);
+#   - a second pass through the proxy over the unchanged directory (bulk auto);
+#   - bench-load.py, the POST-only load generator, replaying the same SCIM bodies (from
+#     `idrelay sync --once --dry-run`) through the proxy at each of C1,C2 (default 8,32)
+#     requests in flight, and on loopback at C;
+#   - bench-load.py --bulk 1000, the Bulk load generator, through the proxy and on
+#     loopback at C (the generators replay the dry run's bodies: groups without members,
+#     users without manager references, which the agent sends and the server must check);
+# with the requests each run sent (from scim2-server's log), the agent's peak RSS
+# (/usr/bin/time -v) and the issue's ratios (targets: WAN / loopback <= 1.5 and
+# WAN / Bulk generator <= 1.5 with Bulk; bulk off / best POST-only generator <= 2). The
+# agent with bulk off also runs through the proxy at each of C1,C2 above C.
+# IDRELAY_BIN_BASE=path adds the bulk-off rows for that binary (a baseline measured in
+# the same run, e.g. the commit before a change). --only-off runs only what concerns an
+# endpoint without Bulk: the agent with bulk off through the proxy (at C and above) and
+# the POST-only generator through the proxy.
+#
+# Its servers are its own, never the test servers: slapd instance "openldap-wan" on
+# 127.0.0.1:$IDRELAY_WAN_LDAP_PORT (3396; ldaps $IDRELAY_WAN_LDAPS_PORT, 3643), scim2-server
+# "scim-wan" on :$IDRELAY_WAN_SCIM_PORT (8097) and the proxy on :$IDRELAY_WAN_PROXY_PORT
+# (8098), all under $IDRELAY_TESTBED, stopped at the end unless --keep (the proxy always).
+# The seeded directory is kept and reused while N stays the same.
+# IDRELAY_BIN=path benchmarks that binary instead of building `cargo build --release`.
+set -euo pipefail
+ROOT_FLAG=""
+if [ "$(id -u)" = 0 ]; then ROOT_FLAG="--allow-root"; fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TB=$ROOT/scripts/testbed
+TB_NAME=bench-wan
+# shellcheck source-path=SCRIPTDIR source=testbed/common.sh
+. "$TB/common.sh"
+export IDRELAY_TESTBED
+
+USERS=5000
+RTT_MS=80
+MBIT=20
+CONCURRENCY=8
+LG_CONC=8,32
+KEEP=0
+ONLY_OFF=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --users) USERS=${2:?}; shift ;;
+    --rtt-ms) RTT_MS=${2:?}; shift ;;
+    --mbit) MBIT=${2:?}; shift ;;
+    --concurrency) CONCURRENCY=${2:?}; shift ;;
+    --loadgen-concurrency) LG_CONC=${2:?}; shift ;;
+    --keep) KEEP=1 ;;
+    --only-off) ONLY_OFF=1 ;;
+    -h | --help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+  shift
+done
+for v in "$USERS" "$RTT_MS" "$MBIT" "$CONCURRENCY" ${LG_CONC//,/ }; do
+  [[ $v =~ ^[0-9]+$ ]] || die "not a whole number: $v"
+done
+[ "$USERS" -ge 50 ] || die "--users must be >= 50"
+GROUPS_N=$((USERS / 50))
+
+LDAP_PORT=${IDRELAY_WAN_LDAP_PORT:-3396}
+LDAPS_PORT=${IDRELAY_WAN_LDAPS_PORT:-3643}
+SCIM_PORT=${IDRELAY_WAN_SCIM_PORT:-8097}
+PROXY_PORT=${IDRELAY_WAN_PROXY_PORT:-8098}
+TOKEN=bench-token
+B=$IDRELAY_TESTBED/bench-wan
+SCOPE=("ou=people,dc=branch,dc=test" "ou=groups,dc=branch,dc=test")
+
+ldap_tb() { IDRELAY_LDAP_INSTANCE=openldap-wan IDRELAY_LDAP_PORT=$LDAP_PORT IDRELAY_LDAPS_PORT=$LDAPS_PORT "$TB/openldap.sh" "$@"; }
+scim_tb() { IDRELAY_SCIM_INSTANCE=scim-wan IDRELAY_SCIM_PORT=$SCIM_PORT IDRELAY_SCIM_TOKEN=$TOKEN "$TB/scim-server.sh" "$@"; }
+url() { if [ "$1" = wan ]; then echo "http://127.0.0.1:$PROXY_PORT/v2"; else echo "http://127.0.0.1:$SCIM_PORT/v2"; fi; }
+
+PROXY_PID=""
+proxy_stop() { # prints the proxy's JSON stats line, if any
+  [ -n "$PROXY_PID" ] || return 0
+  kill "$PROXY_PID" 2>/dev/null || true
+  wait "$PROXY_PID" 2>/dev/null || true
+  PROXY_PID=""
+  tail -n 1 "$B/proxy.out" 2>/dev/null || true
+}
+proxy_start() {
+  port_busy "$PROXY_PORT" && die "127.0.0.1:$PROXY_PORT is already in use (set IDRELAY_WAN_PROXY_PORT)"
+  python3 "$ROOT/scripts/bench/wan-proxy.py" --listen "$PROXY_PORT" --target "$SCIM_PORT" \
+    --rtt-ms "$RTT_MS" --mbit "$MBIT" >"$B/proxy.out" 2>"$B/proxy.err" &
+  PROXY_PID=$!
+
+  for _ in $(seq 50); do
+    port_busy "$PROXY_PORT" && return 0
+    sleep 0.1
+  done
+  die "the WAN proxy did not start (see $B/proxy.err)"
+}
+cleanup() {
+  local rc=$?
+  proxy_stop >/dev/null
+  if [ "$KEEP" = 0 ]; then
+    scim_tb stop 2>/dev/null || true
+    ldap_tb stop 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# fresh : restart scim2-server with nothing in it; MARK is where its log stands.
+fresh() {
+  scim_tb stop 2>/dev/null || true
+  scim_tb start >/dev/null
+  MARK=$(wc -l <"$IDRELAY_TESTBED/scim-wan/scim2-server.log")
+}
+# requests : "N (POST /v2/Bulk 200: n, ...)" from scim2-server's log since `fresh`.
+requests() {
+  tail -n +"$((MARK + 1))" "$IDRELAY_TESTBED/scim-wan/scim2-server.log" |
+    awk -F'"' 'NF >= 3 && $2 ~ / HTTP\// {
+        split($2, r, " "); split(r[2], q, "?"); split(q[1], p, "/");
+        k = r[1] " /" p[2] "/" p[3] (p[4] != "" ? "/ID" : ""); split($3, s, " ");
+        n[k " " s[1]]++; t++ } END { d = ""; for (k in n) d = d (d ? ", " : "") k ": " n[k];
+        printf "%d (%s)", t, d }'
+}
+secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+jget() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+T0=$(now)
+log "WAN benchmark: $USERS users + $GROUPS_N groups; link ${RTT_MS} ms RTT, $MBIT Mbit/s; concurrency $CONCURRENCY"
+log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+ensure_pkgs slapd ldap-utils time curl
+mkdir -p "$B"
+
+cd "$ROOT"
+if [ -n "${IDRELAY_BIN:-}" ]; then
+  BIN=$IDRELAY_BIN
+else
+  cargo build --release -q || die "cargo build --release failed"
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/idrelay
+fi
+[ -x "$BIN" ] || die "no executable at $BIN"
+AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG="" # what `agent` runs (the baseline rows change it)
+VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unknown)")
+[ -z "${IDRELAY_BIN_BASE:-}" ] || VERSION="$VERSION; base: $("$IDRELAY_BIN_BASE" version 2>/dev/null | head -n 1)"
+
+LDAP_D=$IDRELAY_TESTBED/openldap-wan
+if [ "$(cat "$LDAP_D/bench-seeded" 2>/dev/null)" != "$USERS" ]; then
+  log "seeding $USERS users and $GROUPS_N groups into $LDAP_D"
+  ldap_tb reset
+  ldap_tb seed "$USERS"
+  echo "$USERS" >"$LDAP_D/bench-seeded"
+fi
+eval "$(ldap_tb start)"
+(
+  umask 077
+  printf '%s\n' "$OPENLDAP_SYNC_PW" >"$B/ldap.secret"
+  printf '%s\n' "$TOKEN" >"$B/scim.token"
+)
+
+write_config() { # write_config TAG LINK BULK -> config path, with a fresh state dir
+  local cfg=$B/idrelay-$1.toml state=$B/state-$1
+  rm -rf "$state"
+  mkdir -p "$state"
+  cat >"$cfg" <<EOF
+# written by scripts/bench-wan.sh
+[agent]
+id = "bench-wan-$1"
+state_dir = "$state"
+[directory]
+url = "$OPENLDAP_URL"
+starttls = false
+bind_dn = "$OPENLDAP_SYNC_DN"
+password_file = "$B/ldap.secret"
+base_dn = "$OPENLDAP_BASE_DN"
+[scope]
+include = ["${SCOPE[0]}", "${SCOPE[1]}"]
+[scim]
+url = "$(url "$2")"
+token_file = "$B/scim.token"
+[sync]
+concurrency = $AG_CONC
+bulk = "$3"
+EOF
+  chmod 600 "$cfg"
+  echo "$cfg"
+}
+
+# The SCIM bodies the load generators replay.
+fresh
+cfg=$(write_config dry loop auto)
+rc=0
+"$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once --dry-run >"$B/writes.jsonl" 2>"$B/dry-run.err" || rc=$?
+[ $rc -eq 0 ] || [ $rc -eq 3 ] || die "sync --once --dry-run failed (exit $rc; see $B/dry-run.err)"
+WRITES=$(grep -c '^{' "$B/writes.jsonl" || true)
+log "dry run: $WRITES writes"
+
+ROWS=()
+row() { ROWS+=("$(printf '%-44s | %8s | %-60s | %s' "$1" "$2" "$3" "$4")"); }
+declare -A S
+
+agent() { # agent TAG LINK BULK [second] : one pass; sets S[TAG]
+  local tag=$1 link=$2 bulk=$3 cfg t0 secs rc=0 rss summary
+  if [ "${4:-}" = second ]; then
+    MARK=$(wc -l <"$IDRELAY_TESTBED/scim-wan/scim2-server.log")
+    cfg=$B/idrelay-${tag%-2}.toml
+  else
+    fresh
+    cfg=$(write_config "$tag" "$link" "$bulk")
+  fi
+  [ "$link" = wan ] && proxy_start
+  log "[$tag] idrelay sync --once ($link, bulk $bulk${4:+, second pass})"
+  t0=$(now)
+  /usr/bin/time -v -o "$B/time-$tag.txt" "$AG_BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once \
+    >"$B/sync-$tag.out" 2>"$B/sync-$tag.err" || rc=$?
+  secs=$(secs_since "$t0")
+  [ "$link" = wan ] && proxy_stop >"$B/proxy-$tag.json"
+  [ $rc -eq 0 ] || [ $rc -eq 3 ] || { log_tail "$B/sync-$tag.err"; die "[$tag] sync --once failed (exit $rc)"; }
+  rss=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); printf "%.1f", $2 / 1024 }' "$B/time-$tag.txt")
+  summary=$(grep '^sync:' "$B/sync-$tag.out" | tail -n 1 | sed 's/^sync: //' || true)
+  S[$tag]=$secs
+  row "idrelay${AG_TAG} $link, bulk $bulk, c $AG_CONC${4:+, second pass}" "$secs" "$(requests)" "${rss} MiB; $summary"
+  log "[$tag] $secs s, peak RSS $rss MiB"
+}
+
+loadgen() { # loadgen TAG LINK CONC [--bulk N]
+  local tag=$1 link=$2 conc=$3 json
+  shift 3
+  fresh
+  [ "$link" = wan ] && proxy_start
+  log "[$tag] bench-load.py ${*:-POST-only} ($link, $conc in flight)"
+  json=$(python3 "$ROOT/scripts/bench-load.py" --base "$(url "$link")" --token-file "$B/scim.token" \
+    --concurrency "$conc" "$@" "$B/writes.jsonl" 2>"$B/loadgen-$tag.err") || true
+  [ "$link" = wan ] && proxy_stop >"$B/proxy-$tag.json"
+  [ -n "$json" ] || { cat "$B/loadgen-$tag.err" >&2; die "[$tag] bench-load.py produced no result"; }
+  S[$tag]=$(jget "$json" seconds)
+  row "${tag%%-*} load generator, $link, $conc in flight" "${S[$tag]}" "$(requests)" \
+    "$(jget "$json" errors) errors, p50 $(jget "$json" p50_ms) ms"
+}
+
+if [ "$ONLY_OFF" = 0 ]; then
+  agent loop-auto loop auto
+  agent loop-off loop off
+  agent wan-auto wan auto
+  agent wan-auto-2 wan auto second
+fi
+agent wan-off wan off
+for c in ${LG_CONC//,/ }; do
+  [ "$c" -gt "$CONCURRENCY" ] || continue
+  AG_CONC=$c
+  agent "wan-off-$c" wan off
+done
+if [ -n "${IDRELAY_BIN_BASE:-}" ]; then
+  AG_BIN=$IDRELAY_BIN_BASE AG_TAG=" (base)" AG_CONC=$CONCURRENCY
+  [ "$ONLY_OFF" = 1 ] || agent base-loop-off loop off
+  agent base-wan-off wan off
+  for c in ${LG_CONC//,/ }; do
+    [ "$c" -gt "$CONCURRENCY" ] || continue
+    AG_CONC=$c
+    agent "base-wan-off-$c" wan off
+  done
+fi
+AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG=""
+[ "$ONLY_OFF" = 1 ] || loadgen post-loop loop "$CONCURRENCY"
+BEST_POST=""
+for c in ${LG_CONC//,/ }; do
+  loadgen "post-wan-$c" wan "$c"
+  if [ -z "$BEST_POST" ] || awk -v a="${S[post-wan-$c]}" -v b="$BEST_POST" 'BEGIN { exit !(a < b) }'; then
+    BEST_POST=${S[post-wan-$c]}
+    BEST_C=$c
+  fi
+done
+if [ "$ONLY_OFF" = 0 ]; then
+  loadgen bulk-wan wan "$CONCURRENCY" --bulk 1000
+  loadgen bulk-loop loop "$CONCURRENCY" --bulk 1000
+fi
+
+cat <<EOF
+
+== idrelay WAN benchmark: $USERS users + $GROUPS_N groups ($WRITES writes a first pass), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores
+   $VERSION; link: ${RTT_MS} ms RTT (+1 RTT a new connection), $MBIT Mbit/s each way (scripts/bench/wan-proxy.py)
+   scim2-server fresh for each first pass; agent [sync] concurrency = $CONCURRENCY
+
+run                                          |        s | requests (scim2-server log)                                  | notes
+---------------------------------------------+----------+--------------------------------------------------------------+------
+EOF
+printf '%s\n' "${ROWS[@]}"
+cat <<EOF
+
+ratios (issue 15 targets)
+  WAN bulk auto / loopback bulk auto:                 $(ratio "${S[wan-auto]:-}" "${S[loop-auto]:-}")   (target <= 1.5)
+  WAN bulk auto / Bulk load generator on the WAN:     $(ratio "${S[wan-auto]:-}" "${S[bulk-wan]:-}")   (target <= 1.5)
+  WAN bulk off / best POST-only generator ($BEST_C in flight): $(ratio "${S[wan-off]:-}" "$BEST_POST")   (target <= 2)
+EOF
+for t in wan-off base-wan-off; do
+  for c in ${LG_CONC//,/ }; do
+    [ -n "${S[$t-$c]:-}" ] || continue
+    echo "  $t at c $c / best POST-only generator:  $(ratio "${S[$t-$c]}" "$BEST_POST")   (target <= 2)"
+  done
+done
+[ -z "${S[base-wan-off]:-}" ] ||
+  echo "  base-wan-off at c $CONCURRENCY / best POST-only generator:  $(ratio "${S[base-wan-off]}" "$BEST_POST")"
+cat <<EOF
+  loopback bulk auto / POST-only generator, loopback: $(ratio "${S[loop-auto]:-}" "${S[post-loop]:-}")   (target <= 1.0)
+  loopback bulk auto / Bulk generator, loopback:      $(ratio "${S[loop-auto]:-}" "${S[bulk-loop]:-}")
+  second pass on the WAN:                             ${S[wan-auto-2]:-} s   (target <= 5 s)
+outputs: $B; total $(since "$T0") s
+EOF
