@@ -25,9 +25,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::ldap::dn;
 use crate::scim::mapping::{MemberIds, MemberIdsBuilder, Reference};
 use crate::sync::diskmap::DiskMap;
-use crate::ldap::dn;
 use crate::sync::flatten;
 use crate::sync::scope_groups::{GroupGraph, ScopeGroupsError};
 

@@ -30,7 +30,7 @@
 //!   changed only by the sender's own task, between awaits; the concurrent work is reads
 //!   and writes only. Where the endpoint offers SCIM Bulk (`sync.bulk = "auto"`), the
 //!   users' PUTs a batch decided are gathered and go out together once no read of the
-//!   batch is in flight ([`together`]); each keeps its own outcome.
+//!   batch is in flight (`together`); each keeps its own outcome.
 //! * A burst of deletes is judged whole: a delete or scope exit waits
 //!   `sync.delete_settle_secs` (30 s) in the gate's `pending` list, durably (its change is
 //!   acknowledged, later changes of other objects flow on), and when the window closes
