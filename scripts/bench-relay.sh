@@ -14,7 +14,7 @@
 #   5. reconnect: the hub is killed (SIGKILL, its PID) and restarted on the same port, 3
 #      times; the time until a SCIM GET through it answers 200 again.
 # Prints one table. Clients keep one HTTP/1.1 connection each (no TCP connect measured).
-# The agent handles the requests of one poll answer concurrently (relay::agent::CONCURRENCY,
+# The agent handles the requests of one poll answer concurrently (relay::link::CONCURRENCY,
 # 8) and posts each reply when ready, so the 4- and 16-client rows measure that pipeline.
 #
 # Its servers are its own, never the test servers: slapd instance "openldap-relaybench" on
