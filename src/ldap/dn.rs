@@ -81,6 +81,29 @@ pub fn under_any<S: AsRef<str>>(dn: &str, bases: &[S]) -> bool {
     bases.iter().any(|b| is_under(&n, &normalize(b.as_ref())))
 }
 
+/// Escapes an RDN value (RFC 4514 §2.4) with the character escapes (`\,` `\+` `\"` `\\`
+/// `\<` `\>` `\;` `\=`, a leading `#` or space, a trailing space; NUL as `\00`).
+/// Not `ldap3::dn_escape`: that one writes `\2c` for the same characters, which every
+/// server reads alike but which would change how the DNs writeback creates are spelled
+/// (and logged, and compared by the tests and the operator's scripts) for no gain.
+pub fn escape_rdn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 4);
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +200,13 @@ mod tests {
             let glued = normalize(&format!("{}\\,{}", dn[0], base.join(",")));
             prop_assert!(!is_under(&glued, &b), "dn {} base {}", glued, b);
         }
+    }
+
+    #[test]
+    fn rdn_values_are_escaped() {
+        assert_eq!(escape_rdn_value("a,b+c"), "a\\,b\\+c");
+        assert_eq!(escape_rdn_value(" #x "), "\\ #x\\ ");
+        assert_eq!(escape_rdn_value("#x"), "\\#x");
+        assert_eq!(escape_rdn_value("a=b\\"), "a\\=b\\\\");
     }
 }

@@ -962,25 +962,6 @@ fn parent(target: &str) -> String {
     rdns.get(1..).map(|r| r.join(",")).unwrap_or_default()
 }
 
-/// Escapes an RDN value (RFC 4514 §2.4).
-pub fn escape_rdn_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len() + 4);
-    let last = v.chars().count().saturating_sub(1);
-    for (i, c) in v.chars().enumerate() {
-        match c {
-            ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '#' if i == 0 => out.push_str("\\#"),
-            ' ' if i == 0 || i == last => out.push_str("\\ "),
-            '\0' => out.push_str("\\00"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Members as a working list of DNs: exact spellings kept (they go back to LDAP), compared
 /// by their normalised form (a set, so a million-member group costs O(n), not O(n²)).
 #[derive(Clone)]
@@ -1066,7 +1047,7 @@ fn plan_create(
         }
     }
     let name = name.ok_or_else(|| bad("invalidValue", "a new group needs `displayName`"))?;
-    let new_dn = format!("cn={},{parent}", escape_rdn_value(&name));
+    let new_dn = format!("cn={},{parent}", dn::escape_rdn_value(&name));
     let resource = ctx.profile.resource(ResourceKind::Group);
     let class = resource
         .object_classes()
@@ -1185,7 +1166,7 @@ fn plan_update(
                 }
                 if ldap.eq_ignore_ascii_case(&rdn_attr) {
                     match value {
-                        Some(v) => rename = Some(format!("{rdn_attr}={}", escape_rdn_value(v))),
+                        Some(v) => rename = Some(format!("{rdn_attr}={}", dn::escape_rdn_value(v))),
                         None => {
                             return Err(bad(
                                 "invalidValue",
@@ -1875,13 +1856,5 @@ mod tests {
             dn: "cn=g,ou=x".into(),
         };
         assert_eq!(plan_.attributes(), ["member"]);
-    }
-
-    #[test]
-    fn rdn_values_are_escaped() {
-        assert_eq!(escape_rdn_value("a,b+c"), "a\\,b\\+c");
-        assert_eq!(escape_rdn_value(" #x "), "\\ #x\\ ");
-        assert_eq!(escape_rdn_value("#x"), "\\#x");
-        assert_eq!(escape_rdn_value("a=b\\"), "a\\=b\\\\");
     }
 }
