@@ -11,7 +11,7 @@
 #     `[sync] concurrency = C` (default 8);
 #   - a second pass through the proxy over the unchanged directory (bulk auto);
 #   - bench-load.py, the POST-only load generator, replaying the same SCIM bodies (from
-#     `idrelay sync --once --dry-run`) through the proxy at each of C1,C2 (default 8,32)
+#     `idrelay sync --once --dry-run --json`) through the proxy at each of C1,C2 (default 8,32)
 #     requests in flight, and on loopback at C;
 #   - bench-load.py --bulk 1000, the Bulk load generator, through the proxy and on
 #     loopback at C (the generators replay the dry run's bodies: groups without members,
@@ -195,7 +195,7 @@ EOF
 fresh
 cfg=$(write_config dry loop auto)
 rc=0
-"$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once --dry-run >"$B/writes.jsonl" 2>"$B/dry-run.err" || rc=$?
+"$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once --dry-run --json >"$B/writes.jsonl" 2>"$B/dry-run.err" || rc=$?
 [ $rc -eq 0 ] || [ $rc -eq 3 ] || die "sync --once --dry-run failed (exit $rc; see $B/dry-run.err)"
 WRITES=$(grep -c '^{' "$B/writes.jsonl" || true)
 log "dry run: $WRITES writes"
