@@ -503,10 +503,23 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
             }
         }
         if flying.is_empty() {
+            let outage = if retry.is_empty() {
+                None
+            } else {
+                ctx.endpoint.outage_wait()
+            };
+            if outage.is_some() {
+                // Tries while the whole endpoint is down are the endpoint's, not the
+                // change's: they never count toward parking it once the outage ends.
+                for &(j, _) in &retry {
+                    tries[j] = 0;
+                    refused[j] = None;
+                }
+            }
             if let Some(&(i, ref why)) = retry.first() {
                 // Everything in flight landed: wait, then try the retried changes again.
                 // During an endpoint outage its watch said so once and paces the tries.
-                let (wait, level) = match ctx.endpoint.outage_wait() {
+                let (wait, level) = match outage {
                     Some(w) => (w, log::Level::Debug),
                     None => (
                         waits[i]

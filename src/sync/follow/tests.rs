@@ -688,6 +688,27 @@ fn an_endpoint_outage_parks_nothing() {
     assert_eq!(end.handled, seqs.last().copied());
 }
 
+/// Regression: the tries a change made while the whole endpoint was in an outage counted
+/// toward parking it, so the first failure after the outage ended parked it for minutes
+/// (the wall-of-5xx test saw its change arrive 102 s after the endpoint came back).
+#[test]
+fn tries_during_an_endpoint_outage_never_park_the_change() {
+    let mut b = Bench::new(100);
+    b.user("x0", &["v1"]);
+    for _ in 0..6 {
+        b.endpoint
+            .refuse("x0", Outcome::Unavailable("SCIM PUT answered 503".into()));
+    }
+    // Five retry rounds inside the outage, then one more failure once it has ended.
+    b.endpoint.outage_rounds.set(5);
+    let (end, seqs) = b.apply(&[upsert("x0")]);
+    let log = b.calls();
+    assert_eq!(sends_of(&log, "x0"), ["v1"; 7], "{log:#?}");
+    assert_eq!(b.endpoint.holds("x0").as_deref(), Some("v1"));
+    assert!(b.parking.is_empty(), "{:?}", b.parking.entries());
+    assert_eq!(end.handled, seqs.last().copied());
+}
+
 #[test]
 fn a_later_change_to_a_parked_object_supersedes_it() {
     let mut b = Bench::new(100);
@@ -988,6 +1009,9 @@ struct FakeEndpoint {
     down: Cell<bool>,
     /// Offers SCIM Bulk: user replacements are handed over together.
     together: bool,
+    /// Retry rounds the whole endpoint is in an outage for (its watch says so, with a
+    /// wait; its health probe fails meanwhile).
+    outage_rounds: Cell<u32>,
 }
 
 impl FakeEndpoint {
@@ -1062,7 +1086,13 @@ impl EndpointWrites for FakeEndpoint {
 
     async fn reachable(&self) -> bool {
         smol::future::yield_now().await;
-        !self.down.get()
+        !self.down.get() && self.outage_rounds.get() == 0
+    }
+
+    fn outage_wait(&self) -> Option<Duration> {
+        let n = self.outage_rounds.get();
+        self.outage_rounds.set(n.checked_sub(1)?);
+        Some(Duration::ZERO)
     }
 
     async fn sends_together(&self) -> bool {
