@@ -110,7 +110,7 @@ show "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$CONFIG" sync --once | tee "$DE
 rc=0
 show "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$CONFIG" sync --once | tee "$DEMO/sync2.out" || rc=$?
 [ $rc -eq 0 ] || die "the second sync failed (exit $rc): see above"
-if grep -Eq 'writes: 0 created, 0 replaced, 0 patched' "$DEMO/sync2.out"; then
+if grep -Eq 'requests: 0 POST, 0 PUT, 0 PATCH' "$DEMO/sync2.out"; then
   echo "second pass: nothing to send, the SCIM server is in step with the directory"
 else
   log "note: the second pass still sent writes: $(tail -n 1 "$DEMO/sync2.out")"
