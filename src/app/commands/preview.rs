@@ -165,25 +165,17 @@ async fn preview_async(c: &Config, target: &str) -> Result<i32, String> {
 /// Prints, attribute by attribute, where what a sync sends differs from what the endpoint
 /// holds (the comparison of [`crate::scim::readback`]: case, decorations and what the
 /// endpoint adds are no difference).
+/// What a sync would change at the endpoint, attribute by attribute, as `sync --dry-run`
+/// shows it ([`crate::sync::diff`]: values shortened, secrets never shown).
 fn print_difference(sends: &serde_json::Value, held: &serde_json::Value) {
-    use crate::scim::readback::{compare, value_at};
-    use serde_json::Value;
-    let drift = compare(sends, held, &|_| false);
-    if drift.is_empty() {
+    let changes = crate::sync::diff::changes(Some(held), sends, false);
+    if changes.is_empty() {
         crate::outln!("difference: none: the endpoint holds what a sync sends");
         return;
     }
     crate::outln!("difference (endpoint -> a sync sends):");
-    let shown = |v: Option<&Value>| match v {
-        None | Some(Value::Null) => "(none)".to_string(),
-        Some(v) => v.to_string(),
-    };
-    for (path, _) in drift {
-        crate::outln!(
-            "  {path}: {} -> {}",
-            shown(value_at(held, &path)),
-            shown(value_at(sends, &path))
-        );
+    for c in changes {
+        crate::outln!("  {}: {} -> {}", c.path, c.old, c.new);
     }
 }
 
