@@ -135,27 +135,8 @@ pub(crate) fn take_members(entry: &mut Entry, attributes: &[String]) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    struct Fake(HashMap<String, Vec<String>>);
-
-    impl GroupGraph for Fake {
-        async fn members(&self, dn: &str) -> Result<Option<Vec<String>>, ScopeGroupsError> {
-            Ok(self.0.get(&dn::normalize(dn)).cloned())
-        }
-        fn is_group(&self, dn: &str) -> Result<bool, ScopeGroupsError> {
-            Ok(self.0.contains_key(&dn::normalize(dn)))
-        }
-    }
-
-    fn fake(groups: &[(&str, &[&str])]) -> Fake {
-        Fake(
-            groups
-                .iter()
-                .map(|(g, m)| (dn::normalize(g), m.iter().map(|s| s.to_string()).collect()))
-                .collect(),
-        )
-    }
+    use crate::sync::scope_groups::map_graph::{map_graph as fake, MapGraph as Fake};
 
     fn run(f: &Fake, group: &str) -> Flat {
         let direct = f.0[&dn::normalize(group)].clone();

@@ -367,6 +367,39 @@ pub async fn read_allowed_set(
     expand(&graph, scope, state_dir).await
 }
 
+/// A group graph from a table, for the tests of everything built on [`GroupGraph`]
+/// (flatten, closures): groups by DN with their member DNs; every other DN is not a group
+/// and has no members.
+#[cfg(test)]
+pub(crate) mod map_graph {
+    use std::collections::HashMap;
+
+    use super::{GroupGraph, ScopeGroupsError};
+    use crate::ldap::dn;
+
+    /// Normalised group DN → its member DNs as written.
+    pub(crate) struct MapGraph(pub(crate) HashMap<String, Vec<String>>);
+
+    impl GroupGraph for MapGraph {
+        async fn members(&self, dn: &str) -> Result<Option<Vec<String>>, ScopeGroupsError> {
+            Ok(self.0.get(&dn::normalize(dn)).cloned())
+        }
+        fn is_group(&self, dn: &str) -> Result<bool, ScopeGroupsError> {
+            Ok(self.0.contains_key(&dn::normalize(dn)))
+        }
+    }
+
+    /// The graph of `groups`: (group DN, member DNs).
+    pub(crate) fn map_graph(groups: &[(&str, &[&str])]) -> MapGraph {
+        MapGraph(
+            groups
+                .iter()
+                .map(|(g, m)| (dn::normalize(g), m.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
