@@ -1424,7 +1424,7 @@ impl ScimClient {
                         let e = ScimError::Token(e);
                         self.health().failed(e.to_string());
                         if let Some(w) = self.outage() {
-                            w.failed(crate::scim::outage::Cause::Token);
+                            w.failed(crate::scim::outage::Cause::Token, 0);
                         }
                         e
                     })?;
@@ -1455,7 +1455,10 @@ impl ScimClient {
                     }
                 }
             }
-            self.note_health(method, url, &sent);
+            let subject =
+                crate::scim::outage::subject(method.as_str(), url.as_str(), body.as_deref());
+            self.note_health(method, url, subject, &sent);
+            self.probe_if_asked().await;
             let (next, outcome) = match sent {
                 // A refused OAuth2 token is replaced once, at once: it may have expired early.
                 Ok(resp) if resp.status == 401 && !renewed && generation.is_some() => {
@@ -1533,7 +1536,13 @@ impl ScimClient {
     /// Records for `status` how a request fared: an answer that is about the object (2xx,
     /// most 4xx) shows the endpoint works; a transport error, a 5xx, a 429 or a 401 shows it
     /// does not (the text names method, path and status, never a header).
-    fn note_health(&self, method: Method, url: &Url, sent: &Result<HttpResponse, HttpError>) {
+    fn note_health(
+        &self,
+        method: Method,
+        url: &Url,
+        subject: u64,
+        sent: &Result<HttpResponse, HttpError>,
+    ) {
         if let Some(w) = self.outage() {
             use crate::scim::outage::Cause;
             let cause = match sent {
@@ -1552,7 +1561,7 @@ impl ScimClient {
                 .iter()
                 .any(|d| url.path().contains(d));
             match cause {
-                Some(c) => w.failed(c),
+                Some(c) => w.failed(c, subject),
                 None if discovery => {}
                 None => w.answered(),
             }
@@ -1570,6 +1579,34 @@ impl ScimClient {
             )),
             Ok(_) => h.ok(),
             Err(error) => h.failed(format!("SCIM {method} {}: {error}", shown_path(url))),
+        }
+    }
+
+    /// One request alone failed again and again: asks the service itself (one GET of
+    /// `/ServiceProviderConfig`, no retries) whether it is the object or the endpoint; see
+    /// [`crate::scim::outage`].
+    async fn probe_if_asked(&self) {
+        let Some(w) = self.outage() else { return };
+        if !w.wants_probe() {
+            return;
+        }
+        let Ok(url) = endpoint_url(&self.cfg.base_url, &["ServiceProviderConfig"]) else {
+            return;
+        };
+        let req = HttpRequest::new(Method::Get, url.clone()).header("Accept", SCIM_JSON);
+        let sent = self.http.send(req).await;
+        let subject = crate::scim::outage::subject(Method::Get.as_str(), url.as_str(), None);
+        use crate::scim::outage::Cause;
+        match sent {
+            Ok(r) if r.status >= 500 || r.status == 429 => {
+                w.failed(Cause::Status(r.status), subject)
+            }
+            Ok(_) => w.service_answers(),
+            Err(HttpError::Timeout { .. }) => w.failed(Cause::Timeout, subject),
+            Err(HttpError::Tls { .. }) | Err(HttpError::CaFile { .. }) => {
+                w.failed(Cause::Tls, subject)
+            }
+            Err(_) => w.failed(Cause::Connect, subject),
         }
     }
 

@@ -8,7 +8,12 @@
 //!   credential's ([`Cause`]). At once for the credential (401, or 403 before anything
 //!   was ever answered), the TLS handshake and the connection (DNS, TCP); after
 //!   [`WALL`] failures in a row with no answer between them for a 5xx, a 429 or a
-//!   timeout (one object's 5xx among answers to others is that object's).
+//!   timeout, of at least two different requests (one object's 5xx among answers to
+//!   others is that object's, and so are its own retries one after another). When one
+//!   request fails [`WALL`] times in a row with nothing else tried, the machine asks for a
+//!   probe of the service ([`OutageMachine::wants_probe`]): a probe that fails too makes
+//!   the wall; one that is answered says the failures are that object's (the streak
+//!   starts again), so a lone refused object is parked, not taken for an outage.
 //! * outage → outage: more failures are counted, not reported; the cause kept is the
 //!   latest. [`OutageMachine::next_wait`] hands out the waits: [`FIRST_WAIT`] doubling to
 //!   [`MAX_WAIT`] (15 min), each drawn from its upper three quarters (jitter, so a fleet
@@ -28,7 +33,8 @@ use std::time::{Duration, Instant};
 pub const FIRST_WAIT: Duration = Duration::from_secs(2);
 /// The longest wait between two tries during an outage.
 pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
-/// Failures in a row (5xx, 429, timeouts) that make an outage.
+/// Failures in a row (5xx, 429, timeouts), of at least two different requests, that make
+/// an outage.
 pub const WALL: u32 = 3;
 
 /// Why the endpoint counts as failing.
@@ -131,16 +137,23 @@ pub struct OutageFacts {
 #[derive(Debug, Clone, Default)]
 pub struct OutageMachine {
     outage: Option<Outage>,
-    /// Failures in a row that do not count at once.
+    /// Failures in a row for causes that do not count at once.
     streak: u32,
+    /// The request (its [`subject`] key) that began the streak, and whether another one
+    /// failed in it since.
+    first: Option<u64>,
+    varied: bool,
+    /// A probe of the service was handed out for this streak.
+    probed: bool,
     /// Some request was ever answered.
     answered: bool,
     outages: u64,
 }
 
 impl OutageMachine {
-    /// A request failed for `cause` at `now`.
-    pub fn failed(&mut self, cause: Cause, now: Instant) -> Option<Transition> {
+    /// A request failed for `cause` at `now`; `subject`: which request it was
+    /// ([`subject`]), so that one request's retries count once toward a wall.
+    pub fn failed(&mut self, cause: Cause, subject: u64, now: Instant) -> Option<Transition> {
         if let Some(o) = &mut self.outage {
             o.failures += 1;
             o.cause = cause;
@@ -152,11 +165,18 @@ impl OutageMachine {
             Cause::Status(403) if !self.answered => Cause::Credentials(403),
             c => c,
         };
-        self.streak += 1;
-        if !cause.at_once() && self.streak < WALL {
-            return None;
+        if !cause.at_once() {
+            self.streak += 1;
+            match self.first {
+                None => self.first = Some(subject),
+                Some(f) if f != subject => self.varied = true,
+                Some(_) => {}
+            }
+            if self.streak < WALL || !self.varied {
+                return None;
+            }
         }
-        self.streak = 0;
+        self.clear_streak();
         self.outages += 1;
         self.outage = Some(Outage {
             cause,
@@ -171,7 +191,7 @@ impl OutageMachine {
     /// A request got an answer about its object at `now`.
     pub fn answered(&mut self, now: Instant) -> Option<Transition> {
         self.answered = true;
-        self.streak = 0;
+        self.clear_streak();
         let o = self.outage.take()?;
         Some(Transition::Up {
             lasted: now.saturating_duration_since(o.since),
@@ -180,14 +200,38 @@ impl OutageMachine {
         })
     }
 
+    fn clear_streak(&mut self) {
+        self.streak = 0;
+        self.first = None;
+        self.varied = false;
+        self.probed = false;
+    }
+
     /// The service answered a probe of its own (its /ServiceProviderConfig) at `now`: an
     /// outage of the link or of 5xx is over (what still fails is the objects'); one of the
-    /// credential is not (discovery documents are often served without a token).
+    /// credential is not (discovery documents are often served without a token). While
+    /// healthy, the failures in a row so far were the objects': the streak starts again.
     pub fn service_answers(&mut self, now: Instant) -> Option<Transition> {
         match self.outage.as_ref().map(|o| o.cause) {
-            Some(Cause::Credentials(_) | Cause::Token) | None => None,
+            Some(Cause::Credentials(_) | Cause::Token) => None,
+            None => {
+                self.clear_streak();
+                None
+            }
             Some(_) => self.answered(now),
         }
+    }
+
+    /// Whether the caller should probe the service now, once per streak: healthy, and one
+    /// request alone failed [`WALL`] times in a row. Its failure ([`OutageMachine::failed`]
+    /// with the probe's own subject) makes the wall; its answer
+    /// ([`OutageMachine::service_answers`]) clears the streak.
+    pub fn wants_probe(&mut self) -> bool {
+        let wants = self.outage.is_none() && self.streak >= WALL && !self.varied && !self.probed;
+        if wants {
+            self.probed = true;
+        }
+        wants
     }
 
     /// In an outage: how long to wait before the next try (counted as a retry), with
@@ -233,6 +277,19 @@ impl OutageMachine {
             },
         }
     }
+}
+
+/// The key of one request for the wall count: the same method, URL and body (a retry) give
+/// the same key; different objects' requests give different ones.
+pub fn subject(method: &str, url: &str, body: Option<&[u8]>) -> u64 {
+    use std::io::Write;
+    let mut h = crate::fnv::Fnv64::default();
+    let _ = h.write_all(method.as_bytes());
+    let _ = h.write_all(b" ");
+    let _ = h.write_all(url.as_bytes());
+    let _ = h.write_all(b"\n");
+    let _ = h.write_all(body.unwrap_or_default());
+    h.0
 }
 
 /// The line a transition is logged with.
@@ -301,9 +358,9 @@ impl EndpointWatch {
         }
     }
 
-    /// A request failed for `cause`.
-    pub fn failed(&self, cause: Cause) {
-        let t = self.machine().failed(cause, Instant::now());
+    /// A request failed for `cause`; `subject`: which request ([`subject`]).
+    pub fn failed(&self, cause: Cause, subject: u64) {
+        let t = self.machine().failed(cause, subject, Instant::now());
         if t.is_some() {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -337,6 +394,11 @@ impl EndpointWatch {
         self.machine().next_wait(jitter)
     }
 
+    /// See [`OutageMachine::wants_probe`].
+    pub fn wants_probe(&self) -> bool {
+        self.machine().wants_probe()
+    }
+
     /// See [`OutageMachine::operator_acted`].
     pub fn operator_acted(&self) {
         self.machine().operator_acted();
@@ -368,11 +430,11 @@ mod tests {
         let t0 = Instant::now();
         let mut m = OutageMachine::default();
         assert_eq!(
-            m.failed(Cause::Credentials(401), t0),
+            m.failed(Cause::Credentials(401), 1, t0),
             Some(Transition::Down(Cause::Credentials(401)))
         );
         for s in 1..50 {
-            assert_eq!(m.failed(Cause::Credentials(401), at(t0, s)), None);
+            assert_eq!(m.failed(Cause::Credentials(401), 1, at(t0, s)), None);
         }
         let f = m.facts(at(t0, 60), KEY);
         assert!(f.down);
@@ -385,25 +447,78 @@ mod tests {
     fn a_lone_5xx_among_answers_is_the_objects_a_wall_is_the_endpoints() {
         let t0 = Instant::now();
         let mut m = OutageMachine::default();
-        for _ in 0..10 {
-            assert_eq!(m.failed(Cause::Status(500), t0), None);
-            assert_eq!(m.failed(Cause::Timeout, t0), None);
+        for i in 0..10 {
+            assert_eq!(m.failed(Cause::Status(500), 2 * i, t0), None);
+            assert_eq!(m.failed(Cause::Timeout, 2 * i + 1, t0), None);
             assert_eq!(m.answered(t0), None);
         }
         assert!(!m.is_down());
-        assert_eq!(m.failed(Cause::Status(503), t0), None);
-        assert_eq!(m.failed(Cause::Status(503), t0), None);
+        assert_eq!(m.failed(Cause::Status(503), 100, t0), None);
+        assert_eq!(m.failed(Cause::Status(503), 101, t0), None);
         assert_eq!(
-            m.failed(Cause::Status(503), t0),
+            m.failed(Cause::Status(503), 102, t0),
             Some(Transition::Down(Cause::Status(503)))
         );
+    }
+
+    /// Regression (CI of stop 13): one object the endpoint refuses with a 500, retried
+    /// while nothing else was pending, made three failures in a row, and the endpoint was
+    /// reported unhealthy (`status` exited 1) though it answered everything else.
+    #[test]
+    fn one_requests_retries_in_a_row_are_not_a_wall() {
+        let t0 = Instant::now();
+        let mut m = OutageMachine::default();
+        m.answered(t0);
+        let put = subject("PUT", "https://x/v2/Users/1", Some(b"{}"));
+        for s in 0..(WALL - 1) {
+            assert_eq!(m.failed(Cause::Status(500), put, at(t0, s.into())), None);
+            assert!(!m.wants_probe());
+        }
+        assert_eq!(m.failed(Cause::Status(500), put, t0), None);
+        // One request alone: the service is asked, once.
+        assert!(m.wants_probe());
+        assert!(!m.wants_probe());
+        // It answers: the failures are the object's; its retries stay the object's.
+        assert_eq!(m.service_answers(t0), None);
+        for s in 0..20 {
+            assert_eq!(m.failed(Cause::Status(500), put, at(t0, s)), None);
+        }
+        assert!(!m.is_down());
+    }
+
+    #[test]
+    fn one_request_failing_and_the_probe_failing_too_is_a_wall() {
+        let t0 = Instant::now();
+        let mut m = OutageMachine::default();
+        let put = subject("PUT", "https://x/v2/Users/1", Some(b"{}"));
+        let probe = subject("GET", "https://x/v2/ServiceProviderConfig", None);
+        assert_ne!(put, probe);
+        for _ in 0..WALL {
+            m.failed(Cause::Status(503), put, t0);
+        }
+        assert!(m.wants_probe());
+        assert_eq!(
+            m.failed(Cause::Status(503), probe, t0),
+            Some(Transition::Down(Cause::Status(503)))
+        );
+        assert!(!m.wants_probe(), "no probe during an outage");
+    }
+
+    #[test]
+    fn the_same_url_with_another_body_is_another_request() {
+        let a = subject("PUT", "https://x/v2/Users/2", Some(b"{}"));
+        let b = subject("PUT", "https://x/v2/Users/2", Some(b"{\"a\":1}"));
+        let c = subject("POST", "https://x/v2/Users/2", Some(b"{}"));
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, subject("PUT", "https://x/v2/Users/2", Some(b"{}")));
     }
 
     #[test]
     fn tls_and_connect_failures_are_outages_at_once() {
         for c in [Cause::Tls, Cause::Connect, Cause::Token] {
             let mut m = OutageMachine::default();
-            assert_eq!(m.failed(c, Instant::now()), Some(Transition::Down(c)));
+            assert_eq!(m.failed(c, 1, Instant::now()), Some(Transition::Down(c)));
         }
     }
 
@@ -412,19 +527,19 @@ mod tests {
         let t0 = Instant::now();
         let mut m = OutageMachine::default();
         assert_eq!(
-            m.failed(Cause::Status(403), t0),
+            m.failed(Cause::Status(403), 1, t0),
             Some(Transition::Down(Cause::Credentials(403)))
         );
         let mut m = OutageMachine::default();
         m.answered(t0);
-        assert_eq!(m.failed(Cause::Status(403), t0), None);
+        assert_eq!(m.failed(Cause::Status(403), 1, t0), None);
     }
 
     #[test]
     fn waits_grow_from_seconds_to_fifteen_minutes_and_restart_when_an_operator_acts() {
         let mut m = OutageMachine::default();
         assert_eq!(m.next_wait(1.0), None, "healthy: the caller's own pacing");
-        m.failed(Cause::Connect, Instant::now());
+        m.failed(Cause::Connect, 1, Instant::now());
         let waits: Vec<u64> = (0..14)
             .map(|_| m.next_wait(1.0).unwrap().as_secs())
             .collect();
@@ -444,10 +559,10 @@ mod tests {
     fn an_answer_ends_the_outage_with_its_length_and_retries() {
         let t0 = Instant::now();
         let mut m = OutageMachine::default();
-        m.failed(Cause::Credentials(401), t0);
+        m.failed(Cause::Credentials(401), 1, t0);
         m.next_wait(0.5);
         m.next_wait(0.5);
-        m.failed(Cause::Credentials(401), at(t0, 5));
+        m.failed(Cause::Credentials(401), 1, at(t0, 5));
         let t = m.answered(at(t0, 45)).unwrap();
         assert_eq!(
             t,
@@ -463,7 +578,7 @@ mod tests {
         let f = m.facts(at(t0, 46), KEY);
         assert_eq!((f.down, f.outages, f.retries), (false, 1, 0));
         // A new outage counts from zero.
-        m.failed(Cause::Tls, at(t0, 50));
+        m.failed(Cause::Tls, 1, at(t0, 50));
         assert_eq!(m.facts(at(t0, 50), KEY).failures, 1);
         assert_eq!(m.facts(at(t0, 50), KEY).outages, 2);
     }
@@ -472,12 +587,12 @@ mod tests {
     fn a_probe_answered_ends_an_outage_of_5xx_but_not_of_the_token() {
         let t0 = Instant::now();
         let mut m = OutageMachine::default();
-        m.failed(Cause::Credentials(401), t0);
+        m.failed(Cause::Credentials(401), 1, t0);
         assert_eq!(m.service_answers(t0), None);
         assert!(m.is_down());
         let mut m = OutageMachine::default();
-        for _ in 0..WALL {
-            m.failed(Cause::Status(500), t0);
+        for i in 0..WALL {
+            m.failed(Cause::Status(500), i.into(), t0);
         }
         assert!(m.is_down());
         assert!(matches!(m.service_answers(t0), Some(Transition::Up { .. })));
