@@ -2,14 +2,15 @@
 //! Server (syncrepl through the Content Synchronization plugin) and scim2-server: a user who
 //! joins a scoping group, directly or through a group two levels down, arrives; one who
 //! leaves is deactivated (never deleted); a mass leave over `delete_threshold` is held
-//! whole until `approve-deletes`.
+//! whole until `approve-deletes` (the scenario is `common::scope_groups`, the same on every
+//! directory).
 //!
 //! Without `DS389_URL` (run through scripts/test.sh) the test prints a note and returns.
 
 mod common;
 
+use common::scope_groups::{join_and_leave_in_run, user_names, Tree};
 use common::{wait_until, Agent, Dir, Running, ScimServer, TestOu};
-use serde_json::Value;
 
 /// ou=people: u0..u7; ou=groups: cloud ∋ u0, u1, inner; inner ∋ u2, deep; deep ∋ u3,
 /// cloud (a cycle). u4..u7 are in no group.
@@ -41,27 +42,6 @@ fn populate(dir: &Dir, o: &str) {
     ));
 }
 
-fn active(scim: &ScimServer, name: &str) -> Option<bool> {
-    scim.all("Users")
-        .into_iter()
-        .find(|u| u["userName"] == name)
-        .map(|u| u["active"].as_bool().unwrap_or(true))
-}
-
-fn user_names(scim: &ScimServer) -> Vec<String> {
-    let mut v: Vec<String> = scim
-        .all("Users")
-        .iter()
-        .filter_map(|u| u["userName"].as_str().map(str::to_string))
-        .collect();
-    v.sort();
-    v
-}
-
-fn held(agent: &Agent) -> Value {
-    agent.status_json().0["held_deletes"].clone()
-}
-
 #[test]
 fn joining_and_leaving_a_scoping_group_in_run_on_389ds() {
     let Some(dir) = Dir::ds389() else { return };
@@ -69,12 +49,14 @@ fn joining_and_leaving_a_scoping_group_in_run_on_389ds() {
     let o = ou.dn.clone();
     populate(&dir, &o);
     let scim = ScimServer::start();
-    let cloud = format!("cn=cloud,ou=groups,{o}");
-    let deep = format!("cn=deep,ou=groups,{o}");
+    let g = |n: &str| format!("cn={n},ou=groups,{o}");
     let a = Agent::new(&dir, &[&o], &scim.base_url(), &scim.token, "");
     a.edit_config(
         &format!("include = [\"{o}\"]"),
-        &format!("include = [\"{o}\"]\ngroups = [\"{cloud}\"]\nnested = true"),
+        &format!(
+            "include = [\"{o}\"]\ngroups = [\"{}\"]\nnested = true",
+            g("cloud")
+        ),
     );
     a.edit_config(
         "delete_settle_secs = 1",
@@ -88,77 +70,13 @@ fn joining_and_leaving_a_scoping_group_in_run_on_389ds() {
         a.log()
     );
     assert!(a.log().contains("syncrepl"), "{}", a.log());
-
-    // u5 joins the listed group directly: provisioned.
-    let t = std::time::Instant::now();
-    dir.modify(&format!(
-        "dn: {cloud}\nchangetype: modify\nadd: member\nmember: uid=u5,ou=people,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || active(&scim, "u5") == Some(true)),
-        "joined: {}",
-        a.log()
-    );
-    eprintln!("389-DS: joined in {:.2} s", t.elapsed().as_secs_f64());
-
-    // u4 joins a group two levels down: provisioned too.
-    let t = std::time::Instant::now();
-    dir.modify(&format!(
-        "dn: {deep}\nchangetype: modify\nadd: member\nmember: uid=u4,ou=people,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || active(&scim, "u4") == Some(true)),
-        "joined through nesting: {}",
-        a.log()
-    );
-    eprintln!(
-        "389-DS: joined through nesting in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
-
-    // u1 leaves: deactivated (the default user_delete), not deleted.
-    let t = std::time::Instant::now();
-    dir.modify(&format!(
-        "dn: {cloud}\nchangetype: modify\ndelete: member\nmember: uid=u1,ou=people,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || active(&scim, "u1") == Some(false)),
-        "left: {}",
-        a.log()
-    );
-    eprintln!("389-DS: left in {:.2} s", t.elapsed().as_secs_f64());
-
-    // u4 leaves through nesting: deep drops it.
-    dir.modify(&format!(
-        "dn: {deep}\nchangetype: modify\ndelete: member\nmember: uid=u4,ou=people,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || active(&scim, "u4") == Some(false)),
-        "left through nesting: {}",
-        a.log()
-    );
-
-    // Delete safety: inner leaves cloud, which takes u2 and u3 (and inner, deep) out at
-    // once, over delete_threshold = 2: held whole, nothing deactivated or deleted.
-    dir.modify(&format!(
-        "dn: {cloud}\nchangetype: modify\ndelete: member\nmember: cn=inner,ou=groups,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || held(&a).as_u64().unwrap_or(0) >= 3),
-        "not held: {}\n{}",
-        held(&a),
-        a.log()
-    );
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(active(&scim, "u2"), Some(true), "{}", a.log());
-    assert_eq!(active(&scim, "u3"), Some(true));
-    assert_eq!(scim.all("Groups").len(), 3, "no group deleted");
-    a.run(&["approve-deletes"]).assert_code(0);
-    assert!(
-        wait_until(30, || active(&scim, "u2") == Some(false)
-            && active(&scim, "u3") == Some(false)),
-        "approved: {}",
-        a.log()
-    );
-    assert_eq!(active(&scim, "u0"), Some(true));
+    let tree = Tree {
+        label: "389-DS",
+        user_dn: &|i| format!("uid=u{i},ou=people,{o}"),
+        user_name: &|i| format!("u{i}"),
+        cloud: g("cloud"),
+        inner: g("inner"),
+        deep: g("deep"),
+    };
+    join_and_leave_in_run(&dir, &scim, &a, &tree);
 }

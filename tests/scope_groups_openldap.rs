@@ -8,8 +8,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::scope_groups::{active, join_and_leave_in_run, Tree};
 use common::{wait_until, Agent, Dir, Running, ScimServer, TestOu};
-use serde_json::Value;
 
 /// ou=people: u0..u5; ou=groups: cloud ∋ u0, u1, inner; inner ∋ u2, deep;
 /// deep ∋ u3, cloud (a cycle); other ∋ u4. u5 is in no group.
@@ -46,16 +46,6 @@ fn names(scim: &ScimServer, endpoint: &str, attr: &str) -> BTreeSet<String> {
 
 fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-fn user(scim: &ScimServer, name: &str) -> Option<Value> {
-    scim.all("Users")
-        .into_iter()
-        .find(|u| u["userName"] == name)
-}
-
-fn active(scim: &ScimServer, name: &str) -> Option<bool> {
-    user(scim, name).map(|u| u["active"].as_bool().unwrap_or(true))
 }
 
 /// An agent scoped to the test OU and to `groups` (with `nested`).
@@ -197,9 +187,9 @@ fn joining_and_leaving_a_scoping_group_in_run() {
     let o = ou.dn.clone();
     populate(&dir, &o);
     let scim = ScimServer::start();
-    let cloud = format!("cn=cloud,ou=groups,{o}");
-    let deep = format!("cn=deep,ou=groups,{o}");
-    let a = agent(&dir, &o, &scim, std::slice::from_ref(&cloud), true);
+    let g = |n: &str| format!("cn={n},ou=groups,{o}");
+    let a = agent(&dir, &o, &scim, &[g("cloud")], true);
+    a.append_config("delete_threshold = 2\n");
     let _run = Running(a.spawn(&["run"]));
     assert!(
         wait_until(60, || names(&scim, "Users", "userName")
@@ -207,52 +197,15 @@ fn joining_and_leaving_a_scoping_group_in_run() {
         "first pass: {}",
         a.log()
     );
-
-    // u5 joins the listed group directly: provisioned.
-    let t = std::time::Instant::now();
-    dir.modify(&format!(
-        "dn: {cloud}\nchangetype: modify\nadd: member\nmember: uid=u5,ou=people,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || active(&scim, "u5") == Some(true)),
-        "joined: {}",
-        a.log()
-    );
-    eprintln!("joined in {:.2} s", t.elapsed().as_secs_f64());
-    let t = std::time::Instant::now();
-
-    // u4 joins a group two levels down: provisioned too.
-    dir.modify(&format!(
-        "dn: {deep}\nchangetype: modify\nadd: member\nmember: uid=u4,ou=people,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || active(&scim, "u4") == Some(true)),
-        "joined through nesting: {}",
-        a.log()
-    );
-    eprintln!(
-        "joined through nesting in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
-    let t = std::time::Instant::now();
-
-    // u1 leaves: deactivated (the default user_delete), not deleted.
-    dir.modify(&format!(
-        "dn: {cloud}\nchangetype: modify\ndelete: member\nmember: uid=u1,ou=people,{o}\n"
-    ));
-    assert!(
-        wait_until(30, || active(&scim, "u1") == Some(false)),
-        "left: {}",
-        a.log()
-    );
-    eprintln!("left in {:.2} s", t.elapsed().as_secs_f64());
-    // A change to a user outside every group changes nothing.
-    dir.modify(&format!(
-        "dn: uid=u1,ou=people,{o}\nchangetype: modify\nreplace: sn\nsn: Changed\n"
-    ));
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(active(&scim, "u1"), Some(false), "{}", a.log());
-    assert_eq!(active(&scim, "u0"), Some(true));
+    let tree = Tree {
+        label: "OpenLDAP",
+        user_dn: &|i| format!("uid=u{i},ou=people,{o}"),
+        user_name: &|i| format!("u{i}"),
+        cloud: g("cloud"),
+        inner: g("inner"),
+        deep: g("deep"),
+    };
+    join_and_leave_in_run(&dir, &scim, &a, &tree);
 }
 
 /// The userNames of a SCIM group's members (None for a member that is not a user).

@@ -4,12 +4,13 @@
 //! `memberOf` back link, which DirSync never reports as a change of the user: a join or a
 //! leave arrives as a change of the group. A user who joins a scoping group, directly or
 //! through a group two levels down, arrives; one who leaves is deactivated (never
-//! deleted); a mass leave over `delete_threshold` is held whole until `approve-deletes`.
+//! deleted); a mass leave over `delete_threshold` is held whole until `approve-deletes`
+//! (the scenario is `common::scope_groups`, the same on every directory).
 
 mod common;
 
+use common::scope_groups::{join_and_leave_in_run, user_names, Tree};
 use common::{unique, wait_until, Agent, Dir, Running, ScimServer, TestOu};
-use serde_json::Value;
 
 fn unicode_pwd(pw: &str) -> String {
     let quoted: Vec<u8> = format!("\"{pw}\"")
@@ -25,27 +26,6 @@ fn ad_user(parent: &str, cn: &str, sam: &str) -> String {
         "dn: CN={cn},{parent}\nobjectClass: user\nsAMAccountName: {sam}\nuserPrincipalName: {sam}@branch.test\ndisplayName: {cn}\nunicodePwd:: {pw}\nuserAccountControl: 512\n\n",
         pw = unicode_pwd("Test-Pass-2026!")
     )
-}
-
-fn active(scim: &ScimServer, upn: &str) -> Option<bool> {
-    scim.all("Users")
-        .into_iter()
-        .find(|u| u["userName"] == upn)
-        .map(|u| u["active"].as_bool().unwrap_or(true))
-}
-
-fn user_names(scim: &ScimServer) -> Vec<String> {
-    let mut v: Vec<String> = scim
-        .all("Users")
-        .iter()
-        .filter_map(|u| u["userName"].as_str().map(str::to_string))
-        .collect();
-    v.sort();
-    v
-}
-
-fn held(agent: &Agent) -> Value {
-    agent.status_json().0["held_deletes"].clone()
 }
 
 #[test]
@@ -103,86 +83,13 @@ fn joining_and_leaving_a_scoping_group_in_run_on_samba_ad() {
         "AD shows the membership on the user"
     );
 
-    // u5 joins the listed group directly: provisioned.
-    let t = std::time::Instant::now();
-    dir.modify(&format!(
-        "dn: {}\nchangetype: modify\nadd: member\nmember: {}\n",
-        g("cloud"),
-        u(5)
-    ));
-    assert!(
-        wait_until(30, || active(&scim, &upn(5)) == Some(true)),
-        "joined: {}",
-        a.log()
-    );
-    eprintln!("Samba AD: joined in {:.2} s", t.elapsed().as_secs_f64());
-
-    // u4 joins a group two levels down: provisioned too.
-    let t = std::time::Instant::now();
-    dir.modify(&format!(
-        "dn: {}\nchangetype: modify\nadd: member\nmember: {}\n",
-        g("deep"),
-        u(4)
-    ));
-    assert!(
-        wait_until(30, || active(&scim, &upn(4)) == Some(true)),
-        "joined through nesting: {}",
-        a.log()
-    );
-    eprintln!(
-        "Samba AD: joined through nesting in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
-
-    // u1 leaves: deactivated (the default user_delete), not deleted.
-    let t = std::time::Instant::now();
-    dir.modify(&format!(
-        "dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n",
-        g("cloud"),
-        u(1)
-    ));
-    assert!(
-        wait_until(30, || active(&scim, &upn(1)) == Some(false)),
-        "left: {}",
-        a.log()
-    );
-    eprintln!("Samba AD: left in {:.2} s", t.elapsed().as_secs_f64());
-
-    // u4 leaves through nesting.
-    dir.modify(&format!(
-        "dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n",
-        g("deep"),
-        u(4)
-    ));
-    assert!(
-        wait_until(30, || active(&scim, &upn(4)) == Some(false)),
-        "left through nesting: {}",
-        a.log()
-    );
-
-    // Delete safety: inner leaves cloud, which takes u2, u3, inner and deep out at once,
-    // over delete_threshold = 2: held whole, nothing deactivated or deleted.
-    dir.modify(&format!(
-        "dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n",
-        g("cloud"),
-        g("inner")
-    ));
-    assert!(
-        wait_until(30, || held(&a).as_u64().unwrap_or(0) >= 3),
-        "not held: {}\n{}",
-        held(&a),
-        a.log()
-    );
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(active(&scim, &upn(2)), Some(true), "{}", a.log());
-    assert_eq!(active(&scim, &upn(3)), Some(true));
-    assert_eq!(scim.all("Groups").len(), 3, "no group deleted");
-    a.run(&["approve-deletes"]).assert_code(0);
-    assert!(
-        wait_until(30, || active(&scim, &upn(2)) == Some(false)
-            && active(&scim, &upn(3)) == Some(false)),
-        "approved: {}",
-        a.log()
-    );
-    assert_eq!(active(&scim, &upn(0)), Some(true));
+    let tree = Tree {
+        label: "Samba AD",
+        user_dn: &u,
+        user_name: &upn,
+        cloud: g("cloud"),
+        inner: g("inner"),
+        deep: g("deep"),
+    };
+    join_and_leave_in_run(&dir, &scim, &a, &tree);
 }

@@ -18,6 +18,7 @@ pub mod canaille;
 pub mod faultproxy;
 pub mod hub_process;
 pub mod pki;
+pub mod scope_groups;
 pub mod tinyproxy;
 
 /// A variable of the testbed (`scripts/test.sh` starts the servers and exports them).
