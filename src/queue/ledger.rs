@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn every_resync_reason_survives_the_ledger() {
+        let mut seen = 0;
+        for code in 1..=u8::MAX {
+            let Some(reason) = ResyncReason::from_code(code) else {
+                continue;
+            };
+            assert_eq!(reason.code(), code);
+            let got = decode(&encode(1, Some(reason), None, 0)).unwrap();
+            assert_eq!(got.resync, Some(reason));
+            seen += 1;
+        }
+        assert_eq!(
+            seen, 10,
+            "a reason added without a ledger code, or one lost"
+        );
+    }
+
+    #[test]
     fn every_cut_and_every_flip_is_refused() {
         let bytes = encode(5, None, Some(b"usn=1234"), 3);
         for cut in 0..bytes.len() {

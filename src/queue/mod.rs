@@ -282,6 +282,11 @@ pub enum ResyncReason {
     /// The directory cannot resume the feed from the stored position (syncrepl asked for a
     /// refresh or sent a present phase; DirSync/uSN position invalid).
     FeedPosition,
+    /// A group that others depend on changed: one of `scope.groups` (who is in scope may
+    /// have changed) or, with `nested_groups = "flatten"`, a group whose flattened members
+    /// (and those of every group above it) must be worked out again. (An agent older than
+    /// this code reads it as a damaged ledger, which owes the same full pass.)
+    GroupsChanged,
 }
 
 impl ResyncReason {
@@ -297,6 +302,7 @@ impl ResyncReason {
             ResyncReason::Scheduled => 7,
             ResyncReason::ScopeChanged => 8,
             ResyncReason::FeedPosition => 9,
+            ResyncReason::GroupsChanged => 10,
         }
     }
 
@@ -312,6 +318,7 @@ impl ResyncReason {
             7 => ResyncReason::Scheduled,
             8 => ResyncReason::ScopeChanged,
             9 => ResyncReason::FeedPosition,
+            10 => ResyncReason::GroupsChanged,
             _ => return None,
         })
     }
@@ -340,6 +347,7 @@ impl ResyncReason {
             ResyncReason::Scheduled => "scheduled full pass",
             ResyncReason::ScopeChanged => "scope changed",
             ResyncReason::FeedPosition => "the directory lost the feed's position",
+            ResyncReason::GroupsChanged => "a scoping or flattened group changed",
         }
     }
 }

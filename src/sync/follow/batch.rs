@@ -301,7 +301,7 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
             log::info!(
                 "a group that makes scope.groups changed: full pass owed (it brings members that joined in and takes those that left out)"
             );
-            let _ = with_queue(queue, |q| q.mark_resync_owed(ResyncReason::Requested)).await;
+            let _ = with_queue(queue, |q| q.mark_resync_owed(ResyncReason::GroupsChanged)).await;
         }
     }
     let mut steps: Vec<Step> = (0..n).map(|_| Step::Waiting).collect();
@@ -781,7 +781,7 @@ async fn prepare<D: DirectoryReads, E: EndpointWrites>(
         // Flattened groups are brought in step by a full pass: it flattens this group and
         // every group above it (sending this one now, unflattened, would flap).
         log::info!("group {target} changed and nested groups are flattened: full pass owed");
-        with_queue(queue, |q| q.mark_resync_owed(ResyncReason::Requested))
+        with_queue(queue, |q| q.mark_resync_owed(ResyncReason::GroupsChanged))
             .await
             .map_err(|e| format!("queue: {e}"))?;
         return Ok(Prepared::Gone);
