@@ -70,13 +70,6 @@ fn joining_and_leaving_a_scoping_group_in_run_on_389ds() {
         a.log()
     );
     assert!(a.log().contains("syncrepl"), "{}", a.log());
-    let tree = Tree {
-        label: "389-DS",
-        user_dn: &|i| format!("uid=u{i},ou=people,{o}"),
-        user_name: &|i| format!("u{i}"),
-        cloud: g("cloud"),
-        inner: g("inner"),
-        deep: g("deep"),
-    };
+    let tree = Tree::people_and_groups("389-DS", &o);
     join_and_leave_in_run(&dir, &scim, &a, &tree);
 }

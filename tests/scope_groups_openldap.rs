@@ -197,14 +197,7 @@ fn joining_and_leaving_a_scoping_group_in_run() {
         "first pass: {}",
         a.log()
     );
-    let tree = Tree {
-        label: "OpenLDAP",
-        user_dn: &|i| format!("uid=u{i},ou=people,{o}"),
-        user_name: &|i| format!("u{i}"),
-        cloud: g("cloud"),
-        inner: g("inner"),
-        deep: g("deep"),
-    };
+    let tree = Tree::people_and_groups("OpenLDAP", &o);
     join_and_leave_in_run(&dir, &scim, &a, &tree);
 }
 

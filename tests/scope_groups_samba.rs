@@ -85,8 +85,8 @@ fn joining_and_leaving_a_scoping_group_in_run_on_samba_ad() {
 
     let tree = Tree {
         label: "Samba AD",
-        user_dn: &u,
-        user_name: &upn,
+        user_dn: Box::new(u),
+        user_name: Box::new(upn),
         cloud: g("cloud"),
         inner: g("inner"),
         deep: g("deep"),

@@ -18,15 +18,32 @@ pub struct Tree<'a> {
     /// The directory's name in the lines the scenario prints (`389-DS`, ...).
     pub label: &'a str,
     /// User `i`'s DN.
-    pub user_dn: &'a dyn Fn(u32) -> String,
+    pub user_dn: Box<dyn Fn(u32) -> String + 'a>,
     /// User `i`'s `userName` at the endpoint.
-    pub user_name: &'a dyn Fn(u32) -> String,
+    pub user_name: Box<dyn Fn(u32) -> String + 'a>,
     /// The DNs of the three groups.
     pub cloud: String,
     /// `inner`.
     pub inner: String,
     /// `deep`.
     pub deep: String,
+}
+
+impl Tree<'_> {
+    /// The tree as the LDAP directories hold it: `uid=u{i},ou=people,{o}` (userName
+    /// `u{i}`) and `cn={name},ou=groups,{o}`.
+    pub fn people_and_groups(label: &'static str, o: &str) -> Tree<'static> {
+        let (people, groups) = (format!("ou=people,{o}"), format!("ou=groups,{o}"));
+        let g = |n: &str| format!("cn={n},{groups}");
+        Tree {
+            label,
+            cloud: g("cloud"),
+            inner: g("inner"),
+            deep: g("deep"),
+            user_dn: Box::new(move |i| format!("uid=u{i},{people}")),
+            user_name: Box::new(|i| format!("u{i}")),
+        }
+    }
 }
 
 /// Whether the user named `name` is active at the endpoint (None: not there).
