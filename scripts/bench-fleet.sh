@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# bench-fleet.sh [--agents N] [--seconds S] [--rate C] [--ramp-secs R] [--hub-extra TOML]
+#
+# The fleet benchmark (a script, not a test; issue 18 item 4): one idrelay-hub serving N
+# simulated agents (default 10,000), each a light client (scripts/bench/fleet-load.py, not
+# a full agent) that heartbeats every 60 s and long-polls 30 s on its own keep-alive
+# connection, as `idrelay run` with [relay] does. An operator sends C commands a second
+# (default 20) to agents drawn at random for S seconds (default 60); each agent answers at
+# once. Measured in one run, on the same hub process:
+#   1. baseline: 10 agents connected, the same command rate: delivery latency (operator
+#      sends -> the agent's poll answer carries it) p50/p95/p99/max, hub RSS;
+#   2. N agents connected (spread over R seconds, default 30): the same figures, and what
+#      the hub holds (RSS now and at its peak, VmHWM), CPU it used, and requests lost
+#      (queued, never delivered) or delivered twice.
+# Targets of issue 18: N = 10,000 on this 2-core machine, p99 delivery <= 1 s, hub RSS
+# <= 256 MiB, none lost or delivered twice.
+#
+# --hub-extra adds TOML lines to the hub's config (for example 'storage = "sqlite"' once the
+# hub has it). The hub listens on a free loopback port; its state, tokens (0600) and logs
+# are under $IDRELAY_TESTBED/fleetbench; it is stopped at the end by its PID.
+# IDRELAY_HUB_BIN=path uses that binary instead of `cargo build --release --bin idrelay-hub`.
+# The simulated agents need N + 100 open files in this shell (the hard limit must allow it).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TB=$ROOT/scripts/testbed
+TB_NAME=bench-fleet
+# shellcheck source-path=SCRIPTDIR source=testbed/common.sh
+. "$TB/common.sh"
+
+AGENTS=10000
+SECS=60
+RATE=20
+RAMP=30
+HUB_EXTRA=""
+usage() { sed -n '2p' "$0" | sed 's/^# //' >&2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --agents) AGENTS=${2:?}; shift ;;
+    --seconds) SECS=${2:?}; shift ;;
+    --rate) RATE=${2:?}; shift ;;
+    --ramp-secs) RAMP=${2:?}; shift ;;
+    --hub-extra) HUB_EXTRA=${2?}; shift ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) usage; die "unknown argument $1" ;;
+  esac
+  shift
+done
+for v in "agents $AGENTS" "seconds $SECS" "rate $RATE" "ramp-secs $RAMP"; do
+  if ! [[ ${v#* } =~ ^[1-9][0-9]*$ ]]; then die "--${v%% *} must be a positive number"; fi
+done
+[ "$AGENTS" -ge 10 ] || die "--agents must be >= 10"
+[ "$AGENTS" -le 15000 ] || die "--agents must be <= 15000 (one socket each, in one process)"
+[ "$SECS" -le 600 ] || die "--seconds must be <= 600"
+
+need=$((AGENTS + 100))
+ulimit -n "$need" 2>/dev/null || die "cannot raise the open-file limit to $need (hard limit $(ulimit -Hn))"
+
+B=$IDRELAY_TESTBED/fleetbench
+HUB_PID=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$HUB_PID" ] && kill -0 "$HUB_PID" 2>/dev/null; then
+    kill -TERM "$HUB_PID" 2>/dev/null || true
+    for _ in $(seq 1 25); do kill -0 "$HUB_PID" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$HUB_PID" 2>/dev/null || true
+    wait "$HUB_PID" 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+jq1() { python3 -c 'import json, sys; v = json.loads(sys.argv[1]).get(sys.argv[2]); print("-" if v is None else v)' "$@"; }
+kib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+vm() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
+
+T0=$(now)
+log "fleet benchmark: $AGENTS simulated agents, $RATE commands/s for $SECS s"
+log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+mkdir -p "$B"
+chmod 700 "$B"
+
+# --- 1. the hub binary ----------------------------------------------------------------
+cd "$ROOT"
+if [ -n "${IDRELAY_HUB_BIN:-}" ]; then
+  HUB_BIN=$IDRELAY_HUB_BIN
+  log "using IDRELAY_HUB_BIN=$HUB_BIN (no build)"
+else
+  locked=()
+  if [ -f Cargo.lock ]; then locked=(--locked); fi
+  log "cargo build --release --bin idrelay-hub ${locked[*]}"
+  cargo build --release --bin idrelay-hub "${locked[@]}" || die "cargo build failed"
+  HUB_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/idrelay-hub
+fi
+VERSION=$("$HUB_BIN" --version 2>/dev/null | head -1 || echo "idrelay-hub (version unknown)")
+
+# --- 2. tokens and config (one [[agent]] per simulated agent) --------------------------
+rm -rf "$B/tokens" "$B/state"
+mkdir -m 700 "$B/tokens" "$B/state"
+HUB_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 - "$B" "$AGENTS" "$HUB_PORT" "$HUB_EXTRA" <<'PY'
+import json, os, secrets, sys
+b, n, port, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def secret_file(path, token):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+secret_file(f"{b}/operator.token", secrets.token_hex(16))
+lines = [
+    "# written by scripts/bench-fleet.sh",
+    f'listen = "127.0.0.1:{port}"',
+    f'operator_token_file = "{b}/operator.token"',
+    "heartbeat_secs = 60",
+    "poll_wait_secs = 30",
+    f"max_connections = {n + 1000}",
+    f"max_connections_per_address = {n + 1000}",
+]
+if extra:
+    lines.append(extra)
+with open(f"{b}/agents.jsonl", "w") as out:
+    for i in range(n):
+        aid = f"sim-{i:05d}"
+        tok = secrets.token_hex(16)
+        secret_file(f"{b}/tokens/{aid}", tok)
+        lines += ["", "[[agent]]", f'id = "{aid}"', f'token_file = "{b}/tokens/{aid}"']
+        out.write(json.dumps({"id": aid, "token": tok}) + "\n")
+os.chmod(f"{b}/agents.jsonl", 0o600)
+with open(f"{b}/hub.toml", "w") as f:
+    f.write("\n".join(lines) + "\n")
+os.chmod(f"{b}/hub.toml", 0o600)
+PY
+HUB_URL=http://127.0.0.1:$HUB_PORT
+
+# --- 3. the hub -------------------------------------------------------------------------
+: >"$B/hub.log"
+"$HUB_BIN" --config "$B/hub.toml" </dev/null >>"$B/hub.log" 2>&1 &
+HUB_PID=$!
+if ! wait_for 30 port_busy "$HUB_PORT"; then
+  log_tail "$B/hub.log"
+  die "idrelay-hub did not listen on $HUB_URL within 30 s"
+fi
+log "hub: pid $HUB_PID on $HUB_URL, RSS $(kib "$(vm "$HUB_PID" VmRSS)") MiB with $AGENTS agents configured"
+
+LOAD=(python3 "$ROOT/scripts/bench/fleet-load.py" --url "$HUB_URL" --agents "$B/agents.jsonl"
+  --operator-token-file "$B/operator.token" --rate "$RATE" --seconds "$SECS")
+# run N RAMP : one load run; prints its JSON line.
+run() {
+  local out
+  out=$("${LOAD[@]}" --count "$1" --ramp-secs "$2") || die "fleet-load.py failed: $out"
+  printf '%s' "$out"
+}
+
+log "1/2 baseline: 10 agents, $RATE commands/s for $SECS s"
+c0=$(ticks "$HUB_PID")
+BASE=$(run 10 1)
+BASE_RSS=$(vm "$HUB_PID" VmRSS)
+BASE_CPU=$(( $(ticks "$HUB_PID") - c0 ))
+log "baseline: $BASE"
+
+log "2/2 $AGENTS agents (ramp $RAMP s), $RATE commands/s for $SECS s"
+c0=$(ticks "$HUB_PID")
+FULL=$(run "$AGENTS" "$RAMP")
+FULL_RSS=$(vm "$HUB_PID" VmRSS)
+FULL_CPU=$(( $(ticks "$HUB_PID") - c0 ))
+HWM=$(vm "$HUB_PID" VmHWM)
+log "fleet: $FULL"
+kill -0 "$HUB_PID" 2>/dev/null || die "the hub died during the run (see $B/hub.log)"
+
+row() { # LABEL JSON RSS_KIB CPU_TICKS
+  printf '%-22s | %6s/%-6s | %6s | %9s | %4s | %4s | %8s | %8s | %8s | %8s | %7s | %5s\n' \
+    "$1" "$(jq1 "$2" agents_up)" "$(jq1 "$2" agents)" "$(jq1 "$2" commands_queued)" \
+    "$(jq1 "$2" delivered)" "$(jq1 "$2" lost)" "$(jq1 "$2" duplicates)" \
+    "$(jq1 "$2" p50_ms)" "$(jq1 "$2" p95_ms)" "$(jq1 "$2" p99_ms)" "$(jq1 "$2" max_ms)" \
+    "$(kib "$3")" "$(awk -v t="$4" -v h="$CLK_TCK" 'BEGIN { printf "%.1f", t / h }')"
+}
+echo
+echo "== idrelay fleet benchmark: $AGENTS simulated agents, $RATE commands/s for $SECS s ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
+echo "   $VERSION; hub config extra: ${HUB_EXTRA:-none}"
+echo "agents                 |  up/configured | queued | delivered | lost | dup  |   p50 ms |   p95 ms |   p99 ms |   max ms | RSS MiB | CPU s"
+echo "---------------------- | -------------- | ------ | --------- | ---- | ---- | -------- | -------- | -------- | -------- | ------- | -----"
+row "baseline: 10" "$BASE" "$BASE_RSS" "$BASE_CPU"
+row "fleet: $AGENTS" "$FULL" "$FULL_RSS" "$FULL_CPU"
+echo "hub peak RSS (VmHWM): $(kib "$HWM") MiB; polls $(jq1 "$FULL" polls), heartbeats $(jq1 "$FULL" heartbeats); client errors: $(jq1 "$FULL" errors)"
+echo "targets (issue 18): p99 <= 1000 ms, hub RSS <= 256 MiB, lost 0, duplicates 0; total $(since "$T0") s"

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Simulated agents for scripts/bench-fleet.sh (python3 standard library only, asyncio).
+
+  fleet-load.py --url HUB --agents agents.jsonl --operator-token-file F
+                [--count N] [--seconds S] [--ramp-secs R] [--rate C]
+                [--heartbeat-secs 60] [--wait-secs 30]
+
+Each simulated agent is a light client, not a real agent: one keep-alive HTTP/1.1
+connection to the hub on which it heartbeats (at once, then every --heartbeat-secs, with
+jitter) and long-polls (`wait_secs` --wait-secs) in turn, as `idrelay run` with [relay]
+does; a request it receives is answered at once (`202 {"accepted": ...}`) on the same
+connection. The first --count agents of agents.jsonl ({"id", "token"} per line) connect,
+spread over --ramp-secs. Once all are polling, an operator sends --rate commands a second
+(`resync`, to agents drawn at random) for --seconds, over 4 keep-alive connections; then
+the run waits up to 2 x --wait-secs for the last deliveries.
+
+Delivery latency is measured on one clock: from the moment the operator starts sending
+the command to the moment the agent's poll answer carrying it is read. Prints one JSON
+object: agents up, polls, heartbeats, commands queued/delivered/lost/duplicated (a
+request handed out twice to an agent that answered it at once is a duplicate), latency
+p50/p95/p99/max in ms, and errors by kind. Every wait has a timeout; nothing runs longer
+than ramp + seconds + 2 x wait + 60 s.
+"""
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+import urllib.parse
+
+PROTO_HEADERS = "Idrelay-Protocol: 1\r\n"
+
+
+def percentile(sorted_ms, p):
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_ms:
+        return None
+    k = max(0, min(len(sorted_ms) - 1, int(round(p / 100.0 * len(sorted_ms) + 0.5)) - 1))
+    return round(sorted_ms[k], 2)
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (Content-Length bodies only, as the hub sends)."""
+
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+    async def request(self, method, path, headers, body, timeout):
+        if self.writer is None:
+            await asyncio.wait_for(self.open(), 10)
+        data = json.dumps(body).encode() if body is not None else b""
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{headers}"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + data)
+        try:
+            return await asyncio.wait_for(self._response(), timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _response(self):
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("closed by the hub")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value.strip())
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        body = await self.reader.readexactly(length) if length else b""
+        if close:
+            self.close()
+        return status, body
+
+
+class Stats:
+    def __init__(self):
+        self.up = set()
+        self.polls = 0
+        self.heartbeats = 0
+        self.sent = {}  # request id -> send start (monotonic)
+        self.pending_sends = 0
+        self.received = {}  # request id -> first receive time
+        self.duplicates = 0
+        self.errors = {}
+
+    def error(self, kind):
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+async def agent(a, host, port, args, stats, start_at, stop):
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    conn = Conn(host, port)
+    quoted = urllib.parse.quote(a["id"], safe="")
+    headers = (
+        f"Authorization: Bearer {a['token']}\r\n{PROTO_HEADERS}"
+        f"Idrelay-Agent: {a['id']}\r\nIdrelay-Instance: sim-{a['id']}\r\n"
+    )
+    beat_due = 0.0
+    while not stop.is_set():
+        try:
+            now = time.monotonic()
+            if now >= beat_due:
+                body = {
+                    "version": "fleet-load",
+                    "group": a["id"],
+                    "instance": f"sim-{a['id']}",
+                    "uptime_secs": 1,
+                    "state": "following",
+                    "queue": {"depth": 0, "bytes": 0, "oldest_age_secs": None, "resync_owed": None},
+                    "watermark_age_secs": 1,
+                    "last_full_pass_age_secs": 1,
+                    "counts": {"provisioned": 0, "failed": 0, "held_deletes": 0},
+                    "last_error": None,
+                    "role": "active",
+                }
+                st, _ = await conn.request(
+                    "POST", f"/v1/agents/{quoted}/heartbeat", headers, body, 30
+                )
+                if st != 200:
+                    stats.error(f"heartbeat {st}")
+                    await asyncio.sleep(1)
+                    continue
+                stats.heartbeats += 1
+                beat_due = now + args.heartbeat_secs * random.uniform(0.9, 1.0)
+            stats.up.add(a["id"])
+            st, raw = await conn.request(
+                "POST",
+                f"/v1/agents/{quoted}/poll",
+                headers,
+                {"wait_secs": args.wait_secs},
+                args.wait_secs + 15,
+            )
+            stats.polls += 1
+            if st == 204:
+                continue
+            if st != 200:
+                stats.error(f"poll {st}")
+                await asyncio.sleep(1)
+                continue
+            got = time.monotonic()
+            answers = []
+            for env in json.loads(raw).get("requests", []):
+                rid = env.get("id")
+                if rid in stats.received:
+                    stats.duplicates += 1
+                else:
+                    stats.received[rid] = got
+                answers.append({"id": rid, "status": 202, "body": {"accepted": env.get("command")}})
+            if answers:
+                st, _ = await conn.request(
+                    "POST", f"/v1/agents/{quoted}/responses", headers, {"responses": answers}, 30
+                )
+                if st != 204:
+                    stats.error(f"responses {st}")
+        except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
+            stats.error(type(e).__name__)
+            conn.close()
+            await asyncio.sleep(random.uniform(0.5, 1.5))
+    conn.close()
+
+
+async def operator(host, port, token, ids, args, stats, deadline, worker, workers):
+    conn = Conn(host, port)
+    headers = f"Authorization: Bearer {token}\r\n"
+    interval = workers / max(args.rate, 0.001)
+    next_at = time.monotonic() + worker * interval / workers
+    while time.monotonic() < deadline:
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        next_at += interval
+        target = random.choice(ids)
+        quoted = urllib.parse.quote(target, safe="")
+        t0 = time.monotonic()
+        stats.pending_sends += 1
+        try:
+            st, raw = await conn.request(
+                "POST", f"/v1/agents/{quoted}/commands", headers, {"command": "resync"}, 30
+            )
+            if st == 202:
+                stats.sent[json.loads(raw)["id"]] = t0
+            else:
+                stats.error(f"command {st}")
+        except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
+            stats.error(f"command {type(e).__name__}")
+        finally:
+            stats.pending_sends -= 1
+    conn.close()
+
+
+async def main_async(args):
+    url = urllib.parse.urlsplit(args.url)
+    host, port = url.hostname, url.port
+    with open(args.agents) as f:
+        agents = [json.loads(line) for line in f if line.strip()][: args.count]
+    with open(args.operator_token_file) as f:
+        op_token = f.read().strip()
+    stats = Stats()
+    stop = asyncio.Event()
+    t0 = time.monotonic()
+    step = args.ramp_secs / max(len(agents), 1)
+    tasks = [
+        asyncio.create_task(agent(a, host, port, args, stats, t0 + i * step, stop))
+        for i, a in enumerate(agents)
+    ]
+    # Wait until every agent is polling (or the ramp plus 60 s passed).
+    ramp_deadline = t0 + args.ramp_secs + 60
+    while len(stats.up) < len(agents) and time.monotonic() < ramp_deadline:
+        await asyncio.sleep(0.5)
+    ramp_took = time.monotonic() - t0
+    ids = [a["id"] for a in agents]
+    deadline = time.monotonic() + args.seconds
+    workers = 4
+    ops = [
+        asyncio.create_task(operator(host, port, op_token, ids, args, stats, deadline, w, workers))
+        for w in range(workers)
+    ]
+    await asyncio.gather(*ops)
+    # The last deliveries: every queued request should reach its agent within a poll.
+    settle = time.monotonic() + 2 * args.wait_secs
+    while time.monotonic() < settle and any(r not in stats.received for r in stats.sent):
+        await asyncio.sleep(0.2)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    lat = sorted(
+        (stats.received[r] - t) * 1000.0 for r, t in stats.sent.items() if r in stats.received
+    )
+    lost = sum(1 for r in stats.sent if r not in stats.received)
+    out = {
+        "agents": len(agents),
+        "agents_up": len(stats.up),
+        "ramp_secs": round(ramp_took, 1),
+        "polls": stats.polls,
+        "heartbeats": stats.heartbeats,
+        "commands_queued": len(stats.sent),
+        "delivered": len(lat),
+        "lost": lost,
+        "duplicates": stats.duplicates,
+        "p50_ms": percentile(lat, 50),
+        "p95_ms": percentile(lat, 95),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": round(lat[-1], 2) if lat else None,
+        "errors": stats.errors,
+    }
+    print(json.dumps(out))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True)
+    p.add_argument("--agents", required=True)
+    p.add_argument("--operator-token-file", required=True)
+    p.add_argument("--count", type=int, default=10000)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--ramp-secs", type=float, default=30)
+    p.add_argument("--rate", type=float, default=20)
+    p.add_argument("--heartbeat-secs", type=float, default=60)
+    p.add_argument("--wait-secs", type=int, default=30)
+    args = p.parse_args()
+    limit = args.ramp_secs + args.seconds + 2 * args.wait_secs + 60 + 60
+    try:
+        asyncio.run(asyncio.wait_for(main_async(args), limit))
+    except asyncio.TimeoutError:
+        print(json.dumps({"error": f"timed out after {limit:.0f} s"}))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
