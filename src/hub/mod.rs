@@ -7,13 +7,15 @@
 //! * the operator API: the agents and their heartbeats, commands, command answers
 //!   (operator tokens: role `admin` for everything, `read` for looking only);
 //! * each agent's directory as an ordinary SCIM endpoint at `/agents/{agent}/scim/v2/`,
-//!   forwarded through that agent's long-poll.
+//!   forwarded through that agent's long-poll;
+//! * the operator dashboard at `/` ([`dashboard`]: a static page that calls the operator
+//!   API with the token the operator types in).
 //!
 //! Layout: [`config`] (file → validated [`config::HubConfig`]), [`lease`] (the
 //! active/standby rule, pure), [`state`] (queues and views, pure, takes `now`), [`route`]
 //! (method + path → route, pure), [`replies`] (the agent's `responses` body as a stream,
-//! pure), `conn` (per-connection guards, connection caps), `server` (sockets, TLS,
-//! handlers).
+//! pure), [`dashboard`] (the page and its Content-Security-Policy), `conn`
+//! (per-connection guards, connection caps), `server` (sockets, TLS, handlers).
 //!
 //! Invariants:
 //! * Nothing is persisted: a restarted hub starts empty; agents re-heartbeat and re-poll,
@@ -27,6 +29,7 @@
 
 pub mod config;
 mod conn;
+pub mod dashboard;
 pub mod introspect;
 pub mod lease;
 pub mod replies;
