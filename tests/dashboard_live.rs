@@ -160,14 +160,30 @@ fn sign_in(b: &Browser, token: &str) {
 /// Presses `command` on agent a1's row, checks the confirmation names it, confirms; the
 /// outcome line once it satisfies `done`.
 fn command_a1(b: &Browser, command: &str, done: impl Fn(&str) -> bool) -> String {
+    command_a1_on(b, command, None, done)
+}
+
+/// [`command_a1`], typing `target` into the confirmation's DN/anchor field first.
+fn command_a1_on(
+    b: &Browser,
+    command: &str,
+    target: Option<&str>,
+    done: impl Fn(&str) -> bool,
+) -> String {
     b.click(&format!(
         r#"tr[data-agent="a1"] button[data-command="{command}"]"#
     ));
     b.wait_text("#confirm-text", 10, |t| {
         t.contains(command) && t.contains("a1")
     });
+    if let Some(t) = target {
+        b.type_into("#target", t);
+    }
+    // The outcome of an earlier command must not pass for this one's (each names its
+    // request id).
+    let earlier = b.text("#outcome").unwrap_or_default();
     b.click("#confirm-yes");
-    b.wait_text("#outcome", 60, done)
+    b.wait_text("#outcome", 60, |t| t != earlier && done(t))
 }
 
 #[test]
@@ -247,6 +263,27 @@ fn an_operator_sees_the_live_agent_and_sends_it_a_resync_from_a_real_browser() {
     assert_eq!(
         b.script("return document.title;"),
         Value::from("idrelay hub")
+    );
+
+    // Provision one object by its DN, typed into the confirmation; and one outside the
+    // agent's scope, refused by the agent and shown so.
+    let out = command_a1_on(&b, "provision", Some(&format!("uid=d1,{o}")), |t| {
+        t.contains("answered")
+    });
+    assert!(out.contains("answered 202"), "{out}");
+    assert!(
+        wait_until(20, || agent
+            .log()
+            .contains("relay: the cloud asked to provision")),
+        "{}",
+        agent.log()
+    );
+    let out = command_a1_on(&b, "provision", Some("uid=elsewhere,dc=example"), |t| {
+        t.contains("answered")
+    });
+    assert!(
+        out.contains("answered 403") && out.contains("not under scope.include"),
+        "{out}"
     );
 
     // Resync, confirmed on the page, answered by the agent, and run there.
