@@ -264,6 +264,12 @@ fn an_operator_sees_the_live_agent_and_sends_it_a_resync_from_a_real_browser() {
         b.script("return document.title;"),
         Value::from("idrelay hub")
     );
+    // The policy is in force: a script element put into the page does not run.
+    let blocked = b.script(
+        "const s = document.createElement('script'); s.textContent = 'window.injected = 1;'; \
+         document.body.appendChild(s); return window.injected === undefined;",
+    );
+    assert_eq!(blocked, Value::Bool(true), "an injected inline script ran");
 
     // Provision one object by its DN, typed into the confirmation; and one outside the
     // agent's scope, refused by the agent and shown so.
