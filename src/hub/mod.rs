@@ -24,6 +24,8 @@
 //! * Tokens are compared in constant time and appear in no log line or error.
 //! * Every wait is bounded (poll hold, SCIM forward, body reads, stalled writes, TLS
 //!   handshakes) and every queue is bounded (per agent; results); see `server` for limits.
+//! * The dashboard page carries no data and no secret; what it shows comes from the
+//!   operator API under the same tokens and roles, and is never inserted as HTML.
 //! * The hub never interprets SCIM: it forwards only the five SCIM endpoints, to the named
 //!   agent, and returns the agent's status and body.
 
