@@ -26,11 +26,12 @@ use super::{free_port, testbed_required, wait_until, TempDir};
 /// The WebDriver key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// The flags that make Chromium run here: headless as root in a container, and quiet (its
-/// background connections otherwise fail many at a time).
-const FLAGS: [&str; 8] = [
+/// The flags that make Chromium run here: headless as root in a container (whose /dev/shm
+/// may be small), and quiet (its background connections otherwise fail many at a time).
+const FLAGS: [&str; 9] = [
     "--headless",
     "--no-sandbox",
+    "--disable-dev-shm-usage",
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
