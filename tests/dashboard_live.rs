@@ -305,10 +305,17 @@ fn an_operator_sees_the_live_agent_and_sends_it_a_resync_from_a_real_browser() {
     b.click(r#"tr[data-agent="a1"] button[data-command="approve-deletes"]"#);
     b.wait_text("#confirm-text", 10, |t| t.contains("approve-deletes"));
     b.click("#confirm-no");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = hub.log();
     assert!(
-        !hub.log().contains("command approve-deletes queued"),
-        "{}",
-        hub.log()
+        log.contains("command resync queued") && !log.contains("command approve-deletes queued"),
+        "{log}"
+    );
+    // Approve held deletes, confirmed: the agent holds none and says so.
+    let out = command_a1(&b, "approve-deletes", |t| t.contains("answered"));
+    assert!(
+        out.contains("answered 200") && out.contains("no deletes are held"),
+        "{out}"
     );
 
     // A read token: the page works, a command is refused by the API and the page says so.
