@@ -204,9 +204,15 @@ fn an_operator_sees_the_live_agent_and_sends_it_a_resync_from_a_real_browser() {
     let _run = Running(agent.spawn(&["run"]));
     assert!(
         wait_until(60, || hub.role("a1").as_deref() == Some("active")
-            && !hub.op("GET", "/v1/agents", None).1[0]["heartbeat"]
-                ["last_full_pass_age_secs"]
-                .is_null()),
+            && hub
+                .op("GET", "/v1/agents", None)
+                .1
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(
+                    |a| a["agent"] == "a1" && !a["heartbeat"]["last_full_pass_age_secs"].is_null()
+                )),
         "agent: {}\nhub: {}",
         agent.log(),
         hub.log()
