@@ -89,14 +89,15 @@ phase "canaille start" start_server canaille.sh || die "Canaille (second SCIM se
 # Every server is up: from here a missing coordinate fails a test instead of skipping it.
 export IDRELAY_TESTBED_REQUIRED=1
 
-# Tools some tests drive besides the servers: a real HTTP proxy (proxy tests) and
-# libfaketime (the agent's clock alone jumps in the fault tests). Tests that miss them say
-# so and skip; as root they are installed here.
+# Tools some tests drive besides the servers: a real HTTP proxy (proxy tests), libfaketime
+# (the agent's clock alone jumps in the fault tests) and Chromium with its WebDriver (the
+# hub dashboard's test). Tests that miss them say so and skip; as root they are installed
+# here.
 test_tools() {
   if [ "$(id -u)" -eq 0 ]; then
-    ensure_pkgs tinyproxy-bin faketime
+    ensure_pkgs tinyproxy-bin faketime chromium chromium-driver fonts-liberation
   else
-    log "not root: tinyproxy-bin and faketime are used if present (their tests skip otherwise)"
+    log "not root: tinyproxy-bin, faketime, chromium and chromium-driver are used if present (their tests skip otherwise)"
   fi
 }
 phase "test tools" test_tools || die "could not install the test tools (see above)"

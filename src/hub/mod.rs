@@ -7,13 +7,15 @@
 //! * the operator API: the agents and their heartbeats, commands, command answers
 //!   (operator tokens: role `admin` for everything, `read` for looking only);
 //! * each agent's directory as an ordinary SCIM endpoint at `/agents/{agent}/scim/v2/`,
-//!   forwarded through that agent's long-poll.
+//!   forwarded through that agent's long-poll;
+//! * the operator dashboard at `/` ([`dashboard`]: a static page that calls the operator
+//!   API with the token the operator types in).
 //!
 //! Layout: [`config`] (file → validated [`config::HubConfig`]), [`lease`] (the
 //! active/standby rule, pure), [`state`] (queues and views, pure, takes `now`), [`route`]
 //! (method + path → route, pure), [`replies`] (the agent's `responses` body as a stream,
-//! pure), `conn` (per-connection guards, connection caps), `server` (sockets, TLS,
-//! handlers).
+//! pure), [`dashboard`] (the page and its Content-Security-Policy), `conn`
+//! (per-connection guards, connection caps), `server` (sockets, TLS, handlers).
 //!
 //! Invariants:
 //! * Nothing is persisted: a restarted hub starts empty; agents re-heartbeat and re-poll,
@@ -22,11 +24,14 @@
 //! * Tokens are compared in constant time and appear in no log line or error.
 //! * Every wait is bounded (poll hold, SCIM forward, body reads, stalled writes, TLS
 //!   handshakes) and every queue is bounded (per agent; results); see `server` for limits.
+//! * The dashboard page carries no data and no secret; what it shows comes from the
+//!   operator API under the same tokens and roles, and is never inserted as HTML.
 //! * The hub never interprets SCIM: it forwards only the five SCIM endpoints, to the named
 //!   agent, and returns the agent's status and body.
 
 pub mod config;
 mod conn;
+pub mod dashboard;
 pub mod introspect;
 pub mod lease;
 pub mod replies;

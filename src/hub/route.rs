@@ -44,6 +44,8 @@ impl AgentCall {
 pub enum Route {
     /// An agent endpoint of agent `.0`.
     Agent(String, AgentCall),
+    /// `GET /`: the operator dashboard (a static page; its data comes from the API).
+    Dashboard,
     /// `GET /v1/agents`
     ListAgents,
     /// `POST /v1/agents/{agent}/commands`
@@ -78,6 +80,7 @@ pub fn route(method: &str, path: &str) -> Route {
         }
     };
     match segs.as_slice() {
+        [""] => get(Route::Dashboard),
         ["v1", "agents"] => get(Route::ListAgents),
         ["v1", "agents", agent, call] => {
             let Some(agent) = decode_name(agent) else {
@@ -170,7 +173,14 @@ mod tests {
         );
         assert_eq!(route("POST", "/v1/agents/a%2F1/poll"), Route::NotFound);
         assert_eq!(route("POST", "/v1/agents/a1/other"), Route::NotFound);
-        assert_eq!(route("GET", "/"), Route::NotFound);
+    }
+
+    #[test]
+    fn the_root_is_the_dashboard_for_get_only() {
+        assert_eq!(route("GET", "/"), Route::Dashboard);
+        assert_eq!(route("POST", "/"), Route::MethodNotAllowed("GET"));
+        assert_eq!(route("GET", "//"), Route::NotFound);
+        assert_eq!(route("GET", "/index.html"), Route::NotFound);
         assert_eq!(route("GET", "/v1/agents/"), Route::NotFound);
     }
 

@@ -448,6 +448,8 @@ impl Hub {
                 self.agent_call(&mut req, &agent, call, &mut consumed, conn)
                     .await
             }
+            // The page holds no data; the token goes with its API calls (dashboard.rs).
+            Route::Dashboard => super::dashboard::response(),
             Route::ListAgents => match self.refuse_operator(&req, conn, Role::Read) {
                 Some(refused) => refused,
                 None => json_response(200, &self.state().agents_view(Instant::now())),

@@ -545,6 +545,8 @@ impl Remote {
                 "provisioned": self.state.provisioned.load(std::sync::atomic::Ordering::Relaxed),
                 "failed": self.state.failed.load(std::sync::atomic::Ordering::Relaxed),
                 "held_deletes": held,
+                "parked": crate::sync::follow::parking::Parking::open(&self.state_dir)
+                    .map_or(0, |p| p.len()),
             },
             "last_error": last_error,
             "endpoint": self.endpoint_facts(),

@@ -20,6 +20,7 @@ pub mod hub_process;
 pub mod pki;
 pub mod scope_groups;
 pub mod tinyproxy;
+pub mod webdriver;
 
 /// A variable of the testbed (`scripts/test.sh` starts the servers and exports them).
 ///
