@@ -4,8 +4,9 @@
 #   cargo build --release --target x86_64-unknown-linux-gnu with -C target-feature=+crt-static
 #   in its own target dir ($CARGO_TARGET_DIR/static, default target/static) so that the
 #   shared debug build is not rebuilt; then checks that `file` says "statically linked" and
-#   `ldd` says "not a dynamic executable", prints the size, and fails if the binary is larger
-#   than the budget (IDRELAY_SIZE_BUDGET bytes, default 4 MiB = 4194304).
+#   `ldd` says "not a dynamic executable", prints the size and the headroom left, and fails
+#   if the binary is larger than the budget (IDRELAY_SIZE_BUDGET bytes, default 4 MiB =
+#   4194304).
 # The release profile (Cargo.toml) strips, uses lto, codegen-units = 1 and panic = "abort".
 # Prints the binary's path on the last line of stdout (--print-path: only that line).
 # Exit: 0 ok; 1 build failed or a check failed.
@@ -17,7 +18,7 @@ QUIET=0
 case "${1:-}" in
   --print-path) QUIET=1 ;;
   "") ;;
-  -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "build-static.sh: unknown argument $1" >&2; exit 2 ;;
 esac
 say() { if [ "$QUIET" = 0 ]; then echo "$@"; else echo "$@" >&2; fi; }
@@ -69,7 +70,8 @@ size=$(stat -c %s "$BIN")
 mib=$(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1048576 }')
 budget_mib=$(awk -v b="$BUDGET" 'BEGIN { printf "%.2f", b / 1048576 }')
 say "size: $size bytes ($mib MiB; budget $BUDGET bytes = $budget_mib MiB)"
-[ "$size" -le "$BUDGET" ] || fail "the binary is $size bytes, over the budget of $BUDGET bytes"
+[ "$size" -le "$BUDGET" ] || fail "the binary is $size bytes, $((size - BUDGET)) over the budget of $BUDGET bytes"
+say "headroom: $((BUDGET - size)) bytes under the budget"
 "$BIN" version >/dev/null 2>&1 || fail "$BIN does not run (\`idrelay version\` failed)"
 say "version: $("$BIN" version)"
 echo "$BIN"

@@ -1438,6 +1438,22 @@ mod tests {
         Url::parse(s).unwrap()
     }
 
+    /// `url`'s IDNA back end is the stub (Cargo.toml, `idna_adapter`): host names are ASCII,
+    /// an internationalised one is written in its xn-- form, which still works.
+    #[test]
+    fn hosts_are_ascii_and_an_internationalised_name_is_written_in_its_xn_form() {
+        assert!(Url::parse("https://b\u{fc}cher.example/v2").is_err());
+        let u = url("https://xn--bcher-kva.example/v2");
+        assert_eq!(u.host_str(), Some("xn--bcher-kva.example"));
+        assert_eq!(Target::from_url(&u).unwrap().port, 443);
+        assert!(server_name(&u).is_ok());
+        // ASCII names are still lowercased as before.
+        assert_eq!(
+            url("https://SCIM.Example.TEST/v2").host_str(),
+            Some("scim.example.test")
+        );
+    }
+
     #[test]
     fn target_from_url() {
         let t = Target::from_url(&url("https://scim.example.test/v2/Users?filter=a%20b")).unwrap();
