@@ -302,7 +302,7 @@ impl Store for SqliteStore {
                 for c in changes {
                     match c {
                         Change::Queued(r) => {
-                            tx.prepare_cached(
+                            tx.prepare(
                                 "INSERT OR REPLACE INTO requests (id, agent, command, envelope, \
                              enqueued_ms, delivered_ms, deliveries) \
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -322,39 +322,39 @@ impl Store for SqliteStore {
                             at_ms,
                             deliveries,
                         } => {
-                            tx.prepare_cached(
+                            tx.prepare(
                             "UPDATE requests SET delivered_ms = ?2, deliveries = ?3 WHERE id = ?1",
                         )?
                         .execute(params![id, at_ms.map(ms), deliveries])?;
                         }
                         Change::Gone { id } => {
-                            tx.prepare_cached("DELETE FROM requests WHERE id = ?1")?
+                            tx.prepare("DELETE FROM requests WHERE id = ?1")?
                                 .execute([id])?;
                         }
                         Change::Answered(a) => {
-                            tx.prepare_cached("DELETE FROM requests WHERE id = ?1")?
+                            tx.prepare("DELETE FROM requests WHERE id = ?1")?
                                 .execute([&a.id])?;
-                            tx.prepare_cached("DELETE FROM results WHERE id = ?1")?
+                            tx.prepare("DELETE FROM results WHERE id = ?1")?
                                 .execute([&a.id])?;
-                            tx.prepare_cached(
+                            tx.prepare(
                                 "INSERT INTO results (id, agent, command, status, body) \
                              VALUES (?1, ?2, ?3, ?4, ?5)",
                             )?
                             .execute(params![a.id, a.agent, a.command, a.status, a.body])?;
                         }
                         Change::ResultDropped { id } => {
-                            tx.prepare_cached("DELETE FROM results WHERE id = ?1")?
+                            tx.prepare("DELETE FROM results WHERE id = ?1")?
                                 .execute([id])?;
                         }
                         Change::Seen(s) => {
-                            tx.prepare_cached(
+                            tx.prepare(
                             "INSERT OR REPLACE INTO agents (agent, instance, seen_ms, heartbeat) \
                              VALUES (?1, ?2, ?3, ?4)",
                         )?
                         .execute(params![s.agent, s.instance, ms(s.at_ms), s.body])?;
                         }
                         Change::Lease(l) => {
-                            tx.prepare_cached(
+                            tx.prepare(
                                 "INSERT OR REPLACE INTO leases \
                              (grp, agent, instance, renewed_ms, granted_ms) \
                              VALUES (?1, ?2, ?3, ?4, ?5)",

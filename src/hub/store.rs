@@ -26,7 +26,7 @@
 //! replicas (`LISTEN/NOTIFY` on [`Change::Queued`]). The records here are the rows that
 //! store would hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -208,12 +208,29 @@ pub fn open(storage: &Storage) -> Result<Box<dyn Store>, StoreError> {
 /// The rows of a store, in memory.
 #[derive(Debug, Default)]
 struct Rows {
-    /// Queued requests by insertion number.
+    /// Queued requests by insertion number, and that number by id.
     requests: BTreeMap<u64, StoredRequest>,
+    request_n: HashMap<String, u64>,
+    /// Kept answers by insertion number, and that number by id.
     results: BTreeMap<u64, StoredResult>,
+    result_n: HashMap<String, u64>,
     seen: BTreeMap<String, StoredSeen>,
     leases: BTreeMap<String, StoredLease>,
     next: u64,
+}
+
+impl Rows {
+    fn remove_request(&mut self, id: &str) {
+        if let Some(n) = self.request_n.remove(id) {
+            self.requests.remove(&n);
+        }
+    }
+
+    fn remove_result(&mut self, id: &str) {
+        if let Some(n) = self.result_n.remove(id) {
+            self.results.remove(&n);
+        }
+    }
 }
 
 /// `storage = "memory"`: the same rows as the SQLite store, gone with the process.
@@ -240,6 +257,8 @@ impl Store for MemoryStore {
             let n = rows.next;
             match c {
                 Change::Queued(r) => {
+                    rows.remove_request(&r.id);
+                    rows.request_n.insert(r.id.clone(), n);
                     rows.requests.insert(n, r.clone());
                 }
                 Change::Delivered {
@@ -247,18 +266,20 @@ impl Store for MemoryStore {
                     at_ms,
                     deliveries,
                 } => {
-                    if let Some(r) = rows.requests.values_mut().find(|r| &r.id == id) {
+                    let at = rows.request_n.get(id).copied();
+                    if let Some(r) = at.and_then(|n| rows.requests.get_mut(&n)) {
                         r.delivered_ms = *at_ms;
                         r.deliveries = *deliveries;
                     }
                 }
-                Change::Gone { id } => rows.requests.retain(|_, r| &r.id != id),
+                Change::Gone { id } => rows.remove_request(id),
                 Change::Answered(a) => {
-                    rows.requests.retain(|_, r| r.id != a.id);
-                    rows.results.retain(|_, r| r.id != a.id);
+                    rows.remove_request(&a.id);
+                    rows.remove_result(&a.id);
+                    rows.result_n.insert(a.id.clone(), n);
                     rows.results.insert(n, a.clone());
                 }
-                Change::ResultDropped { id } => rows.results.retain(|_, r| &r.id != id),
+                Change::ResultDropped { id } => rows.remove_result(id),
                 Change::Seen(s) => {
                     rows.seen.insert(s.agent.clone(), s.clone());
                 }
