@@ -887,3 +887,28 @@ fn a_second_hub_on_the_same_state_dir_stops_naming_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_damaged_database_stops_the_hub_naming_the_file_and_is_left_alone() {
+    let dir = common::hub_process::scratch_dir("damaged");
+    let config = common::hub_process::two_agent_config(&dir, common::free_port(), TOKENS, "");
+    std::fs::write(dir.join("hub.toml"), config).unwrap();
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let file = state.join("hub.sqlite");
+    let junk = b"not a database, written by a test ".repeat(200);
+    std::fs::write(&file, &junk).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
+        .arg("--config")
+        .arg(dir.join("hub.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("move it away"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), junk);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
