@@ -435,10 +435,35 @@ impl HubState {
         std::mem::take(&mut self.journal)
     }
 
-    /// Puts `older` (a journal that could not be written) back ahead of `newer`.
+    /// Puts `older` (a journal that could not be written) back ahead of `newer`. Of the
+    /// heartbeats and leases only the last per agent and per group is kept, so a store that
+    /// stays unwritable does not make the journal grow with every heartbeat.
     pub fn requeue_journal(&mut self, older: Vec<Change>, newer: Vec<Change>) {
-        self.journal = older;
-        self.journal.extend(newer);
+        let mut all = older;
+        all.extend(newer);
+        let mut last_seen = HashMap::new();
+        let mut last_lease = HashMap::new();
+        for (i, c) in all.iter().enumerate() {
+            match c {
+                Change::Seen(s) => {
+                    last_seen.insert(s.agent.clone(), i);
+                }
+                Change::Lease(l) => {
+                    last_lease.insert(l.group.clone(), i);
+                }
+                _ => {}
+            }
+        }
+        self.journal = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, c)| match c {
+                Change::Seen(s) => last_seen.get(&s.agent) == Some(i),
+                Change::Lease(l) => last_lease.get(&l.group) == Some(i),
+                _ => true,
+            })
+            .map(|(_, c)| c)
+            .collect();
     }
 
     /// Whether changes wait to be written.
@@ -1240,6 +1265,28 @@ mod tests {
             .enqueue("a1", &Work::Command(Command::Resync), None, t1)
             .unwrap();
         assert!(next.starts_with("r-boot2-"), "{next}");
+    }
+
+    #[test]
+    fn a_journal_that_could_not_be_written_keeps_one_heartbeat_per_agent() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        for i in 0..10 {
+            h.heartbeat("a1", "i1", json!({}), t0 + S * i);
+        }
+        let failed = h.take_journal();
+        assert_eq!(failed.len(), 20);
+        let id = h
+            .enqueue("a1", &Work::Command(Command::Resync), None, t0 + S * 10)
+            .unwrap();
+        h.heartbeat("a1", "i1", json!({}), t0 + S * 11);
+        let newer = h.take_journal();
+        h.requeue_journal(failed, newer);
+        let j = h.take_journal();
+        assert_eq!(j.len(), 3, "{j:?}");
+        assert!(matches!(&j[0], Change::Queued(r) if r.id == id));
+        assert!(matches!(&j[1], Change::Seen(s) if s.at_ms == h.clock.ms(t0 + S * 11)));
+        assert!(matches!(&j[2], Change::Lease(_)));
     }
 
     #[test]
