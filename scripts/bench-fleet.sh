@@ -15,8 +15,8 @@
 # Targets of issue 18: N = 10,000 on this 2-core machine, p99 delivery <= 1 s, hub RSS
 # <= 256 MiB, none lost or delivered twice.
 #
-# --hub-extra adds TOML lines to the hub's config (for example 'storage = "sqlite"' once the
-# hub has it). The hub listens on a free loopback port; its state, tokens (0600) and logs
+# --hub-extra adds TOML lines to the hub's config (for example 'storage = "memory"'; the
+# default store is SQLite in $IDRELAY_TESTBED/fleetbench/state, emptied at every run). The hub listens on a free loopback port; its state, tokens (0600) and logs
 # are under $IDRELAY_TESTBED/fleetbench; it is stopped at the end by its PID.
 # IDRELAY_HUB_BIN=path uses that binary instead of `cargo build --release --bin idrelay-hub`.
 # The simulated agents need N + 100 open files in this shell (the hard limit must allow it).
@@ -114,6 +114,7 @@ lines = [
     "# written by scripts/bench-fleet.sh",
     f'listen = "127.0.0.1:{port}"',
     f'operator_token_file = "{b}/operator.token"',
+    f'state_dir = "{b}/state"',
     "heartbeat_secs = 60",
     "poll_wait_secs = 30",
     f"max_connections = {n + 1000}",

@@ -24,8 +24,10 @@
 # loopback port; the agent (`idrelay run` with [relay]). All state under $IDRELAY_TESTBED;
 # everything it started is stopped at the end (by PID) unless --keep (slapd, scim2-server).
 # The seeded directory is reused while N stays the same.
-# Binaries: `cargo build --release --bins` once; IDRELAY_BIN and IDRELAY_HUB_BIN (both) skip
-# the build. The run after the build is bounded by IDRELAY_RELAYBENCH_DEADLINE (420 s).
+# The hub keeps its state as configured by default (`storage = "sqlite"`, in the run's
+# directory); IDRELAY_RELAYBENCH_HUB_STORAGE=memory measures it without (SCIM forwards are
+# never stored; heartbeats are). Binaries: `cargo build --release --bins` once;
+# IDRELAY_BIN and IDRELAY_HUB_BIN (both) skip the build. The run after the build is bounded by IDRELAY_RELAYBENCH_DEADLINE (420 s).
 # Needs root on first use (apt-get install slapd ldap-utils curl).
 set -euo pipefail
 ROOT_FLAG=""
@@ -40,6 +42,7 @@ export IDRELAY_TESTBED
 
 USERS=1000
 N=300
+HUB_STORAGE=${IDRELAY_RELAYBENCH_HUB_STORAGE:-sqlite}
 SECS=15
 KEEP=0
 usage() { sed -n '2p' "$0" | sed 's/^# //' >&2; }
@@ -49,7 +52,7 @@ while [ $# -gt 0 ]; do
     --n) N=${2:?}; shift ;;
     --seconds) SECS=${2:?}; shift ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) usage; die "unknown argument $1" ;;
   esac
   shift
@@ -188,6 +191,8 @@ cat >"$B/hub.toml" <<EOF
 # written by scripts/bench-relay.sh
 listen = "127.0.0.1:$HUB_PORT"
 operator_token_file = "$B/operator.token"
+storage = "$HUB_STORAGE"
+state_dir = "$B/hub-state"
 heartbeat_secs = 5
 lease_ttl_heartbeats = 3
 poll_wait_secs = 30

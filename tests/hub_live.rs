@@ -747,3 +747,168 @@ fn a_read_operator_token_sees_the_agents_and_nothing_more() {
     assert!(!hub.log().contains(READER));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The ids of the envelopes a poll answer carries (none for a 204).
+fn envelope_ids(r: &Resp) -> Vec<String> {
+    if r.status == 204 {
+        return Vec::new();
+    }
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls as a1 until a poll of `wait_secs` brings nothing; how often each id came.
+fn drain(hub: &Hub, wait_secs: u64) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        let ids = envelope_ids(&hub.poll(wait_secs));
+        if ids.is_empty() {
+            return seen;
+        }
+        for id in ids {
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+}
+
+/// Answers every id in one `responses` post, each with `{"n": id}`.
+fn answer_all(hub: &Hub, ids: &[String]) {
+    let responses: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"id": id, "status": 202, "body": {"n": id}}))
+        .collect();
+    let r = hub.agent(
+        "a1",
+        A1,
+        "i1",
+        "responses",
+        &json!({ "responses": responses }),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
+/// The answer the hub returns for `id`.
+fn answered(hub: &Hub, id: &str) -> Value {
+    let r = hub.operator("GET", &format!("/v1/requests/{id}"), "");
+    assert_eq!(r.status, 200, "{id}: {}\n{}", r.body, hub.log());
+    let v = r.json();
+    assert_eq!(
+        (v["state"].as_str(), v["status"].as_u64()),
+        (Some("answered"), Some(202))
+    );
+    v
+}
+
+#[test]
+fn a_thousand_queued_commands_outlive_hub_restarts_and_each_is_delivered_once() {
+    const N: usize = 1000;
+    let mut hub = Hub::start("redeliver_secs = 15\n");
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            let body = json!({"command": "provision", "target": format!("uid=u{i},dc=example")});
+            let r = hub.operator("POST", "/v1/agents/a1/commands", &body.to_string());
+            assert_eq!(r.status, 202, "{}", r.body);
+            r.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // One poll takes the first batch (100, oldest first); half of it is answered.
+    let delivered_at = Instant::now(); // at the latest
+    let first = envelope_ids(&hub.poll(1));
+    assert_eq!(first, ids[..100]);
+    answer_all(&hub, &first[..50]);
+    hub.heartbeat("a1", A1, "i1");
+
+    // Killed: no chance to write anything on the way out.
+    hub.restart(false);
+    assert!(
+        hub.log()
+            .contains("950 command(s) waiting for their agent, 50 answer(s) kept"),
+        "{}",
+        hub.log()
+    );
+    // Every command never delivered comes, once; the 50 delivered and unanswered wait for
+    // redeliver_secs from their delivery, as without a restart.
+    let seen = drain(&hub, 1);
+    assert!(
+        delivered_at.elapsed() < Duration::from_secs(15),
+        "too slow to tell"
+    );
+    assert_eq!(seen.len(), N - 100, "{}", hub.log());
+    assert!(seen.values().all(|&n| n == 1), "delivered twice");
+    assert!(ids[100..].iter().all(|id| seen.contains_key(id)));
+    // The answers from before the restart are still there; the lease too.
+    for id in &first[..50] {
+        assert_eq!(answered(&hub, id)["body"]["n"], id.as_str());
+    }
+    let agents = hub.operator("GET", "/v1/agents", "").json();
+    assert_eq!(agents[0]["role"], "active", "{agents}");
+    assert_eq!(agents[0]["instance"], "i1", "{agents}");
+    answer_all(&hub, &ids[100..]);
+
+    // Stopped as an operator stops it.
+    hub.restart(true);
+    for id in ids[100..].iter().step_by(7) {
+        assert_eq!(answered(&hub, id)["body"]["n"], id.as_str());
+    }
+    // The 50 left unanswered come once more when due, and only then.
+    let mut again = Vec::new();
+    while again.len() < 50 && delivered_at.elapsed() < Duration::from_secs(45) {
+        again.extend(envelope_ids(&hub.poll(5)));
+    }
+    // (The store keeps milliseconds.)
+    assert!(delivered_at.elapsed() >= Duration::from_millis(14_990));
+    again.sort();
+    let mut want = first[50..].to_vec();
+    want.sort();
+    assert_eq!(again, want, "{}", hub.log());
+    answer_all(&hub, &first[50..]);
+    assert!(drain(&hub, 1).is_empty());
+    let agents = hub.operator("GET", "/v1/agents", "").json();
+    assert_eq!(agents[0]["queued"], 0, "{agents}");
+}
+
+#[test]
+fn a_second_hub_on_the_same_state_dir_stops_naming_the_file() {
+    let hub = Hub::start("");
+    let out = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
+        .arg("--config")
+        .arg(hub.dir.join("hub.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hub.sqlite") && err.contains("another idrelay-hub"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_damaged_database_stops_the_hub_naming_the_file_and_is_left_alone() {
+    let dir = common::hub_process::scratch_dir("damaged");
+    let config = common::hub_process::two_agent_config(&dir, common::free_port(), TOKENS, "");
+    std::fs::write(dir.join("hub.toml"), config).unwrap();
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let file = state.join("hub.sqlite");
+    let junk = b"not a database, written by a test ".repeat(200);
+    std::fs::write(&file, &junk).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
+        .arg("--config")
+        .arg(dir.join("hub.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("move it away"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), junk);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

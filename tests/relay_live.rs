@@ -698,3 +698,52 @@ fn an_agent_started_before_its_hub_is_active_and_provisioning_within_5_s_of_it()
         hub.op("GET", "/v1/agents", None).1
     );
 }
+
+#[test]
+fn commands_queued_before_hub_restarts_reach_the_agent_after_them_once() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "hubkeeps");
+    let o = ou.dn.clone();
+    dir.modify(&users(&o, &["p0"]));
+    let scim = ScimServer::start();
+    let (mut hub, agent, run) = agent_a1_active(&dir, &o, &scim);
+    // The agent goes away: what the operator sends waits in the hub.
+    drop(run);
+    let mut ids = Vec::new();
+    for (round, kill) in [(0, true), (1, false)] {
+        for i in 0..50 {
+            let body =
+                format!(r#"{{"command":"provision","target":"no-such-anchor-{round}-{i}"}}"#);
+            let (s, v) = hub.op("POST", "/v1/agents/a1/commands", Some(&body));
+            assert_eq!(s, 202, "{v}");
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        // Killed (SIGKILL), then stopped as an operator stops it (SIGTERM), and started.
+        if kill {
+            hub.stop();
+        } else {
+            hub.terminate();
+        }
+        hub.spawn();
+    }
+    let _run = Running(agent.spawn(&["run"]));
+    let answered = |id: &str| {
+        let (s, v) = hub.op("GET", &format!("/v1/requests/{id}"), None);
+        s == 200 && v["status"] == 404
+    };
+    assert!(
+        wait_until(60, || ids.iter().all(|id| answered(id))),
+        "not all answered: {}\nhub: {}",
+        agent.log(),
+        hub.log()
+    );
+    let log = agent.log();
+    requests_handled_once(&log);
+    for id in &ids {
+        assert_eq!(
+            log.matches(&format!("relay: request {id} ")).count(),
+            1,
+            "{id}: {log}"
+        );
+    }
+}

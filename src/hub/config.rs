@@ -38,6 +38,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8460";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 25_000;
 /// Default `max_connections_per_address`.
 pub const DEFAULT_MAX_PER_ADDRESS: usize = 256;
+/// Default `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/idrelay-hub";
 /// Fewest characters of a token made of hex digits only (4 bits each: 128 bits).
 pub const MIN_HEX_TOKEN: usize = 32;
 /// Fewest characters of any other token (base64, 6 bits each: 132 bits).
@@ -125,6 +127,8 @@ pub struct HubConfig {
     pub max_per_address: usize,
     /// `[introspection]`: checks the tokens of agents with `oauth_client_id`.
     pub introspection: Option<Arc<super::introspect::Introspector>>,
+    /// `storage` (and `state_dir`): where what outlives the process is kept.
+    pub storage: super::store::Storage,
 }
 
 impl fmt::Debug for HubConfig {
@@ -142,6 +146,7 @@ impl fmt::Debug for HubConfig {
             .field("queue_limit", &self.queue_limit)
             .field("max_connections", &self.max_connections)
             .field("max_per_address", &self.max_per_address)
+            .field("storage", &self.storage)
             .finish_non_exhaustive()
     }
 }
@@ -437,6 +442,9 @@ impl HubConfig {
             ));
         }
 
+        let storage = storage(raw.storage.as_deref(), raw.state_dir)
+            .map_err(|(k, m)| invalid(k.into(), m))?;
+
         let introspection = match raw.introspection {
             None => None,
             Some(i) => Some(Arc::new(
@@ -461,7 +469,40 @@ impl HubConfig {
             queue_limit: raw.queue_limit,
             max_connections: raw.max_connections,
             max_per_address: raw.max_connections_per_address,
+            storage,
         })
+    }
+}
+
+/// `storage` and `state_dir`: the store, or the key that is wrong and why.
+fn storage(
+    kind: Option<&str>,
+    state_dir: Option<PathBuf>,
+) -> Result<super::store::Storage, (&'static str, String)> {
+    use super::store::Storage;
+    let state_dir = state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    if !state_dir.is_absolute() {
+        return Err((
+            "state_dir",
+            format!("`{}` is not an absolute path", state_dir.display()),
+        ));
+    }
+    match kind.unwrap_or("sqlite") {
+        "sqlite" => Ok(Storage::Sqlite { state_dir }),
+        "memory" => Ok(Storage::Memory),
+        "postgres" => Err((
+            "storage",
+            "`postgres` is not available yet; use `sqlite` (one hub process) or `memory` \
+             (tests)"
+                .into(),
+        )),
+        other => Err((
+            "storage",
+            format!(
+                "`{}` is not a store: use `sqlite` (the default) or `memory`",
+                other.chars().take(32).collect::<String>()
+            ),
+        )),
     }
 }
 
@@ -586,6 +627,8 @@ struct RawHub {
     #[serde(default, rename = "operator")]
     operators: Vec<RawOperator>,
     introspection: Option<RawIntrospection>,
+    storage: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -845,6 +888,42 @@ group = "g"
             Err(HubConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn storage_and_state_dir() {
+        use crate::hub::store::Storage;
+        assert_eq!(
+            parse(GOOD).unwrap().storage,
+            Storage::Sqlite {
+                state_dir: DEFAULT_STATE_DIR.into()
+            }
+        );
+        let c = parse(&format!(
+            "storage = \"sqlite\"\nstate_dir = \"/srv/hub\"\n{GOOD}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.storage,
+            Storage::Sqlite {
+                state_dir: "/srv/hub".into()
+            }
+        );
+        let c = parse(&format!("storage = \"memory\"\n{GOOD}")).unwrap();
+        assert_eq!(c.storage, Storage::Memory);
+        assert_eq!(
+            err_key(&format!("storage = \"postgres\"\n{GOOD}")),
+            "storage"
+        );
+        assert_eq!(err_key(&format!("storage = \"redis\"\n{GOOD}")), "storage");
+        assert_eq!(
+            err_key(&format!("state_dir = \"rel/dir\"\n{GOOD}")),
+            "state_dir"
+        );
+        assert!(parse(&format!("storage = \"postgres\"\n{GOOD}"))
+            .unwrap_err()
+            .to_string()
+            .contains("not available yet"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `idrelay-hub`: the reference cloud side of the relay protocol (docs/protocol.md), small
 //! and real. Operator's guide: docs/hub.md.
 //!
-//! Owns: the hub's config, its in-memory state (queues of requests per agent, leases per
-//! group, command answers) and its HTTP(S) server. It serves
+//! Owns: the hub's config, its state (queues of requests per agent, leases per group,
+//! command answers), kept in a store that outlives the process, and its HTTP(S) server. It serves
 //! * the agent endpoints: long-poll, responses, heartbeat (agent token);
 //! * the operator API: the agents and their heartbeats, commands, command answers
 //!   (operator tokens: role `admin` for everything, `read` for looking only);
@@ -14,12 +14,17 @@
 //! Layout: [`config`] (file → validated [`config::HubConfig`]), [`lease`] (the
 //! active/standby rule, pure), [`state`] (queues and views, pure, takes `now`), [`route`]
 //! (method + path → route, pure), [`replies`] (the agent's `responses` body as a stream,
-//! pure), [`dashboard`] (the page and its Content-Security-Policy), `conn`
-//! (per-connection guards, connection caps), `server` (sockets, TLS, handlers).
+//! pure), [`dashboard`] (the page and its Content-Security-Policy), [`store`] (the
+//! storage seam: what outlives the process, `storage = "memory"`), [`sqlite`]
+//! (`storage = "sqlite"`, the default), `conn` (per-connection guards, connection caps),
+//! `server` (sockets, TLS, handlers).
 //!
 //! Invariants:
-//! * Nothing is persisted: a restarted hub starts empty; agents re-heartbeat and re-poll,
-//!   request ids carry a random per-start prefix so none is ever reused.
+//! * Commands queued and not answered, command answers, heartbeats and leases are kept in
+//!   the store (`storage`, docs/hub.md) and written before the request that changed them
+//!   is answered: a restarted hub goes on where it stopped. SCIM forwards are not kept.
+//!   Request ids carry a random per-start prefix (never one a kept id has), so none is
+//!   ever reused.
 //! * Listens on loopback unless the config says `allow_public = true`.
 //! * Tokens are compared in constant time and appear in no log line or error.
 //! * Every wait is bounded (poll hold, SCIM forward, body reads, stalled writes, TLS
@@ -37,7 +42,9 @@ pub mod lease;
 pub mod replies;
 pub mod route;
 mod server;
+pub mod sqlite;
 pub mod state;
+pub mod store;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,7 +58,7 @@ use crate::signals::Control;
 pub mod exit {
     /// Stopped on request.
     pub const OK: i32 = 0;
-    /// Could not run (listen failed).
+    /// Could not run (listen failed, or the store could not be opened).
     pub const FAILURE: i32 = 1;
     /// Bad command line or config.
     pub const USAGE: i32 = 2;
@@ -69,6 +76,8 @@ pub enum HubError {
     },
     /// Signal handlers could not be installed.
     Signals(std::io::Error),
+    /// The store could not be opened or read.
+    Store(store::StoreError),
 }
 
 impl fmt::Display for HubError {
@@ -76,6 +85,7 @@ impl fmt::Display for HubError {
         match self {
             HubError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             HubError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            HubError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -215,7 +225,10 @@ pub fn main(args: &[String]) -> i32 {
 pub fn run(cfg: config::HubConfig) -> Result<(), HubError> {
     let control = Control::new();
     control.install().map_err(HubError::Signals)?;
-    Hub::new(cfg).serve(&control)
+    let store = store::open(&cfg.storage).map_err(HubError::Store)?;
+    Hub::new(cfg, store.into())
+        .map_err(HubError::Store)?
+        .serve(&control)
 }
 
 #[cfg(test)]

@@ -39,7 +39,10 @@ use super::config::{valid_name, AgentAuth, HubConfig, Role};
 use super::conn::{peer_gone, peer_gone_now, Guarded, Refused, Registry, PENDING_DEADLINE};
 use super::replies::{Item, Scanner};
 use super::route::{route, AgentCall, Route};
-use super::state::{Answered, Command, EnqueueError, HubState, Limits, Reply, Timing, Work};
+use super::state::{
+    Answered, Command, EnqueueError, HubState, Limits, Reply, Timing, WallClock, Work,
+};
+use super::store::{Store, StoreError};
 use super::HubError;
 use crate::relay::protocol::scim_error_body;
 use crate::secret::Secret;
@@ -72,10 +75,13 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 
 const SCIM_CONTENT_TYPE: &str = "application/scim+json";
 
-/// The running hub: config, memory and counters.
+/// The running hub: config, memory, store and counters.
 pub struct Hub {
     cfg: HubConfig,
     state: Mutex<HubState>,
+    store: Arc<dyn Store>,
+    /// Held while the journal is written, so writes keep the state's order.
+    writer: smol::lock::Mutex<()>,
     in_flight: AtomicUsize,
     connections: Registry,
     budget: Budget,
@@ -219,8 +225,8 @@ impl BodyError {
 }
 
 impl Hub {
-    /// A hub for `cfg` with empty memory.
-    pub fn new(cfg: HubConfig) -> Hub {
+    /// A hub for `cfg` with the state kept in `store` (read here, blocking).
+    pub fn new(cfg: HubConfig, store: Arc<dyn Store>) -> Result<Hub, StoreError> {
         let timing = Timing {
             redeliver: cfg.redeliver,
             poll_wait: cfg.poll_wait,
@@ -231,22 +237,77 @@ impl Hub {
             ..Limits::default()
         };
         let boot = format!("{:08x}", fastrand::u32(..));
-        let state = HubState::new(
+        let mut state = HubState::new(
             cfg.agents.iter().map(|a| (a.id.clone(), a.group.clone())),
             timing,
             limits,
             &boot,
         );
+        state.set_clock(WallClock::now());
+        let restored = state.restore(store.load()?);
+        let mut boot = boot;
+        while state.boot_in_use(&boot) {
+            boot = format!("{:08x}", fastrand::u32(..));
+        }
+        state.set_boot(&boot);
+        log::info!(
+            "state kept in {}: {} command(s) waiting for their agent, {} answer(s) kept{}",
+            store.describe(),
+            restored.requests,
+            restored.results,
+            if restored.dropped > 0 {
+                format!(
+                    "; {} row(s) of agents or groups no longer configured left out",
+                    restored.dropped
+                )
+            } else {
+                String::new()
+            }
+        );
         let connections = Registry::new(cfg.max_connections, cfg.max_per_address);
-        Hub {
+        Ok(Hub {
             cfg,
             state: Mutex::new(state),
+            store,
+            writer: smol::lock::Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             connections,
             budget: Budget {
                 used: Mutex::new(0),
                 cap: BODY_BUDGET,
             },
+        })
+    }
+
+    /// Writes the state's journal to the store (on a blocking thread), in order: when it
+    /// returns, every change recorded before the call is stored. Changes of concurrent
+    /// requests go in the same transaction.
+    async fn persist(&self) -> Result<(), StoreError> {
+        let _turn = self.writer.lock().await;
+        let changes = self.state().take_journal();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (result, changes) = smol::unblock(move || {
+            let r = store.apply(&changes);
+            (r, changes)
+        })
+        .await;
+        if result.is_err() {
+            // Kept for the next try, ahead of what came since.
+            let mut s = self.state();
+            let newer = s.take_journal();
+            s.requeue_journal(changes, newer);
+        }
+        result
+    }
+
+    /// [`Hub::persist`], a failure logged (the change stays in memory and is written with
+    /// the next one).
+    async fn persist_logged(&self) {
+        if let Err(e) = self.persist().await {
+            log::error!("{e}");
         }
     }
 
@@ -349,6 +410,7 @@ impl Hub {
             while hub.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
                 Timer::after(Duration::from_millis(20)).await;
             }
+            hub.persist_logged().await;
             Ok(())
         })
     }
@@ -657,7 +719,7 @@ impl Hub {
                 let Some(instance) = instance else {
                     return error(400, "a heartbeat needs the Idrelay-Instance header");
                 };
-                self.heartbeat(agent, &instance, &body)
+                self.heartbeat(agent, &instance, &body).await
             }
         }
     }
@@ -683,6 +745,9 @@ impl Hub {
                 b
             };
             if !batch.envelopes.is_empty() {
+                // Stored as delivered before it leaves: after a restart it is not handed
+                // out again before `redeliver_secs`.
+                self.persist_logged().await;
                 if peer_gone_now(&conn.tcp, conn.tls).await {
                     // Not delivered: back to the queue at once, for the agent's next poll.
                     let ids: Vec<String> = batch
@@ -690,10 +755,12 @@ impl Hub {
                         .iter()
                         .filter_map(|e| e["id"].as_str().map(str::to_string))
                         .collect();
-                    let mut s = self.state();
-                    let n = s.requeue(agent, &ids);
-                    s.poll_gone(agent);
-                    drop(s);
+                    let n = {
+                        let mut s = self.state();
+                        s.poll_gone(agent);
+                        s.requeue(agent, &ids)
+                    };
+                    self.persist_logged().await;
                     log::info!(
                         "agent {agent}: its poll's client has gone; {n} request(s) back in the queue"
                     );
@@ -737,6 +804,25 @@ impl Hub {
     /// Reads an agent's answers as a stream (see [`Scanner`]) and hands each on as soon as
     /// it is complete.
     async fn responses(&self, req: &mut Request, agent: &str, consumed: &mut bool) -> Response {
+        let r = self.read_responses(req, agent, consumed).await;
+        // The answers taken are stored before the agent hears that they arrived.
+        match self.persist().await {
+            Ok(()) => r,
+            Err(e) => {
+                log::error!("{e}");
+                let mut r = error(503, "the hub cannot store the answers now");
+                r.insert_header("Retry-After", "5");
+                r
+            }
+        }
+    }
+
+    async fn read_responses(
+        &self,
+        req: &mut Request,
+        agent: &str,
+        consumed: &mut bool,
+    ) -> Response {
         if req.len().is_some_and(|n| n > RESPONSES_LIMIT) {
             return error(413, &BodyError::TooLarge.message(RESPONSES_LIMIT));
         }
@@ -824,7 +910,7 @@ impl Hub {
         }
     }
 
-    fn heartbeat(&self, agent: &str, instance: &str, body: &[u8]) -> Response {
+    async fn heartbeat(&self, agent: &str, instance: &str, body: &[u8]) -> Response {
         let v: Value = match serde_json::from_slice(body) {
             Ok(v @ Value::Object(_)) => v,
             _ => return error(400, "heartbeat body must be a JSON object"),
@@ -832,6 +918,7 @@ impl Hub {
         let Some(beat) = self.state().heartbeat(agent, instance, v, Instant::now()) else {
             return unauthorized("unknown agent or wrong token");
         };
+        self.persist_logged().await;
         if let Some(reported) = &beat.group_mismatch {
             log::warn!(
                 "agent {agent} reports group `{reported}`, but the hub config puts it in `{}`; the hub's group counts",
@@ -884,11 +971,20 @@ impl Hub {
             Err(e) => return error(400, &e),
         };
         let name = command.name();
-        match self
+        let queued = self
             .state()
-            .enqueue(agent, &Work::Command(command), None, Instant::now())
-        {
+            .enqueue(agent, &Work::Command(command), None, Instant::now());
+        match queued {
             Ok(id) => {
+                // Stored before the operator holds its id: a restart does not lose it.
+                if let Err(e) = self.persist().await {
+                    log::error!("{e}");
+                    self.state().withdraw(agent, &id);
+                    self.persist_logged().await;
+                    let mut r = error(503, "the hub cannot store the command now");
+                    r.insert_header("Retry-After", "5");
+                    return r;
+                }
                 log::info!("operator: command {name} queued for agent {agent} as {id}");
                 json_response(202, &json!({"id": id}))
             }

@@ -17,9 +17,14 @@
 //!   never reuses an id an agent still has a cached answer for.
 //! * At most `results` command answers are kept for `GET /v1/requests/{id}`, oldest
 //!   dropped first; each answer body is capped at [`MAX_RESULT_BYTES`].
+//! * Every change to what outlives the process (commands queued, delivered, handed back,
+//!   answered; answers dropped; heartbeats; leases) is recorded in a journal, in order, for
+//!   the server to write to the [`super::store::Store`] ([`HubState::take_journal`]); a
+//!   new process is rebuilt from the store's snapshot ([`HubState::restore`]). SCIM
+//!   forwards are never journaled (their operator is gone with the process).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use smol::channel::Sender;
@@ -27,6 +32,7 @@ use smol::channel::Sender;
 use crate::relay::protocol::Envelope;
 
 use super::lease::{self, Grant, Lease};
+use super::store::{Change, Snapshot, StoredLease, StoredRequest, StoredResult, StoredSeen};
 
 /// Largest command answer body kept for `GET /v1/requests/{id}`.
 pub const MAX_RESULT_BYTES: usize = 256 * 1024;
@@ -275,6 +281,71 @@ struct Slot {
     group_warned: bool,
 }
 
+/// Maps the state's monotonic instants to wall-clock milliseconds and back (what the
+/// store keeps): `base` is `base_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    /// An instant.
+    pub base: Instant,
+    /// The same moment, ms since the Unix epoch.
+    pub base_ms: u64,
+}
+
+impl WallClock {
+    /// The clocks now.
+    pub fn now() -> WallClock {
+        let base_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        WallClock {
+            base: Instant::now(),
+            base_ms,
+        }
+    }
+
+    /// `t` in ms since the epoch.
+    pub fn ms(&self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.base) {
+            Some(d) => self.base_ms.saturating_add(d.as_millis() as u64),
+            None => self
+                .base_ms
+                .saturating_sub(self.base.duration_since(t).as_millis() as u64),
+        }
+    }
+
+    /// The instant of `ms`; a moment the monotonic clock cannot express (before the machine
+    /// started) is taken as `base`, which keeps a lease or a delivery for its full time
+    /// rather than dropping it.
+    pub fn instant(&self, ms: u64) -> Instant {
+        if ms >= self.base_ms {
+            self.base + Duration::from_millis(ms - self.base_ms)
+        } else {
+            self.base
+                .checked_sub(Duration::from_millis(self.base_ms - ms))
+                .unwrap_or(self.base)
+        }
+    }
+}
+
+/// The wire name of a command known to this hub (`"?"` for one that is not).
+fn command_name(s: &str) -> &'static str {
+    ["resync", "provision", "approve-deletes", "set-profile"]
+        .into_iter()
+        .find(|c| *c == s)
+        .unwrap_or("?")
+}
+
+/// What [`HubState::restore`] took back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Commands queued.
+    pub requests: usize,
+    /// Command answers.
+    pub results: usize,
+    /// Rows of agents or groups no longer in the config, left out.
+    pub dropped: usize,
+}
+
 struct CommandResult {
     agent: String,
     command: &'static str,
@@ -293,6 +364,8 @@ pub struct HubState {
     boot: String,
     seq: u64,
     stopping: bool,
+    clock: WallClock,
+    journal: Vec<Change>,
 }
 
 impl HubState {
@@ -332,7 +405,145 @@ impl HubState {
             boot: boot.to_string(),
             seq: 0,
             stopping: false,
+            clock: WallClock::now(),
+            journal: Vec::new(),
         }
+    }
+
+    /// Uses `clock` to map instants to the store's wall-clock times.
+    pub fn set_clock(&mut self, clock: WallClock) {
+        self.clock = clock;
+    }
+
+    /// Whether a kept request or answer (from an earlier start) has an id of `boot`.
+    pub fn boot_in_use(&self, boot: &str) -> bool {
+        let prefix = format!("r-{boot}-");
+        self.results.keys().any(|id| id.starts_with(&prefix))
+            || self
+                .agents
+                .values()
+                .any(|s| s.queue.iter().any(|q| q.id.starts_with(&prefix)))
+    }
+
+    /// Request ids from now on are `r-<boot>-<n>`.
+    pub fn set_boot(&mut self, boot: &str) {
+        self.boot = boot.to_string();
+    }
+
+    /// The changes recorded since the last call, oldest first.
+    pub fn take_journal(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Puts `older` (a journal that could not be written) back ahead of `newer`. Of the
+    /// heartbeats and leases only the last per agent and per group is kept, so a store that
+    /// stays unwritable does not make the journal grow with every heartbeat.
+    pub fn requeue_journal(&mut self, older: Vec<Change>, newer: Vec<Change>) {
+        let mut all = older;
+        all.extend(newer);
+        let mut last_seen = HashMap::new();
+        let mut last_lease = HashMap::new();
+        for (i, c) in all.iter().enumerate() {
+            match c {
+                Change::Seen(s) => {
+                    last_seen.insert(s.agent.clone(), i);
+                }
+                Change::Lease(l) => {
+                    last_lease.insert(l.group.clone(), i);
+                }
+                _ => {}
+            }
+        }
+        self.journal = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, c)| match c {
+                Change::Seen(s) => last_seen.get(&s.agent) == Some(i),
+                Change::Lease(l) => last_lease.get(&l.group) == Some(i),
+                _ => true,
+            })
+            .map(|(_, c)| c)
+            .collect();
+    }
+
+    /// Whether changes wait to be written.
+    pub fn journal_pending(&self) -> bool {
+        !self.journal.is_empty()
+    }
+
+    /// Rebuilds the kept state from `snap` (at start, before any request). Rows of agents
+    /// or groups the config no longer has are left out (and counted).
+    pub fn restore(&mut self, snap: Snapshot) -> Restored {
+        let mut done = Restored::default();
+        let clock = self.clock;
+        for r in snap.requests {
+            let Some(slot) = self.agents.get_mut(&r.agent) else {
+                done.dropped += 1;
+                continue;
+            };
+            let envelope: Value = serde_json::from_str(&r.envelope).unwrap_or(Value::Null);
+            if !envelope.is_object() {
+                done.dropped += 1;
+                continue;
+            }
+            slot.queued_bytes += r.envelope.len();
+            slot.queue.push_back(Queued {
+                bytes: r.envelope.len(),
+                id: r.id,
+                envelope,
+                command: Some(command_name(&r.command)),
+                enqueued: clock.instant(r.enqueued_ms),
+                delivered: r.delivered_ms.map(|ms| clock.instant(ms)),
+                deliveries: r.deliveries,
+                reply_to: None,
+            });
+            done.requests += 1;
+        }
+        for r in snap.results {
+            if !self.agents.contains_key(&r.agent) {
+                done.dropped += 1;
+                continue;
+            }
+            self.results.insert(
+                r.id.clone(),
+                CommandResult {
+                    agent: r.agent,
+                    command: command_name(&r.command),
+                    status: r.status,
+                    body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+                },
+            );
+            self.results_order.push_back(r.id);
+            done.results += 1;
+        }
+        for s in snap.seen {
+            match self.agents.get_mut(&s.agent) {
+                Some(slot) => {
+                    slot.seen = Some(Seen {
+                        instance: s.instance,
+                        at: clock.instant(s.at_ms),
+                        body: serde_json::from_str(&s.body).unwrap_or(Value::Null),
+                    })
+                }
+                None => done.dropped += 1,
+            }
+        }
+        for l in snap.leases {
+            if !self.agents.values().any(|s| s.group == l.group) {
+                done.dropped += 1;
+                continue;
+            }
+            self.leases.insert(
+                l.group,
+                Some(Lease {
+                    agent: l.agent,
+                    instance: l.instance,
+                    renewed: clock.instant(l.renewed_ms),
+                    granted: clock.instant(l.granted_ms),
+                }),
+            );
+        }
+        done
     }
 
     /// Whether `agent` is configured.
@@ -368,14 +579,26 @@ impl HubState {
         }
         self.seq += 1;
         slot.queued_bytes += bytes;
+        let command = match work {
+            Work::Command(c) => Some(c.name()),
+            Work::Scim { .. } => None,
+        };
+        if let Some(name) = command {
+            self.journal.push(Change::Queued(StoredRequest {
+                id: id.clone(),
+                agent: agent.to_string(),
+                command: name.to_string(),
+                envelope: envelope.to_string(),
+                enqueued_ms: self.clock.ms(now),
+                delivered_ms: None,
+                deliveries: 0,
+            }));
+        }
         slot.queue.push_back(Queued {
             id: id.clone(),
             envelope,
             bytes,
-            command: match work {
-                Work::Command(c) => Some(c.name()),
-                Work::Scim { .. } => None,
-            },
+            command,
             enqueued: now,
             delivered: None,
             deliveries: 0,
@@ -405,6 +628,13 @@ impl HubState {
                 q.delivered = Some(now);
                 q.deliveries += 1;
                 bytes += q.bytes;
+                if q.command.is_some() {
+                    self.journal.push(Change::Delivered {
+                        id: q.id.clone(),
+                        at_ms: Some(self.clock.ms(now)),
+                        deliveries: q.deliveries,
+                    });
+                }
                 batch.envelopes.push(q.envelope.clone());
             } else if let Some(d) = q.delivered {
                 let at = if due { now } else { d + redeliver };
@@ -454,6 +684,13 @@ impl HubState {
             q.delivered = None;
             q.deliveries = q.deliveries.saturating_sub(1);
             n += 1;
+            if q.command.is_some() {
+                self.journal.push(Change::Delivered {
+                    id: q.id.clone(),
+                    at_ms: None,
+                    deliveries: q.deliveries,
+                });
+            }
         }
         for w in slot.waiters.drain(..) {
             let _ = w.try_send(());
@@ -509,11 +746,19 @@ impl HubState {
             }
             Some(text) => serde_json::from_str(text).unwrap_or(Value::Null),
         };
+        let command = q.command.unwrap_or("?");
+        self.journal.push(Change::Answered(StoredResult {
+            id: q.id.clone(),
+            agent: agent.to_string(),
+            command: command.to_string(),
+            status: reply.status,
+            body: body.to_string(),
+        }));
         self.results.insert(
             q.id.clone(),
             CommandResult {
                 agent: agent.to_string(),
-                command: q.command.unwrap_or("?"),
+                command,
                 status: reply.status,
                 body,
             },
@@ -522,6 +767,7 @@ impl HubState {
         while self.results_order.len() > self.limits.results {
             if let Some(old) = self.results_order.pop_front() {
                 self.results.remove(&old);
+                self.journal.push(Change::ResultDropped { id: old });
             }
         }
         Answered::Stored
@@ -537,6 +783,9 @@ impl HubState {
             Some(pos) => {
                 if let Some(q) = slot.queue.remove(pos) {
                     slot.queued_bytes -= q.bytes;
+                    if q.command.is_some() {
+                        self.journal.push(Change::Gone { id: q.id });
+                    }
                 }
                 true
             }
@@ -561,6 +810,12 @@ impl HubState {
                 group_mismatch = Some(reported.chars().take(64).collect());
             }
         }
+        self.journal.push(Change::Seen(StoredSeen {
+            agent: agent.to_string(),
+            instance: instance.to_string(),
+            at_ms: self.clock.ms(now),
+            body: body.to_string(),
+        }));
         slot.seen = Some(Seen {
             instance: instance.to_string(),
             at: now,
@@ -569,6 +824,15 @@ impl HubState {
         let group = slot.group.clone();
         let lease = self.leases.entry(group.clone()).or_default();
         let grant = lease::on_heartbeat(lease, agent, instance, now, ttl);
+        if let Some(l) = lease.as_ref().filter(|_| grant.active) {
+            self.journal.push(Change::Lease(StoredLease {
+                group: group.clone(),
+                agent: l.agent.clone(),
+                instance: l.instance.clone(),
+                renewed_ms: self.clock.ms(l.renewed),
+                granted_ms: self.clock.ms(l.granted),
+            }));
+        }
         Some(Beat {
             grant,
             group,
@@ -924,6 +1188,121 @@ mod tests {
         );
         assert_eq!(v[1]["role"], "active");
         assert!(h.heartbeat("nobody", "i", json!({}), t0).is_none());
+    }
+
+    /// One process's state written to `store` through its journal, and the next process's
+    /// rebuilt from it: what was queued is delivered once, what was delivered waits for
+    /// `redeliver`, answers and the lease are still there, forwards are gone.
+    fn a_restart_through(store: &dyn crate::hub::store::Store) {
+        let t0 = Instant::now();
+        let clock = WallClock {
+            base: t0,
+            base_ms: 1_000_000,
+        };
+        let mut h = hub(Limits::default());
+        h.set_clock(clock);
+        let ids: Vec<String> = (0..5)
+            .map(|_| {
+                h.enqueue("a1", &Work::Command(Command::Resync), None, t0)
+                    .unwrap()
+            })
+            .collect();
+        let (tx, _rx) = smol::channel::bounded(1);
+        h.enqueue("a1", &get("/Users"), Some(tx), t0).unwrap();
+        let b = h.take_batch("a1", t0 + S);
+        assert_eq!(b.envelopes.len(), 6);
+        // Two handed back (their poll's client left), one answered.
+        h.requeue("a1", &ids[3..5]);
+        h.answer(
+            "a1",
+            &ids[0],
+            Reply::json(202, &json!({"accepted": "resync"})),
+        );
+        h.heartbeat("a1", "i1", json!({"group": "g"}), t0 + S);
+        store.apply(&h.take_journal()).unwrap();
+        assert!(!h.journal_pending());
+
+        // The next process starts 10 s later, on another monotonic clock.
+        let t1 = Instant::now() + S * 1000;
+        let mut h = hub(Limits::default());
+        h.set_clock(WallClock {
+            base: t1,
+            base_ms: 1_010_000,
+        });
+        let r = h.restore(store.load().unwrap());
+        assert_eq!((r.requests, r.results, r.dropped), (4, 1, 0));
+        assert!(h.boot_in_use("boot"));
+        h.set_boot("boot2");
+        assert!(!h.boot_in_use("boot2"));
+        // At once: the two never delivered (handed back); not the two delivered 9 s ago.
+        let b = h.take_batch("a1", t1);
+        let got: Vec<&str> = b
+            .envelopes
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, [ids[3].as_str(), ids[4].as_str()]);
+        assert_eq!(
+            b.next_due,
+            Some(t1 + S * 51),
+            "due 60 s after their delivery"
+        );
+        assert!(h.take_batch("a1", t1 + S * 50).envelopes.is_empty());
+        let b = h.take_batch("a1", t1 + S * 51);
+        assert_eq!(b.envelopes.len(), 2, "ids 1 and 2, redelivered once due");
+        assert_eq!(h.request_view(&ids[0], t1).unwrap().0, 200);
+        assert_eq!(h.request_view(&ids[1], t1).unwrap().1["deliveries"], 2);
+        let v = h.agents_view(t1);
+        assert_eq!(
+            (&v[0]["role"], &v[0]["instance"]),
+            (&json!("active"), &json!("i1"))
+        );
+        assert_eq!(v[0]["last_heartbeat_age_secs"], 9);
+        // The holder keeps its lease; the other agent of the group waits.
+        assert!(!h.heartbeat("a2", "i2", json!({}), t1).unwrap().grant.active);
+        assert!(h.heartbeat("a1", "i1", json!({}), t1).unwrap().grant.active);
+        let next = h
+            .enqueue("a1", &Work::Command(Command::Resync), None, t1)
+            .unwrap();
+        assert!(next.starts_with("r-boot2-"), "{next}");
+    }
+
+    #[test]
+    fn a_journal_that_could_not_be_written_keeps_one_heartbeat_per_agent() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        for i in 0..10 {
+            h.heartbeat("a1", "i1", json!({}), t0 + S * i);
+        }
+        let failed = h.take_journal();
+        assert_eq!(failed.len(), 20);
+        let id = h
+            .enqueue("a1", &Work::Command(Command::Resync), None, t0 + S * 10)
+            .unwrap();
+        h.heartbeat("a1", "i1", json!({}), t0 + S * 11);
+        let newer = h.take_journal();
+        h.requeue_journal(failed, newer);
+        let j = h.take_journal();
+        assert_eq!(j.len(), 3, "{j:?}");
+        assert!(matches!(&j[0], Change::Queued(r) if r.id == id));
+        assert!(matches!(&j[1], Change::Seen(s) if s.at_ms == h.clock.ms(t0 + S * 11)));
+        assert!(matches!(&j[2], Change::Lease(_)));
+    }
+
+    #[test]
+    fn a_restart_keeps_queued_commands_answers_and_leases_in_memory_store() {
+        a_restart_through(&crate::hub::store::MemoryStore::default());
+    }
+
+    #[test]
+    fn a_restart_keeps_queued_commands_answers_and_leases_in_sqlite() {
+        let dir = std::env::temp_dir().join(format!(
+            "idrelay-hubstate-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        a_restart_through(&crate::hub::sqlite::SqliteStore::open(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 }
 
 /// Writes the token files into `dir` and returns the config text for a hub on `port`:
-/// `extra` top-level lines, agents a1 and a2 in group `g`.
+/// `extra` top-level lines, agents a1 and a2 in group `g`, its state in `dir/state`.
 pub fn two_agent_config(dir: &Path, port: u16, tokens: Tokens, extra: &str) -> String {
     for (name, token) in [
         ("op", tokens.operator),
@@ -47,10 +47,12 @@ pub fn two_agent_config(dir: &Path, port: u16, tokens: Tokens, extra: &str) -> S
         write_secret(&dir.join(name), &format!("{token}\n"));
     }
     format!(
-        "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{op}\"\n{extra}\n\
+        "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{op}\"\n\
+         state_dir = \"{state}\"\n{extra}\n\
          [[agent]]\nid = \"a1\"\ntoken_file = \"{a1}\"\ngroup = \"g\"\n\n\
          [[agent]]\nid = \"a2\"\ntoken_file = \"{a2}\"\ngroup = \"g\"\n",
         op = dir.join("op").display(),
+        state = dir.join("state").display(),
         a1 = dir.join("a1").display(),
         a2 = dir.join("a2").display(),
     )
@@ -66,31 +68,89 @@ impl HubProcess {
             two_agent_config(&dir, port, tokens, extra),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.join("hub.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
-            .arg("--config")
-            .arg(dir.join("hub.toml"))
-            .arg("--log-level=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start idrelay-hub");
-        let mut hub = HubProcess { child, port, dir };
+        let mut hub = HubProcess {
+            child: spawn(&dir),
+            port,
+            dir,
+        };
+        hub.wait_listening();
+        hub
+    }
+
+    /// Stops the process (SIGTERM and waits for its exit when `gently`, else SIGKILL) and
+    /// starts it again on the same config, port and state; waits until it listens.
+    pub fn restart(&mut self, gently: bool) {
+        if gently {
+            let ok = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -TERM {}", self.child.id());
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    assert_eq!(status.code(), Some(0), "SIGTERM:\n{}", self.log());
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "no exit on SIGTERM:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.child = spawn(&self.dir);
+        self.wait_listening();
+    }
+
+    fn wait_listening(&mut self) {
+        let port = self.port;
         let until = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = hub.child.try_wait().unwrap() {
-                panic!("idrelay-hub exited with {status}:\n{}", hub.log());
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("idrelay-hub exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < until, "hub did not listen:\n{}", hub.log());
+            assert!(
+                Instant::now() < until,
+                "hub did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        hub
     }
 
     /// The hub's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default()
+    }
+}
+
+/// Starts `idrelay-hub` on `dir/hub.toml`, its stderr appended to `dir/hub.log`.
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("hub.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
+        .arg("--config")
+        .arg(dir.join("hub.toml"))
+        .arg("--log-level=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start idrelay-hub")
+}
+
+impl HubProcess {
+    /// The hub's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 }
 

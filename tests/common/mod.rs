@@ -799,8 +799,9 @@ impl Hub {
         write_secret(&p.join("operator.token"), operator);
         let port = free_port();
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{}\"\n{settings}",
-            p.join("operator.token").display()
+            "listen = \"127.0.0.1:{port}\"\noperator_token_file = \"{}\"\nstate_dir = \"{}\"\n{settings}",
+            p.join("operator.token").display(),
+            p.join("state").display()
         );
         for (id, group, token) in agents {
             let f = p.join(format!("{id}.token"));
@@ -846,6 +847,19 @@ impl Hub {
             "hub did not listen: {}",
             self.log()
         );
+    }
+
+    /// Stops the process as an operator does (SIGTERM, by PID) and waits for its exit 0.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -TERM {}", c.id());
+            let status = c.wait().unwrap();
+            assert_eq!(status.code(), Some(0), "hub on SIGTERM: {}", self.log());
+        }
     }
 
     /// Kills the process (by PID).
