@@ -574,7 +574,7 @@ struct Pass<'a> {
     batches_out: usize,
     again: Vec<(Job, Hint)>,
     /// Groups whose member operations are out, by anchor.
-    members_out: HashMap<String, GroupOut>,
+    members_out: Vec<GroupOut>,
     /// Anchors sent again by [`Round::FinalAgain`]: their outcome was counted already.
     counted: std::collections::HashSet<String>,
     report: PassReport,
@@ -694,7 +694,7 @@ pub async fn full_pass(
         buffer: Buffer::default(),
         batches_out: 0,
         again: Vec::new(),
-        members_out: HashMap::new(),
+        members_out: Vec::new(),
         counted: std::collections::HashSet::new(),
         report: PassReport {
             dry_run: settings.mode.dry_run,
@@ -1264,7 +1264,7 @@ impl Pass<'_> {
         let Some(store) = self.settings.mode.members.clone() else {
             return Some(job);
         };
-        if self.members_out.contains_key(&job.external_id) {
+        if self.group_out(&job.external_id).is_some() {
             return Some(job);
         }
         let Some(lane) = self.lane().await else {
@@ -1289,16 +1289,13 @@ impl Pass<'_> {
         }
         let anchor = job.external_id.clone();
         self.in_flight += 1;
-        self.members_out.insert(
-            anchor.clone(),
-            GroupOut {
-                job,
-                id,
-                created,
-                left: ops.len(),
-                ok: true,
-            },
-        );
+        self.members_out.push(GroupOut {
+            job,
+            id,
+            created,
+            left: ops.len(),
+            ok: true,
+        });
         if ops.is_empty() {
             self.member_landed(&anchor, true);
         }
@@ -1311,20 +1308,27 @@ impl Pass<'_> {
         None
     }
 
+    /// Where the group anchored at `anchor` is in `members_out` (at most one group per
+    /// operation out or gathered: `BATCHES_IN_FLIGHT` requests and the buffer).
+    fn group_out(&self, anchor: &str) -> Option<usize> {
+        self.members_out
+            .iter()
+            .position(|g| g.job.external_id == anchor)
+    }
+
     /// One member operation of the group anchored at `anchor` landed; the last one settles
     /// the group: counted, or sent again the single way (its stored members unknown).
     fn member_landed(&mut self, anchor: &str, ok: bool) {
-        let Some(g) = self.members_out.get_mut(anchor) else {
+        let Some(at) = self.group_out(anchor) else {
             return;
         };
+        let g = &mut self.members_out[at];
         g.ok &= ok;
         g.left = g.left.saturating_sub(1);
         if g.left > 0 {
             return;
         }
-        let Some(g) = self.members_out.remove(anchor) else {
-            return;
-        };
+        let g = self.members_out.swap_remove(at);
         let saved = g.ok
             && self.settings.mode.members.as_ref().is_some_and(|store| {
                 store
@@ -1473,7 +1477,8 @@ impl Pass<'_> {
                                     if p.is_object() {
                                         return Some(p.into_job());
                                     }
-                                    self.members_out.remove(p.anchor()).map(|g| g.job)
+                                    let at = self.group_out(p.anchor())?;
+                                    Some(self.members_out.swap_remove(at).job)
                                 })
                                 .collect()
                         }
