@@ -3,8 +3,8 @@
 //! proxy, which counts the requests.
 //!
 //! A nested tree flattened (`nested_groups = "flatten"`): the first pass creates the users
-//! and the groups through Bulk and sends every group's members as Bulk PATCH operations,
-//! not one PATCH request per group; the endpoint then holds every transitive member; a
+//! and the groups through Bulk, each group with its members (not one PATCH request per
+//! group afterwards); the endpoint then holds every transitive member; a
 //! second pass sends nothing; a member joining a deep group reaches every group above it,
 //! again through Bulk; one leaving it does too (the single way, which verifies removals).
 

@@ -5,10 +5,18 @@
 //! [`crate::sync::listing`]), and PUTs of users to ids the agent owns (the anchor index's,
 //! or a listed resource that shows the user's own externalId). Everything else goes the
 //! single-request way ([`crate::sync::provision`]): a group's attributes and members (PATCH
-//! against its confirmed members), soft matches, anything the listing cannot tell. A group
-//! created through Bulk is created without members; its members, and the change of a group
-//! the agent owns, then go as Bulk PATCH operations where [`crate::sync::bulk_members`]
-//! allows (the same operations the single way would send), else the single way.
+//! against its confirmed members), soft matches, anything the listing cannot tell.
+//!
+//! Groups: a group without member groups is created with its members in the one operation
+//! when that fits a request (`maxPayloadSize`); its `201` confirms them as a PATCH's success
+//! confirms what it adds, and the pass records them in the member store. scim2-server's
+//! cost of a PATCH grows with the group it changes, so this is what makes a flattened tree
+//! cheap to create (measured: 3,000 members in 0.36 s inline, 7.0 s as PATCHes of 100, 1.3 s
+//! as PATCHes of 1,000). A group with member groups (checked the single way) or too many
+//! members for one operation is created without them; its members, and the member change
+//! of a group the agent owns, then go as Bulk PATCH operations where
+//! [`crate::sync::bulk_members`] allows (the same operations the single way would send),
+//! else the single way.
 //!
 //! Rules:
 //! * Each object is in at most one operation of one request; the pass counts it once, by
@@ -81,6 +89,8 @@ pub struct Planned {
     verb: Verb,
     sent: SentOp,
     op: Vec<u8>,
+    /// A group's create carries its members.
+    with_members: bool,
 }
 
 /// What became of one object of a request.
@@ -144,17 +154,30 @@ impl Lane {
 
     /// Encodes `job`'s operation; gives the job back when it fits no request alone. The
     /// planned job keeps its body only in the encoded operation ([`Planned::into_job`]).
-    pub async fn plan(&self, scim: &ScimClient, mut job: Job, verb: Verb) -> Result<Planned, Job> {
+    pub async fn plan(&self, scim: &ScimClient, job: Job, verb: Verb) -> Result<Planned, Job> {
+        let mut with_members = false;
         let (sent, data) = match &verb {
             Verb::Create => {
-                // A group goes without members (they follow as PATCH operations); the
-                // pass sends groups here only with a member store.
-                let body = match job.kind {
-                    ResourceKind::User => scim.fit(job.kind, &whole_body(&job), true).await,
-                    ResourceKind::Group => scim.fit(job.kind, &job.body, true).await,
-                };
-                let id = format!("b{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-                (SentOp::create(job.kind, id), body)
+                // A group goes with its members when it has no member groups (those are
+                // checked the single way) and the operation fits a request; else without
+                // (they follow as PATCH operations). The pass sends groups here only with a
+                // member store.
+                let sent = SentOp::create(
+                    job.kind,
+                    format!("b{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
+                );
+                if job.kind == ResourceKind::User || job.nested.is_empty() {
+                    let body = scim.fit(job.kind, &whole_body(&job), true).await;
+                    let op = sent.encode(Some(&body));
+                    if self.limits().fits(1, op.len()) {
+                        with_members = job.kind == ResourceKind::Group && !job.members.is_empty();
+                        return Ok(self.planned(job, verb, sent, op, with_members));
+                    }
+                    if job.kind == ResourceKind::User {
+                        return Err(job);
+                    }
+                }
+                (sent, scim.fit(job.kind, &job.body, true).await)
             }
             Verb::Members => return Err(job),
             Verb::Replace { id, .. } => {
@@ -168,13 +191,25 @@ impl Lane {
         if !self.limits().fits(1, op.len()) {
             return Err(job);
         }
+        Ok(self.planned(job, verb, sent, op, with_members))
+    }
+
+    fn planned(
+        &self,
+        mut job: Job,
+        verb: Verb,
+        sent: SentOp,
+        op: Vec<u8>,
+        with_members: bool,
+    ) -> Planned {
         job.body = Value::Null;
-        Ok(Planned {
+        Planned {
             job,
             verb,
             sent,
             op,
-        })
+            with_members,
+        }
     }
 }
 
@@ -196,6 +231,7 @@ impl Planned {
             verb: Verb::Members,
             sent,
             op,
+            with_members: false,
         }
     }
 
@@ -356,10 +392,11 @@ fn verdict(p: &Planned, r: OpResult) -> Verdict {
         (Verb::Members, r) => Verdict::Member(matches!(r, OpResult::Done { .. })),
         (Verb::Create, OpResult::Done { id: Some(id), .. }) => match p.job.kind {
             ResourceKind::User => Verdict::Outcome(Outcome::Created(id)),
-            // Its members follow, as Bulk PATCH operations or the single way (and it is
-            // counted there).
+            // Its members follow, as Bulk PATCH operations or the single way, or came with
+            // it (the pass records them); it is counted there.
             ResourceKind::Group => Verdict::Again(Hint {
                 created: Some(id),
+                with_members: p.with_members,
                 ..Hint::default()
             }),
         },
@@ -416,6 +453,7 @@ mod tests {
             verb,
             sent,
             op,
+            with_members: false,
         }
     }
 
@@ -448,6 +486,17 @@ mod tests {
         assert!(
             matches!(verdict(&g, done("g2")), Verdict::Again(Hint { recheck: false, created: Some(id), .. }) if id == "g2")
         );
+    }
+
+    #[test]
+    fn a_group_created_with_its_members_says_so() {
+        let mut g = planned(ResourceKind::Group, 2, Verb::Create);
+        g.with_members = true;
+        assert!(
+            matches!(verdict(&g, done("g2")), Verdict::Again(Hint { created: Some(id), with_members: true, members_sent: false, .. }) if id == "g2")
+        );
+        // Refused: the single way creates it without members and PATCHes them.
+        assert!(is_again(&verdict(&g, refused(400)), false));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! A group's member change as SCIM Bulk PATCH operations (RFC 7644 §3.7 with §3.5.2), for
 //! a full pass that sends through Bulk ([`crate::sync::bulk`]).
 //!
-//! What goes this way: the members of a group the pass just created through Bulk (created
-//! without members: its whole member list is additions), and the change of a group the
+//! What goes this way: the members of a group the pass just created through Bulk without
+//! them (too many for its create operation: its whole member list is additions; a group
+//! that fits goes with its members in the create, [`crate::sync::bulk`]), and the change of a group the
 //! agent owns whose confirmed members are on disk ([`MemberStore`], no journal left open),
 //! with a replace of its other attributes in the first operation, as the single way sends
 //! it. Everything else goes the single way ([`crate::sync::members`]), which reads the

@@ -1436,8 +1436,26 @@ impl Pass<'_> {
     /// sends its members as Bulk PATCH operations where it can.
     async fn pump_again(&mut self) {
         while let Some((job, hint)) = self.again.pop() {
+            let job = match (&hint.created, &self.settings.mode.members) {
+                // Created with its members: confirmed (a failed save reads them back).
+                (Some(id), Some(store)) if hint.with_members => {
+                    if store.save(&job.external_id, id, &job.members).is_ok() {
+                        let outcome = Outcome::Created(id.clone());
+                        crate::sync::provision::audit_outcome(&job, &outcome);
+                        self.in_flight += 1;
+                        self.apply_done(Done::of(job, outcome));
+                        continue;
+                    }
+                    job
+                }
+                _ => job,
+            };
             let job = match &hint.created {
-                Some(id) if !hint.members_sent && !matches!(self.bulk, BulkState::Off) => {
+                Some(id)
+                    if !hint.members_sent
+                        && !hint.with_members
+                        && !matches!(self.bulk, BulkState::Off) =>
+                {
                     match Box::pin(self.bulk_members(job, id.clone(), true, Vec::new())).await {
                         Some(job) => job,
                         None => continue,

@@ -88,6 +88,9 @@ pub struct Hint {
     /// Member PATCH operations of this group went through Bulk and not all were answered
     /// with success: its stored members are unknown (forgotten), never taken as empty.
     pub members_sent: bool,
+    /// The group was created through Bulk with its members: they are confirmed as a
+    /// PATCH's success confirms what it adds (the pass records them).
+    pub with_members: bool,
 }
 
 /// How the worker behaves.
@@ -234,7 +237,7 @@ async fn provision_group(
 ) -> Outcome {
     let attrs = &job.body;
     let created = hint.created.as_deref();
-    let mut fresh = created.is_some() && !hint.members_sent;
+    let mut fresh = created.is_some() && !hint.members_sent && !hint.with_members;
     let placed = async {
         if let Some(id) = created {
             return Ok(Some(Outcome::Created(id.to_string())));
