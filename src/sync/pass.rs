@@ -1329,29 +1329,37 @@ impl Pass<'_> {
             return;
         }
         let g = self.members_out.swap_remove(at);
-        let saved = g.ok
-            && self.settings.mode.members.as_ref().is_some_and(|store| {
-                store
-                    .save(&g.job.external_id, &g.id, &g.job.members)
-                    .is_ok()
-            });
-        if saved {
-            let outcome = if g.created {
-                Outcome::Created(g.id)
-            } else {
-                Outcome::Replaced(g.id)
-            };
-            crate::sync::provision::audit_outcome(&g.job, &outcome);
-            self.apply_done(Done::of(g.job, outcome));
-        } else {
-            self.in_flight = self.in_flight.saturating_sub(1);
-            let hint = Hint {
-                created: g.created.then_some(g.id),
-                members_sent: true,
-                ..Hint::default()
-            };
-            self.again.push((g.job, hint));
+        let job = match g.ok {
+            true => match self.confirmed(g.job, &g.id, g.created) {
+                None => return,
+                Some(job) => job,
+            },
+            false => g.job,
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let hint = Hint {
+            created: g.created.then_some(g.id),
+            members_sent: true,
+            ..Hint::default()
+        };
+        self.again.push((job, hint));
+    }
+
+    /// Group `job`'s members are confirmed at `id`: recorded in the member store and the
+    /// group counted (created, or replaced), as one object in flight. The job back when
+    /// the store could not record them.
+    fn confirmed(&mut self, job: Job, id: &str, created: bool) -> Option<Job> {
+        let store = self.settings.mode.members.as_ref();
+        if store.is_none_or(|s| s.save(&job.external_id, id, &job.members).is_err()) {
+            return Some(job);
         }
+        let outcome = match created {
+            true => Outcome::Created(id.to_string()),
+            false => Outcome::Replaced(id.to_string()),
+        };
+        crate::sync::provision::audit_outcome(&job, &outcome);
+        self.apply_done(Done::of(job, outcome));
+        None
     }
 
     /// What `job` would be in a Bulk request, when it may go in one: a create of what the
@@ -1436,17 +1444,17 @@ impl Pass<'_> {
     /// sends its members as Bulk PATCH operations where it can.
     async fn pump_again(&mut self) {
         while let Some((job, hint)) = self.again.pop() {
-            let job = match (&hint.created, &self.settings.mode.members) {
+            let job = match &hint.created {
                 // Created with its members: confirmed (a failed save reads them back).
-                (Some(id), Some(store)) if hint.with_members => {
-                    if store.save(&job.external_id, id, &job.members).is_ok() {
-                        let outcome = Outcome::Created(id.clone());
-                        crate::sync::provision::audit_outcome(&job, &outcome);
-                        self.in_flight += 1;
-                        self.apply_done(Done::of(job, outcome));
-                        continue;
+                Some(id) if hint.with_members => {
+                    self.in_flight += 1;
+                    match self.confirmed(job, id, true) {
+                        None => continue,
+                        Some(job) => {
+                            self.in_flight -= 1;
+                            job
+                        }
                     }
-                    job
                 }
                 _ => job,
             };
@@ -1456,7 +1464,7 @@ impl Pass<'_> {
                         && !hint.with_members
                         && !matches!(self.bulk, BulkState::Off) =>
                 {
-                    match Box::pin(self.bulk_members(job, id.clone(), true, Vec::new())).await {
+                    match self.bulk_members(job, id.clone(), true, Vec::new()).await {
                         Some(job) => job,
                         None => continue,
                     }
