@@ -64,6 +64,14 @@ impl SentOp {
         }
     }
 
+    /// A member change (`PATCH /Groups/<id>`), the id percent-encoded as one path segment.
+    pub fn patch(kind: ResourceKind, id: &str) -> SentOp {
+        SentOp {
+            method: Method::Patch,
+            ..SentOp::replace(kind, id)
+        }
+    }
+
     /// The operation as JSON bytes (one element of `Operations`), with `data` when given.
     pub fn encode(&self, data: Option<&Value>) -> Vec<u8> {
         let mut m = serde_json::Map::new();

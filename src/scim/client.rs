@@ -988,8 +988,13 @@ impl ScimClient {
     /// The first page of `kind`'s listing (`startIndex=1`, no `count`: some services
     /// answer `count` with 500).
     pub async fn first_page(&self, kind: ResourceKind) -> Result<Value, ScimError> {
+        self.page(kind, "startIndex=1").await
+    }
+
+    /// One page of `kind`'s listing with this query (already encoded).
+    pub async fn page(&self, kind: ResourceKind, query: &str) -> Result<Value, ScimError> {
         let mut listing = endpoint_url(&self.cfg.base_url, &[kind.endpoint()])?;
-        listing.set_query(Some("startIndex=1"));
+        listing.set_query(Some(query));
         self.list_page(&listing).await
     }
 

@@ -5,12 +5,25 @@
 //! [`crate::sync::listing`]), and PUTs of users to ids the agent owns (the anchor index's,
 //! or a listed resource that shows the user's own externalId). Everything else goes the
 //! single-request way ([`crate::sync::provision`]): a group's attributes and members (PATCH
-//! against its confirmed members), soft matches, anything the listing cannot tell. A group
-//! created through Bulk is created without members; its members follow the single way.
+//! against its confirmed members), soft matches, anything the listing cannot tell.
+//!
+//! Groups: a group without member groups is created with its members in the one operation
+//! when that fits a request (`maxPayloadSize`); its `201` confirms them as a PATCH's success
+//! confirms what it adds, and the pass records them in the member store. scim2-server's
+//! cost of a PATCH grows with the group it changes, so this is what makes a flattened tree
+//! cheap to create (measured: 3,000 members in 0.36 s inline, 7.0 s as PATCHes of 100, 1.3 s
+//! as PATCHes of 1,000). A group with member groups (checked the single way) or too many
+//! members for one operation is created without them; its members, and the member change
+//! of a group the agent owns, then go as Bulk PATCH operations where
+//! [`crate::sync::bulk_members`] allows (the same operations the single way would send),
+//! else the single way.
 //!
 //! Rules:
 //! * Each object is in at most one operation of one request; the pass counts it once, by
 //!   the outcome this module or its single-request retry reports.
+//! * A member PATCH operation is not an object of its own: whatever its answer, it reports
+//!   only success or not ([`Verdict::Member`]); its group is counted once, by the pass, when
+//!   all its operations are answered (see [`crate::sync::bulk_members`] for the rest).
 //! * A refused operation (4xx in the answer) is retried on its own, the single way, which
 //!   reports it exactly as without Bulk (409 → the conflict is proven or explained; 404 on
 //!   a PUT → matched again): it never fails or repeats the batch's other operations.
@@ -63,6 +76,9 @@ pub enum Verb {
         /// Proven by the listing (reported as matched), not known to the index.
         matched: bool,
     },
+    /// One PATCH operation of a group's member change (the job is a stand-in naming the
+    /// group by its anchor).
+    Members,
 }
 
 /// One object's operation, encoded and ready for a request.
@@ -73,6 +89,8 @@ pub struct Planned {
     verb: Verb,
     sent: SentOp,
     op: Vec<u8>,
+    /// A group's create carries its members.
+    with_members: bool,
 }
 
 /// What became of one object of a request.
@@ -82,6 +100,8 @@ pub enum Verdict {
     Outcome(Outcome),
     /// Send it again the single way, with this hint.
     Again(Hint),
+    /// A member PATCH operation was applied (`true`) or may not have been.
+    Member(bool),
 }
 
 impl Lane {
@@ -134,13 +154,32 @@ impl Lane {
 
     /// Encodes `job`'s operation; gives the job back when it fits no request alone. The
     /// planned job keeps its body only in the encoded operation ([`Planned::into_job`]).
-    pub async fn plan(&self, scim: &ScimClient, mut job: Job, verb: Verb) -> Result<Planned, Job> {
+    pub async fn plan(&self, scim: &ScimClient, job: Job, verb: Verb) -> Result<Planned, Job> {
+        let mut with_members = false;
         let (sent, data) = match &verb {
             Verb::Create => {
-                let body = scim.fit(job.kind, &whole_body(&job), true).await;
-                let id = format!("b{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-                (SentOp::create(job.kind, id), body)
+                // A group goes with its members when it has no member groups (those are
+                // checked the single way) and the operation fits a request; else without
+                // (they follow as PATCH operations). The pass sends groups here only with a
+                // member store.
+                let sent = SentOp::create(
+                    job.kind,
+                    format!("b{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
+                );
+                if job.kind == ResourceKind::User || job.nested.is_empty() {
+                    let body = scim.fit(job.kind, &whole_body(&job), true).await;
+                    let op = sent.encode(Some(&body));
+                    if self.limits().fits(1, op.len()) {
+                        with_members = job.kind == ResourceKind::Group && !job.members.is_empty();
+                        return Ok(self.planned(job, verb, sent, op, with_members));
+                    }
+                    if job.kind == ResourceKind::User {
+                        return Err(job);
+                    }
+                }
+                (sent, scim.fit(job.kind, &job.body, true).await)
             }
+            Verb::Members => return Err(job),
             Verb::Replace { id, .. } => {
                 let body = scim
                     .fit(job.kind, &with_id(&whole_body(&job), id), false)
@@ -152,17 +191,60 @@ impl Lane {
         if !self.limits().fits(1, op.len()) {
             return Err(job);
         }
+        Ok(self.planned(job, verb, sent, op, with_members))
+    }
+
+    fn planned(
+        &self,
+        mut job: Job,
+        verb: Verb,
+        sent: SentOp,
+        op: Vec<u8>,
+        with_members: bool,
+    ) -> Planned {
         job.body = Value::Null;
-        Ok(Planned {
+        Planned {
             job,
             verb,
             sent,
             op,
-        })
+            with_members,
+        }
     }
 }
 
 impl Planned {
+    /// One member PATCH operation of the group anchored at `anchor`
+    /// ([`crate::sync::bulk_members::plan`]).
+    pub fn member(anchor: &str, sent: SentOp, op: Vec<u8>) -> Planned {
+        Planned {
+            job: Job {
+                kind: ResourceKind::Group,
+                dn: String::new(),
+                external_id: anchor.to_string(),
+                body: Value::Null,
+                members: Default::default(),
+                nested: Vec::new(),
+                hash: 0,
+                known_id: None,
+            },
+            verb: Verb::Members,
+            sent,
+            op,
+            with_members: false,
+        }
+    }
+
+    /// The anchor of the object (of the group, for a member operation).
+    pub fn anchor(&self) -> &str {
+        &self.job.external_id
+    }
+
+    /// Whether this is an object of its own (not a member operation of a group).
+    pub fn is_object(&self) -> bool {
+        self.verb != Verb::Members
+    }
+
     /// The job with its body back (as encoded: fitted to the endpoint's schema, which
     /// fitting again leaves as it is), to be sent the single way.
     pub fn into_job(self) -> Job {
@@ -272,7 +354,7 @@ pub async fn send(scim: &ScimClient, lane: &Lane, batch: Vec<Planned>) -> Vec<(J
             }
             match v {
                 Verdict::Again(_) => (p.into_job(), v),
-                Verdict::Outcome(_) => (p.job, v),
+                _ => (p.job, v),
             }
         })
         .collect()
@@ -283,12 +365,15 @@ fn again_all(batch: Vec<Planned>, recheck: bool) -> Vec<(Job, Verdict)> {
     batch
         .into_iter()
         .map(|p| {
+            if !p.is_object() {
+                return (p.job, Verdict::Member(false));
+            }
             let recheck = recheck && p.verb == Verb::Create;
             (
                 p.into_job(),
                 Verdict::Again(Hint {
                     recheck,
-                    created: None,
+                    ..Hint::default()
                 }),
             )
         })
@@ -300,16 +385,19 @@ fn verdict(p: &Planned, r: OpResult) -> Verdict {
     let again = |recheck| {
         Verdict::Again(Hint {
             recheck,
-            created: None,
+            ..Hint::default()
         })
     };
     match (&p.verb, r) {
+        (Verb::Members, r) => Verdict::Member(matches!(r, OpResult::Done { .. })),
         (Verb::Create, OpResult::Done { id: Some(id), .. }) => match p.job.kind {
             ResourceKind::User => Verdict::Outcome(Outcome::Created(id)),
-            // Its members follow the single way (and it is counted there).
+            // Its members follow, as Bulk PATCH operations or the single way, or came with
+            // it (the pass records them); it is counted there.
             ResourceKind::Group => Verdict::Again(Hint {
-                recheck: false,
                 created: Some(id),
+                with_members: p.with_members,
+                ..Hint::default()
             }),
         },
         (Verb::Create, OpResult::Refused { status, .. })
@@ -357,6 +445,7 @@ mod tests {
         let sent = match &verb {
             Verb::Create => SentOp::create(kind, format!("b{n}")),
             Verb::Replace { id, .. } => SentOp::replace(kind, id),
+            Verb::Members => SentOp::patch(kind, "g1"),
         };
         let op = sent.encode(None);
         Planned {
@@ -364,6 +453,7 @@ mod tests {
             verb,
             sent,
             op,
+            with_members: false,
         }
     }
 
@@ -394,8 +484,19 @@ mod tests {
         );
         let g = planned(ResourceKind::Group, 2, Verb::Create);
         assert!(
-            matches!(verdict(&g, done("g2")), Verdict::Again(Hint { recheck: false, created: Some(id) }) if id == "g2")
+            matches!(verdict(&g, done("g2")), Verdict::Again(Hint { recheck: false, created: Some(id), .. }) if id == "g2")
         );
+    }
+
+    #[test]
+    fn a_group_created_with_its_members_says_so() {
+        let mut g = planned(ResourceKind::Group, 2, Verb::Create);
+        g.with_members = true;
+        assert!(
+            matches!(verdict(&g, done("g2")), Verdict::Again(Hint { created: Some(id), with_members: true, members_sent: false, .. }) if id == "g2")
+        );
+        // Refused: the single way creates it without members and PATCHes them.
+        assert!(is_again(&verdict(&g, refused(400)), false));
     }
 
     #[test]
@@ -436,6 +537,34 @@ mod tests {
             verdict(&m, done("i1")),
             Verdict::Outcome(Outcome::Matched(_))
         ));
+    }
+
+    #[test]
+    fn a_member_operation_reports_only_whether_it_was_applied() {
+        let m = Planned::member("gx", SentOp::patch(ResourceKind::Group, "g1"), Vec::new());
+        assert!(!m.is_object());
+        assert!(matches!(verdict(&m, done("g1")), Verdict::Member(true)));
+        // Refused, of unknown fate, a 5xx: its group goes again the single way, alone.
+        for r in [
+            refused(400),
+            refused(404),
+            refused(500),
+            OpResult::Unknown("x".into()),
+        ] {
+            assert!(matches!(verdict(&m, r), Verdict::Member(false)));
+        }
+    }
+
+    #[test]
+    fn a_failed_request_fails_its_member_operations_and_rechecks_its_creates() {
+        let batch = vec![
+            planned(ResourceKind::Group, 1, Verb::Create),
+            Planned::member("gx", SentOp::patch(ResourceKind::Group, "g1"), Vec::new()),
+        ];
+        let v = again_all(batch, true);
+        assert!(is_again(&v[0].1, true));
+        assert!(matches!(v[1].1, Verdict::Member(false)));
+        assert_eq!(v[1].0.external_id, "gx");
     }
 
     #[test]

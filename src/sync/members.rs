@@ -994,13 +994,7 @@ impl GroupEndpoint for ScimClient {
     }
 
     fn remove_form(&self) -> RemoveForm {
-        let facts = self.facts();
-        match facts.removal_pin {
-            MemberRemoval::Filter => RemoveForm::PathFilter,
-            MemberRemoval::ValueList => RemoveForm::ValueList,
-            MemberRemoval::Auto if facts.remove_value_list => RemoveForm::ValueList,
-            MemberRemoval::Auto => RemoveForm::PathFilter,
-        }
+        remove_form_of(self)
     }
 
     fn remove_form_pinned(&self) -> bool {
@@ -1025,6 +1019,18 @@ impl GroupEndpoint for ScimClient {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         }))
+    }
+}
+
+/// The form member removals go in to `scim` now: the `[group] member_removal` pin, else
+/// what the endpoint took last. The Bulk lane ([`crate::sync::bulk_members`]) uses it too.
+pub fn remove_form_of(scim: &ScimClient) -> RemoveForm {
+    let facts = scim.facts();
+    match facts.removal_pin {
+        MemberRemoval::Filter => RemoveForm::PathFilter,
+        MemberRemoval::ValueList => RemoveForm::ValueList,
+        MemberRemoval::Auto if facts.remove_value_list => RemoveForm::ValueList,
+        MemberRemoval::Auto => RemoveForm::PathFilter,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod anchors;
 pub mod audit;
 pub mod bulk;
+pub mod bulk_members;
 pub mod change;
 pub mod closure;
 pub mod deletes;

@@ -516,8 +516,20 @@ enum Landed {
     Done(Done),
     /// An object of a Bulk request to send again the single way.
     Again(Job, Hint),
+    /// A member PATCH operation of a group (by anchor) through Bulk: applied or not.
+    Member(String, bool),
     /// A Bulk request is over.
     BatchEnd,
+}
+
+/// A group whose member change is out as Bulk PATCH operations
+/// ([`crate::sync::bulk_members`]); counted once, when the last of them lands.
+struct GroupOut {
+    job: Job,
+    id: String,
+    created: bool,
+    left: usize,
+    ok: bool,
 }
 
 /// Whether the pass sends through SCIM Bulk: asked of the endpoint when the first object
@@ -561,6 +573,8 @@ struct Pass<'a> {
     buffer: Buffer,
     batches_out: usize,
     again: Vec<(Job, Hint)>,
+    /// Groups whose member operations are out, by anchor.
+    members_out: Vec<GroupOut>,
     /// Anchors sent again by [`Round::FinalAgain`]: their outcome was counted already.
     counted: std::collections::HashSet<String>,
     report: PassReport,
@@ -637,6 +651,7 @@ pub async fn full_pass(
                             .map(|(job, v)| match v {
                                 Verdict::Outcome(o) => Landed::Done(Done::of(job, o)),
                                 Verdict::Again(h) => Landed::Again(job, h),
+                                Verdict::Member(ok) => Landed::Member(job.external_id, ok),
                             })
                             .collect();
                         out.push(Landed::BatchEnd);
@@ -679,6 +694,7 @@ pub async fn full_pass(
         buffer: Buffer::default(),
         batches_out: 0,
         again: Vec::new(),
+        members_out: Vec::new(),
         counted: std::collections::HashSet::new(),
         report: PassReport {
             dry_run: settings.mode.dry_run,
@@ -1218,8 +1234,132 @@ impl Pass<'_> {
                 return;
             }
         }
+        let job = match &job.known_id {
+            Some(id) if job.kind == ResourceKind::Group && !matches!(self.bulk, BulkState::Off) => {
+                let (id, lead) = (
+                    id.clone(),
+                    crate::sync::provision::replace_attributes(&job.body),
+                );
+                match self.bulk_members(job, id, false, lead).await {
+                    Some(job) => job,
+                    None => return self.pump_again().await,
+                }
+            }
+            _ => job,
+        };
         self.send_task(Task::One(job, Hint::default()), 1).await;
         self.pump_again().await;
+    }
+
+    /// Sends the member change of group `job` (at `id`; `created` through Bulk just now)
+    /// as Bulk PATCH operations ([`crate::sync::bulk_members`]); gives the job back when it
+    /// goes the single way.
+    async fn bulk_members(
+        &mut self,
+        job: Job,
+        id: String,
+        created: bool,
+        lead: Vec<serde_json::Value>,
+    ) -> Option<Job> {
+        let Some(store) = self.settings.mode.members.clone() else {
+            return Some(job);
+        };
+        if self.group_out(&job.external_id).is_some() {
+            return Some(job);
+        }
+        let Some(lane) = self.lane().await else {
+            return Some(job);
+        };
+        let chunk = self.settings.mode.member_chunk;
+        let Some(ops) = crate::sync::bulk_members::plan(
+            self.scim,
+            &store,
+            &job,
+            &id,
+            created,
+            lead,
+            chunk,
+            lane.limits(),
+        ) else {
+            return Some(job);
+        };
+        // Unknown until every operation is answered with success (never half-trusted).
+        if !created && store.forget(&job.external_id).is_err() {
+            return Some(job);
+        }
+        let anchor = job.external_id.clone();
+        self.in_flight += 1;
+        self.members_out.push(GroupOut {
+            job,
+            id,
+            created,
+            left: ops.len(),
+            ok: true,
+        });
+        if ops.is_empty() {
+            self.member_landed(&anchor, true);
+        }
+        for (sent, op) in ops {
+            let p = Planned::member(&anchor, sent, op);
+            if let Some(batch) = self.buffer.push(p, lane.limits()) {
+                self.send_batch(lane.clone(), batch).await;
+            }
+        }
+        None
+    }
+
+    /// Where the group anchored at `anchor` is in `members_out` (at most one group per
+    /// operation out or gathered: `BATCHES_IN_FLIGHT` requests and the buffer).
+    fn group_out(&self, anchor: &str) -> Option<usize> {
+        self.members_out
+            .iter()
+            .position(|g| g.job.external_id == anchor)
+    }
+
+    /// One member operation of the group anchored at `anchor` landed; the last one settles
+    /// the group: counted, or sent again the single way (its stored members unknown).
+    fn member_landed(&mut self, anchor: &str, ok: bool) {
+        let Some(at) = self.group_out(anchor) else {
+            return;
+        };
+        let g = &mut self.members_out[at];
+        g.ok &= ok;
+        g.left = g.left.saturating_sub(1);
+        if g.left > 0 {
+            return;
+        }
+        let g = self.members_out.swap_remove(at);
+        let job = match g.ok {
+            true => match self.confirmed(g.job, &g.id, g.created) {
+                None => return,
+                Some(job) => job,
+            },
+            false => g.job,
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let hint = Hint {
+            created: g.created.then_some(g.id),
+            members_sent: true,
+            ..Hint::default()
+        };
+        self.again.push((job, hint));
+    }
+
+    /// Group `job`'s members are confirmed at `id`: recorded in the member store and the
+    /// group counted (created, or replaced), as one object in flight. The job back when
+    /// the store could not record them.
+    fn confirmed(&mut self, job: Job, id: &str, created: bool) -> Option<Job> {
+        let store = self.settings.mode.members.as_ref();
+        if store.is_none_or(|s| s.save(&job.external_id, id, &job.members).is_err()) {
+            return Some(job);
+        }
+        let outcome = match created {
+            true => Outcome::Created(id.to_string()),
+            false => Outcome::Replaced(id.to_string()),
+        };
+        crate::sync::provision::audit_outcome(&job, &outcome);
+        self.apply_done(Done::of(job, outcome));
+        None
     }
 
     /// What `job` would be in a Bulk request, when it may go in one: a create of what the
@@ -1282,7 +1422,7 @@ impl Pass<'_> {
     /// Sends a gathered Bulk request (one object goes on its own), keeping at most
     /// [`BATCHES_IN_FLIGHT`] (and `concurrency`) out.
     async fn send_batch(&mut self, lane: Arc<Lane>, batch: Vec<Planned>) {
-        if batch.len() == 1 {
+        if batch.len() == 1 && batch[0].is_object() {
             for p in batch {
                 self.send_task(Task::One(p.into_job(), Hint::default()), 1)
                     .await;
@@ -1295,14 +1435,42 @@ impl Pass<'_> {
                 Err(_) => break,
             }
         }
-        let n = batch.len();
+        let n = batch.iter().filter(|p| p.is_object()).count();
         self.batches_out += 1;
         self.send_task(Task::Batch(lane, batch), n).await;
     }
 
-    /// Sends the objects Bulk handed back, each on its own.
+    /// Sends the objects Bulk handed back, each on its own; a group created through Bulk
+    /// sends its members as Bulk PATCH operations where it can.
     async fn pump_again(&mut self) {
         while let Some((job, hint)) = self.again.pop() {
+            let job = match &hint.created {
+                // Created with its members: confirmed (a failed save reads them back).
+                Some(id) if hint.with_members => {
+                    self.in_flight += 1;
+                    match self.confirmed(job, id, true) {
+                        None => continue,
+                        Some(job) => {
+                            self.in_flight -= 1;
+                            job
+                        }
+                    }
+                }
+                _ => job,
+            };
+            let job = match &hint.created {
+                Some(id)
+                    if !hint.members_sent
+                        && !hint.with_members
+                        && !matches!(self.bulk, BulkState::Off) =>
+                {
+                    match self.bulk_members(job, id.clone(), true, Vec::new()).await {
+                        Some(job) => job,
+                        None => continue,
+                    }
+                }
+                _ => job,
+            };
             self.send_task(Task::One(job, hint), 1).await;
         }
     }
@@ -1330,7 +1498,15 @@ impl Pass<'_> {
                         Task::One(j, _) => vec![j],
                         Task::Batch(_, b) => {
                             self.batches_out = self.batches_out.saturating_sub(1);
-                            b.into_iter().map(Planned::into_job).collect()
+                            b.into_iter()
+                                .filter_map(|p| {
+                                    if p.is_object() {
+                                        return Some(p.into_job());
+                                    }
+                                    let at = self.group_out(p.anchor())?;
+                                    Some(self.members_out.swap_remove(at).job)
+                                })
+                                .collect()
                         }
                     };
                     for j in jobs {
@@ -1354,20 +1530,35 @@ impl Pass<'_> {
                 }
                 _ => {
                     for p in batch {
-                        self.send_task(Task::One(p.into_job(), Hint::default()), 1)
-                            .await;
+                        if p.is_object() {
+                            self.send_task(Task::One(p.into_job(), Hint::default()), 1)
+                                .await;
+                        } else {
+                            self.member_landed(p.anchor(), false);
+                        }
                     }
                 }
             }
         }
         loop {
             self.pump_again().await;
+            // Member operations planned while draining go out together.
+            if !self.buffer.is_empty() {
+                if let BulkState::On(l) = &self.bulk {
+                    let (l, batch) = (l.clone(), self.buffer.take());
+                    self.send_batch(l, batch).await;
+                    continue;
+                }
+            }
             if self.in_flight == 0 && self.batches_out == 0 && self.again.is_empty() {
                 break;
             }
             match self.results.recv().await {
                 Ok(l) => self.apply(l),
                 Err(_) => break,
+            }
+            while let Ok(l) = self.results.try_recv() {
+                self.apply(l);
             }
         }
     }
@@ -1379,6 +1570,7 @@ impl Pass<'_> {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.again.push((job, hint));
             }
+            Landed::Member(anchor, ok) => self.member_landed(&anchor, ok),
             Landed::BatchEnd => self.batches_out = self.batches_out.saturating_sub(1),
         }
     }

@@ -85,6 +85,12 @@ pub struct Hint {
     /// The group was created (without members) under this id: bring its members in step
     /// and report it created.
     pub created: Option<String>,
+    /// Member PATCH operations of this group went through Bulk and not all were answered
+    /// with success: its stored members are unknown (forgotten), never taken as empty.
+    pub members_sent: bool,
+    /// The group was created through Bulk with its members: they are confirmed as a
+    /// PATCH's success confirms what it adds (the pass records them).
+    pub with_members: bool,
 }
 
 /// How the worker behaves.
@@ -179,7 +185,7 @@ pub async fn provision_with(
         ResourceKind::User => None,
     };
     let outcome = if let Some(store) = group_store {
-        provision_group(scim, job, mode, store, hint.created.as_deref()).await
+        provision_group(scim, job, mode, store, hint).await
     } else {
         match provision_inner(scim, job, mode).await {
             Ok(o) => o,
@@ -227,10 +233,11 @@ async fn provision_group(
     job: &Job,
     mode: &ProvisionMode,
     store: &MemberStore,
-    created: Option<&str>,
+    hint: &Hint,
 ) -> Outcome {
     let attrs = &job.body;
-    let mut fresh = created.is_some();
+    let created = hint.created.as_deref();
+    let mut fresh = created.is_some() && !hint.members_sent && !hint.with_members;
     let placed = async {
         if let Some(id) = created {
             return Ok(Some(Outcome::Created(id.to_string())));
@@ -343,7 +350,7 @@ async fn provision_group(
                 known_id: None,
                 ..job.clone()
             };
-            Box::pin(provision_group(scim, &again, mode, store, None)).await
+            Box::pin(provision_group(scim, &again, mode, store, &Hint::default())).await
         }
         Err(MemberSyncError::GroupGone { group_id }) => Outcome::Unavailable(format!(
             "group {group_id} disappeared at the endpoint while its members were sent"
@@ -375,7 +382,7 @@ pub(crate) fn whole_body(job: &Job) -> std::borrow::Cow<'_, Value> {
 /// replace without a path is refused by some services, and its failure took the member
 /// change in the same request with it). Never `schemas`, `id`, `members` (sent apart) or
 /// `externalId` (the resource already shows it: that is how it was matched).
-fn replace_attributes(attrs: &Value) -> Vec<Value> {
+pub(crate) fn replace_attributes(attrs: &Value) -> Vec<Value> {
     let Value::Object(m) = attrs else {
         return Vec::new();
     };

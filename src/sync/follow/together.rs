@@ -134,6 +134,8 @@ impl Together {
                 let o = match v {
                     Verdict::Outcome(o) => o,
                     Verdict::Again(hint) => provision_with(scim, &job, mode, &hint).await,
+                    // Member operations are a full pass's; none is planned here.
+                    Verdict::Member(_) => provision(scim, &job, mode).await,
                 };
                 let k = at[&job.external_id];
                 out[k] = Some((job, o));
