@@ -1,8 +1,9 @@
 //! What an endpoint shows as a group member's `value`, learnt from a real group read
 //! (RFC 7643 says the member's `id`; Canaille shows the member's `userName`).
 //!
-//! Read-only: one group that has members (`filter=members pr&count=1`; where the service
-//! refuses that or finds none, the first page of `/Groups`), then at most three lookups of
+//! Read-only: one group that has members (`filter=members pr&count=1`, asked only where
+//! `/ServiceProviderConfig` says the service filters; where it does not, refuses that or
+//! finds none, the first page of `/Groups`), then at most three lookups of
 //! the first member value found. (The whole first page of a flattened tree, 200 groups of
 //! up to 10,000 members, cost 30 s and 97 MiB of the agent's memory in every full pass.) A `value` proven to be a userName makes member removals go by userName from the
 //! start ([`ScimClient::note_member_key`]); an id is not taken as proof that removals by id
@@ -99,15 +100,21 @@ impl ScimClient {
     /// userName is recorded ([`ScimClient::note_member_key`]).
     pub async fn probe_member_key(&self) -> Result<MemberKeyProbe, ScimError> {
         // One group that has members, where the service can say so: a first page of
-        // groups each holding thousands of (flattened) members is 100 MB of JSON.
-        let one = self
-            .page(
+        // groups each holding thousands of (flattened) members is 100 MB of JSON. Only
+        // asked of a service whose /ServiceProviderConfig says it filters: Canaille,
+        // which says it does not, answers any filter on /Groups with a 500.
+        let filters = self.service_provider_config().await.is_ok_and(|c| c.filter);
+        let one = if filters {
+            self.page(
                 ResourceKind::Group,
                 "filter=members%20pr&startIndex=1&count=1",
             )
             .await
             .ok()
-            .and_then(|p| first_member(&p));
+            .and_then(|p| first_member(&p))
+        } else {
+            None
+        };
         let found = match one {
             Some(f) => Some(f),
             None => first_member(&self.first_page(ResourceKind::Group).await?),
