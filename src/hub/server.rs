@@ -460,12 +460,14 @@ impl Hub {
         match tls {
             None => self.http(tcp, peer, conn).await,
             Some(acceptor) => {
-                let handshake =
-                    smol::future::or(async { Some(acceptor.accept(tcp).await) }, async {
+                let handshake = smol::future::or(
+                    async { Some(Box::pin(acceptor.accept(tcp)).await) },
+                    async {
                         Timer::after(TLS_HANDSHAKE).await;
                         None
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 match handshake {
                     Some(Ok(stream)) => {
                         let io = async_dup::Arc::new(async_dup::Mutex::new(stream));
@@ -485,11 +487,11 @@ impl Hub {
         let io = Guarded::new(io, WRITE_STALL);
         let poison = io.poison();
         let hub = self.clone();
-        let served = async_h1::accept(io, move |req| {
+        let served = super::http1::serve(io, move |req| {
             let hub = hub.clone();
             let poison = poison.clone();
             let conn = conn.clone();
-            async move { Ok(hub.handle(req, &poison, &conn).await) }
+            async move { hub.handle(req, &poison, &conn).await }
         })
         .await;
         if let Err(e) = served {
@@ -505,6 +507,8 @@ impl Hub {
         let path = req.url().path().to_string();
         // Whether the body was read to its end; if not, the connection cannot be reused.
         let mut consumed = req.len() == Some(0);
+        // Rare or large calls are boxed: a connection's task is allocated at its largest
+        // state, and most connections only ever hold an agent's poll (see `http1`).
         let mut res = match route(&method, &path) {
             Route::Agent(agent, call) => {
                 self.agent_call(&mut req, &agent, call, &mut consumed, conn)
@@ -518,7 +522,7 @@ impl Hub {
             },
             Route::Command(agent) => match self.refuse_operator(&req, conn, Role::Admin) {
                 Some(refused) => refused,
-                None => self.command(&mut req, &agent, &mut consumed).await,
+                None => Box::pin(self.command(&mut req, &agent, &mut consumed)).await,
             },
             Route::Request(id) => match self.refuse_operator(&req, conn, Role::Read) {
                 Some(refused) => refused,
@@ -532,8 +536,7 @@ impl Hub {
             },
             Route::Scim(agent, scim_path) => match self.operator_role(&req, conn) {
                 Some(Role::Admin) => {
-                    self.scim(&mut req, &method, &agent, scim_path, &mut consumed)
-                        .await
+                    Box::pin(self.scim(&mut req, &method, &agent, scim_path, &mut consumed)).await
                 }
                 Some(Role::Read) => {
                     log::warn!(
@@ -662,7 +665,8 @@ impl Hub {
         let valid = match &entry.auth {
             AgentAuth::Token(t) => bearer_matches(req, t),
             AgentAuth::OAuthClient(client) => {
-                match self.introspected(req).await {
+                // Boxed: a large future most connections never need (see `http1`).
+                match Box::pin(self.introspected(req)).await {
                     Ok(issued_to) => issued_to.as_deref() == Some(client.as_str()),
                     // The provider could not say: not the agent's fault, try again.
                     Err(e) => {
@@ -710,7 +714,7 @@ impl Hub {
                 };
                 self.poll(agent, wait, conn).await
             }
-            AgentCall::Responses => self.responses(req, agent, consumed).await,
+            AgentCall::Responses => Box::pin(self.responses(req, agent, consumed)).await,
             AgentCall::Heartbeat => {
                 let body = match self.read_body(req, SMALL_LIMIT, consumed).await {
                     Ok(b) => b,
@@ -1289,5 +1293,48 @@ mod tests {
             r.header("Content-Type").unwrap().as_str(),
             SCIM_CONTENT_TYPE
         );
+    }
+}
+
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+    use crate::hub::store::MemoryStore;
+    use std::path::Path;
+
+    fn hub() -> Arc<Hub> {
+        let text = "operator_token_file = \"/s/op\"\nstorage = \"memory\"\n\
+                    [[agent]]\nid = \"a1\"\ntoken_file = \"/s/a1\"\n";
+        let files = |p: &Path| Ok(format!("token-0123456789abcdef-{}", p.display()).into_bytes());
+        let cfg = HubConfig::parse(Path::new("hub.toml"), text, &files).unwrap();
+        Arc::new(Hub::new(cfg, Arc::new(MemoryStore::default())).unwrap())
+    }
+
+    /// What every open connection carries while an agent's poll is held: the task's future
+    /// is allocated at its largest state, so a rare large handler would cost them all.
+    #[test]
+    fn a_connection_future_is_small() {
+        let hub = hub();
+        smol::block_on(async {
+            let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = smol::net::TcpStream::connect(addr).await.unwrap();
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let conn = Conn {
+                id: 1,
+                tcp: tcp.clone(),
+                tls: false,
+                authenticated: AtomicBool::new(false),
+            };
+            let poison = AtomicBool::new(false);
+            let req = Request::new(http_types::Method::Post, "http://h/v1/agents/a1/poll");
+            let handle = size_of_val(&hub.handle(req, &poison, &conn));
+            let poll = size_of_val(&hub.poll("a1", Duration::from_secs(1), &conn));
+            let (_tx, close) = smol::channel::bounded(1);
+            let whole = size_of_val(&hub.connection(tcp, peer, None, 1, close));
+            eprintln!("handle {handle} B, poll {poll} B, connection {whole} B");
+            // 9,336 bytes (unoptimized build) with async_h1::accept and nothing boxed.
+            assert!(whole <= 7 * 1024, "a connection's future is {whole} bytes");
+        });
     }
 }
