@@ -58,6 +58,15 @@ pub const SMALL_LIMIT: usize = 64 << 10;
 pub const REPLY_LIMIT: usize = 16 << 20;
 /// Largest `responses` body from an agent (read as a stream, never held whole).
 pub const RESPONSES_LIMIT: usize = 256 << 20;
+/// What an agent's call comes to (a return value only, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum AgentAnswer {
+    /// Answered.
+    Now(Response),
+    /// A valid poll, its body read: hold it up to this long.
+    Hold(Duration),
+}
+
 /// Bytes of request bodies being read at once, across all connections.
 pub const BODY_BUDGET: usize = 64 << 20;
 /// Longest a request waits for room in [`BODY_BUDGET`].
@@ -511,8 +520,17 @@ impl Hub {
         // state, and most connections only ever hold an agent's poll (see `http1`).
         let mut res = match route(&method, &path) {
             Route::Agent(agent, call) => {
-                self.agent_call(&mut req, &agent, call, &mut consumed, conn)
+                match self
+                    .agent_call(&mut req, &agent, call, &mut consumed, conn)
                     .await
+                {
+                    AgentAnswer::Now(r) => r,
+                    AgentAnswer::Hold(wait) => {
+                        // Its headers, URL and channels are not needed for the wait.
+                        drop(req);
+                        self.poll(&agent, wait, conn).await
+                    }
+                }
             }
             // The page holds no data; the token goes with its API calls (dashboard.rs).
             Route::Dashboard => super::dashboard::response(),
@@ -638,6 +656,8 @@ impl Hub {
         }
     }
 
+    /// Checks an agent's call and answers it, except a poll: that is held by the caller,
+    /// once it has dropped the request (see [`AgentAnswer::Hold`]).
     async fn agent_call(
         &self,
         req: &mut Request,
@@ -645,7 +665,7 @@ impl Hub {
         call: AgentCall,
         consumed: &mut bool,
         conn: &Conn,
-    ) -> Response {
+    ) -> AgentAnswer {
         let version = header(req, "Idrelay-Protocol");
         if !version.is_some_and(|v| PROTOCOLS.iter().any(|p| p.to_string() == v.trim())) {
             log::warn!(
@@ -656,11 +676,11 @@ impl Hub {
                     v.chars().take(16).collect::<String>()
                 ))
             );
-            return json_response(426, &json!({"supported": PROTOCOLS}));
+            return AgentAnswer::Now(json_response(426, &json!({"supported": PROTOCOLS})));
         }
         let Some(entry) = self.cfg.agents.iter().find(|a| a.id == agent) else {
             log::warn!("{}: unknown agent `{agent}`", call.name());
-            return unauthorized("unknown agent or wrong token");
+            return AgentAnswer::Now(unauthorized("unknown agent or wrong token"));
         };
         let valid = match &entry.auth {
             AgentAuth::Token(t) => bearer_matches(req, t),
@@ -673,7 +693,7 @@ impl Hub {
                         log::warn!("agent {agent}: {}: {e}", call.name());
                         let mut r = error(503, "the hub cannot check the token now");
                         r.insert_header("Retry-After", "5");
-                        return r;
+                        return AgentAnswer::Now(r);
                     }
                 }
             }
@@ -683,21 +703,27 @@ impl Hub {
                 "agent {agent}: {} with a missing or wrong token",
                 call.name()
             );
-            return unauthorized("unknown agent or wrong token");
+            return AgentAnswer::Now(unauthorized("unknown agent or wrong token"));
         }
         self.authenticated(conn);
         if header(req, "Idrelay-Agent").is_some_and(|h| h != agent) {
-            return error(400, "Idrelay-Agent does not match the agent in the path");
+            return AgentAnswer::Now(error(
+                400,
+                "Idrelay-Agent does not match the agent in the path",
+            ));
         }
         let instance = header(req, "Idrelay-Instance").map(str::to_string);
         if instance.as_deref().is_some_and(|i| !valid_name(i)) {
-            return error(400, "Idrelay-Instance must be 1-64 of [A-Za-z0-9._-]");
+            return AgentAnswer::Now(error(
+                400,
+                "Idrelay-Instance must be 1-64 of [A-Za-z0-9._-]",
+            ));
         }
         match call {
             AgentCall::Poll => {
                 let body = match self.read_body(req, SMALL_LIMIT, consumed).await {
                     Ok(b) => b,
-                    Err(e) => return e.response(SMALL_LIMIT, false),
+                    Err(e) => return AgentAnswer::Now(e.response(SMALL_LIMIT, false)),
                 };
                 let wait = if body.iter().all(u8::is_ascii_whitespace) {
                     self.cfg.poll_wait
@@ -709,21 +735,28 @@ impl Hub {
                             .map_or(self.cfg.poll_wait, |s| {
                                 Duration::from_secs(s).min(self.cfg.poll_wait)
                             }),
-                        _ => return error(400, "poll body must be a JSON object"),
+                        _ => {
+                            return AgentAnswer::Now(error(400, "poll body must be a JSON object"))
+                        }
                     }
                 };
-                self.poll(agent, wait, conn).await
+                AgentAnswer::Hold(wait)
             }
-            AgentCall::Responses => Box::pin(self.responses(req, agent, consumed)).await,
+            AgentCall::Responses => {
+                AgentAnswer::Now(Box::pin(self.responses(req, agent, consumed)).await)
+            }
             AgentCall::Heartbeat => {
                 let body = match self.read_body(req, SMALL_LIMIT, consumed).await {
                     Ok(b) => b,
-                    Err(e) => return e.response(SMALL_LIMIT, false),
+                    Err(e) => return AgentAnswer::Now(e.response(SMALL_LIMIT, false)),
                 };
                 let Some(instance) = instance else {
-                    return error(400, "a heartbeat needs the Idrelay-Instance header");
+                    return AgentAnswer::Now(error(
+                        400,
+                        "a heartbeat needs the Idrelay-Instance header",
+                    ));
                 };
-                self.heartbeat(agent, &instance, &body).await
+                AgentAnswer::Now(self.heartbeat(agent, &instance, &body).await)
             }
         }
     }
