@@ -5,11 +5,12 @@
 //!   `TimedOut` (a client that stops reading its answer).
 //! * Reads: once the handler declares the request body abandoned ([`Guarded::poison`]:
 //!   too large, unread, or read too slowly), every further read returns end-of-file, so
-//!   async-h1 does not drain the rest of a huge body, and the connection closes.
-//! * Reading a request head is bounded by async-h1 (8 KiB, 128 headers, 60 s); reading a
+//!   nothing drains the rest of a huge body, and the connection closes.
+//! * Reading a request head is bounded by async-h1's decoder (8 KiB, 128 headers) and
+//!   `http1` (60 s); reading a
 //!   body by the handler (size and time).
 //!
-//! Clones share the poison flag (async-h1 clones the stream); each clone has its own stall
+//! Clones share the poison flag (the HTTP decoder clones the stream); each clone has its own stall
 //! timer.
 //!
 //! [`Registry`] caps the open connections in total and per client address. A connection is

@@ -17,7 +17,8 @@
 //! pure), [`dashboard`] (the page and its Content-Security-Policy), [`store`] (the
 //! storage seam: what outlives the process, `storage = "memory"`), [`sqlite`]
 //! (`storage = "sqlite"`, the default), `conn` (per-connection guards, connection caps),
-//! `server` (sockets, TLS, handlers).
+//! `http1` (the HTTP/1.1 keep-alive loop, lean while a poll is held), `server` (sockets,
+//! TLS, handlers).
 //!
 //! Invariants:
 //! * Commands queued and not answered, command answers, heartbeats and leases are kept in
@@ -37,6 +38,7 @@
 pub mod config;
 mod conn;
 pub mod dashboard;
+mod http1;
 pub mod introspect;
 pub mod lease;
 pub mod replies;
