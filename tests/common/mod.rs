@@ -47,12 +47,8 @@ pub fn testbed_required() -> bool {
 
 /// Ends this test binary with success after one line on stderr (written past libtest's
 /// output capture, which would swallow it).
-pub fn skip_live_tests(name: &str) -> ! {
-    use std::io::Write;
-    // One line per binary: the first test to get here prints and exits; the others (test
-    // threads) wait here until the process is gone.
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _line = ONE.lock().unwrap_or_else(|e| e.into_inner());
+/// This test binary's name without cargo's hash (`relay_live`), for the SKIPPED line.
+pub fn test_binary() -> String {
     let binary = std::env::args()
         .next()
         .and_then(|a| {
@@ -61,7 +57,19 @@ pub fn skip_live_tests(name: &str) -> ! {
                 .map(|f| f.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
-    let binary = binary.rsplit_once('-').map_or(binary.as_str(), |(b, _)| b);
+    match binary.rsplit_once('-') {
+        Some((b, _)) => b.to_string(),
+        None => binary,
+    }
+}
+
+pub fn skip_live_tests(name: &str) -> ! {
+    use std::io::Write;
+    // One line per binary: the first test to get here prints and exits; the others (test
+    // threads) wait here until the process is gone.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _line = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let binary = test_binary();
     let _ = writeln!(
         std::io::stderr(),
         "SKIPPED {binary}: {name} is not set, so the test servers are not running; its live \
@@ -543,6 +551,16 @@ impl Run {
     /// The last line of stdout (the summary of `sync --once`).
     pub fn summary(&self) -> &str {
         self.stdout.lines().last().unwrap_or("")
+    }
+    /// A pass that ended well and wrote nothing (its summary counts no POST, PUT or PATCH).
+    pub fn assert_wrote_nothing(&self) -> &Run {
+        self.assert_code(0);
+        assert!(
+            self.summary().contains("requests: 0 POST, 0 PUT, 0 PATCH"),
+            "{}",
+            self.summary()
+        );
+        self
     }
     pub fn assert_code(&self, code: i32) -> &Run {
         assert_eq!(

@@ -15,7 +15,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,15 +88,7 @@ fn skip(why: &str) -> Option<Tools> {
 }
 
 fn skip_line(why: &str) {
-    let binary = std::env::args()
-        .next()
-        .and_then(|a| {
-            Path::new(&a)
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-        })
-        .unwrap_or_default();
-    let binary = binary.rsplit_once('-').map_or(binary.as_str(), |(b, _)| b);
+    let binary = super::test_binary();
     let _ = writeln!(
         std::io::stderr(),
         "SKIPPED {binary}: {why}; its browser tests did not run"
