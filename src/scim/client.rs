@@ -410,6 +410,16 @@ fn eq_filter(attribute: &str, value: &str) -> String {
 }
 
 /// Path and decoded query of a URL, for error messages.
+/// Why a request that got no answer counts against the endpoint (its outage cause).
+fn transport_cause(e: &HttpError) -> crate::scim::outage::Cause {
+    use crate::scim::outage::Cause;
+    match e {
+        HttpError::Tls { .. } | HttpError::CaFile { .. } => Cause::Tls,
+        HttpError::Timeout { .. } => Cause::Timeout,
+        _ => Cause::Connect,
+    }
+}
+
 fn shown_path(url: &Url) -> String {
     match url.query() {
         Some(q) => format!("{}?{}", url.path(), decode_for_display(q)),
@@ -1460,9 +1470,7 @@ impl ScimClient {
                     }
                 }
             }
-            let subject =
-                crate::scim::outage::subject(method.as_str(), url.as_str(), body.as_deref());
-            self.note_health(method, url, subject, &sent);
+            self.note_health(method, url, body.as_deref(), &sent);
             self.probe_if_asked().await;
             let (next, outcome) = match sent {
                 // A refused OAuth2 token is replaced once, at once: it may have expired early.
@@ -1541,11 +1549,13 @@ impl ScimClient {
     /// Records for `status` how a request fared: an answer that is about the object (2xx,
     /// most 4xx) shows the endpoint works; a transport error, a 5xx, a 429 or a 401 shows it
     /// does not (the text names method, path and status, never a header).
+    /// `body`: the request's, which with method and URL tells one request's retries from
+    /// other requests (hashed only when the request failed).
     fn note_health(
         &self,
         method: Method,
         url: &Url,
-        subject: u64,
+        body: Option<&[u8]>,
         sent: &Result<HttpResponse, HttpError>,
     ) {
         if let Some(w) = self.outage() {
@@ -1556,9 +1566,7 @@ impl ScimClient {
                     Some(Cause::Status(r.status))
                 }
                 Ok(_) => None,
-                Err(HttpError::Tls { .. }) | Err(HttpError::CaFile { .. }) => Some(Cause::Tls),
-                Err(HttpError::Timeout { .. }) => Some(Cause::Timeout),
-                Err(_) => Some(Cause::Connect),
+                Err(e) => Some(transport_cause(e)),
             };
             // Many services answer their discovery documents without a token: only an
             // answer about /Users or /Groups shows that the endpoint takes our requests.
@@ -1566,7 +1574,10 @@ impl ScimClient {
                 .iter()
                 .any(|d| url.path().contains(d));
             match cause {
-                Some(c) => w.failed(c, subject),
+                Some(c) => w.failed(
+                    c,
+                    crate::scim::outage::subject(method.as_str(), url.as_str(), body),
+                ),
                 None if discovery => {}
                 None => w.answered(),
             }
@@ -1601,17 +1612,12 @@ impl ScimClient {
         let req = HttpRequest::new(Method::Get, url.clone()).header("Accept", SCIM_JSON);
         let sent = self.http.send(req).await;
         let subject = crate::scim::outage::subject(Method::Get.as_str(), url.as_str(), None);
-        use crate::scim::outage::Cause;
         match sent {
             Ok(r) if r.status >= 500 || r.status == 429 => {
-                w.failed(Cause::Status(r.status), subject)
+                w.failed(crate::scim::outage::Cause::Status(r.status), subject)
             }
             Ok(_) => w.service_answers(),
-            Err(HttpError::Timeout { .. }) => w.failed(Cause::Timeout, subject),
-            Err(HttpError::Tls { .. }) | Err(HttpError::CaFile { .. }) => {
-                w.failed(Cause::Tls, subject)
-            }
-            Err(_) => w.failed(Cause::Connect, subject),
+            Err(e) => w.failed(transport_cause(&e), subject),
         }
     }
 
