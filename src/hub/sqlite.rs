@@ -149,43 +149,25 @@ fn unusable(e: &rusqlite::Error) -> String {
     }
 }
 
-/// Creates `dir` 0700, or checks an existing one (owner, no group/other write).
+/// Creates `dir` 0700, or checks an existing one (owner, no group/other write): the
+/// agent's rule and mechanism ([`crate::state_dir::prepare`]), told in the hub's words.
 fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
-    let err = |message: String| StoreError::StateDir {
+    use crate::state_dir::StateDirError;
+    let message = match crate::state_dir::prepare(dir) {
+        Ok(()) => return Ok(()),
+        Err(_) if dir.exists() && !dir.is_dir() => "is not a directory".to_string(),
+        Err(StateDirError::Io { what, source, .. }) => format!("cannot {what}: {source}"),
+        Err(StateDirError::Owner { owner, euid, .. }) => format!(
+            "is owned by uid {owner}, but the hub runs as uid {euid}; chown it to the hub's user"
+        ),
+        Err(StateDirError::Mode { mode, .. }) => {
+            format!("has mode {mode:04o}: its group or others may write to it; chmod 700 it")
+        }
+    };
+    Err(StoreError::StateDir {
         dir: dir.to_path_buf(),
         message,
-    };
-    crate::state_dir::create_private_dir(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-    #[cfg(unix)]
-    {
-        use crate::state_dir::{judge, StateDirError, Verdict};
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let meta = std::fs::metadata(dir).map_err(|e| err(format!("cannot read it: {e}")))?;
-        if !meta.is_dir() {
-            return Err(err("is not a directory".into()));
-        }
-        let euid = rustix::process::geteuid().as_raw();
-        match judge(dir, meta.uid(), meta.mode(), euid) {
-            Ok(Verdict::Fine) => {}
-            Ok(Verdict::Tighten) => {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| err(format!("cannot set its mode to 0700: {e}")))?
-            }
-            Err(StateDirError::Owner { owner, euid, .. }) => {
-                return Err(err(format!(
-                    "is owned by uid {owner}, but the hub runs as uid {euid}; \
-                     chown it to the hub's user"
-                )))
-            }
-            Err(StateDirError::Mode { mode, .. }) => {
-                return Err(err(format!(
-                    "has mode {mode:04o}: its group or others may write to it; chmod 700 it"
-                )))
-            }
-            Err(e) => return Err(err(e.to_string())),
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Brings the schema to the last version of [`MIGRATIONS`].
