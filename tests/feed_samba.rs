@@ -340,8 +340,9 @@ fn usn_feed_delivers_changes_and_tombstones_and_a_refused_dirsync_cookie_means_a
         "{}",
         agent.log()
     );
+    // The full pass sends the change before it logs its summary line: wait for the line.
     assert!(
-        agent.log().matches("objects in step").count() >= 3,
+        wait_until(30, || agent.log().matches("objects in step").count() >= 3),
         "{}",
         agent.log()
     );
