@@ -375,8 +375,9 @@ fn a_change_notification_brings_the_poll_forward() {
         "first pass: {}",
         agent.log()
     );
+    // Said when the feed starts, just after the pass's summary line.
     assert!(
-        agent.log().contains("change notifications on"),
+        wait_until(10, || agent.log().contains("change notifications on")),
         "{}",
         agent.log()
     );
