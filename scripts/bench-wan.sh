@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# bench-wan.sh [--users N] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--only-off] [--keep]
+# bench-wan.sh [--users N] [--groups G] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--only-off | --only-bulk] [--keep]
 #
 # The WAN benchmark (a script, not a test; issue 15 item 6): one full pass of the agent over
-# N users (default 5,000) and N/50 groups of 50, to a fresh scim2-server each time, on
+# N users (default 5,000) and G groups (default N/50) of 50, to a fresh scim2-server each time, on
 # loopback and through scripts/bench/wan-proxy.py, a loopback TCP proxy that adds MS ms of
 # round-trip time (default 80; a new connection pays one more round trip) and caps each
 # direction at M Mbit/s (default 20). Printed side by side, all measured in this run:
@@ -23,7 +23,9 @@
 # IDRELAY_BIN_BASE=path adds the bulk-off rows for that binary (a baseline measured in
 # the same run, e.g. the commit before a change). --only-off runs only what concerns an
 # endpoint without Bulk: the agent with bulk off through the proxy (at C and above) and
-# the POST-only generator through the proxy.
+# the POST-only generator through the proxy. --only-bulk runs only the Bulk rows through the
+# proxy: the agent's first and second pass with bulk auto and the Bulk generator (for a
+# directory too large to also send one request per object, e.g. --users 100000 --groups 1000).
 #
 # Its servers are its own, never the test servers: slapd instance "openldap-wan" on
 # 127.0.0.1:$IDRELAY_WAN_LDAP_PORT (3396; ldaps $IDRELAY_WAN_LDAPS_PORT, 3643), scim2-server
@@ -49,6 +51,8 @@ CONCURRENCY=8
 LG_CONC=8,32
 KEEP=0
 ONLY_OFF=0
+ONLY_BULK=0
+GROUPS_N=
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS=${2:?}; shift ;;
@@ -58,16 +62,19 @@ while [ $# -gt 0 ]; do
     --loadgen-concurrency) LG_CONC=${2:?}; shift ;;
     --keep) KEEP=1 ;;
     --only-off) ONLY_OFF=1 ;;
-    -h | --help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --only-bulk) ONLY_BULK=1 ;;
+    --groups) GROUPS_N=${2:?}; shift ;;
+    -h | --help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
 done
-for v in "$USERS" "$RTT_MS" "$MBIT" "$CONCURRENCY" ${LG_CONC//,/ }; do
+[ "$ONLY_OFF" = 0 ] || [ "$ONLY_BULK" = 0 ] || die "--only-off and --only-bulk exclude each other"
+for v in "$USERS" ${GROUPS_N:+"$GROUPS_N"} "$RTT_MS" "$MBIT" "$CONCURRENCY" ${LG_CONC//,/ }; do
   [[ $v =~ ^[0-9]+$ ]] || die "not a whole number: $v"
 done
 [ "$USERS" -ge 50 ] || die "--users must be >= 50"
-GROUPS_N=$((USERS / 50))
+GROUPS_N=${GROUPS_N:-$((USERS / 50))}
 
 LDAP_PORT=${IDRELAY_WAN_LDAP_PORT:-3396}
 LDAPS_PORT=${IDRELAY_WAN_LDAPS_PORT:-3643}
@@ -150,11 +157,11 @@ VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unkno
 [ -z "${IDRELAY_BIN_BASE:-}" ] || VERSION="$VERSION; base: $("$IDRELAY_BIN_BASE" version 2>/dev/null | head -n 1)"
 
 LDAP_D=$IDRELAY_TESTBED/openldap-wan
-if [ "$(cat "$LDAP_D/bench-seeded" 2>/dev/null)" != "$USERS" ]; then
+if [ "$(cat "$LDAP_D/bench-seeded" 2>/dev/null)" != "$USERS $GROUPS_N" ]; then
   log "seeding $USERS users and $GROUPS_N groups into $LDAP_D"
   ldap_tb reset
-  ldap_tb seed "$USERS"
-  echo "$USERS" >"$LDAP_D/bench-seeded"
+  ldap_tb seed "$USERS" "$GROUPS_N"
+  echo "$USERS $GROUPS_N" >"$LDAP_D/bench-seeded"
 fi
 eval "$(ldap_tb start)"
 (
@@ -243,13 +250,17 @@ loadgen() { # loadgen TAG LINK CONC [--bulk N]
     "$(jget "$json" errors) errors, p50 $(jget "$json" p50_ms) ms"
 }
 
-if [ "$ONLY_OFF" = 0 ]; then
+if [ "$ONLY_BULK" = 1 ]; then
+  agent wan-auto wan auto
+  agent wan-auto-2 wan auto second
+  LG_CONC=""
+elif [ "$ONLY_OFF" = 0 ]; then
   agent loop-auto loop auto
   agent loop-off loop off
   agent wan-auto wan auto
   agent wan-auto-2 wan auto second
 fi
-agent wan-off wan off
+[ "$ONLY_BULK" = 1 ] || agent wan-off wan off
 for c in ${LG_CONC//,/ }; do
   [ "$c" -gt "$CONCURRENCY" ] || continue
   AG_CONC=$c
@@ -266,8 +277,9 @@ if [ -n "${IDRELAY_BIN_BASE:-}" ]; then
   done
 fi
 AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG=""
-[ "$ONLY_OFF" = 1 ] || loadgen post-loop loop "$CONCURRENCY"
+[ "$ONLY_OFF" = 1 ] || [ "$ONLY_BULK" = 1 ] || loadgen post-loop loop "$CONCURRENCY"
 BEST_POST=""
+BEST_C="-"
 for c in ${LG_CONC//,/ }; do
   loadgen "post-wan-$c" wan "$c"
   if [ -z "$BEST_POST" ] || awk -v a="${S[post-wan-$c]}" -v b="$BEST_POST" 'BEGIN { exit !(a < b) }'; then
@@ -277,7 +289,7 @@ for c in ${LG_CONC//,/ }; do
 done
 if [ "$ONLY_OFF" = 0 ]; then
   loadgen bulk-wan wan "$CONCURRENCY" --bulk 1000
-  loadgen bulk-loop loop "$CONCURRENCY" --bulk 1000
+  [ "$ONLY_BULK" = 1 ] || loadgen bulk-loop loop "$CONCURRENCY" --bulk 1000
 fi
 
 cat <<EOF

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# openldap.sh start|stop|status|env|seed N|reset — Debian's slapd (mdb) serving
+# openldap.sh start|stop|status|env|seed N [G]|reset — Debian's slapd (mdb) serving
 # dc=branch,dc=test on loopback only, from a private slapd.conf (never /etc/ldap):
 #   ldap://127.0.0.1:$IDRELAY_LDAP_PORT (3389), ldaps://127.0.0.1:$IDRELAY_LDAPS_PORT (3636),
 #   and an ldapi:// socket.
@@ -8,7 +8,7 @@
 # (the benchmark's) is just another instance name plus other ports.
 # Accounts: rootdn cn=admin / admin-secret; cn=syncer / syncer-secret (read-only, not root:
 # the rootdn bypasses ACLs and limits, so the agent's tests use syncer).
-# `seed N` adds N users (every 10th manages the next 9) and N/50 groups of 50 offline with
+# `seed N [G]` adds N users (every 10th manages the next 9) and G (default N/50) groups of 50 offline with
 # slapadd (slapd is stopped and restarted; slapadd runs no overlays, so no memberOf there).
 # Options: IDRELAY_LDAP_LOGLEVEL (none; "stats" logs every operation), IDRELAY_LDAP_DURABLE=1
 # (fsync; default dbnosync), IDRELAY_LDAP_SESSIONLOG (100000), IDRELAY_LDAP_MAXSIZE (bytes).
@@ -141,8 +141,10 @@ count_entries() { # count_entries FILTER : entries in the offline database
 }
 
 seed() {
-  local n=${1:-}
-  [[ $n =~ ^[0-9]+$ ]] || die "usage: $0 seed N (N users and N/50 groups)"
+  local n=${1:-} g=${2:-}
+  [[ $n =~ ^[0-9]+$ ]] || die "usage: $0 seed N [G] (N users and G groups, default N/50)"
+  g=${g:-$((n / 50))}
+  [[ $g =~ ^[0-9]+$ ]] || die "usage: $0 seed N [G]: G is a whole number"
   local was_up=0
   if pid_alive "$PIDFILE" "$CONF"; then
     was_up=1
@@ -154,9 +156,9 @@ seed() {
   local users groups t0
   users=$(count_entries '(objectClass=inetOrgPerson)')
   groups=$(count_entries '(objectClass=groupOfNames)')
-  log "generating $n users (from #$users) and $((n / 50)) groups (from #$groups)"
+  log "generating $n users (from #$users) and $g groups (from #$groups)"
   t0=$(now)
-  python3 "$GEN_LDIF" openldap --no-ou --start "$users" --group-start "$groups" --count "$n" >"$D/seed.ldif"
+  python3 "$GEN_LDIF" openldap --no-ou --start "$users" --group-start "$groups" --count "$n" --groups "$g" >"$D/seed.ldif"
   log "LDIF written in $(since "$t0") s; loading with slapadd"
   t0=$(now)
   slapadd -q -w -f "$CONF" -l "$D/seed.ldif" >"$D/slapadd.log" 2>&1 || {
@@ -197,14 +199,14 @@ case "${1:-}" in
   stop) stop_pidfile "$PIDFILE" "$CONF" ;;
   status) status ;;
   env) env_vars ;;
-  seed) seed "${2:-}" ;;
+  seed) seed "${2:-}" "${3:-}" ;;
   reset)
     stop_pidfile "$PIDFILE" "$CONF"
     rm -rf "$D"
     log "state $D removed; the next start creates an empty directory"
     ;;
   *)
-    echo "usage: $0 start|stop|status|env|seed N|reset   (IDRELAY_TESTBED=$IDRELAY_TESTBED, instance $INSTANCE)" >&2
+    echo "usage: $0 start|stop|status|env|seed N [G]|reset   (IDRELAY_TESTBED=$IDRELAY_TESTBED, instance $INSTANCE)" >&2
     exit 2
     ;;
 esac
