@@ -41,6 +41,7 @@ pub mod dashboard;
 mod http1;
 pub mod introspect;
 pub mod lease;
+pub mod listing;
 pub mod replies;
 pub mod route;
 mod server;
