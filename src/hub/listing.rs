@@ -1076,6 +1076,86 @@ mod tests {
         assert_eq!(v["groups"][0]["unhealthy"], 1);
     }
 
+    /// Agents as `(id, group, healthy)`, owned; and a fleet of them.
+    fn fleet_of(agents: &std::collections::BTreeMap<String, (String, bool)>) -> Fake {
+        let refs: Vec<(&str, &str, bool)> = agents
+            .iter()
+            .map(|(a, (g, h))| (a.as_str(), g.as_str(), *h))
+            .collect();
+        Fake::new(&refs)
+    }
+
+    fn agents_strategy(
+    ) -> impl proptest::strategy::Strategy<Value = std::collections::BTreeMap<String, (String, bool)>>
+    {
+        use proptest::prelude::*;
+        proptest::collection::btree_map("[a-d]{1,3}", ("[a-c]{1,2}", any::<bool>()), 0..40)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn next_then_prev_visit_each_matching_agent_once_in_order(
+            agents in agents_strategy(),
+            limit in 1usize..8,
+            unhealthy in proptest::prelude::any::<bool>(),
+        ) {
+            let f = fleet_of(&agents);
+            let mut expected: Vec<(String, String)> = agents
+                .iter()
+                .filter(|(_, (_, h))| !unhealthy || !h)
+                .map(|(a, (g, _))| (g.clone(), a.clone()))
+                .collect();
+            expected.sort();
+            let base = format!("limit={limit}&unhealthy={unhealthy}");
+            let mut v = page(&f, &base);
+            let mut pages = Vec::new();
+            loop {
+                proptest::prop_assert!(ids(&v).len() <= limit);
+                pages.push(ids(&v));
+                if v["next"].is_null() {
+                    break;
+                }
+                v = page(&f, &with_cursor(&base, &v["next"]));
+            }
+            let seen: Vec<String> = pages.concat();
+            let want: Vec<String> = expected.iter().map(|(_, a)| a.clone()).collect();
+            proptest::prop_assert_eq!(seen, want);
+            for p in pages.iter().rev().skip(1) {
+                v = page(&f, &with_cursor(&base, &v["prev"]));
+                proptest::prop_assert_eq!(&ids(&v), p);
+            }
+            proptest::prop_assert!(v["prev"].is_null());
+        }
+
+        #[test]
+        fn a_cursor_goes_on_after_its_key_whatever_was_added(
+            agents in agents_strategy(),
+            added in agents_strategy(),
+            limit in 1usize..8,
+        ) {
+            let first = page(&fleet_of(&agents), &format!("limit={limit}"));
+            let Some(next) = first["next"].as_str() else {
+                return Ok(());
+            };
+            let mut both = agents.clone();
+            for (a, v) in added {
+                both.entry(a).or_insert(v);
+            }
+            let last = first["agents"][limit - 1].clone();
+            let key = (last["group"].as_str().unwrap().to_string(),
+                       last["agent"].as_str().unwrap().to_string());
+            let mut after: Vec<(String, String)> = both
+                .iter()
+                .map(|(a, (g, _))| (g.clone(), a.clone()))
+                .filter(|k| *k > key)
+                .collect();
+            after.sort();
+            let want: Vec<String> = after.into_iter().take(limit).map(|(_, a)| a).collect();
+            let v = page(&fleet_of(&both), &format!("limit={limit}&cursor={next}"));
+            proptest::prop_assert_eq!(ids(&v), want);
+        }
+    }
+
     #[test]
     fn the_digest_takes_what_health_needs_from_a_heartbeat() {
         let problems = |hb: Value| -> Vec<&str> {
