@@ -527,17 +527,17 @@ impl HubState {
             done.results += 1;
         }
         for s in snap.seen {
-            let body: Value = serde_json::from_str(&s.body).unwrap_or(Value::Null);
-            match (self.agents.get_mut(&s.agent), RawValue::from_string(s.body)) {
-                (Some(slot), Ok(raw)) => {
+            match self.agents.get_mut(&s.agent) {
+                Some(slot) => {
+                    let parsed = serde_json::from_str(&s.body).unwrap_or(Value::Null);
                     slot.seen = Some(Seen {
                         instance: s.instance,
                         at: clock.instant(s.at_ms),
-                        body: raw,
-                        digest: Digest::of(&body),
+                        body: raw_or_null(s.body),
+                        digest: Digest::of(&parsed),
                     })
                 }
-                _ => done.dropped += 1,
+                None => done.dropped += 1,
             }
         }
         for l in snap.leases {
@@ -835,7 +835,7 @@ impl HubState {
         slot.seen = Some(Seen {
             instance: instance.to_string(),
             at: now,
-            body: RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned()),
+            body: raw_or_null(text),
             digest: Digest::of(&body),
         });
         let group = slot.group.clone();
@@ -878,6 +878,16 @@ impl HubState {
         listing::groups_page(&Listing { state: self, now }, q)
     }
 
+    /// Whether the agent of `s` is alive and connected, and its problems.
+    fn health(&self, s: &Slot, now: Instant) -> (bool, bool, Problems) {
+        let seen = s.seen.as_ref();
+        let alive =
+            seen.is_some_and(|x| now.saturating_duration_since(x.at) < self.timing.lease_ttl);
+        let connected = self.slot_connected(s, now);
+        let problems = Problems::of(seen.map(|x| x.digest), alive, connected);
+        (alive, connected, problems)
+    }
+
     /// Agent `id`'s entry in the listing.
     fn row<'a>(&'a self, id: &'a str, s: &'a Slot, now: Instant) -> AgentRow<'a> {
         let ttl = self.timing.lease_ttl;
@@ -887,9 +897,7 @@ impl HubState {
             .get(&s.group)
             .and_then(|l| lease::holder(l, now, ttl));
         let seen = s.seen.as_ref();
-        let alive = seen.is_some_and(|x| now.saturating_duration_since(x.at) < ttl);
-        let connected = self.slot_connected(s, now);
-        let problems = Problems::of(seen.map(|x| x.digest), alive, connected);
+        let (alive, connected, problems) = self.health(s, now);
         AgentRow {
             agent: id,
             group: &s.group,
@@ -952,6 +960,12 @@ impl HubState {
     }
 }
 
+/// `text` (JSON) as a raw value; `null` if it is not JSON (never from a heartbeat, which
+/// arrives parsed).
+fn raw_or_null(text: String) -> Box<RawValue> {
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
 /// The state as the listing reads it, at `now`.
 struct Listing<'a> {
     state: &'a HubState,
@@ -969,18 +983,10 @@ impl Fleet for Listing<'_> {
     }
 
     fn healthy(&self, i: usize) -> bool {
-        let Some(s) = self.state.agents.get(self.state.order.agent(i)) else {
-            return false;
-        };
-        let ttl = self.state.timing.lease_ttl;
-        let seen = s.seen.as_ref();
-        let alive = seen.is_some_and(|x| self.now.saturating_duration_since(x.at) < ttl);
-        Problems::of(
-            seen.map(|x| x.digest),
-            alive,
-            self.state.slot_connected(s, self.now),
-        )
-        .is_empty()
+        self.state
+            .agents
+            .get(self.state.order.agent(i))
+            .is_some_and(|s| self.state.health(s, self.now).2.is_empty())
     }
 
     fn holder(&self, group: &str) -> Option<Holder<'_>> {
