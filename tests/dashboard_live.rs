@@ -137,6 +137,29 @@ fn the_page_is_served_without_data_under_a_strict_policy_and_the_api_keeps_its_r
     );
     assert_eq!(s, 403, "{body}");
     assert!(body.contains("role `read`"), "{body}");
+    // The paged listing and the group summary: read may look; a bad parameter is named,
+    // and only to a caller with a token.
+    let (s, _, body) = raw(
+        hub.port,
+        "GET",
+        "/v1/groups?limit=5",
+        &[("Authorization", &read)],
+        "",
+    );
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains(r#""totals":{"agents":2,"#), "{body}");
+    for (query, names) in [
+        ("limit=0", "`limit`"),
+        ("bogus=1", "`bogus`"),
+        ("cursor=x", "`cursor`"),
+    ] {
+        let path = format!("/v1/agents?{query}");
+        let (s, _, body) = raw(hub.port, "GET", &path, &[("Authorization", &read)], "");
+        assert_eq!(s, 400, "{path}: {body}");
+        assert!(body.contains(names), "{path}: {body}");
+        let (s, _, _) = raw(hub.port, "GET", &path, &[], "");
+        assert_eq!(s, 401, "{path} without a token");
+    }
     // No CORS: a page of another site cannot read the API with a token it holds.
     let (_, head, _) = raw(
         hub.port,
