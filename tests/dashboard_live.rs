@@ -2,13 +2,19 @@
 //! Chromium, driven over WebDriver (tests/common/webdriver.rs), against the real hub and a
 //! real agent on slapd and scim2-server: the operator signs in with a token, sees the live
 //! agent, sends a resync that reaches the agent; a `read` token sees the page and its
-//! command is refused `403`, shown on the page; hostile heartbeat text stays text.
+//! command is refused `403`, shown on the page; hostile heartbeat text stays text. At
+//! fleet scale (250 light agents over the hub's real protocol, no directory needed) the page
+//! shows the fleet's and each group's summary, pages and filters, and a command sent from
+//! page 2 reaches its agent.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use common::webdriver::{Browser, Tools};
 use common::{
@@ -131,6 +137,29 @@ fn the_page_is_served_without_data_under_a_strict_policy_and_the_api_keeps_its_r
     );
     assert_eq!(s, 403, "{body}");
     assert!(body.contains("role `read`"), "{body}");
+    // The paged listing and the group summary: read may look; a bad parameter is named,
+    // and only to a caller with a token.
+    let (s, _, body) = raw(
+        hub.port,
+        "GET",
+        "/v1/groups?limit=5",
+        &[("Authorization", &read)],
+        "",
+    );
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains(r#""totals":{"agents":2,"#), "{body}");
+    for (query, names) in [
+        ("limit=0", "`limit`"),
+        ("bogus=1", "`bogus`"),
+        ("cursor=x", "`cursor`"),
+    ] {
+        let path = format!("/v1/agents?{query}");
+        let (s, _, body) = raw(hub.port, "GET", &path, &[("Authorization", &read)], "");
+        assert_eq!(s, 400, "{path}: {body}");
+        assert!(body.contains(names), "{path}: {body}");
+        let (s, _, _) = raw(hub.port, "GET", &path, &[], "");
+        assert_eq!(s, 401, "{path} without a token");
+    }
     // No CORS: a page of another site cannot read the API with a token it holds.
     let (_, head, _) = raw(
         hub.port,
@@ -341,4 +370,210 @@ fn an_operator_sees_the_live_agent_and_sends_it_a_resync_from_a_real_browser() {
     b.wait_text("#login-message", 20, |t| t.contains("401"));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(resyncs_run(&agent), runs, "a refused command ran");
+}
+
+/// Light agents over the hub's real protocol (not `idrelay run`): each a thread that
+/// heartbeats every 4 s, long-polls, and answers each command `202 {"accepted": ...}`,
+/// recording `(agent, command)`. Stopped (and joined) on drop.
+struct LightFleet {
+    stop: Arc<AtomicBool>,
+    got: Arc<Mutex<Vec<(String, String)>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl LightFleet {
+    /// `(id, group, token, heartbeat state)` per agent.
+    fn start(port: u16, agents: Vec<(String, String, String, &'static str)>) -> LightFleet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let threads = agents
+            .into_iter()
+            .map(|(id, group, token, state)| {
+                let (stop, got) = (stop.clone(), got.clone());
+                std::thread::spawn(move || {
+                    light_agent(port, &id, &group, &token, state, &stop, &got)
+                })
+            })
+            .collect();
+        LightFleet { stop, got, threads }
+    }
+
+    fn commands(&self) -> Vec<(String, String)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LightFleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn light_agent(
+    port: u16,
+    id: &str,
+    group: &str,
+    token: &str,
+    state: &str,
+    stop: &AtomicBool,
+    got: &Mutex<Vec<(String, String)>>,
+) {
+    let auth = format!("Bearer {}", hub_token(token));
+    let call = |what: &str, body: &str| {
+        raw(
+            port,
+            "POST",
+            &format!("/v1/agents/{id}/{what}"),
+            &[
+                ("Authorization", &auth),
+                ("Idrelay-Protocol", "1"),
+                ("Idrelay-Instance", &format!("{id}-i1")),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    };
+    let beat = serde_json::json!({
+        "group": group, "state": state, "uptime_secs": 1,
+        "queue": {"depth": 0, "resync_owed": null}, "counts": {"parked": 0, "held_deletes": 0},
+        "feed": {"kind": "syncrepl", "connected": true}, "last_error": null,
+    })
+    .to_string();
+    let mut last_beat: Option<Instant> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(4)) {
+            call("heartbeat", &beat);
+            last_beat = Some(Instant::now());
+        }
+        let (status, _, body) = call("poll", r#"{"wait_secs": 2}"#);
+        if status != 200 {
+            if status != 204 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            continue;
+        }
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let mut answers = Vec::new();
+        for e in v["requests"].as_array().into_iter().flatten() {
+            let command = e["command"].as_str().unwrap_or("?").to_string();
+            got.lock().unwrap().push((id.to_string(), command.clone()));
+            answers.push(serde_json::json!({"id": e["id"], "status": 202,
+                "body": {"accepted": command}}));
+        }
+        call(
+            "responses",
+            &serde_json::json!({ "responses": answers }).to_string(),
+        );
+    }
+}
+
+#[test]
+fn with_250_agents_the_page_shows_summaries_pages_filters_and_a_command_reaches_page_two() {
+    let Some(tools) = Tools::find() else {
+        return;
+    };
+    // n000..n249 in groups grp-00..grp-24 (ten each); every 37th from n005 is degraded.
+    let agents: Vec<(String, String, String, &str)> = (0..250)
+        .map(|i| {
+            let state = if i % 37 == 5 { "degraded" } else { "following" };
+            (
+                format!("n{i:03}"),
+                format!("grp-{:02}", i / 10),
+                format!("tok-{i:03}"),
+                state,
+            )
+        })
+        .collect();
+    let table: Vec<(&str, &str, &str)> = agents
+        .iter()
+        .map(|(a, g, t, _)| (a.as_str(), g.as_str(), t.as_str()))
+        .collect();
+    let settings = format!("{HUB_SETTINGS}max_connections_per_address = 2000\n");
+    let hub = Hub::start(OPERATOR, &settings, &table);
+    let fleet = LightFleet::start(hub.port, agents.clone());
+    let totals = || hub.op("GET", "/v1/groups?limit=1", None).1["totals"].clone();
+    assert!(
+        wait_until(60, || totals()["healthy"] == 243
+            && totals()["unhealthy"] == 7),
+        "{}\n{}",
+        totals(),
+        hub.log()
+    );
+    // The API behind the page: bounds named, the unpaged form kept for existing callers.
+    let (s, v) = hub.op("GET", "/v1/agents?limit=501", None);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("`limit`"), "{v}");
+    let (s, v) = hub.op("GET", "/v1/agents", None);
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(250)));
+
+    let b = Browser::start(&tools);
+    b.open(&format!("{}/", hub.url()));
+    b.type_into("#token", &hub_token(OPERATOR));
+    b.click("#signin");
+    b.wait_text("#position", 30, |t| t == "agents 1–50 of 250");
+    assert_eq!(b.count("tbody tr[data-agent]"), 50);
+    b.wait_text("#totals", 20, |t| {
+        t == "fleet: 250 agents · 243 healthy · 7 unhealthy · 25 groups · 0 without an active agent"
+    });
+    // n005 (degraded) is in grp-00; one of its agents holds the lease.
+    b.wait_text(r#"tr[data-group="grp-00"] td.summary"#, 20, |t| {
+        t.starts_with("10 agents · 9 healthy · 1 unhealthy · active: n00")
+    });
+    b.wait_text(r#"tr[data-agent="n005"] td.errors"#, 20, |t| {
+        t.contains("degraded")
+    });
+
+    // Page 2, by the page's own button: n050..n099, nothing of page 1.
+    b.click("#page-next");
+    b.wait_text("#position", 30, |t| t == "agents 51–100 of 250");
+    b.wait_text(r#"tr[data-agent="n050"] td.agent"#, 20, |t| t == "n050");
+    assert_eq!(b.count(r#"tr[data-agent="n000"]"#), 0);
+    assert_eq!(b.count("tbody tr[data-agent]"), 50);
+
+    // A command from page 2, confirmed, reaches the agent and its answer is shown.
+    b.click(r#"tr[data-agent="n057"] button[data-command="resync"]"#);
+    b.wait_text("#confirm-text", 10, |t| {
+        t.contains("resync") && t.contains("n057")
+    });
+    b.click("#confirm-yes");
+    let out = b.wait_text("#outcome", 60, |t| t.contains("answered"));
+    assert!(out.contains("answered 202"), "{out}");
+    assert!(
+        fleet
+            .commands()
+            .contains(&("n057".to_string(), "resync".to_string())),
+        "{:?}",
+        fleet.commands()
+    );
+    assert_eq!(fleet.commands().len(), 1, "only n057 got a command");
+
+    b.click("#page-prev");
+    b.wait_text("#position", 30, |t| t == "agents 1–50 of 250");
+
+    // Unhealthy only: the seven degraded agents, on one page.
+    b.click("#filter-unhealthy");
+    b.wait_text("#position", 30, |t| t == "agents 1–7 of 7 matching");
+    assert_eq!(b.count("tbody tr[data-agent]"), 7);
+    for i in (5..250).step_by(37) {
+        assert_eq!(
+            b.count(&format!(r#"tr[data-agent="n{i:03}"]"#)),
+            1,
+            "n{i:03}"
+        );
+    }
+    // One group: its ten agents, under one group row.
+    b.click("#filter-unhealthy");
+    b.type_into("#filter-group", "grp-03");
+    b.click("#filter-apply");
+    b.wait_text("#position", 30, |t| t == "agents 1–10 of 10 matching");
+    assert_eq!(b.count("tbody tr[data-agent]"), 10);
+    assert_eq!(b.count("tbody tr.group"), 1);
+    b.wait_text(r#"tr[data-group="grp-03"] td.summary"#, 20, |t| {
+        t.starts_with("10 agents · 10 healthy · 0 unhealthy · active: n03")
+    });
+    assert!(b.count(r#"button#page-next:disabled"#) == 1);
+    drop(fleet);
 }

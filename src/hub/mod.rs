@@ -4,8 +4,9 @@
 //! Owns: the hub's config, its state (queues of requests per agent, leases per group,
 //! command answers), kept in a store that outlives the process, and its HTTP(S) server. It serves
 //! * the agent endpoints: long-poll, responses, heartbeat (agent token);
-//! * the operator API: the agents and their heartbeats, commands, command answers
-//!   (operator tokens: role `admin` for everything, `read` for looking only);
+//! * the operator API: the agents and their heartbeats (all at once, or in pages with a
+//!   summary per group), commands, command answers (operator tokens: role `admin` for
+//!   everything, `read` for looking only);
 //! * each agent's directory as an ordinary SCIM endpoint at `/agents/{agent}/scim/v2/`,
 //!   forwarded through that agent's long-poll;
 //! * the operator dashboard at `/` ([`dashboard`]: a static page that calls the operator
@@ -13,7 +14,8 @@
 //!
 //! Layout: [`config`] (file → validated [`config::HubConfig`]), [`lease`] (the
 //! active/standby rule, pure), [`state`] (queues and views, pure, takes `now`), [`route`]
-//! (method + path → route, pure), [`replies`] (the agent's `responses` body as a stream,
+//! (method + path → route, pure), [`listing`] (the agents and groups in pages by cursor,
+//! with health, pure), [`replies`] (the agent's `responses` body as a stream,
 //! pure), [`dashboard`] (the page and its Content-Security-Policy), [`store`] (the
 //! storage seam: what outlives the process, `storage = "memory"`), [`sqlite`]
 //! (`storage = "sqlite"`, the default), `conn` (per-connection guards, connection caps),
@@ -41,6 +43,7 @@ pub mod dashboard;
 mod http1;
 pub mod introspect;
 pub mod lease;
+pub mod listing;
 pub mod replies;
 pub mod route;
 mod server;

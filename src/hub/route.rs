@@ -46,8 +46,10 @@ pub enum Route {
     Agent(String, AgentCall),
     /// `GET /`: the operator dashboard (a static page; its data comes from the API).
     Dashboard,
-    /// `GET /v1/agents`
+    /// `GET /v1/agents` (a page of it with a query: `listing`)
     ListAgents,
+    /// `GET /v1/groups`: the summary per group
+    ListGroups,
     /// `POST /v1/agents/{agent}/commands`
     Command(String),
     /// `GET /v1/requests/{id}`
@@ -82,6 +84,7 @@ pub fn route(method: &str, path: &str) -> Route {
     match segs.as_slice() {
         [""] => get(Route::Dashboard),
         ["v1", "agents"] => get(Route::ListAgents),
+        ["v1", "groups"] => get(Route::ListGroups),
         ["v1", "agents", agent, call] => {
             let Some(agent) = decode_name(agent) else {
                 return Route::NotFound;
@@ -163,6 +166,8 @@ mod tests {
         );
         assert_eq!(route("GET", "/v1/agents"), Route::ListAgents);
         assert_eq!(route("POST", "/v1/agents"), Route::MethodNotAllowed("GET"));
+        assert_eq!(route("GET", "/v1/groups"), Route::ListGroups);
+        assert_eq!(route("PUT", "/v1/groups"), Route::MethodNotAllowed("GET"));
         assert_eq!(
             route("POST", "/v1/agents/a1/commands"),
             Route::Command("a1".into())

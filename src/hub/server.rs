@@ -37,6 +37,7 @@ use smol::Timer;
 
 use super::config::{valid_name, AgentAuth, HubConfig, Role};
 use super::conn::{peer_gone, peer_gone_now, Guarded, Refused, Registry, PENDING_DEADLINE};
+use super::listing::{parse_query, Kind};
 use super::replies::{Item, Scanner};
 use super::route::{route, AgentCall, Route};
 use super::state::{
@@ -536,7 +537,11 @@ impl Hub {
             Route::Dashboard => super::dashboard::response(),
             Route::ListAgents => match self.refuse_operator(&req, conn, Role::Read) {
                 Some(refused) => refused,
-                None => json_response(200, &self.state().agents_view(Instant::now())),
+                None => self.listing(&req, Kind::Agents),
+            },
+            Route::ListGroups => match self.refuse_operator(&req, conn, Role::Read) {
+                Some(refused) => refused,
+                None => self.listing(&req, Kind::Groups),
             },
             Route::Command(agent) => match self.refuse_operator(&req, conn, Role::Admin) {
                 Some(refused) => refused,
@@ -603,6 +608,21 @@ impl Hub {
             started.elapsed().as_millis()
         );
         res
+    }
+
+    /// `GET /v1/agents` (every agent when the query is empty, a page otherwise) and
+    /// `GET /v1/groups` (docs/hub.md); a bad query is `400` naming the parameter.
+    fn listing(&self, req: &Request, kind: Kind) -> Response {
+        let query = req.url().query().unwrap_or("");
+        let now = Instant::now();
+        if kind == Kind::Agents && query.is_empty() {
+            return json_text(200, self.state().agents_view(now));
+        }
+        match parse_query(kind, query) {
+            Err(e) => error(400, &e.to_string()),
+            Ok(q) if kind == Kind::Agents => json_text(200, self.state().agents_page(&q, now)),
+            Ok(q) => json_text(200, self.state().groups_page(&q, now)),
+        }
     }
 
     fn operator_ok(&self, req: &Request, conn: &Conn) -> bool {
@@ -1229,6 +1249,14 @@ fn empty(code: u16) -> Response {
 fn json_response(code: u16, v: &Value) -> Response {
     let mut r = Response::new(status_of(code));
     r.set_body(v.to_string());
+    r.insert_header("Content-Type", "application/json");
+    r
+}
+
+/// `code` with `body`, JSON text already.
+fn json_text(code: u16, body: String) -> Response {
+    let mut r = Response::new(status_of(code));
+    r.set_body(body);
     r.insert_header("Content-Type", "application/json");
     r
 }

@@ -26,12 +26,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use smol::channel::Sender;
 
 use crate::relay::protocol::Envelope;
 
 use super::lease::{self, Grant, Lease};
+use super::listing::{self, AgentRow, Digest, Fleet, Holder, ListQuery, Order, Problems};
 use super::store::{Change, Snapshot, StoredLease, StoredRequest, StoredResult, StoredSeen};
 
 /// Largest command answer body kept for `GET /v1/requests/{id}`.
@@ -266,8 +268,10 @@ struct Seen {
     instance: String,
     at: Instant,
     /// The heartbeat as compact JSON text: a tenth of its `Value` tree's memory, for every
-    /// agent; parsed again only for `GET /v1/agents`.
-    body: Box<str>,
+    /// agent; written into `GET /v1/agents` as is, never parsed again.
+    body: Box<RawValue>,
+    /// What the listing's health needs of it, taken when it arrived.
+    digest: Digest,
 }
 
 struct Slot {
@@ -360,6 +364,8 @@ pub struct HubState {
     timing: Timing,
     limits: Limits,
     agents: BTreeMap<String, Slot>,
+    /// The agents by (group, id), for the paged listing.
+    order: Order,
     leases: HashMap<String, Option<Lease>>,
     results: HashMap<String, CommandResult>,
     results_order: VecDeque<String>,
@@ -378,7 +384,7 @@ impl HubState {
         limits: Limits,
         boot: &str,
     ) -> HubState {
-        let agents = agents
+        let agents: BTreeMap<String, Slot> = agents
             .into_iter()
             .map(|(id, group)| {
                 (
@@ -397,10 +403,12 @@ impl HubState {
                 )
             })
             .collect();
+        let order = Order::new(agents.iter().map(|(id, s)| (id.as_str(), s.group.as_str())));
         HubState {
             timing,
             limits,
             agents,
+            order,
             leases: HashMap::new(),
             results: HashMap::new(),
             results_order: VecDeque::new(),
@@ -521,10 +529,12 @@ impl HubState {
         for s in snap.seen {
             match self.agents.get_mut(&s.agent) {
                 Some(slot) => {
+                    let parsed = serde_json::from_str(&s.body).unwrap_or(Value::Null);
                     slot.seen = Some(Seen {
                         instance: s.instance,
                         at: clock.instant(s.at_ms),
-                        body: s.body.into(),
+                        body: raw_or_null(s.body),
+                        digest: Digest::of(&parsed),
                     })
                 }
                 None => done.dropped += 1,
@@ -710,13 +720,16 @@ impl HubState {
 
     /// Whether `agent` has a poll open or polled within twice the longest hold.
     pub fn connected(&self, agent: &str, now: Instant) -> bool {
-        self.agents.get(agent).is_some_and(|s| {
-            s.polls_open > 0
-                || (!s.poll_gone
-                    && s.last_poll.is_some_and(|t| {
-                        now.saturating_duration_since(t) <= self.timing.poll_wait * 2
-                    }))
-        })
+        self.agents
+            .get(agent)
+            .is_some_and(|s| self.slot_connected(s, now))
+    }
+
+    fn slot_connected(&self, s: &Slot, now: Instant) -> bool {
+        s.polls_open > 0
+            || (!s.poll_gone
+                && s.last_poll
+                    .is_some_and(|t| now.saturating_duration_since(t) <= self.timing.poll_wait * 2))
     }
 
     /// Seconds since `agent` last polled (`None`: never).
@@ -822,7 +835,8 @@ impl HubState {
         slot.seen = Some(Seen {
             instance: instance.to_string(),
             at: now,
-            body: text.into(),
+            body: raw_or_null(text),
+            digest: Digest::of(&body),
         });
         let group = slot.group.clone();
         let lease = self.leases.entry(group.clone()).or_default();
@@ -843,50 +857,64 @@ impl HubState {
         })
     }
 
-    /// `GET /v1/agents`: every configured agent with its last heartbeat and role.
-    pub fn agents_view(&self, now: Instant) -> Value {
-        let ttl = self.timing.lease_ttl;
-        let age = |t: Instant| now.saturating_duration_since(t).as_secs();
-        let list: Vec<Value> = self
+    /// `GET /v1/agents` without a query: every configured agent with its last heartbeat
+    /// and role, by agent id, as JSON text.
+    pub fn agents_view(&self, now: Instant) -> String {
+        let rows: Vec<AgentRow<'_>> = self
             .agents
             .iter()
-            .map(|(id, s)| {
-                let holder = self
-                    .leases
-                    .get(&s.group)
-                    .and_then(|l| lease::holder(l, now, ttl));
-                let (instance, role, hb_age, hb, alive) = match &s.seen {
-                    Some(seen) => (
-                        Value::String(seen.instance.clone()),
-                        Value::String(
-                            if holder.is_some_and(|l| l.held_by(id, &seen.instance)) {
-                                "active"
-                            } else {
-                                "standby"
-                            }
-                            .into(),
-                        ),
-                        json!(age(seen.at)),
-                        serde_json::from_str(&seen.body).unwrap_or(Value::Null),
-                        now.saturating_duration_since(seen.at) < ttl,
-                    ),
-                    None => (Value::Null, Value::Null, Value::Null, Value::Null, false),
-                };
-                json!({
-                    "agent": id,
-                    "group": s.group,
-                    "instance": instance,
-                    "role": role,
-                    "alive": alive,
-                    "last_heartbeat_age_secs": hb_age,
-                    "heartbeat": hb,
-                    "connected": self.connected(id, now),
-                    "last_poll_age_secs": s.last_poll.map(age),
-                    "queued": s.queue.len(),
-                })
-            })
+            .map(|(id, s)| self.row(id, s, now))
             .collect();
-        Value::Array(list)
+        serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// `GET /v1/agents?...`: one page of the listing ([`listing::agents_page`]).
+    pub fn agents_page(&self, q: &ListQuery, now: Instant) -> String {
+        listing::agents_page(&Listing { state: self, now }, q)
+    }
+
+    /// `GET /v1/groups?...`: one page of group summaries ([`listing::groups_page`]).
+    pub fn groups_page(&self, q: &ListQuery, now: Instant) -> String {
+        listing::groups_page(&Listing { state: self, now }, q)
+    }
+
+    /// Whether the agent of `s` is alive and connected, and its problems.
+    fn health(&self, s: &Slot, now: Instant) -> (bool, bool, Problems) {
+        let seen = s.seen.as_ref();
+        let alive =
+            seen.is_some_and(|x| now.saturating_duration_since(x.at) < self.timing.lease_ttl);
+        let connected = self.slot_connected(s, now);
+        let problems = Problems::of(seen.map(|x| x.digest), alive, connected);
+        (alive, connected, problems)
+    }
+
+    /// Agent `id`'s entry in the listing.
+    fn row<'a>(&'a self, id: &'a str, s: &'a Slot, now: Instant) -> AgentRow<'a> {
+        let ttl = self.timing.lease_ttl;
+        let age = |t: Instant| now.saturating_duration_since(t).as_secs();
+        let holder = self
+            .leases
+            .get(&s.group)
+            .and_then(|l| lease::holder(l, now, ttl));
+        let seen = s.seen.as_ref();
+        let (alive, connected, problems) = self.health(s, now);
+        AgentRow {
+            agent: id,
+            group: &s.group,
+            instance: seen.map(|x| x.instance.as_str()),
+            role: seen.map(|x| match holder {
+                Some(l) if l.held_by(id, &x.instance) => "active",
+                _ => "standby",
+            }),
+            alive,
+            last_heartbeat_age_secs: seen.map(|x| age(x.at)),
+            heartbeat: seen.map(|x| &*x.body),
+            connected,
+            last_poll_age_secs: s.last_poll.map(age),
+            queued: s.queue.len(),
+            healthy: problems.is_empty(),
+            problems,
+        }
     }
 
     /// `GET /v1/requests/{id}`: `(200, answer)` once answered, `(202, state)` while
@@ -932,6 +960,44 @@ impl HubState {
     }
 }
 
+/// `text` (JSON) as a raw value; `null` if it is not JSON (never from a heartbeat, which
+/// arrives parsed).
+fn raw_or_null(text: String) -> Box<RawValue> {
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// The state as the listing reads it, at `now`.
+struct Listing<'a> {
+    state: &'a HubState,
+    now: Instant,
+}
+
+impl Fleet for Listing<'_> {
+    fn order(&self) -> &Order {
+        &self.state.order
+    }
+
+    fn row(&self, i: usize) -> Option<AgentRow<'_>> {
+        let (id, s) = self.state.agents.get_key_value(self.state.order.agent(i))?;
+        Some(self.state.row(id, s, self.now))
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        self.state
+            .agents
+            .get(self.state.order.agent(i))
+            .is_some_and(|s| self.state.health(s, self.now).2.is_empty())
+    }
+
+    fn holder(&self, group: &str) -> Option<Holder<'_>> {
+        let l = self.state.leases.get(group)?;
+        lease::holder(l, self.now, self.state.timing.lease_ttl).map(|l| Holder {
+            agent: &l.agent,
+            instance: &l.instance,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -952,6 +1018,11 @@ mod tests {
             limits,
             "boot",
         )
+    }
+
+    /// `GET /v1/agents` as JSON.
+    fn view(h: &HubState, now: Instant) -> Value {
+        serde_json::from_str(&h.agents_view(now)).unwrap()
     }
 
     fn get(path: &str) -> Work {
@@ -1177,20 +1248,59 @@ mod tests {
             .heartbeat("a2", "i2", json!({"group": "other"}), t0 + S * 2)
             .unwrap();
         assert!(b.group_mismatch.is_none(), "warned once");
-        let v = h.agents_view(t0 + S * 10);
+        let v = view(&h, t0 + S * 10);
         assert_eq!(v[0]["role"], "active");
         assert_eq!(v[0]["last_heartbeat_age_secs"], 10);
         assert_eq!(v[1]["role"], "standby");
         // a1 stops; a2 takes over once the TTL ran out.
         let b = h.heartbeat("a2", "i2", json!({}), t0 + S * 180).unwrap();
         assert!(b.grant.active);
-        let v = h.agents_view(t0 + S * 181);
+        let v = view(&h, t0 + S * 181);
         assert_eq!(
             (&v[0]["role"], &v[0]["alive"]),
             (&json!("standby"), &json!(false))
         );
         assert_eq!(v[1]["role"], "active");
         assert!(h.heartbeat("nobody", "i", json!({}), t0).is_none());
+    }
+
+    #[test]
+    fn the_paged_listing_reads_health_kept_at_the_heartbeat_and_survives_a_restart() {
+        let mut h = hub(Limits::default());
+        let t0 = Instant::now();
+        let sick = json!({"group": "g", "state": "degraded", "last_error": "<b>x</b>"});
+        h.heartbeat("a1", "i1", json!({"group": "g", "state": "following"}), t0);
+        h.heartbeat("a2", "i2", sick.clone(), t0);
+        h.poll_started("a1", t0);
+        h.poll_started("a2", t0);
+        let q = |text: &str| listing::parse_query(listing::Kind::Agents, text).unwrap();
+        let page = |h: &HubState, text: &str| -> Value {
+            serde_json::from_str(&h.agents_page(&q(text), t0 + S)).unwrap()
+        };
+        let v = page(&h, "unhealthy=true");
+        assert_eq!(v["matched"], 1);
+        assert_eq!(v["agents"][0]["agent"], "a2");
+        assert_eq!(v["agents"][0]["problems"], json!(["degraded"]));
+        assert_eq!(v["agents"][0]["heartbeat"], sick, "written as it was sent");
+        assert_eq!(
+            v["groups"][0]["active"],
+            json!({"agent": "a1", "instance": "i1"})
+        );
+        let v = page(&h, "limit=1");
+        assert_eq!(
+            (&v["agents"][0]["agent"], &v["next"]),
+            (&json!("a1"), &json!("after:g/a1"))
+        );
+        // The same health after a restart: the digest is taken again from the kept text.
+        let store = crate::hub::store::MemoryStore::default();
+        crate::hub::store::Store::apply(&store, &h.take_journal()).unwrap();
+        let mut again = hub(Limits::default());
+        again.restore(crate::hub::store::Store::load(&store).unwrap());
+        again.poll_started("a1", t0);
+        again.poll_started("a2", t0);
+        let v: Value = serde_json::from_str(&again.agents_page(&q("unhealthy=true"), t0)).unwrap();
+        assert_eq!(v["agents"][0]["agent"], "a2");
+        assert_eq!(v["totals"]["unhealthy"], 1);
     }
 
     /// One process's state written to `store` through its journal, and the next process's
@@ -1255,7 +1365,7 @@ mod tests {
         assert_eq!(b.envelopes.len(), 2, "ids 1 and 2, redelivered once due");
         assert_eq!(h.request_view(&ids[0], t1).unwrap().0, 200);
         assert_eq!(h.request_view(&ids[1], t1).unwrap().1["deliveries"], 2);
-        let v = h.agents_view(t1);
+        let v = view(&h, t1);
         assert_eq!(
             (&v[0]["role"], &v[0]["instance"]),
             (&json!("active"), &json!("i1"))
