@@ -34,6 +34,9 @@ pub struct Admission {
     sent: u64,
     lowest: usize,
     highest: usize,
+    /// The limit summed at each landing (its mean over the objects).
+    limit_sum: u64,
+    landed: u64,
 }
 
 impl Admission {
@@ -53,6 +56,8 @@ impl Admission {
             sent: 0,
             lowest: l,
             highest: l,
+            limit_sum: 0,
+            landed: 0,
         }
     }
 
@@ -85,6 +90,8 @@ impl Admission {
     pub fn landed(&mut self, latency: Duration, now: Instant) {
         self.out = self.out.saturating_sub(1);
         let before = self.window.limit();
+        self.limit_sum += before as u64;
+        self.landed += 1;
         self.window.answered(latency, now);
         self.moved(before, "throughput");
     }
@@ -113,10 +120,11 @@ impl Admission {
         }
         let max = self.window.max();
         let mut s = format!(
-            "SCIM requests in flight: {} at the end of the pass (between {} and {}; at most {max}, sync.concurrency)",
+            "SCIM requests in flight: {} at the end of the pass (between {} and {}, {:.1} on average; at most {max}, sync.concurrency)",
             self.window.limit(),
             self.lowest,
-            self.highest
+            self.highest,
+            self.limit_sum as f64 / self.landed.max(1) as f64
         );
         if self.throttled > 0 {
             s.push_str(&format!("; {} answers throttled (429/503)", self.throttled));
@@ -169,7 +177,10 @@ mod tests {
         a.landed(Duration::from_millis(10), until);
         assert_eq!(a.gate(6, Some(until), until), Gate::Go);
         let s = a.summary().unwrap();
-        assert!(s.contains("between 2 and 4; at most 8"), "{s}");
+        assert!(
+            s.contains("between 2 and 4, 2.0 on average; at most 8"),
+            "{s}"
+        );
         assert!(s.contains("1 answers throttled"), "{s}");
     }
 
