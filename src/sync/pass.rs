@@ -9,7 +9,9 @@
 //! 1. **Scope scan**: every in-scope user and group, anchor attributes only, into a map
 //!    DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` / `manager`
 //!    DNs are in scope, and gives progress a total.
-//! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers.
+//! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers
+//!    (`sync.concurrency`; as many single requests out as the adaptive window allows,
+//!    [`crate::sync::admission`]).
 //!    A user whose manager has no SCIM id yet (still being created in this pass) is held
 //!    back and sent once, complete, when the phase has drained.
 //! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
