@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-wan.sh [--users N] [--groups G] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--only-off | --only-bulk] [--keep]
+# bench-wan.sh [--users N] [--groups G] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--fixed F1,F2] [--only-off | --only-bulk] [--keep]
 #
 # The WAN benchmark (a script, not a test; issue 15 item 6): one full pass of the agent over
 # N users (default 5,000) and G groups (default N/50) of 50, to a fresh scim2-server each time, on
@@ -20,6 +20,8 @@
 # (/usr/bin/time -v) and the issue's ratios (targets: WAN / loopback <= 1.5 and
 # WAN / Bulk generator <= 1.5 with Bulk; bulk off / best POST-only generator <= 2). The
 # agent with bulk off also runs through the proxy at each of C1,C2 above C.
+# --fixed F1,F2 adds the agent with bulk off through the proxy at each Fi requests in
+# flight with `adaptive_concurrency = false` (the fixed number, as before the window).
 # IDRELAY_BIN_BASE=path adds the bulk-off rows for that binary (a baseline measured in
 # the same run, e.g. the commit before a change). --only-off runs only what concerns an
 # endpoint without Bulk: the agent with bulk off through the proxy (at C and above) and
@@ -31,7 +33,7 @@
 # 127.0.0.1:$IDRELAY_WAN_LDAP_PORT (3396; ldaps $IDRELAY_WAN_LDAPS_PORT, 3643), scim2-server
 # "scim-wan" on :$IDRELAY_WAN_SCIM_PORT (8097) and the proxy on :$IDRELAY_WAN_PROXY_PORT
 # (8098), all under $IDRELAY_TESTBED, stopped at the end unless --keep (the proxy always).
-# The seeded directory is kept and reused while N stays the same.
+# The seeded directory is kept and reused while N and G stay the same.
 # IDRELAY_BIN=path benchmarks that binary instead of building `cargo build --release`.
 set -euo pipefail
 ROOT_FLAG=""
@@ -49,6 +51,7 @@ RTT_MS=80
 MBIT=20
 CONCURRENCY=8
 LG_CONC=8,32
+FIXED=""
 KEEP=0
 ONLY_OFF=0
 ONLY_BULK=0
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --mbit) MBIT=${2:?}; shift ;;
     --concurrency) CONCURRENCY=${2:?}; shift ;;
     --loadgen-concurrency) LG_CONC=${2:?}; shift ;;
+    --fixed) FIXED=${2:?}; shift ;;
     --keep) KEEP=1 ;;
     --only-off) ONLY_OFF=1 ;;
     --only-bulk) ONLY_BULK=1 ;;
@@ -70,7 +74,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$ONLY_OFF" = 0 ] || [ "$ONLY_BULK" = 0 ] || die "--only-off and --only-bulk exclude each other"
-for v in "$USERS" ${GROUPS_N:+"$GROUPS_N"} "$RTT_MS" "$MBIT" "$CONCURRENCY" ${LG_CONC//,/ }; do
+for v in "$USERS" ${GROUPS_N:+"$GROUPS_N"} "$RTT_MS" "$MBIT" "$CONCURRENCY" ${LG_CONC//,/ } ${FIXED//,/ }; do
   [[ $v =~ ^[0-9]+$ ]] || die "not a whole number: $v"
 done
 [ "$USERS" -ge 50 ] || die "--users must be >= 50"
@@ -152,7 +156,7 @@ else
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/idrelay
 fi
 [ -x "$BIN" ] || die "no executable at $BIN"
-AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG="" # what `agent` runs (the baseline rows change it)
+AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG="" AG_ADAPT=true # what `agent` runs (the baseline rows change it)
 VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unknown)")
 [ -z "${IDRELAY_BIN_BASE:-}" ] || VERSION="$VERSION; base: $("$IDRELAY_BIN_BASE" version 2>/dev/null | head -n 1)"
 
@@ -193,6 +197,7 @@ token_file = "$B/scim.token"
 [sync]
 concurrency = $AG_CONC
 bulk = "$3"
+$([ "$AG_ADAPT" = true ] || echo "adaptive_concurrency = false")
 EOF
   chmod 600 "$cfg"
   echo "$cfg"
@@ -266,6 +271,11 @@ for c in ${LG_CONC//,/ }; do
   AG_CONC=$c
   agent "wan-off-$c" wan off
 done
+for c in ${FIXED//,/ }; do
+  AG_CONC=$c AG_ADAPT=false AG_TAG=" (fixed)"
+  agent "fixed-wan-off-$c" wan off
+done
+AG_ADAPT=true AG_TAG=""
 if [ -n "${IDRELAY_BIN_BASE:-}" ]; then
   AG_BIN=$IDRELAY_BIN_BASE AG_TAG=" (base)" AG_CONC=$CONCURRENCY
   [ "$ONLY_OFF" = 1 ] || agent base-loop-off loop off
@@ -309,7 +319,7 @@ ratios (issue 15 targets)
   WAN bulk auto / Bulk load generator on the WAN:     $(ratio "${S[wan-auto]:-}" "${S[bulk-wan]:-}")   (target <= 1.5)
   WAN bulk off / best POST-only generator ($BEST_C in flight): $(ratio "${S[wan-off]:-}" "$BEST_POST")   (target <= 2)
 EOF
-for t in wan-off base-wan-off; do
+for t in wan-off fixed-wan-off base-wan-off; do
   for c in ${LG_CONC//,/ }; do
     [ -n "${S[$t-$c]:-}" ] || continue
     echo "  $t at c $c / best POST-only generator:  $(ratio "${S[$t-$c]}" "$BEST_POST")   (target <= 2)"

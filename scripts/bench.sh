@@ -17,7 +17,8 @@
 #   nginx         Debian's nginx answering every request with a canned response
 #                 (scripts/bench/nginx.conf), so that the agent's own cost shows.
 # Prints a table (agent s, objects/s, ldapsearch s, loadgen s, req/s, ratio
-# agent / max(ldapsearch, loadgen); the target is <= 1.25), the requests each side made,
+# agent / max(ldapsearch, loadgen); the target is <= 1.25), the requests each side made
+# and the CPU seconds scim2-server spent on them,
 # the stripped release binary's size and the agent's peak RSS (/usr/bin/time -v).
 #
 # The benchmark's servers are its own, never the test servers: slapd instance
@@ -54,7 +55,7 @@ while [ $# -gt 0 ]; do
     --no-lookups) LOOKUPS=0 ;;
     --no-bulk) BULK_CMP=0 ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) usage; die "unknown argument $1" ;;
   esac
   shift
@@ -103,8 +104,14 @@ fresh() {
     scim_tb stop 2>/dev/null
     scim_tb start >/dev/null
     MARK=$(wc -l <"$IDRELAY_TESTBED/scim-bench/scim2-server.log")
+    CPU0=$(server_cpu)
   fi
 }
+# server_cpu : CPU seconds scim2-server has used so far (user + system, all its threads).
+server_cpu() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$(cat "$IDRELAY_TESTBED/scim-bench/scim2-server.pid")/stat" 2>/dev/null || echo 0; }
+# cpu_note ENDPOINT : "; server CPU N s" since `fresh` (scim2-server only): how much of the
+# endpoint's work a run caused, which the load of a shared machine moves far less than time.
+cpu_note() { [ "$1" = nginx ] || awk -v a="$CPU0" -v b="$(server_cpu)" 'BEGIN { printf "; server CPU %.1f s", b - a }'; }
 
 # count_requests ENDPOINT : "N requests (GET /v2/Users 200: n, ...)" since `fresh`.
 count_requests() {
@@ -271,7 +278,7 @@ run_agent() { # run_agent ENDPOINT [off] : [off] runs with `[sync] bulk = "off"`
   summary=$(grep '^sync:' "$B/sync-$tag.out" | tail -n 1 || true)
   objects=$(sed -n 's/^sync: \([0-9]*\) objects.*/\1/p' <<<"$summary")
   objects=${objects:-$((USERS + GROUPS_N))}
-  reqs=$(count_requests "$ep")
+  reqs="$(count_requests "$ep")$(cpu_note "$ep")"
   log "[$label] agent: $secs s, exit $rc, peak RSS ${rss:-?} KiB; $summary"
   NOTES+=("$label agent:   ${summary:-(no summary line)}; exit $rc; peak RSS $(mib "${rss:-0}" 1024) MiB" "$label agent:   $reqs")
   AGENT_S=$secs
@@ -289,7 +296,7 @@ run_loadgen() { # run_loadgen ENDPOINT [--lookups] -> sets LG_JSON
   [ -n "$LG_JSON" ] || die "[$ep] bench-load.py produced no result"
   [ "$(jget "$LG_JSON" writes)" = "$WRITES" ] ||
     log "WARNING: the load generator replayed $(jget "$LG_JSON" writes) of $WRITES writes"
-  NOTES+=("$ep loadgen ($mode): $(count_requests "$ep")")
+  NOTES+=("$ep loadgen ($mode): $(count_requests "$ep")$(cpu_note "$ep")")
 }
 row() { # row ENDPOINT AGENT_S OBJS LOADGEN_JSON MIX
   local ep=$1 as=$2 objs=$3 lg=$4 mix=$5 ls lgs lgr ratio errs

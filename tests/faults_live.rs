@@ -858,6 +858,42 @@ fn retry_after_is_honoured_and_429_without_it_backs_off() {
     assert_eq!(created(&events), 6, "a 429 is retried, never duplicated");
 }
 
+/// Regression (issue 15 item 3): a 429's Retry-After held back only the request it
+/// answered, while the pass's other workers went on sending into the throttle. Now the pass
+/// sends nothing new until it has passed: only the objects already out (at most
+/// `concurrency` = 4, a lookup and a create each) finish meanwhile.
+#[test]
+fn a_retry_after_holds_back_the_whole_pass_not_only_its_request() {
+    let w = World::new("fhold", 30, None);
+    let World { proxy, agent, .. } = &w;
+    proxy.answer_next_of("POST", 1, 429, Some("3"));
+    let once = agent.run(&["sync", "--once"]);
+    let events = proxy.events();
+    once.assert_code(0);
+    let at = events
+        .iter()
+        .find(|e| e.action == Action::Answered(429))
+        .expect("the 429")
+        .at;
+    let during = events
+        .iter()
+        .filter(|e| e.at > at && e.at < at + Duration::from_millis(2900))
+        .count();
+    assert!(
+        during <= 6,
+        "{during} requests during the Retry-After; {}\nlog:\n{}",
+        summary(&events),
+        once.stderr
+    );
+    assert!(
+        once.stderr.contains("1 answers throttled (429/503)"),
+        "{}",
+        once.stderr
+    );
+    w.converge("converged", 10);
+    assert_eq!(created(&events), 30, "nothing created twice");
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. A response stalled mid-body
 

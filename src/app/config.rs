@@ -198,8 +198,10 @@ pub enum ProxySetting {
 /// `[sync]`: how the engine provisions.
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
-    /// Requests in flight at once.
+    /// Requests in flight at once, at most.
     pub concurrency: usize,
+    /// Whether a full pass's requests in flight adapt to the link (up to `concurrency`).
+    pub adaptive_concurrency: bool,
     /// Optional profile file that overrides or adds attribute mappings.
     pub profile_file: Option<PathBuf>,
     /// Adopt an existing SCIM user with the same userName (off by default).
@@ -498,6 +500,8 @@ struct RawScim {
 struct RawSync {
     #[serde(default = "default_concurrency")]
     concurrency: usize,
+    #[serde(default = "yes")]
+    adaptive_concurrency: bool,
     profile_file: Option<PathBuf>,
     #[serde(default)]
     soft_match: bool,
@@ -532,6 +536,7 @@ impl Default for RawSync {
     fn default() -> Self {
         RawSync {
             concurrency: default_concurrency(),
+            adaptive_concurrency: true,
             profile_file: None,
             soft_match: false,
             max_attempts: default_max_attempts(),
@@ -578,6 +583,9 @@ fn default_poll_interval() -> u64 {
 fn default_member_chunk() -> usize {
     100
 }
+fn yes() -> bool {
+    true
+}
 
 fn default_kind() -> String {
     "auto".into()
@@ -592,7 +600,7 @@ fn default_http_timeout() -> u64 {
     30
 }
 fn default_concurrency() -> usize {
-    8
+    32
 }
 fn default_max_attempts() -> u32 {
     5
@@ -1168,7 +1176,10 @@ token_file = "/s/scim"
         assert!(matches!(&c.scim.auth, ScimAuth::Bearer(t) if t.expose() == "tok-scim"));
         assert_eq!(c.scim.url, "http://127.0.0.1:8080/v2");
         assert_eq!(c.directory.kind, KindSetting::Auto);
-        assert_eq!(c.sync.concurrency, 8);
+        assert_eq!(c.sync.concurrency, 32);
+        assert!(c.sync.adaptive_concurrency);
+        let fixed = parse(&format!("{GOOD}[sync]\nadaptive_concurrency = false\n")).unwrap();
+        assert!(!fixed.sync.adaptive_concurrency);
         assert_eq!(c.scope.include, vec!["ou=Staff, DC=Branch,dc=test"]);
     }
 

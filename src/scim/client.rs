@@ -163,6 +163,8 @@ struct Counters {
     bulk: AtomicU64,
     /// 429 and 503 answers (throttling), for the pass's concurrency control.
     throttled: AtomicU64,
+    /// When the latest Retry-After of such an answer ends.
+    retry_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Why a SCIM operation failed. Never contains the token.
@@ -869,6 +871,28 @@ impl ScimClient {
         self.counters.throttled.load(Ordering::Relaxed)
     }
 
+    /// When the latest Retry-After the service sent with a 429 or 503 ends, if it sent any.
+    pub fn retry_until(&self) -> Option<std::time::Instant> {
+        *self
+            .counters
+            .retry_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note_throttle(&self, retry_after: Option<&str>) {
+        if let Some(d) = retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())) {
+            let until = std::time::Instant::now() + d;
+            let mut u = self
+                .counters
+                .retry_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *u = Some(u.map_or(until, |t| t.max(until)));
+        }
+        self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Write requests sent so far (all clones together).
     pub fn write_counts(&self) -> WriteCounts {
         let c = &self.counters;
@@ -1487,10 +1511,10 @@ impl ScimClient {
                     continue;
                 }
                 Ok(resp) => {
-                    if matches!(resp.status, 429 | 503) {
-                        self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                    }
                     let retry_after = resp.header("retry-after");
+                    if matches!(resp.status, 429 | 503) {
+                        self.note_throttle(retry_after);
+                    }
                     let next = after_status(method, resp.status, retry_after, SystemTime::now());
                     (next, Ok(resp))
                 }

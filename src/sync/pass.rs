@@ -9,7 +9,9 @@
 //! 1. **Scope scan**: every in-scope user and group, anchor attributes only, into a map
 //!    DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` / `manager`
 //!    DNs are in scope, and gives progress a total.
-//! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers.
+//! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers
+//!    (`sync.concurrency`; as many single requests out as the adaptive window allows,
+//!    [`crate::sync::admission`]).
 //!    A user whose manager has no SCIM id yet (still being created in this pass) is held
 //!    back and sent once, complete, when the phase has drained.
 //! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
@@ -55,6 +57,7 @@ use crate::scim::client::{LookupProbe, ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
+use crate::sync::admission::{Admission, Gate};
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
 use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict, BATCHES_IN_FLIGHT};
 use crate::sync::closure::Closures;
@@ -76,8 +79,11 @@ pub struct PassSettings {
     pub user_filter: String,
     /// Filter for groups.
     pub group_filter: String,
-    /// Requests in flight.
+    /// Requests in flight, at most.
     pub concurrency: usize,
+    /// Whether the single requests in flight adapt to the link, up to `concurrency`
+    /// ([`crate::sync::adaptive`]); otherwise always `concurrency`.
+    pub adaptive: bool,
     /// Dry run / soft match.
     pub mode: ProvisionMode,
     /// No live progress line.
@@ -520,6 +526,8 @@ enum Landed {
     Member(String, bool),
     /// A Bulk request is over.
     BatchEnd,
+    /// A single-request object is over, after this long (it landed just before).
+    Single(Duration),
 }
 
 /// A group whose member change is out as Bulk PATCH operations
@@ -567,6 +575,8 @@ struct Pass<'a> {
     jobs: Sender<Task>,
     results: Receiver<Landed>,
     in_flight: usize,
+    /// How many single requests may be out ([`crate::sync::admission`]).
+    admission: Admission,
     /// SCIM Bulk: whether used, the objects gathered for the next request, requests out,
     /// and objects handed back to be sent again the single way.
     bulk: BulkState,
@@ -641,8 +651,12 @@ pub async fn full_pass(
             while let Ok(task) = jobs.recv().await {
                 let landed = match task {
                     Task::One(job, hint) => {
+                        let t = Instant::now();
                         let outcome = provision_with(&scim, &job, &mode, &hint).await;
-                        vec![Landed::Done(Done::of(job, outcome))]
+                        vec![
+                            Landed::Done(Done::of(job, outcome)),
+                            Landed::Single(t.elapsed()),
+                        ]
                     }
                     Task::Batch(lane, batch) => {
                         let mut out: Vec<Landed> = bulk::send(&scim, &lane, batch)
@@ -686,6 +700,7 @@ pub async fn full_pass(
         jobs: jobs_tx,
         results: done_rx,
         in_flight: 0,
+        admission: Admission::new(settings.concurrency, settings.adaptive, scim.throttled()),
         bulk: if settings.mode.bulk && !settings.mode.dry_run {
             BulkState::Unasked
         } else {
@@ -708,6 +723,9 @@ pub async fn full_pass(
     let result = pass.run().await;
     // Let in-flight work land in the index even when the pass failed.
     pass.drain().await;
+    if let Some(s) = pass.admission.summary() {
+        log::info!("{s}");
+    }
     pass.jobs.close();
     for w in workers {
         w.await;
@@ -1475,8 +1493,32 @@ impl Pass<'_> {
         }
     }
 
+    /// Waits until the adaptive window lets one more single request out.
+    async fn admit(&mut self) {
+        loop {
+            while let Ok(l) = self.results.try_recv() {
+                self.apply(l);
+            }
+            let (n, until) = (self.scim.throttled(), self.scim.retry_until());
+            match self.admission.gate(n, until, Instant::now()) {
+                Gate::Go => return,
+                Gate::Wait(d) => {
+                    smol::Timer::after(d).await;
+                }
+                Gate::Full => match self.results.recv().await {
+                    Ok(l) => self.apply(l),
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+
     /// Hands a task of `objects` objects to a free worker.
     async fn send_task(&mut self, mut task: Task, objects: usize) {
+        let single = matches!(task, Task::One(..));
+        if single {
+            self.admit().await;
+        }
         loop {
             while let Ok(d) = self.results.try_recv() {
                 self.apply(d);
@@ -1484,6 +1526,9 @@ impl Pass<'_> {
             match self.jobs.try_send(task) {
                 Ok(()) => {
                     self.in_flight += objects;
+                    if single {
+                        self.admission.sent();
+                    }
                     return;
                 }
                 Err(channel::TrySendError::Full(t)) => {
@@ -1572,6 +1617,7 @@ impl Pass<'_> {
             }
             Landed::Member(anchor, ok) => self.member_landed(&anchor, ok),
             Landed::BatchEnd => self.batches_out = self.batches_out.saturating_sub(1),
+            Landed::Single(latency) => self.admission.landed(latency, Instant::now()),
         }
     }
 

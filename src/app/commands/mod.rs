@@ -413,6 +413,7 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
         user_filter,
         group_filter,
         concurrency: c.sync.concurrency,
+        adaptive: c.sync.adaptive_concurrency,
         mode: ProvisionMode {
             dry_run,
             dry_run_json: false,

@@ -315,6 +315,7 @@ impl Cx<'_> {
 
         Ok(SyncSettings {
             concurrency: y.concurrency,
+            adaptive_concurrency: y.adaptive_concurrency,
             profile_file: y.profile_file,
             soft_match: y.soft_match,
             max_attempts: y.max_attempts,

@@ -1170,6 +1170,7 @@ impl Bench {
                     user_filter: "(objectClass=inetOrgPerson)".into(),
                     group_filter: "(objectClass=groupOfNames)".into(),
                     concurrency: 4,
+                    adaptive: true,
                     mode: ProvisionMode::plain(false, false),
                     quiet: true,
                     user_delete: UserDelete::Delete,
