@@ -93,6 +93,11 @@ struct Statements {
     delete_result: Statement,
     seen: Statement,
     notify: Statement,
+    claim: Statement,
+    claimed_elsewhere: Statement,
+    lease_row: Statement,
+    lease_lock: Statement,
+    lease_set: Statement,
 }
 
 struct Conn {
@@ -177,6 +182,31 @@ fn prepare(mut client: Client) -> Result<Conn, postgres::Error> {
              seen_ms = EXCLUDED.seen_ms, heartbeat = EXCLUDED.heartbeat",
         )?,
         notify: client.prepare("SELECT pg_notify($1, $2)")?,
+        claim: client.prepare(&format!(
+            "WITH due AS (
+                SELECT id FROM requests
+                WHERE id = ANY($1)
+                  AND (delivered_ms IS NULL OR delivered_ms <= {NOW_MS} - $2)
+                FOR UPDATE SKIP LOCKED)
+             UPDATE requests r SET delivered_ms = {NOW_MS},
+                deliveries = r.deliveries + 1, claimed_by = $3
+             FROM due WHERE r.id = due.id
+             RETURNING r.id"
+        ))?,
+        claimed_elsewhere: client
+            .prepare("SELECT id, delivered_ms FROM requests WHERE id = ANY($1)")?,
+        lease_row: client.prepare(
+            "INSERT INTO leases (grp, agent, instance, renewed_ms, granted_ms) \
+             VALUES ($1, '', '', 0, 0) ON CONFLICT (grp) DO NOTHING",
+        )?,
+        lease_lock: client.prepare(&format!(
+            "SELECT agent, instance, renewed_ms, granted_ms, {NOW_MS} FROM leases \
+             WHERE grp = $1 FOR UPDATE"
+        ))?,
+        lease_set: client.prepare(
+            "UPDATE leases SET agent = $2, instance = $3, renewed_ms = $4, granted_ms = $5 \
+             WHERE grp = $1",
+        )?,
     };
     Ok(Conn { client, st })
 }
@@ -428,21 +458,9 @@ impl Shared for PgStore {
         }
         let redeliver_ms = ms(redeliver.as_millis() as u64);
         self.with(|c| {
+            let st = &c.st;
             let mut tx = c.client.transaction()?;
-            let rows = tx.query(
-                &format!(
-                    "WITH due AS (
-                        SELECT id FROM requests
-                        WHERE id = ANY($1)
-                          AND (delivered_ms IS NULL OR delivered_ms <= {NOW_MS} - $2)
-                        FOR UPDATE SKIP LOCKED)
-                     UPDATE requests r SET delivered_ms = {NOW_MS},
-                        deliveries = r.deliveries + 1, claimed_by = $3
-                     FROM due WHERE r.id = due.id
-                     RETURNING r.id"
-                ),
-                &[&ids, &redeliver_ms, &self.replica],
-            )?;
+            let rows = tx.query(&st.claim, &[&ids, &redeliver_ms, &self.replica])?;
             let taken: std::collections::HashSet<String> =
                 rows.iter().map(|r| r.get::<_, String>(0)).collect();
             let rest: Vec<&String> = ids.iter().filter(|id| !taken.contains(*id)).collect();
@@ -455,10 +473,7 @@ impl Shared for PgStore {
                 ..Claim::default()
             };
             if !rest.is_empty() {
-                let found = tx.query(
-                    "SELECT id, delivered_ms FROM requests WHERE id = ANY($1)",
-                    &[&rest],
-                )?;
+                let found = tx.query(&st.claimed_elsewhere, &[&rest])?;
                 let mut present = std::collections::HashMap::new();
                 for r in &found {
                     present.insert(r.get::<_, String>(0), r.get::<_, Option<i64>>(1));
@@ -486,18 +501,11 @@ impl Shared for PgStore {
         ttl: Duration,
     ) -> Result<(StoredLease, Grant), StoreError> {
         self.with(|c| {
+            let st = &c.st;
             let mut tx = c.client.transaction()?;
-            let now: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[])?.get(0);
-            tx.execute(
-                "INSERT INTO leases (grp, agent, instance, renewed_ms, granted_ms) \
-                 VALUES ($1, '', '', 0, 0) ON CONFLICT (grp) DO NOTHING",
-                &[&group],
-            )?;
-            let r = tx.query_one(
-                "SELECT agent, instance, renewed_ms, granted_ms FROM leases WHERE grp = $1 \
-                 FOR UPDATE",
-                &[&group],
-            )?;
+            tx.execute(&st.lease_row, &[&group])?;
+            let r = tx.query_one(&st.lease_lock, &[&group])?;
+            let now: i64 = r.get(4);
             let row = StoredLease {
                 group: group.into(),
                 agent: r.get(0),
@@ -513,8 +521,7 @@ impl Shared for PgStore {
             }
             if next != row {
                 tx.execute(
-                    "UPDATE leases SET agent = $2, instance = $3, renewed_ms = $4, \
-                     granted_ms = $5 WHERE grp = $1",
+                    &st.lease_set,
                     &[
                         &group,
                         &next.agent,
