@@ -16,7 +16,8 @@
 //!   transaction that writes it (delivered to the listeners at commit); each replica
 //!   listens on one connection of its own (`listen`) and also reads every queued request
 //!   at start, after a reconnect and every [`RECHECK`], so a missed notification costs at
-//!   most that long.
+//!   most that long; the re-check also reads the heartbeats recorded since the last one
+//!   and the leases, for each replica's agent listing.
 //! * A lost connection is opened again at the next call; a call that fails reports the
 //!   database's message, which never holds the password.
 
@@ -557,6 +558,39 @@ fn all_requests(client: &mut Client) -> Result<Vec<StoredRequest>, postgres::Err
         .collect())
 }
 
+/// Heartbeats recorded at or after `since_ms`, and every lease; the newest `seen_ms`.
+fn fleet(client: &mut Client, since_ms: i64) -> Result<(Event, i64), postgres::Error> {
+    let seen: Vec<StoredSeen> = client
+        .query(
+            "SELECT agent, instance, seen_ms, heartbeat FROM agents WHERE seen_ms >= $1",
+            &[&since_ms],
+        )?
+        .iter()
+        .map(|r| StoredSeen {
+            agent: r.get(0),
+            instance: r.get(1),
+            at_ms: unms(r.get(2)),
+            body: r.get(3),
+        })
+        .collect();
+    let leases = client
+        .query(
+            "SELECT grp, agent, instance, renewed_ms, granted_ms FROM leases WHERE agent <> ''",
+            &[],
+        )?
+        .iter()
+        .map(|r| StoredLease {
+            group: r.get(0),
+            agent: r.get(1),
+            instance: r.get(2),
+            renewed_ms: unms(r.get(3)),
+            granted_ms: unms(r.get(4)),
+        })
+        .collect();
+    let newest = seen.iter().map(|s| ms(s.at_ms)).max().unwrap_or(since_ms);
+    Ok((Event::Fleet(seen, leases), newest))
+}
+
 /// The listener: `LISTEN` on its own connection, each notification of another replica
 /// turned into an [`Event`] with the row it names; every queued request at start, after a
 /// reconnect and every [`RECHECK`]. Ends when the hub dropped the receiver.
@@ -606,6 +640,9 @@ fn serve_listener(
     if tx.try_send(Event::Requests(all_requests(c)?)).is_err() {
         return Ok(());
     }
+    // Heartbeats before this moment came with the snapshot; a minute of margin for
+    // clocks and commits in flight.
+    let mut seen_since = ms(super::state::WallClock::now().base_ms).saturating_sub(60_000);
     loop {
         let mut payloads = Vec::new();
         {
@@ -660,6 +697,10 @@ fn serve_listener(
         if checked.elapsed() >= RECHECK {
             checked = Instant::now();
             events.push(Event::Requests(all_requests(c)?));
+            let (event, newest) = fleet(c, seen_since)?;
+            events.push(event);
+            // Rows committed a little late still come next time.
+            seen_since = newest.saturating_sub(5_000).max(seen_since);
         }
         for e in events {
             if tx.try_send(e).is_err() {

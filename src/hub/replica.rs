@@ -41,6 +41,10 @@ impl Hub {
                         Event::Requests(all) => {
                             all.into_iter().flat_map(|r| s.adopt_request(r)).collect()
                         }
+                        Event::Fleet(seen, leases) => {
+                            s.adopt_fleet(seen, &leases);
+                            Vec::new()
+                        }
                         Event::Answered(r) => {
                             s.adopt_answer(r);
                             Vec::new()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::lease::{self, Grant, Lease};
 use super::state::WallClock;
-use super::store::{StoreError, StoredLease, StoredRequest, StoredResult};
+use super::store::{StoreError, StoredLease, StoredRequest, StoredResult, StoredSeen};
 
 /// A change another replica made (or the database's view of every queued request).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub enum Event {
     /// Every queued request (at start of listening, after a reconnect, and on the slow
     /// safety re-check).
     Requests(Vec<StoredRequest>),
+    /// Heartbeats recorded (by any replica) since the last re-check, and every lease: what
+    /// the agent listing shows.
+    Fleet(Vec<StoredSeen>, Vec<StoredLease>),
 }
 
 /// What a claim of a poll's batch got.

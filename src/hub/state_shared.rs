@@ -14,8 +14,8 @@ use smol::channel::Sender;
 
 use super::super::lease::{Grant, Lease};
 use super::super::shared::Claim;
-use super::super::store::{StoredLease, StoredRequest, StoredResult};
-use super::{command_name, CommandResult, HubState, Queued};
+use super::super::store::{StoredLease, StoredRequest, StoredResult, StoredSeen};
+use super::{command_name, CommandResult, HubState, Queued, Seen};
 
 impl HubState {
     /// Queues `r` (a command queued through another replica) unless it is known here;
@@ -106,6 +106,45 @@ impl HubState {
         }
     }
 
+    /// Takes heartbeats other replicas recorded (each only when newer than the one known
+    /// here) and the leases as the database holds them, for the agent listing.
+    pub fn adopt_fleet(&mut self, seen: Vec<StoredSeen>, leases: &[StoredLease]) {
+        let clock = self.clock;
+        for s in seen {
+            let at = clock.instant(s.at_ms);
+            if let Some(slot) = self.agents.get_mut(&s.agent) {
+                if slot.seen.as_ref().is_none_or(|k| k.at < at) {
+                    slot.seen = Some(Seen {
+                        instance: s.instance,
+                        at,
+                        body: s.body.into(),
+                    });
+                }
+            }
+        }
+        for l in leases {
+            if !self.agents.values().any(|s| s.group == l.group) {
+                continue;
+            }
+            let renewed = clock.instant(l.renewed_ms);
+            let newer = match self.leases.get(&l.group) {
+                Some(Some(k)) => !k.held_by(&l.agent, &l.instance) || k.renewed < renewed,
+                _ => true,
+            };
+            if newer {
+                self.leases.insert(
+                    l.group.clone(),
+                    Some(Lease {
+                        agent: l.agent.clone(),
+                        instance: l.instance.clone(),
+                        renewed,
+                        granted: clock.instant(l.granted_ms),
+                    }),
+                );
+            }
+        }
+    }
+
     /// Takes the lease of `row.group` as the database decided it, `grant` as the answer.
     pub fn adopt_lease(&mut self, row: &StoredLease, grant: &Grant, now: Instant) -> Grant {
         let clock = self.clock;
@@ -189,6 +228,39 @@ mod tests {
             .take_batch("a1", now + Duration::from_secs(600))
             .envelopes
             .is_empty());
+        assert!(!h.journal_pending());
+    }
+
+    #[test]
+    fn heartbeats_and_leases_of_other_replicas_show_in_the_listing_newest_kept() {
+        let mut h = hub();
+        let t0 = Instant::now();
+        h.set_clock(WallClock {
+            base: t0,
+            base_ms: 1_000_000,
+        });
+        let seen = |at_ms, instance: &str| crate::hub::store::StoredSeen {
+            agent: "a1".into(),
+            instance: instance.into(),
+            at_ms,
+            body: r#"{"group":"g"}"#.into(),
+        };
+        let lease = crate::hub::store::StoredLease {
+            group: "g".into(),
+            agent: "a1".into(),
+            instance: "i2".into(),
+            renewed_ms: 1_000_000,
+            granted_ms: 990_000,
+        };
+        h.adopt_fleet(vec![seen(1_000_000, "i2")], std::slice::from_ref(&lease));
+        let v = h.agents_view(t0 + Duration::from_secs(5));
+        assert_eq!(
+            (&v[0]["instance"], &v[0]["role"], &v[0]["last_heartbeat_age_secs"]),
+            (&json!("i2"), &json!("active"), &json!(5))
+        );
+        // An older heartbeat from the database does not replace a newer one known here.
+        h.adopt_fleet(vec![seen(999_000, "i1")], &[]);
+        assert_eq!(h.agents_view(t0)[0]["instance"], "i2");
         assert!(!h.journal_pending());
     }
 }
