@@ -793,6 +793,11 @@ impl Hub {
                 // Beside other replicas: only what the database gives this poll.
                 let batch = self.claim_batch(agent, batch).await;
                 if batch.envelopes.is_empty() {
+                    // Another poll holds them: look again shortly, not at once.
+                    if Instant::now() >= deadline {
+                        return empty(204);
+                    }
+                    Timer::after(Duration::from_millis(100)).await;
                     continue;
                 }
                 if peer_gone_now(&conn.tcp, conn.tls).await {

@@ -55,9 +55,6 @@ impl HubState {
             if let Some(pos) = slot.queue.iter().position(|q| q.id == id) {
                 if let Some(q) = slot.queue.remove(pos) {
                     slot.queued_bytes -= q.bytes;
-                    if let Some(tx) = q.reply_to {
-                        drop(tx);
-                    }
                 }
                 return true;
             }
@@ -255,7 +252,11 @@ mod tests {
         h.adopt_fleet(vec![seen(1_000_000, "i2")], std::slice::from_ref(&lease));
         let v = h.agents_view(t0 + Duration::from_secs(5));
         assert_eq!(
-            (&v[0]["instance"], &v[0]["role"], &v[0]["last_heartbeat_age_secs"]),
+            (
+                &v[0]["instance"],
+                &v[0]["role"],
+                &v[0]["last_heartbeat_age_secs"]
+            ),
             (&json!("i2"), &json!("active"), &json!(5))
         );
         // An older heartbeat from the database does not replace a newer one known here.
