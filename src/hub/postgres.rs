@@ -96,6 +96,7 @@ struct Statements {
     notify: Statement,
     claim: Statement,
     claimed_elsewhere: Statement,
+    lease_renew: Statement,
     lease_row: Statement,
     lease_lock: Statement,
     lease_set: Statement,
@@ -196,6 +197,11 @@ fn prepare(mut client: Client) -> Result<Conn, postgres::Error> {
         ))?,
         claimed_elsewhere: client
             .prepare("SELECT id, delivered_ms FROM requests WHERE id = ANY($1)")?,
+        lease_renew: client.prepare(&format!(
+            "UPDATE leases SET renewed_ms = {NOW_MS} \
+             WHERE grp = $1 AND agent = $2 AND instance = $3 \
+             RETURNING renewed_ms, granted_ms"
+        ))?,
         lease_row: client.prepare(
             "INSERT INTO leases (grp, agent, instance, renewed_ms, granted_ms) \
              VALUES ($1, '', '', 0, 0) ON CONFLICT (grp) DO NOTHING",
@@ -503,6 +509,27 @@ impl Shared for PgStore {
     ) -> Result<(StoredLease, Grant), StoreError> {
         self.with(|c| {
             let st = &c.st;
+            // The holder renewing (nearly every heartbeat): the rule renews a holder's own
+            // lease whatever its age, so one conditional statement under the row's lock
+            // decides it.
+            if let Some(r) = c
+                .client
+                .query_opt(&st.lease_renew, &[&group, &agent, &instance])?
+            {
+                let row = StoredLease {
+                    group: group.into(),
+                    agent: agent.into(),
+                    instance: instance.into(),
+                    renewed_ms: unms(r.get(0)),
+                    granted_ms: unms(r.get(1)),
+                };
+                let grant = Grant {
+                    active: true,
+                    holder: agent.into(),
+                    moved_from: None,
+                };
+                return Ok((row, grant));
+            }
             let mut tx = c.client.transaction()?;
             tx.execute(&st.lease_row, &[&group])?;
             let r = tx.query_one(&st.lease_lock, &[&group])?;
