@@ -44,13 +44,13 @@ use super::state::{
 };
 use super::store::{Store, StoreError};
 use super::HubError;
+use crate::relay::protocol::scim_error_body;
+use crate::secret::Secret;
+use crate::signals::Control;
 
 // Beside other replicas on one database: the claim, the lease, their changes.
 #[path = "replica.rs"]
 mod replica;
-use crate::relay::protocol::scim_error_body;
-use crate::secret::Secret;
-use crate::signals::Control;
 
 /// Protocol major versions served.
 pub const PROTOCOLS: [u32; 1] = [1];
