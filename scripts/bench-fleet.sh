@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # bench-fleet.sh [--agents N] [--seconds S] [--rate C] [--ramp-secs R] [--hub-extra TOML]
+#                [--replicas 2]
 #
 # The fleet benchmark (a script, not a test; issue 18 item 4): one idrelay-hub serving N
 # simulated agents (default 10,000), each a light client (scripts/bench/fleet-load.py, not
@@ -14,6 +15,15 @@
 #      (queued, never delivered) or delivered twice.
 # Targets of issue 18: N = 10,000 on this 2-core machine, p99 delivery <= 1 s, hub RSS
 # <= 256 MiB, none lost or delivered twice.
+#
+# --replicas 2: the hub on PostgreSQL (a fresh database on the server of
+# IDRELAY_TEST_PG_URL, scripts/testbed/postgres.sh; dropped at the end), and a third run:
+#   3. N agents spread over two replicas on that one database (agent i on replica i mod 2;
+#      the operator's connections on both), replica B SIGKILLed half-way through the
+#      command phase; its agents and operator connections move to replica A. Printed
+#      beside runs 1 and 2 (the same database, replica A alone): delivery latency, lost,
+#      delivered twice after an acknowledged answer, redelivered (answer lost with B),
+#      RSS of A and of B (just before the kill).
 #
 # --hub-extra adds TOML lines to the hub's config (for example 'storage = "memory"'; the
 # default store is SQLite in $IDRELAY_TESTBED/fleetbench/state, emptied at every run). The hub listens on a free loopback port; its state, tokens (0600) and logs
@@ -33,6 +43,7 @@ SECS=60
 RATE=20
 RAMP=30
 HUB_EXTRA=""
+REPLICAS=1
 usage() { sed -n '2p' "$0" | sed 's/^# //' >&2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,7 +52,8 @@ while [ $# -gt 0 ]; do
     --rate) RATE=${2:?}; shift ;;
     --ramp-secs) RAMP=${2:?}; shift ;;
     --hub-extra) HUB_EXTRA=${2?}; shift ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --replicas) REPLICAS=${2:?}; shift ;;
+    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) usage; die "unknown argument $1" ;;
   esac
   shift
@@ -52,20 +64,30 @@ done
 [ "$AGENTS" -ge 10 ] || die "--agents must be >= 10"
 [ "$AGENTS" -le 15000 ] || die "--agents must be <= 15000 (one socket each, in one process)"
 [ "$SECS" -le 600 ] || die "--seconds must be <= 600"
+case "$REPLICAS" in 1 | 2) ;; *) die "--replicas must be 1 or 2" ;; esac
 
 need=$((AGENTS + 100))
 ulimit -n "$need" 2>/dev/null || die "cannot raise the open-file limit to $need (hard limit $(ulimit -Hn))"
 
 B=$IDRELAY_TESTBED/fleetbench
 HUB_PID=""
+HUB2_PID=""
+PG_DB=""
+stop_hub() { # PID
+  if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 1 25); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$1" 2>/dev/null || true
+  fi
+  [ -z "$1" ] || wait "$1" 2>/dev/null || true
+}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  if [ -n "$HUB_PID" ] && kill -0 "$HUB_PID" 2>/dev/null; then
-    kill -TERM "$HUB_PID" 2>/dev/null || true
-    for _ in $(seq 1 25); do kill -0 "$HUB_PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$HUB_PID" 2>/dev/null || true
-    wait "$HUB_PID" 2>/dev/null || true
+  stop_hub "$HUB_PID"
+  stop_hub "$HUB2_PID"
+  if [ -n "$PG_DB" ]; then
+    psql "$IDRELAY_TEST_PG_URL" -qAtc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   fi
   exit "$rc"
 }
@@ -101,7 +123,18 @@ VERSION=$("$HUB_BIN" --version 2>/dev/null | head -1 || echo "idrelay-hub (versi
 # --- 2. tokens and config (one [[agent]] per simulated agent) --------------------------
 rm -rf "$B/tokens" "$B/state"
 mkdir -m 700 "$B/tokens" "$B/state"
-HUB_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+HUB_PORT=$(free_port)
+if [ "$REPLICAS" = 2 ]; then
+  [ -n "${IDRELAY_TEST_PG_URL:-}" ] ||
+    die "--replicas 2 needs IDRELAY_TEST_PG_URL (eval \"\$(scripts/testbed/postgres.sh start)\")"
+  command -v psql >/dev/null || die "--replicas 2 needs psql (Debian's postgresql-client)"
+  PG_DB=fleetbench_$$
+  psql "$IDRELAY_TEST_PG_URL" -qAtc "CREATE DATABASE $PG_DB" >/dev/null || die "cannot create database $PG_DB"
+  (umask 077 && printf '%s/%s\n' "${IDRELAY_TEST_PG_URL%/*}" "$PG_DB" >"$B/database-url")
+  HUB_EXTRA=$(printf 'storage = "postgres"\ndatabase_url_file = "%s"\n%s' "$B/database-url" "$HUB_EXTRA")
+  log "store: PostgreSQL database $PG_DB (two replicas in run 3)"
+fi
 python3 - "$B" "$AGENTS" "$HUB_PORT" "$HUB_EXTRA" <<'PY'
 import json, os, secrets, sys
 b, n, port, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -171,8 +204,33 @@ HWM=$(vm "$HUB_PID" VmHWM)
 log "fleet: $FULL"
 kill -0 "$HUB_PID" 2>/dev/null || die "the hub died during the run (see $B/hub.log)"
 
+if [ "$REPLICAS" = 2 ]; then
+  # --- 4. a second replica on the same database; B killed half-way -----------------------
+  HUB2_PORT=$(free_port)
+  sed "s/^listen = .*/listen = \"127.0.0.1:$HUB2_PORT\"/" "$B/hub.toml" >"$B/hub2.toml"
+  chmod 600 "$B/hub2.toml"
+  : >"$B/hub2.log"
+  "$HUB_BIN" --config "$B/hub2.toml" </dev/null >>"$B/hub2.log" 2>&1 &
+  HUB2_PID=$!
+  if ! wait_for 30 port_busy "$HUB2_PORT"; then
+    log_tail "$B/hub2.log"
+    die "replica B did not listen on 127.0.0.1:$HUB2_PORT within 30 s"
+  fi
+  log "3/3 $AGENTS agents over replicas A (pid $HUB_PID) and B (pid $HUB2_PID), B killed after $((SECS / 2)) s of commands"
+  c0=$(ticks "$HUB_PID")
+  TWO=$("${LOAD[@]}" --url "$HUB_URL,http://127.0.0.1:$HUB2_PORT" --count "$AGENTS" --ramp-secs "$RAMP" \
+    --kill-pid "$HUB2_PID" --kill-after-secs "$((SECS / 2))") || die "fleet-load.py failed: $TWO"
+  TWO_RSS=$(vm "$HUB_PID" VmRSS)
+  TWO_CPU=$(( $(ticks "$HUB_PID") - c0 ))
+  HWM=$(vm "$HUB_PID" VmHWM)
+  wait "$HUB2_PID" 2>/dev/null || true
+  HUB2_PID=""
+  log "two replicas: $TWO"
+  kill -0 "$HUB_PID" 2>/dev/null || die "replica A died during the run (see $B/hub.log)"
+fi
+
 row() { # LABEL JSON RSS_KIB CPU_TICKS
-  printf '%-22s | %6s/%-6s | %6s | %9s | %4s | %4s | %8s | %8s | %8s | %8s | %7s | %5s\n' \
+  printf '%-26s | %6s/%-6s | %6s | %9s | %4s | %4s | %8s | %8s | %8s | %8s | %7s | %5s\n' \
     "$1" "$(jq1 "$2" agents_up)" "$(jq1 "$2" agents)" "$(jq1 "$2" commands_queued)" \
     "$(jq1 "$2" delivered)" "$(jq1 "$2" lost)" "$(jq1 "$2" duplicates)" \
     "$(jq1 "$2" p50_ms)" "$(jq1 "$2" p95_ms)" "$(jq1 "$2" p99_ms)" "$(jq1 "$2" max_ms)" \
@@ -180,10 +238,15 @@ row() { # LABEL JSON RSS_KIB CPU_TICKS
 }
 echo
 echo "== idrelay fleet benchmark: $AGENTS simulated agents, $RATE commands/s for $SECS s ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
-echo "   $VERSION; hub config extra: ${HUB_EXTRA:-none}"
-echo "agents                 |  up/configured | queued | delivered | lost | dup  |   p50 ms |   p95 ms |   p99 ms |   max ms | RSS MiB | CPU s"
-echo "---------------------- | -------------- | ------ | --------- | ---- | ---- | -------- | -------- | -------- | -------- | ------- | -----"
+echo "   $VERSION; hub config extra: ${HUB_EXTRA:-none}" | tr '\n' ' '
+echo
+echo "agents                     |  up/configured | queued | delivered | lost | dup  |   p50 ms |   p95 ms |   p99 ms |   max ms | RSS MiB | CPU s"
+echo "-------------------------- | -------------- | ------ | --------- | ---- | ---- | -------- | -------- | -------- | -------- | ------- | -----"
 row "baseline: 10" "$BASE" "$BASE_RSS" "$BASE_CPU"
 row "fleet: $AGENTS" "$FULL" "$FULL_RSS" "$FULL_CPU"
+if [ "$REPLICAS" = 2 ]; then
+  row "2 replicas, B killed: $AGENTS" "$TWO" "$TWO_RSS" "$TWO_CPU"
+  echo "two replicas: RSS of A $(kib "$TWO_RSS") MiB, of B $(kib "$(jq1 "$TWO" killed_rss_kib)") MiB just before its SIGKILL; redelivered (answer lost with B) $(jq1 "$TWO" redelivered), clients moved to A $(jq1 "$TWO" moved); client errors: $(jq1 "$TWO" errors)"
+fi
 echo "hub peak RSS (VmHWM): $(kib "$HWM") MiB; polls $(jq1 "$FULL" polls), heartbeats $(jq1 "$FULL" heartbeats); client errors: $(jq1 "$FULL" errors)"
 echo "targets (issue 18): p99 <= 1000 ms, hub RSS <= 256 MiB, lost 0, duplicates 0; total $(since "$T0") s"

@@ -2,17 +2,17 @@
 # test.sh [--stop] [-- CARGO_TEST_ARGS...] — the project's test command.
 #
 # Starts the test servers on loopback (OpenLDAP slapd, Samba AD DC, 389 Directory Server,
-# scim2-server, Canaille; see scripts/testbed/), installing their Debian/PyPI packages on
-# first use (needs root then), exports their variables (OPENLDAP_*, AD_*, DS389_*, SCIM_*,
-# CANAILLE_*), runs
+# scim2-server, Canaille, PostgreSQL; see scripts/testbed/), installing their Debian/PyPI
+# packages on first use (needs root then), exports their variables (OPENLDAP_*, AD_*,
+# DS389_*, SCIM_*, CANAILLE_*, IDRELAY_TEST_PG_URL), runs
 #   cargo test --all-targets [--locked] [CARGO_TEST_ARGS...]
 # and exits with cargo's status. The servers keep running afterwards (the next run starts
 # in a second); --stop stops them at the end, whatever the outcome.
 # Everything the servers write is under $IDRELAY_TESTBED (default ${TMPDIR:-/tmp}/idrelay-testbed),
 # but for one symlink: /etc/dirsrv/slapd-idrelay-ds389 (see testbed/389ds.sh).
 # Ports: IDRELAY_LDAP_PORT (3389), IDRELAY_LDAPS_PORT (3636), IDRELAY_DS389_PORT (3489),
-# IDRELAY_SCIM_PORT (8080), IDRELAY_CANAILLE_PORT (8088), IDRELAY_SAMBA_IP (127.0.0.1;
-# Samba's ports 389/636/3268/3269/88/464 are fixed).
+# IDRELAY_SCIM_PORT (8080), IDRELAY_CANAILLE_PORT (8088), IDRELAY_PG_PORT (5433),
+# IDRELAY_SAMBA_IP (127.0.0.1; Samba's ports 389/636/3268/3269/88/464 are fixed).
 # shellcheck disable=SC2317 # functions below are called through `phase` and `trap`
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,6 +59,7 @@ start_server() {
 
 stop_servers() {
   log "== stopping the test servers (--stop)"
+  "$TB/postgres.sh" stop || true
   "$TB/canaille.sh" stop || true
   "$TB/scim-server.sh" stop || true
   "$TB/389ds.sh" stop || true
@@ -86,6 +87,7 @@ phase "samba-ad start" start_server samba-ad.sh || die "Samba AD did not start (
 phase "389ds start" start_server 389ds.sh || die "389 Directory Server did not start (see above)"
 phase "scim-server start" start_server scim-server.sh || die "scim2-server did not start (see above)"
 phase "canaille start" start_server canaille.sh || die "Canaille (second SCIM server) did not start (see above)"
+phase "postgres start" start_server postgres.sh || die "PostgreSQL (the hub's shared store) did not start (see above)"
 # Every server is up: from here a missing coordinate fails a test instead of skipping it.
 export IDRELAY_TESTBED_REQUIRED=1
 

@@ -23,6 +23,10 @@ struct StderrLogger {
 
 impl Log for StderrLogger {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
+        // The hub's PostgreSQL driver logs every statement with its parameters at debug.
+        if m.target().starts_with("tokio_postgres") && m.level() > Level::Info {
+            return false;
+        }
         m.level() <= log::max_level()
     }
 

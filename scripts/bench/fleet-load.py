@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Simulated agents for scripts/bench-fleet.sh (python3 standard library only, asyncio).
 
-  fleet-load.py --url HUB --agents agents.jsonl --operator-token-file F
+  fleet-load.py --url HUB[,HUB2...] --agents agents.jsonl --operator-token-file F
                 [--count N] [--seconds S] [--ramp-secs R] [--rate C]
                 [--heartbeat-secs 60] [--wait-secs 30]
+                [--kill-pid PID --kill-after-secs K]
 
 Each simulated agent is a light client, not a real agent: one keep-alive HTTP/1.1
 connection to the hub on which it heartbeats (at once, then every --heartbeat-secs, with
@@ -14,17 +15,27 @@ spread over --ramp-secs. Once all are polling, an operator sends --rate commands
 (`resync`, to agents drawn at random) for --seconds, over 4 keep-alive connections; then
 the run waits up to 2 x --wait-secs for the last deliveries.
 
+With several hub URLs (replicas on one database) agent i connects to URL i mod n and the
+operator's connections take the URLs in turn; a client whose hub stops answering
+(connection refused or reset) moves to the next URL, as a load balancer would send it.
+--kill-pid sends SIGKILL to that process (a replica) --kill-after-secs into the command
+phase, its RSS read just before.
+
 Delivery latency is measured on one clock: from the moment the operator starts sending
 the command to the moment the agent's poll answer carrying it is read. Prints one JSON
 object: agents up, polls, heartbeats, commands queued/delivered/lost/duplicated (a
-request handed out twice to an agent that answered it at once is a duplicate), latency
+request handed out again after the hub acknowledged the agent's answer (`204`) is a
+duplicate; one handed out again whose answer was never acknowledged, because the replica
+that took it died, is a redelivery, at-least-once as designed, counted apart), latency
 p50/p95/p99/max in ms, and errors by kind. Every wait has a timeout; nothing runs longer
 than ramp + seconds + 2 x wait + 60 s.
 """
 import argparse
 import asyncio
 import json
+import os
 import random
+import signal
 import sys
 import time
 import urllib.parse
@@ -100,16 +111,21 @@ class Stats:
         self.sent = {}  # request id -> send start (monotonic)
         self.pending_sends = 0
         self.received = {}  # request id -> first receive time
+        self.acked = set()  # request ids whose answer the hub acknowledged (204)
         self.duplicates = 0
+        self.redelivered = 0
+        self.moved = 0  # clients that moved to another hub URL
+        self.killed_rss_kib = None
         self.errors = {}
 
     def error(self, kind):
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-async def agent(a, host, port, args, stats, start_at, stop):
+async def agent(a, hubs, first, args, stats, start_at, stop):
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    conn = Conn(host, port)
+    at = first
+    conn = Conn(*hubs[at])
     quoted = urllib.parse.quote(a["id"], safe="")
     headers = (
         f"Authorization: Bearer {a['token']}\r\n{PROTO_HEADERS}"
@@ -161,8 +177,10 @@ async def agent(a, host, port, args, stats, start_at, stop):
             answers = []
             for env in json.loads(raw).get("requests", []):
                 rid = env.get("id")
-                if rid in stats.received:
+                if rid in stats.acked:
                     stats.duplicates += 1
+                elif rid in stats.received:
+                    stats.redelivered += 1
                 else:
                     stats.received[rid] = got
                 answers.append({"id": rid, "status": 202, "body": {"accepted": env.get("command")}})
@@ -172,15 +190,23 @@ async def agent(a, host, port, args, stats, start_at, stop):
                 )
                 if st != 204:
                     stats.error(f"responses {st}")
+                else:
+                    stats.acked.update(x["id"] for x in answers)
         except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
             stats.error(type(e).__name__)
             conn.close()
+            if len(hubs) > 1 and isinstance(e, (OSError, ConnectionError, asyncio.IncompleteReadError)):
+                # The hub went away: the next replica, as a load balancer would.
+                at = (at + 1) % len(hubs)
+                conn = Conn(*hubs[at])
+                stats.moved += 1
             await asyncio.sleep(random.uniform(0.5, 1.5))
     conn.close()
 
 
-async def operator(host, port, token, ids, args, stats, deadline, worker, workers):
-    conn = Conn(host, port)
+async def operator(hubs, token, ids, args, stats, deadline, worker, workers):
+    at = worker % len(hubs)
+    conn = Conn(*hubs[at])
     headers = f"Authorization: Bearer {token}\r\n"
     interval = workers / max(args.rate, 0.001)
     next_at = time.monotonic() + worker * interval / workers
@@ -201,14 +227,32 @@ async def operator(host, port, token, ids, args, stats, deadline, worker, worker
                 stats.error(f"command {st}")
         except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
             stats.error(f"command {type(e).__name__}")
+            if len(hubs) > 1:
+                at = (at + 1) % len(hubs)
+                conn = Conn(*hubs[at])
         finally:
             stats.pending_sends -= 1
     conn.close()
 
 
+async def kill_later(pid, after, stats):
+    """SIGKILL to `pid` `after` seconds from now; its RSS (KiB) read just before."""
+    await asyncio.sleep(after)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    stats.killed_rss_kib = int(line.split()[1])
+        os.kill(pid, signal.SIGKILL)
+    except OSError as e:
+        stats.error(f"kill {type(e).__name__}")
+
+
 async def main_async(args):
-    url = urllib.parse.urlsplit(args.url)
-    host, port = url.hostname, url.port
+    hubs = []
+    for u in args.url.split(","):
+        url = urllib.parse.urlsplit(u)
+        hubs.append((url.hostname, url.port))
     with open(args.agents) as f:
         agents = [json.loads(line) for line in f if line.strip()][: args.count]
     with open(args.operator_token_file) as f:
@@ -218,7 +262,7 @@ async def main_async(args):
     t0 = time.monotonic()
     step = args.ramp_secs / max(len(agents), 1)
     tasks = [
-        asyncio.create_task(agent(a, host, port, args, stats, t0 + i * step, stop))
+        asyncio.create_task(agent(a, hubs, i % len(hubs), args, stats, t0 + i * step, stop))
         for i, a in enumerate(agents)
     ]
     # Wait until every agent is polling (or the ramp plus 60 s passed).
@@ -230,9 +274,11 @@ async def main_async(args):
     deadline = time.monotonic() + args.seconds
     workers = 4
     ops = [
-        asyncio.create_task(operator(host, port, op_token, ids, args, stats, deadline, w, workers))
+        asyncio.create_task(operator(hubs, op_token, ids, args, stats, deadline, w, workers))
         for w in range(workers)
     ]
+    if args.kill_pid:
+        ops.append(asyncio.create_task(kill_later(args.kill_pid, args.kill_after_secs, stats)))
     await asyncio.gather(*ops)
     # The last deliveries: every queued request should reach its agent within a poll.
     settle = time.monotonic() + 2 * args.wait_secs
@@ -256,6 +302,9 @@ async def main_async(args):
         "delivered": len(lat),
         "lost": lost,
         "duplicates": stats.duplicates,
+        "redelivered": stats.redelivered,
+        "moved": stats.moved,
+        "killed_rss_kib": stats.killed_rss_kib,
         "p50_ms": percentile(lat, 50),
         "p95_ms": percentile(lat, 95),
         "p99_ms": percentile(lat, 99),
@@ -276,6 +325,8 @@ def main():
     p.add_argument("--rate", type=float, default=20)
     p.add_argument("--heartbeat-secs", type=float, default=60)
     p.add_argument("--wait-secs", type=int, default=30)
+    p.add_argument("--kill-pid", type=int, default=0)
+    p.add_argument("--kill-after-secs", type=float, default=0)
     args = p.parse_args()
     limit = args.ramp_secs + args.seconds + 2 * args.wait_secs + 60 + 60
     try:

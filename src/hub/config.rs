@@ -168,6 +168,15 @@ impl HubConfig {
                 self.listen
             ));
         }
+        if let super::store::Storage::Postgres(t) = &self.storage {
+            if t.plaintext_remote {
+                w.push(format!(
+                    "`database_allow_plaintext`: {} is reached without TLS; the database \
+                     password and every command cross the network in clear",
+                    t.describe()
+                ));
+            }
+        }
         w
     }
 
@@ -442,8 +451,14 @@ impl HubConfig {
             ));
         }
 
-        let storage = storage(raw.storage.as_deref(), raw.state_dir)
-            .map_err(|(k, m)| invalid(k.into(), m))?;
+        let storage = storage(
+            raw.storage.as_deref(),
+            raw.state_dir,
+            raw.database_url_file.as_deref(),
+            raw.database_allow_plaintext,
+            read_secret,
+        )
+        .map_err(|(k, m)| invalid(k.into(), m))?;
 
         let introspection = match raw.introspection {
             None => None,
@@ -478,6 +493,9 @@ impl HubConfig {
 fn storage(
     kind: Option<&str>,
     state_dir: Option<PathBuf>,
+    database_url_file: Option<&Path>,
+    database_allow_plaintext: bool,
+    read_secret: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
 ) -> Result<super::store::Storage, (&'static str, String)> {
     use super::store::Storage;
     let state_dir = state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
@@ -487,19 +505,33 @@ fn storage(
             format!("`{}` is not an absolute path", state_dir.display()),
         ));
     }
-    match kind.unwrap_or("sqlite") {
+    let kind = kind.unwrap_or("sqlite");
+    if kind != "postgres" && database_url_file.is_some() {
+        return Err((
+            "database_url_file",
+            format!("is for `storage = \"postgres\"`, and storage is `{kind}`"),
+        ));
+    }
+    match kind {
         "sqlite" => Ok(Storage::Sqlite { state_dir }),
         "memory" => Ok(Storage::Memory),
-        "postgres" => Err((
-            "storage",
-            "`postgres` is not available yet; use `sqlite` (one hub process) or `memory` \
-             (tests)"
-                .into(),
-        )),
+        "postgres" => {
+            let Some(file) = database_url_file else {
+                return Err((
+                    "database_url_file",
+                    "missing: `storage = \"postgres\"` needs a file holding the database URL \
+                     (postgresql://USER:PASSWORD@HOST:PORT/DATABASE), readable by its owner only"
+                        .into(),
+                ));
+            };
+            super::pg_config::target(file, database_allow_plaintext, read_secret)
+                .map(|t| Storage::Postgres(Box::new(t)))
+                .map_err(|m| ("database_url_file", m))
+        }
         other => Err((
             "storage",
             format!(
-                "`{}` is not a store: use `sqlite` (the default) or `memory`",
+                "`{}` is not a store: use `sqlite` (the default), `postgres` or `memory`",
                 other.chars().take(32).collect::<String>()
             ),
         )),
@@ -629,6 +661,9 @@ struct RawHub {
     introspection: Option<RawIntrospection>,
     storage: Option<String>,
     state_dir: Option<PathBuf>,
+    database_url_file: Option<PathBuf>,
+    #[serde(default)]
+    database_allow_plaintext: bool,
 }
 
 #[derive(Deserialize)]
@@ -872,6 +907,8 @@ group = "g"
             "/s/short" => Ok(b"op-token".to_vec()),
             "/s/hex31" => Ok(b"0123456789abcdef0123456789abcde".to_vec()),
             "/s/empty" => Ok(b"\n".to_vec()),
+            "/s/db" => Ok(b"postgresql://hub:db-pw-0123@127.0.0.1:5433/fleet\n".to_vec()),
+            "/s/remote-db" => Ok(b"postgresql://hub:db-pw-0123@db.example.net/fleet".to_vec()),
             _ => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "not found",
@@ -888,6 +925,40 @@ group = "g"
             Err(HubConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn postgres_storage_reads_its_url_file_and_never_shows_the_password() {
+        use crate::hub::store::Storage;
+        let c = parse(&format!(
+            "storage = \"postgres\"\ndatabase_url_file = \"/s/db\"\n{GOOD}"
+        ))
+        .unwrap();
+        let Storage::Postgres(t) = &c.storage else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(
+            t.describe(),
+            "PostgreSQL database `fleet` on 127.0.0.1:5433"
+        );
+        assert!(!format!("{c:?}").contains("db-pw-0123"));
+        assert!(c.warnings().is_empty());
+        // Not loopback: refused, or accepted with the explicit allow and a warning.
+        let remote = "storage = \"postgres\"\ndatabase_url_file = \"/s/remote-db\"\n";
+        let e = parse(&format!("{remote}{GOOD}")).unwrap_err().to_string();
+        assert!(
+            e.contains("database_allow_plaintext") && !e.contains("db-pw-0123"),
+            "{e}"
+        );
+        let c = parse(&format!("{remote}database_allow_plaintext = true\n{GOOD}")).unwrap();
+        assert!(c.warnings()[0].contains("database_allow_plaintext"));
+        assert!(!c.warnings()[0].contains("db-pw-0123"));
+        assert_eq!(
+            err_key(&format!(
+                "storage = \"postgres\"\ndatabase_url_file = \"/s/none\"\n{GOOD}"
+            )),
+            "database_url_file"
+        );
     }
 
     #[test]
@@ -913,7 +984,11 @@ group = "g"
         assert_eq!(c.storage, Storage::Memory);
         assert_eq!(
             err_key(&format!("storage = \"postgres\"\n{GOOD}")),
-            "storage"
+            "database_url_file"
+        );
+        assert_eq!(
+            err_key(&format!("database_url_file = \"/etc/db\"\n{GOOD}")),
+            "database_url_file"
         );
         assert_eq!(err_key(&format!("storage = \"redis\"\n{GOOD}")), "storage");
         assert_eq!(
@@ -923,7 +998,7 @@ group = "g"
         assert!(parse(&format!("storage = \"postgres\"\n{GOOD}"))
             .unwrap_err()
             .to_string()
-            .contains("not available yet"));
+            .contains("postgresql://USER:PASSWORD@HOST"));
     }
 
     #[test]

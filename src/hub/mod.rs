@@ -18,7 +18,9 @@
 //! with health, pure), [`replies`] (the agent's `responses` body as a stream,
 //! pure), [`dashboard`] (the page and its Content-Security-Policy), [`store`] (the
 //! storage seam: what outlives the process, `storage = "memory"`), [`sqlite`]
-//! (`storage = "sqlite"`, the default), `conn` (per-connection guards, connection caps),
+//! (`storage = "sqlite"`, the default), [`postgres`] (`storage = "postgres"`, replicas on
+//! one database; [`pg_config`] judges its URL, [`shared`] names what replicas decide in
+//! the database), `conn` (per-connection guards, connection caps),
 //! `http1` (the HTTP/1.1 keep-alive loop, lean while a poll is held), `server` (sockets,
 //! TLS, handlers).
 //!
@@ -44,9 +46,12 @@ mod http1;
 pub mod introspect;
 pub mod lease;
 pub mod listing;
+pub mod pg_config;
+pub mod postgres;
 pub mod replies;
 pub mod route;
 mod server;
+pub mod shared;
 pub mod sqlite;
 pub mod state;
 pub mod store;

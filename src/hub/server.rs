@@ -49,6 +49,10 @@ use crate::relay::protocol::scim_error_body;
 use crate::secret::Secret;
 use crate::signals::Control;
 
+// Beside other replicas on one database: the claim, the lease, their changes.
+#[path = "replica.rs"]
+mod replica;
+
 /// Protocol major versions served.
 pub const PROTOCOLS: [u32; 1] = [1];
 /// Largest operator or SCIM request body.
@@ -341,6 +345,7 @@ impl Hub {
     pub fn serve(self, control: &Control) -> Result<(), HubError> {
         let hub = Arc::new(self);
         smol::block_on(async {
+            hub.follow_replicas();
             let addr = hub.cfg.listen;
             let listener = smol::net::TcpListener::bind(addr)
                 .await
@@ -805,6 +810,16 @@ impl Hub {
                 // Stored as delivered before it leaves: after a restart it is not handed
                 // out again before `redeliver_secs`.
                 self.persist_logged().await;
+                // Beside other replicas: only what the database gives this poll.
+                let batch = self.claim_batch(agent, batch).await;
+                if batch.envelopes.is_empty() {
+                    // Another poll holds them: look again shortly, not at once.
+                    if Instant::now() >= deadline {
+                        return empty(204);
+                    }
+                    Timer::after(Duration::from_millis(100)).await;
+                    continue;
+                }
                 if peer_gone_now(&conn.tcp, conn.tls).await {
                     // Not delivered: back to the queue at once, for the agent's next poll.
                     let ids: Vec<String> = batch
@@ -972,10 +987,16 @@ impl Hub {
             Ok(v @ Value::Object(_)) => v,
             _ => return error(400, "heartbeat body must be a JSON object"),
         };
-        let Some(beat) = self.state().heartbeat(agent, instance, v, Instant::now()) else {
+        let Some(mut beat) = self.state().heartbeat(agent, instance, v, Instant::now()) else {
             return unauthorized("unknown agent or wrong token");
         };
         self.persist_logged().await;
+        if let Err(e) = self.lease_decision(agent, instance, &mut beat).await {
+            log::error!("{e}");
+            let mut r = error(503, "the hub cannot decide the lease now");
+            r.insert_header("Retry-After", "5");
+            return r;
+        }
         if let Some(reported) = &beat.group_mismatch {
             log::warn!(
                 "agent {agent} reports group `{reported}`, but the hub config puts it in `{}`; the hub's group counts",

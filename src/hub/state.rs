@@ -36,6 +36,10 @@ use super::lease::{self, Grant, Lease};
 use super::listing::{self, AgentRow, Digest, Fleet, Holder, ListQuery, Order, Problems};
 use super::store::{Change, Snapshot, StoredLease, StoredRequest, StoredResult, StoredSeen};
 
+// Beside other replicas on one database: applying their changes (not journaled).
+#[path = "state_shared.rs"]
+mod shared;
+
 /// Largest command answer body kept for `GET /v1/requests/{id}`.
 pub const MAX_RESULT_BYTES: usize = 256 * 1024;
 

@@ -19,12 +19,12 @@
 //! * Every call may block (disk): the server runs them on blocking threads
 //!   (`smol::unblock`), never on the executor.
 //!
-//! The seam and PostgreSQL (not yet, docs/hub.md): a shared database adds two operations
-//! that must be decided inside it, not in one process's memory: a group's lease (the pure
-//! rule of [`super::lease::on_heartbeat`] run in a transaction holding the lease row's
-//! lock) and the claim of a poll's batch (`FOR UPDATE SKIP LOCKED`), and a wake-up between
-//! replicas (`LISTEN/NOTIFY` on [`Change::Queued`]). The records here are the rows that
-//! store would hold.
+//! The seam and PostgreSQL (`storage = "postgres"`, [`super::postgres`]): a shared
+//! database adds what must be decided inside it, not in one process's memory
+//! ([`Store::shared`], [`super::shared::Shared`]): a group's lease (the pure rule of
+//! [`super::lease::on_heartbeat`] run in a transaction holding the lease row's lock), the
+//! claim of a poll's batch (`FOR UPDATE SKIP LOCKED`), and the changes other replicas made
+//! (`LISTEN/NOTIFY`). The records here are the rows each store holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -148,6 +148,13 @@ pub enum StoreError {
         /// What is wrong and the fix.
         message: String,
     },
+    /// The PostgreSQL database cannot be reached, read or written.
+    Postgres {
+        /// The database as [`super::pg_config::PgTarget::describe`] names it (no password).
+        database: String,
+        /// What failed.
+        message: String,
+    },
     /// The database cannot be opened, read or written.
     Database {
         /// The database file.
@@ -162,6 +169,9 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::StateDir { dir, message } => {
                 write!(f, "hub `state_dir` {}: {message}", dir.display())
+            }
+            StoreError::Postgres { database, message } => {
+                write!(f, "hub {database}: {message}")
             }
             StoreError::Database { file, message } => {
                 write!(f, "hub database {}: {message}", file.display())
@@ -182,6 +192,11 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String {
         "memory (nothing outlives the process)".into()
     }
+    /// The operations replicas on one database decide in it (`storage = "postgres"`);
+    /// `None`: this process alone decides, in memory.
+    fn shared(&self) -> Option<&dyn super::shared::Shared> {
+        None
+    }
 }
 
 /// Which store the config names (`storage`).
@@ -194,6 +209,8 @@ pub enum Storage {
         /// `state_dir`.
         state_dir: PathBuf,
     },
+    /// `postgres`: one database, shared by every replica.
+    Postgres(Box<super::pg_config::PgTarget>),
 }
 
 /// Opens the store `storage` names (creating the state directory and the database, and
@@ -202,6 +219,7 @@ pub fn open(storage: &Storage) -> Result<Box<dyn Store>, StoreError> {
     match storage {
         Storage::Memory => Ok(Box::new(MemoryStore::default())),
         Storage::Sqlite { state_dir } => Ok(Box::new(super::sqlite::SqliteStore::open(state_dir)?)),
+        Storage::Postgres(target) => Ok(Box::new(super::postgres::PgStore::open(target)?)),
     }
 }
 

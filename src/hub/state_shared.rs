@@ -1,0 +1,267 @@
+//! [`HubState`] beside other replicas (`storage = "postgres"`): applies what the database
+//! says they did ([`super::super::shared::Event`]) and what a claim or a lease decision
+//! found. Nothing here is journaled: each change is already in the database.
+//!
+//! Invariants: applying a row this state already has (its own change coming back, a
+//! re-check) changes nothing; a request answered here is never queued again by an event
+//! that was read before the answer was written (its answer is kept, and the claim is the
+//! final word: a row gone is dropped).
+
+use std::time::Instant;
+
+use serde_json::Value;
+use smol::channel::Sender;
+
+use super::super::lease::{Grant, Lease};
+use super::super::shared::Claim;
+use super::super::store::{StoredLease, StoredRequest, StoredResult, StoredSeen};
+use super::{command_name, CommandResult, HubState, Queued, Seen};
+
+impl HubState {
+    /// Queues `r` (a command queued through another replica) unless it is known here;
+    /// returns the polls of its agent to wake.
+    pub fn adopt_request(&mut self, r: StoredRequest) -> Vec<Sender<()>> {
+        if self.results.contains_key(&r.id) {
+            return Vec::new();
+        }
+        let clock = self.clock;
+        let Some(slot) = self.agents.get_mut(&r.agent) else {
+            return Vec::new();
+        };
+        if slot.queue.iter().any(|q| q.id == r.id) {
+            return Vec::new();
+        }
+        let envelope: Value = match serde_json::from_str(&r.envelope) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return Vec::new(),
+        };
+        slot.queued_bytes += r.envelope.len();
+        slot.queue.push_back(Queued {
+            bytes: r.envelope.len(),
+            id: r.id,
+            envelope,
+            command: Some(command_name(&r.command)),
+            enqueued: clock.instant(r.enqueued_ms),
+            delivered: r.delivered_ms.map(|ms| clock.instant(ms)),
+            deliveries: r.deliveries,
+            reply_to: None,
+        });
+        std::mem::take(&mut slot.waiters)
+    }
+
+    /// Removes request `id` from its agent's queue, if queued here; true if it was.
+    pub fn adopt_gone(&mut self, id: &str) -> bool {
+        for slot in self.agents.values_mut() {
+            if let Some(pos) = slot.queue.iter().position(|q| q.id == id) {
+                if let Some(q) = slot.queue.remove(pos) {
+                    slot.queued_bytes -= q.bytes;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Keeps `r` (an answer recorded through another replica): out of the queue, kept for
+    /// `GET /v1/requests/{id}`, the oldest kept answer dropped past `results`.
+    pub fn adopt_answer(&mut self, r: StoredResult) {
+        self.adopt_gone(&r.id);
+        if !self.agents.contains_key(&r.agent) || self.results.contains_key(&r.id) {
+            return;
+        }
+        self.results.insert(
+            r.id.clone(),
+            CommandResult {
+                agent: r.agent,
+                command: command_name(&r.command),
+                status: r.status,
+                body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+            },
+        );
+        self.results_order.push_back(r.id);
+        while self.results_order.len() > self.limits.results {
+            if let Some(old) = self.results_order.pop_front() {
+                self.results.remove(&old);
+            }
+        }
+    }
+
+    /// What a claim of a poll's batch found about the requests it did not take: delivered
+    /// through another replica (due again `redeliver` after that), or gone.
+    pub fn claim_outcome(&mut self, agent: &str, claim: &Claim) {
+        for id in &claim.gone {
+            self.adopt_gone(id);
+        }
+        let clock = self.clock;
+        let Some(slot) = self.agents.get_mut(agent) else {
+            return;
+        };
+        for (id, at_ms) in &claim.elsewhere {
+            if let Some(q) = slot.queue.iter_mut().find(|q| &q.id == id) {
+                q.delivered = Some(clock.instant(*at_ms));
+            }
+        }
+    }
+
+    /// Takes heartbeats other replicas recorded (each only when newer than the one known
+    /// here) and the leases as the database holds them, for the agent listing.
+    pub fn adopt_fleet(&mut self, seen: Vec<StoredSeen>, leases: &[StoredLease]) {
+        let clock = self.clock;
+        for s in seen {
+            let at = clock.instant(s.at_ms);
+            if let Some(slot) = self.agents.get_mut(&s.agent) {
+                if slot.seen.as_ref().is_none_or(|k| k.at < at) {
+                    slot.seen = Some(Seen {
+                        instance: s.instance,
+                        at,
+                        body: s.body.into(),
+                    });
+                }
+            }
+        }
+        for l in leases {
+            if !self.agents.values().any(|s| s.group == l.group) {
+                continue;
+            }
+            let renewed = clock.instant(l.renewed_ms);
+            let newer = match self.leases.get(&l.group) {
+                Some(Some(k)) => !k.held_by(&l.agent, &l.instance) || k.renewed < renewed,
+                _ => true,
+            };
+            if newer {
+                self.leases.insert(
+                    l.group.clone(),
+                    Some(Lease {
+                        agent: l.agent.clone(),
+                        instance: l.instance.clone(),
+                        renewed,
+                        granted: clock.instant(l.granted_ms),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Takes the lease of `row.group` as the database decided it, `grant` as the answer.
+    pub fn adopt_lease(&mut self, row: &StoredLease, grant: &Grant, now: Instant) -> Grant {
+        let clock = self.clock;
+        let lease = Lease {
+            agent: row.agent.clone(),
+            instance: row.instance.clone(),
+            renewed: clock.instant(row.renewed_ms),
+            granted: clock.instant(row.granted_ms),
+        };
+        // A lease just decided is renewed "now" on this process's clock too.
+        let lease = if grant.active {
+            Lease {
+                renewed: now,
+                ..lease
+            }
+        } else {
+            lease
+        };
+        self.leases.insert(row.group.clone(), Some(lease));
+        grant.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use crate::hub::store::StoredRequest;
+    use std::time::Duration;
+
+    fn hub() -> HubState {
+        HubState::new(
+            [("a1".to_string(), "g".to_string())],
+            Timing {
+                redeliver: Duration::from_secs(60),
+                poll_wait: Duration::from_secs(30),
+                lease_ttl: Duration::from_secs(180),
+            },
+            Limits::default(),
+            "boot",
+        )
+    }
+
+    fn row(id: &str) -> StoredRequest {
+        StoredRequest {
+            id: id.into(),
+            agent: "a1".into(),
+            command: "resync".into(),
+            envelope: format!(r#"{{"id":"{id}","kind":"command","command":"resync"}}"#),
+            enqueued_ms: 1,
+            delivered_ms: None,
+            deliveries: 0,
+        }
+    }
+
+    #[test]
+    fn a_request_of_another_replica_is_queued_once_and_wakes_the_poll() {
+        let mut h = hub();
+        let (tx, rx) = smol::channel::bounded(1);
+        h.add_waiter("a1", tx);
+        let wake = h.adopt_request(row("r-x-1"));
+        assert_eq!(wake.len(), 1);
+        drop(rx);
+        assert!(h.adopt_request(row("r-x-1")).is_empty());
+        let now = Instant::now();
+        assert_eq!(h.take_batch("a1", now).envelopes.len(), 1);
+        assert!(!h.journal_pending() || h.take_journal().len() == 1);
+        // Answered through the other replica: gone here, its answer readable here.
+        h.adopt_answer(crate::hub::store::StoredResult {
+            id: "r-x-1".into(),
+            agent: "a1".into(),
+            command: "resync".into(),
+            status: 202,
+            body: "{}".into(),
+        });
+        assert_eq!(h.request_view("r-x-1", now).unwrap().1["status"], 202);
+        assert!(
+            h.adopt_request(row("r-x-1")).is_empty(),
+            "answered: never again"
+        );
+        assert!(h
+            .take_batch("a1", now + Duration::from_secs(600))
+            .envelopes
+            .is_empty());
+        assert!(!h.journal_pending());
+    }
+
+    #[test]
+    fn heartbeats_and_leases_of_other_replicas_show_in_the_listing_newest_kept() {
+        let mut h = hub();
+        let t0 = Instant::now();
+        h.set_clock(WallClock {
+            base: t0,
+            base_ms: 1_000_000,
+        });
+        let seen = |at_ms, instance: &str| crate::hub::store::StoredSeen {
+            agent: "a1".into(),
+            instance: instance.into(),
+            at_ms,
+            body: r#"{"group":"g"}"#.into(),
+        };
+        let lease = crate::hub::store::StoredLease {
+            group: "g".into(),
+            agent: "a1".into(),
+            instance: "i2".into(),
+            renewed_ms: 1_000_000,
+            granted_ms: 990_000,
+        };
+        h.adopt_fleet(vec![seen(1_000_000, "i2")], std::slice::from_ref(&lease));
+        let v = h.agents_view(t0 + Duration::from_secs(5));
+        assert_eq!(
+            (
+                &v[0]["instance"],
+                &v[0]["role"],
+                &v[0]["last_heartbeat_age_secs"]
+            ),
+            (&json!("i2"), &json!("active"), &json!(5))
+        );
+        // An older heartbeat from the database does not replace a newer one known here.
+        h.adopt_fleet(vec![seen(999_000, "i1")], &[]);
+        assert_eq!(h.agents_view(t0)[0]["instance"], "i2");
+        assert!(!h.journal_pending());
+    }
+}
