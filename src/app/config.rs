@@ -116,6 +116,9 @@ pub struct DirectorySettings {
     /// `allow_plaintext`: `ldap://` without StartTLS to a host that is not loopback is
     /// accepted.
     pub allow_plaintext: bool,
+    /// `member_reads`: how group members are read; `None` (`"auto"`): ranged on Active
+    /// Directory, with the entry elsewhere.
+    pub member_reads: Option<crate::ldap::members::MemberRead>,
 }
 
 /// `directory.kind`.
@@ -452,6 +455,7 @@ struct RawDirectory {
     page_size: u32,
     #[serde(default)]
     allow_plaintext: bool,
+    member_reads: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
