@@ -5,7 +5,7 @@
 //! * **Ranged** (Active Directory, Samba AD): base reads of `member;range=N-(N+step-1)`,
 //!   one chunk after the other, until the chunk named `member;range=N-*`. The range is
 //!   always asked explicitly, since Samba does not enforce `MaxValRange` but honours an
-//!   asked range ([`super::range`]).
+//!   asked range (`ldap/range.rs`).
 //! * **Member side** (`memberOf`): a paged search of each base for `(memberOf=<group DN>)`,
 //!   entry DNs only. Only as true as the directory's `memberOf` (AD's back link; OpenLDAP's
 //!   memberof overlay, 389-DS's MemberOf plugin): the operator chooses it, the agent
