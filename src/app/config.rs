@@ -1172,6 +1172,7 @@ token_file = "/s/scim"
         assert!(matches!(&c.scim.auth, ScimAuth::Bearer(t) if t.expose() == "tok-scim"));
         assert_eq!(c.scim.url, "http://127.0.0.1:8080/v2");
         assert_eq!(c.directory.kind, KindSetting::Auto);
+        assert_eq!(c.directory.member_reads, None);
         assert_eq!(c.sync.concurrency, 8);
         assert_eq!(c.scope.include, vec!["ou=Staff, DC=Branch,dc=test"]);
     }
@@ -1421,10 +1422,32 @@ token_file = "/s/scim"
                 "unbalanced",
             ),
             ("id = \"branch-01\"", "id = \"bad id!\"", "agent.id"),
+            (
+                "base_dn = \"dc=branch,dc=test\"",
+                "base_dn = \"dc=branch,dc=test\"\nmember_reads = \"memberof\"",
+                "directory.member_reads",
+            ),
         ];
         for (from, to, want) in cases {
             let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn member_reads_takes_each_way() {
+        use crate::ldap::members::MemberRead;
+        for (v, want) in [
+            ("auto", None),
+            ("entry", Some(MemberRead::Entry)),
+            ("ranged", Some(MemberRead::Ranged)),
+            ("member_of", Some(MemberRead::MemberOf)),
+        ] {
+            let text = GOOD.replace(
+                "base_dn = \"dc=branch,dc=test\"",
+                &format!("base_dn = \"dc=branch,dc=test\"\nmember_reads = \"{v}\""),
+            );
+            assert_eq!(parse(&text).unwrap().directory.member_reads, want, "{v}");
         }
     }
 
