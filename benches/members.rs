@@ -77,15 +77,17 @@ fn peak_rss_kib() -> u64 {
 /// Builds and serialises every PATCH body; returns (requests, body bytes).
 fn bodies<'a>(
     removed: &'a MemberIds,
-    mut added: impl Iterator<Item = &'a str>,
+    mut added: impl Iterator<Item = std::borrow::Cow<'a, str>>,
     adds: usize,
 ) -> (usize, usize) {
     let mut requests = 0;
     let mut bytes = 0;
     for c in plan_chunks(removed.len(), adds, DEFAULT_CHUNK) {
+        let removes: Vec<_> = removed.slice(c.removes).collect();
+        let chunk: Vec<_> = added.by_ref().take(c.adds.len()).collect();
         let ops = patch_operations(
-            removed.slice(c.removes),
-            added.by_ref().take(c.adds.len()),
+            removes.iter().map(|s| s.as_ref()),
+            chunk.iter().map(|s| s.as_ref()),
             RemoveForm::PathFilter,
         );
         let body = json!({"schemas": [PATCH_OP], "Operations": ops});

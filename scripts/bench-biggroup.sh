@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# bench-biggroup.sh [N] [--chunk C] [--keep]
+# bench-biggroup.sh [N] [--chunk C] [--change K] [--member-reads MODE] [--keep]
 #
 # Large-group benchmark (a script, not a test; issue 4, "Benchmark"): the first
 # `idrelay sync --once` over N users (default 100,000) plus ONE group holding all of them,
 # against a fast SCIM endpoint, then a second `sync --once` after 1% of the members were
-# removed from the group in LDAP. Prints one table:
+# removed from the group in LDAP (--change K: K members instead). The agent reads the
+# group's members as directory.member_reads = MODE says (default member_of: from the member
+# side, in pages; entry: with the group entry, whole, the way before streamed reads; the
+# seed writes each user's memberOf, which slapadd's missing overlay would not). Prints one table:
 #   - the first sync: wall time, the part spent on the group, PATCH requests, peak RSS;
 #   - baseline (a), same run: `ldapsearch` reading the group's `member` attribute (all
 #     values, one base search as the agent's account): time and peak RSS, median of 3;
@@ -52,13 +55,17 @@ export IDRELAY_TESTBED
 
 N=100000
 CHUNK=100
+CHANGE=""
+MEMBER_READS=member_of
 KEEP=0
 usage() { sed -n '2p' "$0" | sed 's/^# //' >&2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --chunk) CHUNK=${2:?}; shift ;;
+    --change) CHANGE=${2:?}; shift ;;
+    --member-reads) MEMBER_READS=${2:?}; shift ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     [0-9]*) N=$1 ;;
     *) usage; die "unknown argument $1" ;;
   esac
@@ -66,6 +73,9 @@ while [ $# -gt 0 ]; do
 done
 if ! [[ $N =~ ^[0-9]+$ ]] || [ "$N" -lt 100 ]; then die "N must be a number >= 100"; fi
 if ! [[ $CHUNK =~ ^[0-9]+$ ]] || [ "$CHUNK" -lt 1 ]; then die "--chunk must be a number >= 1"; fi
+CHANGE=${CHANGE:-$((N / 100))}
+if ! [[ $CHANGE =~ ^[0-9]+$ ]] || [ "$CHANGE" -lt 1 ] || [ "$CHANGE" -gt "$N" ]; then die "--change must be 1 to N"; fi
+case "$MEMBER_READS" in entry | member_of) ;; *) die "--member-reads must be entry or member_of" ;; esac
 
 LDAP_PORT=${IDRELAY_BIGGROUP_LDAP_PORT:-3393}
 LDAPS_PORT=${IDRELAY_BIGGROUP_LDAPS_PORT:-3640}
@@ -77,13 +87,13 @@ PEOPLE=ou=people,$SUFFIX
 GROUP_DN=cn=all-staff,ou=groups,$SUFFIX
 SCIM_URL=http://127.0.0.1:$SCIM_PORT/v2
 # Time limits (seconds) of the steps, so that the run stays bounded.
-T_SEED=300
-T_AGENT=420
+T_SEED=$((300 + N / 2000))
+T_AGENT=$((420 + N / 1000))
 T_SMALL=120
 
 ldap_tb() { IDRELAY_LDAP_INSTANCE=openldap-biggroup IDRELAY_LDAP_PORT=$LDAP_PORT IDRELAY_LDAPS_PORT=$LDAPS_PORT "$TB/openldap.sh" "$@"; }
 LDAP_D=$IDRELAY_TESTBED/openldap-biggroup
-SEEDED=$LDAP_D/biggroup-seeded # "N" when the directory holds N users and the whole group
+SEEDED=$LDAP_D/biggroup-seeded # "N memberOf" when the directory holds N users and the whole group
 
 # --- the endpoint: nginx.conf of scripts/bench, plus the time of each request in its log --
 NG_D=$IDRELAY_TESTBED/nginx-biggroup
@@ -123,7 +133,7 @@ cleanup() {
     log "putting the removed members back into $GROUP_DN"
     if timeout "$T_SMALL" ldapmodify -x -H "$OPENLDAP_URL" -D "$OPENLDAP_ROOT_DN" -w "$OPENLDAP_ROOT_PW" \
       -f "$B/restore.ldif" >/dev/null 2>"$B/restore.err"; then
-      echo "$N" >"$SEEDED"
+      echo "$N memberOf" >"$SEEDED"
     else
       log "could not put them back; the next run seeds a new directory"
     fi
@@ -158,7 +168,7 @@ members_stored() { # members_stored STATE_DIR : member ids in the agent's confir
 }
 
 T0=$(now)
-log "large-group benchmark: $N users + 1 group of $N members, chunk $CHUNK"
+log "large-group benchmark: $N users + 1 group of $N members, chunk $CHUNK, member_reads $MEMBER_READS, change $CHANGE"
 log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 ensure_pkgs slapd ldap-utils nginx time curl
 mkdir -p "$B"
@@ -179,7 +189,7 @@ fi
 VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unknown)")
 
 # --- 2. the directory: N users, no other groups, one group of all of them ------------
-if [ "$(cat "$SEEDED" 2>/dev/null)" = "$N" ]; then
+if [ "$(cat "$SEEDED" 2>/dev/null)" = "$N memberOf" ]; then
   log "reusing the seeded directory in $LDAP_D"
 else
   log "seeding $N users and $GROUP_DN ($N members) into a new directory in $LDAP_D"
@@ -188,13 +198,13 @@ else
   ldap_tb start >/dev/null # creates the base entries and the syncer account
   ldap_tb stop
   python3 "$ROOT/scripts/gen-ldif.py" openldap --no-ou --no-managers --count "$N" --groups 0 \
-    --big-group all-staff >"$LDAP_D/seed.ldif"
+    --big-group all-staff --member-of >"$LDAP_D/seed.ldif"
   timeout "$T_SEED" slapadd -q -w -f "$LDAP_D/slapd.conf" -l "$LDAP_D/seed.ldif" >"$LDAP_D/slapadd.log" 2>&1 || {
     log_tail "$LDAP_D/slapadd.log"
     die "slapadd of the seed failed (or took over $T_SEED s)"
   }
   rm -f "$LDAP_D/seed.ldif"
-  echo "$N" >"$SEEDED"
+  echo "$N memberOf" >"$SEEDED"
   log "seeded in $(since "$t0") s"
 fi
 eval "$(ldap_tb start)"
@@ -223,6 +233,7 @@ bind_dn = "$OPENLDAP_SYNC_DN"
 password_file = "$B/ldap.secret"
 base_dn = "$OPENLDAP_BASE_DN"
 kind = "auto"
+member_reads = "$MEMBER_READS"
 [scope]
 include = ["$PEOPLE", "ou=groups,$SUFFIX"]
 [scim]
@@ -296,8 +307,9 @@ LG_S=$(median3 "${LG_T[@]}")
 log "load generator: $P1 PATCH in $LG_S s (runs ${LG_T[*]})"
 
 # --- 6. remove 1% of the members in LDAP, second sync ---------------------------------------
-python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --people "$PEOPLE" --group "$GROUP_DN" >"$B/remove.ldif"
-python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --people "$PEOPLE" --group "$GROUP_DN" --add >"$B/restore.ldif"
+PCT=$(awk -v k="$CHANGE" -v n="$N" 'BEGIN { printf "%.6f", 100 * k / n }')
+python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --percent "$PCT" --people "$PEOPLE" --group "$GROUP_DN" >"$B/remove.ldif"
+python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --percent "$PCT" --people "$PEOPLE" --group "$GROUP_DN" --add >"$B/restore.ldif"
 REMOVED=$(grep -c '^member:' "$B/remove.ldif")
 echo "$N removing" >"$SEEDED"
 RESTORE=1
@@ -337,7 +349,7 @@ log "[users alone] peak RSS $RSS0 KiB"
 row() { printf '%-46s | %9s | %8s | %8s | %s\n' "$@"; }
 cat <<EOF
 
-== idrelay large-group benchmark: $N users + 1 group of $N members, member_chunk $CHUNK ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))
+== idrelay large-group benchmark: $N users + 1 group of $N members, member_chunk $CHUNK, member_reads $MEMBER_READS ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))
    $VERSION; local slapd (mdb) on 127.0.0.1:$LDAP_PORT; canned nginx SCIM endpoint on 127.0.0.1:$SCIM_PORT
 EOF
 row "what" "seconds" "requests" "RSS MiB" "notes"
@@ -358,7 +370,7 @@ first sync requests:  $(jget "$TL1" by_kind)
 second sync requests: $(jget "$TL2" by_kind)
 first sync on the run's clock (s): last /Users $(jget "$TL1" users_end), POST /Groups $(jget "$TL1" group_post), first PATCH $(jget "$TL1" patch_first), last PATCH $(jget "$TL1" patch_last), exit $S1
 agent's confirmed members: $M1 after the first sync, $M2 after the second
-members $N: peak RSS first sync $(mib "$RSS1") MiB, second sync $(mib "$RSS2") MiB, users alone $(mib "$RSS0") MiB; the group's own share (second - users alone) $(mib $((RSS2 - RSS0))) MiB = $(awk -v k="$((RSS2 - RSS0))" -v n="$N" 'BEGIN { printf "%.0f", k * 1024 / n }') bytes per member
+members $N: peak RSS first sync $(mib "$RSS1") MiB, second sync $(mib "$RSS2") MiB, users alone $(mib "$RSS0") MiB; the group's own share (second - users alone) $(mib $((RSS2 - RSS0))) MiB = $(awk -v k="$((RSS2 - RSS0))" -v n="$N" 'BEGIN { printf "%.0f", k * 1024 / n }') bytes per member (first - users alone: $(awk -v k="$((RSS1 - RSS0))" -v n="$N" 'BEGIN { printf "%.0f", k * 1024 / n }'))
 outputs: $B (sync-*.out/err, time-*.txt, access-*.log); total $(since "$T0") s
 EOF
 if [ ${#CHECKS[@]} -gt 0 ]; then

@@ -8,7 +8,8 @@ Users: user000000, user000001, ... (--prefix). Every 10th user (index divisible 
 the `manager` of the next nine, and is written before them (Active Directory refuses a
 manager DN that does not exist yet). Groups: --groups G (default count/50) groups
 group00000, ... (--group-prefix) of --group-size (50) consecutive users each, written after
-all users; --big-group NAME adds one group holding every user of this run.
+all users; --big-group NAME adds one group holding every user of this run (--member-of also
+writes each user's memberOf for it, openldap only).
 
 Where the entries go:
   openldap  users in ou=people,SUFFIX, groups in ou=groups,SUFFIX (SUFFIX dc=branch,dc=test);
@@ -42,6 +43,9 @@ def parse_args(argv):
                    help="group name prefix (group, or PREFIX-g with --prefix)")
     p.add_argument("--big-group", "--group", dest="big_group", default=None,
                    help="also write one group NAME with every user of this run")
+    p.add_argument("--member-of", action="store_true",
+                   help="openldap: give each user the memberOf of the --big-group (what the "
+                        "memberof overlay keeps, which slapadd does not run)")
     p.add_argument("--no-managers", action="store_true", help="write no manager attribute")
     p.add_argument("--suffix", default=None, help="naming context (DC=branch,DC=test)")
     p.add_argument("--ou", default=None, help="container for users and groups (RDN or DN)")
@@ -118,6 +122,7 @@ def write_openldap(a, out):
             f"title: {'Team Lead' if i % 10 == 0 else 'Specialist'}\n"
             f"telephoneNumber: +1 555 {i % 10000:04d}\n"
             + (f"manager: {dn(m)}\n" if m is not None else "")
+            + (f"memberOf: cn={a.big_group},{groups}\n" if a.member_of and a.big_group else "")
             + "userPassword: secret\n\n")
     for k in range(a.groups):
         g = f"{a.group_prefix}{a.group_start + k:05d}"

@@ -38,6 +38,7 @@ pub mod relay;
 pub mod scim;
 pub mod secret;
 pub mod signals;
+pub mod sorted_file;
 pub mod state_dir;
 pub mod status;
 pub mod stdout;

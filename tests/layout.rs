@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Top-level files without a folder: small, and free of the crate's folders.
-const LEAVES: [&str; 11] = [
+const LEAVES: [&str; 12] = [
     "args",
     "base64",
     "fnv",
@@ -16,6 +16,7 @@ const LEAVES: [&str; 11] = [
     "privilege",
     "secret",
     "signals",
+    "sorted_file",
     "state_dir",
     "status",
     "stdout",

@@ -116,6 +116,9 @@ pub struct DirectorySettings {
     /// `allow_plaintext`: `ldap://` without StartTLS to a host that is not loopback is
     /// accepted.
     pub allow_plaintext: bool,
+    /// `member_reads`: how group members are read; `None` (`"auto"`): ranged on Active
+    /// Directory, with the entry elsewhere.
+    pub member_reads: Option<crate::ldap::members::MemberRead>,
 }
 
 /// `directory.kind`.
@@ -454,6 +457,7 @@ struct RawDirectory {
     page_size: u32,
     #[serde(default)]
     allow_plaintext: bool,
+    member_reads: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1176,6 +1180,7 @@ token_file = "/s/scim"
         assert!(matches!(&c.scim.auth, ScimAuth::Bearer(t) if t.expose() == "tok-scim"));
         assert_eq!(c.scim.url, "http://127.0.0.1:8080/v2");
         assert_eq!(c.directory.kind, KindSetting::Auto);
+        assert_eq!(c.directory.member_reads, None);
         assert_eq!(c.sync.concurrency, 32);
         assert!(c.sync.adaptive_concurrency);
         let fixed = parse(&format!("{GOOD}[sync]\nadaptive_concurrency = false\n")).unwrap();
@@ -1428,10 +1433,32 @@ token_file = "/s/scim"
                 "unbalanced",
             ),
             ("id = \"branch-01\"", "id = \"bad id!\"", "agent.id"),
+            (
+                "base_dn = \"dc=branch,dc=test\"",
+                "base_dn = \"dc=branch,dc=test\"\nmember_reads = \"memberof\"",
+                "directory.member_reads",
+            ),
         ];
         for (from, to, want) in cases {
             let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn member_reads_takes_each_way() {
+        use crate::ldap::members::MemberRead;
+        for (v, want) in [
+            ("auto", None),
+            ("entry", Some(MemberRead::Entry)),
+            ("ranged", Some(MemberRead::Ranged)),
+            ("member_of", Some(MemberRead::MemberOf)),
+        ] {
+            let text = GOOD.replace(
+                "base_dn = \"dc=branch,dc=test\"",
+                &format!("base_dn = \"dc=branch,dc=test\"\nmember_reads = \"{v}\""),
+            );
+            assert_eq!(parse(&text).unwrap().directory.member_reads, want, "{v}");
         }
     }
 

@@ -46,6 +46,7 @@
 pub mod dn;
 pub mod entry;
 pub mod filter;
+pub mod members;
 mod notify;
 
 mod conn;

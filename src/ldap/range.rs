@@ -166,9 +166,126 @@ pub(crate) fn fold_next_chunk(
     Ok(next)
 }
 
+/// One chunk of a streamed ranged read of `attr` from index `low` (the values are handed
+/// on, not folded): the chunk's values and the index of the next chunk, `None` after the
+/// last. From index 0, a plain (unranged) attribute is the whole list and a missing one an
+/// empty list. Anything else that is not exactly the asked chunk is an error, never a
+/// shorter list: a chunk that starts elsewhere, holds fewer or more values than its name
+/// says, is missing after index 0, or comes twice.
+pub(crate) fn take_chunk(
+    entry: RawEntry,
+    attr: &str,
+    low: u64,
+) -> Result<(Vec<Vec<u8>>, Option<u64>), String> {
+    let mut found: Vec<(String, Vec<Vec<u8>>)> = entry
+        .attrs
+        .into_iter()
+        .filter(|(n, _)| {
+            n.eq_ignore_ascii_case(attr)
+                || parse_range_name(n).is_some_and(|r| r.base.eq_ignore_ascii_case(attr))
+        })
+        .collect();
+    if found.len() > 1 {
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(format!("the server sent several chunks: {names:?}"));
+    }
+    let Some((name, values)) = found.pop() else {
+        return match low {
+            0 => Ok((Vec::new(), None)),
+            _ => Err(format!(
+                "the server sent no values from index {low} on (the range end was never seen)"
+            )),
+        };
+    };
+    let Some(r) = parse_range_name(&name) else {
+        return match low {
+            0 => Ok((values, None)),
+            _ => Err(format!(
+                "the server sent {name:?} whole when asked from index {low}"
+            )),
+        };
+    };
+    if r.low != low {
+        return Err(format!(
+            "chunk {name:?} does not start at the expected index {low}"
+        ));
+    }
+    match r.high {
+        None => Ok((values, None)),
+        Some(high) if values.len() as u64 != high - low + 1 => Err(format!(
+            "chunk {name:?} holds {} values, not {}",
+            values.len(),
+            high - low + 1
+        )),
+        Some(high) => Ok((values, Some(high + 1))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(dn: &str, attrs: &[(&str, usize)]) -> RawEntry {
+        RawEntry {
+            dn: dn.into(),
+            attrs: attrs
+                .iter()
+                .map(|(n, k)| {
+                    (
+                        n.to_string(),
+                        (0..*k).map(|i| vec![b'a' + (i % 26) as u8]).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_streamed_chunk_gives_its_values_and_where_the_next_starts() {
+        let c = chunk("cn=g", &[("cn", 1), ("Member;Range=0-2", 3)]);
+        assert_eq!(
+            take_chunk(c, "member", 0).map(|(v, n)| (v.len(), n)),
+            Ok((3, Some(3)))
+        );
+        let last = chunk("cn=g", &[("member;range=3-*", 2)]);
+        assert_eq!(
+            take_chunk(last, "member", 3).map(|(v, n)| (v.len(), n)),
+            Ok((2, None))
+        );
+        let empty_last = chunk("cn=g", &[("member;range=3-*", 0)]);
+        assert_eq!(
+            take_chunk(empty_last, "member", 3).map(|(v, n)| (v.len(), n)),
+            Ok((0, None))
+        );
+        // From 0 only: a server that ignores ranges sends the whole list; none is empty.
+        let whole = chunk("cn=g", &[("member", 5)]);
+        assert_eq!(
+            take_chunk(whole, "member", 0).map(|(v, n)| (v.len(), n)),
+            Ok((5, None))
+        );
+        assert_eq!(
+            take_chunk(chunk("cn=g", &[]), "member", 0),
+            Ok((vec![], None))
+        );
+    }
+
+    #[test]
+    fn a_streamed_chunk_cut_short_or_out_of_place_is_an_error_not_fewer_members() {
+        for (attrs, low) in [
+            (vec![], 1500),                                 // the range end never came
+            (vec![("member;range=1500-2999", 1499)], 1500), // fewer values than named
+            (vec![("member;range=1501-2999", 1499)], 1500), // a gap
+            (vec![("member;range=0-1499", 1500)], 1500),    // no progress
+            (vec![("member", 10)], 1500),                   // whole list after a range
+            (vec![("member;range=0-1", 2), ("member;range=2-*", 1)], 0), // two chunks
+        ] {
+            let c = chunk("cn=g", &attrs);
+            assert!(
+                take_chunk(c, "member", low).is_err(),
+                "{attrs:?} from {low}"
+            );
+        }
+    }
 
     #[test]
     fn parses_range_names() {

@@ -73,6 +73,12 @@ pub(crate) enum Request {
         attrs: Vec<String>,
         reply: Sender<Result<Option<Entry>, LdapError>>,
     },
+    /// A base-scope read as the server answered it: ranged attributes not completed.
+    ReadRaw {
+        dn: String,
+        attrs: Vec<String>,
+        reply: Sender<Result<Option<RawEntry>, LdapError>>,
+    },
     /// The size of the server's TLS certificate, if the connection is TLS.
     PeerCertificate { reply: Sender<Option<usize>> },
     /// An RFC 4533 content-sync search on a connection of its own (`content_sync.rs`).
@@ -347,6 +353,9 @@ impl Session {
             }
             Request::Read { dn, attrs, reply } => {
                 let _ = reply.send(self.read(&dn, &attrs).await).await;
+            }
+            Request::ReadRaw { dn, attrs, reply } => {
+                let _ = reply.send(self.read_raw(&dn, attrs).await).await;
             }
             Request::PeerCertificate { reply } => {
                 let size = match self.main().await {

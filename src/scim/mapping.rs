@@ -25,7 +25,9 @@
 //! for callers that show or serve it (facade, preview, golden files); both hash the same.
 //!
 //! Limits: text targets take the first value of a multi-valued attribute; the `member`
-//! values are expected complete (ranged retrieval merged by the LDAP layer).
+//! values are expected complete (ranged retrieval merged by the LDAP layer). A full pass
+//! that reads members apart from the entry ([`crate::sync::member_read`]) resolves them with
+//! [`resolve_member`], the same rule, into a [`MemberIds`] that spills to a scratch file.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -306,17 +308,7 @@ pub fn map_entry_split(
                         if dn.is_empty() {
                             continue;
                         }
-                        match resolver.resolve(dn) {
-                            Reference::Id(id) if !id.is_empty() => members.push(&id),
-                            Reference::Group(id) if !id.is_empty() => {
-                                members.push(&id);
-                                nested.insert(id);
-                            }
-                            Reference::Pending => {
-                                pending.insert(dn.to_string());
-                            }
-                            _ => {}
-                        }
+                        resolve_member(resolver, dn, &mut members, &mut nested, &mut pending);
                     }
                 }
             }
@@ -335,6 +327,28 @@ pub fn map_entry_split(
     })
 }
 
+/// Resolves one member DN into `members` (a provisioned object's id; a group's also into
+/// `nested`) or `pending` (in scope, not provisioned yet); anything else is left out.
+pub fn resolve_member(
+    resolver: &dyn Resolver,
+    dn: &str,
+    members: &mut MemberIdsBuilder,
+    nested: &mut BTreeSet<String>,
+    pending: &mut BTreeSet<String>,
+) {
+    match resolver.resolve(dn) {
+        Reference::Id(id) if !id.is_empty() => members.push(&id),
+        Reference::Group(id) if !id.is_empty() => {
+            members.push(&id);
+            nested.insert(id);
+        }
+        Reference::Pending => {
+            pending.insert(dn.to_string());
+        }
+        _ => {}
+    }
+}
+
 fn reference(id: String) -> Value {
     let mut m = Map::new();
     m.insert("value".to_string(), Value::String(id));
@@ -344,27 +358,57 @@ fn reference(id: String) -> Value {
 /// The SCIM ids of a group's members, sorted by bytes and unique, in one string arena:
 /// the ids' bytes plus one offset per member, no allocation per id. Serializes (serde) as
 /// the SCIM `members` value, `[{"value": id}, ...]`.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// A list built by a spilling builder ([`MemberIdsBuilder::spilling`]) that outgrew its
+/// memory budget lives in a sorted scratch file instead ([`crate::sorted_file`]): it is
+/// read in order each time it is walked, and its ids come out owned. A read of that file
+/// that fails ends the walk early and is remembered: [`MemberIds::read_failed`] says so, and
+/// a caller that acts on a walk checks it before it trusts what it saw.
+#[derive(Clone, Default)]
 pub struct MemberIds {
     /// The ids, back to back.
     text: String,
     /// Where each id ends in `text`.
     ends: Vec<usize>,
+    /// The ids on disk (then `text` and `ends` are empty).
+    disk: Option<std::sync::Arc<crate::sorted_file::SortedFile>>,
 }
+
+impl PartialEq for MemberIds {
+    fn eq(&self, other: &MemberIds) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for MemberIds {}
 
 impl MemberIds {
     /// How many ids.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        match &self.disk {
+            Some(f) => f.len() as usize,
+            None => self.ends.len(),
+        }
     }
 
     /// No ids.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 
-    /// The `i`-th id (ascending), if there is one.
-    pub fn get(&self, i: usize) -> Option<&str> {
+    /// Whether the ids are kept in a scratch file rather than in memory.
+    pub fn on_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Whether a walk over ids kept on disk failed to read them (it ended early): what
+    /// it saw is not the whole list. Never true for ids in memory.
+    pub fn read_failed(&self) -> bool {
+        self.disk.as_ref().is_some_and(|f| f.failed())
+    }
+
+    /// The `i`-th id (ascending), if there is one in memory.
+    fn get(&self, i: usize) -> Option<&str> {
         let end = *self.ends.get(i)?;
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         Some(&self.text[start..end])
@@ -378,19 +422,21 @@ impl MemberIds {
     /// The ids at positions `range` (clamped to the list), ascending.
     pub fn slice(&self, range: std::ops::Range<usize>) -> MemberIdsIter<'_> {
         let end = range.end.min(self.len());
+        let next = range.start.min(end);
         MemberIdsIter {
             ids: self,
-            next: range.start.min(end),
+            disk: self.disk.as_ref().map(|f| f.reader(next as u64)),
+            next,
             end,
         }
     }
 
     /// The ids as the SCIM `members` value: `[{"value": id}, ...]`.
     pub fn to_json(&self) -> Value {
-        Value::Array(self.iter().map(|id| reference(id.to_string())).collect())
+        Value::Array(self.iter().map(|id| reference(id.into_owned())).collect())
     }
 
-    /// Bytes held (ids and offsets), for benchmarks and logs.
+    /// Bytes held in memory (ids and offsets), for benchmarks and logs.
     pub fn heap_bytes(&self) -> usize {
         self.text.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
     }
@@ -432,48 +478,77 @@ impl serde::Serialize for MemberIds {
         }
         let mut seq = serializer.serialize_seq(Some(self.len()))?;
         for id in self.iter() {
-            seq.serialize_element(&One(id))?;
+            seq.serialize_element(&One(&id))?;
+        }
+        if self.read_failed() {
+            return Err(serde::ser::Error::custom(
+                "member ids could not be read back",
+            ));
         }
         seq.end()
     }
 }
 
-/// Iterator over (a range of) a [`MemberIds`].
-#[derive(Debug, Clone)]
+/// Iterator over (a range of) a [`MemberIds`]: borrowed ids from memory, owned ones from
+/// disk. A failed read of the disk ends it early (see [`MemberIds::read_failed`]).
 pub struct MemberIdsIter<'a> {
     ids: &'a MemberIds,
+    disk: Option<crate::sorted_file::Reader<'a>>,
     next: usize,
     end: usize,
 }
 
 impl<'a> Iterator for MemberIdsIter<'a> {
-    type Item = &'a str;
+    type Item = std::borrow::Cow<'a, str>;
 
-    fn next(&mut self) -> Option<&'a str> {
+    fn next(&mut self) -> Option<std::borrow::Cow<'a, str>> {
         if self.next >= self.end {
             return None;
         }
         self.next += 1;
-        self.ids.get(self.next - 1)
+        match self.disk.as_mut() {
+            None => self.ids.get(self.next - 1).map(std::borrow::Cow::Borrowed),
+            Some(r) => match r.next() {
+                Some(Ok(id)) => Some(std::borrow::Cow::Owned(id)),
+                _ => {
+                    if let Some(f) = &self.ids.disk {
+                        f.note_failure();
+                    }
+                    self.next = self.end;
+                    None
+                }
+            },
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = self.end - self.next;
-        (n, Some(n))
+        (0, Some(n))
     }
 }
 
-impl ExactSizeIterator for MemberIdsIter<'_> {}
-
 /// Collects ids in any order into a [`MemberIds`] (sorted and de-duplicated by
-/// [`MemberIdsBuilder::finish`]); ids already in order cost no sort.
+/// [`MemberIdsBuilder::finish`]); ids already in order cost no sort. A spilling builder
+/// ([`MemberIdsBuilder::spilling`]) holds at most its budget of ids in memory and writes
+/// each full buffer, sorted, to a scratch file; [`MemberIdsBuilder::try_finish`] merges them.
 #[derive(Debug, Default)]
 pub struct MemberIdsBuilder {
     ids: MemberIds,
     sorted: bool,
+    spill: Option<(crate::sorted_file::Runs, usize)>,
+    error: Option<std::io::Error>,
 }
 
 impl MemberIdsBuilder {
+    /// A builder that keeps at most `budget` bytes of ids in memory; the rest goes to
+    /// scratch files in `dir`.
+    pub fn spilling(dir: &std::path::Path, budget: usize) -> MemberIdsBuilder {
+        MemberIdsBuilder {
+            spill: Some((crate::sorted_file::Runs::new(dir), budget.max(1))),
+            ..MemberIdsBuilder::default()
+        }
+    }
+
     /// Adds one id.
     pub fn push(&mut self, id: &str) {
         let n = self.ids.len();
@@ -482,9 +557,53 @@ impl MemberIdsBuilder {
             _ => self.sorted && self.ids.get(n - 1).is_some_and(|last| last < id),
         };
         self.ids.push_sorted(id);
+        if let Some((_, budget)) = &self.spill {
+            if self.ids.text.len() >= *budget {
+                self.write_run();
+            }
+        }
+    }
+
+    /// Sorts what is in memory and writes it as a run.
+    fn write_run(&mut self) {
+        let spill = self.spill.take();
+        let held = std::mem::take(self).finish();
+        self.spill = spill;
+        if let (Some((runs, _)), None) = (self.spill.as_mut(), &self.error) {
+            if let Err(e) = runs.write_run((0..held.ends.len()).filter_map(|i| held.get(i))) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// The ids, sorted and unique; for a spilling builder that wrote runs, merged into one
+    /// scratch file. Errors: a scratch file could not be written or read.
+    pub fn try_finish(mut self) -> std::io::Result<MemberIds> {
+        let written = self.spill.as_ref().is_some_and(|(r, _)| !r.is_empty());
+        if !written {
+            return match self.error.take() {
+                Some(e) => Err(e),
+                None => Ok(self.finish()),
+            };
+        }
+        if !self.ids.is_empty() {
+            self.write_run();
+        }
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let Some((runs, _)) = self.spill.take() else {
+            return Ok(self.finish());
+        };
+        let file = runs.merge()?;
+        Ok(MemberIds {
+            disk: Some(std::sync::Arc::new(file)),
+            ..MemberIds::default()
+        })
     }
 
     /// The ids, sorted by bytes and unique. Needs the ids' bytes once more while sorting.
+    /// (A spilling builder finishes with [`MemberIdsBuilder::try_finish`].)
     pub fn finish(self) -> MemberIds {
         let ids = self.ids;
         if self.sorted {
@@ -495,6 +614,7 @@ impl MemberIdsBuilder {
         let mut out = MemberIds {
             text: String::with_capacity(ids.text.len()),
             ends: Vec::with_capacity(ids.len()),
+            disk: None,
         };
         let mut last: Option<&str> = None;
         for i in order {
@@ -928,7 +1048,7 @@ mod tests {
         assert_eq!(ids.get(3), Some("ö"));
         assert_eq!(ids.get(4), None);
         assert_eq!(ids.slice(1..3).collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(ids.slice(3..9).len(), 1);
+        assert_eq!(ids.slice(3..9).count(), 1);
         let sorted: MemberIds = ["a", "b"].into_iter().collect();
         assert_eq!(format!("{sorted:?}"), r#"["a", "b"]"#);
         assert!(MemberIds::default().is_empty());

@@ -13,6 +13,9 @@
 //! * removals while the endpoint has not shown that it removes by id (`MemberKey` not
 //!   `Id`): the single way reads each removal back (and learns userNames);
 //! * unknown stored members; an operation larger than `maxPayloadSize` on its own.
+//! * a member list kept on disk (a group too large to hold in memory,
+//!   [`MemberIds::on_disk`]): its operations would all be planned at once; the single way
+//!   streams them.
 //!
 //! The operations are exactly the single way's: the same chunking ([`plan_chunks`]: at
 //! most `member_chunk` member values an operation, removals first) and the same PatchOp
@@ -64,7 +67,8 @@ pub fn plan(
     chunk: usize,
     limits: Limits,
 ) -> Option<Vec<(SentOp, Vec<u8>)>> {
-    if !job.nested.is_empty() {
+    // A list kept on disk is too long to plan at once: it goes the single way, streamed.
+    if !job.nested.is_empty() || job.members.on_disk() {
         return None;
     }
     let diff = if created {
@@ -105,9 +109,14 @@ pub fn patch_bodies(
     let mut to_add = diff.added_ids(wanted);
     let mut out = Vec::new();
     for c in plan_chunks(diff.removed.len(), diff.added_len(), chunk) {
-        let adds: Vec<&str> = to_add.by_ref().take(c.adds.len()).collect();
+        let adds: Vec<_> = to_add.by_ref().take(c.adds.len()).collect();
+        let removes: Vec<_> = diff.removed.slice(c.removes).collect();
         let mut ops = std::mem::take(&mut lead);
-        ops.extend(patch_operations(diff.removed.slice(c.removes), adds, form));
+        ops.extend(patch_operations(
+            removes.iter().map(|id| id.as_ref()),
+            adds.iter().map(|id| id.as_ref()),
+            form,
+        ));
         out.push(json!({"schemas": [PATCH_OP], "Operations": ops}));
     }
     if !lead.is_empty() {

@@ -88,7 +88,7 @@ impl Frame {
     /// Takes a member group's closure into this one.
     fn merge(&mut self, child: &FlatIds) {
         for id in child.ids.iter() {
-            self.ids.push(id);
+            self.ids.push(&id);
         }
         self.nested.extend(child.nested.iter().cloned());
         self.pending.extend(child.pending.iter().cloned());
@@ -203,8 +203,9 @@ impl Closures {
     }
 
     fn keep(&mut self, key: &str, flat: &FlatIds) -> std::io::Result<()> {
+        let ids: Vec<_> = flat.ids.iter().collect();
         let mut items: Vec<&str> = Vec::with_capacity(flat.ids.len() + flat.nested.len());
-        items.extend(flat.ids.iter());
+        items.extend(ids.iter().map(|id| id.as_ref()));
         items.extend(flat.nested.iter().map(String::as_str));
         let mut value = Vec::new();
         value.extend_from_slice(&(flat.depth as u32).to_le_bytes());
@@ -288,8 +289,8 @@ mod tests {
         smol::block_on(c.flatten(f, group, direct, &counting, &std::env::temp_dir())).unwrap()
     }
 
-    fn ids(f: &FlatIds) -> Vec<&str> {
-        f.ids.iter().collect()
+    fn ids(f: &FlatIds) -> Vec<String> {
+        f.ids.iter().map(|s| s.into_owned()).collect()
     }
 
     /// top ∋ a, mid, low2; mid ∋ b, low, out1; low ∋ c, A (again), empty; low2 ∋ d, low.

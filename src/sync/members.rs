@@ -62,7 +62,9 @@
 //! * The store trusts that only the agent changes a group's members. Changes made at the
 //!   endpoint by others are seen only after [`MemberStore::forget`] (e.g. on a full pass).
 //! * Memory is the member ids themselves and little more: the wanted ids arrive as one
-//!   sorted arena ([`MemberIds`]), the diff holds the ids to remove (another arena) and the
+//!   sorted arena ([`MemberIds`]; for a group too large for memory, a sorted scratch file
+//!   that the diff, the chunks and [`MemberStore::save`] walk in order, and whose failed
+//!   read fails the sync before anything is sent), the diff holds the ids to remove (another arena) and the
 //!   ids to add as runs of positions in the wanted list (one run on a first sync), the
 //!   journal's ids are read into memory. The stored list is streamed line by line and
 //!   compared with the sorted wanted list in one merge walk (no map, no set); no request
@@ -353,7 +355,10 @@ impl MemberDiff {
     }
 
     /// The ids to add, ascending, given the wanted list the diff was made against.
-    pub fn added_ids<'a>(&'a self, new: &'a MemberIds) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn added_ids<'a>(
+        &'a self,
+        new: &'a MemberIds,
+    ) -> impl Iterator<Item = std::borrow::Cow<'a, str>> + 'a {
         self.added.iter().flat_map(move |r| new.slice(r.clone()))
     }
 }
@@ -380,14 +385,15 @@ where
     let mut added = Vec::new();
     let mut removed = crate::scim::mapping::MemberIdsBuilder::default();
     let mut i = 0;
+    let mut wanted = new.iter().peekable();
     for o in old {
         let o = o?;
         let start = i;
-        while new.get(i).is_some_and(|n| n < o.as_str()) {
+        while wanted.next_if(|n| n.as_ref() < o.as_str()).is_some() {
             i += 1;
         }
         add(&mut added, start..i);
-        if new.get(i) == Some(o.as_str()) {
+        if wanted.next_if(|n| n.as_ref() == o.as_str()).is_some() {
             i += 1;
         } else {
             removed.push(&o);
@@ -596,8 +602,13 @@ impl MemberStore {
                 escape(anchor)
             )?;
             for id in ids.iter() {
-                w.write_all(escape(id).as_bytes())?;
+                w.write_all(escape(&id).as_bytes())?;
                 w.write_all(b"\n")?;
+            }
+            if ids.read_failed() {
+                return Err(io::Error::other(
+                    "the wanted member ids could not be read back",
+                ));
             }
             w.flush()?;
             w.get_ref().sync_all()
@@ -1248,6 +1259,15 @@ async fn sync_via<E: GroupEndpoint>(
             (diff, epoch, false)
         }
     };
+    // A wanted list kept on disk that could not be read whole gives no diff to act on.
+    if new_ids.read_failed() {
+        return Err(MemberSyncError::Store(MemberStoreError::Io {
+            op: "read",
+            path: store.dir().to_path_buf(),
+            kind: io::ErrorKind::Other,
+            detail: "the wanted member ids could not be read back from their scratch file".into(),
+        }));
+    }
     if diff.is_empty() {
         if has_journal {
             store.save(anchor, group_id, new_ids)?;
@@ -1270,8 +1290,10 @@ async fn sync_via<E: GroupEndpoint>(
     // userNames of removed members, read once each (endpoints that show members by them).
     let mut names: BTreeMap<String, Option<String>> = BTreeMap::new();
     for c in plan_chunks(diff.removed.len(), diff.added_len(), chunk) {
-        let removes = || diff.removed.slice(c.removes.clone());
-        let adds: Vec<&str> = to_add.by_ref().take(c.adds.len()).collect();
+        let removed_ids: Vec<_> = diff.removed.slice(c.removes.clone()).collect();
+        let removes = || removed_ids.iter().map(|id| id.as_ref());
+        let added_ids: Vec<_> = to_add.by_ref().take(c.adds.len()).collect();
+        let adds: Vec<&str> = added_ids.iter().map(|id| id.as_ref()).collect();
         let lead = std::mem::take(&mut lead_ops);
         // What a removal names: the id, or where the endpoint shows members by userName,
         // the userName (the id when the user is gone there).
@@ -1532,7 +1554,7 @@ mod tests {
     }
 
     fn added(d: &MemberDiff, new: &MemberIds) -> Vec<String> {
-        d.added_ids(new).map(str::to_string).collect()
+        d.added_ids(new).map(|s| s.into_owned()).collect()
     }
 
     /// Sorted, unique ids.
@@ -1541,7 +1563,7 @@ mod tests {
     }
 
     fn listed(m: &MemberIds) -> Vec<String> {
-        m.iter().map(str::to_string).collect()
+        m.iter().map(|s| s.into_owned()).collect()
     }
 
     // --- pure parts -------------------------------------------------------------------
@@ -2476,7 +2498,7 @@ mod tests {
                 .unwrap();
             let mut applied = old.clone();
             for r in d.removed.iter() {
-                prop_assert!(applied.remove(r), "removed {} was not there", r);
+                prop_assert!(applied.remove(r.as_ref()), "removed {} was not there", r);
             }
             for a in d.added_ids(&wanted) {
                 prop_assert!(applied.insert(a.to_string()), "added {} was there", a);

@@ -19,6 +19,7 @@ pub mod flatten;
 pub mod follow;
 pub mod kept;
 pub mod listing;
+pub mod member_read;
 pub mod members;
 pub mod pass;
 /// The polling feeds, at the path `commands` knows them by (they live with `run`'s other

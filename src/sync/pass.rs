@@ -19,7 +19,11 @@
 //!    A group's member ids travel apart from its JSON body, as one sorted compact list
 //!    ([`crate::scim::mapping::MemberIds`]); the hash covers body and ids without building
 //!    the whole representation, so a group costs about its member ids, not a JSON object
-//!    per member.
+//!    per member. Where `member` is read in pieces ([`PassSettings::member_read`]: ranged
+//!    on AD, `memberOf` where configured), the group entry is read without it and
+//!    [`crate::sync::member_read`] streams the members into a list that spills to disk, so
+//!    a group costs a bounded buffer however large it is; a member read cut short fails
+//!    the group for the pass (nothing is sent for it).
 //!
 //! Where the endpoint offers SCIM Bulk (and `sync.bulk` allows it), the coordinator gathers
 //! the objects that can go that way (creates the listing proves absent, users' PUTs to owned
@@ -52,6 +56,7 @@ use std::time::{Duration, Instant};
 use smol::channel::{self, Receiver, Sender};
 
 use crate::ldap::dn;
+use crate::ldap::members::MemberRead;
 use crate::ldap::{Directory, Entry, LdapError, Scope};
 use crate::scim::client::{LookupProbe, ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
@@ -94,6 +99,10 @@ pub struct PassSettings {
     pub scope_groups: Option<GroupScope>,
     /// `sync.nested_groups = "flatten"` (None: direct members).
     pub flatten: Option<Flatten>,
+    /// How a group's members are read ([`crate::sync::member_read::choose`]); not
+    /// [`MemberRead::Entry`]: in pieces, apart from the group's entry (not with flatten,
+    /// which reads its own).
+    pub member_read: MemberRead,
 }
 
 /// One object that could not be provisioned.
@@ -832,7 +841,15 @@ impl Pass<'_> {
             self.progress.overall(before, whole);
             before += self.total;
             self.progress.phase(&format!("{}s", kind.word()));
-            let attrs = self.profile.ldap_attributes(kind);
+            let attrs = match kind {
+                // Members read in pieces are not read with the entry.
+                ResourceKind::Group if self.streams_members() => {
+                    let mut a = self.profile.ldap_attributes(kind);
+                    a.retain(|a| !a.eq_ignore_ascii_case(crate::sync::member_read::STREAMED));
+                    a
+                }
+                _ => self.profile.ldap_attributes(kind),
+            };
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let filter = self.filter(kind).to_string();
             let mut revisit = HeldList::new(self.index.state_dir())?;
@@ -1174,8 +1191,44 @@ impl Pass<'_> {
                 }
             }
         }
+        let mut streamed = None;
+        if kind == ResourceKind::Group && self.streams_members() {
+            let read = crate::sync::member_read::read_members(
+                self.dir,
+                &entry.dn,
+                self.settings.member_read,
+                &self.settings.include,
+                &resolver,
+                resolver.index.state_dir(),
+            );
+            match read.await {
+                Ok(r) => streamed = Some(r),
+                Err(e) => {
+                    // Cut short: nothing is sent for the group, no member removed.
+                    self.fail(entry.dn, e.to_string(), None);
+                    return None;
+                }
+            }
+        } else if kind == ResourceKind::Group {
+            let whole = entry.bytes("member").len();
+            crate::sync::member_read::note_whole_read(&entry.dn, whole);
+        }
         let mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
             Ok(mut m) => {
+                if let Some(r) = streamed {
+                    let scratch = self.index.state_dir();
+                    match crate::sync::member_read::union(r.ids, &m.members, scratch) {
+                        Ok(ids) => m.members = ids,
+                        Err(e) => {
+                            self.fail(entry.dn, e.to_string(), None);
+                            return None;
+                        }
+                    }
+                    m.nested = r.nested;
+                    m.pending.extend(r.pending);
+                    m.pending.sort_unstable();
+                    m.pending.dedup();
+                }
                 if let Some(flat) = flat {
                     self.flatten_depth = self.flatten_depth.max(flat.depth);
                     m.members = flat.ids;
@@ -1233,6 +1286,11 @@ impl Pass<'_> {
             self.dispatch(job).await;
         }
         None
+    }
+
+    /// Whether groups' members are read in pieces, apart from their entries.
+    fn streams_members(&self) -> bool {
+        self.settings.member_read != MemberRead::Entry && self.settings.flatten.is_none()
     }
 
     /// Hands `job` to the workers: into the next Bulk request when it can go that way,

@@ -432,6 +432,11 @@ fn pass_settings(c: &Config, profile: &SyncProfile, dry_run: bool, quiet: bool) 
                 member_attributes: profile.member_attributes(),
             }
         }),
+        member_read: crate::sync::member_read::choose(
+            c.directory.member_reads,
+            profile.kind() == ProfileKind::ActiveDirectory,
+            &profile.member_attributes(),
+        ),
     }
 }
 

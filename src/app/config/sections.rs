@@ -106,6 +106,19 @@ impl Cx<'_> {
         if !(1..=10_000).contains(&d.page_size) {
             return Err(invalid("directory.page_size", "must be 1 to 10000".into()));
         }
+        use crate::ldap::members::MemberRead;
+        let member_reads = match d.member_reads.as_deref() {
+            None | Some("auto") => None,
+            Some("entry") => Some(MemberRead::Entry),
+            Some("ranged") => Some(MemberRead::Ranged),
+            Some("member_of") => Some(MemberRead::MemberOf),
+            Some(other) => {
+                return Err(invalid(
+                    "directory.member_reads",
+                    format!("`{other}` is not allowed: use auto, entry, ranged or member_of"),
+                ))
+            }
+        };
 
         Ok(DirectorySettings {
             url,
@@ -118,6 +131,7 @@ impl Cx<'_> {
             timeout: Duration::from_secs(d.timeout_secs),
             page_size: d.page_size,
             allow_plaintext: d.allow_plaintext,
+            member_reads,
         })
     }
 

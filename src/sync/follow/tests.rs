@@ -1176,6 +1176,7 @@ impl Bench {
                     user_delete: UserDelete::Delete,
                     scope_groups: None,
                     flatten: None,
+                    member_read: crate::ldap::members::MemberRead::Entry,
                 },
                 base_dn: BASE.into(),
                 state_dir: state.0.clone(),
