@@ -278,6 +278,20 @@ struct Seen {
     digest: Digest,
 }
 
+impl Seen {
+    /// A heartbeat kept as text (the store's, or another replica's): its digest is taken
+    /// again from the text, so its health reads as when it arrived.
+    fn from_text(instance: String, at: Instant, text: String) -> Seen {
+        let parsed = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Seen {
+            instance,
+            at,
+            digest: Digest::of(&parsed),
+            body: raw_or_null(text),
+        }
+    }
+}
+
 struct Slot {
     group: String,
     queue: VecDeque<Queued>,
@@ -533,13 +547,7 @@ impl HubState {
         for s in snap.seen {
             match self.agents.get_mut(&s.agent) {
                 Some(slot) => {
-                    let parsed = serde_json::from_str(&s.body).unwrap_or(Value::Null);
-                    slot.seen = Some(Seen {
-                        instance: s.instance,
-                        at: clock.instant(s.at_ms),
-                        body: raw_or_null(s.body),
-                        digest: Digest::of(&parsed),
-                    })
+                    slot.seen = Some(Seen::from_text(s.instance, clock.instant(s.at_ms), s.body))
                 }
                 None => done.dropped += 1,
             }

@@ -111,11 +111,7 @@ impl HubState {
             let at = clock.instant(s.at_ms);
             if let Some(slot) = self.agents.get_mut(&s.agent) {
                 if slot.seen.as_ref().is_none_or(|k| k.at < at) {
-                    slot.seen = Some(Seen {
-                        instance: s.instance,
-                        at,
-                        body: s.body.into(),
-                    });
+                    slot.seen = Some(Seen::from_text(s.instance, at, s.body));
                 }
             }
         }
@@ -250,7 +246,7 @@ mod tests {
             granted_ms: 990_000,
         };
         h.adopt_fleet(vec![seen(1_000_000, "i2")], std::slice::from_ref(&lease));
-        let v = h.agents_view(t0 + Duration::from_secs(5));
+        let v: Value = serde_json::from_str(&h.agents_view(t0 + Duration::from_secs(5))).unwrap();
         assert_eq!(
             (
                 &v[0]["instance"],
@@ -261,7 +257,8 @@ mod tests {
         );
         // An older heartbeat from the database does not replace a newer one known here.
         h.adopt_fleet(vec![seen(999_000, "i1")], &[]);
-        assert_eq!(h.agents_view(t0)[0]["instance"], "i2");
+        let v: Value = serde_json::from_str(&h.agents_view(t0)).unwrap();
+        assert_eq!(v[0]["instance"], "i2");
         assert!(!h.journal_pending());
     }
 }
