@@ -31,20 +31,22 @@
 //! Two things keep the number of system calls down (a positioned read or write costs far
 //! more than the bytes it moves), each with a fixed size, whatever the number of entries:
 //! * **the log's tail**: appended records are gathered in memory and written together once
-//!   they reach [`TAIL_BYTES`] (64 KiB), so an insert costs one write (its slot), not two.
-//!   Reads of offsets in the tail are answered from it, and a DEAD mark or an overwrite of
-//!   a record still there changes it in memory. Iteration, compaction and rebuilds read
-//!   through the same path, so nothing needs flushing first.
+//!   they reach [`TAIL_BYTES`] (64 KiB per map). Reads of offsets in the tail are answered
+//!   from it, and a DEAD mark or an overwrite of a record still there changes it in
+//!   memory. Iteration, compaction and rebuilds read through the same path, so nothing
+//!   needs writing out first; on drop nothing is (the files are gone).
 //! * **the block cache**: 4 KiB blocks of slot and log files, [`CACHE_BYTES`] (8 MiB) for
 //!   all maps of the process together, evicted by the clock (second chance) rule; a read
-//!   of less than a block that misses loads its whole block. It is write-through: every
-//!   write goes to the file and, when it succeeds, into any cached block it touches; a
-//!   write that fails drops the blocks it touched. So a read never sees anything but what
-//!   the file (plus the tail) holds. Reads of 8 KiB or more (walks, rebuilds) go to the
-//!   file and are not cached. It pays off where access has locality: the logs are read
-//!   back mostly in the order they were written (a pass meets objects in the order its
-//!   scan recorded them), and small maps fit whole; slot reads of a large map are random
-//!   and hit about in proportion to the share of its table the cache holds.
+//!   of less than a block that misses loads its whole block. A write that falls inside a
+//!   cached block changes the block only (a slot write after its probe nearly always
+//!   does); the block is written to its file when evicted, and before a read of 8 KiB or
+//!   more (walks, rebuilds: they go to the file and are not cached). Any other write goes
+//!   to the file, then into the cached blocks it touches. So a read never sees anything
+//!   but the latest bytes. It pays off where access has locality: the logs are read back
+//!   mostly in the order they were written (a pass meets objects in the order its scan
+//!   recorded them), small maps fit whole, and the maps a phase of a pass uses at once
+//!   mostly do too; slot reads of a map far larger than the cache are random and hit
+//!   about in proportion to the share of its table the cache holds.
 //!
 //! # Errors
 //! Every call that touches a file returns `io::Result`, and an error names the map's
@@ -52,17 +54,20 @@
 //! that filled it is taken out again and the earlier ones stay in memory (answered from
 //! there, written with the next append). A write that fails after the record went in (a
 //! slot, a DEAD mark, a rebuild) leaves the map in an unknown state: it is then *broken*,
-//! and every later call fails with an error that says so. Owners treat a broken map as
-//! lost (the anchor index reloads its last saved file; a pass stops).
+//! and every later call fails with an error that says so. Writing a changed block back
+//! can fail during any map's call (whoever's read evicts it): the block then stays in the
+//! cache (still answering reads, so none sees older bytes) until its file is dropped, and
+//! its map is broken from its next call on. Owners treat a broken map as lost (the anchor
+//! index reloads its last saved file; a pass stops).
 //!
 //! Limits: keys and values under 2 GiB each. Reads take `&self` and use positioned reads,
-//! so any number may run at once (the block cache is behind a lock held only while
-//! copying, never during a read of the file); writes take `&mut self`. Costs: a lookup is
-//! one positioned read of the slot file (8 slots; more on a long probe) and one of the log,
-//! each saved when its block is cached; an insert adds one write of its slot (a replaced
-//! key's DEAD mark adds one more unless its record is still in the tail), and every
-//! [`TAIL_BYTES`] of records one write of the log. With `--log-level debug` a map says, when
-//! dropped, how many calls it served and how many reads and writes of each file they took.
+//! so any number may run at once (the block cache is behind one lock, held while copying
+//! and while writing to a file, never while reading one); writes take `&mut self`. Costs:
+//! a lookup is one positioned read of the slot file (8 slots; more on a long probe) and
+//! one of the log, each saved when its block is cached; an insert writes its slot (kept in
+//! the cache when its block is there) and every [`TAIL_BYTES`] of records one write of the
+//! log. With `--log-level debug` a map says, when dropped, how many calls it served and
+//! how many reads and writes of each file they took.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -71,7 +76,7 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 const SLOT: u64 = 16;
@@ -93,7 +98,7 @@ pub const CACHE_BYTES: usize = 8 << 20;
 const BLOCK: usize = if cfg!(test) { 64 } else { 4096 };
 /// Reads of this many bytes or more (walks of the log and of the slot table) go to the
 /// file, past the cache.
-const DIRECT_READ: usize = 8 * 1024;
+const DIRECT_READ: usize = if cfg!(test) { 512 } else { 8 * 1024 };
 /// Appended log bytes gathered in memory before one write (small in tests: flushes happen).
 pub const TAIL_BYTES: usize = if cfg!(test) { 300 } else { 64 * 1024 };
 
@@ -198,18 +203,21 @@ struct FileIo {
     reads: AtomicU64,
     /// Reads answered from memory (the block cache or the log's tail).
     hits: AtomicU64,
-    /// Positioned writes issued.
+    /// Positioned writes issued (a cached block written back counts as one).
     writes: AtomicU64,
+    /// Writes that went into a cached block instead.
+    kept: AtomicU64,
 }
 
 impl fmt::Display for FileIo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} reads ({} more answered from memory), {} writes",
+            "{} reads ({} more answered from memory), {} writes ({} more kept in memory)",
             self.reads.load(Ordering::Relaxed),
             self.hits.load(Ordering::Relaxed),
-            self.writes.load(Ordering::Relaxed)
+            self.writes.load(Ordering::Relaxed),
+            self.kept.load(Ordering::Relaxed)
         )
     }
 }
@@ -421,11 +429,11 @@ impl DiskMap {
     }
 
     fn stats(&self) -> &Stats {
-        &self.slots.stats
+        &self.slots.shared.stats
     }
 
     fn usable(&self) -> io::Result<()> {
-        if self.broken {
+        if self.broken || self.slots.failed() || self.log.failed() {
             return Err(named(
                 &self.dir,
                 self.name,
@@ -560,7 +568,7 @@ impl DiskMap {
             self.name,
             "slots",
             &self.slots.cache,
-            &self.slots.stats,
+            &self.slots.shared.stats,
             false,
         )?;
         fresh.set_len(size * SLOT)?;
@@ -579,9 +587,12 @@ impl DiskMap {
             }
             at += len as u64;
         }
-        self.slots = fresh;
+        let old = std::mem::replace(&mut self.slots, fresh);
         self.n = size;
         self.used = self.live;
+        if old.failed() {
+            return Err(io::Error::other("writing a cached block back failed"));
+        }
         Ok(())
     }
 
@@ -601,7 +612,7 @@ impl DiskMap {
             self.name,
             "log",
             &self.slots.cache,
-            &self.slots.stats,
+            &self.slots.shared.stats,
             true,
         )?;
         let mut slots = Scratch::create(
@@ -609,7 +620,7 @@ impl DiskMap {
             self.name,
             "slots",
             &self.slots.cache,
-            &self.slots.stats,
+            &self.slots.shared.stats,
             false,
         )?;
         slots.set_len(self.n * SLOT)?;
@@ -628,12 +639,15 @@ impl DiskMap {
         }
         log.write_all_at(&out, end)?;
         end += out.len() as u64;
-        self.log = log;
-        self.slots = slots;
+        let old_log = std::mem::replace(&mut self.log, log);
+        let old_slots = std::mem::replace(&mut self.slots, slots);
         self.used = self.live;
         self.log_end = end;
         self.live_bytes = end;
         self.dead_bytes = 0;
+        if old_log.failed() || old_slots.failed() {
+            return Err(io::Error::other("writing a cached block back failed"));
+        }
         Ok(())
     }
 }
@@ -757,16 +771,35 @@ fn named(dir: &Path, name: &str, e: io::Error) -> io::Error {
 /// One scratch file: unlinked at once on Unix, removed on drop elsewhere. Every read and
 /// write of it goes through here: the block cache, and for a log the tail in memory.
 struct Scratch {
-    file: File,
+    /// The file, also held by the cache's changed blocks of it (to write them back).
+    shared: Arc<Shared>,
     /// Tells this file's blocks apart in the cache (never reused within the process).
     id: u64,
     cache: Arc<Mutex<BlockCache>>,
-    /// The map's counters (shared by its files, old and new).
-    stats: Arc<Stats>,
-    /// A log's appended bytes not written yet (`None`: a slot table, written at once).
+    /// A log's appended bytes not written yet (`None`: a slot table).
     tail: Option<Box<Tail>>,
     #[cfg(not(unix))]
     path: PathBuf,
+}
+
+/// What a cached block that changed needs to be written back.
+struct Shared {
+    file: File,
+    /// Writing a changed block back failed: the map is broken.
+    failed: AtomicBool,
+    /// The map's counters (shared by its files, old and new).
+    stats: Arc<Stats>,
+    log: bool,
+}
+
+impl Shared {
+    fn io(&self) -> &FileIo {
+        if self.log {
+            &self.stats.log
+        } else {
+            &self.stats.slots
+        }
+    }
 }
 
 /// Appended bytes not written yet: they belong at `at`, where the file's written part ends.
@@ -795,10 +828,14 @@ impl Scratch {
         #[cfg(unix)]
         std::fs::remove_file(&path).map_err(|e| named(dir, name, e))?;
         Ok(Scratch {
-            file,
+            shared: Arc::new(Shared {
+                file,
+                failed: AtomicBool::new(false),
+                stats: stats.clone(),
+                log: buffered,
+            }),
             id: n,
             cache: cache.clone(),
-            stats: stats.clone(),
             tail: buffered.then(|| {
                 Box::new(Tail {
                     bytes: Vec::new(),
@@ -812,15 +849,16 @@ impl Scratch {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         // Only ever on a fresh file, before any block of it is cached.
-        self.file.set_len(len)
+        self.shared.file.set_len(len)
     }
 
     fn io(&self) -> &FileIo {
-        if self.tail.is_some() {
-            &self.stats.log
-        } else {
-            &self.stats.slots
-        }
+        self.shared.io()
+    }
+
+    /// Whether writing a changed block of this file back failed (the map is then broken).
+    fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
     }
 
     /// Where the file's written part ends (the tail, if any, follows).
@@ -866,11 +904,13 @@ impl Scratch {
     }
 
     /// Reads the file itself: through the cache unless [`DIRECT_READ`] bytes or more are
-    /// asked for.
+    /// asked for (then the cache's changed blocks there are written back first).
     fn read_file(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         if buf.len() >= DIRECT_READ {
+            // No block of this file changes until the read is over: that takes `&mut`.
+            lock(&self.cache).write_back(self.id, off, buf.len())?;
             self.io().reads.fetch_add(1, Ordering::Relaxed);
-            return read_at_most(&self.file, buf, off);
+            return read_at_most(&self.shared.file, buf, off);
         }
         let mut got = 0;
         while got < buf.len() {
@@ -885,11 +925,11 @@ impl Scratch {
                     n
                 }
                 None => {
-                    // No lock held while reading: a write needs `&mut` of the map, so none
-                    // to this file can happen before the block goes in.
+                    // No lock held while reading: the block is not cached, and only a
+                    // write (which takes `&mut` of the map) could put a changed one there.
                     let mut data = [0u8; BLOCK];
                     self.io().reads.fetch_add(1, Ordering::Relaxed);
-                    let len = read_at_most(&self.file, &mut data, block * BLOCK as u64)?;
+                    let len = read_at_most(&self.shared.file, &mut data, block * BLOCK as u64)?;
                     if len > 0 {
                         lock(&self.cache).insert(self.id, block, &data[..len]);
                     }
@@ -907,7 +947,8 @@ impl Scratch {
     }
 
     /// Writes `data` at `off`: into the tail when it lies there (an append extends it and
-    /// writes it out once full), else to the file and any cached block it touches.
+    /// writes it out once full), else into the cached block that holds it, else to the
+    /// file and any cached block it touches.
     fn write_all_at(&mut self, data: &[u8], off: u64) -> io::Result<()> {
         let end = off + data.len() as u64;
         let written = self.written();
@@ -973,15 +1014,21 @@ impl Scratch {
     }
 
     fn write_file(&self, data: &[u8], off: u64) -> io::Result<()> {
+        let mut cache = lock(&self.cache);
+        if cache.change(self.id, off, data, &self.shared) {
+            self.io().kept.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         self.io().writes.fetch_add(1, Ordering::Relaxed);
-        match write_all_at(&self.file, data, off) {
+        // Under the lock: a changed block written back meanwhile would be overwritten.
+        match write_all_at(&self.shared.file, data, off) {
             Ok(()) => {
-                lock(&self.cache).update(self.id, off, data);
+                cache.update(self.id, off, data);
                 Ok(())
             }
             Err(e) => {
                 // Part of it may have gone in: what the cache held there is unknown now.
-                lock(&self.cache).forget(self.id, off, data.len());
+                cache.forget(self.id, off, data.len());
                 Err(e)
             }
         }
@@ -997,6 +1044,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // Its changed blocks too: nobody reads the file again.
         lock(&self.cache).purge(self.id);
         #[cfg(not(unix))]
         let _ = std::fs::remove_file(&self.path);
@@ -1011,7 +1059,8 @@ fn shared_cache() -> Arc<Mutex<BlockCache>> {
         .clone()
 }
 
-/// The cache, emptied if a panic left it half-updated (it is only a copy of the files).
+/// The cache, emptied if a panic left it half-updated (the maps whose changed blocks that
+/// drops are broken).
 fn lock(cache: &Mutex<BlockCache>) -> MutexGuard<'_, BlockCache> {
     cache.lock().unwrap_or_else(|poisoned| {
         cache.clear_poison();
@@ -1022,7 +1071,10 @@ fn lock(cache: &Mutex<BlockCache>) -> MutexGuard<'_, BlockCache> {
 }
 
 /// Blocks of scratch files, at most `max` of them (frames are allocated as needed, up to
-/// that, and reused); clock eviction. Keyed by (file id, block number).
+/// that, and reused); clock eviction. Keyed by (file id, block number). A block changed in
+/// the cache (a write that fell inside it) is written to its file when evicted, or before
+/// a read of that range past the cache; if that write fails the block stays (so no read
+/// ever sees the file's older bytes) and its file is marked failed (its map is broken).
 struct BlockCache {
     max: usize,
     index: HashMap<(u64, u64), usize>,
@@ -1038,6 +1090,10 @@ struct Frame {
     len: usize,
     /// Read since the clock hand last passed.
     used: bool,
+    /// Changed since read: the file to write it back to.
+    changed: Option<Arc<Shared>>,
+    /// Writing it back failed: kept until its file is dropped.
+    stuck: bool,
     data: Box<[u8]>,
 }
 
@@ -1065,52 +1121,117 @@ impl BlockCache {
 
     /// Holds `data`, the start of block `block` of `file` as the file has it now.
     fn insert(&mut self, file: u64, block: u64, data: &[u8]) {
-        if self.max == 0 {
+        if self.index.contains_key(&(file, block)) {
+            // Another reader's copy of the same bytes is there already.
             return;
         }
-        let f = match self.index.get(&(file, block)) {
-            Some(&f) => f,
-            None => {
-                let f = self.take_frame();
-                self.frames[f].key = Some((file, block));
-                self.index.insert((file, block), f);
-                f
-            }
+        let Some(f) = self.take_frame() else {
+            return;
         };
+        self.index.insert((file, block), f);
         let frame = &mut self.frames[f];
+        frame.key = Some((file, block));
         frame.data[..data.len()].copy_from_slice(data);
         frame.len = data.len();
         frame.used = true;
     }
 
     /// A frame to fill: a free one, a new one while under the budget, else the clock's
-    /// victim (the first not read since the hand last passed it).
-    fn take_frame(&mut self) -> usize {
+    /// victim (the first not read since the hand last passed it; a changed one is written
+    /// back first). `None`: every frame is stuck (or the budget is 0).
+    fn take_frame(&mut self) -> Option<usize> {
         if let Some(f) = self.free.pop() {
-            return f;
+            return Some(f);
         }
         if self.frames.len() < self.max {
             self.frames.push(Frame {
                 key: None,
                 len: 0,
                 used: false,
+                changed: None,
+                stuck: false,
                 data: vec![0u8; BLOCK].into_boxed_slice(),
             });
-            return self.frames.len() - 1;
+            return Some(self.frames.len() - 1);
         }
-        loop {
+        // Two sweeps clear every mark; a third finds a victim unless all are stuck.
+        for _ in 0..3 * self.frames.len() {
             let f = self.hand;
             self.hand = (self.hand + 1) % self.frames.len();
             let frame = &mut self.frames[f];
+            if frame.stuck {
+                continue;
+            }
             if frame.used {
                 frame.used = false;
                 continue;
             }
-            if let Some(k) = frame.key.take() {
+            if !self.write_frame(f) {
+                continue;
+            }
+            if let Some(k) = self.frames[f].key.take() {
                 self.index.remove(&k);
             }
-            return f;
+            return Some(f);
         }
+        None
+    }
+
+    /// Writes frame `f` back if it changed; whether it is clean now (else it is stuck and
+    /// its file marked failed).
+    fn write_frame(&mut self, f: usize) -> bool {
+        let frame = &mut self.frames[f];
+        let (Some(owner), Some((_, block))) = (frame.changed.as_ref(), frame.key) else {
+            return true;
+        };
+        owner.io().writes.fetch_add(1, Ordering::Relaxed);
+        match write_all_at(&owner.file, &frame.data[..frame.len], block * BLOCK as u64) {
+            Ok(()) => {
+                frame.changed = None;
+                true
+            }
+            Err(e) => {
+                log::debug!("scratch file: writing a cached block back: {e}");
+                owner.failed.store(true, Ordering::Relaxed);
+                frame.stuck = true;
+                false
+            }
+        }
+    }
+
+    /// Puts the write of `data` at `off` of `file` into the cached block that holds all of
+    /// it; whether it could (else it is for the file).
+    fn change(&mut self, file: u64, off: u64, data: &[u8], owner: &Arc<Shared>) -> bool {
+        let block = off / BLOCK as u64;
+        let i = (off % BLOCK as u64) as usize;
+        let Some(&f) = self.index.get(&(file, block)) else {
+            return false;
+        };
+        let frame = &mut self.frames[f];
+        if i + data.len() > frame.len {
+            return false;
+        }
+        frame.data[i..i + data.len()].copy_from_slice(data);
+        if frame.changed.is_none() {
+            frame.changed = Some(owner.clone());
+        }
+        true
+    }
+
+    /// Writes back the changed blocks of `file` that `len` bytes at `off` touch (before a
+    /// read of them past the cache); an error if one could not be.
+    fn write_back(&mut self, file: u64, off: u64, len: usize) -> io::Result<()> {
+        let end = off + len as u64;
+        let mut block = off / BLOCK as u64;
+        while block * (BLOCK as u64) < end {
+            if let Some(&f) = self.index.get(&(file, block)) {
+                if !self.write_frame(f) {
+                    return Err(io::Error::other("writing a cached block back failed"));
+                }
+            }
+            block += 1;
+        }
+        Ok(())
     }
 
     /// `data` was written at `off` of `file`: held blocks it touches take it. A write that
@@ -1138,19 +1259,24 @@ impl BlockCache {
         }
     }
 
-    /// Drops the held blocks of `file` that `len` bytes at `off` touch.
+    /// A write of `len` bytes at `off` of `file` failed: drops the unchanged blocks it
+    /// touches (the file's bytes there are unknown). A changed one stays: it holds what
+    /// those bytes are to be (a slot write's failure breaks the map anyway; a log's
+    /// failed tail write is only ever past every byte a read takes from the file).
     fn forget(&mut self, file: u64, off: u64, len: usize) {
         let end = off + len as u64;
         let mut block = off / BLOCK as u64;
         while block * (BLOCK as u64) < end {
             if let Some(&f) = self.index.get(&(file, block)) {
-                self.drop_frame(f);
+                if self.frames[f].changed.is_none() {
+                    self.drop_frame(f);
+                }
             }
             block += 1;
         }
     }
 
-    /// Drops every held block of `file` (it is gone).
+    /// Drops every held block of `file` (it is gone), changed ones too.
     fn purge(&mut self, file: u64) {
         for f in 0..self.frames.len() {
             if matches!(self.frames[f].key, Some((id, _)) if id == file) {
@@ -1159,8 +1285,12 @@ impl BlockCache {
         }
     }
 
+    /// Drops every block; the files whose changed blocks go are marked failed.
     fn clear(&mut self) {
         for f in 0..self.frames.len() {
+            if let Some(owner) = &self.frames[f].changed {
+                owner.failed.store(true, Ordering::Relaxed);
+            }
             if self.frames[f].key.is_some() {
                 self.drop_frame(f);
             }
@@ -1170,7 +1300,10 @@ impl BlockCache {
     fn drop_frame(&mut self, f: usize) {
         if let Some(k) = self.frames[f].key.take() {
             self.index.remove(&k);
-            self.frames[f].used = false;
+            let frame = &mut self.frames[f];
+            frame.used = false;
+            frame.changed = None;
+            frame.stuck = false;
             self.free.push(f);
         }
     }
@@ -1364,7 +1497,7 @@ mod tests {
         };
         let d = tempdir("full");
         let mut m = DiskMap::new(&d, "test map", 0).unwrap();
-        m.log.file = full;
+        swap_file(&mut m.log, full);
         m.insert(b"a", b"1").unwrap();
         assert_eq!(
             m.stats().log.writes.load(Ordering::Relaxed),
@@ -1382,32 +1515,104 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// Puts `file` under `s` (its cached blocks stay: they are the old file's).
+    fn swap_file(s: &mut Scratch, file: File) {
+        s.shared = Arc::new(Shared {
+            file,
+            failed: AtomicBool::new(false),
+            stats: s.shared.stats.clone(),
+            log: s.shared.log,
+        });
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_failed_slot_write_breaks_the_map_and_drops_what_the_cache_held_there() {
+    fn a_failed_write_of_a_slot_breaks_the_map() {
         let Some(full) = open_full() else {
             return;
         };
         let d = tempdir("full-slots");
-        let cache = Arc::new(Mutex::new(BlockCache::new(64)));
-        let mut m = DiskMap::with_cache(&d, "test map", 0, cache.clone()).unwrap();
+        // No cache: the slot is written at once.
+        let cache = Arc::new(Mutex::new(BlockCache::new(0)));
+        let mut m = DiskMap::with_cache(&d, "test map", 0, cache).unwrap();
         m.insert(b"a", b"1").unwrap();
-        assert_eq!(m.get(b"a").unwrap(), Some(b"1".to_vec()));
-        let slot = m.probe(m.hash(b"b"), b"b").unwrap().free;
-        let block = (m.slots.id, slot * SLOT / BLOCK as u64);
-        assert!(
-            lock(&cache).index.contains_key(&block),
-            "the probe cached it"
-        );
-        m.slots.file = full;
+        swap_file(&mut m.slots, full);
         let e = m.insert(b"b", b"2").unwrap_err().to_string();
         assert!(e.contains("test map"), "{e}");
         assert!(m.broken);
-        assert!(
-            !lock(&cache).index.contains_key(&block),
-            "the block written to was dropped"
-        );
         assert!(m.get(b"a").is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cached_block_that_cannot_be_written_back_breaks_its_map_and_is_kept() {
+        let Some(full) = open_full() else {
+            return;
+        };
+        let d = tempdir("full-back");
+        // A probe's read spans up to 3 blocks (of 64 bytes in tests).
+        let cache = Arc::new(Mutex::new(BlockCache::new(4)));
+        let mut m = DiskMap::with_cache(&d, "test map", 0, cache.clone()).unwrap();
+        // Reads of /dev/full see zeros: an empty table.
+        swap_file(&mut m.slots, full);
+        m.insert(b"a", b"1").unwrap();
+        assert_eq!(m.stats().slots.writes.load(Ordering::Relaxed), 0);
+        assert_eq!(m.stats().slots.kept.load(Ordering::Relaxed), 1);
+        // Another map's reads evict the changed block: writing it back fails.
+        let mut other = DiskMap::with_cache(&d, "other map", 0, cache.clone()).unwrap();
+        for i in 0..50u32 {
+            other.insert(&i.to_le_bytes(), b"x").unwrap();
+            other.get(&i.to_le_bytes()).unwrap();
+        }
+        assert!(m.slots.failed());
+        let e = m.get(b"a").unwrap_err().to_string();
+        assert!(
+            e.contains("test map") && e.contains("earlier write failed"),
+            "{e}"
+        );
+        assert!(m.insert(b"c", b"3").is_err());
+        let stuck = lock(&cache)
+            .frames
+            .iter()
+            .filter(|f| f.stuck && f.key.is_some_and(|(id, _)| id == m.slots.id))
+            .count();
+        assert_eq!(stuck, 1, "kept: no read sees the file's older bytes");
+        for i in 0..50u32 {
+            assert_eq!(other.get(&i.to_le_bytes()).unwrap(), Some(b"x".to_vec()));
+        }
+        drop(m);
+        assert!(lock(&cache).frames.iter().all(|f| !f.stuck));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn changed_blocks_are_written_back_before_a_walk_or_a_rebuild_reads_the_file() {
+        let d = tempdir("back");
+        let cache = Arc::new(Mutex::new(BlockCache::new(1 << 14)));
+        let mut m = DiskMap::with_cache(&d, "test map", 0, cache).unwrap();
+        for i in 0..300u32 {
+            m.insert(&i.to_le_bytes(), &[1u8; 40]).unwrap();
+        }
+        for i in 0..300u32 {
+            assert!(m.overwrite(&i.to_le_bytes(), &[2u8; 40]).unwrap());
+        }
+        assert!(m.stats().log.kept.load(Ordering::Relaxed) > 0);
+        assert!(m.stats().slots.kept.load(Ordering::Relaxed) > 0);
+        let items = all(&m);
+        assert_eq!(items.len(), 300);
+        assert!(
+            items.iter().all(|(_, v)| v == &[2u8; 40]),
+            "the walk sees the overwrites"
+        );
+        // Grows the table: the rebuild reads the old one past the cache.
+        for i in 300..800u32 {
+            m.insert(&i.to_le_bytes(), &[3u8; 4]).unwrap();
+        }
+        for i in 0..800u32 {
+            let want = if i < 300 { vec![2u8; 40] } else { vec![3u8; 4] };
+            assert_eq!(m.get(&i.to_le_bytes()).unwrap(), Some(want));
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
