@@ -1235,7 +1235,8 @@ impl BlockCache {
     }
 
     /// `data` was written at `off` of `file`: held blocks it touches take it. A write that
-    /// starts past what a block holds (a gap) drops that block instead.
+    /// starts past what a block holds (a gap; not met in practice, as a file only grows by
+    /// writes at its end) drops that block instead, written back first if it changed.
     fn update(&mut self, file: u64, off: u64, data: &[u8]) {
         let end = off + data.len() as u64;
         let mut block = off / BLOCK as u64;
@@ -1251,7 +1252,7 @@ impl BlockCache {
                     let src = (from - off) as usize;
                     frame.data[i..i + n].copy_from_slice(&data[src..src + n]);
                     frame.len = frame.len.max(i + n);
-                } else {
+                } else if self.write_frame(f) {
                     self.drop_frame(f);
                 }
             }
