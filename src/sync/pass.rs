@@ -295,10 +295,12 @@ struct ScopeMap {
 }
 
 impl ScopeMap {
-    fn new(dir: &std::path::Path) -> std::io::Result<ScopeMap> {
+    /// `expected`: about how many objects the scope holds (what the index knows), so the
+    /// tables are sized once rather than rebuilt as they grow.
+    fn new(dir: &std::path::Path, expected: u64) -> std::io::Result<ScopeMap> {
         Ok(ScopeMap {
-            by_dn: DiskMap::scratch(dir, "scope map", 0)?,
-            exts: DiskMap::scratch(dir, "scope map by anchor", 0)?,
+            by_dn: DiskMap::scratch(dir, "scope map", expected)?,
+            exts: DiskMap::scratch(dir, "scope map by anchor", expected)?,
             users: 0,
             groups: 0,
             error: std::sync::Mutex::new(None),
@@ -643,7 +645,7 @@ pub async fn full_pass(
     scim.pin_member_removal(profile.resource(ResourceKind::Group).member_removal());
     learn_endpoint(scim).await;
     gate.set_scope(index.len());
-    let scope = ScopeMap::new(index.state_dir()).map_err(PassError::State)?;
+    let scope = ScopeMap::new(index.state_dir(), index.len() as u64).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
     let (jobs_tx, jobs_rx) = channel::bounded::<Task>(settings.concurrency * 2);
     // Filled after the scan when enough objects are unknown ([`crate::sync::listing`]).
