@@ -735,7 +735,13 @@ pub async fn full_pass(
     // Let in-flight work land in the index even when the pass failed.
     pass.drain().await;
     if let Some(s) = pass.admission.summary() {
-        log::info!("{s}");
+        // A pass that stopped (an endpoint outage, a failed read) is tried again and says
+        // nothing new each time; its window is worth a line only when it ran to its end.
+        if result.is_ok() {
+            log::info!("{s}");
+        } else {
+            log::debug!("{s}");
+        }
     }
     pass.jobs.close();
     for w in workers {
