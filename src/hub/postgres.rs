@@ -134,6 +134,27 @@ fn unms(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// A row of `SELECT agent, instance, seen_ms, heartbeat FROM agents`.
+fn seen(r: &Row) -> StoredSeen {
+    StoredSeen {
+        agent: r.get(0),
+        instance: r.get(1),
+        at_ms: unms(r.get(2)),
+        body: r.get(3),
+    }
+}
+
+/// A row of `SELECT grp, agent, instance, renewed_ms, granted_ms FROM leases`.
+fn lease(r: &Row) -> StoredLease {
+    StoredLease {
+        group: r.get(0),
+        agent: r.get(1),
+        instance: r.get(2),
+        renewed_ms: unms(r.get(3)),
+        granted_ms: unms(r.get(4)),
+    }
+}
+
 fn request(r: &Row) -> StoredRequest {
     StoredRequest {
         id: r.get(0),
@@ -349,12 +370,7 @@ impl Store for PgStore {
                     &[],
                 )?
                 .iter()
-                .map(|r| StoredSeen {
-                    agent: r.get(0),
-                    instance: r.get(1),
-                    at_ms: unms(r.get(2)),
-                    body: r.get(3),
-                })
+                .map(seen)
                 .collect();
             let leases = c
                 .client
@@ -363,13 +379,7 @@ impl Store for PgStore {
                     &[],
                 )?
                 .iter()
-                .map(|r| StoredLease {
-                    group: r.get(0),
-                    agent: r.get(1),
-                    instance: r.get(2),
-                    renewed_ms: unms(r.get(3)),
-                    granted_ms: unms(r.get(4)),
-                })
+                .map(lease)
                 .collect();
             Ok(Snapshot {
                 requests,
@@ -593,12 +603,7 @@ fn fleet(client: &mut Client, since_ms: i64) -> Result<(Event, i64), postgres::E
             &[&since_ms],
         )?
         .iter()
-        .map(|r| StoredSeen {
-            agent: r.get(0),
-            instance: r.get(1),
-            at_ms: unms(r.get(2)),
-            body: r.get(3),
-        })
+        .map(seen)
         .collect();
     let leases = client
         .query(
@@ -606,13 +611,7 @@ fn fleet(client: &mut Client, since_ms: i64) -> Result<(Event, i64), postgres::E
             &[],
         )?
         .iter()
-        .map(|r| StoredLease {
-            group: r.get(0),
-            agent: r.get(1),
-            instance: r.get(2),
-            renewed_ms: unms(r.get(3)),
-            granted_ms: unms(r.get(4)),
-        })
+        .map(lease)
         .collect();
     let newest = seen.iter().map(|s| ms(s.at_ms)).max().unwrap_or(since_ms);
     Ok((Event::Fleet(seen, leases), newest))

@@ -377,6 +377,18 @@ struct CommandResult {
     body: Value,
 }
 
+impl CommandResult {
+    /// An answer kept in the store (restored, or recorded through another replica).
+    fn from_stored(r: &StoredResult) -> CommandResult {
+        CommandResult {
+            agent: r.agent.clone(),
+            command: command_name(&r.command),
+            status: r.status,
+            body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        }
+    }
+}
+
 /// The hub's memory.
 pub struct HubState {
     timing: Timing,
@@ -532,15 +544,8 @@ impl HubState {
                 done.dropped += 1;
                 continue;
             }
-            self.results.insert(
-                r.id.clone(),
-                CommandResult {
-                    agent: r.agent,
-                    command: command_name(&r.command),
-                    status: r.status,
-                    body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
-                },
-            );
+            self.results
+                .insert(r.id.clone(), CommandResult::from_stored(&r));
             self.results_order.push_back(r.id);
             done.results += 1;
         }

@@ -69,15 +69,8 @@ impl HubState {
         if !self.agents.contains_key(&r.agent) || self.results.contains_key(&r.id) {
             return;
         }
-        self.results.insert(
-            r.id.clone(),
-            CommandResult {
-                agent: r.agent,
-                command: command_name(&r.command),
-                status: r.status,
-                body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
-            },
-        );
+        self.results
+            .insert(r.id.clone(), CommandResult::from_stored(&r));
         self.results_order.push_back(r.id);
         while self.results_order.len() > self.limits.results {
             if let Some(old) = self.results_order.pop_front() {
