@@ -49,6 +49,7 @@ pub mod filter;
 pub mod members;
 mod notify;
 
+mod catch_up;
 mod conn;
 mod content_sync;
 mod dialect;
@@ -69,6 +70,7 @@ use smol::channel::{Receiver, Sender};
 
 use crate::secret::Secret;
 
+pub use catch_up::CatchUpStream;
 pub use content_sync::{SyncEvent, SyncMode, SyncStream};
 pub use dialect::{
     detect_kind, naming_contexts, supports_control, DirectoryKind, AD_CAPABILITY_OIDS, DIRSYNC_OID,

@@ -209,6 +209,8 @@ async fn follow_once(
         feed: resolve_feed(c, &src).await,
         park_after: c.sync.max_attempts,
         delete_settle: c.sync.delete_settle,
+        persist_catch_up: (src.kind == DirectoryKind::Ds389)
+            .then_some(crate::sync::follow::PERSIST_CATCH_UP_DELAY),
     };
     log::info!("change feed: {}", settings.feed.name());
     agent.feed.set_kind(

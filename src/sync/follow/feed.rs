@@ -52,15 +52,16 @@ pub(super) async fn feed(
     scope: String,
     notify: smol::channel::Sender<()>,
     link: Arc<FeedLink>,
+    catch_up: Option<Duration>,
 ) -> String {
     // Down again when this task ends or is dropped.
     let _link = link.guard();
-    let mut stream = dir.content_sync(
+    let mut stream = dir.content_sync_caught_up(
         &base,
         &filter,
         &["entryUUID"],
         Some(cookie.clone()),
-        SyncMode::RefreshAndPersist,
+        catch_up,
     );
     let mut last_cookie = cookie;
     let mut batch: Vec<Vec<u8>> = Vec::new();

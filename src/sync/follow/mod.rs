@@ -143,7 +143,14 @@ pub struct FollowSettings {
     /// How long a delete waits to be weighed with the others of its burst
     /// (`sync.delete_settle_secs`).
     pub delete_settle: Duration,
+    /// With syncrepl, the catch-up search after each persist session's refresh, and how
+    /// long after it (389-DS loses changes at a session's start: see `ldap::catch_up`).
+    pub persist_catch_up: Option<Duration>,
 }
+
+/// How long after a persist session's refresh its catch-up search runs on 389-DS: time for
+/// a change caught in the gap to reach the retro changelog.
+pub const PERSIST_CATCH_UP_DELAY: Duration = Duration::from_millis(500);
 
 /// The change feed `run` follows (resolved: never "auto").
 #[derive(Debug, Clone)]
@@ -543,6 +550,7 @@ pub async fn run(
                 scope.clone(),
                 notify_tx,
                 agent.feed.clone(),
+                settings.persist_catch_up,
             )),
             Feed::Poll(spec) => smol::spawn(poll_feed(
                 dir.clone(),

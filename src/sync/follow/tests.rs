@@ -1186,6 +1186,7 @@ impl Bench {
                 // Deletes are weighed at the sender's next turn (tests that need a window
                 // set one).
                 delete_settle: Duration::ZERO,
+                persist_catch_up: None,
             },
             control: Control::new(),
             agent: AgentState::new(false),
