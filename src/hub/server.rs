@@ -194,6 +194,20 @@ impl Drop for PollOpen<'_> {
     }
 }
 
+/// Withdraws a SCIM forward when its handler ends, however it ends (nothing when it was
+/// answered or withdrawn already).
+struct Withdraw<'a> {
+    hub: &'a Hub,
+    agent: &'a str,
+    id: &'a str,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        self.hub.state().withdraw(self.agent, self.id);
+    }
+}
+
 /// Why a request body was not read.
 enum BodyError {
     TooLarge,
@@ -1150,6 +1164,12 @@ impl Hub {
         let id = match queued {
             Ok(id) => id,
             Err(e) => return enqueue_failed(agent, &e, true),
+        };
+        // A caller that goes away (this future dropped) withdraws its forward too.
+        let _withdraw = Withdraw {
+            hub: self,
+            agent,
+            id: &id,
         };
         // Beside other replicas: in the database before any poll may take it.
         if self.store.shared().is_some() {

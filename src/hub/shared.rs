@@ -123,8 +123,9 @@ pub trait Shared: Send + Sync {
         instance: &str,
         ttl: Duration,
     ) -> Result<(StoredLease, Grant), StoreError>;
-    /// How long ago any replica recorded a heartbeat of `agent` (`None`: never), on the
-    /// database's clock: whether a forward can reach it through another replica.
+    /// How long ago any replica recorded a heartbeat of `agent` (`None`: never): the
+    /// database's clock now against the recording replica's time of it (replicas' clocks
+    /// are near enough for a reach of minutes); whether a forward can reach it elsewhere.
     fn heartbeat_age(&self, agent: &str) -> Result<Option<Duration>, StoreError>;
     /// The changes other replicas make, as they are committed.
     fn events(&self) -> smol::channel::Receiver<Event>;

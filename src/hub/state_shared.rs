@@ -84,11 +84,15 @@ impl HubState {
     }
 
     /// Removes request `id` from its agent's queue, if queued here; true if it was. A
-    /// forward whose caller waits here stays: its answer or its timeout ends it.
+    /// forward whose caller still waits here stays: its answer or its timeout ends it.
     pub fn adopt_gone(&mut self, id: &str) -> bool {
         for slot in self.agents.values_mut() {
             if let Some(pos) = slot.queue.iter().position(|q| q.id == id) {
-                if slot.queue[pos].reply_to.is_some() {
+                if slot.queue[pos]
+                    .reply_to
+                    .as_ref()
+                    .is_some_and(|tx| !tx.is_closed())
+                {
                     return false;
                 }
                 if let Some(q) = slot.queue.remove(pos) {
@@ -131,7 +135,7 @@ impl HubState {
         // replica (its answer on the way here) or past its expiry; not offered again
         // before `redeliver`.
         for q in slot.queue.iter_mut() {
-            if q.reply_to.is_some() && claim.gone.contains(&q.id) {
+            if claim.gone.contains(&q.id) {
                 q.delivered = Some(now);
             }
         }
@@ -423,5 +427,10 @@ mod tests {
             !h.journal_pending(),
             "the row was taken out by the listener"
         );
+        // A caller that went away (its handler dropped) does not keep its forward here.
+        let (tx, rx) = smol::channel::bounded(1);
+        let id = h.enqueue("a1", &scim("/Users"), Some(tx), now).unwrap();
+        drop(rx);
+        assert!(h.adopt_gone(&id));
     }
 }
