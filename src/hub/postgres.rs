@@ -22,7 +22,8 @@
 //!   ([`super::shared`]'s rules): `s` announces one queued, `f` one answered (the replica
 //!   that queued it takes the answer out, deleting the row), `g` one answered where it
 //!   was queued or given up. Rows past their expiry are never claimed and are deleted by
-//!   the re-check.
+//!   the re-check, which also reads the waiting forwards and takes out this replica's
+//!   answers (a notification lost with a connection).
 //! * A lost connection is opened again at the next call; a call that fails reports the
 //!   database's message, which never holds the password.
 
@@ -712,6 +713,29 @@ fn live_forwards(
         .collect())
 }
 
+/// Takes out (deletes) the answered forwards `replica` queued (of `ids`, or all), as
+/// [`Event::ForwardAnswer`]s.
+fn take_answers(
+    client: &mut Client,
+    replica: &str,
+    ids: Option<&[String]>,
+) -> Result<Vec<Event>, postgres::Error> {
+    Ok(client
+        .query(
+            "DELETE FROM forwards WHERE origin = $1 AND status IS NOT NULL \
+             AND ($2::text[] IS NULL OR id = ANY($2)) RETURNING id, agent, status, answer",
+            &[&replica, &ids],
+        )?
+        .iter()
+        .map(|r| Event::ForwardAnswer {
+            id: r.get(0),
+            agent: r.get(1),
+            status: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+            body: r.get(3),
+        })
+        .collect())
+}
+
 /// Heartbeats recorded at or after `since_ms`, and every lease; the newest `seen_ms`.
 fn fleet(client: &mut Client, since_ms: i64) -> Result<(Event, i64), postgres::Error> {
     let seen: Vec<StoredSeen> = client
@@ -832,24 +856,12 @@ fn serve_listener(
         }
         if !forward_answers.is_empty() {
             // Those this replica waits for, taken out; the others are gone for it.
-            let rows = c.query(
-                "DELETE FROM forwards WHERE id = ANY($1) AND origin = $2 \
-                 AND status IS NOT NULL RETURNING id, agent, status, answer",
-                &[&forward_answers, &replica],
-            )?;
-            let mut mine = std::collections::HashSet::new();
-            let mut answers = Vec::new();
-            for r in &rows {
-                let id: String = r.get(0);
-                mine.insert(id.clone());
-                answers.push(Event::ForwardAnswer {
-                    id,
-                    agent: r.get(1),
-                    status: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
-                    body: r.get(3),
-                });
-            }
-            gone.extend(forward_answers.into_iter().filter(|id| !mine.contains(id)));
+            let answers = take_answers(c, replica, Some(&forward_answers))?;
+            gone.extend(forward_answers.into_iter().filter(|id| {
+                !answers
+                    .iter()
+                    .any(|a| matches!(a, Event::ForwardAnswer { id: i, .. } if i == id))
+            }));
             for a in answers {
                 if tx.try_send(a).is_err() {
                     return Ok(());
@@ -888,6 +900,8 @@ fn serve_listener(
                 &[&ms(FORWARD_SWEEP_MARGIN.as_millis() as u64)],
             )?;
             events.extend(live_forwards(c, None)?.into_iter().map(Event::Forward));
+            // Answers for this replica whose notification was lost with a connection.
+            events.extend(take_answers(c, replica, None)?);
             let (event, newest) = fleet(c, seen_since)?;
             events.push(event);
             // Rows committed a little late still come next time.
