@@ -245,7 +245,7 @@ fn a_thousand_queued_commands_outlive_a_restart_on_postgres_and_each_is_delivere
     const N: usize = 1000;
     let db = Db::create("restart");
     let mut hub = hub(&db, "pg-restart", "redeliver_secs = 8\n");
-    assert_eq!(db.query("SELECT max(version) FROM schema_version"), "1");
+    assert_eq!(db.query("SELECT max(version) FROM schema_version"), "2");
     let ids: Vec<String> = (0..N).map(|i| queue(&hub, i)).collect();
     let delivered_at = Instant::now();
     let first = poll(&hub, 1);
@@ -463,4 +463,293 @@ fn a_replica_killed_mid_run_loses_nothing() {
         assert_eq!(answered(&a, id)["state"], "answered", "{id}");
     }
     assert_eq!(db.query("SELECT count(*) FROM requests"), "0");
+}
+
+// ---------------------------------------------------------------------------------------
+// SCIM forwards across replicas.
+
+/// A poll of `a1` on `hub`: the envelopes it carried.
+fn poll_envelopes(hub: &HubProcess, wait_secs: u64) -> Vec<Value> {
+    let r = agent_call(hub, "a1", "i1", "poll", &json!({ "wait_secs": wait_secs }));
+    if r.status == 204 {
+        return Vec::new();
+    }
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["requests"].as_array().unwrap().clone()
+}
+
+/// `a1` answers request `id` on `hub` with `status` and `body`.
+fn answer_one(hub: &HubProcess, id: &str, status: u16, body: &Value) {
+    let r = agent_call(
+        hub,
+        "a1",
+        "i1",
+        "responses",
+        &json!({"responses": [{"id": id, "status": status, "body": body}]}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
+/// Rows of the forwards table.
+fn forward_rows(db: &Db) -> String {
+    db.query("SELECT count(*) FROM forwards")
+}
+
+#[test]
+fn a_scim_forward_through_one_replica_reaches_the_poll_held_on_the_other_and_its_answer_comes_back()
+{
+    let db = Db::create("fwd");
+    let a = Arc::new(hub(&db, "pg-fwd-a", "forward_timeout_secs = 20\n"));
+    let b = Arc::new(hub(&db, "pg-fwd-b", "forward_timeout_secs = 20\n"));
+    // The agent heartbeats and polls on A only.
+    assert_eq!(heartbeat(&a, "a1", "i1"), "active");
+    const SECRET_NAME: &str = "Zelda-Quill-Personal-7731";
+    let agent = {
+        let a = a.clone();
+        thread::spawn(move || {
+            let mut got = Vec::new();
+            let until = Instant::now() + Duration::from_secs(30);
+            while got.len() < 2 && Instant::now() < until {
+                for e in poll_envelopes(&a, 5) {
+                    let id = e["id"].as_str().unwrap().to_string();
+                    let (status, body) = match e["method"].as_str().unwrap() {
+                        "GET" => (
+                            200,
+                            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+                                   "totalResults": 1,
+                                   "Resources": [{"id": "YW5u", "userName": SECRET_NAME}]}),
+                        ),
+                        _ => (
+                            201,
+                            json!({"id": "bmV3", "userName": e["body"]["userName"].clone()}),
+                        ),
+                    };
+                    answer_one(&a, &id, status, &body);
+                    got.push(e);
+                }
+            }
+            got
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = operator(&b, "GET", "/agents/a1/scim/v2/Users?count=5", "");
+    assert_eq!(r.status, 200, "{}\nA: {}\nB: {}", r.body, a.log(), b.log());
+    assert_eq!(r.json()["Resources"][0]["userName"], SECRET_NAME);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "woken, not found by a timer: {:?}",
+        t.elapsed()
+    );
+    let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                      "userName": "Pat-Written-Through-B"});
+    let r = operator(&b, "POST", "/agents/a1/scim/v2/Users", &user.to_string());
+    assert_eq!(r.status, 201, "{}\nA: {}\nB: {}", r.body, a.log(), b.log());
+    assert_eq!(r.json()["userName"], "Pat-Written-Through-B");
+    let got = agent.join().unwrap();
+    assert_eq!(got.len(), 2, "each forward delivered once: {got:?}");
+    assert_eq!(
+        (&got[0]["kind"], &got[0]["path"], &got[0]["query"]),
+        (&json!("scim"), &json!("/Users"), &json!("count=5"))
+    );
+    assert_eq!(got[1]["body"]["userName"], "Pat-Written-Through-B");
+    // Nothing is left in the database, nothing comes again on either replica, and the
+    // bodies are in no log line.
+    assert_eq!(forward_rows(&db), "0");
+    assert!(poll_envelopes(&a, 1).is_empty());
+    assert!(poll_envelopes(&b, 1).is_empty());
+    for h in [&a, &b] {
+        assert!(!h.log().contains(SECRET_NAME), "{}", h.log());
+        assert!(!h.log().contains("Pat-Written-Through-B"), "{}", h.log());
+    }
+}
+
+#[test]
+fn a_forward_its_agent_never_answers_is_504_withdrawn_and_gone_from_the_database() {
+    let db = Db::create("fwdlate");
+    let a = Arc::new(hub(
+        &db,
+        "pg-fwdlate-a",
+        "forward_timeout_secs = 2\nredeliver_secs = 1\n",
+    ));
+    let b = hub(
+        &db,
+        "pg-fwdlate-b",
+        "forward_timeout_secs = 2\nredeliver_secs = 1\n",
+    );
+    // An agent seen by no replica is not connected: 503 at once.
+    let t = Instant::now();
+    let r = operator(&b, "GET", "/agents/a2/scim/v2/Users", "");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("not connected"), "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    assert_eq!(heartbeat(&a, "a1", "i1"), "active");
+    let agent = {
+        let a = a.clone();
+        thread::spawn(move || poll_envelopes(&a, 10))
+    };
+    thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = operator(&b, "GET", "/agents/a1/scim/v2/Schemas", "");
+    assert_eq!(r.status, 504, "{}\nA: {}\nB: {}", r.body, a.log(), b.log());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+    let got = agent.join().unwrap();
+    assert_eq!(got.len(), 1, "delivered to A's poll: {}", a.log());
+    assert_eq!(forward_rows(&db), "0", "withdrawn from the database");
+    // The agent's late answer is dropped quietly; the forward never comes again.
+    answer_one(
+        &a,
+        got[0]["id"].as_str().unwrap(),
+        200,
+        &json!({"late": true}),
+    );
+    thread::sleep(Duration::from_millis(1100));
+    assert!(poll_envelopes(&a, 1).is_empty());
+    assert!(poll_envelopes(&b, 1).is_empty());
+    assert_eq!(forward_rows(&db), "0");
+    assert!(!a.log().contains("ERROR"), "{}", a.log());
+}
+
+#[test]
+fn a_real_agent_polling_one_replica_reads_and_writes_its_directory_for_the_other() {
+    use common::{url_encode, wait_until, Agent, Dir, Running, ScimServer, TestOu};
+    let db = Db::create("fwdagent");
+    let mut dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "pgfwd");
+    let o = ou.dn.clone();
+    dir.modify(&format!(
+        "dn: uid=pf1,{o}\nobjectClass: inetOrgPerson\nuid: pf1\ncn: PF1\nsn: S\n\n\
+         dn: uid=pf2,{o}\nobjectClass: inetOrgPerson\nuid: pf2\ncn: PF2\nsn: S\n"
+    ));
+    // Writeback of groups in the test's OU, with an account that may write.
+    dir.bind_dn = dir.admin_dn.clone();
+    dir.bind_pw = dir.admin_pw.clone();
+    let scim = ScimServer::start();
+    let settings = format!("{}{}", common::HUB_SETTINGS, db.config(""));
+    let agents = [("a1", "branch", "agent-token-pgfwd")];
+    let a = common::Hub::start("operator-token-pgfwd", &settings, &agents);
+    let b = common::Hub::start("operator-token-pgfwd", &settings, &agents);
+    let agent = Agent::with_relay(
+        &dir,
+        &[&o],
+        &scim,
+        &a,
+        ("a1", "agent-token-pgfwd"),
+        &format!(
+            "\n[writeback]\nresources = [\"groups\"]\nallowed_ous = [\"{o}\"]\n\
+             group_attributes = [\"displayName\", \"members\"]\n"
+        ),
+    );
+    let _run = Running(agent.spawn(&["run"]));
+    assert!(
+        wait_until(60, || a.role("a1").as_deref() == Some("active")
+            && scim.all("Users").len() == 2),
+        "agent: {}\nA: {}",
+        agent.log(),
+        a.log()
+    );
+    // A read through B, answered from the directory by the agent polling A.
+    let filter = url_encode(r#"userName eq "pf1""#);
+    let (s, v) = b.op(
+        "GET",
+        &format!("/agents/a1/scim/v2/Users?filter={filter}"),
+        None,
+    );
+    assert_eq!(
+        s,
+        200,
+        "{v}\nagent: {}\nA: {}\nB: {}",
+        agent.log(),
+        a.log(),
+        b.log()
+    );
+    assert_eq!(v["totalResults"], 1, "{v}");
+    let pf1 = v["Resources"][0]["id"].as_str().unwrap().to_string();
+    // A write through B, carried out by the agent in the directory.
+    let group = json!({"displayName": "pgfwd-ops", "members": [{"value": pf1}]});
+    let (s, v) = b.op(
+        "POST",
+        "/agents/a1/scim/v2/Groups",
+        Some(&group.to_string()),
+    );
+    assert_eq!(s, 201, "{v}\nagent: {}\nB: {}", agent.log(), b.log());
+    assert!(
+        dir.attr_ldif(&format!("cn=pgfwd-ops,{o}"), "member")
+            .is_some_and(|m| m.contains("uid=pf1")),
+        "the group is in the directory"
+    );
+    assert_eq!(forward_rows(&db), "0");
+}
+
+#[test]
+fn a_forward_is_503_at_once_when_the_database_cannot_be_reached() {
+    let db = Db::create("fwddown");
+    let a = hub(&db, "pg-fwddown-a", "forward_timeout_secs = 20\n");
+    let b = Arc::new(hub(&db, "pg-fwddown-b", "forward_timeout_secs = 20\n"));
+    assert_eq!(heartbeat(&a, "a1", "i1"), "active");
+    // The agent polls B too (a poll held there while the database goes away).
+    let held = {
+        let b = b.clone();
+        thread::spawn(move || agent_call(&b, "a1", "i1", "poll", &json!({"wait_secs": 8})))
+    };
+    thread::sleep(Duration::from_millis(300));
+    let (base, _) = db.admin.rsplit_once('/').unwrap();
+    psql(
+        &format!("{base}/postgres"),
+        &format!("DROP DATABASE {} WITH (FORCE)", db.name),
+    );
+    // Polled here: queued, but it cannot be written for the other replicas.
+    let t = Instant::now();
+    let r = operator(&b, "GET", "/agents/a1/scim/v2/Users", "");
+    assert_eq!(r.status, 503, "{}\n{}", r.body, b.log());
+    assert!(r.body.contains("cannot reach its database"), "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let _ = held.join();
+    // Polled elsewhere: the database cannot say whether it is connected.
+    let t = Instant::now();
+    let r = operator(&a, "GET", "/agents/a2/scim/v2/Users", "");
+    assert_eq!(r.status, 503, "{}\n{}", r.body, a.log());
+    assert!(r.body.contains("cannot reach its database"), "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_forward_handed_out_by_a_replica_that_dies_is_answered_after_its_agent_moves() {
+    let db = Db::create("fwdkill");
+    let settings = "forward_timeout_secs = 15\nredeliver_secs = 2\n";
+    let mut a = hub(&db, "pg-fwdkill-a", settings);
+    let b = Arc::new(hub(&db, "pg-fwdkill-b", settings));
+    assert_eq!(heartbeat(&a, "a1", "i1"), "active");
+    let caller = {
+        let b = b.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            operator(&b, "GET", "/agents/a1/scim/v2/Users?count=1", "")
+        })
+    };
+    // A hands the forward to the agent's poll, then dies before the agent answers.
+    let first = poll_envelopes(&a, 10);
+    assert_eq!(first.len(), 1, "{}", a.log());
+    let id = first[0]["id"].as_str().unwrap().to_string();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // The agent polls B now: the forward comes again once `redeliver_secs` passed, once.
+    let mut again = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while again.is_empty() && Instant::now() < until {
+        again = poll_envelopes(&b, 1);
+    }
+    assert_eq!(again.len(), 1, "{}", b.log());
+    assert_eq!(again[0]["id"], id.as_str());
+    answer_one(&b, &id, 200, &json!({"totalResults": 0, "Resources": []}));
+    let r = caller.join().unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, b.log());
+    assert_eq!(r.json()["totalResults"], 0);
+    assert_eq!(forward_rows(&db), "0");
+    assert!(poll_envelopes(&b, 1).is_empty());
 }

@@ -27,7 +27,9 @@
 //! Invariants:
 //! * Commands queued and not answered, command answers, heartbeats and leases are kept in
 //!   the store (`storage`, docs/hub.md) and written before the request that changed them
-//!   is answered: a restarted hub goes on where it stopped. SCIM forwards are not kept.
+//!   is answered: a restarted hub goes on where it stopped. SCIM forwards are not kept
+//!   (beside other replicas a forward is a database row only while its caller waits, so
+//!   the replica holding its agent's poll can deliver it: [`shared`]).
 //!   Request ids carry a random per-start prefix (never one a kept id has), so none is
 //!   ever reused.
 //! * Listens on loopback unless the config says `allow_public = true`.

@@ -18,6 +18,12 @@
 //!   at start, after a reconnect and every [`RECHECK`], so a missed notification costs at
 //!   most that long; the re-check also reads the heartbeats recorded since the last one
 //!   and the leases, for each replica's agent listing.
+//! * SCIM forwards (`forwards`, schema version 2) are rows only while their caller waits
+//!   ([`super::shared`]'s rules): `s` announces one queued, `f` one answered (the replica
+//!   that queued it takes the answer out, deleting the row), `g` one answered where it
+//!   was queued or given up. Rows past their expiry are never claimed and are deleted by
+//!   the re-check, which also reads the waiting forwards and takes out this replica's
+//!   answers (a notification lost with a connection).
 //! * A lost connection is opened again at the next call; a call that fails reports the
 //!   database's message, which never holds the password.
 
@@ -31,14 +37,14 @@ use smol::channel::{Receiver, Sender};
 
 use super::lease::Grant;
 use super::pg_config::PgTarget;
-use super::shared::{decide_lease, Claim, Event, Shared};
+use super::shared::{decide_lease, Claim, Event, ForwardChange, Shared};
 use super::store::{
     Change, Snapshot, Store, StoreError, StoredLease, StoredRequest, StoredResult, StoredSeen,
 };
 
 /// The schema, one step per version (version = index + 1). Never edit a step that has
 /// shipped: add one.
-pub const MIGRATIONS: [&str; 1] = [
+pub const MIGRATIONS: [&str; 2] = [
     // 1: as SQLite's first step, with the claim's `claimed_by`.
     "CREATE TABLE requests (
         n BIGSERIAL PRIMARY KEY,
@@ -72,6 +78,20 @@ pub const MIGRATIONS: [&str; 1] = [
         renewed_ms BIGINT NOT NULL,
         granted_ms BIGINT NOT NULL
     );",
+    // 2: SCIM forwards in flight between replicas (a row only while its caller waits).
+    "CREATE TABLE forwards (
+        n BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        agent TEXT NOT NULL,
+        envelope TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        delivered_ms BIGINT,
+        claimed_by TEXT,
+        status INTEGER,
+        answer TEXT
+    );
+    CREATE INDEX forwards_expiry ON forwards (expires_ms);",
 ];
 
 /// The `LISTEN`/`NOTIFY` channel.
@@ -80,6 +100,9 @@ pub const CHANNEL: &str = "idrelay_hub";
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// Connections for calls (the listener has its own).
 const POOL: usize = 4;
+/// How long past its expiry a forward's row is left before the re-check deletes it
+/// (its replica deletes it itself at once; this is for a replica that died).
+const FORWARD_SWEEP_MARGIN: Duration = Duration::from_secs(5);
 /// Any number, the same in every hub: the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x1d_7e1a_0001;
 
@@ -100,6 +123,12 @@ struct Statements {
     lease_row: Statement,
     lease_lock: Statement,
     lease_set: Statement,
+    forward_queued: Statement,
+    forward_answered: Statement,
+    forward_done: Statement,
+    forward_handed_back: Statement,
+    forward_claim: Statement,
+    heartbeat_age: Statement,
 }
 
 struct Conn {
@@ -216,8 +245,11 @@ fn prepare(mut client: Client) -> Result<Conn, postgres::Error> {
              FROM due WHERE r.id = due.id
              RETURNING r.id"
         ))?,
-        claimed_elsewhere: client
-            .prepare("SELECT id, delivered_ms FROM requests WHERE id = ANY($1)")?,
+        claimed_elsewhere: client.prepare(&format!(
+            "SELECT id, delivered_ms FROM requests WHERE id = ANY($1) \
+             UNION ALL SELECT id, delivered_ms FROM forwards WHERE id = ANY($1) \
+             AND status IS NULL AND expires_ms > {NOW_MS}"
+        ))?,
         lease_renew: client.prepare(&format!(
             "UPDATE leases SET renewed_ms = {NOW_MS} \
              WHERE grp = $1 AND agent = $2 AND instance = $3 \
@@ -235,6 +267,32 @@ fn prepare(mut client: Client) -> Result<Conn, postgres::Error> {
             "UPDATE leases SET agent = $2, instance = $3, renewed_ms = $4, granted_ms = $5 \
              WHERE grp = $1",
         )?,
+        forward_queued: client.prepare(&format!(
+            "INSERT INTO forwards (id, agent, envelope, origin, expires_ms) \
+             VALUES ($1, $2, $3, $4, {NOW_MS} + $5) ON CONFLICT (id) DO NOTHING"
+        ))?,
+        forward_answered: client.prepare(
+            "UPDATE forwards SET status = $2, answer = $3 WHERE id = $1 AND status IS NULL \
+             RETURNING id",
+        )?,
+        forward_done: client.prepare("DELETE FROM forwards WHERE id = $1")?,
+        forward_handed_back: client.prepare(
+            "UPDATE forwards SET delivered_ms = NULL, claimed_by = NULL \
+             WHERE id = $1 AND claimed_by = $2",
+        )?,
+        forward_claim: client.prepare(&format!(
+            "WITH due AS (
+                SELECT id FROM forwards
+                WHERE id = ANY($1) AND status IS NULL AND expires_ms > {NOW_MS}
+                  AND (delivered_ms IS NULL OR delivered_ms <= {NOW_MS} - $2)
+                FOR UPDATE SKIP LOCKED)
+             UPDATE forwards f SET delivered_ms = {NOW_MS}, claimed_by = $3
+             FROM due WHERE f.id = due.id
+             RETURNING f.id"
+        ))?,
+        heartbeat_age: client.prepare(&format!(
+            "SELECT {NOW_MS} - seen_ms FROM agents WHERE agent = $1"
+        ))?,
     };
     Ok(Conn { client, st })
 }
@@ -433,6 +491,7 @@ impl Store for PgStore {
                     } => {
                         let d = i32::try_from(*deliveries).unwrap_or(i32::MAX);
                         tx.execute(&st.handed_back, &[id, &d, &replica])?;
+                        tx.execute(&st.forward_handed_back, &[id, &replica])?;
                     }
                     Change::Delivered { .. } | Change::Lease(_) => {}
                     Change::Gone { id } => {
@@ -452,6 +511,31 @@ impl Store for PgStore {
                     }
                     Change::Seen(s) => {
                         tx.execute(&st.seen, &[&s.agent, &s.instance, &ms(s.at_ms), &s.body])?;
+                    }
+                    Change::Forward(ForwardChange::Queued {
+                        id,
+                        agent,
+                        envelope,
+                        timeout_ms,
+                    }) => {
+                        tx.execute(
+                            &st.forward_queued,
+                            &[id, agent, envelope, &replica, &ms(*timeout_ms)],
+                        )?;
+                        announce(&mut tx, 's', id)?;
+                    }
+                    Change::Forward(ForwardChange::Answered { id, status, body }) => {
+                        // Nothing when its caller gave up (the row is gone): dropped.
+                        let written =
+                            tx.query_opt(&st.forward_answered, &[id, &i32::from(*status), body])?;
+                        if written.is_some() {
+                            announce(&mut tx, 'f', id)?;
+                        }
+                    }
+                    Change::Forward(ForwardChange::Done { id }) => {
+                        if tx.execute(&st.forward_done, &[id])? > 0 {
+                            announce(&mut tx, 'g', id)?;
+                        }
                     }
                 }
             }
@@ -477,7 +561,8 @@ impl Shared for PgStore {
         self.with(|c| {
             let st = &c.st;
             let mut tx = c.client.transaction()?;
-            let rows = tx.query(&st.claim, &[&ids, &redeliver_ms, &self.replica])?;
+            let mut rows = tx.query(&st.claim, &[&ids, &redeliver_ms, &self.replica])?;
+            rows.extend(tx.query(&st.forward_claim, &[&ids, &redeliver_ms, &self.replica])?);
             let taken: std::collections::HashSet<String> =
                 rows.iter().map(|r| r.get::<_, String>(0)).collect();
             let rest: Vec<&String> = ids.iter().filter(|id| !taken.contains(*id)).collect();
@@ -574,6 +659,13 @@ impl Shared for PgStore {
         })
     }
 
+    fn heartbeat_age(&self, agent: &str) -> Result<Option<Duration>, StoreError> {
+        self.with(|c| {
+            let row = c.client.query_opt(&c.st.heartbeat_age, &[&agent])?;
+            Ok(row.map(|r| Duration::from_millis(unms(r.get(0)))))
+        })
+    }
+
     fn events(&self) -> Receiver<Event> {
         self.events.clone()
     }
@@ -592,6 +684,55 @@ fn all_requests(client: &mut Client) -> Result<Vec<StoredRequest>, postgres::Err
         )?
         .iter()
         .map(request)
+        .collect())
+}
+
+/// The forwards waiting for their agent (of `ids`, or all), not past their expiry, as
+/// requests (`command` empty).
+fn live_forwards(
+    client: &mut Client,
+    ids: Option<&[String]>,
+) -> Result<Vec<StoredRequest>, postgres::Error> {
+    let sql = format!(
+        "SELECT id, agent, envelope, delivered_ms FROM forwards \
+         WHERE status IS NULL AND expires_ms > {NOW_MS} AND ($1::text[] IS NULL OR id = ANY($1)) \
+         ORDER BY n"
+    );
+    Ok(client
+        .query(&sql, &[&ids])?
+        .iter()
+        .map(|r| StoredRequest {
+            id: r.get(0),
+            agent: r.get(1),
+            command: String::new(),
+            envelope: r.get(2),
+            enqueued_ms: 0,
+            delivered_ms: r.get::<_, Option<i64>>(3).map(unms),
+            deliveries: 0,
+        })
+        .collect())
+}
+
+/// Takes out (deletes) the answered forwards `replica` queued (of `ids`, or all), as
+/// [`Event::ForwardAnswer`]s.
+fn take_answers(
+    client: &mut Client,
+    replica: &str,
+    ids: Option<&[String]>,
+) -> Result<Vec<Event>, postgres::Error> {
+    Ok(client
+        .query(
+            "DELETE FROM forwards WHERE origin = $1 AND status IS NOT NULL \
+             AND ($2::text[] IS NULL OR id = ANY($2)) RETURNING id, agent, status, answer",
+            &[&replica, &ids],
+        )?
+        .iter()
+        .map(|r| Event::ForwardAnswer {
+            id: r.get(0),
+            agent: r.get(1),
+            status: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+            body: r.get(3),
+        })
         .collect())
 }
 
@@ -666,6 +807,11 @@ fn serve_listener(
     if tx.try_send(Event::Requests(all_requests(c)?)).is_err() {
         return Ok(());
     }
+    for f in live_forwards(c, None)? {
+        if tx.try_send(Event::Forward(f)).is_err() {
+            return Ok(());
+        }
+    }
     // Heartbeats before this moment came with the snapshot; a minute of margin for
     // clocks and commits in flight.
     let mut seen_since = ms(super::state::WallClock::now().base_ms).saturating_sub(60_000);
@@ -688,6 +834,8 @@ fn serve_listener(
         let mut queued = Vec::new();
         let mut answered = Vec::new();
         let mut gone = Vec::new();
+        let mut forwards = Vec::new();
+        let mut forward_answers = Vec::new();
         for p in &payloads {
             let mut parts = p.splitn(3, ' ');
             let (Some(from), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next())
@@ -701,7 +849,23 @@ fn serve_listener(
                 "q" => queued.push(id.to_string()),
                 "a" => answered.push(id.to_string()),
                 "g" => gone.push(id.to_string()),
+                "s" => forwards.push(id.to_string()),
+                "f" => forward_answers.push(id.to_string()),
                 _ => {}
+            }
+        }
+        if !forward_answers.is_empty() {
+            // Those this replica waits for, taken out; the others are gone for it.
+            let answers = take_answers(c, replica, Some(&forward_answers))?;
+            gone.extend(forward_answers.into_iter().filter(|id| {
+                !answers
+                    .iter()
+                    .any(|a| matches!(a, Event::ForwardAnswer { id: i, .. } if i == id))
+            }));
+            for a in answers {
+                if tx.try_send(a).is_err() {
+                    return Ok(());
+                }
             }
         }
         let mut events: Vec<Event> = gone.into_iter().map(Event::Gone).collect();
@@ -711,6 +875,13 @@ fn serve_listener(
                 &[&queued],
             )?;
             events.extend(rows.iter().map(|r| Event::Queued(request(r))));
+        }
+        if !forwards.is_empty() {
+            events.extend(
+                live_forwards(c, Some(&forwards))?
+                    .into_iter()
+                    .map(Event::Forward),
+            );
         }
         if !answered.is_empty() {
             let rows = c.query(
@@ -723,6 +894,14 @@ fn serve_listener(
         if checked.elapsed() >= RECHECK {
             checked = Instant::now();
             events.push(Event::Requests(all_requests(c)?));
+            // Forwards past their expiry (their replica died, or could not delete them).
+            c.execute(
+                &format!("DELETE FROM forwards WHERE expires_ms < {NOW_MS} - $1"),
+                &[&ms(FORWARD_SWEEP_MARGIN.as_millis() as u64)],
+            )?;
+            events.extend(live_forwards(c, None)?.into_iter().map(Event::Forward));
+            // Answers for this replica whose notification was lost with a connection.
+            events.extend(take_answers(c, replica, None)?);
             let (event, newest) = fleet(c, seen_since)?;
             events.push(event);
             // Rows committed a little late still come next time.
@@ -749,5 +928,6 @@ mod tests {
             );
         }
         assert!(MIGRATIONS[0].contains("claimed_by"));
+        assert!(MIGRATIONS[1].contains("CREATE TABLE forwards ("));
     }
 }

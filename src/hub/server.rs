@@ -194,6 +194,20 @@ impl Drop for PollOpen<'_> {
     }
 }
 
+/// Withdraws a SCIM forward when its handler ends, however it ends (nothing when it was
+/// answered or withdrawn already).
+struct Withdraw<'a> {
+    hub: &'a Hub,
+    agent: &'a str,
+    id: &'a str,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        self.hub.state().withdraw(self.agent, self.id);
+    }
+}
+
 /// Why a request body was not read.
 enum BodyError {
     TooLarge,
@@ -264,6 +278,9 @@ impl Hub {
             boot = format!("{:08x}", fastrand::u32(..));
         }
         state.set_boot(&boot);
+        if store.shared().is_some() {
+            state.share_forwards(cfg.forward_timeout);
+        }
         log::info!(
             "state kept in {}: {} command(s) waiting for their agent, {} answer(s) kept{}",
             store.describe(),
@@ -973,7 +990,7 @@ impl Hub {
                 "agent {agent}: answer to unknown or answered request {} ignored",
                 printable(&id)
             ),
-            Answered::Forwarded | Answered::Stored => {
+            Answered::Forwarded | Answered::Stored | Answered::Relayed => {
                 log::debug!(
                     "agent {agent}: request {} answered {status}",
                     printable(&id)
@@ -1117,10 +1134,17 @@ impl Hub {
             body,
         };
         let (tx, rx) = smol::channel::bounded(1);
+        // Beside other replicas, an agent that polls another one is reachable too.
+        let here = self.state().connected(agent, Instant::now());
+        let elsewhere = match (here, self.reachable_elsewhere(agent).await) {
+            (true, _) | (false, None) => false,
+            (false, Some(Ok(seen))) => seen,
+            (false, Some(Err(e))) => return database_unreachable(agent, &e),
+        };
         let queued = {
             let now = Instant::now();
             let mut s = self.state();
-            if s.connected(agent, now) {
+            if here || elsewhere || s.connected(agent, now) {
                 s.enqueue(agent, &work, Some(tx), now)
             } else {
                 let when = match s.last_poll_age(agent, now) {
@@ -1141,6 +1165,19 @@ impl Hub {
             Ok(id) => id,
             Err(e) => return enqueue_failed(agent, &e, true),
         };
+        // A caller that goes away (this future dropped) withdraws its forward too.
+        let _withdraw = Withdraw {
+            hub: self,
+            agent,
+            id: &id,
+        };
+        // Beside other replicas: in the database before any poll may take it.
+        if self.store.shared().is_some() {
+            if let Err(e) = self.persist().await {
+                self.state().withdraw(agent, &id);
+                return database_unreachable(agent, &e);
+            }
+        }
         let answer = smol::future::or(async { rx.recv().await.ok() }, async {
             Timer::after(self.cfg.forward_timeout).await;
             None
@@ -1148,6 +1185,8 @@ impl Hub {
         .await;
         let Some(reply) = answer else {
             let withdrawn = self.state().withdraw(agent, &id);
+            // Out of the database too: no replica hands it out any more.
+            self.persist_logged().await;
             log::warn!(
                 "agent {agent} did not answer {id} within {} s{}",
                 self.cfg.forward_timeout.as_secs(),
@@ -1311,6 +1350,20 @@ fn scim_unauthorized() -> Response {
     log::warn!("SCIM request without the operator token");
     let mut r = scim_error(401, None, "operator token missing or wrong");
     r.insert_header("WWW-Authenticate", "Bearer");
+    r
+}
+
+/// 503 to a SCIM forward: the database (replicas) cannot be asked.
+fn database_unreachable(agent: &str, e: &StoreError) -> Response {
+    log::error!("{e}; a SCIM forward to agent {agent} refused");
+    let mut r = scim_error(
+        503,
+        None,
+        &format!(
+            "the hub cannot reach its database to forward to agent `{agent}`; try again shortly"
+        ),
+    );
+    r.insert_header("Retry-After", "5");
     r
 }
 

@@ -1,6 +1,7 @@
 //! What replicas of the hub on one database decide in it, not in one process's memory
 //! (`storage = "postgres"`, [`super::postgres`]): the claim of a poll's batch, a group's
-//! lease, and the changes other replicas made, as events.
+//! lease, and the changes other replicas made, as events; and how a SCIM forward crosses
+//! from the replica its caller waits on to the one its agent polls ([`ForwardChange`]).
 //!
 //! Invariants:
 //! * A request is handed to one poll at a time across all replicas: a claim takes a row
@@ -11,12 +12,61 @@
 //!   the database's clock: two replicas never both grant it while it is valid.
 //! * Events carry rows as the database holds them; applying one twice, or one about a
 //!   request this replica already knows, changes nothing.
+//! * A SCIM forward is a row only while its caller waits: written when queued (with an
+//!   expiry of `forward_timeout_secs` on the database's clock), claimed like a command but
+//!   never after its expiry, its answer written by the replica the agent answered through
+//!   and taken out (row deleted) by the replica that queued it; answered there or given up,
+//!   the row is deleted at once, and an orphan (its replica died) is swept after expiry.
+//!   Its envelope and answer may carry personal data: no `Debug` of them, no log line.
 
 use std::time::{Duration, Instant};
 
 use super::lease::{self, Grant, Lease};
 use super::state::WallClock;
 use super::store::{StoreError, StoredLease, StoredRequest, StoredResult, StoredSeen};
+
+/// What becomes of a SCIM forward in the database (recorded only beside other replicas).
+#[derive(Clone, PartialEq, Eq)]
+pub enum ForwardChange {
+    /// Queued through this replica for `agent`: written, due to expire `timeout_ms` from
+    /// now on the database's clock.
+    Queued {
+        /// Request id.
+        id: String,
+        /// The agent it is for.
+        agent: String,
+        /// The envelope, JSON text.
+        envelope: String,
+        /// How long its caller waits.
+        timeout_ms: u64,
+    },
+    /// Its agent answered through this replica, which did not queue it: the answer is
+    /// written for the replica that waits for it (nothing, when it is gone).
+    Answered {
+        /// Request id.
+        id: String,
+        /// The agent's status.
+        status: u16,
+        /// The agent's body, as it sent it.
+        body: Option<String>,
+    },
+    /// Answered to its caller here, or given up: the row goes.
+    Done {
+        /// Request id.
+        id: String,
+    },
+}
+
+impl std::fmt::Debug for ForwardChange {
+    /// Names the request only: envelopes and answers may carry personal data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardChange::Queued { id, agent, .. } => write!(f, "Queued({id} for {agent})"),
+            ForwardChange::Answered { id, status, .. } => write!(f, "Answered({id}, {status})"),
+            ForwardChange::Done { id } => write!(f, "Done({id})"),
+        }
+    }
+}
 
 /// A change another replica made (or the database's view of every queued request).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +83,21 @@ pub enum Event {
     /// Heartbeats recorded (by any replica) since the last re-check, and every lease: what
     /// the agent listing shows.
     Fleet(Vec<StoredSeen>, Vec<StoredLease>),
+    /// A SCIM forward queued through another replica, waiting for its agent (`command`
+    /// empty).
+    Forward(StoredRequest),
+    /// The answer to a forward this replica queued, given through another replica (the
+    /// row is already deleted).
+    ForwardAnswer {
+        /// Request id.
+        id: String,
+        /// The agent that answered.
+        agent: String,
+        /// Its status.
+        status: u16,
+        /// Its body.
+        body: Option<String>,
+    },
 }
 
 /// What a claim of a poll's batch got.
@@ -58,6 +123,10 @@ pub trait Shared: Send + Sync {
         instance: &str,
         ttl: Duration,
     ) -> Result<(StoredLease, Grant), StoreError>;
+    /// How long ago any replica recorded a heartbeat of `agent` (`None`: never): the
+    /// database's clock now against the recording replica's time of it (replicas' clocks
+    /// are near enough for a reach of minutes); whether a forward can reach it elsewhere.
+    fn heartbeat_age(&self, agent: &str) -> Result<Option<Duration>, StoreError>;
     /// The changes other replicas make, as they are committed.
     fn events(&self) -> smol::channel::Receiver<Event>;
     /// This replica's name in the database (`claimed_by`).

@@ -349,6 +349,7 @@ impl Store for SqliteStore {
                                 ms(l.granted_ms)
                             ])?;
                         }
+                        Change::Forward(_) => {}
                     }
                 }
                 tx.commit()

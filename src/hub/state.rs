@@ -21,7 +21,10 @@
 //!   answered; answers dropped; heartbeats; leases) is recorded in a journal, in order, for
 //!   the server to write to the [`super::store::Store`] ([`HubState::take_journal`]); a
 //!   new process is rebuilt from the store's snapshot ([`HubState::restore`]). SCIM
-//!   forwards are never journaled (their operator is gone with the process).
+//!   forwards are never kept (their operator is gone with the process); beside other
+//!   replicas ([`HubState::share_forwards`]) they are journaled as
+//!   [`super::shared::ForwardChange`]s, which a shared store writes only while their
+//!   caller waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +37,7 @@ use crate::relay::protocol::Envelope;
 
 use super::lease::{self, Grant, Lease};
 use super::listing::{self, AgentRow, Digest, Fleet, Holder, ListQuery, Order, Problems};
+use super::shared::ForwardChange;
 use super::store::{Change, Snapshot, StoredLease, StoredRequest, StoredResult, StoredSeen};
 
 // Beside other replicas on one database: applying their changes (not journaled).
@@ -233,6 +237,8 @@ pub enum Answered {
     Ignored,
     /// Passed to the operator waiting on a SCIM forward.
     Forwarded,
+    /// The answer to a SCIM forward queued through another replica: journaled for it.
+    Relayed,
     /// Kept as a command result.
     Stored,
 }
@@ -404,6 +410,8 @@ pub struct HubState {
     stopping: bool,
     clock: WallClock,
     journal: Vec<Change>,
+    /// Beside other replicas: how long a forward's caller waits (forwards are journaled).
+    shared_forwards: Option<Duration>,
 }
 
 impl HubState {
@@ -447,6 +455,7 @@ impl HubState {
             stopping: false,
             clock: WallClock::now(),
             journal: Vec::new(),
+            shared_forwards: None,
         }
     }
 
@@ -580,6 +589,12 @@ impl HubState {
         self.agents.contains_key(agent)
     }
 
+    /// Beside other replicas: SCIM forwards are journaled from now on (queued, answered,
+    /// given up), their callers waiting up to `timeout`.
+    pub fn share_forwards(&mut self, timeout: Duration) {
+        self.shared_forwards = Some(timeout);
+    }
+
     /// Queues `work` for `agent` and wakes its polls. `reply_to` receives the answer (SCIM
     /// forwards); without it the answer is kept as a command result.
     pub fn enqueue(
@@ -612,6 +627,14 @@ impl HubState {
             Work::Command(c) => Some(c.name()),
             Work::Scim { .. } => None,
         };
+        if let (None, Some(timeout)) = (command, self.shared_forwards) {
+            self.journal.push(Change::Forward(ForwardChange::Queued {
+                id: id.clone(),
+                agent: agent.to_string(),
+                envelope: envelope.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }));
+        }
         if let Some(name) = command {
             self.journal.push(Change::Queued(StoredRequest {
                 id: id.clone(),
@@ -713,7 +736,7 @@ impl HubState {
             q.delivered = None;
             q.deliveries = q.deliveries.saturating_sub(1);
             n += 1;
-            if q.command.is_some() {
+            if q.command.is_some() || self.shared_forwards.is_some() {
                 self.journal.push(Change::Delivered {
                     id: q.id.clone(),
                     at_ms: None,
@@ -769,7 +792,20 @@ impl HubState {
         slot.queued_bytes -= q.bytes;
         if let Some(tx) = q.reply_to {
             let _ = tx.try_send(reply);
+            if self.shared_forwards.is_some() {
+                self.journal
+                    .push(Change::Forward(ForwardChange::Done { id: q.id }));
+            }
             return Answered::Forwarded;
+        }
+        if q.command.is_none() && self.shared_forwards.is_some() {
+            // A forward another replica queued: its caller waits there.
+            self.journal.push(Change::Forward(ForwardChange::Answered {
+                id: q.id,
+                status: reply.status,
+                body: reply.body,
+            }));
+            return Answered::Relayed;
         }
         let body = match &reply.body {
             None => Value::Null,
@@ -817,6 +853,9 @@ impl HubState {
                     slot.queued_bytes -= q.bytes;
                     if q.command.is_some() {
                         self.journal.push(Change::Gone { id: q.id });
+                    } else if self.shared_forwards.is_some() {
+                        self.journal
+                            .push(Change::Forward(ForwardChange::Done { id: q.id }));
                     }
                 }
                 true

@@ -5,7 +5,10 @@
 //! Invariants: applying a row this state already has (its own change coming back, a
 //! re-check) changes nothing; a request answered here is never queued again by an event
 //! that was read before the answer was written (its answer is kept, and the claim is the
-//! final word: a row gone is dropped).
+//! final word: a row gone is dropped). A SCIM forward of another replica is queued here
+//! without a caller: its agent's answer is journaled for that replica
+//! ([`super::Answered::Relayed`]); the answer to a forward of this replica, given through
+//! another, reaches its caller once ([`HubState::forward_answered`]).
 
 use std::time::Instant;
 
@@ -15,12 +18,43 @@ use smol::channel::Sender;
 use super::super::lease::{Grant, Lease};
 use super::super::shared::Claim;
 use super::super::store::{StoredLease, StoredRequest, StoredResult, StoredSeen};
-use super::{command_name, CommandResult, HubState, Queued, Seen};
+use super::{command_name, CommandResult, HubState, Queued, Reply, Seen};
 
 impl HubState {
     /// Queues `r` (a command queued through another replica) unless it is known here;
     /// returns the polls of its agent to wake.
     pub fn adopt_request(&mut self, r: StoredRequest) -> Vec<Sender<()>> {
+        let command = command_name(&r.command);
+        self.adopt(r, Some(command))
+    }
+
+    /// Queues `r` (a SCIM forward queued through another replica, its caller waiting
+    /// there) unless it is known here; returns the polls of its agent to wake.
+    pub fn adopt_forward(&mut self, r: StoredRequest) -> Vec<Sender<()>> {
+        self.adopt(r, None)
+    }
+
+    /// Hands `reply` (given through another replica) to the caller of forward `id` of
+    /// `agent`, if it still waits here; true if it did.
+    pub fn forward_answered(&mut self, agent: &str, id: &str, reply: Reply) -> bool {
+        let Some(slot) = self.agents.get_mut(agent) else {
+            return false;
+        };
+        let Some(pos) = slot
+            .queue
+            .iter()
+            .position(|q| q.id == id && q.reply_to.is_some())
+        else {
+            return false;
+        };
+        let Some(q) = slot.queue.remove(pos) else {
+            return false;
+        };
+        slot.queued_bytes -= q.bytes;
+        q.reply_to.is_some_and(|tx| tx.try_send(reply).is_ok())
+    }
+
+    fn adopt(&mut self, r: StoredRequest, command: Option<&'static str>) -> Vec<Sender<()>> {
         if self.results.contains_key(&r.id) {
             return Vec::new();
         }
@@ -40,7 +74,7 @@ impl HubState {
             bytes: r.envelope.len(),
             id: r.id,
             envelope,
-            command: Some(command_name(&r.command)),
+            command,
             enqueued: clock.instant(r.enqueued_ms),
             delivered: r.delivered_ms.map(|ms| clock.instant(ms)),
             deliveries: r.deliveries,
@@ -49,10 +83,18 @@ impl HubState {
         std::mem::take(&mut slot.waiters)
     }
 
-    /// Removes request `id` from its agent's queue, if queued here; true if it was.
+    /// Removes request `id` from its agent's queue, if queued here; true if it was. A
+    /// forward whose caller still waits here stays: its answer or its timeout ends it.
     pub fn adopt_gone(&mut self, id: &str) -> bool {
         for slot in self.agents.values_mut() {
             if let Some(pos) = slot.queue.iter().position(|q| q.id == id) {
+                if slot.queue[pos]
+                    .reply_to
+                    .as_ref()
+                    .is_some_and(|tx| !tx.is_closed())
+                {
+                    return false;
+                }
                 if let Some(q) = slot.queue.remove(pos) {
                     slot.queued_bytes -= q.bytes;
                 }
@@ -81,7 +123,7 @@ impl HubState {
 
     /// What a claim of a poll's batch found about the requests it did not take: delivered
     /// through another replica (due again `redeliver` after that), or gone.
-    pub fn claim_outcome(&mut self, agent: &str, claim: &Claim) {
+    pub fn claim_outcome(&mut self, agent: &str, claim: &Claim, now: Instant) {
         for id in &claim.gone {
             self.adopt_gone(id);
         }
@@ -89,6 +131,14 @@ impl HubState {
         let Some(slot) = self.agents.get_mut(agent) else {
             return;
         };
+        // A forward of this replica the claim did not find: answered through another
+        // replica (its answer on the way here) or past its expiry; not offered again
+        // before `redeliver`.
+        for q in slot.queue.iter_mut() {
+            if claim.gone.contains(&q.id) {
+                q.delivered = Some(now);
+            }
+        }
         for (id, at_ms) in &claim.elsewhere {
             if let Some(q) = slot.queue.iter_mut().find(|q| &q.id == id) {
                 q.delivered = Some(clock.instant(*at_ms));
@@ -157,6 +207,7 @@ impl HubState {
 #[cfg(test)]
 mod tests {
     use super::super::*;
+    use crate::hub::shared::Claim;
     use crate::hub::store::StoredRequest;
     use std::time::Duration;
 
@@ -253,5 +304,133 @@ mod tests {
         let v: Value = serde_json::from_str(&h.agents_view(t0)).unwrap();
         assert_eq!(v[0]["instance"], "i2");
         assert!(!h.journal_pending());
+    }
+
+    fn scim(id_path: &str) -> Work {
+        Work::Scim {
+            method: "GET".into(),
+            path: id_path.into(),
+            query: String::new(),
+            body: Value::Null,
+        }
+    }
+
+    fn forward_row(id: &str) -> StoredRequest {
+        StoredRequest {
+            command: String::new(),
+            envelope: format!(r#"{{"id":"{id}","kind":"scim","method":"GET","path":"/Users"}}"#),
+            ..row(id)
+        }
+    }
+
+    #[test]
+    fn forwards_beside_replicas_are_journaled_while_their_caller_waits_and_no_longer() {
+        let mut h = hub();
+        h.share_forwards(Duration::from_secs(30));
+        let now = Instant::now();
+        // Queued here: written (with the caller's timeout), then answered here: deleted.
+        let (tx, rx) = smol::channel::bounded(1);
+        let id = h.enqueue("a1", &scim("/Users"), Some(tx), now).unwrap();
+        let j = h.take_journal();
+        assert!(
+            matches!(&j[..], [Change::Forward(ForwardChange::Queued { id: i, timeout_ms: 30_000, .. })] if *i == id),
+            "{j:?}"
+        );
+        assert_eq!(
+            h.answer("a1", &id, Reply::json(200, &json!({}))),
+            Answered::Forwarded
+        );
+        assert_eq!(rx.try_recv().unwrap().status, 200);
+        assert_eq!(
+            h.take_journal(),
+            vec![Change::Forward(ForwardChange::Done { id: id.clone() })]
+        );
+        // Given up: deleted.
+        let (tx, _rx) = smol::channel::bounded(1);
+        let id = h.enqueue("a1", &scim("/Users"), Some(tx), now).unwrap();
+        h.take_journal();
+        assert!(h.withdraw("a1", &id));
+        assert_eq!(
+            h.take_journal(),
+            vec![Change::Forward(ForwardChange::Done { id })]
+        );
+        // Without replicas nothing about forwards is journaled.
+        let mut alone = hub();
+        let (tx, _rx) = smol::channel::bounded(1);
+        let id = alone.enqueue("a1", &scim("/Users"), Some(tx), now).unwrap();
+        alone.withdraw("a1", &id);
+        assert!(!alone.journal_pending());
+    }
+
+    #[test]
+    fn a_forward_of_another_replica_is_delivered_here_and_its_answer_journaled_for_it() {
+        let mut h = hub();
+        h.share_forwards(Duration::from_secs(30));
+        let (wake, _w) = smol::channel::bounded(1);
+        h.add_waiter("a1", wake);
+        assert_eq!(h.adopt_forward(forward_row("r-x-9")).len(), 1);
+        assert!(h.adopt_forward(forward_row("r-x-9")).is_empty(), "once");
+        let now = Instant::now();
+        let b = h.take_batch("a1", now);
+        assert_eq!(b.envelopes[0]["kind"], "scim");
+        assert!(!h.journal_pending(), "the claim writes the delivery");
+        let reply = Reply {
+            status: 200,
+            body: Some(r#"{"totalResults":0}"#.into()),
+        };
+        assert_eq!(h.answer("a1", "r-x-9", reply.clone()), Answered::Relayed);
+        assert_eq!(
+            h.take_journal(),
+            vec![Change::Forward(ForwardChange::Answered {
+                id: "r-x-9".into(),
+                status: 200,
+                body: reply.body.clone(),
+            })]
+        );
+        assert_eq!(h.answer("a1", "r-x-9", reply), Answered::Ignored, "once");
+        assert!(
+            h.request_view("r-x-9", now).is_none(),
+            "not a command result"
+        );
+    }
+
+    #[test]
+    fn the_answer_given_through_another_replica_reaches_the_caller_once_and_gone_does_not_drop_it()
+    {
+        let mut h = hub();
+        h.share_forwards(Duration::from_secs(30));
+        let now = Instant::now();
+        let (tx, rx) = smol::channel::bounded(1);
+        let id = h.enqueue("a1", &scim("/Users"), Some(tx), now).unwrap();
+        h.take_journal();
+        // A claim that did not find it (answered elsewhere, the answer on its way) or a
+        // stray notification leaves the caller waiting, and it is not offered again soon.
+        assert!(!h.adopt_gone(&id));
+        h.take_batch("a1", now);
+        h.claim_outcome(
+            "a1",
+            &Claim {
+                gone: vec![id.clone()],
+                ..Claim::default()
+            },
+            now,
+        );
+        assert!(h
+            .take_batch("a1", now + Duration::from_secs(1))
+            .envelopes
+            .is_empty());
+        let reply = Reply::json(201, &json!({"id": "x"}));
+        assert!(h.forward_answered("a1", &id, reply.clone()));
+        assert_eq!(rx.try_recv().unwrap().status, 201);
+        assert!(!h.forward_answered("a1", &id, reply), "once");
+        assert!(
+            !h.journal_pending(),
+            "the row was taken out by the listener"
+        );
+        // A caller that went away (its handler dropped) does not keep its forward here.
+        let (tx, rx) = smol::channel::bounded(1);
+        let id = h.enqueue("a1", &scim("/Users"), Some(tx), now).unwrap();
+        drop(rx);
+        assert!(h.adopt_gone(&id));
     }
 }

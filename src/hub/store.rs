@@ -10,7 +10,7 @@
 //!   time and count), command answers (the last `results`), each agent's last heartbeat,
 //!   each group's lease. SCIM forwards are not kept: the operator waiting for one is gone
 //!   with the process, and a write carried out after its caller saw it fail is worse than
-//!   none.
+//!   none (a shared store holds one only while its caller waits, [`Change::Forward`]).
 //! * Changes are applied in the order the state recorded them, a call's changes in one
 //!   transaction; the server writes a change before it answers the request that made it
 //!   (a `202` for a command, a poll's batch, the `204` to an agent's answers).
@@ -123,6 +123,9 @@ pub enum Change {
     Seen(StoredSeen),
     /// A group's lease as it is now.
     Lease(StoredLease),
+    /// A SCIM forward beside other replicas: recorded only when the store is shared
+    /// ([`Store::shared`]); a store of one process ignores it (forwards are not kept).
+    Forward(super::shared::ForwardChange),
 }
 
 /// Everything a store holds, to rebuild the state from.
@@ -304,6 +307,7 @@ impl Store for MemoryStore {
                 Change::Lease(l) => {
                     rows.leases.insert(l.group.clone(), l.clone());
                 }
+                Change::Forward(_) => {}
             }
         }
         Ok(())
