@@ -22,8 +22,8 @@
 # agent with bulk off also runs through the proxy at each of C1,C2 above C.
 # --fixed F1,F2 adds the agent with bulk off through the proxy at each Fi requests in
 # flight with `adaptive_concurrency = false` (the fixed number, as before the window).
-# IDRELAY_BIN_BASE=path adds the bulk-off rows for that binary (a baseline measured in
-# the same run, e.g. the commit before a change). --only-off runs only what concerns an
+# IDRELAY_BIN_BASE=path adds that binary's rows (bulk auto; bulk off unless --only-bulk): a
+# baseline measured in the same run, e.g. the commit before a change. --only-off runs only what concerns an
 # endpoint without Bulk: the agent with bulk off through the proxy (at C and above) and
 # the POST-only generator through the proxy. --only-bulk runs only the Bulk rows through the
 # proxy: the agent's first and second pass with bulk auto and the Bulk generator (for a
@@ -278,8 +278,12 @@ done
 AG_ADAPT=true AG_TAG=""
 if [ -n "${IDRELAY_BIN_BASE:-}" ]; then
   AG_BIN=$IDRELAY_BIN_BASE AG_TAG=" (base)" AG_CONC=$CONCURRENCY
-  [ "$ONLY_OFF" = 1 ] || agent base-loop-off loop off
-  agent base-wan-off wan off
+  if [ "$ONLY_OFF" = 0 ]; then
+    [ "$ONLY_BULK" = 1 ] || agent base-loop-auto loop auto
+    agent base-wan-auto wan auto
+  fi
+  [ "$ONLY_OFF" = 1 ] || [ "$ONLY_BULK" = 1 ] || agent base-loop-off loop off
+  [ "$ONLY_BULK" = 1 ] || agent base-wan-off wan off
   for c in ${LG_CONC//,/ }; do
     [ "$c" -gt "$CONCURRENCY" ] || continue
     AG_CONC=$c
@@ -319,6 +323,8 @@ ratios (issue 15 targets)
   WAN bulk auto / Bulk load generator on the WAN:     $(ratio "${S[wan-auto]:-}" "${S[bulk-wan]:-}")   (target <= 1.5)
   WAN bulk off / best POST-only generator ($BEST_C in flight): $(ratio "${S[wan-off]:-}" "$BEST_POST")   (target <= 2)
 EOF
+[ -z "${S[base-wan-auto]:-}" ] ||
+  echo "  base: WAN bulk auto / Bulk load generator on the WAN: $(ratio "${S[base-wan-auto]}" "${S[bulk-wan]:-}")   (target <= 1.5)"
 for t in wan-off fixed-wan-off base-wan-off; do
   for c in ${LG_CONC//,/ }; do
     [ -n "${S[$t-$c]:-}" ] || continue

@@ -27,6 +27,8 @@
 # :$IDRELAY_BENCH_CANNED_PORT (8091), all under $IDRELAY_TESTBED; they are stopped at the
 # end unless --keep. The seeded directory is kept and reused while N stays the same.
 # IDRELAY_BIN=path benchmarks that binary instead of building `cargo build --release`.
+# IDRELAY_BIN_BASE=path adds, on scim2-server, that binary's pass (with its own defaults) as
+# a baseline row measured in the same run (e.g. the commit before a change).
 # Needs root on first use (apt-get install slapd ldap-utils nginx time curl).
 set -euo pipefail
 # idrelay refuses to run as root unless told; test machines often are root.
@@ -157,6 +159,7 @@ else
 fi
 [ -x "$BIN" ] || die "no executable at $BIN"
 VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unknown)")
+[ -z "${IDRELAY_BIN_BASE:-}" ] || VERSION="$VERSION; base: $("$IDRELAY_BIN_BASE" version 2>/dev/null | head -n 1)"
 SIZE=$(stat -c %s "$BIN")
 STRIPPED=$SIZE
 if command -v strip >/dev/null && strip -o "$B/idrelay.stripped" "$BIN" 2>/dev/null; then
@@ -258,15 +261,16 @@ log "ldapsearch: $LS_N entries in $LS_S s (runs: ${LS_TIMES[*]})"
 ROWS=()
 NOTES=()
 RSS_KB_MAX=0
-run_agent() { # run_agent ENDPOINT [off] : [off] runs with `[sync] bulk = "off"`
-  local ep=$1 cfg t0 rc=0 secs rss summary objects reqs tag=$1 label=$1
+run_agent() { # run_agent ENDPOINT [off|base] : `[sync] bulk = "off"`, or $IDRELAY_BIN_BASE
+  local ep=$1 cfg t0 rc=0 secs rss summary objects reqs tag=$1 label=$1 bin=$BIN
   if [ "${2:-}" = off ]; then tag=$ep-bulk-off; label="$ep (bulk off)"; fi
+  if [ "${2:-}" = base ]; then tag=$ep-base; label="$ep (base)" bin=$IDRELAY_BIN_BASE; fi
   fresh "$ep"
   cfg=$(write_config "$ep")
   [ "${2:-}" = off ] && echo 'bulk = "off"' >>"$cfg"
   log "[$label] agent: idrelay sync --once (fresh endpoint, fresh state)"
   t0=$(now)
-  /usr/bin/time -v -o "$B/time-$tag.txt" "$BIN" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once >"$B/sync-$tag.out" 2>"$B/sync-$tag.err" || rc=$?
+  /usr/bin/time -v -o "$B/time-$tag.txt" "$bin" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once >"$B/sync-$tag.out" 2>"$B/sync-$tag.err" || rc=$?
   secs=$(secs_since "$t0")
   if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
     log_tail "$B/sync-$tag.err"
@@ -319,13 +323,20 @@ for ep in ${ENDPOINTS//,/ }; do
     run_agent "$ep" off
     OFF_S=$AGENT_S
   fi
+  BASE_S=""
+  if [ "$ep" = scim2-server ] && [ -n "${IDRELAY_BIN_BASE:-}" ]; then
+    run_agent "$ep" base
+    BASE_S=$AGENT_S
+  fi
   AGENT_S=$A_S
   run_loadgen "$ep"
   row "$ep" "$AGENT_S" "$AGENT_OBJS" "$LG_JSON" "writes"
+  [ -z "$BASE_S" ] || row "$ep (base)" "$BASE_S" "$AGENT_OBJS" "$LG_JSON" "writes"
   if [ -n "$OFF_S" ]; then
     row "$ep (bulk off)" "$OFF_S" "$AGENT_OBJS" "$LG_JSON" "writes"
     run_loadgen "$ep" --bulk 1000
     row "$ep" "$AGENT_S" "$AGENT_OBJS" "$LG_JSON" "bulk"
+    [ -z "$BASE_S" ] || row "$ep (base)" "$BASE_S" "$AGENT_OBJS" "$LG_JSON" "bulk"
     row "$ep (bulk off)" "$OFF_S" "$AGENT_OBJS" "$LG_JSON" "bulk"
   fi
   if [ "$LOOKUPS" = 1 ]; then

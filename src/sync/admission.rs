@@ -4,7 +4,7 @@
 //! [`Admission::landed`] with the object's latency when it came back. Throttling is read
 //! from the SCIM client's counter at each gate, so a 429 pauses new requests while the
 //! throttled one is still waiting out its Retry-After. SCIM Bulk requests are not counted
-//! here (they have their own bound, [`crate::sync::bulk::BATCHES_IN_FLIGHT`]).
+//! here (they have their own bound, [`crate::sync::bulk_window`]).
 //!
 //! Changes of the limit are logged at debug; [`Admission::summary`] says once per pass
 //! where it went.

@@ -37,7 +37,7 @@
 //!   501, or any other 4xx for a whole request) gets no more of them from this process.
 //!
 //! Memory: a request holds at most `maxOperations` objects (and [`MAX_OPERATIONS`]); the
-//! pass keeps at most [`BATCHES_IN_FLIGHT`] of them out at once.
+//! pass keeps at most what [`crate::sync::bulk_window`] allows out at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -50,9 +50,6 @@ use crate::sync::provision::{audit_outcome, whole_body, with_id, Hint, Job, Outc
 
 /// Most operations in one request, whatever the endpoint allows (memory and timeouts).
 pub const MAX_OPERATIONS: usize = 250;
-
-/// Bulk requests a pass keeps out at once.
-pub const BATCHES_IN_FLIGHT: usize = 4;
 
 /// The Bulk side of a pass: the endpoint's limits as learnt and shrunk, and whether Bulk
 /// is still used. Shared by the coordinator and the workers.
@@ -266,6 +263,11 @@ impl Planned {
         job.body = body;
         job
     }
+}
+
+/// The bytes of `batch`'s operations (what [`crate::sync::bulk_window`] counts).
+pub fn bytes(batch: &[Planned]) -> usize {
+    batch.iter().map(|p| p.op.len()).sum()
 }
 
 /// Objects gathered for the next request.

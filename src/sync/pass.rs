@@ -16,6 +16,11 @@
 //!    back and sent once, complete, when the phase has drained.
 //! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
 //!    out-of-scope members are left out, nested groups created in the same pass are held back and sent once they resolve.
+//!    Groups begin while the users' last requests are still out (once no user is left to
+//!    hold back): a group is sent only when every in-scope member it names has its id in
+//!    the index (a create answered, never one still out), else it is held like a nested
+//!    group and visited again after the groups' first round has drained, users included;
+//!    only a member whose user failed is then left out, as before.
 //!    A group's member ids travel apart from its JSON body, as one sorted compact list
 //!    ([`crate::scim::mapping::MemberIds`]); the hash covers body and ids without building
 //!    the whole representation, so a group costs about its member ids, not a JSON object
@@ -29,7 +34,7 @@
 //! the objects that can go that way (creates the listing proves absent, users' PUTs to owned
 //! ids) into Bulk requests that a worker sends ([`crate::sync::bulk`]); what a request hands
 //! back (refused, of unknown fate) is sent again on its own. Each phase's last request is sent
-//! before the phase drains, so users' requests go before groups'.
+//! before the next phase begins, so users' requests go before groups'.
 //!
 //! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
 //! taken for a smaller directory); a failing object is counted and reported and never
@@ -64,7 +69,8 @@ use crate::scim::profile::SyncProfile;
 use crate::scim::ResourceKind;
 use crate::sync::admission::{Admission, Gate};
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
-use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict, BATCHES_IN_FLIGHT};
+use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict};
+use crate::sync::bulk_window;
 use crate::sync::closure::Closures;
 use crate::sync::deletes::UserDelete;
 use crate::sync::deletes::{self, DeleteGate, HoldCheck, Settled, Target};
@@ -535,8 +541,8 @@ enum Landed {
     Again(Job, Hint),
     /// A member PATCH operation of a group (by anchor) through Bulk: applied or not.
     Member(String, bool),
-    /// A Bulk request is over.
-    BatchEnd,
+    /// A Bulk request of this many bytes of operations is over.
+    BatchEnd(usize),
     /// A single-request object is over, after this long (it landed just before).
     Single(Duration),
 }
@@ -593,6 +599,8 @@ struct Pass<'a> {
     bulk: BulkState,
     buffer: Buffer,
     batches_out: usize,
+    /// Bytes of the operations of the Bulk requests out.
+    bytes_out: usize,
     again: Vec<(Job, Hint)>,
     /// Groups whose member operations are out, by anchor.
     members_out: Vec<GroupOut>,
@@ -670,6 +678,7 @@ pub async fn full_pass(
                         ]
                     }
                     Task::Batch(lane, batch) => {
+                        let bytes = bulk::bytes(&batch);
                         let mut out: Vec<Landed> = bulk::send(&scim, &lane, batch)
                             .await
                             .into_iter()
@@ -679,7 +688,7 @@ pub async fn full_pass(
                                 Verdict::Member(ok) => Landed::Member(job.external_id, ok),
                             })
                             .collect();
-                        out.push(Landed::BatchEnd);
+                        out.push(Landed::BatchEnd(bytes));
                         out
                     }
                 };
@@ -719,6 +728,7 @@ pub async fn full_pass(
         },
         buffer: Buffer::default(),
         batches_out: 0,
+        bytes_out: 0,
         again: Vec::new(),
         members_out: Vec::new(),
         counted: std::collections::HashSet::new(),
@@ -871,9 +881,17 @@ impl Pass<'_> {
                     self.halt()?;
                 }
             }
-            self.drain().await;
+            // Groups begin while the users' last requests are out (see the module doc): a
+            // group goes only once every member it names has its id, else it is held.
+            let overlap = kind == ResourceKind::User;
+            if overlap && revisit.is_empty() {
+                self.flush().await;
+            } else {
+                self.drain().await;
+            }
             self.halt()?;
-            self.settle(kind, revisit, &filter, &attr_refs).await?;
+            self.settle(kind, revisit, &filter, &attr_refs, overlap)
+                .await?;
         }
         if self.graph.is_some() {
             log::info!(
@@ -958,13 +976,16 @@ impl Pass<'_> {
     /// is sent as it is, then once more so that references created by that send are
     /// filled in. A round over more than [`RESCAN_MIN`] objects reads them with one more
     /// paged search of the scope instead of one read each (on a first pass most users may
-    /// be held, waiting for their manager).
+    /// be held, waiting for their manager). `overlap`: the round that leaves nothing held
+    /// does not wait for its requests to land (the next phase begins meanwhile; what it
+    /// needs from them it holds until its own drain, which waits for them too).
     async fn settle(
         &mut self,
         kind: ResourceKind,
         mut held: HeldList,
         filter: &str,
         attrs: &[&str],
+        overlap: bool,
     ) -> Result<(), PassError> {
         if !held.is_empty() {
             log::info!(
@@ -979,7 +1000,11 @@ impl Pass<'_> {
             self.visit(kind, &mut held, filter, attrs, Round::Held, Some(&mut next))
                 .await?;
             drop(held);
-            self.drain().await;
+            if overlap && next.is_empty() {
+                self.flush().await;
+            } else {
+                self.drain().await;
+            }
             self.halt()?;
             if next.len() == before {
                 for round in [Round::Final, Round::FinalAgain] {
@@ -1393,7 +1418,7 @@ impl Pass<'_> {
     }
 
     /// Where the group anchored at `anchor` is in `members_out` (at most one group per
-    /// operation out or gathered: `BATCHES_IN_FLIGHT` requests and the buffer).
+    /// operation out or gathered: the requests out and the buffer).
     fn group_out(&self, anchor: &str) -> Option<usize> {
         self.members_out
             .iter()
@@ -1503,8 +1528,8 @@ impl Pass<'_> {
         }
     }
 
-    /// Sends a gathered Bulk request (one object goes on its own), keeping at most
-    /// [`BATCHES_IN_FLIGHT`] (and `concurrency`) out.
+    /// Sends a gathered Bulk request (one object goes on its own), keeping at most what
+    /// [`bulk_window`] allows out.
     async fn send_batch(&mut self, lane: Arc<Lane>, batch: Vec<Planned>) {
         if batch.len() == 1 && batch[0].is_object() {
             for p in batch {
@@ -1513,7 +1538,9 @@ impl Pass<'_> {
             }
             return;
         }
-        while self.batches_out >= BATCHES_IN_FLIGHT.min(self.settings.concurrency) {
+        let bytes = bulk::bytes(&batch);
+        let concurrency = self.settings.concurrency;
+        while !bulk_window::may_send(self.batches_out, self.bytes_out, bytes, concurrency) {
             match self.results.recv().await {
                 Ok(l) => self.apply(l),
                 Err(_) => break,
@@ -1521,6 +1548,7 @@ impl Pass<'_> {
         }
         let n = batch.iter().filter(|p| p.is_object()).count();
         self.batches_out += 1;
+        self.bytes_out += bytes;
         self.send_task(Task::Batch(lane, batch), n).await;
     }
 
@@ -1609,6 +1637,7 @@ impl Pass<'_> {
                         Task::One(j, _) => vec![j],
                         Task::Batch(_, b) => {
                             self.batches_out = self.batches_out.saturating_sub(1);
+                            self.bytes_out = self.bytes_out.saturating_sub(bulk::bytes(&b));
                             b.into_iter()
                                 .filter_map(|p| {
                                     if p.is_object() {
@@ -1629,9 +1658,8 @@ impl Pass<'_> {
         }
     }
 
-    /// Waits until every dispatched job has landed (the gathered Bulk request is sent
-    /// first).
-    async fn drain(&mut self) {
+    /// Sends the gathered Bulk request without waiting for anything to land.
+    async fn flush(&mut self) {
         if !self.buffer.is_empty() {
             let batch = self.buffer.take();
             match &self.bulk {
@@ -1651,6 +1679,12 @@ impl Pass<'_> {
                 }
             }
         }
+    }
+
+    /// Waits until every dispatched job has landed (the gathered Bulk request is sent
+    /// first).
+    async fn drain(&mut self) {
+        self.flush().await;
         loop {
             self.pump_again().await;
             // Member operations planned while draining go out together.
@@ -1682,7 +1716,10 @@ impl Pass<'_> {
                 self.again.push((job, hint));
             }
             Landed::Member(anchor, ok) => self.member_landed(&anchor, ok),
-            Landed::BatchEnd => self.batches_out = self.batches_out.saturating_sub(1),
+            Landed::BatchEnd(bytes) => {
+                self.batches_out = self.batches_out.saturating_sub(1);
+                self.bytes_out = self.bytes_out.saturating_sub(bytes);
+            }
             Landed::Single(latency) => self.admission.landed(latency, Instant::now()),
         }
     }
