@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-wan.sh [--users N] [--groups G] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--fixed F1,F2] [--only-off | --only-bulk] [--keep]
+# bench-wan.sh [--users N] [--groups G] [--rtt-ms MS] [--mbit M] [--concurrency C] [--loadgen-concurrency C1,C2] [--fixed F1,F2] [--only-off | --only-bulk | --second-pass R] [--keep]
 #
 # The WAN benchmark (a script, not a test; issue 15 item 6): one full pass of the agent over
 # N users (default 5,000) and G groups (default N/50) of 50, to a fresh scim2-server each time, on
@@ -28,11 +28,20 @@
 # the POST-only generator through the proxy. --only-bulk runs only the Bulk rows through the
 # proxy: the agent's first and second pass with bulk auto and the Bulk generator (for a
 # directory too large to also send one request per object, e.g. --users 100000 --groups 1000).
+# --second-pass R (needs IDRELAY_BIN_BASE) measures only the second pass, the old binary
+# against this one: one first pass (the base binary, bulk auto, on loopback) fills
+# scim2-server and a state directory; each binary gets a copy of that state and one
+# unmeasured second pass of its own (a binary that keeps more in its state fills it there);
+# then R second passes each through the proxy, alternating base and new, all over the same
+# unchanged directory and the same server. Printed: each run's wall time, the pass's own
+# time from its summary line, user + system CPU and peak RSS (/usr/bin/time -v). With --keep,
+# a later --second-pass run over the same N and G reuses that first pass and its server.
 #
 # Its servers are its own, never the test servers: slapd instance "openldap-wan" on
 # 127.0.0.1:$IDRELAY_WAN_LDAP_PORT (3396; ldaps $IDRELAY_WAN_LDAPS_PORT, 3643), scim2-server
 # "scim-wan" on :$IDRELAY_WAN_SCIM_PORT (8097) and the proxy on :$IDRELAY_WAN_PROXY_PORT
-# (8098), all under $IDRELAY_TESTBED, stopped at the end unless --keep (the proxy always).
+# (8098), all under $IDRELAY_TESTBED (IDRELAY_WAN_INSTANCE=x names them openldap-x, scim-x,
+# bench-x instead: a second copy beside one running), stopped at the end unless --keep (the proxy always).
 # The seeded directory is kept and reused while N and G stay the same.
 # IDRELAY_BIN=path benchmarks that binary instead of building `cargo build --release`.
 set -euo pipefail
@@ -55,6 +64,7 @@ FIXED=""
 KEEP=0
 ONLY_OFF=0
 ONLY_BULK=0
+SECOND_RUNS=0
 GROUPS_N=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -68,16 +78,18 @@ while [ $# -gt 0 ]; do
     --only-off) ONLY_OFF=1 ;;
     --only-bulk) ONLY_BULK=1 ;;
     --groups) GROUPS_N=${2:?}; shift ;;
-    -h | --help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --second-pass) SECOND_RUNS=${2:?}; shift ;;
+    -h | --help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
 done
 [ "$ONLY_OFF" = 0 ] || [ "$ONLY_BULK" = 0 ] || die "--only-off and --only-bulk exclude each other"
-for v in "$USERS" ${GROUPS_N:+"$GROUPS_N"} "$RTT_MS" "$MBIT" "$CONCURRENCY" ${LG_CONC//,/ } ${FIXED//,/ }; do
+for v in "$USERS" "$SECOND_RUNS" ${GROUPS_N:+"$GROUPS_N"} "$RTT_MS" "$MBIT" "$CONCURRENCY" ${LG_CONC//,/ } ${FIXED//,/ }; do
   [[ $v =~ ^[0-9]+$ ]] || die "not a whole number: $v"
 done
 [ "$USERS" -ge 50 ] || die "--users must be >= 50"
+[ "$SECOND_RUNS" = 0 ] || [ -n "${IDRELAY_BIN_BASE:-}" ] || die "--second-pass needs IDRELAY_BIN_BASE (the binary to compare with)"
 GROUPS_N=${GROUPS_N:-$((USERS / 50))}
 
 LDAP_PORT=${IDRELAY_WAN_LDAP_PORT:-3396}
@@ -85,11 +97,12 @@ LDAPS_PORT=${IDRELAY_WAN_LDAPS_PORT:-3643}
 SCIM_PORT=${IDRELAY_WAN_SCIM_PORT:-8097}
 PROXY_PORT=${IDRELAY_WAN_PROXY_PORT:-8098}
 TOKEN=bench-token
-B=$IDRELAY_TESTBED/bench-wan
+WAN_NAME=${IDRELAY_WAN_INSTANCE:-wan}
+B=$IDRELAY_TESTBED/bench-$WAN_NAME
 SCOPE=("ou=people,dc=branch,dc=test" "ou=groups,dc=branch,dc=test")
 
-ldap_tb() { IDRELAY_LDAP_INSTANCE=openldap-wan IDRELAY_LDAP_PORT=$LDAP_PORT IDRELAY_LDAPS_PORT=$LDAPS_PORT "$TB/openldap.sh" "$@"; }
-scim_tb() { IDRELAY_SCIM_INSTANCE=scim-wan IDRELAY_SCIM_PORT=$SCIM_PORT IDRELAY_SCIM_TOKEN=$TOKEN "$TB/scim-server.sh" "$@"; }
+ldap_tb() { IDRELAY_LDAP_INSTANCE=openldap-$WAN_NAME IDRELAY_LDAP_PORT=$LDAP_PORT IDRELAY_LDAPS_PORT=$LDAPS_PORT "$TB/openldap.sh" "$@"; }
+scim_tb() { IDRELAY_SCIM_INSTANCE=scim-$WAN_NAME IDRELAY_SCIM_PORT=$SCIM_PORT IDRELAY_SCIM_TOKEN=$TOKEN "$TB/scim-server.sh" "$@"; }
 url() { if [ "$1" = wan ]; then echo "http://127.0.0.1:$PROXY_PORT/v2"; else echo "http://127.0.0.1:$SCIM_PORT/v2"; fi; }
 
 PROXY_PID=""
@@ -125,13 +138,14 @@ trap cleanup EXIT
 
 # fresh : restart scim2-server with nothing in it; MARK is where its log stands.
 fresh() {
+  rm -f "$B/first-done"
   scim_tb stop 2>/dev/null || true
   scim_tb start >/dev/null
-  MARK=$(wc -l <"$IDRELAY_TESTBED/scim-wan/scim2-server.log")
+  MARK=$(wc -l <"$IDRELAY_TESTBED/scim-$WAN_NAME/scim2-server.log")
 }
 # requests : "N (POST /v2/Bulk 200: n, ...)" from scim2-server's log since `fresh`.
 requests() {
-  tail -n +"$((MARK + 1))" "$IDRELAY_TESTBED/scim-wan/scim2-server.log" |
+  tail -n +"$((MARK + 1))" "$IDRELAY_TESTBED/scim-$WAN_NAME/scim2-server.log" |
     awk -F'"' 'NF >= 3 && $2 ~ / HTTP\// {
         split($2, r, " "); split(r[2], q, "?"); split(q[1], p, "/");
         k = r[1] " /" p[2] "/" p[3] (p[4] != "" ? "/ID" : ""); split($3, s, " ");
@@ -160,7 +174,7 @@ AG_BIN=$BIN AG_CONC=$CONCURRENCY AG_TAG="" AG_ADAPT=true # what `agent` runs (th
 VERSION=$("$BIN" version 2>/dev/null | head -n 1 || echo "idrelay (version unknown)")
 [ -z "${IDRELAY_BIN_BASE:-}" ] || VERSION="$VERSION; base: $("$IDRELAY_BIN_BASE" version 2>/dev/null | head -n 1)"
 
-LDAP_D=$IDRELAY_TESTBED/openldap-wan
+LDAP_D=$IDRELAY_TESTBED/openldap-$WAN_NAME
 if [ "$(cat "$LDAP_D/bench-seeded" 2>/dev/null)" != "$USERS $GROUPS_N" ]; then
   log "seeding $USERS users and $GROUPS_N groups into $LDAP_D"
   ldap_tb reset
@@ -203,6 +217,77 @@ EOF
   echo "$cfg"
 }
 
+# --second-pass R: the second pass alone, base binary against this one (see the top).
+second_pass() { # second_pass TAG BIN CFG [warm] : one second pass through the proxy
+  local tag=$1 bin=$2 cfg=$3 t0 secs rc=0 rss cpu pass summary
+  MARK=$(wc -l <"$IDRELAY_TESTBED/scim-$WAN_NAME/scim2-server.log")
+  proxy_start
+  t0=$(now)
+  /usr/bin/time -v -o "$B/time-$tag.txt" "$bin" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once \
+    >"$B/sync-$tag.out" 2>"$B/sync-$tag.err" || rc=$?
+  secs=$(secs_since "$t0")
+  proxy_stop >"$B/proxy-$tag.json"
+  [ $rc -eq 0 ] || { log_tail "$B/sync-$tag.err"; die "[$tag] sync --once failed (exit $rc)"; }
+  rss=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); printf "%.1f", $2 / 1024 }' "$B/time-$tag.txt")
+  cpu=$(awk -F: '/(User|System) time/ { t += $2 } END { printf "%.2f", t }' "$B/time-$tag.txt")
+  summary=$(grep '^sync:' "$B/sync-$tag.out" | tail -n 1 || true)
+  pass=$(sed -n 's/.*; \([0-9.]*\) s, [0-9]* objects\/s.*/\1/p' <<<"$summary")
+  grep -q " 0 created, 0 updated, .* 0 failed; requests: 0 POST, 0 PUT, 0 PATCH" <<<"$summary" ||
+    die "[$tag] not an unchanged second pass: ${summary:-(no summary line)}"
+  log "[$tag] $secs s (pass ${pass:-?} s), CPU $cpu s, peak RSS $rss MiB"
+  [ "${4:-}" = warm ] && return 0
+  row "$tag" "$secs" "${pass:-?}" "$cpu" "$(requests | cut -d' ' -f1)" "$rss"
+  SP[${tag%-*}]="${SP[${tag%-*}]:-} $secs"
+  CP[${tag%-*}]="${CP[${tag%-*}]:-} $cpu"
+}
+# stats "a b c" : "a b c (median m)", sorted
+stats() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -n | awk '{ a[NR] = $1; l = l (l ? ", " : "") $1 } END { printf "%s (median %s)", l, a[int((NR + 1) / 2)] }'; }
+if [ "$SECOND_RUNS" -gt 0 ]; then
+  ROWS=()
+  declare -A SP CP
+  row() { ROWS+=("$(printf '%-8s | %7s | %7s | %13s | %8s | %s' "$@")"); }
+  if [ "$(cat "$B/first-done" 2>/dev/null)" = "$USERS $GROUPS_N" ] && scim_tb status >/dev/null 2>&1; then
+    log "[first] reusing the first pass kept by --keep ($B/state-first, scim2-server running)"
+  else
+    fresh
+    cfg=$(write_config first loop auto)
+    log "[first] the base binary's first pass on loopback (fills scim2-server and the state)"
+    t0=$(now)
+    rc=0
+    "$IDRELAY_BIN_BASE" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" sync --once >"$B/sync-first.out" 2>"$B/sync-first.err" || rc=$?
+    [ $rc -eq 0 ] || { log_tail "$B/sync-first.err"; die "[first] sync --once failed (exit $rc)"; }
+    log "[first] $(since "$t0") s: $(grep '^sync:' "$B/sync-first.out" | tail -n 1)"
+    echo "$USERS $GROUPS_N" >"$B/first-done"
+  fi
+  for who in base new; do
+    cfg=$(write_config "2-$who" wan auto)
+    cp -a "$B/state-first/." "$B/state-2-$who/"
+    bin=$BIN
+    [ "$who" = base ] && bin=$IDRELAY_BIN_BASE
+    second_pass "$who-warm" "$bin" "$cfg" warm
+  done
+  for i in $(seq "$SECOND_RUNS"); do
+    second_pass "base-$i" "$IDRELAY_BIN_BASE" "$B/idrelay-2-base.toml"
+    second_pass "new-$i" "$BIN" "$B/idrelay-2-new.toml"
+  done
+  cat <<EOF
+
+== idrelay second pass: $USERS users + $GROUPS_N groups, unchanged, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)
+   $VERSION
+   link: ${RTT_MS} ms RTT, $MBIT Mbit/s each way; base and new alternating, each from its own copy of one first pass's state
+
+run      |  wall s |  pass s | user+sys CPU s | requests | peak RSS MiB
+---------+---------+---------+---------------+----------+-------------
+EOF
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "  base: wall $(stats "${SP[base]}") s; CPU $(stats "${CP[base]}") s"
+  echo "  new:  wall $(stats "${SP[new]}") s; CPU $(stats "${CP[new]}") s   (target <= 5 s)"
+  echo "  (pass s: the agent's own summary line; wall adds start-up and loading the index)"
+  echo "outputs: $B; total $(since "$T0") s"
+  exit 0
+fi
+
 # The SCIM bodies the load generators replay.
 fresh
 cfg=$(write_config dry loop auto)
@@ -219,7 +304,7 @@ declare -A S
 agent() { # agent TAG LINK BULK [second] : one pass; sets S[TAG]
   local tag=$1 link=$2 bulk=$3 cfg t0 secs rc=0 rss summary
   if [ "${4:-}" = second ]; then
-    MARK=$(wc -l <"$IDRELAY_TESTBED/scim-wan/scim2-server.log")
+    MARK=$(wc -l <"$IDRELAY_TESTBED/scim-$WAN_NAME/scim2-server.log")
     cfg=$B/idrelay-${tag%-2}.toml
   else
     fresh

@@ -31,6 +31,20 @@ impl Entry {
             .push(value.into());
     }
 
+    /// Adds every value of `values` to attribute `name` (any case): the name is folded
+    /// and looked up once, not once a value.
+    pub fn add_all(&mut self, name: &str, values: Vec<Vec<u8>>) {
+        if values.is_empty() {
+            return;
+        }
+        let slot = self.attrs.entry(name.to_ascii_lowercase()).or_default();
+        if slot.is_empty() {
+            *slot = values;
+        } else {
+            slot.extend(values);
+        }
+    }
+
     /// Builder form of [`Entry::add`], handy in tests.
     pub fn with(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
         self.add(name, value);
@@ -102,5 +116,19 @@ mod tests {
             None,
             "not UTF-8, so no text value"
         );
+    }
+
+    #[test]
+    fn add_all_merges_repeated_names_in_any_case_like_add() {
+        let mut a = Entry::new("cn=a,dc=x");
+        a.add_all("Mail", vec![b"1".to_vec(), b"2".to_vec()]);
+        a.add_all("MAIL", vec![b"3".to_vec()]);
+        a.add_all("cn", Vec::new());
+        let b = Entry::new("cn=a,dc=x")
+            .with("mail", "1")
+            .with("mail", "2")
+            .with("mail", "3");
+        assert_eq!(a.bytes("mail"), b.bytes("mail"));
+        assert_eq!(a.attributes().count(), 1, "no empty attribute left behind");
     }
 }

@@ -53,9 +53,7 @@ impl RawEntry {
     pub fn into_entry(self) -> Entry {
         let mut entry = Entry::new(self.dn);
         for (name, values) in self.attrs {
-            for v in values {
-                entry.add(&name, v);
-            }
+            entry.add_all(&name, values);
         }
         entry
     }

@@ -642,7 +642,7 @@ fn utf8<'a>(entry: &Entry, attribute: &str, value: &'a [u8]) -> Result<&'a str, 
 }
 
 /// The first non-empty value of the first attribute in `names` that has one.
-fn first_text(entry: &Entry, names: &[String]) -> Result<Option<String>, MapError> {
+pub(crate) fn first_text(entry: &Entry, names: &[String]) -> Result<Option<String>, MapError> {
     for name in names {
         if let Some(v) = entry.bytes(name).iter().find(|v| !v.is_empty()) {
             return utf8(entry, name, v).map(|s| Some(s.to_string()));

@@ -12,6 +12,7 @@ pub mod profile_policy;
 pub mod readback;
 pub mod resource;
 pub mod schema;
+pub mod source_hash;
 pub mod token_file;
 
 pub use resource::ResourceKind;

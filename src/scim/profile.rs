@@ -757,6 +757,13 @@ impl SyncProfile {
         out
     }
 
+    /// The attributes [`crate::scim::mapping::anchor_of`] reads, and nothing else: what a
+    /// full pass's scope scan asks for (it needs each object's DN and anchor only, and a
+    /// user's mapped attributes would be decoded there for nothing).
+    pub fn anchor_attributes(&self, kind: ResourceKind) -> Vec<String> {
+        self.resource(kind).anchor.attributes.clone()
+    }
+
     /// [`SyncProfile::ldap_attributes`] of `kind` without the sources of `members`: enough
     /// to classify an object and compute its anchor, without the member lists that can
     /// hold a million values.
@@ -1212,6 +1219,29 @@ mod tests {
             .iter()
             .find(|m| m.target.to_string() == path)
             .map(|m| m.source.clone())
+    }
+
+    #[test]
+    fn the_anchor_attributes_are_what_anchor_of_reads_and_no_mapped_attribute() {
+        use crate::ldap::Entry;
+        for p in [ad(), SyncProfile::default_for(ProfileKind::OpenLdap)] {
+            for kind in [ResourceKind::User, ResourceKind::Group] {
+                let attrs = p.anchor_attributes(kind);
+                assert!(!attrs.is_empty());
+                assert!(!attrs.iter().any(|a| a.eq_ignore_ascii_case("mail")
+                    || a.eq_ignore_ascii_case("member")
+                    || a.eq_ignore_ascii_case("objectClass")));
+                // An entry holding only these attributes has its anchor.
+                let mut e = Entry::new("cn=x,dc=example");
+                for a in &attrs {
+                    e.add(a, vec![7u8; 16]);
+                }
+                assert!(
+                    crate::scim::mapping::anchor_of(&e, kind, &p).is_ok(),
+                    "{attrs:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -7,16 +7,24 @@
 //! That is why a corrupt file is logged and dropped rather than fatal.
 //!
 //! On disk: `anchors.jsonl` in the state directory, one JSON object per line
-//! (`{"x":externalId,"k":"u"|"g","id":scimId,"h":"hash hex","dn":DN}`), replaced atomically
+//! (`{"x":externalId,"k":"u"|"g","id":scimId,"h":"hash hex","dn":DN}`, and `"s":"hash hex"`
+//! where a source hash is known), replaced atomically
 //! (write to a temporary file, fsync, rename, fsync the directory). Lines are written in the
 //! order the objects were last recorded (oldest first), so a reload finds, for a DN two
 //! objects were recorded under, the one recorded last, as before the restart. The line format
-//! has not changed since the first release (so there is no version marker): every file an
-//! older agent wrote loads as it is.
+//! has only grown the optional `s` since the first release (so there is no version marker):
+//! every file an older agent wrote loads as it is, and an older agent reading a newer file
+//! ignores `s` (and writes it back without it, which costs the next pass mapping, never a
+//! wrong "unchanged").
+//!
+//! The source hash ([`crate::scim::source_hash`]) is what a user's representation was
+//! computed from when the index last saw that representation's hash: kept with that hash
+//! only (any other representation or DN recorded for the object forgets it), it lets a
+//! full pass tell an unchanged user without mapping it.
 //!
 //! While the agent runs, the index's working copy is a [`DiskMap`] in the state directory
 //! (unlinked scratch files, see that module): packed externalId → kind, representation
-//! hash, packed SCIM id and DN. So the index costs the process a few buffers whatever the
+//! hash, source hash, packed SCIM id and DN. So the index costs the process a few buffers whatever the
 //! directory's size (the data sits in the page cache), and a record recorded again moves
 //! to the end of the order `save` writes. Normalised DN → externalId is a second such map,
 //! built on the first [`AnchorIndex::by_dn`] call (a full pass never needs it) and kept up
@@ -83,6 +91,10 @@ struct Line<'a> {
     h: String,
     #[serde(default)]
     dn: std::borrow::Cow<'a, str>,
+    /// The source hash recorded with `h` ([`AnchorIndex::set_source`]); absent when unknown
+    /// (older files, objects written since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<String>,
 }
 
 /// The file name inside the state directory.
@@ -139,16 +151,18 @@ impl AnchorIndex {
             }
             Err(e) => return Err(e),
         };
-        // Lines are ~150 bytes: a table sized from the file needs no rebuild while loading.
-        let guess = file.metadata().map(|m| m.len() / 128).unwrap_or(0);
-        let mut index = AnchorIndex::with_capacity(state_dir, guess);
+        // Sized from the file's line count (one object a line), so that the table needs no
+        // rebuild while loading and does not double because lines grew (a source hash).
+        let mut file = file;
+        let lines = count_lines(&mut file)?;
+        let mut index = AnchorIndex::with_capacity(state_dir, lines);
         for (n, line) in BufReader::new(file).lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
                 continue;
             }
             match parse_line(&line) {
-                Some((x, a)) => index.put(&x, a),
+                Some((x, a, source)) => index.put_sourced(&x, a, source),
                 None => {
                     log::warn!(
                         "anchor index {} is damaged at line {}; starting from an empty index (objects are matched again by externalId, nothing is duplicated)",
@@ -181,14 +195,48 @@ impl AnchorIndex {
         self.get(kind, external_id).map(|a| a.scim_id)
     }
 
+    /// The anchor of `external_id` if it is of `kind`, with the source hash recorded with
+    /// its representation hash (0: none, [`AnchorIndex::set_source`]).
+    pub fn sourced(&self, kind: ResourceKind, external_id: &str) -> Option<(Anchor, u64)> {
+        self.lookup_sourced(&packed(external_id))
+            .filter(|(a, _)| a.kind == kind)
+    }
+
+    /// Records that `source` ([`crate::scim::source_hash`]) maps to the representation
+    /// whose hash the index holds for `external_id` now (checked by the caller, who just
+    /// computed both). Nothing else changes; any later [`AnchorIndex::put`] of another
+    /// representation forgets it.
+    pub fn set_source(&mut self, external_id: &str, source: u64) {
+        let ext = packed(external_id);
+        let Some((a, old)) = self.lookup_sourced(&ext) else {
+            return;
+        };
+        if old == source {
+            return;
+        }
+        match self.map.insert(&ext, &encode(&a, source)) {
+            Ok(()) => self.dirty = true,
+            Err(e) => self.fail(&e),
+        }
+    }
+
     /// Records what the endpoint holds for `external_id` now.
     pub fn put(&mut self, external_id: &str, anchor: Anchor) {
+        self.put_sourced(external_id, anchor, 0)
+    }
+
+    /// [`AnchorIndex::put`] with the source hash known to map to it (0: unknown); an equal
+    /// anchor keeps the source hash it has.
+    fn put_sourced(&mut self, external_id: &str, anchor: Anchor, source: u64) {
         let ext = packed(external_id);
         let old = self.lookup(&ext);
         if old.as_ref() == Some(&anchor) {
+            if source != 0 {
+                self.set_source(external_id, source);
+            }
             return;
         }
-        let value = encode(&anchor);
+        let value = encode(&anchor, source);
         if let Err(e) = self.map.insert(&ext, &value) {
             self.fail(&e);
             return;
@@ -393,7 +441,7 @@ impl AnchorIndex {
             );
             for r in self.map.iter() {
                 let (x, v) = r?;
-                let a = decode(&v).ok_or_else(|| {
+                let (a, source) = decode_sourced(&v).ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidData, "undecodable working record")
                 })?;
                 let line = Line {
@@ -402,6 +450,7 @@ impl AnchorIndex {
                     id: a.scim_id.into(),
                     h: format!("{:016x}", a.hash),
                     dn: a.dn.into(),
+                    s: (source != 0).then(|| format!("{source:016x}")),
                 };
                 serde_json::to_writer(&mut w, &line).map_err(io::Error::from)?;
                 w.write_all(b"\n")?;
@@ -419,8 +468,13 @@ impl AnchorIndex {
     /// The anchor under a packed externalId; a read error is logged, marks the working copy
     /// failed and reads as absent (which costs a lookup at the endpoint, never a duplicate).
     fn lookup(&self, ext: &[u8]) -> Option<Anchor> {
+        self.lookup_sourced(ext).map(|(a, _)| a)
+    }
+
+    /// [`AnchorIndex::lookup`] with the record's source hash.
+    fn lookup_sourced(&self, ext: &[u8]) -> Option<(Anchor, u64)> {
         match self.map.get(ext) {
-            Ok(v) => decode(&v?),
+            Ok(v) => decode_sourced(&v?),
             Err(e) => {
                 self.fail(&e);
                 None
@@ -452,6 +506,23 @@ impl AnchorIndex {
     }
 }
 
+/// The newlines in `file` (read in large pieces, no line built), then back to its start.
+fn count_lines(file: &mut File) -> io::Result<u64> {
+    use std::io::{Read, Seek};
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(got) => n += buf[..got].iter().filter(|&&b| b == b'\n').count() as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    file.rewind()?;
+    Ok(n)
+}
+
 /// Drops `dn` → `ext` from the DN table if `dn` still names that object.
 fn unset_dn(t: &mut DiskMap, dn: &str, ext: &[u8]) -> io::Result<()> {
     let key = crate::ldap::dn::normalize(dn);
@@ -479,14 +550,15 @@ fn kind_code(k: u8) -> &'static str {
     }
 }
 
-/// A record in the working copy: kind, representation hash, packed SCIM id (length
-/// prefixed), DN.
-fn encode(a: &Anchor) -> Vec<u8> {
+/// A record in the working copy: kind, representation hash, source hash (0: none), packed
+/// SCIM id (length prefixed), DN.
+fn encode(a: &Anchor, source: u64) -> Vec<u8> {
     let mut id = Vec::with_capacity(a.scim_id.len() + 1);
     pack_key(&a.scim_id, &mut id);
-    let mut v = Vec::with_capacity(13 + id.len() + a.dn.len());
+    let mut v = Vec::with_capacity(21 + id.len() + a.dn.len());
     v.push(kind_byte(a.kind));
     v.extend_from_slice(&a.hash.to_le_bytes());
+    v.extend_from_slice(&source.to_le_bytes());
     v.extend_from_slice(&(id.len() as u32).to_le_bytes());
     v.extend_from_slice(&id);
     v.extend_from_slice(a.dn.as_bytes());
@@ -494,21 +566,27 @@ fn encode(a: &Anchor) -> Vec<u8> {
 }
 
 fn decode(v: &[u8]) -> Option<Anchor> {
+    decode_sourced(v).map(|(a, _)| a)
+}
+
+fn decode_sourced(v: &[u8]) -> Option<(Anchor, u64)> {
     let kind = match *v.first()? {
         USER => ResourceKind::User,
         GROUP => ResourceKind::Group,
         _ => return None,
     };
     let hash = u64::from_le_bytes(v.get(1..9)?.try_into().ok()?);
-    let n = u32::from_le_bytes(v.get(9..13)?.try_into().ok()?) as usize;
-    let id = v.get(13..13usize.checked_add(n)?)?;
-    let dn = std::str::from_utf8(v.get(13 + n..)?).ok()?;
-    Some(Anchor {
+    let source = u64::from_le_bytes(v.get(9..17)?.try_into().ok()?);
+    let n = u32::from_le_bytes(v.get(17..21)?.try_into().ok()?) as usize;
+    let id = v.get(21..21usize.checked_add(n)?)?;
+    let dn = std::str::from_utf8(v.get(21 + n..)?).ok()?;
+    let a = Anchor {
         kind,
         scim_id: unpack_key(id),
         hash,
         dn: dn.to_string(),
-    })
+    };
+    Some((a, source))
 }
 
 const RAW: u8 = 0;
@@ -525,11 +603,23 @@ const BASE64: u8 = 5;
 pub fn pack_key(s: &str, out: &mut Vec<u8>) {
     let b = s.as_bytes();
     if b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-') {
-        let digits: Vec<u8> = b.iter().copied().filter(|c| *c != b'-').collect();
-        if let Some(upper) = hex_case(&digits) {
-            out.push(if upper { UUID_UPPER } else { UUID_LOWER });
-            push_hex(&digits, out);
-            return;
+        // The 32 digits without the dashes, on the stack (every key of a pass is packed).
+        let mut digits = [0u8; 32];
+        let mut n = 0;
+        for &c in b.iter().filter(|c| **c != b'-') {
+            if n == digits.len() {
+                n += 1;
+                break;
+            }
+            digits[n] = c;
+            n += 1;
+        }
+        if n == digits.len() {
+            if let Some(upper) = hex_case(&digits) {
+                out.push(if upper { UUID_UPPER } else { UUID_LOWER });
+                push_hex(&digits, out);
+                return;
+            }
         }
     }
     if !b.is_empty() && b.len().is_multiple_of(2) {
@@ -607,7 +697,8 @@ fn push_hex(digits: &[u8], out: &mut Vec<u8>) {
             _ => c.wrapping_sub(b'A').wrapping_add(10) & 0xf,
         }
     }
-    for pair in digits.chunks(2) {
+    out.reserve(digits.len() / 2);
+    for pair in digits.chunks_exact(2) {
         out.push((nib(pair[0]) << 4) | nib(pair[1]));
     }
 }
@@ -680,7 +771,7 @@ fn base64_decode(b: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn parse_line(line: &str) -> Option<(String, Anchor)> {
+fn parse_line(line: &str) -> Option<(String, Anchor, u64)> {
     let l: Line<'_> = serde_json::from_str(line).ok()?;
     let kind = match l.k {
         "u" => ResourceKind::User,
@@ -691,6 +782,10 @@ fn parse_line(line: &str) -> Option<(String, Anchor)> {
     if l.x.is_empty() || l.id.is_empty() {
         return None;
     }
+    let source = match &l.s {
+        Some(s) => u64::from_str_radix(s, 16).ok()?,
+        None => 0,
+    };
     Some((
         l.x.into_owned(),
         Anchor {
@@ -699,6 +794,7 @@ fn parse_line(line: &str) -> Option<(String, Anchor)> {
             hash,
             dn: l.dn.into_owned(),
         },
+        source,
     ))
 }
 
@@ -800,6 +896,55 @@ mod tests {
             ix2.get(ResourceKind::Group, "abc==").is_none(),
             "kind must match"
         );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_source_hash_is_kept_with_its_representation_and_forgotten_when_that_changes() {
+        let d = tempdir("source");
+        let mut ix = AnchorIndex::load(&d).unwrap();
+        ix.put("x1", user("id1", 42, "uid=a,dc=x"));
+        assert_eq!(
+            ix.sourced(ResourceKind::User, "x1").unwrap().1,
+            0,
+            "none yet"
+        );
+        ix.set_source("x1", 7);
+        ix.set_source("missing", 7); // nothing to attach it to: ignored
+        assert!(ix.sourced(ResourceKind::User, "missing").is_none());
+        assert!(
+            ix.sourced(ResourceKind::Group, "x1").is_none(),
+            "kind must match"
+        );
+        ix.save().unwrap();
+        // Saved and loaded with its anchor; an equal put keeps it.
+        let mut ix = AnchorIndex::load(&d).unwrap();
+        assert_eq!(
+            ix.sourced(ResourceKind::User, "x1"),
+            Some((user("id1", 42, "uid=a,dc=x"), 7))
+        );
+        ix.put("x1", user("id1", 42, "uid=a,dc=x"));
+        assert_eq!(ix.sourced(ResourceKind::User, "x1").unwrap().1, 7);
+        // Another representation (or DN) sent: the source hash no longer tells anything.
+        ix.put("x1", user("id1", 43, "uid=a,dc=x"));
+        assert_eq!(ix.sourced(ResourceKind::User, "x1").unwrap().1, 0);
+        ix.set_source("x1", 9);
+        ix.note_dn("x1", "uid=b,dc=x");
+        assert_eq!(ix.sourced(ResourceKind::User, "x1").unwrap().1, 0);
+        ix.save().unwrap();
+        let text = fs::read_to_string(d.join(FILE_NAME)).unwrap();
+        assert!(
+            !text.contains("\"s\""),
+            "no source hash written when none: {text}"
+        );
+        // A file from before source hashes loads as it did (none known).
+        fs::write(
+            d.join(FILE_NAME),
+            "{\"x\":\"x2\",\"k\":\"u\",\"id\":\"i\",\"h\":\"000000000000002a\",\"dn\":\"uid=c,dc=x\"}\n",
+        )
+        .unwrap();
+        let ix = AnchorIndex::load(&d).unwrap();
+        assert_eq!(ix.sourced(ResourceKind::User, "x2").unwrap().1, 0);
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -1061,6 +1206,8 @@ mod tests {
             ("3q2+7x==", RAW, 9), // not canonical base64
             ("", RAW, 1),
             ("ünï", RAW, 6),
+            // A UUID's length and dashes, and two dashes more: text, never a short UUID.
+            ("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaa--", RAW, 37),
         ] {
             let p = packed(s);
             assert_eq!((p[0], p.len()), (tag, len), "{s}");

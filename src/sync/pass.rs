@@ -6,7 +6,8 @@
 //!    every object outside it (AND with the subtrees and filters). A listed group that is
 //!    missing, or any failed read of the groups, stops the pass here: nothing is taken
 //!    for "out of scope", no delete is decided.
-//! 1. **Scope scan**: every in-scope user and group, anchor attributes only, into a map
+//! 1. **Scope scan**: every in-scope user and group, its anchor attributes only (nothing
+//!    else is asked for: a user's mapped attributes are read once, by its phase), into a map
 //!    DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` / `manager`
 //!    DNs are in scope, and gives progress a total.
 //! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers
@@ -39,7 +40,10 @@
 //! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
 //! taken for a smaller directory); a failing object is counted and reported and never
 //! stops the others; an object whose representation hash equals the one last sent is not
-//! written at all (so a second pass over an unchanged directory sends zero writes).
+//! written at all (so a second pass over an unchanged directory sends zero writes). A user
+//! whose mapping inputs (entry, rules, resolved manager) hash as the index recorded them
+//! with that representation hash is not even mapped ([`crate::scim::source_hash`]): the
+//! same inputs map to the same representation.
 //! A pass in which some object could not be sent because the endpoint was unavailable
 //! ([`PassReport::unavailable`]) decides no deletes: it is to be run again (`run` does), and
 //! the pass that brings everything in step decides them, once, against the threshold.
@@ -66,6 +70,7 @@ use crate::ldap::{Directory, Entry, LdapError, Scope};
 use crate::scim::client::{LookupProbe, ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
+use crate::scim::source_hash::SourceHasher;
 use crate::scim::ResourceKind;
 use crate::sync::admission::{Admission, Gate};
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
@@ -577,6 +582,8 @@ struct Pass<'a> {
     /// What the endpoint holds, read once when many objects are unknown.
     listing: Arc<OnceLock<Listing>>,
     profile: &'a SyncProfile,
+    /// Tells an unchanged user without mapping it ([`crate::scim::source_hash`]).
+    sources: Option<SourceHasher>,
     settings: &'a PassSettings,
     index: &'a mut AnchorIndex,
     scope: ScopeMap,
@@ -617,6 +624,14 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Unknown objects from which a full pass reads the endpoint's listing.
 const LISTING_MIN: u64 = 32;
+
+/// In-scope objects the anchor index does not know: of the `in_scope` distinct anchors
+/// the scan found, those that are not among the index's `known` minus the `vanishing`
+/// ones (known, not found by the scan). Both maps are keyed by the packed anchor, so
+/// this is what a lookup of each in-scope anchor would count.
+fn unknown_in_scope(in_scope: u64, known: usize, vanishing: usize) -> u64 {
+    in_scope.saturating_sub(known.saturating_sub(vanishing) as u64)
+}
 
 /// At the start of a pass: reads the endpoint's `/Schemas` again (bodies are fitted to
 /// it), and says whether its lookups by externalId can be trusted. The probe only informs:
@@ -709,6 +724,7 @@ pub async fn full_pass(
         keep_vanishing_refs: false,
         listing,
         profile,
+        sources: SourceHasher::for_users(profile),
         settings,
         index,
         scope,
@@ -849,8 +865,8 @@ impl Pass<'_> {
             self.closures = Some(Closures::new(self.index.state_dir()).map_err(PassError::State)?);
         }
         self.scan().await?;
-        self.weigh_vanishing()?;
-        self.read_listing().await?;
+        let vanishing = self.weigh_vanishing()?;
+        self.read_listing(vanishing).await?;
         let whole = self.scope.len() as u64;
         let mut before = 0;
         for kind in [ResourceKind::User, ResourceKind::Group] {
@@ -905,15 +921,11 @@ impl Pass<'_> {
     /// When at least [`LISTING_MIN`] objects in scope are unknown to the anchor index (a
     /// first pass, a lost state directory, a new endpoint), reads what the endpoint holds
     /// once instead of looking each of them up; a listing that cannot be had is logged and
-    /// the objects are looked up one by one.
-    async fn read_listing(&mut self) -> Result<(), PassError> {
-        let mut unknown: u64 = 0;
-        for r in self.scope.exts.iter() {
-            let (x, _) = r.map_err(PassError::State)?;
-            if self.index.get_any(&unpack_key(&x)).is_none() {
-                unknown += 1;
-            }
-        }
+    /// the objects are looked up one by one. `vanishing`: the known objects the scan did
+    /// not find, so the rest of the index is in scope and the unknown are counted without
+    /// a lookup per object ([`unknown_in_scope`]).
+    async fn read_listing(&mut self, vanishing: usize) -> Result<(), PassError> {
+        let unknown = unknown_in_scope(self.scope.exts.len(), self.index.len(), vanishing);
         if unknown < LISTING_MIN {
             return Ok(());
         }
@@ -935,8 +947,8 @@ impl Pass<'_> {
 
     /// Counts the provisioned objects the scan did not find (this pass's deletes) and, when
     /// the gate will hold them, keeps references to them: their memberships stay until the
-    /// deletes are approved. Says when the scope shrank to under half.
-    fn weigh_vanishing(&mut self) -> Result<(), PassError> {
+    /// deletes are approved. Says when the scope shrank to under half. Returns how many.
+    fn weigh_vanishing(&mut self) -> Result<usize, PassError> {
         let scope = &self.scope;
         let vanishing = self
             .index
@@ -958,7 +970,7 @@ impl Pass<'_> {
                 self.hold.reason(vanishing)
             );
         }
-        Ok(())
+        Ok(vanishing)
     }
 
     /// Ends the pass when the endpoint refused the credentials: every object would fail
@@ -1105,7 +1117,7 @@ impl Pass<'_> {
         self.progress.phase("scope scan");
         let mut seen = 0u64;
         for kind in [ResourceKind::User, ResourceKind::Group] {
-            let attrs = self.profile.identity_attributes(kind);
+            let attrs = self.profile.anchor_attributes(kind);
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let filter = self.filter(kind).to_string();
             for base in &self.settings.include {
@@ -1246,6 +1258,27 @@ impl Pass<'_> {
             let whole = entry.bytes("member").len();
             crate::sync::member_read::note_whole_read(&entry.dn, whole);
         }
+        // A user whose mapping inputs hash as recorded with the index's representation
+        // hash is unchanged: nothing to map, hash or send.
+        let source = match (&self.sources, kind) {
+            (Some(s), ResourceKind::User) => s.hash(&entry, &resolver),
+            _ => None,
+        };
+        if let Some((external_id, moved)) =
+            source.and_then(|src| self.unchanged_source(&entry, src))
+        {
+            if moved && !self.settings.mode.dry_run {
+                // Renamed or moved with nothing to send: keep the index's DN current.
+                self.index.note_dn(&external_id, &entry.dn);
+            }
+            if unscanned {
+                self.scope.insert(&key, kind, &external_id, true);
+            }
+            if round != Round::FinalAgain {
+                self.report.unchanged += 1;
+            }
+            return None;
+        }
         let mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
             Ok(mut m) => {
                 if let Some(r) = streamed {
@@ -1297,6 +1330,10 @@ impl Pass<'_> {
                 // Renamed or moved with nothing to send: keep the index's DN current.
                 self.index.note_dn(&mapped.external_id, &entry.dn);
             }
+            if let Some(src) = source.filter(|_| !self.settings.mode.dry_run) {
+                // What this representation was computed from: the next pass needs no mapping.
+                self.index.set_source(&mapped.external_id, src);
+            }
             // Counted once: in the round that settles it (a held object was not counted
             // when first seen).
             if round != Round::FinalAgain {
@@ -1319,6 +1356,19 @@ impl Pass<'_> {
             self.dispatch(job).await;
         }
         None
+    }
+
+    /// The anchor of the user `entry`, and whether it moved, when the index records
+    /// `source` with its hash (the representation it maps to is the one last sent; see
+    /// [`crate::scim::source_hash`]).
+    fn unchanged_source(&self, entry: &Entry, source: u64) -> Option<(String, bool)> {
+        let external_id = mapping::anchor_of(entry, ResourceKind::User, self.profile).ok()?;
+        let (a, recorded) = self.index.sourced(ResourceKind::User, &external_id)?;
+        if recorded != source || a.hash == 0 {
+            return None;
+        }
+        let moved = a.dn != entry.dn;
+        Some((external_id, moved))
     }
 
     /// Whether groups' members are read in pieces, apart from their entries.
@@ -1789,5 +1839,22 @@ impl Pass<'_> {
             reason,
             endpoint,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unknown_in_scope;
+
+    #[test]
+    fn unknown_objects_are_the_scope_less_what_the_index_knows_there() {
+        // A second pass: everything known, nothing gone.
+        assert_eq!(unknown_in_scope(101_000, 101_000, 0), 0);
+        // A first pass: nothing known.
+        assert_eq!(unknown_in_scope(5_000, 0, 0), 5_000);
+        // 40 new objects, 7 known ones gone from scope.
+        assert_eq!(unknown_in_scope(1_040, 1_007, 7), 40);
+        // Everything known is gone: the whole scope is unknown.
+        assert_eq!(unknown_in_scope(10, 3, 3), 10);
     }
 }
