@@ -84,7 +84,7 @@ impl HubState {
     }
 
     /// What a claim of a poll's batch found about the requests it did not take: delivered
-    /// through another replica (asked for again within [`ASK_AGAIN`], the database decides
+    /// through another replica (asked for again within `ASK_AGAIN`, the database decides
     /// whether that replica still holds it), or gone.
     pub fn claim_outcome(&mut self, agent: &str, claim: &Claim) {
         for id in &claim.gone {
