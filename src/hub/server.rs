@@ -244,7 +244,10 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// Raises the listening socket's accept queue from the standard library's 128 to
 /// [`LISTEN_BACKLOG`] (Linux takes a second `listen` as a new backlog): when a replica dies
 /// its thousands of agents come back here within a second, and each connection a full queue
-/// drops costs its client a SYN retransmission (1 s, then 3 s, 7 s ...).
+/// drops costs its client a SYN retransmission (1 s, then 3 s, 7 s ...). rustix's `net`
+/// feature comes with async-io (smol's); naming it in Cargo.toml made the static agent
+/// binary 467 KB larger (measured with scripts/build-static.sh, cause not found), so it is
+/// not named there.
 fn widen_backlog(listener: &smol::net::TcpListener) {
     #[cfg(unix)]
     if let Err(e) = rustix::net::listen(listener, LISTEN_BACKLOG) {
