@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # bench-fleet.sh [--agents N] [--seconds S] [--rate C] [--ramp-secs R] [--hub-extra TOML]
-#                [--replicas 2]
+#                [--replicas 2] [--first-retry-ms MS]
 #
 # The fleet benchmark (a script, not a test; issue 18 item 4): one idrelay-hub serving N
 # simulated agents (default 10,000), each a light client (scripts/bench/fleet-load.py, not
 # a full agent) that heartbeats every 60 s and long-polls 30 s on its own keep-alive
-# connection, as `idrelay run` with [relay] does. An operator sends C commands a second
+# connection, as `idrelay run` with [relay] does, and paces its retries exactly as the agent
+# does (src/relay/link.rs: a broken poll is retried within RECONNECT_FIRST = 250 ms, then
+# after 1 s doubling to 60 s, all jittered from 0; --first-retry-ms 0 gives the rule before
+# it, 1 s doubling, for comparison). An operator sends C commands a second
 # (default 20) to agents drawn at random for S seconds (default 60); each agent answers at
 # once. Measured in one run, on the same hub process:
 #   1. baseline: 10 agents connected, the same command rate: delivery latency (operator
@@ -23,7 +26,11 @@
 #      command phase; its agents and operator connections move to replica A. Printed
 #      beside runs 1 and 2 (the same database, replica A alone): delivery latency, lost,
 #      delivered twice after an acknowledged answer, redelivered (answer lost with B),
-#      RSS of A and of B (just before the kill).
+#      RSS of A and of B (just before the kill); how soon B's agents polled again, the
+#      commands queued while their agent was away, deliveries over 1 s, and connections a
+#      full listen queue dropped meanwhile (the kernel's count). Each command's delivery
+#      time, by when it was sent relative to the kill, is in $IDRELAY_TESTBED/fleetbench/
+#      failover-trace.jsonl.
 #
 # --hub-extra adds TOML lines to the hub's config (for example 'storage = "memory"'; the
 # default store is SQLite in $IDRELAY_TESTBED/fleetbench/state, emptied at every run). The hub listens on a free loopback port; its state, tokens (0600) and logs
@@ -44,6 +51,7 @@ RATE=20
 RAMP=30
 HUB_EXTRA=""
 REPLICAS=1
+FIRST_RETRY_MS=250
 usage() { sed -n '2p' "$0" | sed 's/^# //' >&2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,7 +61,8 @@ while [ $# -gt 0 ]; do
     --ramp-secs) RAMP=${2:?}; shift ;;
     --hub-extra) HUB_EXTRA=${2?}; shift ;;
     --replicas) REPLICAS=${2:?}; shift ;;
-    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --first-retry-ms) FIRST_RETRY_MS=${2:?}; shift ;;
+    -h | --help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) usage; die "unknown argument $1" ;;
   esac
   shift
@@ -98,6 +107,12 @@ jq1() { python3 -c 'import json, sys; v = json.loads(sys.argv[1]).get(sys.argv[2
 kib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 vm() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The kernel's count of connections dropped because a listen queue was full (every process
+# on the machine): each costs its client a SYN retransmission (1 s, then 3 s, 7 s ...).
+overflows() {
+  awk '$1 == "TcpExt:" { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
+    else for (i = 2; i <= NF; i++) if (n[i] == "ListenOverflows") print $i }' /proc/net/netstat 2>/dev/null || echo 0
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 T0=$(now)
@@ -180,7 +195,8 @@ fi
 log "hub: pid $HUB_PID on $HUB_URL, RSS $(kib "$(vm "$HUB_PID" VmRSS)") MiB with $AGENTS agents configured"
 
 LOAD=(python3 "$ROOT/scripts/bench/fleet-load.py" --url "$HUB_URL" --agents "$B/agents.jsonl"
-  --operator-token-file "$B/operator.token" --rate "$RATE" --seconds "$SECS")
+  --operator-token-file "$B/operator.token" --rate "$RATE" --seconds "$SECS"
+  --first-retry-ms "$FIRST_RETRY_MS")
 # run N RAMP : one load run; prints its JSON line.
 run() {
   local out
@@ -218,8 +234,11 @@ if [ "$REPLICAS" = 2 ]; then
   fi
   log "3/3 $AGENTS agents over replicas A (pid $HUB_PID) and B (pid $HUB2_PID), B killed after $((SECS / 2)) s of commands"
   c0=$(ticks "$HUB_PID")
+  o0=$(overflows)
   TWO=$("${LOAD[@]}" --url "$HUB_URL,http://127.0.0.1:$HUB2_PORT" --count "$AGENTS" --ramp-secs "$RAMP" \
-    --kill-pid "$HUB2_PID" --kill-after-secs "$((SECS / 2))") || die "fleet-load.py failed: $TWO"
+    --kill-pid "$HUB2_PID" --kill-after-secs "$((SECS / 2))" --trace "$B/failover-trace.jsonl") ||
+    die "fleet-load.py failed: $TWO"
+  TWO_OVERFLOWS=$(( $(overflows) - o0 ))
   TWO_RSS=$(vm "$HUB_PID" VmRSS)
   TWO_CPU=$(( $(ticks "$HUB_PID") - c0 ))
   HWM=$(vm "$HUB_PID" VmHWM)
@@ -246,6 +265,7 @@ row "baseline: 10" "$BASE" "$BASE_RSS" "$BASE_CPU"
 row "fleet: $AGENTS" "$FULL" "$FULL_RSS" "$FULL_CPU"
 if [ "$REPLICAS" = 2 ]; then
   row "2 replicas, B killed: $AGENTS" "$TWO" "$TWO_RSS" "$TWO_CPU"
+  echo "failover: $(jq1 "$TWO" links_broken) links broke; the poll out again after p50 $(jq1 "$TWO" reconnect_p50_ms) ms, p99 $(jq1 "$TWO" reconnect_p99_ms) ms, max $(jq1 "$TWO" reconnect_max_ms) ms; $(jq1 "$TWO" queued_while_down) commands queued while their agent's link was down: p50 $(jq1 "$TWO" queued_while_down_p50_ms) ms, max $(jq1 "$TWO" queued_while_down_max_ms) ms; $(jq1 "$TWO" over_1s) deliveries over 1 s (per command: $B/failover-trace.jsonl); connections dropped by a full listen queue during the run (machine-wide): $TWO_OVERFLOWS"
   echo "two replicas: RSS of A $(kib "$TWO_RSS") MiB, of B $(kib "$(jq1 "$TWO" killed_rss_kib)") MiB just before its SIGKILL; redelivered (answer lost with B) $(jq1 "$TWO" redelivered), clients moved to A $(jq1 "$TWO" moved); client errors: $(jq1 "$TWO" errors)"
 fi
 echo "hub peak RSS (VmHWM): $(kib "$HWM") MiB; polls $(jq1 "$FULL" polls), heartbeats $(jq1 "$FULL" heartbeats); client errors: $(jq1 "$FULL" errors)"

@@ -10,7 +10,8 @@ Each simulated agent is a light client, not a real agent: one keep-alive HTTP/1.
 connection to the hub on which it heartbeats (at once, then every --heartbeat-secs, with
 jitter) and long-polls (`wait_secs` --wait-secs) in turn, as `idrelay run` with [relay]
 does; a request it receives is answered at once (`202 {"accepted": ...}`) on the same
-connection. The first --count agents of agents.jsonl ({"id", "token"} per line) connect,
+connection. Its retries are paced exactly as the agent's (see `agent` and `Backoff`;
+--first-retry-ms is the agent's RECONNECT_FIRST, 250 ms; 0 gives the rule before it). The first --count agents of agents.jsonl ({"id", "token"} per line) connect,
 spread over --ramp-secs. Once all are polling, an operator sends --rate commands a second
 (`resync`, to agents drawn at random) for --seconds, over 4 keep-alive connections; then
 the run waits up to 2 x --wait-secs for the last deliveries.
@@ -103,6 +104,29 @@ class Conn:
         return status, body
 
 
+class Backoff:
+    """The agent's poll-loop backoff (src/net/backoff.rs, `Backoff` as src/relay/link.rs's
+    dispatch loop makes it), mirrored: full jitter, the n-th retry drawn from
+    [0, min(cap, base * 2^n)]; with `first` > 0 the first retry after a working link is
+    drawn from [0, first] and the ones after it as before (base * 2^(n-1)). Reset after a
+    poll that returned work or stayed up half a wait; a server's Retry-After is honoured."""
+
+    def __init__(self, base, cap, first):
+        self.base, self.cap, self.first, self.failures = base, cap, first, 0
+
+    def next_delay(self):
+        n = self.failures
+        self.failures += 1
+        if self.first > 0:
+            if n == 0:
+                return random.uniform(0.0, self.first)
+            n -= 1
+        return random.uniform(0.0, min(self.cap, self.base * 2 ** min(n, 31)))
+
+    def reset(self):
+        self.failures = 0
+
+
 class Stats:
     def __init__(self):
         self.up = set()
@@ -116,13 +140,25 @@ class Stats:
         self.redelivered = 0
         self.moved = 0  # clients that moved to another hub URL
         self.killed_rss_kib = None
+        self.killed_at = None  # monotonic time of the SIGKILL
         self.errors = {}
+        self.target = {}  # request id -> agent id
+        self.down_since = {}  # agent id -> when its link broke (while it is down)
+        self.was_down = set()  # request ids queued while their agent's link was down
+        self.reconnects = []  # (broke at, a poll went out again at) per broken link
 
     def error(self, kind):
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 async def agent(a, hubs, first, args, stats, start_at, stop):
+    """One simulated agent; it paces its retries as `idrelay run` with [relay] does
+    (src/relay/link.rs): a failed poll waits its `Backoff` (1 s to 60 s, the first retry
+    after a working link within --first-retry-ms), a failed heartbeat waits 1 s doubling to
+    3 s, jittered, and the first poll that gets through after a failure sends a heartbeat
+    at once ("the link is back"). Unlike the agent it sends its heartbeat and poll in turn
+    on one connection (the agent's run concurrently): a heartbeat due while a poll is held
+    waits for the poll's end (at most --wait-secs)."""
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     at = first
     conn = Conn(*hubs[at])
@@ -131,6 +167,9 @@ async def agent(a, hubs, first, args, stats, start_at, stop):
         f"Authorization: Bearer {a['token']}\r\n{PROTO_HEADERS}"
         f"Idrelay-Agent: {a['id']}\r\nIdrelay-Instance: sim-{a['id']}\r\n"
     )
+    backoff = Backoff(1.0, 60.0, args.first_retry_ms / 1000.0)
+    beat_retry = Backoff(1.0, 3.0, 0.0)
+    down = False
     beat_due = 0.0
     while not stop.is_set():
         try:
@@ -154,11 +193,18 @@ async def agent(a, hubs, first, args, stats, start_at, stop):
                 )
                 if st != 200:
                     stats.error(f"heartbeat {st}")
-                    await asyncio.sleep(1)
-                    continue
-                stats.heartbeats += 1
-                beat_due = now + args.heartbeat_secs * random.uniform(0.9, 1.0)
+                    beat_due = now + beat_retry.next_delay()
+                else:
+                    stats.heartbeats += 1
+                    beat_retry.reset()
+                    beat_due = now + args.heartbeat_secs * random.uniform(0.9, 1.0)
             stats.up.add(a["id"])
+            if conn.writer is None:
+                await asyncio.wait_for(conn.open(), 10)
+            broke = stats.down_since.pop(a["id"], None)
+            if broke is not None:
+                stats.reconnects.append((broke, time.monotonic()))
+            started = time.monotonic()
             st, raw = await conn.request(
                 "POST",
                 f"/v1/agents/{quoted}/poll",
@@ -167,12 +213,19 @@ async def agent(a, hubs, first, args, stats, start_at, stop):
                 args.wait_secs + 15,
             )
             stats.polls += 1
-            if st == 204:
-                continue
-            if st != 200:
+            if st not in (200, 204):
                 stats.error(f"poll {st}")
-                await asyncio.sleep(1)
+                down = True
+                await asyncio.sleep(backoff.next_delay())
                 continue
+            if down:
+                down = False
+                beat_due = 0.0  # the link is back: a heartbeat at once
+            if st == 204:
+                if time.monotonic() - started >= args.wait_secs / 2:
+                    backoff.reset()
+                continue
+            backoff.reset()
             got = time.monotonic()
             answers = []
             for env in json.loads(raw).get("requests", []):
@@ -195,12 +248,14 @@ async def agent(a, hubs, first, args, stats, start_at, stop):
         except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
             stats.error(type(e).__name__)
             conn.close()
+            stats.down_since.setdefault(a["id"], time.monotonic())
+            down = True
             if len(hubs) > 1 and isinstance(e, (OSError, ConnectionError, asyncio.IncompleteReadError)):
                 # The hub went away: the next replica, as a load balancer would.
                 at = (at + 1) % len(hubs)
                 conn = Conn(*hubs[at])
                 stats.moved += 1
-            await asyncio.sleep(random.uniform(0.5, 1.5))
+            await asyncio.sleep(backoff.next_delay())
     conn.close()
 
 
@@ -222,7 +277,11 @@ async def operator(hubs, token, ids, args, stats, deadline, worker, workers):
                 "POST", f"/v1/agents/{quoted}/commands", headers, {"command": "resync"}, 30
             )
             if st == 202:
-                stats.sent[json.loads(raw)["id"]] = t0
+                rid = json.loads(raw)["id"]
+                stats.sent[rid] = t0
+                stats.target[rid] = target
+                if target in stats.down_since:
+                    stats.was_down.add(rid)
             else:
                 stats.error(f"command {st}")
         except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
@@ -244,8 +303,33 @@ async def kill_later(pid, after, stats):
                 if line.startswith("VmRSS:"):
                     stats.killed_rss_kib = int(line.split()[1])
         os.kill(pid, signal.SIGKILL)
+        stats.killed_at = time.monotonic()
     except OSError as e:
         stats.error(f"kill {type(e).__name__}")
+
+
+def failover(stats, lat):
+    """What the run says about links that broke: how long until the poll went out again
+    (ms, p50/p99/max), and the delivery of commands queued while their agent's link was down
+    against the others'. Empty when no link broke."""
+    if not stats.reconnects:
+        return {}
+    back = sorted((b - a) * 1000.0 for a, b in stats.reconnects)
+    down = sorted(
+        (stats.received[r] - stats.sent[r]) * 1000.0
+        for r in stats.was_down
+        if r in stats.received
+    )
+    return {
+        "links_broken": len(back),
+        "reconnect_p50_ms": percentile(back, 50),
+        "reconnect_p99_ms": percentile(back, 99),
+        "reconnect_max_ms": round(back[-1], 2),
+        "queued_while_down": len(stats.was_down),
+        "queued_while_down_p50_ms": percentile(down, 50),
+        "queued_while_down_max_ms": round(down[-1], 2) if down else None,
+        "over_1s": sum(1 for x in lat if x > 1000.0),
+    }
 
 
 async def main_async(args):
@@ -311,6 +395,19 @@ async def main_async(args):
         "max_ms": round(lat[-1], 2) if lat else None,
         "errors": stats.errors,
     }
+    out.update(failover(stats, lat))
+    if args.trace:
+        kill = stats.killed_at
+        with open(args.trace, "w") as f:
+            for r, t in sorted(stats.sent.items(), key=lambda x: x[1]):
+                got = stats.received.get(r)
+                f.write(json.dumps({
+                    "id": r,
+                    "agent": stats.target.get(r),
+                    "sent_s": round(t - (kill if kill is not None else t0), 3),
+                    "ms": round((got - t) * 1000.0, 1) if got is not None else None,
+                    "queued_while_down": r in stats.was_down,
+                }) + "\n")
     print(json.dumps(out))
 
 
@@ -327,6 +424,13 @@ def main():
     p.add_argument("--wait-secs", type=int, default=30)
     p.add_argument("--kill-pid", type=int, default=0)
     p.add_argument("--kill-after-secs", type=float, default=0)
+    p.add_argument(
+        "--first-retry-ms",
+        type=float,
+        default=250,
+        help="the first poll retry after a working link is drawn from [0, this] (0: the old rule)",
+    )
+    p.add_argument("--trace", help="write one JSON line per command (sent relative to the kill, ms)")
     args = p.parse_args()
     limit = args.ramp_secs + args.seconds + 2 * args.wait_secs + 60 + 60
     try:

@@ -9,6 +9,9 @@
 //!   transaction under an advisory lock, so replicas starting together migrate once; a
 //!   database written by a newer hub is refused, not changed.
 //! * Rows as in SQLite, plus `requests.claimed_by` (the replica that holds a delivery).
+//!   Every connection of a replica names it (`application_name` = `idrelay-hub
+//!   <replica>`); a delivery held by a replica with no connection left (killed, its
+//!   sockets closed) is free for the next claim at once, not after `redeliver_secs`.
 //!   The journal's deliveries and leases are not written as they come: the claim
 //!   ([`Shared::claim`]) and the lease decision ([`Shared::lease`]) write them, in the
 //!   database, under row locks, on the database's clock.
@@ -105,6 +108,9 @@ const POOL: usize = 4;
 const FORWARD_SWEEP_MARGIN: Duration = Duration::from_secs(5);
 /// Any number, the same in every hub: the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x1d_7e1a_0001;
+
+/// The `application_name` of a replica's connections, before its name.
+const APP_NAME: &str = "idrelay-hub";
 
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -238,7 +244,11 @@ fn prepare(mut client: Client) -> Result<Conn, postgres::Error> {
             "WITH due AS (
                 SELECT id FROM requests
                 WHERE id = ANY($1)
-                  AND (delivered_ms IS NULL OR delivered_ms <= {NOW_MS} - $2)
+                  AND (delivered_ms IS NULL OR delivered_ms <= {NOW_MS} - $2
+                    OR (claimed_by <> $3 AND NOT EXISTS (
+                        SELECT 1 FROM pg_stat_activity
+                        WHERE datname = current_database()
+                          AND application_name = '{APP_NAME} ' || claimed_by)))
                 FOR UPDATE SKIP LOCKED)
              UPDATE requests r SET delivered_ms = {NOW_MS},
                 deliveries = r.deliveries + 1, claimed_by = $3
@@ -336,10 +346,16 @@ impl PgStore {
             database: target.describe(),
             message,
         };
+        let replica = format!("{:08x}-{}", fastrand::u32(..), std::process::id());
+        // Every connection says whose it is: what frees a dead replica's deliveries.
+        let mut named = target.clone();
+        named
+            .config
+            .application_name(&format!("{APP_NAME} {replica}"));
+        let target = &named;
         let mut first = connect(target).map_err(|e| fail(say(&e)))?;
         migrate(&mut first).map_err(fail)?;
         let first = prepare(first).map_err(|e| fail(say(&e)))?;
-        let replica = format!("{:08x}-{}", fastrand::u32(..), std::process::id());
         let (tx, events) = smol::channel::unbounded();
         let listener = connect(target).map_err(|e| fail(say(&e)))?;
         {

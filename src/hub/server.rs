@@ -252,6 +252,25 @@ impl BodyError {
     }
 }
 
+/// Connections the kernel queues for accepting (capped by `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Raises the listening socket's accept queue from the standard library's 128 to
+/// [`LISTEN_BACKLOG`] (Linux takes a second `listen` as a new backlog): when a replica dies
+/// its thousands of agents come back here within a second, and each connection a full queue
+/// drops costs its client a SYN retransmission (1 s, then 3 s, 7 s ...). rustix's `net`
+/// feature comes with async-io (smol's); naming it in Cargo.toml made the static agent
+/// binary 467 KB larger (measured with scripts/build-static.sh, cause not found), so it is
+/// not named there.
+fn widen_backlog(listener: &smol::net::TcpListener) {
+    #[cfg(unix)]
+    if let Err(e) = rustix::net::listen(listener, LISTEN_BACKLOG) {
+        log::warn!("cannot widen the accept queue to {LISTEN_BACKLOG}: {e}; it stays at 128");
+    }
+    #[cfg(not(unix))]
+    let _ = listener;
+}
+
 impl Hub {
     /// A hub for `cfg` with the state kept in `store` (read here, blocking).
     pub fn new(cfg: HubConfig, store: Arc<dyn Store>) -> Result<Hub, StoreError> {
@@ -367,6 +386,7 @@ impl Hub {
             let listener = smol::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| HubError::Bind { addr, source })?;
+            widen_backlog(&listener);
             let local = listener.local_addr().unwrap_or(addr);
             let tls = hub.cfg.tls.clone().map(futures_rustls::TlsAcceptor::from);
             log::info!(

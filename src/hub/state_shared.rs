@@ -10,7 +10,7 @@
 //! ([`super::Answered::Relayed`]); the answer to a forward of this replica, given through
 //! another, reaches its caller once ([`HubState::forward_answered`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use smol::channel::Sender;
@@ -19,6 +19,10 @@ use super::super::lease::{Grant, Lease};
 use super::super::shared::Claim;
 use super::super::store::{StoredLease, StoredRequest, StoredResult, StoredSeen};
 use super::{command_name, CommandResult, HubState, Queued, Reply, Seen};
+
+/// How soon a poll here asks again for a request another replica's poll holds: that
+/// replica may have died (the claim then frees it at once), well before `redeliver`.
+pub const ASK_AGAIN: Duration = Duration::from_secs(2);
 
 impl HubState {
     /// Queues `r` (a command queued through another replica) unless it is known here;
@@ -122,12 +126,15 @@ impl HubState {
     }
 
     /// What a claim of a poll's batch found about the requests it did not take: delivered
-    /// through another replica (due again `redeliver` after that), or gone.
+    /// through another replica (asked for again within `ASK_AGAIN`, the database decides
+    /// whether that replica still holds it), or gone.
     pub fn claim_outcome(&mut self, agent: &str, claim: &Claim, now: Instant) {
         for id in &claim.gone {
             self.adopt_gone(id);
         }
         let clock = self.clock;
+        // Due again (`delivered + redeliver`) at most ASK_AGAIN from now.
+        let soon = (now + ASK_AGAIN).checked_sub(self.timing.redeliver);
         let Some(slot) = self.agents.get_mut(agent) else {
             return;
         };
@@ -141,7 +148,8 @@ impl HubState {
         }
         for (id, at_ms) in &claim.elsewhere {
             if let Some(q) = slot.queue.iter_mut().find(|q| &q.id == id) {
-                q.delivered = Some(clock.instant(*at_ms));
+                let at = clock.instant(*at_ms);
+                q.delivered = Some(soon.map_or(at, |s| at.min(s)));
             }
         }
     }
@@ -207,6 +215,7 @@ impl HubState {
 #[cfg(test)]
 mod tests {
     use super::super::*;
+    use super::ASK_AGAIN;
     use crate::hub::shared::Claim;
     use crate::hub::store::StoredRequest;
     use std::time::Duration;
@@ -266,6 +275,40 @@ mod tests {
             .envelopes
             .is_empty());
         assert!(!h.journal_pending());
+    }
+
+    #[test]
+    fn a_request_another_replica_holds_is_asked_for_again_within_seconds_not_redeliver() {
+        let mut h = hub();
+        let t0 = Instant::now();
+        h.set_clock(WallClock {
+            base: t0,
+            base_ms: 1_000_000,
+        });
+        h.adopt_request(row("r-x-1"));
+        let first = h.take_batch("a1", Instant::now());
+        assert_eq!(first.envelopes.len(), 1);
+        // The database says another replica's poll took it just now.
+        let claim = crate::hub::shared::Claim {
+            elsewhere: vec![("r-x-1".into(), 1_000_000)],
+            ..Default::default()
+        };
+        h.claim_outcome("a1", &claim, Instant::now());
+        let b = h.take_batch("a1", Instant::now());
+        assert!(b.envelopes.is_empty(), "not offered again at once");
+        let due = b.next_due.expect("due again");
+        assert!(
+            due <= Instant::now() + ASK_AGAIN,
+            "due {:?} from now, redeliver is 60 s",
+            due.saturating_duration_since(Instant::now())
+        );
+        assert_eq!(
+            h.take_batch("a1", Instant::now() + ASK_AGAIN)
+                .envelopes
+                .len(),
+            1,
+            "offered to the claim again"
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! Invariants and limits:
 //! * The n-th delay (n counted from 0) is drawn uniformly from `[0, min(cap, base * 2^n)]`
 //!   ("full jitter"); the exponent saturates, so no overflow however many tries.
+//! * With [`Backoff::quick_first`], the first delay (after a reset) is drawn from
+//!   `[0, first]` instead, and the n-th after it (n >= 1) as the (n-1)-th above: one prompt,
+//!   jittered retry, then the same growing waits as without it.
 //! * With a limit of `max_attempts` tries, [`Backoff::next_delay`] hands out exactly
 //!   `max_attempts - 1` delays (the first try needs none) and then `None`.
 //! * `Retry-After` values are capped at [`MAX_RETRY_AFTER`]: a server cannot park the agent
@@ -25,6 +28,7 @@ pub struct Backoff {
     base: Duration,
     cap: Duration,
     max_attempts: Option<u32>,
+    first: Option<Duration>,
     failures: u32,
     rng: fastrand::Rng,
 }
@@ -36,6 +40,7 @@ impl Backoff {
             base,
             cap,
             max_attempts: None,
+            first: None,
             failures: 0,
             rng: fastrand::Rng::new(),
         }
@@ -44,6 +49,14 @@ impl Backoff {
     /// Limits the number of tries (the first try included); `0` and `1` both mean "no retry".
     pub fn with_max_attempts(mut self, max_attempts: u32) -> Backoff {
         self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// The first retry (after a reset) waits at most `first` (jittered from 0), the ones
+    /// after it as without this: for a link that just broke, where the other side is
+    /// likely back at once (a replica behind a balancer), one prompt try before backing off.
+    pub fn quick_first(mut self, first: Duration) -> Backoff {
+        self.first = Some(first);
         self
     }
 
@@ -69,7 +82,11 @@ impl Backoff {
             }
         }
         self.failures = self.failures.saturating_add(1);
-        let ceiling = self.ceiling(n);
+        let ceiling = match self.first {
+            Some(first) if n == 0 => first,
+            Some(_) => self.ceiling(n - 1),
+            None => self.ceiling(n),
+        };
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Some(Duration::from_nanos(self.rng.u64(0..=nanos)))
     }
@@ -234,6 +251,44 @@ mod tests {
         assert!(once.next_delay().is_none());
         let mut zero = Backoff::new(MS, MS).with_max_attempts(0);
         assert!(zero.next_delay().is_none());
+    }
+
+    #[test]
+    fn a_quick_first_retry_then_the_same_growing_waits() {
+        let quick = 100 * MS;
+        for seed in 0..50 {
+            let mut b = Backoff::new(1_000 * MS, 60_000 * MS)
+                .quick_first(quick)
+                .with_seed(seed);
+            assert!(
+                b.next_delay().unwrap() <= quick,
+                "seed {seed}: the first retry"
+            );
+            // Then as without it: within 1 s, 2 s, 4 s ... capped at 60 s.
+            for n in 0..10 {
+                let d = b.next_delay().unwrap();
+                assert!(d <= b.ceiling(n), "seed {seed}, retry {}: {d:?}", n + 2);
+            }
+            // A reset gives the quick one again.
+            b.reset();
+            assert!(
+                b.next_delay().unwrap() <= quick,
+                "seed {seed}: after a reset"
+            );
+        }
+        // The waits after the first do grow: over many draws the 6th retry (ceiling 16 s)
+        // waits longer on average than the 2nd (ceiling 1 s).
+        let (mut second, mut sixth) = (Duration::ZERO, Duration::ZERO);
+        for seed in 0..200 {
+            let mut b = Backoff::new(1_000 * MS, 60_000 * MS)
+                .quick_first(quick)
+                .with_seed(seed);
+            let d: Vec<Duration> = (0..6).map(|_| b.next_delay().unwrap()).collect();
+            second += d[1];
+            sixth += d[5];
+        }
+        assert!(second / 200 <= 600 * MS, "{:?}", second / 200);
+        assert!(sixth / 200 >= 4_000 * MS, "{:?}", sixth / 200);
     }
 
     #[test]

@@ -21,7 +21,10 @@
 //! * The token (static, or OAuth2 from [`crate::relay::hub_credential`]) is sent only in the
 //!   `Authorization` header and never logged; a 401 replaces an OAuth2 token once, at once.
 //! * Reconnects use jittered exponential backoff (1 s to 60 s), reset after a poll that
-//!   returned work or stayed up a whole wait.
+//!   returned work or stayed up half a wait; the first retry after a working link goes out
+//!   within [`RECONNECT_FIRST`] (jittered from 0: a fleet whose replica died does not come
+//!   back in one burst), so requests queued meanwhile wait a fraction of a second, not a
+//!   backoff step ([`poll_backoff`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -52,6 +55,17 @@ pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between heartbeat tries while they fail: an agent started before its
 /// hub is active within seconds of the hub coming up.
 pub const HEARTBEAT_RETRY_CAP: Duration = Duration::from_secs(3);
+
+/// The longest wait before the first poll retry after a working link broke (a hub replica
+/// killed, a balancer's 502): the hub, or another replica behind the same address, is
+/// most likely there at once; the agents of a dead replica spread their return over it.
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+
+/// The poll loop's retry pacing: within [`RECONNECT_FIRST`] first, then 1 s doubling to
+/// 60 s, each jittered from 0.
+pub fn poll_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).quick_first(RECONNECT_FIRST)
+}
 
 /// Answers envelopes (the SCIM facade and the commands).
 pub trait Handler {
@@ -385,7 +399,7 @@ impl Relay {
         replies: smol::channel::Sender<Reply>,
         nudge: &smol::channel::Sender<()>,
     ) {
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut backoff = poll_backoff();
         let wait = self.cfg.poll_wait.as_secs();
         // The last poll failed: the next one that gets through means the link is back.
         let mut down = false;
@@ -682,6 +696,20 @@ fn describe(e: &Envelope) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_poll_is_retried_within_a_quarter_second_then_backs_off() {
+        for _ in 0..100 {
+            let mut b = poll_backoff();
+            assert!(b.next_delay().unwrap() <= RECONNECT_FIRST);
+            assert!(b.next_delay().unwrap() <= Duration::from_secs(1));
+            assert!(b.next_delay().unwrap() <= Duration::from_secs(2));
+            b.reset();
+            assert!(b.next_delay().unwrap() <= RECONNECT_FIRST);
+        }
+        let b = poll_backoff();
+        assert_eq!(b.ceiling(6), Duration::from_secs(60));
+    }
 
     #[test]
     fn ids_are_checked() {
