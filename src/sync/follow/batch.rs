@@ -904,6 +904,8 @@ fn decide<D, E>(
         if let Err(why) = group_members::add_to(&mut mapped, &entry.dn, list, &resolver, scratch) {
             return Decision::Done(Applied::Retry(why));
         }
+    } else if kind == ResourceKind::Group {
+        group_members::note_whole(&entry);
     }
     if resolver.blocked.get() {
         return Decision::Blocked(Prepared::Read {

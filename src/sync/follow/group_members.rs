@@ -45,6 +45,11 @@ pub(super) fn entry_attributes<'a>(attrs: &[&'a str], way: Option<MemberRead>) -
         .collect()
 }
 
+/// Says once per process that a large group was read with its entry (as a full pass does).
+pub(super) fn note_whole(entry: &crate::ldap::Entry) {
+    member_read::note_whole_read(&entry.dn, entry.bytes(STREAMED).len());
+}
+
 /// Resolves the group's member DNs (`list`) and adds them to `mapped`, beside the members
 /// of any other member attribute read with the entry. `Err`: why the change is retried.
 pub(super) fn add_to(
@@ -62,4 +67,17 @@ pub(super) fn add_to(
     mapped.nested.sort_unstable();
     mapped.nested.dedup();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_members_read_apart_leave_the_entry_read() {
+        let attrs = ["objectClass", "cn", "Member", "uniqueMember"];
+        let apart = entry_attributes(&attrs, Some(MemberRead::Ranged));
+        assert_eq!(apart, ["objectClass", "cn", "uniqueMember"]);
+        assert_eq!(entry_attributes(&attrs, None), attrs);
+    }
 }
