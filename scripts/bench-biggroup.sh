@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-biggroup.sh [N] [--chunk C] [--change K] [--member-reads MODE] [--keep]
+# bench-biggroup.sh [N] [--chunk C] [--change K] [--member-reads MODE] [--run [--baseline-bin PATH]] [--keep]
 #
 # Large-group benchmark (a script, not a test; issue 4, "Benchmark"): the first
 # `idrelay sync --once` over N users (default 100,000) plus ONE group holding all of them,
@@ -28,6 +28,19 @@
 # DNs, the lookup, the POST, every PATCH); "PATCH stream" = answer to the POST /Groups ->
 # answer to the last PATCH. The agent's own log has only whole seconds.
 # Users have no `manager` (gen-ldif.py --no-managers) so that their phase stays one round.
+#
+# --run: the agent as administrators run it, `idrelay run` (syncrepl feed), instead of the
+# `sync --once` runs above. Twice in one invocation on the same directory, each with a fresh
+# state directory: the baseline, then the candidate. Baseline: the binary at --baseline-bin
+# PATH with the same settings (e.g. a build of the code before `run` read changed groups in
+# pieces), or without it the same binary with member_reads = "entry" (the group read whole,
+# in the first pass and in the feed). Each: start `run` under /usr/bin/time -v, wait for its
+# first pass (the summary line and N confirmed members), note VmRSS, reset VmHWM
+# (/proc/PID/clear_refs), remove K members in LDAP while it follows, and wait until the
+# agent's confirmed list holds N - K. Prints per agent: first pass seconds, peak RSS over the
+# whole run, RSS before the change, peak RSS from the change until in step (VmHWM after the
+# reset), seconds from the ldapmodify to the confirmed list in step, PATCH requests in that
+# time. The removed members are put back after each agent.
 #
 # The endpoint is Debian's nginx with scripts/bench/nginx.conf (the canned SCIM endpoint of
 # scripts/bench.sh: POST gives a fresh id, lookups find nothing, PATCH answers 204), run as an
@@ -58,6 +71,8 @@ CHUNK=100
 CHANGE=""
 MEMBER_READS=member_of
 KEEP=0
+RUN_MODE=0
+BASE_BIN=""
 usage() { sed -n '2p' "$0" | sed 's/^# //' >&2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -65,7 +80,9 @@ while [ $# -gt 0 ]; do
     --change) CHANGE=${2:?}; shift ;;
     --member-reads) MEMBER_READS=${2:?}; shift ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --run) RUN_MODE=1 ;;
+    --baseline-bin) BASE_BIN=${2:?}; shift ;;
+    -h | --help) sed -n '2,54p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     [0-9]*) N=$1 ;;
     *) usage; die "unknown argument $1" ;;
   esac
@@ -244,6 +261,93 @@ concurrency = 8
 member_chunk = $CHUNK
 EOF
 chmod 600 "$CFG"
+
+# --- 3b. --run: `idrelay run`, baseline then candidate -----------------------------------
+vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+# first_done LOG STATE : the first pass's summary line is logged and N members are confirmed
+first_done() { grep -q "objects in step" "$1" && [ "$(members_stored "$2")" = "$N" ]; }
+# in_step STATE : the agent's confirmed list holds N - REMOVED members
+in_step() { [ "$(members_stored "$1")" = "$((N - REMOVED))" ]; }
+# follow_agent NAME BIN MEMBER_READS : sets F_PASS F_RSS F_BEFORE F_CHANGE F_STEP F_PATCH
+follow_agent() {
+  local name=$1 bin=$2 reads=$3 cfg=$B/idrelay-$1.toml state=$B/state-$1 t0 tpid
+  APID=""
+  rm -rf "$state"
+  mkdir -p "$state"
+  sed -e "s|^state_dir = .*|state_dir = \"$state\"|" -e "s|^member_reads = .*|member_reads = \"$reads\"|" "$CFG" >"$cfg"
+  chmod 600 "$cfg"
+  : >"$NG_LOG"
+  log "[$name] idrelay run ($bin, member_reads $reads)"
+  t0=$EPOCHREALTIME
+  /usr/bin/time -v -o "$B/time-run-$name.txt" "$bin" ${ROOT_FLAG:+"$ROOT_FLAG"} --config "$cfg" run \
+    >"$B/run-$name.out" 2>"$B/run-$name.err" &
+  tpid=$!
+  for _ in $(seq 100); do
+    APID=$(pgrep -P "$tpid" | head -n 1 || true)
+    [ -n "$APID" ] && break
+    sleep 0.1
+  done
+  [ -n "$APID" ] || die "[$name] the agent did not start"
+  wait_for "$T_AGENT" first_done "$B/run-$name.err" "$state" || {
+    log_tail "$B/run-$name.err"
+    kill -TERM "$APID" 2>/dev/null || true
+    die "[$name] the first pass did not bring $N members in step within $T_AGENT s"
+  }
+  F_PASS=$(secs_since "$t0")
+  sleep 3 # the feed starts after the pass
+  F_BEFORE=$(vm_kib "$APID" VmRSS)
+  echo 5 >"/proc/$APID/clear_refs" # VmHWM := VmRSS
+  : >"$NG_LOG"
+  RESTORE=1
+  t0=$EPOCHREALTIME
+  timeout "$T_SMALL" ldapmodify -x -H "$OPENLDAP_URL" -D "$OPENLDAP_ROOT_DN" -w "$OPENLDAP_ROOT_PW" \
+    -f "$B/remove.ldif" >/dev/null 2>"$B/remove.err" || die "ldapmodify removing $REMOVED members failed"
+  wait_for "$T_AGENT" in_step "$state" || {
+    log_tail "$B/run-$name.err"
+    kill -TERM "$APID" 2>/dev/null || true
+    die "[$name] the agent did not bring the change in step within $T_AGENT s"
+  }
+  F_STEP=$(secs_since "$t0")
+  F_CHANGE=$(vm_kib "$APID" VmHWM)
+  F_PATCH=$(grep -c ' PATCH /v2/Groups/' "$NG_LOG" || true)
+  kill -TERM "$APID"
+  wait "$tpid" || true
+  F_RSS=$(rss_kib "$B/time-run-$name.txt")
+  timeout "$T_SMALL" ldapmodify -x -H "$OPENLDAP_URL" -D "$OPENLDAP_ROOT_DN" -w "$OPENLDAP_ROOT_PW" \
+    -f "$B/restore.ldif" >/dev/null 2>"$B/restore.err" || die "ldapmodify putting the members back failed"
+  RESTORE=0
+  log "[$name] first pass $F_PASS s; change in step after $F_STEP s, $F_PATCH PATCH; RSS before $F_BEFORE KiB, peak during the change $F_CHANGE KiB, whole run $F_RSS KiB"
+}
+
+if [ "$RUN_MODE" = 1 ]; then
+  PCT=$(awk -v k="$CHANGE" -v n="$N" 'BEGIN { printf "%.6f", 100 * k / n }')
+  python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --percent "$PCT" --people "$PEOPLE" --group "$GROUP_DN" >"$B/remove.ldif"
+  python3 "$ROOT/scripts/bench/biggroup.py" removals --count "$N" --percent "$PCT" --people "$PEOPLE" --group "$GROUP_DN" --add >"$B/restore.ldif"
+  REMOVED=$(grep -c '^member:' "$B/remove.ldif")
+  if [ -n "$BASE_BIN" ]; then
+    [ -x "$BASE_BIN" ] || die "no executable at --baseline-bin $BASE_BIN"
+    BASE_NOTE="$("$BASE_BIN" version 2>/dev/null | head -n 1 || echo "$BASE_BIN"), member_reads $MEMBER_READS"
+    follow_agent baseline "$BASE_BIN" "$MEMBER_READS"
+  else
+    BASE_NOTE="the same binary, member_reads entry"
+    follow_agent baseline "$BIN" entry
+  fi
+  R0=("$F_PASS" "$F_RSS" "$F_BEFORE" "$F_CHANGE" "$F_STEP" "$F_PATCH")
+  follow_agent candidate "$BIN" "$MEMBER_READS"
+  R1=("$F_PASS" "$F_RSS" "$F_BEFORE" "$F_CHANGE" "$F_STEP" "$F_PATCH")
+  rrow() { printf '%-10s | %10s | %12s | %10s | %14s | %9s | %6s\n' "$@"; }
+  cat <<EOF
+
+== idrelay large-group benchmark, run mode: $N users + 1 group of $N members; $REMOVED leave while \`idrelay run\` follows (syncrepl); member_chunk $CHUNK ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))
+   candidate: $VERSION, member_reads $MEMBER_READS; baseline: $BASE_NOTE
+EOF
+  rrow "agent" "first pass" "peak RSS MiB" "RSS before" "peak in change" "change s" "PATCH"
+  rrow "----------" "----------" "------------" "----------" "--------------" "---------" "------"
+  rrow baseline "${R0[0]}" "$(mib "${R0[1]}")" "$(mib "${R0[2]}")" "$(mib "${R0[3]}")" "${R0[4]}" "${R0[5]}"
+  rrow candidate "${R1[0]}" "$(mib "${R1[1]}")" "$(mib "${R1[2]}")" "$(mib "${R1[3]}")" "${R1[4]}" "${R1[5]}"
+  echo "(first pass: start -> summary line; change s: ldapmodify -> the agent's confirmed list holds $((N - REMOVED)); peak in change: VmHWM, reset after the first pass; logs in $B/run-*.err)"
+  exit 0
+fi
 
 # run_agent RUN : one `sync --once` under /usr/bin/time; sets RUN_S, RUN_RSS, RUN_TL (timeline JSON)
 run_agent() {

@@ -10,6 +10,11 @@
 //! file; a list that outgrew it is one sorted scratch file ([`MemberIds::on_disk`]), which
 //! the hash, the diff against the stored members and the PATCH chunks walk in order.
 //!
+//! `run` reads a group the feed reported changed the same way, in two steps (its reads run
+//! while other changes are in flight, and only its sender's task may read the anchor
+//! index): [`read_member_dns`] gathers the DNs, unresolved, into the same spilling list,
+//! and [`resolve_dns`] resolves them afterwards (`sync/follow/group_members.rs`).
+//!
 //! Invariant: a read cut short (a failed page, a size limit, a missing range end, the
 //! group gone mid-way) or a scratch file that cannot be written is an error for this
 //! group: the caller fails the group for this pass, and nothing is sent for it, so no
@@ -151,6 +156,16 @@ pub async fn read_members(
         }
     }
     let ids = b.try_finish().map_err(MemberReadError::Scratch)?;
+    note_read(group_dn, how, read, pieces, &ids);
+    Ok(ReadMembers {
+        ids,
+        nested: nested.into_iter().collect(),
+        pending: pending.into_iter().collect(),
+    })
+}
+
+/// The debug line that names how a group's members were read.
+fn note_read(group_dn: &str, how: MemberRead, read: u64, pieces: u64, ids: &MemberIds) {
     log::debug!(
         "group {group_dn}: {read} member DNs read {} in {pieces} pieces, {} provisioned{}",
         match how {
@@ -160,6 +175,72 @@ pub async fn read_members(
         ids.len(),
         if ids.on_disk() { " (ids on disk)" } else { "" }
     );
+}
+
+/// A group's member DNs as read in pieces, not yet resolved: `run`'s sender reads them
+/// while other changes are in flight and resolves them between awaits ([`resolve_dns`]),
+/// where it may read the anchor index.
+#[derive(Debug, Clone)]
+pub struct MemberDnList {
+    /// The DNs, sorted and unique (in a scratch file when many: the same spilling list as
+    /// the ids).
+    pub dns: MemberIds,
+    /// DNs read and pieces they came in (for the log).
+    pub read: u64,
+    pub pieces: u64,
+    /// How they were read.
+    pub how: MemberRead,
+}
+
+/// Reads the member DNs of `group_dn` the `how` way into a list that spills to `scratch`,
+/// unresolved (see [`MemberDnList`]). The same errors as [`read_members`].
+pub async fn read_member_dns(
+    dir: &Directory,
+    group_dn: &str,
+    how: MemberRead,
+    bases: &[String],
+    scratch: &Path,
+) -> Result<MemberDnList, MemberReadError> {
+    let mut stream = dir.member_dns(group_dn, how, bases);
+    let mut b = MemberIdsBuilder::spilling(scratch, MEMORY_BUDGET);
+    let (mut pieces, mut read) = (0u64, 0u64);
+    while let Some(piece) = stream.next_batch().await {
+        let piece = piece.map_err(MemberReadError::Ldap)?;
+        pieces += 1;
+        read += piece.len() as u64;
+        for dn in piece.iter().filter(|d| !d.is_empty()) {
+            b.push(dn);
+        }
+    }
+    let dns = b.try_finish().map_err(MemberReadError::Scratch)?;
+    Ok(MemberDnList {
+        dns,
+        read,
+        pieces,
+        how,
+    })
+}
+
+/// Resolves a group's member DNs read by [`read_member_dns`] as [`read_members`] does. A
+/// list on disk that cannot be read back whole is an error, never fewer members.
+pub fn resolve_dns(
+    group_dn: &str,
+    list: &MemberDnList,
+    resolver: &dyn Resolver,
+    scratch: &Path,
+) -> Result<ReadMembers, MemberReadError> {
+    let mut b = MemberIdsBuilder::spilling(scratch, MEMORY_BUDGET);
+    let (mut nested, mut pending) = (BTreeSet::new(), BTreeSet::new());
+    for dn in list.dns.iter() {
+        mapping::resolve_member(resolver, &dn, &mut b, &mut nested, &mut pending);
+    }
+    if list.dns.read_failed() {
+        return Err(MemberReadError::Scratch(std::io::Error::other(
+            "member DNs could not be read back",
+        )));
+    }
+    let ids = b.try_finish().map_err(MemberReadError::Scratch)?;
+    note_read(group_dn, list.how, list.read, list.pieces, &ids);
     Ok(ReadMembers {
         ids,
         nested: nested.into_iter().collect(),

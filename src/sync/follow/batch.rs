@@ -32,9 +32,11 @@
 //! calls. Static dispatch: the seams cost nothing at run time.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::ldap::dn;
+use crate::ldap::members::MemberRead;
 use crate::ldap::{Directory, Entry, LdapError, Scope};
 use crate::net::backoff::Backoff;
 use crate::queue::ResyncReason;
@@ -44,9 +46,11 @@ use crate::scim::ResourceKind;
 use crate::signals::{Control, Request};
 use crate::sync::anchors::{representation_hash_with, Anchor, AnchorIndex};
 use crate::sync::deletes::{self, DeleteGate, Found, MatchedBy, Target};
+use crate::sync::member_read::{MemberDnList, MemberReadError};
 use crate::sync::pass::PassSettings;
 use crate::sync::provision::{provision, Job, Outcome};
 
+use super::group_members;
 use super::parking::{unix_now, Parking, Refusal};
 use super::send::{SendCtx, SendEnd};
 use super::together::{goes_together, Together};
@@ -64,6 +68,16 @@ pub(super) trait DirectoryReads {
     /// The DN of some entry under `base` (subtree) that matches `filter`, if one does:
     /// whether an anchor is still held by anything.
     async fn find_one(&self, base: &str, filter: &str) -> Result<Option<String>, LdapError>;
+    /// The member DNs of the group at `dn`, read in pieces the `how` way (`bases`: where
+    /// a member-side read looks), unresolved, in a list that spills to `scratch` (see
+    /// [`super::group_members`]). A read that did not end as it must is an error.
+    async fn member_dns(
+        &self,
+        dn: &str,
+        how: MemberRead,
+        bases: &[String],
+        scratch: &Path,
+    ) -> Result<MemberDnList, MemberReadError>;
 }
 
 impl DirectoryReads for Directory {
@@ -83,6 +97,16 @@ impl DirectoryReads for Directory {
             Some(Ok(e)) => Ok(Some(e.dn)),
             Some(Err(e)) => Err(e),
         }
+    }
+
+    async fn member_dns(
+        &self,
+        dn: &str,
+        how: MemberRead,
+        bases: &[String],
+        scratch: &Path,
+    ) -> Result<MemberDnList, MemberReadError> {
+        crate::sync::member_read::read_member_dns(self, dn, how, bases, scratch).await
     }
 }
 
@@ -289,6 +313,10 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
         }
     }
     let n = changes.len();
+    // A group's members read in pieces are not read with its entry.
+    let members_apart = group_members::way(&ctx.settings.pass, ctx.profile);
+    let attrs = group_members::entry_attributes(attrs, members_apart);
+    let attrs = attrs.as_slice();
     let keys: Vec<(String, Option<String>)> = changes
         .iter()
         .map(|c| match c {
@@ -444,7 +472,8 @@ pub(super) async fn apply_batch<D: DirectoryReads, E: EndpointWrites>(
                         flying.push((
                             i,
                             Box::pin(async move {
-                                Landed::Read(prepare(ctx, queue, attrs, target).await)
+                                let way = members_apart;
+                                Landed::Read(prepare(ctx, queue, attrs, way, target).await)
                             }),
                         ));
                     }
@@ -761,14 +790,19 @@ enum Prepared {
         entry: Entry,
         kind: Option<ResourceKind>,
         out: Option<&'static str>,
+        /// A group's member DNs, when read apart from its entry.
+        members: Option<MemberDnList>,
     },
 }
 
-/// Reads the object at `target` and checks its scope. `Err` is a reason to retry.
+/// Reads the object at `target` and checks its scope; an in-scope group's members too,
+/// when they are read apart (`members`: how, see [`group_members`]). `Err` is a reason to
+/// retry.
 async fn prepare<D: DirectoryReads, E: EndpointWrites>(
     ctx: &SendCtx<'_, D, E>,
     queue: &SharedQueue,
     attrs: &[&str],
+    members: Option<MemberRead>,
     target: &str,
 ) -> Result<Prepared, String> {
     let entry = match ctx.dir.read(target, attrs).await {
@@ -798,7 +832,20 @@ async fn prepare<D: DirectoryReads, E: EndpointWrites>(
             out = Some("not a member of scope.groups");
         }
     }
-    Ok(Prepared::Read { entry, kind, out })
+    let members = match (kind, out, members) {
+        (Some(ResourceKind::Group), None, Some(how)) => {
+            let (bases, scratch) = (&ctx.settings.pass.include, &ctx.settings.state_dir);
+            let read = ctx.dir.member_dns(&entry.dn, how, bases, scratch).await;
+            Some(read.map_err(|e| format!("directory: group {target}: {e}"))?)
+        }
+        _ => None,
+    };
+    Ok(Prepared::Read {
+        entry,
+        kind,
+        out,
+        members,
+    })
 }
 
 /// What to do with a read object.
@@ -823,7 +870,13 @@ fn decide<D, E>(
     busy: &HashSet<String>,
 ) -> Decision {
     let profile = ctx.profile;
-    let Prepared::Read { entry, kind, out } = prepared else {
+    let Prepared::Read {
+        entry,
+        kind,
+        out,
+        members,
+    } = prepared
+    else {
         return Decision::Done(Applied::Done);
     };
     if let Some(why) = out {
@@ -842,15 +895,24 @@ fn decide<D, E>(
     }
     let kind = kind.expect("in scope means classified");
     let resolver = IndexResolver::new(index, busy);
-    let mapped = match mapping::map_entry_split(&entry, kind, profile, &resolver) {
+    let mut mapped = match mapping::map_entry_split(&entry, kind, profile, &resolver) {
         Ok(m) => m,
         Err(e) => return Decision::Done(Applied::Failed(e.to_string())),
     };
+    if let Some(list) = &members {
+        let scratch = &ctx.settings.state_dir;
+        if let Err(why) = group_members::add_to(&mut mapped, &entry.dn, list, &resolver, scratch) {
+            return Decision::Done(Applied::Retry(why));
+        }
+    } else if kind == ResourceKind::Group {
+        group_members::note_whole(&entry);
+    }
     if resolver.blocked.get() {
         return Decision::Blocked(Prepared::Read {
             entry,
             kind: Some(kind),
             out: None,
+            members,
         });
     }
     if mapped.external_id != uuid {

@@ -73,6 +73,10 @@
 //! * A delete is never inferred: an object the directory no longer returns is left alone
 //!   (the feed reports its delete or its move), and a failed read is retried, never taken
 //!   for a missing object.
+//! * A changed group's members are read as a full pass reads them (`directory.member_reads`:
+//!   in pieces, apart from the entry, into a list that spills to disk; `group_members`) and
+//!   sent as the difference to the members last confirmed at the endpoint. A member read
+//!   cut short is a failed read: retried, nothing sent for the group, no member removed.
 //!
 //! Change feeds: RFC 4533 syncrepl (OpenLDAP's syncprov, 389-DS's Content Synchronization), and the
 //! polling feeds of [`poll`] (AD DirSync, uSN, modifyTimestamp).
@@ -91,11 +95,15 @@
 //! * `batch.rs`: the batch machine, which applies one batch in per-object order and says
 //!   which leading run of it is done. It and the sender reach the directory and the
 //!   endpoint only through two narrow traits defined there (`DirectoryReads`: read an
-//!   entry, check its scope, find an anchor's holder; `EndpointWrites`: provision one
-//!   object, delete one), so that `tests.rs` runs them against fakes, without sockets.
+//!   entry, check its scope, find an anchor's holder, read a group's member DNs in
+//!   pieces; `EndpointWrites`: provision one
+//!   object, delete one), so that `tests.rs` runs them against fakes, without sockets;
+//! * `group_members.rs`: a changed group's members read in pieces apart from its entry
+//!   (`directory.member_reads`), as a full pass reads them, and resolved between awaits.
 
 mod batch;
 mod feed;
+mod group_members;
 pub mod parking;
 pub mod poll;
 mod send;

@@ -19,11 +19,13 @@ use super::*;
 use crate::ldap::{Entry, LdapError};
 use crate::queue::QueueConfig;
 use crate::scim::client::ScimError;
+use crate::scim::mapping::MemberIdsBuilder;
 use crate::scim::profile::ProfileKind;
 use crate::scim::ResourceKind;
 use crate::sync::anchors::Anchor;
 use crate::sync::deletes::UserDelete;
 use crate::sync::deletes::{Policy, Target};
+use crate::sync::member_read::{MemberDnList, MemberReadError};
 use crate::sync::provision::{Job, Outcome, ProvisionMode};
 
 // ---------------------------------------------------------------------------------------
@@ -136,6 +138,40 @@ fn a_reference_to_an_object_not_yet_provisioned_waits_for_it() {
     // Its read stayed valid: it was mapped again, not read again.
     assert_eq!(count(&log, &read("staff")), 1);
     assert_eq!(end.handled, seqs.last().copied());
+}
+
+#[test]
+fn a_changed_group_reads_its_members_apart_and_a_cut_read_sends_nothing_until_read_whole() {
+    let mut b = Bench::new(100);
+    b.settings.pass.member_read = crate::ldap::members::MemberRead::Ranged;
+    let names = ["m1", "m2", "m3", "m4", "m5"];
+    for n in names {
+        b.user(n, &["v1"]);
+    }
+    b.apply(&names.map(upsert));
+    b.group("crew", &names);
+    // The member read is cut after its first piece once: the change is retried, whole.
+    b.dir.member_faults.borrow_mut().insert(group_dn("crew"), 1);
+    b.user("late", &["v1"]);
+    let (end, seqs) = b.apply(&[upsert_group("crew"), upsert("late")]);
+    let log = b.calls();
+    assert_eq!(count(&log, &Call::Members("crew".into())), 2, "{log:#?}");
+    assert!(!b.dir.asked_member.get(), "members were read with an entry");
+    // Sent once, after the whole read, with every member (5 DNs spill past 64 bytes).
+    let all = "id-m1 id-m2 id-m3 id-m4 id-m5";
+    assert_eq!(sends_of(&log, "crew"), [all], "{log:#?}");
+    assert!(nth(&log, &Call::Members("crew".into()), 1) < at(&log, &send("crew", all)));
+    assert_eq!(sends_of(&log, "late"), ["v1"], "{log:#?}");
+    assert_eq!(end.handled, seqs.last().copied());
+
+    // With `member_reads = "entry"` the members come with the entry, as before.
+    b.settings.pass.member_read = crate::ldap::members::MemberRead::Entry;
+    b.group("crew", &["m1", "m2"]);
+    b.apply(&[upsert_group("crew")]);
+    let log = b.calls();
+    assert_eq!(count(&log, &Call::Members("crew".into())), 0, "{log:#?}");
+    assert!(b.dir.asked_member.get());
+    assert_eq!(sends_of(&log, "crew"), ["id-m1 id-m2"], "{log:#?}");
 }
 
 #[test]
@@ -891,12 +927,18 @@ enum Call {
     Delete(String),
     /// The endpoint was asked to provision these together (one SCIM Bulk request).
     Together(Vec<String>),
+    /// The directory was asked for a group's members, in pieces.
+    Members(String),
 }
 
 impl Call {
     fn object(&self) -> &str {
         match self {
-            Call::Read(n) | Call::Send(n, _) | Call::Landed(n, _) | Call::Delete(n) => n,
+            Call::Read(n)
+            | Call::Send(n, _)
+            | Call::Landed(n, _)
+            | Call::Delete(n)
+            | Call::Members(n) => n,
             Call::Together(_) => "",
         }
     }
@@ -957,11 +999,18 @@ struct FakeDirectory {
     outside_filter: RefCell<HashSet<String>>,
     /// Anchors an entry still holds, with that entry's DN.
     holders: RefCell<Vec<(String, String)>>,
+    /// By DN, how many member reads (in pieces) fail before one succeeds.
+    member_faults: RefCell<HashMap<String, u32>>,
+    /// Whether a read asked for `member` with the entry.
+    asked_member: Cell<bool>,
 }
 
 impl DirectoryReads for FakeDirectory {
-    async fn read(&self, dn: &str, _attrs: &[&str]) -> Result<Option<Entry>, LdapError> {
+    async fn read(&self, dn: &str, attrs: &[&str]) -> Result<Option<Entry>, LdapError> {
         self.log.borrow_mut().push(Call::Read(name_of(dn)));
+        let with_members = attrs.iter().any(|a| a.eq_ignore_ascii_case("member"));
+        self.asked_member
+            .set(self.asked_member.get() || with_members);
         smol::future::yield_now().await;
         if let Some(n) = self
             .read_faults
@@ -978,10 +1027,54 @@ impl DirectoryReads for FakeDirectory {
         let Some(versions) = entries.get_mut(dn) else {
             return Ok(None);
         };
-        Ok(if versions.len() > 1 {
+        let mut entry = if versions.len() > 1 {
             versions.pop_front()
         } else {
             versions.front().cloned()
+        };
+        if let (Some(e), false) = (entry.as_mut(), with_members) {
+            e.take("member");
+        }
+        Ok(entry)
+    }
+
+    async fn member_dns(
+        &self,
+        dn: &str,
+        how: crate::ldap::members::MemberRead,
+        _bases: &[String],
+        scratch: &std::path::Path,
+    ) -> Result<MemberDnList, MemberReadError> {
+        self.log.borrow_mut().push(Call::Members(name_of(dn)));
+        let values: Vec<Vec<u8>> = self.entries.borrow()[dn][0].bytes("member").to_vec();
+        let mut b = MemberIdsBuilder::spilling(scratch, crate::sync::member_read::MEMORY_BUDGET);
+        let mut pieces = 0;
+        // Pieces of two, one scheduler turn each; a fault cuts the read after the first.
+        for piece in values.chunks(2) {
+            smol::future::yield_now().await;
+            if pieces == 1 {
+                if let Some(n) = self
+                    .member_faults
+                    .borrow_mut()
+                    .get_mut(dn)
+                    .filter(|n| **n > 0)
+                {
+                    *n -= 1;
+                    return Err(MemberReadError::Ldap(LdapError::Protocol {
+                        detail: "connection reset".into(),
+                    }));
+                }
+            }
+            pieces += 1;
+            for v in piece {
+                b.push(std::str::from_utf8(v).unwrap());
+            }
+        }
+        Ok(MemberDnList {
+            dns: b.try_finish().map_err(MemberReadError::Scratch)?,
+            read: values.len() as u64,
+            pieces,
+            how,
         })
     }
 
