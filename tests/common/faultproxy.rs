@@ -253,6 +253,8 @@ impl FaultProxy {
     }
 
     /// Like [`FaultProxy::stall_next`], for the next `n` requests with this method only.
+    /// Every `_of` form also takes `"METHOD /part"`: that method on a path ending with
+    /// `/part` (e.g. `"POST /Bulk"`).
     pub fn stall_next_of(&self, method: &str, n: usize) {
         self.queue(Some(method), n, Fault::Stall);
     }
@@ -270,9 +272,14 @@ impl FaultProxy {
     }
 
     fn queue(&self, method: Option<&str>, n: usize, fault: Fault) {
+        // The method is upper-cased, the path part kept as written.
         let mut f = self.shared.faults.lock().unwrap();
         for _ in 0..n {
-            f.push_back((method.map(str::to_ascii_uppercase), fault.clone()));
+            let m = method.map(|m| match m.split_once(' ') {
+                Some((verb, part)) => format!("{} {part}", verb.to_ascii_uppercase()),
+                None => m.to_ascii_uppercase(),
+            });
+            f.push_back((m, fault.clone()));
         }
     }
 
@@ -517,9 +524,10 @@ fn serve_http(shared: &Arc<Shared>, mut client: TcpStream) {
     };
     let fault = refused.or_else(|| {
         let mut q = shared.faults.lock().unwrap();
-        let at = q
-            .iter()
-            .position(|(m, _)| m.as_ref().is_none_or(|m| *m == req.method));
+        let at = q.iter().position(|(m, _)| {
+            m.as_ref()
+                .is_none_or(|m| matches_request(m, &req.method, &req.path))
+        });
         at.and_then(|i| q.remove(i)).map(|(_, f)| f)
     });
     match fault {
@@ -652,5 +660,15 @@ fn hang(shared: &Shared, client: &mut TcpStream) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
+    }
+}
+
+/// Whether a queued fault's matcher (`"METHOD"` or `"METHOD /part"`) takes this request.
+fn matches_request(matcher: &str, method: &str, path: &str) -> bool {
+    match matcher.split_once(' ') {
+        Some((verb, part)) => {
+            verb == method && path.split('?').next().unwrap_or("").ends_with(part)
+        }
+        None => matcher == method,
     }
 }
