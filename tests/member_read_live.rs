@@ -40,6 +40,15 @@ fn samba_big_group(dir: &Dir, ou_tag: &str, n: usize) -> (TestOu, String) {
     (ou, tag)
 }
 
+/// An agent on the Samba OU `o` for the big group: 8 requests in flight, a 120 s SCIM
+/// timeout, `sync_extra` in `[sync]`.
+fn samba_agent(dir: &Dir, o: &str, scim: &ScimServer, sync_extra: &str) -> Agent {
+    let agent = Agent::new(dir, &[o], &scim.base_url(), &scim.token, sync_extra);
+    agent.edit_config("concurrency = 4", "concurrency = 8");
+    agent.edit_config("timeout_secs = 10", "timeout_secs = 120");
+    agent
+}
+
 #[test]
 fn samba_reads_a_group_bigger_than_one_range_in_ranged_pieces() {
     const N: usize = 3_000;
@@ -48,15 +57,7 @@ fn samba_reads_a_group_bigger_than_one_range_in_ranged_pieces() {
     let o = ou.dn.clone();
 
     let scim = ScimServer::start();
-    let agent = Agent::new(
-        &dir,
-        &[&o],
-        &scim.base_url(),
-        &scim.token,
-        "member_chunk = 500",
-    );
-    agent.edit_config("concurrency = 4", "concurrency = 8");
-    agent.edit_config("timeout_secs = 10", "timeout_secs = 120");
+    let agent = samba_agent(&dir, &o, &scim, "member_chunk = 500");
     let first = agent.run(&["sync", "--once", "--quiet", "--log-level", "debug"]);
     first.assert_code(0);
     assert!(
@@ -104,15 +105,12 @@ fn run_reads_a_group_changed_through_the_feed_in_ranged_pieces_and_patches_the_l
     let (ou, tag) = samba_big_group(&dir, "rungrp", N);
     let o = ou.dn.clone();
     let scim = ScimServer::start();
-    let agent = Agent::new(
+    let agent = samba_agent(
         &dir,
-        &[&o],
-        &scim.base_url(),
-        &scim.token,
+        &o,
+        &scim,
         "member_chunk = 500\npoll_interval_secs = 1",
     );
-    agent.edit_config("concurrency = 4", "concurrency = 8");
-    agent.edit_config("timeout_secs = 10", "timeout_secs = 120");
     let _run = Running(agent.spawn(&["run", "--log-level", "debug"]));
     let pass_line = "objects in step";
     assert!(
