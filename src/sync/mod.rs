@@ -29,3 +29,4 @@ pub use follow::poll;
 pub mod progress;
 pub mod provision;
 pub mod scope_groups;
+pub mod spool;

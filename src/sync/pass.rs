@@ -6,11 +6,16 @@
 //!    every object outside it (AND with the subtrees and filters). A listed group that is
 //!    missing, or any failed read of the groups, stops the pass here: nothing is taken
 //!    for "out of scope", no delete is decided.
-//! 1. **Scope scan**: every in-scope user and group, its anchor attributes only (nothing
-//!    else is asked for: a user's mapped attributes are read once, by its phase), into a map
-//!    DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` / `manager`
-//!    DNs are in scope, and gives progress a total.
-//! 2. **Users**, streamed with all mapped attributes, provisioned by a pool of workers
+//! 1. **Scope scan**: every in-scope user with all its mapped attributes and every in-scope
+//!    group with its anchor attributes only (a group's entry can carry a million members),
+//!    into a map DN → (kind, externalId) (`ScopeMap`). It tells the mapper which `member` /
+//!    `manager` DNs are in scope, and gives progress a total. The users' entries are spooled
+//!    as read to a scratch file ([`crate::sync::spool`]), so the directory is read once for
+//!    users: their phase maps them from the spool, after the whole scope is known (a
+//!    manager read after its report is in the map before either is mapped). Meanwhile the
+//!    endpoint's `/Schemas` and member key are learnt (`learn_endpoint`); its lookups are
+//!    probed only when the scan found objects the index does not know.
+//! 2. **Users**, from the spool, provisioned by a pool of workers
 //!    (`sync.concurrency`; as many single requests out as the adaptive window allows,
 //!    [`crate::sync::admission`]).
 //!    A user whose manager has no SCIM id yet (still being created in this pass) is held
@@ -38,7 +43,8 @@
 //! before the next phase begins, so users' requests go before groups'.
 //!
 //! Invariants: a failed or partial LDAP read aborts the pass with an error (it is never
-//! taken for a smaller directory); a failing object is counted and reported and never
+//! taken for a smaller directory; the users' one read is the scan's, so a cut read of users
+//! stops the pass before anything is sent); a failing object is counted and reported and never
 //! stops the others; an object whose representation hash equals the one last sent is not
 //! written at all (so a second pass over an unchanged directory sends zero writes). A user
 //! whose mapping inputs (entry, rules, resolved manager) hash as the index recorded them
@@ -53,7 +59,9 @@
 //! [`DiskMap`] scratch files in the state directory, like the anchor index's working copy,
 //! so a pass over 150,000 objects costs about what one over 10,000 does (plus the page
 //! cache, which is not the process's). A scratch-file error stops the pass before it
-//! decides any delete (a lookup that failed is never taken for "out of scope"). What stays
+//! decides any delete (a lookup that failed is never taken for "out of scope"). The users'
+//! spool is a scratch file too (about the users' entries as read, a few hundred bytes
+//! each), read back once and deleted; an error writing or reading it stops the pass. What stays
 //! in memory is per object in flight: the workers' jobs and a group's member ids.
 //! Objects held back for a second visit are listed in a scratch file too (`HeldList`).
 
@@ -85,6 +93,7 @@ use crate::sync::listing::{Listed, Listing};
 use crate::sync::progress::Progress;
 use crate::sync::provision::{provision_with, Hint, Job, Outcome, ProvisionMode};
 use crate::sync::scope_groups::{AllowedSet, GroupScope, ScopeGroupsError};
+use crate::sync::spool::Spool;
 
 /// What a pass needs besides its connections.
 #[derive(Debug, Clone)]
@@ -618,6 +627,10 @@ struct Pass<'a> {
     done: u64,
     total: u64,
     last_save: Instant,
+    /// The users as the scope scan read them, for their phase ([`Spool`]).
+    spool: Option<Spool>,
+    /// When the pass began.
+    started: Instant,
 }
 
 const SAVE_EVERY: Duration = Duration::from_secs(30);
@@ -633,24 +646,30 @@ fn unknown_in_scope(in_scope: u64, known: usize, vanishing: usize) -> u64 {
     in_scope.saturating_sub(known.saturating_sub(vanishing) as u64)
 }
 
-/// At the start of a pass: reads the endpoint's `/Schemas` again (bodies are fitted to
-/// it), and says whether its lookups by externalId can be trusted. The probe only informs:
-/// matching proves ownership on each resource whatever it finds, and a failed probe is
-/// left to the pass's own requests to report.
+/// At the start of a pass, while the scope scan reads the directory: reads the endpoint's
+/// `/Schemas` again (bodies are fitted to it) and finds out what its `members[].value`
+/// names. A failed probe is left to the pass's own requests to report.
 async fn learn_endpoint(scim: &ScimClient) {
     if let Err(e) = scim.learn_schema().await {
         log::debug!("SCIM /Schemas: {e}; bodies go as mapped");
-    }
-    match scim.probe_lookups().await {
-        Ok(p) if p.is_verified() => log::debug!("SCIM lookups: {p}"),
-        Ok(p @ LookupProbe::Unverified) => log::info!("SCIM lookups: {p}"),
-        Ok(p) => log::warn!("SCIM lookups: {p}"),
-        Err(e) => log::debug!("SCIM lookup probe: {e}"),
     }
     // A userName shown as members[].value is recorded: removals go by it from the start.
     match scim.probe_member_key().await {
         Ok(p) => log::debug!("SCIM members: {p}"),
         Err(e) => log::debug!("SCIM member key probe: {e}"),
+    }
+}
+
+/// Says whether the endpoint's lookups by externalId can be trusted; asked only by a pass
+/// with objects the index does not know (one with none looks nothing up, and on a large
+/// endpoint the probe's first page of users is its slowest request). The probe only
+/// informs: matching proves ownership on each resource whatever it finds.
+async fn probe_lookups(scim: &ScimClient) {
+    match scim.probe_lookups().await {
+        Ok(p) if p.is_verified() => log::debug!("SCIM lookups: {p}"),
+        Ok(p @ LookupProbe::Unverified) => log::info!("SCIM lookups: {p}"),
+        Ok(p) => log::warn!("SCIM lookups: {p}"),
+        Err(e) => log::debug!("SCIM lookup probe: {e}"),
     }
 }
 
@@ -666,7 +685,6 @@ pub async fn full_pass(
 ) -> Result<PassReport, PassError> {
     let started = Instant::now();
     scim.pin_member_removal(profile.resource(ResourceKind::Group).member_removal());
-    learn_endpoint(scim).await;
     gate.set_scope(index.len());
     let scope = ScopeMap::new(index.state_dir(), index.len() as u64).map_err(PassError::State)?;
     let writes_before = scim.write_counts();
@@ -756,6 +774,8 @@ pub async fn full_pass(
         done: 0,
         total: 0,
         last_save: Instant::now(),
+        spool: None,
+        started,
     };
     let result = pass.run().await;
     // Let in-flight work land in the index even when the pass failed.
@@ -774,8 +794,16 @@ pub async fn full_pass(
         w.await;
     }
     pass.progress.finish_line();
+    let at = |what: &str| {
+        log::debug!(
+            "{what}: {:.2} s into the pass",
+            started.elapsed().as_secs_f64()
+        )
+    };
+    at("phases drained");
     if !settings.mode.dry_run {
         pass.index.save().map_err(PassError::State)?;
+        at("anchor index saved");
     }
     result?;
     // The scan was complete (a failed read ended the pass above), so what the index knows
@@ -826,9 +854,11 @@ pub async fn full_pass(
         (settings.mode.dry_run, settings.mode.dry_run_json),
     )
     .await;
+    at("deletes settled");
     if !settings.mode.dry_run {
         pass.index.save().map_err(PassError::State)?;
         gate.save().map_err(PassError::Deletes)?;
+        at("saved again");
     }
     let now = scim.write_counts();
     report.writes = WriteCounts {
@@ -864,7 +894,13 @@ impl Pass<'_> {
             self.graph = Some(graph);
             self.closures = Some(Closures::new(self.index.state_dir()).map_err(PassError::State)?);
         }
-        self.scan().await?;
+        let scim = self.scim;
+        let (scanned, ()) = smol::future::zip(self.scan(), learn_endpoint(scim)).await;
+        scanned?;
+        log::debug!(
+            "scope scan: {:.2} s into the pass",
+            self.started.elapsed().as_secs_f64()
+        );
         let vanishing = self.weigh_vanishing()?;
         self.read_listing(vanishing).await?;
         let whole = self.scope.len() as u64;
@@ -887,16 +923,36 @@ impl Pass<'_> {
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let filter = self.filter(kind).to_string();
             let mut revisit = HeldList::new(self.index.state_dir())?;
-            for base in &self.settings.include {
-                let mut stream = self.dir.search(base, Scope::Subtree, &filter, &attr_refs);
-                while let Some(entry) = stream.next().await {
-                    let entry = entry?;
+            // Users as the scan read them (one read of the directory); groups read now.
+            let spooled = match kind {
+                ResourceKind::User => self.spool.take(),
+                ResourceKind::Group => None,
+            };
+            if let Some(spool) = spooled {
+                let mut replay = spool.replay().map_err(PassError::State)?;
+                while let Some(entry) = replay.next_entry().map_err(PassError::State)? {
                     if let Some(dn) = self.handle(entry, kind, Round::First).await {
                         revisit.push(&dn)?;
                     }
                     self.halt()?;
                 }
+            } else {
+                for base in &self.settings.include {
+                    let mut stream = self.dir.search(base, Scope::Subtree, &filter, &attr_refs);
+                    while let Some(entry) = stream.next().await {
+                        let entry = entry?;
+                        if let Some(dn) = self.handle(entry, kind, Round::First).await {
+                            revisit.push(&dn)?;
+                        }
+                        self.halt()?;
+                    }
+                }
             }
+            log::debug!(
+                "{}s' first round: {:.2} s into the pass",
+                kind.word(),
+                self.started.elapsed().as_secs_f64()
+            );
             // Groups begin while the users' last requests are out (see the module doc): a
             // group goes only once every member it names has its id, else it is held.
             let overlap = kind == ResourceKind::User;
@@ -926,6 +982,9 @@ impl Pass<'_> {
     /// a lookup per object ([`unknown_in_scope`]).
     async fn read_listing(&mut self, vanishing: usize) -> Result<(), PassError> {
         let unknown = unknown_in_scope(self.scope.exts.len(), self.index.len(), vanishing);
+        if unknown > 0 {
+            probe_lookups(self.scim).await;
+        }
         if unknown < LISTING_MIN {
             return Ok(());
         }
@@ -1117,7 +1176,14 @@ impl Pass<'_> {
         self.progress.phase("scope scan");
         let mut seen = 0u64;
         for kind in [ResourceKind::User, ResourceKind::Group] {
-            let attrs = self.profile.anchor_attributes(kind);
+            // Users are read whole, once: spooled for their phase (see the module doc).
+            let (attrs, mut spool) = match kind {
+                ResourceKind::User => (
+                    self.profile.ldap_attributes(kind),
+                    Some(Spool::new(self.index.state_dir()).map_err(PassError::State)?),
+                ),
+                ResourceKind::Group => (self.profile.anchor_attributes(kind), None),
+            };
             let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let filter = self.filter(kind).to_string();
             for base in &self.settings.include {
@@ -1135,7 +1201,13 @@ impl Pass<'_> {
                         // Reported when the object itself is mapped in its phase.
                         Err(e) => log::debug!("scope scan: {e}"),
                     }
+                    if let Some(s) = &mut spool {
+                        s.push(&entry).map_err(PassError::State)?;
+                    }
                 }
+            }
+            if spool.is_some() {
+                self.spool = spool;
             }
         }
         self.scope.check()?;

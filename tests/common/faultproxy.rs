@@ -6,7 +6,8 @@
 //!
 //! Two flavours:
 //! * [`FaultProxy::tcp`] forwards bytes both ways (for LDAP). Faults: outage (connect is
-//!   refused, or accepted and closed at once) and cutting every open connection.
+//!   refused, or accepted and closed at once), cutting every open connection, and cutting
+//!   the connection that carries the server's Nth byte from now.
 //! * [`FaultProxy::http`] reads one HTTP/1.x request per connection (framed by
 //!   `Content-Length`), forwards it with `Connection: close`, relays the response until the
 //!   server closes, then closes. On top of the TCP faults it can answer the next requests
@@ -118,6 +119,9 @@ struct Shared {
     late: Mutex<Vec<(usize, Request)>>,
     /// Paths answered with a status for as long as they are listed (substring, status).
     refused_paths: Mutex<Vec<(String, u16)>>,
+    /// TCP: bytes the server may still send before the connection carrying the next is
+    /// cut, once ([`FaultProxy::cut_after_bytes`]).
+    down_budget: Mutex<Option<u64>>,
 }
 
 impl Shared {
@@ -135,6 +139,23 @@ impl Shared {
     fn set_action(&self, index: usize, action: Action) {
         if let Some(e) = self.events.lock().unwrap().get_mut(index) {
             e.action = action;
+        }
+    }
+
+    /// Counts `n` bytes from a server against [`Shared::down_budget`]; true when they
+    /// exhaust it (the budget is then lifted).
+    fn spend(&self, n: u64) -> bool {
+        let mut b = self.down_budget.lock().unwrap();
+        match *b {
+            Some(left) if n >= left => {
+                *b = None;
+                true
+            }
+            Some(left) => {
+                *b = Some(left - n);
+                false
+            }
+            None => false,
         }
     }
 
@@ -189,6 +210,7 @@ impl FaultProxy {
             next_id: AtomicU64::new(0),
             late: Mutex::new(Vec::new()),
             refused_paths: Mutex::new(Vec::new()),
+            down_budget: Mutex::new(None),
         });
         let s = shared.clone();
         let acceptor = std::thread::spawn(move || accept_loop(s, Some(listener), port));
@@ -228,6 +250,12 @@ impl FaultProxy {
             }
         }
         all.len()
+    }
+
+    /// TCP: once the server has sent `n` more bytes (over all connections), the connection
+    /// that carries the next one is cut, that chunk unsent; then forwarding goes on as before.
+    pub fn cut_after_bytes(&self, n: u64) {
+        *self.shared.down_budget.lock().unwrap() = Some(n);
     }
 
     /// An outage that also breaks what is in flight: refuse new connections, cut open ones.
@@ -413,7 +441,20 @@ fn serve_tcp(shared: &Arc<Shared>, client: TcpStream) {
         let _ = server.shutdown(Shutdown::Both);
         let _ = client.shutdown(Shutdown::Both);
     });
-    let _ = std::io::copy(&mut s2, &mut c2);
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match s2.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if shared.spend(n as u64) {
+            shared.record("", "", Action::Cut);
+            break;
+        }
+        if c2.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
     let _ = c2.shutdown(Shutdown::Both);
     let _ = s2.shutdown(Shutdown::Both);
     let _ = up.join();
