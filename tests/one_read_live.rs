@@ -160,3 +160,65 @@ fn a_manager_read_after_its_report_is_resolved_and_kept() {
     assert_eq!(r2["title"], "Lead");
     assert_eq!(r2[ENTERPRISE]["manager"]["value"], boss);
 }
+
+/// Reports read after their manager are settled by the scan when nothing changed (their
+/// manager is in the scope map already); once the manager leaves the directory, the scan
+/// cannot settle them (the manager is not met), and their phase sends them without it.
+#[test]
+fn reports_settled_by_the_scan_still_lose_a_manager_that_left() {
+    let dir = common::Dir::openldap();
+    let ou = TestOu::create(&dir, "onesettle");
+    let o = &ou.dn;
+    dir.modify(&person(o, "chief", None));
+    dir.modify(&format!(
+        "{}{}",
+        person(o, "staff1", Some("chief")),
+        person(o, "staff2", Some("chief"))
+    ));
+    let scim = ScimServer::start();
+    let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
+    agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
+    // Records the source hashes.
+    agent
+        .run(&["sync", "--once", "--quiet"])
+        .assert_wrote_nothing();
+    let third = agent.run(&["sync", "--once", "--quiet", "--log-level", "debug"]);
+    third.assert_wrote_nothing();
+    assert!(
+        third
+            .stderr
+            .contains("scope scan: 3 users settled unchanged, 0 spooled"),
+        "{}",
+        third.stderr
+    );
+    let chief = entry_uuid(&ou, "uid=chief");
+    dir.modify(&format!("dn: uid=chief,{o}\nchangetype: delete\n"));
+    let fourth = agent.run(&["sync", "--once", "--quiet", "--log-level", "debug"]);
+    fourth.assert_code(0);
+    assert!(
+        fourth
+            .stderr
+            .contains("scope scan: 0 users settled unchanged, 2 spooled"),
+        "{}",
+        fourth.stderr
+    );
+    assert!(
+        fourth.summary().contains("2 updated") && fourth.summary().contains("1 sent"),
+        "{}",
+        fourth.summary()
+    );
+    for r in ["uid=staff1", "uid=staff2"] {
+        let u = user(&scim, &ou, r);
+        assert!(
+            u[ENTERPRISE]["manager"]["value"].is_null(),
+            "{r} still names the manager that left: {u}"
+        );
+    }
+    assert_eq!(
+        scim.by_external_id("Users", &chief).expect("deactivated")["active"],
+        Value::Bool(false)
+    );
+    agent
+        .run(&["sync", "--once", "--quiet"])
+        .assert_wrote_nothing();
+}

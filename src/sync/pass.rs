@@ -12,7 +12,12 @@
 //!    `manager` DNs are in scope, and gives progress a total. The users' entries are spooled
 //!    as read to a scratch file ([`crate::sync::spool`]), so the directory is read once for
 //!    users: their phase maps them from the spool, after the whole scope is known (a
-//!    manager read after its report is in the map before either is mapped). Meanwhile the
+//!    manager read after its report is in the map before either is mapped). A user whose
+//!    mapping inputs hash as the index recorded them ([`crate::scim::source_hash`]), with
+//!    every manager it names in the map already, is settled by the scan as unchanged and
+//!    not spooled (what such a manager resolves to cannot change before the scan ends; one
+//!    not met yet is unknown, never "out of scope", so that user goes the spool's way).
+//!    Nothing is sent before the scan ends. Meanwhile the
 //!    endpoint's `/Schemas` and member key are learnt (`learn_endpoint`); its lookups are
 //!    probed only when the scan found objects the index does not know.
 //! 2. **Users**, from the spool, provisioned by a pool of workers
@@ -490,12 +495,16 @@ struct ScopeResolver<'a> {
     pretend: &'a HashMap<String, String>,
     /// Out of scope but provisioned, with its delete to be held: still resolved.
     keep_vanishing: bool,
+    /// During the scope scan: a DN the map does not hold may still be met, so it is
+    /// pending, never out of scope.
+    scanning: bool,
 }
 
 impl Resolver for ScopeResolver<'_> {
     fn resolve(&self, target: &str) -> Reference {
         let o = match self.scope.get(&ScopeMap::key(target)) {
             Ok(Some(o)) => o,
+            Ok(None) if self.scanning => return Reference::Pending,
             Ok(None) if self.keep_vanishing => {
                 return match self.index.by_dn(target) {
                     Some((_, a)) => Reference::provisioned(a.kind, a.scim_id),
@@ -629,6 +638,8 @@ struct Pass<'a> {
     last_save: Instant,
     /// The users as the scope scan read them, for their phase ([`Spool`]).
     spool: Option<Spool>,
+    /// Users the scan settled as unchanged ([`Pass::settled_by_scan`]).
+    settled: u64,
     /// When the pass began.
     started: Instant,
 }
@@ -775,6 +786,7 @@ pub async fn full_pass(
         total: 0,
         last_save: Instant::now(),
         spool: None,
+        settled: 0,
         started,
     };
     let result = pass.run().await;
@@ -907,7 +919,11 @@ impl Pass<'_> {
         let mut before = 0;
         for kind in [ResourceKind::User, ResourceKind::Group] {
             self.total = self.scope.count(kind) as u64;
-            self.done = 0;
+            // Users the scan settled are done already.
+            self.done = match kind {
+                ResourceKind::User => self.settled,
+                ResourceKind::Group => 0,
+            };
             self.progress.overall(before, whole);
             before += self.total;
             self.progress.phase(&format!("{}s", kind.word()));
@@ -1197,6 +1213,10 @@ impl Pass<'_> {
                         continue;
                     }
                     match mapping::anchor_of(&entry, kind, self.profile) {
+                        Ok(external_id) if spool.is_some() && self.settled_by_scan(&entry) => {
+                            self.scope.insert(&key, kind, &external_id, true);
+                            continue;
+                        }
                         Ok(external_id) => self.scope.insert(&key, kind, &external_id, false),
                         // Reported when the object itself is mapped in its phase.
                         Err(e) => log::debug!("scope scan: {e}"),
@@ -1206,8 +1226,13 @@ impl Pass<'_> {
                     }
                 }
             }
-            if spool.is_some() {
-                self.spool = spool;
+            if let Some(s) = spool {
+                log::debug!(
+                    "scope scan: {} users settled unchanged, {} spooled for their phase",
+                    self.settled,
+                    s.len()
+                );
+                self.spool = Some(s);
             }
         }
         self.scope.check()?;
@@ -1229,6 +1254,39 @@ impl Pass<'_> {
             }
         );
         Ok(())
+    }
+
+    /// Whether the scan settles user `entry` as unchanged: its mapping inputs hash as the
+    /// index recorded them ([`crate::scim::source_hash`]) with each manager it names already
+    /// in the scope map (one not met yet, in scope or not, is known only when the scan
+    /// ends: such a user goes through the spool and its phase). Counted here, as its phase
+    /// would; the index's DN is kept current. Nothing is sent for it, so the scan still
+    /// sends nothing.
+    fn settled_by_scan(&mut self, entry: &Entry) -> bool {
+        let resolver = ScopeResolver {
+            scope: &self.scope,
+            index: self.index,
+            pretend: &self.pretend,
+            keep_vanishing: false,
+            scanning: true,
+        };
+        let unchanged = match &self.sources {
+            Some(s) => s
+                .hash(entry, &resolver)
+                .and_then(|src| self.unchanged_source(entry, src)),
+            None => None,
+        };
+        let Some((external_id, moved)) = unchanged else {
+            return false;
+        };
+        if moved && !self.settings.mode.dry_run {
+            // Renamed or moved with nothing to send: keep the index's DN current.
+            self.index.note_dn(&external_id, &entry.dn);
+        }
+        self.report.users += 1;
+        self.report.unchanged += 1;
+        self.settled += 1;
+        true
     }
 
     /// Maps one entry and hands it to a worker unless unchanged. Returns the DN when the
@@ -1282,6 +1340,7 @@ impl Pass<'_> {
             index: self.index,
             pretend: &self.pretend,
             keep_vanishing: self.keep_vanishing_refs,
+            scanning: false,
         };
         let mut flat = None;
         if kind == ResourceKind::Group {
