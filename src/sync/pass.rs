@@ -909,6 +909,7 @@ impl Pass<'_> {
         let scim = self.scim;
         let (scanned, ()) = smol::future::zip(self.scan(), learn_endpoint(scim)).await;
         scanned?;
+        self.say_scope();
         log::debug!(
             "scope scan: {:.2} s into the pass",
             self.started.elapsed().as_secs_f64()
@@ -1235,7 +1236,11 @@ impl Pass<'_> {
                 self.spool = Some(s);
             }
         }
-        self.scope.check()?;
+        self.scope.check()
+    }
+
+    /// Logs the scope the scan found; after the endpoint was learnt (its outage known).
+    fn say_scope(&self) {
         let users = self.scope.count(ResourceKind::User);
         // A pass tried again during an endpoint outage says nothing new.
         let level = match self.scim.outage() {
@@ -1253,7 +1258,6 @@ impl Pass<'_> {
                 None => String::new(),
             }
         );
-        Ok(())
     }
 
     /// Whether the scan settles user `entry` as unchanged: its mapping inputs hash as the
