@@ -758,8 +758,8 @@ impl SyncProfile {
     }
 
     /// The attributes [`crate::scim::mapping::anchor_of`] reads, and nothing else: what a
-    /// full pass's scope scan asks for (it needs each object's DN and anchor only, and a
-    /// user's mapped attributes would be decoded there for nothing).
+    /// full pass's scope scan asks for of groups (it needs each group's DN and anchor only;
+    /// users it reads whole, once, for their phase).
     pub fn anchor_attributes(&self, kind: ResourceKind) -> Vec<String> {
         self.resource(kind).anchor.attributes.clone()
     }
