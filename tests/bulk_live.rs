@@ -213,9 +213,9 @@ fn a_bulk_request_cut_after_it_was_sent_creates_no_duplicate() {
     let ou = TestOu::create(&dir, "bulk-cut");
     seed(&ou);
     let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
-    // The first POST (the first Bulk request) is cut unanswered and reaches the server
+    // The first Bulk request is cut unanswered and reaches the server
     // late, after the agent's next request: the agent cannot know what landed.
-    proxy.late_next_of("POST", 1);
+    proxy.late_next_of("POST /Bulk", 1);
     let run = agent.run(&["sync", "--once", "--quiet"]);
     eprintln!("{}", run.stderr);
     run.assert_code(0);
@@ -244,7 +244,7 @@ fn a_413_halves_the_bulk_request() {
     let ou = TestOu::create(&dir, "bulk-413");
     seed(&ou);
     let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
-    proxy.answer_next_of("POST", 1, 413, None);
+    proxy.answer_next_of("POST /Bulk", 1, 413, None);
     let run = agent.run(&["sync", "--once", "--quiet"]);
     run.assert_code(0);
     assert!(run.summary().contains("0 failed"), "{}", run.summary());
