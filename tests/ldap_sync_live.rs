@@ -368,6 +368,105 @@ fn open_sockets() -> usize {
         .count()
 }
 
+/// The most bytes the kernel holds unread on one of this process's TCP connections to
+/// `port` (the receive queue, from /proc/self/net/tcp and tcp6, matched by socket inode).
+fn unread_bytes_from(port: u16) -> u64 {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut most = 0;
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            if u16::from_str_radix(remote_port, 16) != Ok(port) || !ours.contains(f[9]) {
+                continue;
+            }
+            let rx = f[4].split(':').nth(1).unwrap();
+            most = most.max(u64::from_str_radix(rx, 16).unwrap());
+        }
+    }
+    most
+}
+
+/// A sync search whose consumer stops reading must hold the server back through TCP, not
+/// pile the server's replies up in the agent's memory: ldap3 decodes whatever the socket
+/// holds into an unbounded channel, so the search's connection is paused while its output
+/// channel is full (`src/ldap/gate.rs`). Seen from outside: the replies wait unread in the
+/// kernel's receive queue. Before the gate they were read at once (1,000,000 entries listed
+/// to a busy consumer: 282-437 MiB resident).
+#[test]
+fn a_consumer_that_stops_reading_holds_the_server_back_in_tcp() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let ou = Ou::new("slow");
+    // About 6 MB of replies: more than the socket buffers and one turn of ldap3's task.
+    const N: usize = 3000;
+    let filler = "x".repeat(2000);
+    let ldif: String = (0..N)
+        .map(|i| {
+            format!(
+                "dn: cn=d{i},{}\nchangetype: add\nobjectClass: device\ncn: d{i}\ndescription: {filler}\n\n",
+                ou.dn
+            )
+        })
+        .collect();
+    modify(&ldif);
+    let url = env("OPENLDAP_URL");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let dir = connect(false);
+    let mut s = dir.content_sync(
+        &ou.dn,
+        "(objectClass=device)",
+        &["description"],
+        None,
+        SyncMode::RefreshOnly,
+    );
+    assert!(matches!(
+        next_within(&mut s, Duration::from_secs(10)),
+        Ok(SyncEvent::Upsert { .. })
+    ));
+    // The consumer stops reading. Two seconds are plenty for a client that reads on to take
+    // in all 6 MB; what a paused connection has not read stays in the queue.
+    std::thread::sleep(Duration::from_secs(2));
+    let unread = (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            unread_bytes_from(port)
+        })
+        .min()
+        .unwrap();
+    assert!(
+        unread >= 32 * 1024,
+        "the LDAP client went on reading while nobody consumed ({unread} bytes left unread)"
+    );
+    // Nothing is lost: the search goes on when the consumer does.
+    let mut upserts = 1;
+    let done = smol::block_on(async {
+        while let Some(ev) = s.next().await {
+            if let SyncEvent::Upsert { .. } = ev.expect("refreshOnly event") {
+                upserts += 1;
+            }
+        }
+        s.is_complete()
+    });
+    assert!(done);
+    assert_eq!(upserts, N);
+}
+
 #[test]
 fn dropping_a_persist_stream_abandons_the_search_and_frees_its_connection() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

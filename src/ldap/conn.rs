@@ -10,6 +10,7 @@ use futures_rustls::rustls;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings};
 use smol::channel::Receiver;
 
+use super::gate::Gate;
 use super::{DirectoryConfig, LdapError, ResultCode};
 
 /// Maps an ldap3 error of an operation on an open connection.
@@ -49,8 +50,9 @@ pub(super) async fn connect_unless_cancelled(
     cfg: &DirectoryConfig,
     tls: Option<&(&'static str, Arc<rustls::ClientConfig>)>,
     cancel: &Receiver<()>,
+    gate: Gate,
 ) -> Option<Result<Ldap, LdapError>> {
-    smol::future::or(async { Some(connect_bound(cfg, tls).await) }, async {
+    smol::future::or(async { Some(connect_gated(cfg, tls, gate).await) }, async {
         let _ = cancel.recv().await;
         None
     })
@@ -60,6 +62,15 @@ pub(super) async fn connect_unless_cancelled(
 pub(super) async fn connect_bound(
     cfg: &DirectoryConfig,
     tls: Option<&(&'static str, Arc<rustls::ClientConfig>)>,
+) -> Result<Ldap, LdapError> {
+    connect_gated(cfg, tls, Gate::default()).await
+}
+
+/// As [`connect_bound`], with the connection's ldap3 task run behind `gate` (`gate.rs`).
+async fn connect_gated(
+    cfg: &DirectoryConfig,
+    tls: Option<&(&'static str, Arc<rustls::ClientConfig>)>,
+    gate: Gate,
 ) -> Result<Ldap, LdapError> {
     let mut settings = LdapConnSettings::new().set_conn_timeout(cfg.timeout);
     if let Some((mode, config)) = tls {
@@ -72,7 +83,7 @@ pub(super) async fn connect_bound(
         .map_err(|e| connect_error(&cfg.url, tls.is_some(), cfg.timeout, e))?;
     let url = cfg.url.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.drive().await {
+        if let Err(e) = gate.run(conn.drive()).await {
             log::warn!("LDAP connection to {url} ended: {e}");
         }
     });

@@ -102,7 +102,7 @@ pub(crate) async fn serve(
     )>,
     job: NotifyJob,
 ) {
-    let ldap = match connect_unless_cancelled(cfg, tls, &job.cancel).await {
+    let ldap = match connect_unless_cancelled(cfg, tls, &job.cancel, Default::default()).await {
         None => return,
         Some(Ok(ldap)) => ldap,
         Some(Err(e)) => {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ldap::{Directory, LdapError, SyncEvent, SyncMode};
+use crate::ldap::{Directory, LdapError, SyncEvent};
 use crate::net::backoff::Backoff;
 use crate::queue::{AppendOutcome, ResyncReason};
 use crate::status::FeedLink;
@@ -19,24 +19,14 @@ use crate::status::FeedLink;
 use super::poll::{self, PollError, PollSpec};
 use super::{with_queue, Change, SharedQueue, Watermark};
 
-/// A cookie for "now": a refreshOnly search that lists DNs only and ends with a cookie.
+/// A cookie for "now": a refreshOnly search whose listing the LDAP thread drops as it reads
+/// it (see [`Directory::sync_cookie`]); awaited before the full pass starts reading.
 pub(super) async fn current_cookie(
     dir: &Directory,
     base: &str,
     filter: &str,
 ) -> Result<Vec<u8>, LdapError> {
-    let mut s = dir.content_sync(base, filter, &["1.1"], None, SyncMode::RefreshOnly);
-    let mut cookie = None;
-    while let Some(ev) = s.next().await {
-        if let SyncEvent::Cookie(c) = ev? {
-            cookie = Some(c);
-        }
-    }
-    cookie.ok_or_else(|| LdapError::Protocol {
-        detail: format!(
-            "the server sent no sync cookie for {base}; is the syncprov overlay loaded?"
-        ),
-    })
+    dir.sync_cookie(base, filter).await
 }
 
 /// Largest batch the feed appends without a new cookie (covered by the previous one).

@@ -45,7 +45,9 @@
 //!   idempotent (the sender re-reads the object's current state by DN and compares hashes).
 //! * A full pass runs when the queue owes one (first start, overflow, damage, a present
 //!   phase, e-syncRefreshRequired). The feed is stopped meanwhile; the cookie is taken
-//!   before the pass, so changes made during the pass are replayed after it. The pass is
+//!   before the pass, so changes made during the pass are replayed after it (the syncrepl
+//!   cookie's read ends before the pass reads anything; its listing of the whole scope is
+//!   dropped on the LDAP thread as it arrives: `Directory::sync_cookie`). The pass is
 //!   done (the queue's resync flag cleared) only when no object failed because the endpoint
 //!   was unavailable; otherwise it runs again after a backoff (objects already in step cost
 //!   no write), so a 5xx burst or an outage mid-pass loses nothing. One exception keeps a
