@@ -118,6 +118,8 @@ struct Shared {
     late: Mutex<Vec<(usize, Request)>>,
     /// Paths answered with a status for as long as they are listed (substring, status).
     refused_paths: Mutex<Vec<(String, u16)>>,
+    /// `"bulkId:` strings seen in request bodies (HTTP): SCIM Bulk references.
+    bulk_id_refs: AtomicU64,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ impl FaultProxy {
             next_id: AtomicU64::new(0),
             late: Mutex::new(Vec::new()),
             refused_paths: Mutex::new(Vec::new()),
+            bulk_id_refs: AtomicU64::new(0),
         });
         let s = shared.clone();
         let acceptor = std::thread::spawn(move || accept_loop(s, Some(listener), port));
@@ -314,6 +317,11 @@ impl FaultProxy {
     /// How many requests (HTTP) or connections (TCP) arrived.
     pub fn requests(&self) -> usize {
         self.shared.events.lock().unwrap().len()
+    }
+
+    /// How many `"bulkId:...` values (RFC 7644 §3.7.2 references) the request bodies held.
+    pub fn bulk_id_references(&self) -> u64 {
+        self.shared.bulk_id_refs.load(Ordering::SeqCst)
     }
 
     /// How many requests the proxy answered itself with `status`.
@@ -516,6 +524,8 @@ fn serve_http(shared: &Arc<Shared>, mut client: TcpStream) {
         shared.untrack(id);
         return;
     };
+    let refs = req.body.windows(8).filter(|w| w == b"\"bulkId:").count();
+    shared.bulk_id_refs.fetch_add(refs as u64, Ordering::SeqCst);
     let refused = {
         let r = shared.refused_paths.lock().unwrap();
         r.iter()
