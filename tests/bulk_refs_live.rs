@@ -19,7 +19,8 @@ use common::{Agent, Dir, ScimServer, TestOu};
 use serde_json::json;
 
 /// Users r000..r059: every tenth manages the next nine; r000 is managed by "boss" (a chain
-/// of two created in the same request).
+/// of two created in the same request). Group "team1": r010..r019 (a group whose members'
+/// requests may still be out, or handed back, when the groups begin).
 const USERS: usize = 60;
 
 fn seed(ou: &TestOu) {
@@ -36,7 +37,39 @@ fn seed(ou: &TestOu) {
             "dn: uid=r{i:03},{o}\nobjectClass: inetOrgPerson\nuid: r{i:03}\ncn: Ref User {i}\nsn: S{i}\n{manager}\n"
         ));
     }
+    s.push_str(&format!(
+        "dn: cn=team1,{o}\nobjectClass: groupOfNames\ncn: team1\n"
+    ));
+    for i in 10..20 {
+        s.push_str(&format!("member: uid=r{i:03},{o}\n"));
+    }
+    s.push('\n');
     ou.dir.modify(&s);
+}
+
+/// Group team1's members at the endpoint, as userNames, sorted.
+fn team(scim: &ScimServer) -> Vec<String> {
+    let users = scim.all("Users");
+    let name_of: BTreeMap<&str, &str> = users
+        .iter()
+        .map(|u| (u["id"].as_str().unwrap(), u["userName"].as_str().unwrap()))
+        .collect();
+    let groups = scim.all("Groups");
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let mut m: Vec<String> = groups[0]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| name_of[m["value"].as_str().unwrap()].to_string())
+        .collect();
+    m.sort();
+    m
+}
+
+/// r{from}..r{to} (inclusive) as userNames.
+fn names(from: usize, to: usize) -> Vec<String> {
+    (from..=to).map(|i| format!("r{i:03}")).collect()
 }
 
 /// userName → its manager's userName ("" for none) at the endpoint; panics on a user held
@@ -107,11 +140,13 @@ fn users_name_managers_created_in_the_same_bulk_request_by_bulk_id() {
         "Bulk requests carried no (or not every) bulkId reference"
     );
     assert!(
-        !run.stderr.contains("refer to objects created in this pass"),
+        !run.stderr
+            .contains("users refer to objects created in this pass"),
         "users were held back for a second wave: {}",
         run.stderr
     );
     assert_eq!(managers(&scim), expected(None));
+    assert_eq!(team(&scim), names(10, 19));
     agent
         .run(&["sync", "--once", "--quiet"])
         .assert_wrote_nothing();
@@ -138,11 +173,14 @@ fn reports_of_a_manager_whose_create_is_refused_are_sent_again_on_their_own() {
     // The foreign r010 stands in for ours, untouched and without a manager.
     want.insert("r010".into(), String::new());
     assert_eq!(managers(&scim), want);
+    // Its reports are in the group (sent again before it); the foreign r010 is not.
+    assert_eq!(team(&scim), names(11, 19));
     // The conflict goes: the manager is created, its reports get its id.
     scim.delete(&format!("Users/{}", foreign["id"].as_str().unwrap()));
     let run = agent.run(&["sync", "--once", "--quiet"]);
     run.assert_code(0);
     assert_eq!(managers(&scim), expected(None));
+    assert_eq!(team(&scim), names(10, 19));
     agent
         .run(&["sync", "--once", "--quiet"])
         .assert_wrote_nothing();
@@ -163,6 +201,7 @@ fn a_referring_request_cut_after_it_was_sent_leaves_every_manager_right() {
     assert!(run.summary().contains("0 failed"), "{}", run.summary());
     assert!(proxy.bulk_id_references() > 0, "no bulkId reference sent");
     assert_eq!(managers(&scim), expected(None));
+    assert_eq!(team(&scim), names(10, 19));
     agent
         .run(&["sync", "--once", "--quiet"])
         .assert_wrote_nothing();

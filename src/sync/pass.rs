@@ -17,8 +17,9 @@
 //!    back and sent once, complete, when the phase has drained; except, through SCIM Bulk,
 //!    when the manager's create is in the request being gathered: the user joins that
 //!    request naming the manager by its bulkId ([`crate::sync::bulk_refs`]), and only if it
-//!    is not applied is it held back like the others (then the users' phase drains before
-//!    the groups begin).
+//!    is not applied is it held back like the others (one handed back after the groups
+//!    began is sent again once the groups' first round has drained, before the groups held
+//!    for it).
 //! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
 //!    out-of-scope members are left out, nested groups created in the same pass are held back and sent once they resolve.
 //!    Groups begin while the users' last requests are still out (once no user is left to
@@ -621,9 +622,8 @@ struct Pass<'a> {
     members_out: Vec<GroupOut>,
     /// Anchors sent again by [`Round::FinalAgain`]: their outcome was counted already.
     counted: std::collections::HashSet<String>,
-    /// Users sent naming their manager by bulkId in this phase, and those handed back
-    /// (DNs; anchors to look up before a create): see [`crate::sync::bulk_refs`].
-    referred: bool,
+    /// Users that named their manager by bulkId and were handed back (DNs; anchors to look
+    /// up before a create): see [`crate::sync::bulk_refs`].
     late_held: Vec<String>,
     recheck: std::collections::HashSet<String>,
     report: PassReport,
@@ -762,7 +762,6 @@ pub async fn full_pass(
         again: Vec::new(),
         members_out: Vec::new(),
         counted: std::collections::HashSet::new(),
-        referred: false,
         late_held: Vec::new(),
         recheck: std::collections::HashSet::new(),
         report: PassReport {
@@ -917,17 +916,21 @@ impl Pass<'_> {
             // Groups begin while the users' last requests are out (see the module doc): a
             // group goes only once every member it names has its id, else it is held.
             let overlap = kind == ResourceKind::User;
-            // Users that named their manager by bulkId are settled first: one handed back
-            // is held like any other.
-            if overlap && revisit.is_empty() && !std::mem::take(&mut self.referred) {
+            if overlap && revisit.is_empty() {
                 self.flush().await;
             } else {
                 self.drain().await;
             }
+            self.halt()?;
+            // Users that named their manager by bulkId and were handed back (so far, or, in
+            // the groups' phase, while the groups began) are held like any other; the
+            // groups held for them are visited after them.
+            if kind == ResourceKind::Group {
+                self.settle_late_users().await?;
+            }
             for dn in std::mem::take(&mut self.late_held) {
                 revisit.push(&dn)?;
             }
-            self.halt()?;
             self.settle(kind, revisit, &filter, &attr_refs, overlap)
                 .await?;
         }
@@ -1052,6 +1055,24 @@ impl Pass<'_> {
             held = next;
         }
         Ok(())
+    }
+
+    /// Sends again the users handed back from Bulk requests that were still out when the
+    /// groups began ([`crate::sync::bulk_refs`]), before the groups' held ones: the groups'
+    /// first round has drained, so none is out any more.
+    async fn settle_late_users(&mut self) -> Result<(), PassError> {
+        if self.late_held.is_empty() {
+            return Ok(());
+        }
+        let mut held = HeldList::new(self.index.state_dir())?;
+        for dn in std::mem::take(&mut self.late_held) {
+            held.push(&dn)?;
+        }
+        let kind = ResourceKind::User;
+        let attrs = self.profile.ldap_attributes(kind);
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let filter = self.filter(kind).to_string();
+        self.settle(kind, held, &filter, &attrs, false).await
     }
 
     /// Handles every object of `held` once (in `round`), pushing what is still to be
@@ -1458,7 +1479,6 @@ impl Pass<'_> {
         p.refer(refers);
         // It joins the gathered request: nothing handed out.
         let _ = self.buffer.push(p, lane.limits());
-        self.referred = true;
         true
     }
 
