@@ -18,6 +18,11 @@
 //! [`crate::sync::bulk_members`] allows (the same operations the single way would send),
 //! else the single way.
 //!
+//! Users: a user whose manager's create is in the same request names the manager by its
+//! bulkId (RFC 7644 §3.7.2; [`crate::sync::bulk_refs`]): applied, it is counted with the
+//! hash of what the endpoint stored (the manager's id from the same answer); not applied,
+//! it is handed back to the pass ([`Verdict::Held`]), never sent again as it is.
+//!
 //! Rules:
 //! * Each object is in at most one operation of one request; the pass counts it once, by
 //!   the outcome this module or its single-request retry reports.
@@ -46,6 +51,7 @@ use serde_json::Value;
 use crate::scim::bulk::{self, Limits, OpResult, SentOp};
 use crate::scim::client::{ScimClient, ServiceProviderConfig};
 use crate::scim::ResourceKind;
+use crate::sync::bulk_refs::{self, Gathered, Referring};
 use crate::sync::provision::{audit_outcome, whole_body, with_id, Hint, Job, Outcome};
 
 /// Most operations in one request, whatever the endpoint allows (memory and timeouts).
@@ -88,6 +94,9 @@ pub struct Planned {
     op: Vec<u8>,
     /// A group's create carries its members.
     with_members: bool,
+    /// A user naming its manager by the bulkId of a create of the same request
+    /// ([`crate::sync::bulk_refs`]).
+    refers: Option<Box<Referring>>,
 }
 
 /// What became of one object of a request.
@@ -99,6 +108,9 @@ pub enum Verdict {
     Again(Hint),
     /// A member PATCH operation was applied (`true`) or may not have been.
     Member(bool),
+    /// A user that named its manager by bulkId and was not applied: to be mapped again once
+    /// the phase has drained (`true`: its create may have landed, look it up first).
+    Held(bool),
 }
 
 impl Lane {
@@ -206,6 +218,7 @@ impl Lane {
             sent,
             op,
             with_members,
+            refers: None,
         }
     }
 }
@@ -229,7 +242,13 @@ impl Planned {
             sent,
             op,
             with_members: false,
+            refers: None,
         }
+    }
+
+    /// Marks this user's operation as naming its manager by bulkId (its body does).
+    pub fn refer(&mut self, r: Referring) {
+        self.refers = Some(Box::new(r));
     }
 
     /// The anchor of the object (of the group, for a member operation).
@@ -275,22 +294,37 @@ pub fn bytes(batch: &[Planned]) -> usize {
 pub struct Buffer {
     items: Vec<Planned>,
     sum: usize,
+    /// The users created by the gathered operations: what a later user may name by bulkId.
+    users: Gathered,
 }
 
 impl Buffer {
     /// Adds `p`; returns what was gathered before it when `p` does not fit beside it.
     pub fn push(&mut self, p: Planned, limits: Limits) -> Option<Vec<Planned>> {
-        let full =
-            !self.items.is_empty() && !limits.fits(self.items.len() + 1, self.sum + p.op.len());
-        let out = full.then(|| self.take());
+        let out = (!self.joins(&p, limits)).then(|| self.take());
         self.sum += p.op.len();
+        if let (Verb::Create, ResourceKind::User, Some(b)) = (&p.verb, p.job.kind, &p.sent.bulk_id)
+        {
+            self.users.add(&p.job.external_id, b);
+        }
         self.items.push(p);
         out
+    }
+
+    /// Whether `p` would go in the request being gathered (not start the next one).
+    pub fn joins(&self, p: &Planned, limits: Limits) -> bool {
+        self.items.is_empty() || limits.fits(self.items.len() + 1, self.sum + p.op.len())
+    }
+
+    /// The bulkId of the gathered create of the user anchored at `anchor`.
+    pub fn bulk_id(&self, anchor: &str) -> Option<&str> {
+        self.users.bulk_id(anchor)
     }
 
     /// Everything gathered.
     pub fn take(&mut self) -> Vec<Planned> {
         self.sum = 0;
+        self.users.clear();
         std::mem::take(&mut self.items)
     }
 
@@ -346,10 +380,30 @@ pub async fn send(scim: &ScimClient, lane: &Lane, batch: Vec<Planned>) -> Vec<(J
             return again_all(batch, true);
         }
     };
+    let refs = batch.iter().any(|p| p.refers.is_some());
+    let created: Vec<(String, String)> = match refs {
+        true => bulk_refs::created_ids(sent.iter().zip(&results).map(|(s, r)| {
+            let id = match r {
+                OpResult::Done { id, .. } => id.as_deref(),
+                _ => None,
+            };
+            (s.bulk_id.as_deref(), id)
+        }))
+        .into_iter()
+        .map(|(b, id)| (b.to_string(), id.to_string()))
+        .collect(),
+        false => Vec::new(),
+    };
     batch
         .into_iter()
         .zip(results)
-        .map(|(p, r)| {
+        .map(|(mut p, r)| {
+            if let Some(refers) = p.refers.take() {
+                let Some(v) = referring_verdict(&mut p, &refers, r, &created) else {
+                    return (p.job, Verdict::Held(false));
+                };
+                return (p.job, v);
+            }
             let v = verdict(&p, r);
             if let Verdict::Outcome(o) = &v {
                 audit_outcome(&p.job, o);
@@ -371,6 +425,9 @@ fn again_all(batch: Vec<Planned>, recheck: bool) -> Vec<(Job, Verdict)> {
                 return (p.job, Verdict::Member(false));
             }
             let recheck = recheck && p.verb == Verb::Create;
+            if p.refers.is_some() {
+                return (p.job, Verdict::Held(recheck));
+            }
             (
                 p.into_job(),
                 Verdict::Again(Hint {
@@ -380,6 +437,30 @@ fn again_all(batch: Vec<Planned>, recheck: bool) -> Vec<(Job, Verdict)> {
             )
         })
         .collect()
+}
+
+/// The fate of a user that named its manager by bulkId: applied, counted with the hash of
+/// what the endpoint stored (the manager's id from `created`, the same answer's creates by
+/// bulkId); else `Held` (never sent again as it is), `None` standing for `Held(false)`.
+fn referring_verdict(
+    p: &mut Planned,
+    refers: &Referring,
+    r: OpResult,
+    created: &[(String, String)],
+) -> Option<Verdict> {
+    let applied = matches!(r, OpResult::Done { .. });
+    let v = verdict(p, r);
+    if !applied {
+        let recheck = matches!(&v, Verdict::Again(h) if h.recheck);
+        return Some(Verdict::Held(recheck));
+    }
+    let id = created.iter().find(|(b, _)| b == refers.target());
+    // Applied without the manager's id: what it stores is unknown (sent again next pass).
+    p.job.hash = id.map_or(0, |(_, id)| refers.hash_with(id));
+    if let Verdict::Outcome(o) = &v {
+        audit_outcome(&p.job, o);
+    }
+    matches!(v, Verdict::Outcome(_)).then_some(v)
 }
 
 /// One object's fate from its operation's result.
@@ -456,7 +537,127 @@ mod tests {
             sent,
             op,
             with_members: false,
+            refers: None,
         }
+    }
+
+    /// User `n` naming its manager by the bulkId `target`.
+    fn referring(n: u32, verb: Verb, target: &str) -> (Planned, Referring) {
+        let mut p = planned(ResourceKind::User, n, verb);
+        let body = serde_json::json!({"userName": format!("u{n}"),
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User":
+                {"manager": {"value": bulk_refs::reference(target)}}});
+        let r = Referring::new(&body, target).unwrap();
+        p.refer(r.clone());
+        (p, r)
+    }
+
+    fn with_manager(n: u32, id: &str) -> u64 {
+        crate::sync::anchors::representation_hash(&serde_json::json!({"userName": format!("u{n}"),
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User":
+                {"manager": {"value": id}}}))
+    }
+
+    #[test]
+    fn a_referring_user_applied_is_counted_with_the_hash_of_the_managers_real_id() {
+        let created = vec![("b1".to_string(), "m1".to_string())];
+        let (mut p, r) = referring(2, Verb::Create, "b1");
+        let v = referring_verdict(&mut p, &r, done("u2"), &created);
+        assert!(matches!(v, Some(Verdict::Outcome(Outcome::Created(id))) if id == "u2"));
+        assert_eq!(p.job.hash, with_manager(2, "m1"));
+        // A PUT to an owned id, the same way.
+        let (mut p, r) = referring(
+            3,
+            Verb::Replace {
+                id: "u3".into(),
+                matched: false,
+            },
+            "b1",
+        );
+        let v = referring_verdict(&mut p, &r, done("u3"), &created);
+        assert!(matches!(v, Some(Verdict::Outcome(Outcome::Replaced(_)))));
+        assert_eq!(p.job.hash, with_manager(3, "m1"));
+        // Applied, but the answer gave the manager no id: recorded as unknown.
+        let (mut p, r) = referring(4, Verb::Create, "b9");
+        let v = referring_verdict(&mut p, &r, done("u4"), &created);
+        assert!(matches!(v, Some(Verdict::Outcome(Outcome::Created(_)))));
+        assert_eq!(p.job.hash, 0);
+    }
+
+    #[test]
+    fn a_referring_user_not_applied_is_held_never_sent_again_as_it_is() {
+        let (mut p, r) = referring(2, Verb::Create, "b1");
+        // The reference could not be resolved (the manager's create failed): 409.
+        assert!(matches!(
+            referring_verdict(&mut p, &r, refused(409), &[]),
+            Some(Verdict::Held(false))
+        ));
+        assert!(matches!(
+            referring_verdict(&mut p, &r, refused(400), &[]),
+            Some(Verdict::Held(false))
+        ));
+        // Its create may have landed: looked up first.
+        for res in [refused(500), refused(429), OpResult::Unknown("x".into())] {
+            assert!(matches!(
+                referring_verdict(&mut p, &r, res, &[]),
+                Some(Verdict::Held(true))
+            ));
+        }
+        let (mut p, r) = referring(
+            3,
+            Verb::Replace {
+                id: "u3".into(),
+                matched: false,
+            },
+            "b1",
+        );
+        assert!(matches!(
+            referring_verdict(&mut p, &r, OpResult::Unknown("x".into()), &[]),
+            Some(Verdict::Held(false))
+        ));
+    }
+
+    #[test]
+    fn a_failed_request_holds_its_referring_users() {
+        let batch = vec![
+            planned(ResourceKind::User, 1, Verb::Create),
+            referring(2, Verb::Create, "b1").0,
+        ];
+        let v = again_all(batch, true);
+        assert!(is_again(&v[0].1, true));
+        assert!(matches!(v[1].1, Verdict::Held(true)));
+        let v = again_all(vec![referring(2, Verb::Create, "b1").0], false);
+        assert!(matches!(v[0].1, Verdict::Held(false)));
+    }
+
+    #[test]
+    fn the_buffer_names_its_user_creates_until_the_request_goes() {
+        let limits = Limits {
+            max_operations: 2,
+            max_payload_size: 1 << 20,
+        };
+        let mut b = Buffer::default();
+        let m = planned(ResourceKind::User, 1, Verb::Create);
+        assert!(b.push(m, limits).is_none());
+        assert_eq!(b.bulk_id("x1"), Some("b1"));
+        // A PUT and a group create are not named.
+        let put = planned(
+            ResourceKind::User,
+            2,
+            Verb::Replace {
+                id: "i2".into(),
+                matched: false,
+            },
+        );
+        assert!(b.joins(&put, limits));
+        assert!(b.push(put, limits).is_none());
+        assert_eq!(b.bulk_id("x2"), None);
+        // Full: the next object would start the next request.
+        let g = planned(ResourceKind::Group, 3, Verb::Create);
+        assert!(!b.joins(&g, limits));
+        assert_eq!(b.push(g, limits).map(|v| v.len()), Some(2));
+        assert_eq!(b.bulk_id("x1"), None, "gone with its request");
+        assert_eq!(b.bulk_id("x3"), None);
     }
 
     fn done(id: &str) -> OpResult {

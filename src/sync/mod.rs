@@ -10,6 +10,7 @@ pub mod anchors;
 pub mod audit;
 pub mod bulk;
 pub mod bulk_members;
+pub mod bulk_refs;
 pub mod bulk_window;
 pub mod change;
 pub mod closure;

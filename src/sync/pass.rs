@@ -24,7 +24,12 @@
 //!    (`sync.concurrency`; as many single requests out as the adaptive window allows,
 //!    [`crate::sync::admission`]).
 //!    A user whose manager has no SCIM id yet (still being created in this pass) is held
-//!    back and sent once, complete, when the phase has drained.
+//!    back and sent once, complete, when the phase has drained; except, through SCIM Bulk,
+//!    when the manager's create is in the request being gathered: the user joins that
+//!    request naming the manager by its bulkId ([`crate::sync::bulk_refs`]), and only if it
+//!    is not applied is it held back like the others (one handed back after the groups
+//!    began is sent again once the groups' first round has drained, before the groups held
+//!    for it).
 //! 3. **Groups**, the same way; members are resolved to SCIM ids through the anchor index,
 //!    out-of-scope members are left out, nested groups created in the same pass are held back and sent once they resolve.
 //!    Groups begin while the users' last requests are still out (once no user is left to
@@ -88,6 +93,7 @@ use crate::scim::ResourceKind;
 use crate::sync::admission::{Admission, Gate};
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
 use crate::sync::bulk::{self, Buffer, Lane, Planned, Verb, Verdict};
+use crate::sync::bulk_refs::{self, Referring};
 use crate::sync::bulk_window;
 use crate::sync::closure::Closures;
 use crate::sync::deletes::UserDelete;
@@ -564,6 +570,9 @@ enum Landed {
     Again(Job, Hint),
     /// A member PATCH operation of a group (by anchor) through Bulk: applied or not.
     Member(String, bool),
+    /// A user that named its manager by bulkId, not applied: its DN, anchor, and whether to
+    /// look it up before a create ([`crate::sync::bulk_refs`]).
+    Held(String, String, bool),
     /// A Bulk request of this many bytes of operations is over.
     BatchEnd(usize),
     /// A single-request object is over, after this long (it landed just before).
@@ -631,6 +640,10 @@ struct Pass<'a> {
     members_out: Vec<GroupOut>,
     /// Anchors sent again by [`Round::FinalAgain`]: their outcome was counted already.
     counted: std::collections::HashSet<String>,
+    /// Users that named their manager by bulkId and were handed back (DNs; anchors to look
+    /// up before a create): see [`crate::sync::bulk_refs`].
+    late_held: Vec<String>,
+    recheck: std::collections::HashSet<String>,
     report: PassReport,
     progress: Progress,
     done: u64,
@@ -730,6 +743,7 @@ pub async fn full_pass(
                                 Verdict::Outcome(o) => Landed::Done(Done::of(job, o)),
                                 Verdict::Again(h) => Landed::Again(job, h),
                                 Verdict::Member(ok) => Landed::Member(job.external_id, ok),
+                                Verdict::Held(r) => Landed::Held(job.dn, job.external_id, r),
                             })
                             .collect();
                         out.push(Landed::BatchEnd(bytes));
@@ -777,6 +791,8 @@ pub async fn full_pass(
         again: Vec::new(),
         members_out: Vec::new(),
         counted: std::collections::HashSet::new(),
+        late_held: Vec::new(),
+        recheck: std::collections::HashSet::new(),
         report: PassReport {
             dry_run: settings.mode.dry_run,
             ..PassReport::default()
@@ -979,6 +995,15 @@ impl Pass<'_> {
                 self.drain().await;
             }
             self.halt()?;
+            // Users that named their manager by bulkId and were handed back (so far, or, in
+            // the groups' phase, while the groups began) are held like any other; the
+            // groups held for them are visited after them.
+            if kind == ResourceKind::Group {
+                self.settle_late_users().await?;
+            }
+            for dn in std::mem::take(&mut self.late_held) {
+                revisit.push(&dn)?;
+            }
             self.settle(kind, revisit, &filter, &attr_refs, overlap)
                 .await?;
         }
@@ -1106,6 +1131,24 @@ impl Pass<'_> {
             held = next;
         }
         Ok(())
+    }
+
+    /// Sends again the users handed back from Bulk requests that were still out when the
+    /// groups began ([`crate::sync::bulk_refs`]), before the groups' held ones: the groups'
+    /// first round has drained, so none is out any more.
+    async fn settle_late_users(&mut self) -> Result<(), PassError> {
+        if self.late_held.is_empty() {
+            return Ok(());
+        }
+        let mut held = HeldList::new(self.index.state_dir())?;
+        for dn in std::mem::take(&mut self.late_held) {
+            held.push(&dn)?;
+        }
+        let kind = ResourceKind::User;
+        let attrs = self.profile.ldap_attributes(kind);
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let filter = self.filter(kind).to_string();
+        self.settle(kind, held, &filter, &attrs, false).await
     }
 
     /// Handles every object of `held` once (in `round`), pushing what is still to be
@@ -1414,7 +1457,7 @@ impl Pass<'_> {
             }
             return None;
         }
-        let mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
+        let mut mapped = match mapping::map_entry_split(&entry, kind, self.profile, &resolver) {
             Ok(mut m) => {
                 if let Some(r) = streamed {
                     let scratch = self.index.state_dir();
@@ -1450,6 +1493,13 @@ impl Pass<'_> {
             self.scope.insert(&key, kind, &mapped.external_id, true);
         }
         if matches!(round, Round::First | Round::Held) && !mapped.pending.is_empty() {
+            // Its manager's create is in the request being gathered: named by bulkId in it.
+            if round == Round::First && kind == ResourceKind::User && mapped.pending.len() == 1 {
+                let manager = mapped.pending.pop().unwrap_or_default();
+                if self.refer(&entry, &manager).await {
+                    return None;
+                }
+            }
             // Refers to something still being created: send it once, complete, after the
             // phase has drained (or without the reference if that object failed).
             return Some(entry.dn);
@@ -1506,6 +1556,68 @@ impl Pass<'_> {
         Some((external_id, moved))
     }
 
+    /// Sends user `entry`, whose only pending reference is its `manager` (DN as in the
+    /// entry), in the Bulk request being gathered, naming the manager by the bulkId of its
+    /// create there ([`crate::sync::bulk_refs`]). False (nothing sent) when the manager is
+    /// not in that request or the user cannot join it: the user is then held back.
+    async fn refer(&mut self, entry: &Entry, manager: &str) -> bool {
+        let lane = match &self.bulk {
+            BulkState::On(l) if !l.is_off() => l.clone(),
+            _ => return false,
+        };
+        let anchor = match self.scope.get(&ScopeMap::key(manager)) {
+            Ok(Some(o)) if o.kind == ResourceKind::User => unpack_key(&o.ext),
+            _ => return false,
+        };
+        let Some(bulk_id) = self.buffer.bulk_id(&anchor).map(str::to_string) else {
+            return false;
+        };
+        let resolver = ScopeResolver {
+            scope: &self.scope,
+            index: self.index,
+            pretend: &self.pretend,
+            keep_vanishing: self.keep_vanishing_refs,
+            scanning: false,
+        };
+        let naming = bulk_refs::Naming {
+            inner: &resolver,
+            dn: manager,
+            bulk_id: &bulk_id,
+        };
+        let Ok(m) = mapping::map_entry_split(entry, ResourceKind::User, self.profile, &naming)
+        else {
+            return false;
+        };
+        let Some(refers) = Referring::new(&m.resource, &bulk_id).filter(|_| m.pending.is_empty())
+        else {
+            return false;
+        };
+        let known_id = self.index.scim_id(ResourceKind::User, &m.external_id);
+        let job = Job {
+            kind: ResourceKind::User,
+            dn: entry.dn.clone(),
+            external_id: m.external_id,
+            body: m.resource,
+            members: m.members,
+            nested: m.nested,
+            hash: 0,
+            known_id,
+        };
+        let Some(verb) = self.bulk_verb(&job) else {
+            return false;
+        };
+        let Ok(mut p) = lane.plan(self.scim, job, verb).await else {
+            return false;
+        };
+        if !self.buffer.joins(&p, lane.limits()) {
+            return false;
+        }
+        p.refer(refers);
+        // It joins the gathered request: nothing handed out.
+        let _ = self.buffer.push(p, lane.limits());
+        true
+    }
+
     /// Whether groups' members are read in pieces, apart from their entries.
     fn streams_members(&self) -> bool {
         self.settings.member_read != MemberRead::Entry && self.settings.flatten.is_none()
@@ -1514,6 +1626,15 @@ impl Pass<'_> {
     /// Hands `job` to the workers: into the next Bulk request when it can go that way,
     /// else on its own.
     async fn dispatch(&mut self, job: Job) {
+        // Handed back from a Bulk request that may have created it: looked up first.
+        if !self.recheck.is_empty() && self.recheck.remove(&job.external_id) {
+            let hint = Hint {
+                recheck: true,
+                ..Hint::default()
+            };
+            self.send_task(Task::One(job, hint), 1).await;
+            return self.pump_again().await;
+        }
         if let Some(verb) = self.bulk_verb(&job) {
             if let Some(lane) = self.lane().await {
                 match lane.plan(self.scim, job, verb).await {
@@ -1901,6 +2022,15 @@ impl Pass<'_> {
                 self.again.push((job, hint));
             }
             Landed::Member(anchor, ok) => self.member_landed(&anchor, ok),
+            Landed::Held(dn, anchor, recheck) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                // Settled when it is sent again.
+                self.done = self.done.saturating_sub(1);
+                if recheck {
+                    self.recheck.insert(anchor);
+                }
+                self.late_held.push(dn);
+            }
             Landed::BatchEnd(bytes) => {
                 self.batches_out = self.batches_out.saturating_sub(1);
                 self.bytes_out = self.bytes_out.saturating_sub(bytes);

@@ -122,6 +122,8 @@ struct Shared {
     /// TCP: bytes the server may still send before the connection carrying the next is
     /// cut, once ([`FaultProxy::cut_after_bytes`]).
     down_budget: Mutex<Option<u64>>,
+    /// `"bulkId:` strings seen in request bodies (HTTP): SCIM Bulk references.
+    bulk_id_refs: AtomicU64,
 }
 
 impl Shared {
@@ -211,6 +213,7 @@ impl FaultProxy {
             late: Mutex::new(Vec::new()),
             refused_paths: Mutex::new(Vec::new()),
             down_budget: Mutex::new(None),
+            bulk_id_refs: AtomicU64::new(0),
         });
         let s = shared.clone();
         let acceptor = std::thread::spawn(move || accept_loop(s, Some(listener), port));
@@ -342,6 +345,11 @@ impl FaultProxy {
     /// How many requests (HTTP) or connections (TCP) arrived.
     pub fn requests(&self) -> usize {
         self.shared.events.lock().unwrap().len()
+    }
+
+    /// How many `"bulkId:...` values (RFC 7644 §3.7.2 references) the request bodies held.
+    pub fn bulk_id_references(&self) -> u64 {
+        self.shared.bulk_id_refs.load(Ordering::SeqCst)
     }
 
     /// How many requests the proxy answered itself with `status`.
@@ -557,6 +565,8 @@ fn serve_http(shared: &Arc<Shared>, mut client: TcpStream) {
         shared.untrack(id);
         return;
     };
+    let refs = req.body.windows(8).filter(|w| w == b"\"bulkId:").count();
+    shared.bulk_id_refs.fetch_add(refs as u64, Ordering::SeqCst);
     let refused = {
         let r = shared.refused_paths.lock().unwrap();
         r.iter()

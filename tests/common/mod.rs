@@ -211,6 +211,19 @@ impl ScimServer {
         assert_eq!(status, 201, "POST {endpoint}: {text}");
         serde_json::from_str(&text).unwrap()
     }
+
+    /// DELETE a resource directly ("Users/ID"); panics unless 204.
+    pub fn delete(&self, path: &str) {
+        let (status, text) = http_request(
+            self.port,
+            "DELETE",
+            &format!("/v2/{path}"),
+            &self.token,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 204, "DELETE {path}: {text}");
+    }
 }
 
 impl Drop for ScimServer {

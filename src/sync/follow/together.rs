@@ -134,8 +134,9 @@ impl Together {
                 let o = match v {
                     Verdict::Outcome(o) => o,
                     Verdict::Again(hint) => provision_with(scim, &job, mode, &hint).await,
-                    // Member operations are a full pass's; none is planned here.
-                    Verdict::Member(_) => provision(scim, &job, mode).await,
+                    // Member operations and bulkId references are a full pass's; none is
+                    // planned here.
+                    Verdict::Member(_) | Verdict::Held(_) => provision(scim, &job, mode).await,
                 };
                 let k = at[&job.external_id];
                 out[k] = Some((job, o));
