@@ -26,7 +26,8 @@ fn manager_id(u: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Source hashes are recorded by a pass that finds users unchanged; a later change of an
+/// Source hashes are recorded by a pass whose create of a user lands (its manager known) and
+/// by a pass that finds users unchanged; a later change of an
 /// attribute, of the manager attribute, and of what an unchanged manager DN resolves to
 /// (its entry created since) all reach the endpoint, and the pass after that writes nothing.
 #[test]
@@ -55,6 +56,19 @@ fn recorded_source_hashes_never_hide_a_change_of_an_attribute_or_of_what_a_manag
     let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
     agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
     assert_eq!(manager_id(&user(&scim, &ou, "uid=carl")), None);
+    // The creates that landed recorded theirs already, so the very next pass maps none of
+    // them (ann and bob too when they were sent once their manager's id was known; not
+    // when they named it by bulkId in its own Bulk request).
+    let saved = std::fs::read_to_string(agent.tmp.path().join("state/anchors.jsonl")).unwrap();
+    for uid in ["mgr", "mgr2", "carl"] {
+        let rdn = format!("\"dn\":\"uid={uid},");
+        assert!(
+            saved
+                .lines()
+                .any(|l| l.contains(&rdn) && l.contains("\"s\":")),
+            "no source hash for {uid} after its create: {saved}"
+        );
+    }
     // The second pass finds everything unchanged and records the source hashes.
     let second = agent.run(&["sync", "--once", "--quiet"]);
     second.assert_code(0).assert_wrote_nothing();

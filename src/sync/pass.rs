@@ -653,6 +653,9 @@ struct Pass<'a> {
     spool: Option<Spool>,
     /// Users the scan settled as unchanged ([`Pass::settled_by_scan`]).
     settled: u64,
+    /// Users sent with the source hash they were mapped from, until their write lands: a
+    /// write that lands records it with the representation sent (at most what is in flight).
+    sent_sources: HashMap<String, u64>,
     /// When the pass began.
     started: Instant,
 }
@@ -803,6 +806,7 @@ pub async fn full_pass(
         last_save: Instant::now(),
         spool: None,
         settled: 0,
+        sent_sources: HashMap::new(),
         started,
     };
     let result = pass.run().await;
@@ -1528,6 +1532,11 @@ impl Pass<'_> {
             if round == Round::FinalAgain {
                 self.counted.insert(mapped.external_id.clone());
             }
+            if let Some(src) = source.filter(|_| !self.settings.mode.dry_run) {
+                // The representation sent is what these inputs map to: once its write
+                // lands, the next pass need not map this user again.
+                self.sent_sources.insert(mapped.external_id.clone(), src);
+            }
             let job = Job {
                 kind,
                 dn: entry.dn.clone(),
@@ -2041,6 +2050,7 @@ impl Pass<'_> {
 
     fn apply_done(&mut self, d: Done) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let source = self.sent_sources.remove(&d.external_id);
         // Sent once more in the last round: the object was counted when first settled.
         let counted = self.counted.remove(&d.external_id);
         let report = if counted {
@@ -2084,6 +2094,9 @@ impl Pass<'_> {
                 dn: d.dn,
             },
         );
+        if let Some(src) = source.filter(|_| d.kind == ResourceKind::User) {
+            self.index.set_source(&d.external_id, src);
+        }
         if self.last_save.elapsed() >= SAVE_EVERY {
             self.last_save = Instant::now();
             if let Err(e) = self.index.save() {
