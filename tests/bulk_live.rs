@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::faultproxy::{Action, FaultProxy};
-use common::{wait_until, Agent, Dir, Running, ScimServer, TestOu};
+use common::{scim_behind_proxy, wait_until, Dir, Running, ScimServer, TestOu};
 use serde_json::{json, Value};
 
 const USERS: usize = 60;
@@ -95,21 +95,13 @@ fn bulk_requests(proxy: &FaultProxy) -> usize {
         .count()
 }
 
-/// A fresh scim2-server behind a proxy, and an agent for `ou` that talks through it.
-fn behind_proxy(dir: &Dir, ou: &TestOu, extra: &str) -> (ScimServer, FaultProxy, Agent) {
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(dir, &[&ou.dn], &proxy.http_url("/v2"), &scim.token, extra);
-    (scim, proxy, agent)
-}
-
 #[test]
 fn bulk_export_equals_the_export_without_it_and_the_second_pass_writes_nothing() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-same");
     seed(&ou);
-    let (with, with_proxy, a) = behind_proxy(&dir, &ou, "");
-    let (without, without_proxy, b) = behind_proxy(&dir, &ou, "bulk = \"off\"");
+    let (with, with_proxy, a) = scim_behind_proxy(&dir, &ou, "");
+    let (without, without_proxy, b) = scim_behind_proxy(&dir, &ou, "bulk = \"off\"");
 
     let run = a.run(&["sync", "--once", "--quiet"]);
     run.assert_code(0);
@@ -181,7 +173,7 @@ fn a_refused_operation_inside_a_batch_fails_only_its_object() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-refuse");
     seed(&ou);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "");
     // Someone else holds userName b007 (no externalId of ours).
     scim.post(
         "Users",
@@ -212,7 +204,7 @@ fn a_bulk_request_cut_after_it_was_sent_creates_no_duplicate() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-cut");
     seed(&ou);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "");
     // The first Bulk request is cut unanswered and reaches the server
     // late, after the agent's next request: the agent cannot know what landed.
     proxy.late_next_of("POST /Bulk", 1);
@@ -243,7 +235,7 @@ fn a_413_halves_the_bulk_request() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-413");
     seed(&ou);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "");
     proxy.answer_next_of("POST /Bulk", 1, 413, None);
     let run = agent.run(&["sync", "--once", "--quiet"]);
     run.assert_code(0);
@@ -277,7 +269,7 @@ fn a_burst_of_changes_in_run_goes_out_in_bulk_requests() {
         ));
     }
     dir.modify(&s);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "");
     let _run = Running(agent.spawn(&["run"]));
     assert!(
         wait_until(300, || agent.status_json().0["phase"] == "following"),

@@ -14,8 +14,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::faultproxy::FaultProxy;
-use common::{Agent, Dir, ScimServer, TestOu};
+use common::{scim_behind_proxy, Dir, ScimServer, TestOu};
 use serde_json::json;
 
 /// Users r000..r059: every tenth manages the next nine; r000 is managed by "boss" (a chain
@@ -115,13 +114,6 @@ fn expected(without: Option<&str>) -> BTreeMap<String, String> {
     out
 }
 
-fn behind_proxy(dir: &Dir, ou: &TestOu, extra: &str) -> (ScimServer, FaultProxy, Agent) {
-    let scim = ScimServer::start();
-    let proxy = FaultProxy::http(scim.port);
-    let agent = Agent::new(dir, &[&ou.dn], &proxy.http_url("/v2"), &scim.token, extra);
-    (scim, proxy, agent)
-}
-
 /// Users go out with their managers in the same request, named by bulkId: none is held
 /// back for a second wave, every manager ends as the real id, a second pass writes nothing.
 #[test]
@@ -129,7 +121,7 @@ fn users_name_managers_created_in_the_same_bulk_request_by_bulk_id() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-refs");
     seed(&ou);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "");
     let run = agent.run(&["sync", "--once"]);
     run.assert_code(0);
     assert!(run.summary().contains("0 failed"), "{}", run.summary());
@@ -160,7 +152,7 @@ fn reports_of_a_manager_whose_create_is_refused_are_sent_again_on_their_own() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-refs-409");
     seed(&ou);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "");
     let foreign = scim.post(
         "Users",
         &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "r010"}),
@@ -194,7 +186,7 @@ fn a_referring_request_cut_after_it_was_sent_leaves_every_manager_right() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-refs-cut");
     seed(&ou);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "");
     proxy.late_next_of("POST /Bulk", 1);
     let run = agent.run(&["sync", "--once"]);
     run.assert_code(0);
@@ -213,7 +205,7 @@ fn without_bulk_users_wait_for_their_managers_as_before() {
     let dir = Dir::openldap();
     let ou = TestOu::create(&dir, "bulk-refs-off");
     seed(&ou);
-    let (scim, proxy, agent) = behind_proxy(&dir, &ou, "bulk = \"off\"");
+    let (scim, proxy, agent) = scim_behind_proxy(&dir, &ou, "bulk = \"off\"");
     agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
     assert_eq!(proxy.bulk_id_references(), 0);
     assert_eq!(managers(&scim), expected(None));

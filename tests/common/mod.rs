@@ -994,3 +994,16 @@ fn dechunk(s: &str) -> String {
     }
     out
 }
+
+/// A fresh scim2-server behind a fault proxy, and an agent for `ou` that talks through it
+/// (`extra`: more `[sync]` settings).
+pub fn scim_behind_proxy(
+    dir: &Dir,
+    ou: &TestOu,
+    extra: &str,
+) -> (ScimServer, faultproxy::FaultProxy, Agent) {
+    let scim = ScimServer::start();
+    let proxy = faultproxy::FaultProxy::http(scim.port);
+    let agent = Agent::new(dir, &[&ou.dn], &proxy.http_url("/v2"), &scim.token, extra);
+    (scim, proxy, agent)
+}
