@@ -843,7 +843,7 @@ impl Hub {
             ));
         }
         let config = p.join("hub.toml");
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, &text).unwrap();
         let mut hub = Hub {
             child: None,
             port,
@@ -852,6 +852,18 @@ impl Hub {
             log: p.join("hub.log"),
             _tmp: tmp,
         };
+        // The free port can be taken by another test's socket before the hub binds it
+        // (tests run side by side): the hub then exits, and starts again on another port.
+        for _ in 0..3 {
+            if hub.try_spawn() {
+                return hub;
+            }
+            let port = free_port();
+            let old = format!("listen = \"127.0.0.1:{}\"", hub.port);
+            text = text.replacen(&old, &format!("listen = \"127.0.0.1:{port}\""), 1);
+            std::fs::write(&hub.config, &text).unwrap();
+            hub.port = port;
+        }
         hub.spawn();
         hub
     }
@@ -859,6 +871,21 @@ impl Hub {
     /// Starts the process (again, after [`Hub::stop`]), its stderr appended to the log;
     /// waits until it listens.
     pub fn spawn(&mut self) {
+        assert!(self.try_spawn(), "hub did not listen: {}", self.log());
+    }
+
+    /// [`Hub::spawn`], false if the process ended before it said it listens (its port
+    /// taken) or it did not listen within 20 s. Only the hub's own "listening" line counts,
+    /// not a connection alone (another socket may hold the port).
+    fn try_spawn(&mut self) -> bool {
+        const LISTENING: &str = "idrelay-hub listening on";
+        let said = |log: &Path| {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches(LISTENING)
+                .count()
+        };
+        let before = said(&self.log);
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -873,11 +900,19 @@ impl Hub {
             .expect("start idrelay-hub");
         self.child = Some(child);
         let port = self.port;
-        assert!(
-            wait_until(20, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-            "hub did not listen: {}",
-            self.log()
-        );
+        let mut ended = false;
+        let up = wait_until(20, || {
+            ended = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            ended || (said(&self.log) > before && TcpStream::connect(("127.0.0.1", port)).is_ok())
+        });
+        if ended || !up {
+            self.stop();
+            return false;
+        }
+        true
     }
 
     /// Stops the process as an operator does (SIGTERM, by PID) and waits for its exit 0.
