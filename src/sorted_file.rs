@@ -21,14 +21,12 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Records between two indexed offsets.
 pub const STRIDE: u64 = 512;
 /// Bytes a reader fetches at once.
 const BLOCK: usize = 32 << 10;
-
-static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
 /// One unlinked scratch file.
 #[derive(Debug)]
@@ -40,22 +38,12 @@ struct Scratch {
 
 impl Scratch {
     fn create(dir: &Path) -> io::Result<Scratch> {
-        let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-        let path: PathBuf = dir.join(format!(".sorted.{}.{n}", std::process::id()));
-        let file = crate::state_dir::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        #[cfg(unix)]
-        {
-            std::fs::remove_file(&path)?;
-            Ok(Scratch { file })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Scratch { file, path })
-        }
+        let (file, _path) = crate::state_dir::scratch_file(dir, "sorted")?;
+        Ok(Scratch {
+            file,
+            #[cfg(not(unix))]
+            path: _path,
+        })
     }
 }
 

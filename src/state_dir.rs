@@ -179,6 +179,23 @@ pub fn options() -> OpenOptions {
     o
 }
 
+/// A new scratch file `.{stem}.{pid}.{n}` in `dir`, read and write, opened as
+/// [`options`] says; on unix unlinked at once (a crash leaves nothing behind), elsewhere
+/// its path is for the caller to remove when done. Each call names a new file.
+pub fn scratch_file(dir: &Path, stem: &str) -> io::Result<(File, std::path::PathBuf)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".{stem}.{}.{n}", std::process::id()));
+    let file = options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    #[cfg(unix)]
+    std::fs::remove_file(&path)?;
+    Ok((file, path))
+}
+
 /// Opens an existing state file for reading.
 pub fn open(path: &Path) -> io::Result<File> {
     options().read(true).open(path)

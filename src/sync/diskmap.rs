@@ -817,16 +817,10 @@ impl Scratch {
         stats: &Arc<Stats>,
         buffered: bool,
     ) -> io::Result<Scratch> {
+        // The block cache tells scratch files apart by this id.
         let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".{name}.{}.{n}.{what}", std::process::id()));
-        let file = crate::state_dir::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let (file, _path) = crate::state_dir::scratch_file(dir, &format!("{name}.{what}"))
             .map_err(|e| named(dir, name, e))?;
-        #[cfg(unix)]
-        std::fs::remove_file(&path).map_err(|e| named(dir, name, e))?;
         Ok(Scratch {
             shared: Arc::new(Shared {
                 file,
@@ -843,7 +837,7 @@ impl Scratch {
                 })
             }),
             #[cfg(not(unix))]
-            path,
+            path: _path,
         })
     }
 

@@ -16,11 +16,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ldap::Entry;
-
-static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes buffered by the writer and the reader.
 const BUFFER: usize = 64 << 10;
@@ -44,17 +41,7 @@ pub struct Replay {
 }
 
 fn open(dir: &Path) -> io::Result<(File, std::path::PathBuf)> {
-    let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-    let path = dir.join(format!(".entry spool.{}.{n}", std::process::id()));
-    let file = crate::state_dir::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| named(dir, e))?;
-    #[cfg(unix)]
-    std::fs::remove_file(&path).map_err(|e| named(dir, e))?;
-    Ok((file, path))
+    crate::state_dir::scratch_file(dir, "entry spool").map_err(|e| named(dir, e))
 }
 
 fn named(dir: &Path, e: io::Error) -> io::Error {
