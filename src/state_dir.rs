@@ -166,6 +166,15 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     b.create(dir)
 }
 
+/// Whether an I/O error is a full disk or an exceeded quota ("no space left", EDQUOT):
+/// freeing space fixes it, so the writer pauses and retries instead of ending.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT on Linux
+}
+
 /// The options every file of the state directory is opened with: created 0600, never
 /// through a symlink. The caller adds read / write / create / truncate / append.
 pub fn options() -> OpenOptions {
@@ -270,6 +279,15 @@ pub fn sync_parent(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_and_an_exceeded_quota_are_disk_full_and_nothing_else_is() {
+        assert!(is_disk_full(&io::Error::from_raw_os_error(28)));
+        assert!(is_disk_full(&io::Error::from_raw_os_error(122)));
+        assert!(is_disk_full(&io::Error::from(io::ErrorKind::StorageFull)));
+        assert!(!is_disk_full(&io::Error::from_raw_os_error(13))); // EACCES
+        assert!(!is_disk_full(&io::Error::from(io::ErrorKind::NotFound)));
+    }
 
     fn temp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(

@@ -1306,6 +1306,9 @@ fn a_full_state_directory_is_reported_by_path_and_loses_nothing() {
 /// anchor index failed with ENOSPC and `run` ended ("error: anchor index: No space left on
 /// device (os error 28)", naming no path). Now the sender pauses and retries, as the feed
 /// does for a full disk, and a failed index save is a warning naming the file.
+/// CI (stop 17): the pause can meet the full disk at the held deletes' file first (another
+/// test's deletes reached this agent's feed as unmatched uuids); that pause's message named
+/// the file but not "disk full". Every full-disk pause of the sender now says "disk full".
 #[test]
 fn a_full_state_directory_while_changes_wait_pauses_the_agent() {
     let dir = Dir::openldap();

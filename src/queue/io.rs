@@ -53,17 +53,9 @@ pub(crate) fn system_clock() -> Clock {
     })
 }
 
-/// True for "no space left" and "quota exceeded".
-pub(crate) fn is_disk_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    ) || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT on Linux
-}
-
 /// Wraps an I/O error with the operation and file; disk-full becomes [`QueueError::DiskFull`].
 pub(crate) fn io_err(op: &'static str, path: &Path, e: io::Error) -> QueueError {
-    if is_disk_full(&e) {
+    if crate::state_dir::is_disk_full(&e) {
         QueueError::DiskFull {
             path: path.to_path_buf(),
         }

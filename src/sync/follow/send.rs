@@ -21,6 +21,7 @@ use crate::net::backoff::Backoff;
 use crate::queue::QueueError;
 use crate::scim::profile::SyncProfile;
 use crate::signals::Control;
+use crate::state_dir::is_disk_full;
 use crate::status::AgentState;
 use crate::sync::anchors::AnchorIndex;
 use crate::sync::deletes::{DeleteGate, GateError, Verdict};
@@ -196,13 +197,6 @@ pub(super) async fn send_loop<D: DirectoryReads, E: EndpointWrites>(
     }
 }
 
-/// Whether an I/O error is a full disk or an exceeded quota: freeing space fixes it.
-fn is_disk_full(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind;
-    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
-        || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT on Linux
-}
-
 /// Makes the held deletes and the parked objects durable, then acknowledges the queue up
 /// to `handled` (both are durable before the changes that caused them are acknowledged). A
 /// write that
@@ -221,13 +215,13 @@ async fn acknowledge<D, E>(
         let why = match (parking.save(), gate.save()) {
             (Err(e), _) => match e.io() {
                 Some(source) if is_disk_full(source) => {
-                    format!("cannot record parked objects ({e})")
+                    format!("disk full: cannot record parked objects ({e})")
                 }
                 _ => return Err(SendEnd::Fatal(RunError::Parking(e))),
             },
             (Ok(()), Err(e)) => match &e {
                 GateError::Io { source, .. } if is_disk_full(source) => {
-                    format!("cannot record held deletes ({e})")
+                    format!("disk full: cannot record held deletes ({e})")
                 }
                 _ => return Err(SendEnd::Fatal(RunError::Deletes(e))),
             },
