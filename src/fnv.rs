@@ -9,7 +9,7 @@ const OFFSET_128: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
 const PRIME_128: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
 
 /// FNV-1a 64 as an `io::Write` sink: a serializer can write straight into it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fnv64(pub u64);
 
 impl Default for Fnv64 {

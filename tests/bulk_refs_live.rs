@@ -139,6 +139,17 @@ fn users_name_managers_created_in_the_same_bulk_request_by_bulk_id() {
     );
     assert_eq!(managers(&scim), expected(None));
     assert_eq!(team(&scim), names(10, 19));
+    // Each user's source hash is recorded too (the referring ones' completed with the id
+    // the answer gave their manager), so the next pass maps no user again.
+    let saved = std::fs::read_to_string(agent.tmp.path().join("state/anchors.jsonl")).unwrap();
+    let without: Vec<&str> = saved
+        .lines()
+        .filter(|l| l.contains("\"k\":\"u\"") && !l.contains("\"s\":"))
+        .collect();
+    assert!(
+        without.is_empty() && saved.lines().count() == USERS + 2,
+        "users without a source hash after the pass that created them: {without:?}"
+    );
     agent
         .run(&["sync", "--once", "--quiet"])
         .assert_wrote_nothing();

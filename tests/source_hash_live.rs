@@ -57,10 +57,11 @@ fn recorded_source_hashes_never_hide_a_change_of_an_attribute_or_of_what_a_manag
     agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
     assert_eq!(manager_id(&user(&scim, &ou, "uid=carl")), None);
     // The creates that landed recorded theirs already, so the very next pass maps none of
-    // them (ann and bob too when they were sent once their manager's id was known; not
-    // when they named it by bulkId in its own Bulk request).
+    // them: ann and bob too, whether they were sent once their manager's id was known or
+    // named it by bulkId in its own Bulk request (their source hash completed with the id
+    // the answer gave the manager).
     let saved = std::fs::read_to_string(agent.tmp.path().join("state/anchors.jsonl")).unwrap();
-    for uid in ["mgr", "mgr2", "carl"] {
+    for uid in ["mgr", "mgr2", "carl", "ann", "bob"] {
         let rdn = format!("\"dn\":\"uid={uid},");
         assert!(
             saved

@@ -60,6 +60,25 @@ impl SourceHasher {
     /// The hash of `entry`'s mapping inputs as a user, its manager resolved by `resolver`;
     /// `None` when the shortcut does not apply (see the module doc). Never 0.
     pub fn hash(&self, entry: &Entry, resolver: &dyn Resolver) -> Option<u64> {
+        match self.inputs(entry, resolver)? {
+            Inputs::Whole(h) => Some(finish(h)),
+            Inputs::ManagerPending(_) => None,
+        }
+    }
+
+    /// For a user whose manager is being created in the same Bulk request (it resolves
+    /// `Pending` by `resolver` now): everything of its hash but that manager's id, which
+    /// [`PendingSource::with_manager`] adds once the create is answered. `None` when the
+    /// shortcut does not apply, or the manager is not pending, or it is not the last
+    /// manager rule (the id must be the last input hashed).
+    pub fn pending(&self, entry: &Entry, resolver: &dyn Resolver) -> Option<PendingSource> {
+        match self.inputs(entry, resolver)? {
+            Inputs::ManagerPending(h) => Some(PendingSource(h)),
+            Inputs::Whole(_) => None,
+        }
+    }
+
+    fn inputs(&self, entry: &Entry, resolver: &dyn Resolver) -> Option<Inputs> {
         let mut h = Fnv64::default();
         let _ = h.write_all(&self.salt.to_le_bytes());
         field(&mut h, entry.dn.as_bytes());
@@ -70,17 +89,52 @@ impl SourceHasher {
                 field(&mut h, v);
             }
         }
-        for names in &self.managers {
+        let last = self.managers.len().checked_sub(1);
+        for (i, names) in self.managers.iter().enumerate() {
             let dn = first_text(entry, names).ok()?;
             match dn.map(|dn| resolver.resolve(&dn)) {
                 None => tag(&mut h, 0, b""),
                 Some(Reference::Id(id)) => tag(&mut h, 1, id.as_bytes()),
                 Some(Reference::Group(id)) => tag(&mut h, 2, id.as_bytes()),
                 Some(Reference::OutOfScope) => tag(&mut h, 3, b""),
+                Some(Reference::Pending) if Some(i) == last => {
+                    return Some(Inputs::ManagerPending(h))
+                }
                 Some(Reference::Pending) => return None,
             }
         }
-        Some(h.0.max(1))
+        Some(Inputs::Whole(h))
+    }
+}
+
+/// What [`SourceHasher::inputs`] hashed.
+enum Inputs {
+    /// Every input.
+    Whole(Fnv64),
+    /// Every input but the last manager's id, pending.
+    ManagerPending(Fnv64),
+}
+
+fn finish(h: Fnv64) -> u64 {
+    h.0.max(1)
+}
+
+/// A user's source hash but for its manager's id ([`SourceHasher::pending`]).
+///
+/// Valid only for the mapping it was computed for: if the user is mapped again (handed
+/// back by its Bulk operation, or seen again in the pass), this must be dropped with the
+/// operation, never applied to what the user is mapped to next. Kept on the operation
+/// that carries that mapping for that reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSource(Fnv64);
+
+impl PendingSource {
+    /// The source hash once the manager resolves to `id`: what [`SourceHasher::hash`]
+    /// gives for the same entry when the manager resolves to `Reference::Id(id)`.
+    pub fn with_manager(self, id: &str) -> u64 {
+        let mut h = self.0;
+        tag(&mut h, 1, id.as_bytes());
+        finish(h)
     }
 }
 
@@ -152,6 +206,21 @@ mod tests {
         let a = Entry::new("d").with("cn", "ab").with("cn", "c");
         let b = Entry::new("d").with("cn", "a").with("cn", "bc");
         assert_ne!(h.hash(&a, &id("7")), h.hash(&b, &id("7")));
+    }
+
+    #[test]
+    fn a_pending_manager_completed_with_its_id_hashes_as_the_resolved_manager_would() {
+        let h = hasher();
+        let pending = h.pending(&user(), &boss(Reference::Pending)).unwrap();
+        let resolved = |id: &str| h.hash(&user(), &boss(Reference::Id(id.into())));
+        assert_eq!(Some(pending.with_manager("7")), resolved("7"));
+        assert_ne!(Some(pending.with_manager("8")), resolved("7"));
+        // Another entry, another pending hash.
+        let other = h.pending(&user().with("mail", "x@x"), &boss(Reference::Pending));
+        assert_ne!(other.map(|p| p.with_manager("7")), resolved("7"));
+        // Nothing pending: no partial hash (the whole one applies).
+        assert_eq!(h.pending(&user(), &boss(Reference::Id("7".into()))), None);
+        assert_eq!(h.pending(&user(), &boss(Reference::OutOfScope)), None);
     }
 
     #[test]

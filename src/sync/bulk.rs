@@ -237,6 +237,7 @@ impl Planned {
                 nested: Vec::new(),
                 hash: 0,
                 known_id: None,
+                source: 0,
             },
             verb: Verb::Members,
             sent,
@@ -457,6 +458,8 @@ fn referring_verdict(
     let id = created.iter().find(|(b, _)| b == refers.target());
     // Applied without the manager's id: what it stores is unknown (sent again next pass).
     p.job.hash = id.map_or(0, |(_, id)| refers.hash_with(id));
+    // And the source hash it maps from (recorded only beside a known hash).
+    p.job.source = id.map_or(0, |(_, id)| refers.source_with(id));
     if let Verdict::Outcome(o) = &v {
         audit_outcome(&p.job, o);
     }
@@ -521,6 +524,7 @@ mod tests {
             nested: Vec::new(),
             hash: 1,
             known_id: None,
+            source: 0,
         }
     }
 
@@ -582,6 +586,50 @@ mod tests {
         let v = referring_verdict(&mut p, &r, done("u4"), &created);
         assert!(matches!(v, Some(Verdict::Outcome(Outcome::Created(_)))));
         assert_eq!(p.job.hash, 0);
+    }
+
+    #[test]
+    fn a_referring_user_applied_records_the_source_hash_its_managers_real_id_completes() {
+        use crate::ldap::Entry;
+        use crate::scim::mapping::{Reference, Resolver};
+        use crate::scim::profile::{ProfileKind, SyncProfile};
+        use crate::scim::source_hash::SourceHasher;
+        struct Boss(Reference);
+        impl Resolver for Boss {
+            fn resolve(&self, _dn: &str) -> Reference {
+                self.0.clone()
+            }
+        }
+        let hasher =
+            SourceHasher::for_users(&SyncProfile::default_for(ProfileKind::OpenLdap)).unwrap();
+        let entry = Entry::new("uid=u2,o=t")
+            .with("uid", "u2")
+            .with("manager", "uid=boss,o=t");
+        let pending = hasher.pending(&entry, &Boss(Reference::Pending));
+        assert!(pending.is_some());
+        let resolved = hasher.hash(&entry, &Boss(Reference::Id("m1".into())));
+        let created = vec![("b1".to_string(), "m1".to_string())];
+        let referring_with_source = |target: &str| {
+            let (mut p, mut r) = referring(2, Verb::Create, target);
+            r.set_source(pending);
+            p.refer(r.clone());
+            (p, r)
+        };
+        let (mut p, r) = referring_with_source("b1");
+        referring_verdict(&mut p, &r, done("u2"), &created);
+        assert_eq!(Some(p.job.source), resolved);
+        // No id for the manager: no hash, so no source either.
+        let (mut p, r) = referring_with_source("b9");
+        referring_verdict(&mut p, &r, done("u2"), &created);
+        assert_eq!((p.job.hash, p.job.source), (0, 0));
+        // Handed back: it is mapped again, with a source of its own; this one goes.
+        let (mut p, r) = referring_with_source("b1");
+        referring_verdict(&mut p, &r, refused(409), &created);
+        assert_eq!(p.job.source, 0);
+        // Without a pending source (the pass could not compute one): unknown.
+        let (mut p, r) = referring(2, Verb::Create, "b1");
+        referring_verdict(&mut p, &r, done("u2"), &created);
+        assert_eq!(p.job.source, 0);
     }
 
     #[test]

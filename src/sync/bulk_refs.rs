@@ -12,7 +12,10 @@
 //!   real id (the id the same answer gives the manager's create) in place of the reference
 //!   ([`Referring::hash_with`]), so the next pass finds the user unchanged. An answer that
 //!   applies the user but gives no id for the manager records hash 0 ("unknown"): the next
-//!   pass sends the user again.
+//!   pass sends the user again. The user's source hash ([`crate::scim::source_hash`]) is
+//!   completed the same way ([`Referring::source_with`]: everything but the manager's id was
+//!   hashed when the user was mapped), so the next pass need not even map it; it travels
+//!   with this operation only, so a user handed back and mapped again never inherits it.
 //! * **A referring operation not applied is never retried as it is** (its body names an
 //!   operation that is gone): whatever the reason (the manager's create refused, so the
 //!   reference cannot be resolved, 409 per RFC; the request halved on 413; refused or lost
@@ -27,6 +30,7 @@ use serde_json::Value;
 
 use crate::fnv::Fnv64;
 use crate::scim::mapping::{Reference, Resolver};
+use crate::scim::source_hash::PendingSource;
 
 /// The text that names the operation created under `bulk_id`.
 pub fn reference(bulk_id: &str) -> String {
@@ -43,6 +47,8 @@ pub struct Referring {
     bytes: Vec<u8>,
     /// Where the reference's JSON string (quotes included) is in `bytes`.
     at: (usize, usize),
+    /// The user's source hash but for the manager's id, when the pass could compute it.
+    source: Option<PendingSource>,
 }
 
 impl Referring {
@@ -65,7 +71,22 @@ impl Referring {
             target: target.to_string(),
             at: (start, start + needle.len()),
             bytes,
+            source: None,
         })
+    }
+
+    /// The user's source hash but for the manager's id ([`SourceHasher::pending`]), for the
+    /// mapping this operation carries.
+    ///
+    /// [`SourceHasher::pending`]: crate::scim::source_hash::SourceHasher::pending
+    pub fn set_source(&mut self, source: Option<PendingSource>) {
+        self.source = source;
+    }
+
+    /// The source hash of what the endpoint stores once the manager's create got `id`
+    /// (0: unknown).
+    pub fn source_with(&self, id: &str) -> u64 {
+        self.source.map_or(0, |s| s.with_manager(id))
     }
 
     /// The bulkId of the manager's create.

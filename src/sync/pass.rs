@@ -539,6 +539,8 @@ struct Done {
     dn: String,
     external_id: String,
     hash: u64,
+    /// [`Job::source`].
+    source: u64,
     outcome: Outcome,
 }
 
@@ -549,6 +551,7 @@ impl Done {
             dn: job.dn,
             external_id: job.external_id,
             hash: job.hash,
+            source: job.source,
             outcome,
         }
     }
@@ -557,7 +560,7 @@ impl Done {
 /// What a worker is handed.
 enum Task {
     /// One object, the single-request way.
-    One(Job, Hint),
+    One(Box<Job>, Hint),
     /// Objects for one SCIM Bulk request ([`crate::sync::bulk`]).
     Batch(Arc<Lane>, Vec<Planned>),
 }
@@ -653,9 +656,6 @@ struct Pass<'a> {
     spool: Option<Spool>,
     /// Users the scan settled as unchanged ([`Pass::settled_by_scan`]).
     settled: u64,
-    /// Users sent with the source hash they were mapped from, until their write lands: a
-    /// write that lands records it with the representation sent (at most what is in flight).
-    sent_sources: HashMap<String, u64>,
     /// When the pass began.
     started: Instant,
 }
@@ -733,7 +733,7 @@ pub async fn full_pass(
                         let t = Instant::now();
                         let outcome = provision_with(&scim, &job, &mode, &hint).await;
                         vec![
-                            Landed::Done(Done::of(job, outcome)),
+                            Landed::Done(Done::of(*job, outcome)),
                             Landed::Single(t.elapsed()),
                         ]
                     }
@@ -806,7 +806,6 @@ pub async fn full_pass(
         last_save: Instant::now(),
         spool: None,
         settled: 0,
-        sent_sources: HashMap::new(),
         started,
     };
     let result = pass.run().await;
@@ -1532,11 +1531,6 @@ impl Pass<'_> {
             if round == Round::FinalAgain {
                 self.counted.insert(mapped.external_id.clone());
             }
-            if let Some(src) = source.filter(|_| !self.settings.mode.dry_run) {
-                // The representation sent is what these inputs map to: once its write
-                // lands, the next pass need not map this user again.
-                self.sent_sources.insert(mapped.external_id.clone(), src);
-            }
             let job = Job {
                 kind,
                 dn: entry.dn.clone(),
@@ -1546,6 +1540,9 @@ impl Pass<'_> {
                 nested: mapped.nested,
                 hash,
                 known_id,
+                // The representation sent is what these inputs map to: once its write
+                // lands, the next pass need not map this user again.
+                source: source.filter(|_| !self.settings.mode.dry_run).unwrap_or(0),
             };
             self.dispatch(job).await;
         }
@@ -1597,10 +1594,19 @@ impl Pass<'_> {
         else {
             return false;
         };
-        let Some(refers) = Referring::new(&m.resource, &bulk_id).filter(|_| m.pending.is_empty())
+        let Some(mut refers) =
+            Referring::new(&m.resource, &bulk_id).filter(|_| m.pending.is_empty())
         else {
             return false;
         };
+        if !self.settings.mode.dry_run {
+            // Its source hash but for the manager's id, completed when the answer gives it.
+            refers.set_source(
+                self.sources
+                    .as_ref()
+                    .and_then(|s| s.pending(entry, &resolver)),
+            );
+        }
         let known_id = self.index.scim_id(ResourceKind::User, &m.external_id);
         let job = Job {
             kind: ResourceKind::User,
@@ -1611,6 +1617,7 @@ impl Pass<'_> {
             nested: m.nested,
             hash: 0,
             known_id,
+            source: 0,
         };
         let Some(verb) = self.bulk_verb(&job) else {
             return false;
@@ -1641,7 +1648,7 @@ impl Pass<'_> {
                 recheck: true,
                 ..Hint::default()
             };
-            self.send_task(Task::One(job, hint), 1).await;
+            self.send_task(Task::One(Box::new(job), hint), 1).await;
             return self.pump_again().await;
         }
         if let Some(verb) = self.bulk_verb(&job) {
@@ -1652,7 +1659,10 @@ impl Pass<'_> {
                             self.send_batch(lane, batch).await;
                         }
                     }
-                    Err(job) => self.send_task(Task::One(job, Hint::default()), 1).await,
+                    Err(job) => {
+                        self.send_task(Task::One(Box::new(job), Hint::default()), 1)
+                            .await
+                    }
                 }
                 self.pump_again().await;
                 return;
@@ -1671,7 +1681,8 @@ impl Pass<'_> {
             }
             _ => job,
         };
-        self.send_task(Task::One(job, Hint::default()), 1).await;
+        self.send_task(Task::One(Box::new(job), Hint::default()), 1)
+            .await;
         self.pump_again().await;
     }
 
@@ -1848,7 +1859,7 @@ impl Pass<'_> {
     async fn send_batch(&mut self, lane: Arc<Lane>, batch: Vec<Planned>) {
         if batch.len() == 1 && batch[0].is_object() {
             for p in batch {
-                self.send_task(Task::One(p.into_job(), Hint::default()), 1)
+                self.send_task(Task::One(Box::new(p.into_job()), Hint::default()), 1)
                     .await;
             }
             return;
@@ -1898,7 +1909,7 @@ impl Pass<'_> {
                 }
                 _ => job,
             };
-            self.send_task(Task::One(job, hint), 1).await;
+            self.send_task(Task::One(Box::new(job), hint), 1).await;
         }
     }
 
@@ -1949,7 +1960,7 @@ impl Pass<'_> {
                 }
                 Err(channel::TrySendError::Closed(t)) => {
                     let jobs = match t {
-                        Task::One(j, _) => vec![j],
+                        Task::One(j, _) => vec![*j],
                         Task::Batch(_, b) => {
                             self.batches_out = self.batches_out.saturating_sub(1);
                             self.bytes_out = self.bytes_out.saturating_sub(bulk::bytes(&b));
@@ -1985,7 +1996,7 @@ impl Pass<'_> {
                 _ => {
                     for p in batch {
                         if p.is_object() {
-                            self.send_task(Task::One(p.into_job(), Hint::default()), 1)
+                            self.send_task(Task::One(Box::new(p.into_job()), Hint::default()), 1)
                                 .await;
                         } else {
                             self.member_landed(p.anchor(), false);
@@ -2050,7 +2061,6 @@ impl Pass<'_> {
 
     fn apply_done(&mut self, d: Done) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let source = self.sent_sources.remove(&d.external_id);
         // Sent once more in the last round: the object was counted when first settled.
         let counted = self.counted.remove(&d.external_id);
         let report = if counted {
@@ -2094,8 +2104,8 @@ impl Pass<'_> {
                 dn: d.dn,
             },
         );
-        if let Some(src) = source.filter(|_| d.kind == ResourceKind::User) {
-            self.index.set_source(&d.external_id, src);
+        if d.source != 0 && d.hash != 0 && d.kind == ResourceKind::User {
+            self.index.set_source(&d.external_id, d.source);
         }
         if self.last_save.elapsed() >= SAVE_EVERY {
             self.last_save = Instant::now();

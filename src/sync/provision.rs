@@ -57,6 +57,11 @@ pub struct Job {
     pub hash: u64,
     /// The SCIM id the index knows, if any.
     pub known_id: Option<String>,
+    /// The source hash of the user's mapping inputs `body` was mapped from
+    /// ([`crate::scim::source_hash`]; 0: unknown, and always for groups): recorded beside
+    /// `hash` when the write lands, so that the next pass need not map the user again.
+    /// Belongs to this mapping: a job for the object mapped again carries its own.
+    pub source: u64,
 }
 
 /// What happened to a [`Job`].

@@ -951,6 +951,7 @@ fn decide<D, E>(
         nested: mapped.nested,
         hash,
         known_id: known.map(|a| a.scim_id),
+        source: 0,
     })
 }
 
