@@ -12,17 +12,6 @@ use serde_json::Value;
 
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 
-fn entry_uuid(ou: &TestOu, rdn: &str) -> String {
-    ou.dir
-        .attr_ldif(&format!("{rdn},{}", ou.dn), "entryUUID")
-        .expect("entryUUID")
-}
-
-fn user(scim: &ScimServer, ou: &TestOu, rdn: &str) -> Value {
-    scim.by_external_id("Users", &entry_uuid(ou, rdn))
-        .unwrap_or_else(|| panic!("{rdn} at the endpoint"))
-}
-
 fn person(o: &str, uid: &str, manager: Option<&str>) -> String {
     let m = manager.map_or(String::new(), |m| format!("manager: uid={m},{o}\n"));
     format!(
@@ -61,7 +50,7 @@ fn a_directory_read_cut_mid_pass_sends_nothing_and_decides_no_delete() {
     assert_eq!(scim.all("Users").len(), n);
 
     let gone = "uid=u0599";
-    let gone_id = entry_uuid(&ou, gone);
+    let gone_id = ou.entry_uuid(gone);
     dir.modify(&format!(
         "dn: uid=u0007,{o}\nchangetype: modify\nreplace: mail\nmail: u0007.new@branch.test\n\n\
          dn: {gone},{o}\nchangetype: delete\n"
@@ -96,7 +85,7 @@ fn a_directory_read_cut_mid_pass_sends_nothing_and_decides_no_delete() {
         "deactivated by a pass whose read was cut: {gone_user}"
     );
     assert_eq!(
-        user(&scim, &ou, "uid=u0007")["emails"][0]["value"],
+        ou.scim_user(&scim, "uid=u0007")["emails"][0]["value"],
         "u0007@branch.test",
         "a change sent by a pass whose read was cut"
     );
@@ -114,7 +103,7 @@ fn a_directory_read_cut_mid_pass_sends_nothing_and_decides_no_delete() {
         Value::Bool(false)
     );
     assert_eq!(
-        user(&scim, &ou, "uid=u0007")["emails"][0]["value"],
+        ou.scim_user(&scim, "uid=u0007")["emails"][0]["value"],
         "u0007.new@branch.test"
     );
 }
@@ -136,12 +125,12 @@ fn a_manager_read_after_its_report_is_resolved_and_kept() {
     let scim = ScimServer::start();
     let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
     agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
-    let boss = user(&scim, &ou, "uid=boss")["id"]
+    let boss = ou.scim_user(&scim, "uid=boss")["id"]
         .as_str()
         .unwrap()
         .to_string();
     for r in ["uid=report1", "uid=report2"] {
-        assert_eq!(user(&scim, &ou, r)[ENTERPRISE]["manager"]["value"], boss);
+        assert_eq!(ou.scim_user(&scim, r)[ENTERPRISE]["manager"]["value"], boss);
     }
     agent
         .run(&["sync", "--once", "--quiet"])
@@ -156,7 +145,7 @@ fn a_manager_read_after_its_report_is_resolved_and_kept() {
         "{}",
         third.summary()
     );
-    let r2 = user(&scim, &ou, "uid=report2");
+    let r2 = ou.scim_user(&scim, "uid=report2");
     assert_eq!(r2["title"], "Lead");
     assert_eq!(r2[ENTERPRISE]["manager"]["value"], boss);
 }
@@ -191,7 +180,7 @@ fn reports_settled_by_the_scan_still_lose_a_manager_that_left() {
         "{}",
         third.stderr
     );
-    let chief = entry_uuid(&ou, "uid=chief");
+    let chief = ou.entry_uuid("uid=chief");
     dir.modify(&format!("dn: uid=chief,{o}\nchangetype: delete\n"));
     let fourth = agent.run(&["sync", "--once", "--quiet", "--log-level", "debug"]);
     fourth.assert_code(0);
@@ -208,7 +197,7 @@ fn reports_settled_by_the_scan_still_lose_a_manager_that_left() {
         fourth.summary()
     );
     for r in ["uid=staff1", "uid=staff2"] {
-        let u = user(&scim, &ou, r);
+        let u = ou.scim_user(&scim, r);
         assert!(
             u[ENTERPRISE]["manager"]["value"].is_null(),
             "{r} still names the manager that left: {u}"

@@ -9,17 +9,6 @@ use serde_json::Value;
 
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 
-fn entry_uuid(ou: &TestOu, rdn: &str) -> String {
-    ou.dir
-        .attr_ldif(&format!("{rdn},{}", ou.dn), "entryUUID")
-        .expect("entryUUID")
-}
-
-fn user(scim: &ScimServer, ou: &TestOu, rdn: &str) -> Value {
-    scim.by_external_id("Users", &entry_uuid(ou, rdn))
-        .unwrap_or_else(|| panic!("{rdn} at the endpoint"))
-}
-
 fn manager_id(u: &Value) -> Option<String> {
     u[ENTERPRISE]["manager"]["value"]
         .as_str()
@@ -55,7 +44,7 @@ fn recorded_source_hashes_never_hide_a_change_of_an_attribute_or_of_what_a_manag
     let scim = ScimServer::start();
     let agent = Agent::new(&dir, &[o], &scim.base_url(), &scim.token, "");
     agent.run(&["sync", "--once", "--quiet"]).assert_code(0);
-    assert_eq!(manager_id(&user(&scim, &ou, "uid=carl")), None);
+    assert_eq!(manager_id(&ou.scim_user(&scim, "uid=carl")), None);
     // The creates that landed recorded theirs already, so the very next pass maps none of
     // them: ann and bob too, whether they were sent once their manager's id was known or
     // named it by bulkId in its own Bulk request (their source hash completed with the id
@@ -103,16 +92,16 @@ manager: uid=mgr2,{o}
         "{}",
         third.summary()
     );
-    let ann = user(&scim, &ou, "uid=ann");
+    let ann = ou.scim_user(&scim, "uid=ann");
     assert_eq!(ann["emails"][0]["value"], "ann.new@branch.test");
-    let id = |rdn: &str| user(&scim, &ou, rdn)["id"].as_str().unwrap().to_string();
+    let id = |rdn: &str| ou.scim_user(&scim, rdn)["id"].as_str().unwrap().to_string();
     assert_eq!(
-        manager_id(&user(&scim, &ou, "uid=bob")),
+        manager_id(&ou.scim_user(&scim, "uid=bob")),
         Some(id("uid=mgr2"))
     );
     // carl's entry did not change; what its manager DN resolves to did.
     assert_eq!(
-        manager_id(&user(&scim, &ou, "uid=carl")),
+        manager_id(&ou.scim_user(&scim, "uid=carl")),
         Some(id("uid=late"))
     );
 

@@ -441,6 +441,21 @@ impl TestOu {
     }
 }
 
+impl TestOu {
+    /// The entryUUID of `rdn` under this OU (the agent's anchor on OpenLDAP).
+    pub fn entry_uuid(&self, rdn: &str) -> String {
+        self.dir
+            .attr_ldif(&format!("{rdn},{}", self.dn), "entryUUID")
+            .expect("entryUUID")
+    }
+
+    /// The endpoint's user for `rdn` under this OU, found by its externalId.
+    pub fn scim_user(&self, scim: &ScimServer, rdn: &str) -> Value {
+        scim.by_external_id("Users", &self.entry_uuid(rdn))
+            .unwrap_or_else(|| panic!("{rdn} at the endpoint"))
+    }
+}
+
 impl Drop for TestOu {
     fn drop(&mut self) {
         self.dir.delete_tree(&self.dn);
