@@ -60,25 +60,15 @@ impl SourceHasher {
     /// The hash of `entry`'s mapping inputs as a user, its manager resolved by `resolver`;
     /// `None` when the shortcut does not apply (see the module doc). Never 0.
     pub fn hash(&self, entry: &Entry, resolver: &dyn Resolver) -> Option<u64> {
-        match self.inputs(entry, resolver)? {
-            Inputs::Whole(h) => Some(finish(h)),
-            Inputs::ManagerPending(_) => None,
-        }
+        self.source(entry, resolver)?.whole()
     }
 
-    /// For a user whose manager is being created in the same Bulk request (it resolves
-    /// `Pending` by `resolver` now): everything of its hash but that manager's id, which
-    /// [`PendingSource::with_manager`] adds once the create is answered. `None` when the
-    /// shortcut does not apply, or the manager is not pending, or it is not the last
+    /// [`SourceHasher::hash`], or for a user whose manager is being created in the same
+    /// Bulk request (it resolves `Pending` by `resolver` now) everything of its hash but
+    /// that manager's id ([`SourceHash::ManagerPending`]), in one walk of the entry. `None`
+    /// when the shortcut does not apply, or when the pending manager is not the last
     /// manager rule (the id must be the last input hashed).
-    pub fn pending(&self, entry: &Entry, resolver: &dyn Resolver) -> Option<PendingSource> {
-        match self.inputs(entry, resolver)? {
-            Inputs::ManagerPending(h) => Some(PendingSource(h)),
-            Inputs::Whole(_) => None,
-        }
-    }
-
-    fn inputs(&self, entry: &Entry, resolver: &dyn Resolver) -> Option<Inputs> {
+    pub fn source(&self, entry: &Entry, resolver: &dyn Resolver) -> Option<SourceHash> {
         let mut h = Fnv64::default();
         let _ = h.write_all(&self.salt.to_le_bytes());
         field(&mut h, entry.dn.as_bytes());
@@ -98,28 +88,47 @@ impl SourceHasher {
                 Some(Reference::Group(id)) => tag(&mut h, 2, id.as_bytes()),
                 Some(Reference::OutOfScope) => tag(&mut h, 3, b""),
                 Some(Reference::Pending) if Some(i) == last => {
-                    return Some(Inputs::ManagerPending(h))
+                    return Some(SourceHash::ManagerPending(PendingSource(h)))
                 }
                 Some(Reference::Pending) => return None,
             }
         }
-        Some(Inputs::Whole(h))
+        Some(SourceHash::Whole(finish(h)))
     }
 }
 
-/// What [`SourceHasher::inputs`] hashed.
-enum Inputs {
-    /// Every input.
-    Whole(Fnv64),
-    /// Every input but the last manager's id, pending.
-    ManagerPending(Fnv64),
+/// What [`SourceHasher::source`] hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceHash {
+    /// Every input: the source hash (never 0).
+    Whole(u64),
+    /// Every input but the last manager's id, which is pending.
+    ManagerPending(PendingSource),
+}
+
+impl SourceHash {
+    /// The source hash, when every input was known.
+    pub fn whole(self) -> Option<u64> {
+        match self {
+            SourceHash::Whole(h) => Some(h),
+            SourceHash::ManagerPending(_) => None,
+        }
+    }
+
+    /// The hash but for the pending manager's id.
+    pub fn pending(self) -> Option<PendingSource> {
+        match self {
+            SourceHash::ManagerPending(p) => Some(p),
+            SourceHash::Whole(_) => None,
+        }
+    }
 }
 
 fn finish(h: Fnv64) -> u64 {
     h.0.max(1)
 }
 
-/// A user's source hash but for its manager's id ([`SourceHasher::pending`]).
+/// A user's source hash but for its manager's id ([`SourceHash::ManagerPending`]).
 ///
 /// Valid only for the mapping it was computed for: if the user is mapped again (handed
 /// back by its Bulk operation, or seen again in the pass), this must be dropped with the
@@ -211,16 +220,28 @@ mod tests {
     #[test]
     fn a_pending_manager_completed_with_its_id_hashes_as_the_resolved_manager_would() {
         let h = hasher();
-        let pending = h.pending(&user(), &boss(Reference::Pending)).unwrap();
+        let pending = h
+            .source(&user(), &boss(Reference::Pending))
+            .and_then(SourceHash::pending)
+            .unwrap();
         let resolved = |id: &str| h.hash(&user(), &boss(Reference::Id(id.into())));
         assert_eq!(Some(pending.with_manager("7")), resolved("7"));
         assert_ne!(Some(pending.with_manager("8")), resolved("7"));
         // Another entry, another pending hash.
-        let other = h.pending(&user().with("mail", "x@x"), &boss(Reference::Pending));
+        let other = h
+            .source(&user().with("mail", "x@x"), &boss(Reference::Pending))
+            .and_then(SourceHash::pending);
         assert_ne!(other.map(|p| p.with_manager("7")), resolved("7"));
         // Nothing pending: no partial hash (the whole one applies).
-        assert_eq!(h.pending(&user(), &boss(Reference::Id("7".into()))), None);
-        assert_eq!(h.pending(&user(), &boss(Reference::OutOfScope)), None);
+        let whole = |r| {
+            h.source(&user(), &boss(r))
+                .map(|s| (s.pending(), s.whole()))
+        };
+        assert_eq!(
+            whole(Reference::Id("7".into())),
+            Some((None, resolved("7")))
+        );
+        assert!(whole(Reference::OutOfScope).is_some_and(|(p, w)| p.is_none() && w.is_some()));
     }
 
     #[test]

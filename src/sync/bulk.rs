@@ -593,7 +593,7 @@ mod tests {
         use crate::ldap::Entry;
         use crate::scim::mapping::{Reference, Resolver};
         use crate::scim::profile::{ProfileKind, SyncProfile};
-        use crate::scim::source_hash::SourceHasher;
+        use crate::scim::source_hash::{SourceHash, SourceHasher};
         struct Boss(Reference);
         impl Resolver for Boss {
             fn resolve(&self, _dn: &str) -> Reference {
@@ -605,7 +605,9 @@ mod tests {
         let entry = Entry::new("uid=u2,o=t")
             .with("uid", "u2")
             .with("manager", "uid=boss,o=t");
-        let pending = hasher.pending(&entry, &Boss(Reference::Pending));
+        let pending = hasher
+            .source(&entry, &Boss(Reference::Pending))
+            .and_then(SourceHash::pending);
         assert!(pending.is_some());
         let resolved = hasher.hash(&entry, &Boss(Reference::Id("m1".into())));
         let created = vec![("b1".to_string(), "m1".to_string())];

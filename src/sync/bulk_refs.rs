@@ -75,10 +75,9 @@ impl Referring {
         })
     }
 
-    /// The user's source hash but for the manager's id ([`SourceHasher::pending`]), for the
-    /// mapping this operation carries.
-    ///
-    /// [`SourceHasher::pending`]: crate::scim::source_hash::SourceHasher::pending
+    /// The user's source hash but for the manager's id
+    /// ([`crate::scim::source_hash::SourceHash::ManagerPending`]), for the mapping this operation
+    /// carries.
     pub fn set_source(&mut self, source: Option<PendingSource>) {
         self.source = source;
     }

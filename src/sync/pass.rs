@@ -88,7 +88,7 @@ use crate::ldap::{Directory, Entry, LdapError, Scope};
 use crate::scim::client::{LookupProbe, ScimClient, WriteCounts};
 use crate::scim::mapping::{self, Reference, Resolver};
 use crate::scim::profile::SyncProfile;
-use crate::scim::source_hash::SourceHasher;
+use crate::scim::source_hash::{PendingSource, SourceHasher};
 use crate::scim::ResourceKind;
 use crate::sync::admission::{Admission, Gate};
 use crate::sync::anchors::{pack_key, representation_hash_with, unpack_key, Anchor, AnchorIndex};
@@ -1440,10 +1440,13 @@ impl Pass<'_> {
             crate::sync::member_read::note_whole_read(&entry.dn, whole);
         }
         // A user whose mapping inputs hash as recorded with the index's representation
-        // hash is unchanged: nothing to map, hash or send.
-        let source = match (&self.sources, kind) {
-            (Some(s), ResourceKind::User) => s.hash(&entry, &resolver),
-            _ => None,
+        // hash is unchanged: nothing to map, hash or send. (A user whose manager is still
+        // being created gets the hash but for the manager's id, for `refer`.)
+        let (source, pending_source) = match (&self.sources, kind) {
+            (Some(s), ResourceKind::User) => s
+                .source(&entry, &resolver)
+                .map_or((None, None), |s| (s.whole(), s.pending())),
+            _ => (None, None),
         };
         if let Some((external_id, moved)) =
             source.and_then(|src| self.unchanged_source(&entry, src))
@@ -1499,7 +1502,7 @@ impl Pass<'_> {
             // Its manager's create is in the request being gathered: named by bulkId in it.
             if round == Round::First && kind == ResourceKind::User && mapped.pending.len() == 1 {
                 let manager = mapped.pending.pop().unwrap_or_default();
-                if self.refer(&entry, &manager).await {
+                if self.refer(&entry, &manager, pending_source).await {
                     return None;
                 }
             }
@@ -1542,7 +1545,7 @@ impl Pass<'_> {
                 known_id,
                 // The representation sent is what these inputs map to: once its write
                 // lands, the next pass need not map this user again.
-                source: source.filter(|_| !self.settings.mode.dry_run).unwrap_or(0),
+                source: source.unwrap_or(0),
             };
             self.dispatch(job).await;
         }
@@ -1566,7 +1569,9 @@ impl Pass<'_> {
     /// entry), in the Bulk request being gathered, naming the manager by the bulkId of its
     /// create there ([`crate::sync::bulk_refs`]). False (nothing sent) when the manager is
     /// not in that request or the user cannot join it: the user is then held back.
-    async fn refer(&mut self, entry: &Entry, manager: &str) -> bool {
+    /// `source`: its source hash but for the manager's id, completed when the answer gives
+    /// the id.
+    async fn refer(&mut self, entry: &Entry, manager: &str, source: Option<PendingSource>) -> bool {
         let lane = match &self.bulk {
             BulkState::On(l) if !l.is_off() => l.clone(),
             _ => return false,
@@ -1599,14 +1604,7 @@ impl Pass<'_> {
         else {
             return false;
         };
-        if !self.settings.mode.dry_run {
-            // Its source hash but for the manager's id, completed when the answer gives it.
-            refers.set_source(
-                self.sources
-                    .as_ref()
-                    .and_then(|s| s.pending(entry, &resolver)),
-            );
-        }
+        refers.set_source(source);
         let known_id = self.index.scim_id(ResourceKind::User, &m.external_id);
         let job = Job {
             kind: ResourceKind::User,

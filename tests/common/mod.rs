@@ -439,9 +439,7 @@ impl TestOu {
             dn,
         }
     }
-}
 
-impl TestOu {
     /// The entryUUID of `rdn` under this OU (the agent's anchor on OpenLDAP).
     pub fn entry_uuid(&self, rdn: &str) -> String {
         self.dir
