@@ -275,8 +275,14 @@ fn http_request(
     Ok((status, rest.to_string()))
 }
 
+/// How long an ldap-utils tool may run before [`ldap_tool`] ends it: a server that stops
+/// answering fails the test that asked, instead of hanging the whole run.
+const LDAP_TOOL_LIMIT: Duration = Duration::from_secs(180);
+
 /// Runs an ldap-utils tool (`ldapmodify`, `ldapadd`, `ldapdelete`) bound as `dn` with
-/// `stdin` as its input; returns its exit code and stderr.
+/// `stdin` as its input; returns its exit code and stderr. A tool still running after
+/// [`LDAP_TOOL_LIMIT`] is ended (by its PID) and reported as exit code -1, with a stderr
+/// naming the server that did not answer.
 pub fn ldap_tool(
     url: &str,
     dn: &str,
@@ -293,17 +299,44 @@ pub fn ldap_tool(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {tool} (install ldap-utils): {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    // Input and stderr on threads of their own: either may fill its pipe while the
+    // server is slow, and the wait below must stay bounded.
+    let mut input = child.stdin.take().unwrap();
+    let input_text = stdin.to_string();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(input_text.as_bytes());
+    });
+    let mut err_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = err_pipe.read_to_string(&mut err);
+        err
+    });
+    let deadline = Instant::now() + LDAP_TOOL_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = feeder.join();
+    let err = reader.join().unwrap_or_default();
+    match status {
+        Some(status) => (status.code().unwrap_or(-1), err),
+        None => (
+            -1,
+            format!(
+                "{tool} got no answer from {url} within {} s and was ended: is the server \
+                 wedged? {err}",
+                LDAP_TOOL_LIMIT.as_secs()
+            ),
+        ),
+    }
 }
 
 /// Coordinates of one of the test directories.
