@@ -180,8 +180,8 @@ fn every_session_reports_every_change_after_its_cookie() {
         panic!(
             "389-DS at {} stopped answering adds ({} s without ldapadd (pid {pid}) ending; \
              ended it): its write path is wedged, as Berkeley DB's page latches can be under \
-             subtree searches beside adds (see this file's doc). Later 389-DS tests would \
-             hang on it: restart it (scripts/testbed/389ds.sh stop; scripts/testbed/389ds.sh \
+             subtree searches beside adds (see this file's doc). Later 389-DS tests fail on it \
+             until it is restarted (scripts/testbed/389ds.sh stop; scripts/testbed/389ds.sh \
              start). Its errors log: {}",
             dir.url,
             STALLED.as_secs(),
