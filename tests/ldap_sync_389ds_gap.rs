@@ -24,7 +24,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use idrelay::ldap::{Directory, DirectoryConfig, SyncEvent, SyncMode};
 use idrelay::secret::Secret;
 
-use common::{Dir, TestOu};
+use common::{exit_within, Dir, TestOu};
 
 /// How long the adds go on; sessions are opened meanwhile.
 const ADDING: Duration = Duration::from_secs(15);
@@ -167,7 +167,7 @@ fn every_session_reports_every_change_after_its_cookie() {
     let added = written.recv_timeout(ADDING + STALLED);
     adding.store(false, Ordering::SeqCst);
     let exited = match added {
-        Ok(_) => wait_until(&mut adder, Instant::now() + STALLED),
+        Ok(_) => exit_within(&mut adder, STALLED),
         Err(_) => None,
     };
     let Some(status) = exited else {
@@ -211,17 +211,4 @@ fn every_session_reports_every_change_after_its_cookie() {
     eprintln!("{added} adds, {opened} sessions, {} with a gap", gaps.len());
     assert!(opened >= 15, "only {opened} sessions opened");
     assert!(gaps.is_empty(), "sessions that lost an add: {gaps:#?}");
-}
-
-/// The child's exit status, or `None` if it is still running at `deadline`.
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for ldapadd") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -312,18 +312,11 @@ pub fn ldap_tool(
         let _ = err_pipe.read_to_string(&mut err);
         err
     });
-    let deadline = Instant::now() + LDAP_TOOL_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, LDAP_TOOL_LIMIT);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let _ = feeder.join();
     let err = reader.join().unwrap_or_default();
     match status {
@@ -654,16 +647,9 @@ pub fn run_binary(args: &[&str]) -> Run {
         stderr.read_to_string(&mut s).unwrap();
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("idrelay {args:?} did not finish in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = exit_within(&mut child, Duration::from_secs(180)) else {
+        let _ = child.kill();
+        panic!("idrelay {args:?} did not finish in 180 s");
     };
     Run {
         code: status.code().unwrap_or(-1),
@@ -788,6 +774,21 @@ pub fn root_flag() -> &'static [&'static str] {
         &["--allow-root"]
     } else {
         &[]
+    }
+}
+
+/// The exit status of a child we started, polled every 20 ms; `None` if it is still
+/// running after `limit` (the caller decides whether to end it).
+pub fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
