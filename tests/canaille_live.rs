@@ -650,11 +650,7 @@ fn the_hub_takes_an_agent_by_canaille_tokens_checked_by_introspection() {
     );
     std::thread::sleep(std::time::Duration::from_secs(6));
     assert_eq!(hub.role("oa").as_deref(), Some("active"));
-    assert!(
-        !agent.log().contains("refused the agent token"),
-        "{}",
-        agent.log()
-    );
+    assert!(!agent.log().contains("refused agent `"), "{}", agent.log());
     let hub_log = hub.log();
     assert!(
         !hub_log.contains("missing or wrong token") && !hub_log.contains("cannot check"),

@@ -699,6 +699,67 @@ fn an_agent_started_before_its_hub_is_active_and_provisioning_within_5_s_of_it()
     );
 }
 
+/// An agent the hub does not know yet (its `[[agent]]` is added later, as an administrator
+/// does) logs the hub's own words for the 401 and what to check, and once the hub knows it,
+/// it answers requests within a heartbeat or two: the poll loop does not sit out its 5 min
+/// wait.
+#[test]
+fn an_agent_added_to_the_hub_later_answers_requests_within_two_heartbeats() {
+    let dir = Dir::openldap();
+    let ou = TestOu::create(&dir, "hubadd");
+    let o = ou.dn.clone();
+    dir.modify(&users(&o, &["k0"]));
+    let scim = ScimServer::start();
+    let mut hub = start_hub(&[("a2", "branch", "agent-token-a2")]);
+    let agent = Agent::with_relay(&dir, &[&o], &scim, &hub, ("a1", "agent-token-a1"), "");
+    let _run = Running(agent.spawn(&["run"]));
+    // Both loops are told no; each says what the hub said.
+    assert!(
+        wait_until(30, || {
+            let log = agent.log();
+            log.contains("relay: heartbeat failed")
+                && log.contains("retrying in 5 min, or once a heartbeat is answered")
+                && log
+                    .matches(
+                        "refused agent `a1` (HTTP 401: unknown agent or wrong token); check \
+                         relay.token_file, and that the hub's config has an [[agent]] with \
+                         id = \"a1\"",
+                    )
+                    .count()
+                    >= 2
+        }),
+        "{}",
+        agent.log()
+    );
+    hub.stop();
+    hub.add_agent("a1", "branch", "agent-token-a1");
+    hub.spawn();
+    let t0 = std::time::Instant::now();
+    // A read through the hub is held until the agent polls; the link says when it is back.
+    assert!(
+        wait_until(30, || agent
+            .log()
+            .contains("relay: the hub answers polls again")),
+        "{}",
+        agent.log()
+    );
+    let back = t0.elapsed();
+    let (status, v) = hub.scim("a1", "/Users?filter=userName%20eq%20%22k0%22");
+    let took = t0.elapsed();
+    eprintln!(
+        "after the hub knew the agent: polls again in {} ms, a read answered in {} ms",
+        back.as_millis(),
+        took.as_millis()
+    );
+    assert_eq!(status, 200, "{v}: {}", agent.log());
+    assert_eq!(v["totalResults"], 1, "{v}");
+    // Heartbeats every 5 s: within two of them, not the poll loop's 5 min.
+    assert!(
+        back <= Duration::from_secs(15),
+        "polls again only after {back:?}"
+    );
+}
+
 #[test]
 fn commands_queued_before_hub_restarts_reach_the_agent_after_them_once() {
     let dir = Dir::openldap();

@@ -206,7 +206,8 @@ pub struct RelayStatus {
 enum HubError {
     /// Transport or a status worth retrying (5xx, 429): wait this long at least.
     Retry(String, Option<Duration>),
-    /// The hub refused us (401/403/426): retrying soon will not help.
+    /// The hub refused us (401/403/426), or the URL is not a hub's (404): retrying soon
+    /// will not help.
     Refused(String),
 }
 
@@ -278,27 +279,19 @@ impl Relay {
                 renewed = true;
                 continue;
             }
-            break resp;
+            break (resp, token);
         };
+        let (resp, token) = resp;
         match resp.status {
             200..=299 => Ok(resp),
-            401 | 403 => Err(HubError::Refused(format!(
-                "hub {} refused the agent token (HTTP {}); check {}",
-                self.cfg.url,
+            401 | 403 | 404 | 426 => Err(HubError::Refused(refusal(
+                &self.cfg.url,
+                &self.agent_id,
+                what,
                 resp.status,
-                self.credential.keys()
-            ))),
-            426 => Err(HubError::Refused(format!(
-                "hub {} does not speak protocol {PROTOCOL} (HTTP 426: {})",
-                self.cfg.url,
-                String::from_utf8_lossy(&resp.body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ))),
-            404 => Err(HubError::Refused(format!(
-                "hub {} does not know agent `{}` (HTTP 404)",
-                self.cfg.url, self.agent_id
+                &resp.body,
+                self.credential.keys(),
+                token.expose(),
             ))),
             s => Err(HubError::Retry(
                 format!("hub {} answered HTTP {s} to {what}", self.cfg.url),
@@ -320,9 +313,13 @@ impl Relay {
         );
         // The poll loop tells the heartbeat loop when the link is back.
         let (nudge, nudged) = smol::channel::bounded::<()>(1);
+        // The heartbeat loop tells the poll loop when the hub answers it again after a
+        // failure: a poll refused (a token or agent the hub did not know yet) is tried again
+        // then, not after its 5 min wait.
+        let (revive, revived) = smol::channel::bounded::<()>(1);
         smol::future::or(
-            self.poll_loop(handler, state, control, &nudge),
-            self.heartbeat_loop(handler, state, control, &nudged),
+            self.poll_loop(handler, state, control, &nudge, &revived),
+            self.heartbeat_loop(handler, state, control, &nudged, &revive),
         )
         .await;
         self.finished.store(true, Ordering::SeqCst);
@@ -352,6 +349,7 @@ impl Relay {
         state: &AgentState,
         control: &Control,
         nudge: &smol::channel::Sender<()>,
+        revived: &smol::channel::Receiver<()>,
     ) {
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
         let work = match store {
@@ -363,7 +361,7 @@ impl Relay {
         let ex = smol::LocalExecutor::new();
         let both = smol::future::zip(
             self.dispatch_loop(
-                handler, state, control, &ex, &permits, &work, replies, nudge,
+                handler, state, control, &ex, &permits, &work, replies, nudge, revived,
             ),
             self.reply_loop(handler, ready, control),
         );
@@ -398,6 +396,7 @@ impl Relay {
         work: &'a Work,
         replies: smol::channel::Sender<Reply>,
         nudge: &smol::channel::Sender<()>,
+        revived: &smol::channel::Receiver<()>,
     ) {
         let mut backoff = poll_backoff();
         let wait = self.cfg.poll_wait.as_secs();
@@ -479,9 +478,18 @@ impl Relay {
                 }
                 Err(HubError::Refused(why)) => {
                     down = true;
-                    log::error!("relay: {why}; retrying in 5 min");
+                    log::error!("relay: {why}; retrying in 5 min, or once a heartbeat is answered");
                     state.set_error(why);
-                    if control.sleep(Duration::from_secs(300)).await.is_some() {
+                    // A signal left from an earlier recovery costs one early try, no more.
+                    let stop = smol::future::or(
+                        async { control.sleep(Duration::from_secs(300)).await.is_some() },
+                        async {
+                            let _ = revived.recv().await;
+                            false
+                        },
+                    )
+                    .await;
+                    if stop {
                         return;
                     }
                 }
@@ -575,16 +583,20 @@ impl Relay {
     /// Heartbeats every `relay.heartbeat_secs`; after a failure again within seconds
     /// ([`HEARTBEAT_RETRY`] doubling to [`HEARTBEAT_RETRY_CAP`], jittered, a `Retry-After`
     /// honoured), at once after an answer that changed the lease (so the hub shows the role
-    /// the agent now has) and when the poll loop sees the link come back. Never returns
-    /// before a stop or reload request.
+    /// the agent now has) and when the poll loop sees the link come back. The first answer
+    /// after a failure wakes a poll loop that waits out a refusal. Never returns before a
+    /// stop or reload request.
     async fn heartbeat_loop<H: Handler>(
         &self,
         handler: &H,
         state: &AgentState,
         control: &Control,
         nudged: &smol::channel::Receiver<()>,
+        revive: &smol::channel::Sender<()>,
     ) {
         let mut last_ok = 0u64;
+        // The last heartbeat was refused (401, 403, 404, 426).
+        let mut refused = false;
         let mut retry = Backoff::new(HEARTBEAT_RETRY, HEARTBEAT_RETRY_CAP);
         let mut failures = 0u32;
         // The last heartbeat went out at once after a lease change: the next one waits.
@@ -607,7 +619,11 @@ impl Relay {
                             if failures == 1 { "try" } else { "tries" }
                         );
                     }
+                    if failures > 0 || refused {
+                        let _ = revive.try_send(());
+                    }
                     failures = 0;
+                    refused = false;
                     retry.reset();
                     *state
                         .last_heartbeat
@@ -631,6 +647,7 @@ impl Relay {
                     }
                 }
                 Err(HubError::Refused(why)) => {
+                    refused = true;
                     log::warn!("relay: heartbeat failed: {why}");
                     self.lease_lapsed(state);
                     self.record(state, last_ok, Some(why));
@@ -681,6 +698,75 @@ impl Relay {
     }
 }
 
+/// What the agent logs when the hub refuses it (`status` is 401, 403, 404 or 426): the
+/// status, the hub's own words (the `error` of its JSON body, or the start of any other
+/// body; clipped, control characters escaped; the token, should the body echo it,
+/// redacted) and what to check. `keys` names the config keys of the credential.
+fn refusal(
+    url: &str,
+    agent: &str,
+    what: &str,
+    status: u16,
+    body: &[u8],
+    keys: &str,
+    token: &str,
+) -> String {
+    let said = hub_words(body, token);
+    let said = if said.is_empty() {
+        String::new()
+    } else {
+        format!(": {said}")
+    };
+    match status {
+        401 | 403 => format!(
+            "hub {url} refused agent `{agent}` (HTTP {status}{said}); check {keys}, and that \
+             the hub's config has an [[agent]] with id = \"{agent}\""
+        ),
+        426 => format!("hub {url} does not speak protocol {PROTOCOL} (HTTP 426{said})"),
+        _ => format!(
+            "hub {url} answered HTTP {status} to {what}{said}; relay.url must be the hub's \
+             address (an idrelay hub answers every agent path, and 401 to an agent it does \
+             not know)"
+        ),
+    }
+}
+
+/// The hub's reason in an error body: the `error` string of a JSON object, else the start
+/// of the text; `token` replaced by `[redacted]`, white space folded, at most 160
+/// characters, control characters escaped.
+fn hub_words(body: &[u8], token: &str) -> String {
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => match m.get("error") {
+            Some(Value::String(e)) => e.clone(),
+            _ => Value::Object(m).to_string(),
+        },
+        Ok(v) => v.to_string(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let text = if token.is_empty() {
+        text
+    } else {
+        text.replace(token, "[redacted]")
+    };
+    let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out: String = folded
+        .chars()
+        .take(160)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if folded.chars().count() > 160 {
+        out.push('…');
+    }
+    out
+}
+
 fn describe(e: &Envelope) -> String {
     match e.kind.as_str() {
         "scim" => format!(
@@ -709,6 +795,66 @@ mod tests {
         }
         let b = poll_backoff();
         assert_eq!(b.ceiling(6), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_refusal_quotes_the_hub_and_says_what_to_check() {
+        let m = refusal(
+            "https://hub.example",
+            "a1",
+            "poll",
+            401,
+            br#"{"error":"unknown agent or wrong token"}"#,
+            "relay.token_file",
+            "tok-123",
+        );
+        assert_eq!(
+            m,
+            "hub https://hub.example refused agent `a1` (HTTP 401: unknown agent or wrong \
+             token); check relay.token_file, and that the hub's config has an [[agent]] with \
+             id = \"a1\""
+        );
+        // Not a hub: a web server's 404 page, its text folded and clipped.
+        let page = format!("<html>\n  Not Found\t{}</html>", "x".repeat(400));
+        let m = refusal(
+            "http://h",
+            "a1",
+            "heartbeat",
+            404,
+            page.as_bytes(),
+            "k",
+            "tok-1234567890",
+        );
+        assert!(
+            m.starts_with("hub http://h answered HTTP 404 to heartbeat: <html> Not Found xxx"),
+            "{m}"
+        );
+        assert!(m.contains("…; relay.url must be the hub's address"), "{m}");
+        let m = refusal(
+            "http://h",
+            "a1",
+            "poll",
+            426,
+            br#"{"supported":[1]}"#,
+            "k",
+            "tok-1234567890",
+        );
+        assert!(m.contains("(HTTP 426: {\"supported\":[1]})"), "{m}");
+        // No body: no colon; an empty token redacts nothing.
+        let m = refusal("http://h", "a1", "poll", 403, b"", "k", "");
+        assert!(m.contains("(HTTP 403); check k"), "{m}");
+    }
+
+    #[test]
+    fn the_hub_words_never_carry_the_token_or_control_characters() {
+        let body = br#"{"error":"bad Bearer s3cr3t-token\u001b[31m here"}"#;
+        let w = hub_words(body, "s3cr3t-token");
+        assert_eq!(w, "bad Bearer [redacted]\\u{1b}[31m here");
+        assert!(!w.contains("s3cr3t"));
+        // Redacted before it is clipped: a token across the cut cannot show in part.
+        let long = format!("{}secret-token-value", "y".repeat(150));
+        let w = hub_words(long.as_bytes(), "secret-token-value");
+        assert!(!w.contains("secret"), "{w}");
     }
 
     #[test]

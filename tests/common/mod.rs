@@ -130,7 +130,21 @@ impl ScimServer {
     }
 
     /// A private scim2-server started with extra arguments (e.g. `--schema FILE`).
+    ///
+    /// The free port can be taken by another test's socket before the server binds it
+    /// (tests run side by side): the server then exits, and starts again on another port.
+    /// Only its own answer counts (a 200 to `/ServiceProviderConfig` with its token while
+    /// it runs), never another server's on that port.
     pub fn start_with(extra: &[&str]) -> ScimServer {
+        for _ in 0..3 {
+            if let Some(s) = ScimServer::try_start(extra) {
+                return s;
+            }
+        }
+        ScimServer::try_start(extra).expect("scim2-server did not start on 4 free ports")
+    }
+
+    fn try_start(extra: &[&str]) -> Option<ScimServer> {
         let venv = env("SCIM_VENV");
         let port = free_port();
         let token = format!("tok-{}", unique("scim"));
@@ -146,14 +160,24 @@ impl ScimServer {
             ))
             .spawn()
             .expect("start scim2-server from $SCIM_VENV");
-        let s = ScimServer {
+        let mut s = ScimServer {
             child,
             port,
             token,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while s.try_get("/ServiceProviderConfig").is_err() {
+        loop {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                eprintln!(
+                    "scim2-server on port {port} ended ({status}), trying another port: {}",
+                    std::fs::read_to_string(&s.log).unwrap_or_default()
+                );
+                return None;
+            }
+            if matches!(s.try_get("/ServiceProviderConfig"), Ok((200, _))) {
+                return Some(s);
+            }
             assert!(
                 Instant::now() < deadline,
                 "scim2-server did not answer on port {port}: {}",
@@ -161,7 +185,6 @@ impl ScimServer {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        s
     }
 
     pub fn base_url(&self) -> String {
@@ -860,6 +883,10 @@ pub const HUB_SETTINGS: &str = "heartbeat_secs = 5\nlease_ttl_heartbeats = 3\npo
 /// temp dir; killed by its PID on drop (and by [`Hub::stop`]).
 pub struct Hub {
     child: Option<Child>,
+    /// While the process is stopped: a socket bound to its port (never listening), so no
+    /// other test's server takes the port before [`Hub::spawn`] starts the hub on it again.
+    /// An agent's connection is refused, as by a hub that is down.
+    held: Option<PortHold>,
     pub port: u16,
     operator: String,
     config: PathBuf,
@@ -893,6 +920,7 @@ impl Hub {
         std::fs::write(&config, &text).unwrap();
         let mut hub = Hub {
             child: None,
+            held: None,
             port,
             operator: operator.to_string(),
             config,
@@ -938,6 +966,8 @@ impl Hub {
             .append(true)
             .open(&self.log)
             .unwrap();
+        // Released only now: the hub binds the port milliseconds later.
+        self.held = None;
         let child = Command::new(env!("CARGO_BIN_EXE_idrelay-hub"))
             .args(["--config", self.config.to_str().unwrap()])
             .stdin(Stdio::null())
@@ -972,15 +1002,31 @@ impl Hub {
             assert!(ok, "kill -TERM {}", c.id());
             let status = c.wait().unwrap();
             assert_eq!(status.code(), Some(0), "hub on SIGTERM: {}", self.log());
+            self.held = PortHold::new(self.port);
         }
     }
 
-    /// Kills the process (by PID).
+    /// Kills the process (by PID); its port stays held until [`Hub::spawn`].
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.held = PortHold::new(self.port);
         }
+    }
+
+    /// Adds an `[[agent]]` to the hub's config (it reads it when it starts: after
+    /// [`Hub::stop`], before [`Hub::spawn`]).
+    pub fn add_agent(&self, id: &str, group: &str, token: &str) {
+        let dir = self.config.parent().unwrap();
+        let f = dir.join(format!("{id}.token"));
+        write_secret(&f, &hub_token(token));
+        let mut t = std::fs::read_to_string(&self.config).unwrap();
+        t.push_str(&format!(
+            "\n[[agent]]\nid = \"{id}\"\ngroup = \"{group}\"\ntoken_file = \"{}\"\n",
+            f.display()
+        ));
+        std::fs::write(&self.config, t).unwrap();
     }
 
     pub fn log(&self) -> String {
@@ -1053,6 +1099,37 @@ impl Hub {
             .iter()
             .find(|a| a["agent"] == agent)
             .and_then(|a| a["role"].as_str().map(str::to_string))
+    }
+}
+
+/// A TCP socket bound to 127.0.0.1:`port` that never listens: the port is taken (a free
+/// port another test asks the kernel for is never this one; the socket does not set
+/// SO_REUSEADDR, so no one else can bind it), and a connection to it is refused.
+///
+/// Why: between a hub's stop and its start again (seconds, in the tests that start an
+/// agent before its hub), a server of a test running beside it once got the same port from
+/// the kernel and answered the agent's heartbeat with its own 404.
+pub struct PortHold(std::os::fd::OwnedFd);
+
+impl PortHold {
+    /// None when the port cannot be bound (something else has it already; the next start
+    /// of the hub says so).
+    pub fn new(port: u16) -> Option<PortHold> {
+        use rustix::net::{bind, socket_with, AddressFamily, SocketFlags, SocketType};
+        // Close-on-exec: a process the test starts meanwhile (the agent) must not keep it.
+        let fd = socket_with(
+            AddressFamily::INET,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .ok()?;
+        bind(
+            &fd,
+            &std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port),
+        )
+        .ok()?;
+        Some(PortHold(fd))
     }
 }
 
