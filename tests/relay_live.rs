@@ -565,11 +565,21 @@ fn a_command_answered_just_before_a_restart_is_not_run_again() {
         1,
         "the resync ran again after the restart: {log}"
     );
+    // On failure: which way the answer reached the hub (every request the proxy saw).
+    let seen = || {
+        proxy
+            .events()
+            .iter()
+            .map(|e| format!("{:?} {} {} {:?}\n", e.at, e.method, e.path, e.action))
+            .collect::<String>()
+    };
     assert!(
         log.contains(&format!(
             "relay: re-delivered {id} (command resync) was answered 202 before"
         )),
-        "{log}"
+        "{log}\n--- proxy ---\n{}\n--- hub ---\n{}",
+        seen(),
+        hub.log()
     );
     // The answer on disk is the owner's alone.
     let stored = agent

@@ -1102,9 +1102,14 @@ impl Hub {
     }
 }
 
-/// A TCP socket bound to 127.0.0.1:`port` that never listens: the port is taken (a free
-/// port another test asks the kernel for is never this one; the socket does not set
-/// SO_REUSEADDR, so no one else can bind it), and a connection to it is refused.
+/// A TCP socket bound to 127.0.0.1:`port` that never listens: a connection to it is
+/// refused, as by a hub that is down, and the kernel never hands the port out as a free one.
+///
+/// It sets SO_REUSEADDR, as the hub does: the killed hub's connections may linger in
+/// TIME_WAIT on the port, and only a socket that allows reuse can bind beside them. That
+/// does not open the port to others: the kernel's search for a free port (a bind to port
+/// 0, as [`free_port`] and the canned servers do) skips every port that has a socket
+/// bound, unless the whole range is taken.
 ///
 /// Why: between a hub's stop and its start again (seconds, in the tests that start an
 /// agent before its hub), a server of a test running beside it once got the same port from
@@ -1112,24 +1117,29 @@ impl Hub {
 pub struct PortHold(std::os::fd::OwnedFd);
 
 impl PortHold {
-    /// None when the port cannot be bound (something else has it already; the next start
-    /// of the hub says so).
+    /// None when the port cannot be bound (a listening socket has it already; the next
+    /// start of the hub says so); a line on stderr says why.
     pub fn new(port: u16) -> Option<PortHold> {
-        use rustix::net::{bind, socket_with, AddressFamily, SocketFlags, SocketType};
+        PortHold::bind(port)
+            .inspect_err(|e| eprintln!("cannot hold port {port} while the hub is down: {e}"))
+            .ok()
+    }
+
+    fn bind(port: u16) -> rustix::io::Result<PortHold> {
+        use rustix::net::{bind, socket_with, sockopt, AddressFamily, SocketFlags, SocketType};
         // Close-on-exec: a process the test starts meanwhile (the agent) must not keep it.
         let fd = socket_with(
             AddressFamily::INET,
             SocketType::STREAM,
             SocketFlags::CLOEXEC,
             None,
-        )
-        .ok()?;
+        )?;
+        sockopt::set_socket_reuseaddr(&fd, true)?;
         bind(
             &fd,
             &std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port),
-        )
-        .ok()?;
-        Some(PortHold(fd))
+        )?;
+        Ok(PortHold(fd))
     }
 }
 
