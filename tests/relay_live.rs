@@ -496,6 +496,32 @@ fn resync_with_its_answer_lost(
     id
 }
 
+/// The line the agent logs when it answers a re-delivery of `id` with what it kept.
+fn redelivered_line(id: &str) -> String {
+    format!("relay: re-delivered {id} (command resync) was answered 202 before")
+}
+
+/// Waits until the agent logs more than `before` answers to re-deliveries of `id` from
+/// what it kept, then lets answers through the proxy.
+///
+/// Not sooner: a post of the answer that the agent sent just before it was killed or
+/// reloaded may still sit unread in the proxy; read after the paths are accepted, it would
+/// reach the hub, and no re-delivery would show that the agent kept the answer.
+fn accept_after_a_redelivery(
+    proxy: &common::faultproxy::FaultProxy,
+    agent: &Agent,
+    id: &str,
+    before: usize,
+) {
+    assert!(
+        wait_until(60, || agent.log().matches(&redelivered_line(id)).count()
+            > before),
+        "no re-delivery of {id} answered from what was kept: {}",
+        agent.log()
+    );
+    proxy.accept_paths();
+}
+
 /// The answer the hub finally got for `id` (re-delivered every 5 s until answered).
 fn answer_reaches_the_hub(hub: &Hub, id: &str, agent: &Agent) -> (u16, Value) {
     let mut answer = None;
@@ -519,8 +545,9 @@ fn a_command_redelivered_after_a_reload_is_answered_again_not_run_again() {
     let (hub, proxy, agent, run) = agent_behind_a_proxy(&dir, &o, &scim);
     let id = resync_with_its_answer_lost(&hub, &proxy, &agent);
 
-    // A reload (SIGHUP) while the answer has not reached the hub; then the link heals and
-    // the hub re-delivers the request.
+    // A reload (SIGHUP) while the answer has not reached the hub; the hub re-delivers the
+    // request, and the link heals.
+    let before = agent.log().matches(&redelivered_line(&id)).count();
     signal(&run, "-HUP");
     assert!(
         wait_until(30, || agent.log().matches("relay: connecting to").count()
@@ -528,7 +555,7 @@ fn a_command_redelivered_after_a_reload_is_answered_again_not_run_again() {
         "no reload: {}",
         agent.log()
     );
-    proxy.accept_paths();
+    accept_after_a_redelivery(&proxy, &agent, &id, before);
     let (status, body) = answer_reaches_the_hub(&hub, &id, &agent);
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], "resync", "{body}");
@@ -552,11 +579,13 @@ fn a_command_answered_just_before_a_restart_is_not_run_again() {
     let (hub, proxy, agent, mut run) = agent_behind_a_proxy(&dir, &o, &scim);
     let id = resync_with_its_answer_lost(&hub, &proxy, &agent);
 
-    // Killed (no chance to post or tidy up) right after answering, then started again.
+    // Killed (no chance to post or tidy up) right after answering, then started again;
+    // the hub re-delivers the request, and the link heals.
+    let before = agent.log().matches(&redelivered_line(&id)).count();
     let _ = run.0.kill();
     let _ = run.0.wait();
-    proxy.accept_paths();
     let _run = Running(agent.spawn(&["run"]));
+    accept_after_a_redelivery(&proxy, &agent, &id, before);
     let (status, body) = answer_reaches_the_hub(&hub, &id, &agent);
     assert_eq!(status, 202, "{body}");
     let log = agent.log();
