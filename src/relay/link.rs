@@ -733,7 +733,7 @@ fn refusal(
 
 /// The hub's reason in an error body: the `error` string of a JSON object, else the start
 /// of the text; `token` replaced by `[redacted]`, white space folded, at most 160
-/// characters, control characters escaped.
+/// characters, made safe for a log line by [`crate::logging::escape`].
 fn hub_words(body: &[u8], token: &str) -> String {
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => match m.get("error") {
@@ -749,18 +749,8 @@ fn hub_words(body: &[u8], token: &str) -> String {
         text.replace(token, "[redacted]")
     };
     let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = folded
-        .chars()
-        .take(160)
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect();
+    let clipped: String = folded.chars().take(160).collect();
+    let mut out = crate::logging::escape(&clipped).into_owned();
     if folded.chars().count() > 160 {
         out.push('…');
     }
@@ -849,7 +839,7 @@ mod tests {
     fn the_hub_words_never_carry_the_token_or_control_characters() {
         let body = br#"{"error":"bad Bearer s3cr3t-token\u001b[31m here"}"#;
         let w = hub_words(body, "s3cr3t-token");
-        assert_eq!(w, "bad Bearer [redacted]\\u{1b}[31m here");
+        assert_eq!(w, "bad Bearer [redacted]\\x1b[31m here");
         assert!(!w.contains("s3cr3t"));
         // Redacted before it is clipped: a token across the cut cannot show in part.
         let long = format!("{}secret-token-value", "y".repeat(150));

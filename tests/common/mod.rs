@@ -909,12 +909,7 @@ impl Hub {
             p.join("state").display()
         );
         for (id, group, token) in agents {
-            let f = p.join(format!("{id}.token"));
-            write_secret(&f, &hub_token(token));
-            text.push_str(&format!(
-                "\n[[agent]]\nid = \"{id}\"\ngroup = \"{group}\"\ntoken_file = \"{}\"\n",
-                f.display()
-            ));
+            text.push_str(&agent_section(&p, id, group, token));
         }
         let config = p.join("hub.toml");
         std::fs::write(&config, &text).unwrap();
@@ -1018,13 +1013,12 @@ impl Hub {
     /// Adds an `[[agent]]` to the hub's config (it reads it when it starts: after
     /// [`Hub::stop`], before [`Hub::spawn`]).
     pub fn add_agent(&self, id: &str, group: &str, token: &str) {
-        let dir = self.config.parent().unwrap();
-        let f = dir.join(format!("{id}.token"));
-        write_secret(&f, &hub_token(token));
         let mut t = std::fs::read_to_string(&self.config).unwrap();
-        t.push_str(&format!(
-            "\n[[agent]]\nid = \"{id}\"\ngroup = \"{group}\"\ntoken_file = \"{}\"\n",
-            f.display()
+        t.push_str(&agent_section(
+            self.config.parent().unwrap(),
+            id,
+            group,
+            token,
         ));
         std::fs::write(&self.config, t).unwrap();
     }
@@ -1100,6 +1094,16 @@ impl Hub {
             .find(|a| a["agent"] == agent)
             .and_then(|a| a["role"].as_str().map(str::to_string))
     }
+}
+
+/// A hub's `[[agent]]` section for (id, group, token), its token written to `dir/ID.token`.
+fn agent_section(dir: &Path, id: &str, group: &str, token: &str) -> String {
+    let f = dir.join(format!("{id}.token"));
+    write_secret(&f, &hub_token(token));
+    format!(
+        "\n[[agent]]\nid = \"{id}\"\ngroup = \"{group}\"\ntoken_file = \"{}\"\n",
+        f.display()
+    )
 }
 
 /// A TCP socket bound to 127.0.0.1:`port` that never listens: a connection to it is
